@@ -1,0 +1,101 @@
+"""Measurements with real tools inside lab namespaces: iperf3 (JSON output) and ping."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+
+from tests.lab.netns import LabError, Namespace
+
+IPERF_PORT = 5201
+
+
+@dataclass(frozen=True)
+class IperfResult:
+    mbit_s: float            # receiver-side goodput
+    lost_percent: float      # UDP only
+    raw: dict[str, object]
+
+
+def start_iperf_server(ns: Namespace, port: int = IPERF_PORT, bind: str | None = None) -> subprocess.Popen[str]:
+    args = ["iperf3", "-s", "-p", str(port)] + (["-B", bind] if bind else [])
+    proc = ns.popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The server is ready when its port is bound; iperf3 has no readiness signal of its own.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        out = ns.run("ss", "-Hltn", f"sport = :{port}", check=False).stdout
+        if out.strip():
+            return proc
+        time.sleep(0.05)
+    raise LabError(f"iperf3 server in {ns.netns} did not start on port {port}")
+
+
+def iperf(ns: Namespace, server: str, *, seconds: float = 3, port: int = IPERF_PORT, bind: str | None = None,
+          udp_mbit: float | None = None, streams: int = 1, reverse: bool = False,
+          udp_len: int = 1200, interval: float | None = None) -> IperfResult:
+    args = ["iperf3", "-c", server, "-p", str(port), "-t", str(seconds), "-J", "-P", str(streams),
+            "--connect-timeout", "3000"]
+    if bind:
+        args += ["-B", bind]
+    if reverse:
+        args.append("-R")
+    if udp_mbit is not None:
+        args += ["-u", "-b", f"{udp_mbit}M", "-l", str(udp_len)]
+    if interval:
+        args += ["-i", str(interval)]
+    # iperf3's server takes a moment to accept the next test after one ends: retry while it says busy.
+    deadline = time.monotonic() + 10
+    while True:
+        proc = ns.run(*args, check=False, timeout=seconds + 30)
+        try:
+            raw = json.loads(proc.stdout)
+        except json.JSONDecodeError as exc:
+            raise LabError(f"iperf3 in {ns.netns} gave no JSON: {proc.stderr.strip()}") from exc
+        if "busy" in str(raw.get("error", "")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            continue
+        if "error" in raw:
+            raise LabError(f"iperf3 in {ns.netns}: {raw['error']}")
+        break
+    end = raw["end"]
+    if udp_mbit is not None:
+        summary = end["sum"]
+        return IperfResult(mbit_s=summary["bits_per_second"] / 1e6 * (1 - summary["lost_percent"] / 100),
+                           lost_percent=summary["lost_percent"], raw=raw)
+    return IperfResult(mbit_s=end["sum_received"]["bits_per_second"] / 1e6, lost_percent=0.0, raw=raw)
+
+
+@dataclass(frozen=True)
+class PingResult:
+    sent: int
+    received: int
+    rtts_ms: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.rtts_ms)
+
+    @property
+    def loss_percent(self) -> float:
+        return 100.0 * (self.sent - self.received) / self.sent if self.sent else 100.0
+
+
+_RTT = re.compile(r"time=([\d.]+) ms")
+
+
+def ping(ns: Namespace, target: str, *, count: int = 10, interval: float = 0.05, source: str | None = None,
+         size: int | None = None, timeout_s: float = 1.0, dont_fragment: bool = False) -> PingResult:
+    args = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(timeout_s)]
+    if source:
+        args += ["-I", source]
+    if size is not None:
+        args += ["-s", str(size)]
+    if dont_fragment:
+        args += ["-M", "do"]
+    proc = ns.run(*args, target, check=False, timeout=count * (interval + timeout_s) + 10)
+    rtts = [float(m) for m in _RTT.findall(proc.stdout)]
+    return PingResult(sent=count, received=len(rtts), rtts_ms=rtts)
