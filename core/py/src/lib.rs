@@ -5,8 +5,11 @@ use std::sync::Mutex;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 use quicether_io::delayline::{DelayLine as IoDelayLine, DelaySettings};
+use quicether_io::node::{Event, Node as IoNode, NodeConfig, PeerConfig};
+use quicether_io::tls;
+use quicether_proto::allowed_ips::Prefix;
 
 fn settings(delay_us: i64, jitter_us: i64) -> PyResult<DelaySettings> {
     if delay_us < 0 || jitter_us < 0 {
@@ -66,6 +69,150 @@ impl DelayLine {
     }
 }
 
+fn key32(name: &str, bytes: &[u8]) -> PyResult<[u8; 32]> {
+    bytes.try_into().map_err(|_| PyValueError::new_err(format!("{name} must be 32 bytes, got {}", bytes.len())))
+}
+
+/// A running QuicEther node: QUIC endpoint, peers, TUN device and the packet loops (Rust threads).
+#[pyclass(module = "quicether._core")]
+struct Node {
+    inner: Mutex<Option<IoNode>>,
+}
+
+type PeerArg = (Vec<u8>, Option<String>, Vec<String>);
+
+#[pymethods]
+impl Node {
+    #[new]
+    #[pyo3(signature = (listen, tun_name, path_mtu, seed, peers, notify_fd=None))]
+    fn new(
+        py: Python<'_>,
+        listen: &str,
+        tun_name: &str,
+        path_mtu: u16,
+        seed: &[u8],
+        peers: Vec<PeerArg>,
+        notify_fd: Option<i32>,
+    ) -> PyResult<Self> {
+        let listen = listen.parse().map_err(|_| PyValueError::new_err(format!("invalid listen address {listen:?}")))?;
+        let mut configs = Vec::new();
+        for (key, endpoint, allowed) in peers {
+            let endpoint = match endpoint {
+                Some(e) => Some(e.parse().map_err(|_| PyValueError::new_err(format!("invalid endpoint {e:?}")))?),
+                None => None,
+            };
+            let allowed_ips =
+                allowed.iter().map(|a| a.parse::<Prefix>()).collect::<Result<Vec<_>, _>>().map_err(PyValueError::new_err)?;
+            configs.push(PeerConfig { key: key32("peer key", &key)?, endpoint, allowed_ips });
+        }
+        let config = NodeConfig { listen, tun_name: tun_name.to_string(), path_mtu, seed: key32("seed", seed)? };
+        let node = py
+            .detach(move || IoNode::start(config, configs, notify_fd))
+            .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
+        Ok(Self { inner: Mutex::new(Some(node)) })
+    }
+
+    /// This node's Ed25519 public key (32 bytes).
+    fn public_key<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        self.with(|n| PyBytes::new(py, &n.public_key))
+    }
+
+    /// The bound UDP address, "ip:port".
+    fn local_addr(&self) -> PyResult<String> {
+        self.with(|n| n.local_addr.to_string())
+    }
+
+    /// Largest inner IP packet one DATAGRAM frame carries: the TUN MTU.
+    fn inner_mtu(&self) -> PyResult<usize> {
+        self.with(|n| n.inner_mtu)
+    }
+
+    /// Outbound packets dropped because no peer owns their destination.
+    fn no_route_drops(&self) -> PyResult<u64> {
+        self.with(|n| n.no_route_drops())
+    }
+
+    /// One dict per peer: key, endpoint, connected, connections, rtt_ms, last_handshake (unix s), counters.
+    fn peers<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let stats = self.with(|n| n.peer_stats())?;
+        stats
+            .into_iter()
+            .map(|s| {
+                let d = PyDict::new(py);
+                d.set_item("key", PyBytes::new(py, &s.key))?;
+                d.set_item("endpoint", s.endpoint.map(|e| e.to_string()))?;
+                d.set_item("connected", s.connected)?;
+                d.set_item("connections", s.connections)?;
+                d.set_item("rtt_ms", s.rtt.map(|r| r.as_secs_f64() * 1000.0))?;
+                d.set_item(
+                    "last_handshake",
+                    s.last_handshake.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
+                )?;
+                d.set_item("tx_packets", s.tx_packets)?;
+                d.set_item("tx_bytes", s.tx_bytes)?;
+                d.set_item("rx_packets", s.rx_packets)?;
+                d.set_item("rx_bytes", s.rx_bytes)?;
+                d.set_item("tx_dropped", s.tx_dropped)?;
+                d.set_item("rx_dropped", s.rx_dropped)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Drains queued events: dicts with "kind" (peer_connected, peer_disconnected, handshake_refused,
+    /// dial_failed), "key" (bytes or None) and "detail".
+    fn events<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let events = self.with(|n| n.drain_events())?;
+        events
+            .into_iter()
+            .map(|e| {
+                let d = PyDict::new(py);
+                let (kind, key, detail) = match e {
+                    Event::PeerConnected { key, remote } => ("peer_connected", Some(key), remote.to_string()),
+                    Event::PeerDisconnected { key, reason } => ("peer_disconnected", Some(key), reason),
+                    Event::HandshakeRefused { key, remote, reason } => (
+                        "handshake_refused",
+                        key,
+                        remote.map(|r| format!("{reason} from {r}")).unwrap_or(reason),
+                    ),
+                    Event::DialFailed { key, reason } => ("dial_failed", Some(key), reason),
+                };
+                d.set_item("kind", kind)?;
+                d.set_item("key", key.map(|k| PyBytes::new(py, &k)))?;
+                d.set_item("detail", detail)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Closes connections, socket and TUN device. Idempotent.
+    fn close(&self, py: Python<'_>) {
+        let node = self.inner.lock().unwrap().take();
+        py.detach(move || drop(node));
+    }
+}
+
+impl Node {
+    fn with<T>(&self, f: impl FnOnce(&IoNode) -> T) -> PyResult<T> {
+        match self.inner.lock().unwrap().as_ref() {
+            Some(n) => Ok(f(n)),
+            None => Err(PyValueError::new_err("node is closed")),
+        }
+    }
+}
+
+/// 32 random bytes from the OS: a new Ed25519 private key seed.
+#[pyfunction]
+fn generate_seed<'py>(py: Python<'py>) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &tls::generate_seed())
+}
+
+/// The Ed25519 public key of a 32-byte seed.
+#[pyfunction]
+fn public_key_of_seed<'py>(py: Python<'py>, seed: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    Ok(PyBytes::new(py, &tls::public_key_of_seed(&key32("seed", seed)?)))
+}
+
 /// Version of the compiled core; Python checks it matches the package.
 #[pyfunction]
 fn core_version() -> &'static str {
@@ -75,6 +222,9 @@ fn core_version() -> &'static str {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<DelayLine>()?;
+    m.add_class::<Node>()?;
+    m.add_function(wrap_pyfunction!(generate_seed, m)?)?;
+    m.add_function(wrap_pyfunction!(public_key_of_seed, m)?)?;
     m.add_function(wrap_pyfunction!(core_version, m)?)?;
     Ok(())
 }

@@ -1,0 +1,244 @@
+//! Node identity in TLS: a self-signed certificate carrying the node's Ed25519 key, and verifiers that
+//! trust a certificate only if its key is pinned in the config. TLS 1.3 only; ALPN `quicether/1`.
+//!
+//! The verifiers check the key; rustls then checks the handshake signature (CertificateVerify) against the
+//! same certificate, which proves the peer holds the private key.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+
+use quicether_proto::certkey::ed25519_key_of_cert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
+
+pub const ALPN: &[u8] = b"quicether/1";
+/// The name a client asks for; certificates are pinned by key, so the name carries no trust.
+pub const SERVER_NAME: &str = "quicether";
+
+/// PKCS#8 v1 wrapper of an Ed25519 seed (RFC 8410): fixed prefix, then the 32-byte seed.
+const PKCS8_ED25519_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn generate_seed() -> [u8; 32] {
+    use ring::rand::SecureRandom;
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut seed).expect("the OS random source failed");
+    seed
+}
+
+pub fn public_key_of_seed(seed: &[u8; 32]) -> [u8; 32] {
+    use ring::signature::KeyPair;
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed).expect("any 32 bytes are a seed");
+    pair.public_key().as_ref().try_into().expect("Ed25519 public keys are 32 bytes")
+}
+
+/// A node's key pair and its self-signed certificate.
+pub struct Identity {
+    pub public_key: [u8; 32],
+    pub cert: CertificateDer<'static>,
+    pkcs8: Vec<u8>,
+}
+
+impl Identity {
+    pub fn from_seed(seed: &[u8; 32]) -> Result<Self, String> {
+        let mut pkcs8 = PKCS8_ED25519_PREFIX.to_vec();
+        pkcs8.extend_from_slice(seed);
+        let der = PrivatePkcs8KeyDer::from(pkcs8.clone());
+        let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
+            .map_err(|e| format!("node key: {e}"))?;
+        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(|e| e.to_string())?;
+        let cert = params.self_signed(&key).map_err(|e| format!("node certificate: {e}"))?;
+        Ok(Self { public_key: public_key_of_seed(seed), cert: cert.der().clone(), pkcs8 })
+    }
+
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone()))
+    }
+}
+
+fn refuse(reason: &str) -> TlsError {
+    TlsError::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(Refused(reason.into())))))
+}
+
+#[derive(Debug)]
+struct Refused(String);
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Refused {}
+
+/// Client side: the server must present exactly the key configured for that peer.
+#[derive(Debug)]
+pub struct PinnedServerKey {
+    pub key: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedServerKey {
+    pub fn new(key: [u8; 32], provider: Arc<CryptoProvider>) -> Self {
+        Self { key, provider }
+    }
+}
+
+impl ServerCertVerifier for PinnedServerKey {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        match ed25519_key_of_cert(end_entity) {
+            Some(k) if k == self.key => Ok(ServerCertVerified::assertion()),
+            Some(_) => Err(refuse("peer presented a different node key than configured")),
+            None => Err(refuse("peer certificate carries no Ed25519 node key")),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        Err(TlsError::General("TLS 1.2 is not used by QuicEther".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// Called with the refused key (None if the certificate had none) and the reason.
+pub type RefusalSink = Box<dyn Fn(Option<[u8; 32]>, &str) + Send + Sync>;
+
+/// Server side: a client is accepted only if its key is one of the configured peers. Refusals are
+/// reported once per key (a misconfigured peer retries every second; the log should not).
+pub struct KnownClientKeys {
+    keys: Arc<RwLock<HashSet<[u8; 32]>>>,
+    reported: Mutex<HashSet<Option<[u8; 32]>>>,
+    on_refused: RefusalSink,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for KnownClientKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KnownClientKeys").finish_non_exhaustive()
+    }
+}
+
+impl KnownClientKeys {
+    pub fn new(
+        keys: Arc<RwLock<HashSet<[u8; 32]>>>,
+        provider: Arc<CryptoProvider>,
+        on_refused: RefusalSink,
+    ) -> Self {
+        Self { keys, reported: Mutex::new(HashSet::new()), on_refused, provider }
+    }
+
+    fn refuse_once(&self, key: Option<[u8; 32]>, reason: &str) -> TlsError {
+        if self.reported.lock().unwrap().insert(key) {
+            (self.on_refused)(key, reason);
+        }
+        refuse(reason)
+    }
+}
+
+impl ClientCertVerifier for KnownClientKeys {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        match ed25519_key_of_cert(end_entity) {
+            Some(k) if self.keys.read().unwrap().contains(&k) => Ok(ClientCertVerified::assertion()),
+            Some(k) => Err(self.refuse_once(Some(k), "unknown node key")),
+            None => Err(self.refuse_once(None, "certificate carries no Ed25519 node key")),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        Err(TlsError::General("TLS 1.2 is not used by QuicEther".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_carries_the_node_key() {
+        let seed = generate_seed();
+        let id = Identity::from_seed(&seed).unwrap();
+        assert_eq!(ed25519_key_of_cert(&id.cert), Some(id.public_key));
+        assert_eq!(id.public_key, public_key_of_seed(&seed));
+    }
+
+    #[test]
+    fn pinned_server_key_refuses_another_key() {
+        let a = Identity::from_seed(&generate_seed()).unwrap();
+        let b = Identity::from_seed(&generate_seed()).unwrap();
+        let v = PinnedServerKey::new(a.public_key, provider());
+        let name = ServerName::try_from(SERVER_NAME).unwrap();
+        assert!(v.verify_server_cert(&a.cert, &[], &name, &[], UnixTime::now()).is_ok());
+        assert!(v.verify_server_cert(&b.cert, &[], &name, &[], UnixTime::now()).is_err());
+    }
+
+    #[test]
+    fn unknown_client_refused_and_reported_once() {
+        let known = Identity::from_seed(&generate_seed()).unwrap();
+        let stranger = Identity::from_seed(&generate_seed()).unwrap();
+        let keys = Arc::new(RwLock::new(HashSet::from([known.public_key])));
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let sink = reports.clone();
+        let v = KnownClientKeys::new(keys, provider(), Box::new(move |k, _| sink.lock().unwrap().push(k)));
+        assert!(v.verify_client_cert(&known.cert, &[], UnixTime::now()).is_ok());
+        for _ in 0..3 {
+            assert!(v.verify_client_cert(&stranger.cert, &[], UnixTime::now()).is_err());
+        }
+        assert_eq!(*reports.lock().unwrap(), vec![Some(stranger.public_key)]);
+    }
+}

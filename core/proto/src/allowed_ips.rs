@@ -1,0 +1,129 @@
+//! Allowed IPs: a peer owns a set of prefixes. Outbound, the destination picks the peer (longest prefix
+//! wins); inbound, a packet whose source is not among the sending peer's prefixes is dropped (a peer can
+//! only speak for the addresses it was given, as in WireGuard's cryptokey routing).
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - self.len as u32) };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - self.len as u32) };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("invalid IP prefix {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or(format!("invalid prefix length in {s:?}"))?,
+            None => max,
+        };
+        Ok(Prefix { addr, len })
+    }
+}
+
+/// Destination or source address of an IP packet, or None if it is not a well-formed IPv4/IPv6 header.
+pub fn packet_addrs(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let src: [u8; 4] = packet[12..16].try_into().ok()?;
+            let dst: [u8; 4] = packet[16..20].try_into().ok()?;
+            Some((IpAddr::from(src), IpAddr::from(dst)))
+        }
+        6 if packet.len() >= 40 => {
+            let src: [u8; 16] = packet[8..24].try_into().ok()?;
+            let dst: [u8; 16] = packet[24..40].try_into().ok()?;
+            Some((IpAddr::from(src), IpAddr::from(dst)))
+        }
+        _ => None,
+    }
+}
+
+/// Prefix → peer index table. Tables are tiny (a few prefixes per peer), so a scan beats a trie here.
+#[derive(Clone, Debug, Default)]
+pub struct AllowedIps {
+    entries: Vec<(Prefix, usize)>,
+}
+
+impl AllowedIps {
+    pub fn insert(&mut self, prefix: Prefix, peer: usize) {
+        self.entries.retain(|(p, _)| *p != prefix);
+        self.entries.push((prefix, peer));
+        // Longest prefix first, so the first match is the most specific.
+        self.entries.sort_by_key(|e| std::cmp::Reverse(e.0.len));
+    }
+
+    pub fn lookup(&self, ip: IpAddr) -> Option<usize> {
+        self.entries.iter().find(|(p, _)| p.contains(ip)).map(|(_, peer)| *peer)
+    }
+
+    /// True if `peer` may send packets with source address `ip`.
+    pub fn allows(&self, peer: usize, ip: IpAddr) -> bool {
+        self.lookup(ip) == Some(peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_and_rejects_prefixes() {
+        assert_eq!(p("10.0.0.0/8").len, 8);
+        assert_eq!(p("10.1.2.3").len, 32);
+        assert_eq!(p("fd00::/64").len, 64);
+        assert!("10.0.0.0/33".parse::<Prefix>().is_err());
+        assert!("nonsense/8".parse::<Prefix>().is_err());
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_sources_are_checked() {
+        let mut t = AllowedIps::default();
+        t.insert(p("0.0.0.0/0"), 0);
+        t.insert(p("10.9.0.0/16"), 1);
+        t.insert(p("10.9.0.7/32"), 2);
+        assert_eq!(t.lookup("10.9.0.7".parse().unwrap()), Some(2));
+        assert_eq!(t.lookup("10.9.3.1".parse().unwrap()), Some(1));
+        assert_eq!(t.lookup("8.8.8.8".parse().unwrap()), Some(0));
+        assert_eq!(t.lookup("::1".parse().unwrap()), None);
+        assert!(t.allows(1, "10.9.3.1".parse().unwrap()));
+        assert!(!t.allows(1, "10.9.0.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn reads_addresses_from_ip_headers() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        v4[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        v4[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        assert_eq!(packet_addrs(&v4), Some(("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap())));
+        assert_eq!(packet_addrs(&v4[..19]), None);
+        assert_eq!(packet_addrs(&[0x10; 40]), None);
+    }
+}

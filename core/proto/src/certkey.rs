@@ -1,0 +1,84 @@
+//! The node key inside a peer certificate. Nodes authenticate with self-signed X.509 certificates whose
+//! subject public key is the node's Ed25519 key; trust comes from pinning that key, not from the chain.
+//!
+//! We walk the DER structure to the certificate's own SubjectPublicKeyInfo rather than searching for a
+//! byte pattern: an attacker could otherwise plant another node's key in an extension.
+//!
+//! Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
+//! TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer, validity,
+//!                               subject, subjectPublicKeyInfo, ... }
+
+/// DER of `SEQUENCE { SEQUENCE { OID 1.3.101.112 (Ed25519) } BIT STRING (0 unused bits) }` up to the key.
+const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// One DER element split off the front of a buffer: (tag, whole element, content, rest of the buffer).
+type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+fn read_tlv(input: &[u8]) -> Option<Tlv<'_>> {
+    let tag = *input.first()?;
+    let first_len = *input.get(1)?;
+    let (len, header) = if first_len < 0x80 {
+        (first_len as usize, 2)
+    } else {
+        let n = (first_len & 0x7f) as usize;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *input.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    if end > input.len() {
+        return None;
+    }
+    Some((tag, &input[..end], &input[header..end], &input[end..]))
+}
+
+/// Returns the Ed25519 public key of a DER certificate, or None if it is not one.
+pub fn ed25519_key_of_cert(der: &[u8]) -> Option<[u8; 32]> {
+    let (tag, _, cert, _) = read_tlv(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, _, mut tbs, _) = read_tlv(cert)?;
+    if tag != 0x30 {
+        return None;
+    }
+    // Optional explicit [0] version.
+    if tbs.first() == Some(&0xa0) {
+        tbs = read_tlv(tbs)?.3;
+    }
+    // serialNumber, signature, issuer, validity, subject.
+    for _ in 0..5 {
+        tbs = read_tlv(tbs)?.3;
+    }
+    let (_, spki, _, _) = read_tlv(tbs)?;
+    if spki.len() != ED25519_SPKI_PREFIX.len() + 32 || spki[..ED25519_SPKI_PREFIX.len()] != ED25519_SPKI_PREFIX {
+        return None;
+    }
+    spki[ED25519_SPKI_PREFIX.len()..].try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_long_form_lengths_and_rejects_truncation() {
+        let mut long = vec![0x04, 0x81, 200];
+        long.extend([7u8; 200]);
+        let (tag, whole, content, rest) = read_tlv(&long).unwrap();
+        assert_eq!((tag, whole.len(), content.len(), rest.len()), (4, 203, 200, 0));
+        assert!(read_tlv(&long[..100]).is_none());
+        assert!(read_tlv(&[0x30]).is_none());
+    }
+
+    #[test]
+    fn rejects_non_certificates() {
+        assert_eq!(ed25519_key_of_cert(b""), None);
+        assert_eq!(ed25519_key_of_cert(&[0x30, 0x03, 0x02, 0x01, 0x01]), None);
+    }
+}

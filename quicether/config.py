@@ -1,0 +1,155 @@
+"""The node's TOML config, validated into dataclasses. Every error names the field it is about.
+
+    [node]
+    listen = "0.0.0.0:4433"        # UDP address of the QUIC endpoint
+    tun = "qe0"                    # TUN device name
+    address = "10.99.0.1/24"       # this node's overlay address on the TUN device
+    state_dir = "/var/lib/quicether"
+    path_mtu = 1500                # MTU of the underlying network; the TUN MTU is derived from it
+
+    [[peer]]
+    name = "gateway"
+    key = "qe1…"                   # the peer's node id
+    endpoint = "203.0.113.5:4433"  # optional: dial it (otherwise wait for the peer to dial us)
+    allowed_ips = ["10.99.0.2/32"] # inner addresses this peer may use; routed into the tunnel
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quicether.identity import IdentityError, decode_node_id
+
+DEFAULT_STATE_DIR = Path("/var/lib/quicether")
+DEFAULT_LISTEN = "0.0.0.0:4433"
+# Interface names are at most 15 characters (IFNAMSIZ - 1).
+MAX_IFNAME = 15
+MIN_PATH_MTU = 1280
+
+
+class ConfigError(ValueError):
+    """The config cannot be used; the message starts with the file and field."""
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    name: str
+    key: bytes
+    node_id: str
+    endpoint: str | None
+    allowed_ips: list[str]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    listen: str
+    tun: str
+    address: str | None
+    state_dir: Path
+    path_mtu: int
+    peers: list[PeerConfig] = field(default_factory=list)
+
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / "node.key"
+
+    @property
+    def api_socket(self) -> Path:
+        return self.state_dir / "api.sock"
+
+
+def _socket_addr(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected \"host:port\", got {value!r}")
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        port_n = int(port)
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not an IP address with a port (e.g. \"198.51.100.7:4433\")") from None
+    if not sep or not 0 <= port_n <= 65535:
+        raise ConfigError(f"{where}: port out of range in {value!r}")
+    return value
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown setting (known: {', '.join(sorted(allowed))})")
+
+
+def _peer(raw: object, index: int, path: Path) -> PeerConfig:
+    where = f"{path}: peer[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    _check_keys(raw, {"name", "key", "endpoint", "allowed_ips"}, where)
+    name = raw.get("name", f"peer{index}")
+    if "key" not in raw:
+        raise ConfigError(f"{where}.key: missing (the peer's node id, `quicether pubkey` on the peer)")
+    try:
+        key = decode_node_id(str(raw["key"]))
+    except IdentityError as exc:
+        raise ConfigError(f"{where}.key: {exc}") from None
+    endpoint = raw.get("endpoint")
+    if endpoint is not None:
+        endpoint = _socket_addr(endpoint, f"{where}.endpoint")
+    allowed = raw.get("allowed_ips", [])
+    if not isinstance(allowed, list):
+        raise ConfigError(f"{where}.allowed_ips: expected a list of prefixes")
+    for prefix in allowed:
+        try:
+            ipaddress.ip_network(str(prefix), strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}.allowed_ips: {prefix!r} is not an IP prefix") from None
+    return PeerConfig(name=str(name), key=key, node_id=str(raw["key"]).strip(), endpoint=endpoint,
+                      allowed_ips=[str(p) for p in allowed])
+
+
+def parse(text: str, path: Path) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _check_keys(data, {"node", "peer"}, str(path))
+    node = data.get("node", {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path}: [node] must be a table")
+    _check_keys(node, {"listen", "tun", "address", "state_dir", "path_mtu"}, f"{path}: node")
+    listen = _socket_addr(node.get("listen", DEFAULT_LISTEN), f"{path}: node.listen")
+    tun = node.get("tun", "qe0")
+    if not isinstance(tun, str) or not 0 < len(tun) <= MAX_IFNAME or "/" in tun or " " in tun:
+        raise ConfigError(f"{path}: node.tun: {tun!r} is not a valid interface name (1 to 15 characters)")
+    address = node.get("address")
+    if address is not None:
+        try:
+            ipaddress.ip_interface(str(address))
+        except ValueError:
+            raise ConfigError(f"{path}: node.address: {address!r} is not an address/prefix like 10.99.0.1/24") from None
+    path_mtu = node.get("path_mtu", 1500)
+    if not isinstance(path_mtu, int) or not MIN_PATH_MTU <= path_mtu <= 9000:
+        raise ConfigError(f"{path}: node.path_mtu: must be an integer from {MIN_PATH_MTU} to 9000")
+    peers_raw = data.get("peer", [])
+    if not isinstance(peers_raw, list):
+        raise ConfigError(f"{path}: peer: use [[peer]] tables")
+    peers = [_peer(p, i, path) for i, p in enumerate(peers_raw)]
+    seen: set[bytes] = set()
+    for i, p in enumerate(peers):
+        if p.key in seen:
+            raise ConfigError(f"{path}: peer[{i}].key: the same peer is listed twice")
+        seen.add(p.key)
+    return Config(path=path, listen=listen, tun=tun, address=str(address) if address else None,
+                  state_dir=Path(node.get("state_dir", DEFAULT_STATE_DIR)), path_mtu=path_mtu, peers=peers)
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse(text, path)

@@ -1,0 +1,1 @@
+"""The running daemon: wiring of config, core node, links and the local API."""

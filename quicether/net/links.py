@@ -1,0 +1,78 @@
+"""The TUN device's address, MTU and the routes for peers' allowed IPs, through pyroute2 (netlink).
+
+The TUN device itself is created by the core when the node starts and vanishes with it, taking its
+address and routes along; `remove_routes` still removes ours explicitly so a stop leaves nothing behind
+even if the device were persistent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+
+class LinkError(RuntimeError):
+    """A netlink operation failed; the message names the device and what was attempted."""
+
+
+def _index(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise LinkError(f"device {name} does not exist")
+    return int(found[0])
+
+
+def configure_tun(name: str, mtu: int, address: str | None) -> None:
+    """Sets the MTU, adds the overlay address (if any) and brings the device up."""
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        try:
+            ipr.link("set", index=index, mtu=mtu)
+            if address:
+                iface = ipaddress.ip_interface(address)
+                family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
+                ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, family=family)
+            ipr.link("set", index=index, state="up")
+        except NetlinkError as exc:
+            raise LinkError(f"configuring {name}: {exc.args[-1] if exc.args else exc}") from None
+
+
+def routes_for(prefixes: list[str], address: str | None) -> list[str]:
+    """The routes a node needs: each allowed prefix not already covered by the TUN's own subnet."""
+    own = ipaddress.ip_interface(address).network if address else None
+    needed = []
+    for text in prefixes:
+        net = ipaddress.ip_network(text, strict=False)
+        if own is not None and net.version == own.version and net.subnet_of(own):  # type: ignore[arg-type]
+            continue
+        needed.append(str(net))
+    return needed
+
+
+def add_routes(name: str, prefixes: list[str]) -> None:
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        for prefix in prefixes:
+            net = ipaddress.ip_network(prefix)
+            family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+            try:
+                ipr.route("replace", dst=str(net), oif=index, family=family)
+            except NetlinkError as exc:
+                raise LinkError(f"route {prefix} dev {name}: {exc.args[-1] if exc.args else exc}") from None
+
+
+def remove_routes(name: str, prefixes: list[str]) -> None:
+    """Removes our routes; ones already gone (device removed) are fine."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return
+        for prefix in prefixes:
+            net = ipaddress.ip_network(prefix)
+            family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+            with contextlib.suppress(NetlinkError):
+                ipr.route("del", dst=str(net), oif=found[0], family=family)
