@@ -31,6 +31,14 @@ use crate::tun::open_tun;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Keepalive well under the idle timeout and under typical NAT UDP mapping life times (≥ 30 s).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// Control datagram the accepting side sends once it has accepted a connection. In TLS 1.3 the client
+/// finishes its handshake before the server has checked the client's certificate, so a dialer only
+/// trusts a connection once a datagram arrives from the peer. IP packets never start with a 0 nibble.
+const HELLO: &[u8] = &[0x00];
+/// Sent twice: datagrams are unreliable, and a lost hello costs a redial.
+const HELLO_COPIES: usize = 2;
+/// How long a dialer waits for the first datagram after its handshake.
+const ACCEPT_PROOF_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between failed dial attempts.
 const REDIAL_INTERVAL: Duration = Duration::from_secs(1);
 /// Bounded queues: datagrams beyond these are dropped (oldest first by quinn), never buffered without end.
@@ -392,20 +400,8 @@ async fn connection_reader(shared: Arc<Shared>, index: usize, conn: quinn::Conne
     let peer = &shared.peers[index];
     let reason = loop {
         match conn.read_datagram().await {
-            Ok(packet) => {
-                let allowed = packet_addrs(&packet).is_some_and(|(src, _)| shared.allowed.allows(index, src));
-                // SAFETY: writing a valid buffer to the TUN fd; EAGAIN/failure drops this packet only.
-                let written = allowed
-                    && unsafe { libc::write(shared.tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) }
-                        == packet.len() as isize;
-                let c = &peer.counters;
-                if written {
-                    c.rx_packets.fetch_add(1, Ordering::Relaxed);
-                    c.rx_bytes.fetch_add(packet.len() as u64, Ordering::Relaxed);
-                } else {
-                    c.rx_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            Ok(packet) if packet[..] == *HELLO => continue,
+            Ok(packet) => deliver(&shared, index, &packet),
             Err(e) => break e.to_string(),
         }
     };
@@ -419,8 +415,26 @@ async fn connection_reader(shared: Arc<Shared>, index: usize, conn: quinn::Conne
     }
 }
 
-fn register(shared: &Arc<Shared>, index: usize, conn: quinn::Connection) {
+/// Writes one inner packet from peer `index` to the TUN device if its source is the peer's to use.
+fn deliver(shared: &Shared, index: usize, packet: &[u8]) {
+    let allowed = packet_addrs(packet).is_some_and(|(src, _)| shared.allowed.allows(index, src));
+    // SAFETY: writing a valid buffer to the TUN fd; EAGAIN/failure drops this packet only.
+    let written = allowed
+        && unsafe { libc::write(shared.tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) } == packet.len() as isize;
+    let c = &shared.peers[index].counters;
+    if written {
+        c.rx_packets.fetch_add(1, Ordering::Relaxed);
+        c.rx_bytes.fetch_add(packet.len() as u64, Ordering::Relaxed);
+    } else {
+        c.rx_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn register(shared: &Arc<Shared>, index: usize, conn: quinn::Connection, first: Option<Bytes>) {
     let peer = &shared.peers[index];
+    if let Some(packet) = first.filter(|p| p[..] != *HELLO) {
+        deliver(shared, index, &packet);
+    }
     peer.connections.lock().unwrap().push(conn.clone());
     *peer.last_handshake.lock().unwrap() = Some(SystemTime::now());
     shared.emit(Event::PeerConnected { key: peer.cfg.key, remote: conn.remote_address() });
@@ -442,7 +456,12 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => match peer_key_of(&conn).and_then(|k| shared.by_key.get(&k).copied()) {
-                    Some(index) => register(&shared, index, conn),
+                    Some(index) => {
+                        for _ in 0..HELLO_COPIES {
+                            let _ = conn.send_datagram(Bytes::from_static(HELLO));
+                        }
+                        register(&shared, index, conn, None);
+                    }
                     None => conn.close(1u32.into(), b"unknown peer"),
                 },
                 Err(e) => {
@@ -455,6 +474,18 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     }
 }
 
+/// Waits for the peer's first datagram: proof that it accepted our certificate too.
+async fn accepted(conn: quinn::Connection) -> Result<(quinn::Connection, Bytes), String> {
+    match tokio::time::timeout(ACCEPT_PROOF_TIMEOUT, conn.read_datagram()).await {
+        Ok(Ok(first)) => Ok((conn, first)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => {
+            conn.close(2u32.into(), b"no hello");
+            Err("peer completed the handshake but sent nothing".into())
+        }
+    }
+}
+
 async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, index: usize, addr: SocketAddr, config: quinn::ClientConfig) {
     let mut last_error = String::new();
     loop {
@@ -464,13 +495,16 @@ async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, index: usize, ad
             continue;
         }
         let attempt = match endpoint.connect_with(config.clone(), addr, tls::SERVER_NAME) {
-            Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
+            Ok(connecting) => match connecting.await {
+                Ok(conn) => accepted(conn).await,
+                Err(e) => Err(e.to_string()),
+            },
             Err(e) => Err(e.to_string()),
         };
         match attempt {
-            Ok(conn) => {
+            Ok((conn, first)) => {
                 last_error.clear();
-                register(&shared, index, conn);
+                register(&shared, index, conn, Some(first));
                 continue;
             }
             Err(reason) => {

@@ -1,0 +1,168 @@
+"""The point-to-point tunnel in the lab: two nodes on one veth pair, real ping and iperf3 through it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from quicether.identity import decode_node_id, generate
+from tests.lab import Lab, Namespace
+from tests.lab import nodes as qe
+from tests.lab.measure import iperf, ping, start_iperf_server
+from tests.lab.topology import REPO_ROOT
+
+
+@dataclass
+class Pair:
+    lab: Lab
+    a: qe.NodeSpec      # dials b
+    b: qe.NodeSpec      # listens only
+    tmp: Path
+
+
+def _two_hosts(lab: Lab) -> tuple[Namespace, Namespace]:
+    a, b = lab.add_namespace("a"), lab.add_namespace("b")
+    lab.veth(a, "eth0", b, "eth0")
+    a.ip("addr", "add", "10.1.0.1/24", "dev", "eth0")
+    b.ip("addr", "add", "10.1.0.2/24", "dev", "eth0")
+    return a, b
+
+
+@pytest.fixture
+def pair(lab: Lab, tmp_path: Path) -> Iterator[Pair]:
+    ns_a, ns_b = _two_hosts(lab)
+    a = qe.make_node(ns_a, "a", "10.99.0.1/24", tmp_path)
+    b = qe.make_node(ns_b, "b", "10.99.0.2/24", tmp_path)
+    qe.pair(a, b, "10.1.0.2:4433")
+    qe.start(b)
+    qe.start(a)
+    qe.wait_connected(a)
+    yield Pair(lab, a, b, tmp_path)
+
+
+def test_ping_both_ways_and_status_shows_the_peer(pair: Pair) -> None:
+    there = ping(pair.a.ns, pair.b.overlay_ip, count=5)
+    back = ping(pair.b.ns, pair.a.overlay_ip, count=5)
+    assert there.received == 5 and back.received == 5
+    status = pair.a.status()
+    peer = status["peers"][0]
+    assert peer["name"] == "b" and peer["connected"] and peer["endpoint"] == "10.1.0.2:4433"
+    assert peer["rx_packets"] >= 5 and peer["tx_packets"] >= 5 and peer["last_handshake"] is not None
+    cli = pair.a.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(pair.a.config_path))
+    assert f"peer b {pair.b.node_id}" in cli.stdout and "connected" in cli.stdout
+
+
+def test_iperf3_tcp_and_udp_through_the_tunnel(pair: Pair) -> None:
+    start_iperf_server(pair.b.ns)
+    tcp = iperf(pair.a.ns, pair.b.overlay_ip, seconds=2)
+    assert tcp.mbit_s > 50, tcp.mbit_s
+    udp = iperf(pair.a.ns, pair.b.overlay_ip, seconds=2, udp_mbit=100, udp_len=1300)
+    assert udp.lost_percent < 1.0, udp.lost_percent
+    # Every byte went through DATAGRAM frames: the peer counted what iperf3 moved.
+    assert pair.a.status()["peers"][0]["tx_bytes"] > 2 * 50e6 / 8
+
+
+def test_mtu_fits_exactly_and_one_byte_more_is_refused(pair: Pair) -> None:
+    mtu = pair.a.status()["node"]["mtu"]
+    assert 1400 <= mtu <= 1500 - 28
+    fits = ping(pair.a.ns, pair.b.overlay_ip, count=3, size=mtu - 28, dont_fragment=True)
+    assert fits.received == 3
+    too_big = pair.a.ns.run("ping", "-c", "1", "-M", "do", "-s", str(mtu - 27), "-W", "1", pair.b.overlay_ip,
+                            check=False)
+    assert too_big.returncode != 0
+    assert f"mtu={mtu}" in too_big.stdout + too_big.stderr  # refused with the tunnel MTU, not fragmented
+
+
+def test_unknown_key_is_refused_and_logged_once(pair: Pair) -> None:
+    stranger = qe.make_node(pair.a.ns, "stranger", "10.99.0.9/24", pair.tmp)
+    stranger.listen, stranger.tun = "0.0.0.0:4434", "qe9"
+    # The stranger knows b, but b does not know the stranger.
+    stranger.peers.append({"name": "b", "key": pair.b.node_id, "endpoint": "10.1.0.2:4433",
+                           "allowed_ips": ["10.99.0.2/32"]})
+    qe.start(stranger)
+    time.sleep(3.5)  # the stranger redials every second
+    assert not stranger.status()["peers"][0]["connected"]
+    refusals = [line for line in qe.read_log(pair.b).splitlines() if "refused handshake" in line]
+    assert len(refusals) == 1, refusals
+    assert stranger.node_id in refusals[0]
+    assert len(pair.b.status()["peers"]) == 1, "nothing is kept for a refused key"
+
+
+def test_restart_of_either_side_recovers_within_5s(pair: Pair) -> None:
+    for node in (pair.b, pair.a):
+        assert qe.stop(node) == 0
+        qe.start(node)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 8:
+            if ping(pair.a.ns, pair.b.overlay_ip, count=1, timeout_s=0.2).received:
+                break
+        recovered = time.monotonic() - t0
+        assert recovered < 5, f"{node.name} restart: tunnel back after {recovered:.1f}s"
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_stop_leaves_no_tun_route_or_socket(pair: Pair, how: signal.Signals) -> None:
+    assert pair.a.proc is not None
+    pair.a.proc.send_signal(how)
+    code = pair.a.proc.wait(timeout=10)
+    assert code == (0 if how == signal.SIGTERM else -signal.SIGKILL)
+    assert pair.a.ns.ip("link", "show", "dev", "qe0", check=False).returncode != 0
+    assert "qe0" not in pair.a.ns.ip("route", "show", "table", "all").stdout
+    if how == signal.SIGTERM:
+        assert not (pair.a.state_dir / "api.sock").exists()
+    else:  # a socket left by a killed daemon does not stop the next start
+        qe.start(pair.a)
+        qe.wait_connected(pair.a)
+
+
+def _up(ns: Namespace, config: Path, *wrap: str) -> subprocess.CompletedProcess[str]:
+    return ns.run(*wrap, sys.executable, "-m", "quicether", "up", "-c", str(config), check=False, timeout=20)
+
+
+def test_port_in_use_is_one_clear_error_and_leaves_nothing(pair: Pair) -> None:
+    twin = qe.make_node(pair.b.ns, "twin", "10.99.0.7/24", pair.tmp)
+    twin.tun = "qe7"  # same listen port as b, which is running
+    twin.write_config()
+    proc = _up(pair.b.ns, twin.config_path)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("quicether: error:")]
+    assert len(errors) == 1 and "0.0.0.0:4433" in errors[0] and "in use" in errors[0], proc.stderr
+    assert pair.b.ns.ip("link", "show", "dev", "qe7", check=False).returncode != 0
+
+
+def test_missing_dev_net_tun_is_one_clear_error(lab: Lab, tmp_path: Path) -> None:
+    ns = lab.add_namespace("solo")
+    node = qe.make_node(ns, "solo", "10.99.0.1/24", tmp_path)
+    node.write_config()
+    # A private mount namespace where /dev/net is empty, as on a kernel without TUN.
+    proc = _up(ns, node.config_path, "unshare", "-m", "sh", "-c", 'mount -t tmpfs none /dev/net && exec "$0" "$@"')
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("quicether: error:") and "/dev/net/tun" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_aioquic_client_handshakes_and_exchanges_datagrams(pair: Pair) -> None:
+    """aioquic is an independent QUIC stack: if it completes the handshake with a pinned key and gets an
+    ICMP echo reply back in a DATAGRAM frame, our endpoint speaks standard QUIC + RFC 9221."""
+    seed_file = pair.tmp / "aioquic" / "node.key"
+    peer_id = generate(seed_file).node_id
+    qe.stop(pair.b)
+    pair.b.peers.append({"name": "aioquic", "key": peer_id, "allowed_ips": ["10.99.0.3/32"]})
+    qe.start(pair.b)
+    out = subprocess.run(
+        pair.a.ns.argv([sys.executable, "-m", "tests.lab.aioquic_peer", "--seed-file", str(seed_file),
+                        "--server", "10.1.0.2:4433", "--src", "10.99.0.3", "--dst", pair.b.overlay_ip]),
+        capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert base64.b64decode(result["server_key"]) == decode_node_id(pair.b.node_id)
+    assert result["echo_reply"] and result["reply_src"] == pair.b.overlay_ip
