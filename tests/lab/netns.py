@@ -13,7 +13,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 RUN_DIR = Path("/run/quicether-lab")
@@ -119,7 +119,7 @@ class Lab:
         self.namespaces: dict[str, Namespace] = {}
         self.processes: list[subprocess.Popen[str]] = []
         self._closed = False
-        self._veth_count = 0
+        self._cleanups: list[Callable[[], None]] = []
 
     def __enter__(self) -> Lab:
         sweep_stale_labs()
@@ -154,6 +154,10 @@ class Lab:
         a.ip("link", "set", "dev", a_if, "up")
         b.ip("link", "set", "dev", b_if, "up")
 
+    def on_close(self, cleanup: Callable[[], None]) -> None:
+        """Runs `cleanup` when the lab closes, after its processes are gone."""
+        self._cleanups.append(cleanup)
+
     def close(self) -> None:
         if self._closed:
             return
@@ -166,3 +170,6 @@ class Lab:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         destroy_tagged(self.tag)
+        for cleanup in reversed(self._cleanups):
+            with contextlib.suppress(Exception):
+                cleanup()
