@@ -1,8 +1,18 @@
 //! QuicEther protocol logic without I/O: no sockets, no clocks, no threads. Everything here is a pure
-//! function of its inputs and is unit-tested in microseconds.
+//! function of its inputs (time is passed in as `now`) and is unit-tested in microseconds.
 //!
 //! - `allowed_ips`: which peer an inner packet belongs to (longest prefix match), and source checks.
 //! - `certkey`: the Ed25519 node key inside a peer's self-signed certificate.
+//! - `frame`: the DATAGRAM frame format (bond sequence numbers, probes).
+//! - `classify`: traffic classes (bulk / real-time / rules) → scheduling mode.
+//! - `scheduler`: which path(s) carry a packet.
+//! - `reorder`: in-order release at the receiver with an RTT-spread timeout.
+//! - `health`: probes, up/down with damping.
 
 pub mod allowed_ips;
 pub mod certkey;
+pub mod classify;
+pub mod frame;
+pub mod health;
+pub mod reorder;
+pub mod scheduler;

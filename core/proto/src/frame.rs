@@ -1,0 +1,72 @@
+//! Wire format of QuicEther DATAGRAM frames (one QUIC DATAGRAM = one of these).
+//!
+//! ```text
+//! DATA        0x01 | seq: u64 BE | inner IP packet       (bond sequence numbers are per peer)
+//! PROBE       0x02 | id: u32 BE                          (path health; answered on the same path)
+//! PROBE_REPLY 0x03 | id: u32 BE
+//! ```
+//! Control messages that must arrive (path hello) use a QUIC stream instead; these are all best-effort.
+
+pub const DATA: u8 = 0x01;
+pub const PROBE: u8 = 0x02;
+pub const PROBE_REPLY: u8 = 0x03;
+/// Bytes in front of every inner packet: type + sequence number.
+pub const DATA_HEADER_LEN: usize = 9;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Data { seq: u64, packet: &'a [u8] },
+    Probe { id: u32 },
+    ProbeReply { id: u32 },
+}
+
+pub fn encode_data_header(seq: u64) -> [u8; DATA_HEADER_LEN] {
+    let mut h = [0u8; DATA_HEADER_LEN];
+    h[0] = DATA;
+    h[1..].copy_from_slice(&seq.to_be_bytes());
+    h
+}
+
+pub fn encode_probe(kind: u8, id: u32) -> [u8; 5] {
+    let mut p = [kind, 0, 0, 0, 0];
+    p[1..].copy_from_slice(&id.to_be_bytes());
+    p
+}
+
+/// Parses one datagram; None for unknown types or truncated frames (dropped and counted by the caller).
+pub fn parse(datagram: &[u8]) -> Option<Frame<'_>> {
+    let (&kind, rest) = datagram.split_first()?;
+    match kind {
+        DATA if rest.len() >= 8 => {
+            let seq = u64::from_be_bytes(rest[..8].try_into().ok()?);
+            Some(Frame::Data { seq, packet: &rest[8..] })
+        }
+        PROBE | PROBE_REPLY if rest.len() == 4 => {
+            let id = u32::from_be_bytes(rest.try_into().ok()?);
+            Some(if kind == PROBE { Frame::Probe { id } } else { Frame::ProbeReply { id } })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let mut d = encode_data_header(0x0102_0304_0506_0708).to_vec();
+        d.extend_from_slice(b"packet");
+        assert_eq!(parse(&d), Some(Frame::Data { seq: 0x0102_0304_0506_0708, packet: b"packet" }));
+        assert_eq!(parse(&encode_probe(PROBE, 7)), Some(Frame::Probe { id: 7 }));
+        assert_eq!(parse(&encode_probe(PROBE_REPLY, 9)), Some(Frame::ProbeReply { id: 9 }));
+    }
+
+    #[test]
+    fn rejects_truncated_and_unknown() {
+        assert_eq!(parse(&[]), None);
+        assert_eq!(parse(&[DATA, 0, 0]), None);
+        assert_eq!(parse(&[PROBE, 0, 0, 0]), None);
+        assert_eq!(parse(&[0x45, 0, 0, 0, 0]), None);
+    }
+}

@@ -1,0 +1,236 @@
+//! The reorder buffer at the receiver: packets of one peer arrive over several paths with different
+//! delays; this releases them in bond-sequence order.
+//!
+//! - In order: released at once. Ahead of a gap: held until the gap fills or the oldest held packet has
+//!   waited `timeout` (set from the measured RTT spread between paths, not a constant), or more than
+//!   `max_packets` are held. Then the gap is skipped.
+//! - A packet whose gap was skipped and that arrives later is still delivered (late beats lost for TCP);
+//!   a second copy of a packet already delivered (redundant mode) is dropped.
+//! - A sequence number far outside the window (the sender restarted) resynchronises the buffer.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Sequence numbers further than this from the expected one mean the sender restarted.
+pub const RESYNC_DISTANCE: u64 = 1 << 24;
+/// How many skipped sequence numbers we remember, to tell late packets from duplicates.
+const SKIPPED_MEMORY: usize = 16_384;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReorderStats {
+    pub in_order: u64,
+    /// Released from the buffer after waiting for an earlier packet.
+    pub reordered: u64,
+    /// Arrived after their gap was skipped; delivered anyway.
+    pub late: u64,
+    pub duplicates: u64,
+    /// Sequence numbers given up on (lost, or late beyond the timeout).
+    pub skipped: u64,
+    pub resyncs: u64,
+}
+
+pub struct ReorderBuffer<T> {
+    next: Option<u64>,
+    held: BTreeMap<u64, (T, u64)>,
+    skipped: BTreeSet<u64>,
+    timeout_us: u64,
+    max_packets: usize,
+    pub stats: ReorderStats,
+}
+
+impl<T> ReorderBuffer<T> {
+    pub fn new(timeout_us: u64, max_packets: usize) -> Self {
+        Self {
+            next: None,
+            held: BTreeMap::new(),
+            skipped: BTreeSet::new(),
+            timeout_us,
+            max_packets,
+            stats: ReorderStats::default(),
+        }
+    }
+
+    pub fn set_timeout_us(&mut self, timeout_us: u64) {
+        self.timeout_us = timeout_us;
+    }
+
+    pub fn timeout_us(&self) -> u64 {
+        self.timeout_us
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Accepts packet `seq` arriving at `now_us`; pushes what may be delivered now, in order, onto `out`.
+    pub fn push(&mut self, seq: u64, item: T, now_us: u64, out: &mut Vec<T>) {
+        let next = *self.next.get_or_insert(seq);
+        if seq.abs_diff(next) > RESYNC_DISTANCE {
+            self.stats.resyncs += 1;
+            self.flush(out);
+            self.skipped.clear();
+            self.next = Some(seq);
+            return self.push(seq, item, now_us, out);
+        }
+        if seq < next {
+            if self.skipped.remove(&seq) {
+                self.stats.late += 1;
+                out.push(item);
+            } else {
+                self.stats.duplicates += 1;
+            }
+            return;
+        }
+        if seq == next {
+            self.stats.in_order += 1;
+            out.push(item);
+            self.next = Some(next + 1);
+            self.release_run(out);
+        } else if let Entry::Vacant(slot) = self.held.entry(seq) {
+            slot.insert((item, now_us));
+            if self.held.len() > self.max_packets {
+                self.skip_gap(out);
+            }
+        } else {
+            self.stats.duplicates += 1;
+        }
+    }
+
+    /// Releases what the timeout allows at `now_us`.
+    pub fn poll(&mut self, now_us: u64, out: &mut Vec<T>) {
+        while let Some(deadline) = self.next_deadline_us() {
+            if deadline > now_us {
+                break;
+            }
+            self.skip_gap(out);
+        }
+    }
+
+    /// When `poll` next has something to do, if anything is held.
+    pub fn next_deadline_us(&self) -> Option<u64> {
+        // Packets are held in sequence order, and the one right after the gap has waited longest
+        // in practice; use the oldest arrival among held packets to be safe.
+        self.held.values().map(|(_, at)| *at).min().map(|at| at + self.timeout_us)
+    }
+
+    fn release_run(&mut self, out: &mut Vec<T>) {
+        while let Some(next) = self.next {
+            match self.held.remove(&next) {
+                Some((item, _)) => {
+                    self.stats.reordered += 1;
+                    out.push(item);
+                    self.next = Some(next + 1);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Gives up on the gap before the first held packet.
+    fn skip_gap(&mut self, out: &mut Vec<T>) {
+        let (Some(next), Some((&first, _))) = (self.next, self.held.first_key_value()) else { return };
+        for seq in next..first {
+            self.skipped.insert(seq);
+            self.stats.skipped += 1;
+        }
+        while self.skipped.len() > SKIPPED_MEMORY {
+            self.skipped.pop_first();
+        }
+        self.next = Some(first);
+        self.release_run(out);
+    }
+
+    /// Delivers everything held, in order.
+    pub fn flush(&mut self, out: &mut Vec<T>) {
+        while !self.held.is_empty() {
+            self.skip_gap(out);
+        }
+    }
+}
+
+/// Reorder timeout for paths with these smoothed RTTs: the one-way delay spread (half the RTT spread,
+/// doubled for safety as queues vary) plus a margin for jitter, capped so a real loss never stalls long.
+pub fn timeout_for_rtts_us(rtts_us: &[u64]) -> u64 {
+    const MARGIN_US: u64 = 5_000;
+    const MAX_US: u64 = 300_000;
+    let (Some(min), Some(max)) = (rtts_us.iter().min(), rtts_us.iter().max()) else { return MARGIN_US };
+    ((max - min) + MARGIN_US).min(MAX_US)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(b: &mut ReorderBuffer<u64>, seq: u64, now: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        b.push(seq, seq, now, &mut out);
+        out
+    }
+
+    #[test]
+    fn in_order_passes_and_gaps_wait_until_filled() {
+        let mut b = ReorderBuffer::new(10_000, 100);
+        assert_eq!(push(&mut b, 100, 0), vec![100]);
+        assert_eq!(push(&mut b, 102, 1), Vec::<u64>::new());
+        assert_eq!(push(&mut b, 103, 2), Vec::<u64>::new());
+        assert_eq!(push(&mut b, 101, 3), vec![101, 102, 103]);
+        assert_eq!(b.stats.reordered, 2);
+        assert_eq!(b.held(), 0);
+    }
+
+    #[test]
+    fn gap_is_skipped_after_timeout_and_late_packet_still_delivered() {
+        let mut b = ReorderBuffer::new(10_000, 100);
+        push(&mut b, 0, 0);
+        push(&mut b, 2, 1_000);
+        let mut out = Vec::new();
+        b.poll(10_999, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(b.next_deadline_us(), Some(11_000));
+        b.poll(11_000, &mut out);
+        assert_eq!(out, vec![2]);
+        assert_eq!(b.stats.skipped, 1);
+        assert_eq!(push(&mut b, 1, 12_000), vec![1], "late beats lost");
+        assert_eq!(b.stats.late, 1);
+        assert_eq!(push(&mut b, 1, 12_001), Vec::<u64>::new(), "a second copy is a duplicate");
+        assert_eq!(b.stats.duplicates, 1);
+    }
+
+    #[test]
+    fn duplicates_from_redundant_paths_are_dropped() {
+        let mut b = ReorderBuffer::new(10_000, 100);
+        assert_eq!(push(&mut b, 5, 0), vec![5]);
+        assert_eq!(push(&mut b, 5, 1), Vec::<u64>::new());
+        push(&mut b, 7, 2);
+        assert_eq!(push(&mut b, 7, 3), Vec::<u64>::new());
+        assert_eq!(b.stats.duplicates, 2);
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut b = ReorderBuffer::new(u64::MAX / 4, 8);
+        push(&mut b, 0, 0);
+        let mut released = Vec::new();
+        for seq in 2..20 {
+            released.extend(push(&mut b, seq, seq));
+        }
+        assert!(b.held() <= 8);
+        assert_eq!(released.first(), Some(&2), "overflow skips the gap instead of growing");
+    }
+
+    #[test]
+    fn sender_restart_resynchronises() {
+        let mut b = ReorderBuffer::new(10_000, 100);
+        push(&mut b, 1 << 40, 0);
+        assert_eq!(push(&mut b, 7, 1), vec![7]);
+        assert_eq!(push(&mut b, 8, 2), vec![8]);
+        assert_eq!(b.stats.resyncs, 1);
+    }
+
+    #[test]
+    fn timeout_follows_rtt_spread() {
+        assert_eq!(timeout_for_rtts_us(&[10_000]), 5_000);
+        assert_eq!(timeout_for_rtts_us(&[10_000, 60_000]), 55_000);
+        assert_eq!(timeout_for_rtts_us(&[10_000, 2_000_000]), 300_000);
+    }
+}

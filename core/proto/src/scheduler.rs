@@ -1,0 +1,205 @@
+//! The bonding scheduler: which path(s) carry the next packet. Pure: it sees a snapshot of each path and
+//! returns a decision; the I/O layer takes the snapshot and does the sending.
+//!
+//! Modes:
+//! - `Aggregate`: the path with the earliest expected arrival, `queue/rate + srtt/2`, among usable paths
+//!   whose queue is not full. Filling the low-RTT path until its queueing delay matches the next path's
+//!   extra RTT is what keeps the bond from ever doing worse than its best single path.
+//! - `LowestRtt`: the lowest-RTT usable path until its queue exceeds `SPILL_QUEUE_DELAY_US`, then as Aggregate.
+//! - `Redundant`: every usable path; the receiver keeps the first copy.
+//! Usable: up and primary; if no primary is up, up backups (a backup WAN carries nothing while a primary is up).
+
+/// Queueing delay beyond which `LowestRtt` spills to other paths.
+pub const SPILL_QUEUE_DELAY_US: u64 = 5_000;
+/// Rate assumed for a path with no estimate yet (a fresh path must get a share to be measured at all).
+pub const UNKNOWN_RATE_BPS: u64 = 10_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Aggregate,
+    LowestRtt,
+    Redundant,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "aggregate" => Ok(Mode::Aggregate),
+            "lowest-rtt" => Ok(Mode::LowestRtt),
+            "redundant" => Ok(Mode::Redundant),
+            _ => Err(format!("unknown bonding mode {s:?} (aggregate, lowest-rtt, redundant)")),
+        }
+    }
+}
+
+/// What the scheduler knows of one path at the moment of choosing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PathView {
+    pub up: bool,
+    pub backup: bool,
+    pub srtt_us: u64,
+    /// Estimated delivery rate (bits/s); 0 if unknown.
+    pub rate_bps: u64,
+    /// Bytes waiting in this path's send queue.
+    pub queued_bytes: u64,
+    /// The queue drops beyond this many bytes.
+    pub queue_limit: u64,
+}
+
+impl PathView {
+    fn rate(&self) -> u64 {
+        if self.rate_bps == 0 { UNKNOWN_RATE_BPS } else { self.rate_bps }
+    }
+
+    /// Microseconds until a packet of `len` bytes queued now would have left.
+    fn queue_delay_us(&self, len: u64) -> u64 {
+        (self.queued_bytes + len) * 8 * 1_000_000 / self.rate()
+    }
+
+    /// Expected one-way arrival time of a packet of `len` bytes sent on this path now.
+    pub fn expected_arrival_us(&self, len: u64) -> u64 {
+        self.queue_delay_us(len) + self.srtt_us / 2
+    }
+
+    fn full(&self, len: u64) -> bool {
+        self.queued_bytes + len > self.queue_limit
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// Send on this path.
+    One(usize),
+    /// Send a copy on each of these paths.
+    Each(Vec<usize>),
+    /// No usable path: drop the packet.
+    Drop,
+}
+
+fn usable(paths: &[PathView]) -> Vec<usize> {
+    let primaries: Vec<usize> = (0..paths.len()).filter(|&i| paths[i].up && !paths[i].backup).collect();
+    if !primaries.is_empty() {
+        return primaries;
+    }
+    (0..paths.len()).filter(|&i| paths[i].up && paths[i].backup).collect()
+}
+
+fn earliest_arrival(paths: &[PathView], candidates: &[usize], len: u64) -> Option<usize> {
+    let with_room: Vec<usize> = candidates.iter().copied().filter(|&i| !paths[i].full(len)).collect();
+    let pool = if with_room.is_empty() { candidates } else { &with_room };
+    // Ties go to the lower RTT, then the lower index, so the choice is deterministic.
+    pool.iter().copied().min_by_key(|&i| (paths[i].expected_arrival_us(len), paths[i].srtt_us, i))
+}
+
+pub fn choose(mode: Mode, paths: &[PathView], len: usize) -> Choice {
+    let candidates = usable(paths);
+    if candidates.is_empty() {
+        return Choice::Drop;
+    }
+    let len = len as u64;
+    match mode {
+        Mode::Redundant => Choice::Each(candidates),
+        Mode::Aggregate => earliest_arrival(paths, &candidates, len).map_or(Choice::Drop, Choice::One),
+        Mode::LowestRtt => {
+            let fastest = candidates.iter().copied().min_by_key(|&i| (paths[i].srtt_us, i)).expect("non-empty");
+            if paths[fastest].queue_delay_us(len) <= SPILL_QUEUE_DELAY_US && !paths[fastest].full(len) {
+                Choice::One(fastest)
+            } else {
+                earliest_arrival(paths, &candidates, len).map_or(Choice::Drop, Choice::One)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(rate_mbit: u64, rtt_ms: u64) -> PathView {
+        PathView {
+            up: true,
+            backup: false,
+            srtt_us: rtt_ms * 1000,
+            rate_bps: rate_mbit * 1_000_000,
+            queued_bytes: 0,
+            queue_limit: 1 << 20,
+        }
+    }
+
+    /// Feeds `n` packets through `choose`, draining each path at its rate over `dt_us` per packet.
+    fn simulate(mode: Mode, paths: &mut [PathView], n: usize, dt_us: u64) -> Vec<usize> {
+        let mut counts = vec![0; paths.len()];
+        for _ in 0..n {
+            for p in paths.iter_mut() {
+                let drained = p.rate_bps * dt_us / 8 / 1_000_000;
+                p.queued_bytes = p.queued_bytes.saturating_sub(drained);
+            }
+            match choose(mode, paths, 1400) {
+                Choice::One(i) => {
+                    paths[i].queued_bytes += 1400;
+                    counts[i] += 1;
+                }
+                other => panic!("expected one path, got {other:?}"),
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn aggregate_splits_by_rate_when_saturated() {
+        let mut paths = [path(100, 10), path(50, 30), path(20, 60)];
+        // Offer 200 Mbit/s (more than the 170 sum): one 1400-byte packet every 56 µs.
+        let counts = simulate(Mode::Aggregate, &mut paths, 200_000, 56);
+        let total: usize = counts.iter().sum();
+        let shares: Vec<f64> = counts.iter().map(|&c| c as f64 / total as f64).collect();
+        assert!((shares[0] - 100.0 / 170.0).abs() < 0.05, "{shares:?}");
+        assert!((shares[1] - 50.0 / 170.0).abs() < 0.05, "{shares:?}");
+        assert!((shares[2] - 20.0 / 170.0).abs() < 0.05, "{shares:?}");
+    }
+
+    #[test]
+    fn aggregate_keeps_light_traffic_on_the_fastest_path() {
+        let mut paths = [path(100, 10), path(100, 60)];
+        // 10 Mbit/s: the 10 ms path never queues enough to make the 60 ms path arrive earlier.
+        let counts = simulate(Mode::Aggregate, &mut paths, 10_000, 1120);
+        assert_eq!(counts[1], 0, "{counts:?}");
+    }
+
+    #[test]
+    fn aggregate_never_worse_than_best_path_on_asymmetric_links() {
+        // Offered load just under the fast path's rate: a slow, far path only gets traffic once the fast
+        // path's queue delay exceeds the RTT gap, which never happens here.
+        let mut paths = [path(300, 10), path(2, 200)];
+        let counts = simulate(Mode::Aggregate, &mut paths, 50_000, 38);
+        assert!(counts[1] < counts[0] / 100, "{counts:?}");
+    }
+
+    #[test]
+    fn lowest_rtt_spills_only_when_full() {
+        let mut paths = [path(10, 10), path(100, 40)];
+        let light = simulate(Mode::LowestRtt, &mut paths.clone(), 1000, 2240); // 5 Mbit/s
+        assert_eq!(light[1], 0);
+        let heavy = simulate(Mode::LowestRtt, &mut paths, 20_000, 100); // 112 Mbit/s
+        assert!(heavy[1] > heavy[0], "{heavy:?}");
+    }
+
+    #[test]
+    fn redundant_uses_every_up_path_and_backup_only_without_primaries() {
+        let mut paths = [path(10, 10), path(10, 20), PathView { backup: true, ..path(10, 5) }];
+        assert_eq!(choose(Mode::Redundant, &paths, 100), Choice::Each(vec![0, 1]));
+        assert_eq!(choose(Mode::Aggregate, &paths, 100), Choice::One(0));
+        paths[0].up = false;
+        paths[1].up = false;
+        assert_eq!(choose(Mode::Aggregate, &paths, 100), Choice::One(2));
+        paths[2].up = false;
+        assert_eq!(choose(Mode::Aggregate, &paths, 100), Choice::Drop);
+    }
+
+    #[test]
+    fn full_queue_is_avoided_while_another_has_room() {
+        let mut paths = [path(100, 10), path(10, 50)];
+        paths[0].queued_bytes = paths[0].queue_limit;
+        assert_eq!(choose(Mode::Aggregate, &paths, 1400), Choice::One(1));
+    }
+}
