@@ -7,6 +7,7 @@
 //!   extra RTT is what keeps the bond from ever doing worse than its best single path.
 //! - `LowestRtt`: the lowest-RTT usable path until its queue exceeds `SPILL_QUEUE_DELAY_US`, then as Aggregate.
 //! - `Redundant`: every usable path; the receiver keeps the first copy.
+//!
 //! Usable: up and primary; if no primary is up, up backups (a backup WAN carries nothing while a primary is up).
 
 /// Queueing delay beyond which `LowestRtt` spills to other paths.
