@@ -99,6 +99,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f"  last handshake {_format_age(p['last_handshake'])}")
         print(f"  rx {p['rx_bytes']} B / {p['rx_packets']} pkts  tx {p['tx_bytes']} B / {p['tx_packets']} pkts"
               f"  dropped rx {p['rx_dropped']} tx {p['tx_dropped']}")
+        r = p["reorder"]
+        print(f"  reorder: timeout {r['timeout_ms']:.0f} ms, reordered {r['reordered']}, late {r['late']},"
+              f" duplicates {r['duplicates']}, skipped {r['skipped']}")
+        if p["paths"]:
+            print(f"  {'wan':<10}{'state':<9}{'local':<17}{'remote':<22}{'rtt':>9}{'loss':>7}{'tx rate':>13}"
+                  f"{'rx rate':>13}{'share':>7}")
+        for path in p["paths"]:
+            state = ("up" if path["up"] else "down") + (" (b)" if path["backup"] else "")
+            print(f"  {path['wan']:<10}{state:<9}{path['local'] or '-':<17}{path['remote']:<22}"
+                  f"{path['rtt_ms']:>6.1f} ms{path['loss'] * 100:>6.1f}%{path['tx_rate_bps'] / 1e6:>8.1f} Mb/s"
+                  f"{path['rx_rate_bps'] / 1e6:>8.1f} Mb/s{path['share'] * 100:>6.0f}%")
     return 0
 
 

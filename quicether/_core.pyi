@@ -12,8 +12,11 @@ class DelayLine:
 
 def core_version() -> str: ...
 
+PeerArg = tuple[bytes, str | None, list[str], str, str, list[tuple[int | None, int | None, int | None, str]]]
+WanArg = tuple[str, str | None, str, bool]
+
 class Node:
-    """A running QuicEther node: QUIC endpoint, peers, TUN device and the packet loops (Rust threads)."""
+    """A running QuicEther node: QUIC endpoints, peers and their paths, TUN device, packet loops (Rust)."""
 
     def __init__(
         self,
@@ -21,9 +24,12 @@ class Node:
         tun_name: str,
         path_mtu: int,
         seed: bytes,
-        peers: list[tuple[bytes, str | None, list[str]]],
+        peers: list[PeerArg],
         notify_fd: int | None = None,
+        wans: list[WanArg] | None = None,
     ) -> None: ...
+    def add_wan(self, wan: WanArg) -> None: ...
+    def remove_wan(self, name: str) -> bool: ...
     def public_key(self) -> bytes: ...
     def local_addr(self) -> str: ...
     def inner_mtu(self) -> int: ...

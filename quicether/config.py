@@ -7,11 +7,24 @@
     state_dir = "/var/lib/quicether"
     path_mtu = 1500                # MTU of the underlying network; the TUN MTU is derived from it
 
+    [[wan]]                        # one per WAN port to bond; none: dial from the listen socket
+    device = "eth1"
+    name = "isp-a"                 # label in status and logs (default: the device name)
+    address = "192.0.2.10"         # source address (default: the device's first IPv4 address)
+    gateway = "192.0.2.1"          # optional: install a routing table + rule so this WAN's packets use it
+    role = "primary"               # or "backup": carries traffic only when every primary is down
+
     [[peer]]
     name = "gateway"
     key = "qe1…"                   # the peer's node id
     endpoint = "203.0.113.5:4433"  # optional: dial it (otherwise wait for the peer to dial us)
     allowed_ips = ["10.99.0.2/32"] # inner addresses this peer may use; routed into the tunnel
+    mode = "aggregate"             # bulk traffic: aggregate, lowest-rtt or redundant
+    realtime_mode = "redundant"    # small UDP packets (≤ 200 bytes)
+    [[peer.class]]                 # optional rules, first match wins: protocol/port/dscp → mode
+    protocol = "udp"
+    port = 5060
+    mode = "redundant"
 """
 
 from __future__ import annotations
@@ -31,8 +44,20 @@ MAX_IFNAME = 15
 MIN_PATH_MTU = 1280
 
 
+MODES = ("aggregate", "lowest-rtt", "redundant")
+PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1}
+
+
 class ConfigError(ValueError):
     """The config cannot be used; the message starts with the file and field."""
+
+
+@dataclass(frozen=True)
+class ClassRule:
+    protocol: int | None
+    port: int | None
+    dscp: int | None
+    mode: str
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,18 @@ class PeerConfig:
     node_id: str
     endpoint: str | None
     allowed_ips: list[str]
+    mode: str = "aggregate"
+    realtime_mode: str = "redundant"
+    classes: list[ClassRule] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    name: str
+    device: str
+    address: str | None
+    gateway: str | None
+    backup: bool
 
 
 @dataclass(frozen=True)
@@ -53,6 +90,7 @@ class Config:
     state_dir: Path
     path_mtu: int
     peers: list[PeerConfig] = field(default_factory=list)
+    wans: list[WanConfig] = field(default_factory=list)
 
     @property
     def key_path(self) -> Path:
@@ -88,7 +126,7 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     where = f"{path}: peer[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    _check_keys(raw, {"name", "key", "endpoint", "allowed_ips"}, where)
+    _check_keys(raw, {"name", "key", "endpoint", "allowed_ips", "mode", "realtime_mode", "class"}, where)
     name = raw.get("name", f"peer{index}")
     if "key" not in raw:
         raise ConfigError(f"{where}.key: missing (the peer's node id, `quicether pubkey` on the peer)")
@@ -107,8 +145,69 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
             ipaddress.ip_network(str(prefix), strict=False)
         except ValueError:
             raise ConfigError(f"{where}.allowed_ips: {prefix!r} is not an IP prefix") from None
+    modes = {k: _mode(raw.get(k, default), f"{where}.{k}")
+             for k, default in (("mode", "aggregate"), ("realtime_mode", "redundant"))}
+    classes_raw = raw.get("class", [])
+    if not isinstance(classes_raw, list):
+        raise ConfigError(f"{where}.class: use [[peer.class]] tables")
+    classes = [_class_rule(c, f"{where}.class[{i}]") for i, c in enumerate(classes_raw)]
     return PeerConfig(name=str(name), key=key, node_id=str(raw["key"]).strip(), endpoint=endpoint,
-                      allowed_ips=[str(p) for p in allowed])
+                      allowed_ips=[str(p) for p in allowed], mode=modes["mode"],
+                      realtime_mode=modes["realtime_mode"], classes=classes)
+
+
+def _mode(value: object, where: str) -> str:
+    if value not in MODES:
+        raise ConfigError(f"{where}: {value!r} is not a bonding mode ({', '.join(MODES)})")
+    return str(value)
+
+
+def _int_in(value: object, low: int, high: int, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{where}: must be an integer from {low} to {high}")
+    return value
+
+
+def _class_rule(raw: object, where: str) -> ClassRule:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    _check_keys(raw, {"protocol", "port", "dscp", "mode"}, where)
+    if "mode" not in raw:
+        raise ConfigError(f"{where}.mode: missing")
+    protocol = raw.get("protocol")
+    if isinstance(protocol, str):
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"{where}.protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)} or a number")
+        protocol = PROTOCOLS[protocol]
+    elif protocol is not None:
+        protocol = _int_in(protocol, 0, 255, f"{where}.protocol")
+    port = _int_in(raw["port"], 1, 65535, f"{where}.port") if "port" in raw else None
+    dscp = _int_in(raw["dscp"], 0, 63, f"{where}.dscp") if "dscp" in raw else None
+    return ClassRule(protocol=protocol, port=port, dscp=dscp, mode=_mode(raw["mode"], f"{where}.mode"))
+
+
+def _ip(value: object, where: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not an IP address") from None
+
+
+def _wan(raw: object, index: int, path: Path) -> WanConfig:
+    where = f"{path}: wan[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    _check_keys(raw, {"name", "device", "address", "gateway", "role"}, where)
+    device = raw.get("device")
+    if not isinstance(device, str) or not 0 < len(device) <= MAX_IFNAME:
+        raise ConfigError(f"{where}.device: missing or not an interface name")
+    role = raw.get("role", "primary")
+    if role not in ("primary", "backup"):
+        raise ConfigError(f"{where}.role: {role!r} is not primary or backup")
+    return WanConfig(name=str(raw.get("name", device)), device=device,
+                     address=_ip(raw["address"], f"{where}.address") if "address" in raw else None,
+                     gateway=_ip(raw["gateway"], f"{where}.gateway") if "gateway" in raw else None,
+                     backup=role == "backup")
 
 
 def parse(text: str, path: Path) -> Config:
@@ -116,7 +215,7 @@ def parse(text: str, path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    _check_keys(data, {"node", "peer"}, str(path))
+    _check_keys(data, {"node", "peer", "wan"}, str(path))
     node = data.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
@@ -143,8 +242,17 @@ def parse(text: str, path: Path) -> Config:
         if p.key in seen:
             raise ConfigError(f"{path}: peer[{i}].key: the same peer is listed twice")
         seen.add(p.key)
+    wans_raw = data.get("wan", [])
+    if not isinstance(wans_raw, list):
+        raise ConfigError(f"{path}: wan: use [[wan]] tables")
+    wans = [_wan(w, i, path) for i, w in enumerate(wans_raw)]
+    names = [w.name for w in wans]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"{path}: wan[{i}].name: {name!r} is used twice")
     return Config(path=path, listen=listen, tun=tun, address=str(address) if address else None,
-                  state_dir=Path(node.get("state_dir", DEFAULT_STATE_DIR)), path_mtu=path_mtu, peers=peers)
+                  state_dir=Path(node.get("state_dir", DEFAULT_STATE_DIR)), path_mtu=path_mtu, peers=peers,
+                  wans=wans)
 
 
 def load(path: Path) -> Config:

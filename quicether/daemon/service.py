@@ -18,6 +18,7 @@ from typing import Any
 from quicether import _core
 from quicether.config import Config
 from quicether.daemon.api import ApiServer
+from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
 from quicether.net import links
 
@@ -49,13 +50,17 @@ class Daemon:
             who = self._peer_label(event["key"])
             kind = event["kind"]
             if kind == "peer_connected":
-                log.info("%s connected via %s", who, event["detail"])
+                log.info("%s connected", who)
+            elif kind == "path_up":
+                log.info("%s: path on WAN %s up (remote %s)", who, event["wan"], event["detail"])
+            elif kind == "path_down":
+                log.warning("%s: path on WAN %s down: %s", who, event["wan"], event["detail"])
             elif kind == "peer_disconnected":
                 log.warning("%s disconnected: %s", who, event["detail"])
             elif kind == "handshake_refused":
                 log.warning("refused handshake from %s: %s", who, event["detail"])
             elif kind == "dial_failed":
-                log.warning("cannot reach %s: %s", who, event["detail"])
+                log.warning("cannot reach %s from WAN %s: %s", who, event["wan"], event["detail"])
 
     def status(self) -> dict[str, Any]:
         node = self.node
@@ -63,6 +68,9 @@ class Daemon:
         if node is not None:
             for stats in node.peers():
                 key = stats.pop("key")
+                total = sum(p["tx_bytes"] for p in stats["paths"]) or 1
+                for path in stats["paths"]:
+                    path["share"] = path["tx_bytes"] / total
                 peers.append({"name": self._names.get(key, ""), "node_id": encode_node_id(key), **stats})
         return {
             "node": {
@@ -89,10 +97,16 @@ class Daemon:
         async with contextlib.AsyncExitStack() as undo:
             undo.callback(os.close, read_fd)
             undo.callback(os.close, write_fd)
-            peers = [(p.key, p.endpoint, p.allowed_ips) for p in self.config.peers]
+            peers = [(p.key, p.endpoint, p.allowed_ips, p.mode, p.realtime_mode,
+                      [(c.protocol, c.port, c.dscp, c.mode) for c in p.classes]) for p in self.config.peers]
+            # With WANs configured, paths are dialed from each WAN as it comes up; without, from the listen socket.
             self.node = _core.Node(self.config.listen, self.config.tun, self.config.path_mtu, self.identity.seed,
-                                   peers, write_fd)
+                                   peers, write_fd, [] if self.config.wans else None)
             undo.callback(self._close_node)
+            if self.config.wans:
+                wans = WanManager(self.node, self.config.wans)
+                undo.push_async_callback(wans.stop)
+                await wans.start()
             loop.add_reader(read_fd, self._on_events, read_fd)
             undo.callback(loop.remove_reader, read_fd)
             # pyroute2's synchronous API runs its own event loop: call it from a worker thread.

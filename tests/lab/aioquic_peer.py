@@ -2,9 +2,13 @@
 
     python -m tests.lab.aioquic_peer --seed-file F --server 10.1.0.2:4433 --src 10.99.0.3 --dst 10.99.0.2
 
-Connects with an Ed25519 client certificate made from the seed, sends an ICMP echo request from `src` to
-`dst` inside a QUIC DATAGRAM frame, and prints one JSON line: the server's node key as seen in its
-certificate, and whether an ICMP echo reply came back in a DATAGRAM frame.
+Connects with an Ed25519 client certificate made from the seed, sends the path hello on a stream (as a
+QuicEther dialer does), then an ICMP echo request from `src` to `dst` inside a QUIC DATAGRAM frame with the
+bond header, and prints one JSON line: the server's node key as seen in its certificate, whether the hello
+was answered, and whether an ICMP echo reply came back in a DATAGRAM frame.
+
+Frame format (see core/proto/src/frame.rs): DATA = 0x01 | seq u64 BE | IP packet; PROBE = 0x02 | id u32;
+PROBE_REPLY = 0x03 | id u32. Path hello: b"QEH1" | backup flag | WAN name, answered with b"ok".
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from aioquic.asyncio import QuicConnectionProtocol, connect
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import DatagramFrameReceived, QuicEvent
+from aioquic.quic.events import DatagramFrameReceived, QuicEvent, StreamDataReceived
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -48,15 +52,28 @@ def echo_request(src: str, dst: str, ident: int = 0x5145, seq: int = 1) -> bytes
     return header + icmp
 
 
+DATA, PROBE, PROBE_REPLY = 0x01, 0x02, 0x03
+
+
 class Peer(QuicConnectionProtocol):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.datagrams: asyncio.Queue[bytes] = asyncio.Queue()
+        self.hello_answer = b""
+        self.hello_done = asyncio.Event()
 
     def quic_event_received(self, event: QuicEvent) -> None:
-        # Only IP packets: the node's one-byte hello (a control datagram) is not data.
-        if isinstance(event, DatagramFrameReceived) and len(event.data) >= 20:
-            self.datagrams.put_nowait(event.data)
+        if isinstance(event, StreamDataReceived):
+            self.hello_answer += event.data
+            if event.end_stream:
+                self.hello_done.set()
+        elif isinstance(event, DatagramFrameReceived) and event.data:
+            kind = event.data[0]
+            if kind == DATA:
+                self.datagrams.put_nowait(event.data[9:])
+            elif kind == PROBE:  # answer health probes like a node does
+                self._quic.send_datagram_frame(bytes([PROBE_REPLY]) + event.data[1:5])
+                self.transmit()
 
 
 def _write_cert(seed: bytes, directory: Path) -> tuple[Path, Path]:
@@ -87,9 +104,13 @@ async def run(seed: bytes, host: str, port: int, src: str, dst: str) -> dict[str
             server_cert = peer._quic.tls._peer_certificate
             server_key = server_cert.public_key().public_bytes(serialization.Encoding.Raw,
                                                                serialization.PublicFormat.Raw)
+            stream = peer._quic.get_next_available_stream_id()
+            peer._quic.send_stream_data(stream, b"QEH1\x00aioquic", end_stream=True)
+            peer.transmit()
+            await asyncio.wait_for(peer.hello_done.wait(), 5)
             reply = None
-            for _ in range(10):
-                peer._quic.send_datagram_frame(echo_request(src, dst))
+            for seq in range(10):
+                peer._quic.send_datagram_frame(bytes([DATA]) + struct.pack("!Q", seq) + echo_request(src, dst))
                 peer.transmit()
                 try:
                     reply = await asyncio.wait_for(peer.datagrams.get(), 0.5)
@@ -97,7 +118,8 @@ async def run(seed: bytes, host: str, port: int, src: str, dst: str) -> dict[str
                 except TimeoutError:
                     continue
     got_reply = reply is not None and reply[9] == 1 and reply[20] == 0  # ICMP echo reply
-    return {"server_key": base64.b64encode(server_key).decode(), "echo_reply": got_reply,
+    return {"server_key": base64.b64encode(server_key).decode(), "hello_answer": peer.hello_answer.decode(),
+            "echo_reply": got_reply,
             "reply_src": socket.inet_ntoa(reply[12:16]) if reply else None}
 
 

@@ -1,11 +1,19 @@
 //! QuicEther I/O: everything that touches file descriptors, sockets and threads but knows nothing of Python.
+//! Decisions (scheduling, reordering, health) come from `quicether-proto`; this crate feeds them and acts.
 //!
-//! - `tun`: open a Linux TUN device by name.
-//! - `tls`: node identity certificates and key-pinning verifiers.
-//! - `node`: the QUIC endpoint, peers and the packet loops (TUN ↔ QUIC DATAGRAM frames).
-//! - `delayline`: a userspace delay line over a TUN device, used by the network lab in place of netem.
+//! - `node`: wiring of a running node (endpoints, peers, WANs, stats).
+//! - `send` / `receive`: the packet path out of and into the TUN device.
+//! - `connect`: accepting and dialing paths, the path hello.  `timers`: probes and health per path.
+//! - `peer`: peer and path state.  `sockets`: per-WAN UDP sockets.  `tls`: node identity and key pinning.
+//! - `tun`: Linux TUN devices.  `delayline`: the network lab's userspace delay line.
 
+pub mod connect;
 pub mod delayline;
 pub mod node;
+pub mod peer;
+pub mod receive;
+pub mod send;
+pub mod sockets;
+pub mod timers;
 pub mod tls;
 pub mod tun;

@@ -15,6 +15,18 @@ pub const SPILL_QUEUE_DELAY_US: u64 = 5_000;
 /// Rate assumed for a path with no estimate yet (a fresh path must get a share to be measured at all).
 pub const UNKNOWN_RATE_BPS: u64 = 10_000_000;
 
+/// Queueing delay a path may build before it counts as full: enough to absorb bursts and scheduling
+/// jitter, short enough that a bond never adds bufferbloat of its own.
+pub const QUEUE_BUDGET_US: u64 = 50_000;
+/// A path's queue is never limited below this (a few packets), whatever its estimated rate.
+pub const MIN_QUEUE_BYTES: u64 = 64 << 10;
+
+/// Bytes a path at `rate_bps` may queue: `QUEUE_BUDGET_US` worth, within [MIN_QUEUE_BYTES, hard_limit].
+pub fn queue_limit_bytes(rate_bps: u64, hard_limit: u64) -> u64 {
+    let rate = if rate_bps == 0 { UNKNOWN_RATE_BPS } else { rate_bps };
+    (rate / 8 * QUEUE_BUDGET_US / 1_000_000).max(MIN_QUEUE_BYTES).min(hard_limit)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
     Aggregate,
@@ -74,8 +86,11 @@ pub enum Choice {
     One(usize),
     /// Send a copy on each of these paths.
     Each(Vec<usize>),
-    /// No usable path: drop the packet.
+    /// No usable path (none up).
     Drop,
+    /// Every usable path's queue is full: drop this packet, as a full link would (it tells the inner
+    /// TCP to slow down instead of letting queues grow without end).
+    Congested,
 }
 
 fn usable(paths: &[PathView]) -> Vec<usize> {
@@ -86,11 +101,14 @@ fn usable(paths: &[PathView]) -> Vec<usize> {
     (0..paths.len()).filter(|&i| paths[i].up && paths[i].backup).collect()
 }
 
-fn earliest_arrival(paths: &[PathView], candidates: &[usize], len: u64) -> Option<usize> {
-    let with_room: Vec<usize> = candidates.iter().copied().filter(|&i| !paths[i].full(len)).collect();
-    let pool = if with_room.is_empty() { candidates } else { &with_room };
+fn earliest_arrival(paths: &[PathView], candidates: &[usize], len: u64) -> Choice {
     // Ties go to the lower RTT, then the lower index, so the choice is deterministic.
-    pool.iter().copied().min_by_key(|&i| (paths[i].expected_arrival_us(len), paths[i].srtt_us, i))
+    candidates
+        .iter()
+        .copied()
+        .filter(|&i| !paths[i].full(len))
+        .min_by_key(|&i| (paths[i].expected_arrival_us(len), paths[i].srtt_us, i))
+        .map_or(Choice::Congested, Choice::One)
 }
 
 pub fn choose(mode: Mode, paths: &[PathView], len: usize) -> Choice {
@@ -101,13 +119,13 @@ pub fn choose(mode: Mode, paths: &[PathView], len: usize) -> Choice {
     let len = len as u64;
     match mode {
         Mode::Redundant => Choice::Each(candidates),
-        Mode::Aggregate => earliest_arrival(paths, &candidates, len).map_or(Choice::Drop, Choice::One),
+        Mode::Aggregate => earliest_arrival(paths, &candidates, len),
         Mode::LowestRtt => {
             let fastest = candidates.iter().copied().min_by_key(|&i| (paths[i].srtt_us, i)).expect("non-empty");
             if paths[fastest].queue_delay_us(len) <= SPILL_QUEUE_DELAY_US && !paths[fastest].full(len) {
                 Choice::One(fastest)
             } else {
-                earliest_arrival(paths, &candidates, len).map_or(Choice::Drop, Choice::One)
+                earliest_arrival(paths, &candidates, len)
             }
         }
     }
@@ -141,6 +159,8 @@ mod tests {
                     paths[i].queued_bytes += 1400;
                     counts[i] += 1;
                 }
+                // Overload: every queue at its limit, the packet is dropped as on a full link.
+                Choice::Congested => {}
                 other => panic!("expected one path, got {other:?}"),
             }
         }
@@ -202,5 +222,15 @@ mod tests {
         let mut paths = [path(100, 10), path(10, 50)];
         paths[0].queued_bytes = paths[0].queue_limit;
         assert_eq!(choose(Mode::Aggregate, &paths, 1400), Choice::One(1));
+        paths[1].queued_bytes = paths[1].queue_limit;
+        assert_eq!(choose(Mode::Aggregate, &paths, 1400), Choice::Congested);
+        assert_eq!(choose(Mode::LowestRtt, &paths, 1400), Choice::Congested);
+    }
+
+    #[test]
+    fn queue_limit_is_time_based() {
+        assert_eq!(queue_limit_bytes(100_000_000, 1 << 30), 100_000_000 / 8 * QUEUE_BUDGET_US / 1_000_000);
+        assert_eq!(queue_limit_bytes(1_000, 1 << 30), MIN_QUEUE_BYTES);
+        assert_eq!(queue_limit_bytes(100_000_000_000, 1 << 20), 1 << 20);
     }
 }

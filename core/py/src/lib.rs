@@ -7,9 +7,11 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use quicether_io::delayline::{DelayLine as IoDelayLine, DelaySettings};
-use quicether_io::node::{Event, Node as IoNode, NodeConfig, PeerConfig};
+use quicether_io::node::{Event, Node as IoNode, NodeConfig, PeerConfig, PeerStats, WanConfig};
 use quicether_io::tls;
 use quicether_proto::allowed_ips::Prefix;
+use quicether_proto::classify::Rule;
+use quicether_proto::scheduler::Mode;
 
 fn settings(delay_us: i64, jitter_us: i64) -> PyResult<DelaySettings> {
     if delay_us < 0 || jitter_us < 0 {
@@ -73,18 +75,59 @@ fn key32(name: &str, bytes: &[u8]) -> PyResult<[u8; 32]> {
     bytes.try_into().map_err(|_| PyValueError::new_err(format!("{name} must be 32 bytes, got {}", bytes.len())))
 }
 
-/// A running QuicEther node: QUIC endpoint, peers, TUN device and the packet loops (Rust threads).
+fn mode(text: &str) -> PyResult<Mode> {
+    text.parse().map_err(PyValueError::new_err)
+}
+
+/// (key, endpoint, allowed_ips, bulk_mode, realtime_mode, rules: [(protocol, port, dscp, mode)])
+type PeerArg = (Vec<u8>, Option<String>, Vec<String>, String, String, Vec<RuleArg>);
+type RuleArg = (Option<u8>, Option<u16>, Option<u8>, String);
+/// (name, device, local address, backup)
+type WanArg = (String, Option<String>, String, bool);
+
+fn wan_config(arg: WanArg) -> PyResult<WanConfig> {
+    let (name, device, local, backup) = arg;
+    let local = local.parse().map_err(|_| PyValueError::new_err(format!("WAN {name}: invalid address {local:?}")))?;
+    Ok(WanConfig { name, device, local, backup })
+}
+
+fn peer_config(arg: PeerArg) -> PyResult<PeerConfig> {
+    let (key, endpoint, allowed, bulk, realtime, rules) = arg;
+    let endpoint = match endpoint {
+        Some(e) => Some(e.parse().map_err(|_| PyValueError::new_err(format!("invalid endpoint {e:?}")))?),
+        None => None,
+    };
+    let allowed_ips =
+        allowed.iter().map(|a| a.parse::<Prefix>()).collect::<Result<Vec<_>, _>>().map_err(PyValueError::new_err)?;
+    let rules = rules
+        .into_iter()
+        .map(|(protocol, port, dscp, m)| Ok(Rule { protocol, port, dscp, mode: Some(mode(&m)?) }))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(PeerConfig {
+        key: key32("peer key", &key)?,
+        endpoint,
+        allowed_ips,
+        bulk_mode: mode(&bulk)?,
+        realtime_mode: mode(&realtime)?,
+        rules,
+    })
+}
+
+fn os_error(e: std::io::Error) -> PyErr {
+    PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
+}
+
+/// A running QuicEther node: QUIC endpoints, peers and their paths, TUN device, packet loops (Rust threads).
 #[pyclass(module = "quicether._core")]
 struct Node {
     inner: Mutex<Option<IoNode>>,
 }
 
-type PeerArg = (Vec<u8>, Option<String>, Vec<String>);
-
 #[pymethods]
 impl Node {
     #[new]
-    #[pyo3(signature = (listen, tun_name, path_mtu, seed, peers, notify_fd=None))]
+    #[pyo3(signature = (listen, tun_name, path_mtu, seed, peers, notify_fd=None, wans=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         listen: &str,
@@ -93,23 +136,27 @@ impl Node {
         seed: &[u8],
         peers: Vec<PeerArg>,
         notify_fd: Option<i32>,
+        wans: Option<Vec<WanArg>>,
     ) -> PyResult<Self> {
         let listen = listen.parse().map_err(|_| PyValueError::new_err(format!("invalid listen address {listen:?}")))?;
-        let mut configs = Vec::new();
-        for (key, endpoint, allowed) in peers {
-            let endpoint = match endpoint {
-                Some(e) => Some(e.parse().map_err(|_| PyValueError::new_err(format!("invalid endpoint {e:?}")))?),
-                None => None,
-            };
-            let allowed_ips =
-                allowed.iter().map(|a| a.parse::<Prefix>()).collect::<Result<Vec<_>, _>>().map_err(PyValueError::new_err)?;
-            configs.push(PeerConfig { key: key32("peer key", &key)?, endpoint, allowed_ips });
-        }
-        let config = NodeConfig { listen, tun_name: tun_name.to_string(), path_mtu, seed: key32("seed", seed)? };
-        let node = py
-            .detach(move || IoNode::start(config, configs, notify_fd))
-            .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
+        let peers = peers.into_iter().map(peer_config).collect::<PyResult<Vec<_>>>()?;
+        let wans = wans.map(|w| w.into_iter().map(wan_config).collect::<PyResult<Vec<_>>>()).transpose()?;
+        let config = NodeConfig { listen, tun_name: tun_name.to_string(), path_mtu, seed: key32("seed", seed)?, wans };
+        let node = py.detach(move || IoNode::start(config, peers, notify_fd)).map_err(os_error)?;
         Ok(Self { inner: Mutex::new(Some(node)) })
+    }
+
+    /// Starts dialing all peers from a new WAN: (name, device, local address, backup).
+    fn add_wan(&self, py: Python<'_>, wan: WanArg) -> PyResult<()> {
+        let wan = wan_config(wan)?;
+        let guard = self.inner.lock().unwrap();
+        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
+        py.detach(|| node.add_wan(wan)).map_err(os_error)
+    }
+
+    /// Closes the WAN's paths at once and stops dialing from it; False if there was no such WAN.
+    fn remove_wan(&self, name: &str) -> PyResult<bool> {
+        self.with(|n| n.remove_wan(name))
     }
 
     /// This node's Ed25519 public key (32 bytes).
@@ -132,60 +179,20 @@ impl Node {
         self.with(|n| n.no_route_drops())
     }
 
-    /// One dict per peer: key, endpoint, connected, connections, rtt_ms, last_handshake (unix s), counters.
+    /// One dict per peer: key, endpoint, connected, rtt_ms, last_handshake (unix s), counters, reorder
+    /// counters, and "paths": one dict per path (wan, local, remote, up, backup, rtt_ms, loss, bytes, rates).
     fn peers<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let stats = self.with(|n| n.peer_stats())?;
-        stats
-            .into_iter()
-            .map(|s| {
-                let d = PyDict::new(py);
-                d.set_item("key", PyBytes::new(py, &s.key))?;
-                d.set_item("endpoint", s.endpoint.map(|e| e.to_string()))?;
-                d.set_item("connected", s.connected)?;
-                d.set_item("connections", s.connections)?;
-                d.set_item("rtt_ms", s.rtt.map(|r| r.as_secs_f64() * 1000.0))?;
-                d.set_item(
-                    "last_handshake",
-                    s.last_handshake.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
-                )?;
-                d.set_item("tx_packets", s.tx_packets)?;
-                d.set_item("tx_bytes", s.tx_bytes)?;
-                d.set_item("rx_packets", s.rx_packets)?;
-                d.set_item("rx_bytes", s.rx_bytes)?;
-                d.set_item("tx_dropped", s.tx_dropped)?;
-                d.set_item("rx_dropped", s.rx_dropped)?;
-                Ok(d)
-            })
-            .collect()
+        stats.into_iter().map(|s| peer_dict(py, s)).collect()
     }
 
-    /// Drains queued events: dicts with "kind" (peer_connected, peer_disconnected, handshake_refused,
-    /// dial_failed), "key" (bytes or None) and "detail".
+    /// Drains queued events: dicts with "kind", "key" (bytes or None), "wan" (or None) and "detail".
     fn events<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let events = self.with(|n| n.drain_events())?;
-        events
-            .into_iter()
-            .map(|e| {
-                let d = PyDict::new(py);
-                let (kind, key, detail) = match e {
-                    Event::PeerConnected { key, remote } => ("peer_connected", Some(key), remote.to_string()),
-                    Event::PeerDisconnected { key, reason } => ("peer_disconnected", Some(key), reason),
-                    Event::HandshakeRefused { key, remote, reason } => (
-                        "handshake_refused",
-                        key,
-                        remote.map(|r| format!("{reason} from {r}")).unwrap_or(reason),
-                    ),
-                    Event::DialFailed { key, reason } => ("dial_failed", Some(key), reason),
-                };
-                d.set_item("kind", kind)?;
-                d.set_item("key", key.map(|k| PyBytes::new(py, &k)))?;
-                d.set_item("detail", detail)?;
-                Ok(d)
-            })
-            .collect()
+        events.into_iter().map(|e| event_dict(py, e)).collect()
     }
 
-    /// Closes connections, socket and TUN device. Idempotent.
+    /// Closes connections, sockets and TUN device. Idempotent.
     fn close(&self, py: Python<'_>) {
         let node = self.inner.lock().unwrap().take();
         py.detach(move || drop(node));
@@ -199,6 +206,75 @@ impl Node {
             None => Err(PyValueError::new_err("node is closed")),
         }
     }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("key", PyBytes::new(py, &s.key))?;
+    d.set_item("endpoint", s.endpoint.map(|e| e.to_string()))?;
+    d.set_item("connected", s.connected)?;
+    d.set_item("rtt_ms", s.rtt.map(ms))?;
+    d.set_item(
+        "last_handshake",
+        s.last_handshake.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
+    )?;
+    d.set_item("tx_packets", s.tx_packets)?;
+    d.set_item("tx_bytes", s.tx_bytes)?;
+    d.set_item("rx_packets", s.rx_packets)?;
+    d.set_item("rx_bytes", s.rx_bytes)?;
+    d.set_item("tx_dropped", s.tx_dropped)?;
+    d.set_item("rx_dropped", s.rx_dropped)?;
+    let r = PyDict::new(py);
+    r.set_item("in_order", s.reorder.in_order)?;
+    r.set_item("reordered", s.reorder.reordered)?;
+    r.set_item("late", s.reorder.late)?;
+    r.set_item("duplicates", s.reorder.duplicates)?;
+    r.set_item("skipped", s.reorder.skipped)?;
+    r.set_item("resyncs", s.reorder.resyncs)?;
+    r.set_item("timeout_ms", ms(s.reorder_timeout))?;
+    d.set_item("reorder", r)?;
+    let paths = s
+        .paths
+        .into_iter()
+        .map(|p| {
+            let pd = PyDict::new(py);
+            pd.set_item("wan", p.wan)?;
+            pd.set_item("local", p.local.map(|a| a.to_string()))?;
+            pd.set_item("remote", p.remote.to_string())?;
+            pd.set_item("up", p.up)?;
+            pd.set_item("backup", p.backup)?;
+            pd.set_item("rtt_ms", ms(p.rtt))?;
+            pd.set_item("loss", p.loss)?;
+            pd.set_item("tx_bytes", p.tx_bytes)?;
+            pd.set_item("rx_bytes", p.rx_bytes)?;
+            pd.set_item("tx_rate_bps", p.tx_rate_bps)?;
+            pd.set_item("rx_rate_bps", p.rx_rate_bps)?;
+            Ok(pd)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    d.set_item("paths", paths)?;
+    Ok(d)
+}
+
+fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    let (kind, key, wan, detail) = match e {
+        Event::PeerConnected { key } => ("peer_connected", Some(key), None, String::new()),
+        Event::PeerDisconnected { key, reason } => ("peer_disconnected", Some(key), None, reason),
+        Event::PathUp { key, wan, remote } => ("path_up", Some(key), Some(wan), remote.to_string()),
+        Event::PathDown { key, wan, reason } => ("path_down", Some(key), Some(wan), reason),
+        Event::HandshakeRefused { key, reason } => ("handshake_refused", key, None, reason),
+        Event::DialFailed { key, wan, reason } => ("dial_failed", Some(key), Some(wan), reason),
+    };
+    d.set_item("kind", kind)?;
+    d.set_item("key", key.map(|k| PyBytes::new(py, &k)))?;
+    d.set_item("wan", wan)?;
+    d.set_item("detail", detail)?;
+    Ok(d)
 }
 
 /// 32 random bytes from the OS: a new Ed25519 private key seed.

@@ -1,0 +1,126 @@
+//! Making paths: `accept_loop` for peers that dial us, one `dialer` per (peer, WAN) for peers we dial.
+//!
+//! After the QUIC handshake the dialer opens one bidirectional stream and sends the path hello: which
+//! WAN this path leaves from and whether it is a backup. The acceptor answers `ok`. In TLS 1.3 a client
+//! finishes its handshake before the server has checked the client's certificate, so that answer is also
+//! the dialer's proof that it was accepted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicether_proto::certkey::ed25519_key_of_cert;
+
+use crate::peer::{Event, Shared};
+use crate::receive::path_reader;
+use crate::timers::path_timer;
+use crate::tls;
+
+const HELLO_MAGIC: &[u8; 4] = b"QEH1";
+const HELLO_OK: &[u8] = b"ok";
+/// WAN names are short labels; anything longer is not a hello.
+const MAX_HELLO: usize = 4 + 1 + 64;
+/// How long either side waits for the other's half of the hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between failed dial attempts.
+const REDIAL_INTERVAL: Duration = Duration::from_secs(1);
+
+fn peer_key_of(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
+    ed25519_key_of_cert(certs.first()?)
+}
+
+fn start_path(shared: &Arc<Shared>, index: usize, conn: quinn::Connection, wan: String, backup: bool) {
+    let path = shared.add_path(index, conn, wan, backup);
+    tokio::spawn(path_reader(shared.clone(), index, path.clone()));
+    tokio::spawn(path_timer(shared.clone(), index, path));
+}
+
+pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            // Refusals by our certificate verifier are reported there (once per key); other failures
+            // (timeouts, resets) are transient and come back as the peer retries.
+            let Ok(conn) = incoming.await else { return };
+            let Some(index) = peer_key_of(&conn).and_then(|k| shared.by_key.get(&k).copied()) else {
+                conn.close(1u32.into(), b"unknown peer");
+                return;
+            };
+            match tokio::time::timeout(HELLO_TIMEOUT, answer_hello(&conn)).await {
+                Ok(Ok((wan, backup))) => start_path(&shared, index, conn, wan, backup),
+                _ => conn.close(2u32.into(), b"no path hello"),
+            }
+        });
+    }
+}
+
+async fn answer_hello(conn: &quinn::Connection) -> Result<(String, bool), String> {
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    let hello = recv.read_to_end(MAX_HELLO).await.map_err(|e| e.to_string())?;
+    if hello.len() < 5 || &hello[..4] != HELLO_MAGIC {
+        return Err("not a path hello".into());
+    }
+    let wan = String::from_utf8_lossy(&hello[5..]).into_owned();
+    send.write_all(HELLO_OK).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    Ok((wan, hello[4] == 1))
+}
+
+async fn send_hello(conn: &quinn::Connection, wan: &str, backup: bool) -> Result<(), String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut hello = HELLO_MAGIC.to_vec();
+    hello.push(backup as u8);
+    hello.extend_from_slice(&wan.as_bytes()[..wan.len().min(MAX_HELLO - 5)]);
+    send.write_all(&hello).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    match recv.read_to_end(HELLO_OK.len()).await {
+        Ok(answer) if answer == HELLO_OK => Ok(()),
+        Ok(_) => Err("peer answered the path hello wrongly".into()),
+        Err(e) => Err(format!("peer refused us: {e}")),
+    }
+}
+
+pub struct DialTarget {
+    pub index: usize,
+    pub addr: SocketAddr,
+    pub wan: String,
+    pub backup: bool,
+    pub config: quinn::ClientConfig,
+}
+
+/// Keeps one path to a peer from one WAN: dials, waits for the path to close, dials again.
+pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: DialTarget) {
+    let key = shared.peers[target.index].cfg.key;
+    let mut last_error = String::new();
+    loop {
+        let attempt = async {
+            let conn = endpoint
+                .connect_with(target.config.clone(), target.addr, tls::SERVER_NAME)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            match tokio::time::timeout(HELLO_TIMEOUT, send_hello(&conn, &target.wan, target.backup)).await {
+                Ok(Ok(())) => Ok(conn),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("peer completed the handshake but did not answer the path hello".into()),
+            }
+        };
+        match attempt.await {
+            Ok(conn) => {
+                last_error.clear();
+                start_path(&shared, target.index, conn.clone(), target.wan.clone(), target.backup);
+                conn.closed().await;
+            }
+            Err(reason) => {
+                // Report a failure when its reason changes, not on every retry.
+                if reason != last_error {
+                    shared.emit(Event::DialFailed { key, wan: target.wan.clone(), reason: reason.clone() });
+                    last_error = reason;
+                }
+            }
+        }
+        tokio::time::sleep(REDIAL_INTERVAL).await;
+    }
+}

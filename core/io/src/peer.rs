@@ -1,0 +1,196 @@
+//! Peers and their paths. A peer is a node key; a path is one authenticated QUIC connection to it from
+//! one local WAN. Packets of a peer carry one bond sequence and go out on whichever path the scheduler
+//! picks; they come back together in the peer's reorder buffer.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use quicether_proto::allowed_ips::{AllowedIps, Prefix};
+use quicether_proto::classify::Rule;
+use quicether_proto::health::PathHealth;
+use quicether_proto::reorder::ReorderBuffer;
+use quicether_proto::scheduler::{queue_limit_bytes, Mode, PathView};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+
+/// Per-path hard bound of quinn's datagram send queue (it drops the oldest beyond it). Large enough for
+/// Gbit/s bursts on one path (measured: 512 KiB cost a quarter of single-path throughput); the scheduler
+/// keeps multi-path queues far shorter with its time-based limit (`queue_limit_bytes`).
+pub const DATAGRAM_SEND_BUFFER: usize = 2 << 20;
+/// Packets the reorder buffer may hold per peer before it skips a gap (bounded memory).
+pub const REORDER_MAX_PACKETS: usize = 4096;
+
+pub struct PeerConfig {
+    pub key: [u8; 32],
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<Prefix>,
+    pub bulk_mode: Mode,
+    pub realtime_mode: Mode,
+    pub rules: Vec<Rule>,
+}
+
+/// Something that happened which the daemon should log or act on.
+#[derive(Clone, Debug)]
+pub enum Event {
+    PeerConnected { key: [u8; 32] },
+    PeerDisconnected { key: [u8; 32], reason: String },
+    PathUp { key: [u8; 32], wan: String, remote: SocketAddr },
+    PathDown { key: [u8; 32], wan: String, reason: String },
+    HandshakeRefused { key: Option<[u8; 32]>, reason: String },
+    DialFailed { key: [u8; 32], wan: String, reason: String },
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    /// Outbound packets dropped: no usable path, or the bounded send queue was full.
+    pub tx_dropped: AtomicU64,
+    /// Inbound packets dropped: source outside the peer's allowed IPs, full reorder queue, TUN write failed.
+    pub rx_dropped: AtomicU64,
+}
+
+impl Counters {
+    pub fn count(packets: &AtomicU64, bytes: &AtomicU64, len: usize) {
+        packets.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+}
+
+pub struct Path {
+    pub id: u64,
+    pub wan: String,
+    pub backup: bool,
+    pub conn: quinn::Connection,
+    pub health: Mutex<PathHealth>,
+    pub up: AtomicBool,
+    /// Scheduler inputs refreshed by the path timer (reading quinn's stats per packet would be costly).
+    pub srtt_us: AtomicU64,
+    pub rate_bps: AtomicU64,
+    pub counters: Counters,
+    /// Measured throughput (bits/s) over the last second, for status.
+    pub tx_rate_bps: AtomicU64,
+    pub rx_rate_bps: AtomicU64,
+}
+
+impl Path {
+    pub fn view(&self) -> PathView {
+        let rate_bps = self.rate_bps.load(Ordering::Relaxed);
+        PathView {
+            up: self.up.load(Ordering::Relaxed),
+            backup: self.backup,
+            srtt_us: self.srtt_us.load(Ordering::Relaxed),
+            rate_bps,
+            queued_bytes: (DATAGRAM_SEND_BUFFER - self.conn.datagram_send_buffer_space().min(DATAGRAM_SEND_BUFFER))
+                as u64,
+            queue_limit: queue_limit_bytes(rate_bps, DATAGRAM_SEND_BUFFER as u64),
+        }
+    }
+
+    pub fn send(&self, datagram: Bytes) -> bool {
+        let len = datagram.len();
+        if self.conn.send_datagram(datagram).is_ok() {
+            Counters::count(&self.counters.tx_packets, &self.counters.tx_bytes, len);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct Peer {
+    pub cfg: PeerConfig,
+    pub paths: RwLock<Vec<Arc<Path>>>,
+    /// Bond sequence for the next packet; starts at a random point so a restarted sender is recognised.
+    pub next_seq: AtomicU64,
+    /// Path readers push into it directly (no hop to another task on the packet path); the reorder
+    /// timer only handles gaps that time out.
+    pub reorder: Mutex<ReorderBuffer<Bytes>>,
+    /// Wakes the reorder timer when the buffer starts holding packets.
+    pub reorder_wake: Notify,
+    pub last_handshake: Mutex<Option<SystemTime>>,
+    pub counters: Counters,
+}
+
+pub struct Shared {
+    pub peers: Vec<Peer>,
+    pub by_key: std::collections::HashMap<[u8; 32], usize>,
+    pub allowed: AllowedIps,
+    pub tun: AsyncFd<std::fs::File>,
+    pub events: Mutex<VecDeque<Event>>,
+    pub notify_fd: Option<std::os::fd::RawFd>,
+    /// Outbound packets with no peer for their destination.
+    pub no_route: AtomicU64,
+    pub next_path_id: AtomicU64,
+    pub epoch: Instant,
+}
+
+impl Shared {
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    pub fn emit(&self, event: Event) {
+        let mut q = self.events.lock().unwrap();
+        // Bounded: if nobody drains events, the oldest go.
+        if q.len() >= 1024 {
+            q.pop_front();
+        }
+        q.push_back(event);
+        drop(q);
+        if let Some(fd) = self.notify_fd {
+            // SAFETY: writing one byte from a valid buffer; a full pipe (EAGAIN) already means "wake up".
+            unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+        }
+    }
+
+    /// Adds an authenticated connection as a path of peer `index`.
+    pub fn add_path(&self, index: usize, conn: quinn::Connection, wan: String, backup: bool) -> Arc<Path> {
+        let peer = &self.peers[index];
+        let rtt = conn.rtt();
+        let path = Arc::new(Path {
+            id: self.next_path_id.fetch_add(1, Ordering::Relaxed),
+            wan: wan.clone(),
+            backup,
+            health: Mutex::new(PathHealth::new(self.now_us(), rtt.as_micros() as u64)),
+            up: AtomicBool::new(true),
+            srtt_us: AtomicU64::new(rtt.as_micros() as u64),
+            rate_bps: AtomicU64::new(0),
+            counters: Counters::default(),
+            tx_rate_bps: AtomicU64::new(0),
+            rx_rate_bps: AtomicU64::new(0),
+            conn,
+        });
+        let first = {
+            let mut paths = peer.paths.write().unwrap();
+            paths.push(path.clone());
+            paths.len() == 1
+        };
+        *peer.last_handshake.lock().unwrap() = Some(SystemTime::now());
+        if first {
+            self.emit(Event::PeerConnected { key: peer.cfg.key });
+        }
+        self.emit(Event::PathUp { key: peer.cfg.key, wan, remote: path.conn.remote_address() });
+        path
+    }
+
+    /// Removes a closed path; reports the peer gone if it was the last.
+    pub fn remove_path(&self, index: usize, path: &Path, reason: String) {
+        let peer = &self.peers[index];
+        let remaining = {
+            let mut paths = peer.paths.write().unwrap();
+            paths.retain(|p| p.id != path.id);
+            paths.len()
+        };
+        self.emit(Event::PathDown { key: peer.cfg.key, wan: path.wan.clone(), reason: reason.clone() });
+        if remaining == 0 {
+            self.emit(Event::PeerDisconnected { key: peer.cfg.key, reason });
+        }
+    }
+}

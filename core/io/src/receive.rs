@@ -1,0 +1,112 @@
+//! Inbound packet path, in order: QUIC DATAGRAM on a path (`path_reader`) → frame type → probes answered
+//! on the same path / data into the peer's reorder buffer → source check → TUN write. `reorder_timer`
+//! releases packets held behind a gap that timed out, and re-derives the timeout from the paths' RTTs.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quicether_proto::allowed_ips::packet_addrs;
+use quicether_proto::frame::{encode_probe, parse, Frame, DATA_HEADER_LEN, PROBE_REPLY};
+use quicether_proto::health::PathState;
+use quicether_proto::reorder::timeout_for_rtts_us;
+
+use crate::peer::{Counters, Event, Path, Shared};
+
+/// How often the reorder timeout is re-derived from the paths' RTTs.
+const REORDER_RETUNE: Duration = Duration::from_millis(100);
+/// Granularity of gap timeouts while packets are held (a timer per packet would cost more than it saves).
+const REORDER_TICK: Duration = Duration::from_millis(1);
+
+pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
+    let peer = &shared.peers[index];
+    let mut ready = Vec::new();
+    let reason = loop {
+        let datagram = match path.conn.read_datagram().await {
+            Ok(d) => d,
+            Err(e) => break e.to_string(),
+        };
+        Counters::count(&path.counters.rx_packets, &path.counters.rx_bytes, datagram.len());
+        match parse(&datagram) {
+            Some(Frame::Data { seq, .. }) => {
+                let held = {
+                    let mut buffer = peer.reorder.lock().unwrap();
+                    let was_empty = buffer.held() == 0;
+                    buffer.push(seq, datagram.slice(DATA_HEADER_LEN..), shared.now_us(), &mut ready);
+                    was_empty && buffer.held() > 0
+                };
+                if held {
+                    peer.reorder_wake.notify_one();
+                }
+                for packet in ready.drain(..) {
+                    deliver(&shared, index, &packet);
+                }
+            }
+            Some(Frame::Probe { id }) => {
+                let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe(PROBE_REPLY, id)));
+            }
+            Some(Frame::ProbeReply { id }) => {
+                let change = path.health.lock().unwrap().handle_reply(id, shared.now_us());
+                if change == Some(PathState::Up) {
+                    path.up.store(true, Ordering::Relaxed);
+                    shared.emit(Event::PathUp { key: peer.cfg.key, wan: path.wan.clone(), remote: path.conn.remote_address() });
+                }
+            }
+            None => {
+                peer.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    shared.remove_path(index, &path, reason);
+}
+
+pub async fn reorder_timer(shared: Arc<Shared>, index: usize) {
+    let peer = &shared.peers[index];
+    let mut ready = Vec::new();
+    let mut last_retune = std::time::Instant::now();
+    loop {
+        let holding = peer.reorder.lock().unwrap().held() > 0;
+        if holding {
+            tokio::time::sleep(REORDER_TICK).await;
+        } else {
+            // Nothing held: sleep until a gap appears, waking now and then to retune the timeout.
+            let _ = tokio::time::timeout(REORDER_RETUNE, peer.reorder_wake.notified()).await;
+        }
+        let retune = last_retune.elapsed() >= REORDER_RETUNE;
+        let rtts: Vec<u64> = if retune {
+            last_retune = std::time::Instant::now();
+            peer.paths.read().unwrap().iter()
+                .filter(|p| p.up.load(Ordering::Relaxed))
+                .map(|p| p.srtt_us.load(Ordering::Relaxed))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        {
+            let mut buffer = peer.reorder.lock().unwrap();
+            if retune {
+                buffer.set_timeout_us(timeout_for_rtts_us(&rtts));
+            }
+            buffer.poll(shared.now_us(), &mut ready);
+        }
+        for packet in ready.drain(..) {
+            deliver(&shared, index, &packet);
+        }
+    }
+}
+
+/// Writes one inner packet from peer `index` to the TUN device if its source is the peer's to use.
+fn deliver(shared: &Shared, index: usize, packet: &[u8]) {
+    let allowed = packet_addrs(packet).is_some_and(|(src, _)| shared.allowed.allows(index, src));
+    // SAFETY: writing a valid buffer to the TUN fd; EAGAIN/failure drops this packet only.
+    let written = allowed
+        && unsafe { libc::write(shared.tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) } == packet.len() as isize;
+    let c = &shared.peers[index].counters;
+    if written {
+        Counters::count(&c.rx_packets, &c.rx_bytes, packet.len());
+    } else {
+        c.rx_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,76 @@
+//! Outbound packet path, in order: TUN read → peer by destination (allowed IPs) → traffic class → bond
+//! sequence number + header → scheduler → QUIC DATAGRAM on the chosen path(s).
+
+use std::io::{self, Read};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use quicether_proto::allowed_ips::packet_addrs;
+use quicether_proto::classify::mode_for;
+use quicether_proto::frame::{encode_data_header, DATA_HEADER_LEN};
+use quicether_proto::scheduler::{choose, Choice};
+
+use crate::peer::{Peer, Shared};
+
+/// Bytes reserved per read; an inner packet is at most the TUN MTU.
+const READ_BUFFER: usize = 65_536;
+
+pub async fn tun_reader(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; READ_BUFFER];
+    loop {
+        let n = match shared.tun.readable().await {
+            Ok(mut guard) => match guard.try_io(|fd| fd.get_ref().read(&mut buf)) {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(_)) => return, // the device is gone: the node is stopping
+                Err(_would_block) => continue,
+            },
+            Err(_) => return,
+        };
+        let packet = &buf[..n];
+        let Some((_, dst)) = packet_addrs(packet) else { continue };
+        match shared.allowed.lookup(dst) {
+            Some(index) => send_to_peer(&shared.peers[index], packet),
+            None => {
+                shared.no_route.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn send_to_peer(peer: &Peer, packet: &[u8]) {
+    let paths = peer.paths.read().unwrap();
+    if paths.is_empty() {
+        peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let seq = peer.next_seq.fetch_add(1, Ordering::Relaxed);
+    let mut datagram = BytesMut::with_capacity(DATA_HEADER_LEN + packet.len());
+    datagram.put_slice(&encode_data_header(seq));
+    datagram.put_slice(packet);
+    let datagram = datagram.freeze();
+    let choice = if paths.len() == 1 {
+        // One path: nothing to choose; send even if its health is in doubt, there is no alternative.
+        Choice::One(0)
+    } else {
+        let mode = mode_for(packet, &peer.cfg.rules, peer.cfg.bulk_mode, peer.cfg.realtime_mode);
+        let views: Vec<_> = paths.iter().map(|p| p.view()).collect();
+        match choose(mode, &views, datagram.len()) {
+            // No path is up: try them all rather than drop; whichever still works carries it.
+            Choice::Drop => Choice::Each((0..paths.len()).collect()),
+            c => c,
+        }
+    };
+    let sent = match choice {
+        Choice::One(i) => paths[i].send(datagram),
+        // Every copy must go out: count the sends, don't stop at the first success.
+        Choice::Each(list) => list.iter().filter(|&&i| paths[i].send(datagram.clone())).count() > 0,
+        Choice::Drop | Choice::Congested => false,
+    };
+    if sent {
+        crate::peer::Counters::count(&peer.counters.tx_packets, &peer.counters.tx_bytes, packet.len());
+    } else {
+        peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}

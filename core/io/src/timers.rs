@@ -1,0 +1,52 @@
+//! The per-path timer: probes, the health verdict, and the scheduler inputs taken from quinn's stats.
+//! Runs every `PROBE_INTERVAL_US` for as long as the path's connection lives.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quicether_proto::frame::{encode_probe, PROBE};
+use quicether_proto::health::{PathState, PROBE_INTERVAL_US};
+
+use crate::peer::{Event, Path, Shared};
+
+/// Throughput for status is measured over this window.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+pub async fn path_timer(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
+    let key = shared.peers[index].cfg.key;
+    let mut tick = tokio::time::interval(Duration::from_micros(PROBE_INTERVAL_US));
+    let mut window_start = std::time::Instant::now();
+    let (mut last_tx, mut last_rx) = (0u64, 0u64);
+    while path.conn.close_reason().is_none() {
+        tick.tick().await;
+        let now = shared.now_us();
+        let (probe, change) = {
+            let mut health = path.health.lock().unwrap();
+            (health.poll_probe(now), health.poll_state(now))
+        };
+        if let Some(id) = probe {
+            let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe(PROBE, id)));
+        }
+        if change == Some(PathState::Down) {
+            path.up.store(false, Ordering::Relaxed);
+            shared.emit(Event::PathDown { key, wan: path.wan.clone(), reason: "no probe replies".into() });
+        }
+        // Scheduler inputs: quinn's RTT (it includes queueing at the bottleneck) and cwnd/RTT as the rate
+        // the congestion controller currently allows.
+        let stats = path.conn.stats();
+        let rtt_us = stats.path.rtt.as_micros().max(1) as u64;
+        path.srtt_us.store(rtt_us, Ordering::Relaxed);
+        path.rate_bps.store(stats.path.cwnd * 8 * 1_000_000 / rtt_us, Ordering::Relaxed);
+        let elapsed = window_start.elapsed();
+        if elapsed >= RATE_WINDOW {
+            let tx = path.counters.tx_bytes.load(Ordering::Relaxed);
+            let rx = path.counters.rx_bytes.load(Ordering::Relaxed);
+            let secs = elapsed.as_secs_f64();
+            path.tx_rate_bps.store(((tx - last_tx) as f64 * 8.0 / secs) as u64, Ordering::Relaxed);
+            path.rx_rate_bps.store(((rx - last_rx) as f64 * 8.0 / secs) as u64, Ordering::Relaxed);
+            (last_tx, last_rx, window_start) = (tx, rx, std::time::Instant::now());
+        }
+    }
+}

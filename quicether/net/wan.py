@@ -1,0 +1,110 @@
+"""WAN ports: their current state (carrier + IPv4 address), per-WAN policy routing, and a netlink socket
+that says when to look again.
+
+Policy routing: WAN i gets routing table `WAN_TABLE_BASE + i` with a default route via its gateway, and a
+rule `from <wan address> lookup <table>` at priority `WAN_RULE_PRIORITY_BASE + i`, so replies and
+keepalives leave through the ISP they belong to. Both ranges are QuicEther's: at start every rule and route
+in them is removed first, so a crashed daemon's leftovers never pile up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from quicether.config import WanConfig
+
+WAN_TABLE_BASE = 7100
+WAN_RULE_PRIORITY_BASE = 7100
+# Enough for any appliance's ports; the ranges above stay clear of the tables other software uses.
+MAX_WANS = 64
+# Netlink multicast groups: link changes and IPv4 address changes.
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+IFF_LOWER_UP = 0x10000
+
+
+@dataclass(frozen=True)
+class WanState:
+    """What a WAN port looks like now: usable when it has carrier and an address."""
+
+    name: str
+    device: str
+    address: str | None
+    carrier: bool
+    backup: bool
+
+    @property
+    def usable(self) -> bool:
+        return self.carrier and self.address is not None
+
+
+def read_states(wans: list[WanConfig]) -> list[WanState]:
+    states = []
+    with IPRoute() as ipr:
+        for wan in wans:
+            found = ipr.link_lookup(ifname=wan.device)
+            carrier, address = False, None
+            if found:
+                link = ipr.get_links(found[0])[0]
+                carrier = bool(link["flags"] & IFF_LOWER_UP)
+                addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0], family=socket.AF_INET)]
+                if wan.address is not None:
+                    address = wan.address if wan.address in addrs else None
+                else:
+                    address = addrs[0] if addrs else None
+            states.append(WanState(wan.name, wan.device, address, carrier, wan.backup))
+    return states
+
+
+def _table(index: int) -> int:
+    return WAN_TABLE_BASE + index
+
+
+def remove_all_policy_routes() -> None:
+    """Removes every rule and route in QuicEther's ranges (ours from this run or a crashed one)."""
+    with IPRoute() as ipr:
+        for rule in ipr.get_rules(family=socket.AF_INET):
+            priority = rule.get_attr("FRA_PRIORITY") or 0
+            if WAN_RULE_PRIORITY_BASE <= priority < WAN_RULE_PRIORITY_BASE + MAX_WANS:
+                with contextlib.suppress(NetlinkError):
+                    ipr.rule("del", priority=priority, table=rule.get_attr("FRA_TABLE"), family=socket.AF_INET,
+                             src=rule.get_attr("FRA_SRC"), src_len=rule["src_len"])
+        for index in range(MAX_WANS):
+            with contextlib.suppress(NetlinkError):
+                ipr.flush_routes(table=_table(index))
+
+
+def install_policy_route(index: int, wan: WanConfig, address: str) -> None:
+    """Table + rule so packets from `address` leave by `wan.gateway` on `wan.device`. Idempotent."""
+    if wan.gateway is None:
+        return
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=wan.device)
+        if not found:
+            return
+        ipr.route("replace", dst="0.0.0.0/0", gateway=wan.gateway, oif=found[0], table=_table(index))
+        with contextlib.suppress(NetlinkError):  # EEXIST: already there
+            ipr.rule("add", priority=WAN_RULE_PRIORITY_BASE + index, table=_table(index), src=address,
+                     src_len=32, family=socket.AF_INET)
+
+
+def remove_policy_route(index: int, address: str | None) -> None:
+    with IPRoute() as ipr:
+        if address:
+            with contextlib.suppress(NetlinkError):
+                ipr.rule("del", priority=WAN_RULE_PRIORITY_BASE + index, table=_table(index), src=address,
+                         src_len=32, family=socket.AF_INET)
+        with contextlib.suppress(NetlinkError):
+            ipr.flush_routes(table=_table(index))
+
+
+def netlink_monitor() -> socket.socket:
+    """A non-blocking netlink socket that becomes readable on link and IPv4 address changes."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
+    sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))
+    return sock
