@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ class NodeSpec:
     tun: str = "qe0"
     node_id: str = ""
     peers: list[dict[str, Any]] = field(default_factory=list)
+    wans: list[dict[str, Any]] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
 
     @property
@@ -41,14 +43,11 @@ class NodeSpec:
     def write_config(self) -> None:
         lines = ["[node]", f'listen = "{self.listen}"', f'tun = "{self.tun}"', f'address = "{self.address}"',
                  f'state_dir = "{self.state_dir}"', ""]
-        for peer in self.peers:
-            lines.append("[[peer]]")
-            for key, value in peer.items():
-                if isinstance(value, list):
-                    lines.append(f"{key} = [{', '.join(repr(v).replace(chr(39), chr(34)) for v in value)}]")
-                else:
-                    lines.append(f'{key} = "{value}"')
-            lines.append("")
+        for section, tables in (("wan", self.wans), ("peer", self.peers)):
+            for table in tables:
+                lines.append(f"[[{section}]]")
+                lines.extend(f"{key} = {json.dumps(value)}" for key, value in table.items())
+                lines.append("")
         self.config_path.write_text("\n".join(lines))
 
     def status(self) -> dict[str, Any]:

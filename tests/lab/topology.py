@@ -201,8 +201,10 @@ def _apply_nat(wan: Wan) -> None:
 
 
 def build_wan_lab(lab: Lab, links: list[LinkSpec], *, lan: bool = True,
-                  internet_hosts: tuple[str, ...] = ("server",)) -> WanLab:
-    """Builds the topology in `lab` with one WAN per entry of `links`."""
+                  internet_hosts: tuple[str, ...] = ("server",), policy_routing: bool = True) -> WanLab:
+    """Builds the topology in `lab` with one WAN per entry of `links`. With `policy_routing`, the router
+    gets a routing table and source rule per WAN; without, that is left to QuicEther (only WAN 0 has a
+    default route in the main table)."""
     router = lab.add_namespace("router", forwarding=True)
     inet = lab.add_namespace("inet", forwarding=True)
     inet.ip("link", "add", "br0", "type", "bridge")
@@ -219,13 +221,13 @@ def build_wan_lab(lab: Lab, links: list[LinkSpec], *, lan: bool = True,
     if lan_ns is not None:
         wl.hosts["lan"] = (lan_ns, f"{LAN_PREFIX}.10")
     for i, spec in enumerate(links):
-        wl.wans.append(_build_wan(lab, router, inet, i, spec))
+        wl.wans.append(_build_wan(lab, router, inet, i, spec, policy_routing))
     for name in internet_hosts:
         wl.add_internet_host(name)
     return wl
 
 
-def _build_wan(lab: Lab, router: Namespace, inet: Namespace, i: int, spec: LinkSpec) -> Wan:
+def _build_wan(lab: Lab, router: Namespace, inet: Namespace, i: int, spec: LinkSpec, policy_routing: bool) -> Wan:
     isp = lab.add_namespace(f"isp{i}", forwarding=True)
     wire = lab.add_namespace(f"wire{i}", forwarding=True)
     wan = Wan(index=i, spec=LinkSpec(nat=spec.nat), router_if=f"wan{i}", router_addr=f"10.{10 + i}.0.2",
@@ -247,8 +249,9 @@ def _build_wan(lab: Lab, router: Namespace, inet: Namespace, i: int, spec: LinkS
     inet.ip("route", "add", f"10.{10 + i}.0.0/24", "via", f"10.{70 + i}.0.1")
     inet.ip("route", "add", f"10.{40 + i}.0.0/24", "via", f"10.{70 + i}.0.1")
     # Router: each WAN address leaves by its own ISP; unbound traffic uses WAN 0.
-    router.ip("route", "add", "default", "via", wan.isp_addr, "table", str(wan.table))
-    router.ip("rule", "add", "from", wan.router_addr, "lookup", str(wan.table), "pref", str(1000 + i))
+    if policy_routing:
+        router.ip("route", "add", "default", "via", wan.isp_addr, "table", str(wan.table))
+        router.ip("rule", "add", "from", wan.router_addr, "lookup", str(wan.table), "pref", str(1000 + i))
     if i == 0:
         router.ip("route", "add", "default", "via", wan.isp_addr)
     _apply_nat(wan)

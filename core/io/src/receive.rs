@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quicether_proto::allowed_ips::packet_addrs;
-use quicether_proto::frame::{encode_probe, parse, Frame, DATA_HEADER_LEN, PROBE_REPLY};
+use quicether_proto::frame::{encode_probe_reply, parse, Frame, DATA_HEADER_LEN};
 use quicether_proto::health::PathState;
 use quicether_proto::reorder::timeout_for_rtts_us;
 
@@ -34,7 +34,7 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
                 let held = {
                     let mut buffer = peer.reorder.lock().unwrap();
                     let was_empty = buffer.held() == 0;
-                    buffer.push(seq, datagram.slice(DATA_HEADER_LEN..), shared.now_us(), &mut ready);
+                    buffer.push_from(path.id, seq, datagram.slice(DATA_HEADER_LEN..), shared.now_us(), &mut ready);
                     was_empty && buffer.held() > 0
                 };
                 if held {
@@ -44,8 +44,14 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
                     deliver(&shared, index, &packet);
                 }
             }
-            Some(Frame::Probe { id }) => {
-                let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe(PROBE_REPLY, id)));
+            Some(Frame::Probe { id, next_seq }) => {
+                let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe_reply(id)));
+                let mut buffer = peer.reorder.lock().unwrap();
+                buffer.mark_passed(path.id, next_seq.wrapping_sub(1), shared.now_us(), &mut ready);
+                drop(buffer);
+                for packet in ready.drain(..) {
+                    deliver(&shared, index, &packet);
+                }
             }
             Some(Frame::ProbeReply { id }) => {
                 let change = path.health.lock().unwrap().handle_reply(id, shared.now_us());
@@ -59,6 +65,7 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
             }
         }
     };
+    peer.reorder.lock().unwrap().forget_path(path.id);
     shared.remove_path(index, &path, reason);
 }
 

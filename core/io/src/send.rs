@@ -41,27 +41,31 @@ pub async fn tun_reader(shared: Arc<Shared>) {
 
 fn send_to_peer(peer: &Peer, packet: &[u8]) {
     let paths = peer.paths.read().unwrap();
-    if paths.is_empty() {
+    let len = DATA_HEADER_LEN + packet.len();
+    let choice = match paths.len() {
+        0 => Choice::Drop,
+        // One path: nothing to choose; send even if its health is in doubt, there is no alternative.
+        1 => Choice::One(0),
+        _ => {
+            let mode = mode_for(packet, &peer.cfg.rules, peer.cfg.bulk_mode, peer.cfg.realtime_mode);
+            let views: Vec<_> = paths.iter().map(|p| p.view()).collect();
+            match choose(mode, &views, len) {
+                // No path is up: try them all rather than drop; whichever still works carries it.
+                Choice::Drop => Choice::Each((0..paths.len()).collect()),
+                c => c,
+            }
+        }
+    };
+    if matches!(choice, Choice::Drop | Choice::Congested) {
+        // Dropped before taking a sequence number: the receiver sees no gap to wait for.
         peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
     let seq = peer.next_seq.fetch_add(1, Ordering::Relaxed);
-    let mut datagram = BytesMut::with_capacity(DATA_HEADER_LEN + packet.len());
+    let mut datagram = BytesMut::with_capacity(len);
     datagram.put_slice(&encode_data_header(seq));
     datagram.put_slice(packet);
     let datagram = datagram.freeze();
-    let choice = if paths.len() == 1 {
-        // One path: nothing to choose; send even if its health is in doubt, there is no alternative.
-        Choice::One(0)
-    } else {
-        let mode = mode_for(packet, &peer.cfg.rules, peer.cfg.bulk_mode, peer.cfg.realtime_mode);
-        let views: Vec<_> = paths.iter().map(|p| p.view()).collect();
-        match choose(mode, &views, datagram.len()) {
-            // No path is up: try them all rather than drop; whichever still works carries it.
-            Choice::Drop => Choice::Each((0..paths.len()).collect()),
-            c => c,
-        }
-    };
     let sent = match choice {
         Choice::One(i) => paths[i].send(datagram),
         // Every copy must go out: count the sends, don't stop at the first success.

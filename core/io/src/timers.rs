@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quicether_proto::frame::{encode_probe, PROBE};
+use quicether_proto::frame::encode_probe;
 use quicether_proto::health::{PathState, PROBE_INTERVAL_US};
 
 use crate::peer::{Event, Path, Shared};
@@ -27,7 +27,8 @@ pub async fn path_timer(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
             (health.poll_probe(now), health.poll_state(now))
         };
         if let Some(id) = probe {
-            let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe(PROBE, id)));
+            let next_seq = shared.peers[index].next_seq.load(Ordering::Relaxed);
+            let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe(id, next_seq)));
         }
         if change == Some(PathState::Down) {
             path.up.store(false, Ordering::Relaxed);

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! DATA        0x01 | seq: u64 BE | inner IP packet       (bond sequence numbers are per peer)
-//! PROBE       0x02 | id: u32 BE                          (path health; answered on the same path)
+//! PROBE       0x02 | id: u32 BE | next_seq: u64 BE       (path health; answered on the same path. next_seq:
+//!                                                         the sender's next bond sequence, so the receiver
+//!                                                         knows this path has passed every earlier one)
 //! PROBE_REPLY 0x03 | id: u32 BE
 //! ```
 //! Control messages that must arrive (path hello) use a QUIC stream instead; these are all best-effort.
@@ -16,7 +18,7 @@ pub const DATA_HEADER_LEN: usize = 9;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
     Data { seq: u64, packet: &'a [u8] },
-    Probe { id: u32 },
+    Probe { id: u32, next_seq: u64 },
     ProbeReply { id: u32 },
 }
 
@@ -27,8 +29,16 @@ pub fn encode_data_header(seq: u64) -> [u8; DATA_HEADER_LEN] {
     h
 }
 
-pub fn encode_probe(kind: u8, id: u32) -> [u8; 5] {
-    let mut p = [kind, 0, 0, 0, 0];
+pub fn encode_probe(id: u32, next_seq: u64) -> [u8; 13] {
+    let mut p = [0u8; 13];
+    p[0] = PROBE;
+    p[1..5].copy_from_slice(&id.to_be_bytes());
+    p[5..].copy_from_slice(&next_seq.to_be_bytes());
+    p
+}
+
+pub fn encode_probe_reply(id: u32) -> [u8; 5] {
+    let mut p = [PROBE_REPLY, 0, 0, 0, 0];
     p[1..].copy_from_slice(&id.to_be_bytes());
     p
 }
@@ -41,10 +51,11 @@ pub fn parse(datagram: &[u8]) -> Option<Frame<'_>> {
             let seq = u64::from_be_bytes(rest[..8].try_into().ok()?);
             Some(Frame::Data { seq, packet: &rest[8..] })
         }
-        PROBE | PROBE_REPLY if rest.len() == 4 => {
-            let id = u32::from_be_bytes(rest.try_into().ok()?);
-            Some(if kind == PROBE { Frame::Probe { id } } else { Frame::ProbeReply { id } })
-        }
+        PROBE if rest.len() == 12 => Some(Frame::Probe {
+            id: u32::from_be_bytes(rest[..4].try_into().ok()?),
+            next_seq: u64::from_be_bytes(rest[4..].try_into().ok()?),
+        }),
+        PROBE_REPLY if rest.len() == 4 => Some(Frame::ProbeReply { id: u32::from_be_bytes(rest.try_into().ok()?) }),
         _ => None,
     }
 }
@@ -58,8 +69,8 @@ mod tests {
         let mut d = encode_data_header(0x0102_0304_0506_0708).to_vec();
         d.extend_from_slice(b"packet");
         assert_eq!(parse(&d), Some(Frame::Data { seq: 0x0102_0304_0506_0708, packet: b"packet" }));
-        assert_eq!(parse(&encode_probe(PROBE, 7)), Some(Frame::Probe { id: 7 }));
-        assert_eq!(parse(&encode_probe(PROBE_REPLY, 9)), Some(Frame::ProbeReply { id: 9 }));
+        assert_eq!(parse(&encode_probe(7, 1 << 40)), Some(Frame::Probe { id: 7, next_seq: 1 << 40 }));
+        assert_eq!(parse(&encode_probe_reply(9)), Some(Frame::ProbeReply { id: 9 }));
     }
 
     #[test]

@@ -7,9 +7,15 @@
 //! - A packet whose gap was skipped and that arrives later is still delivered (late beats lost for TCP);
 //!   a second copy of a packet already delivered (redundant mode) is dropped.
 //! - A sequence number far outside the window (the sender restarted) resynchronises the buffer.
+//! - Fast loss detection: each path delivers in order, so once every live path has passed a gap (delivered
+//!   a later sequence number, or vouched for it in a probe), the gap is lost and is skipped at once; the
+//!   timeout is only the fallback for paths that went quiet.
+//! - The timeout learns: a packet that arrives late after its gap was skipped shows the wait was too
+//!   short (queues at the sender are invisible to the receiver's RTT estimates); the timeout grows to
+//!   cover it, and decays back slowly.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Sequence numbers further than this from the expected one mean the sender restarted.
 pub const RESYNC_DISTANCE: u64 = 1 << 24;
@@ -29,12 +35,26 @@ pub struct ReorderStats {
     pub resyncs: u64,
 }
 
+/// Upper bound of the reorder timeout: beyond it, waiting costs more than a retransmission.
+pub const MAX_TIMEOUT_US: u64 = 300_000;
+/// A path's progress mark counts while it is this fresh (probes refresh it every 50 ms on a live path).
+pub const MARK_FRESH_US: u64 = 200_000;
+/// Each decay step keeps this fraction of the learned timeout.
+const LEARNED_DECAY: f64 = 0.95;
+
 pub struct ReorderBuffer<T> {
     next: Option<u64>,
     held: BTreeMap<u64, (T, u64)>,
-    skipped: BTreeSet<u64>,
+    /// Skipped sequence numbers and when they were skipped.
+    skipped: BTreeMap<u64, u64>,
+    /// Timeout derived from RTTs (set by the caller).
+    base_timeout_us: u64,
+    /// Timeout learned from late arrivals.
+    learned_timeout_us: u64,
     timeout_us: u64,
     max_packets: usize,
+    /// Per path: the highest sequence number it has delivered or vouched for, and when.
+    marks: Vec<(u64, u64, u64)>,
     pub stats: ReorderStats,
 }
 
@@ -43,15 +63,28 @@ impl<T> ReorderBuffer<T> {
         Self {
             next: None,
             held: BTreeMap::new(),
-            skipped: BTreeSet::new(),
+            skipped: BTreeMap::new(),
+            base_timeout_us: timeout_us,
+            learned_timeout_us: 0,
             timeout_us,
             max_packets,
+            marks: Vec::new(),
             stats: ReorderStats::default(),
         }
     }
 
+    /// Sets the RTT-derived timeout and decays the learned one one step; call periodically.
     pub fn set_timeout_us(&mut self, timeout_us: u64) {
-        self.timeout_us = timeout_us;
+        self.base_timeout_us = timeout_us;
+        self.learned_timeout_us = (self.learned_timeout_us as f64 * LEARNED_DECAY) as u64;
+        self.timeout_us = self.base_timeout_us.max(self.learned_timeout_us).min(MAX_TIMEOUT_US);
+    }
+
+    fn learn_from_late(&mut self, skipped_at_us: u64, now_us: u64) {
+        // It needed this much more than the timeout it got; add a quarter for next time.
+        let needed = self.timeout_us + now_us.saturating_sub(skipped_at_us);
+        self.learned_timeout_us = self.learned_timeout_us.max(needed + needed / 4).min(MAX_TIMEOUT_US);
+        self.timeout_us = self.base_timeout_us.max(self.learned_timeout_us).min(MAX_TIMEOUT_US);
     }
 
     pub fn timeout_us(&self) -> u64 {
@@ -60,6 +93,41 @@ impl<T> ReorderBuffer<T> {
 
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// Records that `path` has passed `seq` (delivered it, or a probe said every earlier one was sent),
+    /// and skips gaps every live path has passed.
+    pub fn mark_passed(&mut self, path: u64, seq: u64, now_us: u64, out: &mut Vec<T>) {
+        match self.marks.iter_mut().find(|m| m.0 == path) {
+            Some(mark) => {
+                mark.1 = mark.1.max(seq);
+                mark.2 = now_us;
+            }
+            None => self.marks.push((path, seq, now_us)),
+        }
+        self.skip_lost(now_us, out);
+    }
+
+    /// Forgets a closed path's progress.
+    pub fn forget_path(&mut self, path: u64) {
+        self.marks.retain(|m| m.0 != path);
+    }
+
+    fn skip_lost(&mut self, now_us: u64, out: &mut Vec<T>) {
+        loop {
+            let passed = self.marks.iter().filter(|m| now_us <= m.2 + MARK_FRESH_US).map(|m| m.1).min();
+            match (passed, self.held.first_key_value()) {
+                (Some(passed), Some((&first, _))) if passed >= first => self.skip_gap(now_us, out),
+                _ => return,
+            }
+        }
+    }
+
+    /// Accepts packet `seq` from `path` arriving at `now_us`; pushes what may be delivered now, in
+    /// order, onto `out`.
+    pub fn push_from(&mut self, path: u64, seq: u64, item: T, now_us: u64, out: &mut Vec<T>) {
+        self.push(seq, item, now_us, out);
+        self.mark_passed(path, seq, now_us, out);
     }
 
     /// Accepts packet `seq` arriving at `now_us`; pushes what may be delivered now, in order, onto `out`.
@@ -73,8 +141,9 @@ impl<T> ReorderBuffer<T> {
             return self.push(seq, item, now_us, out);
         }
         if seq < next {
-            if self.skipped.remove(&seq) {
+            if let Some(skipped_at) = self.skipped.remove(&seq) {
                 self.stats.late += 1;
+                self.learn_from_late(skipped_at, now_us);
                 out.push(item);
             } else {
                 self.stats.duplicates += 1;
@@ -89,7 +158,7 @@ impl<T> ReorderBuffer<T> {
         } else if let Entry::Vacant(slot) = self.held.entry(seq) {
             slot.insert((item, now_us));
             if self.held.len() > self.max_packets {
-                self.skip_gap(out);
+                self.skip_gap(now_us, out);
             }
         } else {
             self.stats.duplicates += 1;
@@ -102,7 +171,7 @@ impl<T> ReorderBuffer<T> {
             if deadline > now_us {
                 break;
             }
-            self.skip_gap(out);
+            self.skip_gap(now_us, out);
         }
     }
 
@@ -127,10 +196,10 @@ impl<T> ReorderBuffer<T> {
     }
 
     /// Gives up on the gap before the first held packet.
-    fn skip_gap(&mut self, out: &mut Vec<T>) {
+    fn skip_gap(&mut self, now_us: u64, out: &mut Vec<T>) {
         let (Some(next), Some((&first, _))) = (self.next, self.held.first_key_value()) else { return };
         for seq in next..first {
-            self.skipped.insert(seq);
+            self.skipped.insert(seq, now_us);
             self.stats.skipped += 1;
         }
         while self.skipped.len() > SKIPPED_MEMORY {
@@ -143,7 +212,7 @@ impl<T> ReorderBuffer<T> {
     /// Delivers everything held, in order.
     pub fn flush(&mut self, out: &mut Vec<T>) {
         while !self.held.is_empty() {
-            self.skip_gap(out);
+            self.skip_gap(0, out);
         }
     }
 }
@@ -225,6 +294,50 @@ mod tests {
         assert_eq!(push(&mut b, 7, 1), vec![7]);
         assert_eq!(push(&mut b, 8, 2), vec![8]);
         assert_eq!(b.stats.resyncs, 1);
+    }
+
+    #[test]
+    fn gap_passed_by_every_path_is_skipped_without_waiting() {
+        let mut b = ReorderBuffer::new(1_000_000, 100);
+        let mut out = Vec::new();
+        b.push_from(1, 10, 10, 0, &mut out);
+        b.push_from(2, 11, 11, 0, &mut out);
+        // 12 was sent on path 1 and lost; path 1 then delivers 13, path 2 has only reached 11.
+        b.push_from(1, 13, 13, 1, &mut out);
+        assert_eq!(out, vec![10, 11]);
+        // Path 2's probe vouches it has sent everything before 14: 12 can only have been lost.
+        b.mark_passed(2, 13, 2, &mut out);
+        assert_eq!(out, vec![10, 11, 13]);
+        assert_eq!(b.stats.skipped, 1);
+    }
+
+    #[test]
+    fn quiet_paths_do_not_block_loss_detection_forever() {
+        let mut b = ReorderBuffer::new(1_000_000, 100);
+        let mut out = Vec::new();
+        b.push_from(1, 0, 0, 0, &mut out);
+        b.push_from(2, 0, 0, 0, &mut out);
+        let later = MARK_FRESH_US + 1;
+        b.push_from(1, 2, 2, later, &mut out); // path 2 has been silent for longer than a mark lives
+        assert_eq!(out, vec![0, 2]);
+    }
+
+    #[test]
+    fn late_arrivals_teach_a_longer_timeout_which_decays() {
+        let mut b = ReorderBuffer::new(10_000, 100);
+        push(&mut b, 0, 0);
+        push(&mut b, 2, 0);
+        let mut out = Vec::new();
+        b.poll(10_000, &mut out);
+        assert_eq!(out, vec![2]);
+        push(&mut b, 1, 30_000); // 20 ms after it was given up on
+        assert!(b.timeout_us() >= 30_000, "{}", b.timeout_us());
+        let learned = b.timeout_us();
+        for _ in 0..100 {
+            b.set_timeout_us(10_000);
+        }
+        assert!(b.timeout_us() < learned);
+        assert_eq!(b.timeout_us(), 10_000, "decays back to the RTT-based timeout");
     }
 
     #[test]

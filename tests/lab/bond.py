@@ -1,0 +1,72 @@
+"""A bonded site in the WAN lab: QuicEther on the router (one path per WAN) and on a gateway host in the
+internet, with a LAN host behind the router and a data-centre host behind the gateway.
+
+    lan 10.0.50.10 ── router ═wan0..N═ internet ── gateway ── dc 10.0.60.10
+                      (site node 10.99.0.1)         (gateway node 10.99.0.2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.lab import nodes as qe
+from tests.lab.netns import Lab, Namespace
+from tests.lab.topology import LAN_PREFIX, LinkSpec, WanLab, build_wan_lab
+
+DC_PREFIX = "10.0.60"
+OVERLAY_SITE = "10.99.0.1/24"
+OVERLAY_GATEWAY = "10.99.0.2/24"
+
+
+@dataclass
+class BondLab:
+    wl: WanLab
+    site: qe.NodeSpec
+    gateway: qe.NodeSpec
+    dc: Namespace
+
+    @property
+    def lan(self) -> Namespace:
+        assert self.wl.lan is not None
+        return self.wl.lan
+
+    @property
+    def dc_addr(self) -> str:
+        return f"{DC_PREFIX}.10"
+
+    @property
+    def lan_addr(self) -> str:
+        return f"{LAN_PREFIX}.10"
+
+    def paths(self) -> list[dict[str, Any]]:
+        peers = self.site.status()["peers"]
+        paths: list[dict[str, Any]] = peers[0]["paths"]
+        return paths
+
+
+def build_bond_lab(lab: Lab, links: list[LinkSpec], state: Path, *, mode: str = "aggregate",
+                   realtime_mode: str = "redundant", backup: tuple[int, ...] = ()) -> BondLab:
+    wl = build_wan_lab(lab, links, internet_hosts=("gateway",), policy_routing=False)
+    gw_ns = wl.host("gateway")
+    gw_ns.sysctl("net.ipv4.ip_forward", "1")
+    dc = lab.add_namespace("dc")
+    lab.veth(dc, "eth0", gw_ns, "dc")
+    dc.ip("addr", "add", f"{DC_PREFIX}.10/24", "dev", "eth0")
+    dc.ip("route", "add", "default", "via", f"{DC_PREFIX}.1")
+    gw_ns.ip("addr", "add", f"{DC_PREFIX}.1/24", "dev", "dc")
+
+    site = qe.make_node(wl.router, "site", OVERLAY_SITE, state)
+    gateway = qe.make_node(gw_ns, "gw", OVERLAY_GATEWAY, state)
+    site.peers.append({"name": "gw", "key": gateway.node_id, "endpoint": f"{wl.addr('gateway')}:{qe.QUIC_PORT}",
+                       "allowed_ips": ["10.99.0.2/32", f"{DC_PREFIX}.0/24"], "mode": mode,
+                       "realtime_mode": realtime_mode})
+    gateway.peers.append({"name": "site", "key": site.node_id, "allowed_ips": ["10.99.0.1/32", f"{LAN_PREFIX}.0/24"],
+                          "mode": mode, "realtime_mode": realtime_mode})
+    site.wans = [{"device": w.router_if, "gateway": w.isp_addr, **({"role": "backup"} if w.index in backup else {})}
+                 for w in wl.wans]
+    qe.start(gateway)
+    qe.start(site)
+    qe.wait_connected(site)
+    return BondLab(wl=wl, site=site, gateway=gateway, dc=dc)
