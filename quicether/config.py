@@ -6,6 +6,7 @@
     address = "10.99.0.1/24"       # this node's overlay address on the TUN device
     state_dir = "/var/lib/quicether"
     path_mtu = 1500                # MTU of the underlying network; the TUN MTU is derived from it
+    congestion = "cubic"           # per-path congestion control: cubic, or bbr for WANs with random loss
 
     [[wan]]                        # one per WAN port to bond; none: dial from the listen socket
     device = "eth1"
@@ -89,6 +90,7 @@ class Config:
     address: str | None
     state_dir: Path
     path_mtu: int
+    congestion: str = "cubic"
     peers: list[PeerConfig] = field(default_factory=list)
     wans: list[WanConfig] = field(default_factory=list)
 
@@ -219,7 +221,10 @@ def parse(text: str, path: Path) -> Config:
     node = data.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
-    _check_keys(node, {"listen", "tun", "address", "state_dir", "path_mtu"}, f"{path}: node")
+    _check_keys(node, {"listen", "tun", "address", "state_dir", "path_mtu", "congestion"}, f"{path}: node")
+    congestion = node.get("congestion", "cubic")
+    if congestion not in ("cubic", "bbr"):
+        raise ConfigError(f"{path}: node.congestion: {congestion!r} is not cubic or bbr")
     listen = _socket_addr(node.get("listen", DEFAULT_LISTEN), f"{path}: node.listen")
     tun = node.get("tun", "qe0")
     if not isinstance(tun, str) or not 0 < len(tun) <= MAX_IFNAME or "/" in tun or " " in tun:
@@ -251,8 +256,8 @@ def parse(text: str, path: Path) -> Config:
         if name in names[:i]:
             raise ConfigError(f"{path}: wan[{i}].name: {name!r} is used twice")
     return Config(path=path, listen=listen, tun=tun, address=str(address) if address else None,
-                  state_dir=Path(node.get("state_dir", DEFAULT_STATE_DIR)), path_mtu=path_mtu, peers=peers,
-                  wans=wans)
+                  state_dir=Path(node.get("state_dir", DEFAULT_STATE_DIR)), path_mtu=path_mtu,
+                  congestion=str(congestion), peers=peers, wans=wans)
 
 
 def load(path: Path) -> Config:

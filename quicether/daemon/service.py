@@ -101,7 +101,7 @@ class Daemon:
                       [(c.protocol, c.port, c.dscp, c.mode) for c in p.classes]) for p in self.config.peers]
             # With WANs configured, paths are dialed from each WAN as it comes up; without, from the listen socket.
             self.node = _core.Node(self.config.listen, self.config.tun, self.config.path_mtu, self.identity.seed,
-                                   peers, write_fd, [] if self.config.wans else None)
+                                   peers, write_fd, [] if self.config.wans else None, self.config.congestion)
             undo.callback(self._close_node)
             if self.config.wans:
                 wans = WanManager(self.node, self.config.wans)

@@ -47,7 +47,8 @@ class BondLab:
 
 
 def build_bond_lab(lab: Lab, links: list[LinkSpec], state: Path, *, mode: str = "aggregate",
-                   realtime_mode: str = "redundant", backup: tuple[int, ...] = ()) -> BondLab:
+                   realtime_mode: str = "redundant", backup: tuple[int, ...] = (),
+                   congestion: str = "cubic") -> BondLab:
     wl = build_wan_lab(lab, links, internet_hosts=("gateway",), policy_routing=False)
     gw_ns = wl.host("gateway")
     gw_ns.sysctl("net.ipv4.ip_forward", "1")
@@ -64,6 +65,7 @@ def build_bond_lab(lab: Lab, links: list[LinkSpec], state: Path, *, mode: str = 
                        "realtime_mode": realtime_mode})
     gateway.peers.append({"name": "site", "key": site.node_id, "allowed_ips": ["10.99.0.1/32", f"{LAN_PREFIX}.0/24"],
                           "mode": mode, "realtime_mode": realtime_mode})
+    site.congestion = gateway.congestion = congestion
     site.wans = [{"device": w.router_if, "gateway": w.isp_addr, **({"role": "backup"} if w.index in backup else {})}
                  for w in wl.wans]
     qe.start(gateway)

@@ -27,6 +27,7 @@ class NodeSpec:
     state_dir: Path
     listen: str = f"0.0.0.0:{QUIC_PORT}"
     tun: str = "qe0"
+    congestion: str = "cubic"
     node_id: str = ""
     peers: list[dict[str, Any]] = field(default_factory=list)
     wans: list[dict[str, Any]] = field(default_factory=list)
@@ -42,7 +43,7 @@ class NodeSpec:
 
     def write_config(self) -> None:
         lines = ["[node]", f'listen = "{self.listen}"', f'tun = "{self.tun}"', f'address = "{self.address}"',
-                 f'state_dir = "{self.state_dir}"', ""]
+                 f'state_dir = "{self.state_dir}"', f'congestion = "{self.congestion}"', ""]
         for section, tables in (("wan", self.wans), ("peer", self.peers)):
             for table in tables:
                 lines.append(f"[[{section}]]")

@@ -5,7 +5,7 @@
 //! finishes its handshake before the server has checked the client's certificate, so that answer is also
 //! the dialer's proof that it was accepted.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +31,20 @@ fn peer_key_of(conn: &quinn::Connection) -> Option<[u8; 32]> {
     ed25519_key_of_cert(certs.first()?)
 }
 
-fn start_path(shared: &Arc<Shared>, index: usize, conn: quinn::Connection, wan: String, backup: bool) {
-    let path = shared.add_path(index, conn, wan, backup);
+/// The endpoint's bound address, unless it is the wildcard (then the kernel picks per packet).
+fn endpoint_ip(endpoint: &quinn::Endpoint) -> Option<IpAddr> {
+    endpoint.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified())
+}
+
+fn start_path(
+    shared: &Arc<Shared>,
+    index: usize,
+    conn: quinn::Connection,
+    wan: String,
+    backup: bool,
+    local: Option<IpAddr>,
+) {
+    let path = shared.add_path(index, conn, wan, backup, local);
     tokio::spawn(path_reader(shared.clone(), index, path.clone()));
     tokio::spawn(path_timer(shared.clone(), index, path));
 }
@@ -40,6 +52,7 @@ fn start_path(shared: &Arc<Shared>, index: usize, conn: quinn::Connection, wan: 
 pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let shared = shared.clone();
+        let local = endpoint_ip(&endpoint);
         tokio::spawn(async move {
             // Refusals by our certificate verifier are reported there (once per key); other failures
             // (timeouts, resets) are transient and come back as the peer retries.
@@ -49,7 +62,7 @@ pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 return;
             };
             match tokio::time::timeout(HELLO_TIMEOUT, answer_hello(&conn)).await {
-                Ok(Ok((wan, backup))) => start_path(&shared, index, conn, wan, backup),
+                Ok(Ok((wan, backup))) => start_path(&shared, index, conn, wan, backup, local),
                 _ => conn.close(2u32.into(), b"no path hello"),
             }
         });
@@ -110,7 +123,14 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
         match attempt.await {
             Ok(conn) => {
                 last_error.clear();
-                start_path(&shared, target.index, conn.clone(), target.wan.clone(), target.backup);
+                start_path(
+                    &shared,
+                    target.index,
+                    conn.clone(),
+                    target.wan.clone(),
+                    target.backup,
+                    endpoint_ip(&endpoint),
+                );
                 conn.closed().await;
             }
             Err(reason) => {

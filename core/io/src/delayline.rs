@@ -201,7 +201,11 @@ fn wait_readable(file: &File, timeout_ms: i32) -> io::Result<bool> {
     match rc {
         r if r < 0 => {
             let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) }
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
         }
         0 => Ok(false),
         _ => Ok(true),

@@ -67,6 +67,8 @@ pub struct Path {
     pub id: u64,
     pub wan: String,
     pub backup: bool,
+    /// Our address on this path (the WAN's), if known.
+    pub local: Option<std::net::IpAddr>,
     pub conn: quinn::Connection,
     pub health: Mutex<PathHealth>,
     pub up: AtomicBool,
@@ -151,13 +153,21 @@ impl Shared {
     }
 
     /// Adds an authenticated connection as a path of peer `index`.
-    pub fn add_path(&self, index: usize, conn: quinn::Connection, wan: String, backup: bool) -> Arc<Path> {
+    pub fn add_path(
+        &self,
+        index: usize,
+        conn: quinn::Connection,
+        wan: String,
+        backup: bool,
+        local: Option<std::net::IpAddr>,
+    ) -> Arc<Path> {
         let peer = &self.peers[index];
         let rtt = conn.rtt();
         let path = Arc::new(Path {
             id: self.next_path_id.fetch_add(1, Ordering::Relaxed),
             wan: wan.clone(),
             backup,
+            local: conn.local_ip().or(local),
             health: Mutex::new(PathHealth::new(self.now_us(), rtt.as_micros() as u64)),
             up: AtomicBool::new(true),
             srtt_us: AtomicU64::new(rtt.as_micros() as u64),

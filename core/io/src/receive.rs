@@ -57,7 +57,11 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
                 let change = path.health.lock().unwrap().handle_reply(id, shared.now_us());
                 if change == Some(PathState::Up) {
                     path.up.store(true, Ordering::Relaxed);
-                    shared.emit(Event::PathUp { key: peer.cfg.key, wan: path.wan.clone(), remote: path.conn.remote_address() });
+                    shared.emit(Event::PathUp {
+                        key: peer.cfg.key,
+                        wan: path.wan.clone(),
+                        remote: path.conn.remote_address(),
+                    });
                 }
             }
             None => {
@@ -84,7 +88,10 @@ pub async fn reorder_timer(shared: Arc<Shared>, index: usize) {
         let retune = last_retune.elapsed() >= REORDER_RETUNE;
         let rtts: Vec<u64> = if retune {
             last_retune = std::time::Instant::now();
-            peer.paths.read().unwrap().iter()
+            peer.paths
+                .read()
+                .unwrap()
+                .iter()
                 .filter(|p| p.up.load(Ordering::Relaxed))
                 .map(|p| p.srtt_us.load(Ordering::Relaxed))
                 .collect()
@@ -109,7 +116,8 @@ fn deliver(shared: &Shared, index: usize, packet: &[u8]) {
     let allowed = packet_addrs(packet).is_some_and(|(src, _)| shared.allowed.allows(index, src));
     // SAFETY: writing a valid buffer to the TUN fd; EAGAIN/failure drops this packet only.
     let written = allowed
-        && unsafe { libc::write(shared.tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) } == packet.len() as isize;
+        && unsafe { libc::write(shared.tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) }
+            == packet.len() as isize;
     let c = &shared.peers[index].counters;
     if written {
         Counters::count(&c.rx_packets, &c.rx_bytes, packet.len());

@@ -29,7 +29,9 @@ pub async fn tun_reader(shared: Arc<Shared>) {
             Err(_) => return,
         };
         let packet = &buf[..n];
-        let Some((_, dst)) = packet_addrs(packet) else { continue };
+        let Some((_, dst)) = packet_addrs(packet) else {
+            continue;
+        };
         match shared.allowed.lookup(dst) {
             Some(index) => send_to_peer(&shared.peers[index], packet),
             None => {

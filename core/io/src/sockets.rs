@@ -18,7 +18,11 @@ fn set_int(sock: &UdpSocket, level: libc::c_int, opt: libc::c_int, value: libc::
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn set_buffers(sock: &UdpSocket) {

@@ -148,11 +148,7 @@ impl fmt::Debug for KnownClientKeys {
 }
 
 impl KnownClientKeys {
-    pub fn new(
-        keys: Arc<RwLock<HashSet<[u8; 32]>>>,
-        provider: Arc<CryptoProvider>,
-        on_refused: RefusalSink,
-    ) -> Self {
+    pub fn new(keys: Arc<RwLock<HashSet<[u8; 32]>>>, provider: Arc<CryptoProvider>, on_refused: RefusalSink) -> Self {
         Self { keys, reported: Mutex::new(HashSet::new()), on_refused, provider }
     }
 

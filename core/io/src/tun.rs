@@ -31,9 +31,11 @@ pub fn open_tun(name: &str) -> io::Result<File> {
             format!("invalid TUN device name {name:?} (1 to {} characters)", IFNAMSIZ - 1),
         ));
     }
-    let file = OpenOptions::new().read(true).write(true).open("/dev/net/tun").map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot open /dev/net/tun: {e}"))
-    })?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open /dev/net/tun: {e}")))?;
     let mut req = IfReqFlags { name: [0; IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: `req` is a properly sized, initialised `struct ifreq` that outlives the call.

@@ -73,7 +73,9 @@ impl Rule {
 
 /// The scheduling mode for `packet`: the first matching rule's mode, else the class default.
 pub fn mode_for(packet: &[u8], rules: &[Rule], bulk: Mode, realtime: Mode) -> Mode {
-    let Some(info) = inspect(packet) else { return bulk };
+    let Some(info) = inspect(packet) else {
+        return bulk;
+    };
     if let Some(mode) = rules.iter().find(|r| r.matches(&info)).and_then(|r| r.mode) {
         return mode;
     }

@@ -197,7 +197,9 @@ impl<T> ReorderBuffer<T> {
 
     /// Gives up on the gap before the first held packet.
     fn skip_gap(&mut self, now_us: u64, out: &mut Vec<T>) {
-        let (Some(next), Some((&first, _))) = (self.next, self.held.first_key_value()) else { return };
+        let (Some(next), Some((&first, _))) = (self.next, self.held.first_key_value()) else {
+            return;
+        };
         for seq in next..first {
             self.skipped.insert(seq, now_us);
             self.stats.skipped += 1;
@@ -222,7 +224,9 @@ impl<T> ReorderBuffer<T> {
 pub fn timeout_for_rtts_us(rtts_us: &[u64]) -> u64 {
     const MARGIN_US: u64 = 5_000;
     const MAX_US: u64 = 300_000;
-    let (Some(min), Some(max)) = (rtts_us.iter().min(), rtts_us.iter().max()) else { return MARGIN_US };
+    let (Some(min), Some(max)) = (rtts_us.iter().min(), rtts_us.iter().max()) else {
+        return MARGIN_US;
+    };
     ((max - min) + MARGIN_US).min(MAX_US)
 }
 

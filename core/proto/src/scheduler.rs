@@ -62,7 +62,11 @@ pub struct PathView {
 
 impl PathView {
     fn rate(&self) -> u64 {
-        if self.rate_bps == 0 { UNKNOWN_RATE_BPS } else { self.rate_bps }
+        if self.rate_bps == 0 {
+            UNKNOWN_RATE_BPS
+        } else {
+            self.rate_bps
+        }
     }
 
     /// Microseconds until a packet of `len` bytes queued now would have left.

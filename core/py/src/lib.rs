@@ -126,7 +126,7 @@ struct Node {
 #[pymethods]
 impl Node {
     #[new]
-    #[pyo3(signature = (listen, tun_name, path_mtu, seed, peers, notify_fd=None, wans=None))]
+    #[pyo3(signature = (listen, tun_name, path_mtu, seed, peers, notify_fd=None, wans=None, congestion="cubic"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -137,11 +137,18 @@ impl Node {
         peers: Vec<PeerArg>,
         notify_fd: Option<i32>,
         wans: Option<Vec<WanArg>>,
+        congestion: &str,
     ) -> PyResult<Self> {
+        let bbr = match congestion {
+            "cubic" => false,
+            "bbr" => true,
+            other => return Err(PyValueError::new_err(format!("unknown congestion control {other:?} (cubic, bbr)"))),
+        };
         let listen = listen.parse().map_err(|_| PyValueError::new_err(format!("invalid listen address {listen:?}")))?;
         let peers = peers.into_iter().map(peer_config).collect::<PyResult<Vec<_>>>()?;
         let wans = wans.map(|w| w.into_iter().map(wan_config).collect::<PyResult<Vec<_>>>()).transpose()?;
-        let config = NodeConfig { listen, tun_name: tun_name.to_string(), path_mtu, seed: key32("seed", seed)?, wans };
+        let config =
+            NodeConfig { listen, tun_name: tun_name.to_string(), path_mtu, seed: key32("seed", seed)?, wans, bbr };
         let node = py.detach(move || IoNode::start(config, peers, notify_fd)).map_err(os_error)?;
         Ok(Self { inner: Mutex::new(Some(node)) })
     }

@@ -1,0 +1,157 @@
+"""Bonding in the lab: a site router with several WANs bonded to a gateway, real iperf3 through the bond.
+
+Efficiency targets are measured by scripts/bench-bond; these tests check behaviour: traffic is spread,
+failover keeps TCP alive, redundant mode hides loss, a backup WAN waits, WAN events are handled."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.lab import Lab, LinkSpec
+from tests.lab import nodes as qe
+from tests.lab.bond import BondLab, build_bond_lab
+from tests.lab.measure import iperf, ping, start_iperf_server
+from tests.lab.netns import run
+
+THREE_WANS = [LinkSpec(rate_mbit=100, delay_ms=10), LinkSpec(rate_mbit=50, delay_ms=30),
+              LinkSpec(rate_mbit=20, delay_ms=60, loss_pct=1)]
+
+
+def _path(bond: BondLab, wan: str) -> dict[str, Any]:
+    return next(p for p in bond.paths() if p["wan"] == wan)
+
+
+def _wait(predicate: Any, timeout: float, step: float = 0.05) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def test_bond_spreads_traffic_and_beats_the_best_single_wan(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, THREE_WANS, tmp_path)
+    assert ping(bond.lan, bond.dc_addr, count=5).received == 5
+    start_iperf_server(bond.dc)
+    result = iperf(bond.lan, bond.dc_addr, seconds=5, streams=8)
+    # More than the best single WAN (100 Mbit/s) can carry: the bond really aggregates.
+    assert result.mbit_s > 100, result.mbit_s
+    paths = {p["wan"]: p for p in bond.paths()}
+    assert set(paths) == {"wan0", "wan1", "wan2"}
+    assert all(p["up"] for p in paths.values())
+    assert paths["wan0"]["share"] > 0.3 and paths["wan1"]["share"] > 0.1, paths
+    assert paths["wan0"]["local"] == "10.10.0.2" and paths["wan1"]["local"] == "10.11.0.2"
+    assert paths["wan2"]["rtt_ms"] > paths["wan0"]["rtt_ms"]
+    status = bond.site.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(bond.site.config_path))
+    assert all(wan in status.stdout for wan in ("wan0", "wan1", "wan2")), status.stdout
+
+
+def _longest_stall_s(intervals: list[dict[str, Any]], start_s: float) -> float:
+    """Longest run of receiver-side intervals with (almost) nothing delivered, from `start_s` on."""
+    run_s = longest = 0.0
+    for interval in intervals:
+        if interval["sum"]["end"] <= start_s:
+            continue
+        length = interval["sum"]["end"] - interval["sum"]["start"]
+        run_s = run_s + length if interval["sum"]["bits_per_second"] < 1e5 else 0.0
+        longest = max(longest, run_s)
+    return longest
+
+
+def test_cut_wan_mid_transfer_tcp_survives_and_the_wan_returns(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, THREE_WANS[:2], tmp_path)
+    start_iperf_server(bond.dc)
+    # -R: the LAN host receives, so iperf3's intervals count delivered bytes (a sender's are bursty).
+    proc = bond.lan.popen(["iperf3", "-c", bond.dc_addr, "-t", "8", "-i", "0.1", "-J", "-R",
+                           "--connect-timeout", "3000"], stdout=-1, stderr=-1)
+    time.sleep(3)
+    bond.wl.set_link(0, up=False)
+    down_after = _wait(lambda: not _path(bond, "wan0")["up"], timeout=2, step=0.02)
+    out, _err = proc.communicate(timeout=30)
+    raw = json.loads(out)
+    assert "error" not in raw, raw.get("error")  # the TCP flow survived the cut (no reset)
+    intervals = raw["intervals"]
+    stall = _longest_stall_s(intervals, start_s=2.5)
+    assert stall < 1.0, f"stall of {stall:.1f}s after the cut"
+    after = [i["sum"]["bits_per_second"] for i in intervals if i["sum"]["start"] >= 4.5]
+    assert sum(after) / len(after) > 10e6, "data keeps flowing on the remaining WAN"
+    assert down_after < 1.0
+    bond.wl.set_link(0, up=True)
+    back = _wait(lambda: any(p["wan"] == "wan0" and p["up"] for p in bond.paths()), timeout=5)
+    before = _path(bond, "wan0")["tx_bytes"]
+    iperf(bond.lan, bond.dc_addr, seconds=2, streams=4)
+    assert _path(bond, "wan0")["tx_bytes"] > before + 1_000_000, "the restored WAN carries traffic again"
+    assert back < 5
+
+
+def test_redundant_mode_hides_5_percent_loss_on_every_link(lab: Lab, tmp_path: Path) -> None:
+    """With `congestion = "bbr"`, the setting for lossy WANs: CUBIC throttles a 5 %-loss path to ~2 Mbit/s."""
+    lossy = [LinkSpec(rate_mbit=50, delay_ms=10, loss_pct=5), LinkSpec(rate_mbit=50, delay_ms=20, loss_pct=5),
+             LinkSpec(rate_mbit=50, delay_ms=30, loss_pct=5)]
+    bond = build_bond_lab(lab, lossy, tmp_path, mode="redundant", congestion="bbr")
+    start_iperf_server(bond.dc)
+    # 8000 datagrams: a 0.1 % bound is 8 packets; three independent 5 % losses lose ~1 in 8000.
+    result = iperf(bond.lan, bond.dc_addr, seconds=8, udp_mbit=8, udp_len=1000)
+    assert result.lost_percent < 0.1, result.lost_percent
+    reorder = bond.gateway.status()["peers"][0]["reorder"]
+    assert reorder["duplicates"] > 1000, "every packet went out on every path; copies were dropped"
+
+
+def test_backup_wan_idle_while_a_primary_is_up_and_carries_all_without(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, [LinkSpec(rate_mbit=50, delay_ms=10), LinkSpec(rate_mbit=50, delay_ms=10)],
+                          tmp_path, backup=(1,))
+    start_iperf_server(bond.dc)
+    iperf(bond.lan, bond.dc_addr, seconds=2, streams=4)
+    backup = _path(bond, "wan1")
+    assert backup["backup"]
+    # Only health probes (a few dozen bytes every 50 ms) on the backup, while megabytes went on the primary.
+    assert backup["tx_bytes"] < 50_000 < _path(bond, "wan0")["tx_bytes"]
+    bond.wl.set_link(0, up=False)
+    _wait(lambda: not _path(bond, "wan0")["up"], timeout=2)
+    result = iperf(bond.lan, bond.dc_addr, seconds=2, streams=4)
+    assert result.mbit_s > 30
+    assert _path(bond, "wan1")["tx_bytes"] > 5_000_000
+
+
+def test_wan_losing_carrier_is_removed_at_once_and_readded(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, [LinkSpec(), LinkSpec()], tmp_path)
+    assert {p["wan"] for p in bond.paths()} == {"wan0", "wan1"}
+    bond.wl.unplug(1)
+    gone = _wait(lambda: {p["wan"] for p in bond.paths()} == {"wan0"}, timeout=2)
+    assert gone < 1.0, gone
+    assert "WAN wan1 (wan1) removed: no carrier" in qe.read_log(bond.site)
+    # The gateway cannot be told over the unplugged WAN: its health check notices the silence.
+    noticed = _wait(lambda: not any(p["wan"] == "wan1" and p["up"] for p in bond.gateway.status()["peers"][0]["paths"]),
+                    timeout=2)
+    assert noticed < 1.0, noticed
+    assert ping(bond.lan, bond.dc_addr, count=3).received == 3
+    bond.wl.unplug(1, plugged=True)
+    _wait(lambda: {p["wan"] for p in bond.paths()} == {"wan0", "wan1"}, timeout=5)
+
+
+def _quicether_rules(bond: BondLab) -> list[str]:
+    out = bond.wl.router.ip("rule", "show").stdout
+    return [line for line in out.splitlines() if line.split(":")[0].strip().startswith("71")]
+
+
+def test_policy_routes_are_installed_and_nothing_is_left_after_stop_or_kill(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, [LinkSpec(), LinkSpec()], tmp_path)
+    rules = _quicether_rules(bond)
+    assert len(rules) == 2 and "from 10.10.0.2" in rules[0] and "from 10.11.0.2" in rules[1], rules
+    # A crash leaves the rules; the next start replaces them instead of adding duplicates.
+    assert bond.site.proc is not None
+    bond.site.proc.send_signal(signal.SIGKILL)
+    bond.site.proc.wait(timeout=10)
+    qe.start(bond.site)
+    qe.wait_connected(bond.site)
+    assert _quicether_rules(bond) == rules
+    assert qe.stop(bond.site) == 0
+    assert _quicether_rules(bond) == []
+    tables = run(["ip", "-n", bond.wl.router.netns, "route", "show", "table", "all"]).stdout
+    assert "table 71" not in tables and "qe0" not in tables
