@@ -1,49 +1,88 @@
-"""QuicEther demo in the network lab: a router with two WANs of different speed and delay.
+"""QuicEther demo in the network lab: a LAN host behind a QuicEther router with two WANs bonding to a gateway.
 
-Builds the lab (LAN host → router with 2 WANs → 2 ISPs → internet with a gateway host), measures each WAN
-with iperf3, and prints per-WAN and total throughput. Everything is removed on exit, even on Ctrl-C.
+    lan host ── QuicEther router ═ wan0 (100 Mbit/s, 10 ms) ═╗
+                                 ═ wan1 ( 50 Mbit/s, 30 ms) ═╩═ internet ── QuicEther gateway ── dc host
+
+Measures each WAN alone (iperf3 from the router out of that WAN), then iperf3 from the LAN host to the dc
+host through the bond, and prints per-WAN and total throughput. Everything is removed on exit, even on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.lab import Lab, LinkSpec, build_wan_lab  # noqa: E402
+from tests.lab import Lab, LinkSpec  # noqa: E402
+from tests.lab.bond import build_bond_lab  # noqa: E402
 from tests.lab.measure import iperf, ping, start_iperf_server  # noqa: E402
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=4, help="length of each iperf3 run (default 4)")
-    parser.add_argument("--wan", action="append", metavar="MBIT:RTT_MS",
-                        help="a WAN link as rate and added RTT; repeat (default 100:10 and 50:30)")
-    args = parser.parse_args()
+def parse_wans(values: list[str] | None, parser: argparse.ArgumentParser) -> list[LinkSpec]:
     specs = []
-    for text in args.wan or ["100:10", "50:30"]:
+    for text in values or ["100:10", "50:30"]:
         try:
             rate, rtt = (float(x) for x in text.split(":"))
         except ValueError:
             parser.error(f"--wan {text!r}: expected MBIT:RTT_MS, e.g. 100:10")
         specs.append(LinkSpec(rate_mbit=rate, delay_ms=rtt))
-    print(f"building the lab: router with {len(specs)} WANs "
+    if len(specs) < 2:
+        parser.error("bonding needs at least two --wan links")
+    return specs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8, help="length of the bonded iperf3 run (default 8)")
+    parser.add_argument("--streams", type=int, default=4, help="parallel TCP streams through the bond (default 4)")
+    parser.add_argument("--mode", default="aggregate", choices=["aggregate", "lowest-rtt", "redundant"],
+                        help="bonding mode (default aggregate)")
+    parser.add_argument("--wan", action="append", metavar="MBIT:RTT_MS",
+                        help="a WAN link as rate and added round-trip time; repeat (default 100:10 and 50:30)")
+    args = parser.parse_args()
+    specs = parse_wans(args.wan, parser)
+    print(f"building the lab: router with {len(specs)} WANs: "
           + ", ".join(f"wan{i} {s.rate_mbit:g} Mbit/s {s.delay_ms:g} ms" for i, s in enumerate(specs)), flush=True)
-    with Lab() as lab:
-        wl = build_wan_lab(lab, specs, internet_hosts=("gateway",))
-        gateway = wl.addr("gateway")
-        start_iperf_server(wl.host("gateway"))
-        total = 0.0
-        print(f"{'link':<8}{'rate':>10}{'rtt':>10}{'iperf3':>14}")
-        for wan in wl.wans:
-            rtt = ping(wl.router, gateway, source=wan.router_addr, count=5).median_ms
-            got = iperf(wl.router, gateway, bind=wan.router_addr, seconds=args.seconds).mbit_s
-            total += got
-            print(f"{wan.router_if:<8}{wan.spec.rate_mbit or 0:>7g} Mb{rtt:>8.1f}ms{got:>9.1f} Mbit/s", flush=True)
-        print(f"{'total':<8}{sum(s.rate_mbit or 0 for s in specs):>7g} Mb{'':>10}{total:>9.1f} Mbit/s")
-        print("(each WAN measured on its own; bonding them through QuicEther is the next step of this demo)")
+    with Lab() as lab, tempfile.TemporaryDirectory() as state:
+        print("starting QuicEther on the router and on the gateway", flush=True)
+        bond = build_bond_lab(lab, specs, Path(state), mode=args.mode)
+        print(f"bond up: {len(bond.paths())} paths; LAN host {bond.lan_addr} -> dc host {bond.dc_addr}", flush=True)
+        gateway_ip = bond.wl.addr("gateway")
+        start_iperf_server(bond.wl.host("gateway"), port=5202)
+        start_iperf_server(bond.dc)
+
+        print("\neach WAN alone (iperf3 from the router, no tunnel):")
+        alone = []
+        for wan in bond.wl.wans:
+            got = iperf(bond.wl.router, gateway_ip, port=5202, bind=wan.router_addr, seconds=3).mbit_s
+            alone.append(got)
+            print(f"  {wan.router_if}: {got:6.1f} Mbit/s", flush=True)
+
+        print(f"\nthrough the bond ({args.mode}, {args.streams} TCP streams, {args.seconds:g} s) ...", flush=True)
+        before = {p["wan"]: p["tx_bytes"] for p in bond.paths()}
+        t0 = time.monotonic()
+        result = iperf(bond.lan, bond.dc_addr, seconds=args.seconds, streams=args.streams)
+        elapsed = time.monotonic() - t0
+        rtt = ping(bond.lan, bond.dc_addr, count=10).median_ms
+        print(f"\n{'link':<8}{'link rate':>12}{'alone':>12}{'in the bond':>14}{'share':>8}{'rtt':>10}")
+        paths = {p["wan"]: p for p in bond.paths()}
+        sent = {w: paths[w]["tx_bytes"] - before.get(w, 0) for w in paths}
+        total_sent = sum(sent.values()) or 1
+        for wan, alone_mbit in zip(bond.wl.wans, alone, strict=True):
+            p = paths.get(wan.router_if)
+            share = sent.get(wan.router_if, 0) / total_sent
+            rtt_text = f"{p['rtt_ms']:.1f} ms" if p else "-"
+            print(f"{wan.router_if:<8}{wan.spec.rate_mbit or 0:>7g} Mb/s{alone_mbit:>7.1f} Mb/s"
+                  f"{result.mbit_s * share:>9.1f} Mb/s{share * 100:>7.0f}%{rtt_text:>10}")
+        link_sum = sum(s.rate_mbit or 0 for s in specs)
+        print(f"{'total':<8}{link_sum:>7g} Mb/s{sum(alone):>7.1f} Mb/s{result.mbit_s:>9.1f} Mb/s"
+              f"{'':>8}{rtt:>7.1f} ms")
+        print(f"\nbond goodput {result.mbit_s:.1f} Mbit/s = {100 * result.mbit_s / link_sum:.0f}% of the link sum, "
+              f"{result.mbit_s / max(alone):.2f}x the best single WAN (run took {elapsed:.1f} s)")
     return 0
 
 

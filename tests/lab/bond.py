@@ -7,12 +7,13 @@ internet, with a LAN host behind the router and a data-centre host behind the ga
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.lab import nodes as qe
-from tests.lab.netns import Lab, Namespace
+from tests.lab.netns import Lab, LabError, Namespace
 from tests.lab.topology import LAN_PREFIX, LinkSpec, WanLab, build_wan_lab
 
 DC_PREFIX = "10.0.60"
@@ -71,4 +72,10 @@ def build_bond_lab(lab: Lab, links: list[LinkSpec], state: Path, *, mode: str = 
     qe.start(gateway)
     qe.start(site)
     qe.wait_connected(site)
-    return BondLab(wl=wl, site=site, gateway=gateway, dc=dc)
+    bond = BondLab(wl=wl, site=site, gateway=gateway, dc=dc)
+    deadline = time.monotonic() + 10
+    while len(bond.paths()) < len(links):  # every WAN has its path
+        if time.monotonic() > deadline:
+            raise LabError(f"only {len(bond.paths())} of {len(links)} paths came up: {qe.read_log(site)}")
+        time.sleep(0.05)
+    return bond
