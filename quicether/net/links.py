@@ -26,12 +26,17 @@ def _index(ipr: IPRoute, name: str) -> int:
     return int(found[0])
 
 
+# Packets the kernel queues for the data plane to read: a burst from a fast LAN must not overflow it
+# while the reader is briefly descheduled (the default 500 did under load in the lab).
+TUN_TX_QUEUE_LEN = 4096
+
+
 def configure_tun(name: str, mtu: int, address: str | None) -> None:
-    """Sets the MTU, adds the overlay address (if any) and brings the device up."""
+    """Sets the MTU and queue length, adds the overlay address (if any) and brings the device up."""
     with IPRoute() as ipr:
         index = _index(ipr, name)
         try:
-            ipr.link("set", index=index, mtu=mtu)
+            ipr.link("set", index=index, mtu=mtu, txqlen=TUN_TX_QUEUE_LEN)
             if address:
                 iface = ipaddress.ip_interface(address)
                 family = socket.AF_INET if iface.version == 4 else socket.AF_INET6

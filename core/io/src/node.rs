@@ -312,8 +312,13 @@ impl Node {
         for d in runtime.dialers {
             d.abort();
         }
-        for peer in &self.shared.peers {
-            for path in peer.paths.read().unwrap().iter().filter(|p| p.wan == name) {
+        for (index, peer) in self.shared.peers.iter().enumerate() {
+            let gone: Vec<_> = peer.paths.read().unwrap().iter().filter(|p| p.wan == name).cloned().collect();
+            for path in gone {
+                path.up.store(false, Ordering::Relaxed);
+                // The link went away just now: what it sent in the last RTT (plus margin) may be lost.
+                let window = path.srtt_us.load(Ordering::Relaxed) + 50_000;
+                self.shared.resend_from_failed(index, &path, window);
                 path.conn.close(3u32.into(), b"WAN removed");
             }
         }

@@ -13,7 +13,7 @@ use quicether_proto::allowed_ips::{AllowedIps, Prefix};
 use quicether_proto::classify::Rule;
 use quicether_proto::health::PathHealth;
 use quicether_proto::reorder::ReorderBuffer;
-use quicether_proto::scheduler::{queue_limit_bytes, Mode, PathView};
+use quicether_proto::scheduler::{choose, queue_limit_bytes, Choice, Mode, PathView};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
@@ -76,6 +76,8 @@ pub struct Path {
     pub srtt_us: AtomicU64,
     pub rate_bps: AtomicU64,
     pub counters: Counters,
+    /// What this path sent lately, to resend on other paths when it fails (late beats lost for TCP).
+    pub recent: Mutex<SentRecord>,
     /// Measured throughput (bits/s) over the last second, for status.
     pub tx_rate_bps: AtomicU64,
     pub rx_rate_bps: AtomicU64,
@@ -95,15 +97,46 @@ impl Path {
         }
     }
 
-    pub fn send(&self, datagram: Bytes) -> bool {
+    /// Sends a DATA datagram and remembers it for a while, to resend elsewhere if this path fails.
+    pub fn send(&self, datagram: Bytes, now_us: u64) -> bool {
         let len = datagram.len();
-        if self.conn.send_datagram(datagram).is_ok() {
-            Counters::count(&self.counters.tx_packets, &self.counters.tx_bytes, len);
-            true
-        } else {
-            false
+        if self.conn.send_datagram(datagram.clone()).is_err() {
+            return false;
         }
+        Counters::count(&self.counters.tx_packets, &self.counters.tx_bytes, len);
+        let mut recent = self.recent.lock().unwrap();
+        recent.bytes += len;
+        recent.sent.push_back((now_us, datagram));
+        while let Some((at, d)) = recent.sent.front() {
+            if now_us.saturating_sub(*at) <= RESEND_WINDOW_US && recent.bytes <= RESEND_MAX_BYTES {
+                break;
+            }
+            recent.bytes -= d.len();
+            recent.sent.pop_front();
+        }
+        true
     }
+
+    /// Datagrams sent on this path since `since_us` (oldest first), taken out of the resend memory.
+    pub fn take_sent_since(&self, since_us: u64) -> Vec<Bytes> {
+        let mut recent = self.recent.lock().unwrap();
+        let taken: Vec<Bytes> = recent.sent.drain(..).filter(|(at, _)| *at >= since_us).map(|(_, d)| d).collect();
+        recent.bytes = 0;
+        taken
+    }
+}
+
+/// How far back a path remembers what it sent: more than the longest time a failure goes unnoticed
+/// (down after max(3 × RTT, 200 ms), probes every 50 ms) plus one RTT of packets in flight.
+pub const RESEND_WINDOW_US: u64 = 600_000;
+/// Memory bound of that record per path (~0.6 s at 100 Mbit/s).
+pub const RESEND_MAX_BYTES: usize = 8 << 20;
+
+/// DATA datagrams recently sent on a path.
+#[derive(Default)]
+pub struct SentRecord {
+    pub sent: VecDeque<(u64, Bytes)>,
+    pub bytes: usize,
 }
 
 pub struct Peer {
@@ -173,6 +206,7 @@ impl Shared {
             srtt_us: AtomicU64::new(rtt.as_micros() as u64),
             rate_bps: AtomicU64::new(0),
             counters: Counters::default(),
+            recent: Mutex::new(SentRecord::default()),
             tx_rate_bps: AtomicU64::new(0),
             rx_rate_bps: AtomicU64::new(0),
             conn,
@@ -188,6 +222,25 @@ impl Shared {
         }
         self.emit(Event::PathUp { key: peer.cfg.key, wan, remote: path.conn.remote_address() });
         path
+    }
+
+    /// Resends what `failed` sent in its last `window_us` on the other usable paths (earliest arrival first).
+    /// The receiver fills its gaps with them or delivers them late; copies it already has are dropped.
+    pub fn resend_from_failed(&self, index: usize, failed: &Path, window_us: u64) -> usize {
+        let now = self.now_us();
+        let datagrams = failed.take_sent_since(now.saturating_sub(window_us));
+        let paths = self.peers[index].paths.read().unwrap();
+        let mut resent = 0;
+        for datagram in datagrams {
+            let views: Vec<_> =
+                paths.iter().map(|p| if p.id == failed.id { PathView::default() } else { p.view() }).collect();
+            if let Choice::One(i) = choose(Mode::Aggregate, &views, datagram.len()) {
+                if paths[i].send(datagram, now) {
+                    resent += 1;
+                }
+            }
+        }
+        resent
     }
 
     /// Removes a closed path; reports the peer gone if it was the last.

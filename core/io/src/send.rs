@@ -33,7 +33,7 @@ pub async fn tun_reader(shared: Arc<Shared>) {
             continue;
         };
         match shared.allowed.lookup(dst) {
-            Some(index) => send_to_peer(&shared.peers[index], packet),
+            Some(index) => send_to_peer(&shared.peers[index], packet, shared.now_us()),
             None => {
                 shared.no_route.fetch_add(1, Ordering::Relaxed);
             }
@@ -41,21 +41,20 @@ pub async fn tun_reader(shared: Arc<Shared>) {
     }
 }
 
-fn send_to_peer(peer: &Peer, packet: &[u8]) {
+fn send_to_peer(peer: &Peer, packet: &[u8], now_us: u64) {
     let paths = peer.paths.read().unwrap();
     let len = DATA_HEADER_LEN + packet.len();
-    let choice = match paths.len() {
-        0 => Choice::Drop,
-        // One path: nothing to choose; send even if its health is in doubt, there is no alternative.
-        1 => Choice::One(0),
-        _ => {
-            let mode = mode_for(packet, &peer.cfg.rules, peer.cfg.bulk_mode, peer.cfg.realtime_mode);
-            let views: Vec<_> = paths.iter().map(|p| p.view()).collect();
-            match choose(mode, &views, len) {
-                // No path is up: try them all rather than drop; whichever still works carries it.
-                Choice::Drop => Choice::Each((0..paths.len()).collect()),
-                c => c,
-            }
+    // Even with one path the scheduler decides: its queue limit turns a queue the outer congestion
+    // control cannot drain into drops the inner TCP reacts to, instead of ever-growing latency.
+    let choice = if paths.is_empty() {
+        Choice::Drop
+    } else {
+        let mode = mode_for(packet, &peer.cfg.rules, peer.cfg.bulk_mode, peer.cfg.realtime_mode);
+        let views: Vec<_> = paths.iter().map(|p| p.view()).collect();
+        match choose(mode, &views, len) {
+            // No path is up: try them all rather than drop; whichever still works carries it.
+            Choice::Drop => Choice::Each((0..paths.len()).collect()),
+            c => c,
         }
     };
     if matches!(choice, Choice::Drop | Choice::Congested) {
@@ -69,9 +68,9 @@ fn send_to_peer(peer: &Peer, packet: &[u8]) {
     datagram.put_slice(packet);
     let datagram = datagram.freeze();
     let sent = match choice {
-        Choice::One(i) => paths[i].send(datagram),
+        Choice::One(i) => paths[i].send(datagram, now_us),
         // Every copy must go out: count the sends, don't stop at the first success.
-        Choice::Each(list) => list.iter().filter(|&&i| paths[i].send(datagram.clone())).count() > 0,
+        Choice::Each(list) => list.iter().filter(|&&i| paths[i].send(datagram.clone(), now_us)).count() > 0,
         Choice::Drop | Choice::Congested => false,
     };
     if sent {

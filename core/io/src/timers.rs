@@ -32,7 +32,14 @@ pub async fn path_timer(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
         }
         if change == Some(PathState::Down) {
             path.up.store(false, Ordering::Relaxed);
-            shared.emit(Event::PathDown { key, wan: path.wan.clone(), reason: "no probe replies".into() });
+            // Everything sent since shortly before the last reply may be lost with the path.
+            let window = path.health.lock().unwrap().down_after_us() + path.srtt_us.load(Ordering::Relaxed);
+            let resent = shared.resend_from_failed(index, &path, window);
+            shared.emit(Event::PathDown {
+                key,
+                wan: path.wan.clone(),
+                reason: format!("no probe replies ({resent} recent packets resent on other paths)"),
+            });
         }
         // Scheduler inputs: quinn's RTT (it includes queueing at the bottleneck) and cwnd/RTT as the rate
         // the congestion controller currently allows.
