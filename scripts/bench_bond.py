@@ -66,6 +66,8 @@ def main() -> int:
     parser.add_argument("--topology", action="append", choices=sorted(TOPOLOGIES),
                         help="topology to run; repeat (default: all)")
     parser.add_argument("--modes", default="aggregate,lowest-rtt", help="comma-separated bonding modes")
+    parser.add_argument("--congestion", default="cubic", choices=["cubic", "bbr"],
+                        help="per-path congestion control of both nodes (default cubic)")
     args = parser.parse_args()
     rows = []
     for name in args.topology or list(TOPOLOGIES):
@@ -74,7 +76,7 @@ def main() -> int:
         for mode in args.modes.split(","):
             with Lab() as lab, tempfile.TemporaryDirectory() as state:
                 print(f"{name} / {mode}: building the lab and starting QuicEther", flush=True)
-                bond = build_bond_lab(lab, links, Path(state), mode=mode)
+                bond = build_bond_lab(lab, links, Path(state), mode=mode, congestion=args.congestion)
                 start_iperf_server(bond.dc)
                 idle_rtt = ping(bond.lan, bond.dc_addr, count=20, interval=0.05).median_ms
                 best_rtt = min(s.delay_ms for s in links)
@@ -96,7 +98,7 @@ def main() -> int:
     for name, mode, link_sum, one, eight, stall, added in rows:
         print(f"{name:<11}{mode:<12}{link_sum:>6g} Mb{one:>8.1f} ({100 * one / link_sum:3.0f}%)"
               f"{eight:>8.1f} ({100 * eight / link_sum:3.0f}%){stall:>7.2f} s{added:>8.1f} ms")
-    print(f"(medians of {args.runs} runs; targets: >= 95% with 8 flows, >= 90% with 1 flow, stall < 1 s)")
+    print(f"(congestion control {args.congestion}; medians of {args.runs} runs; targets: >= 95% with 8 flows, >= 90% with 1 flow, stall < 1 s)")
     return 0
 
 

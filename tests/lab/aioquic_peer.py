@@ -7,7 +7,7 @@ QuicEther dialer does), then an ICMP echo request from `src` to `dst` inside a Q
 bond header, and prints one JSON line: the server's node key as seen in its certificate, whether the hello
 was answered, and whether an ICMP echo reply came back in a DATAGRAM frame.
 
-Frame format (see core/proto/src/frame.rs): DATA = 0x01 | seq u64 BE | IP packet; PROBE = 0x02 | id u32;
+Frame format (see core/proto/src/frame.rs): DATA = 0x01 | seq u64 BE | gap u32 BE (0: none) | IP packet; PROBE = 0x02 | id u32;
 PROBE_REPLY = 0x03 | id u32. Path hello: b"QEH1" | backup flag | WAN name, answered with b"ok".
 """
 
@@ -53,6 +53,7 @@ def echo_request(src: str, dst: str, ident: int = 0x5145, seq: int = 1) -> bytes
 
 
 DATA, PROBE, PROBE_REPLY = 0x01, 0x02, 0x03
+DATA_HEADER_LEN = 13
 
 
 class Peer(QuicConnectionProtocol):
@@ -70,7 +71,7 @@ class Peer(QuicConnectionProtocol):
         elif isinstance(event, DatagramFrameReceived) and event.data:
             kind = event.data[0]
             if kind == DATA:
-                self.datagrams.put_nowait(event.data[9:])
+                self.datagrams.put_nowait(event.data[DATA_HEADER_LEN:])
             elif kind == PROBE:  # answer health probes like a node does
                 self._quic.send_datagram_frame(bytes([PROBE_REPLY]) + event.data[1:5])
                 self.transmit()
@@ -110,7 +111,7 @@ async def run(seed: bytes, host: str, port: int, src: str, dst: str) -> dict[str
             await asyncio.wait_for(peer.hello_done.wait(), 5)
             reply = None
             for seq in range(10):
-                peer._quic.send_datagram_frame(bytes([DATA]) + struct.pack("!Q", seq) + echo_request(src, dst))
+                peer._quic.send_datagram_frame(bytes([DATA]) + struct.pack("!QI", seq, 0) + echo_request(src, dst))
                 peer.transmit()
                 try:
                     reply = await asyncio.wait_for(peer.datagrams.get(), 0.5)

@@ -8,6 +8,7 @@
 //! - `tun`: Linux TUN devices.  `delayline`: the network lab's userspace delay line.
 
 pub mod connect;
+pub mod debug;
 pub mod delayline;
 pub mod node;
 pub mod peer;

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use quicether_proto::allowed_ips::{AllowedIps, Prefix};
 use quicether_proto::classify::Rule;
+use quicether_proto::frame::{encode_data_header, DATA_HEADER_LEN};
 use quicether_proto::health::PathHealth;
 use quicether_proto::reorder::ReorderBuffer;
 use quicether_proto::scheduler::{choose, queue_limit_bytes, Choice, Mode, PathView};
@@ -76,6 +77,8 @@ pub struct Path {
     pub srtt_us: AtomicU64,
     pub rate_bps: AtomicU64,
     pub counters: Counters,
+    /// Sequence number of the last DATA frame sent on this path (`NO_SEQ`: none yet).
+    pub last_seq: AtomicU64,
     /// What this path sent lately, to resend on other paths when it fails (late beats lost for TCP).
     pub recent: Mutex<SentRecord>,
     /// Measured throughput (bits/s) over the last second, for status.
@@ -93,12 +96,32 @@ impl Path {
             rate_bps,
             queued_bytes: (DATAGRAM_SEND_BUFFER - self.conn.datagram_send_buffer_space().min(DATAGRAM_SEND_BUFFER))
                 as u64,
-            queue_limit: queue_limit_bytes(rate_bps, DATAGRAM_SEND_BUFFER as u64),
+            queue_limit: queue_limit_bytes(rate_bps, crate::debug::queue_budget_us(), DATAGRAM_SEND_BUFFER as u64),
         }
     }
 
-    /// Sends a DATA datagram and remembers it for a while, to resend elsewhere if this path fails.
-    pub fn send(&self, datagram: Bytes, now_us: u64) -> bool {
+    /// Sends inner `packet` as DATA frame `seq` and remembers it for a while, to resend elsewhere if this
+    /// path fails. The frame names the previous sequence number sent on this path, so the receiver can
+    /// tell a loss on this path at once.
+    pub fn send_data(&self, seq: u64, packet: &[u8], now_us: u64) -> bool {
+        let prev = self.last_seq.swap(seq, Ordering::Relaxed);
+        let mut datagram = BytesMut::with_capacity(DATA_HEADER_LEN + packet.len());
+        datagram.put_slice(&encode_data_header(seq, (prev != NO_SEQ).then_some(prev)));
+        datagram.put_slice(packet);
+        self.send_recorded(datagram.freeze(), now_us)
+    }
+
+    /// Sends a DATA frame first sent on another path. Its gap field is cleared: the previous packet it
+    /// names was on that other path and says nothing about this one.
+    pub fn resend_data(&self, datagram: &Bytes, now_us: u64) -> bool {
+        let mut copy = BytesMut::from(&datagram[..]);
+        if copy.len() >= DATA_HEADER_LEN {
+            copy[9..DATA_HEADER_LEN].fill(0);
+        }
+        self.send_recorded(copy.freeze(), now_us)
+    }
+
+    fn send_recorded(&self, datagram: Bytes, now_us: u64) -> bool {
         let len = datagram.len();
         if self.conn.send_datagram(datagram.clone()).is_err() {
             return false;
@@ -125,6 +148,9 @@ impl Path {
         taken
     }
 }
+
+/// `Path::last_seq` before the path has sent anything.
+pub const NO_SEQ: u64 = u64::MAX;
 
 /// How far back a path remembers what it sent: more than the longest time a failure goes unnoticed
 /// (down after max(3 × RTT, 200 ms), probes every 50 ms) plus one RTT of packets in flight.
@@ -206,6 +232,7 @@ impl Shared {
             srtt_us: AtomicU64::new(rtt.as_micros() as u64),
             rate_bps: AtomicU64::new(0),
             counters: Counters::default(),
+            last_seq: AtomicU64::new(NO_SEQ),
             recent: Mutex::new(SentRecord::default()),
             tx_rate_bps: AtomicU64::new(0),
             rx_rate_bps: AtomicU64::new(0),
@@ -235,7 +262,7 @@ impl Shared {
             let views: Vec<_> =
                 paths.iter().map(|p| if p.id == failed.id { PathView::default() } else { p.view() }).collect();
             if let Choice::One(i) = choose(Mode::Aggregate, &views, datagram.len()) {
-                if paths[i].send(datagram, now) {
+                if paths[i].resend_data(&datagram, now) {
                     resent += 1;
                 }
             }

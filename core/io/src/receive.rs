@@ -30,11 +30,12 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
         };
         Counters::count(&path.counters.rx_packets, &path.counters.rx_bytes, datagram.len());
         match parse(&datagram) {
-            Some(Frame::Data { seq, .. }) => {
+            Some(Frame::Data { seq, prev_on_path, .. }) => {
                 let held = {
                     let mut buffer = peer.reorder.lock().unwrap();
                     let was_empty = buffer.held() == 0;
-                    buffer.push_from(path.id, seq, datagram.slice(DATA_HEADER_LEN..), shared.now_us(), &mut ready);
+                    let packet = datagram.slice(DATA_HEADER_LEN..);
+                    buffer.push_from(path.id, seq, prev_on_path, packet, shared.now_us(), &mut ready);
                     was_empty && buffer.held() > 0
                 };
                 if held {

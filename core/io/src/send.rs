@@ -5,10 +5,9 @@ use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
 use quicether_proto::allowed_ips::packet_addrs;
 use quicether_proto::classify::mode_for;
-use quicether_proto::frame::{encode_data_header, DATA_HEADER_LEN};
+use quicether_proto::frame::DATA_HEADER_LEN;
 use quicether_proto::scheduler::{choose, Choice};
 
 use crate::peer::{Peer, Shared};
@@ -63,14 +62,10 @@ fn send_to_peer(peer: &Peer, packet: &[u8], now_us: u64) {
         return;
     }
     let seq = peer.next_seq.fetch_add(1, Ordering::Relaxed);
-    let mut datagram = BytesMut::with_capacity(len);
-    datagram.put_slice(&encode_data_header(seq));
-    datagram.put_slice(packet);
-    let datagram = datagram.freeze();
     let sent = match choice {
-        Choice::One(i) => paths[i].send(datagram, now_us),
+        Choice::One(i) => paths[i].send_data(seq, packet, now_us),
         // Every copy must go out: count the sends, don't stop at the first success.
-        Choice::Each(list) => list.iter().filter(|&&i| paths[i].send(datagram.clone(), now_us)).count() > 0,
+        Choice::Each(list) => list.iter().filter(|&&i| paths[i].send_data(seq, packet, now_us)).count() > 0,
         Choice::Drop | Choice::Congested => false,
     };
     if sent {

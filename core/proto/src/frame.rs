@@ -1,7 +1,10 @@
 //! Wire format of QuicEther DATAGRAM frames (one QUIC DATAGRAM = one of these).
 //!
 //! ```text
-//! DATA        0x01 | seq: u64 BE | inner IP packet       (bond sequence numbers are per peer)
+//! DATA        0x01 | seq: u64 BE | gap: u32 BE | inner IP packet
+//!             seq: bond sequence number (per peer); gap: seq minus the sequence number of the previous
+//!             DATA frame sent on the same path (0: none). Paths deliver in order, so a receiver that
+//!             has not seen seq - gap on this path knows at once that it was lost.
 //! PROBE       0x02 | id: u32 BE | next_seq: u64 BE       (path health; answered on the same path. next_seq:
 //!                                                         the sender's next bond sequence, so the receiver
 //!                                                         knows this path has passed every earlier one)
@@ -12,20 +15,24 @@
 pub const DATA: u8 = 0x01;
 pub const PROBE: u8 = 0x02;
 pub const PROBE_REPLY: u8 = 0x03;
-/// Bytes in front of every inner packet: type + sequence number.
-pub const DATA_HEADER_LEN: usize = 9;
+/// Bytes in front of every inner packet: type + sequence number + gap to the path's previous packet.
+pub const DATA_HEADER_LEN: usize = 13;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
-    Data { seq: u64, packet: &'a [u8] },
+    Data { seq: u64, prev_on_path: Option<u64>, packet: &'a [u8] },
     Probe { id: u32, next_seq: u64 },
     ProbeReply { id: u32 },
 }
 
-pub fn encode_data_header(seq: u64) -> [u8; DATA_HEADER_LEN] {
+/// `prev_on_path`: the sequence number of the previous DATA frame on the same path, if any and close
+/// enough to express (a gap beyond u32 is sent as "none").
+pub fn encode_data_header(seq: u64, prev_on_path: Option<u64>) -> [u8; DATA_HEADER_LEN] {
+    let gap = prev_on_path.and_then(|p| seq.checked_sub(p)).and_then(|g| u32::try_from(g).ok()).unwrap_or(0);
     let mut h = [0u8; DATA_HEADER_LEN];
     h[0] = DATA;
-    h[1..].copy_from_slice(&seq.to_be_bytes());
+    h[1..9].copy_from_slice(&seq.to_be_bytes());
+    h[9..].copy_from_slice(&gap.to_be_bytes());
     h
 }
 
@@ -47,9 +54,11 @@ pub fn encode_probe_reply(id: u32) -> [u8; 5] {
 pub fn parse(datagram: &[u8]) -> Option<Frame<'_>> {
     let (&kind, rest) = datagram.split_first()?;
     match kind {
-        DATA if rest.len() >= 8 => {
+        DATA if rest.len() >= DATA_HEADER_LEN - 1 => {
             let seq = u64::from_be_bytes(rest[..8].try_into().ok()?);
-            Some(Frame::Data { seq, packet: &rest[8..] })
+            let gap = u32::from_be_bytes(rest[8..12].try_into().ok()?) as u64;
+            let prev_on_path = if gap == 0 { None } else { seq.checked_sub(gap) };
+            Some(Frame::Data { seq, prev_on_path, packet: &rest[12..] })
         }
         PROBE if rest.len() == 12 => Some(Frame::Probe {
             id: u32::from_be_bytes(rest[..4].try_into().ok()?),
@@ -66,9 +75,13 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let mut d = encode_data_header(0x0102_0304_0506_0708).to_vec();
+        let mut d = encode_data_header(0x0102_0304_0506_0708, Some(0x0102_0304_0506_0700)).to_vec();
         d.extend_from_slice(b"packet");
-        assert_eq!(parse(&d), Some(Frame::Data { seq: 0x0102_0304_0506_0708, packet: b"packet" }));
+        let expected = Frame::Data { seq: 0x0102_0304_0506_0708, prev_on_path: Some(0x0102_0304_0506_0700), packet: b"packet" };
+        assert_eq!(parse(&d), Some(expected));
+        let first = encode_data_header(5, None);
+        assert_eq!(parse(&first), Some(Frame::Data { seq: 5, prev_on_path: None, packet: b"" }));
+        assert_eq!(parse(&encode_data_header(1 << 40, Some(1))), Some(Frame::Data { seq: 1 << 40, prev_on_path: None, packet: b"" }));
         assert_eq!(parse(&encode_probe(7, 1 << 40)), Some(Frame::Probe { id: 7, next_seq: 1 << 40 }));
         assert_eq!(parse(&encode_probe_reply(9)), Some(Frame::ProbeReply { id: 9 }));
     }

@@ -55,6 +55,8 @@ pub struct ReorderBuffer<T> {
     max_packets: usize,
     /// Per path: the highest sequence number it has delivered or vouched for, and when.
     marks: Vec<(u64, u64, u64)>,
+    /// Sequence numbers known lost (their path delivered the packet sent after them).
+    lost: BTreeMap<u64, ()>,
     pub stats: ReorderStats,
 }
 
@@ -69,6 +71,7 @@ impl<T> ReorderBuffer<T> {
             timeout_us,
             max_packets,
             marks: Vec::new(),
+            lost: BTreeMap::new(),
             stats: ReorderStats::default(),
         }
     }
@@ -123,11 +126,42 @@ impl<T> ReorderBuffer<T> {
         }
     }
 
-    /// Accepts packet `seq` from `path` arriving at `now_us`; pushes what may be delivered now, in
-    /// order, onto `out`.
-    pub fn push_from(&mut self, path: u64, seq: u64, item: T, now_us: u64, out: &mut Vec<T>) {
+    /// Accepts packet `seq` from `path` arriving at `now_us`; `prev_on_path` is the packet sent before it
+    /// on the same path: if that one has not arrived, it was lost (paths deliver in order) and is not
+    /// waited for. Pushes what may be delivered now, in order, onto `out`.
+    pub fn push_from(&mut self, path: u64, seq: u64, prev_on_path: Option<u64>, item: T, now_us: u64, out: &mut Vec<T>) {
+        if let (Some(prev), Some(next)) = (prev_on_path, self.next) {
+            let last_seen = self.marks.iter().find(|m| m.0 == path).map(|m| m.1);
+            if prev >= next && last_seen.is_none_or(|l| prev > l) && !self.held.contains_key(&prev) {
+                self.lost.insert(prev, ());
+                // Bounded like the rest: lost marks far behind are useless.
+                while self.lost.len() > self.max_packets {
+                    self.lost.pop_first();
+                }
+            }
+        }
         self.push(seq, item, now_us, out);
         self.mark_passed(path, seq, now_us, out);
+        self.skip_known_lost(now_us, out);
+    }
+
+    /// Skips the gap at the head while it consists of packets known to be lost.
+    fn skip_known_lost(&mut self, now_us: u64, out: &mut Vec<T>) {
+        while let Some(next) = self.next {
+            if self.lost.remove(&next).is_none() {
+                break;
+            }
+            self.skipped.insert(next, now_us);
+            self.stats.skipped += 1;
+            self.next = Some(next + 1);
+            self.release_run(out);
+        }
+        if let Some(next) = self.next {
+            // Forget lost marks the window has passed.
+            while self.lost.first_key_value().is_some_and(|(&s, _)| s < next) {
+                self.lost.pop_first();
+            }
+        }
     }
 
     /// Accepts packet `seq` arriving at `now_us`; pushes what may be delivered now, in order, onto `out`.
@@ -304,10 +338,10 @@ mod tests {
     fn gap_passed_by_every_path_is_skipped_without_waiting() {
         let mut b = ReorderBuffer::new(1_000_000, 100);
         let mut out = Vec::new();
-        b.push_from(1, 10, 10, 0, &mut out);
-        b.push_from(2, 11, 11, 0, &mut out);
-        // 12 was sent on path 1 and lost; path 1 then delivers 13, path 2 has only reached 11.
-        b.push_from(1, 13, 13, 1, &mut out);
+        b.push_from(1, 10, None, 10, 0, &mut out);
+        b.push_from(2, 11, None, 11, 0, &mut out);
+        // 12 was sent on path 1 and lost; path 1 then delivers 13 (without saying what came before).
+        b.push_from(1, 13, None, 13, 1, &mut out);
         assert_eq!(out, vec![10, 11]);
         // Path 2's probe vouches it has sent everything before 14: 12 can only have been lost.
         b.mark_passed(2, 13, 2, &mut out);
@@ -319,11 +353,28 @@ mod tests {
     fn quiet_paths_do_not_block_loss_detection_forever() {
         let mut b = ReorderBuffer::new(1_000_000, 100);
         let mut out = Vec::new();
-        b.push_from(1, 0, 0, 0, &mut out);
-        b.push_from(2, 0, 0, 0, &mut out);
+        b.push_from(1, 0, None, 0, 0, &mut out);
+        b.push_from(2, 0, None, 0, 0, &mut out);
         let later = MARK_FRESH_US + 1;
-        b.push_from(1, 2, 2, later, &mut out); // path 2 has been silent for longer than a mark lives
+        b.push_from(1, 2, None, 2, later, &mut out); // path 2 has been silent for longer than a mark lives
         assert_eq!(out, vec![0, 2]);
+    }
+
+    #[test]
+    fn a_packet_whose_successor_on_its_path_arrived_is_known_lost_at_once() {
+        let mut b = ReorderBuffer::new(1_000_000, 100);
+        let mut out = Vec::new();
+        b.push_from(1, 10, None, 10, 0, &mut out);
+        b.push_from(2, 11, None, 11, 0, &mut out);
+        // Path 1 carried 12 (lost) then 14; path 2 carries 13 later. 14 says "before me on path 1: 12".
+        b.push_from(1, 14, Some(12), 14, 1, &mut out);
+        assert_eq!(out, vec![10, 11], "13 is still on its way on path 2");
+        b.push_from(2, 13, Some(11), 13, 2, &mut out);
+        assert_eq!(out, vec![10, 11, 13, 14], "12 is not waited for");
+        assert_eq!(b.stats.skipped, 1);
+        // Should 12 turn up after all (reordered inside a path), it is delivered late.
+        b.push_from(1, 12, None, 12, 3, &mut out);
+        assert_eq!(out.last(), Some(&12));
     }
 
     #[test]

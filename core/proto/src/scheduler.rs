@@ -21,10 +21,10 @@ pub const QUEUE_BUDGET_US: u64 = 50_000;
 /// A path's queue is never limited below this (a few packets), whatever its estimated rate.
 pub const MIN_QUEUE_BYTES: u64 = 64 << 10;
 
-/// Bytes a path at `rate_bps` may queue: `QUEUE_BUDGET_US` worth, within [MIN_QUEUE_BYTES, hard_limit].
-pub fn queue_limit_bytes(rate_bps: u64, hard_limit: u64) -> u64 {
+/// Bytes a path at `rate_bps` may queue: `budget_us` worth, within [MIN_QUEUE_BYTES, hard_limit].
+pub fn queue_limit_bytes(rate_bps: u64, budget_us: u64, hard_limit: u64) -> u64 {
     let rate = if rate_bps == 0 { UNKNOWN_RATE_BPS } else { rate_bps };
-    (rate / 8 * QUEUE_BUDGET_US / 1_000_000).max(MIN_QUEUE_BYTES).min(hard_limit)
+    (rate / 8 * budget_us / 1_000_000).max(MIN_QUEUE_BYTES).min(hard_limit)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -233,8 +233,11 @@ mod tests {
 
     #[test]
     fn queue_limit_is_time_based() {
-        assert_eq!(queue_limit_bytes(100_000_000, 1 << 30), 100_000_000 / 8 * QUEUE_BUDGET_US / 1_000_000);
-        assert_eq!(queue_limit_bytes(1_000, 1 << 30), MIN_QUEUE_BYTES);
-        assert_eq!(queue_limit_bytes(100_000_000_000, 1 << 20), 1 << 20);
+        assert_eq!(
+            queue_limit_bytes(100_000_000, QUEUE_BUDGET_US, 1 << 30),
+            100_000_000 / 8 * QUEUE_BUDGET_US / 1_000_000
+        );
+        assert_eq!(queue_limit_bytes(1_000, QUEUE_BUDGET_US, 1 << 30), MIN_QUEUE_BYTES);
+        assert_eq!(queue_limit_bytes(100_000_000_000, QUEUE_BUDGET_US, 1 << 20), 1 << 20);
     }
 }

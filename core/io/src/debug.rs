@@ -1,0 +1,16 @@
+//! Debug and tuning switches, all in one place: environment variables read once at first use.
+//! They exist to measure alternatives (scripts/bench-*) without rebuilding; defaults are the tuned values.
+
+use std::sync::OnceLock;
+
+use quicether_proto::scheduler::QUEUE_BUDGET_US;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// `QUICETHER_QUEUE_BUDGET_US`: queueing delay a path may build before the scheduler counts it full.
+pub fn queue_budget_us() -> u64 {
+    static VALUE: OnceLock<u64> = OnceLock::new();
+    *VALUE.get_or_init(|| env_u64("QUICETHER_QUEUE_BUDGET_US").unwrap_or(QUEUE_BUDGET_US))
+}
