@@ -101,7 +101,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f"  dropped rx {p['rx_dropped']} tx {p['tx_dropped']}")
         r = p["reorder"]
         print(f"  reorder: timeout {r['timeout_ms']:.0f} ms, reordered {r['reordered']}, late {r['late']},"
-              f" duplicates {r['duplicates']}, skipped {r['skipped']}")
+              f" duplicates {r['duplicates']}, repaired {r['repaired']}, skipped {r['skipped']};"
+              f" retransmitted for the peer {p['retransmitted']}")
         if p["paths"]:
             print(f"  {'wan':<10}{'state':<9}{'local':<17}{'remote':<22}{'rtt':>9}{'loss':>7}{'tx rate':>13}"
                   f"{'rx rate':>13}{'share':>7}")

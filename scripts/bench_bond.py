@@ -98,7 +98,8 @@ def main() -> int:
     for name, mode, link_sum, one, eight, stall, added in rows:
         print(f"{name:<11}{mode:<12}{link_sum:>6g} Mb{one:>8.1f} ({100 * one / link_sum:3.0f}%)"
               f"{eight:>8.1f} ({100 * eight / link_sum:3.0f}%){stall:>7.2f} s{added:>8.1f} ms")
-    print(f"(congestion control {args.congestion}; medians of {args.runs} runs; targets: >= 95% with 8 flows, >= 90% with 1 flow, stall < 1 s)")
+    print(f"(congestion control {args.congestion}; medians of {args.runs} runs;"
+          " targets: >= 95% with 8 flows, >= 90% with 1 flow, stall < 1 s)")
     return 0
 
 

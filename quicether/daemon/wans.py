@@ -61,11 +61,11 @@ class WanManager:
                 if current == wanted:
                     continue
                 if current is not None:
-                    self.node.remove_wan(wan.name)
-                    await asyncio.to_thread(wan_net.remove_policy_route, index, current)
-                    del self.active[wan.name]
                     log.warning("WAN %s (%s) removed: %s", wan.name, wan.device,
                                 "no carrier" if not state.carrier else "address gone or changed")
+                    self.node.remove_wan(wan.name)
+                    del self.active[wan.name]
+                    await asyncio.to_thread(wan_net.remove_policy_route, index, current)
                 if wanted is not None:
                     await asyncio.to_thread(wan_net.install_policy_route, index, wan, wanted)
                     self.node.add_wan((wan.name, wan.device, wanted, wan.backup))

@@ -7,8 +7,9 @@ QuicEther dialer does), then an ICMP echo request from `src` to `dst` inside a Q
 bond header, and prints one JSON line: the server's node key as seen in its certificate, whether the hello
 was answered, and whether an ICMP echo reply came back in a DATAGRAM frame.
 
-Frame format (see core/proto/src/frame.rs): DATA = 0x01 | seq u64 BE | gap u32 BE (0: none) | IP packet; PROBE = 0x02 | id u32;
-PROBE_REPLY = 0x03 | id u32. Path hello: b"QEH1" | backup flag | WAN name, answered with b"ok".
+Frame format (see core/proto/src/frame.rs): DATA = 0x01 | seq u64 BE | gap u32 BE (0: none) | IP packet;
+PROBE = 0x02 | id u32 | next_seq u64; PROBE_REPLY = 0x03 | id u32; NACK = 0x04 | count u16 | seqs.
+Path hello: b"QEH1" | backup flag | WAN name, answered with b"ok".
 """
 
 from __future__ import annotations

@@ -99,6 +99,7 @@ pub struct PeerStats {
     pub rx_bytes: u64,
     pub tx_dropped: u64,
     pub rx_dropped: u64,
+    pub retransmitted: u64,
     pub paths: Vec<PathStats>,
     pub reorder: ReorderStats,
     pub reorder_timeout: Duration,
@@ -349,6 +350,7 @@ impl Node {
                     rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
                     tx_dropped: c.tx_dropped.load(Ordering::Relaxed),
                     rx_dropped: c.rx_dropped.load(Ordering::Relaxed),
+                    retransmitted: c.retransmitted.load(Ordering::Relaxed),
                     paths: paths
                         .iter()
                         .map(|x| {

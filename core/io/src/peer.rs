@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 use quicether_proto::allowed_ips::{AllowedIps, Prefix};
 use quicether_proto::classify::Rule;
-use quicether_proto::frame::{encode_data_header, DATA_HEADER_LEN};
+use quicether_proto::frame::{data_seq, encode_data_header, DATA_HEADER_LEN};
 use quicether_proto::health::PathHealth;
 use quicether_proto::reorder::ReorderBuffer;
 use quicether_proto::scheduler::{choose, queue_limit_bytes, Choice, Mode, PathView};
@@ -55,6 +55,8 @@ pub struct Counters {
     pub tx_dropped: AtomicU64,
     /// Inbound packets dropped: source outside the peer's allowed IPs, full reorder queue, TUN write failed.
     pub rx_dropped: AtomicU64,
+    /// DATA frames resent because the peer reported them lost.
+    pub retransmitted: AtomicU64,
 }
 
 impl Counters {
@@ -267,6 +269,33 @@ impl Shared {
                 }
             }
         }
+        resent
+    }
+
+    /// The lowest-RTT path that is up (control frames and repairs go there).
+    pub fn fastest_path(&self, index: usize) -> Option<Arc<Path>> {
+        let paths = self.peers[index].paths.read().unwrap();
+        paths.iter().filter(|p| p.up.load(Ordering::Relaxed)).min_by_key(|p| p.srtt_us.load(Ordering::Relaxed)).cloned()
+    }
+
+    /// Resends the DATA frames the peer reported lost, from what the paths remember, on the fastest path.
+    pub fn retransmit(&self, index: usize, seqs: &[u64]) -> usize {
+        let Some(fastest) = self.fastest_path(index) else { return 0 };
+        let now = self.now_us();
+        let paths = self.peers[index].paths.read().unwrap();
+        let mut resent = 0;
+        for &seq in seqs {
+            let found = paths.iter().find_map(|p| {
+                let recent = p.recent.lock().unwrap();
+                recent.sent.iter().rev().find(|(_, d)| data_seq(d) == Some(seq)).map(|(_, d)| d.clone())
+            });
+            if let Some(datagram) = found {
+                if fastest.resend_data(&datagram, now) {
+                    resent += 1;
+                }
+            }
+        }
+        self.peers[index].counters.retransmitted.fetch_add(resent as u64, Ordering::Relaxed);
         resent
     }
 

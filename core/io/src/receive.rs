@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quicether_proto::allowed_ips::packet_addrs;
-use quicether_proto::frame::{encode_probe_reply, parse, Frame, DATA_HEADER_LEN};
+use quicether_proto::frame::{encode_nacks, encode_probe_reply, parse, Frame, DATA_HEADER_LEN};
 use quicether_proto::health::PathState;
 use quicether_proto::reorder::timeout_for_rtts_us;
 
@@ -31,16 +31,17 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
         Counters::count(&path.counters.rx_packets, &path.counters.rx_bytes, datagram.len());
         match parse(&datagram) {
             Some(Frame::Data { seq, prev_on_path, .. }) => {
-                let held = {
+                let (held, nacks) = {
                     let mut buffer = peer.reorder.lock().unwrap();
                     let was_empty = buffer.held() == 0;
                     let packet = datagram.slice(DATA_HEADER_LEN..);
                     buffer.push_from(path.id, seq, prev_on_path, packet, shared.now_us(), &mut ready);
-                    was_empty && buffer.held() > 0
+                    (was_empty && buffer.held() > 0, buffer.take_nacks())
                 };
                 if held {
                     peer.reorder_wake.notify_one();
                 }
+                send_nacks(&shared, index, &nacks);
                 for packet in ready.drain(..) {
                     deliver(&shared, index, &packet);
                 }
@@ -49,7 +50,9 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
                 let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe_reply(id)));
                 let mut buffer = peer.reorder.lock().unwrap();
                 buffer.mark_passed(path.id, next_seq.wrapping_sub(1), shared.now_us(), &mut ready);
+                let nacks = buffer.take_nacks();
                 drop(buffer);
+                send_nacks(&shared, index, &nacks);
                 for packet in ready.drain(..) {
                     deliver(&shared, index, &packet);
                 }
@@ -64,6 +67,9 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
                         remote: path.conn.remote_address(),
                     });
                 }
+            }
+            Some(Frame::Nack { seqs }) => {
+                shared.retransmit(index, &seqs);
             }
             None => {
                 peer.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
@@ -103,11 +109,31 @@ pub async fn reorder_timer(shared: Arc<Shared>, index: usize) {
             let mut buffer = peer.reorder.lock().unwrap();
             if retune {
                 buffer.set_timeout_us(timeout_for_rtts_us(&rtts));
+                buffer.set_retransmit_wait_us(retransmit_wait_us(&rtts));
             }
             buffer.poll(shared.now_us(), &mut ready);
         }
         for packet in ready.drain(..) {
             deliver(&shared, index, &packet);
+        }
+    }
+}
+
+/// How long a known loss waits for its retransmission: the NACK and the copy each cross the fastest
+/// path (one RTT), plus half an RTT and a few ms for queues. No paths, no wait.
+fn retransmit_wait_us(rtts_us: &[u64]) -> u64 {
+    const MARGIN_US: u64 = 5_000;
+    rtts_us.iter().min().map_or(0, |rtt| rtt + rtt / 2 + MARGIN_US)
+}
+
+/// Asks the peer to resend lost DATA frames, over the fastest path.
+fn send_nacks(shared: &Shared, index: usize, seqs: &[u64]) {
+    if seqs.is_empty() {
+        return;
+    }
+    if let Some(path) = shared.fastest_path(index) {
+        for frame in encode_nacks(seqs) {
+            let _ = path.conn.send_datagram(Bytes::from(frame));
         }
     }
 }

@@ -9,12 +9,16 @@
 //!                                                         the sender's next bond sequence, so the receiver
 //!                                                         knows this path has passed every earlier one)
 //! PROBE_REPLY 0x03 | id: u32 BE
+//! NACK        0x04 | count: u16 BE | count × seq: u64 BE  (these DATA frames were lost: resend them)
 //! ```
 //! Control messages that must arrive (path hello) use a QUIC stream instead; these are all best-effort.
 
 pub const DATA: u8 = 0x01;
 pub const PROBE: u8 = 0x02;
 pub const PROBE_REPLY: u8 = 0x03;
+pub const NACK: u8 = 0x04;
+/// Sequence numbers per NACK frame: keeps a NACK well inside any path's datagram size.
+pub const MAX_NACK_SEQS: usize = 128;
 /// Bytes in front of every inner packet: type + sequence number + gap to the path's previous packet.
 pub const DATA_HEADER_LEN: usize = 13;
 
@@ -23,6 +27,30 @@ pub enum Frame<'a> {
     Data { seq: u64, prev_on_path: Option<u64>, packet: &'a [u8] },
     Probe { id: u32, next_seq: u64 },
     ProbeReply { id: u32 },
+    Nack { seqs: Vec<u64> },
+}
+
+/// NACK frames for `seqs`, at most `MAX_NACK_SEQS` per frame.
+pub fn encode_nacks(seqs: &[u64]) -> Vec<Vec<u8>> {
+    seqs.chunks(MAX_NACK_SEQS)
+        .map(|chunk| {
+            let mut f = Vec::with_capacity(3 + 8 * chunk.len());
+            f.push(NACK);
+            f.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+            for seq in chunk {
+                f.extend_from_slice(&seq.to_be_bytes());
+            }
+            f
+        })
+        .collect()
+}
+
+/// The sequence number of an encoded DATA frame, if it is one.
+pub fn data_seq(datagram: &[u8]) -> Option<u64> {
+    match datagram.first() {
+        Some(&DATA) if datagram.len() >= DATA_HEADER_LEN => Some(u64::from_be_bytes(datagram[1..9].try_into().ok()?)),
+        _ => None,
+    }
 }
 
 /// `prev_on_path`: the sequence number of the previous DATA frame on the same path, if any and close
@@ -65,6 +93,16 @@ pub fn parse(datagram: &[u8]) -> Option<Frame<'_>> {
             next_seq: u64::from_be_bytes(rest[4..].try_into().ok()?),
         }),
         PROBE_REPLY if rest.len() == 4 => Some(Frame::ProbeReply { id: u32::from_be_bytes(rest.try_into().ok()?) }),
+        NACK if rest.len() >= 2 => {
+            let count = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            let body = &rest[2..];
+            if body.len() != 8 * count {
+                return None;
+            }
+            Some(Frame::Nack {
+                seqs: body.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect(),
+            })
+        }
         _ => None,
     }
 }
@@ -77,13 +115,34 @@ mod tests {
     fn round_trips() {
         let mut d = encode_data_header(0x0102_0304_0506_0708, Some(0x0102_0304_0506_0700)).to_vec();
         d.extend_from_slice(b"packet");
-        let expected = Frame::Data { seq: 0x0102_0304_0506_0708, prev_on_path: Some(0x0102_0304_0506_0700), packet: b"packet" };
+        let expected =
+            Frame::Data { seq: 0x0102_0304_0506_0708, prev_on_path: Some(0x0102_0304_0506_0700), packet: b"packet" };
         assert_eq!(parse(&d), Some(expected));
         let first = encode_data_header(5, None);
         assert_eq!(parse(&first), Some(Frame::Data { seq: 5, prev_on_path: None, packet: b"" }));
-        assert_eq!(parse(&encode_data_header(1 << 40, Some(1))), Some(Frame::Data { seq: 1 << 40, prev_on_path: None, packet: b"" }));
+        assert_eq!(
+            parse(&encode_data_header(1 << 40, Some(1))),
+            Some(Frame::Data { seq: 1 << 40, prev_on_path: None, packet: b"" })
+        );
         assert_eq!(parse(&encode_probe(7, 1 << 40)), Some(Frame::Probe { id: 7, next_seq: 1 << 40 }));
         assert_eq!(parse(&encode_probe_reply(9)), Some(Frame::ProbeReply { id: 9 }));
+    }
+
+    #[test]
+    fn nacks_round_trip_in_bounded_frames() {
+        let seqs: Vec<u64> = (1000..1000 + MAX_NACK_SEQS as u64 + 5).collect();
+        let frames = encode_nacks(&seqs);
+        assert_eq!(frames.len(), 2);
+        let parsed: Vec<u64> = frames
+            .iter()
+            .flat_map(|f| match parse(f) {
+                Some(Frame::Nack { seqs }) => seqs,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(parsed, seqs);
+        assert_eq!(parse(&[NACK, 0, 2, 1, 2, 3]), None);
+        assert_eq!(data_seq(&encode_data_header(77, None)), Some(77));
     }
 
     #[test]

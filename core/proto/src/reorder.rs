@@ -10,6 +10,9 @@
 //! - Fast loss detection: each path delivers in order, so once every live path has passed a gap (delivered
 //!   a later sequence number, or vouched for it in a probe), the gap is lost and is skipped at once; the
 //!   timeout is only the fallback for paths that went quiet.
+//! - A known loss can be repaired: the buffer lists it for a NACK (`take_nacks`), and waits up to
+//!   `retransmit_wait` for the sender's copy (sent on the fastest path) before skipping it. Outer losses
+//!   then cost the inner TCP one short delay instead of a halved window.
 //! - The timeout learns: a packet that arrives late after its gap was skipped shows the wait was too
 //!   short (queues at the sender are invisible to the receiver's RTT estimates); the timeout grows to
 //!   cover it, and decays back slowly.
@@ -33,6 +36,8 @@ pub struct ReorderStats {
     /// Sequence numbers given up on (lost, or late beyond the timeout).
     pub skipped: u64,
     pub resyncs: u64,
+    /// Known losses that arrived after all (retransmitted on request, or just late on their path).
+    pub repaired: u64,
 }
 
 /// Upper bound of the reorder timeout: beyond it, waiting costs more than a retransmission.
@@ -55,8 +60,12 @@ pub struct ReorderBuffer<T> {
     max_packets: usize,
     /// Per path: the highest sequence number it has delivered or vouched for, and when.
     marks: Vec<(u64, u64, u64)>,
-    /// Sequence numbers known lost (their path delivered the packet sent after them).
-    lost: BTreeMap<u64, ()>,
+    /// Sequence numbers known lost, with when to stop waiting for their retransmission.
+    lost: BTreeMap<u64, u64>,
+    /// How long to wait for a retransmission of a known loss (0: skip at once, no NACKs).
+    retransmit_wait_us: u64,
+    /// Losses detected since the last `take_nacks`.
+    nacks: Vec<u64>,
     pub stats: ReorderStats,
 }
 
@@ -72,7 +81,34 @@ impl<T> ReorderBuffer<T> {
             max_packets,
             marks: Vec::new(),
             lost: BTreeMap::new(),
+            retransmit_wait_us: 0,
+            nacks: Vec::new(),
             stats: ReorderStats::default(),
+        }
+    }
+
+    /// How long a known loss waits for its retransmission; 0 turns NACKs off.
+    pub fn set_retransmit_wait_us(&mut self, wait_us: u64) {
+        self.retransmit_wait_us = wait_us;
+    }
+
+    /// Sequence numbers found lost since the last call: ask the sender for them.
+    pub fn take_nacks(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.nacks)
+    }
+
+    fn declare_lost(&mut self, seq: u64, now_us: u64) {
+        let Some(next) = self.next else { return };
+        if seq < next || self.held.contains_key(&seq) || self.lost.contains_key(&seq) {
+            return;
+        }
+        self.lost.insert(seq, now_us + self.retransmit_wait_us);
+        if self.retransmit_wait_us > 0 {
+            self.nacks.push(seq);
+        }
+        // Bounded like the rest: the oldest entries go first.
+        while self.lost.len() > self.max_packets {
+            self.lost.pop_first();
         }
     }
 
@@ -116,28 +152,38 @@ impl<T> ReorderBuffer<T> {
         self.marks.retain(|m| m.0 != path);
     }
 
+    /// Gaps every live path has passed are lost: declared so (to be repaired or skipped).
     fn skip_lost(&mut self, now_us: u64, out: &mut Vec<T>) {
-        loop {
-            let passed = self.marks.iter().filter(|m| now_us <= m.2 + MARK_FRESH_US).map(|m| m.1).min();
-            match (passed, self.held.first_key_value()) {
-                (Some(passed), Some((&first, _))) if passed >= first => self.skip_gap(now_us, out),
-                _ => return,
-            }
+        let passed = self.marks.iter().filter(|m| now_us <= m.2 + MARK_FRESH_US).map(|m| m.1).min();
+        let (Some(passed), Some(next)) = (passed, self.next) else { return };
+        let gap_end = self.held.range(..=passed).next_back().map(|(&s, _)| s).unwrap_or(next).min(passed + 1);
+        if gap_end.saturating_sub(next) > self.max_packets as u64 {
+            // A gap this wide is not worth repairing packet by packet.
+            self.skip_gap(now_us, out);
+            return;
         }
+        for seq in next..gap_end {
+            self.declare_lost(seq, now_us);
+        }
+        self.skip_known_lost(now_us, out);
     }
 
     /// Accepts packet `seq` from `path` arriving at `now_us`; `prev_on_path` is the packet sent before it
     /// on the same path: if that one has not arrived, it was lost (paths deliver in order) and is not
     /// waited for. Pushes what may be delivered now, in order, onto `out`.
-    pub fn push_from(&mut self, path: u64, seq: u64, prev_on_path: Option<u64>, item: T, now_us: u64, out: &mut Vec<T>) {
-        if let (Some(prev), Some(next)) = (prev_on_path, self.next) {
+    pub fn push_from(
+        &mut self,
+        path: u64,
+        seq: u64,
+        prev_on_path: Option<u64>,
+        item: T,
+        now_us: u64,
+        out: &mut Vec<T>,
+    ) {
+        if let Some(prev) = prev_on_path {
             let last_seen = self.marks.iter().find(|m| m.0 == path).map(|m| m.1);
-            if prev >= next && last_seen.is_none_or(|l| prev > l) && !self.held.contains_key(&prev) {
-                self.lost.insert(prev, ());
-                // Bounded like the rest: lost marks far behind are useless.
-                while self.lost.len() > self.max_packets {
-                    self.lost.pop_first();
-                }
+            if last_seen.is_none_or(|l| prev > l) {
+                self.declare_lost(prev, now_us);
             }
         }
         self.push(seq, item, now_us, out);
@@ -145,11 +191,14 @@ impl<T> ReorderBuffer<T> {
         self.skip_known_lost(now_us, out);
     }
 
-    /// Skips the gap at the head while it consists of packets known to be lost.
+    /// Skips the gap at the head while it consists of known losses whose wait for a retransmission is over.
     fn skip_known_lost(&mut self, now_us: u64, out: &mut Vec<T>) {
         while let Some(next) = self.next {
-            if self.lost.remove(&next).is_none() {
-                break;
+            match self.lost.get(&next) {
+                Some(&give_up) if give_up <= now_us => {
+                    self.lost.remove(&next);
+                }
+                _ => break,
             }
             self.skipped.insert(next, now_us);
             self.stats.skipped += 1;
@@ -166,6 +215,9 @@ impl<T> ReorderBuffer<T> {
 
     /// Accepts packet `seq` arriving at `now_us`; pushes what may be delivered now, in order, onto `out`.
     pub fn push(&mut self, seq: u64, item: T, now_us: u64, out: &mut Vec<T>) {
+        if self.lost.remove(&seq).is_some() {
+            self.stats.repaired += 1;
+        }
         let next = *self.next.get_or_insert(seq);
         if seq.abs_diff(next) > RESYNC_DISTANCE {
             self.stats.resyncs += 1;
@@ -201,16 +253,27 @@ impl<T> ReorderBuffer<T> {
 
     /// Releases what the timeout allows at `now_us`.
     pub fn poll(&mut self, now_us: u64, out: &mut Vec<T>) {
-        while let Some(deadline) = self.next_deadline_us() {
+        self.skip_known_lost(now_us, out);
+        while let Some(deadline) = self.gap_deadline_us() {
             if deadline > now_us {
                 break;
             }
             self.skip_gap(now_us, out);
+            self.skip_known_lost(now_us, out);
         }
     }
 
     /// When `poll` next has something to do, if anything is held.
     pub fn next_deadline_us(&self) -> Option<u64> {
+        let repair = self.next.and_then(|n| self.lost.get(&n).copied());
+        match (self.gap_deadline_us(), repair) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the fallback timeout gives up on the head gap.
+    fn gap_deadline_us(&self) -> Option<u64> {
         // Packets are held in sequence order, and the one right after the gap has waited longest
         // in practice; use the oldest arrival among held packets to be safe.
         self.held.values().map(|(_, at)| *at).min().map(|at| at + self.timeout_us)
@@ -375,6 +438,29 @@ mod tests {
         // Should 12 turn up after all (reordered inside a path), it is delivered late.
         b.push_from(1, 12, None, 12, 3, &mut out);
         assert_eq!(out.last(), Some(&12));
+    }
+
+    #[test]
+    fn known_losses_are_nacked_and_wait_for_their_retransmission() {
+        let mut b = ReorderBuffer::new(1_000_000, 100);
+        b.set_retransmit_wait_us(20_000);
+        let mut out = Vec::new();
+        b.push_from(1, 10, None, 10, 0, &mut out);
+        b.push_from(1, 12, Some(11), 12, 1_000, &mut out);
+        assert_eq!(b.take_nacks(), vec![11]);
+        assert_eq!(out, vec![10], "11 is waited for");
+        assert_eq!(b.next_deadline_us(), Some(21_000));
+        b.push_from(2, 11, None, 11, 15_000, &mut out); // the retransmission
+        assert_eq!(out, vec![10, 11, 12]);
+        assert_eq!((b.stats.repaired, b.stats.skipped), (1, 0));
+        // A loss whose retransmission does not come is skipped when the wait is over.
+        b.push_from(1, 14, Some(13), 14, 30_000, &mut out);
+        assert_eq!(b.take_nacks(), vec![13]);
+        b.poll(49_999, &mut out);
+        assert_eq!(out.last(), Some(&12));
+        b.poll(50_000, &mut out);
+        assert_eq!(out.last(), Some(&14));
+        assert_eq!(b.stats.skipped, 1);
     }
 
     #[test]

@@ -235,6 +235,7 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("rx_bytes", s.rx_bytes)?;
     d.set_item("tx_dropped", s.tx_dropped)?;
     d.set_item("rx_dropped", s.rx_dropped)?;
+    d.set_item("retransmitted", s.retransmitted)?;
     let r = PyDict::new(py);
     r.set_item("in_order", s.reorder.in_order)?;
     r.set_item("reordered", s.reorder.reordered)?;
@@ -242,6 +243,7 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
     r.set_item("duplicates", s.reorder.duplicates)?;
     r.set_item("skipped", s.reorder.skipped)?;
     r.set_item("resyncs", s.reorder.resyncs)?;
+    r.set_item("repaired", s.reorder.repaired)?;
     r.set_item("timeout_ms", ms(s.reorder_timeout))?;
     d.set_item("reorder", r)?;
     let paths = s
