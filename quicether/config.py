@@ -6,7 +6,8 @@
     address = "10.99.0.1/24"       # this node's overlay address on the TUN device
     state_dir = "/var/lib/quicether"
     path_mtu = 1500                # MTU of the underlying network; the TUN MTU is derived from it
-    congestion = "cubic"           # per-path congestion control: cubic, or bbr for WANs with random loss
+    congestion = "loss-tolerant"   # per-path congestion control: loss-tolerant (CUBIC ignoring random loss),
+                                   # cubic or bbr
 
     [[wan]]                        # one per WAN port to bond; none: dial from the listen socket
     device = "eth1"
@@ -46,6 +47,7 @@ MIN_PATH_MTU = 1280
 
 
 MODES = ("aggregate", "lowest-rtt", "redundant")
+CONGESTION_CONTROLS = ("loss-tolerant", "cubic", "bbr")
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1}
 
 
@@ -90,7 +92,7 @@ class Config:
     address: str | None
     state_dir: Path
     path_mtu: int
-    congestion: str = "cubic"
+    congestion: str = "loss-tolerant"
     peers: list[PeerConfig] = field(default_factory=list)
     wans: list[WanConfig] = field(default_factory=list)
 
@@ -222,9 +224,9 @@ def parse(text: str, path: Path) -> Config:
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
     _check_keys(node, {"listen", "tun", "address", "state_dir", "path_mtu", "congestion"}, f"{path}: node")
-    congestion = node.get("congestion", "cubic")
-    if congestion not in ("cubic", "bbr"):
-        raise ConfigError(f"{path}: node.congestion: {congestion!r} is not cubic or bbr")
+    congestion = node.get("congestion", "loss-tolerant")
+    if congestion not in CONGESTION_CONTROLS:
+        raise ConfigError(f"{path}: node.congestion: {congestion!r} is not one of {', '.join(CONGESTION_CONTROLS)}")
     listen = _socket_addr(node.get("listen", DEFAULT_LISTEN), f"{path}: node.listen")
     tun = node.get("tun", "qe0")
     if not isinstance(tun, str) or not 0 < len(tun) <= MAX_IFNAME or "/" in tun or " " in tun:

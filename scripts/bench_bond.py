@@ -66,8 +66,8 @@ def main() -> int:
     parser.add_argument("--topology", action="append", choices=sorted(TOPOLOGIES),
                         help="topology to run; repeat (default: all)")
     parser.add_argument("--modes", default="aggregate,lowest-rtt", help="comma-separated bonding modes")
-    parser.add_argument("--congestion", default="cubic", choices=["cubic", "bbr"],
-                        help="per-path congestion control of both nodes (default cubic)")
+    parser.add_argument("--congestion", default="loss-tolerant", choices=["loss-tolerant", "cubic", "bbr"],
+                        help="per-path congestion control of both nodes (default loss-tolerant)")
     args = parser.parse_args()
     rows = []
     for name in args.topology or list(TOPOLOGIES):

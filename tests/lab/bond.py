@@ -49,7 +49,7 @@ class BondLab:
 
 def build_bond_lab(lab: Lab, links: list[LinkSpec], state: Path, *, mode: str = "aggregate",
                    realtime_mode: str = "redundant", backup: tuple[int, ...] = (),
-                   congestion: str = "cubic") -> BondLab:
+                   congestion: str = "loss-tolerant") -> BondLab:
     wl = build_wan_lab(lab, links, internet_hosts=("gateway",), policy_routing=False)
     gw_ns = wl.host("gateway")
     gw_ns.sysctl("net.ipv4.ip_forward", "1")

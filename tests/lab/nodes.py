@@ -27,7 +27,7 @@ class NodeSpec:
     state_dir: Path
     listen: str = f"0.0.0.0:{QUIC_PORT}"
     tun: str = "qe0"
-    congestion: str = "cubic"
+    congestion: str = "loss-tolerant"
     node_id: str = ""
     peers: list[dict[str, Any]] = field(default_factory=list)
     wans: list[dict[str, Any]] = field(default_factory=list)

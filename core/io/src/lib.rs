@@ -5,8 +5,10 @@
 //! - `send` / `receive`: the packet path out of and into the TUN device.
 //! - `connect`: accepting and dialing paths, the path hello.  `timers`: probes and health per path.
 //! - `peer`: peer and path state.  `sockets`: per-WAN UDP sockets.  `tls`: node identity and key pinning.
+//! - `congestion`: CUBIC that tells random loss from congestion.
 //! - `tun`: Linux TUN devices.  `delayline`: the network lab's userspace delay line.
 
+pub mod congestion;
 pub mod connect;
 pub mod debug;
 pub mod delayline;

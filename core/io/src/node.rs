@@ -20,6 +20,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::congestion::LossTolerantConfig;
 use crate::connect::{accept_loop, dialer, DialTarget};
 pub use crate::peer::{Event, PeerConfig};
 use crate::peer::{Peer, Shared, DATAGRAM_SEND_BUFFER, REORDER_MAX_PACKETS};
@@ -59,8 +60,18 @@ pub struct NodeConfig {
     pub seed: [u8; 32],
     /// WANs to dial from (more can be added later); None: dial from the listening socket.
     pub wans: Option<Vec<WanConfig>>,
-    /// Congestion control of every path: BBR instead of CUBIC.
-    pub bbr: bool,
+    /// Congestion control of every path.
+    pub congestion: Congestion,
+}
+
+/// Per-path congestion control. Measured in the lab (scripts/bench-bond --congestion): quinn's BBR gave the
+/// bond ~35 % less goodput than CUBIC; plain CUBIC starves WANs with random loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Congestion {
+    Cubic,
+    Bbr,
+    /// CUBIC that ignores losses without signs of congestion (see `congestion.rs`).
+    LossTolerant,
 }
 
 fn udp_payload(path_mtu: u16, v4: bool) -> usize {
@@ -126,7 +137,7 @@ fn io_err(context: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{context}: {e}"))
 }
 
-fn transport_config(path_mtu: u16, v4: bool, bbr: bool) -> quinn::TransportConfig {
+fn transport_config(path_mtu: u16, v4: bool, congestion: Congestion) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("small duration")));
     t.keep_alive_interval(Some(KEEPALIVE_INTERVAL));
@@ -137,12 +148,11 @@ fn transport_config(path_mtu: u16, v4: bool, bbr: bool) -> quinn::TransportConfi
     t.initial_mtu(payload);
     t.min_mtu(payload);
     t.mtu_discovery_config(None);
-    // CUBIC by default: in the 3-WAN lab it gave the aggregate bond ~35 % more goodput than quinn's BBR.
-    // BBR for WANs with random loss (radio, a noisy DSL line): CUBIC's window collapses to a fraction of
-    // the link rate there (5 % loss: ~2 Mbit/s at 30 ms), which starves redundant copies.
-    if bbr {
-        t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
-    }
+    t.congestion_controller_factory(match congestion {
+        Congestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+        Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        Congestion::LossTolerant => Arc::new(LossTolerantConfig::default()),
+    });
     // Data travels in DATAGRAM frames; the only stream is the path hello.
     t.max_concurrent_uni_streams(0u8.into());
     t.max_concurrent_bidi_streams(2u8.into());
@@ -226,7 +236,7 @@ impl Node {
         server_tls.alpn_protocols = vec![tls::ALPN.to_vec()];
         let quic_server = QuicServerConfig::try_from(server_tls).map_err(|e| io_err("quic", e))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
-        let transport = Arc::new(transport_config(cfg.path_mtu, cfg.listen.is_ipv4(), cfg.bbr));
+        let transport = Arc::new(transport_config(cfg.path_mtu, cfg.listen.is_ipv4(), cfg.congestion));
         server_config.transport_config(transport.clone());
         let listener = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),

@@ -7,7 +7,7 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use quicether_io::delayline::{DelayLine as IoDelayLine, DelaySettings};
-use quicether_io::node::{Event, Node as IoNode, NodeConfig, PeerConfig, PeerStats, WanConfig};
+use quicether_io::node::{Congestion, Event, Node as IoNode, NodeConfig, PeerConfig, PeerStats, WanConfig};
 use quicether_io::tls;
 use quicether_proto::allowed_ips::Prefix;
 use quicether_proto::classify::Rule;
@@ -126,7 +126,7 @@ struct Node {
 #[pymethods]
 impl Node {
     #[new]
-    #[pyo3(signature = (listen, tun_name, path_mtu, seed, peers, notify_fd=None, wans=None, congestion="cubic"))]
+    #[pyo3(signature = (listen, tun_name, path_mtu, seed, peers, notify_fd=None, wans=None, congestion="loss-tolerant"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -139,16 +139,27 @@ impl Node {
         wans: Option<Vec<WanArg>>,
         congestion: &str,
     ) -> PyResult<Self> {
-        let bbr = match congestion {
-            "cubic" => false,
-            "bbr" => true,
-            other => return Err(PyValueError::new_err(format!("unknown congestion control {other:?} (cubic, bbr)"))),
+        let congestion = match congestion {
+            "cubic" => Congestion::Cubic,
+            "bbr" => Congestion::Bbr,
+            "loss-tolerant" => Congestion::LossTolerant,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown congestion control {other:?} (loss-tolerant, cubic, bbr)"
+                )))
+            }
         };
         let listen = listen.parse().map_err(|_| PyValueError::new_err(format!("invalid listen address {listen:?}")))?;
         let peers = peers.into_iter().map(peer_config).collect::<PyResult<Vec<_>>>()?;
         let wans = wans.map(|w| w.into_iter().map(wan_config).collect::<PyResult<Vec<_>>>()).transpose()?;
-        let config =
-            NodeConfig { listen, tun_name: tun_name.to_string(), path_mtu, seed: key32("seed", seed)?, wans, bbr };
+        let config = NodeConfig {
+            listen,
+            tun_name: tun_name.to_string(),
+            path_mtu,
+            seed: key32("seed", seed)?,
+            wans,
+            congestion,
+        };
         let node = py.detach(move || IoNode::start(config, peers, notify_fd)).map_err(os_error)?;
         Ok(Self { inner: Mutex::new(Some(node)) })
     }
