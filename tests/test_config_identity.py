@@ -80,3 +80,35 @@ def test_damaged_key_is_refused(tmp_path: Path) -> None:
         load(key_path)
     with pytest.raises(IdentityError, match="no node key"):
         load(tmp_path / "missing.key")
+
+
+def test_wans_modes_and_class_rules_parse() -> None:
+    cfg = parse(_cfg(
+        '[[wan]]\ndevice = "eth1"\ngateway = "192.0.2.1"\n'
+        '[[wan]]\ndevice = "eth2"\nname = "lte"\nrole = "backup"\naddress = "198.51.100.7"\n'
+        f'[[peer]]\nkey = "{KEY}"\nmode = "lowest-rtt"\nrealtime_mode = "aggregate"\n'
+        '[[peer.class]]\nprotocol = "udp"\nport = 5060\nmode = "redundant"\n'
+        '[[peer.class]]\ndscp = 46\nmode = "redundant"\n'), Path("t.toml"))
+    assert [(w.name, w.device, w.gateway, w.address, w.backup) for w in cfg.wans] == [
+        ("eth1", "eth1", "192.0.2.1", None, False), ("lte", "eth2", None, "198.51.100.7", True)]
+    peer = cfg.peers[0]
+    assert (peer.mode, peer.realtime_mode) == ("lowest-rtt", "aggregate")
+    assert [(c.protocol, c.port, c.dscp, c.mode) for c in peer.classes] == [
+        (17, 5060, None, "redundant"), (None, None, 46, "redundant")]
+    assert cfg.congestion == "loss-tolerant"
+
+
+@pytest.mark.parametrize("text,field", [
+    ('[[wan]]\nname = "x"\n', "wan[0].device"),
+    ('[[wan]]\ndevice = "eth1"\nrole = "spare"\n', "wan[0].role"),
+    ('[[wan]]\ndevice = "eth1"\ngateway = "nope"\n', "wan[0].gateway"),
+    ('[[wan]]\ndevice = "eth1"\n[[wan]]\ndevice = "eth1"\n', "wan[1].name"),
+    (f'[[peer]]\nkey = "{KEY}"\nmode = "fastest"\n', "peer[0].mode"),
+    (f'[[peer]]\nkey = "{KEY}"\n[[peer.class]]\nport = 70000\nmode = "redundant"\n', r"peer[0].class[0].port"),
+    (f'[[peer]]\nkey = "{KEY}"\n[[peer.class]]\nprotocol = "sctp"\nmode = "redundant"\n', "class[0].protocol"),
+    (f'[[peer]]\nkey = "{KEY}"\n[[peer.class]]\nport = 53\n', "class[0].mode: missing"),
+    ('[node]\ncongestion = "reno"\n', "node.congestion"),
+])
+def test_bad_wan_and_mode_settings_name_the_field(text: str, field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        parse(text, Path("bad.toml"))
