@@ -44,7 +44,9 @@ def iperf(ns: Namespace, server: str, *, seconds: float = 3, port: int = IPERF_P
     if reverse:
         args.append("-R")
     if udp_mbit is not None:
-        args += ["-u", "-b", f"{udp_mbit}M", "-l", str(udp_len)]
+        # A socket buffer of a few MB: a receiver descheduled for 100+ ms on a busy machine must not turn
+        # its own buffer overflow into "link loss".
+        args += ["-u", "-b", f"{udp_mbit}M", "-l", str(udp_len), "-w", "4M"]
     if interval:
         args += ["-i", str(interval)]
     # Errors of iperf3's control connection, not of the measured traffic: 3.12's server re-opens its listening
