@@ -65,8 +65,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         asyncio.run(Daemon(config, identity).run())
     except (ConfigError, IdentityError, LinkError) as exc:
         return _fail(str(exc))
-    except OSError as exc:
-        return _fail(exc.strerror or str(exc) if exc.errno == 0 or exc.strerror else str(exc))
+    except OSError as exc:  # from the core (its message names the address or device) or the API socket
+        return _fail(exc.strerror or str(exc))
     return 0
 
 
