@@ -167,3 +167,17 @@ def test_aioquic_client_handshakes_and_exchanges_datagrams(pair: Pair) -> None:
     assert base64.b64decode(result["server_key"]) == decode_node_id(pair.b.node_id)
     assert result["hello_answer"] == "ok"
     assert result["echo_reply"] and result["reply_src"] == pair.b.overlay_ip
+
+
+def test_unreachable_endpoint_is_reported_once_and_the_node_keeps_trying(lab: Lab, tmp_path: Path) -> None:
+    ns_a, _ns_b = _two_hosts(lab)
+    a = qe.make_node(ns_a, "a", "10.99.0.1/24", tmp_path)
+    nobody = qe.make_node(ns_a, "nobody", "10.99.0.2/24", tmp_path)  # a key, but no node runs with it
+    a.peers.append({"name": "nobody", "key": nobody.node_id, "endpoint": "10.1.0.99:4433",
+                    "allowed_ips": ["10.99.0.2/32"]})
+    qe.start(a)
+    time.sleep(7.5)  # two handshake time-outs (3 s each) and their redials
+    assert a.proc is not None and a.proc.poll() is None, "an unreachable peer is not fatal"
+    reports = [line for line in qe.read_log(a).splitlines() if "cannot reach peer nobody" in line]
+    assert len(reports) == 1, reports
+    assert not a.status()["peers"][0]["connected"]
