@@ -56,6 +56,7 @@ def _cmd_pubkey(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from quicether.daemon.service import Daemon
     from quicether.net.links import LinkError
+    from quicether.net.nft import FirewallError
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="quicether: %(levelname)s %(message)s")
@@ -63,7 +64,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         config = load(Path(args.config))
         identity = load_identity(config.key_path)
         asyncio.run(Daemon(config, identity).run())
-    except (ConfigError, IdentityError, LinkError) as exc:
+    except (ConfigError, IdentityError, LinkError, FirewallError) as exc:
         return _fail(str(exc))
     except OSError as exc:  # from the core (its message names the address or device) or the API socket
         return _fail(exc.strerror or str(exc))

@@ -161,3 +161,30 @@ def test_policy_routes_are_installed_and_nothing_is_left_after_stop_or_kill(lab:
     assert _quicether_rules(bond) == []
     tables = run(["ip", "-n", bond.wl.router.netns, "route", "show", "table", "all"]).stdout
     assert "table 71" not in tables and "qe0" not in tables
+
+
+def _nft_tables(bond: BondLab) -> list[str]:
+    out = bond.wl.router.run("nft", "list", "tables").stdout
+    return [line for line in out.splitlines() if "quicether" in line]
+
+
+def test_wan_ports_refuse_all_but_quic_and_the_firewall_goes_with_the_daemon(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, [LinkSpec(), LinkSpec()], tmp_path)
+    assert _nft_tables(bond) == ["table inet quicether"]
+    # A service on the router answers on the LAN side but not from the internet through a WAN port.
+    bond.wl.router.popen(["nc", "-lk", "-p", "2222"], stdout=-1, stderr=-1)
+    time.sleep(0.2)
+    internet = bond.wl.host("gateway")
+    wan_addr = bond.wl.wans[0].router_addr
+    refused = internet.run("nc", "-z", "-w", "2", wan_addr, "2222", check=False)
+    assert refused.returncode != 0, "the WAN port must not expose the router's services"
+    assert bond.lan.run("nc", "-z", "-w", "2", "10.0.50.1", "2222", check=False).returncode == 0
+    assert ping(bond.lan, bond.dc_addr, count=3).received == 3, "QUIC still flows through the WAN ports"
+    # Crash and restart: the table is replaced, not doubled; a clean stop removes it.
+    assert bond.site.proc is not None
+    bond.site.proc.send_signal(signal.SIGKILL)
+    bond.site.proc.wait(timeout=10)
+    qe.start(bond.site)
+    assert _nft_tables(bond) == ["table inet quicether"]
+    assert qe.stop(bond.site) == 0
+    assert _nft_tables(bond) == []

@@ -20,7 +20,7 @@ from quicether.config import Config
 from quicether.daemon.api import ApiServer
 from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
-from quicether.net import links
+from quicether.net import links, nft
 
 log = logging.getLogger("quicether")
 
@@ -115,6 +115,10 @@ class Daemon:
                                            self.config.address)
             undo.push_async_callback(asyncio.to_thread, links.remove_routes, self.config.tun, self.routes)
             await asyncio.to_thread(links.add_routes, self.config.tun, self.routes)
+            # Firewall: replace any table a crashed run left, remove ours on the way out.
+            port = int(self.config.listen.rpartition(":")[2])
+            await asyncio.to_thread(nft.apply, [w.device for w in self.config.wans], port, self.config.tun)
+            undo.push_async_callback(asyncio.to_thread, nft.remove)
             await api.start()
             undo.push_async_callback(api.stop)
             log.info("node %s listening on %s, %s mtu %d, %d peer(s)", self.identity.node_id,
