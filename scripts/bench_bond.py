@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.lab import Lab, LinkSpec  # noqa: E402
 from tests.lab.bond import BondLab, build_bond_lab  # noqa: E402
-from tests.lab.measure import iperf, ping, start_iperf_server  # noqa: E402
+from tests.lab.measure import iperf, longest_stall_s, ping, start_iperf_server  # noqa: E402
 
 TOPOLOGIES = {
     "three-wan": [LinkSpec(rate_mbit=100, delay_ms=10), LinkSpec(rate_mbit=50, delay_ms=30),
@@ -40,23 +40,7 @@ def failover_stall_s(bond: BondLab, seconds: float = 8) -> float:
     raw = json.loads(out)
     if "error" in raw:
         return float("inf")
-    run_s = longest = 0.0
-    for interval in raw["intervals"]:
-        s = interval["sum"]
-        if s["end"] <= 2.5:
-            continue
-        run_s = run_s + (s["end"] - s["start"]) if s["bits_per_second"] < 1e5 else 0.0
-        longest = max(longest, run_s)
-    return longest
-
-
-def wait_all_paths_up(bond: BondLab, count: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        paths = bond.paths()
-        if len(paths) == count and all(p["up"] for p in paths):
-            return
-        time.sleep(0.1)
+    return longest_stall_s(raw["intervals"], start_s=2.5)
 
 
 def main() -> int:
@@ -89,7 +73,7 @@ def main() -> int:
                               flush=True)
                 stalls = []
                 for run in range(args.runs):
-                    wait_all_paths_up(bond, len(links))
+                    bond.wait_paths_up(len(links))  # the previous cut's WAN is back
                     stalls.append(failover_stall_s(bond))
                     print(f"  run {run + 1}: failover stall {stalls[-1]:.2f} s", flush=True)
                 rows.append((name, mode, link_sum, statistics.median(results[1]), statistics.median(results[8]),

@@ -15,7 +15,7 @@ from typing import Any
 from tests.lab import Lab, LinkSpec
 from tests.lab import nodes as qe
 from tests.lab.bond import BondLab, build_bond_lab
-from tests.lab.measure import iperf, ping, start_iperf_server
+from tests.lab.measure import iperf, longest_stall_s, ping, start_iperf_server
 from tests.lab.netns import run
 
 THREE_WANS = [LinkSpec(rate_mbit=100, delay_ms=10), LinkSpec(rate_mbit=50, delay_ms=30),
@@ -52,18 +52,6 @@ def test_bond_spreads_traffic_and_beats_the_best_single_wan(lab: Lab, tmp_path: 
     assert all(wan in status.stdout for wan in ("wan0", "wan1", "wan2")), status.stdout
 
 
-def _longest_stall_s(intervals: list[dict[str, Any]], start_s: float) -> float:
-    """Longest run of receiver-side intervals with (almost) nothing delivered, from `start_s` on."""
-    run_s = longest = 0.0
-    for interval in intervals:
-        if interval["sum"]["end"] <= start_s:
-            continue
-        length = interval["sum"]["end"] - interval["sum"]["start"]
-        run_s = run_s + length if interval["sum"]["bits_per_second"] < 1e5 else 0.0
-        longest = max(longest, run_s)
-    return longest
-
-
 def test_cut_wan_mid_transfer_tcp_survives_and_the_wan_returns(lab: Lab, tmp_path: Path) -> None:
     bond = build_bond_lab(lab, THREE_WANS[:2], tmp_path)
     start_iperf_server(bond.dc)
@@ -77,7 +65,7 @@ def test_cut_wan_mid_transfer_tcp_survives_and_the_wan_returns(lab: Lab, tmp_pat
     raw = json.loads(out)
     assert "error" not in raw, raw.get("error")  # the TCP flow survived the cut (no reset)
     intervals = raw["intervals"]
-    stall = _longest_stall_s(intervals, start_s=2.5)
+    stall = longest_stall_s(intervals, start_s=2.5)
     assert stall < 1.0, f"stall of {stall:.1f}s after the cut"
     after = [i["sum"]["bits_per_second"] for i in intervals if i["sum"]["start"] >= 4.5]
     assert sum(after) / len(after) > 10e6, "data keeps flowing on the remaining WAN"

@@ -41,6 +41,16 @@ class BondLab:
     def lan_addr(self) -> str:
         return f"{LAN_PREFIX}.10"
 
+    def wait_paths_up(self, count: int, timeout: float = 10) -> bool:
+        """Waits until the site has `count` paths, all up; False if that did not happen in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            paths = self.paths()
+            if len(paths) == count and all(p["up"] for p in paths):
+                return True
+            time.sleep(0.05)
+        return False
+
     def paths(self) -> list[dict[str, Any]]:
         peers = self.site.status()["peers"]
         paths: list[dict[str, Any]] = peers[0]["paths"]
@@ -73,9 +83,6 @@ def build_bond_lab(lab: Lab, links: list[LinkSpec], state: Path, *, mode: str = 
     qe.start(site)
     qe.wait_connected(site)
     bond = BondLab(wl=wl, site=site, gateway=gateway, dc=dc)
-    deadline = time.monotonic() + 10
-    while len(bond.paths()) < len(links):  # every WAN has its path
-        if time.monotonic() > deadline:
-            raise LabError(f"only {len(bond.paths())} of {len(links)} paths came up: {qe.read_log(site)}")
-        time.sleep(0.05)
+    if not bond.wait_paths_up(len(links)):  # every WAN has its path
+        raise LabError(f"only {len(bond.paths())} of {len(links)} paths came up: {qe.read_log(site)}")
     return bond

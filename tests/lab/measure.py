@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from tests.lab.netns import LabError, Namespace
 
@@ -104,3 +105,16 @@ def ping(ns: Namespace, target: str, *, count: int = 10, interval: float = 0.05,
     proc = ns.run(*args, target, check=False, timeout=count * (interval + timeout_s) + 10)
     rtts = [float(m) for m in _RTT.findall(proc.stdout)]
     return PingResult(sent=count, received=len(rtts), rtts_ms=rtts)
+
+
+def longest_stall_s(intervals: list[dict[str, Any]], start_s: float) -> float:
+    """Longest run of iperf3 intervals that delivered (almost) nothing, counting from `start_s` on.
+    Use receiver-side intervals (iperf3 -R from the receiving host): a sender's are bursty."""
+    run_s = longest = 0.0
+    for interval in intervals:
+        s = interval["sum"]
+        if s["end"] <= start_s:
+            continue
+        run_s = run_s + (s["end"] - s["start"]) if s["bits_per_second"] < 1e5 else 0.0
+        longest = max(longest, run_s)
+    return longest

@@ -42,9 +42,7 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
                     peer.reorder_wake.notify_one();
                 }
                 send_nacks(&shared, index, &nacks);
-                for packet in ready.drain(..) {
-                    deliver(&shared, index, &packet);
-                }
+                deliver_ready(&shared, index, &mut ready);
             }
             Some(Frame::Probe { id, next_seq }) => {
                 let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe_reply(id)));
@@ -53,9 +51,7 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
                 let nacks = buffer.take_nacks();
                 drop(buffer);
                 send_nacks(&shared, index, &nacks);
-                for packet in ready.drain(..) {
-                    deliver(&shared, index, &packet);
-                }
+                deliver_ready(&shared, index, &mut ready);
             }
             Some(Frame::ProbeReply { id }) => {
                 let change = path.health.lock().unwrap().handle_reply(id, shared.now_us());
@@ -113,9 +109,7 @@ pub async fn reorder_timer(shared: Arc<Shared>, index: usize) {
             }
             buffer.poll(shared.now_us(), &mut ready);
         }
-        for packet in ready.drain(..) {
-            deliver(&shared, index, &packet);
-        }
+        deliver_ready(&shared, index, &mut ready);
     }
 }
 
@@ -135,6 +129,13 @@ fn send_nacks(shared: &Shared, index: usize, seqs: &[u64]) {
         for frame in encode_nacks(seqs) {
             let _ = path.conn.send_datagram(Bytes::from(frame));
         }
+    }
+}
+
+/// Delivers, in order, what the reorder buffer released (called with its lock released).
+fn deliver_ready(shared: &Shared, index: usize, ready: &mut Vec<Bytes>) {
+    for packet in ready.drain(..) {
+        deliver(shared, index, &packet);
     }
 }
 

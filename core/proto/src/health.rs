@@ -60,10 +60,6 @@ impl PathHealth {
         self.state
     }
 
-    pub fn srtt_us(&self) -> Option<u64> {
-        self.srtt_us
-    }
-
     /// Probe loss, smoothed, 0.0–1.0.
     pub fn loss(&self) -> f64 {
         self.loss
