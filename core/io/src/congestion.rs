@@ -4,8 +4,8 @@
 //! NACK or by the inner TCP, not by QUIC. What the path's congestion control must do is keep the link's
 //! queue from overflowing. Plain CUBIC also halves its window on random loss (radio, noisy DSL), which on
 //! a 1 %-loss, 60 ms link holds it to a few Mbit/s. This wrapper forwards a loss to CUBIC only when it
-//! looks like congestion: the RTT shows a queue building (smoothed RTT above the minimum by
-//! `QUEUE_RTT_FACTOR` plus `QUEUE_RTT_SLACK`), or losses are too frequent to be noise
+//! looks like congestion: the RTT shows a queue building (smoothed RTT above 1.2 × the minimum plus
+//! `QUEUE_RTT_SLACK`), or losses are too frequent to be noise
 //! (`NOISE_LOSS_RATE`), or QUIC declares persistent congestion.
 
 use std::any::Any;
@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
 use quinn_proto::RttEstimator;
 
-/// A smoothed RTT this much above the path's minimum means packets are queueing somewhere.
-const QUEUE_RTT_FACTOR: f64 = 1.2;
 /// Plus this, so a few ms of jitter on a short path is not taken for a queue.
 const QUEUE_RTT_SLACK: Duration = Duration::from_millis(2);
 /// Losses above this fraction of bytes are congestion whatever the RTT says (a shallow-buffered link
@@ -34,7 +32,10 @@ pub struct LossTolerant {
 
 impl LossTolerant {
     fn looks_congested(&self) -> bool {
-        let queue_threshold = self.min_rtt.mul_f64(QUEUE_RTT_FACTOR) + QUEUE_RTT_SLACK;
+        // Before any RTT sample (min_rtt still MAX) nothing says "random": treat a loss as congestion.
+        let Some(queue_threshold) = self.min_rtt.checked_mul(6).map(|m| m / 5 + QUEUE_RTT_SLACK) else {
+            return true;
+        };
         self.srtt > queue_threshold || self.loss_rate > NOISE_LOSS_RATE
     }
 }

@@ -77,6 +77,8 @@ pub struct Path {
     pub up: AtomicBool,
     /// Scheduler inputs refreshed by the path timer (reading quinn's stats per packet would be costly).
     pub srtt_us: AtomicU64,
+    /// Lowest RTT sample the path has shown (its RTT without queues).
+    pub min_rtt_us: AtomicU64,
     pub rate_bps: AtomicU64,
     pub counters: Counters,
     /// Sequence number of the last DATA frame sent on this path (`NO_SEQ`: none yet).
@@ -95,6 +97,7 @@ impl Path {
             up: self.up.load(Ordering::Relaxed),
             backup: self.backup,
             srtt_us: self.srtt_us.load(Ordering::Relaxed),
+            min_rtt_us: self.min_rtt_us.load(Ordering::Relaxed),
             rate_bps,
             queued_bytes: (DATAGRAM_SEND_BUFFER - self.conn.datagram_send_buffer_space().min(DATAGRAM_SEND_BUFFER))
                 as u64,
@@ -232,6 +235,7 @@ impl Shared {
             health: Mutex::new(PathHealth::new(self.now_us(), rtt.as_micros() as u64)),
             up: AtomicBool::new(true),
             srtt_us: AtomicU64::new(rtt.as_micros() as u64),
+            min_rtt_us: AtomicU64::new(rtt.as_micros() as u64),
             rate_bps: AtomicU64::new(0),
             counters: Counters::default(),
             last_seq: AtomicU64::new(NO_SEQ),

@@ -46,6 +46,7 @@ pub async fn path_timer(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
         let stats = path.conn.stats();
         let rtt_us = stats.path.rtt.as_micros().max(1) as u64;
         path.srtt_us.store(rtt_us, Ordering::Relaxed);
+        path.min_rtt_us.fetch_min(rtt_us, Ordering::Relaxed);
         path.rate_bps.store(stats.path.cwnd * 8 * 1_000_000 / rtt_us, Ordering::Relaxed);
         let elapsed = window_start.elapsed();
         if elapsed >= RATE_WINDOW {

@@ -52,6 +52,8 @@ pub struct PathView {
     pub up: bool,
     pub backup: bool,
     pub srtt_us: u64,
+    /// Lowest RTT seen on the path (0: unknown): what the RTT is without queues.
+    pub min_rtt_us: u64,
     /// Estimated delivery rate (bits/s); 0 if unknown.
     pub rate_bps: u64,
     /// Bytes waiting in this path's send queue.
@@ -74,9 +76,12 @@ impl PathView {
         (self.queued_bytes + len) * 8 * 1_000_000 / self.rate()
     }
 
-    /// Expected one-way arrival time of a packet of `len` bytes sent on this path now.
+    /// Expected one-way arrival time of a packet of `len` bytes sent on this path now: half the path's
+    /// queue-free RTT, plus the queueing the RTT has grown by (a bottleneck queue sits in one direction,
+    /// so it counts in full, not halved), plus the wait in our own send queue.
     pub fn expected_arrival_us(&self, len: u64) -> u64 {
-        self.queue_delay_us(len) + self.srtt_us / 2
+        let base = if self.min_rtt_us == 0 { self.srtt_us } else { self.min_rtt_us.min(self.srtt_us) };
+        self.queue_delay_us(len) + base / 2 + (self.srtt_us - base)
     }
 
     fn full(&self, len: u64) -> bool {
@@ -144,6 +149,7 @@ mod tests {
             up: true,
             backup: false,
             srtt_us: rtt_ms * 1000,
+            min_rtt_us: rtt_ms * 1000,
             rate_bps: rate_mbit * 1_000_000,
             queued_bytes: 0,
             queue_limit: 1 << 20,
@@ -229,6 +235,18 @@ mod tests {
         paths[1].queued_bytes = paths[1].queue_limit;
         assert_eq!(choose(Mode::Aggregate, &paths, 1400), Choice::Congested);
         assert_eq!(choose(Mode::LowestRtt, &paths, 1400), Choice::Congested);
+    }
+
+    #[test]
+    fn a_queue_at_the_bottleneck_counts_in_full_one_way() {
+        // 10 ms path whose RTT has grown to 26 ms (16 ms of queue) vs an idle 30 ms path: the queued one
+        // delivers in 5 + 16 = 21 ms, the idle one in 15 ms.
+        let queued = PathView { srtt_us: 26_000, min_rtt_us: 10_000, ..path(100, 10) };
+        let idle = path(50, 30);
+        assert_eq!(queued.expected_arrival_us(0), 21_000);
+        assert_eq!(choose(Mode::Aggregate, &[queued, idle], 1400), Choice::One(1));
+        // Without a minimum known, the smoothed RTT stands for both.
+        assert_eq!(PathView { min_rtt_us: 0, ..queued }.expected_arrival_us(0), 13_000);
     }
 
     #[test]
