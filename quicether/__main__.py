@@ -93,6 +93,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     node = answer["node"]
     print(f"node {node['node_id']}")
     print(f"  listen {node['listen']}  tun {node['tun']}  mtu {node['mtu']}  address {node['address'] or '-'}")
+    router = answer.get("router")
+    if router and router["lan"]:
+        lan = router["lan"]
+        exit_text = (f"exit via {lan['exit_peer']} ({'active' if lan['exit_active'] else 'down, using WANs'})"
+                     if lan["exit_peer"] else "no exit peer (internet via WANs)")
+        print(f"  lan {lan['device']} {lan['address']}  {'dhcp ' if lan['dhcp'] else ''}{'dns ' if lan['dns'] else ''}"
+              f"{len(lan['leases'])} lease(s)  {exit_text}{'  kill switch' if lan['kill_switch'] else ''}")
+    if router:
+        print(f"  role {router['role']}  outside ports {' '.join(router['outside']) or '-'}")
     for p in answer["peers"]:
         rtt = f"{p['rtt_ms']:.2f} ms" if p["rtt_ms"] is not None else "-"
         print(f"peer {p['name'] or '-'} {p['node_id']}")

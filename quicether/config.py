@@ -27,6 +27,10 @@
     protocol = "udp"
     port = 5060
     mode = "redundant"
+
+Router settings (see quicether/router_config.py for every field): [lan] (appliance address, DHCP/DNS,
+exit peer, kill switch), [gateway] (exit to the internet, port forwards), [[acl]] rules, and in [node]:
+role = "site" or "gateway", detect_wans, acl_default.
 """
 
 from __future__ import annotations
@@ -35,9 +39,18 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from quicether.identity import IdentityError, decode_node_id
+from quicether.router_config import (
+    PROTOCOL_NUMBERS,
+    ROUTER_NODE_KEYS,
+    AclRule,
+    GatewayConfig,
+    LanConfig,
+    check_keys,
+    parse_router,
+)
+from quicether.router_config import ConfigError as ConfigError  # re-exported: every module catches it from here
 
 DEFAULT_STATE_DIR = Path("/var/lib/quicether")
 DEFAULT_LISTEN = "0.0.0.0:4433"
@@ -48,11 +61,7 @@ MIN_PATH_MTU = 1280
 
 MODES = ("aggregate", "lowest-rtt", "redundant")
 CONGESTION_CONTROLS = ("loss-tolerant", "cubic", "bbr")
-PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1}
-
-
-class ConfigError(ValueError):
-    """The config cannot be used; the message starts with the file and field."""
+PROTOCOLS = PROTOCOL_NUMBERS
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,12 @@ class Config:
     congestion: str = "loss-tolerant"
     peers: list[PeerConfig] = field(default_factory=list)
     wans: list[WanConfig] = field(default_factory=list)
+    role: str = "site"
+    detect_wans: bool = False
+    lan: LanConfig | None = None
+    gateway: GatewayConfig | None = None
+    acls: list[AclRule] = field(default_factory=list)
+    acl_default: str = "allow"
 
     @property
     def key_path(self) -> Path:
@@ -120,10 +135,7 @@ def _socket_addr(value: object, where: str) -> str:
     return value
 
 
-def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{where}.{key}: unknown setting (known: {', '.join(sorted(allowed))})")
+_check_keys = check_keys
 
 
 def _peer(raw: object, index: int, path: Path) -> PeerConfig:
@@ -219,11 +231,12 @@ def parse(text: str, path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    _check_keys(data, {"node", "peer", "wan"}, str(path))
+    _check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl"}, str(path))
     node = data.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
-    _check_keys(node, {"listen", "tun", "address", "state_dir", "path_mtu", "congestion"}, f"{path}: node")
+    _check_keys(node, {"listen", "tun", "address", "state_dir", "path_mtu", "congestion", *ROUTER_NODE_KEYS},
+                f"{path}: node")
     congestion = node.get("congestion", "loss-tolerant")
     if congestion not in CONGESTION_CONTROLS:
         raise ConfigError(f"{path}: node.congestion: {congestion!r} is not one of {', '.join(CONGESTION_CONTROLS)}")
@@ -257,9 +270,22 @@ def parse(text: str, path: Path) -> Config:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"{path}: wan[{i}].name: {name!r} is used twice")
+    router = parse_router(data, node, [p.name for p in peers], str(path))
+    for i, acl in enumerate(router.acls):
+        if router.lan is None and "lan" in (acl.source, acl.destination):
+            raise ConfigError(f"{path}: acl[{i}]: \"lan\" needs a [lan] section")
+    if router.lan is not None and (router.lan.device in {w.device for w in wans} or router.lan.device == tun):
+        raise ConfigError(f"{path}: lan.device: {router.lan.device} is also a WAN or the tunnel")
+    if router.lan is not None and router.lan.exit_peer is not None:
+        exit_peer = next(p for p in peers if p.name == router.lan.exit_peer)
+        if not any(ipaddress.ip_network(a, strict=False).prefixlen == 0 for a in exit_peer.allowed_ips):
+            raise ConfigError(f"{path}: lan.exit: peer {exit_peer.name!r} needs \"0.0.0.0/0\" in its allowed_ips "
+                              "to carry internet traffic")
     return Config(path=path, listen=listen, tun=tun, address=str(address) if address else None,
                   state_dir=Path(node.get("state_dir", DEFAULT_STATE_DIR)), path_mtu=path_mtu,
-                  congestion=str(congestion), peers=peers, wans=wans)
+                  congestion=str(congestion), peers=peers, wans=wans, role=router.role,
+                  detect_wans=router.detect_wans, lan=router.lan, gateway=router.gateway, acls=router.acls,
+                  acl_default=router.acl_default)
 
 
 def load(path: Path) -> Config:

@@ -119,7 +119,7 @@ def test_wan_losing_carrier_is_removed_at_once_and_readded(lab: Lab, tmp_path: P
     bond.wl.unplug(1)
     gone = _wait(lambda: {p["wan"] for p in bond.paths()} == {"wan0"}, timeout=2)
     assert gone < 1.0, gone
-    _wait(lambda: "WAN wan1 (wan1) removed: no carrier" in qe.read_log(bond.site), timeout=1)
+    _wait(lambda: "WAN wan1 removed: no carrier" in qe.read_log(bond.site), timeout=1)
     # The gateway cannot be told over the unplugged WAN: its health check notices the silence.
     noticed = _wait(lambda: not any(p["wan"] == "wan1" and p["up"] for p in bond.gateway.status()["peers"][0]["paths"]),
                     timeout=2)

@@ -1,26 +1,96 @@
-"""The firewall ruleset as data (no root): one atomic transaction that replaces the table."""
+"""The firewall ruleset as data (no root): one atomic transaction that replaces the table, and the rules
+each router setting adds."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
-from quicether.net.nft import TABLE, build_ruleset
+from quicether.config import parse
+from quicether.daemon.router import resolve_acls
+from quicether.identity import encode_node_id
+from quicether.net.nft import TABLE, Acl, Firewall, build_ruleset
+from quicether.router_config import PortForward
+
+
+def _rules(fw: Firewall, chain: str) -> list[str]:
+    commands = build_ruleset(fw)["nftables"][1:]
+    return [json.dumps(c["add"]["rule"]["expr"]) for c in commands
+            if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == chain]
 
 
 def test_ruleset_replaces_the_table_in_one_transaction() -> None:
-    commands = build_ruleset(["eth1", "eth2"], 4433, "qe0")["nftables"][1:]
+    commands = build_ruleset(Firewall(4433, "qe0", ["eth1", "eth2"]))["nftables"][1:]
     assert commands[:3] == [{"add": {"table": TABLE}}, {"delete": {"table": TABLE}}, {"add": {"table": TABLE}}]
 
 
-def test_wan_input_allows_only_established_and_the_quic_port() -> None:
-    text = json.dumps(build_ruleset(["eth1", "eth2"], 4433, "qe0"))
-    assert '"right": {"set": ["eth1", "eth2"]}' in text
-    assert '"field": "dport"}}, "right": 4433' in text
-    assert '{"drop": null}' in text
+def test_outside_input_allows_only_established_and_the_quic_port() -> None:
+    rules = _rules(Firewall(4433, "qe0", ["eth1", "eth2"]), "input")
+    assert len(rules) == 3
+    assert all('{"set": ["eth1", "eth2"]}' in r for r in rules)
+    assert '"established"' in rules[0] and '"right": 4433' in rules[1] and rules[2].endswith('{"drop": null}]')
 
 
-def test_without_wans_there_is_no_input_filter_but_mss_is_still_clamped() -> None:
-    ruleset = build_ruleset([], 4433, "qe0")
-    rules = [c["add"]["rule"] for c in ruleset["nftables"][1:] if "rule" in c.get("add", {})]
-    assert rules and all(r["chain"] == "forward" for r in rules)
-    assert all("maxseg" in json.dumps(r) for r in rules)
+def test_without_outside_ports_there_is_no_input_filter_but_mss_is_still_clamped() -> None:
+    fw = Firewall(4433, "qe0", [])
+    assert _rules(fw, "input") == []
+    assert sum("maxseg" in r for r in _rules(fw, "forward")) == 2
+
+
+def test_a_site_lan_is_masqueraded_out_of_wans_and_the_kill_switch_only_lets_it_into_the_tunnel() -> None:
+    open_fw = Firewall(4433, "qe0", ["wan0"], lan="lan")
+    assert any('"lan"' in r and '"masquerade"' in r for r in _rules(open_fw, "postrouting"))
+    assert not any('"!="' in r for r in _rules(open_fw, "forward"))
+    kill = _rules(Firewall(4433, "qe0", ["wan0"], lan="lan", kill_switch=True), "forward")
+    assert kill[-1] == json.dumps([
+        {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lan"}},
+        {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": {"set": ["qe0", "lan"]}}},
+        {"drop": None}])
+
+
+def test_gateway_exit_port_forward_and_acls_in_order() -> None:
+    fw = Firewall(4433, "qe0", ["eth0"], internet="eth0", forwards=[PortForward("tcp", 8080, "10.0.80.10", 80)],
+                  acls=[Acl("deny", ["10.0.50.0/24"], ["10.0.80.5/32"], 6, 22), Acl("allow", [], [], 1)],
+                  acl_default="deny")
+    forward = _rules(fw, "forward")
+    established = next(i for i, r in enumerate(forward) if '"established"' in r)
+    deny = next(i for i, r in enumerate(forward) if '"10.0.50.0"' in r)
+    assert established < deny < deny + 1 < len(forward)
+    assert '"addr": "10.0.50.0", "len": 24' in forward[deny] and '"10.0.80.5"' in forward[deny]
+    assert forward[deny].endswith('{"drop": null}]') and forward[deny + 1].endswith('{"accept": null}]')
+    default_deny = next(r for r in forward if '"oifname"' in r and r.endswith('{"drop": null}]'))
+    assert '"qe0"' in default_deny
+    assert any('"dnat"' in r for r in forward)  # forwarded connections pass the outside drop
+    assert any('"dnat": {"family": "ip", "addr": "10.0.80.10", "port": 80}' in r for r in _rules(fw, "prerouting"))
+    post = _rules(fw, "postrouting")
+    assert any('"iifname"}}, "right": "qe0"' in r and '"eth0"' in r and "masquerade" in r for r in post)
+
+
+def _config(text: str) -> Any:
+    return parse(text, Path("test.toml"))
+
+
+def test_acl_peer_names_and_lan_resolve_to_prefixes() -> None:
+    key = encode_node_id(bytes(32))
+    config = _config(f"""
+[lan]
+device = "eth0"
+address = "192.168.7.1/24"
+[[peer]]
+name = "office"
+key = "{key}"
+allowed_ips = ["10.99.0.2/32", "10.0.80.0/24"]
+[[acl]]
+action = "deny"
+from = "office"
+to = "lan"
+protocol = "tcp"
+port = 22
+[[acl]]
+action = "allow"
+from = "10.1.0.0/16"
+""")
+    acls = resolve_acls(config)
+    assert acls[0] == Acl("deny", ["10.99.0.2/32", "10.0.80.0/24"], ["192.168.7.0/24"], 6, 22)
+    assert acls[1] == Acl("allow", ["10.1.0.0/16"], [], None, None)

@@ -18,9 +18,10 @@ from typing import Any
 from quicether import _core
 from quicether.config import Config
 from quicether.daemon.api import ApiServer
+from quicether.daemon.router import Router
 from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
-from quicether.net import links, nft
+from quicether.net import links
 
 log = logging.getLogger("quicether")
 
@@ -31,6 +32,7 @@ class Daemon:
         self.identity = identity
         self.node: _core.Node | None = None
         self.routes: list[str] = []
+        self.router: Router | None = None
         self._names = {p.key: p.name for p in config.peers}
         self._stop = asyncio.Event()
 
@@ -82,6 +84,7 @@ class Daemon:
                 "no_route_drops": node.no_route_drops() if node else 0,
             },
             "peers": peers,
+            "router": self.router.status() if self.router else None,
             "time": time.time(),
         }
 
@@ -101,12 +104,9 @@ class Daemon:
                       [(c.protocol, c.port, c.dscp, c.mode) for c in p.classes]) for p in self.config.peers]
             # With WANs configured, paths are dialed from each WAN as it comes up; without, from the listen socket.
             self.node = _core.Node(self.config.listen, self.config.tun, self.config.path_mtu, self.identity.seed,
-                                   peers, write_fd, [] if self.config.wans else None, self.config.congestion)
+                                   peers, write_fd, [] if self.config.wans or self.config.detect_wans else None,
+                                   self.config.congestion)
             undo.callback(self._close_node)
-            if self.config.wans:
-                wans = WanManager(self.node, self.config.wans)
-                undo.push_async_callback(wans.stop)
-                await wans.start()
             loop.add_reader(read_fd, self._on_events, read_fd)
             undo.callback(loop.remove_reader, read_fd)
             # pyroute2's synchronous API runs its own event loop: call it from a worker thread.
@@ -115,10 +115,14 @@ class Daemon:
                                            self.config.address)
             undo.push_async_callback(asyncio.to_thread, links.remove_routes, self.config.tun, self.routes)
             await asyncio.to_thread(links.add_routes, self.config.tun, self.routes)
-            # Firewall: replace any table a crashed run left, remove ours on the way out.
-            port = int(self.config.listen.rpartition(":")[2])
-            await asyncio.to_thread(nft.apply, [w.device for w in self.config.wans], port, self.config.tun)
-            undo.push_async_callback(asyncio.to_thread, nft.remove)
+            self.router = Router(self.config, self.node)
+            await self.router.start(undo)
+            if self.config.wans or self.config.detect_wans:
+                lan = {self.config.lan.device} if self.config.lan else set()
+                wans = WanManager(self.node, self.config.wans, detect=self.config.detect_wans,
+                                  not_wans=frozenset({self.config.tun, *lan}), on_change=self.router.wans_changed)
+                undo.push_async_callback(wans.stop)
+                await wans.start()
             await api.start()
             undo.push_async_callback(api.stop)
             log.info("node %s listening on %s, %s mtu %d, %d peer(s)", self.identity.node_id,

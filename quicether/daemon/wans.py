@@ -1,6 +1,11 @@
 """Keeps the core's WANs in step with the ports: a WAN that has carrier and an address is dialed from
 (with its policy route installed); one that loses either is removed at once. Re-checked on every netlink
-link/address event, so no restart is ever needed."""
+link/address/route event, so no restart is ever needed.
+
+WANs are the `[[wan]]` entries of the config and, with `detect_wans`, every other port that has a default
+route in the main table (a DHCP lease or a static gateway): such a port becomes a WAN when its route
+appears and stops being one when the route goes.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +13,34 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 
 from quicether import _core
 from quicether.config import WanConfig
+from quicether.net import lan as lan_net
 from quicether.net import wan as wan_net
 
 log = logging.getLogger("quicether")
 
 
 class WanManager:
-    def __init__(self, node: _core.Node, wans: list[WanConfig]) -> None:
+    def __init__(self, node: _core.Node, wans: list[WanConfig], *, detect: bool = False,
+                 not_wans: frozenset[str] = frozenset(),
+                 on_change: Callable[[list[str]], None] | None = None) -> None:
         self.node = node
-        self.wans = wans
-        self.active: dict[str, str] = {}  # WAN name → the address its paths use
+        self.configured = wans
+        self.detect = detect
+        self.not_wans = not_wans  # ports never detected as WANs: the LAN and the tunnel
+        self.on_change = on_change
+        self.active: dict[str, tuple[str, int]] = {}  # WAN name → (address its paths use, table index)
+        self._detected_index: dict[str, int] = {}     # detected WAN → its table index, fixed for the run
         self._monitor: socket.socket | None = None
         self._pending: asyncio.Task[None] | None = None
         self._again = False
 
     async def start(self) -> None:
         await asyncio.to_thread(wan_net.remove_all_policy_routes)
-        self._monitor = wan_net.netlink_monitor()
+        self._monitor = wan_net.netlink_monitor(routes=self.detect)
         asyncio.get_running_loop().add_reader(self._monitor, self._on_netlink)
         await self.reconcile()
 
@@ -41,6 +54,11 @@ class WanManager:
                 await self._pending
         await asyncio.to_thread(wan_net.remove_all_policy_routes)
 
+    def devices(self) -> list[str]:
+        """Every port that faces an ISP now: configured WANs (up or not) and detected ones that are active."""
+        configured = [w.device for w in self.configured]
+        return configured + sorted(d for d in self._detected_index if d in self.active and d not in configured)
+
     def _on_netlink(self) -> None:
         assert self._monitor is not None
         with contextlib.suppress(BlockingIOError):
@@ -51,26 +69,45 @@ class WanManager:
         else:
             self._again = True  # an event arrived mid-check: look once more afterwards
 
+    def _wanted_wans(self) -> list[tuple[WanConfig, int]]:
+        wans = [(w, i) for i, w in enumerate(self.configured)]
+        if not self.detect:
+            return wans
+        taken = {w.device for w in self.configured} | self.not_wans
+        for device, gateway in lan_net.default_routes(taken):
+            if device not in self._detected_index:
+                self._detected_index[device] = len(self.configured) + len(self._detected_index)
+                log.info("port %s has a default route via %s: using it as a WAN", device, gateway or "-")
+            wans.append((WanConfig(name=device, device=device, address=None, gateway=gateway, backup=False),
+                         self._detected_index[device]))
+        return wans
+
     async def reconcile(self) -> None:
         while True:
             self._again = False
-            states = await asyncio.to_thread(wan_net.read_states, self.wans)
-            for index, (wan, state) in enumerate(zip(self.wans, states, strict=True)):
-                current = self.active.get(wan.name)
-                wanted = state.address if state.usable else None
-                if current == wanted:
+            before = self.devices()
+            wans = await asyncio.to_thread(self._wanted_wans)
+            states = await asyncio.to_thread(wan_net.read_states, [w for w, _ in wans])
+            wanted = {w.name: (w, index, s.address if s.usable else None, s)
+                      for (w, index), s in zip(wans, states, strict=True)}
+            for name, (current, index) in list(self.active.items()):
+                entry = wanted.get(name)
+                if entry is not None and entry[2] == current:
                     continue
-                if current is not None:
-                    log.warning("WAN %s (%s) removed: %s", wan.name, wan.device,
-                                "no carrier" if not state.carrier else "address gone or changed")
-                    self.node.remove_wan(wan.name)
-                    del self.active[wan.name]
-                    await asyncio.to_thread(wan_net.remove_policy_route, index, current)
-                if wanted is not None:
-                    await asyncio.to_thread(wan_net.install_policy_route, index, wan, wanted)
-                    self.node.add_wan((wan.name, wan.device, wanted, wan.backup))
-                    self.active[wan.name] = wanted
-                    log.info("WAN %s (%s) up with %s%s", wan.name, wan.device, wanted,
-                             ", backup" if wan.backup else "")
+                reason = "no default route any more" if entry is None else (
+                    "no carrier" if not entry[3].carrier else "address gone or changed")
+                log.warning("WAN %s removed: %s", name, reason)
+                self.node.remove_wan(name)
+                del self.active[name]
+                await asyncio.to_thread(wan_net.remove_policy_route, index, current)
+            for name, (wan, index, address, _state) in wanted.items():
+                if address is None or name in self.active:
+                    continue
+                await asyncio.to_thread(wan_net.install_policy_route, index, wan, address)
+                self.node.add_wan((wan.name, wan.device, address, wan.backup))
+                self.active[name] = (address, index)
+                log.info("WAN %s (%s) up with %s%s", wan.name, wan.device, address, ", backup" if wan.backup else "")
+            if self.on_change is not None and self.devices() != before:
+                self.on_change(self.devices())
             if not self._again:
                 return

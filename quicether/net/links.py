@@ -47,11 +47,15 @@ def configure_tun(name: str, mtu: int, address: str | None) -> None:
 
 
 def routes_for(prefixes: list[str], address: str | None) -> list[str]:
-    """The routes a node needs: each allowed prefix not already covered by the TUN's own subnet."""
+    """The routes a node needs: each allowed prefix not already covered by the TUN's own subnet. A default
+    route (0.0.0.0/0) is never put in the main table, where it would capture the tunnel's own packets: LAN
+    traffic reaches such a peer through the exit policy instead (quicether/net/lan.py)."""
     own = ipaddress.ip_interface(address).network if address else None
     needed = []
     for text in prefixes:
         net = ipaddress.ip_network(text, strict=False)
+        if net.prefixlen == 0:
+            continue
         if own is not None and net.version == own.version and net.subnet_of(own):  # type: ignore[arg-type]
             continue
         needed.append(str(net))

@@ -5,17 +5,26 @@ Applying is idempotent and atomic: the transaction creates the table if missing,
 it again with every chain and rule, so the kernel switches from the old ruleset to the new one at once and
 a crashed daemon's table is replaced rather than duplicated. Nothing outside the table is touched.
 
-Rules so far (the router-integration issue adds LAN forwarding, NAT and the kill switch):
-- input on WAN ports: established/related traffic and the QUIC port only; everything else is dropped.
-- forward into and out of the tunnel: TCP MSS clamped to the route MTU, so inner TCP never needs fragments.
+Rules (inputs in `Firewall`):
+- input on outside ports (WANs, the gateway's internet port): established/related and the QUIC port only.
+- forward: TCP MSS clamped to the route MTU into and out of the tunnel; established/related accepted; ACL
+  rules in order; with acl_default "deny", new traffic from the tunnel to another site (tunnel or LAN) is
+  dropped; port-forwarded traffic accepted; anything else new from outside dropped (a router never lets the
+  internet open connections into the LAN); with the kill switch, LAN traffic may only enter the tunnel.
+- nat: LAN traffic leaving by a raw WAN is masqueraded; on a gateway, tunnel traffic leaving by the internet
+  port is masqueraded (the exit) and port forwards are DNATed into the tunnel and masqueraded there, so
+  replies come back through the gateway whatever the site's own exit is.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import nftables
+
+from quicether.router_config import PortForward
 
 TABLE = {"family": "inet", "name": "quicether"}
 # Chains and rules name their table with the key "table".
@@ -30,16 +39,117 @@ def _rule(chain: str, *expr: dict[str, Any]) -> dict[str, Any]:
     return {"add": {"rule": {**IN_TABLE, "chain": chain, "expr": list(expr)}}}
 
 
-def _chain(name: str, hook: str, priority: int, policy: str = "accept") -> dict[str, Any]:
-    return {"add": {"chain": {**IN_TABLE, "name": name, "type": "filter", "hook": hook, "prio": priority,
-                              "policy": policy}}}
+def _chain(name: str, hook: str, priority: int, kind: str = "filter") -> dict[str, Any]:
+    return {"add": {"chain": {**IN_TABLE, "name": name, "type": kind, "hook": hook, "prio": priority,
+                              "policy": "accept"}}}
 
 
 def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
-def build_ruleset(wan_devices: list[str], quic_port: int, tun: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Acl:
+    """An ACL rule with its endpoints resolved to prefixes (an empty list matches any address)."""
+
+    action: str
+    sources: list[str]
+    destinations: list[str]
+    protocol: int | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """Everything the ruleset depends on; the daemon rebuilds it when WAN ports come and go."""
+
+    quic_port: int
+    tun: str
+    outside: list[str] = field(default_factory=list)   # WAN ports and the gateway's internet port
+    lan: str | None = None
+    kill_switch: bool = False
+    internet: str | None = None                        # gateway: exit traffic is masqueraded out of here
+    forwards: list[PortForward] = field(default_factory=list)
+    acls: list[Acl] = field(default_factory=list)
+    acl_default: str = "allow"
+
+
+IIF = {"meta": {"key": "iifname"}}
+OIF = {"meta": {"key": "oifname"}}
+ACCEPT: dict[str, Any] = {"accept": None}
+DROP: dict[str, Any] = {"drop": None}
+MASQUERADE: dict[str, Any] = {"masquerade": None}
+ESTABLISHED = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
+DNATED = _match({"ct": {"key": "status"}}, "dnat", "in")
+
+
+def _names(devices: list[str]) -> dict[str, Any] | str:
+    return devices[0] if len(devices) == 1 else {"set": devices}
+
+
+def _prefixes(field_name: str, prefixes: list[str]) -> list[dict[str, Any]]:
+    if not prefixes:
+        return []
+    items: list[Any] = []
+    for text in prefixes:
+        addr, _, length = text.partition("/")
+        items.append({"prefix": {"addr": addr, "len": int(length)}} if length and length != "32" else addr)
+    return [_match({"payload": {"protocol": "ip", "field": field_name}}, {"set": items})]
+
+
+def _acl_rule(acl: Acl) -> dict[str, Any]:
+    expr = _prefixes("saddr", acl.sources) + _prefixes("daddr", acl.destinations)
+    if acl.protocol is not None:
+        expr.append(_match({"meta": {"key": "l4proto"}}, acl.protocol))
+    if acl.port is not None:
+        expr.append(_match({"payload": {"protocol": "th", "field": "dport"}}, acl.port))
+    return _rule("forward", *expr, ACCEPT if acl.action == "allow" else DROP)
+
+
+def _input_rules(fw: Firewall) -> list[dict[str, Any]]:
+    if not fw.outside:
+        return []
+    outside = _match(IIF, _names(fw.outside))
+    quic = _match({"payload": {"protocol": "udp", "field": "dport"}}, fw.quic_port)
+    return [_rule("input", outside, ESTABLISHED, ACCEPT), _rule("input", outside, quic, ACCEPT),
+            _rule("input", outside, DROP)]
+
+
+def _forward_rules(fw: Firewall) -> list[dict[str, Any]]:
+    tcp_syn = _match({"payload": {"protocol": "tcp", "field": "flags"}}, "syn", "in")
+    clamp = {"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}}, "value": {"rt": {"key": "mtu"}}}}
+    rules = [_rule("forward", _match(direction, fw.tun), tcp_syn, clamp) for direction in (OIF, IIF)]
+    rules.append(_rule("forward", ESTABLISHED, ACCEPT))
+    rules += [_acl_rule(acl) for acl in fw.acls]
+    if fw.acl_default == "deny":
+        sites = [fw.tun] + ([fw.lan] if fw.lan else [])
+        rules.append(_rule("forward", _match(IIF, fw.tun), _match(OIF, _names(sites)), DROP))
+    if fw.forwards:
+        rules.append(_rule("forward", DNATED, ACCEPT))
+    if fw.outside:
+        rules.append(_rule("forward", _match(IIF, _names(fw.outside)), DROP))
+    if fw.lan and fw.kill_switch:
+        rules.append(_rule("forward", _match(IIF, fw.lan), _match(OIF, {"set": [fw.tun, fw.lan]}, "!="), DROP))
+    return rules
+
+
+def _nat_rules(fw: Firewall) -> list[dict[str, Any]]:
+    rules = []
+    if fw.lan:
+        rules.append(_rule("postrouting", _match(IIF, fw.lan), _match(OIF, {"set": [fw.tun, fw.lan]}, "!="),
+                           MASQUERADE))
+    if fw.internet:
+        rules.append(_rule("postrouting", _match(IIF, fw.tun), _match(OIF, fw.internet), MASQUERADE))
+    for fwd in fw.forwards:
+        dport = _match({"payload": {"protocol": fwd.protocol, "field": "dport"}}, fwd.port)
+        rules.append(_rule("prerouting", _match(IIF, fw.internet or ""), dport,
+                           {"dnat": {"family": "ip", "addr": fwd.to_addr, "port": fwd.to_port}}))
+    if fw.forwards:
+        rules.append(_rule("postrouting", _match(OIF, fw.tun), DNATED, MASQUERADE))
+    return rules
+
+
+def build_ruleset(fw: Firewall) -> dict[str, Any]:
     """The whole table as one libnftables JSON transaction."""
     commands: list[dict[str, Any]] = [
         {"add": {"table": TABLE}},   # so the delete below never fails on a first start
@@ -47,21 +157,11 @@ def build_ruleset(wan_devices: list[str], quic_port: int, tun: str) -> dict[str,
         {"add": {"table": TABLE}},
         _chain("input", "input", 0),
         _chain("forward", "forward", 0),
+        # Standard NAT priorities: dstnat -100, srcnat 100.
+        _chain("prerouting", "prerouting", -100, "nat"),
+        _chain("postrouting", "postrouting", 100, "nat"),
     ]
-    if wan_devices:
-        wans = {"set": wan_devices}
-        iif = {"meta": {"key": "iifname"}}
-        commands += [
-            _rule("input", _match(iif, wans), _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
-                  {"accept": None}),
-            _rule("input", _match(iif, wans), _match({"payload": {"protocol": "udp", "field": "dport"}}, quic_port),
-                  {"accept": None}),
-            _rule("input", _match(iif, wans), {"drop": None}),
-        ]
-    tcp_syn = _match({"payload": {"protocol": "tcp", "field": "flags"}}, "syn", "in")
-    clamp = {"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}}, "value": {"rt": {"key": "mtu"}}}}
-    for direction in ("oifname", "iifname"):
-        commands.append(_rule("forward", _match({"meta": {"key": direction}}, tun), tcp_syn, clamp))
+    commands += _input_rules(fw) + _forward_rules(fw) + _nat_rules(fw)
     return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]}
 
 
@@ -72,8 +172,8 @@ def _run(payload: dict[str, Any]) -> None:
         raise FirewallError(f"nftables: {error.strip() or 'rc ' + str(rc)}")
 
 
-def apply(wan_devices: list[str], quic_port: int, tun: str) -> None:
-    _run(build_ruleset(wan_devices, quic_port, tun))
+def apply(fw: Firewall) -> None:
+    _run(build_ruleset(fw))
 
 
 def remove() -> None:
@@ -89,4 +189,4 @@ def current() -> str:
 
 
 if __name__ == "__main__":  # print the ruleset a router with two WANs would get
-    print(json.dumps(build_ruleset(["eth1", "eth2"], 4433, "qe0"), indent=1))
+    print(json.dumps(build_ruleset(Firewall(4433, "qe0", ["eth1", "eth2"], lan="eth0")), indent=1))

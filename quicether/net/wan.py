@@ -25,6 +25,7 @@ MAX_WANS = 64
 # Netlink multicast groups: link changes and IPv4 address changes.
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
 IFF_LOWER_UP = 0x10000
 
 
@@ -103,8 +104,9 @@ def remove_policy_route(index: int, address: str | None) -> None:
             ipr.flush_routes(table=_table(index))
 
 
-def netlink_monitor() -> socket.socket:
-    """A non-blocking netlink socket that becomes readable on link and IPv4 address changes."""
+def netlink_monitor(routes: bool = False) -> socket.socket:
+    """A non-blocking netlink socket that becomes readable on link and IPv4 address changes (and route
+    changes with `routes`, for WAN detection)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
-    sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))
+    sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | (RTMGRP_IPV4_ROUTE if routes else 0)))
     return sock

@@ -31,6 +31,9 @@ class NodeSpec:
     node_id: str = ""
     peers: list[dict[str, Any]] = field(default_factory=list)
     wans: list[dict[str, Any]] = field(default_factory=list)
+    node_extra: dict[str, Any] = field(default_factory=dict)     # more [node] settings (role, detect_wans…)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # [lan], [gateway]…
+    acls: list[dict[str, Any]] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
 
     @property
@@ -42,17 +45,31 @@ class NodeSpec:
         return self.address.split("/")[0]
 
     def write_config(self) -> None:
-        lines = ["[node]", f'listen = "{self.listen}"', f'tun = "{self.tun}"', f'address = "{self.address}"',
-                 f'state_dir = "{self.state_dir}"', f'congestion = "{self.congestion}"', ""]
-        for section, tables in (("wan", self.wans), ("peer", self.peers)):
+        node = {"listen": self.listen, "tun": self.tun, "address": self.address, "state_dir": str(self.state_dir),
+                "congestion": self.congestion, **self.node_extra}
+        lines = _toml_table("[node]", node)
+        for name, table in self.sections.items():
+            lines += _toml_table(f"[{name}]", table)
+        for section, tables in (("wan", self.wans), ("peer", self.peers), ("acl", self.acls)):
             for table in tables:
-                lines.append(f"[[{section}]]")
-                lines.extend(f"{key} = {json.dumps(value)}" for key, value in table.items())
-                lines.append("")
+                lines += _toml_table(f"[[{section}]]", table)
         self.config_path.write_text("\n".join(lines))
 
     def status(self) -> dict[str, Any]:
         return api.request(self.state_dir / "api.sock", "status")
+
+
+def _toml_table(header: str, table: dict[str, Any]) -> list[str]:
+    """A TOML table; values that are lists of tables become [[header.key]] sub-tables."""
+    name = header.strip("[]")
+    lines = [header]
+    nested = []
+    for key, value in table.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            nested += [line for item in value for line in _toml_table(f"[[{name}.{key}]]", item)]
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    return [*lines, "", *nested]
 
 
 def make_node(ns: Namespace, name: str, address: str, base: Path) -> NodeSpec:

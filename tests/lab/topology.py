@@ -200,11 +200,12 @@ def _apply_nat(wan: Wan) -> None:
     wan.isp.run("nft", "-f", "-", input=ruleset)
 
 
-def build_wan_lab(lab: Lab, links: list[LinkSpec], *, lan: bool = True,
+def build_wan_lab(lab: Lab, links: list[LinkSpec], *, lan: bool = True, lan_static: bool = True,
                   internet_hosts: tuple[str, ...] = ("server",), policy_routing: bool = True) -> WanLab:
     """Builds the topology in `lab` with one WAN per entry of `links`. With `policy_routing`, the router
     gets a routing table and source rule per WAN; without, that is left to QuicEther (only WAN 0 has a
-    default route in the main table)."""
+    default route in the main table). Without `lan_static`, neither the LAN host nor the router's LAN port
+    gets an address (the router's DHCP server is under test)."""
     router = lab.add_namespace("router", forwarding=True)
     inet = lab.add_namespace("inet", forwarding=True)
     inet.ip("link", "add", "br0", "type", "bridge")
@@ -214,9 +215,10 @@ def build_wan_lab(lab: Lab, links: list[LinkSpec], *, lan: bool = True,
     if lan:
         lan_ns = lab.add_namespace("lan")
         lab.veth(lan_ns, "eth0", router, "lan")
-        router.ip("addr", "add", f"{LAN_PREFIX}.1/24", "dev", "lan")
-        lan_ns.ip("addr", "add", f"{LAN_PREFIX}.10/24", "dev", "eth0")
-        lan_ns.ip("route", "add", "default", "via", f"{LAN_PREFIX}.1")
+        if lan_static:
+            router.ip("addr", "add", f"{LAN_PREFIX}.1/24", "dev", "lan")
+            lan_ns.ip("addr", "add", f"{LAN_PREFIX}.10/24", "dev", "eth0")
+            lan_ns.ip("route", "add", "default", "via", f"{LAN_PREFIX}.1")
     wl = WanLab(lab=lab, router=router, inet=inet, lan=lan_ns)
     if lan_ns is not None:
         wl.hosts["lan"] = (lan_ns, f"{LAN_PREFIX}.10")

@@ -1,0 +1,123 @@
+"""DHCP and DNS for LAN clients: the daemon runs dnsmasq on the LAN port only, from arguments it builds
+(no config file outside the state directory), and stops it with itself.
+
+dnsmasq is asked to die with the daemon (PR_SET_PDEATHSIG), but dropping to its own user clears that, so a
+dnsmasq left by a crash keeps serving the LAN until the daemon is restarted (by its service manager), which
+finds it by its pid file and kills it before starting its own. Leases live in the state directory, so they
+survive restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ipaddress
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from quicether.router_config import LanConfig
+
+log = logging.getLogger("quicether")
+PR_SET_PDEATHSIG = 1
+LEASE_TIME = "12h"
+# dnsmasq fails within this time when it cannot start (port 53/67 taken, bad interface).
+STARTUP_CHECK_S = 0.3
+LOCAL_DOMAIN = "lan"
+
+
+def build_args(lan: LanConfig, state_dir: Path, binary: str = "dnsmasq") -> list[str]:
+    net = ipaddress.IPv4Interface(lan.address).network
+    args = [binary, "--keep-in-foreground", "--conf-file=/dev/null", "--log-facility=-",
+            f"--pid-file={state_dir / 'dnsmasq.pid'}", f"--interface={lan.device}", "--bind-interfaces",
+            "--except-interface=lo", f"--domain={LOCAL_DOMAIN}", f"--local=/{LOCAL_DOMAIN}/",
+            f"--host-record=router.{LOCAL_DOMAIN},{lan.ip}"]
+    if lan.dns:
+        args += [f"--server={s}" for s in lan.dns_servers]
+        if lan.dns_servers:
+            args.append("--no-resolv")
+    else:
+        args.append("--port=0")
+    if lan.dhcp:
+        first, last = lan.dhcp_range
+        args += [f"--dhcp-range={first},{last},{net.netmask},{LEASE_TIME}",
+                 f"--dhcp-leasefile={state_dir / 'dhcp.leases'}", "--dhcp-authoritative",
+                 f"--dhcp-option=option:router,{lan.ip}"]
+        args.append(f"--dhcp-option=option:dns-server,{lan.ip}" if lan.dns else "--dhcp-option=option:dns-server")
+    return args
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def leases(state_dir: Path) -> list[dict[str, Any]]:
+    """Current DHCP leases: expiry (unix time), mac, ip, hostname ("" if the client gave none)."""
+    path = state_dir / "dhcp.leases"
+    found = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 4:
+                found.append({"expiry": int(fields[0]), "mac": fields[1], "ip": fields[2],
+                              "hostname": "" if fields[3] == "*" else fields[3]})
+    return found
+
+
+class Dnsmasq:
+    def __init__(self, lan: LanConfig, state_dir: Path) -> None:
+        self.lan = lan
+        self.state_dir = state_dir
+        self._proc: asyncio.subprocess.Process | None = None
+        self._logger: asyncio.Task[None] | None = None
+
+    def _kill_stale(self) -> None:
+        pid_file = self.state_dir / "dnsmasq.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().strip())
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq":
+                os.kill(pid, signal.SIGKILL)
+                log.info("killed dnsmasq %d left by an earlier run", pid)
+        pid_file.unlink(missing_ok=True)
+
+    async def start(self) -> None:
+        self._kill_stale()
+        args = build_args(self.lan, self.state_dir)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
+        except FileNotFoundError:
+            raise OSError("dnsmasq is not installed (needed for DHCP/DNS on the LAN; apt install dnsmasq)") from None
+        assert self._proc.stderr is not None
+        try:
+            await asyncio.wait_for(self._proc.wait(), STARTUP_CHECK_S)
+        except TimeoutError:
+            self._logger = asyncio.get_running_loop().create_task(self._log_output(self._proc.stderr))
+            log.info("LAN %s: %s%s on %s", self.lan.device, "DHCP " if self.lan.dhcp else "",
+                     "DNS" if self.lan.dns else "", self.lan.address)
+            return
+        output = (await self._proc.stderr.read()).decode(errors="replace").strip()
+        raise OSError(f"dnsmasq for the LAN exited {self._proc.returncode}: {output.splitlines()[-1:] or ''}")
+
+    async def _log_output(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            log.debug("dnsmasq: %s", line.decode(errors="replace").rstrip())
+
+    async def stop(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.terminate()
+            try:
+                await asyncio.wait_for(self._proc.wait(), 5)
+            except TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+        if self._logger is not None:
+            self._logger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._logger
+        (self.state_dir / "dnsmasq.pid").unlink(missing_ok=True)

@@ -1,0 +1,150 @@
+"""The router around the tunnel: forwarding, the LAN address with DHCP/DNS, the exit policy that sends LAN
+traffic into the bond (falling back to the raw WANs when the exit peer is down, unless the kill switch is
+on), and the firewall, rebuilt whenever the set of WAN ports changes.
+
+Every step registers its undo on the daemon's exit stack before the next one runs, so a stop, or a failed
+start, leaves no address, rule, route, table or process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from typing import Any
+
+from quicether import _core
+from quicether.config import Config
+from quicether.daemon import dnsmasq
+from quicether.net import lan as lan_net
+from quicether.net import nft
+
+log = logging.getLogger("quicether")
+# How often the exit peer's state is checked: well below the bond's own failover time (~0.3 s), so the
+# fallback to raw WANs (kill switch off) follows the bond going down or up within a fraction of a second.
+EXIT_CHECK_INTERVAL_S = 0.2
+
+
+def resolve_acls(config: Config) -> list[nft.Acl]:
+    """Peer names and "lan" in ACL rules become prefixes; a rule side that covers everything matches any."""
+    by_name = {p.name: p.allowed_ips for p in config.peers}
+
+    def prefixes(value: str) -> list[str]:
+        if value == "lan":
+            assert config.lan is not None  # checked when the config was parsed
+            found = [config.lan.subnet]
+        else:
+            found = by_name.get(value, [value])
+        nets = [ipaddress.ip_network(p, strict=False) for p in found]
+        if any(n.prefixlen == 0 for n in nets):
+            return []
+        return [str(n) for n in nets if n.version == 4]
+
+    return [nft.Acl(a.action, prefixes(a.source), prefixes(a.destination), a.protocol, a.port) for a in config.acls]
+
+
+class Router:
+    def __init__(self, config: Config, node: _core.Node) -> None:
+        self.config = config
+        self.node = node
+        self.outside = [w.device for w in config.wans]
+        self.exit_active = False
+        self._exit_task: asyncio.Task[None] | None = None
+        self._exit_key = next((p.key for p in config.peers if config.lan and p.name == config.lan.exit_peer), None)
+
+    def firewall(self) -> nft.Firewall:
+        cfg = self.config
+        internet = cfg.gateway.internet if cfg.gateway else None
+        outside = self.outside + ([internet] if internet and internet not in self.outside else [])
+        return nft.Firewall(
+            quic_port=int(cfg.listen.rpartition(":")[2]), tun=cfg.tun, outside=outside,
+            lan=cfg.lan.device if cfg.lan else None, kill_switch=bool(cfg.lan and cfg.lan.kill_switch),
+            internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=resolve_acls(cfg),
+            acl_default=cfg.acl_default)
+
+    async def start(self, undo: contextlib.AsyncExitStack) -> None:
+        cfg = self.config
+        if cfg.lan is not None or cfg.role == "gateway":
+            old = await asyncio.to_thread(lan_net.write_sysctl, "net.ipv4.ip_forward", "1")
+            undo.callback(lan_net.write_sysctl, "net.ipv4.ip_forward", old)
+            # Loose reverse-path check on the tunnel: replies from the internet arrive there while the
+            # main table would route their source out of a WAN.
+            await asyncio.to_thread(lan_net.write_sysctl, f"net.ipv4.conf.{cfg.tun}.rp_filter", "2")
+        if cfg.lan is not None:
+            # The address is removed on stop if this daemon (or a crashed run of it, per the marker file)
+            # added it; an address the system configured itself is left alone.
+            marker = cfg.state_dir / "lan-address"
+            added = await asyncio.to_thread(lan_net.add_lan_address, cfg.lan.device, cfg.lan.address)
+            owned = f"{cfg.lan.device} {cfg.lan.address}"
+            if added or (marker.exists() and marker.read_text() == owned):
+                marker.write_text(owned)
+                undo.callback(marker.unlink, missing_ok=True)
+                undo.push_async_callback(asyncio.to_thread, lan_net.remove_lan_address, cfg.lan.device,
+                                         cfg.lan.address)
+            if cfg.lan.dhcp or cfg.lan.dns:
+                server = dnsmasq.Dnsmasq(cfg.lan, cfg.state_dir)
+                await server.start()
+                undo.push_async_callback(server.stop)
+        await asyncio.to_thread(lan_net.remove_exit)
+        undo.push_async_callback(asyncio.to_thread, lan_net.remove_exit)
+        # Firewall: replace any table a crashed run left, remove ours on the way out.
+        await asyncio.to_thread(nft.apply, self.firewall())
+        undo.push_async_callback(asyncio.to_thread, nft.remove)
+        if cfg.lan is not None and self._exit_key is not None:
+            await self._update_exit()
+            self._exit_task = asyncio.get_running_loop().create_task(self._watch_exit())
+            undo.push_async_callback(self._stop_watch)
+
+    def wans_changed(self, devices: list[str]) -> None:
+        """The WAN manager found ports coming or going: the firewall's outside set follows."""
+        self.outside = devices
+        try:
+            nft.apply(self.firewall())
+        except nft.FirewallError as exc:
+            log.error("firewall not updated for WAN ports %s: %s", devices, exc)
+
+    def _exit_peer_up(self) -> bool:
+        for peer in self.node.peers():
+            if peer["key"] == self._exit_key:
+                return bool(peer["connected"]) and any(p["up"] for p in peer["paths"])
+        return False
+
+    async def _update_exit(self) -> None:
+        assert self.config.lan is not None
+        peer_up = self._exit_peer_up()
+        # With the kill switch, LAN traffic is routed into the tunnel even while it is down (and dropped
+        # there), never to a raw WAN.
+        active = peer_up or self.config.lan.kill_switch
+        if active != self.exit_active:
+            await asyncio.to_thread(lan_net.set_exit, self.config.lan.device, self.config.tun, active)
+            self.exit_active = active
+            log.info("LAN internet traffic %s", f"goes through peer {self.config.lan.exit_peer}" if peer_up
+                     else "is held (kill switch): the exit peer is down" if active
+                     else "leaves by the WANs directly: the exit peer is down")
+
+    async def _watch_exit(self) -> None:
+        while True:
+            await asyncio.sleep(EXIT_CHECK_INTERVAL_S)
+            try:
+                await self._update_exit()
+            except Exception:  # noqa: BLE001 - keep watching; the next round retries
+                log.exception("updating the exit route")
+
+    async def _stop_watch(self) -> None:
+        if self._exit_task is not None:
+            self._exit_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._exit_task
+
+    def status(self) -> dict[str, Any]:
+        lan = self.config.lan
+        return {
+            "role": self.config.role,
+            "outside": self.firewall().outside,
+            "lan": None if lan is None else {
+                "device": lan.device, "address": lan.address, "dhcp": lan.dhcp, "dns": lan.dns,
+                "exit_peer": lan.exit_peer, "exit_active": self.exit_active, "kill_switch": lan.kill_switch,
+                "leases": dnsmasq.leases(self.config.state_dir) if lan.dhcp else [],
+            },
+        }
