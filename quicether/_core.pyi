@@ -13,7 +13,7 @@ class DelayLine:
 def core_version() -> str: ...
 
 PeerArg = tuple[bytes, str | None, list[str], str, str, list[tuple[int | None, int | None, int | None, str]]]
-WanArg = tuple[str, str | None, str, bool]
+WanArg = tuple[str, str | None, str, bool, int]  # name, device, local address, backup, fwmark (0: none)
 
 class Node:
     """A running QuicEther node: QUIC endpoints, peers and their paths, TUN device, packet loops (Rust)."""

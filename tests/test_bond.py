@@ -137,7 +137,15 @@ def _quicether_rules(bond: BondLab) -> list[str]:
 def test_policy_routes_are_installed_and_nothing_is_left_after_stop_or_kill(lab: Lab, tmp_path: Path) -> None:
     bond = build_bond_lab(lab, [LinkSpec(), LinkSpec()], tmp_path)
     rules = _quicether_rules(bond)
-    assert len(rules) == 2 and "from 10.10.0.2" in rules[0] and "from 10.11.0.2" in rules[1], rules
+    assert len(rules) == 4, rules
+    assert "from 10.10.0.2 lookup 7100" in rules[0] and "fwmark 0x1bbc lookup 7100" in rules[1]
+    assert "from 10.11.0.2 lookup 7101" in rules[2] and "fwmark 0x1bbd lookup 7101" in rules[3]
+    # The core marks each WAN's packets: without the source rule, WAN 1's path still leaves by its ISP.
+    bond.wl.router.ip("rule", "del", "pref", "7101", "from", "10.11.0.2")
+    received = _path(bond, "wan1")["rx_bytes"]
+    time.sleep(1.0)  # 20 health probes, and their replies
+    assert _path(bond, "wan1")["up"] and _path(bond, "wan1")["rx_bytes"] > received, bond.paths()
+    bond.wl.router.ip("rule", "add", "pref", "7101", "from", "10.11.0.2", "lookup", "7101")
     # A crash leaves the rules; the next start replaces them instead of adding duplicates.
     assert bond.site.proc is not None
     bond.site.proc.send_signal(signal.SIGKILL)

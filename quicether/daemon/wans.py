@@ -104,7 +104,7 @@ class WanManager:
                 if address is None or name in self.active:
                     continue
                 await asyncio.to_thread(wan_net.install_policy_route, index, wan, address)
-                self.node.add_wan((wan.name, wan.device, address, wan.backup))
+                self.node.add_wan((wan.name, wan.device, address, wan.backup, wan_net.wan_mark(index)))
                 self.active[name] = (address, index)
                 log.info("WAN %s (%s) up with %s%s", wan.name, wan.device, address, ", backup" if wan.backup else "")
             if self.on_change is not None and self.devices() != before:

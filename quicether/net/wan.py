@@ -1,10 +1,11 @@
 """WAN ports: their current state (carrier + IPv4 address), per-WAN policy routing, and a netlink socket
 that says when to look again.
 
-Policy routing: WAN i gets routing table `WAN_TABLE_BASE + i` with a default route via its gateway, and a
-rule `from <wan address> lookup <table>` at priority `WAN_RULE_PRIORITY_BASE + i`, so replies and
-keepalives leave through the ISP they belong to. Both ranges are QuicEther's: at start every rule and route
-in them is removed first, so a crashed daemon's leftovers never pile up.
+Policy routing: WAN i gets routing table `WAN_TABLE_BASE + i` with a default route via its gateway, and two
+rules at priority `WAN_RULE_PRIORITY_BASE + i`: `from <wan address> lookup <table>` and `fwmark <table>
+lookup <table>` (the core marks each WAN socket's packets with its table number), so replies and keepalives
+leave through the ISP they belong to, whatever their source address says. Both ranges are QuicEther's: at
+start every rule and route in them is removed first, so a crashed daemon's leftovers never pile up.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def _table(index: int) -> int:
     return WAN_TABLE_BASE + index
 
 
+def wan_mark(index: int) -> int:
+    """The firewall mark on WAN `index`'s packets: its table number, easy to read in `ip rule`."""
+    return _table(index)
+
+
 def remove_all_policy_routes() -> None:
     """Removes every rule and route in QuicEther's ranges (ours from this run or a crashed one)."""
     with IPRoute() as ipr:
@@ -73,8 +79,10 @@ def remove_all_policy_routes() -> None:
             priority = rule.get_attr("FRA_PRIORITY") or 0
             if WAN_RULE_PRIORITY_BASE <= priority < WAN_RULE_PRIORITY_BASE + MAX_WANS:
                 with contextlib.suppress(NetlinkError):
+                    selector = ({"fwmark": rule.get_attr("FRA_FWMARK")} if rule.get_attr("FRA_FWMARK") else
+                                {"src": rule.get_attr("FRA_SRC"), "src_len": rule["src_len"]})
                     ipr.rule("del", priority=priority, table=rule.get_attr("FRA_TABLE"), family=socket.AF_INET,
-                             src=rule.get_attr("FRA_SRC"), src_len=rule["src_len"])
+                             **selector)
         for index in range(MAX_WANS):
             with contextlib.suppress(NetlinkError):
                 ipr.flush_routes(table=_table(index))
@@ -89,17 +97,21 @@ def install_policy_route(index: int, wan: WanConfig, address: str) -> None:
         if not found:
             return
         ipr.route("replace", dst="0.0.0.0/0", gateway=wan.gateway, oif=found[0], table=_table(index))
-        with contextlib.suppress(NetlinkError):  # EEXIST: already there
-            ipr.rule("add", priority=WAN_RULE_PRIORITY_BASE + index, table=_table(index), src=address,
-                     src_len=32, family=socket.AF_INET)
+        for selector in ({"src": address, "src_len": 32}, {"fwmark": wan_mark(index)}):
+            with contextlib.suppress(NetlinkError):  # EEXIST: already there
+                ipr.rule("add", priority=WAN_RULE_PRIORITY_BASE + index, table=_table(index), family=socket.AF_INET,
+                         **selector)
 
 
 def remove_policy_route(index: int, address: str | None) -> None:
     with IPRoute() as ipr:
+        selectors: list[dict[str, object]] = [{"fwmark": wan_mark(index)}]
         if address:
+            selectors.append({"src": address, "src_len": 32})
+        for selector in selectors:
             with contextlib.suppress(NetlinkError):
-                ipr.rule("del", priority=WAN_RULE_PRIORITY_BASE + index, table=_table(index), src=address,
-                         src_len=32, family=socket.AF_INET)
+                ipr.rule("del", priority=WAN_RULE_PRIORITY_BASE + index, table=_table(index), family=socket.AF_INET,
+                         **selector)
         with contextlib.suppress(NetlinkError):
             ipr.flush_routes(table=_table(index))
 

@@ -50,6 +50,8 @@ pub struct WanConfig {
     pub device: Option<String>,
     pub local: IpAddr,
     pub backup: bool,
+    /// Firewall mark on the WAN's packets (0: none); the daemon's rule for it selects the WAN's table.
+    pub mark: u32,
 }
 
 pub struct NodeConfig {
@@ -309,7 +311,7 @@ impl Node {
         }
         let runtime = self.runtime.as_ref().ok_or_else(|| io_err("node", "stopped"))?;
         let _guard = runtime.enter();
-        let socket = bind_wan(wan.device.as_deref(), SocketAddr::new(wan.local, 0))?;
+        let socket = bind_wan(wan.device.as_deref(), SocketAddr::new(wan.local, 0), wan.mark)?;
         let endpoint =
             quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))?;
         self.start_dialers(&wan.name, wan.backup, endpoint)

@@ -43,9 +43,14 @@ pub fn bind_listen(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// A socket whose packets leave through WAN `device` from `local`: SO_BINDTODEVICE pins the egress device
-/// whatever the routing table says, and the source address selects the WAN's policy-routing table.
-pub fn bind_wan(device: Option<&str>, local: SocketAddr) -> io::Result<UdpSocket> {
+/// whatever the routing table says, and the source address, or the firewall mark `mark` (non-zero), selects
+/// the WAN's policy-routing table.
+pub fn bind_wan(device: Option<&str>, local: SocketAddr, mark: u32) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind(local).map_err(|e| io::Error::new(e.kind(), format!("bind {local}: {e}")))?;
+    if mark != 0 {
+        set_int(&sock, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)
+            .map_err(|e| io::Error::new(e.kind(), format!("mark {mark:#x} on {local}: {e}")))?;
+    }
     if let Some(dev) = device {
         // SAFETY: the name buffer is valid for its length during the call.
         let rc = unsafe {

@@ -83,12 +83,12 @@ fn mode(text: &str) -> PyResult<Mode> {
 type PeerArg = (Vec<u8>, Option<String>, Vec<String>, String, String, Vec<RuleArg>);
 type RuleArg = (Option<u8>, Option<u16>, Option<u8>, String);
 /// (name, device, local address, backup)
-type WanArg = (String, Option<String>, String, bool);
+type WanArg = (String, Option<String>, String, bool, u32);
 
 fn wan_config(arg: WanArg) -> PyResult<WanConfig> {
-    let (name, device, local, backup) = arg;
+    let (name, device, local, backup, mark) = arg;
     let local = local.parse().map_err(|_| PyValueError::new_err(format!("WAN {name}: invalid address {local:?}")))?;
-    Ok(WanConfig { name, device, local, backup })
+    Ok(WanConfig { name, device, local, backup, mark })
 }
 
 fn peer_config(arg: PeerArg) -> PyResult<PeerConfig> {
