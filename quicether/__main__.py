@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from quicether import __version__
-from quicether.config import DEFAULT_STATE_DIR, ConfigError, load
+from quicether.config import DEFAULT_STATE_DIR, Config, ConfigError, load
 from quicether.daemon import api
 from quicether.identity import KEY_FILE_NAME, IdentityError
 from quicether.identity import generate as generate_identity
@@ -54,16 +54,21 @@ def _cmd_pubkey(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from quicether.daemon.eventlog import EventLog
     from quicether.daemon.service import Daemon
     from quicether.net.links import LinkError
     from quicether.net.nft import FirewallError
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="quicether: %(levelname)s %(message)s")
+    events = EventLog()
+    logging.getLogger("quicether").addHandler(events)
     try:
-        config = load(Path(args.config))
-        identity = load_identity(config.key_path)
-        asyncio.run(Daemon(config, identity).run())
+        config: Config | None = load(Path(args.config))
+        while config is not None:  # once, and again after each reload request
+            daemon = Daemon(config, load_identity(config.key_path), events)
+            asyncio.run(daemon.run())
+            config = daemon.reload_with
     except (ConfigError, IdentityError, LinkError, FirewallError) as exc:
         return _fail(str(exc))
     except OSError as exc:  # from the core (its message names the address or device) or the API socket
@@ -124,6 +129,95 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_invite(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from quicether.invite import Invite
+
+    try:
+        config = load(Path(args.config))
+        identity = load_identity(config.key_path)
+    except (ConfigError, IdentityError) as exc:
+        return _fail(str(exc))
+    endpoints = args.endpoint or []
+    if not endpoints:
+        host = config.listen.rpartition(":")[0].strip("[]")
+        if ipaddress.ip_address(host).is_unspecified:
+            return _fail(f"listening on {config.listen}: give the address others reach this node at with "
+                         "--endpoint IP:PORT (its public address)")
+        endpoints = [config.listen]
+    if config.address is None:
+        return _fail(f"{config.path}: node.address: needed for an invite (it names the overlay network)")
+    offers_exit = config.gateway is not None and config.gateway.internet is not None
+    invite = Invite(key=identity.node_id, endpoints=endpoints,
+                    network=str(ipaddress.ip_interface(config.address).network), name=args.name,
+                    exit=offers_exit if args.exit is None else args.exit, peer_address=config.address)
+    try:
+        from quicether.invite import decode
+        decode(invite.encode())  # the endpoints given on the command line are checked like a pasted code
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(invite.encode())
+    print("paste it into the joining node's web UI or run `quicether join <code>` there; then allow that node "
+          "here with `quicether add-peer NAME NODE_ID --allowed-ips ...`", file=sys.stderr)
+    return 0
+
+
+def _reload_daemon(config: Config) -> None:
+    try:
+        answer = api.request(config.api_socket, "reload")
+    except OSError:
+        print("no daemon running: the change applies at the next `quicether up`", file=sys.stderr)
+        return
+    print("daemon reloading" if answer.get("ok") else f"daemon refused: {answer.get('error')}", file=sys.stderr)
+
+
+def _cmd_join(args: argparse.Namespace) -> int:
+    from quicether import config_edit
+    from quicether.invite import InviteError, decode
+
+    path = Path(args.config)
+    try:
+        invite = decode(args.code)
+        doc = config_edit.load_document(path)
+        state_dir = Path(doc.get("node", {}).get("state_dir", DEFAULT_STATE_DIR))
+        identity = load_identity(state_dir / KEY_FILE_NAME)
+        address = args.address
+        if address is None and "address" not in doc.get("node", {}):
+            address = config_edit.suggest_address(invite, identity.public_key)
+        doc = config_edit.add_invited_peer(doc, invite, address=address, mode=args.mode, use_exit=not args.no_exit)
+        config = config_edit.save(doc, path)
+    except (InviteError, ConfigError, IdentityError) as exc:
+        return _fail(str(exc))
+    peer = next(p for p in config.peers if p.node_id == invite.key)
+    print(f"added peer {peer.name} at {peer.endpoint} to {path}")
+    subnets = [config.address.split("/")[0] + "/32"] if config.address else []
+    if config.lan is not None:
+        subnets.append(config.lan.subnet)
+    print(f"now allow this node on {peer.name}:\n  quicether add-peer SITE-NAME {identity.node_id} "
+          f"--allowed-ips {','.join(subnets)}")
+    _reload_daemon(config)
+    return 0
+
+
+def _cmd_add_peer(args: argparse.Namespace) -> int:
+    from quicether import config_edit
+
+    path = Path(args.config)
+    try:
+        doc = config_edit.load_document(path)
+        peers = [p for p in doc.get("peer", []) if p.get("name") != args.name and p.get("key") != args.node_id]
+        peer = {"name": args.name, "key": args.node_id, "allowed_ips": [a for a in args.allowed_ips.split(",") if a]}
+        if args.endpoint:
+            peer["endpoint"] = args.endpoint
+        config = config_edit.save({**doc, "peer": [*peers, peer]}, path)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    print(f"peer {args.name} written to {path}")
+    _reload_daemon(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quicether",
@@ -152,6 +246,37 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
     status.add_argument("--socket", help="API socket of the daemon (default: from the config)")
     status.set_defaults(func=_cmd_status)
+
+    invite = sub.add_parser("invite", help="print an invite code other nodes paste to connect to this one")
+    invite.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
+    invite.add_argument("--endpoint", action="append", metavar="IP:PORT",
+                        help="address others reach this node at (repeatable; default: the listen address)")
+    invite.add_argument("--name", default="gateway", help="name the joining node gives this one (default %(default)s)")
+    exit_group = invite.add_mutually_exclusive_group()
+    exit_group.add_argument("--exit", dest="exit", action="store_true", default=None,
+                            help="offer to carry the joining site's internet traffic (default: if [gateway] has"
+                                 " an internet port)")
+    exit_group.add_argument("--no-exit", dest="exit", action="store_false", help="do not offer an exit")
+    invite.set_defaults(func=_cmd_invite)
+
+    join = sub.add_parser("join", help="add the node of an invite code as a peer (rewrites the config, reloads)")
+    join.add_argument("code", help="the invite code (qei1.…)")
+    join.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
+    join.add_argument("--address", help="this node's overlay address (default: the configured one, or one picked"
+                                        " in the invite's network)")
+    join.add_argument("--mode", default="aggregate", choices=["aggregate", "lowest-rtt", "redundant"],
+                      help="bonding mode for bulk traffic to it (default %(default)s)")
+    join.add_argument("--no-exit", action="store_true", help="do not send LAN internet traffic through it")
+    join.set_defaults(func=_cmd_join)
+
+    add_peer = sub.add_parser("add-peer", help="allow a node (by its id) as a peer: rewrites the config, reloads")
+    add_peer.add_argument("name", help="a name for the peer (replaces a peer of the same name or id)")
+    add_peer.add_argument("node_id", help="its node id (qe1…, `quicether pubkey` there)")
+    add_peer.add_argument("--allowed-ips", default="", help="comma-separated prefixes it may use (its overlay"
+                                                            " address /32 and its LAN subnet)")
+    add_peer.add_argument("--endpoint", help="IP:PORT to dial it at (default: wait for it to dial)")
+    add_peer.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
+    add_peer.set_defaults(func=_cmd_add_peer)
     return parser
 
 

@@ -47,6 +47,7 @@ from quicether.router_config import (
     AclRule,
     GatewayConfig,
     LanConfig,
+    WebUiConfig,
     check_keys,
     parse_router,
 )
@@ -110,6 +111,7 @@ class Config:
     gateway: GatewayConfig | None = None
     acls: list[AclRule] = field(default_factory=list)
     acl_default: str = "allow"
+    webui: WebUiConfig = field(default_factory=WebUiConfig)
 
     @property
     def key_path(self) -> Path:
@@ -231,7 +233,7 @@ def parse(text: str, path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    _check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl"}, str(path))
+    _check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl", "webui"}, str(path))
     node = data.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
@@ -285,7 +287,7 @@ def parse(text: str, path: Path) -> Config:
                   state_dir=Path(node.get("state_dir", DEFAULT_STATE_DIR)), path_mtu=path_mtu,
                   congestion=str(congestion), peers=peers, wans=wans, role=router.role,
                   detect_wans=router.detect_wans, lan=router.lan, gateway=router.gateway, acls=router.acls,
-                  acl_default=router.acl_default)
+                  acl_default=router.acl_default, webui=router.webui)
 
 
 def load(path: Path) -> Config:

@@ -26,6 +26,10 @@ node (quicether/config.py); every error names its field.
     port = 8080
     to = "10.0.50.10:80"
 
+    [webui]                        # the web UI, served on the LAN address only (needs [lan])
+    enabled = true
+    port = 80
+
     [[acl]]                        # first match wins; applied to traffic routed from the tunnel
     action = "deny"                # allow or deny
     from = "site-a"                # a peer name (its allowed_ips), "lan" (this node's LAN) or a prefix
@@ -96,6 +100,12 @@ class AclRule:
 
 
 @dataclass(frozen=True)
+class WebUiConfig:
+    enabled: bool = True
+    port: int = 80
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     role: str
     detect_wans: bool
@@ -103,6 +113,7 @@ class RouterConfig:
     lan: LanConfig | None
     gateway: GatewayConfig | None
     acls: list[AclRule]
+    webui: WebUiConfig
 
 
 def check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -252,5 +263,9 @@ def parse_router(data: dict[str, Any], node: dict[str, Any], peer_names: list[st
     if not isinstance(acls_raw, list):
         raise ConfigError(f"{path}: acl: use [[acl]] tables")
     acls = [_acl(a, peer_names, f"{path}: acl[{i}]") for i, a in enumerate(acls_raw)]
+    webui_raw = _table(data.get("webui", {}), f"{path}: webui")
+    check_keys(webui_raw, {"enabled", "port"}, f"{path}: webui")
+    webui = WebUiConfig(enabled=_bool(webui_raw, "enabled", True, f"{path}: webui"),
+                        port=_port(webui_raw.get("port", 80), f"{path}: webui.port"))
     return RouterConfig(role=str(role), detect_wans=_bool(node, "detect_wans", False, f"{path}: node"),
-                        acl_default=str(acl_default), lan=lan, gateway=gateway, acls=acls)
+                        acl_default=str(acl_default), lan=lan, gateway=gateway, acls=acls, webui=webui)

@@ -1,7 +1,10 @@
 """The local JSON API on a unix socket (mode 0600: only root talks to the daemon).
 
 One request per connection: a JSON object with "cmd" on one line; the answer is one JSON line.
-    {"cmd": "status"} → {"ok": true, "node": {...}, "peers": [...]}
+    {"cmd": "status"} → {"ok": true, "node": {...}, "peers": [...], "router": {...}}
+    {"cmd": "events"} → {"ok": true, "events": [{"time", "level", "message"}, ...]}  (the recent log)
+    {"cmd": "reload"} → {"ok": true} and the daemon restarts its services with the config file re-read;
+                        {"ok": false, "error": "<file>: <field>: ..."} if the file is not valid (nothing changes)
 Unknown commands answer {"ok": false, "error": "..."}.
 """
 
@@ -52,6 +55,8 @@ class ApiServer:
                     answer = {"ok": True, **handler()}
             except json.JSONDecodeError:
                 answer = {"ok": False, "error": "request is not JSON"}
+            except ValueError as exc:  # a handler refusing the request (e.g. reload with a bad config)
+                answer = {"ok": False, "error": str(exc)}
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError):

@@ -17,6 +17,7 @@ from typing import Any
 from quicether import _core
 from quicether.config import Config
 from quicether.daemon import dnsmasq
+from quicether.daemon.webui_server import WebUiServer
 from quicether.net import lan as lan_net
 from quicether.net import nft
 
@@ -91,6 +92,10 @@ class Router:
         # Firewall: replace any table a crashed run left, remove ours on the way out.
         await asyncio.to_thread(nft.apply, self.firewall())
         undo.push_async_callback(asyncio.to_thread, nft.remove)
+        if cfg.lan is not None and cfg.webui.enabled:
+            ui = WebUiServer(cfg.path, cfg.state_dir, cfg.lan.ip, cfg.webui.port)
+            undo.push_async_callback(ui.stop)
+            await ui.start()
         if cfg.lan is not None and self._exit_key is not None:
             await self._update_exit()
             self._exit_task = asyncio.get_running_loop().create_task(self._watch_exit())

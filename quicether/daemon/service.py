@@ -16,20 +16,25 @@ import time
 from typing import Any
 
 from quicether import _core
-from quicether.config import Config
+from quicether.config import Config, ConfigError, load
 from quicether.daemon.api import ApiServer
+from quicether.daemon.eventlog import EventLog
 from quicether.daemon.router import Router
 from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
 from quicether.net import links
 
 log = logging.getLogger("quicether")
+# Time between answering a reload request and stopping the services for it.
+RELOAD_DELAY_S = 0.3
 
 
 class Daemon:
-    def __init__(self, config: Config, identity: Identity) -> None:
+    def __init__(self, config: Config, identity: Identity, events: EventLog | None = None) -> None:
         self.config = config
         self.identity = identity
+        self.events = events
+        self.reload_with: Config | None = None  # set by a reload request: run again with this config
         self.node: _core.Node | None = None
         self.routes: list[str] = []
         self.router: Router | None = None
@@ -91,12 +96,28 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def recent_events(self) -> dict[str, Any]:
+        return {"events": self.events.recent() if self.events else []}
+
+    def request_reload(self) -> dict[str, Any]:
+        """Re-reads the config file; if it is valid, the services restart with it once this answer is sent."""
+        try:
+            new = load(self.config.path)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        self.reload_with = new
+        log.info("reloading with %s", new.path)
+        # Let the API answer reach the caller (the web UI) before the services go down.
+        asyncio.get_running_loop().call_later(RELOAD_DELAY_S, self._stop.set)
+        return {"reloading": True}
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        api = ApiServer(self.config.api_socket, {"status": self.status})
+        api = ApiServer(self.config.api_socket, {"status": self.status, "events": self.recent_events,
+                                                 "reload": self.request_reload})
         async with contextlib.AsyncExitStack() as undo:
             undo.callback(os.close, read_fd)
             undo.callback(os.close, write_fd)
@@ -128,7 +149,7 @@ class Daemon:
             log.info("node %s listening on %s, %s mtu %d, %d peer(s)", self.identity.node_id,
                      self.node.local_addr(), self.config.tun, self.node.inner_mtu(), len(self.config.peers))
             await self._stop.wait()
-            log.info("stopping")
+            log.info("reloading" if self.reload_with else "stopping")
 
     def _close_node(self) -> None:
         if self.node is not None:
