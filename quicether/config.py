@@ -15,6 +15,7 @@
     address = "192.0.2.10"         # source address (default: the device's first IPv4 address)
     gateway = "192.0.2.1"          # optional: install a routing table + rule so this WAN's packets use it
     role = "primary"               # or "backup": carries traffic only when every primary is down
+    rate_mbit = 40                 # optional upload cap (tbf on the port), a little under the ISP's rate
 
     [[peer]]
     name = "gateway"
@@ -92,6 +93,7 @@ class WanConfig:
     address: str | None
     gateway: str | None
     backup: bool
+    rate_mbit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ def _wan(raw: object, index: int, path: Path) -> WanConfig:
     where = f"{path}: wan[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    _check_keys(raw, {"name", "device", "address", "gateway", "role"}, where)
+    _check_keys(raw, {"name", "device", "address", "gateway", "role", "rate_mbit"}, where)
     device = raw.get("device")
     if not isinstance(device, str) or not 0 < len(device) <= MAX_IFNAME:
         raise ConfigError(f"{where}.device: missing or not an interface name")
@@ -225,7 +227,15 @@ def _wan(raw: object, index: int, path: Path) -> WanConfig:
     return WanConfig(name=str(raw.get("name", device)), device=device,
                      address=_ip(raw["address"], f"{where}.address") if "address" in raw else None,
                      gateway=_ip(raw["gateway"], f"{where}.gateway") if "gateway" in raw else None,
-                     backup=role == "backup")
+                     backup=role == "backup", rate_mbit=_rate(raw.get("rate_mbit"), f"{where}.rate_mbit"))
+
+
+def _rate(value: object, where: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 100_000:
+        raise ConfigError(f"{where}: must be a rate in Mbit/s above 0 and up to 100000")
+    return float(value)
 
 
 def parse(text: str, path: Path) -> Config:

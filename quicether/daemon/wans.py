@@ -53,6 +53,9 @@ class WanManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pending
         await asyncio.to_thread(wan_net.remove_all_policy_routes)
+        for wan in self.configured:
+            if wan.rate_mbit is not None:
+                await asyncio.to_thread(wan_net.clear_rate_cap, wan.device)
 
     def devices(self) -> list[str]:
         """Every port that faces an ISP now: configured WANs (up or not) and detected ones that are active."""
@@ -100,10 +103,14 @@ class WanManager:
                 self.node.remove_wan(name)
                 del self.active[name]
                 await asyncio.to_thread(wan_net.remove_policy_route, index, current)
+                if entry is not None and entry[0].rate_mbit is not None:
+                    await asyncio.to_thread(wan_net.clear_rate_cap, entry[0].device)
             for name, (wan, index, address, _state) in wanted.items():
                 if address is None or name in self.active:
                     continue
                 await asyncio.to_thread(wan_net.install_policy_route, index, wan, address)
+                if wan.rate_mbit is not None:
+                    await asyncio.to_thread(wan_net.set_rate_cap, wan.device, wan.rate_mbit)
                 self.node.add_wan((wan.name, wan.device, address, wan.backup, wan_net.wan_mark(index)))
                 self.active[name] = (address, index)
                 log.info("WAN %s (%s) up with %s%s", wan.name, wan.device, address, ", backup" if wan.backup else "")

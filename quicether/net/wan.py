@@ -116,6 +116,37 @@ def remove_policy_route(index: int, address: str | None) -> None:
             ipr.flush_routes(table=_table(index))
 
 
+# Our shaper's qdisc handle (major 0x71): a root qdisc with another handle is the system's, never touched.
+RATE_CAP_HANDLE = 0x710000
+# Burst of at least ~5 ms at the capped rate (and never under two full frames), so the cap holds the average
+# without starving bursts; the queue may delay a packet by at most this much before dropping it.
+RATE_CAP_BURST_S = 0.005
+RATE_CAP_LATENCY = "30ms"
+
+
+def set_rate_cap(device: str, rate_mbit: float) -> None:
+    """Shapes what leaves `device` to `rate_mbit` (tbf): the queue then builds here, where the bond's RTT
+    measurement sees it, not in the ISP modem's buffer."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=device)
+        if not found:
+            return
+        burst = max(2 * 1514, int(rate_mbit * 1e6 / 8 * RATE_CAP_BURST_S))
+        ipr.tc("replace", "tbf", found[0], RATE_CAP_HANDLE, rate=f"{rate_mbit * 1000:.0f}kbit", burst=burst,
+               latency=RATE_CAP_LATENCY)
+
+
+def clear_rate_cap(device: str) -> None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=device)
+        if not found:
+            return
+        for qdisc in ipr.get_qdiscs(index=found[0]):
+            if qdisc["handle"] == RATE_CAP_HANDLE and qdisc["parent"] == 0xFFFFFFFF:
+                with contextlib.suppress(NetlinkError):
+                    ipr.tc("del", index=found[0], handle=RATE_CAP_HANDLE, root=True)
+
+
 def netlink_monitor(routes: bool = False) -> socket.socket:
     """A non-blocking netlink socket that becomes readable on link and IPv4 address changes (and route
     changes with `routes`, for WAN detection)."""

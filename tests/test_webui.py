@@ -1,0 +1,254 @@
+"""The web UI through Flask's test client (no root, no browser): first-boot wizard, login, CSRF, every
+page and form with its validation messages, and what ends up in the config file."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from quicether.config import load
+from quicether.identity import encode_node_id, generate
+from quicether.invite import Invite
+from tests.webui_fixtures import FakeDaemon, fake_daemon
+from webui import auth, create_app, wizard
+
+PASSWORD = "correct horse battery"
+PORTS = [{"name": n, "mac": f"02:00:00:00:00:0{i}", "up": True} for i, n in enumerate(["eth0", "eth1", "eth2"])]
+GW_KEY = encode_node_id(bytes(range(32)))
+INVITE = Invite(key=GW_KEY, endpoints=["198.18.0.2:4433"], network="10.99.0.0/24", name="gw", exit=True,
+                peer_address="10.99.0.1/24").encode()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    generate(tmp_path / "node.key")
+    return tmp_path
+
+
+@pytest.fixture
+def app(state: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
+    auth._failures.clear()
+    # The machine running the tests has its own ports; the wizard is shown three of a router's.
+    monkeypatch.setattr(wizard, "ports", lambda: PORTS)
+    monkeypatch.setattr("webui.settings.ports", lambda: PORTS)
+    config = state / "quicether.toml"
+    config.write_text(f'[node]\nstate_dir = "{state}"\n')
+    return create_app(config, state, {"TESTING": True})
+
+
+@pytest.fixture
+def daemon(state: Path) -> Iterator[FakeDaemon]:
+    yield from fake_daemon(state)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def _csrf(client: FlaskClient, path: str) -> str:
+    page = client.get(path).get_data(as_text=True)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+def _post(client: FlaskClient, path: str, data: dict[str, Any], page: str | None = None) -> Any:
+    return client.post(path, data={**data, "csrf_token": _csrf(client, page or path)})
+
+
+def _set_up(client: FlaskClient) -> None:
+    response = _post(client, "/setup/", {"password": PASSWORD, "confirm": PASSWORD})
+    assert response.status_code == 302 and response.headers["Location"].endswith("/setup/ports")
+
+
+def test_first_boot_leads_every_page_to_the_password_step(client: FlaskClient, state: Path) -> None:
+    for path in ("/", "/settings/", "/setup/ports", "/login", "/api/summary"):
+        response = client.get(path)
+        assert response.status_code == 302 and response.headers["Location"].endswith("/setup/"), path
+    assert client.get("/healthz").get_json() == {"ok": True}
+    assert not (state / auth.PASSWORD_FILE).exists()
+
+
+def test_password_rules_and_the_stored_hash(client: FlaskClient, state: Path) -> None:
+    short = _post(client, "/setup/", {"password": "short", "confirm": "short"})
+    assert short.status_code == 400 and "at least 10 characters" in short.get_data(as_text=True)
+    differ = _post(client, "/setup/", {"password": PASSWORD, "confirm": PASSWORD + "x"})
+    assert differ.status_code == 400 and "differ" in differ.get_data(as_text=True)
+    _set_up(client)
+    stored = (state / auth.PASSWORD_FILE).read_text()
+    assert PASSWORD not in stored and json.loads(stored)["algorithm"] == "scrypt"
+    assert oct((state / auth.PASSWORD_FILE).stat().st_mode & 0o777) == "0o600"
+    # Once set, the wizard's first step cannot replace the password for someone without a session.
+    other = client.application.test_client()
+    again = _post(other, "/login", {"password": "x"}, page="/login")
+    assert again.status_code == 401
+    replaced = other.post("/setup/", data={"password": "new password 123", "confirm": "new password 123",
+                                           "csrf_token": _csrf(other, "/login")})
+    assert replaced.status_code == 302 and "/login" in replaced.headers["Location"]
+    assert (state / auth.PASSWORD_FILE).read_text() == stored
+
+
+def test_forms_without_the_csrf_token_are_refused(client: FlaskClient) -> None:
+    response = client.post("/setup/", data={"password": PASSWORD, "confirm": PASSWORD})
+    assert response.status_code == 400 and "expired or did not come from this page" in response.get_data(as_text=True)
+    _set_up(client)
+    assert client.post("/settings/acls", data={"action": "deny"}).status_code == 400
+    assert client.post("/logout").status_code == 400
+    assert client.post("/settings/acls", data={"action": "deny", "csrf_token": "forged"}).status_code == 400
+
+
+def test_login_wrong_password_rate_limit_and_safe_redirect(client: FlaskClient, app: Flask) -> None:
+    _set_up(client)
+    other = app.test_client()
+    assert other.get("/settings/").headers["Location"].endswith("/login?next=/settings/")
+    for _ in range(auth.MAX_FAILURES):
+        wrong = _post(other, "/login", {"password": "wrong password"})
+        assert wrong.status_code == 401 and "Wrong password." in wrong.get_data(as_text=True)
+    locked = _post(other, "/login", {"password": PASSWORD})
+    assert locked.status_code == 429 and "Too many wrong passwords" in locked.get_data(as_text=True)
+    auth._failures.clear()
+    fresh = app.test_client()
+    token = _csrf(fresh, "/login")
+    ok = fresh.post("/login?next=//evil.example/", data={"password": PASSWORD, "csrf_token": token})
+    assert ok.status_code == 302 and ok.headers["Location"] == "/"
+    cookie = ok.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+def test_security_headers(client: FlaskClient) -> None:
+    headers = client.get("/healthz").headers
+    assert headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert headers["X-Frame-Options"] == "DENY"
+
+
+def _ports_step(client: FlaskClient, **changes: str) -> Any:
+    form = {"role_eth0": "lan", "role_eth1": "wan", "wanrole_eth1": "primary", "rate_eth1": "40",
+            "role_eth2": "wan", "wanrole_eth2": "backup", "rate_eth2": "", "lan_address": "192.168.7.1/24", **changes}
+    return _post(client, "/setup/ports", form)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"role_eth0": "unused"}, "Choose the LAN port"),
+    ({"role_eth1": "lan"}, "Choose one LAN port"),
+    ({"role_eth1": "unused", "role_eth2": "unused"}, "at least one WAN port"),
+    ({"rate_eth1": "fast"}, "eth1: the rate cap must be a number"),
+    ({"rate_eth1": "-5"}, "between 0 and 100000"),
+    ({"lan_address": "192.168.7.0/24"}, "not a usable host address"),
+    ({"lan_address": "router"}, "is not like 192.168.50.1/24"),
+])
+def test_wizard_ports_step_explains_bad_choices(client: FlaskClient, changes: dict[str, str], message: str) -> None:
+    _set_up(client)
+    response = _ports_step(client, **changes)
+    assert response.status_code == 400
+    assert message in response.get_data(as_text=True)
+
+
+def test_wizard_bad_invite_is_shown_on_the_page(client: FlaskClient, daemon: FakeDaemon) -> None:
+    _set_up(client)
+    assert _ports_step(client).status_code == 302
+    response = _post(client, "/setup/connect", {"invite": INVITE[:-6], "mode": "aggregate"})
+    assert response.status_code == 400
+    assert "Invite code: the invite code is damaged" in response.get_data(as_text=True)
+    assert "reload" not in daemon.commands
+
+
+def test_wizard_writes_the_cli_config_and_reloads_the_daemon(client: FlaskClient, daemon: FakeDaemon,
+                                                             state: Path) -> None:
+    _set_up(client)
+    assert _ports_step(client).status_code == 302
+    response = _post(client, "/setup/connect", {"invite": INVITE, "mode": "lowest-rtt"})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and "daemon is applying the new settings" in page
+    config = load(state / "quicether.toml")
+    assert [(w.device, w.backup, w.rate_mbit) for w in config.wans] == [("eth1", False, 40.0), ("eth2", True, None)]
+    assert config.lan is not None and config.lan.device == "eth0" and config.lan.address == "192.168.7.1/24"
+    assert config.lan.exit_peer == "gw" and not config.detect_wans
+    assert config.peers[0].node_id == GW_KEY and config.peers[0].mode == "lowest-rtt"
+    assert config.address is not None and config.address.startswith("10.99.0.") and config.address != "10.99.0.1/24"
+    assert daemon.commands == ["reload"]
+    assert f"--allowed-ips {config.address.split('/')[0]}/32,192.168.7.0/24" in page
+
+
+def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: FakeDaemon) -> None:
+    _set_up(client)
+    page = client.get("/").get_data(as_text=True)
+    assert 'data-wan="wan0"' in page and 'data-wan="wan1"' in page and "40.0" in page
+    assert "gw" in page and "direct" in page and "1 DHCP lease(s)" in page
+    assert "path on WAN wan1 down" in page
+    summary = client.get("/api/summary").get_json()
+    wan0, wan1 = summary["wans"]
+    assert (wan0["state"], wan0["share"], wan1["state"], wan1["loss"]) == ("up", 0.75, "down", 0.25)
+    assert summary["total"]["tx_bps"] == 40e6
+    assert [e["message"] for e in summary["events"]] == ["peer gw: path on WAN wan1 down: silent"]
+
+
+def test_dashboard_without_a_daemon_says_so(client: FlaskClient) -> None:
+    _set_up(client)
+    response = client.get("/")
+    assert response.status_code == 503 and "daemon is not answering" in response.get_data(as_text=True)
+    assert client.get("/api/summary").status_code == 503
+
+
+def _config_text(state: Path) -> str:
+    return (state / "quicether.toml").read_text()
+
+
+def test_settings_forms_change_the_config_or_explain_why_not(client: FlaskClient, daemon: FakeDaemon,
+                                                             state: Path) -> None:
+    _set_up(client)
+    _ports_step(client)
+    _post(client, "/setup/connect", {"invite": INVITE, "mode": "aggregate"})
+    page = "/settings/"
+    assert client.get(page).status_code == 200
+    bad_lan = _post(client, "/settings/lan", {"address": "300.1.1.1/24", "dhcp": "on"}, page)
+    assert bad_lan.status_code == 400 and "lan.address" in bad_lan.get_data(as_text=True)
+    assert _post(client, "/settings/lan", {"address": "192.168.7.1/24", "kill_switch": "on"}, page).status_code == 302
+    lan = load(state / "quicether.toml").lan
+    assert lan is not None and lan.kill_switch and not lan.dhcp
+    assert _post(client, "/settings/acls", {"action": "deny", "from": "gw", "to": "lan", "protocol": "tcp",
+                                            "port": "22"}, page).status_code == 302
+    bad_acl = _post(client, "/settings/acls", {"action": "deny", "port": "22"}, page)
+    assert bad_acl.status_code == 400 and "a port needs protocol" in bad_acl.get_data(as_text=True)
+    assert load(state / "quicether.toml").acls[0].port == 22
+    assert _post(client, "/settings/classes", {"peer": "0", "protocol": "udp", "port": "5060",
+                                               "mode": "redundant"}, page).status_code == 302
+    bad_class = _post(client, "/settings/classes", {"peer": "0", "port": "sip", "mode": "redundant"}, page)
+    assert bad_class.status_code == 400 and "not a whole number" in bad_class.get_data(as_text=True)
+    assert load(state / "quicether.toml").peers[0].classes[0].port == 5060
+    assert _post(client, "/settings/wans", {"role_0": "backup", "rate_0": "", "role_1": "primary",
+                                            "remove_1": "on"}, page).status_code == 302
+    assert [(w.device, w.backup) for w in load(state / "quicether.toml").wans] == [("eth1", True)]
+    before = _config_text(state)
+    bad_toml = _post(client, "/settings/toml", {"toml": "[node]\npath_mtu = 10\n"}, page)
+    assert bad_toml.status_code == 400 and "node.path_mtu" in bad_toml.get_data(as_text=True)
+    assert _config_text(state) == before
+    download = client.get("/settings/config.toml")
+    assert download.get_data(as_text=True) == before and "attachment" in download.headers["Content-Disposition"]
+    restore = client.post("/settings/restore", data={"csrf_token": _csrf(client, page), "config": (
+        io.BytesIO(b"[node\n"), "broken.toml")}, content_type="multipart/form-data")
+    assert restore.status_code == 400 and "not valid TOML" in restore.get_data(as_text=True)
+    # The ACL names the peer: removing the peer first is refused with the ACL's field.
+    still_used = _post(client, "/settings/peers/0", {"action": "remove"}, page)
+    assert still_used.status_code == 400 and "acl[0].from" in still_used.get_data(as_text=True)
+    assert _post(client, "/settings/acls", {"remove": "0"}, page).status_code == 302
+    assert _post(client, "/settings/peers/0", {"action": "remove"}, page).status_code == 302
+    after = load(state / "quicether.toml")
+    assert after.peers == [] and after.lan is not None and after.lan.exit_peer is None
+    assert daemon.commands.count("reload") >= 6
+
+
+def test_a_daemon_refusing_the_reload_is_reported(client: FlaskClient, daemon: FakeDaemon) -> None:
+    _set_up(client)
+    daemon.reload_error = "q.toml: lan.device: eth9 does not exist"
+    response = _post(client, "/settings/acls", {"acl_default": "deny"}, "/settings/")
+    assert response.status_code == 302
+    assert "daemon refused to reload: q.toml: lan.device" in client.get("/settings/").get_data(as_text=True)

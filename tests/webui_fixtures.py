@@ -1,0 +1,71 @@
+"""Helpers for the web UI's Flask test-client tests: an app on a temporary state directory and a stand-in
+daemon API (the real ApiServer on a unix socket, answering with a recorded status), so the UI's pages
+can be checked without root. The real daemon behind the real UI is covered by the browser test."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from quicether.daemon.api import ApiServer
+
+SAMPLE_STATUS: dict[str, Any] = {
+    "node": {"node_id": "qe1site", "listen": "0.0.0.0:4433", "tun": "qe0", "mtu": 1415, "address": "10.99.0.7/24",
+             "no_route_drops": 0},
+    "peers": [{
+        "name": "gw", "node_id": "qe1gateway", "connected": True, "endpoint": "203.0.113.5:4433", "rtt_ms": 12.5,
+        "last_handshake": 0, "rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0, "rx_dropped": 0,
+        "tx_dropped": 0, "retransmitted": 0, "reorder": {},
+        "paths": [
+            {"wan": "wan0", "local": "10.10.0.2", "remote": "203.0.113.5:4433", "up": True, "backup": False,
+             "rtt_ms": 11.0, "loss": 0.0, "tx_rate_bps": 40e6, "rx_rate_bps": 5e6, "tx_bytes": 3000, "rx_bytes": 10},
+            {"wan": "wan1", "local": "10.11.0.2", "remote": "203.0.113.5:4433", "up": False, "backup": True,
+             "rtt_ms": 31.0, "loss": 0.25, "tx_rate_bps": 0.0, "rx_rate_bps": 0.0, "tx_bytes": 1000, "rx_bytes": 0},
+        ]}],
+    "router": {"role": "site", "outside": ["wan0", "wan1"], "lan": {
+        "device": "lan", "address": "10.0.50.1/24", "dhcp": True, "dns": True, "exit_peer": "gw", "exit_active": True,
+        "kill_switch": False, "leases": [{"ip": "10.0.50.100", "mac": "aa", "hostname": "pc", "expiry": 0}]}},
+    "time": 0.0,
+}
+
+
+class FakeDaemon:
+    """Answers status/events/reload on `path` from a thread; records the commands it got."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.commands: list[str] = []
+        self.reload_error: str | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def _handler(self, name: str, answer: dict[str, Any]) -> Any:
+        def handle() -> dict[str, Any]:
+            self.commands.append(name)
+            if name == "reload" and self.reload_error:
+                raise ValueError(self.reload_error)
+            return answer
+        return handle
+
+    def __enter__(self) -> FakeDaemon:
+        self._thread.start()
+        events = {"events": [{"time": 1.0, "level": "warning", "message": "peer gw: path on WAN wan1 down: silent"},
+                             {"time": 2.0, "level": "info", "message": "something unrelated"}]}
+        self._server = ApiServer(self.path, {"status": self._handler("status", SAMPLE_STATUS),
+                                             "events": self._handler("events", events),
+                                             "reload": self._handler("reload", {"reloading": True})})
+        asyncio.run_coroutine_threadsafe(self._server.start(), self._loop).result(5)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._server.stop(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def fake_daemon(state: Path) -> Iterator[FakeDaemon]:
+    with FakeDaemon(state / "api.sock") as daemon:
+        yield daemon

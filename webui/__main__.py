@@ -1,0 +1,31 @@
+"""Serves the web UI with waitress (not Flask's development server).
+
+    python -m webui --config /etc/quicether/quicether.toml --state-dir /var/lib/quicether --bind 192.168.50.1:80
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import waitress
+
+from webui import create_app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m webui", description="QuicEther's web UI (waitress).")
+    parser.add_argument("--config", required=True, help="the node's config file (written by the wizard)")
+    parser.add_argument("--state-dir", required=True, help="where the key, API socket and UI secrets are")
+    parser.add_argument("--bind", required=True, metavar="HOST:PORT", help="the LAN address and port to serve on")
+    args = parser.parse_args()
+    host, _, port = args.bind.rpartition(":")
+    logging.basicConfig(level=logging.WARNING, format="quicether-webui: %(levelname)s %(message)s")
+    app = create_app(Path(args.config), Path(args.state_dir))
+    # A few threads: the dashboard polls once a second per open tab; an appliance has few admins.
+    waitress.serve(app, host=host, port=int(port), threads=4, ident="quicether")
+
+
+if __name__ == "__main__":
+    main()

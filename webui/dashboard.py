@@ -1,0 +1,80 @@
+"""The dashboard: WAN cards, bond total, peers and paths, events and log. The page is rendered on the server
+from the daemon's status; dashboard.js then polls /api/summary once a second for the cards and graphs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, jsonify, render_template
+
+from webui.daemon_link import DaemonDown, ask
+
+bp = Blueprint("dashboard", __name__)
+# Log lines the events panel shows: state changes a user cares about, not every message.
+EVENT_WORDS = ("WAN", "path", "connected", "disconnected", "exit", "refused", "reloading", "kill switch")
+
+
+def _wan_summary(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per WAN, over every peer's path on it: up if any path is, rates summed."""
+    wans: dict[str, dict[str, Any]] = {}
+    for peer in status.get("peers", []):
+        for path in peer["paths"]:
+            wan = wans.setdefault(path["wan"], {"name": path["wan"], "address": path["local"], "paths": 0,
+                                                "up_paths": 0, "rtt_ms": None, "loss": 0.0, "tx_bps": 0.0,
+                                                "rx_bps": 0.0, "tx_bytes": 0, "backup": path["backup"]})
+            wan["paths"] += 1
+            wan["tx_bps"] += path["tx_rate_bps"]
+            wan["rx_bps"] += path["rx_rate_bps"]
+            wan["tx_bytes"] += path["tx_bytes"]
+            wan["loss"] = max(wan["loss"], path["loss"])
+            if path["up"]:
+                wan["up_paths"] += 1
+                if wan["rtt_ms"] is None or path["rtt_ms"] < wan["rtt_ms"]:
+                    wan["rtt_ms"] = path["rtt_ms"]
+    total_tx = sum(w["tx_bytes"] for w in wans.values()) or 1
+    for wan in wans.values():
+        wan["state"] = "up" if wan["up_paths"] else "down"
+        wan["share"] = wan["tx_bytes"] / total_tx
+    return sorted(wans.values(), key=lambda w: w["name"])
+
+
+def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    wans = _wan_summary(status)
+    peers = [{
+        "name": p["name"] or p["node_id"][:12], "node_id": p["node_id"], "connected": p["connected"],
+        "endpoint": p["endpoint"], "rtt_ms": p["rtt_ms"],
+        # Every path today is a direct QUIC connection; relayed paths arrive with the mesh.
+        "paths": [{"wan": x["wan"], "up": x["up"], "remote": x["remote"], "rtt_ms": x["rtt_ms"], "kind": "direct"}
+                  for x in p["paths"]],
+    } for p in status.get("peers", [])]
+    interesting = [e for e in events if any(word in e["message"] for word in EVENT_WORDS)]
+    return {
+        "ok": True, "time": status.get("time", time.time()), "node": status.get("node", {}),
+        "router": status.get("router"), "wans": wans, "peers": peers,
+        "total": {"tx_bps": sum(w["tx_bps"] for w in wans), "rx_bps": sum(w["rx_bps"] for w in wans)},
+        "events": interesting[-30:], "log": events[-100:],
+    }
+
+
+def _current() -> dict[str, Any]:
+    status = ask("status")
+    events = ask("events").get("events", [])
+    return summarize(status, events)
+
+
+@bp.get("/")
+def index() -> Any:
+    try:
+        summary = _current()
+    except DaemonDown as exc:
+        return render_template("dashboard.html", summary=None, error=str(exc), title="Dashboard"), 503
+    return render_template("dashboard.html", summary=summary, error=None, title="Dashboard")
+
+
+@bp.get("/api/summary")
+def api_summary() -> Any:
+    try:
+        return jsonify(_current())
+    except DaemonDown as exc:
+        return jsonify(ok=False, error=str(exc)), 503

@@ -1,0 +1,17 @@
+// After the wizard or a settings change: the daemon restarts its services (and this UI with them).
+// Poll the health check until the UI answers again, then open the dashboard.
+(function () {
+  const waiting = document.getElementById("waiting");
+  if (!waiting) return;
+  const health = waiting.dataset.health;
+  const target = waiting.dataset.target;
+  let tries = 0;
+  // The first second is the old UI still answering before the daemon's reload delay passes.
+  function poll() {
+    tries += 1;
+    fetch(health, { cache: "no-store" })
+      .then((r) => { if (r.ok && tries > 3) { window.location.href = target; } else { setTimeout(poll, 500); } })
+      .catch(() => setTimeout(poll, 500));
+  }
+  setTimeout(poll, 500);
+})();

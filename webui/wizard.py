@@ -1,0 +1,161 @@
+"""First boot: admin password → ports (WAN/LAN, WAN role, rate cap) → connect (invite code, bonding mode).
+
+Each step validates its form and shows what is wrong on the page. The last step writes the same TOML config
+the CLI uses (via quicether.config_edit) and asks the daemon to reload: no reboot.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, redirect, render_template, request, session, url_for
+
+from quicether import config_edit
+from quicether.config import MODES, ConfigError
+from quicether.identity import IdentityError
+from quicether.identity import load as load_identity
+from quicether.invite import InviteError, decode
+from quicether.router_config import DEFAULT_LAN_ADDRESS
+from webui import auth
+from webui.daemon_link import document, friendly, ports, save_and_apply
+
+bp = Blueprint("wizard", __name__, url_prefix="/setup")
+
+
+@bp.route("/", methods=["GET", "POST"])
+def password() -> Any:
+    if auth.is_set_up() and request.method == "GET":
+        return redirect(url_for("wizard.port_roles"))
+    if auth.is_set_up():  # a second POST after the account exists: never overwrite it from here
+        return redirect(url_for("auth.login"))
+    error = None
+    if request.method == "POST":
+        error = auth.password_problem(request.form.get("password", ""), request.form.get("confirm", ""))
+        if error is None:
+            auth.set_password(request.form["password"])
+            session.clear()
+            session["admin"] = True
+            return redirect(url_for("wizard.port_roles"))
+    return render_template("wizard_password.html", error=error, step=1, title="Set up: password",
+                           min_chars=auth.MIN_PASSWORD_CHARS), 400 if error else 200
+
+
+def _current_roles(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    roles: dict[str, dict[str, Any]] = {}
+    for wan in doc.get("wan", []):
+        roles[wan.get("device", "")] = {"role": "wan", "wan_role": wan.get("role", "primary"),
+                                        "rate": wan.get("rate_mbit", "")}
+    lan = doc.get("lan", {})
+    if lan.get("device"):
+        roles[lan["device"]] = {"role": "lan"}
+    return roles
+
+
+def _parse_ports(form: Any, names: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+    wans, lan = [], None
+    for name in names:
+        role = form.get(f"role_{name}", "unused")
+        if role == "lan":
+            if lan is not None:
+                return None, "Choose one LAN port (bridging several is not supported yet)."
+            lan = name
+        elif role == "wan":
+            wan: dict[str, Any] = {"device": name, "role": form.get(f"wanrole_{name}", "primary")}
+            if wan["role"] not in ("primary", "backup"):
+                return None, f"{name}: the WAN role must be primary or backup."
+            rate = form.get(f"rate_{name}", "").strip()
+            if rate:
+                try:
+                    wan["rate_mbit"] = float(rate)
+                except ValueError:
+                    return None, f"{name}: the rate cap must be a number of Mbit/s (or empty for none)."
+                if not 0 < wan["rate_mbit"] <= 100_000:
+                    return None, f"{name}: the rate cap must be between 0 and 100000 Mbit/s."
+            wans.append(wan)
+    if lan is None:
+        return None, "Choose the LAN port (where your computers are)."
+    if not wans:
+        return None, "Choose at least one WAN port (towards an ISP)."
+    address = form.get("lan_address", "").strip() or DEFAULT_LAN_ADDRESS
+    try:
+        iface = ipaddress.IPv4Interface(address)
+    except ValueError:
+        return None, f"The LAN address {address!r} is not like 192.168.50.1/24."
+    if iface.network.prefixlen > 30 or iface.ip == iface.network.network_address:
+        return None, f"The LAN address {address} is not a usable host address."
+    return {"wans": wans, "lan": lan, "lan_address": str(iface)}, None
+
+
+@bp.route("/ports", methods=["GET", "POST"])
+def port_roles() -> Any:
+    found = ports()
+    doc = document()
+    error = None
+    if request.method == "POST":
+        chosen, error = _parse_ports(request.form, [p["name"] for p in found])
+        if chosen is not None:
+            session["setup_ports"] = chosen
+            return redirect(url_for("wizard.connect"))
+    roles = _current_roles(doc)
+    lan_address = doc.get("lan", {}).get("address", DEFAULT_LAN_ADDRESS)
+    return render_template("wizard_ports.html", ports=found, roles=roles, lan_address=lan_address, error=error,
+                           step=2, title="Set up: ports", form=request.form), 400 if error else 200
+
+
+def _build_config(chosen: dict[str, Any], form: Any) -> dict[str, Any]:
+    """The new config document from the ports step and the connect form (ConfigError/InviteError)."""
+    doc = document()
+    node = dict(doc.get("node", {}))
+    node["detect_wans"] = False  # the ports were chosen by hand: unused ones stay unused
+    doc["node"] = node
+    doc["wan"] = chosen["wans"]
+    doc["lan"] = {**doc.get("lan", {}), "device": chosen["lan"], "address": chosen["lan_address"]}
+    mode = form.get("mode", "aggregate")
+    if mode not in MODES:
+        raise ConfigError(f"bonding mode {mode!r} is not one of {', '.join(MODES)}")
+    code = form.get("invite", "").strip()
+    if code:
+        invite = decode(code)
+        address = form.get("address", "").strip() or node.get("address")
+        if not address:
+            state_dir = node.get("state_dir", "/var/lib/quicether")
+            try:
+                own_key = load_identity(Path(state_dir) / "node.key").public_key
+            except IdentityError as exc:
+                raise ConfigError(f"this node has no key yet ({exc}); run `quicether keygen`") from None
+            address = config_edit.suggest_address(invite, own_key)
+        doc = config_edit.add_invited_peer(doc, invite, address=address, mode=mode)
+    for peer in doc.get("peer", []):
+        peer["mode"] = mode
+    return doc
+
+
+@bp.route("/connect", methods=["GET", "POST"])
+def connect() -> Any:
+    chosen = session.get("setup_ports")
+    if not chosen:
+        return redirect(url_for("wizard.port_roles"))
+    error = None
+    if request.method == "POST":
+        try:
+            doc = _build_config(chosen, request.form)
+            config, outcome = save_and_apply(doc)
+        except InviteError as exc:
+            error = f"Invite code: {exc}"
+        except ConfigError as exc:
+            error = friendly(exc)
+        else:
+            session.pop("setup_ports", None)
+            return render_template("applying.html", outcome=outcome, config=config, title="Applying",
+                                   node_id=_node_id(config))
+    return render_template("wizard_connect.html", error=error, modes=MODES, step=3, title="Set up: connect",
+                           form=request.form), 400 if error else 200
+
+
+def _node_id(config: Any) -> str:
+    try:
+        return load_identity(config.key_path).node_id
+    except IdentityError:
+        return "(no key yet: run `quicether keygen`)"
