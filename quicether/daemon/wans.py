@@ -4,7 +4,8 @@ link/address/route event, so no restart is ever needed.
 
 WANs are the `[[wan]]` entries of the config and, with `detect_wans`, every other port that has a default
 route in the main table (a DHCP lease or a static gateway): such a port becomes a WAN when its route
-appears and stops being one when the route goes.
+appears and stops being one when the route goes. A `[[wan]]` without a gateway takes the one of its
+port's default route, so a WAN chosen in the wizard works with whatever its DHCP lease says.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 
 from quicether import _core
 from quicether.config import WanConfig
@@ -73,11 +75,16 @@ class WanManager:
             self._again = True  # an event arrived mid-check: look once more afterwards
 
     def _wanted_wans(self) -> list[tuple[WanConfig, int]]:
-        wans = [(w, i) for i, w in enumerate(self.configured)]
+        routes = lan_net.default_routes(set(self.not_wans))
+        gateways = dict(routes)
+        # A configured WAN without a gateway uses the one its default route names (a DHCP lease's router).
+        wans = [(replace(w, gateway=w.gateway or gateways.get(w.device)), i) for i, w in enumerate(self.configured)]
         if not self.detect:
             return wans
-        taken = {w.device for w in self.configured} | self.not_wans
-        for device, gateway in lan_net.default_routes(taken):
+        taken = {w.device for w in self.configured}
+        for device, gateway in routes:
+            if device in taken:
+                continue
             if device not in self._detected_index:
                 self._detected_index[device] = len(self.configured) + len(self._detected_index)
                 log.info("port %s has a default route via %s: using it as a WAN", device, gateway or "-")

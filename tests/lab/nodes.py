@@ -47,6 +47,8 @@ class NodeSpec:
     def write_config(self) -> None:
         node = {"listen": self.listen, "tun": self.tun, "address": self.address, "state_dir": str(self.state_dir),
                 "congestion": self.congestion, **self.node_extra}
+        if not self.address:  # a first-boot node: the wizard or `quicether join` sets it
+            del node["address"]
         lines = _toml_table("[node]", node)
         for name, table in self.sections.items():
             lines += _toml_table(f"[{name}]", table)

@@ -1,0 +1,117 @@
+"""The web UI in a real browser (Debian's chromium driven by Playwright) on a LAN host of the lab, against
+the real daemon on the router: first boot wizard, a bad and a good invite code, the bond coming up on the
+dashboard and its live graph moving with traffic. Screenshots go to tests/artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab import Lab, LinkSpec
+from tests.lab import nodes as qe
+from tests.lab.sites import dhcp_lease
+from tests.lab.topology import REPO_ROOT, build_wan_lab
+
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_WRAPPER = REPO_ROOT / "tests" / "lab" / "chromium-in-netns.sh"
+ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
+PASSWORD = "lab admin password"
+SITE_OVERLAY = "10.99.0.7/24"
+UI = "http://192.168.50.1"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists() or shutil.which("ip") is None,
+                                reason="needs Debian's chromium (scripts/setup installs it)")
+
+
+def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    wl = build_wan_lab(lab, [LinkSpec(rate_mbit=50, delay_ms=6), LinkSpec(rate_mbit=30, delay_ms=12)],
+                       lan_static=False, internet_hosts=("gateway",), policy_routing=False)
+    gateway = qe.make_node(wl.host("gateway"), "gw", "10.99.0.1/24", tmp_path)
+    site = qe.make_node(wl.router, "site", SITE_OVERLAY, tmp_path)
+    gateway.node_extra = {"role": "gateway"}
+    gateway.sections["gateway"] = {"internet": "eth0"}
+    # The gateway already allows the site's key (the add-peer step the wizard tells the user to run there).
+    gateway.peers = [{"name": "site", "key": site.node_id, "allowed_ips": ["10.99.0.7/32", "192.168.50.0/24"]}]
+    # First boot: the appliance's default config (LAN with DHCP, WANs found by their default route, no peers).
+    site.address = ""
+    site.node_extra = {"detect_wans": True}
+    site.sections["lan"] = {"device": "lan"}
+    for node in (gateway, site):
+        lab.on_close(lambda node=node: node.proc.kill() if node.proc and node.proc.poll() is None else None)
+    # Both WAN ports have a DHCP-style default route (the second with a higher metric).
+    wl.router.ip("route", "add", "default", "via", wl.wans[1].isp_addr, "dev", "wan1", "metric", "200")
+    qe.start(gateway)
+    qe.start(site)
+    invite = subprocess.run([sys.executable, "-m", "quicether", "invite", "-c", str(gateway.config_path), "--endpoint",
+                             f"{wl.addr('gateway')}:{qe.QUIC_PORT}", "--name", "gw"],
+                            capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout.strip()
+    lan = wl.lan
+    assert lan is not None
+    lease = dhcp_lease(lan, tmp_path / "lease")
+    assert lease["router"] == "192.168.50.1"
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(BROWSER_WRAPPER), args=["--no-sandbox"],
+                                     env={"QE_NETNS": lan.netns, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                          "HOME": str(tmp_path)})
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(15_000)
+        page.goto(f"{UI}/")
+        expect(page).to_have_url(f"{UI}/setup/")
+        page.fill("input[name=password]", PASSWORD)
+        page.fill("input[name=confirm]", PASSWORD)
+        page.screenshot(path=str(ARTIFACTS / "wizard-1-password.png"), full_page=True)
+        page.click("text=Next: ports")
+        expect(page).to_have_url(f"{UI}/setup/ports")
+        page.select_option("select[name=role_lan]", "lan")
+        page.select_option("select[name=role_wan0]", "wan")
+        page.select_option("select[name=role_wan1]", "wan")
+        page.fill("input[name=rate_wan1]", "25")
+        page.screenshot(path=str(ARTIFACTS / "wizard-2-ports.png"), full_page=True)
+        page.click("text=Next: connect")
+        expect(page).to_have_url(f"{UI}/setup/connect")
+        # A code that lost its end on the way: the page says so and nothing is applied.
+        page.fill("textarea[name=invite]", invite[:-8])
+        page.fill("input[name=address]", SITE_OVERLAY)
+        page.click("text=Apply")
+        expect(page.locator("#error")).to_contain_text("the invite code is damaged")
+        page.screenshot(path=str(ARTIFACTS / "wizard-3-bad-invite.png"), full_page=True)
+        page.fill("textarea[name=invite]", invite)
+        page.click("text=Apply")
+        expect(page.locator("#outcome")).to_contain_text("applying the new settings")
+        expect(page.locator("#allow-command")).to_contain_text(site.node_id)
+        # The daemon reloads (and restarts the UI); the page goes to the dashboard when the UI is back.
+        expect(page).to_have_url(f"{UI}/", timeout=30_000)
+        expect(page.locator('[data-wan="wan0"] [data-field="state"]')).to_have_text("up", timeout=30_000)
+        expect(page.locator('[data-wan="wan1"] [data-field="state"]')).to_have_text("up", timeout=30_000)
+        expect(page.locator('[data-peer="gw"] [data-field="connected"]')).to_have_text("connected")
+
+        # Traffic through the bond: the total graph gains samples and shows the rate.
+        server = wl.host("gateway").popen(["iperf3", "-s", "-1", "-B", "10.99.0.1"], stdout=subprocess.DEVNULL)
+        lab.on_close(server.kill)
+        time.sleep(0.5)
+        graph = page.locator('canvas[data-graph="total"]')
+        samples_before = int(graph.get_attribute("data-samples") or 0)
+        client = lan.popen(["iperf3", "-c", "10.99.0.1", "-t", "6", "-R"], stdout=subprocess.DEVNULL)
+        lab.on_close(client.kill)
+        deadline = time.monotonic() + 10
+        peak = 0.0
+        while time.monotonic() < deadline and client.poll() is None:
+            peak = max(peak, float(graph.get_attribute("data-last") or 0))
+            time.sleep(0.5)
+        client.wait(timeout=20)
+        assert int(graph.get_attribute("data-samples") or 0) > samples_before + 3
+        assert peak > 5.0, peak  # Mbit/s on the graph while iperf3 ran through the bond
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        browser.close()
+    # The rate cap chosen in the wizard shapes the port.
+    assert "tbf 71: root" in wl.router.run("tc", "qdisc", "show", "dev", "wan1").stdout
+    assert site.status()["router"]["lan"]["exit_peer"] == "gw"
