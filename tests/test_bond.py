@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.lab import Lab, LinkSpec
+from tests.lab import Lab, LinkSpec, NatType
 from tests.lab import nodes as qe
 from tests.lab.bond import BondLab, build_bond_lab
 from tests.lab.measure import iperf, longest_stall_s, ping, start_iperf_server
@@ -127,6 +128,15 @@ def test_wan_losing_carrier_is_removed_at_once_and_readded(lab: Lab, tmp_path: P
     assert ping(bond.lan, bond.dc_addr, count=3).received == 3
     bond.wl.unplug(1, plugged=True)
     _wait(lambda: {p["wan"] for p in bond.paths()} == {"wan0", "wan1"}, timeout=5)
+
+
+def test_each_path_knows_its_public_address_after_the_isps_nat(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, [LinkSpec(), LinkSpec(nat=NatType.PORT_RESTRICTED)], tmp_path)
+    publics = {p["wan"]: p["public"].rsplit(":", 1)[0] for p in bond.paths()}
+    assert publics == {"wan0": bond.wl.wans[0].router_addr, "wan1": bond.wl.wans[1].public_addr}
+    status = subprocess.run([sys.executable, "-m", "quicether", "status", "--socket",
+                             str(bond.site.state_dir / "api.sock")], capture_output=True, text=True, timeout=10)
+    assert bond.wl.wans[1].public_addr in status.stdout
 
 
 def _quicether_rules(bond: BondLab) -> list[str]:

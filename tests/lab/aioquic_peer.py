@@ -9,7 +9,7 @@ was answered, and whether an ICMP echo reply came back in a DATAGRAM frame.
 
 Frame format (see core/proto/src/frame.rs): DATA = 0x01 | seq u64 BE | gap u32 BE (0: none) | IP packet;
 PROBE = 0x02 | id u32 | next_seq u64; PROBE_REPLY = 0x03 | id u32; NACK = 0x04 | count u16 | seqs.
-Path hello: b"QEH1" | backup flag | WAN name, answered with b"ok".
+Path hello: b"QEH1" | backup flag | WAN name, answered with b"ok <address the acceptor sees us at>".
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@
       card.classList.toggle("up", wan.state === "up");
       card.classList.toggle("down", wan.state !== "up");
       set(card, "state", wan.state);
+      set(card, "public", wan.public || "-");
       set(card, "rtt", wan.rtt_ms === null ? "-" : `${wan.rtt_ms.toFixed(1)} ms`);
       set(card, "loss", `${(wan.loss * 100).toFixed(1)} %`);
       set(card, "tx", (wan.tx_bps / 1e6).toFixed(1));

@@ -17,7 +17,10 @@ use crate::timers::path_timer;
 use crate::tls;
 
 const HELLO_MAGIC: &[u8; 4] = b"QEH1";
+/// The acceptor's answer: "ok", then a space and the address it sees the dialer at (the WAN's public
+/// address after any NAT), which the dialer shows as the path's public address.
 const HELLO_OK: &[u8] = b"ok";
+const MAX_HELLO_ANSWER: usize = 64;
 /// WAN names are short labels; anything longer is not a hello.
 const MAX_HELLO: usize = 4 + 1 + 64;
 /// How long either side waits for the other's half of the hello.
@@ -43,8 +46,9 @@ fn start_path(
     wan: String,
     backup: bool,
     local: Option<IpAddr>,
+    public: Option<SocketAddr>,
 ) {
-    let path = shared.add_path(index, conn, wan, backup, local);
+    let path = shared.add_path(index, conn, wan, backup, local, public);
     tokio::spawn(path_reader(shared.clone(), index, path.clone()));
     tokio::spawn(path_timer(shared.clone(), index, path));
 }
@@ -62,7 +66,7 @@ pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 return;
             };
             match tokio::time::timeout(HELLO_TIMEOUT, answer_hello(&conn)).await {
-                Ok(Ok((wan, backup))) => start_path(&shared, index, conn, wan, backup, local),
+                Ok(Ok((wan, backup))) => start_path(&shared, index, conn, wan, backup, local, None),
                 _ => conn.close(2u32.into(), b"no path hello"),
             }
         });
@@ -76,20 +80,25 @@ async fn answer_hello(conn: &quinn::Connection) -> Result<(String, bool), String
         return Err("not a path hello".into());
     }
     let wan = String::from_utf8_lossy(&hello[5..]).into_owned();
-    send.write_all(HELLO_OK).await.map_err(|e| e.to_string())?;
+    let answer = format!("{} {}", String::from_utf8_lossy(HELLO_OK), conn.remote_address());
+    send.write_all(answer.as_bytes()).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
     Ok((wan, hello[4] == 1))
 }
 
-async fn send_hello(conn: &quinn::Connection, wan: &str, backup: bool) -> Result<(), String> {
+/// Sends the path hello; returns the address the peer sees us at, if it said.
+async fn send_hello(conn: &quinn::Connection, wan: &str, backup: bool) -> Result<Option<SocketAddr>, String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut hello = HELLO_MAGIC.to_vec();
     hello.push(backup as u8);
     hello.extend_from_slice(&wan.as_bytes()[..wan.len().min(MAX_HELLO - 5)]);
     send.write_all(&hello).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
-    match recv.read_to_end(HELLO_OK.len()).await {
-        Ok(answer) if answer == HELLO_OK => Ok(()),
+    match recv.read_to_end(MAX_HELLO_ANSWER).await {
+        Ok(answer) if answer.starts_with(HELLO_OK) => {
+            let observed = String::from_utf8_lossy(&answer[HELLO_OK.len()..]).trim().parse().ok();
+            Ok(observed)
+        }
         Ok(_) => Err("peer answered the path hello wrongly".into()),
         Err(e) => Err(format!("peer refused us: {e}")),
     }
@@ -115,13 +124,13 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
                 .await
                 .map_err(|e| e.to_string())?;
             match tokio::time::timeout(HELLO_TIMEOUT, send_hello(&conn, &target.wan, target.backup)).await {
-                Ok(Ok(())) => Ok(conn),
+                Ok(Ok(observed)) => Ok((conn, observed)),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err("peer completed the handshake but did not answer the path hello".into()),
             }
         };
         match attempt.await {
-            Ok(conn) => {
+            Ok((conn, observed)) => {
                 last_error.clear();
                 start_path(
                     &shared,
@@ -130,6 +139,7 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
                     target.wan.clone(),
                     target.backup,
                     endpoint_ip(&endpoint),
+                    observed,
                 );
                 conn.closed().await;
             }

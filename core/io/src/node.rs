@@ -88,6 +88,8 @@ pub fn inner_mtu(path_mtu: u16, v4: bool) -> usize {
 pub struct PathStats {
     pub wan: String,
     pub local: Option<IpAddr>,
+    /// Our address as the peer sees it (NAT), when it told us.
+    pub public: Option<SocketAddr>,
     pub remote: SocketAddr,
     pub up: bool,
     pub backup: bool,
@@ -370,6 +372,7 @@ impl Node {
                             PathStats {
                                 wan: x.wan.clone(),
                                 local: x.local,
+                                public: x.public,
                                 remote: x.conn.remote_address(),
                                 up: health.state() == PathState::Up,
                                 backup: x.backup,

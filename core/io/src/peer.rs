@@ -72,6 +72,8 @@ pub struct Path {
     pub backup: bool,
     /// Our address on this path (the WAN's), if known.
     pub local: Option<std::net::IpAddr>,
+    /// The address the peer sees us at (after the ISP's NAT), from its path hello answer; dialed paths only.
+    pub public: Option<std::net::SocketAddr>,
     pub conn: quinn::Connection,
     pub health: Mutex<PathHealth>,
     pub up: AtomicBool,
@@ -224,6 +226,7 @@ impl Shared {
         wan: String,
         backup: bool,
         local: Option<std::net::IpAddr>,
+        public: Option<std::net::SocketAddr>,
     ) -> Arc<Path> {
         let peer = &self.peers[index];
         let rtt = conn.rtt();
@@ -232,6 +235,7 @@ impl Shared {
             wan: wan.clone(),
             backup,
             local: conn.local_ip().or(local),
+            public,
             health: Mutex::new(PathHealth::new(self.now_us(), rtt.as_micros() as u64)),
             up: AtomicBool::new(true),
             srtt_us: AtomicU64::new(rtt.as_micros() as u64),

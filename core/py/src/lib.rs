@@ -264,6 +264,7 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
             let pd = PyDict::new(py);
             pd.set_item("wan", p.wan)?;
             pd.set_item("local", p.local.map(|a| a.to_string()))?;
+            pd.set_item("public", p.public.map(|a| a.to_string()))?;
             pd.set_item("remote", p.remote.to_string())?;
             pd.set_item("up", p.up)?;
             pd.set_item("backup", p.backup)?;
