@@ -20,9 +20,11 @@ SAMPLE_STATUS: dict[str, Any] = {
         "last_handshake": 0, "rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0, "rx_dropped": 0,
         "tx_dropped": 0, "retransmitted": 0, "reorder": {},
         "paths": [
-            {"wan": "wan0", "local": "10.10.0.2", "public": "192.0.2.44:40001", "remote": "203.0.113.5:4433", "up": True, "backup": False,
+            {"wan": "wan0", "local": "10.10.0.2", "public": "192.0.2.44:40001", "remote": "203.0.113.5:4433",
+             "up": True, "backup": False,
              "rtt_ms": 11.0, "loss": 0.0, "tx_rate_bps": 40e6, "rx_rate_bps": 5e6, "tx_bytes": 3000, "rx_bytes": 10},
-            {"wan": "wan1", "local": "10.11.0.2", "public": None, "remote": "203.0.113.5:4433", "up": False, "backup": True,
+            {"wan": "wan1", "local": "10.11.0.2", "public": None, "remote": "203.0.113.5:4433", "up": False,
+             "backup": True,
              "rtt_ms": 31.0, "loss": 0.25, "tx_rate_bps": 0.0, "rx_rate_bps": 0.0, "tx_bytes": 1000, "rx_bytes": 0},
         ]}],
     "router": {"role": "site", "outside": ["wan0", "wan1"], "lan": {

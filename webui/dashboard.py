@@ -20,8 +20,8 @@ def _wan_summary(status: dict[str, Any]) -> list[dict[str, Any]]:
     wans: dict[str, dict[str, Any]] = {}
     for peer in status.get("peers", []):
         for path in peer["paths"]:
-            wan = wans.setdefault(path["wan"], {"name": path["wan"], "address": path["local"], "public": None, "paths": 0,
-                                                "up_paths": 0, "rtt_ms": None, "loss": 0.0, "tx_bps": 0.0,
+            wan = wans.setdefault(path["wan"], {"name": path["wan"], "address": path["local"], "public": None,
+                                                "paths": 0, "up_paths": 0, "rtt_ms": None, "loss": 0.0, "tx_bps": 0.0,
                                                 "rx_bps": 0.0, "tx_bytes": 0, "backup": path["backup"]})
             wan["paths"] += 1
             if path.get("public"):  # what the peer sees: the ISP's public address after its NAT
