@@ -1,0 +1,68 @@
+"""The appliance image in qemu, wired into the lab: its first NIC (eth0, the LAN) on a bridge with a LAN
+host, its second (eth1, a WAN) on a namespace that plays the ISP (DHCP server, the way to the internet).
+
+    lan host ── br-lan ── tap-lan ══ qemu (eth0: LAN 192.168.50.1) (eth1: WAN, DHCP) ══ tap-wan ── ISP 10.77.0.1
+
+qemu runs in the `vmhost` namespace where the taps live; software emulation (TCG) is used, so it works
+where /dev/kvm is missing or broken. The disk is a copy: the built image stays pristine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.lab.netns import Lab, LabError, Namespace
+
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
+ISP_ADDR = "10.77.0.1"
+VM_MEMORY_MIB = 1024
+
+
+@dataclass
+class ApplianceVm:
+    vmhost: Namespace
+    lan: Namespace
+    proc: subprocess.Popen[str]
+    console: Path
+
+    def console_text(self) -> str:
+        return self.console.read_text(errors="replace") if self.console.exists() else ""
+
+
+def boot_appliance(lab: Lab, image: Path, workdir: Path) -> ApplianceVm:
+    if not OVMF.exists():
+        raise LabError(f"{OVMF} missing (apt install ovmf)")
+    disk = workdir / "disk.img"
+    shutil.copyfile(image, disk)
+    vmhost = lab.add_namespace("vmhost")
+    lan = lab.add_namespace("lan")
+    for tap in ("tap-lan", "tap-wan"):
+        vmhost.run("ip", "tuntap", "add", "dev", tap, "mode", "tap")
+        vmhost.ip("link", "set", tap, "up")
+    vmhost.ip("link", "add", "br-lan", "type", "bridge")
+    vmhost.ip("link", "set", "br-lan", "up")
+    vmhost.ip("link", "set", "tap-lan", "master", "br-lan")
+    lab.veth(lan, "eth0", vmhost, "lan")
+    vmhost.ip("link", "set", "lan", "master", "br-lan")
+    # The ISP: an address and a DHCP server on the WAN tap.
+    vmhost.ip("addr", "add", f"{ISP_ADDR}/24", "dev", "tap-wan")
+    isp_dhcp = vmhost.popen(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--pid-file=",
+                             "--interface=tap-wan", "--bind-interfaces", "--dhcp-range=10.77.0.100,10.77.0.150,1h",
+                             f"--dhcp-option=option:router,{ISP_ADDR}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    lab.on_close(isp_dhcp.kill)
+    console = workdir / "console.log"
+    # Fixed PCI slots keep the NIC order: slot 4 is eth0 (LAN), slot 5 is eth1 (WAN).
+    proc = vmhost.popen([
+        "qemu-system-x86_64", "-accel", "tcg", "-m", str(VM_MEMORY_MIB), "-smp", "2", "-bios", str(OVMF),
+        "-drive", f"file={disk},format=raw,if=virtio", "-display", "none", "-serial", f"file:{console}",
+        "-netdev", "tap,id=lan,ifname=tap-lan,script=no,downscript=no",
+        "-device", "virtio-net-pci,netdev=lan,mac=52:54:00:00:00:01,addr=0x4",
+        "-netdev", "tap,id=wan,ifname=tap-wan,script=no,downscript=no",
+        "-device", "virtio-net-pci,netdev=wan,mac=52:54:00:00:00:02,addr=0x5",
+        "-no-reboot"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lab.on_close(proc.kill)
+    return ApplianceVm(vmhost=vmhost, lan=lan, proc=proc, console=console)
