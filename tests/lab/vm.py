@@ -9,6 +9,7 @@ where /dev/kvm is missing or broken. The disk is a copy: the built image stays p
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -22,17 +23,60 @@ VM_MEMORY_MIB = 1024
 
 
 @dataclass
-class ApplianceVm:
+class ApplianceLab:
     vmhost: Namespace
     lan: Namespace
-    proc: subprocess.Popen[str]
-    console: Path
+    disk: Path
+    workdir: Path
+    proc: subprocess.Popen[str] | None = None
+    boots: int = 0
+
+    @property
+    def console(self) -> Path:
+        return self.workdir / f"console-{self.boots}.log"
 
     def console_text(self) -> str:
         return self.console.read_text(errors="replace") if self.console.exists() else ""
 
+    def power_on(self) -> None:
+        """Starts the VM on the lab's disk (a copy of the image), its NICs on the lab's taps."""
+        self.boots += 1
+        # Fixed PCI slots keep the NIC order: slot 4 is eth0 (LAN), slot 5 is eth1 (WAN).
+        self.proc = self.vmhost.popen([
+            "qemu-system-x86_64", "-accel", "tcg", "-m", str(VM_MEMORY_MIB), "-smp", "2", "-bios", str(OVMF),
+            "-drive", f"file={self.disk},format=raw,if=virtio", "-display", "none",
+            "-serial", f"file:{self.console}",
+            "-netdev", "tap,id=lan,ifname=tap-lan,script=no,downscript=no",
+            "-device", "virtio-net-pci,netdev=lan,mac=52:54:00:00:00:01,addr=0x4",
+            "-netdev", "tap,id=wan,ifname=tap-wan,script=no,downscript=no",
+            "-device", "virtio-net-pci,netdev=wan,mac=52:54:00:00:00:02,addr=0x5",
+            "-no-reboot"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.vmhost.lab.on_close(self.proc.kill)
 
-def boot_appliance(lab: Lab, image: Path, workdir: Path) -> ApplianceVm:
+    def wait_off(self, timeout: float) -> None:
+        assert self.proc is not None
+        self.proc.wait(timeout=timeout)
+
+
+def partitions(disk: Path) -> list[tuple[int, int]]:
+    """(start, size) in bytes of each partition of a GPT disk image."""
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    return [(p["start"] * sector, p["size"] * sector) for p in table["partitions"]]
+
+
+def write_partition(disk: Path, number: int, image: Path) -> None:
+    """Writes `image` over partition `number` (1-based) of `disk`, as a re-flash of that partition would."""
+    start, size = partitions(disk)[number - 1]
+    if image.stat().st_size > size:
+        raise LabError(f"{image} ({image.stat().st_size} bytes) does not fit partition {number} ({size} bytes)")
+    with open(disk, "r+b") as out, open(image, "rb") as src:
+        out.seek(start)
+        shutil.copyfileobj(src, out, 4 << 20)
+
+
+def build_appliance_lab(lab: Lab, image: Path, workdir: Path) -> ApplianceLab:
     if not OVMF.exists():
         raise LabError(f"{OVMF} missing (apt install ovmf)")
     disk = workdir / "disk.img"
@@ -54,15 +98,4 @@ def boot_appliance(lab: Lab, image: Path, workdir: Path) -> ApplianceVm:
                              f"--dhcp-option=option:router,{ISP_ADDR}"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     lab.on_close(isp_dhcp.kill)
-    console = workdir / "console.log"
-    # Fixed PCI slots keep the NIC order: slot 4 is eth0 (LAN), slot 5 is eth1 (WAN).
-    proc = vmhost.popen([
-        "qemu-system-x86_64", "-accel", "tcg", "-m", str(VM_MEMORY_MIB), "-smp", "2", "-bios", str(OVMF),
-        "-drive", f"file={disk},format=raw,if=virtio", "-display", "none", "-serial", f"file:{console}",
-        "-netdev", "tap,id=lan,ifname=tap-lan,script=no,downscript=no",
-        "-device", "virtio-net-pci,netdev=lan,mac=52:54:00:00:00:01,addr=0x4",
-        "-netdev", "tap,id=wan,ifname=tap-wan,script=no,downscript=no",
-        "-device", "virtio-net-pci,netdev=wan,mac=52:54:00:00:00:02,addr=0x5",
-        "-no-reboot"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    lab.on_close(proc.kill)
-    return ApplianceVm(vmhost=vmhost, lan=lan, proc=proc, console=console)
+    return ApplianceLab(vmhost=vmhost, lan=lan, disk=disk, workdir=workdir)
