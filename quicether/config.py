@@ -22,6 +22,7 @@
     key = "qe1…"                   # the peer's node id
     endpoint = "203.0.113.5:4433"  # optional: dial it (otherwise wait for the peer to dial us)
     allowed_ips = ["10.99.0.2/32"] # inner addresses this peer may use; routed into the tunnel
+    groups = ["office"]            # optional: ACL rules can name "group:office"
     mode = "aggregate"             # bulk traffic: aggregate, lowest-rtt or redundant
     realtime_mode = "redundant"    # small UDP packets (≤ 200 bytes)
     [[peer.class]]                 # optional rules, first match wins: protocol/port/dscp → mode
@@ -84,6 +85,7 @@ class PeerConfig:
     mode: str = "aggregate"
     realtime_mode: str = "redundant"
     classes: list[ClassRule] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,10 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     where = f"{path}: peer[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    _check_keys(raw, {"name", "key", "endpoint", "allowed_ips", "mode", "realtime_mode", "class"}, where)
+    _check_keys(raw, {"name", "key", "endpoint", "allowed_ips", "mode", "realtime_mode", "class", "groups"}, where)
+    groups = raw.get("groups", [])
+    if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+        raise ConfigError(f"{where}.groups: expected a list of group names")
     name = raw.get("name", f"peer{index}")
     if "key" not in raw:
         raise ConfigError(f"{where}.key: missing (the peer's node id, `quicether pubkey` on the peer)")
@@ -173,7 +178,7 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     classes = [_class_rule(c, f"{where}.class[{i}]") for i, c in enumerate(classes_raw)]
     return PeerConfig(name=str(name), key=key, node_id=str(raw["key"]).strip(), endpoint=endpoint,
                       allowed_ips=[str(p) for p in allowed], mode=modes["mode"],
-                      realtime_mode=modes["realtime_mode"], classes=classes)
+                      realtime_mode=modes["realtime_mode"], classes=classes, groups=[str(g) for g in groups])
 
 
 def _mode(value: object, where: str) -> str:
@@ -282,7 +287,8 @@ def parse(text: str, path: Path) -> Config:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"{path}: wan[{i}].name: {name!r} is used twice")
-    router = parse_router(data, node, [p.name for p in peers], str(path))
+    group_names = sorted({f"group:{g}" for p in peers for g in p.groups})
+    router = parse_router(data, node, [p.name for p in peers] + group_names, str(path))
     for i, acl in enumerate(router.acls):
         if router.lan is None and "lan" in (acl.source, acl.destination):
             raise ConfigError(f"{path}: acl[{i}]: \"lan\" needs a [lan] section")

@@ -32,7 +32,8 @@ node (quicether/config.py); every error names its field.
 
     [[acl]]                        # first match wins; applied to traffic routed from the tunnel
     action = "deny"                # allow or deny
-    from = "site-a"                # a peer name (its allowed_ips), "lan" (this node's LAN) or a prefix
+    from = "site-a"                # a peer name (its allowed_ips), "group:<name>" (every peer in that
+                                   # group), "lan" (this node's LAN) or a prefix
     to = "10.0.80.0/24"            # same forms as from
     protocol = "tcp"               # optional: tcp, udp, icmp or a number
     port = 22                      # optional destination port (tcp/udp)
@@ -219,7 +220,8 @@ def _endpoint_set(value: object, peer_names: list[str], where: str) -> str:
     try:
         return str(ipaddress.IPv4Network(str(value), strict=False))
     except ValueError:
-        raise ConfigError(f"{where}: {value!r} is neither a peer name, \"lan\" nor an IPv4 prefix") from None
+        raise ConfigError(f"{where}: {value!r} is neither a peer name, a peer group (group:<name>), \"lan\" "
+                          "nor an IPv4 prefix") from None
 
 
 def _acl(raw_in: object, peer_names: list[str], where: str) -> AclRule:

@@ -71,7 +71,7 @@ def _config(text: str) -> Any:
     return parse(text, Path("test.toml"))
 
 
-def test_acl_peer_names_and_lan_resolve_to_prefixes() -> None:
+def test_acl_peer_names_groups_and_lan_resolve_to_prefixes() -> None:
     key = encode_node_id(bytes(32))
     config = _config(f"""
 [lan]
@@ -81,6 +81,12 @@ address = "192.168.7.1/24"
 name = "office"
 key = "{key}"
 allowed_ips = ["10.99.0.2/32", "10.0.80.0/24"]
+groups = ["branches"]
+[[peer]]
+name = "shop"
+key = "{encode_node_id(bytes([1] * 32))}"
+allowed_ips = ["10.0.90.0/24"]
+groups = ["branches"]
 [[acl]]
 action = "deny"
 from = "office"
@@ -90,7 +96,13 @@ port = 22
 [[acl]]
 action = "allow"
 from = "10.1.0.0/16"
+[[acl]]
+action = "deny"
+from = "group:branches"
+to = "group:branches"
 """)
     acls = resolve_acls(config)
     assert acls[0] == Acl("deny", ["10.99.0.2/32", "10.0.80.0/24"], ["192.168.7.0/24"], 6, 22)
     assert acls[1] == Acl("allow", ["10.1.0.0/16"], [], None, None)
+    branches = ["10.99.0.2/32", "10.0.80.0/24", "10.0.90.0/24"]
+    assert acls[2] == Acl("deny", branches, branches, None, None)

@@ -64,6 +64,7 @@ def test_gateway_with_exit_and_port_forward() -> None:
     ('[[acl]]\naction = "deny"\nport = 22\n', 'a port needs protocol = "tcp" or "udp"'),
     ('[[acl]]\naction = "drop"\n', "acl[0].action: 'drop' is not allow or deny"),
     ('[[acl]]\naction = "deny"\nfrom = "nowhere"\n', "neither a peer name"),
+    ('[[acl]]\naction = "deny"\nfrom = "group:none"\n', "neither a peer name, a peer group"),
 ])
 def test_bad_router_settings_name_their_field(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -28,8 +28,11 @@ EXIT_CHECK_INTERVAL_S = 0.2
 
 
 def resolve_acls(config: Config) -> list[nft.Acl]:
-    """Peer names and "lan" in ACL rules become prefixes; a rule side that covers everything matches any."""
+    """Peer names, groups and "lan" in ACL rules become prefixes; a side that covers everything matches any."""
     by_name = {p.name: p.allowed_ips for p in config.peers}
+    for peer in config.peers:
+        for group in peer.groups:
+            by_name.setdefault(f"group:{group}", []).extend(peer.allowed_ips)
 
     def prefixes(value: str) -> list[str]:
         if value == "lan":
