@@ -165,6 +165,8 @@ def test_sigkill_and_restart_duplicate_nothing_and_stop_leaves_nothing(lab: Lab,
     _wait(lambda: sites.site_a.status()["router"]["lan"]["exit_active"], timeout=5)
     # dnsmasq drops privileges, which clears its parent-death signal: the restart kills the old one.
     assert processes(router).count("dnsmasq") == 1
+    # The web UI died with the old daemon (its parent-death signal) and the new one serves port 80.
+    assert router.run("ss", "-Hltn", "sport", "= :80").stdout.count("LISTEN") == 1
     again = router_snapshot(router)
     assert again["nft"] == running["nft"] and again["rules"] == running["rules"]
     assert sorted(again["addrs"]) == sorted(running["addrs"])
@@ -178,4 +180,5 @@ def test_sigkill_and_restart_duplicate_nothing_and_stop_leaves_nothing(lab: Lab,
         assert after["rules"] == before["rules"] and after["routes"] == before["routes"]
         assert sorted(after["addrs"]) == sorted(before["addrs"])
     assert "dnsmasq" not in processes(router)
+    assert router.run("ss", "-Hltn", "sport", "= :80").stdout.strip() == ""
     assert router_b.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == forwarding_b
