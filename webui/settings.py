@@ -52,6 +52,16 @@ def _int_or_none(text: str, what: str) -> int | None:
         raise ValueError(f"{what}: {text!r} is not a whole number") from None
 
 
+def _match_fields(form: Any, numbers: tuple[str, ...]) -> dict[str, Any]:
+    """The optional match fields of a class or ACL form: protocol, and whole numbers (port, DSCP)."""
+    fields: dict[str, Any] = {"protocol": form["protocol"]} if form.get("protocol") else {}
+    for key in numbers:
+        value = _int_or_none(form.get(key, ""), key.upper() if key == "dscp" else key)
+        if value is not None:
+            fields[key] = value
+    return fields
+
+
 @bp.get("/")
 def index() -> Any:
     return _page()
@@ -146,13 +156,7 @@ def classes() -> Any:
         peer_i = int(form.get("peer", "-1"))
         if not 0 <= peer_i < len(peers):
             raise ValueError("traffic class: choose a peer")
-        rule: dict[str, Any] = {"mode": form.get("mode", "redundant")}
-        if form.get("protocol"):
-            rule["protocol"] = form["protocol"]
-        for key, what in (("port", "port"), ("dscp", "DSCP")):
-            value = _int_or_none(form.get(key, ""), what)
-            if value is not None:
-                rule[key] = value
+        rule = {"mode": form.get("mode", "redundant"), **_match_fields(form, ("port", "dscp"))}
         peers[peer_i]["class"] = [*peers[peer_i].get("class", []), rule]
         return {**doc, "peer": peers}
 
@@ -172,13 +176,8 @@ def acls() -> Any:
         if form.get("remove"):
             rules.pop(int(form["remove"]))
             return {**doc, "acl": rules}
-        rule: dict[str, Any] = {"action": form.get("action", "deny"), "from": form.get("from", "").strip() or
-                                "0.0.0.0/0", "to": form.get("to", "").strip() or "0.0.0.0/0"}
-        if form.get("protocol"):
-            rule["protocol"] = form["protocol"]
-        port = _int_or_none(form.get("port", ""), "port")
-        if port is not None:
-            rule["port"] = port
+        rule = {"action": form.get("action", "deny"), "from": form.get("from", "").strip() or "0.0.0.0/0",
+                "to": form.get("to", "").strip() or "0.0.0.0/0", **_match_fields(form, ("port",))}
         return {**doc, "acl": [*rules, rule]}
 
     return _apply(change)

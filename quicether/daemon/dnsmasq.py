@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import logging
 import os
@@ -19,10 +18,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from quicether.daemon.children import die_with_parent, terminate
 from quicether.router_config import LanConfig
 
 log = logging.getLogger("quicether")
-PR_SET_PDEATHSIG = 1
 LEASE_TIME = "12h"
 # dnsmasq fails within this time when it cannot start (port 53/67 taken, bad interface).
 STARTUP_CHECK_S = 0.3
@@ -48,11 +47,6 @@ def build_args(lan: LanConfig, state_dir: Path, binary: str = "dnsmasq") -> list
                  f"--dhcp-option=option:router,{lan.ip}"]
         args.append(f"--dhcp-option=option:dns-server,{lan.ip}" if lan.dns else "--dhcp-option=option:dns-server")
     return args
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def leases(state_dir: Path) -> list[dict[str, Any]]:
@@ -90,7 +84,7 @@ class Dnsmasq:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
+                stderr=asyncio.subprocess.PIPE, preexec_fn=die_with_parent(signal.SIGKILL))
         except FileNotFoundError:
             raise OSError("dnsmasq is not installed (needed for DHCP/DNS on the LAN; apt install dnsmasq)") from None
         assert self._proc.stderr is not None
@@ -109,13 +103,7 @@ class Dnsmasq:
             log.debug("dnsmasq: %s", line.decode(errors="replace").rstrip())
 
     async def stop(self) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
-            try:
-                await asyncio.wait_for(self._proc.wait(), 5)
-            except TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
+        await terminate(self._proc)
         if self._logger is not None:
             self._logger.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import signal
 import socket
@@ -16,14 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+from quicether.daemon.children import die_with_parent, terminate
+
 log = logging.getLogger("quicether")
-PR_SET_PDEATHSIG = 1
 # Importing Flask and binding takes about a second on a Raspberry Pi class CPU.
 STARTUP_TIMEOUT_S = 10.0
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _listening(host: str, port: int) -> bool:
@@ -41,7 +37,7 @@ class WebUiServer:
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(*self.args, stdin=asyncio.subprocess.DEVNULL,
-                                                          preexec_fn=_die_with_parent)
+                                                          preexec_fn=die_with_parent(signal.SIGTERM))
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc.returncode is not None:
@@ -54,11 +50,4 @@ class WebUiServer:
         log.error("web UI did not answer on %s:%d within %.0f s", self.host, self.port, STARTUP_TIMEOUT_S)
 
     async def stop(self) -> None:
-        if self._proc is None or self._proc.returncode is not None:
-            return
-        self._proc.terminate()
-        try:
-            await asyncio.wait_for(self._proc.wait(), 5)
-        except TimeoutError:
-            self._proc.kill()
-            await self._proc.wait()
+        await terminate(self._proc)
