@@ -219,6 +219,25 @@ def _cmd_add_peer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upgrade(args: argparse.Namespace) -> int:
+    from quicether import upgrade
+
+    try:
+        if args.confirm:
+            slot = upgrade.confirm()
+            print(f"running slot {slot} confirmed" if slot else "not an A/B appliance image: nothing to confirm")
+            return 0
+        if not args.image:
+            return _fail("give the new image (a file or device), or --confirm")
+        slot = upgrade.upgrade(Path(args.image))
+    except upgrade.UpgradeError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{exc.filename or args.image}: {exc.strerror or exc}")
+    print(f"slot {slot} written; reboot to start it (if it does not come up, the current system starts again)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quicether",
@@ -278,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_peer.add_argument("--endpoint", help="IP:PORT to dial it at (default: wait for it to dial)")
     add_peer.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
     add_peer.set_defaults(func=_cmd_add_peer)
+
+    upgrade = sub.add_parser("upgrade", help="write a new system image into the idle A/B slot (keeps the config)")
+    upgrade.add_argument("image", nargs="?", help="quicether-x86_64.img or root.img, as a file or a device")
+    upgrade.add_argument("--confirm", action="store_true",
+                         help="mark the running slot as good (run at boot by quicether-slot.service)")
+    upgrade.set_defaults(func=_cmd_upgrade)
     return parser
 
 

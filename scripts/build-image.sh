@@ -5,15 +5,16 @@
 #
 #   scripts/build-image.sh x86_64 [--out DIR] [--authorized-keys FILE] [--suite bookworm]
 #
-# The disk (GPT, UEFI): an EFI system partition with a GRUB loader, the read-only system partition
-# (label qe-root) and the data partition (label qe-data: config, keys; first boot fills it). Write it to a
-# disk with `dd if=DIR/quicether-x86_64.img of=/dev/sdX bs=4M`. DIR also gets esp.img and root.img, the
-# system partitions alone, for `quicether upgrade`. --authorized-keys puts SSH public keys on the data
-# partition (otherwise add them later in /data/ssh/authorized_keys).
+# The disk (GPT, UEFI): an EFI system partition with a GRUB loader and its A/B environment, two system
+# slots (qe-root-a with the system, qe-root-b empty until the first `quicether upgrade`; read-only when
+# running) and the data partition (label qe-data: config, keys; first boot fills it). Write it to a disk
+# with `dd if=DIR/quicether-x86_64.img of=/dev/sdX bs=4M`. DIR also gets root.img, the system alone, for
+# `quicether upgrade`. --authorized-keys puts SSH public keys on the data partition (otherwise add them
+# later in /data/ssh/authorized_keys).
 set -euo pipefail
 
 root_dir=$(cd "$(dirname "$0")/.." && pwd)
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 step() { printf '\n==> [%s] %s\n' "$(date +%T)" "$*"; }
 fail() { echo "build-image: error: $*" >&2; exit 1; }
 
@@ -69,7 +70,7 @@ set -eu
 rootfs=\$1
 cp -a "$root_dir/rootfs-overlay/." "\$rootfs/"
 rm -f "\$rootfs/README.md"
-mkdir -p "\$rootfs/data" "\$rootfs/usr/share/doc/quicether"
+mkdir -p "\$rootfs/data" "\$rootfs/boot/efi" "\$rootfs/usr/share/doc/quicether"
 cp "$root_dir/README.md" "\$rootfs/usr/share/doc/quicether/README.md"
 python3 -m zipfile -e "$wheel" "\$rootfs/usr/lib/python3/dist-packages/"
 printf '#!/usr/bin/python3\nimport sys\nfrom quicether.__main__ import main\nsys.exit(main())\n' > "\$rootfs/usr/bin/quicether"
@@ -91,7 +92,7 @@ mmdebstrap --variant=apt --include="$include" --customize-hook="$work/customize.
     "$suite" "$work/rootfs" 2>&1 | grep -E '^(I: (success|running)|E:)' || true
 [ -e "$work/rootfs/usr/bin/quicether" ] || fail "the root file system was not built (see mmdebstrap's output above)"
 
-step "partitions: system (ext4, read-only at run time), data (ext4), EFI loader (GRUB, FAT)"
+step "partitions: system (ext4, read-only at run time), data (ext4), EFI loader (GRUB, FAT) with its A/B environment"
 used_mib=$(du -sm "$work/rootfs" | cut -f1)
 root_mib=$(( used_mib * (100 + ROOT_HEADROOM_PCT) / 100 + 64 ))
 mkfs.ext4 -q -L qe-root -d "$work/rootfs" "$work/root.img" "${root_mib}M"
@@ -102,27 +103,32 @@ fi
 chmod 700 "$work/data/ssh"
 mkfs.ext4 -q -L qe-data -d "$work/data" "$work/data.img" "${DATA_MIB}M"
 grub-mkstandalone -O x86_64-efi -o "$work/BOOTX64.EFI" \
-    --modules="part_gpt ext2 search search_label linux normal echo" \
+    --modules="part_gpt ext2 fat linux normal echo regexp probe loadenv test" \
     "boot/grub/grub.cfg=$root_dir/image/grub.cfg"
 mkfs.vfat -n QE-EFI -C "$work/esp.img" $(( ESP_MIB * 1024 )) >/dev/null
-mmd -i "$work/esp.img" ::/EFI ::/EFI/BOOT
+# The boot loader's environment: slot a is the good one; `quicether upgrade` adds pending=<slot>.
+grub-editenv "$work/grubenv" create
+grub-editenv "$work/grubenv" set slot=a
+mmd -i "$work/esp.img" ::/EFI ::/EFI/BOOT ::/EFI/quicether
 mcopy -i "$work/esp.img" "$work/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
-echo "    system ${root_mib} MiB (${used_mib} MiB used), data ${DATA_MIB} MiB, EFI ${ESP_MIB} MiB"
+mcopy -i "$work/esp.img" "$work/grubenv" ::/EFI/quicether/grubenv
+echo "    system ${root_mib} MiB per slot (${used_mib} MiB used), data ${DATA_MIB} MiB, EFI ${ESP_MIB} MiB"
 
-step "disk: GPT with the three partitions"
+step "disk: GPT with EFI, system slots a and b, data"
 image="$out/quicether-x86_64.img"
-total_mib=$(( 1 + ESP_MIB + root_mib + DATA_MIB + 1 ))
+total_mib=$(( 1 + ESP_MIB + 2 * root_mib + DATA_MIB + 1 ))
 rm -f "$image"
 truncate -s "${total_mib}M" "$image"
 sector_mib=2048  # 512-byte sectors per MiB
 sfdisk --quiet "$image" <<TABLE
 label: gpt
 start=$sector_mib, size=$(( ESP_MIB * sector_mib )), type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="esp"
-size=$(( root_mib * sector_mib )), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="qe-root"
+size=$(( root_mib * sector_mib )), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="qe-root-a"
+size=$(( root_mib * sector_mib )), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="qe-root-b"
 size=$(( DATA_MIB * sector_mib )), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="qe-data"
 TABLE
 dd if="$work/esp.img" of="$image" bs=1M seek=1 conv=notrunc,sparse status=none
 dd if="$work/root.img" of="$image" bs=1M seek=$(( 1 + ESP_MIB )) conv=notrunc,sparse status=none
-dd if="$work/data.img" of="$image" bs=1M seek=$(( 1 + ESP_MIB + root_mib )) conv=notrunc,sparse status=none
-mv "$work/esp.img" "$work/root.img" "$out/"
-step "done: $image ($(du -h --apparent-size "$image" | cut -f1); system partitions for upgrades: $out/esp.img, $out/root.img)"
+dd if="$work/data.img" of="$image" bs=1M seek=$(( 1 + ESP_MIB + 2 * root_mib )) conv=notrunc,sparse status=none
+mv "$work/root.img" "$out/"
+step "done: $image ($(du -h --apparent-size "$image" | cut -f1), sparse); for upgrades: $out/root.img"

@@ -1,8 +1,9 @@
 """Boot test of the x86_64 appliance image (scripts/build-image.sh) in qemu: a LAN host gets a DHCP
 lease from it, the web UI answers at http://192.168.50.1/, SSH with the test key works and runs
 `quicether status`, the WAN port got its address from the ISP by DHCP, no unit failed on the read-only
-root. Then the upgrade flow: re-flash the system partitions (EFI + system) and boot again — the config
-and the node key on the data partition are kept.
+root. Then upgrades from "USB sticks": a broken system (an empty file system) written to slot b does not
+start and slot a comes back; the real root.img written to slot b starts and confirms itself — and the
+config and node key are kept throughout.
 
 scripts/test builds the image with a test key and sets QE_IMAGE and QE_IMAGE_KEY; without them (pytest run
 by hand) the test is skipped, since building the image takes minutes."""
@@ -18,7 +19,7 @@ import pytest
 
 from tests.lab import Lab
 from tests.lab.sites import curl, dhcp_lease
-from tests.lab.vm import ApplianceLab, build_appliance_lab, write_partition
+from tests.lab.vm import ApplianceLab, build_appliance_lab
 
 IMAGE = os.environ.get("QE_IMAGE")
 KEY = os.environ.get("QE_IMAGE_KEY")
@@ -57,10 +58,13 @@ def _wait_booted(vm: ApplianceLab, tmp_path: Path) -> float:
 
 
 @pytest.mark.skipif(not IMAGE, reason="set QE_IMAGE (scripts/test builds the image and sets it)")
-def test_image_boots_serves_the_lan_and_keeps_its_config_across_a_reflash(lab: Lab, tmp_path: Path) -> None:
+def test_image_boots_serves_the_lan_and_upgrades_keeping_its_config(lab: Lab, tmp_path: Path) -> None:
     assert IMAGE and KEY and Path(IMAGE).exists(), f"image {IMAGE} not built"
     vm = build_appliance_lab(lab, Path(IMAGE), tmp_path)
-    vm.power_on()
+    broken = tmp_path / "broken-root.img"  # a file system without a kernel: GRUB cannot start it
+    subprocess.run(["mkfs.ext4", "-q", "-L", "qe-root", str(broken), "64M"], check=True)
+    sticks = (Path(IMAGE).parent / "root.img", broken)  # /dev/vdb, /dev/vdc
+    vm.power_on(sticks)
     print(f"first boot: DHCP lease {_wait_booted(vm, tmp_path):.0f}s after power-on")
     status = _ssh(vm, "quicether status")
     assert status.returncode == 0, status.stderr
@@ -78,15 +82,37 @@ def test_image_boots_serves_the_lan_and_keeps_its_config_across_a_reflash(lab: L
     added = _ssh(vm, f"quicether add-peer gw {GATEWAY_ID} --allowed-ips 10.99.0.1/32 --endpoint 10.77.0.1:4433")
     assert added.returncode == 0, added.stderr
 
-    # Upgrade: power off, write new system partitions (EFI loader, system) over the old ones, boot.
-    _ssh(vm, "systemctl poweroff")
+    assert "qe.slot=a" in _ssh(vm, "cat /proc/cmdline").stdout
+
+    # A broken upgrade: slot b cannot start, the loader falls back to slot a, which stays the default.
+    assert _ssh(vm, "quicether upgrade /dev/vdc").returncode == 0
+    _ssh(vm, "systemctl reboot")
+    vm.wait_off(timeout=120)  # qemu runs with -no-reboot: a reboot powers it off; power on again
+    vm.power_on(sticks)
+    print(f"after the broken upgrade: DHCP lease {_wait_booted(vm, tmp_path):.0f}s after power-on")
+    assert "qe.slot=a" in _ssh(vm, "cat /proc/cmdline").stdout
+    env = _ssh(vm, "cat /boot/efi/EFI/quicether/grubenv").stdout
+    assert "slot=a" in env and "pending=b" not in env, env
+
+    # The real upgrade: slot b is written while slot a runs, then a reboot starts it.
+    upgraded = _ssh(vm, "quicether upgrade /dev/vdb")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "slot b written" in upgraded.stdout and "100%" in upgraded.stderr
+    assert "pending=b" in _ssh(vm, "cat /boot/efi/EFI/quicether/grubenv").stdout
+    _ssh(vm, "systemctl reboot")
     vm.wait_off(timeout=120)
-    image_dir = Path(IMAGE).parent
-    write_partition(vm.disk, 1, image_dir / "esp.img")
-    write_partition(vm.disk, 2, image_dir / "root.img")
-    vm.power_on()
-    print(f"after the re-flash: DHCP lease {_wait_booted(vm, tmp_path):.0f}s after power-on")
+    vm.power_on(sticks)
+    print(f"after the upgrade: DHCP lease {_wait_booted(vm, tmp_path):.0f}s after power-on")
+    assert "qe.slot=b" in _ssh(vm, "cat /proc/cmdline").stdout
     again = _ssh(vm, "quicether status")
     assert again.returncode == 0, again.stderr
     assert again.stdout.split()[1] == node_id  # same node key
     assert f"peer gw {GATEWAY_ID}" in again.stdout  # same config
+    # The new slot confirmed itself once the daemon ran: it is the default from now on.
+    deadline = time.monotonic() + 60
+    env = ""
+    while time.monotonic() < deadline and "slot=b" not in env:
+        env = _ssh(vm, "cat /boot/efi/EFI/quicether/grubenv").stdout
+        time.sleep(2)
+    assert "slot=b" in env and "pending" not in env, env
+    assert _ssh(vm, "systemctl --failed --no-legend --plain").stdout.strip() == ""

@@ -9,7 +9,6 @@ where /dev/kvm is missing or broken. The disk is a copy: the built image stays p
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -38,13 +37,15 @@ class ApplianceLab:
     def console_text(self) -> str:
         return self.console.read_text(errors="replace") if self.console.exists() else ""
 
-    def power_on(self) -> None:
-        """Starts the VM on the lab's disk (a copy of the image), its NICs on the lab's taps."""
+    def power_on(self, sticks: tuple[Path, ...] = ()) -> None:
+        """Starts the VM on the lab's disk (a copy of the image), its NICs on the lab's taps; `sticks` are
+        attached as more read-only disks (/dev/vdb, /dev/vdc…), like USB sticks with new images."""
         self.boots += 1
+        extra = [arg for stick in sticks for arg in ("-drive", f"file={stick},format=raw,if=virtio,readonly=on")]
         # Fixed PCI slots keep the NIC order: slot 4 is eth0 (LAN), slot 5 is eth1 (WAN).
         self.proc = self.vmhost.popen([
             "qemu-system-x86_64", "-accel", "tcg", "-m", str(VM_MEMORY_MIB), "-smp", "2", "-bios", str(OVMF),
-            "-drive", f"file={self.disk},format=raw,if=virtio", "-display", "none",
+            "-drive", f"file={self.disk},format=raw,if=virtio", *extra, "-display", "none",
             "-serial", f"file:{self.console}",
             "-netdev", "tap,id=lan,ifname=tap-lan,script=no,downscript=no",
             "-device", "virtio-net-pci,netdev=lan,mac=52:54:00:00:00:01,addr=0x4",
@@ -56,24 +57,6 @@ class ApplianceLab:
     def wait_off(self, timeout: float) -> None:
         assert self.proc is not None
         self.proc.wait(timeout=timeout)
-
-
-def partitions(disk: Path) -> list[tuple[int, int]]:
-    """(start, size) in bytes of each partition of a GPT disk image."""
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
-    sector = int(table.get("sectorsize", 512))
-    return [(p["start"] * sector, p["size"] * sector) for p in table["partitions"]]
-
-
-def write_partition(disk: Path, number: int, image: Path) -> None:
-    """Writes `image` over partition `number` (1-based) of `disk`, as a re-flash of that partition would."""
-    start, size = partitions(disk)[number - 1]
-    if image.stat().st_size > size:
-        raise LabError(f"{image} ({image.stat().st_size} bytes) does not fit partition {number} ({size} bytes)")
-    with open(disk, "r+b") as out, open(image, "rb") as src:
-        out.seek(start)
-        shutil.copyfileobj(src, out, 4 << 20)
 
 
 def build_appliance_lab(lab: Lab, image: Path, workdir: Path) -> ApplianceLab:
