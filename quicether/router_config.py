@@ -18,6 +18,8 @@ node (quicether/config.py); every error names its field.
     exit = "gateway"               # the peer whose tunnel carries LAN internet traffic (its allowed_ips
                                    # must hold 0.0.0.0/0); without it LAN traffic leaves by the WANs (NAT)
     kill_switch = false            # true: LAN traffic never leaves by a raw WAN, even with the bond down
+    direct = ["192.168.1.0/24"]    # destinations the LAN reaches by the WANs directly, not through the exit
+                                   # (the ISP modem's page, local services); allowed past the kill switch
 
     [gateway]                      # role = "gateway" only
     internet = "eth0"              # port to the internet: sites' exit traffic is masqueraded out of it
@@ -67,6 +69,7 @@ class LanConfig:
     dns_servers: list[str]
     exit_peer: str | None
     kill_switch: bool
+    direct: list[str] = field(default_factory=list)
 
     @property
     def subnet(self) -> str:
@@ -151,7 +154,11 @@ def _ipv4(value: object, where: str) -> str:
 
 def _lan(raw_in: object, peer_names: list[str], where: str) -> LanConfig:
     raw = _table(raw_in, where)
-    check_keys(raw, {"device", "address", "dhcp", "dhcp_range", "dns", "dns_servers", "exit", "kill_switch"}, where)
+    check_keys(raw, {"device", "address", "dhcp", "dhcp_range", "dns", "dns_servers", "exit", "kill_switch", "direct"},
+               where)
+    direct = raw.get("direct", [])
+    if not isinstance(direct, list):
+        raise ConfigError(f"{where}.direct: expected a list of prefixes")
     device = _device(raw.get("device"), f"{where}.device")
     text = raw.get("address", DEFAULT_LAN_ADDRESS)
     try:
@@ -183,7 +190,15 @@ def _lan(raw_in: object, peer_names: list[str], where: str) -> LanConfig:
     return LanConfig(device=device, address=str(iface), dhcp=_bool(raw, "dhcp", True, where), dhcp_range=(
         str(first), str(last)), dns=_bool(raw, "dns", True, where),
         dns_servers=[_ipv4(s, f"{where}.dns_servers") for s in servers], exit_peer=exit_peer,
-        kill_switch=_bool(raw, "kill_switch", False, where))
+        kill_switch=_bool(raw, "kill_switch", False, where),
+        direct=[_prefix(d, f"{where}.direct") for d in direct])
+
+
+def _prefix(value: object, where: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(str(value), strict=False))
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not an IPv4 prefix") from None
 
 
 def _protocol(value: object, where: str) -> int:
@@ -218,8 +233,8 @@ def _endpoint_set(value: object, peer_names: list[str], where: str) -> str:
     if value == "lan" or value in peer_names:
         return str(value)
     try:
-        return str(ipaddress.IPv4Network(str(value), strict=False))
-    except ValueError:
+        return _prefix(value, where)
+    except ConfigError:
         raise ConfigError(f"{where}: {value!r} is neither a peer name, a peer group (group:<name>), \"lan\" "
                           "nor an IPv4 prefix") from None
 

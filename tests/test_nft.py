@@ -42,7 +42,8 @@ def test_a_site_lan_is_masqueraded_out_of_wans_and_the_kill_switch_only_lets_it_
     open_fw = Firewall(4433, "qe0", ["wan0"], lan="lan")
     assert any('"lan"' in r and '"masquerade"' in r for r in _rules(open_fw, "postrouting"))
     assert not any('"!="' in r for r in _rules(open_fw, "forward"))
-    kill = _rules(Firewall(4433, "qe0", ["wan0"], lan="lan", kill_switch=True), "forward")
+    kill = _rules(Firewall(4433, "qe0", ["wan0"], lan="lan", kill_switch=True, direct=["192.168.1.0/24"]), "forward")
+    assert '"addr": "192.168.1.0", "len": 24' in kill[-2] and kill[-2].endswith('{"accept": null}]')
     assert kill[-1] == json.dumps([
         {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lan"}},
         {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": {"set": ["qe0", "lan"]}}},

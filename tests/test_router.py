@@ -125,6 +125,22 @@ def test_kill_switch_keeps_lan_traffic_off_raw_wans(lab: Lab, tmp_path: Path) ->
     _wait(lambda: curl(sites.lan_a, url, timeout=2) == sites.wl.addr("gateway"), timeout=20, step=0.5)
 
 
+def test_direct_destinations_bypass_the_exit_and_the_kill_switch(lab: Lab, tmp_path: Path) -> None:
+    sites = build_sites_lab(lab, TWO_WANS, tmp_path, kill_switch=True)
+    sites.site_a.sections["lan"]["direct"] = [f"{sites.web_addr}/32"]
+    sites.start_all()
+    _lan_a_online(sites, tmp_path)
+    url = f"http://{sites.web_addr}:{HTTP_PORT}/"
+    # The web host is a direct destination: it sees the router's WAN address, not the gateway's.
+    assert curl(sites.lan_a, url) == sites.wl.wans[0].router_addr
+    assert sites.lan_a.run("ping", "-c", "2", "-W", "2", sites.lan_b_addr, check=False).returncode == 0
+    _stop_gateway(sites)
+    time.sleep(1)
+    # With the bond down, the kill switch holds everything but the direct destination.
+    assert curl(sites.lan_a, url) == sites.wl.wans[0].router_addr
+    assert sites.lan_a.run("ping", "-c", "2", "-W", "1", sites.lan_b_addr, check=False).returncode != 0
+
+
 def _wan_names(sites: SitesLab) -> list[str]:
     peers = sites.site_a.status()["peers"]
     return sorted(p["wan"] for p in peers[0]["paths"] if p["up"]) if peers else []

@@ -53,6 +53,7 @@ def test_gateway_with_exit_and_port_forward() -> None:
     ('[lan]\ndevice = "eth0"\ndhcp_range = ["192.168.50.1", "192.168.50.9"]\n', "holds the LAN address"),
     ('[lan]\ndevice = "eth0"\ndhcp_range = ["192.168.60.1", "192.168.60.9"]\n', "not an ascending range inside"),
     ('[lan]\ndevice = "eth0"\ndhcp = "yes"\n', "lan.dhcp: expected true or false"),
+    ('[lan]\ndevice = "eth0"\ndirect = ["modem"]\n', "lan.direct: 'modem' is not an IPv4 prefix"),
     ('[lan]\ndevice = "wan0"\n[[wan]]\ndevice = "wan0"\n', "lan.device: wan0 is also a WAN"),
     ('[gateway]\ninternet = "eth0"\n', 'only for role = "gateway"'),
     ('[node]\nrole = "gateway"\n[gateway]\n[[gateway.forward]]\nport = 80\nto = "10.0.0.1:80"\n',

@@ -212,9 +212,11 @@ def test_settings_forms_change_the_config_or_explain_why_not(client: FlaskClient
     assert client.get(page).status_code == 200
     bad_lan = _post(client, "/settings/lan", {"address": "300.1.1.1/24", "dhcp": "on"}, page)
     assert bad_lan.status_code == 400 and "lan.address" in bad_lan.get_data(as_text=True)
-    assert _post(client, "/settings/lan", {"address": "192.168.7.1/24", "kill_switch": "on"}, page).status_code == 302
+    assert _post(client, "/settings/lan", {"address": "192.168.7.1/24", "kill_switch": "on",
+                                           "direct": "192.168.1.0/24, 10.9.9.9"}, page).status_code == 302
     lan = load(state / "quicether.toml").lan
     assert lan is not None and lan.kill_switch and not lan.dhcp
+    assert lan.direct == ["192.168.1.0/24", "10.9.9.9/32"]
     assert _post(client, "/settings/acls", {"action": "deny", "from": "gw", "to": "lan", "protocol": "tcp",
                                             "port": "22"}, page).status_code == 302
     bad_acl = _post(client, "/settings/acls", {"action": "deny", "port": "22"}, page)

@@ -75,7 +75,8 @@ def lan() -> Any:
         lan_table = dict(doc.get("lan", {}))
         lan_table.update(address=form.get("address", "").strip(), dhcp="dhcp" in form, dns="dns" in form,
                          kill_switch="kill_switch" in form,
-                         dns_servers=[s.strip() for s in form.get("dns_servers", "").split(",") if s.strip()])
+                         dns_servers=[s.strip() for s in form.get("dns_servers", "").split(",") if s.strip()],
+                         direct=[d.strip() for d in form.get("direct", "").split(",") if d.strip()])
         if "device" not in lan_table:
             raise ValueError("lan.device: choose the LAN port in the setup wizard first")
         return {**doc, "lan": lan_table}

@@ -64,6 +64,7 @@ class Router:
         return nft.Firewall(
             quic_port=int(cfg.listen.rpartition(":")[2]), tun=cfg.tun, outside=outside,
             lan=cfg.lan.device if cfg.lan else None, kill_switch=bool(cfg.lan and cfg.lan.kill_switch),
+            direct=cfg.lan.direct if cfg.lan else [],
             internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=resolve_acls(cfg),
             acl_default=cfg.acl_default)
 
@@ -125,7 +126,8 @@ class Router:
         # there), never to a raw WAN.
         active = peer_up or self.config.lan.kill_switch
         if active != self.exit_active:
-            await asyncio.to_thread(lan_net.set_exit, self.config.lan.device, self.config.tun, active)
+            await asyncio.to_thread(lan_net.set_exit, self.config.lan.device, self.config.tun, active,
+                                    self.config.lan.direct)
             self.exit_active = active
             log.info("LAN internet traffic %s", f"goes through peer {self.config.lan.exit_peer}" if peer_up
                      else "is held (kill switch): the exit peer is down" if active

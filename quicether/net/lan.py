@@ -23,6 +23,8 @@ from quicether.net.links import LinkError
 
 EXIT_TABLE = 7200
 EXIT_RULE_PRIORITY = 7200
+# Just before the exit rule: LAN traffic to `direct` destinations keeps the main table (the raw WANs).
+DIRECT_RULE_PRIORITY = 7199
 MAIN_TABLE = 254
 
 
@@ -60,9 +62,15 @@ def remove_lan_address(device: str, address: str) -> None:
                          family=socket.AF_INET)
 
 
-def set_exit(lan_device: str, tun: str, active: bool) -> None:
-    """Routes LAN traffic into the tunnel (active) or lets it use the main table (inactive). Idempotent."""
+def set_exit(lan_device: str, tun: str, active: bool, direct: list[str] | None = None) -> None:
+    """Routes LAN traffic into the tunnel (active) or lets it use the main table (inactive), except for the
+    `direct` prefixes, which always use the main table. Idempotent."""
     with IPRoute() as ipr:
+        for prefix in direct or []:
+            net = ipaddress.IPv4Network(prefix)
+            with contextlib.suppress(NetlinkError):  # EEXIST: already there
+                ipr.rule("add", priority=DIRECT_RULE_PRIORITY, table=MAIN_TABLE, iifname=lan_device,
+                         dst=str(net.network_address), dst_len=net.prefixlen, family=socket.AF_INET)
         if not active:
             with contextlib.suppress(NetlinkError):
                 ipr.rule("del", priority=EXIT_RULE_PRIORITY, table=EXIT_TABLE, iifname=lan_device,
@@ -78,13 +86,15 @@ def set_exit(lan_device: str, tun: str, active: bool) -> None:
 
 
 def remove_exit() -> None:
-    """Removes the exit rule(s) and table, ours from this run or a crashed one."""
+    """Removes the exit and direct rules and the exit table, ours from this run or a crashed one."""
     with IPRoute() as ipr:
         for rule in ipr.get_rules(family=socket.AF_INET):
-            if rule.get_attr("FRA_PRIORITY") == EXIT_RULE_PRIORITY:
+            priority = rule.get_attr("FRA_PRIORITY")
+            if priority in (EXIT_RULE_PRIORITY, DIRECT_RULE_PRIORITY):
+                selector = {"dst": rule.get_attr("FRA_DST"), "dst_len": rule["dst_len"]} if rule["dst_len"] else {}
                 with contextlib.suppress(NetlinkError):
-                    ipr.rule("del", priority=EXIT_RULE_PRIORITY, table=rule.get_attr("FRA_TABLE"),
-                             iifname=rule.get_attr("FRA_IIFNAME"), family=socket.AF_INET)
+                    ipr.rule("del", priority=priority, table=rule.get_attr("FRA_TABLE"),
+                             iifname=rule.get_attr("FRA_IIFNAME"), family=socket.AF_INET, **selector)
         with contextlib.suppress(NetlinkError):
             ipr.flush_routes(table=EXIT_TABLE)
 

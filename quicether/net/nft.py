@@ -10,7 +10,8 @@ Rules (inputs in `Firewall`):
 - forward: TCP MSS clamped to the route MTU into and out of the tunnel; established/related accepted; ACL
   rules in order; with acl_default "deny", new traffic from the tunnel to another site (tunnel or LAN) is
   dropped; port-forwarded traffic accepted; anything else new from outside dropped (a router never lets the
-  internet open connections into the LAN); with the kill switch, LAN traffic may only enter the tunnel.
+  internet open connections into the LAN); with the kill switch, LAN traffic may only enter the tunnel
+  (or go to the `direct` destinations).
 - nat: LAN traffic leaving by a raw WAN is masqueraded; on a gateway, tunnel traffic leaving by the internet
   port is masqueraded (the exit) and port forwards are DNATed into the tunnel and masqueraded there, so
   replies come back through the gateway whatever the site's own exit is.
@@ -68,6 +69,7 @@ class Firewall:
     outside: list[str] = field(default_factory=list)   # WAN ports and the gateway's internet port
     lan: str | None = None
     kill_switch: bool = False
+    direct: list[str] = field(default_factory=list)     # LAN destinations allowed past the kill switch
     internet: str | None = None                        # gateway: exit traffic is masqueraded out of here
     forwards: list[PortForward] = field(default_factory=list)
     acls: list[Acl] = field(default_factory=list)
@@ -129,6 +131,8 @@ def _forward_rules(fw: Firewall) -> list[dict[str, Any]]:
     if fw.outside:
         rules.append(_rule("forward", _match(IIF, _names(fw.outside)), DROP))
     if fw.lan and fw.kill_switch:
+        if fw.direct:
+            rules.append(_rule("forward", _match(IIF, fw.lan), *_prefixes("daddr", fw.direct), ACCEPT))
         rules.append(_rule("forward", _match(IIF, fw.lan), _match(OIF, {"set": [fw.tun, fw.lan]}, "!="), DROP))
     return rules
 
