@@ -53,6 +53,22 @@ def test_bond_spreads_traffic_and_beats_the_best_single_wan(lab: Lab, tmp_path: 
     assert all(wan in status.stdout for wan in ("wan0", "wan1", "wan2")), status.stdout
 
 
+def test_aggregate_does_not_fall_below_the_best_wan_on_very_asymmetric_links(lab: Lab, tmp_path: Path) -> None:
+    # A fast WAN next to a slow, long and lossy one (a mobile backup, say): striping by delivery rate must
+    # not let the slow path hold the fast one back.
+    bond = build_bond_lab(lab, [LinkSpec(rate_mbit=100, delay_ms=10), LinkSpec(rate_mbit=2, delay_ms=150,
+                                                                                loss_pct=1)], tmp_path)
+    start_iperf_server(bond.dc)
+    assert bond.wait_paths_up(2)
+    bonded = {flows: iperf(bond.lan, bond.dc_addr, seconds=5, streams=flows).mbit_s for flows in (1, 8)}
+    bond.wl.set_link(1, up=False)
+    _wait(lambda: not _path(bond, "wan1")["up"], timeout=3)
+    alone = {flows: iperf(bond.lan, bond.dc_addr, seconds=5, streams=flows).mbit_s for flows in (1, 8)}
+    for flows in (1, 8):
+        # 5 % for this machine's run-to-run noise (measured: 89.2 bonded vs 89.2 alone with 1 flow).
+        assert bonded[flows] >= 0.95 * alone[flows], (bonded, alone)
+
+
 def test_cut_wan_mid_transfer_tcp_survives_and_the_wan_returns(lab: Lab, tmp_path: Path) -> None:
     bond = build_bond_lab(lab, THREE_WANS[:2], tmp_path)
     start_iperf_server(bond.dc)
