@@ -53,6 +53,17 @@ def test_bond_spreads_traffic_and_beats_the_best_single_wan(lab: Lab, tmp_path: 
     assert all(wan in status.stdout for wan in ("wan0", "wan1", "wan2")), status.stdout
 
 
+def test_udp_at_90_percent_of_the_link_sum_loses_under_1_percent(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, THREE_WANS, tmp_path)
+    start_iperf_server(bond.dc)
+    assert bond.wait_paths_up(3)
+    link_sum = sum(s.rate_mbit or 0 for s in THREE_WANS)
+    # 1300-byte datagrams fit the tunnel's MTU; the 1 % loss of the third WAN is repaired by the bond.
+    result = iperf(bond.lan, bond.dc_addr, seconds=6, udp_mbit=0.9 * link_sum, udp_len=1300)
+    assert result.lost_percent < 1.0, result.lost_percent
+    assert result.mbit_s > 0.85 * link_sum, result.mbit_s
+
+
 def test_aggregate_does_not_fall_below_the_best_wan_on_very_asymmetric_links(lab: Lab, tmp_path: Path) -> None:
     # A fast WAN next to a slow, long and lossy one (a mobile backup, say): striping by delivery rate must
     # not let the slow path hold the fast one back.
