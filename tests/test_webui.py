@@ -120,6 +120,10 @@ def test_login_wrong_password_rate_limit_and_safe_redirect(client: FlaskClient, 
     token = _csrf(fresh, "/login")
     ok = fresh.post("/login?next=//evil.example/", data={"password": PASSWORD, "csrf_token": token})
     assert ok.status_code == 302 and ok.headers["Location"] == "/"
+    other = app.test_client()
+    backslash = other.post("/login?next=/%5Cevil.example/", data={"password": PASSWORD,
+                                                                   "csrf_token": _csrf(other, "/login")})
+    assert backslash.headers["Location"] == "/"
     cookie = ok.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
 

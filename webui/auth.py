@@ -138,9 +138,10 @@ def login() -> Any:
             session["admin"] = True
             csrf_token()
             target = request.args.get("next", "")
-            # Only paths on this site: an absolute or protocol-relative URL would be an open redirect.
-            return redirect(target if target.startswith("/") and not target.startswith("//") else url_for(
-                "dashboard.index"))
+            # Only paths on this site: an absolute or protocol-relative URL ("//x", "/\\x" to browsers)
+            # would be an open redirect.
+            local = target.startswith("/") and not target.startswith(("//", "/\\"))
+            return redirect(target if local else url_for("dashboard.index"))
         else:
             _failures[client].append(now)
             error, status = "Wrong password.", 401
