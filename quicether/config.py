@@ -44,13 +44,13 @@ from pathlib import Path
 
 from quicether.identity import IdentityError, decode_node_id
 from quicether.router_config import (
-    PROTOCOL_NUMBERS,
     ROUTER_NODE_KEYS,
     AclRule,
     GatewayConfig,
     LanConfig,
     WebUiConfig,
     check_keys,
+    parse_protocol,
     parse_router,
 )
 from quicether.router_config import ConfigError as ConfigError  # re-exported: every module catches it from here
@@ -64,7 +64,6 @@ MIN_PATH_MTU = 1280
 
 MODES = ("aggregate", "lowest-rtt", "redundant")
 CONGESTION_CONTROLS = ("loss-tolerant", "cubic", "bbr")
-PROTOCOLS = PROTOCOL_NUMBERS
 
 
 @dataclass(frozen=True)
@@ -141,14 +140,13 @@ def _socket_addr(value: object, where: str) -> str:
     return value
 
 
-_check_keys = check_keys
 
 
 def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     where = f"{path}: peer[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    _check_keys(raw, {"name", "key", "endpoint", "allowed_ips", "mode", "realtime_mode", "class", "groups"}, where)
+    check_keys(raw, {"name", "key", "endpoint", "allowed_ips", "mode", "realtime_mode", "class", "groups"}, where)
     groups = raw.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
         raise ConfigError(f"{where}.groups: expected a list of group names")
@@ -196,16 +194,10 @@ def _int_in(value: object, low: int, high: int, where: str) -> int:
 def _class_rule(raw: object, where: str) -> ClassRule:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    _check_keys(raw, {"protocol", "port", "dscp", "mode"}, where)
+    check_keys(raw, {"protocol", "port", "dscp", "mode"}, where)
     if "mode" not in raw:
         raise ConfigError(f"{where}.mode: missing")
-    protocol = raw.get("protocol")
-    if isinstance(protocol, str):
-        if protocol not in PROTOCOLS:
-            raise ConfigError(f"{where}.protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)} or a number")
-        protocol = PROTOCOLS[protocol]
-    elif protocol is not None:
-        protocol = _int_in(protocol, 0, 255, f"{where}.protocol")
+    protocol = parse_protocol(raw["protocol"], f"{where}.protocol") if "protocol" in raw else None
     port = _int_in(raw["port"], 1, 65535, f"{where}.port") if "port" in raw else None
     dscp = _int_in(raw["dscp"], 0, 63, f"{where}.dscp") if "dscp" in raw else None
     return ClassRule(protocol=protocol, port=port, dscp=dscp, mode=_mode(raw["mode"], f"{where}.mode"))
@@ -222,7 +214,7 @@ def _wan(raw: object, index: int, path: Path) -> WanConfig:
     where = f"{path}: wan[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    _check_keys(raw, {"name", "device", "address", "gateway", "role", "rate_mbit"}, where)
+    check_keys(raw, {"name", "device", "address", "gateway", "role", "rate_mbit"}, where)
     device = raw.get("device")
     if not isinstance(device, str) or not 0 < len(device) <= MAX_IFNAME:
         raise ConfigError(f"{where}.device: missing or not an interface name")
@@ -248,11 +240,11 @@ def parse(text: str, path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    _check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl", "webui"}, str(path))
+    check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl", "webui"}, str(path))
     node = data.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
-    _check_keys(node, {"listen", "tun", "address", "state_dir", "path_mtu", "congestion", *ROUTER_NODE_KEYS},
+    check_keys(node, {"listen", "tun", "address", "state_dir", "path_mtu", "congestion", *ROUTER_NODE_KEYS},
                 f"{path}: node")
     congestion = node.get("congestion", "loss-tolerant")
     if congestion not in CONGESTION_CONTROLS:

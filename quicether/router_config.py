@@ -201,7 +201,8 @@ def _prefix(value: object, where: str) -> str:
         raise ConfigError(f"{where}: {value!r} is not an IPv4 prefix") from None
 
 
-def _protocol(value: object, where: str) -> int:
+def parse_protocol(value: object, where: str) -> int:
+    """A protocol by name (tcp, udp, icmp) or number, for traffic classes and ACLs."""
     if isinstance(value, str) and value in PROTOCOL_NUMBERS:
         return PROTOCOL_NUMBERS[value]
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
@@ -245,7 +246,7 @@ def _acl(raw_in: object, peer_names: list[str], where: str) -> AclRule:
     action = raw.get("action")
     if action not in ("allow", "deny"):
         raise ConfigError(f"{where}.action: {action!r} is not allow or deny")
-    protocol = _protocol(raw["protocol"], f"{where}.protocol") if "protocol" in raw else None
+    protocol = parse_protocol(raw["protocol"], f"{where}.protocol") if "protocol" in raw else None
     port = _port(raw["port"], f"{where}.port") if "port" in raw else None
     if port is not None and protocol not in (6, 17):
         raise ConfigError(f"{where}.port: a port needs protocol = \"tcp\" or \"udp\"")

@@ -11,8 +11,9 @@ from typing import Any
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 
 from quicether import config_edit
-from quicether.config import MODES, PROTOCOLS, ConfigError
+from quicether.config import MODES, ConfigError
 from quicether.invite import InviteError, decode
+from quicether.router_config import PROTOCOL_NUMBERS
 from webui.daemon_link import Document, config_path, document, friendly, ports, save_and_apply
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
@@ -24,7 +25,7 @@ def _page(error: str | None = None, status: int = 200) -> Any:
     used = {w.get("device") for w in doc.get("wan", [])} | {doc.get("lan", {}).get("device")}
     free_ports = [p["name"] for p in ports() if p["name"] not in used]
     return render_template("settings.html", doc=doc, toml_text=text, error=error, modes=MODES,
-                           protocols=sorted(PROTOCOLS), free_ports=free_ports, title="Settings"), status
+                           protocols=sorted(PROTOCOL_NUMBERS), free_ports=free_ports, title="Settings"), status
 
 
 def _apply(change: Callable[[Document], Document]) -> Any:
