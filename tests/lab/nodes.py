@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quicether import config_edit
 from quicether.daemon import api
 from quicether.identity import generate
 from tests.lab.netns import LabError, Namespace
@@ -49,29 +49,12 @@ class NodeSpec:
                 "congestion": self.congestion, **self.node_extra}
         if not self.address:  # a first-boot node: the wizard or `quicether join` sets it
             del node["address"]
-        lines = _toml_table("[node]", node)
-        for name, table in self.sections.items():
-            lines += _toml_table(f"[{name}]", table)
-        for section, tables in (("wan", self.wans), ("peer", self.peers), ("acl", self.acls)):
-            for table in tables:
-                lines += _toml_table(f"[[{section}]]", table)
-        self.config_path.write_text("\n".join(lines))
+        # The same writer as the web UI and `quicether join` (lists of tables become [[...]] sections).
+        doc = {"node": node, **self.sections, "wan": self.wans, "peer": self.peers, "acl": self.acls}
+        self.config_path.write_text(config_edit.dump(doc))
 
     def status(self) -> dict[str, Any]:
         return api.request(self.state_dir / "api.sock", "status")
-
-
-def _toml_table(header: str, table: dict[str, Any]) -> list[str]:
-    """A TOML table; values that are lists of tables become [[header.key]] sub-tables."""
-    name = header.strip("[]")
-    lines = [header]
-    nested = []
-    for key, value in table.items():
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            nested += [line for item in value for line in _toml_table(f"[[{name}.{key}]]", item)]
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    return [*lines, "", *nested]
 
 
 def make_node(ns: Namespace, name: str, address: str, base: Path) -> NodeSpec:
