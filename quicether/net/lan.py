@@ -19,7 +19,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from quicether.net.links import LinkError
+from quicether.net.links import LinkError, link_index
 
 EXIT_TABLE = 7200
 EXIT_RULE_PRIORITY = 7200
@@ -28,18 +28,11 @@ DIRECT_RULE_PRIORITY = 7199
 MAIN_TABLE = 254
 
 
-def _index(ipr: IPRoute, name: str) -> int:
-    found = ipr.link_lookup(ifname=name)
-    if not found:
-        raise LinkError(f"LAN device {name} does not exist")
-    return int(found[0])
-
-
 def add_lan_address(device: str, address: str) -> bool:
     """Brings the LAN port up with `address`; True if the address was added (not already there)."""
     iface = ipaddress.IPv4Interface(address)
     with IPRoute() as ipr:
-        index = _index(ipr, device)
+        index = link_index(ipr, device, "LAN device")
         ipr.link("set", index=index, state="up")
         present = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=socket.AF_INET)}
         if str(iface.ip) in present:
@@ -76,10 +69,7 @@ def set_exit(lan_device: str, tun: str, active: bool, direct: list[str] | None =
                 ipr.rule("del", priority=EXIT_RULE_PRIORITY, table=EXIT_TABLE, iifname=lan_device,
                          family=socket.AF_INET)
             return
-        found = ipr.link_lookup(ifname=tun)
-        if not found:
-            raise LinkError(f"tunnel device {tun} does not exist")
-        ipr.route("replace", dst="0.0.0.0/0", oif=found[0], table=EXIT_TABLE)
+        ipr.route("replace", dst="0.0.0.0/0", oif=link_index(ipr, tun, "tunnel device"), table=EXIT_TABLE)
         with contextlib.suppress(NetlinkError):  # EEXIST: already there
             ipr.rule("add", priority=EXIT_RULE_PRIORITY, table=EXIT_TABLE, iifname=lan_device,
                      family=socket.AF_INET)

@@ -19,10 +19,11 @@ class LinkError(RuntimeError):
     """A netlink operation failed; the message names the device and what was attempted."""
 
 
-def _index(ipr: IPRoute, name: str) -> int:
+def link_index(ipr: IPRoute, name: str, what: str = "device") -> int:
+    """The interface index of `name`; LinkError naming it as `what` (e.g. "LAN device") if it is missing."""
     found = ipr.link_lookup(ifname=name)
     if not found:
-        raise LinkError(f"device {name} does not exist")
+        raise LinkError(f"{what} {name} does not exist")
     return int(found[0])
 
 
@@ -34,7 +35,7 @@ TUN_TX_QUEUE_LEN = 4096
 def configure_tun(name: str, mtu: int, address: str | None) -> None:
     """Sets the MTU and queue length, adds the overlay address (if any) and brings the device up."""
     with IPRoute() as ipr:
-        index = _index(ipr, name)
+        index = link_index(ipr, name)
         try:
             ipr.link("set", index=index, mtu=mtu, txqlen=TUN_TX_QUEUE_LEN)
             if address:
@@ -64,7 +65,7 @@ def routes_for(prefixes: list[str], address: str | None) -> list[str]:
 
 def add_routes(name: str, prefixes: list[str]) -> None:
     with IPRoute() as ipr:
-        index = _index(ipr, name)
+        index = link_index(ipr, name)
         for prefix in prefixes:
             net = ipaddress.ip_network(prefix)
             family = socket.AF_INET if net.version == 4 else socket.AF_INET6
