@@ -181,11 +181,8 @@ def _cmd_join(args: argparse.Namespace) -> int:
     try:
         invite = decode(args.code)
         doc = config_edit.load_document(path)
-        state_dir = Path(doc.get("node", {}).get("state_dir", DEFAULT_STATE_DIR))
-        identity = load_identity(state_dir / KEY_FILE_NAME)
-        address = args.address
-        if address is None and "address" not in doc.get("node", {}):
-            address = config_edit.suggest_address(invite, identity.public_key)
+        identity = config_edit.node_identity(doc)
+        address = config_edit.overlay_address(doc, invite, args.address)
         doc = config_edit.add_invited_peer(doc, invite, address=address, mode=args.mode, use_exit=not args.no_exit)
         config = config_edit.save(doc, path)
     except (InviteError, ConfigError, IdentityError) as exc:

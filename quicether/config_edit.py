@@ -14,7 +14,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from quicether.config import Config, ConfigError, parse
+from quicether.config import DEFAULT_STATE_DIR, Config, ConfigError, parse
+from quicether.identity import KEY_FILE_NAME, Identity
+from quicether.identity import load as load_identity
 from quicether.invite import Invite
 
 Document = dict[str, Any]
@@ -113,6 +115,17 @@ def add_invited_peer(doc: Document, invite: Invite, *, address: str | None, mode
     if use_exit and "lan" in new:
         new["lan"] = {**new["lan"], "exit": invite.name}
     return new
+
+
+def node_identity(doc: Document) -> Identity:
+    """This node's key, from the state directory the document names (IdentityError if there is none)."""
+    return load_identity(Path(doc.get("node", {}).get("state_dir", DEFAULT_STATE_DIR)) / KEY_FILE_NAME)
+
+
+def overlay_address(doc: Document, invite: Invite, given: str | None) -> str:
+    """The overlay address to join `invite` with: the one given, else the configured one, else one picked
+    from this node's key (IdentityError if that is needed and the node has no key yet)."""
+    return given or doc.get("node", {}).get("address") or suggest_address(invite, node_identity(doc).public_key)
 
 
 def suggest_address(invite: Invite, own_key: bytes) -> str:

@@ -7,7 +7,6 @@ the CLI uses (via quicether.config_edit) and asks the daemon to reload: no reboo
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
@@ -118,14 +117,10 @@ def _build_config(chosen: dict[str, Any], form: Any) -> dict[str, Any]:
     code = form.get("invite", "").strip()
     if code:
         invite = decode(code)
-        address = form.get("address", "").strip() or node.get("address")
-        if not address:
-            state_dir = node.get("state_dir", "/var/lib/quicether")
-            try:
-                own_key = load_identity(Path(state_dir) / "node.key").public_key
-            except IdentityError as exc:
-                raise ConfigError(f"this node has no key yet ({exc}); run `quicether keygen`") from None
-            address = config_edit.suggest_address(invite, own_key)
+        try:
+            address = config_edit.overlay_address(doc, invite, form.get("address", "").strip() or None)
+        except IdentityError as exc:
+            raise ConfigError(f"this node has no key yet ({exc}); run `quicether keygen`") from None
         doc = config_edit.add_invited_peer(doc, invite, address=address, mode=mode)
     for peer in doc.get("peer", []):
         peer["mode"] = mode
