@@ -15,6 +15,7 @@ import os
 import re
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,13 +79,12 @@ def running_slot(cmdline: str | None = None) -> str:
     return found.group(1)
 
 
-def _gpt_partition(head: bytes, read_at: object, name: str) -> Region | None:
+def _gpt_partition(head: bytes, read_at: Callable[[int, int], bytes], name: str) -> Region | None:
     """The partition called `name` in the GPT whose header is in `head` (sector 1), or None."""
     if head[SECTOR:SECTOR + 8] != GPT_SIGNATURE:
         return None
     entries_lba, count, entry_size = struct.unpack_from("<QII", head, SECTOR + 72)
-    assert callable(read_at)
-    table: bytes = read_at(entries_lba * SECTOR, count * entry_size)
+    table = read_at(entries_lba * SECTOR, count * entry_size)
     for i in range(count):
         entry = table[i * entry_size:(i + 1) * entry_size]
         first, last = struct.unpack_from("<QQ", entry, 32)
