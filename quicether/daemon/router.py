@@ -57,12 +57,16 @@ class Router:
         self._exit_task: asyncio.Task[None] | None = None
         self._exit_key = next((p.key for p in config.peers if config.lan and p.name == config.lan.exit_peer), None)
 
+    def _outside_ports(self) -> list[str]:
+        """Ports facing the internet: the WANs and the gateway's internet port."""
+        internet = self.config.gateway.internet if self.config.gateway else None
+        return self.outside + ([internet] if internet and internet not in self.outside else [])
+
     def firewall(self) -> nft.Firewall:
         cfg = self.config
         internet = cfg.gateway.internet if cfg.gateway else None
-        outside = self.outside + ([internet] if internet and internet not in self.outside else [])
         return nft.Firewall(
-            quic_port=int(cfg.listen.rpartition(":")[2]), tun=cfg.tun, outside=outside,
+            quic_port=int(cfg.listen.rpartition(":")[2]), tun=cfg.tun, outside=self._outside_ports(),
             lan=cfg.lan.device if cfg.lan else None, kill_switch=bool(cfg.lan and cfg.lan.kill_switch),
             direct=cfg.lan.direct if cfg.lan else [],
             internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=resolve_acls(cfg),
@@ -151,7 +155,7 @@ class Router:
         lan = self.config.lan
         return {
             "role": self.config.role,
-            "outside": self.firewall().outside,
+            "outside": self._outside_ports(),
             "lan": None if lan is None else {
                 "device": lan.device, "address": lan.address, "dhcp": lan.dhcp, "dns": lan.dns,
                 "exit_peer": lan.exit_peer, "exit_active": self.exit_active, "kill_switch": lan.kill_switch,

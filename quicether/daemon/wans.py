@@ -62,7 +62,8 @@ class WanManager:
     def devices(self) -> list[str]:
         """Every port that faces an ISP now: configured WANs (up or not) and detected ones that are active."""
         configured = [w.device for w in self.configured]
-        return configured + sorted(d for d in self._detected_index if d in self.active and d not in configured)
+        # Detected ports are never configured ones (_wanted_wans skips those).
+        return configured + sorted(d for d in self._detected_index if d in self.active)
 
     def _on_netlink(self) -> None:
         assert self._monitor is not None
