@@ -16,7 +16,7 @@ from typing import Any
 from tests.lab import Lab, LinkSpec, NatType
 from tests.lab import nodes as qe
 from tests.lab.bond import BondLab, build_bond_lab
-from tests.lab.measure import iperf, longest_stall_s, ping, start_iperf_server
+from tests.lab.measure import iperf, longest_stall_s, ping, start_iperf_server, wait_for
 from tests.lab.netns import run
 
 THREE_WANS = [LinkSpec(rate_mbit=100, delay_ms=10), LinkSpec(rate_mbit=50, delay_ms=30),
@@ -25,15 +25,6 @@ THREE_WANS = [LinkSpec(rate_mbit=100, delay_ms=10), LinkSpec(rate_mbit=50, delay
 
 def _path(bond: BondLab, wan: str) -> dict[str, Any]:
     return next(p for p in bond.paths() if p["wan"] == wan)
-
-
-def _wait(predicate: Any, timeout: float, step: float = 0.05) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def test_bond_spreads_traffic_and_beats_the_best_single_wan(lab: Lab, tmp_path: Path) -> None:
@@ -73,7 +64,7 @@ def test_aggregate_does_not_fall_below_the_best_wan_on_very_asymmetric_links(lab
     assert bond.wait_paths_up(2)
     bonded = {flows: iperf(bond.lan, bond.dc_addr, seconds=5, streams=flows).mbit_s for flows in (1, 8)}
     bond.wl.set_link(1, up=False)
-    _wait(lambda: not _path(bond, "wan1")["up"], timeout=3)
+    wait_for(lambda: not _path(bond, "wan1")["up"], timeout=3)
     alone = {flows: iperf(bond.lan, bond.dc_addr, seconds=5, streams=flows).mbit_s for flows in (1, 8)}
     for flows in (1, 8):
         # 5 % for this machine's run-to-run noise (measured: 89.2 bonded vs 89.2 alone with 1 flow).
@@ -88,7 +79,7 @@ def test_cut_wan_mid_transfer_tcp_survives_and_the_wan_returns(lab: Lab, tmp_pat
                            "--connect-timeout", "3000"], stdout=-1, stderr=-1)
     time.sleep(3)
     bond.wl.set_link(0, up=False)
-    down_after = _wait(lambda: not _path(bond, "wan0")["up"], timeout=2, step=0.02)
+    down_after = wait_for(lambda: not _path(bond, "wan0")["up"], timeout=2, step=0.02)
     out, _err = proc.communicate(timeout=30)
     raw = json.loads(out)
     assert "error" not in raw, raw.get("error")  # the TCP flow survived the cut (no reset)
@@ -99,7 +90,7 @@ def test_cut_wan_mid_transfer_tcp_survives_and_the_wan_returns(lab: Lab, tmp_pat
     assert sum(after) / len(after) > 10e6, "data keeps flowing on the remaining WAN"
     assert down_after < 1.0
     bond.wl.set_link(0, up=True)
-    back = _wait(lambda: any(p["wan"] == "wan0" and p["up"] for p in bond.paths()), timeout=5)
+    back = wait_for(lambda: any(p["wan"] == "wan0" and p["up"] for p in bond.paths()), timeout=5)
     before = _path(bond, "wan0")["tx_bytes"]
     iperf(bond.lan, bond.dc_addr, seconds=2, streams=4)
     assert _path(bond, "wan0")["tx_bytes"] > before + 1_000_000, "the restored WAN carries traffic again"
@@ -135,7 +126,7 @@ def test_backup_wan_idle_while_a_primary_is_up_and_carries_all_without(lab: Lab,
     # Only health probes (a few dozen bytes every 50 ms) on the backup, while megabytes went on the primary.
     assert backup["tx_bytes"] < 50_000 < _path(bond, "wan0")["tx_bytes"]
     bond.wl.set_link(0, up=False)
-    _wait(lambda: not _path(bond, "wan0")["up"], timeout=2)
+    wait_for(lambda: not _path(bond, "wan0")["up"], timeout=2)
     result = iperf(bond.lan, bond.dc_addr, seconds=2, streams=4)
     assert result.mbit_s > 30
     assert _path(bond, "wan1")["tx_bytes"] > 5_000_000
@@ -145,16 +136,16 @@ def test_wan_losing_carrier_is_removed_at_once_and_readded(lab: Lab, tmp_path: P
     bond = build_bond_lab(lab, [LinkSpec(), LinkSpec()], tmp_path)
     assert {p["wan"] for p in bond.paths()} == {"wan0", "wan1"}
     bond.wl.unplug(1)
-    gone = _wait(lambda: {p["wan"] for p in bond.paths()} == {"wan0"}, timeout=2)
+    gone = wait_for(lambda: {p["wan"] for p in bond.paths()} == {"wan0"}, timeout=2)
     assert gone < 1.0, gone
-    _wait(lambda: "WAN wan1 removed: no carrier" in qe.read_log(bond.site), timeout=1)
+    wait_for(lambda: "WAN wan1 removed: no carrier" in qe.read_log(bond.site), timeout=1)
     # The gateway cannot be told over the unplugged WAN: its health check notices the silence.
-    noticed = _wait(lambda: not any(p["wan"] == "wan1" and p["up"] for p in bond.gateway.status()["peers"][0]["paths"]),
-                    timeout=2)
+    noticed = wait_for(lambda: not any(p["wan"] == "wan1" and p["up"]
+                                       for p in bond.gateway.status()["peers"][0]["paths"]), timeout=2)
     assert noticed < 1.0, noticed
     assert ping(bond.lan, bond.dc_addr, count=3).received == 3
     bond.wl.unplug(1, plugged=True)
-    _wait(lambda: {p["wan"] for p in bond.paths()} == {"wan0", "wan1"}, timeout=5)
+    wait_for(lambda: {p["wan"] for p in bond.paths()} == {"wan0", "wan1"}, timeout=5)
 
 
 def test_each_path_knows_its_public_address_after_the_isps_nat(lab: Lab, tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 from tests.lab import Lab, LinkSpec
 from tests.lab import nodes as qe
+from tests.lab.measure import wait_for
 from tests.lab.sites import (
     HTTP_PORT,
     LAN_PREFIX,
@@ -25,15 +25,6 @@ from tests.lab.sites import (
 )
 
 TWO_WANS = [LinkSpec(rate_mbit=100, delay_ms=4), LinkSpec(rate_mbit=50, delay_ms=8)]
-
-
-def _wait(predicate: Any, timeout: float, step: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def _lan_a_online(sites: SitesLab, tmp_path: Path) -> dict[str, str]:
@@ -85,7 +76,7 @@ def test_sites_reach_each_other_through_the_gateway_where_acls_allow(lab: Lab, t
 
 def _stop_gateway(sites: SitesLab) -> None:
     qe.stop(sites.gateway)
-    _wait(lambda: not sites.site_a.status()["router"]["lan"]["exit_active"]
+    wait_for(lambda: not sites.site_a.status()["router"]["lan"]["exit_active"]
           or not sites.site_a.status()["peers"][0]["connected"], timeout=10)
 
 
@@ -96,11 +87,11 @@ def test_without_kill_switch_the_lan_falls_back_to_the_wans_and_returns(lab: Lab
     url = f"http://{sites.web_addr}:{HTTP_PORT}/"
     assert curl(sites.lan_a, url) == sites.wl.addr("gateway")
     _stop_gateway(sites)
-    _wait(lambda: not sites.site_a.status()["router"]["lan"]["exit_active"], timeout=5)
+    wait_for(lambda: not sites.site_a.status()["router"]["lan"]["exit_active"], timeout=5)
     # Straight out of WAN 0, NATed to the router's WAN address.
     assert curl(sites.lan_a, url) == sites.wl.wans[0].router_addr
     qe.start(sites.gateway)
-    _wait(lambda: sites.site_a.status()["router"]["lan"]["exit_active"], timeout=15)
+    wait_for(lambda: sites.site_a.status()["router"]["lan"]["exit_active"], timeout=15)
     assert curl(sites.lan_a, url) == sites.wl.addr("gateway")
 
 
@@ -122,7 +113,7 @@ def test_kill_switch_keeps_lan_traffic_off_raw_wans(lab: Lab, tmp_path: Path) ->
     for i in range(len(sites.wl.wans)):
         sites.wl.set_link(i, up=True)
     qe.start(sites.gateway)
-    _wait(lambda: curl(sites.lan_a, url, timeout=2) == sites.wl.addr("gateway"), timeout=20, step=0.5)
+    wait_for(lambda: curl(sites.lan_a, url, timeout=2) == sites.wl.addr("gateway"), timeout=20, step=0.5)
 
 
 def test_direct_destinations_bypass_the_exit_and_the_kill_switch(lab: Lab, tmp_path: Path) -> None:
@@ -151,14 +142,14 @@ def test_a_wan_port_found_at_run_time_is_bonded_and_dropped_with_its_route(lab: 
     sites.start_all()
     router = sites.wl.router
     # Only WAN 0 has a default route at start.
-    _wait(lambda: _wan_names(sites) == ["wan0"], timeout=10)
+    wait_for(lambda: _wan_names(sites) == ["wan0"], timeout=10)
     # A second ISP appears (as a DHCP client would install it): a new path without a restart.
     router.ip("route", "add", "default", "via", sites.wl.wans[1].isp_addr, "dev", "wan1", "metric", "100")
-    _wait(lambda: _wan_names(sites) == ["wan0", "wan1"], timeout=5)
+    wait_for(lambda: _wan_names(sites) == ["wan0", "wan1"], timeout=5)
     assert "wan1" in sites.site_a.status()["router"]["outside"]
     assert '"wan1"' in router.run("nft", "list", "table", "inet", "quicether").stdout
     router.ip("route", "del", "default", "via", sites.wl.wans[1].isp_addr, "dev", "wan1", "metric", "100")
-    _wait(lambda: _wan_names(sites) == ["wan0"], timeout=5)
+    wait_for(lambda: _wan_names(sites) == ["wan0"], timeout=5)
 
 
 
@@ -178,7 +169,7 @@ def test_sigkill_and_restart_duplicate_nothing_and_stop_leaves_nothing(lab: Lab,
     sites.site_a.proc.wait()
     qe.start(sites.site_a)
     qe.wait_connected(sites.site_a, timeout=15)
-    _wait(lambda: sites.site_a.status()["router"]["lan"]["exit_active"], timeout=5)
+    wait_for(lambda: sites.site_a.status()["router"]["lan"]["exit_active"], timeout=5)
     # dnsmasq drops privileges, which clears its parent-death signal: the restart kills the old one.
     assert processes(router).count("dnsmasq") == 1
     # The web UI died with the old daemon (its parent-death signal) and the new one serves port 80.

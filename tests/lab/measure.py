@@ -7,6 +7,7 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,3 +119,13 @@ def longest_stall_s(intervals: list[dict[str, Any]], start_s: float) -> float:
         run_s = run_s + (s["end"] - s["start"]) if s["bits_per_second"] < 1e5 else 0.0
         longest = max(longest, run_s)
     return longest
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.05) -> float:
+    """Polls `predicate` until it is true; returns the seconds that took, AssertionError after `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout}s")
