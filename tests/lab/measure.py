@@ -21,6 +21,10 @@ class IperfResult:
     mbit_s: float            # receiver-side goodput
     lost_percent: float      # UDP only
     raw: dict[str, object]
+    out_of_order: int = 0    # UDP only: datagrams the receiver got after a later one
+
+
+_OUT_OF_ORDER = re.compile(r"(\d+) datagrams received out-of-order")
 
 
 def start_iperf_server(ns: Namespace, port: int = IPERF_PORT, bind: str | None = None) -> subprocess.Popen[str]:
@@ -48,7 +52,7 @@ def iperf(ns: Namespace, server: str, *, seconds: float = 3, port: int = IPERF_P
     if udp_mbit is not None:
         # A socket buffer of a few MB: a receiver descheduled for 100+ ms on a busy machine must not turn
         # its own buffer overflow into "link loss".
-        args += ["-u", "-b", f"{udp_mbit}M", "-l", str(udp_len), "-w", "4M"]
+        args += ["-u", "-b", f"{udp_mbit}M", "-l", str(udp_len), "-w", "4M", "--get-server-output"]
     if interval:
         args += ["-i", str(interval)]
     # Errors of iperf3's control connection, not of the measured traffic: 3.12's server re-opens its listening
@@ -71,8 +75,11 @@ def iperf(ns: Namespace, server: str, *, seconds: float = 3, port: int = IPERF_P
     end = raw["end"]
     if udp_mbit is not None:
         summary = end["sum"]
+        # The receiver's out-of-order count is only in its text report ("N datagrams received out-of-order").
+        server_text = str(raw.get("server_output_text", ""))
+        out_of_order = sum(int(n) for n in _OUT_OF_ORDER.findall(server_text))
         return IperfResult(mbit_s=summary["bits_per_second"] / 1e6 * (1 - summary["lost_percent"] / 100),
-                           lost_percent=summary["lost_percent"], raw=raw)
+                           lost_percent=summary["lost_percent"], raw=raw, out_of_order=out_of_order)
     return IperfResult(mbit_s=end["sum_received"]["bits_per_second"] / 1e6, lost_percent=0.0, raw=raw)
 
 

@@ -99,6 +99,9 @@ pub struct PathStats {
     pub rx_bytes: u64,
     pub tx_rate_bps: u64,
     pub rx_rate_bps: u64,
+    /// The path's congestion window and what waits in its send queue (bytes): why a path carries what it does.
+    pub cwnd: u64,
+    pub queued: u64,
 }
 
 /// Per-peer numbers for `quicether status`.
@@ -202,6 +205,7 @@ impl Node {
                 next_seq: AtomicU64::new(random_u64() % (u64::MAX / 2) + RESYNC_DISTANCE),
                 reorder: Mutex::new(ReorderBuffer::new(timeout_for_rtts_us(&[]), REORDER_MAX_PACKETS)),
                 reorder_wake: Notify::new(),
+                delivery: Mutex::new(()),
                 last_handshake: Mutex::new(None),
                 counters: Default::default(),
             });
@@ -382,6 +386,8 @@ impl Node {
                                 rx_bytes: x.counters.rx_bytes.load(Ordering::Relaxed),
                                 tx_rate_bps: x.tx_rate_bps.load(Ordering::Relaxed),
                                 rx_rate_bps: x.rx_rate_bps.load(Ordering::Relaxed),
+                                cwnd: x.conn.stats().path.cwnd,
+                                queued: x.view().queued_bytes,
                             }
                         })
                         .collect(),

@@ -156,6 +156,17 @@ impl Path {
     }
 }
 
+/// Resends `datagram` on the usable path where it would arrive first (never on path `exclude`); false if
+/// every queue is full or no path is up.
+fn resend_on_earliest(paths: &[Arc<Path>], datagram: &Bytes, exclude: Option<u64>, now_us: u64) -> bool {
+    let views: Vec<_> =
+        paths.iter().map(|p| if Some(p.id) == exclude { PathView::default() } else { p.view() }).collect();
+    match choose(Mode::Aggregate, &views, datagram.len()) {
+        Choice::One(i) => paths[i].resend_data(datagram, now_us),
+        _ => false,
+    }
+}
+
 /// `Path::last_seq` before the path has sent anything.
 pub const NO_SEQ: u64 = u64::MAX;
 
@@ -182,6 +193,11 @@ pub struct Peer {
     pub reorder: Mutex<ReorderBuffer<Bytes>>,
     /// Wakes the reorder timer when the buffer starts holding packets.
     pub reorder_wake: Notify,
+    /// Held while writing released packets to the TUN. Taken before the reorder lock is let go, so
+    /// batches reach the TUN in the order the buffer released them: path readers run on several
+    /// threads, and without it a reader writing a long run could be overtaken by one releasing the
+    /// next packets (measured: ~180 spurious fast retransmits per 8 s in the inner TCP).
+    pub delivery: Mutex<()>,
     pub last_handshake: Mutex<Option<SystemTime>>,
     pub counters: Counters,
 }
@@ -267,17 +283,7 @@ impl Shared {
         let now = self.now_us();
         let datagrams = failed.take_sent_since(now.saturating_sub(window_us));
         let paths = self.peers[index].paths.read().unwrap();
-        let mut resent = 0;
-        for datagram in datagrams {
-            let views: Vec<_> =
-                paths.iter().map(|p| if p.id == failed.id { PathView::default() } else { p.view() }).collect();
-            if let Choice::One(i) = choose(Mode::Aggregate, &views, datagram.len()) {
-                if paths[i].resend_data(&datagram, now) {
-                    resent += 1;
-                }
-            }
-        }
-        resent
+        datagrams.iter().filter(|d| resend_on_earliest(&paths, d, Some(failed.id), now)).count()
     }
 
     /// The lowest-RTT path that is up (control frames and repairs go there).
@@ -286,9 +292,10 @@ impl Shared {
         paths.iter().filter(|p| p.up.load(Ordering::Relaxed)).min_by_key(|p| p.srtt_us.load(Ordering::Relaxed)).cloned()
     }
 
-    /// Resends the DATA frames the peer reported lost, from what the paths remember, on the fastest path.
+    /// Resends the DATA frames the peer reported lost, from what the paths remember, on the path where each
+    /// arrives first: the fastest path by RTT may have the longest queue, and a repair that comes after the
+    /// receiver stopped waiting for it is one more loss for the inner TCP.
     pub fn retransmit(&self, index: usize, seqs: &[u64]) -> usize {
-        let Some(fastest) = self.fastest_path(index) else { return 0 };
         let now = self.now_us();
         let paths = self.peers[index].paths.read().unwrap();
         let mut resent = 0;
@@ -297,10 +304,8 @@ impl Shared {
                 let recent = p.recent.lock().unwrap();
                 recent.sent.iter().rev().find(|(_, d)| data_seq(d) == Some(seq)).map(|(_, d)| d.clone())
             });
-            if let Some(datagram) = found {
-                if fastest.resend_data(&datagram, now) {
-                    resent += 1;
-                }
+            if found.is_some_and(|d| resend_on_earliest(&paths, &d, None, now)) {
+                resent += 1;
             }
         }
         self.peers[index].counters.retransmitted.fetch_add(resent as u64, Ordering::Relaxed);

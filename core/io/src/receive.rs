@@ -4,16 +4,16 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use quicether_proto::allowed_ips::packet_addrs;
 use quicether_proto::frame::{encode_nacks, encode_probe_reply, parse, Frame, DATA_HEADER_LEN};
 use quicether_proto::health::PathState;
-use quicether_proto::reorder::timeout_for_rtts_us;
+use quicether_proto::reorder::{retransmit_wait_for_rtts_us, timeout_for_rtts_us};
 
-use crate::peer::{Counters, Event, Path, Shared};
+use crate::peer::{Counters, Event, Path, Peer, Shared};
 
 /// How often the reorder timeout is re-derived from the paths' RTTs.
 const REORDER_RETUNE: Duration = Duration::from_millis(100);
@@ -31,27 +31,28 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
         Counters::count(&path.counters.rx_packets, &path.counters.rx_bytes, datagram.len());
         match parse(&datagram) {
             Some(Frame::Data { seq, prev_on_path, .. }) => {
-                let (held, nacks) = {
+                let (held, nacks, turn) = {
                     let mut buffer = peer.reorder.lock().unwrap();
                     let was_empty = buffer.held() == 0;
                     let packet = datagram.slice(DATA_HEADER_LEN..);
                     buffer.push_from(path.id, seq, prev_on_path, packet, shared.now_us(), &mut ready);
-                    (was_empty && buffer.held() > 0, buffer.take_nacks())
+                    (was_empty && buffer.held() > 0, buffer.take_nacks(), delivery_turn(peer, &ready))
                 };
                 if held {
                     peer.reorder_wake.notify_one();
                 }
                 send_nacks(&shared, index, &nacks);
-                deliver_ready(&shared, index, &mut ready);
+                deliver_ready(&shared, index, &mut ready, turn);
             }
             Some(Frame::Probe { id, next_seq }) => {
                 let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe_reply(id)));
                 let mut buffer = peer.reorder.lock().unwrap();
                 buffer.mark_passed(path.id, next_seq.wrapping_sub(1), shared.now_us(), &mut ready);
                 let nacks = buffer.take_nacks();
+                let turn = delivery_turn(peer, &ready);
                 drop(buffer);
                 send_nacks(&shared, index, &nacks);
-                deliver_ready(&shared, index, &mut ready);
+                deliver_ready(&shared, index, &mut ready, turn);
             }
             Some(Frame::ProbeReply { id }) => {
                 let change = path.health.lock().unwrap().handle_reply(id, shared.now_us());
@@ -101,23 +102,17 @@ pub async fn reorder_timer(shared: Arc<Shared>, index: usize) {
         } else {
             Vec::new()
         };
-        {
+        let turn = {
             let mut buffer = peer.reorder.lock().unwrap();
             if retune {
                 buffer.set_timeout_us(timeout_for_rtts_us(&rtts));
-                buffer.set_retransmit_wait_us(retransmit_wait_us(&rtts));
+                buffer.set_retransmit_wait_us(retransmit_wait_for_rtts_us(&rtts));
             }
             buffer.poll(shared.now_us(), &mut ready);
-        }
-        deliver_ready(&shared, index, &mut ready);
+            delivery_turn(peer, &ready)
+        };
+        deliver_ready(&shared, index, &mut ready, turn);
     }
-}
-
-/// How long a known loss waits for its retransmission: the NACK and the copy each cross the fastest
-/// path (one RTT), plus half an RTT and a few ms for queues. No paths, no wait.
-fn retransmit_wait_us(rtts_us: &[u64]) -> u64 {
-    const MARGIN_US: u64 = 5_000;
-    rtts_us.iter().min().map_or(0, |rtt| rtt + rtt / 2 + MARGIN_US)
 }
 
 /// Asks the peer to resend lost DATA frames, over the fastest path.
@@ -132,11 +127,18 @@ fn send_nacks(shared: &Shared, index: usize, seqs: &[u64]) {
     }
 }
 
-/// Delivers, in order, what the reorder buffer released (called with its lock released).
-fn deliver_ready(shared: &Shared, index: usize, ready: &mut Vec<Bytes>) {
+/// The peer's delivery turn, if the buffer released anything. Call it with the reorder lock held: whoever
+/// releases later gets the turn later, so releases reach the TUN in sequence order.
+fn delivery_turn<'a>(peer: &'a Peer, ready: &[Bytes]) -> Option<MutexGuard<'a, ()>> {
+    (!ready.is_empty()).then(|| peer.delivery.lock().unwrap())
+}
+
+/// Delivers, in order, what the reorder buffer released (called with its lock released, holding `turn`).
+fn deliver_ready(shared: &Shared, index: usize, ready: &mut Vec<Bytes>, turn: Option<MutexGuard<'_, ()>>) {
     for packet in ready.drain(..) {
         deliver(shared, index, &packet);
     }
+    drop(turn);
 }
 
 /// Writes one inner packet from peer `index` to the TUN device if its source is the peer's to use.

@@ -327,6 +327,17 @@ pub fn timeout_for_rtts_us(rtts_us: &[u64]) -> u64 {
     ((max - min) + MARGIN_US).min(MAX_US)
 }
 
+/// How long a known loss waits for its repair: the NACK crosses the fastest path back (half its RTT), the
+/// sender puts the copy on the path where it arrives first, which its scheduler keeps within about the
+/// slowest path's RTT (queues included); plus a margin. No paths, no wait (NACKs off).
+pub fn retransmit_wait_for_rtts_us(rtts_us: &[u64]) -> u64 {
+    const MARGIN_US: u64 = 5_000;
+    let (Some(min), Some(max)) = (rtts_us.iter().min(), rtts_us.iter().max()) else {
+        return 0;
+    };
+    (min / 2 + max + MARGIN_US).min(MAX_TIMEOUT_US)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,5 +497,13 @@ mod tests {
         assert_eq!(timeout_for_rtts_us(&[10_000]), 5_000);
         assert_eq!(timeout_for_rtts_us(&[10_000, 60_000]), 55_000);
         assert_eq!(timeout_for_rtts_us(&[10_000, 2_000_000]), 300_000);
+    }
+
+    #[test]
+    fn retransmit_wait_covers_the_nack_and_the_slowest_path() {
+        assert_eq!(retransmit_wait_for_rtts_us(&[]), 0, "no path: no NACKs");
+        assert_eq!(retransmit_wait_for_rtts_us(&[10_000]), 5_000 + 10_000 + 5_000);
+        assert_eq!(retransmit_wait_for_rtts_us(&[60_000, 10_000, 30_000]), 5_000 + 60_000 + 5_000);
+        assert_eq!(retransmit_wait_for_rtts_us(&[10_000, 2_000_000]), MAX_TIMEOUT_US);
     }
 }

@@ -274,6 +274,8 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
             pd.set_item("rx_bytes", p.rx_bytes)?;
             pd.set_item("tx_rate_bps", p.tx_rate_bps)?;
             pd.set_item("rx_rate_bps", p.rx_rate_bps)?;
+            pd.set_item("cwnd_bytes", p.cwnd)?;
+            pd.set_item("queued_bytes", p.queued)?;
             Ok(pd)
         })
         .collect::<PyResult<Vec<_>>>()?;
