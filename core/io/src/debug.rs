@@ -14,3 +14,11 @@ pub fn queue_budget_us() -> u64 {
     static VALUE: OnceLock<u64> = OnceLock::new();
     *VALUE.get_or_init(|| env_u64("QUICETHER_QUEUE_BUDGET_US").unwrap_or(QUEUE_BUDGET_US))
 }
+
+/// `QUICETHER_INFLIGHT_GAIN_PERCENT`: the per-path window cap in percent of the bandwidth-delay product
+/// (0: no cap, plain loss-tolerant CUBIC).
+pub fn inflight_gain_percent() -> u64 {
+    static VALUE: OnceLock<u64> = OnceLock::new();
+    *VALUE
+        .get_or_init(|| env_u64("QUICETHER_INFLIGHT_GAIN_PERCENT").unwrap_or(crate::congestion::INFLIGHT_GAIN_PERCENT))
+}
