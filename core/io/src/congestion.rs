@@ -129,6 +129,10 @@ impl Controller for LossTolerant {
 
     fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, rtt: &RttEstimator) {
         self.record_ack(now, bytes, rtt.get(), rtt.min());
+        // CUBIC does not grow while the sender is app-limited, and a bond path is app-limited whenever
+        // the scheduler prefers others: a path that lost its window once would stay too small to be
+        // chosen again. Once the cap bounds the window by what the path delivers, growth is safe.
+        let app_limited = app_limited && self.inflight_cap() == u64::MAX;
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
     }
 
