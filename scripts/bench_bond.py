@@ -24,6 +24,8 @@ from tests.lab import Lab, LinkSpec  # noqa: E402
 from tests.lab.bond import BondLab, build_bond_lab  # noqa: E402
 from tests.lab.measure import iperf, longest_stall_s, ping, start_iperf_server  # noqa: E402
 
+BARE_PORT = 5202  # the bare-link iperf3 server on the gateway host, apart from the one behind it
+
 TOPOLOGIES = {
     "three-wan": [LinkSpec(rate_mbit=100, delay_ms=10), LinkSpec(rate_mbit=50, delay_ms=30),
                   LinkSpec(rate_mbit=20, delay_ms=60, loss_pct=1)],
@@ -63,6 +65,33 @@ def single_wan_sum(bond: BondLab, links: list[LinkSpec], seconds: float) -> floa
     return total
 
 
+def bare_link_mbit(bond: BondLab, links: list[LinkSpec], seconds: float) -> float:
+    """TCP goodput (8 flows) from the router to the gateway host over WAN 0 without any tunnel, the others cut:
+    what the link gives plain TCP (1448 payload bytes per 1514-byte frame at most), for scale."""
+    for i in range(1, len(links)):
+        bond.wl.set_link(i, up=False)
+    gateway_ns = bond.wl.host("gateway")
+    server = start_iperf_server(gateway_ns, port=BARE_PORT)
+    try:
+        got = iperf(bond.wl.router, bond.wl.addr("gateway"), seconds=seconds, streams=8, port=BARE_PORT,
+                    bind=bond.wl.wans[0].router_addr).mbit_s
+    finally:
+        server.terminate()
+        server.wait()
+        for i in range(1, len(links)):
+            bond.wl.set_link(i, up=True)
+        bond.wait_paths_up(len(links))
+    return got
+
+
+def tunnel_ceiling(bond: BondLab) -> float:
+    """Share of a link's bytes that is inner TCP payload when every packet is full size: the TUN MTU minus
+    the inner IP and TCP headers (20 + 32 with timestamps), over the outer frame (1500 + 14 bytes Ethernet,
+    which the links' rate limit counts)."""
+    mtu = int(bond.site.ns.run("cat", f"/sys/class/net/{bond.site.tun}/mtu").stdout)
+    return (mtu - 52) / 1514
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement; medians are printed (default 3)")
@@ -74,6 +103,7 @@ def main() -> int:
                         help="per-path congestion control of both nodes (default loss-tolerant)")
     args = parser.parse_args()
     rows = []
+    bare: list[str] = []
     for name in args.topology or list(TOPOLOGIES):
         links = TOPOLOGIES[name]
         link_sum = sum(s.rate_mbit or 0 for s in links)
@@ -85,6 +115,13 @@ def main() -> int:
                 idle_rtt = ping(bond.lan, bond.dc_addr, count=20, interval=0.05).median_ms
                 best_rtt = min(s.delay_ms for s in links)
                 ceiling = single_wan_sum(bond, links, args.seconds)
+                if mode == args.modes.split(",")[0]:
+                    plain = bare_link_mbit(bond, links, args.seconds)
+                    rate = links[0].rate_mbit or 0
+                    bare.append(f"{name}: plain TCP over wan0 without a tunnel {plain:.1f} of {rate} Mbit/s"
+                                f" ({100 * plain / rate:.0f}%); QuicEther's full-size packets carry"
+                                f" {100 * tunnel_ceiling(bond):.1f}% inner TCP payload")
+                    print(f"  {bare[-1]}", flush=True)
                 results: dict[int, list[float]] = {1: [], 8: []}
                 for run in range(args.runs):
                     for flows in (1, 8):
@@ -107,6 +144,7 @@ def main() -> int:
               f"{ceiling:>11.1f} Mb{100 * eight / ceiling:>13.0f}%")
     print(f"(congestion control {args.congestion}; medians of {args.runs} runs;"
           " targets: >= 95% with 8 flows, >= 90% with 1 flow, stall < 1 s)")
+    print("ceilings, for scale:\n  " + "\n  ".join(bare))
     return 0
 
 

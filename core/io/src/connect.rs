@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use quicether_proto::certkey::ed25519_key_of_cert;
 
+use crate::node::CONNECTION_ID_LEN;
 use crate::peer::{Event, Shared};
 use crate::receive::path_reader;
 use crate::timers::path_timer;
@@ -48,6 +49,18 @@ fn start_path(
     local: Option<IpAddr>,
     public: Option<SocketAddr>,
 ) {
+    // A full-size inner packet must fit one DATAGRAM; else every one would be dropped, silently.
+    let fits = conn.max_datagram_size().unwrap_or(0);
+    if fits < shared.datagram_len {
+        let reason = format!(
+            "path from WAN {wan} refused: its QUIC datagrams hold {fits} bytes, the tunnel needs {} (the peer \
+             issues connection IDs longer than {CONNECTION_ID_LEN} bytes, or does not support DATAGRAM frames)",
+            shared.datagram_len
+        );
+        conn.close(3u32.into(), b"datagrams too small for the tunnel MTU");
+        shared.emit(Event::HandshakeRefused { key: Some(shared.peers[index].cfg.key), reason });
+        return;
+    }
     let path = shared.add_path(index, conn, wan, backup, local, public);
     tokio::spawn(path_reader(shared.clone(), index, path.clone()));
     tokio::spawn(path_timer(shared.clone(), index, path));

@@ -36,9 +36,13 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Keepalive well under the idle timeout and typical NAT UDP mapping life times (≥ 30 s).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
 const DATAGRAM_RECV_BUFFER: usize = 4 << 20;
-/// QUIC per-packet overhead above the UDP payload that a DATAGRAM frame must leave room for:
-/// short header (1) + connection id (≤ 20) + packet number (≤ 4) + AEAD tag (16) + frame type and length (3).
-pub const QUIC_DATAGRAM_OVERHEAD: usize = 1 + 20 + 4 + 16 + 3;
+/// Length of the connection IDs our endpoints issue. Fixed (quinn's default) because every byte of it is in
+/// every packet the peer sends us and so part of the tunnel's per-packet overhead.
+pub const CONNECTION_ID_LEN: usize = 8;
+/// QUIC per-packet overhead above the UDP payload that a DATAGRAM frame must leave room for, as quinn
+/// counts it (`max_datagram_size`): short header (1) + the peer's connection ID + packet number (≤ 4) +
+/// AEAD tag (16) + frame type and length (≤ 9). A peer issuing longer IDs is refused at path setup.
+pub const QUIC_DATAGRAM_OVERHEAD: usize = 1 + CONNECTION_ID_LEN + 4 + 16 + 9;
 /// IP + UDP headers around each QUIC packet.
 const IPV4_UDP_OVERHEAD: usize = 28;
 const IPV6_UDP_OVERHEAD: usize = 48;
@@ -166,6 +170,12 @@ fn transport_config(path_mtu: u16, v4: bool, congestion: Congestion) -> quinn::T
     t
 }
 
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    config.cid_generator(|| Box::new(quinn_proto::RandomConnectionIdGenerator::new(CONNECTION_ID_LEN)));
+    config
+}
+
 fn random_u64() -> u64 {
     let seed = tls::generate_seed();
     u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"))
@@ -222,6 +232,7 @@ impl Node {
             no_route: AtomicU64::new(0),
             next_path_id: AtomicU64::new(0),
             epoch: Instant::now(),
+            datagram_len: inner_mtu(cfg.path_mtu, cfg.listen.is_ipv4()) + DATA_HEADER_LEN,
         });
 
         let provider = tls::provider();
@@ -246,12 +257,8 @@ impl Node {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
         let transport = Arc::new(transport_config(cfg.path_mtu, cfg.listen.is_ipv4(), cfg.congestion));
         server_config.transport_config(transport.clone());
-        let listener = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server_config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
+        let listener =
+            quinn::Endpoint::new(endpoint_config(), Some(server_config), socket, Arc::new(quinn::TokioRuntime))?;
 
         runtime.spawn(accept_loop(shared.clone(), listener.clone()));
         runtime.spawn(tun_reader(shared.clone()));
@@ -318,8 +325,7 @@ impl Node {
         let runtime = self.runtime.as_ref().ok_or_else(|| io_err("node", "stopped"))?;
         let _guard = runtime.enter();
         let socket = bind_wan(wan.device.as_deref(), SocketAddr::new(wan.local, 0), wan.mark)?;
-        let endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))?;
+        let endpoint = quinn::Endpoint::new(endpoint_config(), None, socket, Arc::new(quinn::TokioRuntime))?;
         self.start_dialers(&wan.name, wan.backup, endpoint)
     }
 

@@ -213,6 +213,8 @@ pub struct Shared {
     pub no_route: AtomicU64,
     pub next_path_id: AtomicU64,
     pub epoch: Instant,
+    /// Largest DATAGRAM we send: a full-size inner packet with its bond header. A path must carry it.
+    pub datagram_len: usize,
 }
 
 impl Shared {
