@@ -3,6 +3,8 @@ flows (iperf3 from a LAN host behind the site router to a host behind the gatewa
 the fastest WAN is cut mid-transfer, and the latency the bond adds. Medians of --runs runs. For scale it
 also measures each WAN alone through the tunnel (8 flows, the others cut) and prints the bond's 8-flow
 goodput as a share of that sum: the cost of bonding itself, apart from the tunnel's per-packet overhead.
+Also printed: plain TCP over one link without any tunnel and the share of a full-size tunnel packet that is
+inner TCP payload (the ceilings), and redundant mode's UDP loss with 5 % loss on each of three links.
 
 Topologies: "three-wan" (100 Mbit/s 10 ms, 50 Mbit/s 30 ms, 20 Mbit/s 60 ms with 1 % loss) and
 "mqvpn" (300 Mbit/s 10 ms + 80 Mbit/s 30 ms, the case mqvpn publishes 84 % for).
