@@ -8,11 +8,13 @@
 //! - `scheduler`: which path(s) carry a packet.
 //! - `reorder`: in-order release at the receiver with an RTT-spread timeout.
 //! - `health`: probes, up/down with damping.
+//! - `path_rate`: a path's delivery rate and minimum RTT, and the window cap they give.
 
 pub mod allowed_ips;
 pub mod certkey;
 pub mod classify;
 pub mod frame;
 pub mod health;
+pub mod path_rate;
 pub mod reorder;
 pub mod scheduler;
