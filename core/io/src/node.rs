@@ -184,6 +184,8 @@ fn random_u64() -> u64 {
 impl Node {
     pub fn start(cfg: NodeConfig, peers: Vec<PeerConfig>, notify_fd: Option<RawFd>) -> io::Result<Node> {
         let identity = Identity::from_seed(&cfg.seed).map_err(|e| io_err("identity", e))?;
+        // The TUN MTU: a full-size inner packet plus its bond header must fit one DATAGRAM on every path.
+        let tun_mtu = inner_mtu(cfg.path_mtu, cfg.listen.is_ipv4());
         let tun = open_tun(&cfg.tun_name)?;
         // SAFETY: setting O_NONBLOCK on an fd we own.
         unsafe {
@@ -232,7 +234,7 @@ impl Node {
             no_route: AtomicU64::new(0),
             next_path_id: AtomicU64::new(0),
             epoch: Instant::now(),
-            datagram_len: inner_mtu(cfg.path_mtu, cfg.listen.is_ipv4()) + DATA_HEADER_LEN,
+            datagram_len: tun_mtu + DATA_HEADER_LEN,
         });
 
         let provider = tls::provider();
@@ -273,7 +275,7 @@ impl Node {
             transport,
             wans: Mutex::new(HashMap::new()),
             local_addr,
-            inner_mtu: inner_mtu(cfg.path_mtu, cfg.listen.is_ipv4()),
+            inner_mtu: tun_mtu,
             runtime: Some(runtime),
         };
         match cfg.wans {

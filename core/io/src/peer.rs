@@ -288,7 +288,7 @@ impl Shared {
         datagrams.iter().filter(|d| resend_on_earliest(&paths, d, Some(failed.id), now)).count()
     }
 
-    /// The lowest-RTT path that is up (control frames and repairs go there).
+    /// The lowest-RTT path that is up (NACKs go there; repairs go where they arrive first).
     pub fn fastest_path(&self, index: usize) -> Option<Arc<Path>> {
         let paths = self.peers[index].paths.read().unwrap();
         paths.iter().filter(|p| p.up.load(Ordering::Relaxed)).min_by_key(|p| p.srtt_us.load(Ordering::Relaxed)).cloned()

@@ -316,26 +316,26 @@ impl<T> ReorderBuffer<T> {
     }
 }
 
+/// Added to the waits derived from RTTs below, for jitter and the timer's granularity.
+const RTT_MARGIN_US: u64 = 5_000;
+
 /// Reorder timeout for paths with these smoothed RTTs: the one-way delay spread (half the RTT spread,
 /// doubled for safety as queues vary) plus a margin for jitter, capped so a real loss never stalls long.
 pub fn timeout_for_rtts_us(rtts_us: &[u64]) -> u64 {
-    const MARGIN_US: u64 = 5_000;
-    const MAX_US: u64 = 300_000;
     let (Some(min), Some(max)) = (rtts_us.iter().min(), rtts_us.iter().max()) else {
-        return MARGIN_US;
+        return RTT_MARGIN_US;
     };
-    ((max - min) + MARGIN_US).min(MAX_US)
+    ((max - min) + RTT_MARGIN_US).min(MAX_TIMEOUT_US)
 }
 
 /// How long a known loss waits for its repair: the NACK crosses the fastest path back (half its RTT), the
 /// sender puts the copy on the path where it arrives first, which its scheduler keeps within about the
 /// slowest path's RTT (queues included); plus a margin. No paths, no wait (NACKs off).
 pub fn retransmit_wait_for_rtts_us(rtts_us: &[u64]) -> u64 {
-    const MARGIN_US: u64 = 5_000;
     let (Some(min), Some(max)) = (rtts_us.iter().min(), rtts_us.iter().max()) else {
         return 0;
     };
-    (min / 2 + max + MARGIN_US).min(MAX_TIMEOUT_US)
+    (min / 2 + max + RTT_MARGIN_US).min(MAX_TIMEOUT_US)
 }
 
 #[cfg(test)]
