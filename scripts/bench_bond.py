@@ -13,24 +13,25 @@ Topologies: "three-wan" (100 Mbit/s 10 ms, 50 Mbit/s 30 ms, 20 Mbit/s 60 ms with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.lab import Lab, LinkSpec  # noqa: E402
-from tests.lab.bond import BondLab, build_bond_lab  # noqa: E402
+from tests.lab.bond import LOSSY_WANS, THREE_WANS, BondLab, build_bond_lab  # noqa: E402
 from tests.lab.measure import iperf, longest_stall_s, ping, start_iperf_server  # noqa: E402
 
 BARE_PORT = 5202  # the bare-link iperf3 server on the gateway host, apart from the one behind it
 
 TOPOLOGIES = {
-    "three-wan": [LinkSpec(rate_mbit=100, delay_ms=10), LinkSpec(rate_mbit=50, delay_ms=30),
-                  LinkSpec(rate_mbit=20, delay_ms=60, loss_pct=1)],
+    "three-wan": THREE_WANS,
     "mqvpn": [LinkSpec(rate_mbit=300, delay_ms=10), LinkSpec(rate_mbit=80, delay_ms=30)],
 }
 
@@ -49,41 +50,45 @@ def failover_stall_s(bond: BondLab, seconds: float = 8) -> float:
     return longest_stall_s(raw["intervals"], start_s=2.5)
 
 
+@contextlib.contextmanager
+def only_wan(bond: BondLab, keep: int) -> Iterator[None]:
+    """Cuts every WAN but `keep` for the block; afterwards restores them and waits for their paths."""
+    count = len(bond.wl.wans)
+    others = [i for i in range(count) if i != keep]
+    for i in others:
+        bond.wl.set_link(i, up=False)
+    try:
+        yield
+    finally:
+        for i in others:
+            bond.wl.set_link(i, up=True)
+        bond.wait_paths_up(count)
+
+
 def single_wan_sum(bond: BondLab, links: list[LinkSpec], seconds: float) -> float:
     """Sum over the WANs of the tunnel's goodput (8 flows) with only that WAN up: what the bond could reach
     if bonding itself cost nothing (the tunnel's per-packet overhead and each link's TCP behaviour included)."""
     total = 0.0
     for keep in range(len(links)):
-        others = [i for i in range(len(links)) if i != keep]
-        for i in others:
-            bond.wl.set_link(i, up=False)
-        time.sleep(1.0)  # the health checks mark the cut paths down
-        got = iperf(bond.lan, bond.dc_addr, seconds=seconds, streams=8).mbit_s
+        with only_wan(bond, keep):
+            time.sleep(1.0)  # the health checks mark the cut paths down
+            got = iperf(bond.lan, bond.dc_addr, seconds=seconds, streams=8).mbit_s
         print(f"  wan{keep} alone through the tunnel: {got:6.1f} Mbit/s of {links[keep].rate_mbit} Mbit/s", flush=True)
         total += got
-        for i in others:
-            bond.wl.set_link(i, up=True)
-        bond.wait_paths_up(len(links))
     return total
 
 
-def bare_link_mbit(bond: BondLab, links: list[LinkSpec], seconds: float) -> float:
+def bare_link_mbit(bond: BondLab, seconds: float) -> float:
     """TCP goodput (8 flows) from the router to the gateway host over WAN 0 without any tunnel, the others cut:
     what the link gives plain TCP (1448 payload bytes per 1514-byte frame at most), for scale."""
-    for i in range(1, len(links)):
-        bond.wl.set_link(i, up=False)
-    gateway_ns = bond.wl.host("gateway")
-    server = start_iperf_server(gateway_ns, port=BARE_PORT)
+    server = start_iperf_server(bond.wl.host("gateway"), port=BARE_PORT)
     try:
-        got = iperf(bond.wl.router, bond.wl.addr("gateway"), seconds=seconds, streams=8, port=BARE_PORT,
-                    bind=bond.wl.wans[0].router_addr).mbit_s
+        with only_wan(bond, 0):
+            return iperf(bond.wl.router, bond.wl.addr("gateway"), seconds=seconds, streams=8, port=BARE_PORT,
+                         bind=bond.wl.wans[0].router_addr).mbit_s
     finally:
         server.terminate()
         server.wait()
-        for i in range(1, len(links)):
-            bond.wl.set_link(i, up=True)
-        bond.wait_paths_up(len(links))
-    return got
 
 
 def tunnel_ceiling(bond: BondLab) -> float:
@@ -97,9 +102,8 @@ def tunnel_ceiling(bond: BondLab) -> float:
 def redundant_loss_percent(runs: int, seconds: float) -> list[float]:
     """Redundant mode over three 50 Mbit/s links with 5 % loss each: UDP loss inside the tunnel per run
     (independent losses would leave 0.0125 %; the target is < 0.1 %)."""
-    lossy = [LinkSpec(rate_mbit=50, delay_ms=10 * (i + 1), loss_pct=5) for i in range(3)]
     with Lab() as lab, tempfile.TemporaryDirectory() as state:
-        bond = build_bond_lab(lab, lossy, Path(state), mode="redundant")
+        bond = build_bond_lab(lab, LOSSY_WANS, Path(state), mode="redundant")
         start_iperf_server(bond.dc)
         losses = []
         for run in range(runs):
@@ -135,7 +139,7 @@ def main() -> int:
                 best_rtt = min(s.delay_ms for s in links)
                 ceiling = single_wan_sum(bond, links, args.seconds)
                 if mode == args.modes.split(",")[0]:
-                    plain = bare_link_mbit(bond, links, args.seconds)
+                    plain = bare_link_mbit(bond, args.seconds)
                     rate = links[0].rate_mbit or 0
                     bare.append(f"{name}: plain TCP over wan0 without a tunnel {plain:.1f} of {rate} Mbit/s"
                                 f" ({100 * plain / rate:.0f}%); QuicEther's full-size packets carry"

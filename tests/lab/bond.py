@@ -17,6 +17,12 @@ from tests.lab.netns import Lab, LabError, Namespace
 from tests.lab.topology import LAN_PREFIX, LinkSpec, WanLab, build_wan_lab
 
 DC_PREFIX = "10.0.60"
+
+# The bonding issue's topologies, shared by tests/test_bond.py and scripts/bench-bond.
+THREE_WANS = [LinkSpec(rate_mbit=100, delay_ms=10), LinkSpec(rate_mbit=50, delay_ms=30),
+              LinkSpec(rate_mbit=20, delay_ms=60, loss_pct=1)]
+# Redundant mode's case: three 50 Mbit/s links with 5 % loss each.
+LOSSY_WANS = [LinkSpec(rate_mbit=50, delay_ms=10 * (i + 1), loss_pct=5) for i in range(3)]
 OVERLAY_SITE = "10.99.0.1/24"
 OVERLAY_GATEWAY = "10.99.0.2/24"
 
