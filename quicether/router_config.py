@@ -15,6 +15,8 @@ node (quicether/config.py); every error names its field.
     dhcp_range = ["192.168.50.100", "192.168.50.250"]   # default: .100 to .250 of the LAN subnet
     dns = true                     # DNS forwarder for LAN clients at the LAN address
     dns_servers = ["9.9.9.9"]      # upstream servers (default: the system's /etc/resolv.conf)
+    dns_from_peers = false         # true: the DNS forwarder also answers peers through the tunnel (the
+                                   # web UI never does: it answers the LAN port only)
     exit = "gateway"               # the peer whose tunnel carries LAN internet traffic (its allowed_ips
                                    # must hold 0.0.0.0/0); without it LAN traffic leaves by the WANs (NAT)
     kill_switch = false            # true: LAN traffic never leaves by a raw WAN, even with the bond down
@@ -44,6 +46,7 @@ node (quicether/config.py); every error names its field.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +73,7 @@ class LanConfig:
     exit_peer: str | None
     kill_switch: bool
     direct: list[str] = field(default_factory=list)
+    dns_from_peers: bool = False
 
     @property
     def subnet(self) -> str:
@@ -139,10 +143,19 @@ def _bool(raw: dict[str, Any], key: str, default: bool, where: str) -> bool:
     return value
 
 
-def _device(value: object, where: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= 15 or "/" in value or " " in value:
-        raise ConfigError(f"{where}: {value!r} is not an interface name (1 to 15 characters)")
+# Linux interface names: 1 to 15 characters (IFNAMSIZ - 1). We take letters, digits and "_.-" only: the
+# kernel refuses "/", ":" and white space, and nftables reads a trailing "*" as a wildcard (a port named
+# "*" would match every port, the LAN included), so neither may reach a rule.
+INTERFACE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
+def interface_name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not INTERFACE_NAME.fullmatch(value) or value in (".", ".."):
+        raise ConfigError(f"{where}: {value!r} is not an interface name (1 to 15 letters, digits, '_', '.' or '-')")
     return value
+
+
+
 
 
 def _ipv4(value: object, where: str) -> str:
@@ -154,12 +167,12 @@ def _ipv4(value: object, where: str) -> str:
 
 def _lan(raw_in: object, peer_names: list[str], where: str) -> LanConfig:
     raw = _table(raw_in, where)
-    check_keys(raw, {"device", "address", "dhcp", "dhcp_range", "dns", "dns_servers", "exit", "kill_switch", "direct"},
-               where)
+    check_keys(raw, {"device", "address", "dhcp", "dhcp_range", "dns", "dns_servers", "dns_from_peers", "exit",
+                     "kill_switch", "direct"}, where)
     direct = raw.get("direct", [])
     if not isinstance(direct, list):
         raise ConfigError(f"{where}.direct: expected a list of prefixes")
-    device = _device(raw.get("device"), f"{where}.device")
+    device = interface_name(raw.get("device"), f"{where}.device")
     text = raw.get("address", DEFAULT_LAN_ADDRESS)
     try:
         iface = ipaddress.IPv4Interface(str(text))
@@ -191,7 +204,8 @@ def _lan(raw_in: object, peer_names: list[str], where: str) -> LanConfig:
         str(first), str(last)), dns=_bool(raw, "dns", True, where),
         dns_servers=[_ipv4(s, f"{where}.dns_servers") for s in servers], exit_peer=exit_peer,
         kill_switch=_bool(raw, "kill_switch", False, where),
-        direct=[_prefix(d, f"{where}.direct") for d in direct])
+        direct=[_prefix(d, f"{where}.direct") for d in direct],
+        dns_from_peers=_bool(raw, "dns_from_peers", False, where))
 
 
 def _prefix(value: object, where: str) -> str:
@@ -269,7 +283,7 @@ def parse_router(data: dict[str, Any], node: dict[str, Any], peer_names: list[st
             raise ConfigError(f"{path}: gateway: only for role = \"gateway\" in [node]")
         raw = _table(data["gateway"], f"{path}: gateway")
         check_keys(raw, {"internet", "forward"}, f"{path}: gateway")
-        internet = _device(raw["internet"], f"{path}: gateway.internet") if "internet" in raw else None
+        internet = interface_name(raw["internet"], f"{path}: gateway.internet") if "internet" in raw else None
         forwards_raw = raw.get("forward", [])
         if not isinstance(forwards_raw, list):
             raise ConfigError(f"{path}: gateway.forward: use [[gateway.forward]] tables")

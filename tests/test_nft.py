@@ -25,17 +25,52 @@ def test_ruleset_replaces_the_table_in_one_transaction() -> None:
     assert commands[:3] == [{"add": {"table": TABLE}}, {"delete": {"table": TABLE}}, {"add": {"table": TABLE}}]
 
 
-def test_outside_input_allows_only_established_and_the_quic_port() -> None:
+def test_outside_input_allows_only_established_ndp_and_the_quic_port() -> None:
     rules = _rules(Firewall(4433, "qe0", ["eth1", "eth2"]), "input")
-    assert len(rules) == 3
+    assert len(rules) == 4
     assert all('{"set": ["eth1", "eth2"]}' in r for r in rules)
-    assert '"established"' in rules[0] and '"right": 4433' in rules[1] and rules[2].endswith('{"drop": null}]')
+    assert '"established"' in rules[0] and '"nd-neighbor-solicit"' in rules[1] and '"right": 4433' in rules[2]
+    assert rules[3].endswith('{"drop": null}]')
 
 
-def test_without_outside_ports_there_is_no_input_filter_but_mss_is_still_clamped() -> None:
+def test_a_gateway_without_known_outside_ports_leaves_input_alone_but_mss_is_still_clamped() -> None:
     fw = Firewall(4433, "qe0", [])
     assert _rules(fw, "input") == []
     assert sum("maxseg" in r for r in _rules(fw, "forward")) == 2
+
+
+NOT_INSIDE = '{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": {"set": ["lo", "qe0", "lan"]}}}'
+
+
+def test_a_router_is_default_deny_on_every_port_but_lan_loopback_and_tunnel_before_any_wan_is_known() -> None:
+    # No WAN known yet (detect_wans before DHCP, or no WAN config): still filtered by port role.
+    fw = Firewall(4433, "qe0", [], lan="lan", router=True, webui_port=80)
+    rules = _rules(fw, "input")
+    assert [r.startswith("[" + NOT_INSIDE) for r in rules[:4]] == [True] * 4
+    assert '"established"' in rules[0] and '"right": 4433' in rules[2] and rules[3].endswith('{"drop": null}]')
+    forward = _rules(fw, "forward")
+    # New connections from the ISP side into the LAN are dropped right after established traffic.
+    established = next(i for i, r in enumerate(forward) if '"established"' in r)
+    assert forward[established + 1] == "[" + NOT_INSIDE + ', {"drop": null}]'
+
+
+def test_the_web_ui_and_dns_answer_only_the_lan_port_not_the_tunnel() -> None:
+    not_lan = '{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": {"set": ["lo", "lan"]}}}'
+    rules = _rules(Firewall(4433, "qe0", [], lan="lan", router=True, webui_port=8080), "input")
+    ui = [r for r in rules if r.startswith("[" + not_lan) and '"right": 8080' in r]
+    dns = [r for r in rules if r.startswith("[" + not_lan) and '"right": 53' in r]
+    assert len(ui) == 1 and len(dns) == 1 and ui[0].endswith('{"drop": null}]') and dns[0].endswith('{"drop": null}]')
+    open_dns = _rules(Firewall(4433, "qe0", [], lan="lan", router=True, webui_port=80, dns_from_peers=True), "input")
+    assert not any('"right": 53' in r for r in open_dns)
+
+
+def test_acl_rules_match_only_traffic_from_the_tunnel() -> None:
+    fw = Firewall(4433, "qe0", ["wan0"], lan="lan", router=True, acls=[Acl("allow", [], ["10.0.50.0/24"])])
+    forward = _rules(fw, "forward")
+    acl = next(r for r in forward if '"10.0.50.0"' in r)
+    assert acl.startswith('[{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "qe0"}}')
+    # And the outside drop comes first: an allow rule can never open the LAN to a WAN.
+    assert forward.index(acl) > forward.index("[" + NOT_INSIDE + ', {"drop": null}]')
 
 
 def test_a_site_lan_is_masqueraded_out_of_wans_and_the_kill_switch_only_lets_it_into_the_tunnel() -> None:

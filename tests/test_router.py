@@ -147,7 +147,9 @@ def test_a_wan_port_found_at_run_time_is_bonded_and_dropped_with_its_route(lab: 
     router.ip("route", "add", "default", "via", sites.wl.wans[1].isp_addr, "dev", "wan1", "metric", "100")
     wait_for(lambda: _wan_names(sites) == ["wan0", "wan1"], timeout=5)
     assert "wan1" in sites.site_a.status()["router"]["outside"]
-    assert '"wan1"' in router.run("nft", "list", "table", "inet", "quicether").stdout
+    # The firewall filters by port role: wan1 was outside before it became a WAN and stays so.
+    assert 'iifname != { "lo", "qe0", "lan" } udp dport 4433 accept' in router.run(
+        "nft", "list", "table", "inet", "quicether").stdout
     router.ip("route", "del", "default", "via", sites.wl.wans[1].isp_addr, "dev", "wan1", "metric", "100")
     wait_for(lambda: _wan_names(sites) == ["wan0"], timeout=5)
 

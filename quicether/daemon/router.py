@@ -67,7 +67,12 @@ class Router:
         internet = cfg.gateway.internet if cfg.gateway else None
         return nft.Firewall(
             quic_port=int(cfg.listen.rpartition(":")[2]), tun=cfg.tun, outside=self._outside_ports(),
-            lan=cfg.lan.device if cfg.lan else None, kill_switch=bool(cfg.lan and cfg.lan.kill_switch),
+            lan=cfg.lan.device if cfg.lan else None,
+            # A node that serves a LAN is a router: default-deny on every other port from the start.
+            router=cfg.lan is not None,
+            webui_port=cfg.webui.port if cfg.lan and cfg.webui.enabled else None,
+            dns_from_peers=bool(cfg.lan and cfg.lan.dns_from_peers),
+            kill_switch=bool(cfg.lan and cfg.lan.kill_switch),
             direct=cfg.lan.direct if cfg.lan else [],
             internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=resolve_acls(cfg),
             acl_default=cfg.acl_default)
@@ -109,11 +114,11 @@ class Router:
             self._exit_task = asyncio.get_running_loop().create_task(self._watch_exit())
             undo.push_async_callback(self._stop_watch)
 
-    def wans_changed(self, devices: list[str]) -> None:
+    async def wans_changed(self, devices: list[str]) -> None:
         """The WAN manager found ports coming or going: the firewall's outside set follows."""
         self.outside = devices
         try:
-            nft.apply(self.firewall())
+            await asyncio.to_thread(nft.apply, self.firewall())
         except nft.FirewallError as exc:
             log.error("firewall not updated for WAN ports %s: %s", devices, exc)
 

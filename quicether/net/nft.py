@@ -5,13 +5,22 @@ Applying is idempotent and atomic: the transaction creates the table if missing,
 it again with every chain and rule, so the kernel switches from the old ruleset to the new one at once and
 a crashed daemon's table is replaced rather than duplicated. Nothing outside the table is touched.
 
+Which ports are "outside" (`Firewall.router`):
+- a router (a node with a `[lan]`) is default-deny by port role from its first ruleset on: every port
+  but loopback, the LAN port and the tunnel is outside, whether it is a known WAN yet or not (before DHCP
+  gives a port its default route, a port marked unused, no WAN config at all);
+- a node without a LAN (a gateway, a host that only bonds) filters the ports it knows face the internet
+  (its WANs and the gateway's internet port) and leaves the host's other ports to their owner.
+
 Rules (inputs in `Firewall`):
-- input on outside ports (WANs, the gateway's internet port): established/related and the QUIC port only.
-- forward: TCP MSS clamped to the route MTU into and out of the tunnel; established/related accepted; ACL
-  rules in order; with acl_default "deny", new traffic from the tunnel to another site (tunnel or LAN) is
-  dropped; port-forwarded traffic accepted; anything else new from outside dropped (a router never lets the
-  internet open connections into the LAN); with the kill switch, LAN traffic may only enter the tunnel
-  (or go to the `direct` destinations).
+- input on outside ports: established/related, IPv6 neighbour discovery and the QUIC port only.
+- input from anywhere but the LAN port (and loopback): the web UI port and DNS are dropped (the tunnel
+  too: other sites and the gateway reach neither, unless `dns_from_peers`).
+- forward: TCP MSS clamped to the route MTU into and out of the tunnel; established/related accepted;
+  port-forwarded traffic accepted; anything else new from outside dropped (a router never lets the internet
+  open connections into the LAN); ACL rules in order, for traffic from the tunnel; with acl_default "deny",
+  new traffic from the tunnel to another site (tunnel or LAN) is dropped; with the kill switch, LAN traffic
+  may only enter the tunnel (or go to the `direct` destinations).
 - nat: LAN traffic leaving by a raw WAN is masqueraded; on a gateway, tunnel traffic leaving by the internet
   port is masqueraded (the exit) and port forwards are DNATed into the tunnel and masqueraded there, so
   replies come back through the gateway whatever the site's own exit is.
@@ -66,8 +75,11 @@ class Firewall:
 
     quic_port: int
     tun: str
-    outside: list[str] = field(default_factory=list)   # WAN ports and the gateway's internet port
+    outside: list[str] = field(default_factory=list)   # known WAN ports and the gateway's internet port
     lan: str | None = None
+    router: bool = False                               # every port but lo, LAN and tunnel is outside
+    webui_port: int | None = None                      # on the LAN address: reachable from the LAN port only
+    dns_from_peers: bool = False                       # the LAN's DNS forwarder also answers the tunnel
     kill_switch: bool = False
     direct: list[str] = field(default_factory=list)     # LAN destinations allowed past the kill switch
     internet: str | None = None                        # gateway: exit traffic is masqueraded out of here
@@ -83,6 +95,8 @@ DROP: dict[str, Any] = {"drop": None}
 MASQUERADE: dict[str, Any] = {"masquerade": None}
 ESTABLISHED = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
 DNATED = _match({"ct": {"key": "status"}}, "dnat", "in")
+DNS_PORT = 53
+NDP_TYPES = ("nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert")
 
 
 def _names(devices: list[str]) -> dict[str, Any] | str:
@@ -99,8 +113,10 @@ def _prefixes(field_name: str, prefixes: list[str]) -> list[dict[str, Any]]:
     return [_match({"payload": {"protocol": "ip", "field": field_name}}, {"set": items})]
 
 
-def _acl_rule(acl: Acl) -> dict[str, Any]:
-    expr = _prefixes("saddr", acl.sources) + _prefixes("daddr", acl.destinations)
+def _acl_rule(acl: Acl, tun: str) -> dict[str, Any]:
+    # ACLs are about traffic between sites: only what comes out of the tunnel (an allow rule must never
+    # open the LAN to a WAN).
+    expr = [_match(IIF, tun), *_prefixes("saddr", acl.sources), *_prefixes("daddr", acl.destinations)]
     if acl.protocol is not None:
         expr.append(_match({"meta": {"key": "l4proto"}}, acl.protocol))
     if acl.port is not None:
@@ -108,13 +124,37 @@ def _acl_rule(acl: Acl) -> dict[str, Any]:
     return _rule("forward", *expr, ACCEPT if acl.action == "allow" else DROP)
 
 
+def _outside(fw: Firewall) -> dict[str, Any] | None:
+    """The match for packets arriving from outside, or None if no port is filtered."""
+    if fw.router:
+        return _match(IIF, {"set": _inside(fw)}, "!=")
+    return _match(IIF, _names(fw.outside)) if fw.outside else None
+
+
+def _inside(fw: Firewall) -> list[str]:
+    return ["lo", fw.tun] + ([fw.lan] if fw.lan else [])
+
+
 def _input_rules(fw: Firewall) -> list[dict[str, Any]]:
-    if not fw.outside:
-        return []
-    outside = _match(IIF, _names(fw.outside))
-    quic = _match({"payload": {"protocol": "udp", "field": "dport"}}, fw.quic_port)
-    return [_rule("input", outside, ESTABLISHED, ACCEPT), _rule("input", outside, quic, ACCEPT),
-            _rule("input", outside, DROP)]
+    rules = []
+    outside = _outside(fw)
+    if outside is not None:
+        quic = _match({"payload": {"protocol": "udp", "field": "dport"}}, fw.quic_port)
+        # Without neighbour discovery a WAN with IPv6 loses its link; these are link-local by definition.
+        ndp = _match({"payload": {"protocol": "icmpv6", "field": "type"}}, {"set": list(NDP_TYPES)})
+        rules += [_rule("input", outside, ESTABLISHED, ACCEPT), _rule("input", outside, ndp, ACCEPT),
+                  _rule("input", outside, quic, ACCEPT), _rule("input", outside, DROP)]
+    if fw.lan:
+        # The router's own services on the LAN address answer the LAN port only: not the tunnel (the
+        # gateway and other sites), whose peers are trusted to route, not to administer this router.
+        not_lan = _match(IIF, {"set": ["lo", fw.lan]}, "!=")
+        if fw.webui_port is not None:
+            rules.append(_rule("input", not_lan, _match({"payload": {"protocol": "tcp", "field": "dport"}},
+                                                        fw.webui_port), DROP))
+        if not fw.dns_from_peers:
+            rules.append(_rule("input", not_lan, _match({"meta": {"key": "l4proto"}}, {"set": [6, 17]}),
+                               _match({"payload": {"protocol": "th", "field": "dport"}}, DNS_PORT), DROP))
+    return rules
 
 
 def _forward_rules(fw: Firewall) -> list[dict[str, Any]]:
@@ -122,14 +162,15 @@ def _forward_rules(fw: Firewall) -> list[dict[str, Any]]:
     clamp = {"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}}, "value": {"rt": {"key": "mtu"}}}}
     rules = [_rule("forward", _match(direction, fw.tun), tcp_syn, clamp) for direction in (OIF, IIF)]
     rules.append(_rule("forward", ESTABLISHED, ACCEPT))
-    rules += [_acl_rule(acl) for acl in fw.acls]
+    if fw.forwards:
+        rules.append(_rule("forward", DNATED, ACCEPT))
+    outside = _outside(fw)
+    if outside is not None:
+        rules.append(_rule("forward", outside, DROP))
+    rules += [_acl_rule(acl, fw.tun) for acl in fw.acls]
     if fw.acl_default == "deny":
         sites = [fw.tun] + ([fw.lan] if fw.lan else [])
         rules.append(_rule("forward", _match(IIF, fw.tun), _match(OIF, _names(sites)), DROP))
-    if fw.forwards:
-        rules.append(_rule("forward", DNATED, ACCEPT))
-    if fw.outside:
-        rules.append(_rule("forward", _match(IIF, _names(fw.outside)), DROP))
     if fw.lan and fw.kill_switch:
         if fw.direct:
             rules.append(_rule("forward", _match(IIF, fw.lan), *_prefixes("daddr", fw.direct), ACCEPT))
@@ -193,4 +234,5 @@ def current() -> str:
 
 
 if __name__ == "__main__":  # print the ruleset a router with two WANs would get
-    print(json.dumps(build_ruleset(Firewall(4433, "qe0", ["eth1", "eth2"], lan="eth0")), indent=1))
+    print(json.dumps(build_ruleset(Firewall(4433, "qe0", ["eth1", "eth2"], lan="eth0", router=True, webui_port=80)),
+                     indent=1))
