@@ -50,6 +50,7 @@ from quicether.router_config import (
     LanConfig,
     WebUiConfig,
     check_keys,
+    interface_name,
     parse_protocol,
     parse_router,
 )
@@ -57,9 +58,11 @@ from quicether.router_config import ConfigError as ConfigError  # re-exported: e
 
 DEFAULT_STATE_DIR = Path("/var/lib/quicether")
 DEFAULT_LISTEN = "0.0.0.0:4433"
-# Interface names are at most 15 characters (IFNAMSIZ - 1).
-MAX_IFNAME = 15
 MIN_PATH_MTU = 1280
+# Upload caps the kernel's tbf takes: below 0.1 Mbit/s its rate rounds to 0 kbit (a division by zero in
+# the burst), above ~34 Gbit/s the rate in bytes/s overflows its 32 bits; no WAN upload needs more than 10.
+MIN_RATE_MBIT = 0.1
+MAX_RATE_MBIT = 10_000
 
 
 MODES = ("aggregate", "lowest-rtt", "redundant")
@@ -215,9 +218,7 @@ def _wan(raw: object, index: int, path: Path) -> WanConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
     check_keys(raw, {"name", "device", "address", "gateway", "role", "rate_mbit"}, where)
-    device = raw.get("device")
-    if not isinstance(device, str) or not 0 < len(device) <= MAX_IFNAME:
-        raise ConfigError(f"{where}.device: missing or not an interface name")
+    device = interface_name(raw.get("device"), f"{where}.device")
     role = raw.get("role", "primary")
     if role not in ("primary", "backup"):
         raise ConfigError(f"{where}.role: {role!r} is not primary or backup")
@@ -230,8 +231,8 @@ def _wan(raw: object, index: int, path: Path) -> WanConfig:
 def _rate(value: object, where: str) -> float | None:
     if value is None:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 100_000:
-        raise ConfigError(f"{where}: must be a rate in Mbit/s above 0 and up to 100000")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not MIN_RATE_MBIT <= value <= MAX_RATE_MBIT:
+        raise ConfigError(f"{where}: must be a rate in Mbit/s from {MIN_RATE_MBIT} to {MAX_RATE_MBIT}")
     return float(value)
 
 
@@ -250,9 +251,7 @@ def parse(text: str, path: Path) -> Config:
     if congestion not in CONGESTION_CONTROLS:
         raise ConfigError(f"{path}: node.congestion: {congestion!r} is not one of {', '.join(CONGESTION_CONTROLS)}")
     listen = _socket_addr(node.get("listen", DEFAULT_LISTEN), f"{path}: node.listen")
-    tun = node.get("tun", "qe0")
-    if not isinstance(tun, str) or not 0 < len(tun) <= MAX_IFNAME or "/" in tun or " " in tun:
-        raise ConfigError(f"{path}: node.tun: {tun!r} is not a valid interface name (1 to 15 characters)")
+    tun = interface_name(node.get("tun", "qe0"), f"{path}: node.tun")
     address = node.get("address")
     if address is not None:
         try:
@@ -279,6 +278,8 @@ def parse(text: str, path: Path) -> Config:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"{path}: wan[{i}].name: {name!r} is used twice")
+        if wans[i].device in [w.device for w in wans[:i]]:
+            raise ConfigError(f"{path}: wan[{i}].device: port {wans[i].device} is already a WAN")
     group_names = sorted({f"group:{g}" for p in peers for g in p.groups})
     router = parse_router(data, node, [p.name for p in peers] + group_names, str(path))
     for i, acl in enumerate(router.acls):

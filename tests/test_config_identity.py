@@ -108,6 +108,16 @@ def test_wans_modes_and_class_rules_parse() -> None:
     (f'[[peer]]\nkey = "{KEY}"\n[[peer.class]]\nprotocol = "sctp"\nmode = "redundant"\n', "class[0].protocol"),
     (f'[[peer]]\nkey = "{KEY}"\n[[peer.class]]\nport = 53\n', "class[0].mode: missing"),
     ('[node]\ncongestion = "reno"\n', "node.congestion"),
+    # Rate caps the kernel's tbf cannot take used to kill the daemon at start (division by zero, u32).
+    ('[[wan]]\ndevice = "eth1"\nrate_mbit = 0.0001\n', "wan[0].rate_mbit"),
+    ('[[wan]]\ndevice = "eth1"\nrate_mbit = 40000\n', "wan[0].rate_mbit"),
+    # "*" is an nftables wildcard: a port named so would match every port, the LAN included.
+    ('[[wan]]\ndevice = "*"\n', "wan[0].device"),
+    ('[[wan]]\ndevice = "eth*"\n', "wan[0].device"),
+    ('[[wan]]\ndevice = "eth1:0"\n', "wan[0].device"),
+    ('[[wan]]\ndevice = "eth1"\n[[wan]]\ndevice = "eth1"\nname = "other"\n', "wan[1].device"),
+    ('[node]\ntun = "qe 0"\n', "node.tun"),
+    ('[lan]\ndevice = "*"\n', "lan.device"),
 ])
 def test_bad_wan_and_mode_settings_name_the_field(text: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):

@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from quicether import _core
 from quicether.config import WanConfig
@@ -28,7 +30,7 @@ log = logging.getLogger("quicether")
 class WanManager:
     def __init__(self, node: _core.Node, wans: list[WanConfig], *, detect: bool = False,
                  not_wans: frozenset[str] = frozenset(),
-                 on_change: Callable[[list[str]], None] | None = None) -> None:
+                 on_change: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
         self.node = node
         self.configured = wans
         self.detect = detect
@@ -72,6 +74,7 @@ class WanManager:
                 pass
         if self._pending is None or self._pending.done():
             self._pending = asyncio.get_running_loop().create_task(self.reconcile())
+            self._pending.add_done_callback(_log_failure)
         else:
             self._again = True  # an event arrived mid-check: look once more afterwards
 
@@ -118,11 +121,21 @@ class WanManager:
                     continue
                 await asyncio.to_thread(wan_net.install_policy_route, index, wan, address)
                 if wan.rate_mbit is not None:
-                    await asyncio.to_thread(wan_net.set_rate_cap, wan.device, wan.rate_mbit)
+                    try:
+                        await asyncio.to_thread(wan_net.set_rate_cap, wan.device, wan.rate_mbit)
+                    except (NetlinkError, OSError, ValueError) as exc:
+                        # The WAN is still worth bonding without its cap; the owner sees why in the log.
+                        log.error("WAN %s: upload cap of %s Mbit/s not applied: %s", wan.name, wan.rate_mbit, exc)
                 self.node.add_wan((wan.name, wan.device, address, wan.backup, wan_net.wan_mark(index)))
                 self.active[name] = (address, index)
                 log.info("WAN %s (%s) up with %s%s", wan.name, wan.device, address, ", backup" if wan.backup else "")
             if self.on_change is not None and self.devices() != before:
-                self.on_change(self.devices())
+                await self.on_change(self.devices())
             if not self._again:
                 return
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A reconcile started by a netlink event has nobody awaiting it: its failure goes to the log here."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("updating the WANs failed: %s", exc, exc_info=exc)
