@@ -184,12 +184,18 @@ def _cmd_join(args: argparse.Namespace) -> int:
         doc = config_edit.load_document(path)
         identity = config_edit.node_identity(doc)
         address = config_edit.overlay_address(doc, invite, args.address)
-        doc = config_edit.add_invited_peer(doc, invite, address=address, mode=args.mode, use_exit=not args.no_exit)
+        doc = config_edit.add_invited_peer(doc, invite, address=address, mode=args.mode, use_exit=args.exit,
+                                           replace=args.replace)
         config = config_edit.save(doc, path)
     except (InviteError, ConfigError, IdentityError) as exc:
-        return _fail(str(exc))
+        return _fail(f"{exc} (--replace replaces it)" if "already named" in str(exc) else str(exc))
     peer = next(p for p in config.peers if p.node_id == invite.key)
     print(f"added peer {peer.name} at {peer.endpoint} to {path}")
+    if config.lan is not None and config.lan.exit_peer == peer.name:
+        print(f"LAN internet traffic now goes through {peer.name}")
+    elif invite.exit and not args.exit:
+        print(f"{peer.name} offers an exit to the internet: join again with --exit to send LAN internet traffic "
+              "through it")
     subnets = [config.address.split("/")[0] + "/32"] if config.address else []
     if config.lan is not None:
         subnets.append(config.lan.subnet)
@@ -205,7 +211,13 @@ def _cmd_add_peer(args: argparse.Namespace) -> int:
     path = Path(args.config)
     try:
         doc = config_edit.load_document(path)
-        peers = [p for p in doc.get("peer", []) if p.get("name") != args.name and p.get("key") != args.node_id]
+        known = next((p for p in doc.get("peer", []) if p.get("key") == args.node_id), None)
+        if known is not None and known.get("name") != args.name and not args.replace:
+            return _fail(f"node {args.node_id} is already the peer {known.get('name')!r}; --replace renames it")
+        try:
+            peers = config_edit.without_clashing_peers(doc, args.name, args.node_id, args.replace)
+        except ConfigError as exc:
+            return _fail(f"{exc} (--replace replaces it)")
         peer = {"name": args.name, "key": args.node_id, "allowed_ips": [a for a in args.allowed_ips.split(",") if a]}
         if args.endpoint:
             peer["endpoint"] = args.endpoint
@@ -284,11 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
                                         " in the invite's network)")
     join.add_argument("--mode", default="aggregate", choices=["aggregate", "lowest-rtt", "redundant"],
                       help="bonding mode for bulk traffic to it (default %(default)s)")
-    join.add_argument("--no-exit", action="store_true", help="do not send LAN internet traffic through it")
+    join_exit = join.add_mutually_exclusive_group()
+    join_exit.add_argument("--exit", dest="exit", action="store_true", default=False,
+                           help="send this LAN's internet traffic through it (if the invite offers an exit)")
+    join_exit.add_argument("--no-exit", dest="exit", action="store_false",
+                           help="do not send LAN internet traffic through it (the default)")
+    join.add_argument("--replace", action="store_true", help="replace a different peer that has the invite's name")
     join.set_defaults(func=_cmd_join)
 
     add_peer = sub.add_parser("add-peer", help="allow a node (by its id) as a peer: rewrites the config, reloads")
-    add_peer.add_argument("name", help="a name for the peer (replaces a peer of the same name or id)")
+    add_peer.add_argument("name", help="a name for the peer (letters, digits, '_', '.', '-'; used in ACL rules)")
+    add_peer.add_argument("--replace", action="store_true",
+                          help="replace a peer that already has this name, or rename the peer with this id")
     add_peer.add_argument("node_id", help="its node id (qe1…, `quicether pubkey` there)")
     add_peer.add_argument("--allowed-ips", default="", help="comma-separated prefixes it may use (its overlay"
                                                             " address /32 and its LAN subnet)")

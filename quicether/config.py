@@ -38,6 +38,7 @@ role = "site" or "gateway", detect_wans, acl_default.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ MIN_RATE_MBIT = 0.1
 MAX_RATE_MBIT = 10_000
 
 
+PEER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 MODES = ("aggregate", "lowest-rtt", "redundant")
 CONGESTION_CONTROLS = ("loss-tolerant", "cubic", "bbr")
 
@@ -153,7 +155,7 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     groups = raw.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
         raise ConfigError(f"{where}.groups: expected a list of group names")
-    name = raw.get("name", f"peer{index}")
+    name = peer_name(raw.get("name", f"peer{index}"), f"{where}.name")
     if "key" not in raw:
         raise ConfigError(f"{where}.key: missing (the peer's node id, `quicether pubkey` on the peer)")
     try:
@@ -177,9 +179,26 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     if not isinstance(classes_raw, list):
         raise ConfigError(f"{where}.class: use [[peer.class]] tables")
     classes = [_class_rule(c, f"{where}.class[{i}]") for i, c in enumerate(classes_raw)]
-    return PeerConfig(name=str(name), key=key, node_id=str(raw["key"]).strip(), endpoint=endpoint,
+    return PeerConfig(name=name, key=key, node_id=str(raw["key"]).strip(), endpoint=endpoint,
                       allowed_ips=[str(p) for p in allowed], mode=modes["mode"],
                       realtime_mode=modes["realtime_mode"], classes=classes, groups=[str(g) for g in groups])
+
+
+def peer_name(value: object, where: str) -> str:
+    """A peer's name: ACL rules, status and logs use it, so it may not look like what else a rule can name
+    (a prefix, an address, "lan", "group:…") and holds only a short safe alphabet."""
+    if not isinstance(value, str) or not PEER_NAME.fullmatch(value) or value == "lan" or _is_address(value):
+        raise ConfigError(f"{where}: {value!r} is not a peer name (1 to 32 letters, digits, '_', '.' or '-', "
+                          "starting with a letter or digit, not an address and not \"lan\")")
+    return value
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _mode(value: object, where: str) -> str:

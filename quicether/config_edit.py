@@ -90,15 +90,33 @@ def save(doc: Document, path: Path) -> Config:
     return config
 
 
+def without_clashing_peers(doc: Document, name: str, key: str, replace: bool) -> list[dict[str, Any]]:
+    """The document's peers minus an entry for `key` (the same node joined again) and, with `replace`, one
+    named `name`; a different node already named `name` is refused (ConfigError), never silently replaced:
+    it may be the exit, and ACL rules name it."""
+    peers = []
+    for peer in doc.get("peer", []):
+        if peer.get("key") == key:
+            continue
+        if peer.get("name") == name:
+            if not replace:
+                raise ConfigError(f"a different peer is already named {name!r} (key {peer.get('key')}); "
+                                  "choose another name or replace it explicitly")
+            continue
+        peers.append(peer)
+    return peers
+
+
 def add_invited_peer(doc: Document, invite: Invite, *, address: str | None, mode: str = "aggregate",
-                     use_exit: bool | None = None) -> Document:
-    """The document with the inviting node as a peer (replacing an entry with the same key or name) and,
-    if it offers an exit and this node has a LAN, that peer as the LAN's exit."""
+                     use_exit: bool | None = None, replace: bool = False) -> Document:
+    """The document with the inviting node as a peer (an entry with the same key is updated; one with
+    the same name is replaced only with `replace`) and, with `use_exit` (only if the invite offers an
+    exit and this node has a LAN), that peer as the LAN's exit."""
     use_exit = invite.exit if use_exit is None else use_exit and invite.exit
     allowed = [invite.network] + (["0.0.0.0/0"] if use_exit else [])
     peer = {"name": invite.name, "key": invite.key, "endpoint": invite.endpoints[0], "allowed_ips": allowed,
             "mode": mode}
-    peers = [p for p in doc.get("peer", []) if p.get("key") != invite.key and p.get("name") != invite.name]
+    peers = without_clashing_peers(doc, invite.name, invite.key, replace)
     new = {**doc, "peer": [*peers, peer]}
     node = dict(new.get("node", {}))
     if address:

@@ -18,6 +18,7 @@ import json
 import zlib
 from dataclasses import asdict, dataclass
 
+from quicether.config import ConfigError, peer_name
 from quicether.identity import IdentityError, decode_node_id
 
 INVITE_PREFIX = "qei1."
@@ -90,6 +91,11 @@ def decode(code: str) -> Invite:
         net = ipaddress.ip_network(network, strict=False)
     except ValueError:
         raise InviteError(f"the invite's network {network!r} is not a prefix") from None
+    try:
+        name = peer_name(data.get("name") or "gateway", "name")
+    except ConfigError:
+        raise InviteError(f"the invite's name {data.get('name')!r} cannot be a peer name (letters, digits, "
+                          "'_', '.' and '-' only)") from None
     return Invite(key=key, endpoints=[_endpoint(e) for e in endpoints], network=str(net),
-                  name=str(data.get("name") or "gateway"), exit=bool(data.get("exit", False)),
+                  name=name, exit=data.get("exit") is True,
                   peer_address=str(data.get("peer_address", "")))

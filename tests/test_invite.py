@@ -108,9 +108,15 @@ def test_invite_join_and_add_peer_commands(tmp_path: Path) -> None:
     assert decode(code).key == gw_id and decode(code).exit
     bad = _cli("join", "qei1.nonsense", "-c", str(site_conf))
     assert bad.returncode == 1 and "damaged" in bad.stderr
-    joined = _cli("join", code, "-c", str(site_conf))
+    # The exit is an explicit choice: joining alone does not route the LAN's internet traffic anywhere.
+    plain = _cli("join", code, "-c", str(site_conf))
+    assert plain.returncode == 0 and "--exit" in plain.stdout, plain.stderr
+    site = load(site_conf)
+    assert site.lan is not None and site.lan.exit_peer is None and "0.0.0.0/0" not in site.peers[0].allowed_ips
+    joined = _cli("join", code, "--exit", "-c", str(site_conf))
     assert joined.returncode == 0, joined.stderr
     site = load(site_conf)
+    assert len(site.peers) == 1  # the same node joined again: updated, not doubled
     assert site.peers[0].node_id == decode(code).key and site.lan is not None and site.lan.exit_peer == "gateway"
     assert site.address is not None and site.address.startswith("10.99.0.")
     assert f"quicether add-peer SITE-NAME {site_id} --allowed-ips {site.address.split('/')[0]}/32,192.168.50.0/24" \
@@ -120,3 +126,29 @@ def test_invite_join_and_add_peer_commands(tmp_path: Path) -> None:
     assert load(gw_conf).peers[0].allowed_ips == ["10.99.0.9/32", "192.168.50.0/24"]
     wrong = _cli("add-peer", "site-b", "qe1bad", "-c", str(gw_conf))
     assert wrong.returncode == 1 and "peer[1].key" in wrong.stderr
+    # A second node under an existing name is refused (it would take over site-a's routes and ACLs) ...
+    other_id = encode_node_id(bytes([7] * 32))
+    clash = _cli("add-peer", "site-a", other_id, "--allowed-ips", "10.99.0.10/32", "-c", str(gw_conf))
+    assert clash.returncode == 1 and "already named 'site-a'" in clash.stderr and "--replace" in clash.stderr
+    assert [p.node_id for p in load(gw_conf).peers] == [site_id]
+    # ... unless asked; a name that an ACL rule would read as something else is refused outright.
+    assert _cli("add-peer", "site-a", other_id, "--replace", "-c", str(gw_conf)).returncode == 0
+    assert [p.node_id for p in load(gw_conf).peers] == [other_id]
+    for bad in ("group:x", "0.0.0.0/0", "lan", "10.0.0.1", "a b"):
+        refused_name = _cli("add-peer", bad, site_id, "-c", str(gw_conf))
+        assert refused_name.returncode == 1 and "peer name" in refused_name.stderr, bad
+
+
+@pytest.mark.parametrize("name", ["0.0.0.0/0", "group:x", "lan", "10.0.0.1", "gw\nquicether: WARNING", "x" * 40])
+def test_an_invite_whose_name_would_change_acl_rules_or_logs_is_refused(name: str) -> None:
+    with pytest.raises(InviteError, match="name"):
+        decode(_invite(name=name).encode())
+
+
+def test_a_second_invite_with_a_taken_name_is_refused_unless_replacing(tmp_path: Path) -> None:
+    doc = config_edit.add_invited_peer({}, _invite(), address="10.99.0.7/24")
+    impostor = _invite(key=encode_node_id(bytes([9] * 32)), exit=True)
+    with pytest.raises(ConfigError, match="already named 'gw'"):
+        config_edit.add_invited_peer(doc, impostor, address=None)
+    replaced = config_edit.add_invited_peer(doc, impostor, address=None, replace=True)
+    assert [p["key"] for p in replaced["peer"]] == [impostor.key]
