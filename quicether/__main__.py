@@ -54,7 +54,7 @@ def _cmd_pubkey(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from quicether.daemon.eventlog import EventLog
+    from quicether.daemon.eventlog import EscapeControls, EventLog
     from quicether.daemon.service import Daemon
     from quicether.net.links import LinkError
     from quicether.net.nft import FirewallError
@@ -62,7 +62,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="quicether: %(levelname)s %(message)s")
     events = EventLog()
-    logging.getLogger("quicether").addHandler(events)
+    logger = logging.getLogger("quicether")
+    logger.addFilter(EscapeControls())
+    logger.addHandler(events)
     try:
         config: Config | None = load(Path(args.config))
         while config is not None:  # once, and again after each reload request
