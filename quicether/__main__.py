@@ -250,6 +250,26 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_setup_code(args: argparse.Namespace) -> int:
+    from quicether import setup_code
+
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if state_dir is None:
+        try:
+            state_dir = load(Path(args.config)).state_dir
+        except ConfigError as exc:
+            return _fail(f"{exc} (or give --state-dir)")
+    try:
+        code = setup_code.ensure(state_dir, tuple(Path(c) for c in args.copy_to or []))
+    except OSError as exc:
+        return _fail(f"{exc.filename or state_dir}: {exc.strerror or exc}")
+    if code is None:
+        print("the web UI's admin password is already set: there is no setup code", file=sys.stderr)
+        return 0
+    print(code)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quicether",
@@ -322,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--confirm", action="store_true",
                          help="mark the running slot as good (run at boot by quicether-slot.service)")
     upgrade.set_defaults(func=_cmd_upgrade)
+
+    code = sub.add_parser("setup-code", help="print the one-time code the web UI asks for with the first admin"
+                                             " password (made if missing)")
+    code.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
+    code.add_argument("--state-dir", help="where the code is kept (default: the config's node.state_dir)")
+    code.add_argument("--copy-to", action="append", metavar="FILE",
+                      help="also write it to FILE (repeatable; removed when the password is set)")
+    code.set_defaults(func=_cmd_setup_code)
     return parser
 
 

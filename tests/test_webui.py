@@ -3,9 +3,11 @@ page and form with its validation messages, and what ends up in the config file.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from quicether import setup_code
 from quicether.config import load
 from quicether.identity import encode_node_id, generate
 from quicether.invite import Invite
 from tests.webui_fixtures import FakeDaemon, fake_daemon
-from webui import auth, create_app, wizard
+from webui import auth, create_app, sessions, throttle, wizard
 
 PASSWORD = "correct horse battery"
 PORTS = [{"name": n, "mac": f"02:00:00:00:00:0{i}", "up": True} for i, n in enumerate(["eth0", "eth1", "eth2"])]
@@ -35,13 +38,13 @@ def state(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def app(state: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
-    auth._failures.clear()
     # The machine running the tests has its own ports; the wizard is shown three of a router's.
     monkeypatch.setattr(wizard, "ports", lambda: PORTS)
     monkeypatch.setattr("webui.settings.ports", lambda: PORTS)
     config = state / "quicether.toml"
     config.write_text(f'[node]\nstate_dir = "{state}"\n')
-    return create_app(config, state, {"TESTING": True})
+    # The test client asks for http://localhost/: the name this UI is "served" at here.
+    return create_app(config, state, {"TESTING": True}, hosts=["localhost"])
 
 
 @pytest.fixture
@@ -65,8 +68,16 @@ def _post(client: FlaskClient, path: str, data: dict[str, Any], page: str | None
     return client.post(path, data={**data, "csrf_token": _csrf(client, page or path)})
 
 
+def _setup_code(client: FlaskClient) -> str:
+    """The code as its owner reads it (`quicether setup-code` over SSH reads the same file)."""
+    code = setup_code.read(Path(client.application.config["QE_STATE"]))
+    assert code is not None
+    return code
+
+
 def _set_up(client: FlaskClient) -> None:
-    response = _post(client, "/setup/", {"password": PASSWORD, "confirm": PASSWORD})
+    response = _post(client, "/setup/", {"setup_code": _setup_code(client), "password": PASSWORD,
+                                         "confirm": PASSWORD})
     assert response.status_code == 302 and response.headers["Location"].endswith("/setup/ports")
 
 
@@ -79,9 +90,10 @@ def test_first_boot_leads_every_page_to_the_password_step(client: FlaskClient, s
 
 
 def test_password_rules_and_the_stored_hash(client: FlaskClient, state: Path) -> None:
-    short = _post(client, "/setup/", {"password": "short", "confirm": "short"})
+    code = _setup_code(client)
+    short = _post(client, "/setup/", {"setup_code": code, "password": "short", "confirm": "short"})
     assert short.status_code == 400 and "at least 10 characters" in short.get_data(as_text=True)
-    differ = _post(client, "/setup/", {"password": PASSWORD, "confirm": PASSWORD + "x"})
+    differ = _post(client, "/setup/", {"setup_code": code, "password": PASSWORD, "confirm": PASSWORD + "x"})
     assert differ.status_code == 400 and "differ" in differ.get_data(as_text=True)
     _set_up(client)
     stored = (state / auth.PASSWORD_FILE).read_text()
@@ -91,8 +103,8 @@ def test_password_rules_and_the_stored_hash(client: FlaskClient, state: Path) ->
     other = client.application.test_client()
     again = _post(other, "/login", {"password": "x"}, page="/login")
     assert again.status_code == 401
-    replaced = other.post("/setup/", data={"password": "new password 123", "confirm": "new password 123",
-                                           "csrf_token": _csrf(other, "/login")})
+    replaced = other.post("/setup/", data={"setup_code": code, "password": "new password 123",
+                                           "confirm": "new password 123", "csrf_token": _csrf(other, "/login")})
     assert replaced.status_code == 302 and "/login" in replaced.headers["Location"]
     assert (state / auth.PASSWORD_FILE).read_text() == stored
 
@@ -110,12 +122,12 @@ def test_login_wrong_password_rate_limit_and_safe_redirect(client: FlaskClient, 
     _set_up(client)
     other = app.test_client()
     assert other.get("/settings/").headers["Location"].endswith("/login?next=/settings/")
-    for _ in range(auth.MAX_FAILURES):
+    for _ in range(throttle.MAX_FAILURES):
         wrong = _post(other, "/login", {"password": "wrong password"})
         assert wrong.status_code == 401 and "Wrong password." in wrong.get_data(as_text=True)
     locked = _post(other, "/login", {"password": PASSWORD})
-    assert locked.status_code == 429 and "Too many wrong passwords" in locked.get_data(as_text=True)
-    auth._failures.clear()
+    assert locked.status_code == 429 and "Too many wrong guesses" in locked.get_data(as_text=True)
+    app.extensions["qe_throttle"].clear()
     fresh = app.test_client()
     token = _csrf(fresh, "/login")
     ok = fresh.post("/login?next=//evil.example/", data={"password": PASSWORD, "csrf_token": token})
@@ -132,6 +144,239 @@ def test_security_headers(client: FlaskClient) -> None:
     headers = client.get("/healthz").headers
     assert headers["Content-Security-Policy"].startswith("default-src 'self'")
     assert headers["X-Frame-Options"] == "DENY"
+
+
+def _setup_form(code: str) -> dict[str, str]:
+    return {"setup_code": code, "password": PASSWORD, "confirm": PASSWORD}
+
+
+def test_first_password_needs_the_one_time_setup_code(client: FlaskClient, state: Path) -> None:
+    code = _setup_code(client)
+    assert code not in client.get("/setup/").get_data(as_text=True)  # shown nowhere in the UI
+    wrong_codes = ("", code[:-1], code + "A", "é")  # fewer than the guessing limit
+    assert len(wrong_codes) < throttle.MAX_FAILURES
+    for wrong in wrong_codes:
+        refused = _post(client, "/setup/", _setup_form(wrong))
+        assert refused.status_code == 403 and "Wrong setup code" in refused.get_data(as_text=True), wrong
+    assert not (state / auth.PASSWORD_FILE).exists()
+    # Typed by hand: case and spacing do not matter.
+    accepted = _post(client, "/setup/", _setup_form(f" {code.lower().replace('-', ' ')} "))
+    assert accepted.status_code == 302 and accepted.headers["Location"].endswith("/setup/ports")
+    assert (state / auth.PASSWORD_FILE).exists()
+    # Consumed: gone from the state dir, never made again, and the wizard's first step is closed.
+    assert setup_code.read(state) is None and setup_code.ensure(state) is None
+    assert not (state / setup_code.CODE_FILE).exists()
+    other = client.application.test_client()
+    again = other.post("/setup/", data={**_setup_form(code), "csrf_token": _csrf(other, "/login")})
+    assert again.status_code == 302 and "/login" in again.headers["Location"]
+
+
+def test_wrong_setup_codes_count_against_the_login_limit(client: FlaskClient) -> None:
+    code = _setup_code(client)
+    for _ in range(throttle.MAX_FAILURES):
+        assert _post(client, "/setup/", _setup_form("WRNG-WRNG-WRNG")).status_code == 403
+    locked = _post(client, "/setup/", _setup_form(code))
+    assert locked.status_code == 429 and "Too many wrong guesses" in locked.get_data(as_text=True)
+    state = Path(client.application.config["QE_STATE"])
+    assert not (state / auth.PASSWORD_FILE).exists() and setup_code.read(state) == code  # still unused
+
+
+def test_setup_code_copies_the_cli_and_their_removal(state: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from quicether.__main__ import main
+
+    esp, banner = tmp_path / "esp" / "quicether-setup-code.txt", tmp_path / "run" / "setup-code.issue"
+    assert main(["setup-code", "--state-dir", str(state), "--copy-to", str(esp), "--copy-to", str(banner)]) == 0
+    code = capsys.readouterr().out.strip()
+    assert setup_code.read(state) == code and len(setup_code.normalise(code)) == setup_code.CODE_SYMBOLS
+    assert oct((state / setup_code.CODE_FILE).stat().st_mode & 0o777) == "0o600"
+    assert code in esp.read_text() and code in banner.read_text()
+    banner.unlink()  # /run after a reboot: the next call writes it again, with the same code
+    assert main(["setup-code", "--state-dir", str(state), "--copy-to", str(banner)]) == 0
+    assert capsys.readouterr().out.strip() == code and code in banner.read_text()
+    setup_code.consume(state)
+    assert not esp.exists() and not banner.exists() and setup_code.read(state) is None
+
+
+def test_the_setup_code_left_after_the_password_is_removed(state: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from quicether.__main__ import main
+
+    esp = tmp_path / "quicether-setup-code.txt"
+    setup_code.ensure(state, (esp,))
+    (state / auth.PASSWORD_FILE).write_text("{}")  # set meanwhile (the code file was left by a crash)
+    assert main(["setup-code", "--state-dir", str(state)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "already set" in captured.err
+    assert not esp.exists() and setup_code.read(state) is None
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "192.168.50.1.evil.example", "192.168.50.10",
+                                  "router.lan.evil.example", "", "[::1]:80"])
+def test_requests_for_other_host_names_are_refused(state: Path, host: str) -> None:
+    app = create_app(state / "quicether.toml", state, {"TESTING": True}, hosts=["192.168.50.1", "router.lan"])
+    client = app.test_client()
+    for path in ("/", "/setup/", "/login", "/healthz", "/static/app.css", "/api/summary"):
+        response = client.get(path, headers={"Host": host})
+        assert response.status_code == 400 and "only to its own address" in response.get_data(as_text=True), path
+    code = setup_code.read(state)
+    assert code is not None
+    # A rebound page cannot set the password even with the code (it can read nothing, not even the token).
+    posted = client.post("/setup/", data=_setup_form(code), headers={"Host": host})
+    assert posted.status_code == 400 and not (state / auth.PASSWORD_FILE).exists()
+
+
+@pytest.mark.parametrize("host", ["192.168.50.1", "192.168.50.1:80", "ROUTER.LAN", "router.lan.", "router.lan:8080"])
+def test_requests_for_the_routers_own_names_are_served(state: Path, host: str) -> None:
+    app = create_app(state / "quicether.toml", state, {"TESTING": True}, hosts=["192.168.50.1", "router.lan"])
+    response = app.test_client().get("/healthz", headers={"Host": host})
+    assert response.status_code == 200 and response.get_json() == {"ok": True}
+
+
+def _session_id(client: FlaskClient) -> str:
+    cookie = client.get_cookie("qe_session")
+    assert cookie is not None
+    return cookie.value
+
+
+def _log_in(app: Flask) -> FlaskClient:
+    other = app.test_client()
+    assert _post(other, "/login", {"password": PASSWORD}).status_code == 302
+    return other
+
+
+def _with_session(app: Flask, sid: str) -> FlaskClient:
+    other = app.test_client()
+    other.set_cookie("qe_session", sid)
+    return other
+
+
+def test_sessions_are_server_side_and_revoked_by_logout(client: FlaskClient, app: Flask, state: Path) -> None:
+    _set_up(client)
+    admin = _log_in(app)
+    sid = _session_id(admin)
+    assert len(sid) >= 40 and "admin" not in sid  # a random id, not signed data
+    assert sid not in (state / "webui-sessions.json").read_text()  # the file holds digests only
+    assert oct((state / "webui-sessions.json").stat().st_mode & 0o777) == "0o600"
+    # The session survives the UI's restart (a config reload), and a copy of the cookie works…
+    restarted = create_app(state / "quicether.toml", state, {"TESTING": True}, hosts=["localhost"])
+    assert _with_session(restarted, sid).get("/settings/").status_code == 200
+    # …until logout: then the id is worthless, for a copy of the cookie too, and after a restart.
+    assert _post(admin, "/logout", {}, page="/settings/").status_code == 302
+    assert _with_session(app, sid).get("/settings/").status_code == 302
+    restarted = create_app(state / "quicether.toml", state, {"TESTING": True}, hosts=["localhost"])
+    assert _with_session(restarted, sid).get("/settings/").status_code == 302
+
+
+def test_login_gets_a_new_session_id(client: FlaskClient, app: Flask) -> None:
+    _set_up(client)
+    other = app.test_client()
+    token = _csrf(other, "/login")
+    before = _session_id(other)  # an id an attacker could have planted (fixation)
+    assert other.post("/login", data={"password": PASSWORD, "csrf_token": token}).status_code == 302
+    assert _session_id(other) != before
+    assert _with_session(app, before).get("/settings/").status_code == 302
+
+
+def test_a_password_change_ends_every_session(client: FlaskClient, app: Flask) -> None:
+    _set_up(client)
+    first, second = _log_in(app), _log_in(app)
+    with app.app_context():
+        auth.set_password("another good password")
+    for old in (client, first, second):
+        assert old.get("/settings/").status_code == 302
+
+
+def test_sessions_expire_when_idle_and_after_the_absolute_lifetime(client: FlaskClient, app: Flask) -> None:
+    now = [1_000_000.0]
+    app.session_interface.clock = lambda: now[0]  # type: ignore[attr-defined]
+    _set_up(client)
+    admin = _log_in(app)
+    now[0] += sessions.IDLE_LIFETIME_S - 5
+    assert admin.get("/settings/").status_code == 200  # used in time: the idle clock starts again
+    now[0] += sessions.IDLE_LIFETIME_S + 5
+    assert admin.get("/settings/").status_code == 302
+    admin = _log_in(app)
+    started = now[0]
+    while now[0] - started < sessions.ABSOLUTE_LIFETIME_S - 60:
+        now[0] += sessions.IDLE_LIFETIME_S / 2
+        assert admin.get("/settings/").status_code == 200
+    now[0] = started + sessions.ABSOLUTE_LIFETIME_S + 1
+    assert admin.get("/settings/").status_code == 302  # busy all along, but too old
+
+
+def test_anonymous_sessions_cannot_push_the_admin_out(client: FlaskClient, app: Flask) -> None:
+    _set_up(client)
+    admin = _log_in(app)
+    for _ in range(sessions.MAX_SESSIONS * 2):
+        app.test_client().get("/login")  # each gets a session for the form's CSRF token
+    assert len(app.extensions["qe_sessions"]) <= sessions.MAX_SESSIONS
+    assert admin.get("/settings/").status_code == 200
+
+
+@pytest.mark.parametrize("target", [
+    "/%09/evil.example", "/%0a/evil.example", "/%0d/evil.example", "%09//evil.example", "//evil.example",
+    "///evil.example", "/%5Cevil.example", "/%5C/evil.example", "https://evil.example/", "http:evil.example",
+    "javascript:alert(1)", "%20//evil.example", "evil.example", "/%00/evil.example", "/.//evil.example",
+])
+def test_login_never_redirects_to_another_site(client: FlaskClient, app: Flask, target: str) -> None:
+    _set_up(client)
+    other = app.test_client()
+    token = _csrf(other, "/login")
+    response = other.post(f"/login?next={target}", data={"password": PASSWORD, "csrf_token": token})
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+
+
+def test_login_returns_to_the_page_asked_for(client: FlaskClient, app: Flask) -> None:
+    _set_up(client)
+    other = app.test_client()
+    token = _csrf(other, "/login")
+    response = other.post("/login?next=/settings/%3Fx%3D1", data={"password": PASSWORD, "csrf_token": token})
+    assert response.headers["Location"] == "/settings/?x=1"
+
+
+def test_parallel_guesses_get_exactly_the_limit(client: FlaskClient, app: Flask) -> None:
+    _set_up(client)
+    guessers = [app.test_client() for _ in range(20)]
+    tokens = [_csrf(g, "/login") for g in guessers]
+    start = threading.Barrier(len(guessers))
+
+    def guess(i: int) -> int:
+        start.wait()
+        return guessers[i].post("/login", data={"password": f"wrong guess {i}", "csrf_token": tokens[i]}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(len(guessers)) as pool:
+        codes = sorted(pool.map(guess, range(len(guessers))))
+    assert codes.count(401) == throttle.MAX_FAILURES and codes.count(429) == len(guessers) - throttle.MAX_FAILURES
+
+
+def test_the_throttle_forgets_old_addresses_and_has_a_global_limit() -> None:
+    limit = throttle.Throttle()
+    for i in range(throttle.MAX_TRACKED_ADDRESSES * 3):
+        limit.attempt(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", now=i * throttle.FAILURE_WINDOW_S)
+    assert limit.tracked() <= throttle.MAX_TRACKED_ADDRESSES
+    limit = throttle.Throttle()
+    for i in range(throttle.MAX_GLOBAL_FAILURES):  # many addresses, each below its own limit
+        assert limit.attempt(f"192.168.50.{i + 2}", now=100.0) is not None
+    assert limit.attempt("192.168.50.250", now=101.0) is None  # a fresh address: the router's limit
+    assert limit.attempt("192.168.50.250", now=100.0 + throttle.FAILURE_WINDOW_S + 1) is not None
+    limit = throttle.Throttle()
+    for _ in range(throttle.MAX_FAILURES):
+        assert limit.attempt("192.168.50.9", now=0.0) is not None
+    assert limit.attempt("192.168.50.9", now=1.0) is None
+    assert limit.attempt("192.168.50.9", now=throttle.FAILURE_WINDOW_S + 1) is not None
+
+
+@pytest.mark.parametrize("token", ["é", "\u2603" * 43, "ü" + "a" * 42])
+def test_a_non_ascii_csrf_token_is_a_400(client: FlaskClient, token: str) -> None:
+    first_boot = client.post("/setup/", data={"csrf_token": token, "password": PASSWORD})
+    assert first_boot.status_code == 400
+    _set_up(client)
+    other = client.application.test_client()
+    other.get("/login")
+    login = other.post("/login", data={"csrf_token": token, "password": PASSWORD})
+    assert login.status_code == 400 and "expired or did not come from this page" in login.get_data(as_text=True)
+    assert other.post("/login", headers={"X-CSRF-Token": token}, data={"password": "x"}).status_code == 400
 
 
 def _ports_step(client: FlaskClient, **changes: str) -> Any:

@@ -1,6 +1,9 @@
 """Serves the web UI with waitress (not Flask's development server).
 
-    python -m webui --config /etc/quicether/quicether.toml --state-dir /var/lib/quicether --bind 192.168.50.1:80
+    python -m webui --config /etc/quicether/quicether.toml --state-dir /var/lib/quicether --bind 192.168.50.1:80 \
+        --host-name router.lan
+
+It answers requests for the --bind address and each --host-name only (any other Host: 400).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="the node's config file (written by the wizard)")
     parser.add_argument("--state-dir", required=True, help="where the key, API socket and UI secrets are")
     parser.add_argument("--bind", required=True, metavar="HOST:PORT", help="the LAN address and port to serve on")
+    parser.add_argument("--host-name", action="append", default=[], metavar="NAME",
+                        help="another name this UI is reached by (repeatable; e.g. router.lan)")
     args = parser.parse_args()
     host, _, port = args.bind.rpartition(":")
     logging.basicConfig(level=logging.WARNING, format="quicether-webui: %(levelname)s %(message)s")
-    app = create_app(Path(args.config), Path(args.state_dir))
+    app = create_app(Path(args.config), Path(args.state_dir), hosts=[host, *args.host_name])
     # A few threads: the dashboard polls once a second per open tab; an appliance has few admins.
     waitress.serve(app, host=host, port=int(port), threads=4, ident="quicether")
 

@@ -1,44 +1,50 @@
-"""The admin account: password hash (scrypt), login with a rate limit, the session, and CSRF protection.
+"""The admin account: password hash (scrypt), login with a guessing limit, server-side sessions, CSRF
+protection, and where a login may send the browser next.
 
-There is no default password: until the wizard sets one, every page leads to the wizard's first step.
+There is no default password: until the wizard sets one (with the one-time setup code, see
+quicether.setup_code), every page leads to the wizard's first step.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, session, url_for
 
+from quicether import setup_code
+from webui import sessions
+from webui.throttle import FAILURE_WINDOW_S, Throttle
+
 bp = Blueprint("auth", __name__)
 
-PASSWORD_FILE = "webui-admin.json"
+PASSWORD_FILE = setup_code.ADMIN_PASSWORD_FILE
 MIN_PASSWORD_CHARS = 10
 # scrypt cost: ~50 ms and 16 MiB per check on a Raspberry Pi 4, slow enough to make guessing expensive.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
-# Login rate limit per client address: this many failures within the window locks it out for the window.
-MAX_FAILURES = 5
-FAILURE_WINDOW_S = 60.0
 # Pages reachable without a session: login itself, the wizard's first step (only before a password
-# exists), static files and the health check the "applying…" page polls.
+# exists), static files and the health check.
 PUBLIC_ENDPOINTS = {"auth.login", "static", "healthz"}
 
-_failures: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+
+def _state_dir() -> Path:
+    return Path(current_app.config["QE_STATE"])
 
 
 def _password_path() -> Path:
-    return Path(current_app.config["QE_STATE"]) / PASSWORD_FILE
+    return _state_dir() / PASSWORD_FILE
 
 
 def is_set_up() -> bool:
-    return _password_path().exists()
+    return setup_code.is_set_up(_state_dir())
 
 
 def password_problem(password: str, confirm: str) -> str | None:
@@ -51,7 +57,19 @@ def password_problem(password: str, confirm: str) -> str | None:
     return None
 
 
+def _session_store() -> sessions.SessionStore:
+    store: sessions.SessionStore = current_app.extensions["qe_sessions"]
+    return store
+
+
+def throttle() -> Throttle:
+    """The app's guessing limit, shared by the login and the setup code."""
+    limit: Throttle = current_app.extensions["qe_throttle"]
+    return limit
+
+
 def set_password(password: str) -> None:
+    """Stores the new password's hash and ends every session (whoever was logged in must log in again)."""
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
     record = {"algorithm": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": salt.hex(),
@@ -62,7 +80,10 @@ def set_password(password: str) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(record, out)
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, path)
+    _session_store().revoke_all()
 
 
 def check_password(password: str) -> bool:
@@ -75,11 +96,28 @@ def check_password(password: str) -> bool:
         return False
 
 
-def _locked_out(client: str, now: float) -> bool:
-    failures = _failures[client]
-    while failures and now - failures[0] > FAILURE_WINDOW_S:
-        failures.popleft()
-    return len(failures) >= MAX_FAILURES
+def limited_check(check: Callable[[], bool]) -> bool | None:
+    """Runs a password or setup-code check under the guessing limit: None if this client (or everyone)
+    guessed wrong too often lately; the attempt counts as a failure unless `check` says it is right."""
+    limit = throttle()
+    attempt = limit.attempt(request.remote_addr or "?", time.monotonic())
+    if attempt is None:
+        return None
+    if not check():
+        return False
+    limit.succeeded(attempt)
+    return True
+
+
+LOCKED_OUT = f"Too many wrong guesses. Wait {FAILURE_WINDOW_S:.0f} seconds and try again."
+
+
+def log_in() -> None:
+    """The current session becomes the admin's, under a new id and with a new CSRF token."""
+    session.clear()
+    sessions.rotate(session)
+    session["admin"] = True
+    csrf_token()
 
 
 def csrf_token() -> str:
@@ -95,8 +133,24 @@ def _check_csrf() -> None:
         return
     sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
     expected = session.get("csrf")
-    if not isinstance(expected, str) or not hmac.compare_digest(sent, expected):
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters (a 500 otherwise).
+    if not isinstance(expected, str) or not hmac.compare_digest(sent.encode(), expected.encode()):
         abort(400, description="This form expired or did not come from this page. Reload the page and try again.")
+
+
+def local_target(target: str) -> str | None:
+    """`target` if it is a plain path on this site, else None. Browsers drop tabs and newlines anywhere in a
+    URL and read a backslash as a slash, so "/%09/evil.example" (a tab) or "/%5Cevil.example" would
+    lead to //evil.example (another site); a scheme ("https:", "javascript:") or a host is never local either. Our
+    pages' paths have no empty or dot segments, so "//", "/./" and "/../" are refused rather than resolved."""
+    if not target.startswith("/") or "\\" in target or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or "//" in parts.path or target.startswith("//"):
+        return None
+    if any(segment in (".", "..") for segment in parts.path.split("/")):
+        return None
+    return target
 
 
 def _guard() -> Any:
@@ -113,6 +167,10 @@ def _guard() -> Any:
 
 
 def init_app(app: Flask) -> None:
+    store = sessions.SessionStore(Path(app.config["QE_STATE"]) / sessions.SESSIONS_FILE)
+    app.extensions["qe_sessions"] = store
+    app.extensions["qe_throttle"] = Throttle()
+    app.session_interface = sessions.ServerSessionInterface(store)
     app.before_request(_guard)
     app.jinja_env.globals["csrf_token"] = csrf_token
 
@@ -128,27 +186,19 @@ def login() -> Any:
     error = None
     status = 200
     if request.method == "POST":
-        client = request.remote_addr or "?"
-        now = time.monotonic()
-        if _locked_out(client, now):
-            error, status = f"Too many wrong passwords. Wait {FAILURE_WINDOW_S:.0f} seconds and try again.", 429
-        elif check_password(request.form.get("password", "")):
-            _failures.pop(client, None)
-            session.clear()
-            session["admin"] = True
-            csrf_token()
-            target = request.args.get("next", "")
-            # Only paths on this site: an absolute or protocol-relative URL ("//x", "/\\x" to browsers)
-            # would be an open redirect.
-            local = target.startswith("/") and not target.startswith(("//", "/\\"))
-            return redirect(target if local else url_for("dashboard.index"))
+        password = request.form.get("password", "")
+        right = limited_check(lambda: check_password(password))
+        if right is None:
+            error, status = LOCKED_OUT, 429
+        elif right:
+            log_in()
+            return redirect(local_target(request.args.get("next", "")) or url_for("dashboard.index"))
         else:
-            _failures[client].append(now)
             error, status = "Wrong password.", 401
     return render_template("login.html", error=error, title="Log in"), status
 
 
 @bp.post("/logout")
 def logout() -> Any:
-    session.clear()
+    session.clear()  # the server forgets the id: the cookie is worthless, also if it was copied
     return redirect(url_for("auth.login"))

@@ -1,4 +1,5 @@
-"""First boot: admin password → ports (WAN/LAN, WAN role, rate cap) → connect (invite code, bonding mode).
+"""First boot: admin password (with the one-time setup code) → ports (WAN/LAN, WAN role, rate cap) →
+connect (invite code, bonding mode).
 
 Each step validates its form and shows what is wrong on the page. The last step writes the same TOML config
 the CLI uses (via quicether.config_edit) and asks the daemon to reload: no reboot.
@@ -7,11 +8,13 @@ the CLI uses (via quicether.config_edit) and asks the daemon to reload: no reboo
 from __future__ import annotations
 
 import ipaddress
+import threading
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 
-from quicether import config_edit
+from quicether import config_edit, setup_code
 from quicether.config import MODES, ConfigError
 from quicether.identity import IdentityError
 from quicether.identity import load as load_identity
@@ -21,6 +24,8 @@ from webui import auth
 from webui.daemon_link import document, friendly, ports, save_and_apply
 
 bp = Blueprint("wizard", __name__, url_prefix="/setup")
+# Setting the first password and consuming the setup code happen together, once.
+_first_password = threading.Lock()
 
 
 @bp.route("/", methods=["GET", "POST"])
@@ -29,16 +34,29 @@ def password() -> Any:
         return redirect(url_for("wizard.port_roles"))
     if auth.is_set_up():  # a second POST after the account exists: never overwrite it from here
         return redirect(url_for("auth.login"))
-    error = None
+    error, status = None, 200
     if request.method == "POST":
-        error = auth.password_problem(request.form.get("password", ""), request.form.get("confirm", ""))
+        state_dir = Path(current_app.config["QE_STATE"])
+        given = request.form.get("setup_code", "")
+        # The code first, under the login's guessing limit: without it, nothing else is looked at.
+        right = auth.limited_check(lambda: setup_code.matches(state_dir, given))
+        if right is None:
+            error, status = auth.LOCKED_OUT, 429
+        elif not right:
+            error, status = "Wrong setup code.", 403
+        else:
+            error = auth.password_problem(request.form.get("password", ""), request.form.get("confirm", ""))
+            status = 400 if error else 200
         if error is None:
-            auth.set_password(request.form["password"])
-            session.clear()
-            session["admin"] = True
+            with _first_password:
+                if auth.is_set_up():  # someone with the code was faster (two tabs)
+                    return redirect(url_for("auth.login"))
+                auth.set_password(request.form["password"])
+                setup_code.consume(state_dir)
+            auth.log_in()
             return redirect(url_for("wizard.port_roles"))
     return render_template("wizard_password.html", error=error, step=1, title="Set up: password",
-                           min_chars=auth.MIN_PASSWORD_CHARS), 400 if error else 200
+                           min_chars=auth.MIN_PASSWORD_CHARS), status
 
 
 def _current_roles(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:

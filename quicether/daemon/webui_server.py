@@ -1,7 +1,7 @@
 """The web UI as a child process of the daemon: `python -m webui` (waitress, a production WSGI server)
-bound to the LAN address only, never a WAN port. It dies with the daemon (PR_SET_PDEATHSIG: it keeps
-its user, so the signal stays armed) and is restarted with it on a config reload, when the LAN address
-may have changed.
+bound to the LAN address only, never a WAN port, and answering only to that address and router.lan. It
+dies with the daemon (PR_SET_PDEATHSIG: it keeps its user, so the signal stays armed) and is restarted with
+it on a config reload, when the LAN address may have changed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from quicether.daemon.children import die_with_parent, terminate
+from quicether.daemon.dnsmasq import LOCAL_DOMAIN
 
 log = logging.getLogger("quicether")
 # Importing Flask and binding takes about a second on a Raspberry Pi class CPU.
@@ -30,8 +31,9 @@ def _listening(host: str, port: int) -> bool:
 
 class WebUiServer:
     def __init__(self, config_path: Path, state_dir: Path, host: str, port: int) -> None:
+        # The UI answers only to its own names (DNS rebinding): the address and the name dnsmasq gives it.
         self.args = [sys.executable, "-m", "webui", "--config", str(config_path), "--state-dir", str(state_dir),
-                     "--bind", f"{host}:{port}"]
+                     "--bind", f"{host}:{port}", "--host-name", f"router.{LOCAL_DOMAIN}"]
         self.host, self.port = host, port
         self._proc: asyncio.subprocess.Process | None = None
 
