@@ -4,6 +4,7 @@ page and form with its validation messages, and what ends up in the config file.
 from __future__ import annotations
 
 import concurrent.futures
+import html.parser
 import io
 import json
 import re
@@ -439,6 +440,44 @@ def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: Fake
     assert (wan0["state"], wan0["share"], wan1["state"], wan1["loss"]) == ("up", 0.75, "down", 0.25)
     assert summary["total"]["tx_bps"] == 40e6
     assert [e["message"] for e in summary["events"]] == ["peer gw: path on WAN wan1 down: silent"]
+
+
+HOSTILE_NAMES = ["wan0\r\n", "wan0\n", "wan0\r", "a\x00b", "<img src=x onerror=alert(1)>", 'x" data-wan-key="w0',
+                 "wan0,wan1", "\u202eevil", "w" * 500]
+
+
+class _Attributes(html.parser.HTMLParser):
+    """Collects the values of one attribute as a browser's parser would read them."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name, self.values = name, []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.values += [value or "" for key, value in attrs if key == self.name]
+
+
+def test_dashboard_survives_any_wan_name_a_peer_sends(client: FlaskClient, daemon: FakeDaemon) -> None:
+    _set_up(client)
+    template = daemon.status["peers"][0]["paths"][0]
+    daemon.status["peers"][0]["paths"] = [{**template, "wan": name} for name in HOSTILE_NAMES]
+    daemon.events = [{"time": 1.0, "level": "info", "message": "peer gw: path on WAN x\nwarning forged line"}]
+    summary = client.get("/api/summary").get_json()
+    keys = [w["key"] for w in summary["wans"]]
+    assert len(set(keys)) == len(HOSTILE_NAMES)  # one card per name, even for names a parser would merge
+    assert all(re.fullmatch(r"w[0-9a-f]{16}", key) for key in keys)
+    for wan in summary["wans"]:
+        assert not any(ord(c) < 0x20 or c == "\u202e" for c in wan["name"]) and len(wan["name"]) <= 40
+    assert "\n" not in summary["log"][0]["message"] and "\\u000awarning" in summary["log"][0]["message"]
+    page = client.get("/").get_data(as_text=True)
+    assert "<img src=x" not in page and 'data-wan-key="w0"' not in page
+    # dashboard.js finds the cards by these keys: what the browser reads from the page equals the JSON.
+    found = _Attributes("data-wan-key")
+    found.feed(page)
+    assert sorted(v for v in found.values if v) == sorted(keys)
+    graphs = _Attributes("data-graph")
+    graphs.feed(page)
+    assert sorted(v for v in graphs.values if v != "total" and v) == sorted(keys)
 
 
 def test_dashboard_without_a_daemon_says_so(client: FlaskClient) -> None:

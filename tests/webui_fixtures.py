@@ -5,8 +5,9 @@ can be checked without root. The real daemon behind the real UI is covered by th
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +36,33 @@ SAMPLE_STATUS: dict[str, Any] = {
 
 
 class FakeDaemon:
-    """Answers status/events/reload on `path` from a thread; records the commands it got."""
+    """Answers status/events/reload on `path` from a thread; records the commands it got. Tests may change
+    `status` and `events` while it runs (the next request answers with them)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.commands: list[str] = []
         self.reload_error: str | None = None
+        self.status: dict[str, Any] = copy.deepcopy(SAMPLE_STATUS)
+        self.events: list[dict[str, Any]] = [
+            {"time": 1.0, "level": "warning", "message": "peer gw: path on WAN wan1 down: silent"},
+            {"time": 2.0, "level": "info", "message": "something unrelated"}]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
-    def _handler(self, name: str, answer: dict[str, Any]) -> Any:
+    def _handler(self, name: str, answer: Callable[[], dict[str, Any]]) -> Any:
         def handle() -> dict[str, Any]:
             self.commands.append(name)
             if name == "reload" and self.reload_error:
                 raise ValueError(self.reload_error)
-            return answer
+            return answer()
         return handle
 
     def __enter__(self) -> FakeDaemon:
         self._thread.start()
-        events = {"events": [{"time": 1.0, "level": "warning", "message": "peer gw: path on WAN wan1 down: silent"},
-                             {"time": 2.0, "level": "info", "message": "something unrelated"}]}
-        self._server = ApiServer(self.path, {"status": self._handler("status", SAMPLE_STATUS),
-                                             "events": self._handler("events", events),
-                                             "reload": self._handler("reload", {"reloading": True})})
+        self._server = ApiServer(self.path, {"status": self._handler("status", lambda: self.status),
+                                             "events": self._handler("events", lambda: {"events": self.events}),
+                                             "reload": self._handler("reload", lambda: {"reloading": True})})
         asyncio.run_coroutine_threadsafe(self._server.start(), self._loop).result(5)
         return self
 

@@ -1,9 +1,16 @@
 """The dashboard: WAN cards, bond total, peers and paths, events and log. The page is rendered on the server
-from the daemon's status; dashboard.js then polls /api/summary once a second for the cards and graphs."""
+from the daemon's status; dashboard.js then polls /api/summary once a second for the cards and graphs.
+
+WAN names on a path may come from the peer (its path hello), so they are shown, never trusted: each card
+is found by a key derived here (hex digits, the same in the page and the JSON), names are shown with
+control characters spelled out, and the page only ever sets them as text.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import time
+import unicodedata
 from typing import Any
 
 from flask import Blueprint, jsonify, render_template
@@ -13,6 +20,20 @@ from webui.daemon_link import DaemonDown, ask
 bp = Blueprint("dashboard", __name__)
 # Log lines the events panel shows: state changes a user cares about, not every message.
 EVENT_WORDS = ("WAN", "path", "connected", "disconnected", "exit", "refused", "reloading", "kill switch")
+# Longer names are cut: a card title, not a place for a peer to write an essay.
+MAX_NAME_CHARS = 40
+
+
+def printable(text: object, limit: int | None = None) -> str:
+    """`text` with control and format characters (CR, LF, NUL, bidi overrides…) spelled out as \\uXXXX, so
+    a name cannot break a line, fake a log line or turn text around; cut to `limit` characters."""
+    shown = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c)[0] == "C" else c for c in str(text))
+    return shown if limit is None or len(shown) <= limit else shown[:limit - 1] + "…"
+
+
+def element_key(kind: str, name: object) -> str:
+    """A key for the page element showing `name`: hex, the same in the HTML and the JSON for any name."""
+    return kind + hashlib.sha256(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _wan_summary(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -20,7 +41,9 @@ def _wan_summary(status: dict[str, Any]) -> list[dict[str, Any]]:
     wans: dict[str, dict[str, Any]] = {}
     for peer in status.get("peers", []):
         for path in peer["paths"]:
-            wan = wans.setdefault(path["wan"], {"name": path["wan"], "address": path["local"], "public": None,
+            wan = wans.setdefault(path["wan"], {"key": element_key("w", path["wan"]),
+                                                "name": printable(path["wan"], MAX_NAME_CHARS),
+                                                "address": path["local"], "public": None,
                                                 "paths": 0, "up_paths": 0, "rtt_ms": None, "loss": 0.0, "tx_bps": 0.0,
                                                 "rx_bps": 0.0, "tx_bytes": 0, "backup": path["backup"]})
             wan["paths"] += 1
@@ -44,12 +67,14 @@ def _wan_summary(status: dict[str, Any]) -> list[dict[str, Any]]:
 def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
     wans = _wan_summary(status)
     peers = [{
-        "name": p["name"] or p["node_id"][:12], "node_id": p["node_id"], "connected": p["connected"],
-        "endpoint": p["endpoint"], "rtt_ms": p["rtt_ms"],
+        "key": element_key("p", p["node_id"]), "name": printable(p["name"] or p["node_id"][:12], MAX_NAME_CHARS),
+        "node_id": p["node_id"], "connected": p["connected"], "endpoint": p["endpoint"], "rtt_ms": p["rtt_ms"],
         # Every path today is a direct QUIC connection; relayed paths arrive with the mesh.
-        "paths": [{"wan": x["wan"], "up": x["up"], "remote": x["remote"], "rtt_ms": x["rtt_ms"], "kind": "direct"}
-                  for x in p["paths"]],
+        "paths": [{"wan": printable(x["wan"], MAX_NAME_CHARS), "up": x["up"], "remote": x["remote"],
+                   "rtt_ms": x["rtt_ms"], "kind": "direct"} for x in p["paths"]],
     } for p in status.get("peers", [])]
+    # Log lines may quote the network (a peer's close reason): one line each, whatever they hold.
+    events = [{**e, "message": printable(e["message"])} for e in events]
     interesting = [e for e in events if any(word in e["message"] for word in EVENT_WORDS)]
     return {
         "ok": True, "time": status.get("time", time.time()), "node": status.get("node", {}),

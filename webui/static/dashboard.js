@@ -1,23 +1,33 @@
 // Live dashboard: polls the summary once a second, updates the cards and draws the last minutes of each
 // WAN's up/down rate (and the bond total) on its canvas. No libraries: the appliance may be offline.
+//
+// WAN names may come from a peer: cards are found by the key the server derives (never by a name), names
+// are set as text only, and a WAN that comes or goes adds or removes its card (the page never reloads).
 (function () {
   const root = document.getElementById("dashboard");
   if (!root) return;
   const HISTORY = 300; // samples kept per graph: five minutes at one per second
   const url = root.dataset.summaryUrl;
-  const known = root.dataset.wans;
-  const series = {}; // graph name -> {tx: [], rx: []} in Mbit/s
+  const cardsBox = root.querySelector(".cards");
+  const noWans = root.querySelector("[data-no-wans]");
+  const cardTemplate = document.getElementById("wan-card");
+  const totalGraph = root.querySelector('canvas[data-graph="total"]');
+  const series = new Map(); // graph key -> {tx: [], rx: []} in Mbit/s
+  const cards = new Map(); // WAN key -> card element
+  root.querySelectorAll("[data-wan-key]").forEach((card) => cards.set(card.dataset.wanKey, card));
+  const peerRows = new Map();
+  root.querySelectorAll("[data-peer-key]").forEach((row) => peerRows.set(row.dataset.peerKey, row));
 
-  function push(name, tx, rx) {
-    const s = series[name] || (series[name] = { tx: [], rx: [] });
+  function push(key, canvas, tx, rx) {
+    if (!series.has(key)) series.set(key, { tx: [], rx: [] });
+    const s = series.get(key);
     s.tx.push(tx / 1e6);
     s.rx.push(rx / 1e6);
     if (s.tx.length > HISTORY) { s.tx.shift(); s.rx.shift(); }
-    draw(name, s);
+    draw(canvas, s);
   }
 
-  function draw(name, s) {
-    const canvas = root.querySelector(`canvas[data-graph="${CSS.escape(name)}"]`);
+  function draw(canvas, s) {
     if (!canvas) return;
     const ctx = canvas.getContext("2d");
     const w = canvas.width, h = canvas.height;
@@ -47,29 +57,50 @@
     if (el) el.textContent = text;
   }
 
-  function update(summary) {
-    if (!summary.ok) return;
-    const names = summary.wans.map((w) => w.name).join(",");
-    if (names !== known) { window.location.reload(); return; } // a WAN came or went: re-render the cards
-    set(root, "total.tx", (summary.total.tx_bps / 1e6).toFixed(1));
-    set(root, "total.rx", (summary.total.rx_bps / 1e6).toFixed(1));
-    push("total", summary.total.tx_bps, summary.total.rx_bps);
-    summary.wans.forEach((wan) => {
-      const card = root.querySelector(`[data-wan="${CSS.escape(wan.name)}"]`);
-      if (!card) return;
+  function cardFor(wan) {
+    let card = cards.get(wan.key);
+    if (!card) {
+      card = cardTemplate.content.firstElementChild.cloneNode(true);
+      card.dataset.wanKey = wan.key;
+      cardsBox.insertBefore(card, noWans);
+      cards.set(wan.key, card);
+    }
+    return card;
+  }
+
+  function updateWans(wans) {
+    const live = new Set(wans.map((wan) => wan.key));
+    cards.forEach((card, key) => {
+      if (!live.has(key)) { card.remove(); cards.delete(key); series.delete(key); }
+    });
+    if (noWans) noWans.hidden = wans.length > 0;
+    wans.forEach((wan) => {
+      const card = cardFor(wan);
+      card.dataset.wan = wan.name;
       card.classList.toggle("up", wan.state === "up");
       card.classList.toggle("down", wan.state !== "up");
+      set(card, "name", wan.name);
       set(card, "state", wan.state);
+      card.querySelector('[data-field="backup"]').hidden = !wan.backup;
       set(card, "public", wan.public || "-");
+      set(card, "address", wan.address || "-");
       set(card, "rtt", wan.rtt_ms === null ? "-" : `${wan.rtt_ms.toFixed(1)} ms`);
       set(card, "loss", `${(wan.loss * 100).toFixed(1)} %`);
       set(card, "tx", (wan.tx_bps / 1e6).toFixed(1));
       set(card, "rx", (wan.rx_bps / 1e6).toFixed(1));
       set(card, "share", `${(wan.share * 100).toFixed(0)} %`);
-      push(wan.name, wan.tx_bps, wan.rx_bps);
+      push(wan.key, card.querySelector("canvas"), wan.tx_bps, wan.rx_bps);
     });
+  }
+
+  function update(summary) {
+    if (!summary.ok) return;
+    set(root, "total.tx", (summary.total.tx_bps / 1e6).toFixed(1));
+    set(root, "total.rx", (summary.total.rx_bps / 1e6).toFixed(1));
+    push("total", totalGraph, summary.total.tx_bps, summary.total.rx_bps);
+    updateWans(summary.wans);
     summary.peers.forEach((peer) => {
-      const row = root.querySelector(`[data-peer="${CSS.escape(peer.name)}"]`);
+      const row = peerRows.get(peer.key);
       if (row) set(row, "connected", peer.connected ? "connected" : "not connected");
     });
     if (summary.router && summary.router.lan) set(root, "exit", summary.router.lan.exit_active ? "active" : "down");
