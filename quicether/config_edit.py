@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from quicether.atomic import write_private
 from quicether.config import DEFAULT_STATE_DIR, Config, ConfigError, parse
 from quicether.identity import KEY_FILE_NAME, Identity
 from quicether.identity import load as load_identity
@@ -80,13 +80,7 @@ def save(doc: Document, path: Path) -> Config:
     config = check(doc, path)
     text = dump(doc)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    write_private(path, text)
     return config
 
 

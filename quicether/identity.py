@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from quicether import _core
+from quicether.atomic import write_private
 
 NODE_ID_PREFIX = "qe1"
 KEY_FILE_NAME = "node.key"
@@ -62,14 +62,7 @@ def generate(path: Path) -> Identity:
         raise IdentityError(f"{path} already exists; remove it first to replace this node's identity")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     seed = _core.generate_seed()
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, base64.b64encode(seed) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(path, base64.b64encode(seed) + b"\n")
     return Identity(seed=seed, public_key=_core.public_key_of_seed(seed))
 
 
