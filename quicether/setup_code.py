@@ -23,6 +23,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from quicether import atomic
+
 CODE_FILE = "webui-setup-code.json"
 # The web UI's password record (webui/auth.py writes it): once it exists, no setup code is needed.
 ADMIN_PASSWORD_FILE = "webui-admin.json"
@@ -57,8 +59,9 @@ def copy_text(code: str) -> str:
             "together with the admin password you choose. It works once: this file is deleted then.\n")
 
 
-def _write_private(path: Path, text: str, *, exclusive: bool = False) -> bool:
-    """Writes `path` (0600) atomically; with `exclusive`, only if it does not exist yet (False then)."""
+def _create_private(path: Path, text: str) -> bool:
+    """Creates `path` (0600) with `text`, atomically and only if it does not exist yet (False then): the
+    firstboot and the web UI may race to make the first code."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
@@ -66,17 +69,13 @@ def _write_private(path: Path, text: str, *, exclusive: bool = False) -> bool:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        if not exclusive:
-            os.replace(tmp, path)
-            return True
         try:
-            os.link(tmp, path)  # atomic create-if-absent: the firstboot and the web UI may race
+            os.link(tmp, path)
         except FileExistsError:
             return False
         return True
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        os.unlink(tmp)
 
 
 def _read_record(state_dir: Path) -> dict[str, object] | None:
@@ -107,7 +106,7 @@ def ensure(state_dir: Path, copies: tuple[Path, ...] = ()) -> str | None:
     record = _read_record(state_dir)
     if record is None:
         record = {"code": new_code(), "copies": []}
-        if not _write_private(_code_path(state_dir), json.dumps(record), exclusive=True):
+        if not _create_private(_code_path(state_dir), json.dumps(record)):
             record = _read_record(state_dir) or record  # another process made one first: use that one
     code = str(record["code"])
     known = _copies(record)
@@ -118,7 +117,7 @@ def ensure(state_dir: Path, copies: tuple[Path, ...] = ()) -> str | None:
         if str(copy) not in known:
             known.append(str(copy))
     if known != _copies(record):
-        _write_private(_code_path(state_dir), json.dumps({"code": code, "copies": known}))
+        atomic.write_private(_code_path(state_dir), json.dumps({"code": code, "copies": known}))
     return code
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, session, url_for
 
-from quicether import setup_code
+from quicether import atomic, setup_code
 from webui import sessions
 from webui.throttle import FAILURE_WINDOW_S, Throttle
 
@@ -76,13 +75,7 @@ def set_password(password: str) -> None:
               "hash": digest.hex()}
     path = _password_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(record, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    atomic.write_private(path, json.dumps(record))
     _session_store().revoke_all()
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import threading
 import time
@@ -27,6 +26,8 @@ from typing import Any
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
+
+from quicether import atomic
 
 SESSIONS_FILE = "webui-sessions.json"
 IDLE_LIFETIME_S = 30 * 60.0
@@ -96,11 +97,7 @@ class SessionStore:
     def _save_locked(self) -> None:
         stored = {digest: {"data": r.data, "created": r.created, "seen": r.seen}
                   for digest, r in self._records.items() if r.admin}
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(stored, out)
-        os.replace(tmp, self.path)
+        atomic.write_private(self.path, json.dumps(stored))
         for record in self._records.values():
             record.seen_stored = record.seen
 
