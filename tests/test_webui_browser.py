@@ -1,21 +1,31 @@
 """The web UI in a real browser (Debian's chromium driven by Playwright) on a LAN host of the lab, against
-the real daemon on the router: first boot wizard, a bad and a good invite code, the bond coming up on the
-dashboard and its live graph moving with traffic. Screenshots go to tests/artifacts/."""
+the real daemon on the router: first boot wizard (with the setup code read as the owner would, over SSH),
+a bad and a good invite code, the bond coming up on the dashboard and its live graph moving with traffic;
+requests naming another host are refused. Screenshots go to tests/artifacts/.
+
+Without the lab: the dashboard in chromium against a stand-in daemon whose peer sends hostile WAN names
+(line breaks, NUL, markup): the page never reloads, and cards come and go with the names."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from werkzeug.serving import make_server
 
+from quicether.identity import generate
 from tests.lab import Lab, LinkSpec
 from tests.lab import nodes as qe
 from tests.lab.sites import dhcp_lease
 from tests.lab.topology import REPO_ROOT, build_wan_lab
+from tests.webui_fixtures import FakeDaemon
+from webui import auth, create_app, dashboard
 
 CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_WRAPPER = REPO_ROOT / "tests" / "lab" / "chromium-in-netns.sh"
@@ -58,6 +68,15 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path)
     lease = dhcp_lease(lan, tmp_path / "lease")
     assert lease["router"] == "192.168.50.1"
 
+    # Only the router's own names are served: a rebound name (another site's, pointed at the router) is not.
+    for host, status in (("evil.example", "400"), ("router.lan", "200"), ("192.168.50.1", "200")):
+        answer = lan.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {host}", f"{UI}/setup/",
+                         check=False, timeout=15).stdout
+        assert answer == status, (host, answer)
+    # The owner reads the setup code on the router (over SSH: `quicether setup-code`).
+    code = subprocess.run([sys.executable, "-m", "quicether", "setup-code", "-c", str(site.config_path)],
+                          capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout.strip()
+
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(BROWSER_WRAPPER), args=["--no-sandbox"],
                                      env={"QE_NETNS": lan.netns, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -66,11 +85,20 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path)
         page.set_default_timeout(15_000)
         page.goto(f"{UI}/")
         expect(page).to_have_url(f"{UI}/setup/")
+        assert code not in page.content()
+        page.fill("input[name=setup_code]", "WRNG-WRNG-WRNG")
+        page.fill("input[name=password]", PASSWORD)
+        page.fill("input[name=confirm]", PASSWORD)
+        page.click("text=Next: ports")
+        expect(page.locator("#error")).to_contain_text("Wrong setup code")
+        page.fill("input[name=setup_code]", code)
         page.fill("input[name=password]", PASSWORD)
         page.fill("input[name=confirm]", PASSWORD)
         page.screenshot(path=str(ARTIFACTS / "wizard-1-password.png"), full_page=True)
         page.click("text=Next: ports")
         expect(page).to_have_url(f"{UI}/setup/ports")
+        # Used up: the code is gone from the router.
+        assert not (site.state_dir / "webui-setup-code.json").exists()
         page.select_option("select[name=role_lan]", "lan")
         page.select_option("select[name=role_wan0]", "wan")
         page.select_option("select[name=role_wan1]", "wan")
@@ -115,3 +143,65 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path)
     # The rate cap chosen in the wizard shapes the port.
     assert "tbf 71: root" in wl.router.run("tc", "qdisc", "show", "dev", "wan1").stdout
     assert site.status()["router"]["lan"]["exit_peer"] == "gw"
+
+
+PEER_WAN_NAMES = ["wan0\r\n", "wan0\n", "a\x00b", "<img src=x onerror=alert(1)>", "x,y", "\u202eevil", "w" * 300]
+
+
+@pytest.fixture
+def served_dashboard(tmp_path: Path) -> Iterator[tuple[str, FakeDaemon]]:
+    """The web UI on 127.0.0.1 (a free port) with its password set, in front of a stand-in daemon."""
+    generate(tmp_path / "node.key")
+    config = tmp_path / "quicether.toml"
+    config.write_text(f'[node]\nstate_dir = "{tmp_path}"\n')
+    with FakeDaemon(tmp_path / "api.sock") as daemon:
+        app = create_app(config, tmp_path, hosts=["127.0.0.1"])
+        with app.app_context():
+            auth.set_password(PASSWORD)
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}", daemon
+        finally:
+            server.shutdown()
+            thread.join(5)
+
+
+def test_dashboard_never_reloads_and_shows_any_wan_name_as_text(served_dashboard: tuple[str, FakeDaemon],
+                                                                  tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, daemon = served_dashboard
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"],
+                                     env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path)})
+        page = browser.new_page()
+        page.set_default_timeout(10_000)
+        page.goto(f"{base}/login")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button:has-text(\"Log in\")")
+        expect(page).to_have_url(f"{base}/")
+        loads: list[str] = []
+        page.on("framenavigated", lambda frame: loads.append(frame.url) if frame == page.main_frame else None)
+        cards = page.locator("#dashboard [data-wan-key]")
+        expect(cards).to_have_count(2)  # wan0 and wan1 of the sample status
+
+        # A peer renames its paths' WANs to names that break attributes, lines and markup.
+        template = daemon.status["peers"][0]["paths"][0]
+        daemon.status["peers"][0]["paths"] = [{**template, "wan": name} for name in PEER_WAN_NAMES]
+        expect(cards).to_have_count(len(PEER_WAN_NAMES))
+        shown = sorted(page.locator("#dashboard [data-wan-key] [data-field=name]").all_text_contents())
+        assert shown == sorted(dashboard.printable(n, dashboard.MAX_NAME_CHARS) for n in PEER_WAN_NAMES)
+        assert page.locator("#dashboard img").count() == 0
+        samples = page.locator("#dashboard [data-wan-key] canvas").first
+        time.sleep(3)  # three polls: a page that reloads on a name it cannot match would have reloaded
+        assert int(samples.get_attribute("data-samples") or 0) >= 3
+
+        # The WANs go, one comes back: its card appears, the others are removed, still without a reload.
+        daemon.status["peers"][0]["paths"] = [{**template, "wan": "wan9"}]
+        expect(cards).to_have_count(1)
+        expect(page.locator('[data-wan="wan9"] [data-field="state"]')).to_have_text("up")
+        assert loads == [], loads
+        page.screenshot(path=str(ARTIFACTS / "dashboard-hostile-names.png"), full_page=True)
+        browser.close()
