@@ -428,6 +428,36 @@ def test_wizard_writes_the_cli_config_and_reloads_the_daemon(client: FlaskClient
     assert f"--allowed-ips {config.address.split('/')[0]}/32,192.168.7.0/24" in page
 
 
+@pytest.mark.parametrize(("answer", "shown", "waits"), [
+    ({"reloading": False, "changes": ["peer gw added", "lan eth0 192.168.7.1/24"]},
+     "The daemon applied the new settings.", False),
+    ({"reloading": False, "changes": []}, "Nothing the daemon runs had to change.", False),
+    ({"reloading": True, "restart": ["node.address"]}, "it restarts its services for node.address", True),
+    ({}, "it restarts its services", True),  # a daemon from before reloads were applied as a diff
+])
+def test_the_applying_page_shows_the_daemons_answer(client: FlaskClient, daemon: FakeDaemon, answer: dict[str, Any],
+                                                     shown: str, waits: bool) -> None:
+    _set_up(client)
+    daemon.reload_answer = answer
+    assert _ports_step(client).status_code == 302
+    page = _post(client, "/setup/connect", {"invite": INVITE, "mode": "aggregate"}).get_data(as_text=True)
+    assert shown in page
+    for change in answer.get("changes", []):
+        assert f"<li>{change}</li>" in page
+    # Only a restarting daemon takes this UI down: only then does the page wait for it to come back.
+    assert ('id="waiting"' in page) == waits and ("applying.js" in page) == waits
+    assert 'id="to-dashboard"' in page
+
+
+def test_the_applying_page_says_when_the_daemon_refuses(client: FlaskClient, daemon: FakeDaemon) -> None:
+    _set_up(client)
+    daemon.reload_error = "q.toml: lan.device: eth9 does not exist"
+    assert _ports_step(client).status_code == 302
+    page = _post(client, "/setup/connect", {"invite": "", "mode": "aggregate"}).get_data(as_text=True)
+    assert "Settings saved, not applied" in page and "refused to reload: q.toml: lan.device: eth9" in page
+    assert 'id="waiting"' not in page
+
+
 def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: FakeDaemon) -> None:
     _set_up(client)
     page = client.get("/").get_data(as_text=True)

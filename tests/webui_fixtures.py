@@ -43,6 +43,8 @@ class FakeDaemon:
         self.path = path
         self.commands: list[str] = []
         self.reload_error: str | None = None
+        # A daemon that restarts to apply a reload; one that applies a diff answers {"reloading": false, …}.
+        self.reload_answer: dict[str, Any] = {"reloading": True}
         self.status: dict[str, Any] = copy.deepcopy(SAMPLE_STATUS)
         self.events: list[dict[str, Any]] = [
             {"time": 1.0, "level": "warning", "message": "peer gw: path on WAN wan1 down: silent"},
@@ -62,7 +64,7 @@ class FakeDaemon:
         self._thread.start()
         self._server = ApiServer(self.path, {"status": self._handler("status", lambda: self.status),
                                              "events": self._handler("events", lambda: {"events": self.events}),
-                                             "reload": self._handler("reload", lambda: {"reloading": True})})
+                                             "reload": self._handler("reload", lambda: self.reload_answer)})
         asyncio.run_coroutine_threadsafe(self._server.start(), self._loop).result(5)
         return self
 

@@ -4,6 +4,7 @@ through quicether.config_edit (only a valid config reaches the disk) followed by
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,15 @@ class DaemonDown(RuntimeError):
     """No daemon answers on the API socket."""
 
 
+# A reload waits until the daemon has applied the change (restarting dnsmasq or the UI takes seconds).
+RELOAD_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 3.0
+
+
 def ask(cmd: str) -> dict[str, Any]:
     path = Path(current_app.config["QE_API"])
     try:
-        answer = api.request(path, cmd, timeout=3)
+        answer = api.request(path, cmd, timeout=RELOAD_TIMEOUT_S if cmd == "reload" else REQUEST_TIMEOUT_S)
     except (OSError, ValueError) as exc:
         raise DaemonDown(f"the QuicEther daemon is not answering ({exc.strerror if isinstance(exc, OSError) else exc})"
                          ) from None
@@ -46,17 +52,39 @@ def friendly(error: ConfigError | LinkError | str) -> str:
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
-def save_and_apply(doc: Document) -> tuple[Config, str]:
+@dataclass(frozen=True)
+class Applied:
+    """What the daemon said to a reload request, for the page that follows the change."""
+    message: str
+    ok: bool  # False: the daemon refused the new config (the message names the field) or is not running
+    restarting: bool = False  # the daemon restarts its services (and this UI) to apply it
+    changes: list[str] = field(default_factory=list)  # what it changed, when it applied a diff
+
+
+def save_and_reload(doc: Document) -> tuple[Config, Applied]:
     """Saves `doc` (ConfigError if it is not valid) and asks the daemon to reload; returns the config and
-    a sentence saying what happened to the running daemon."""
+    the daemon's answer."""
     config = config_edit.save(doc, config_path())
     try:
         answer = ask("reload")
     except DaemonDown:
-        return config, "Saved. The daemon is not running: the settings apply when it starts."
+        return config, Applied("Saved. The daemon is not running: the settings apply when it starts.", ok=False)
     if not answer.get("ok"):
-        return config, f"Saved, but the daemon refused to reload: {answer.get('error')}"
-    return config, "Saved. The daemon is applying the new settings."
+        return config, Applied(f"Saved, but the daemon refused to reload: {answer.get('error')}", ok=False)
+    if answer.get("reloading", True):  # a daemon without diff reloads answers {"ok": true} and restarts
+        fields = answer.get("restart") or []
+        reason = f" for {', '.join(str(f) for f in fields)}" if fields else ""
+        return config, Applied(f"Saved. The daemon is applying the new settings: it restarts its services{reason}, "
+                               "which takes a few seconds.", ok=True, restarting=True)
+    changes = [str(c) for c in answer.get("changes", [])]
+    return config, Applied("Saved. The daemon applied the new settings." if changes else
+                           "Saved. Nothing the daemon runs had to change.", ok=True, changes=changes)
+
+
+def save_and_apply(doc: Document) -> tuple[Config, str]:
+    """save_and_reload, with the daemon's answer as one sentence (for a flashed message)."""
+    config, applied = save_and_reload(doc)
+    return config, applied.message + (f" ({'; '.join(applied.changes)})" if applied.changes else "")
 
 
 def ports() -> list[dict[str, Any]]:

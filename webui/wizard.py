@@ -21,7 +21,7 @@ from quicether.identity import load as load_identity
 from quicether.invite import InviteError, decode
 from quicether.router_config import DEFAULT_LAN_ADDRESS
 from webui import auth
-from webui.daemon_link import document, friendly, ports, save_and_apply
+from webui.daemon_link import document, friendly, ports, save_and_reload
 
 bp = Blueprint("wizard", __name__, url_prefix="/setup")
 # Setting the first password and consuming the setup code happen together, once.
@@ -154,14 +154,14 @@ def connect() -> Any:
     if request.method == "POST":
         try:
             doc = _build_config(chosen, request.form)
-            config, outcome = save_and_apply(doc)
+            config, applied = save_and_reload(doc)
         except InviteError as exc:
             error = f"Invite code: {exc}"
         except ConfigError as exc:
             error = friendly(exc)
         else:
             session.pop("setup_ports", None)
-            return render_template("applying.html", outcome=outcome, config=config, title="Applying",
+            return render_template("applying.html", applied=applied, config=config, title="Applying",
                                    node_id=_node_id(config))
     return render_template("wizard_connect.html", error=error, modes=MODES, step=3, title="Set up: connect",
                            form=request.form), 400 if error else 200

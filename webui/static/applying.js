@@ -1,5 +1,6 @@
-// After the wizard or a settings change: the daemon restarts its services (and this UI with them).
-// Poll the health check until the UI answers again, then open the dashboard.
+// Only when the daemon answered that it restarts its services (and this UI with them) to apply a change:
+// poll the health check until the UI answers again, then open the dashboard. A reload the daemon applies
+// as a diff keeps the UI running, and the page just shows the daemon's answer.
 (function () {
   const waiting = document.getElementById("waiting");
   if (!waiting) return;
