@@ -270,6 +270,23 @@ def _cmd_setup_code(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gateway_init(args: argparse.Namespace) -> int:
+    import os
+
+    from quicether import gateway_init
+
+    if os.geteuid() != 0:
+        return _fail("run as root (it writes the config, the node key and a sysctl file, and starts the unit)")
+    opts = gateway_init.Options(config_path=Path(args.config), state_dir=Path(args.state_dir),
+                                public_ip=args.public_ip, port=args.port, device=args.internet,
+                                address=args.address, name=args.name, start=args.start, force=args.force)
+    try:
+        result = gateway_init.run_init(opts)
+    except gateway_init.GatewayInitError as exc:
+        return _fail(str(exc))
+    return 1 if result.quic_answers is False else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quicether",
@@ -350,6 +367,32 @@ def build_parser() -> argparse.ArgumentParser:
     code.add_argument("--copy-to", action="append", metavar="FILE",
                       help="also write it to FILE (repeatable; removed when the password is set)")
     code.set_defaults(func=_cmd_setup_code)
+
+    gateway = sub.add_parser("gateway", help="set up this host as the sites' gateway (gateway init)")
+    gateway_sub = gateway.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
+    init = gateway_sub.add_parser(
+        "init", help="make this host a gateway: key, config, forwarding, unit, invite code (safe to run again)",
+        description="Creates the node key, writes a gateway config (role gateway, exit through the internet"
+                    " port, overlay address), enables IPv4 forwarding persistently, enables and starts"
+                    " quicether.service, checks the QUIC port answers, and prints the invite code with a QR"
+                    " code. Run again, it says what exists and changes nothing unless --force.")
+    init.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
+    init.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+                      help="node key and state (default %(default)s)")
+    init.add_argument("--public-ip", metavar="ADDRESS",
+                      help="the address sites reach this host at (default: the internet port's address; give it"
+                           " behind a provider's 1:1 NAT)")
+    init.add_argument("--port", type=int, metavar="PORT", help="UDP port for QUIC (default 4433)")
+    init.add_argument("--internet", metavar="DEVICE", help="the port facing the internet (default: the default"
+                                                           " route's)")
+    init.add_argument("--address", default="10.99.0.1/24",
+                      help="this gateway's overlay address; its network is the sites' (default %(default)s)")
+    init.add_argument("--name", default="gateway", help="name the sites give this gateway (default %(default)s)")
+    init.add_argument("--no-start", dest="start", action="store_false",
+                      help="do not enable or start quicether.service")
+    init.add_argument("--force", action="store_true",
+                      help="rewrite an existing config (its peers, ACLs and port forwards are kept)")
+    init.set_defaults(func=_cmd_gateway_init)
     return parser
 
 
