@@ -12,7 +12,8 @@ class DelayLine:
 
 def core_version() -> str: ...
 
-PeerArg = tuple[bytes, str | None, list[str], str, str, list[tuple[int | None, int | None, int | None, str]]]
+ClassArg = tuple[int | None, int | None, int | None, str]  # protocol, port, dscp, mode
+PeerArg = tuple[bytes, str | None, list[str], str, str, list[ClassArg]]
 WanArg = tuple[str, str | None, str, bool, int]  # name, device, local address, backup, fwmark (0: none)
 
 class Node:
@@ -29,6 +30,14 @@ class Node:
         wans: list[WanArg] | None = None,
         congestion: str = "loss-tolerant",
     ) -> None: ...
+    def add_peer(self, key: bytes, endpoints: list[str], allowed_ips: list[str], mode: str, realtime_mode: str,
+                 classes: list[ClassArg]) -> None:
+        """Adds a peer while the node runs; ValueError if the key is already there or an argument is bad."""
+    def update_peer(self, key: bytes, endpoints: list[str], allowed_ips: list[str], mode: str, realtime_mode: str,
+                    classes: list[ClassArg]) -> None:
+        """Changes a peer in place (paths stay up; new endpoints redial); KeyError if unknown."""
+    def remove_peer(self, key: bytes) -> bool:
+        """Closes the peer's paths, drops its allowed IPs, refuses its key from now on; False if unknown."""
     def add_wan(self, wan: WanArg) -> None: ...
     def remove_wan(self, name: str) -> bool: ...
     def public_key(self) -> bytes: ...

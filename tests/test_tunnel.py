@@ -8,9 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +183,75 @@ def test_unreachable_endpoint_is_reported_once_and_the_node_keeps_trying(lab: La
     reports = [line for line in qe.read_log(a).splitlines() if "cannot reach peer nobody" in line]
     assert len(reports) == 1, reports
     assert not a.status()["peers"][0]["connected"]
+
+
+class CoreNode:
+    """A bare `_core.Node` in a namespace (tests/lab/core_node.py), called over its stdin."""
+
+    def __init__(self, ns: Namespace, tun: str, address: str) -> None:
+        self.proc = ns.popen([sys.executable, "-m", "tests.lab.core_node", "--tun", tun, "--address", address],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT)
+        assert self.proc.stdout is not None
+        hello = json.loads(self.proc.stdout.readline())
+        self.key = base64.b64decode(hello["key"])
+        self.address = address.split("/")[0]
+
+    def call(self, method: str, *args: Any) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        wire = [{"b64": base64.b64encode(a).decode()} if isinstance(a, bytes) else a for a in args]
+        self.proc.stdin.write(json.dumps({"call": method, "args": wire}) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer["result"]
+
+    def peer(self, key: bytes) -> dict[str, Any] | None:
+        wanted = base64.b64encode(key).decode()
+        return next((p for p in self.call("peers") if p["key"] == wanted), None)
+
+    def wait(self, condition: Callable[[], object], timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met in time"
+            time.sleep(0.1)
+
+
+def _core_pair(lab: Lab) -> tuple[Namespace, Namespace, CoreNode, CoreNode]:
+    ns_a, ns_b = _two_hosts(lab)
+    return ns_a, ns_b, CoreNode(ns_a, "qe0", "10.99.0.1/24"), CoreNode(ns_b, "qe0", "10.99.0.2/24")
+
+
+def test_peer_added_updated_and_removed_at_run_time(lab: Lab) -> None:
+    ns_a, _ns_b, a, b = _core_pair(lab)
+    # Both start with no peers. b dials a; a only listens, so after its removal b's redials reach a.
+    assert a.call("peers") == [] and b.call("peers") == []
+    b.call("add_peer", a.key, ["10.1.0.1:4433"], ["10.99.0.1/32"], "aggregate", "redundant", [])
+    a.call("add_peer", b.key, [], ["10.99.0.2/32"], "aggregate", "redundant", [])
+    with pytest.raises(RuntimeError, match="ValueError"):
+        a.call("add_peer", b.key, [], ["10.99.0.2/32"], "aggregate", "redundant", [])
+    with pytest.raises(RuntimeError, match="ValueError"):
+        a.call("add_peer", bytes(32), [], ["10.99.0.300/32"], "aggregate", "redundant", [])
+    a.wait(lambda: (a.peer(b.key) or {}).get("connected"))
+    assert ping(ns_a, b.address, count=3).received == 3
+
+    # Modes and classes change in place: the path stays, no ping is lost.
+    paths_before = [p["remote"] for p in a.peer(b.key)["paths"]]  # type: ignore[index]
+    a.call("update_peer", b.key, [], ["10.99.0.2/32"], "redundant", "aggregate", [(17, 53, None, "lowest-rtt")])
+    assert ping(ns_a, b.address, count=5, interval=0.1).received == 5
+    assert [p["remote"] for p in a.peer(b.key)["paths"]] == paths_before  # type: ignore[index]
+    with pytest.raises(RuntimeError, match="KeyError"):
+        a.call("update_peer", bytes(32), [], [], "aggregate", "redundant", [])
+
+    a.call("events")  # drop what happened so far
+    assert a.call("remove_peer", b.key) is True
+    assert a.call("remove_peer", b.key) is False
+    assert a.call("peers") == []
+    drops = a.call("no_route_drops")
+    assert ping(ns_a, b.address, count=2, timeout_s=0.5).received == 0
+    assert a.call("no_route_drops") > drops, "b's prefix is gone from a's routing"
+    # b notices its path closed and redials every second: a refuses the key it no longer has.
+    time.sleep(3)
+    assert not (b.peer(a.key) or {}).get("connected")
+    refused = [e for e in a.call("events") if e["kind"] == "handshake_refused"]
+    assert refused and all(base64.b64decode(e["key"]) == b.key for e in refused), refused

@@ -12,7 +12,7 @@ use std::time::Duration;
 use quicether_proto::certkey::ed25519_key_of_cert;
 
 use crate::node::CONNECTION_ID_LEN;
-use crate::peer::{Event, Shared};
+use crate::peer::{Event, Peer, Shared};
 use crate::receive::path_reader;
 use crate::timers::path_timer;
 use crate::tls;
@@ -42,7 +42,7 @@ fn endpoint_ip(endpoint: &quinn::Endpoint) -> Option<IpAddr> {
 
 fn start_path(
     shared: &Arc<Shared>,
-    index: usize,
+    peer: &Arc<Peer>,
     conn: quinn::Connection,
     wan: String,
     backup: bool,
@@ -58,12 +58,14 @@ fn start_path(
             shared.datagram_len
         );
         conn.close(3u32.into(), b"datagrams too small for the tunnel MTU");
-        shared.emit(Event::HandshakeRefused { key: Some(shared.peers[index].cfg.key), reason });
+        shared.emit(Event::HandshakeRefused { key: Some(peer.key), reason });
         return;
     }
-    let path = shared.add_path(index, conn, wan, backup, local, public);
-    tokio::spawn(path_reader(shared.clone(), index, path.clone()));
-    tokio::spawn(path_timer(shared.clone(), index, path));
+    let Some(path) = shared.add_path(peer, conn, wan, backup, local, public) else {
+        return; // the peer was removed while this path was being set up
+    };
+    tokio::spawn(path_reader(shared.clone(), peer.clone(), path.clone()));
+    tokio::spawn(path_timer(shared.clone(), peer.clone(), path));
 }
 
 pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
@@ -74,12 +76,15 @@ pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             // Refusals by our certificate verifier are reported there (once per key); other failures
             // (timeouts, resets) are transient and come back as the peer retries.
             let Ok(conn) = incoming.await else { return };
-            let Some(index) = peer_key_of(&conn).and_then(|k| shared.by_key.get(&k).copied()) else {
+            // The verifier let the key in, but the peer may have been removed since.
+            let key = peer_key_of(&conn);
+            let Some(peer) = key.and_then(|k| shared.peer(&k)) else {
                 conn.close(1u32.into(), b"unknown peer");
+                shared.emit(Event::HandshakeRefused { key, reason: "peer removed during the handshake".into() });
                 return;
             };
             match tokio::time::timeout(HELLO_TIMEOUT, answer_hello(&conn)).await {
-                Ok(Ok((wan, backup))) => start_path(&shared, index, conn, wan, backup, local, None),
+                Ok(Ok((wan, backup))) => start_path(&shared, &peer, conn, wan, backup, local, None),
                 _ => conn.close(2u32.into(), b"no path hello"),
             }
         });
@@ -118,7 +123,7 @@ async fn send_hello(conn: &quinn::Connection, wan: &str, backup: bool) -> Result
 }
 
 pub struct DialTarget {
-    pub index: usize,
+    pub peer: Arc<Peer>,
     pub addr: SocketAddr,
     pub wan: String,
     pub backup: bool,
@@ -127,7 +132,7 @@ pub struct DialTarget {
 
 /// Keeps one path to a peer from one WAN: dials, waits for the path to close, dials again.
 pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: DialTarget) {
-    let key = shared.peers[target.index].cfg.key;
+    let key = target.peer.key;
     let mut last_error = String::new();
     loop {
         let attempt = async {
@@ -147,7 +152,7 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
                 last_error.clear();
                 start_path(
                     &shared,
-                    target.index,
+                    &target.peer,
                     conn.clone(),
                     target.wan.clone(),
                     target.backup,

@@ -4,7 +4,7 @@
 //! - `node`: wiring of a running node (endpoints, peers, WANs, stats).
 //! - `send` / `receive`: the packet path out of and into the TUN device.
 //! - `connect`: accepting and dialing paths, the path hello.  `timers`: probes and health per path.
-//! - `peer`: peer and path state.  `sockets`: per-WAN UDP sockets.  `tls`: node identity and key pinning.
+//! - `peer`: peer and path state.  `peers`: the peer table (by node key) and allowed IPs.  `sockets`: per-WAN UDP sockets.  `tls`: node identity and key pinning.
 //! - `congestion`: CUBIC that tells random loss from congestion.
 //! - `tun`: Linux TUN devices.  `delayline`: the network lab's userspace delay line.
 
@@ -14,6 +14,7 @@ pub mod debug;
 pub mod delayline;
 pub mod node;
 pub mod peer;
+pub mod peers;
 pub mod receive;
 pub mod send;
 pub mod sockets;

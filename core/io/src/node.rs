@@ -11,19 +11,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use quicether_proto::allowed_ips::AllowedIps;
 use quicether_proto::frame::DATA_HEADER_LEN;
 use quicether_proto::health::PathState;
-use quicether_proto::reorder::{timeout_for_rtts_us, ReorderBuffer, ReorderStats, RESYNC_DISTANCE};
+use quicether_proto::reorder::ReorderStats;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::congestion::LossTolerantConfig;
 use crate::connect::{accept_loop, dialer, DialTarget};
-pub use crate::peer::{Event, PeerConfig};
-use crate::peer::{Peer, Shared, DATAGRAM_SEND_BUFFER, REORDER_MAX_PACKETS};
+pub use crate::peer::{Event, PeerConfig, PeerPolicy};
+use crate::peer::{Peer, Shared, CLOSE_PEER_REMOVED, DATAGRAM_SEND_BUFFER};
+use crate::peers::PeerTable;
 use crate::receive::reorder_timer;
 use crate::send::tun_reader;
 use crate::sockets::{bind_listen, bind_wan};
@@ -46,6 +45,8 @@ pub const QUIC_DATAGRAM_OVERHEAD: usize = 1 + CONNECTION_ID_LEN + 4 + 16 + 9;
 /// IP + UDP headers around each QUIC packet.
 const IPV4_UDP_OVERHEAD: usize = 28;
 const IPV6_UDP_OVERHEAD: usize = 48;
+/// The dial source of a node without WANs: its listening socket.
+pub const DEFAULT_SOURCE: &str = "default";
 
 /// One WAN port: paths to every dialed peer leave from `local` through `device`.
 #[derive(Clone, Debug)]
@@ -127,8 +128,49 @@ pub struct PeerStats {
     pub reorder_timeout: Duration,
 }
 
-struct WanRuntime {
-    dialers: Vec<JoinHandle<()>>,
+/// A local socket that dials peers: a WAN's, or the listening one when the node has no WANs.
+struct DialSource {
+    endpoint: quinn::Endpoint,
+    backup: bool,
+}
+
+/// The tasks that work for one peer, ended when it is removed.
+struct PeerTasks {
+    reorder_timer: JoinHandle<()>,
+    /// One dialer per (WAN, endpoint), by WAN name.
+    dialers: HashMap<String, Vec<JoinHandle<()>>>,
+}
+
+impl PeerTasks {
+    fn abort_dialers(&mut self, wan: Option<&str>) {
+        let wans: Vec<String> = match wan {
+            Some(w) => vec![w.to_string()],
+            None => self.dialers.keys().cloned().collect(),
+        };
+        for w in wans {
+            for d in self.dialers.remove(&w).unwrap_or_default() {
+                d.abort();
+            }
+        }
+    }
+}
+
+/// What is wrong with a peer change the caller asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerError {
+    AlreadyExists,
+    Unknown,
+    Stopped,
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerError::AlreadyExists => "a peer with this key is already there",
+            PeerError::Unknown => "no peer with this key",
+            PeerError::Stopped => "the node is stopped",
+        })
+    }
 }
 
 /// A running node. Dropping it (or `stop`) closes every connection, socket and the TUN device.
@@ -138,7 +180,11 @@ pub struct Node {
     listener: quinn::Endpoint,
     identity: Identity,
     transport: Arc<quinn::TransportConfig>,
-    wans: Mutex<HashMap<String, WanRuntime>>,
+    /// The TLS verifier's pinning set: the keys of the peers in the table.
+    known_keys: Arc<RwLock<HashSet<[u8; 32]>>>,
+    /// Lock order: `sources` before `tasks`.
+    sources: Mutex<HashMap<String, DialSource>>,
+    tasks: Mutex<HashMap<[u8; 32], PeerTasks>>,
     pub public_key: [u8; 32],
     pub local_addr: SocketAddr,
     pub inner_mtu: usize,
@@ -201,32 +247,9 @@ impl Node {
             .build()?;
         let _guard = runtime.enter();
 
-        let mut by_key = HashMap::new();
-        let mut allowed = AllowedIps::default();
-        let mut peer_states = Vec::new();
-        for (i, p) in peers.into_iter().enumerate() {
-            if by_key.insert(p.key, i).is_some() {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "the same peer key is configured twice"));
-            }
-            for prefix in &p.allowed_ips {
-                allowed.insert(*prefix, i);
-            }
-            peer_states.push(Peer {
-                cfg: p,
-                paths: RwLock::new(Vec::new()),
-                next_seq: AtomicU64::new(random_u64() % (u64::MAX / 2) + RESYNC_DISTANCE),
-                reorder: Mutex::new(ReorderBuffer::new(timeout_for_rtts_us(&[]), REORDER_MAX_PACKETS)),
-                reorder_wake: Notify::new(),
-                delivery: Mutex::new(()),
-                last_handshake: Mutex::new(None),
-                counters: Default::default(),
-            });
-        }
-        let known_keys = Arc::new(RwLock::new(by_key.keys().copied().collect::<HashSet<_>>()));
+        let known_keys = Arc::new(RwLock::new(HashSet::new()));
         let shared = Arc::new(Shared {
-            peers: peer_states,
-            by_key,
-            allowed,
+            table: RwLock::new(PeerTable::default()),
             // SAFETY: `File` owns its fd, which stays open and unchanged for the AsyncFd's life.
             tun: unsafe { AsyncFd::register(tun) }.map_err(|e| io_err("tun", e))?,
             events: Mutex::new(VecDeque::new()),
@@ -240,7 +263,7 @@ impl Node {
         let provider = tls::provider();
         let refused_sink = Arc::downgrade(&shared);
         let verifier = KnownClientKeys::new(
-            known_keys,
+            known_keys.clone(),
             provider.clone(),
             Box::new(move |key, reason| {
                 if let Some(shared) = refused_sink.upgrade() {
@@ -255,6 +278,10 @@ impl Node {
             .with_single_cert(vec![identity.cert.clone()], identity.private_key())
             .map_err(|e| io_err("tls", e))?;
         server_tls.alpn_protocols = vec![tls::ALPN.to_vec()];
+        // No session resumption: a resumed handshake skips the client-certificate check, so a peer removed
+        // from the pinning set could come back with a ticket from before.
+        server_tls.send_tls13_tickets = 0;
+        server_tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         let quic_server = QuicServerConfig::try_from(server_tls).map_err(|e| io_err("quic", e))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
         let transport = Arc::new(transport_config(cfg.path_mtu, cfg.listen.is_ipv4(), cfg.congestion));
@@ -264,27 +291,33 @@ impl Node {
 
         runtime.spawn(accept_loop(shared.clone(), listener.clone()));
         runtime.spawn(tun_reader(shared.clone()));
-        for i in 0..shared.peers.len() {
-            runtime.spawn(reorder_timer(shared.clone(), i));
-        }
         let node = Node {
             shared,
             listener,
             public_key: identity.public_key,
             identity,
             transport,
-            wans: Mutex::new(HashMap::new()),
+            known_keys,
+            sources: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(HashMap::new()),
             local_addr,
             inner_mtu: tun_mtu,
             runtime: Some(runtime),
         };
+        // Sources first, then peers: each added peer is dialed from every source there is.
         match cfg.wans {
-            None => node.start_dialers("default", false, node.listener.clone())?,
+            None => {
+                let source = DialSource { endpoint: node.listener.clone(), backup: false };
+                node.sources.lock().unwrap().insert(DEFAULT_SOURCE.to_string(), source);
+            }
             Some(wans) => {
                 for wan in wans {
                     node.add_wan(wan)?;
                 }
             }
+        }
+        for peer in peers {
+            node.add_peer(peer).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         }
         Ok(node)
     }
@@ -299,62 +332,148 @@ impl Node {
             .with_client_auth_cert(vec![self.identity.cert.clone()], self.identity.private_key())
             .map_err(|e| io_err("tls", e))?;
         tls.alpn_protocols = vec![tls::ALPN.to_vec()];
+        tls.resumption = rustls::client::Resumption::disabled();
         let quic = QuicClientConfig::try_from(tls).map_err(|e| io_err("quic", e))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(self.transport.clone());
         Ok(config)
     }
 
-    fn start_dialers(&self, wan: &str, backup: bool, endpoint: quinn::Endpoint) -> io::Result<()> {
-        let runtime = self.runtime.as_ref().ok_or_else(|| io_err("node", "stopped"))?;
-        let mut dialers = Vec::new();
-        for (index, peer) in self.shared.peers.iter().enumerate() {
-            if let Some(addr) = peer.cfg.endpoint {
-                let target =
-                    DialTarget { index, addr, wan: wan.to_string(), backup, config: self.client_config(peer.cfg.key)? };
-                dialers.push(runtime.spawn(dialer(self.shared.clone(), endpoint.clone(), target)));
-            }
-        }
-        self.wans.lock().unwrap().insert(wan.to_string(), WanRuntime { dialers });
-        Ok(())
+    fn runtime(&self) -> io::Result<&tokio::runtime::Runtime> {
+        self.runtime.as_ref().ok_or_else(|| io_err("node", "stopped"))
     }
 
-    /// Starts dialing every peer with an endpoint from this WAN (one path per peer).
+    /// Starts one dialer per endpoint of `peer` from source `wan`.
+    fn spawn_dialers(&self, peer: &Arc<Peer>, wan: &str, source: &DialSource) -> io::Result<Vec<JoinHandle<()>>> {
+        let runtime = self.runtime()?;
+        let endpoints = peer.endpoints.read().unwrap().clone();
+        let mut dialers = Vec::new();
+        for addr in endpoints {
+            let target = DialTarget {
+                peer: peer.clone(),
+                addr,
+                wan: wan.to_string(),
+                backup: source.backup,
+                config: self.client_config(peer.key)?,
+            };
+            dialers.push(runtime.spawn(dialer(self.shared.clone(), source.endpoint.clone(), target)));
+        }
+        Ok(dialers)
+    }
+
+    /// Starts dialing every peer with an endpoint from this WAN (one path per peer and endpoint).
     pub fn add_wan(&self, wan: WanConfig) -> io::Result<()> {
-        if self.wans.lock().unwrap().contains_key(&wan.name) {
+        let mut sources = self.sources.lock().unwrap();
+        if sources.contains_key(&wan.name) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("WAN {} already added", wan.name)));
         }
-        let runtime = self.runtime.as_ref().ok_or_else(|| io_err("node", "stopped"))?;
+        let runtime = self.runtime()?;
         let _guard = runtime.enter();
         let socket = bind_wan(wan.device.as_deref(), SocketAddr::new(wan.local, 0), wan.mark)?;
         let endpoint = quinn::Endpoint::new(endpoint_config(), None, socket, Arc::new(quinn::TokioRuntime))?;
-        self.start_dialers(&wan.name, wan.backup, endpoint)
+        let source = DialSource { endpoint, backup: wan.backup };
+        let mut tasks = self.tasks.lock().unwrap();
+        let peers: Vec<Arc<Peer>> = self.shared.table.read().unwrap().peers().cloned().collect();
+        for peer in peers {
+            let dialers = self.spawn_dialers(&peer, &wan.name, &source)?;
+            if let Some(t) = tasks.get_mut(&peer.key) {
+                t.dialers.insert(wan.name.clone(), dialers);
+            }
+        }
+        sources.insert(wan.name, source);
+        Ok(())
     }
 
     /// Stops dialing from this WAN and closes its paths at once (the WAN lost its link or address).
     pub fn remove_wan(&self, name: &str) -> bool {
-        let Some(runtime) = self.wans.lock().unwrap().remove(name) else {
+        let mut sources = self.sources.lock().unwrap();
+        if sources.remove(name).is_none() {
             return false;
-        };
-        for d in runtime.dialers {
-            d.abort();
         }
-        for (index, peer) in self.shared.peers.iter().enumerate() {
+        for t in self.tasks.lock().unwrap().values_mut() {
+            t.abort_dialers(Some(name));
+        }
+        drop(sources);
+        let now = self.shared.now_us();
+        let peers: Vec<Arc<Peer>> = self.shared.table.read().unwrap().peers().cloned().collect();
+        for peer in peers {
             let gone: Vec<_> = peer.paths.read().unwrap().iter().filter(|p| p.wan == name).cloned().collect();
             for path in gone {
                 path.up.store(false, Ordering::Relaxed);
                 // The link went away just now: what it sent in the last RTT (plus margin) may be lost.
                 let window = path.srtt_us.load(Ordering::Relaxed) + 50_000;
-                self.shared.resend_from_failed(index, &path, window);
+                peer.resend_from_failed(&path, window, now);
                 path.conn.close(3u32.into(), b"WAN removed");
             }
         }
         true
     }
 
+    /// Adds a peer while the node runs: its allowed IPs route to it, its key may handshake with us, and it
+    /// is dialed at its endpoints from every source (WAN) there is.
+    pub fn add_peer(&self, cfg: PeerConfig) -> Result<(), PeerError> {
+        let runtime = self.runtime.as_ref().ok_or(PeerError::Stopped)?;
+        let sources = self.sources.lock().unwrap();
+        let mut tasks = self.tasks.lock().unwrap();
+        let peer = Arc::new(Peer::new(&cfg, random_u64()));
+        if !self.shared.table.write().unwrap().insert(peer.clone(), &cfg.allowed_ips) {
+            return Err(PeerError::AlreadyExists);
+        }
+        self.known_keys.write().unwrap().insert(cfg.key);
+        let mut dialers = HashMap::new();
+        for (wan, source) in sources.iter() {
+            // Building a client config only fails on a bad identity, which `start` already checked.
+            dialers.insert(wan.clone(), self.spawn_dialers(&peer, wan, source).unwrap_or_default());
+        }
+        let reorder_timer = runtime.spawn(reorder_timer(self.shared.clone(), peer.clone()));
+        tasks.insert(cfg.key, PeerTasks { reorder_timer, dialers });
+        Ok(())
+    }
+
+    /// Changes a peer in place: modes and classes for the next packet, allowed IPs at once; its paths stay
+    /// up. New endpoints restart only this peer's dialers (a path already up stays until it closes).
+    pub fn update_peer(&self, cfg: PeerConfig) -> Result<(), PeerError> {
+        let sources = self.sources.lock().unwrap();
+        let mut tasks = self.tasks.lock().unwrap();
+        let peer = self.shared.peer(&cfg.key).ok_or(PeerError::Unknown)?;
+        *peer.policy.write().unwrap() = cfg.policy.clone();
+        self.shared.table.write().unwrap().set_allowed_ips(&cfg.key, &cfg.allowed_ips);
+        let changed = *peer.endpoints.read().unwrap() != cfg.endpoints;
+        if changed {
+            *peer.endpoints.write().unwrap() = cfg.endpoints.clone();
+            if let Some(t) = tasks.get_mut(&cfg.key) {
+                t.abort_dialers(None);
+                for (wan, source) in sources.iter() {
+                    t.dialers.insert(wan.clone(), self.spawn_dialers(&peer, wan, source).unwrap_or_default());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a peer: its dialers and timers end, its paths close, its routes go, and a new handshake
+    /// with its key is refused. Other peers are untouched. False if there was no such peer.
+    pub fn remove_peer(&self, key: &[u8; 32]) -> bool {
+        let mut tasks = self.tasks.lock().unwrap();
+        let Some(peer) = self.shared.table.write().unwrap().remove(key) else {
+            return false;
+        };
+        // Unpinned before the paths close, so their redials are refused.
+        self.known_keys.write().unwrap().remove(key);
+        if let Some(mut t) = tasks.remove(key) {
+            t.abort_dialers(None);
+            t.reorder_timer.abort();
+        }
+        drop(tasks);
+        for path in peer.mark_removed() {
+            path.conn.close(CLOSE_PEER_REMOVED.into(), b"peer removed");
+        }
+        true
+    }
+
     pub fn peer_stats(&self) -> Vec<PeerStats> {
-        self.shared
-            .peers
+        let peers: Vec<Arc<Peer>> = self.shared.table.read().unwrap().peers().cloned().collect();
+        peers
             .iter()
             .map(|p| {
                 let paths = p.paths.read().unwrap();
@@ -365,8 +484,8 @@ impl Node {
                     (buffer.stats, buffer.timeout_us())
                 };
                 PeerStats {
-                    key: p.cfg.key,
-                    endpoint: best.map(|x| x.conn.remote_address()).or(p.cfg.endpoint),
+                    key: p.key,
+                    endpoint: best.map(|x| x.conn.remote_address()).or(p.endpoints.read().unwrap().first().copied()),
                     connected: !paths.is_empty(),
                     rtt: best.map(|x| x.conn.rtt()),
                     last_handshake: *p.last_handshake.lock().unwrap(),
@@ -417,7 +536,7 @@ impl Node {
     pub fn stop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             self.listener.close(0u32.into(), b"node stopping");
-            for peer in &self.shared.peers {
+            for peer in self.shared.table.read().unwrap().peers() {
                 for path in peer.paths.read().unwrap().iter() {
                     path.conn.close(0u32.into(), b"node stopping");
                 }

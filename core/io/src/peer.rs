@@ -1,6 +1,8 @@
 //! Peers and their paths. A peer is a node key; a path is one authenticated QUIC connection to it from
 //! one local WAN. Packets of a peer carry one bond sequence and go out on whichever path the scheduler
-//! picks; they come back together in the peer's reorder buffer.
+//! picks; they come back together in the peer's reorder buffer. Peers come and go while the node runs
+//! (`peers.rs` holds the table): every task that works for a peer holds its `Arc<Peer>`, and a removed
+//! peer is marked so that no path is added to it afterwards.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -9,14 +11,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use quicether_proto::allowed_ips::{AllowedIps, Prefix};
+use quicether_proto::allowed_ips::Prefix;
 use quicether_proto::classify::Rule;
 use quicether_proto::frame::{data_seq, encode_data_header, DATA_HEADER_LEN};
 use quicether_proto::health::PathHealth;
+use quicether_proto::path_rank::{PathKind, PathRank};
 use quicether_proto::reorder::ReorderBuffer;
+use quicether_proto::reorder::{timeout_for_rtts_us, RESYNC_DISTANCE};
 use quicether_proto::scheduler::{choose, queue_limit_bytes, Choice, Mode, PathView};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
+
+use crate::peers::PeerTable;
 
 /// Per-path hard bound of quinn's datagram send queue (it drops the oldest beyond it). Large enough for
 /// Gbit/s bursts on one path (measured: 512 KiB cost a quarter of single-path throughput); the scheduler
@@ -27,8 +33,15 @@ pub const REORDER_MAX_PACKETS: usize = 4096;
 
 pub struct PeerConfig {
     pub key: [u8; 32],
-    pub endpoint: Option<SocketAddr>,
+    /// Where the peer listens (dialed from every WAN); empty: it dials us.
+    pub endpoints: Vec<SocketAddr>,
     pub allowed_ips: Vec<Prefix>,
+    pub policy: PeerPolicy,
+}
+
+/// How a peer's packets are scheduled; changes in place while its paths stay up.
+#[derive(Clone, Debug)]
+pub struct PeerPolicy {
     pub bulk_mode: Mode,
     pub realtime_mode: Mode,
     pub rules: Vec<Rule>,
@@ -96,8 +109,7 @@ impl Path {
     pub fn view(&self) -> PathView {
         let rate_bps = self.rate_bps.load(Ordering::Relaxed);
         PathView {
-            up: self.up.load(Ordering::Relaxed),
-            backup: self.backup,
+            rank: PathRank { up: self.up.load(Ordering::Relaxed), backup: self.backup, kind: PathKind::Direct },
             srtt_us: self.srtt_us.load(Ordering::Relaxed),
             min_rtt_us: self.min_rtt_us.load(Ordering::Relaxed),
             rate_bps,
@@ -184,8 +196,14 @@ pub struct SentRecord {
 }
 
 pub struct Peer {
-    pub cfg: PeerConfig,
+    pub key: [u8; 32],
+    pub policy: RwLock<PeerPolicy>,
+    /// Endpoints the dialers use (for status while no path is up).
+    pub endpoints: RwLock<Vec<SocketAddr>>,
     pub paths: RwLock<Vec<Arc<Path>>>,
+    /// Set (under the paths lock) when the peer is removed: a handshake that completes afterwards must not
+    /// add a path to it.
+    pub removed: AtomicBool,
     /// Bond sequence for the next packet; starts at a random point so a restarted sender is recognised.
     pub next_seq: AtomicU64,
     /// Path readers push into it directly (no hop to another task on the packet path); the reorder
@@ -202,10 +220,66 @@ pub struct Peer {
     pub counters: Counters,
 }
 
+impl Peer {
+    pub fn new(cfg: &PeerConfig, first_seq: u64) -> Peer {
+        Peer {
+            key: cfg.key,
+            policy: RwLock::new(cfg.policy.clone()),
+            endpoints: RwLock::new(cfg.endpoints.clone()),
+            paths: RwLock::new(Vec::new()),
+            removed: AtomicBool::new(false),
+            next_seq: AtomicU64::new(first_seq % (u64::MAX / 2) + RESYNC_DISTANCE),
+            reorder: Mutex::new(ReorderBuffer::new(timeout_for_rtts_us(&[]), REORDER_MAX_PACKETS)),
+            reorder_wake: Notify::new(),
+            delivery: Mutex::new(()),
+            last_handshake: Mutex::new(None),
+            counters: Default::default(),
+        }
+    }
+
+    /// Marks the peer removed and takes its paths (the caller closes them).
+    pub fn mark_removed(&self) -> Vec<Arc<Path>> {
+        let mut paths = self.paths.write().unwrap();
+        self.removed.store(true, Ordering::Relaxed);
+        std::mem::take(&mut *paths)
+    }
+
+    /// Resends what `failed` sent in its last `window_us` on the other usable paths (earliest arrival first).
+    /// The receiver fills its gaps with them or delivers them late; copies it already has are dropped.
+    pub fn resend_from_failed(&self, failed: &Path, window_us: u64, now_us: u64) -> usize {
+        let datagrams = failed.take_sent_since(now_us.saturating_sub(window_us));
+        let paths = self.paths.read().unwrap();
+        datagrams.iter().filter(|d| resend_on_earliest(&paths, d, Some(failed.id), now_us)).count()
+    }
+
+    /// The lowest-RTT path that is up (NACKs go there; repairs go where they arrive first).
+    pub fn fastest_path(&self) -> Option<Arc<Path>> {
+        let paths = self.paths.read().unwrap();
+        paths.iter().filter(|p| p.up.load(Ordering::Relaxed)).min_by_key(|p| p.srtt_us.load(Ordering::Relaxed)).cloned()
+    }
+
+    /// Resends the DATA frames the peer reported lost, from what the paths remember, on the path where each
+    /// arrives first: the fastest path by RTT may have the longest queue, and a repair that comes after the
+    /// receiver stopped waiting for it is one more loss for the inner TCP.
+    pub fn retransmit(&self, seqs: &[u64], now_us: u64) -> usize {
+        let paths = self.paths.read().unwrap();
+        let mut resent = 0;
+        for &seq in seqs {
+            let found = paths.iter().find_map(|p| {
+                let recent = p.recent.lock().unwrap();
+                recent.sent.iter().rev().find(|(_, d)| data_seq(d) == Some(seq)).map(|(_, d)| d.clone())
+            });
+            if found.is_some_and(|d| resend_on_earliest(&paths, &d, None, now_us)) {
+                resent += 1;
+            }
+        }
+        self.counters.retransmitted.fetch_add(resent as u64, Ordering::Relaxed);
+        resent
+    }
+}
+
 pub struct Shared {
-    pub peers: Vec<Peer>,
-    pub by_key: std::collections::HashMap<[u8; 32], usize>,
-    pub allowed: AllowedIps,
+    pub table: RwLock<PeerTable>,
     pub tun: AsyncFd<std::fs::File>,
     pub events: Mutex<VecDeque<Event>>,
     pub notify_fd: Option<std::os::fd::RawFd>,
@@ -236,17 +310,22 @@ impl Shared {
         }
     }
 
-    /// Adds an authenticated connection as a path of peer `index`.
+    /// The peer with node key `key`, if it is in the table.
+    pub fn peer(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
+        self.table.read().unwrap().get(key).cloned()
+    }
+
+    /// Adds an authenticated connection as a path of `peer`; None (and the connection closed) if the peer
+    /// was removed meanwhile.
     pub fn add_path(
         &self,
-        index: usize,
+        peer: &Arc<Peer>,
         conn: quinn::Connection,
         wan: String,
         backup: bool,
         local: Option<std::net::IpAddr>,
         public: Option<std::net::SocketAddr>,
-    ) -> Arc<Path> {
-        let peer = &self.peers[index];
+    ) -> Option<Arc<Path>> {
         let rtt = conn.rtt();
         let path = Arc::new(Path {
             id: self.next_path_id.fetch_add(1, Ordering::Relaxed),
@@ -268,63 +347,36 @@ impl Shared {
         });
         let first = {
             let mut paths = peer.paths.write().unwrap();
+            if peer.removed.load(Ordering::Relaxed) {
+                drop(paths);
+                path.conn.close(CLOSE_PEER_REMOVED.into(), b"peer removed");
+                return None;
+            }
             paths.push(path.clone());
             paths.len() == 1
         };
         *peer.last_handshake.lock().unwrap() = Some(SystemTime::now());
         if first {
-            self.emit(Event::PeerConnected { key: peer.cfg.key });
+            self.emit(Event::PeerConnected { key: peer.key });
         }
-        self.emit(Event::PathUp { key: peer.cfg.key, wan, remote: path.conn.remote_address() });
-        path
-    }
-
-    /// Resends what `failed` sent in its last `window_us` on the other usable paths (earliest arrival first).
-    /// The receiver fills its gaps with them or delivers them late; copies it already has are dropped.
-    pub fn resend_from_failed(&self, index: usize, failed: &Path, window_us: u64) -> usize {
-        let now = self.now_us();
-        let datagrams = failed.take_sent_since(now.saturating_sub(window_us));
-        let paths = self.peers[index].paths.read().unwrap();
-        datagrams.iter().filter(|d| resend_on_earliest(&paths, d, Some(failed.id), now)).count()
-    }
-
-    /// The lowest-RTT path that is up (NACKs go there; repairs go where they arrive first).
-    pub fn fastest_path(&self, index: usize) -> Option<Arc<Path>> {
-        let paths = self.peers[index].paths.read().unwrap();
-        paths.iter().filter(|p| p.up.load(Ordering::Relaxed)).min_by_key(|p| p.srtt_us.load(Ordering::Relaxed)).cloned()
-    }
-
-    /// Resends the DATA frames the peer reported lost, from what the paths remember, on the path where each
-    /// arrives first: the fastest path by RTT may have the longest queue, and a repair that comes after the
-    /// receiver stopped waiting for it is one more loss for the inner TCP.
-    pub fn retransmit(&self, index: usize, seqs: &[u64]) -> usize {
-        let now = self.now_us();
-        let paths = self.peers[index].paths.read().unwrap();
-        let mut resent = 0;
-        for &seq in seqs {
-            let found = paths.iter().find_map(|p| {
-                let recent = p.recent.lock().unwrap();
-                recent.sent.iter().rev().find(|(_, d)| data_seq(d) == Some(seq)).map(|(_, d)| d.clone())
-            });
-            if found.is_some_and(|d| resend_on_earliest(&paths, &d, None, now)) {
-                resent += 1;
-            }
-        }
-        self.peers[index].counters.retransmitted.fetch_add(resent as u64, Ordering::Relaxed);
-        resent
+        self.emit(Event::PathUp { key: peer.key, wan, remote: path.conn.remote_address() });
+        Some(path)
     }
 
     /// Removes a closed path; reports the peer gone if it was the last.
-    pub fn remove_path(&self, index: usize, path: &Path, reason: String) {
-        let peer = &self.peers[index];
-        let remaining = {
+    pub fn remove_path(&self, peer: &Peer, path: &Path, reason: String) {
+        let (found, remaining) = {
             let mut paths = peer.paths.write().unwrap();
+            let before = paths.len();
             paths.retain(|p| p.id != path.id);
-            paths.len()
+            (paths.len() < before, paths.len())
         };
-        self.emit(Event::PathDown { key: peer.cfg.key, wan: path.wan.clone(), reason: reason.clone() });
-        if remaining == 0 {
-            self.emit(Event::PeerDisconnected { key: peer.cfg.key, reason });
+        self.emit(Event::PathDown { key: peer.key, wan: path.wan.clone(), reason: reason.clone() });
+        if found && remaining == 0 {
+            self.emit(Event::PeerDisconnected { key: peer.key, reason });
         }
     }
 }
+
+/// QUIC application close codes we send.
+pub const CLOSE_PEER_REMOVED: u32 = 4;

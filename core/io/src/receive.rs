@@ -14,14 +14,15 @@ use quicether_proto::health::PathState;
 use quicether_proto::reorder::{retransmit_wait_for_rtts_us, timeout_for_rtts_us};
 
 use crate::peer::{Counters, Event, Path, Peer, Shared};
+use crate::peers::PeerTable;
 
 /// How often the reorder timeout is re-derived from the paths' RTTs.
 const REORDER_RETUNE: Duration = Duration::from_millis(100);
 /// Granularity of gap timeouts while packets are held (a timer per packet would cost more than it saves).
 const REORDER_TICK: Duration = Duration::from_millis(1);
 
-pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
-    let peer = &shared.peers[index];
+pub async fn path_reader(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
+    let peer = &*peer;
     let mut ready = Vec::new();
     let reason = loop {
         let datagram = match path.conn.read_datagram().await {
@@ -41,8 +42,8 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
                 if held {
                     peer.reorder_wake.notify_one();
                 }
-                send_nacks(&shared, index, &nacks);
-                deliver_ready(&shared, index, &mut ready, turn);
+                send_nacks(peer, &nacks);
+                deliver_ready(&shared, peer, &mut ready, turn);
             }
             Some(Frame::Probe { id, next_seq }) => {
                 let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe_reply(id)));
@@ -51,22 +52,22 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
                 let nacks = buffer.take_nacks();
                 let turn = delivery_turn(peer, &ready);
                 drop(buffer);
-                send_nacks(&shared, index, &nacks);
-                deliver_ready(&shared, index, &mut ready, turn);
+                send_nacks(peer, &nacks);
+                deliver_ready(&shared, peer, &mut ready, turn);
             }
             Some(Frame::ProbeReply { id }) => {
                 let change = path.health.lock().unwrap().handle_reply(id, shared.now_us());
                 if change == Some(PathState::Up) {
                     path.up.store(true, Ordering::Relaxed);
                     shared.emit(Event::PathUp {
-                        key: peer.cfg.key,
+                        key: peer.key,
                         wan: path.wan.clone(),
                         remote: path.conn.remote_address(),
                     });
                 }
             }
             Some(Frame::Nack { seqs }) => {
-                shared.retransmit(index, &seqs);
+                peer.retransmit(&seqs, shared.now_us());
             }
             None => {
                 peer.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
@@ -74,14 +75,15 @@ pub async fn path_reader(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
         }
     };
     peer.reorder.lock().unwrap().forget_path(path.id);
-    shared.remove_path(index, &path, reason);
+    shared.remove_path(peer, &path, reason);
 }
 
-pub async fn reorder_timer(shared: Arc<Shared>, index: usize) {
-    let peer = &shared.peers[index];
+/// Runs until the peer is removed (the node also aborts it then; the flag covers a removal between ticks).
+pub async fn reorder_timer(shared: Arc<Shared>, peer: Arc<Peer>) {
+    let peer = &*peer;
     let mut ready = Vec::new();
     let mut last_retune = std::time::Instant::now();
-    loop {
+    while !peer.removed.load(Ordering::Relaxed) {
         let holding = peer.reorder.lock().unwrap().held() > 0;
         if holding {
             tokio::time::sleep(REORDER_TICK).await;
@@ -111,16 +113,16 @@ pub async fn reorder_timer(shared: Arc<Shared>, index: usize) {
             buffer.poll(shared.now_us(), &mut ready);
             delivery_turn(peer, &ready)
         };
-        deliver_ready(&shared, index, &mut ready, turn);
+        deliver_ready(&shared, peer, &mut ready, turn);
     }
 }
 
 /// Asks the peer to resend lost DATA frames, over the fastest path.
-fn send_nacks(shared: &Shared, index: usize, seqs: &[u64]) {
+fn send_nacks(peer: &Peer, seqs: &[u64]) {
     if seqs.is_empty() {
         return;
     }
-    if let Some(path) = shared.fastest_path(index) {
+    if let Some(path) = peer.fastest_path() {
         for frame in encode_nacks(seqs) {
             let _ = path.conn.send_datagram(Bytes::from(frame));
         }
@@ -134,21 +136,26 @@ fn delivery_turn<'a>(peer: &'a Peer, ready: &[Bytes]) -> Option<MutexGuard<'a, (
 }
 
 /// Delivers, in order, what the reorder buffer released (called with its lock released, holding `turn`).
-fn deliver_ready(shared: &Shared, index: usize, ready: &mut Vec<Bytes>, turn: Option<MutexGuard<'_, ()>>) {
-    for packet in ready.drain(..) {
-        deliver(shared, index, &packet);
+fn deliver_ready(shared: &Shared, peer: &Peer, ready: &mut Vec<Bytes>, turn: Option<MutexGuard<'_, ()>>) {
+    if ready.is_empty() {
+        return;
     }
+    let table = shared.table.read().unwrap();
+    for packet in ready.drain(..) {
+        deliver(shared, &table, peer, &packet);
+    }
+    drop(table);
     drop(turn);
 }
 
-/// Writes one inner packet from peer `index` to the TUN device if its source is the peer's to use.
-fn deliver(shared: &Shared, index: usize, packet: &[u8]) {
-    let allowed = packet_addrs(packet).is_some_and(|(src, _)| shared.allowed.allows(index, src));
+/// Writes one inner packet from `peer` to the TUN device if its source is the peer's to use.
+fn deliver(shared: &Shared, table: &PeerTable, peer: &Peer, packet: &[u8]) {
+    let allowed = packet_addrs(packet).is_some_and(|(src, _)| table.allows(&peer.key, src));
     // SAFETY: writing a valid buffer to the TUN fd; EAGAIN/failure drops this packet only.
     let written = allowed
         && unsafe { libc::write(shared.tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) }
             == packet.len() as isize;
-    let c = &shared.peers[index].counters;
+    let c = &peer.counters;
     if written {
         Counters::count(&c.rx_packets, &c.rx_bytes, packet.len());
     } else {

@@ -31,8 +31,9 @@ pub async fn tun_reader(shared: Arc<Shared>) {
         let Some((_, dst)) = packet_addrs(packet) else {
             continue;
         };
-        match shared.allowed.lookup(dst) {
-            Some(index) => send_to_peer(&shared.peers[index], packet, shared.now_us()),
+        let table = shared.table.read().unwrap();
+        match table.route(dst) {
+            Some(peer) => send_to_peer(peer, packet, shared.now_us()),
             None => {
                 shared.no_route.fetch_add(1, Ordering::Relaxed);
             }
@@ -48,7 +49,10 @@ fn send_to_peer(peer: &Peer, packet: &[u8], now_us: u64) {
     let choice = if paths.is_empty() {
         Choice::Drop
     } else {
-        let mode = mode_for(packet, &peer.cfg.rules, peer.cfg.bulk_mode, peer.cfg.realtime_mode);
+        let mode = {
+            let policy = peer.policy.read().unwrap();
+            mode_for(packet, &policy.rules, policy.bulk_mode, policy.realtime_mode)
+        };
         let views: Vec<_> = paths.iter().map(|p| p.view()).collect();
         match choose(mode, &views, len) {
             // No path is up: try them all rather than drop; whichever still works carries it.

@@ -9,13 +9,13 @@ use bytes::Bytes;
 use quicether_proto::frame::encode_probe;
 use quicether_proto::health::{PathState, PROBE_INTERVAL_US};
 
-use crate::peer::{Event, Path, Shared};
+use crate::peer::{Event, Path, Peer, Shared};
 
 /// Throughput for status is measured over this window.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
-pub async fn path_timer(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
-    let key = shared.peers[index].cfg.key;
+pub async fn path_timer(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
+    let key = peer.key;
     let mut tick = tokio::time::interval(Duration::from_micros(PROBE_INTERVAL_US));
     let mut window_start = std::time::Instant::now();
     let (mut last_tx, mut last_rx) = (0u64, 0u64);
@@ -27,14 +27,14 @@ pub async fn path_timer(shared: Arc<Shared>, index: usize, path: Arc<Path>) {
             (health.poll_probe(now), health.poll_state(now))
         };
         if let Some(id) = probe {
-            let next_seq = shared.peers[index].next_seq.load(Ordering::Relaxed);
+            let next_seq = peer.next_seq.load(Ordering::Relaxed);
             let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe(id, next_seq)));
         }
         if change == Some(PathState::Down) {
             path.up.store(false, Ordering::Relaxed);
             // Everything sent since shortly before the last reply may be lost with the path.
             let window = path.health.lock().unwrap().down_after_us() + path.srtt_us.load(Ordering::Relaxed);
-            let resent = shared.resend_from_failed(index, &path, window);
+            let resent = peer.resend_from_failed(&path, window, now);
             shared.emit(Event::PathDown {
                 key,
                 wan: path.wan.clone(),

@@ -61,26 +61,60 @@ pub fn packet_addrs(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
     }
 }
 
-/// Prefix → peer index table. Tables are tiny (a few prefixes per peer), so a scan beats a trie here.
-#[derive(Clone, Debug, Default)]
-pub struct AllowedIps {
-    entries: Vec<(Prefix, usize)>,
+/// Prefix → peer table, generic over how a peer is named (the node's key in `io`). Tables are tiny (a few
+/// prefixes per peer), so a scan beats a trie here. A prefix belongs to one peer: inserting it for another
+/// moves it (as WireGuard does), so the caller decides whether two peers may claim the same prefix.
+#[derive(Clone, Debug)]
+pub struct AllowedIps<P = usize> {
+    entries: Vec<(Prefix, P)>,
 }
 
-impl AllowedIps {
-    pub fn insert(&mut self, prefix: Prefix, peer: usize) {
+impl<P> Default for AllowedIps<P> {
+    fn default() -> Self {
+        Self { entries: Vec::new() }
+    }
+}
+
+impl<P: Clone + PartialEq> AllowedIps<P> {
+    pub fn insert(&mut self, prefix: Prefix, peer: P) {
         self.entries.retain(|(p, _)| *p != prefix);
         self.entries.push((prefix, peer));
         // Longest prefix first, so the first match is the most specific.
         self.entries.sort_by_key(|e| std::cmp::Reverse(e.0.len));
     }
 
-    pub fn lookup(&self, ip: IpAddr) -> Option<usize> {
-        self.entries.iter().find(|(p, _)| p.contains(ip)).map(|(_, peer)| *peer)
+    /// Removes `prefix` (whoever owns it); returns its owner.
+    pub fn remove(&mut self, prefix: Prefix) -> Option<P> {
+        let at = self.entries.iter().position(|(p, _)| *p == prefix)?;
+        Some(self.entries.remove(at).1)
+    }
+
+    /// Removes every prefix of `peer`; returns how many there were.
+    pub fn remove_peer(&mut self, peer: &P) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|(_, owner)| owner != peer);
+        before - self.entries.len()
+    }
+
+    /// Makes `prefixes` the whole set of `peer` (an update: prefixes it no longer has go).
+    pub fn replace_peer(&mut self, peer: &P, prefixes: &[Prefix]) {
+        self.remove_peer(peer);
+        for prefix in prefixes {
+            self.insert(*prefix, peer.clone());
+        }
+    }
+
+    /// Prefixes owned by `peer`, most specific first.
+    pub fn prefixes_of(&self, peer: &P) -> Vec<Prefix> {
+        self.entries.iter().filter(|(_, owner)| owner == peer).map(|(p, _)| *p).collect()
+    }
+
+    pub fn lookup(&self, ip: IpAddr) -> Option<&P> {
+        self.entries.iter().find(|(p, _)| p.contains(ip)).map(|(_, peer)| peer)
     }
 
     /// True if `peer` may send packets with source address `ip`.
-    pub fn allows(&self, peer: usize, ip: IpAddr) -> bool {
+    pub fn allows(&self, peer: &P, ip: IpAddr) -> bool {
         self.lookup(ip) == Some(peer)
     }
 }
@@ -108,12 +142,44 @@ mod tests {
         t.insert(p("0.0.0.0/0"), 0);
         t.insert(p("10.9.0.0/16"), 1);
         t.insert(p("10.9.0.7/32"), 2);
-        assert_eq!(t.lookup("10.9.0.7".parse().unwrap()), Some(2));
-        assert_eq!(t.lookup("10.9.3.1".parse().unwrap()), Some(1));
-        assert_eq!(t.lookup("8.8.8.8".parse().unwrap()), Some(0));
+        assert_eq!(t.lookup("10.9.0.7".parse().unwrap()), Some(&2));
+        assert_eq!(t.lookup("10.9.3.1".parse().unwrap()), Some(&1));
+        assert_eq!(t.lookup("8.8.8.8".parse().unwrap()), Some(&0));
         assert_eq!(t.lookup("::1".parse().unwrap()), None);
-        assert!(t.allows(1, "10.9.3.1".parse().unwrap()));
-        assert!(!t.allows(1, "10.9.0.7".parse().unwrap()));
+        assert!(t.allows(&1, "10.9.3.1".parse().unwrap()));
+        assert!(!t.allows(&1, "10.9.0.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn removing_a_peer_leaves_the_others_routes() {
+        let mut t: AllowedIps<[u8; 2]> = AllowedIps::default();
+        t.insert(p("0.0.0.0/0"), *b"gw");
+        t.insert(p("10.9.0.0/16"), *b"s1");
+        t.insert(p("10.9.0.7/32"), *b"s1");
+        t.insert(p("10.8.0.0/16"), *b"s2");
+        assert_eq!(t.remove_peer(b"s1"), 2);
+        // What s1 owned now falls through to the next most specific owner.
+        assert_eq!(t.lookup("10.9.0.7".parse().unwrap()), Some(b"gw"));
+        assert!(!t.allows(b"s1", "10.9.0.7".parse().unwrap()));
+        assert_eq!(t.lookup("10.8.1.1".parse().unwrap()), Some(b"s2"));
+        assert_eq!(t.remove_peer(b"s1"), 0, "removing twice removes nothing");
+        assert_eq!(t.remove(p("10.8.0.0/16")), Some(*b"s2"));
+        assert_eq!(t.remove(p("10.8.0.0/16")), None);
+        assert_eq!(t.lookup("10.8.1.1".parse().unwrap()), Some(b"gw"));
+    }
+
+    #[test]
+    fn replacing_a_peers_prefixes_drops_the_old_ones() {
+        let mut t: AllowedIps<u8> = AllowedIps::default();
+        t.insert(p("10.1.0.0/16"), 1);
+        t.insert(p("10.2.0.0/16"), 1);
+        t.insert(p("10.3.0.0/16"), 2);
+        t.replace_peer(&1, &[p("10.2.0.0/16"), p("10.4.0.0/24")]);
+        assert_eq!(t.lookup("10.1.0.1".parse().unwrap()), None);
+        assert_eq!(t.lookup("10.2.0.1".parse().unwrap()), Some(&1));
+        assert_eq!(t.lookup("10.4.0.1".parse().unwrap()), Some(&1));
+        assert_eq!(t.prefixes_of(&1), vec![p("10.4.0.0/24"), p("10.2.0.0/16")]);
+        assert_eq!(t.prefixes_of(&2), vec![p("10.3.0.0/16")]);
     }
 
     #[test]

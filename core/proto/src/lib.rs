@@ -8,6 +8,9 @@
 //! - `scheduler`: which path(s) carry a packet.
 //! - `reorder`: in-order release at the receiver with an RTT-spread timeout.
 //! - `health`: probes, up/down with damping.
+//! - `path_rank`: which path ranks first (route kind, WAN role): one comparator.
+//! - `peer_text`: peer-supplied strings made safe for events and logs.
+//! - `refusals`: refused-handshake counting, reported at a bounded rate with bounded memory.
 //! - `path_rate`: a path's delivery rate and minimum RTT, and the window cap they give.
 
 pub mod allowed_ips;
@@ -15,6 +18,9 @@ pub mod certkey;
 pub mod classify;
 pub mod frame;
 pub mod health;
+pub mod path_rank;
 pub mod path_rate;
+pub mod peer_text;
+pub mod refusals;
 pub mod reorder;
 pub mod scheduler;

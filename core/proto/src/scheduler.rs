@@ -8,7 +8,11 @@
 //! - `LowestRtt`: the lowest-RTT usable path until its queue exceeds `SPILL_QUEUE_DELAY_US`, then as Aggregate.
 //! - `Redundant`: every usable path; the receiver keeps the first copy.
 //!
-//! Usable: up and primary; if no primary is up, up backups (a backup WAN carries nothing while a primary is up).
+//! Usable: the up paths that rank first by `path_rank::compare` (route kind and WAN role); among those the
+//! mode decides. So a backup WAN carries nothing while a primary is up, and a relayed path nothing while a
+//! direct one over an equal WAN is up.
+
+use crate::path_rank::{self, PathRank};
 
 /// Queueing delay beyond which `LowestRtt` spills to other paths.
 pub const SPILL_QUEUE_DELAY_US: u64 = 5_000;
@@ -49,12 +53,12 @@ impl std::str::FromStr for Mode {
 /// What the scheduler knows of one path at the moment of choosing.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PathView {
-    pub up: bool,
-    pub backup: bool,
+    /// Up or down, WAN role and route kind: which paths may be used at all.
+    pub rank: PathRank,
     pub srtt_us: u64,
     /// Lowest RTT seen on the path (0: unknown): what the RTT is without queues.
     pub min_rtt_us: u64,
-    /// Estimated delivery rate (bits/s); 0 if unknown.
+    /// Delivery rate (bits/s) the path's acks have shown lately; 0 if unknown.
     pub rate_bps: u64,
     /// Bytes waiting in this path's send queue.
     pub queued_bytes: u64,
@@ -103,11 +107,8 @@ pub enum Choice {
 }
 
 fn usable(paths: &[PathView]) -> Vec<usize> {
-    let primaries: Vec<usize> = (0..paths.len()).filter(|&i| paths[i].up && !paths[i].backup).collect();
-    if !primaries.is_empty() {
-        return primaries;
-    }
-    (0..paths.len()).filter(|&i| paths[i].up && paths[i].backup).collect()
+    let ranks: Vec<PathRank> = paths.iter().map(|p| p.rank).collect();
+    path_rank::usable(&ranks)
 }
 
 fn earliest_arrival(paths: &[PathView], candidates: &[usize], len: u64) -> Choice {
@@ -146,8 +147,7 @@ mod tests {
 
     fn path(rate_mbit: u64, rtt_ms: u64) -> PathView {
         PathView {
-            up: true,
-            backup: false,
+            rank: PathRank { up: true, ..PathRank::default() },
             srtt_us: rtt_ms * 1000,
             min_rtt_us: rtt_ms * 1000,
             rate_bps: rate_mbit * 1_000_000,
@@ -217,14 +217,27 @@ mod tests {
 
     #[test]
     fn redundant_uses_every_up_path_and_backup_only_without_primaries() {
-        let mut paths = [path(10, 10), path(10, 20), PathView { backup: true, ..path(10, 5) }];
+        let mut paths = [path(10, 10), path(10, 20), path(10, 5)];
+        paths[2].rank.backup = true;
         assert_eq!(choose(Mode::Redundant, &paths, 100), Choice::Each(vec![0, 1]));
         assert_eq!(choose(Mode::Aggregate, &paths, 100), Choice::One(0));
-        paths[0].up = false;
-        paths[1].up = false;
+        paths[0].rank.up = false;
+        paths[1].rank.up = false;
         assert_eq!(choose(Mode::Aggregate, &paths, 100), Choice::One(2));
-        paths[2].up = false;
+        paths[2].rank.up = false;
         assert_eq!(choose(Mode::Aggregate, &paths, 100), Choice::Drop);
+    }
+
+    #[test]
+    fn a_relayed_path_waits_while_a_direct_one_is_up() {
+        use crate::path_rank::PathKind;
+        let mut paths = [path(10, 50), path(100, 10)];
+        paths[1].rank.kind = PathKind::Relayed { via: [1; 32] };
+        // The relayed path is faster, but the direct one ranks first: only it carries traffic.
+        assert_eq!(choose(Mode::Redundant, &paths, 100), Choice::Each(vec![0]));
+        assert_eq!(choose(Mode::LowestRtt, &paths, 100), Choice::One(0));
+        paths[0].rank.up = false;
+        assert_eq!(choose(Mode::Aggregate, &paths, 100), Choice::One(1));
     }
 
     #[test]

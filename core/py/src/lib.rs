@@ -3,11 +3,13 @@
 
 use std::sync::Mutex;
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use quicether_io::delayline::{DelayLine as IoDelayLine, DelaySettings};
-use quicether_io::node::{Congestion, Event, Node as IoNode, NodeConfig, PeerConfig, PeerStats, WanConfig};
+use quicether_io::node::{
+    Congestion, Event, Node as IoNode, NodeConfig, PeerConfig, PeerError, PeerPolicy, PeerStats, WanConfig,
+};
 use quicether_io::tls;
 use quicether_proto::allowed_ips::Prefix;
 use quicether_proto::classify::Rule;
@@ -93,10 +95,21 @@ fn wan_config(arg: WanArg) -> PyResult<WanConfig> {
 
 fn peer_config(arg: PeerArg) -> PyResult<PeerConfig> {
     let (key, endpoint, allowed, bulk, realtime, rules) = arg;
-    let endpoint = match endpoint {
-        Some(e) => Some(e.parse().map_err(|_| PyValueError::new_err(format!("invalid endpoint {e:?}")))?),
-        None => None,
-    };
+    new_peer_config(&key, endpoint.into_iter().collect(), allowed, &bulk, &realtime, rules)
+}
+
+fn new_peer_config(
+    key: &[u8],
+    endpoints: Vec<String>,
+    allowed: Vec<String>,
+    bulk: &str,
+    realtime: &str,
+    rules: Vec<RuleArg>,
+) -> PyResult<PeerConfig> {
+    let endpoints = endpoints
+        .iter()
+        .map(|e| e.parse().map_err(|_| PyValueError::new_err(format!("invalid endpoint {e:?}"))))
+        .collect::<PyResult<Vec<_>>>()?;
     let allowed_ips =
         allowed.iter().map(|a| a.parse::<Prefix>()).collect::<Result<Vec<_>, _>>().map_err(PyValueError::new_err)?;
     let rules = rules
@@ -104,13 +117,18 @@ fn peer_config(arg: PeerArg) -> PyResult<PeerConfig> {
         .map(|(protocol, port, dscp, m)| Ok(Rule { protocol, port, dscp, mode: Some(mode(&m)?) }))
         .collect::<PyResult<Vec<_>>>()?;
     Ok(PeerConfig {
-        key: key32("peer key", &key)?,
-        endpoint,
+        key: key32("peer key", key)?,
+        endpoints,
         allowed_ips,
-        bulk_mode: mode(&bulk)?,
-        realtime_mode: mode(&realtime)?,
-        rules,
+        policy: PeerPolicy { bulk_mode: mode(bulk)?, realtime_mode: mode(realtime)?, rules },
     })
+}
+
+fn peer_error(e: PeerError) -> PyErr {
+    match e {
+        PeerError::Unknown => PyKeyError::new_err(e.to_string()),
+        PeerError::AlreadyExists | PeerError::Stopped => PyValueError::new_err(e.to_string()),
+    }
 }
 
 fn os_error(e: std::io::Error) -> PyErr {
@@ -175,6 +193,53 @@ impl Node {
     /// Closes the WAN's paths at once and stops dialing from it; False if there was no such WAN.
     fn remove_wan(&self, name: &str) -> PyResult<bool> {
         self.with(|n| n.remove_wan(name))
+    }
+
+    /// Adds a peer at run time (ValueError if its key is already there or an argument is bad): dials it at
+    /// `endpoints` from every WAN, routes `allowed_ips` to it, lets its key handshake with us.
+    #[pyo3(signature = (key, endpoints, allowed_ips, mode, realtime_mode, classes))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_peer(
+        &self,
+        py: Python<'_>,
+        key: &[u8],
+        endpoints: Vec<String>,
+        allowed_ips: Vec<String>,
+        mode: &str,
+        realtime_mode: &str,
+        classes: Vec<RuleArg>,
+    ) -> PyResult<()> {
+        let cfg = new_peer_config(key, endpoints, allowed_ips, mode, realtime_mode, classes)?;
+        let guard = self.inner.lock().unwrap();
+        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
+        py.detach(|| node.add_peer(cfg)).map_err(peer_error)
+    }
+
+    /// Changes a peer in place (its paths stay up); KeyError if there is no such peer.
+    #[pyo3(signature = (key, endpoints, allowed_ips, mode, realtime_mode, classes))]
+    #[allow(clippy::too_many_arguments)]
+    fn update_peer(
+        &self,
+        py: Python<'_>,
+        key: &[u8],
+        endpoints: Vec<String>,
+        allowed_ips: Vec<String>,
+        mode: &str,
+        realtime_mode: &str,
+        classes: Vec<RuleArg>,
+    ) -> PyResult<()> {
+        let cfg = new_peer_config(key, endpoints, allowed_ips, mode, realtime_mode, classes)?;
+        let guard = self.inner.lock().unwrap();
+        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
+        py.detach(|| node.update_peer(cfg)).map_err(peer_error)
+    }
+
+    /// Removes a peer: closes its paths, drops its routes, refuses its key from now on. False if unknown.
+    fn remove_peer(&self, py: Python<'_>, key: &[u8]) -> PyResult<bool> {
+        let key = key32("peer key", key)?;
+        let guard = self.inner.lock().unwrap();
+        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
+        Ok(py.detach(|| node.remove_peer(&key)))
     }
 
     /// This node's Ed25519 public key (32 bytes).
