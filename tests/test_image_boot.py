@@ -1,9 +1,11 @@
-"""Boot test of the x86_64 appliance image (scripts/build-image.sh) in qemu: a LAN host gets a DHCP
-lease from it, the web UI answers at http://192.168.50.1/, SSH with the test key works and runs
-`quicether status`, the WAN port got its address from the ISP by DHCP, no unit failed on the read-only
-root. Then upgrades from "USB sticks": a broken system (an empty file system) written to slot b does not
-start and slot a comes back; the real root.img written to slot b starts and confirms itself — and the
-config and node key are kept throughout.
+"""Boot test of the x86_64 appliance image (scripts/build-image.sh) in qemu: a LAN host gets a DHCP lease from
+it, the web UI answers at http://192.168.50.1/, SSH with the test key works and runs `quicether status`, the
+WAN port got its address from the ISP by DHCP, no unit failed on the read-only root. The web UI's one-time
+setup code is the same on the console, in its login banner, on the EFI partition and from `quicether
+setup-code`; the wizard refuses a wrong one and another Host name, takes the right one, and the code is gone
+everywhere after. Then upgrades from "USB sticks": a broken system (an empty file system) written to slot b
+does not start and slot a comes back; the real root.img written to slot b starts and confirms itself — and
+the config and node key are kept throughout.
 
 scripts/test builds the image with a test key and sets QE_IMAGE and QE_IMAGE_KEY; without them (pytest run
 by hand) the test is skipped, since building the image takes minutes."""
@@ -11,6 +13,7 @@ by hand) the test is skipped, since building the image takes minutes."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +29,8 @@ KEY = os.environ.get("QE_IMAGE_KEY")
 # Software emulation on a 2-core machine: firmware, kernel and systemd take 30 s to two minutes.
 BOOT_TIMEOUT_S = 300
 GATEWAY_ID = "qe1aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypq"  # any valid node id
+UI = "http://192.168.50.1"
+PASSWORD = "boot test admin password"
 
 
 def _ssh(vm: ApplianceLab, command: str) -> subprocess.CompletedProcess[str]:
@@ -50,11 +55,29 @@ def _wait_booted(vm: ApplianceLab, tmp_path: Path) -> float:
     booted = time.monotonic() - start
     page = None
     while time.monotonic() - start < BOOT_TIMEOUT_S and page is None:
-        page = curl(vm.lan, "http://192.168.50.1/setup/", timeout=5)
+        page = curl(vm.lan, f"{UI}/healthz", timeout=5)
         if page is None:
             time.sleep(2)
-    assert page is not None and "Welcome to QuicEther" in page
+    assert page is not None and '"ok":true' in page.replace(" ", "")
     return booted
+
+
+def _http(vm: ApplianceLab, path: str, *args: str) -> tuple[str, str]:
+    """(status code, body) of a request from the LAN host; `args` are more curl options."""
+    out = vm.lan.run("curl", "-s", "--max-time", "20", "-w", "\n%{http_code}", *args, f"{UI}{path}", check=False,
+                     timeout=30).stdout
+    body, _, status = out.rpartition("\n")
+    return status, body
+
+
+def _set_password(vm: ApplianceLab, code: str, jar: Path) -> str:
+    """Sends the wizard's first step (setup code and password) as a browser would; the answer's status."""
+    status, page = _http(vm, "/setup/", "-c", str(jar), "-b", str(jar))
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert status == "200" and token and "Welcome to QuicEther" in page, (status, page[-500:])
+    form = {"csrf_token": token.group(1), "setup_code": code, "password": PASSWORD, "confirm": PASSWORD}
+    return _http(vm, "/setup/", "-o", "/dev/null", "-c", str(jar), "-b", str(jar),
+                 *[arg for key, value in form.items() for arg in ("--data-urlencode", f"{key}={value}")])[0]
 
 
 @pytest.mark.skipif(not IMAGE, reason="set QE_IMAGE (scripts/test builds the image and sets it)")
@@ -79,6 +102,21 @@ def test_image_boots_serves_the_lan_and_upgrades_keeping_its_config(lab: Lab, tm
                          "BatchMode=yes", "-o", "PubkeyAuthentication=no", "root@192.168.50.1", "true",
                          check=False, timeout=30)
     assert refused.returncode != 0  # no password logins
+    # The setup code: one code, where the owner looks (console, its login banner, the EFI partition, SSH).
+    code = _ssh(vm, "quicether setup-code").stdout.strip()
+    assert re.fullmatch(r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}", code), code
+    assert f"web UI setup code: {code}" in vm.console_text()
+    assert code in _ssh(vm, "cat /boot/efi/quicether-setup-code.txt").stdout
+    assert code in _ssh(vm, "cat /etc/issue.d/50-quicether-setup-code.issue").stdout
+    # The web UI: only for its own names; the first password only with the code, which is then used up.
+    assert _http(vm, "/setup/", "-H", "Host: evil.example")[0] == "400"
+    assert _set_password(vm, "WRNG-WRNG-WRNG", tmp_path / "cookies") == "403"
+    assert _set_password(vm, code, tmp_path / "cookies") == "302"
+    assert _ssh(vm, "test -e /boot/efi/quicether-setup-code.txt").returncode == 1
+    assert _ssh(vm, "test -e /run/quicether/setup-code.issue").returncode == 1
+    gone = _ssh(vm, "quicether setup-code")
+    assert gone.returncode == 0 and gone.stdout == "" and "already set" in gone.stderr
+    assert _http(vm, "/setup/")[0] == "302"  # the wizard's first step is closed
     added = _ssh(vm, f"quicether add-peer gw {GATEWAY_ID} --allowed-ips 10.99.0.1/32 --endpoint 10.77.0.1:4433")
     assert added.returncode == 0, added.stderr
 

@@ -172,6 +172,14 @@ def test_first_password_needs_the_one_time_setup_code(client: FlaskClient, state
     assert again.status_code == 302 and "/login" in again.headers["Location"]
 
 
+def test_setting_the_password_removes_every_copy_of_the_code(client: FlaskClient, state: Path,
+                                                              tmp_path: Path) -> None:
+    esp = tmp_path / "boot-efi" / "quicether-setup-code.txt"  # as the appliance's firstboot writes it
+    assert setup_code.ensure(state, (esp,)) == _setup_code(client) and esp.exists()
+    _set_up(client)
+    assert not esp.exists() and not (state / setup_code.CODE_FILE).exists()
+
+
 def test_wrong_setup_codes_count_against_the_login_limit(client: FlaskClient) -> None:
     code = _setup_code(client)
     for _ in range(throttle.MAX_FAILURES):
