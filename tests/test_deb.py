@@ -1,0 +1,212 @@
+"""The Debian package (scripts/build-deb) on a fresh Debian 12: `apt install ./quicether_….deb` in a root made
+by mmdebstrap resolves its dependencies from Debian's mirror; `quicether gateway init` there, in a lab
+namespace on the "internet", makes it a gateway (first with --no-start, then again: it keeps what exists,
+starts the unit, finds the QUIC port answering); a lab site (this checkout's quicether) joins with the
+printed invite, is admitted with the add-peer line it printed, and its LAN host reaches the internet
+through the gateway (curl sees the gateway's address, iperf3 passes). A newer-version package keeps the
+node id and config and restarts the daemon; `apt remove` stops it and leaves nothing in nft, `ip rule` or
+the routes; `apt purge` removes config and state. Lintian finds no errors.
+
+    lan 10.0.50.10 ── site (router ns, repo's quicether) ─wan0─ isp0 ── internet ─┬─ gateway 198.18.0.2
+                                                                                  │  (the package, chroot)
+                                                                                  └─ server 198.18.0.3
+
+scripts/test builds the package and sets QE_DEB (the wheel it was made from lies next to it); without it
+(pytest run by hand) these tests are skipped: see `scripts/build-deb --help`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab import Lab, LinkSpec, build_wan_lab
+from tests.lab import nodes as qe
+from tests.lab.debroot import DebRoot, progress
+from tests.lab.measure import iperf, start_iperf_server, wait_for
+from tests.lab.netns import LabError
+from tests.lab.sites import HTTP_PORT, curl, router_snapshot, start_whoami
+from tests.lab.topology import LAN_PREFIX, REPO_ROOT
+
+DEB = os.environ.get("QE_DEB")
+pytestmark = pytest.mark.skipif(not DEB, reason="QE_DEB not set (scripts/test builds the package)")
+PID_FILE = "/run/systemctl-standin/quicether.service.pid"
+DAEMON_LOG = "/var/log/quicether.service.log"
+CONFIG = "/etc/quicether/quicether.toml"
+KEY = "/var/lib/quicether/node.key"
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (the stand-in's daemon is reaped by whatever init this machine has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pid(root: DebRoot) -> int | None:
+    """The daemon's pid, as the systemctl stand-in knows it, if it runs."""
+    path = root.file(PID_FILE)
+    pid = int(path.read_text()) if path.exists() else None
+    return pid if pid is not None and _alive(pid) else None
+
+
+def _log(root: DebRoot) -> str:
+    path = root.file(DAEMON_LOG)
+    return path.read_text()[-3000:] if path.exists() else "(no daemon log)"
+
+
+def _newer_package(deb: Path, out: Path) -> Path:
+    """The same build as a newer version, from the wheel scripts/build-deb left next to the package."""
+    version = deb.name.split("_")[1]
+    wheels = sorted(deb.parent.glob("quicether-*.whl"))
+    assert wheels, f"no wheel next to {deb}"
+    subprocess.run([str(REPO_ROOT / "scripts" / "build-deb"), "--wheel", str(wheels[-1]), "--version",
+                    f"{version}+test1", "--out", str(out)], check=True, capture_output=True, text=True, timeout=300)
+    return next(out.glob(f"quicether_{version}+test1_*.deb"))
+
+
+def _start_site(node: qe.NodeSpec) -> None:
+    """Starts the site's daemon on the config `quicether join` wrote (qe.start would rewrite it)."""
+    log = open(node.state_dir / "daemon.log", "a")  # noqa: SIM115 - lives as long as the process
+    node.proc = node.ns.popen([sys.executable, "-m", "quicether", "up", "-c", str(node.config_path)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    wait_for(lambda: _answers(node), timeout=10)
+
+
+def _answers(node: qe.NodeSpec) -> bool:
+    assert node.proc is not None
+    if node.proc.poll() is not None:
+        raise LabError(f"{node.name} exited {node.proc.returncode}: {qe.read_log(node)}")
+    try:
+        node.status()
+    except OSError:
+        return False
+    return True
+
+
+def _connected(node: qe.NodeSpec) -> bool:
+    peers = node.status()["peers"]
+    return bool(peers) and all(p["connected"] for p in peers)
+
+
+def test_lintian_finds_no_errors() -> None:
+    assert DEB
+    started = time.monotonic()
+    proc = subprocess.run(["lintian", "--fail-on", "error", "--no-tag-display-limit", DEB], capture_output=True,
+                          text=True, timeout=600)
+    progress(f"lintian: {time.monotonic() - started:.0f}s")
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("E:")]
+    assert proc.returncode == 0 and not errors, proc.stdout + proc.stderr
+
+
+def test_install_gateway_init_join_upgrade_remove_purge(lab: Lab, tmp_path: Path) -> None:
+    assert DEB
+    deb = Path(DEB)
+    t0 = time.monotonic()
+    wl = build_wan_lab(lab, [LinkSpec(rate_mbit=200, delay_ms=4)], lan_static=False,
+                       internet_hosts=("gateway", "server"), policy_routing=False)
+    gw_ns, server, lan = wl.host("gateway"), wl.host("server"), wl.lan
+    assert lan is not None
+    gw_addr = wl.addr("gateway")
+
+    # A fresh Debian 12 and the package, its dependencies from the mirror.
+    root = DebRoot.create(tmp_path / "root")
+    lab.on_close(root.remove)
+    shutil.copy(deb, root.file("/root/"))
+    progress(f"debian root unpacked ({time.monotonic() - t0:.0f}s); apt-get install ./{deb.name}")
+    root.apt("update")
+    root.apt("install", f"/root/{deb.name}")
+    assert root.run("dpkg-query", "-W", "-f", "${Status}", "quicether").stdout == "install ok installed"
+    assert "(core " in root.run("quicether", "version").stdout
+    assert root.file(CONFIG).exists() and not root.file(KEY).exists()
+    assert _pid(root) is None  # a fresh install starts nothing: there is no config yet
+    progress(f"installed ({time.monotonic() - t0:.0f}s); quicether gateway init --no-start")
+
+    # gateway init, first without starting: key, config, forwarding, invite.
+    before = router_snapshot(gw_ns)
+    first = root.run("quicether", "gateway", "init", "--no-start", ns=gw_ns).stdout
+    assert "node key: created" in first and f"internet port: eth0 ({gw_addr}" in first
+    assert "daemon: not started (--no-start)" in first and "SSH" in first
+    assert f"public endpoint: {gw_addr}:4433" in first
+    code = next(line for line in first.splitlines() if line.startswith("qei1."))
+    assert "█" in first  # the QR code (qrencode came as a Recommends)
+    assert "quicether add-peer SITE-NAME" in first
+    config = root.file(CONFIG).read_text()
+    assert 'role = "gateway"' in config and 'internet = "eth0"' in config
+    assert "net.ipv4.ip_forward = 1" in root.file("/etc/sysctl.d/60-quicether.conf").read_text()
+    key = root.file(KEY).read_bytes()
+
+    # Again, starting it: nothing changes, the unit is enabled and started, the QUIC port answers.
+    again = root.run("quicether", "gateway", "init", ns=gw_ns).stdout
+    assert "node key: " in again and "exists" in again and "config: " in again and "kept" in again
+    assert "quicether.service: enabled, started" in again, again
+    assert "QUIC port: udp 4433 answers locally" in again, _log(root)
+    assert code in again and root.file(CONFIG).read_text() == config and root.file(KEY).read_bytes() == key
+    node_id = root.run("quicether", "pubkey").stdout.strip()
+    progress(f"gateway running ({time.monotonic() - t0:.0f}s); a lab site joins")
+
+    # A site joins with the invite and is admitted with the line it printed.
+    site = qe.make_node(wl.router, "site-a", "", tmp_path)
+    site.wans = [{"device": wl.wans[0].router_if, "gateway": wl.wans[0].isp_addr}]
+    site.sections["lan"] = {"device": "lan", "address": f"{LAN_PREFIX}.1/24", "dhcp": False, "dns": False}
+    site.write_config()
+    lab.on_close(lambda: site.proc.kill() if site.proc else None)
+    joined = wl.router.run(sys.executable, "-m", "quicether", "join", code, "--exit", "-c",
+                           str(site.config_path)).stdout
+    line = re.search(r"quicether add-peer SITE-NAME (qe1\w+) --allowed-ips (\S+)", joined)
+    assert line and line.group(1) == site.node_id, joined
+    admitted = root.run("quicether", "add-peer", "site-a", line.group(1), "--allowed-ips", line.group(2), ns=gw_ns,
+                        check=False)
+    assert admitted.returncode == 0 and "peer site-a written" in admitted.stdout, \
+        admitted.stdout + admitted.stderr + _log(root)
+    _start_site(site)
+    wait_for(lambda: _connected(site), timeout=20)
+    lan.ip("addr", "add", f"{LAN_PREFIX}.10/24", "dev", "eth0")
+    lan.ip("route", "add", "default", "via", f"{LAN_PREFIX}.1")
+
+    # The LAN host's internet traffic leaves through the gateway.
+    lab.on_close(start_whoami(server).kill)
+    assert curl(lan, f"http://{wl.addr('server')}:{HTTP_PORT}/") == gw_addr, _log(root)
+    start_iperf_server(server)
+    result = iperf(lan, wl.addr("server"), seconds=3)
+    progress(f"iperf3 through the gateway: {result.mbit_s:.0f} Mbit/s ({time.monotonic() - t0:.0f}s)")
+    assert result.mbit_s > 20
+    assert "peer site-a" in root.run("quicether", "status", ns=gw_ns).stdout
+
+    # Upgrade: same key and config, the daemon restarted.
+    newer = _newer_package(deb, tmp_path / "newer")
+    shutil.copy(newer, root.file("/root/"))
+    pid = _pid(root)
+    config = root.file(CONFIG).read_text()
+    root.apt("install", f"/root/{newer.name}", ns=gw_ns)
+    assert root.run("dpkg-query", "-W", "-f", "${Version}", "quicether").stdout == newer.name.split("_")[1]
+    new_pid = _pid(root)
+    assert new_pid is not None and new_pid != pid, _log(root)
+    assert root.file(KEY).read_bytes() == key and root.file(CONFIG).read_text() == config
+    assert root.run("quicether", "pubkey").stdout.strip() == node_id
+    wait_for(lambda: curl(lan, f"http://{wl.addr('server')}:{HTTP_PORT}/", timeout=2) == gw_addr, timeout=30,
+             step=0.5)
+    progress(f"upgraded to {newer.name}, daemon restarted, the site back ({time.monotonic() - t0:.0f}s)")
+
+    # Remove: the daemon stops and leaves nothing; config and key stay.
+    root.apt("remove", "quicether", ns=gw_ns)
+    assert _pid(root) is None and not _alive(new_pid)
+    after = router_snapshot(gw_ns)
+    assert "quicether" not in after["nft"], after["nft"]
+    assert after["rules"] == before["rules"] and after["routes"] == before["routes"]
+    assert "qe0" not in gw_ns.ip("-br", "link").stdout
+    assert root.file(KEY).read_bytes() == key and root.file(CONFIG).read_text() == config
+
+    # Purge: config and state gone.
+    root.apt("purge", "quicether", ns=gw_ns)
+    for path in ("/etc/quicether", "/var/lib/quicether", "/etc/sysctl.d/60-quicether.conf", "/usr/bin/quicether"):
+        assert not root.file(path).exists(), path
+    progress(f"removed and purged ({time.monotonic() - t0:.0f}s)")
