@@ -376,7 +376,7 @@ def run_init(opts: Options, out: TextIO = sys.stdout, run: Runner = _run,
     else:
         say("daemon: " + start_unit(config_changed, run))
         started = True
-        checked = quic_answers(port)
+        checked = quic_answers(port, timeout=QUIC_CHECK_TIMEOUT_S)
         say(f"QUIC port: udp {port} answers locally" if checked else
             f"QUIC port: udp {port} does not answer locally (see `journalctl -u {UNIT}`)")
     if not started:  # a daemon started some other way may run: a short look, no verdict if none answers
