@@ -521,7 +521,9 @@ def test_dashboard_survives_any_wan_name_a_peer_sends(client: FlaskClient, daemo
 def test_dashboard_without_a_daemon_says_so(client: FlaskClient) -> None:
     _set_up(client)
     response = client.get("/")
-    assert response.status_code == 503 and "daemon is not answering" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 503 and "daemon is not answering" in page
+    assert 'id="daemon-down" data-summary-url="/api/summary"' in page  # dashboard.js loads it again later
     assert client.get("/api/summary").status_code == 503
 
 

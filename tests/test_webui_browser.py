@@ -8,6 +8,7 @@ Without the lab: the dashboard in chromium against a stand-in daemon whose peer 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from werkzeug.serving import make_server
@@ -152,24 +154,44 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path)
 PEER_WAN_NAMES = ["wan0\r\n", "wan0\n", "a\x00b", "<img src=x onerror=alert(1)>", "x,y", "\u202eevil", "w" * 300]
 
 
+@contextlib.contextmanager
+def _served_ui(state: Path) -> Iterator[str]:
+    """The web UI on 127.0.0.1 (a free port) with its password set; yields its base URL."""
+    generate(state / "node.key")
+    config = state / "quicether.toml"
+    config.write_text(f'[node]\nstate_dir = "{state}"\n')
+    app = create_app(config, state, hosts=["127.0.0.1"])
+    with app.app_context():
+        auth.set_password(PASSWORD)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
 @pytest.fixture
 def served_dashboard(tmp_path: Path) -> Iterator[tuple[str, FakeDaemon]]:
-    """The web UI on 127.0.0.1 (a free port) with its password set, in front of a stand-in daemon."""
-    generate(tmp_path / "node.key")
-    config = tmp_path / "quicether.toml"
-    config.write_text(f'[node]\nstate_dir = "{tmp_path}"\n')
-    with FakeDaemon(tmp_path / "api.sock") as daemon:
-        app = create_app(config, tmp_path, hosts=["127.0.0.1"])
-        with app.app_context():
-            auth.set_password(PASSWORD)
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_port}", daemon
-        finally:
-            server.shutdown()
-            thread.join(5)
+    """The web UI in front of a stand-in daemon."""
+    with FakeDaemon(tmp_path / "api.sock") as daemon, _served_ui(tmp_path) as base:
+        yield base, daemon
+
+
+def _logged_in_page(browser: Any, base: str) -> Any:
+    page = browser.new_page()
+    page.set_default_timeout(10_000)
+    page.goto(f"{base}/login")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button:has-text(\"Log in\")")
+    return page
+
+
+def _local_chromium(pw: Any, home: Path) -> Any:
+    return pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"],
+                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home)})
 
 
 def test_dashboard_never_reloads_and_shows_any_wan_name_as_text(served_dashboard: tuple[str, FakeDaemon],
@@ -178,13 +200,8 @@ def test_dashboard_never_reloads_and_shows_any_wan_name_as_text(served_dashboard
 
     base, daemon = served_dashboard
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"],
-                                     env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path)})
-        page = browser.new_page()
-        page.set_default_timeout(10_000)
-        page.goto(f"{base}/login")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button:has-text(\"Log in\")")
+        browser = _local_chromium(pw, tmp_path)
+        page = _logged_in_page(browser, base)
         expect(page).to_have_url(f"{base}/")
         loads: list[str] = []
         page.on("framenavigated", lambda frame: loads.append(frame.url) if frame == page.main_frame else None)
@@ -208,4 +225,17 @@ def test_dashboard_never_reloads_and_shows_any_wan_name_as_text(served_dashboard
         expect(page.locator('[data-wan="wan9"] [data-field="state"]')).to_have_text("up")
         assert loads == [], loads
         page.screenshot(path=str(ARTIFACTS / "dashboard-hostile-names.png"), full_page=True)
+        browser.close()
+
+
+def test_a_dashboard_shown_while_the_daemon_restarts_comes_back(tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with _served_ui(tmp_path) as base, sync_playwright() as pw:
+        browser = _local_chromium(pw, tmp_path)
+        page = _logged_in_page(browser, base)
+        expect(page.locator("#error")).to_contain_text("daemon is not answering")
+        with FakeDaemon(tmp_path / "api.sock"):  # the daemon is back
+            expect(page.locator("#dashboard [data-wan-key]")).to_have_count(2)
+            expect(page.locator("#error")).to_have_count(0)
         browser.close()

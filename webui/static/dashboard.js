@@ -2,7 +2,20 @@
 // WAN's up/down rate (and the bond total) on its canvas. No libraries: the appliance may be offline.
 //
 // WAN names may come from a peer: cards are found by the key the server derives (never by a name), names
-// are set as text only, and a WAN that comes or goes adds or removes its card (the page never reloads).
+// are set as text only, and a WAN that comes or goes adds or removes its card (the page never reloads for
+// it; only a page rendered while the daemon was down loads again, once the daemon answers).
+(function () {
+  // Rendered while the daemon did not answer (it restarts to apply a change): load the page again, once,
+  // when it answers.
+  const down = document.getElementById("daemon-down");
+  if (down) {
+    const retry = () => fetch(down.dataset.summaryUrl, { cache: "no-store" })
+      .then((r) => { if (r.ok) window.location.reload(); else setTimeout(retry, 1000); })
+      .catch(() => setTimeout(retry, 1000));
+    setTimeout(retry, 1000);
+  }
+})();
+
 (function () {
   const root = document.getElementById("dashboard");
   if (!root) return;
