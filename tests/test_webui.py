@@ -296,6 +296,25 @@ def test_a_password_change_ends_every_session(client: FlaskClient, app: Flask) -
         assert old.get("/settings/").status_code == 302
 
 
+def test_changing_the_password_in_the_settings_ends_the_other_sessions(client: FlaskClient, app: Flask) -> None:
+    _set_up(client)
+    changer, other = _log_in(app), _log_in(app)
+    before = _session_id(changer)
+    form = {"current": PASSWORD, "password": "a new admin password", "confirm": "a new admin password"}
+    wrong = _post(changer, "/account/password", {**form, "current": "not the password"}, page="/settings/")
+    assert wrong.status_code == 302 and "current password is wrong" in changer.get("/settings/").get_data(as_text=True)
+    weak = _post(changer, "/account/password", {**form, "confirm": "different"}, page="/settings/")
+    assert weak.status_code == 302 and "two passwords differ" in changer.get("/settings/").get_data(as_text=True)
+    assert other.get("/settings/").status_code == 200  # nothing changed yet
+    changed = _post(changer, "/account/password", form, page="/settings/")
+    assert changed.status_code == 302 and changed.headers["Location"].endswith("/settings/#password")
+    assert "Every other session was logged out" in changer.get("/settings/").get_data(as_text=True)
+    assert _session_id(changer) != before
+    assert other.get("/settings/").status_code == 302 and client.get("/settings/").status_code == 302
+    assert _post(app.test_client(), "/login", {"password": PASSWORD}).status_code == 401
+    assert _post(app.test_client(), "/login", {"password": "a new admin password"}).status_code == 302
+
+
 def test_sessions_expire_when_idle_and_after_the_absolute_lifetime(client: FlaskClient, app: Flask) -> None:
     now = [1_000_000.0]
     app.session_interface.clock = lambda: now[0]  # type: ignore[attr-defined]

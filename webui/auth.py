@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, abort, current_app, flash, redirect, render_template, request, session, url_for
 
 from quicether import atomic, setup_code
 from webui import sessions
@@ -166,6 +166,7 @@ def init_app(app: Flask) -> None:
     app.session_interface = sessions.ServerSessionInterface(store)
     app.before_request(_guard)
     app.jinja_env.globals["csrf_token"] = csrf_token
+    app.jinja_env.globals["min_password_chars"] = MIN_PASSWORD_CHARS
 
     @app.errorhandler(400)
     def bad_request(error: Any) -> Any:
@@ -195,3 +196,23 @@ def login() -> Any:
 def logout() -> Any:
     session.clear()  # the server forgets the id: the cookie is worthless, also if it was copied
     return redirect(url_for("auth.login"))
+
+
+@bp.post("/account/password")
+def change_password() -> Any:
+    """Settings → admin password: needs the current one (under the guessing limit); ends every session but
+    this one, which continues under a new id."""
+    current, new = request.form.get("current", ""), request.form.get("password", "")
+    right = limited_check(lambda: check_password(current))
+    problem = password_problem(new, request.form.get("confirm", "")) if right else None
+    if right is None:
+        flash(LOCKED_OUT)
+    elif not right:
+        flash("Password not changed: the current password is wrong.")
+    elif problem:
+        flash(f"Password not changed: {problem}")
+    else:
+        set_password(new)
+        log_in()
+        flash("Password changed. Every other session was logged out.")
+    return redirect(url_for("settings.index") + "#password")
