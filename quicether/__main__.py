@@ -70,6 +70,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         while config is not None:  # once, and again after each reload request
             daemon = Daemon(config, load_identity(config.key_path), events)
             asyncio.run(daemon.run())
+            if daemon.failed:
+                return _fail(daemon.failed)
             config = daemon.reload_with
     except (ConfigError, IdentityError, LinkError, FirewallError) as exc:
         return _fail(str(exc))
@@ -173,7 +175,12 @@ def _reload_daemon(config: Config) -> None:
     except OSError:
         print("no daemon running: the change applies at the next `quicether up`", file=sys.stderr)
         return
-    print("daemon reloading" if answer.get("ok") else f"daemon refused: {answer.get('error')}", file=sys.stderr)
+    if not answer.get("ok"):
+        print(f"daemon refused: {answer.get('error')}", file=sys.stderr)
+    elif answer.get("reloading"):
+        print(f"daemon restarting its node ({', '.join(answer.get('restart', []))} changed)", file=sys.stderr)
+    else:
+        print(f"daemon applied: {'; '.join(answer.get('changes', [])) or 'nothing changed'}", file=sys.stderr)
 
 
 def _cmd_join(args: argparse.Namespace) -> int:

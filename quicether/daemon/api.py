@@ -3,7 +3,10 @@
 One request per connection: a JSON object with "cmd" on one line; the answer is one JSON line.
     {"cmd": "status"} → {"ok": true, "node": {...}, "peers": [...], "router": {...}}
     {"cmd": "events"} → {"ok": true, "events": [{"time", "level", "message"}, ...]}  (the recent log)
-    {"cmd": "reload"} → {"ok": true} and the daemon restarts its services with the config file re-read;
+    {"cmd": "reload"} → the config file is re-read and what changed is applied, then
+                        {"ok": true, "reloading": false, "changes": ["peer x added", …]};
+                        {"ok": true, "reloading": true, "restart": [fields]} if a setting of the node itself
+                        changed (listen, tun, address…): the daemon restarts its services just after answering;
                         {"ok": false, "error": "<file>: <field>: ..."} if the file is not valid (nothing changes)
 Unknown commands answer {"ok": false, "error": "..."}.
 """
@@ -12,15 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-Handler = Callable[[], dict[str, Any]]
+Handler = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]]
 REQUEST_TIMEOUT_S = 5.0
+# A reload waits for what it changes (a web UI or dnsmasq restart takes seconds on a small board).
+COMMAND_TIMEOUTS_S = {"reload": 30.0}
 
 
 class ApiServer:
@@ -52,7 +58,8 @@ class ApiServer:
                 if handler is None:
                     answer: dict[str, Any] = {"ok": False, "error": f"unknown command; known: {sorted(self.handlers)}"}
                 else:
-                    answer = {"ok": True, **handler()}
+                    result = handler()
+                    answer = {"ok": True, **(await result if inspect.isawaitable(result) else result)}
             except json.JSONDecodeError:
                 answer = {"ok": False, "error": "request is not JSON"}
             except ValueError as exc:  # a handler refusing the request (e.g. reload with a bad config)
@@ -82,10 +89,10 @@ def _answers(path: Path) -> bool:
     return True
 
 
-def request(path: Path, cmd: str, timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+def request(path: Path, cmd: str, timeout: float | None = None) -> dict[str, Any]:
     """Client side: sends one command, returns the answer. Raises OSError if no daemon answers."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
+        s.settimeout(timeout or COMMAND_TIMEOUTS_S.get(cmd, REQUEST_TIMEOUT_S))
         s.connect(str(path))
         s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
         data = b""

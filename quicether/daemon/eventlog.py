@@ -44,8 +44,13 @@ class EventLog(logging.Handler):
         self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=capacity)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append({"time": record.created, "level": record.levelname.lower(),
-                             "message": record.getMessage()})
+        entry = {"time": record.created, "level": record.levelname.lower(), "message": record.getMessage()}
+        # A state change the core or the daemon reported as an event (logged with extra={"event": kind}):
+        # the dashboard's event list shows these, not every log line.
+        kind = getattr(record, "event", None)
+        if isinstance(kind, str):
+            entry["event"] = kind
+        self.records.append(entry)
 
     def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self.records)[-limit:]

@@ -2,8 +2,10 @@
 traffic into the bond (falling back to the raw WANs when the exit peer is down, unless the kill switch is
 on), and the firewall, rebuilt whenever the set of WAN ports changes.
 
-Every step registers its undo on the daemon's exit stack before the next one runs, so a stop, or a failed
-start, leaves no address, rule, route, table or process behind.
+The router keeps what it added (forwarding, the LAN address, dnsmasq, the table, the web UI, the exit
+rule) and `stop` removes exactly that, also after a failed start, so nothing is left behind. A reload
+(`update`) redoes only the parts whose settings changed: the web UI that asked for it keeps running
+unless its own address or port changed.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+from pathlib import Path
 from typing import Any
 
 from quicether import _core
 from quicether.config import Config
 from quicether.daemon import dnsmasq
+from quicether.daemon.reload import ConfigDiff
 from quicether.daemon.webui_server import WebUiServer
 from quicether.net import lan as lan_net
 from quicether.net import nft
@@ -49,13 +53,24 @@ def resolve_acls(config: Config) -> list[nft.Acl]:
 
 
 class Router:
+    """Owns what the router adds to the system; `stop` removes exactly that, also after a partial start."""
+
     def __init__(self, config: Config, node: _core.Node) -> None:
         self.config = config
         self.node = node
         self.outside = [w.device for w in config.wans]
         self.exit_active = False
         self._exit_task: asyncio.Task[None] | None = None
-        self._exit_key = next((p.key for p in config.peers if config.lan and p.name == config.lan.exit_peer), None)
+        self._exit_key = self._find_exit_key(config)
+        self._forwarding_before: str | None = None
+        self._lan_address: tuple[str, str] | None = None   # (device, address) this daemon added
+        self._dnsmasq: dnsmasq.Dnsmasq | None = None
+        self._ui: WebUiServer | None = None
+        self._firewall = False
+
+    @staticmethod
+    def _find_exit_key(config: Config) -> bytes | None:
+        return next((p.key for p in config.peers if config.lan and p.name == config.lan.exit_peer), None)
 
     def _outside_ports(self) -> list[str]:
         """Ports facing the internet: the WANs and the gateway's internet port."""
@@ -77,42 +92,101 @@ class Router:
             internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=resolve_acls(cfg),
             acl_default=cfg.acl_default)
 
-    async def start(self, undo: contextlib.AsyncExitStack) -> None:
+    async def start(self) -> None:
         cfg = self.config
         if cfg.lan is not None or cfg.role == "gateway":
-            old = await asyncio.to_thread(lan_net.write_sysctl, "net.ipv4.ip_forward", "1")
-            undo.callback(lan_net.write_sysctl, "net.ipv4.ip_forward", old)
+            self._forwarding_before = await asyncio.to_thread(lan_net.write_sysctl, "net.ipv4.ip_forward", "1")
             # Loose reverse-path check on the tunnel: replies from the internet arrive there while the
             # main table would route their source out of a WAN.
             await asyncio.to_thread(lan_net.write_sysctl, f"net.ipv4.conf.{cfg.tun}.rp_filter", "2")
-        if cfg.lan is not None:
-            # The address is removed on stop if this daemon (or a crashed run of it, per the marker file)
-            # added it; an address the system configured itself is left alone.
-            marker = cfg.state_dir / "lan-address"
-            added = await asyncio.to_thread(lan_net.add_lan_address, cfg.lan.device, cfg.lan.address)
-            owned = f"{cfg.lan.device} {cfg.lan.address}"
-            if added or (marker.exists() and marker.read_text() == owned):
-                marker.write_text(owned)
-                undo.callback(marker.unlink, missing_ok=True)
-                undo.push_async_callback(asyncio.to_thread, lan_net.remove_lan_address, cfg.lan.device,
-                                         cfg.lan.address)
-            if cfg.lan.dhcp or cfg.lan.dns:
-                server = dnsmasq.Dnsmasq(cfg.lan, cfg.state_dir)
-                await server.start()
-                undo.push_async_callback(server.stop)
+        await self._add_lan_address()
+        await self._start_dnsmasq()
         await asyncio.to_thread(lan_net.remove_exit)
-        undo.push_async_callback(asyncio.to_thread, lan_net.remove_exit)
         # Firewall: replace any table a crashed run left, remove ours on the way out.
+        self._firewall = True
         await asyncio.to_thread(nft.apply, self.firewall())
-        undo.push_async_callback(asyncio.to_thread, nft.remove)
+        await self._start_ui()
+        await self._start_exit()
+
+    async def update(self, config: Config, changes: ConfigDiff) -> None:
+        """Applies a reload's changes to the router parts (the node itself stays as it is)."""
+        if changes.webui:
+            await self._stop_ui()
+        if changes.dnsmasq:
+            await self._stop_dnsmasq()
+        if changes.exit:
+            await self._stop_exit()
+        if changes.lan_address:
+            await self._remove_lan_address()
+        self.config = config
+        self._exit_key = self._find_exit_key(config)
+        if changes.lan_address:
+            await self._add_lan_address()
+        if changes.dnsmasq:
+            await self._start_dnsmasq()
+        # Cheap and atomic, and peers' allowed_ips feed ACLs and the exit: always rebuilt.
+        await asyncio.to_thread(nft.apply, self.firewall())
+        if changes.webui:
+            await self._start_ui()
+        if changes.exit:
+            await self._start_exit()
+
+    async def stop(self) -> None:
+        await self._stop_exit()
+        await self._stop_ui()
+        if self._firewall:
+            await asyncio.to_thread(nft.remove)
+            self._firewall = False
+        await self._stop_dnsmasq()
+        await self._remove_lan_address()
+        if self._forwarding_before is not None:
+            await asyncio.to_thread(lan_net.write_sysctl, "net.ipv4.ip_forward", self._forwarding_before)
+            self._forwarding_before = None
+
+    def _address_marker(self) -> Path:
+        return self.config.state_dir / "lan-address"
+
+    async def _add_lan_address(self) -> None:
+        lan = self.config.lan
+        if lan is None:
+            return
+        # The address is removed on stop if this daemon (or a crashed run of it, per the marker file)
+        # added it; an address the system configured itself is left alone.
+        marker = self._address_marker()
+        added = await asyncio.to_thread(lan_net.add_lan_address, lan.device, lan.address)
+        owned = f"{lan.device} {lan.address}"
+        if added or (marker.exists() and marker.read_text() == owned):
+            marker.write_text(owned)
+            self._lan_address = (lan.device, lan.address)
+
+    async def _remove_lan_address(self) -> None:
+        if self._lan_address is not None:
+            await asyncio.to_thread(lan_net.remove_lan_address, *self._lan_address)
+            self._address_marker().unlink(missing_ok=True)
+            self._lan_address = None
+
+    async def _start_dnsmasq(self) -> None:
+        lan = self.config.lan
+        if lan is not None and (lan.dhcp or lan.dns):
+            server = dnsmasq.Dnsmasq(lan, self.config.state_dir)
+            self._dnsmasq = server  # before start: a failed start still has its process reaped
+            await server.start()
+
+    async def _stop_dnsmasq(self) -> None:
+        if self._dnsmasq is not None:
+            await self._dnsmasq.stop()
+            self._dnsmasq = None
+
+    async def _start_ui(self) -> None:
+        cfg = self.config
         if cfg.lan is not None and cfg.webui.enabled:
-            ui = WebUiServer(cfg.path, cfg.state_dir, cfg.lan.ip, cfg.webui.port)
-            undo.push_async_callback(ui.stop)
-            await ui.start()
-        if cfg.lan is not None and self._exit_key is not None:
-            await self._update_exit()
-            self._exit_task = asyncio.get_running_loop().create_task(self._watch_exit())
-            undo.push_async_callback(self._stop_watch)
+            self._ui = WebUiServer(cfg.path, cfg.state_dir, cfg.lan.ip, cfg.webui.port)
+            await self._ui.start()
+
+    async def _stop_ui(self) -> None:
+        if self._ui is not None:
+            await self._ui.stop()
+            self._ui = None
 
     async def wans_changed(self, devices: list[str]) -> None:
         """The WAN manager found ports coming or going: the firewall's outside set follows."""
@@ -127,6 +201,20 @@ class Router:
             if peer["key"] == self._exit_key:
                 return bool(peer["connected"]) and any(p["up"] for p in peer["paths"])
         return False
+
+    async def _start_exit(self) -> None:
+        if self.config.lan is not None and self._exit_key is not None:
+            await self._update_exit()
+            self._exit_task = asyncio.get_running_loop().create_task(self._watch_exit())
+
+    async def _stop_exit(self) -> None:
+        if self._exit_task is not None:
+            self._exit_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._exit_task
+            self._exit_task = None
+        await asyncio.to_thread(lan_net.remove_exit)
+        self.exit_active = False
 
     async def _update_exit(self) -> None:
         assert self.config.lan is not None
@@ -149,12 +237,6 @@ class Router:
                 await self._update_exit()
             except Exception:  # noqa: BLE001 - keep watching; the next round retries
                 log.exception("updating the exit route")
-
-    async def _stop_watch(self) -> None:
-        if self._exit_task is not None:
-            self._exit_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._exit_task
 
     def status(self) -> dict[str, Any]:
         lan = self.config.lan

@@ -1,5 +1,7 @@
-"""The daemon in the foreground: starts the core node, configures the TUN device and routes, serves the
-local API, logs events, and on SIGTERM/SIGINT undoes all of it (TUN, routes, API socket).
+"""The daemon in the foreground: starts the core node, configures the TUN device, adds the peers (and
+their routes), starts the router and the WANs, serves the local API, logs events, and on SIGTERM/SIGINT
+undoes all of it (TUN, routes, rules, firewall, child processes, API socket). A reload applies the new
+config as a diff (quicether/daemon/reload.py): only what changed is redone.
 
 Start-up order is chosen so a failure at any step leaves nothing behind: each step registers its undo
 before the next one runs.
@@ -17,12 +19,15 @@ from typing import Any
 
 from quicether import _core
 from quicether.config import Config, ConfigError, load
+from quicether.daemon import reload
 from quicether.daemon.api import ApiServer
 from quicether.daemon.eventlog import EventLog
+from quicether.daemon.peers import PeerTable
 from quicether.daemon.router import Router
 from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
 from quicether.net import links
+from quicether.net.nft import FirewallError
 
 log = logging.getLogger("quicether")
 # Time between answering a reload request and stopping the services for it.
@@ -34,12 +39,15 @@ class Daemon:
         self.config = config
         self.identity = identity
         self.events = events
-        self.reload_with: Config | None = None  # set by a reload request: run again with this config
+        self.reload_with: Config | None = None  # set by a reload that needs a restart: run again with this
+        self.failed: str | None = None          # set when the node cannot go on (the TUN failed): exit non-zero
         self.node: _core.Node | None = None
-        self.routes: list[str] = []
+        self.peers: PeerTable | None = None
         self.router: Router | None = None
+        self.wans: WanManager | None = None
         self._names = {p.key: p.name for p in config.peers}
         self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
 
     def _peer_label(self, key: bytes | None) -> str:
         if key is None:
@@ -54,7 +62,7 @@ class Daemon:
         if self.node is None:
             return
         for event in self.node.events():
-            who = self._peer_label(event["key"])
+            who = self._peer_label(event.get("key"))
             kind = event["kind"]
             if kind == "peer_connected":
                 log.info("%s connected", who)
@@ -68,6 +76,11 @@ class Daemon:
                 log.warning("refused handshake from %s: %s", who, event["detail"])
             elif kind == "dial_failed":
                 log.warning("cannot reach %s from WAN %s: %s", who, event["wan"], event["detail"])
+            elif kind == "tun_failed":
+                # Nothing leaves the node any more: exit non-zero so systemd restarts the daemon.
+                self.failed = f"the TUN device {self.config.tun} failed: {event.get('detail')}"
+                log.error("%s; stopping", self.failed)
+                self._stop.set()
 
     def status(self) -> dict[str, Any]:
         node = self.node
@@ -99,17 +112,44 @@ class Daemon:
     def recent_events(self) -> dict[str, Any]:
         return {"events": self.events.recent() if self.events else []}
 
-    def request_reload(self) -> dict[str, Any]:
-        """Re-reads the config file; if it is valid, the services restart with it once this answer is sent."""
+    async def request_reload(self) -> dict[str, Any]:
+        """Re-reads the config file and applies what changed; a file that does not parse changes nothing
+        (ValueError: the API answers with the field at fault)."""
         try:
             new = load(self.config.path)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
-        self.reload_with = new
-        log.info("reloading with %s", new.path)
-        # Let the API answer reach the caller (the web UI) before the services go down.
-        asyncio.get_running_loop().call_later(RELOAD_DELAY_S, self._stop.set)
-        return {"reloading": True}
+        async with self._reload_lock:
+            changes = reload.diff(self.config, new)
+            if changes.restart:
+                log.info("reloading %s: %s changed, restarting the node", new.path, ", ".join(changes.restart))
+                self.reload_with = new
+                # Let the API answer reach the caller (the web UI) before the services go down.
+                asyncio.get_running_loop().call_later(RELOAD_DELAY_S, self._stop.set)
+                return {"reloading": True, "restart": changes.restart}
+            try:
+                await self._apply(new, changes)
+            except (OSError, ValueError, KeyError, links.LinkError, FirewallError) as exc:
+                log.error("reload of %s only partly applied: %s", new.path, exc)
+                raise ValueError(f"applying {new.path}: {exc}") from None
+            log.info("reloaded %s: %s", new.path, "; ".join(changes.changes) or "nothing changed")
+            return {"reloading": False, "changes": changes.changes}
+
+    async def _apply(self, new: Config, changes: reload.ConfigDiff) -> None:
+        assert self.peers is not None and self.router is not None
+        self._names.update({p.key: p.name for p in new.peers})
+        # Removed first: an allowed IP may move from a removed peer to a changed or added one.
+        for peer in changes.peers_removed:
+            await self.peers.remove(peer)
+        for peer in changes.peers_changed:
+            await self.peers.update(peer)
+        for peer in changes.peers_added:
+            await self.peers.add(peer)
+        if changes.wans and self.wans is not None:
+            await self.wans.update(new.wans, new.detect_wans)
+        await self.router.update(new, changes)
+        self.config = new
+        self._names = {p.key: p.name for p in new.peers}
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -121,35 +161,35 @@ class Daemon:
         async with contextlib.AsyncExitStack() as undo:
             undo.callback(os.close, read_fd)
             undo.callback(os.close, write_fd)
-            peers = [(p.key, p.endpoint, p.allowed_ips, p.mode, p.realtime_mode,
-                      [(c.protocol, c.port, c.dscp, c.mode) for c in p.classes]) for p in self.config.peers]
+            # Peers are added below, one by one, as a reload or the mesh adds them later.
             # With WANs configured, paths are dialed from each WAN as it comes up; without, from the listen socket.
             self.node = _core.Node(self.config.listen, self.config.tun, self.config.path_mtu, self.identity.seed,
-                                   peers, write_fd, [] if self.config.wans or self.config.detect_wans else None,
+                                   [], write_fd, [] if self.config.wans or self.config.detect_wans else None,
                                    self.config.congestion)
             undo.callback(self._close_node)
             loop.add_reader(read_fd, self._on_events, read_fd)
             undo.callback(loop.remove_reader, read_fd)
             # pyroute2's synchronous API runs its own event loop: call it from a worker thread.
             await asyncio.to_thread(links.configure_tun, self.config.tun, self.node.inner_mtu(), self.config.address)
-            self.routes = links.routes_for([ip for p in self.config.peers for ip in p.allowed_ips],
-                                           self.config.address)
-            undo.push_async_callback(asyncio.to_thread, links.remove_routes, self.config.tun, self.routes)
-            await asyncio.to_thread(links.add_routes, self.config.tun, self.routes)
+            self.peers = PeerTable(self.node, self.config.tun, self.config.address)
+            undo.push_async_callback(self.peers.stop)
+            for peer in self.config.peers:
+                await self.peers.add(peer)
             self.router = Router(self.config, self.node)
-            await self.router.start(undo)
+            undo.push_async_callback(self.router.stop)
+            await self.router.start()
             if self.config.wans or self.config.detect_wans:
                 lan = {self.config.lan.device} if self.config.lan else set()
-                wans = WanManager(self.node, self.config.wans, detect=self.config.detect_wans,
-                                  not_wans=frozenset({self.config.tun, *lan}), on_change=self.router.wans_changed)
-                undo.push_async_callback(wans.stop)
-                await wans.start()
+                self.wans = WanManager(self.node, self.config.wans, detect=self.config.detect_wans,
+                                       not_wans=frozenset({self.config.tun, *lan}), on_change=self.router.wans_changed)
+                undo.push_async_callback(self.wans.stop)
+                await self.wans.start()
             await api.start()
             undo.push_async_callback(api.stop)
             log.info("node %s listening on %s, %s mtu %d, %d peer(s)", self.identity.node_id,
                      self.node.local_addr(), self.config.tun, self.node.inner_mtu(), len(self.config.peers))
             await self._stop.wait()
-            log.info("reloading" if self.reload_with else "stopping")
+            log.info("restarting" if self.reload_with else "stopping")
 
     def _close_node(self) -> None:
         if self.node is not None:

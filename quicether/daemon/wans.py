@@ -37,27 +37,49 @@ class WanManager:
         self.not_wans = not_wans  # ports never detected as WANs: the LAN and the tunnel
         self.on_change = on_change
         self.active: dict[str, tuple[str, int]] = {}  # WAN name → (address its paths use, table index)
-        self._detected_index: dict[str, int] = {}     # detected WAN → its table index, fixed for the run
+        self._index: dict[str, int] = {}              # WAN name → its table index, kept while it is known
+        self._detected: set[str] = set()              # detected WAN ports (named after the port)
+        self._applied: dict[str, WanConfig] = {}      # active WAN → the settings it was added with
         self._monitor: socket.socket | None = None
         self._pending: asyncio.Task[None] | None = None
         self._again = False
 
     async def start(self) -> None:
         await asyncio.to_thread(wan_net.remove_all_policy_routes)
-        self._monitor = wan_net.netlink_monitor(routes=self.detect)
-        asyncio.get_running_loop().add_reader(self._monitor, self._on_netlink)
+        self._watch()
         await self.reconcile()
 
-    async def stop(self) -> None:
+    def _watch(self) -> None:
+        self._unwatch()
+        self._monitor = wan_net.netlink_monitor(routes=self.detect)
+        asyncio.get_running_loop().add_reader(self._monitor, self._on_netlink)
+
+    def _unwatch(self) -> None:
         if self._monitor is not None:
             asyncio.get_running_loop().remove_reader(self._monitor)
             self._monitor.close()
+            self._monitor = None
+
+    async def update(self, wans: list[WanConfig], detect: bool) -> None:
+        """A reload changed the [[wan]] entries or detect_wans: WANs whose settings changed or that are no
+        longer wanted are removed (and re-added with the new settings by the reconcile); the others keep
+        their paths."""
+        if detect != self.detect:
+            self.detect = detect
+            self._watch()
+        self.configured = wans
+        if not detect:
+            self._detected.clear()
+        await self.reconcile()
+
+    async def stop(self) -> None:
+        self._unwatch()
         if self._pending is not None:
             self._pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pending
         await asyncio.to_thread(wan_net.remove_all_policy_routes)
-        for wan in self.configured:
+        for wan in self._applied.values():
             if wan.rate_mbit is not None:
                 await asyncio.to_thread(wan_net.clear_rate_cap, wan.device)
 
@@ -65,7 +87,18 @@ class WanManager:
         """Every port that faces an ISP now: configured WANs (up or not) and detected ones that are active."""
         configured = [w.device for w in self.configured]
         # Detected ports are never configured ones (_wanted_wans skips those).
-        return configured + sorted(d for d in self._detected_index if d in self.active)
+        return configured + sorted(d for d in self._detected if d in self.active)
+
+    def _index_of(self, name: str) -> int:
+        """A table index for WAN `name`: the one it had, else the lowest one no known WAN holds, so a
+        reload that removes a WAN never moves another one's table."""
+        if name not in self._index:
+            taken = set(self._index.values())
+            self._index[name] = next(i for i in range(wan_net.MAX_WANS + 1) if i not in taken)
+            if self._index[name] >= wan_net.MAX_WANS:
+                del self._index[name]
+                raise ValueError(f"WAN {name}: more than {wan_net.MAX_WANS} WANs")
+        return self._index[name]
 
     def _on_netlink(self) -> None:
         assert self._monitor is not None
@@ -82,18 +115,19 @@ class WanManager:
         routes = lan_net.default_routes(set(self.not_wans))
         gateways = dict(routes)
         # A configured WAN without a gateway uses the one its default route names (a DHCP lease's router).
-        wans = [(replace(w, gateway=w.gateway or gateways.get(w.device)), i) for i, w in enumerate(self.configured)]
+        wans = [(replace(w, gateway=w.gateway or gateways.get(w.device)), self._index_of(w.name))
+                for w in self.configured]
         if not self.detect:
             return wans
         taken = {w.device for w in self.configured}
         for device, gateway in routes:
             if device in taken:
                 continue
-            if device not in self._detected_index:
-                self._detected_index[device] = len(self.configured) + len(self._detected_index)
+            if device not in self._detected:
+                self._detected.add(device)
                 log.info("port %s has a default route via %s: using it as a WAN", device, gateway or "-")
             wans.append((WanConfig(name=device, device=device, address=None, gateway=gateway, backup=False),
-                         self._detected_index[device]))
+                         self._index_of(device)))
         return wans
 
     async def reconcile(self) -> None:
@@ -106,16 +140,24 @@ class WanManager:
                       for (w, index), s in zip(wans, states, strict=True)}
             for name, (current, index) in list(self.active.items()):
                 entry = wanted.get(name)
-                if entry is not None and entry[2] == current:
+                applied = self._applied[name]
+                # A WAN keeps its paths while its address and settings (port, gateway, role, cap) stay.
+                if entry is not None and entry[2] == current and entry[0] == applied:
                     continue
-                reason = "no default route any more" if entry is None else (
-                    "no carrier" if not entry[3].carrier else "address gone or changed")
+                reason = ("not configured any more" if entry is None and name not in self._detected
+                          else "no default route any more" if entry is None
+                          else "settings changed" if entry[0] != applied
+                          else "no carrier" if not entry[3].carrier else "address gone or changed")
                 log.warning("WAN %s removed: %s", name, reason)
                 self.node.remove_wan(name)
                 del self.active[name]
+                del self._applied[name]
                 await asyncio.to_thread(wan_net.remove_policy_route, index, current)
-                if entry is not None and entry[0].rate_mbit is not None:
-                    await asyncio.to_thread(wan_net.clear_rate_cap, entry[0].device)
+                if applied.rate_mbit is not None:
+                    await asyncio.to_thread(wan_net.clear_rate_cap, applied.device)
+            for name in set(self._index) - set(wanted) - set(self.active):
+                del self._index[name]  # gone for good: its table index is free again
+                self._detected.discard(name)
             for name, (wan, index, address, _state) in wanted.items():
                 if address is None or name in self.active:
                     continue
@@ -128,6 +170,7 @@ class WanManager:
                         log.error("WAN %s: upload cap of %s Mbit/s not applied: %s", wan.name, wan.rate_mbit, exc)
                 self.node.add_wan((wan.name, wan.device, address, wan.backup, wan_net.wan_mark(index)))
                 self.active[name] = (address, index)
+                self._applied[name] = wan
                 log.info("WAN %s (%s) up with %s%s", wan.name, wan.device, address, ", backup" if wan.backup else "")
             if self.on_change is not None and self.devices() != before:
                 await self.on_change(self.devices())
