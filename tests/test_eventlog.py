@@ -30,3 +30,14 @@ def test_control_characters_from_the_network_cannot_forge_log_lines() -> None:
 def test_a_long_text_is_cut_and_plain_text_is_left_alone() -> None:
     assert escape_controls("WAN isp-a up (remote 198.18.0.2:4433)") == "WAN isp-a up (remote 198.18.0.2:4433)"
     assert len(escape_controls("x" * 10 * MAX_MESSAGE_CHARS)) == MAX_MESSAGE_CHARS + 1
+
+
+def test_state_changes_keep_their_event_kind_for_the_event_list() -> None:
+    logger = logging.getLogger("quicether.test-eventkind")
+    logger.propagate = False
+    events = EventLog()
+    logger.addHandler(events)
+    logger.setLevel(logging.INFO)
+    logger.info("peer gw: path on WAN wan0 up", extra={"event": "path_up"})
+    logger.info("a line that is not an event")
+    assert [e.get("event") for e in events.recent()] == ["path_up", None]

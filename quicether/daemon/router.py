@@ -228,7 +228,7 @@ class Router:
             self.exit_active = active
             log.info("LAN internet traffic %s", f"goes through peer {self.config.lan.exit_peer}" if peer_up
                      else "is held (kill switch): the exit peer is down" if active
-                     else "leaves by the WANs directly: the exit peer is down")
+                     else "leaves by the WANs directly: the exit peer is down", extra={"event": "exit_changed"})
 
     async def _watch_exit(self) -> None:
         while True:

@@ -63,23 +63,24 @@ class Daemon:
             return
         for event in self.node.events():
             who = self._peer_label(event.get("key"))
-            kind = event["kind"]
+            kind = str(event["kind"])
+            mark = {"event": kind}
             if kind == "peer_connected":
-                log.info("%s connected", who)
+                log.info("%s connected", who, extra=mark)
             elif kind == "path_up":
-                log.info("%s: path on WAN %s up (remote %s)", who, event["wan"], event["detail"])
+                log.info("%s: path on WAN %s up (remote %s)", who, event["wan"], event["detail"], extra=mark)
             elif kind == "path_down":
-                log.warning("%s: path on WAN %s down: %s", who, event["wan"], event["detail"])
+                log.warning("%s: path on WAN %s down: %s", who, event["wan"], event["detail"], extra=mark)
             elif kind == "peer_disconnected":
-                log.warning("%s disconnected: %s", who, event["detail"])
+                log.warning("%s disconnected: %s", who, event["detail"], extra=mark)
             elif kind == "handshake_refused":
-                log.warning("refused handshake from %s: %s", who, event["detail"])
+                log.warning("refused handshake from %s: %s", who, event["detail"], extra=mark)
             elif kind == "dial_failed":
-                log.warning("cannot reach %s from WAN %s: %s", who, event["wan"], event["detail"])
+                log.warning("cannot reach %s from WAN %s: %s", who, event["wan"], event["detail"], extra=mark)
             elif kind == "tun_failed":
                 # Nothing leaves the node any more: exit non-zero so systemd restarts the daemon.
                 self.failed = f"the TUN device {self.config.tun} failed: {event.get('detail')}"
-                log.error("%s; stopping", self.failed)
+                log.error("%s; stopping", self.failed, extra=mark)
                 self._stop.set()
 
     def status(self) -> dict[str, Any]:
@@ -132,7 +133,8 @@ class Daemon:
             except (OSError, ValueError, KeyError, links.LinkError, FirewallError) as exc:
                 log.error("reload of %s only partly applied: %s", new.path, exc)
                 raise ValueError(f"applying {new.path}: {exc}") from None
-            log.info("reloaded %s: %s", new.path, "; ".join(changes.changes) or "nothing changed")
+            log.info("reloaded %s: %s", new.path, "; ".join(changes.changes) or "nothing changed",
+                     extra={"event": "reloaded"})
             return {"reloading": False, "changes": changes.changes}
 
     async def _apply(self, new: Config, changes: reload.ConfigDiff) -> None:

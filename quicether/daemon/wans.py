@@ -148,7 +148,7 @@ class WanManager:
                           else "no default route any more" if entry is None
                           else "settings changed" if entry[0] != applied
                           else "no carrier" if not entry[3].carrier else "address gone or changed")
-                log.warning("WAN %s removed: %s", name, reason)
+                log.warning("WAN %s removed: %s", name, reason, extra={"event": "wan_removed"})
                 self.node.remove_wan(name)
                 del self.active[name]
                 del self._applied[name]
@@ -171,7 +171,8 @@ class WanManager:
                 self.node.add_wan((wan.name, wan.device, address, wan.backup, wan_net.wan_mark(index)))
                 self.active[name] = (address, index)
                 self._applied[name] = wan
-                log.info("WAN %s (%s) up with %s%s", wan.name, wan.device, address, ", backup" if wan.backup else "")
+                log.info("WAN %s (%s) up with %s%s", wan.name, wan.device, address, ", backup" if wan.backup else "",
+                         extra={"event": "wan_added"})
             if self.on_change is not None and self.devices() != before:
                 await self.on_change(self.devices())
             if not self._again:
