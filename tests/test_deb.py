@@ -197,8 +197,10 @@ def test_install_gateway_init_join_upgrade_remove_purge(lab: Lab, tmp_path: Path
     progress(f"upgraded to {newer.name}, daemon restarted, the site back ({time.monotonic() - t0:.0f}s)")
 
     # Remove: the daemon stops and leaves nothing; config and key stay.
-    root.apt("remove", "quicether", ns=gw_ns)
+    removed = root.apt("remove", "quicether", ns=gw_ns)
     assert _pid(root) is None and not _alive(new_pid)
+    assert "not empty" not in removed.stdout + removed.stderr  # byte-compiled files went with the package
+    assert not root.file("/usr/lib/quicether").exists() and not root.file("/usr/bin/quicether").exists()
     after = router_snapshot(gw_ns)
     assert "quicether" not in after["nft"], after["nft"]
     assert after["rules"] == before["rules"] and after["routes"] == before["routes"]
