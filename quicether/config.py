@@ -31,7 +31,8 @@
     mode = "redundant"
 
 Router settings (see quicether/router_config.py for every field): [lan] (appliance address, DHCP/DNS,
-exit peer, kill switch), [gateway] (exit to the internet, port forwards), [[acl]] rules, and in [node]:
+exit peer, kill switch), [gateway] (exit to the internet, port forwards), [[acl]] rules, [firewall] (more
+ports open from outside), and in [node]:
 role = "site" or "gateway", detect_wans, acl_default.
 """
 
@@ -49,6 +50,7 @@ from quicether.router_config import (
     AclRule,
     GatewayConfig,
     LanConfig,
+    OpenPort,
     WebUiConfig,
     check_keys,
     interface_name,
@@ -120,6 +122,7 @@ class Config:
     acls: list[AclRule] = field(default_factory=list)
     acl_default: str = "allow"
     webui: WebUiConfig = field(default_factory=WebUiConfig)
+    open_ports: list[OpenPort] = field(default_factory=list)
 
     @property
     def key_path(self) -> Path:
@@ -260,7 +263,7 @@ def parse(text: str, path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl", "webui"}, str(path))
+    check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl", "webui", "firewall"}, str(path))
     node = data.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
@@ -315,7 +318,7 @@ def parse(text: str, path: Path) -> Config:
                   state_dir=Path(node.get("state_dir", DEFAULT_STATE_DIR)), path_mtu=path_mtu,
                   congestion=str(congestion), peers=peers, wans=wans, role=router.role,
                   detect_wans=router.detect_wans, lan=router.lan, gateway=router.gateway, acls=router.acls,
-                  acl_default=router.acl_default, webui=router.webui)
+                  acl_default=router.acl_default, webui=router.webui, open_ports=router.open_ports)
 
 
 def load(path: Path) -> Config:

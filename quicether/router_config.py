@@ -30,6 +30,10 @@ node (quicether/config.py); every error names its field.
     port = 8080
     to = "10.0.50.10:80"
 
+    [firewall]
+    open = ["tcp/22"]              # more ports accepted from outside (WANs, the gateway's internet port)
+                                   # besides QUIC: e.g. SSH to a gateway VPS; none by default
+
     [webui]                        # the web UI, served on the LAN address only (needs [lan])
     enabled = true
     port = 80
@@ -114,6 +118,12 @@ class WebUiConfig:
 
 
 @dataclass(frozen=True)
+class OpenPort:
+    protocol: str   # "tcp" or "udp"
+    port: int
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     role: str
     detect_wans: bool
@@ -122,6 +132,7 @@ class RouterConfig:
     gateway: GatewayConfig | None
     acls: list[AclRule]
     webui: WebUiConfig
+    open_ports: list[OpenPort] = field(default_factory=list)
 
 
 def check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -299,5 +310,18 @@ def parse_router(data: dict[str, Any], node: dict[str, Any], peer_names: list[st
     check_keys(webui_raw, {"enabled", "port"}, f"{path}: webui")
     webui = WebUiConfig(enabled=_bool(webui_raw, "enabled", True, f"{path}: webui"),
                         port=_port(webui_raw.get("port", 80), f"{path}: webui.port"))
+    firewall_raw = _table(data.get("firewall", {}), f"{path}: firewall")
+    check_keys(firewall_raw, {"open"}, f"{path}: firewall")
+    opened = firewall_raw.get("open", [])
+    if not isinstance(opened, list):
+        raise ConfigError(f"{path}: firewall.open: expected a list like [\"tcp/22\"]")
     return RouterConfig(role=str(role), detect_wans=_bool(node, "detect_wans", False, f"{path}: node"),
-                        acl_default=str(acl_default), lan=lan, gateway=gateway, acls=acls, webui=webui)
+                        acl_default=str(acl_default), lan=lan, gateway=gateway, acls=acls, webui=webui,
+                        open_ports=[_open_port(o, f"{path}: firewall.open") for o in opened])
+
+
+def _open_port(value: object, where: str) -> OpenPort:
+    protocol, _, port = str(value).partition("/")
+    if protocol not in ("tcp", "udp") or not port.isdigit():
+        raise ConfigError(f"{where}: {value!r} is not like \"tcp/22\" or \"udp/5353\"")
+    return OpenPort(protocol, _port(int(port), where))

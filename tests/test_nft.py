@@ -142,3 +142,9 @@ to = "group:branches"
     assert acls[1] == Acl("allow", ["10.1.0.0/16"], [], None, None)
     branches = ["10.99.0.2/32", "10.0.80.0/24", "10.0.90.0/24"]
     assert acls[2] == Acl("deny", branches, branches, None, None)
+
+
+def test_ports_opened_in_the_config_are_accepted_from_outside_before_the_drop() -> None:
+    rules = _rules(Firewall(4433, "qe0", ["eth0"], open_ports=[("tcp", 22)]), "input")
+    ssh = next(i for i, r in enumerate(rules) if '"protocol": "tcp", "field": "dport"}}, "right": 22' in r)
+    assert rules[ssh].endswith('{"accept": null}]') and rules[-1].endswith('{"drop": null}]') and ssh < len(rules) - 1

@@ -4,6 +4,7 @@ broken file changes nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -14,7 +15,8 @@ from tests.lab import Lab, LinkSpec
 from tests.lab import nodes as qe
 from tests.lab.bond import BondLab, build_bond_lab
 from tests.lab.measure import longest_stall_s, start_iperf_server, wait_for
-from tests.lab.sites import router_snapshot
+from tests.lab.netns import Namespace
+from tests.lab.sites import LAN_PREFIX, build_sites_lab, curl, router_snapshot
 
 TWO_WANS = [LinkSpec(rate_mbit=40, delay_ms=10), LinkSpec(rate_mbit=40, delay_ms=20)]
 PEER_B_LAN = "10.0.70.0/24"
@@ -102,3 +104,38 @@ def test_peers_modes_and_wans_change_at_run_time_and_a_running_flow_never_notice
     qe.wait_connected(bond.site)
     assert bond.wait_paths_up(2)
     assert _snapshot(bond) == before
+
+
+def test_a_router_reload_redoes_only_the_changed_parts(lab: Lab, tmp_path: Path) -> None:
+    sites = build_sites_lab(lab, TWO_WANS, tmp_path)
+    sites.start_all()
+    site, router = sites.site_a, sites.wl.router
+    dnsmasq_before = _pids(router, "dnsmasq")
+    # A new web UI port: the answer comes first, then the UI moves; dnsmasq and the peers stay as they were.
+    site.sections["webui"] = {"port": 8080}
+    answer = _reload_node(site)
+    assert answer["ok"] and answer["changes"] == ["webui", "firewall"], answer
+    lan_ip = f"{LAN_PREFIX}.1"
+    wait_for(lambda: curl(router, f"http://{lan_ip}:8080/healthz", timeout=1) is not None, timeout=10)
+    assert curl(router, f"http://{lan_ip}:80/healthz", timeout=1) is None
+    assert _pids(router, "dnsmasq") == dnsmasq_before
+    # DNS settings: dnsmasq restarts, the web UI does not.
+    ui_before = _pids(router, "python")
+    site.sections["lan"]["dns_servers"] = []
+    assert _reload_node(site)["changes"] == ["dnsmasq", "firewall"]
+    assert _pids(router, "dnsmasq") != dnsmasq_before and _pids(router, "python") == ui_before
+    assert site.status()["peers"][0]["connected"]
+
+
+def _reload_node(node: qe.NodeSpec) -> dict[str, Any]:
+    node.write_config()
+    return api_reload(node)
+
+
+def _pids(ns: Namespace, name: str) -> list[str]:
+    found = []
+    for pid in ns.run("ip", "netns", "pids", ns.netns).stdout.split():
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                found.append(pid)
+    return sorted(found)

@@ -66,6 +66,9 @@ def test_gateway_with_exit_and_port_forward() -> None:
     ('[[acl]]\naction = "drop"\n', "acl[0].action: 'drop' is not allow or deny"),
     ('[[acl]]\naction = "deny"\nfrom = "nowhere"\n', "neither a peer name"),
     ('[[acl]]\naction = "deny"\nfrom = "group:none"\n', "neither a peer name, a peer group"),
+    ('[firewall]\nopen = ["ssh"]\n', "firewall.open: 'ssh' is not like"),
+    ('[firewall]\nopen = ["tcp/0"]\n', "firewall.open: must be a port number"),
+    ('[firewall]\nopen = "tcp/22"\n', "firewall.open: expected a list"),
 ])
 def test_bad_router_settings_name_their_field(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:

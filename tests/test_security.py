@@ -4,6 +4,7 @@ ISP side before any WAN is known, and from other sites through the tunnel."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,16 @@ def test_the_isp_side_reaches_nothing_before_any_wan_is_known(lab: Lab, tmp_path
 def test_other_sites_and_the_gateway_reach_neither_the_web_ui_nor_dns_through_the_tunnel(lab: Lab,
                                                                                       tmp_path: Path) -> None:
     sites = build_sites_lab(lab, TWO_WANS, tmp_path)
+    sites.gateway.sections["firewall"] = {"open": ["tcp/2222"]}
     sites.start_all()
     gateway = sites.gateway.ns
+    # The gateway's internet port takes QUIC and what [firewall] open lists (SSH on a VPS), nothing else.
+    for port in (2222, 2223):
+        lab.on_close(gateway.popen(["nc", "-lk", "-p", str(port)], stdout=-1, stderr=-1).kill)
+    time.sleep(0.2)
+    web, gw_addr = sites.wl.host("web"), sites.wl.addr("gateway")
+    assert web.run("nc", "-z", "-w", "2", gw_addr, "2222", check=False).returncode == 0
+    assert web.run("nc", "-z", "-w", "2", gw_addr, "2223", check=False).returncode != 0
     # The tunnel routes the gateway to site A's LAN address (ping answers) ...
     assert gateway.run("ping", "-c", "2", "-W", "2", LAN_IP, check=False).returncode == 0
     # ... but the router's web UI and DNS forwarder answer the LAN port only.

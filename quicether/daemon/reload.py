@@ -84,5 +84,5 @@ def _exit_view(config: Config) -> object:
 
 def _firewall_view(config: Config) -> object:
     # Peers count through the ACLs that name them (their allowed_ips and groups).
-    return (config.lan, config.gateway, config.acls, config.acl_default, config.webui,
+    return (config.lan, config.gateway, config.acls, config.acl_default, config.webui, config.open_ports,
             [(p.name, p.allowed_ips, p.groups) for p in config.peers] if config.acls else None)

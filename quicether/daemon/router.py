@@ -87,6 +87,7 @@ class Router:
             router=cfg.lan is not None,
             webui_port=cfg.webui.port if cfg.lan and cfg.webui.enabled else None,
             dns_from_peers=bool(cfg.lan and cfg.lan.dns_from_peers),
+            open_ports=[(o.protocol, o.port) for o in cfg.open_ports],
             kill_switch=bool(cfg.lan and cfg.lan.kill_switch),
             direct=cfg.lan.direct if cfg.lan else [],
             internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=resolve_acls(cfg),
@@ -109,9 +110,8 @@ class Router:
         await self._start_exit()
 
     async def update(self, config: Config, changes: ConfigDiff) -> None:
-        """Applies a reload's changes to the router parts (the node itself stays as it is)."""
-        if changes.webui:
-            await self._stop_ui()
+        """Applies a reload's changes to the router parts (the node itself stays as it is). A changed web UI
+        is left to `restart_ui`: the old one may be the very page waiting for this reload's answer."""
         if changes.dnsmasq:
             await self._stop_dnsmasq()
         if changes.exit:
@@ -126,10 +126,13 @@ class Router:
             await self._start_dnsmasq()
         # Cheap and atomic, and peers' allowed_ips feed ACLs and the exit: always rebuilt.
         await asyncio.to_thread(nft.apply, self.firewall())
-        if changes.webui:
-            await self._start_ui()
         if changes.exit:
             await self._start_exit()
+
+    async def restart_ui(self) -> None:
+        """The web UI again, with the current config's address and port (or none if it is disabled)."""
+        await self._stop_ui()
+        await self._start_ui()
 
     async def stop(self) -> None:
         await self._stop_exit()

@@ -48,6 +48,7 @@ class Daemon:
         self._names = {p.key: p.name for p in config.peers}
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._ui_restart: asyncio.Task[None] | None = None
 
     def _peer_label(self, key: bytes | None) -> str:
         if key is None:
@@ -135,7 +136,21 @@ class Daemon:
                 raise ValueError(f"applying {new.path}: {exc}") from None
             log.info("reloaded %s: %s", new.path, "; ".join(changes.changes) or "nothing changed",
                      extra={"event": "reloaded"})
+            if changes.webui:
+                # After this answer has reached the web UI that asked (it may be the one that restarts).
+                asyncio.get_running_loop().call_later(RELOAD_DELAY_S, self._restart_ui)
             return {"reloading": False, "changes": changes.changes}
+
+    async def _cancel_ui_restart(self) -> None:
+        if self._ui_restart is not None:
+            self._ui_restart.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ui_restart
+
+    def _restart_ui(self) -> None:
+        if self.router is not None:
+            self._ui_restart = asyncio.get_running_loop().create_task(self.router.restart_ui())
+            self._ui_restart.add_done_callback(_log_failure)
 
     async def _apply(self, new: Config, changes: reload.ConfigDiff) -> None:
         assert self.peers is not None and self.router is not None
@@ -179,6 +194,7 @@ class Daemon:
                 await self.peers.add(peer)
             self.router = Router(self.config, self.node)
             undo.push_async_callback(self.router.stop)
+            undo.push_async_callback(self._cancel_ui_restart)
             await self.router.start()
             if self.config.wans or self.config.detect_wans:
                 lan = {self.config.lan.device} if self.config.lan else set()
@@ -197,3 +213,8 @@ class Daemon:
         if self.node is not None:
             self.node.close()
             self.node = None
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("restarting the web UI failed: %s", exc)

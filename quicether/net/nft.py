@@ -13,7 +13,8 @@ Which ports are "outside" (`Firewall.router`):
   (its WANs and the gateway's internet port) and leaves the host's other ports to their owner.
 
 Rules (inputs in `Firewall`):
-- input on outside ports: established/related, IPv6 neighbour discovery and the QUIC port only.
+- input on outside ports: established/related, IPv6 neighbour discovery, the QUIC port and the ports of
+  `[firewall] open` only.
 - input from anywhere but the LAN port (and loopback): the web UI port and DNS are dropped (the tunnel
   too: other sites and the gateway reach neither, unless `dns_from_peers`).
 - forward: TCP MSS clamped to the route MTU into and out of the tunnel; established/related accepted;
@@ -80,6 +81,7 @@ class Firewall:
     router: bool = False                               # every port but lo, LAN and tunnel is outside
     webui_port: int | None = None                      # on the LAN address: reachable from the LAN port only
     dns_from_peers: bool = False                       # the LAN's DNS forwarder also answers the tunnel
+    open_ports: list[tuple[str, int]] = field(default_factory=list)  # (tcp|udp, port) accepted from outside
     kill_switch: bool = False
     direct: list[str] = field(default_factory=list)     # LAN destinations allowed past the kill switch
     internet: str | None = None                        # gateway: exit traffic is masqueraded out of here
@@ -143,7 +145,10 @@ def _input_rules(fw: Firewall) -> list[dict[str, Any]]:
         # Without neighbour discovery a WAN with IPv6 loses its link; these are link-local by definition.
         ndp = _match({"payload": {"protocol": "icmpv6", "field": "type"}}, {"set": list(NDP_TYPES)})
         rules += [_rule("input", outside, ESTABLISHED, ACCEPT), _rule("input", outside, ndp, ACCEPT),
-                  _rule("input", outside, quic, ACCEPT), _rule("input", outside, DROP)]
+                  _rule("input", outside, quic, ACCEPT)]
+        rules += [_rule("input", outside, _match({"payload": {"protocol": protocol, "field": "dport"}}, port), ACCEPT)
+                  for protocol, port in fw.open_ports]
+        rules.append(_rule("input", outside, DROP))
     if fw.lan:
         # The router's own services on the LAN address answer the LAN port only: not the tunnel (the
         # gateway and other sites), whose peers are trusted to route, not to administer this router.
