@@ -5,7 +5,11 @@ starts the unit, finds the QUIC port answering); a lab site (this checkout's qui
 printed invite, is admitted with the add-peer line it printed, and its LAN host reaches the internet
 through the gateway (curl sees the gateway's address, iperf3 passes). A newer-version package keeps the
 node id and config and restarts the daemon; `apt remove` stops it and leaves nothing in nft, `ip rule` or
-the routes; `apt purge` removes config and state. Lintian finds no errors.
+the routes; `apt purge` removes config and state. In that root systemd does not run: a stand-in
+(tests/lab/systemctl-standin.sh) takes the maintainer scripts' and gateway init's systemctl calls. The
+same root with systemd, booted by systemd-nspawn in a lab namespace, shows it under the real systemd:
+gateway init enables and starts the unit, an upgrade restarts it, remove stops it (nothing left), purge
+cleans up. Lintian finds no errors.
 
     lan 10.0.50.10 ── site (router ns, repo's quicether) ─wan0─ isp0 ── internet ─┬─ gateway 198.18.0.2
                                                                                   │  (the package, chroot)
@@ -212,3 +216,51 @@ def test_install_gateway_init_join_upgrade_remove_purge(lab: Lab, tmp_path: Path
     for path in ("/etc/quicether", "/var/lib/quicether", "/etc/sysctl.d/60-quicether.conf", "/usr/bin/quicether"):
         assert not root.file(path).exists(), path
     progress(f"removed and purged ({time.monotonic() - t0:.0f}s)")
+
+
+def test_under_systemd_init_starts_upgrade_restarts_remove_stops(lab: Lab, tmp_path: Path) -> None:
+    assert DEB
+    deb = Path(DEB)
+    t0 = time.monotonic()
+    gw_ns, upstream = lab.add_namespace("gw"), lab.add_namespace("up", forwarding=True)
+    lab.veth(gw_ns, "eth0", upstream, "down")
+    gw_ns.ip("addr", "add", "198.18.0.2/24", "dev", "eth0")
+    upstream.ip("addr", "add", "198.18.0.1/24", "dev", "down")
+    gw_ns.ip("route", "add", "default", "via", "198.18.0.1")
+    root = DebRoot.create(tmp_path / "root", standin=False)
+    lab.on_close(root.remove)
+    newer = _newer_package(deb, tmp_path / "newer")
+    for package in (deb, newer):
+        shutil.copy(package, root.file("/root/"))
+    root.apt("update")
+    root.apt("install", f"/root/{deb.name}", "systemd", "systemd-sysv", "dbus")
+    progress(f"systemd root ready ({time.monotonic() - t0:.0f}s); booting it (systemd-nspawn)")
+    container = root.boot(gw_ns, tmp_path / "console.log")
+    before = router_snapshot(gw_ns)
+    assert container.unit("UnitFileState") == "disabled" and container.unit("ActiveState") == "inactive"
+
+    out = container.run("quicether", "gateway", "init").stdout
+    assert "quicether.service: enabled, started" in out and "QUIC port: udp 4433 answers locally" in out, \
+        out + container.run("journalctl", "-u", "quicether", "--no-pager", check=False).stdout[-2000:]
+    assert container.unit("UnitFileState") == "enabled" and container.unit("ActiveState") == "active"
+    pid, node_id = container.unit("MainPID"), container.run("quicether", "pubkey").stdout.strip()
+    config = root.file(CONFIG).read_text()
+    progress(f"gateway init under systemd ({time.monotonic() - t0:.0f}s); upgrade, remove, purge")
+
+    container.run("apt-get", "install", "-y", "-q", f"/root/{newer.name}")
+    assert container.unit("ActiveState") == "active" and container.unit("MainPID") not in (pid, "0")
+    assert container.run("quicether", "pubkey").stdout.strip() == node_id and root.file(CONFIG).read_text() == config
+    assert "answers locally" in container.run("quicether", "gateway", "init").stdout
+
+    container.run("apt-get", "remove", "-y", "-q", "quicether")
+    assert container.unit("ActiveState") == "inactive"
+    after = router_snapshot(gw_ns)
+    assert "quicether" not in after["nft"] and after["rules"] == before["rules"]
+    assert after["routes"] == before["routes"] and "qe0" not in gw_ns.ip("-br", "link").stdout
+    assert root.file(CONFIG).read_text() == config and root.file(KEY).exists()
+
+    container.run("apt-get", "purge", "-y", "-q", "quicether")
+    for path in ("/etc/quicether", "/var/lib/quicether", "/etc/sysctl.d/60-quicether.conf",
+                 "/etc/systemd/system/multi-user.target.wants/quicether.service"):
+        assert not root.file(path).exists(), path
+    progress(f"under systemd: done ({time.monotonic() - t0:.0f}s)")
