@@ -361,7 +361,8 @@ def run_init(opts: Options, out: TextIO = sys.stdout, run: Runner = _run,
     # The firewall closes the internet port: say so before the daemon starts.
     say(f"firewall: while QuicEther runs, {internet.device} accepts only QUIC (udp {port}) and replies to "
         f"this host's own traffic; new SSH connections to {internet.address} are refused (open ones stay up). "
-        "Keep another way in (the provider's console, a second port, SSH through the tunnel from a site).")
+        "Keep another way in: the provider's console, a second port, or SSH to "
+        f"{config.address.split('/')[0]} through the tunnel from a site.")
     if os.environ.get("SSH_CONNECTION", "").split()[2:3] == [internet.address]:
         say(f"  warning: this session is SSH to {internet.address}: after it ends, SSH there is refused")
 
