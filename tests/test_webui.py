@@ -418,7 +418,9 @@ def _ports_step(client: FlaskClient, **changes: str) -> Any:
     ({"role_eth1": "lan"}, "Choose one LAN port"),
     ({"role_eth1": "unused", "role_eth2": "unused"}, "at least one WAN port"),
     ({"rate_eth1": "fast"}, "eth1: the rate cap must be a number"),
-    ({"rate_eth1": "-5"}, "between 0 and 100000"),
+    ({"rate_eth1": "-5"}, "between 0.1 and 10000"),
+    ({"rate_eth1": "0.0001"}, "between 0.1 and 10000"),  # tbf's rate would round to 0: a crash at start
+    ({"rate_eth1": "40000"}, "between 0.1 and 10000"),   # over tbf's 32-bit bytes/s
     ({"lan_address": "192.168.7.0/24"}, "not a usable host address"),
     ({"lan_address": "router"}, "is not like 192.168.50.1/24"),
 ])
@@ -442,7 +444,7 @@ def test_wizard_writes_the_cli_config_and_reloads_the_daemon(client: FlaskClient
                                                              state: Path) -> None:
     _set_up(client)
     assert _ports_step(client).status_code == 302
-    response = _post(client, "/setup/connect", {"invite": INVITE, "mode": "lowest-rtt"})
+    response = _post(client, "/setup/connect", {"invite": INVITE, "mode": "lowest-rtt", "use_exit": "on"})
     page = response.get_data(as_text=True)
     assert response.status_code == 200 and "daemon is applying the new settings" in page
     config = load(state / "quicether.toml")
@@ -453,6 +455,18 @@ def test_wizard_writes_the_cli_config_and_reloads_the_daemon(client: FlaskClient
     assert config.address is not None and config.address.startswith("10.99.0.") and config.address != "10.99.0.1/24"
     assert daemon.commands == ["reload"]
     assert f"--allowed-ips {config.address.split('/')[0]}/32,192.168.7.0/24" in page
+
+
+def test_the_wizard_routes_internet_traffic_through_the_gateway_only_when_asked(client: FlaskClient,
+                                                                                daemon: FakeDaemon,
+                                                                                state: Path) -> None:
+    _set_up(client)
+    assert _ports_step(client).status_code == 302
+    assert _post(client, "/setup/connect", {"invite": INVITE, "mode": "aggregate"}).status_code == 200
+    config = load(state / "quicether.toml")
+    # The invite offers an exit, but the box was not ticked: the gateway is a peer, not the exit.
+    assert config.lan is not None and config.lan.exit_peer is None
+    assert config.peers[0].node_id == GW_KEY and "0.0.0.0/0" not in config.peers[0].allowed_ips
 
 
 @pytest.mark.parametrize(("answer", "shown", "waits"), [
@@ -578,6 +592,11 @@ def test_settings_forms_change_the_config_or_explain_why_not(client: FlaskClient
                                             "remove_1": "on"}, page).status_code == 302
     assert [(w.device, w.backup) for w in load(state / "quicether.toml").wans] == [("eth1", True)]
     before = _config_text(state)
+    # Only ports this router has can become WANs: "*" would be an nftables wildcard matching every port.
+    for device in ("*", "eth9"):
+        refused = _post(client, "/settings/wans", {"role_0": "backup", "add_device": device}, page)
+        assert refused.status_code == 400 and "not a port of this router" in refused.get_data(as_text=True)
+    assert _config_text(state) == before
     bad_toml = _post(client, "/settings/toml", {"toml": "[node]\npath_mtu = 10\n"}, page)
     assert bad_toml.status_code == 400 and "node.path_mtu" in bad_toml.get_data(as_text=True)
     assert _config_text(state) == before

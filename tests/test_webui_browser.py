@@ -116,6 +116,7 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path)
         expect(page.locator("#error")).to_contain_text("the invite code is damaged")
         page.screenshot(path=str(ARTIFACTS / "wizard-3-bad-invite.png"), full_page=True)
         page.fill("textarea[name=invite]", invite)
+        page.check("input[name=use_exit]")  # the exit is the owner's explicit choice
         page.click("text=Apply")
         expect(page.locator("#outcome")).to_contain_text(re.compile("(applied|applying) the new settings"))
         expect(page.locator("#allow-command")).to_contain_text(site.node_id)

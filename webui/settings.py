@@ -104,7 +104,12 @@ def wans() -> Any:
                     raise ValueError(f"wan[{i}].rate_mbit: {rate!r} is not a number of Mbit/s") from None
             new.append(wan)
         if form.get("add_device"):
-            new.append({"device": form["add_device"], "role": "primary"})
+            device = form["add_device"]
+            # Only a port this machine has (the form offers those): anything else could be a name the
+            # kernel or nftables reads as a pattern.
+            if device not in {p["name"] for p in ports()}:
+                raise ValueError(f"wan: {device!r} is not a port of this router")
+            new.append({"device": device, "role": "primary"})
         return {**doc, "wan": new}
 
     return _apply(change)
@@ -117,7 +122,7 @@ def add_peer() -> Any:
     def change(doc: Document) -> Document:
         invite = decode(form.get("invite", ""))
         return config_edit.add_invited_peer(doc, invite, address=form.get("address", "").strip() or None,
-                                            mode=form.get("mode", "aggregate"))
+                                            mode=form.get("mode", "aggregate"), use_exit=form.get("use_exit") == "on")
 
     return _apply(change)
 

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 
 from quicether import config_edit, setup_code
-from quicether.config import MODES, ConfigError
+from quicether.config import MAX_RATE_MBIT, MIN_RATE_MBIT, MODES, ConfigError
 from quicether.identity import IdentityError
 from quicether.identity import load as load_identity
 from quicether.invite import InviteError, decode
@@ -88,8 +88,8 @@ def _parse_ports(form: Any, names: list[str]) -> tuple[dict[str, Any] | None, st
                     wan["rate_mbit"] = float(rate)
                 except ValueError:
                     return None, f"{name}: the rate cap must be a number of Mbit/s (or empty for none)."
-                if not 0 < wan["rate_mbit"] <= 100_000:
-                    return None, f"{name}: the rate cap must be between 0 and 100000 Mbit/s."
+                if not MIN_RATE_MBIT <= wan["rate_mbit"] <= MAX_RATE_MBIT:
+                    return None, f"{name}: the rate cap must be between {MIN_RATE_MBIT} and {MAX_RATE_MBIT} Mbit/s."
             wans.append(wan)
     if lan is None:
         return None, "Choose the LAN port (where your computers are)."
@@ -139,7 +139,9 @@ def _build_config(chosen: dict[str, Any], form: Any) -> dict[str, Any]:
             address = config_edit.overlay_address(doc, invite, form.get("address", "").strip() or None)
         except IdentityError as exc:
             raise ConfigError(f"this node has no key yet ({exc}); run `quicether keygen`") from None
-        doc = config_edit.add_invited_peer(doc, invite, address=address, mode=mode)
+        # The exit is the owner's choice, never the invite's: an unticked box routes nothing through it.
+        doc = config_edit.add_invited_peer(doc, invite, address=address, mode=mode,
+                                           use_exit=form.get("use_exit") == "on")
     for peer in doc.get("peer", []):
         peer["mode"] = mode
     return doc
