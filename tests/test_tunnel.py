@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from quicether import _core
 from quicether.identity import decode_node_id, generate
 from tests.lab import Lab, Namespace
 from tests.lab import nodes as qe
@@ -188,8 +189,9 @@ def test_unreachable_endpoint_is_reported_once_and_the_node_keeps_trying(lab: La
 class CoreNode:
     """A bare `_core.Node` in a namespace (tests/lab/core_node.py), called over its stdin."""
 
-    def __init__(self, ns: Namespace, tun: str, address: str) -> None:
-        self.proc = ns.popen([sys.executable, "-m", "tests.lab.core_node", "--tun", tun, "--address", address],
+    def __init__(self, ns: Namespace, tun: str, address: str, *options: str) -> None:
+        self.proc = ns.popen([sys.executable, "-m", "tests.lab.core_node", "--tun", tun, "--address", address,
+                              *options],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT)
         assert self.proc.stdout is not None
         hello = json.loads(self.proc.stdout.readline())
@@ -217,9 +219,60 @@ class CoreNode:
             time.sleep(0.1)
 
 
-def _core_pair(lab: Lab) -> tuple[Namespace, Namespace, CoreNode, CoreNode]:
+def _core_pair(lab: Lab, *a_options: str) -> tuple[Namespace, Namespace, CoreNode, CoreNode]:
     ns_a, ns_b = _two_hosts(lab)
-    return ns_a, ns_b, CoreNode(ns_a, "qe0", "10.99.0.1/24"), CoreNode(ns_b, "qe0", "10.99.0.2/24")
+    return ns_a, ns_b, CoreNode(ns_a, "qe0", "10.99.0.1/24", *a_options), CoreNode(ns_b, "qe0", "10.99.0.2/24")
+
+
+def _settled_paths(node: CoreNode, key: bytes, seconds: float = 3) -> list[dict[str, Any]]:
+    """The node's paths to `key` once they stopped changing for `seconds` (duplicates closed)."""
+    node.wait(lambda: (node.peer(key) or {}).get("connected"))
+    last, since = None, time.monotonic()
+    while time.monotonic() - since < seconds:
+        now = sorted((p["local_wan"], p["peer_wan"], p["origin"], p["remote"]) for p in node.peer(key)["paths"])  # type: ignore[index]
+        if now != last:
+            last, since = now, time.monotonic()
+        time.sleep(0.2)
+    paths: list[dict[str, Any]] = node.peer(key)["paths"]  # type: ignore[index]
+    return paths
+
+
+def test_both_nodes_dialing_each_other_keep_one_path_the_lower_keys(lab: Lab) -> None:
+    _ns_a, _ns_b, a, b = _core_pair(lab)
+    # Each knows the other's endpoint, so both dial: two connections over the one link, of which both
+    # nodes keep the same one, dialed by the lower key.
+    a.call("add_peer", b.key, ["10.1.0.2:4433"], ["10.99.0.2/32"], "aggregate", "redundant", [])
+    b.call("add_peer", a.key, ["10.1.0.1:4433"], ["10.99.0.1/32"], "aggregate", "redundant", [])
+    low, high = (a, b) if a.key < b.key else (b, a)
+    low_paths, high_paths = _settled_paths(low, high.key), _settled_paths(high, low.key)
+    assert len(low_paths) == 1 and len(high_paths) == 1, (low_paths, high_paths)
+    assert low_paths[0]["origin"] == "dialed" and high_paths[0]["origin"] == "accepted"
+    assert low_paths[0]["kind"] == "direct" and low_paths[0]["via"] is None
+    assert ping(_ns_a, b.address, count=3).received == 3
+
+
+def test_a_wan_socket_accepts_and_a_path_to_it_replaces_the_twin(lab: Lab) -> None:
+    ns_a, ns_b = _two_hosts(lab)
+    # `w` has one WAN and dials `l` from it; `l` then dials w's WAN socket (its address as l sees it, as a
+    # NAT's mapping would be learned). Both connections run over the same WANs; l has the lower key, so its
+    # dial, accepted on w's WAN socket, is the one both keep.
+    seeds = sorted((_core.generate_seed() for _ in range(2)), key=_core.public_key_of_seed)
+    low = CoreNode(ns_b, "qe0", "10.99.0.2/24", "--seed-hex", seeds[0].hex())
+    w = CoreNode(ns_a, "qe0", "10.99.0.1/24", "--wans", "--seed-hex", seeds[1].hex())
+    assert low.key < w.key
+    low.call("add_peer", w.key, [], ["10.99.0.1/32"], "aggregate", "redundant", [])
+    w.call("add_peer", low.key, ["10.1.0.2:4433"], ["10.99.0.2/32"], "aggregate", "redundant", [])
+    w.call("add_wan", ["w0", None, "10.1.0.1", False, 0])
+    first = _settled_paths(w, low.key, seconds=1)
+    assert [(p["local_wan"], p["origin"]) for p in first] == [("w0", "dialed")], first
+    wan_socket = _settled_paths(low, w.key, seconds=0.5)[0]["remote"]
+    assert wan_socket.startswith("10.1.0.1:") and not wan_socket.endswith(":4433")
+    low.call("update_peer", w.key, [wan_socket], ["10.99.0.1/32"], "aggregate", "redundant", [])
+    time.sleep(2)
+    kept = _settled_paths(w, low.key)
+    assert [(p["local_wan"], p["peer_wan"], p["origin"]) for p in kept] == [("w0", "default", "accepted")], kept
+    assert [p["origin"] for p in _settled_paths(low, w.key)] == ["dialed"]
+    assert ping(ns_a, low.address, count=3).received == 3
 
 
 def test_peer_added_updated_and_removed_at_run_time(lab: Lab) -> None:
@@ -244,6 +297,7 @@ def test_peer_added_updated_and_removed_at_run_time(lab: Lab) -> None:
         a.call("update_peer", bytes(32), [], [], "aggregate", "redundant", [])
 
     a.call("events")  # drop what happened so far
+    refused_before = a.call("refused_handshakes")
     assert a.call("remove_peer", b.key) is True
     assert a.call("remove_peer", b.key) is False
     assert a.call("peers") == []
@@ -253,5 +307,7 @@ def test_peer_added_updated_and_removed_at_run_time(lab: Lab) -> None:
     # b notices its path closed and redials every second: a refuses the key it no longer has.
     time.sleep(3)
     assert not (b.peer(a.key) or {}).get("connected")
+    assert a.call("refused_handshakes") > refused_before
+    # Reported although b's key was refused (and reported) before a added it: its removal is news.
     refused = [e for e in a.call("events") if e["kind"] == "handshake_refused"]
     assert refused and all(base64.b64decode(e["key"]) == b.key for e in refused), refused

@@ -1,12 +1,12 @@
 """Runs a bare `_core.Node` in the current namespace (started by a lab test with `ip netns exec`), driven
 over stdin, so tests can call the core's API (add_peer, remove_peer …) without the daemon around it.
 
-    python -m tests.lab.core_node --tun qe0 --address 10.99.0.1/24 [--listen 0.0.0.0:4433]
+    python -m tests.lab.core_node --tun qe0 --address 10.99.0.1/24 [--listen 0.0.0.0:4433] [--wans] [--seed-hex H]
 
-The node has a fresh key. Prints one JSON line `{"key": <base64>, "mtu": n}` once it runs. Then reads one
-JSON command per line, `{"call": "<Node method>", "args": [...]}` (bytes arguments as {"b64": "..."}, a list
-of lists is a list of tuples), and answers each with one JSON line: `{"result": ...}` or
-`{"error": "<exception type>: <message>"}` (bytes in results as base64).
+The node has a fresh key unless --seed-hex gives one. Prints one JSON line `{"key": <base64>, "mtu": n}`
+once it runs. Then reads one JSON command per line, `{"call": "<Node method>", "args": [...]}` (bytes
+arguments as {"b64": "..."}, a list of lists is a list of tuples), and answers each with one JSON line:
+`{"result": ...}` or `{"error": "<exception type>: <message>"}` (bytes in results as base64).
 """
 
 from __future__ import annotations
@@ -48,8 +48,12 @@ def main() -> int:
     parser.add_argument("--address", required=True, help="overlay address with prefix, set on the TUN")
     parser.add_argument("--listen", default="0.0.0.0:4433")
     parser.add_argument("--mtu", type=int, default=1500)
+    parser.add_argument("--seed-hex", help="the node's key seed (default: a fresh one)")
+    parser.add_argument("--wans", action="store_true", help="dial from WANs added later, not the listening socket")
     args = parser.parse_args()
-    node = _core.Node(args.listen, args.tun, args.mtu, _core.generate_seed(), [])
+    seed = bytes.fromhex(args.seed_hex) if args.seed_hex else _core.generate_seed()
+    node = _core.Node(args.listen, args.tun, args.mtu, seed, [],
+                      wans=[] if args.wans else None)
     for command in (["addr", "add", args.address, "dev", args.tun],
                     ["link", "set", "dev", args.tun, "mtu", str(node.inner_mtu()), "up"]):
         subprocess.run(["ip", *command], check=True)
@@ -59,7 +63,10 @@ def main() -> int:
             continue
         request = json.loads(line)
         try:
-            result = getattr(node, request["call"])(*_decode(request.get("args", [])))
+            call_args = _decode(request.get("args", []))
+            if request["call"] == "add_wan":  # its one argument is a tuple
+                call_args = [tuple(call_args[0])]
+            result = getattr(node, request["call"])(*call_args)
             answer = {"result": _encode(result)}
         except Exception as exc:  # noqa: BLE001 - the test reads which one
             answer = {"error": f"{type(exc).__name__}: {exc}"}

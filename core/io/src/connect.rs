@@ -1,33 +1,48 @@
-//! Making paths: `accept_loop` for peers that dial us, one `dialer` per (peer, WAN) for peers we dial.
+//! Making paths: `accept_loop` on every local socket (the listening one and each WAN's, so a path punched
+//! through a NAT is answered by the socket that owns the mapping), one `dialer` per (peer, WAN, endpoint).
 //!
 //! After the QUIC handshake the dialer opens one bidirectional stream and sends the path hello: which
-//! WAN this path leaves from and whether it is a backup. The acceptor answers `ok`. In TLS 1.3 a client
-//! finishes its handshake before the server has checked the client's certificate, so that answer is also
-//! the dialer's proof that it was accepted.
+//! WAN this path leaves from and whether it is a backup. The acceptor answers `ok`, the address it sees
+//! the dialer at and its own WAN. In TLS 1.3 a client finishes its handshake before the server has checked
+//! the client's certificate, so that answer is also the dialer's proof that it was accepted.
+//!
+//! Both nodes may dial each other over the same pair of WANs (each has the other's endpoint); the second
+//! such path would only double-count one link, so `Shared::add_path` keeps one (see `duplicate_loser`)
+//! and the losing dialer stands by while the winner lives.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quicether_proto::certkey::ed25519_key_of_cert;
+use quicether_proto::path_rank::PathKind;
+use quicether_proto::peer_text::{escape_text, safe_label};
 
 use crate::node::CONNECTION_ID_LEN;
-use crate::peer::{Event, Peer, Shared};
+use crate::peer::{Event, Path, PathRoute, Peer, Shared, CLOSE_DUPLICATE};
 use crate::receive::path_reader;
 use crate::timers::path_timer;
 use crate::tls;
 
 const HELLO_MAGIC: &[u8; 4] = b"QEH1";
-/// The acceptor's answer: "ok", then a space and the address it sees the dialer at (the WAN's public
-/// address after any NAT), which the dialer shows as the path's public address.
+/// The acceptor's answer: "ok", a space and the address it sees the dialer at (the WAN's public address
+/// after any NAT, shown as the path's public address), a space and the acceptor's own WAN.
 const HELLO_OK: &[u8] = b"ok";
-const MAX_HELLO_ANSWER: usize = 64;
+const MAX_HELLO_ANSWER: usize = 128;
 /// WAN names are short labels; anything longer is not a hello.
 const MAX_HELLO: usize = 4 + 1 + 64;
 /// How long either side waits for the other's half of the hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
-/// Pause between failed dial attempts.
+/// Pause after the first failed dial; it doubles with each failure in a row up to `REDIAL_MAX`, so an
+/// endpoint that is gone for good costs a packet every few seconds, not every second.
 const REDIAL_INTERVAL: Duration = Duration::from_secs(1);
+const REDIAL_MAX: Duration = Duration::from_secs(8);
+
+/// Text from the network (errors carrying a peer's close reason) as it may reach events and logs.
+pub fn net_text(e: impl std::fmt::Display) -> String {
+    escape_text(e.to_string().as_bytes())
+}
 
 fn peer_key_of(conn: &quinn::Connection) -> Option<[u8; 32]> {
     let identity = conn.peer_identity()?;
@@ -40,40 +55,55 @@ fn endpoint_ip(endpoint: &quinn::Endpoint) -> Option<IpAddr> {
     endpoint.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified())
 }
 
+/// How `start_path` ended.
+enum Started {
+    Path(Arc<Path>),
+    /// Another path over the same pair of WANs won (see `duplicate_loser`).
+    Duplicate,
+    Refused,
+}
+
 fn start_path(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     conn: quinn::Connection,
-    wan: String,
+    route: PathRoute,
     backup: bool,
     local: Option<IpAddr>,
     public: Option<SocketAddr>,
-) {
+) -> Started {
     // A full-size inner packet must fit one DATAGRAM; else every one would be dropped, silently.
     let fits = conn.max_datagram_size().unwrap_or(0);
     if fits < shared.datagram_len {
         let reason = format!(
-            "path from WAN {wan} refused: its QUIC datagrams hold {fits} bytes, the tunnel needs {} (the peer \
+            "path on WAN {} refused: its QUIC datagrams hold {fits} bytes, the tunnel needs {} (the peer \
              issues connection IDs longer than {CONNECTION_ID_LEN} bytes, or does not support DATAGRAM frames)",
-            shared.datagram_len
+            route.local_wan, shared.datagram_len
         );
         conn.close(3u32.into(), b"datagrams too small for the tunnel MTU");
         shared.emit(Event::HandshakeRefused { key: Some(peer.key), reason });
-        return;
+        return Started::Refused;
     }
-    let Some(path) = shared.add_path(peer, conn, wan, backup, local, public) else {
-        return; // the peer was removed while this path was being set up
-    };
-    tokio::spawn(path_reader(shared.clone(), peer.clone(), path.clone()));
-    tokio::spawn(path_timer(shared.clone(), peer.clone(), path));
+    match shared.add_path(peer, conn, route, backup, local, public) {
+        Ok(path) => {
+            tokio::spawn(path_reader(shared.clone(), peer.clone(), path.clone()));
+            tokio::spawn(path_timer(shared.clone(), peer.clone(), path.clone()));
+            Started::Path(path)
+        }
+        Err(crate::peer::NotAdded::Duplicate) => Started::Duplicate,
+        Err(crate::peer::NotAdded::PeerRemoved) => Started::Refused,
+    }
 }
 
-pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+/// Accepts paths on one local socket: `socket` is its name (a WAN's, or `DEFAULT_SOURCE` for the
+/// listening socket). Ends when the endpoint is closed.
+pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, socket: String) {
     while let Some(incoming) = endpoint.accept().await {
         let shared = shared.clone();
         let local = endpoint_ip(&endpoint);
+        let socket = socket.clone();
         tokio::spawn(async move {
-            // Refusals by our certificate verifier are reported there (once per key); other failures
+            // Refusals by our certificate verifier are reported there (rate-limited); other failures
             // (timeouts, resets) are transient and come back as the peer retries.
             let Ok(conn) = incoming.await else { return };
             // The verifier let the key in, but the peer may have been removed since.
@@ -83,42 +113,62 @@ pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 shared.emit(Event::HandshakeRefused { key, reason: "peer removed during the handshake".into() });
                 return;
             };
-            match tokio::time::timeout(HELLO_TIMEOUT, answer_hello(&conn)).await {
-                Ok(Ok((wan, backup))) => start_path(&shared, &peer, conn, wan, backup, local, None),
+            // A path that reached the listening socket at a WAN's address runs over that WAN.
+            let local_wan = conn.local_ip().or(local).and_then(|ip| shared.wan_at(ip)).unwrap_or(socket);
+            match tokio::time::timeout(HELLO_TIMEOUT, answer_hello(&conn, &local_wan)).await {
+                Ok(Ok((peer_wan, backup))) => {
+                    let route = PathRoute {
+                        kind: PathKind::Direct,
+                        local_wan,
+                        peer_wan: Some(peer_wan),
+                        remote: conn.remote_address(),
+                        dialed: false,
+                    };
+                    start_path(&shared, &peer, conn, route, backup, local, None);
+                }
                 _ => conn.close(2u32.into(), b"no path hello"),
             }
         });
     }
 }
 
-async fn answer_hello(conn: &quinn::Connection) -> Result<(String, bool), String> {
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-    let hello = recv.read_to_end(MAX_HELLO).await.map_err(|e| e.to_string())?;
+/// Reads the dialer's hello and answers it; returns the dialer's WAN (made safe) and its backup flag.
+async fn answer_hello(conn: &quinn::Connection, our_wan: &str) -> Result<(String, bool), String> {
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(net_text)?;
+    let hello = recv.read_to_end(MAX_HELLO).await.map_err(net_text)?;
     if hello.len() < 5 || &hello[..4] != HELLO_MAGIC {
         return Err("not a path hello".into());
     }
-    let wan = String::from_utf8_lossy(&hello[5..]).into_owned();
-    let answer = format!("{} {}", String::from_utf8_lossy(HELLO_OK), conn.remote_address());
-    send.write_all(answer.as_bytes()).await.map_err(|e| e.to_string())?;
-    send.finish().map_err(|e| e.to_string())?;
+    let wan = safe_label(&hello[5..]);
+    let answer = format!("{} {} {our_wan}", String::from_utf8_lossy(HELLO_OK), conn.remote_address());
+    send.write_all(answer.as_bytes()).await.map_err(net_text)?;
+    send.finish().map_err(net_text)?;
     Ok((wan, hello[4] == 1))
 }
 
-/// Sends the path hello; returns the address the peer sees us at, if it said.
-async fn send_hello(conn: &quinn::Connection, wan: &str, backup: bool) -> Result<Option<SocketAddr>, String> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+/// What the acceptor answered: the address it sees us at and its WAN, if it said.
+struct HelloAnswer {
+    observed: Option<SocketAddr>,
+    peer_wan: Option<String>,
+}
+
+/// Sends the path hello and reads the answer.
+async fn send_hello(conn: &quinn::Connection, wan: &str, backup: bool) -> Result<HelloAnswer, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(net_text)?;
     let mut hello = HELLO_MAGIC.to_vec();
     hello.push(backup as u8);
     hello.extend_from_slice(&wan.as_bytes()[..wan.len().min(MAX_HELLO - 5)]);
-    send.write_all(&hello).await.map_err(|e| e.to_string())?;
-    send.finish().map_err(|e| e.to_string())?;
+    send.write_all(&hello).await.map_err(net_text)?;
+    send.finish().map_err(net_text)?;
     match recv.read_to_end(MAX_HELLO_ANSWER).await {
         Ok(answer) if answer.starts_with(HELLO_OK) => {
-            let observed = String::from_utf8_lossy(&answer[HELLO_OK.len()..]).trim().parse().ok();
-            Ok(observed)
+            let mut words = answer[HELLO_OK.len()..].split(|&c| c == b' ').filter(|w| !w.is_empty());
+            let observed = words.next().and_then(|w| std::str::from_utf8(w).ok()).and_then(|w| w.parse().ok());
+            let peer_wan = words.next().map(safe_label);
+            Ok(HelloAnswer { observed, peer_wan })
         }
         Ok(_) => Err("peer answered the path hello wrongly".into()),
-        Err(e) => Err(format!("peer refused us: {e}")),
+        Err(e) => Err(format!("peer refused us: {}", net_text(e))),
     }
 }
 
@@ -130,36 +180,60 @@ pub struct DialTarget {
     pub config: quinn::ClientConfig,
 }
 
-/// Keeps one path to a peer from one WAN: dials, waits for the path to close, dials again.
+/// True if the connection ended because the peer kept another path over the same WANs instead.
+fn closed_as_duplicate(conn: &quinn::Connection) -> bool {
+    matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(c))
+        if c.error_code == quinn::VarInt::from_u32(CLOSE_DUPLICATE))
+}
+
+/// Keeps one path to a peer from one WAN to one endpoint: dials, waits for the path to close, dials again.
 pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: DialTarget) {
     let key = target.peer.key;
     let mut last_error = String::new();
+    let mut pause = REDIAL_INTERVAL;
     loop {
         let attempt = async {
             let conn = endpoint
                 .connect_with(target.config.clone(), target.addr, tls::SERVER_NAME)
-                .map_err(|e| e.to_string())?
+                .map_err(net_text)?
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(net_text)?;
             match tokio::time::timeout(HELLO_TIMEOUT, send_hello(&conn, &target.wan, target.backup)).await {
-                Ok(Ok(observed)) => Ok((conn, observed)),
+                Ok(Ok(answer)) => Ok((conn, answer)),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err("peer completed the handshake but did not answer the path hello".into()),
             }
         };
         match attempt.await {
-            Ok((conn, observed)) => {
+            Ok((conn, answer)) => {
                 last_error.clear();
-                start_path(
-                    &shared,
-                    &target.peer,
-                    conn.clone(),
-                    target.wan.clone(),
-                    target.backup,
-                    endpoint_ip(&endpoint),
-                    observed,
-                );
-                conn.closed().await;
+                pause = REDIAL_INTERVAL;
+                let peer_wan = answer.peer_wan.clone();
+                let route = PathRoute {
+                    kind: PathKind::Direct,
+                    local_wan: target.wan.clone(),
+                    peer_wan: answer.peer_wan,
+                    remote: target.addr,
+                    dialed: true,
+                };
+                let local = endpoint_ip(&endpoint);
+                let duplicate =
+                    match start_path(&shared, &target.peer, conn.clone(), route, target.backup, local, answer.observed)
+                    {
+                        Started::Path(path) => {
+                            conn.closed().await;
+                            path.closed_as_duplicate.load(Ordering::Relaxed) || closed_as_duplicate(&conn)
+                        }
+                        Started::Duplicate => true,
+                        Started::Refused => false,
+                    };
+                if duplicate {
+                    // The other path over these WANs carries the traffic: dial again only once it is gone.
+                    while target.peer.has_path_between(&target.wan, peer_wan.as_deref()) {
+                        tokio::time::sleep(REDIAL_INTERVAL).await;
+                    }
+                    continue;
+                }
             }
             Err(reason) => {
                 // Report a failure when its reason changes, not on every retry.
@@ -167,6 +241,9 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
                     shared.emit(Event::DialFailed { key, wan: target.wan.clone(), reason: reason.clone() });
                     last_error = reason;
                 }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(REDIAL_MAX);
+                continue;
             }
         }
         tokio::time::sleep(REDIAL_INTERVAL).await;

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use quicether_proto::frame::DATA_HEADER_LEN;
 use quicether_proto::health::PathState;
+use quicether_proto::path_rank;
+pub use quicether_proto::path_rank::PathKind;
 use quicether_proto::reorder::ReorderStats;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::io::unix::AsyncFd;
@@ -91,7 +93,13 @@ pub fn inner_mtu(path_mtu: u16, v4: bool) -> usize {
 }
 
 pub struct PathStats {
+    /// The WAN to show: ours if we dialed the path, else the one the peer dialed from.
     pub wan: String,
+    /// Our WAN the path runs over (`DEFAULT_SOURCE`: the listening socket) and the peer's, if it said.
+    pub local_wan: String,
+    pub peer_wan: Option<String>,
+    pub kind: PathKind,
+    pub dialed: bool,
     pub local: Option<IpAddr>,
     /// Our address as the peer sees it (NAT), when it told us.
     pub public: Option<SocketAddr>,
@@ -132,6 +140,10 @@ pub struct PeerStats {
 struct DialSource {
     endpoint: quinn::Endpoint,
     backup: bool,
+    /// The WAN's address, and the task accepting paths on its socket (None for the listening socket,
+    /// which lives as long as the node).
+    local: Option<IpAddr>,
+    accept: Option<JoinHandle<()>>,
 }
 
 /// The tasks that work for one peer, ended when it is removed.
@@ -180,6 +192,10 @@ pub struct Node {
     listener: quinn::Endpoint,
     identity: Identity,
     transport: Arc<quinn::TransportConfig>,
+    /// Every local socket accepts paths with the same key pinning.
+    server_config: quinn::ServerConfig,
+    /// Counts and reports refused handshakes.
+    verifier: Arc<KnownClientKeys>,
     /// The TLS verifier's pinning set: the keys of the peers in the table.
     known_keys: Arc<RwLock<HashSet<[u8; 32]>>>,
     /// Lock order: `sources` before `tasks`.
@@ -249,7 +265,9 @@ impl Node {
 
         let known_keys = Arc::new(RwLock::new(HashSet::new()));
         let shared = Arc::new(Shared {
+            local_key: identity.public_key,
             table: RwLock::new(PeerTable::default()),
+            wan_addrs: RwLock::new(HashMap::new()),
             // SAFETY: `File` owns its fd, which stays open and unchanged for the AsyncFd's life.
             tun: unsafe { AsyncFd::register(tun) }.map_err(|e| io_err("tun", e))?,
             events: Mutex::new(VecDeque::new()),
@@ -262,7 +280,7 @@ impl Node {
 
         let provider = tls::provider();
         let refused_sink = Arc::downgrade(&shared);
-        let verifier = KnownClientKeys::new(
+        let verifier = Arc::new(KnownClientKeys::new(
             known_keys.clone(),
             provider.clone(),
             Box::new(move |key, reason| {
@@ -270,11 +288,11 @@ impl Node {
                     shared.emit(Event::HandshakeRefused { key, reason: reason.to_string() });
                 }
             }),
-        );
+        ));
         let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| io_err("tls", e))?
-            .with_client_cert_verifier(Arc::new(verifier))
+            .with_client_cert_verifier(verifier.clone())
             .with_single_cert(vec![identity.cert.clone()], identity.private_key())
             .map_err(|e| io_err("tls", e))?;
         server_tls.alpn_protocols = vec![tls::ALPN.to_vec()];
@@ -286,10 +304,14 @@ impl Node {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
         let transport = Arc::new(transport_config(cfg.path_mtu, cfg.listen.is_ipv4(), cfg.congestion));
         server_config.transport_config(transport.clone());
-        let listener =
-            quinn::Endpoint::new(endpoint_config(), Some(server_config), socket, Arc::new(quinn::TokioRuntime))?;
+        let listener = quinn::Endpoint::new(
+            endpoint_config(),
+            Some(server_config.clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
 
-        runtime.spawn(accept_loop(shared.clone(), listener.clone()));
+        runtime.spawn(accept_loop(shared.clone(), listener.clone(), DEFAULT_SOURCE.to_string()));
         runtime.spawn(tun_reader(shared.clone()));
         let node = Node {
             shared,
@@ -297,6 +319,8 @@ impl Node {
             public_key: identity.public_key,
             identity,
             transport,
+            server_config,
+            verifier,
             known_keys,
             sources: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
@@ -307,7 +331,7 @@ impl Node {
         // Sources first, then peers: each added peer is dialed from every source there is.
         match cfg.wans {
             None => {
-                let source = DialSource { endpoint: node.listener.clone(), backup: false };
+                let source = DialSource { endpoint: node.listener.clone(), backup: false, local: None, accept: None };
                 node.sources.lock().unwrap().insert(DEFAULT_SOURCE.to_string(), source);
             }
             Some(wans) => {
@@ -370,8 +394,17 @@ impl Node {
         let runtime = self.runtime()?;
         let _guard = runtime.enter();
         let socket = bind_wan(wan.device.as_deref(), SocketAddr::new(wan.local, 0), wan.mark)?;
-        let endpoint = quinn::Endpoint::new(endpoint_config(), None, socket, Arc::new(quinn::TokioRuntime))?;
-        let source = DialSource { endpoint, backup: wan.backup };
+        // The WAN's socket accepts too: a peer that learned this WAN's public address (a NAT mapping this
+        // socket made) reaches us on it, and only on it.
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config(),
+            Some(self.server_config.clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let accept = runtime.spawn(accept_loop(self.shared.clone(), endpoint.clone(), wan.name.clone()));
+        self.shared.wan_addrs.write().unwrap().insert(wan.local, wan.name.clone());
+        let source = DialSource { endpoint, backup: wan.backup, local: Some(wan.local), accept: Some(accept) };
         let mut tasks = self.tasks.lock().unwrap();
         let peers: Vec<Arc<Peer>> = self.shared.table.read().unwrap().peers().cloned().collect();
         for peer in peers {
@@ -387,17 +420,28 @@ impl Node {
     /// Stops dialing from this WAN and closes its paths at once (the WAN lost its link or address).
     pub fn remove_wan(&self, name: &str) -> bool {
         let mut sources = self.sources.lock().unwrap();
-        if sources.remove(name).is_none() {
+        let Some(source) = sources.remove(name) else {
             return false;
-        }
+        };
         for t in self.tasks.lock().unwrap().values_mut() {
             t.abort_dialers(Some(name));
         }
         drop(sources);
+        if let Some(accept) = &source.accept {
+            accept.abort();
+        }
+        if let Some(ip) = source.local {
+            let mut addrs = self.shared.wan_addrs.write().unwrap();
+            if addrs.get(&ip).is_some_and(|w| w == name) {
+                addrs.remove(&ip);
+            }
+        }
         let now = self.shared.now_us();
         let peers: Vec<Arc<Peer>> = self.shared.table.read().unwrap().peers().cloned().collect();
         for peer in peers {
-            let gone: Vec<_> = peer.paths.read().unwrap().iter().filter(|p| p.wan == name).cloned().collect();
+            // Our own WAN's paths only: a peer's path that merely carries the same label is not ours to close.
+            let gone: Vec<_> =
+                peer.paths.read().unwrap().iter().filter(|p| p.route.local_wan == name).cloned().collect();
             for path in gone {
                 path.up.store(false, Ordering::Relaxed);
                 // The link went away just now: what it sent in the last RTT (plus margin) may be lost.
@@ -405,6 +449,9 @@ impl Node {
                 peer.resend_from_failed(&path, window, now);
                 path.conn.close(3u32.into(), b"WAN removed");
             }
+        }
+        if source.accept.is_some() {
+            source.endpoint.close(3u32.into(), b"WAN removed");
         }
         true
     }
@@ -458,8 +505,9 @@ impl Node {
         let Some(peer) = self.shared.table.write().unwrap().remove(key) else {
             return false;
         };
-        // Unpinned before the paths close, so their redials are refused.
+        // Unpinned before the paths close, so their redials are refused (and the first refusal reported).
         self.known_keys.write().unwrap().remove(key);
+        self.verifier.forget_reported(key);
         if let Some(mut t) = tasks.remove(key) {
             t.abort_dialers(None);
             t.reorder_timer.abort();
@@ -477,7 +525,10 @@ impl Node {
             .iter()
             .map(|p| {
                 let paths = p.paths.read().unwrap();
-                let best = paths.iter().filter(|x| x.up.load(Ordering::Relaxed)).min_by_key(|x| x.conn.rtt());
+                // The path that ranks first (route, WAN role), the lowest RTT among equals.
+                let best = paths.iter().filter(|x| x.up.load(Ordering::Relaxed)).min_by(|a, b| {
+                    path_rank::compare(&a.view().rank, &b.view().rank).then(a.conn.rtt().cmp(&b.conn.rtt()))
+                });
                 let c = &p.counters;
                 let (reorder, timeout_us) = {
                     let buffer = p.reorder.lock().unwrap();
@@ -501,7 +552,11 @@ impl Node {
                         .map(|x| {
                             let health = x.health.lock().unwrap();
                             PathStats {
-                                wan: x.wan.clone(),
+                                wan: x.route.label().to_string(),
+                                local_wan: x.route.local_wan.clone(),
+                                peer_wan: x.route.peer_wan.clone(),
+                                kind: x.route.kind,
+                                dialed: x.route.dialed,
                                 local: x.local,
                                 public: x.public,
                                 remote: x.conn.remote_address(),
@@ -523,6 +578,11 @@ impl Node {
                 }
             })
             .collect()
+    }
+
+    /// Handshakes refused by key pinning so far (reports of them are rate-limited; this counts all).
+    pub fn refused_handshakes(&self) -> u64 {
+        self.verifier.refused()
     }
 
     pub fn no_route_drops(&self) -> u64 {

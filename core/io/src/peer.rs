@@ -15,7 +15,7 @@ use quicether_proto::allowed_ips::Prefix;
 use quicether_proto::classify::Rule;
 use quicether_proto::frame::{data_seq, encode_data_header, DATA_HEADER_LEN};
 use quicether_proto::health::PathHealth;
-use quicether_proto::path_rank::{PathKind, PathRank};
+use quicether_proto::path_rank::{self, PathKind, PathRank};
 use quicether_proto::reorder::ReorderBuffer;
 use quicether_proto::reorder::{timeout_for_rtts_us, RESYNC_DISTANCE};
 use quicether_proto::scheduler::{choose, queue_limit_bytes, Choice, Mode, PathView};
@@ -79,9 +79,39 @@ impl Counters {
     }
 }
 
+/// How a path reaches the peer.
+#[derive(Clone, Debug)]
+pub struct PathRoute {
+    pub kind: PathKind,
+    /// Our WAN the path runs over: the WAN socket it was dialed from or accepted on, or the WAN at whose
+    /// address the listening socket accepted it; `DEFAULT_SOURCE` for the listening socket otherwise.
+    /// Paths are keyed by (peer, this): removing a WAN closes exactly these.
+    pub local_wan: String,
+    /// The peer's WAN, as it named it (made safe); None if it did not say.
+    pub peer_wan: Option<String>,
+    /// The endpoint we dialed, or the address the peer dialed us from.
+    pub remote: SocketAddr,
+    /// We dialed it (else the peer did).
+    pub dialed: bool,
+}
+
+impl PathRoute {
+    /// The WAN name to show for this path: ours when we dialed, else the one the peer dialed from (what
+    /// an operator of either node recognises as "the link").
+    pub fn label(&self) -> &str {
+        match (&self.peer_wan, self.dialed) {
+            (Some(theirs), false) => theirs,
+            _ => &self.local_wan,
+        }
+    }
+}
+
 pub struct Path {
     pub id: u64,
-    pub wan: String,
+    pub route: PathRoute,
+    /// Set when we closed this path because another one over the same WANs won.
+    pub closed_as_duplicate: AtomicBool,
+    /// Either end's WAN is a backup.
     pub backup: bool,
     /// Our address on this path (the WAN's), if known.
     pub local: Option<std::net::IpAddr>,
@@ -109,7 +139,7 @@ impl Path {
     pub fn view(&self) -> PathView {
         let rate_bps = self.rate_bps.load(Ordering::Relaxed);
         PathView {
-            rank: PathRank { up: self.up.load(Ordering::Relaxed), backup: self.backup, kind: PathKind::Direct },
+            rank: PathRank { up: self.up.load(Ordering::Relaxed), backup: self.backup, kind: self.route.kind },
             srtt_us: self.srtt_us.load(Ordering::Relaxed),
             min_rtt_us: self.min_rtt_us.load(Ordering::Relaxed),
             rate_bps,
@@ -220,7 +250,35 @@ pub struct Peer {
     pub counters: Counters,
 }
 
+/// Why `Shared::add_path` did not add a path (its connection is closed).
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotAdded {
+    PeerRemoved,
+    Duplicate,
+}
+
+/// Which of two paths over the same pair of WANs to close, deciding the same way on both nodes: the one
+/// dialed by the node with the higher key (so the lower key's dial survives); if one node dialed both (two
+/// endpoints of the peer reached over the same WANs), the newer one. True: close `new`, else `old`.
+pub fn duplicate_loser(our_key: &[u8; 32], peer_key: &[u8; 32], old_dialed: bool, new_dialed: bool) -> bool {
+    if old_dialed == new_dialed {
+        return true;
+    }
+    let we_are_lower = our_key < peer_key;
+    // The survivor is the path dialed by the lower key: ours (dialed) if we are lower.
+    new_dialed != we_are_lower
+}
+
 impl Peer {
+    /// True if a path runs between our WAN `local_wan` and the peer's WAN `peer_wan`.
+    pub fn has_path_between(&self, local_wan: &str, peer_wan: Option<&str>) -> bool {
+        self.paths
+            .read()
+            .unwrap()
+            .iter()
+            .any(|p| p.route.local_wan == local_wan && p.route.peer_wan.as_deref() == peer_wan)
+    }
+
     pub fn new(cfg: &PeerConfig, first_seq: u64) -> Peer {
         Peer {
             key: cfg.key,
@@ -252,10 +310,17 @@ impl Peer {
         datagrams.iter().filter(|d| resend_on_earliest(&paths, d, Some(failed.id), now_us)).count()
     }
 
-    /// The lowest-RTT path that is up (NACKs go there; repairs go where they arrive first).
+    /// The lowest-RTT path among those that rank first (NACKs go there; repairs go where they arrive first).
     pub fn fastest_path(&self) -> Option<Arc<Path>> {
         let paths = self.paths.read().unwrap();
-        paths.iter().filter(|p| p.up.load(Ordering::Relaxed)).min_by_key(|p| p.srtt_us.load(Ordering::Relaxed)).cloned()
+        paths
+            .iter()
+            .filter(|p| p.up.load(Ordering::Relaxed))
+            .min_by(|a, b| {
+                path_rank::compare(&a.view().rank, &b.view().rank)
+                    .then(a.srtt_us.load(Ordering::Relaxed).cmp(&b.srtt_us.load(Ordering::Relaxed)))
+            })
+            .cloned()
     }
 
     /// Resends the DATA frames the peer reported lost, from what the paths remember, on the path where each
@@ -279,7 +344,11 @@ impl Peer {
 }
 
 pub struct Shared {
+    /// This node's key (decides which of two duplicate paths stays).
+    pub local_key: [u8; 32],
     pub table: RwLock<PeerTable>,
+    /// Our WANs by local address: a path the listening socket accepts at one of these runs over that WAN.
+    pub wan_addrs: RwLock<std::collections::HashMap<std::net::IpAddr, String>>,
     pub tun: AsyncFd<std::fs::File>,
     pub events: Mutex<VecDeque<Event>>,
     pub notify_fd: Option<std::os::fd::RawFd>,
@@ -310,26 +379,33 @@ impl Shared {
         }
     }
 
+    /// The WAN whose local address is `ip`.
+    pub fn wan_at(&self, ip: std::net::IpAddr) -> Option<String> {
+        self.wan_addrs.read().unwrap().get(&ip).cloned()
+    }
+
     /// The peer with node key `key`, if it is in the table.
     pub fn peer(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
         self.table.read().unwrap().get(key).cloned()
     }
 
-    /// Adds an authenticated connection as a path of `peer`; None (and the connection closed) if the peer
-    /// was removed meanwhile.
+    /// Adds an authenticated connection as a path of `peer`. Not added (and the connection closed) if the
+    /// peer was removed meanwhile, or if it loses to a path over the same pair of WANs (`duplicate_loser`);
+    /// a path it wins against is closed.
     pub fn add_path(
         &self,
         peer: &Arc<Peer>,
         conn: quinn::Connection,
-        wan: String,
+        route: PathRoute,
         backup: bool,
         local: Option<std::net::IpAddr>,
         public: Option<std::net::SocketAddr>,
-    ) -> Option<Arc<Path>> {
+    ) -> Result<Arc<Path>, NotAdded> {
         let rtt = conn.rtt();
         let path = Arc::new(Path {
             id: self.next_path_id.fetch_add(1, Ordering::Relaxed),
-            wan: wan.clone(),
+            route,
+            closed_as_duplicate: AtomicBool::new(false),
             backup,
             local: conn.local_ip().or(local),
             public,
@@ -345,22 +421,47 @@ impl Shared {
             rx_rate_bps: AtomicU64::new(0),
             conn,
         });
-        let first = {
+        let (first, displaced) = {
             let mut paths = peer.paths.write().unwrap();
             if peer.removed.load(Ordering::Relaxed) {
                 drop(paths);
                 path.conn.close(CLOSE_PEER_REMOVED.into(), b"peer removed");
-                return None;
+                return Err(NotAdded::PeerRemoved);
+            }
+            let twin = path.route.peer_wan.as_ref().and_then(|_| {
+                paths
+                    .iter()
+                    .position(|p| p.route.local_wan == path.route.local_wan && p.route.peer_wan == path.route.peer_wan)
+            });
+            let mut displaced = None;
+            if let Some(i) = twin {
+                if duplicate_loser(&self.local_key, &peer.key, paths[i].route.dialed, path.route.dialed) {
+                    drop(paths);
+                    path.closed_as_duplicate.store(true, Ordering::Relaxed);
+                    path.conn.close(CLOSE_DUPLICATE.into(), b"duplicate path");
+                    return Err(NotAdded::Duplicate);
+                }
+                displaced = Some(paths.remove(i));
             }
             paths.push(path.clone());
-            paths.len() == 1
+            (paths.len() == 1 && displaced.is_none(), displaced)
         };
+        if let Some(old) = displaced {
+            // Its reader reports it down when the close takes effect; nothing it sent is lost, as both paths
+            // run over the same links and the peer still reads it until then.
+            old.closed_as_duplicate.store(true, Ordering::Relaxed);
+            old.conn.close(CLOSE_DUPLICATE.into(), b"duplicate path");
+        }
         *peer.last_handshake.lock().unwrap() = Some(SystemTime::now());
         if first {
             self.emit(Event::PeerConnected { key: peer.key });
         }
-        self.emit(Event::PathUp { key: peer.key, wan, remote: path.conn.remote_address() });
-        Some(path)
+        self.emit(Event::PathUp {
+            key: peer.key,
+            wan: path.route.label().to_string(),
+            remote: path.conn.remote_address(),
+        });
+        Ok(path)
     }
 
     /// Removes a closed path; reports the peer gone if it was the last.
@@ -371,7 +472,7 @@ impl Shared {
             paths.retain(|p| p.id != path.id);
             (paths.len() < before, paths.len())
         };
-        self.emit(Event::PathDown { key: peer.key, wan: path.wan.clone(), reason: reason.clone() });
+        self.emit(Event::PathDown { key: peer.key, wan: path.route.label().to_string(), reason: reason.clone() });
         if found && remaining == 0 {
             self.emit(Event::PeerDisconnected { key: peer.key, reason });
         }
@@ -380,3 +481,29 @@ impl Shared {
 
 /// QUIC application close codes we send.
 pub const CLOSE_PEER_REMOVED: u32 = 4;
+/// Another path over the same pair of WANs stays instead of this one (see `duplicate_loser`).
+pub const CLOSE_DUPLICATE: u32 = 5;
+
+#[cfg(test)]
+mod tests {
+    use super::duplicate_loser;
+
+    #[test]
+    fn both_nodes_close_the_same_duplicate() {
+        let (low, high) = ([1u8; 32], [2u8; 32]);
+        // A path dialed by `low` (dialed from low's view, accepted from high's) and one dialed by `high`.
+        // Whichever arrives first, both nodes keep low's dial.
+        for (old_is_lows_dial, label) in [(true, "low's dial first"), (false, "high's dial first")] {
+            // At low: its own dial is `dialed`; at high: low's dial is the accepted one.
+            let low_closes_new = duplicate_loser(&low, &high, old_is_lows_dial, !old_is_lows_dial);
+            let high_closes_new = duplicate_loser(&high, &low, !old_is_lows_dial, old_is_lows_dial);
+            // Closing `new` keeps `old`: the survivor must be low's dial on both sides.
+            let low_keeps_lows_dial = if low_closes_new { old_is_lows_dial } else { !old_is_lows_dial };
+            let high_keeps_lows_dial = if high_closes_new { old_is_lows_dial } else { !old_is_lows_dial };
+            assert!(low_keeps_lows_dial && high_keeps_lows_dial, "{label}");
+        }
+        // Two paths one node dialed (two endpoints reached over the same WANs): the newer one goes.
+        assert!(duplicate_loser(&low, &high, true, true));
+        assert!(duplicate_loser(&high, &low, false, false));
+    }
+}

@@ -27,7 +27,7 @@ pub async fn path_reader(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) 
     let reason = loop {
         let datagram = match path.conn.read_datagram().await {
             Ok(d) => d,
-            Err(e) => break e.to_string(),
+            Err(e) => break crate::connect::net_text(e),
         };
         Counters::count(&path.counters.rx_packets, &path.counters.rx_bytes, datagram.len());
         match parse(&datagram) {
@@ -61,7 +61,7 @@ pub async fn path_reader(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) 
                     path.up.store(true, Ordering::Relaxed);
                     shared.emit(Event::PathUp {
                         key: peer.key,
-                        wan: path.wan.clone(),
+                        wan: path.route.label().to_string(),
                         remote: path.conn.remote_address(),
                     });
                 }

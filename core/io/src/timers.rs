@@ -37,7 +37,7 @@ pub async fn path_timer(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
             let resent = peer.resend_from_failed(&path, window, now);
             shared.emit(Event::PathDown {
                 key,
-                wan: path.wan.clone(),
+                wan: path.route.label().to_string(),
                 reason: format!("no probe replies ({resent} recent packets resent on other paths)"),
             });
         }

@@ -7,8 +7,10 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use quicether_proto::certkey::ed25519_key_of_cert;
+use quicether_proto::refusals::RefusalLimiter;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -140,11 +142,13 @@ impl ServerCertVerifier for PinnedServerKey {
 /// Called with the refused key (None if the certificate had none) and the reason.
 pub type RefusalSink = Box<dyn Fn(Option<[u8; 32]>, &str) + Send + Sync>;
 
-/// Server side: a client is accepted only if its key is one of the configured peers. Refusals are
-/// reported once per key (a misconfigured peer retries every second; the log should not).
+/// Server side: a client is accepted only if its key is one of the configured peers. Every refusal is
+/// counted; reports are rate-limited with bounded memory (`quicether_proto::refusals`): a misconfigured
+/// peer retries every second and anyone can make up fresh keys, and neither may flood the log.
 pub struct KnownClientKeys {
     keys: Arc<RwLock<HashSet<[u8; 32]>>>,
-    reported: Mutex<HashSet<Option<[u8; 32]>>>,
+    refusals: Mutex<RefusalLimiter<Option<[u8; 32]>>>,
+    epoch: Instant,
     on_refused: RefusalSink,
     provider: Arc<CryptoProvider>,
 }
@@ -157,14 +161,25 @@ impl fmt::Debug for KnownClientKeys {
 
 impl KnownClientKeys {
     pub fn new(keys: Arc<RwLock<HashSet<[u8; 32]>>>, provider: Arc<CryptoProvider>, on_refused: RefusalSink) -> Self {
-        Self { keys, reported: Mutex::new(HashSet::new()), on_refused, provider }
+        Self { keys, refusals: Mutex::new(RefusalLimiter::default()), epoch: Instant::now(), on_refused, provider }
     }
 
-    fn refuse_once(&self, key: Option<[u8; 32]>, reason: &str) -> TlsError {
-        if self.reported.lock().unwrap().insert(key) {
+    fn refuse_limited(&self, key: Option<[u8; 32]>, reason: &str) -> TlsError {
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        if self.refusals.lock().unwrap().on_refused(key, now_us) {
             (self.on_refused)(key, reason);
         }
         refuse(reason)
+    }
+
+    /// Handshakes refused so far, reported or not.
+    pub fn refused(&self) -> u64 {
+        self.refusals.lock().unwrap().refused
+    }
+
+    /// The key was just unpinned: its next refusal is news, report it (within the overall rate limit).
+    pub fn forget_reported(&self, key: &[u8; 32]) {
+        self.refusals.lock().unwrap().forget(&Some(*key));
     }
 }
 
@@ -181,8 +196,8 @@ impl ClientCertVerifier for KnownClientKeys {
     ) -> Result<ClientCertVerified, TlsError> {
         match ed25519_key_of_cert(end_entity) {
             Some(k) if self.keys.read().unwrap().contains(&k) => Ok(ClientCertVerified::assertion()),
-            Some(k) => Err(self.refuse_once(Some(k), "unknown node key")),
-            None => Err(self.refuse_once(None, "certificate carries no Ed25519 node key")),
+            Some(k) => Err(self.refuse_limited(Some(k), "unknown node key")),
+            None => Err(self.refuse_limited(None, "certificate carries no Ed25519 node key")),
         }
     }
 
@@ -212,7 +227,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_client_refused_and_reported_once() {
+    fn unknown_client_refused_counted_and_reported_once() {
         let known = Identity::from_seed(&generate_seed()).unwrap();
         let stranger = Identity::from_seed(&generate_seed()).unwrap();
         let keys = Arc::new(RwLock::new(HashSet::from([known.public_key])));
@@ -224,5 +239,24 @@ mod tests {
             assert!(v.verify_client_cert(&stranger.cert, &[], UnixTime::now()).is_err());
         }
         assert_eq!(*reports.lock().unwrap(), vec![Some(stranger.public_key)]);
+        assert_eq!(v.refused(), 3);
+    }
+
+    #[test]
+    fn a_flood_of_fresh_keys_costs_a_counter_not_a_report_each() {
+        let keys = Arc::new(RwLock::new(HashSet::new()));
+        let reports = Arc::new(Mutex::new(0u32));
+        let sink = reports.clone();
+        let v = KnownClientKeys::new(keys, provider(), Box::new(move |_, _| *sink.lock().unwrap() += 1));
+        for _ in 0..40 {
+            let stranger = Identity::from_seed(&generate_seed()).unwrap();
+            assert!(v.verify_client_cert(&stranger.cert, &[], UnixTime::now()).is_err());
+        }
+        assert_eq!(v.refused(), 40);
+        // 40 fresh keys within well under a second: at most the per-second limit reported (two seconds'
+        // worth, should the loop straddle a second boundary).
+        let reported = *reports.lock().unwrap();
+        assert!((1..=2 * quicether_proto::refusals::MAX_REPORTS_PER_SEC).contains(&reported), "{reported}");
+        assert!(v.refusals.lock().unwrap().remembered() <= quicether_proto::refusals::MAX_REMEMBERED);
     }
 }

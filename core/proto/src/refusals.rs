@@ -75,6 +75,12 @@ impl<K: Hash + Eq + Clone> RefusalLimiter<K> {
         true
     }
 
+    /// Forgets `key`, so its next refusal is reported (the rate limit still applies): for a key that was
+    /// just unpinned, whose refusals are news.
+    pub fn forget(&mut self, key: &K) {
+        self.last_reported.remove(key);
+    }
+
     /// Keys remembered now (at most `max_remembered`).
     pub fn remembered(&self) -> usize {
         self.last_reported.len()
@@ -96,6 +102,8 @@ mod tests {
         }
         assert!(r.on_refused(1u32, 10 * S + PER_KEY_INTERVAL_US));
         assert_eq!((r.refused, r.suppressed), (61, 59));
+        r.forget(&1u32);
+        assert!(r.on_refused(1u32, 11 * S + PER_KEY_INTERVAL_US), "a forgotten key is reported at once");
     }
 
     #[test]

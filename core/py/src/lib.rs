@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use quicether_io::delayline::{DelayLine as IoDelayLine, DelaySettings};
 use quicether_io::node::{
-    Congestion, Event, Node as IoNode, NodeConfig, PeerConfig, PeerError, PeerPolicy, PeerStats, WanConfig,
+    Congestion, Event, Node as IoNode, NodeConfig, PathKind, PeerConfig, PeerError, PeerPolicy, PeerStats, WanConfig,
 };
 use quicether_io::tls;
 use quicether_proto::allowed_ips::Prefix;
@@ -257,13 +257,19 @@ impl Node {
         self.with(|n| n.inner_mtu)
     }
 
+    /// Handshakes refused by key pinning so far, reported as events or not (reports are rate-limited).
+    fn refused_handshakes(&self) -> PyResult<u64> {
+        self.with(|n| n.refused_handshakes())
+    }
+
     /// Outbound packets dropped because no peer owns their destination.
     fn no_route_drops(&self) -> PyResult<u64> {
         self.with(|n| n.no_route_drops())
     }
 
     /// One dict per peer: key, endpoint, connected, rtt_ms, last_handshake (unix s), counters, reorder
-    /// counters, and "paths": one dict per path (wan, local, remote, up, backup, rtt_ms, loss, bytes, rates).
+    /// counters, and "paths": one dict per path (wan, local_wan, peer_wan, kind, via, origin, local, remote,
+    /// up, backup, rtt_ms, loss, bytes, rates, window, queue); fields documented in quicether/_core.pyi.
     fn peers<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let stats = self.with(|n| n.peer_stats())?;
         stats.into_iter().map(|s| peer_dict(py, s)).collect()
@@ -328,6 +334,17 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
         .map(|p| {
             let pd = PyDict::new(py);
             pd.set_item("wan", p.wan)?;
+            pd.set_item("local_wan", p.local_wan)?;
+            pd.set_item("peer_wan", p.peer_wan)?;
+            pd.set_item("kind", p.kind.name())?;
+            pd.set_item(
+                "via",
+                match p.kind {
+                    PathKind::Relayed { via } => Some(PyBytes::new(py, &via)),
+                    _ => None,
+                },
+            )?;
+            pd.set_item("origin", if p.dialed { "dialed" } else { "accepted" })?;
             pd.set_item("local", p.local.map(|a| a.to_string()))?;
             pd.set_item("public", p.public.map(|a| a.to_string()))?;
             pd.set_item("remote", p.remote.to_string())?;
