@@ -123,12 +123,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f" duplicates {r['duplicates']}, repaired {r['repaired']}, skipped {r['skipped']};"
               f" retransmitted for the peer {p['retransmitted']}")
         if p["paths"]:
-            print(f"  {'wan':<10}{'state':<9}{'local':<17}{'public':<17}{'remote':<22}{'rtt':>9}{'loss':>7}"
+            print(f"  {'wan':<10}{'state':<9}{'kind':<9}{'local':<17}{'public':<17}{'remote':<22}{'rtt':>9}{'loss':>7}"
                   f"{'tx rate':>13}{'rx rate':>13}{'share':>7}{'window':>9}{'queue':>9}")
         for path in p["paths"]:
             state = ("up" if path["up"] else "down") + (" (b)" if path["backup"] else "")
             public = path["public"].rsplit(":", 1)[0] if path.get("public") else "-"
-            print(f"  {path['wan']:<10}{state:<9}{path['local'] or '-':<17}{public:<17}{path['remote']:<22}"
+            kind = path.get("kind", "direct") + (f" via {path['via'][:10]}" if path.get("via") else "")
+            print(f"  {path['wan']:<10}{state:<9}{kind:<9}{path['local'] or '-':<17}{public:<17}{path['remote']:<22}"
                   f"{path['rtt_ms']:>6.1f} ms{path['loss'] * 100:>6.1f}%{path['tx_rate_bps'] / 1e6:>8.1f} Mb/s"
                   f"{path['rx_rate_bps'] / 1e6:>8.1f} Mb/s{path['share'] * 100:>6.0f}%"
                   f"{path.get('cwnd_bytes', 0) / 1000:>6.0f} kB{path.get('queued_bytes', 0) / 1000:>6.0f} kB")

@@ -22,10 +22,10 @@ SAMPLE_STATUS: dict[str, Any] = {
         "tx_dropped": 0, "retransmitted": 0, "reorder": {},
         "paths": [
             {"wan": "wan0", "local": "10.10.0.2", "public": "192.0.2.44:40001", "remote": "203.0.113.5:4433",
-             "up": True, "backup": False,
+             "up": True, "backup": False, "kind": "direct",
              "rtt_ms": 11.0, "loss": 0.0, "tx_rate_bps": 40e6, "rx_rate_bps": 5e6, "tx_bytes": 3000, "rx_bytes": 10},
             {"wan": "wan1", "local": "10.11.0.2", "public": None, "remote": "203.0.113.5:4433", "up": False,
-             "backup": True,
+             "backup": True, "kind": "relayed", "via": "qe1relay",
              "rtt_ms": 31.0, "loss": 0.25, "tx_rate_bps": 0.0, "rx_rate_bps": 0.0, "tx_bytes": 1000, "rx_bytes": 0},
         ]}],
     "router": {"role": "site", "outside": ["wan0", "wan1"], "lan": {
@@ -47,7 +47,8 @@ class FakeDaemon:
         self.reload_answer: dict[str, Any] = {"reloading": True}
         self.status: dict[str, Any] = copy.deepcopy(SAMPLE_STATUS)
         self.events: list[dict[str, Any]] = [
-            {"time": 1.0, "level": "warning", "message": "peer gw: path on WAN wan1 down: silent"},
+            {"time": 1.0, "level": "warning", "message": "peer gw: path on WAN wan1 down: silent",
+             "event": "path_down"},
             {"time": 2.0, "level": "info", "message": "something unrelated"}]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)

@@ -18,8 +18,6 @@ from flask import Blueprint, jsonify, render_template
 from webui.daemon_link import DaemonDown, ask
 
 bp = Blueprint("dashboard", __name__)
-# Log lines the events panel shows: state changes a user cares about, not every message.
-EVENT_WORDS = ("WAN", "path", "connected", "disconnected", "exit", "refused", "reloading", "kill switch")
 # Longer names are cut: a card title, not a place for a peer to write an essay.
 MAX_NAME_CHARS = 40
 
@@ -34,6 +32,12 @@ def printable(text: object, limit: int | None = None) -> str:
 def element_key(kind: str, name: object) -> str:
     """A key for the page element showing `name`: hex, the same in the HTML and the JSON for any name."""
     return kind + hashlib.sha256(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _path_kind(path: dict[str, Any]) -> str:
+    kind = printable(path.get("kind", "direct"), MAX_NAME_CHARS)
+    via = path.get("via")
+    return f"{kind} via {printable(via, MAX_NAME_CHARS)}" if via else kind
 
 
 def _wan_summary(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -69,13 +73,14 @@ def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
     peers = [{
         "key": element_key("p", p["node_id"]), "name": printable(p["name"] or p["node_id"][:12], MAX_NAME_CHARS),
         "node_id": p["node_id"], "connected": p["connected"], "endpoint": p["endpoint"], "rtt_ms": p["rtt_ms"],
-        # Every path today is a direct QUIC connection; relayed paths arrive with the mesh.
+        # The route kind the core reports: direct, punched, or relayed via another node.
         "paths": [{"wan": printable(x["wan"], MAX_NAME_CHARS), "up": x["up"], "remote": x["remote"],
-                   "rtt_ms": x["rtt_ms"], "kind": "direct"} for x in p["paths"]],
+                   "rtt_ms": x["rtt_ms"], "kind": _path_kind(x)} for x in p["paths"]],
     } for p in status.get("peers", [])]
     # Log lines may quote the network (a peer's close reason): one line each, whatever they hold.
     events = [{**e, "message": printable(e["message"])} for e in events]
-    interesting = [e for e in events if any(word in e["message"] for word in EVENT_WORDS)]
+    # State changes the daemon logged as events (path up/down, WANs, the exit, refusals, reloads).
+    interesting = [e for e in events if e.get("event")]
     return {
         "ok": True, "time": status.get("time", time.time()), "node": status.get("node", {}),
         "router": status.get("router"), "wans": wans, "peers": peers,
