@@ -86,8 +86,10 @@ def test_without_kill_switch_the_lan_falls_back_to_the_wans_and_returns(lab: Lab
     _lan_a_online(sites, tmp_path)
     url = f"http://{sites.web_addr}:{HTTP_PORT}/"
     assert curl(sites.lan_a, url) == sites.wl.addr("gateway")
-    _stop_gateway(sites)
-    wait_for(lambda: not sites.site_a.status()["router"]["lan"]["exit_active"], timeout=5)
+    qe.stop(sites.gateway)
+    # The exit follows the core's peer events at once (its safety re-check is every 5 s).
+    took = wait_for(lambda: not sites.site_a.status()["router"]["lan"]["exit_active"], timeout=5)
+    assert took < 1.5, f"the exit fell back after {took:.1f} s"
     # Straight out of WAN 0, NATed to the router's WAN address.
     assert curl(sites.lan_a, url) == sites.wl.wans[0].router_addr
     qe.start(sites.gateway)

@@ -26,9 +26,9 @@ from quicether.net import lan as lan_net
 from quicether.net import nft
 
 log = logging.getLogger("quicether")
-# How often the exit peer's state is checked: well below the bond's own failover time (~0.3 s), so the
-# fallback to raw WANs (kill switch off) follows the bond going down or up within a fraction of a second.
-EXIT_CHECK_INTERVAL_S = 0.2
+# The exit follows the core's path and peer events for the exit peer at once; this slow re-check is only
+# a safety net (an event queue overflowing under a flood of them).
+EXIT_RECHECK_S = 5.0
 
 
 def resolve_acls(config: Config) -> list[nft.Acl]:
@@ -61,6 +61,7 @@ class Router:
         self.outside = [w.device for w in config.wans]
         self.exit_active = False
         self._exit_task: asyncio.Task[None] | None = None
+        self._exit_dirty = asyncio.Event()
         self._exit_key = self._find_exit_key(config)
         self._forwarding_before: str | None = None
         self._lan_address: tuple[str, str] | None = None   # (device, address) this daemon added
@@ -233,9 +234,16 @@ class Router:
                      else "is held (kill switch): the exit peer is down" if active
                      else "leaves by the WANs directly: the exit peer is down", extra={"event": "exit_changed"})
 
+    def peer_changed(self, key: bytes | None) -> None:
+        """The core reported a path or peer event for `key`: if it is the exit peer, look again now."""
+        if key is not None and key == self._exit_key:
+            self._exit_dirty.set()
+
     async def _watch_exit(self) -> None:
         while True:
-            await asyncio.sleep(EXIT_CHECK_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit_dirty.wait(), EXIT_RECHECK_S)
+            self._exit_dirty.clear()
             try:
                 await self._update_exit()
             except Exception:  # noqa: BLE001 - keep watching; the next round retries

@@ -30,6 +30,8 @@ from quicether.net import links
 from quicether.net.nft import FirewallError
 
 log = logging.getLogger("quicether")
+# Core events that change whether a peer is reachable (the router's exit follows them).
+PEER_STATE_EVENTS = ("peer_connected", "peer_disconnected", "path_up", "path_down")
 # Time between answering a reload request and stopping the services for it.
 RELOAD_DELAY_S = 0.3
 
@@ -66,6 +68,8 @@ class Daemon:
             who = self._peer_label(event.get("key"))
             kind = str(event["kind"])
             mark = {"event": kind}
+            if self.router is not None and kind in PEER_STATE_EVENTS:
+                self.router.peer_changed(event.get("key"))
             if kind == "peer_connected":
                 log.info("%s connected", who, extra=mark)
             elif kind == "path_up":
