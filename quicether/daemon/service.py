@@ -97,6 +97,8 @@ class Daemon:
                 total = sum(p["tx_bytes"] for p in stats["paths"]) or 1
                 for path in stats["paths"]:
                     path["share"] = path["tx_bytes"] / total
+                    if isinstance(path.get("via"), bytes):  # the relay's key: shown by name or node id
+                        path["via"] = self._names.get(path["via"]) or encode_node_id(path["via"])
                 peers.append({"name": self._names.get(key, ""), "node_id": encode_node_id(key), **stats})
         return {
             "node": {
