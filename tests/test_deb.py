@@ -173,6 +173,7 @@ def test_install_gateway_init_join_upgrade_remove_purge(lab: Lab, tmp_path: Path
         admitted.stdout + admitted.stderr + _log(root)
     _start_site(site)
     wait_for(lambda: _connected(site), timeout=20)
+    wait_for(lambda: site.status()["router"]["lan"]["exit_active"], timeout=10)
     lan.ip("addr", "add", f"{LAN_PREFIX}.10/24", "dev", "eth0")
     lan.ip("route", "add", "default", "via", f"{LAN_PREFIX}.1")
 
