@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 import time
@@ -80,6 +81,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load(Path(args.config))
+    except ConfigError as exc:
+        return _fail(str(exc))
+    wans = f"{len(config.wans)} WAN(s)" + (", WANs detected" if config.detect_wans else "")
+    print(f"{config.path}: valid ({config.role}, {len(config.peers)} peer(s), {wans}"
+          f"{', LAN ' + config.lan.device if config.lan else ''})")
+    return 0
+
+
 def _format_age(timestamp: float | None) -> str:
     if timestamp is None:
         return "never"
@@ -99,6 +111,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return _fail(f"no daemon answers on {socket_path} ({exc.strerror or exc}); is `quicether up` running?")
     if not answer.get("ok"):
         return _fail(str(answer.get("error")))
+    if args.json:
+        print(json.dumps(answer, indent=1, sort_keys=True))
+        return 0
     node = answer["node"]
     print(f"node {node['node_id']}")
     print(f"  listen {node['listen']}  tun {node['tun']}  mtu {node['mtu']}  address {node['address'] or '-'}")
@@ -322,7 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show peers, endpoints, RTT, bytes and last handshake")
     status.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
     status.add_argument("--socket", help="API socket of the daemon (default: from the config)")
+    status.add_argument("--json", action="store_true", help="print the daemon's whole answer as JSON (for scripts)")
     status.set_defaults(func=_cmd_status)
+
+    check = sub.add_parser("check", help="validate a config file without applying it (exit 1 naming the field)")
+    check.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
+    check.set_defaults(func=_cmd_check)
 
     invite = sub.add_parser("invite", help="print an invite code other nodes paste to connect to this one")
     invite.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")

@@ -41,6 +41,8 @@ def test_bond_spreads_traffic_and_beats_the_best_single_wan(lab: Lab, tmp_path: 
     assert all(wan in status.stdout for wan in ("wan0", "wan1", "wan2")), status.stdout
     # Why each path carries what it does: its congestion window and what waits in its send queue.
     assert "window" in status.stdout and all(p["cwnd_bytes"] > 0 for p in paths.values()), paths
+    as_json = bond.site.ns.run(sys.executable, "-m", "quicether", "status", "--json", "-c", str(bond.site.config_path))
+    assert sorted(p["wan"] for p in json.loads(as_json.stdout)["peers"][0]["paths"]) == ["wan0", "wan1", "wan2"]
     # Each path's route kind, as the core reports it (every lab path here is a direct one).
     assert all(p["kind"] == "direct" for p in paths.values()) and status.stdout.count(" direct ") == 3
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from quicether import __version__
 
@@ -28,3 +29,23 @@ def test_unknown_command_is_an_error() -> None:
     proc = _quicether("frobnicate")
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
+
+
+def test_check_validates_a_config_without_applying_it(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[node]\naddress = "10.99.0.1/24"\n[lan]\ndevice = "eth0"\n[[wan]]\ndevice = "eth1"\n')
+    proc = _quicether("check", "-c", str(good))
+    assert proc.returncode == 0 and "valid (site, 0 peer(s), 1 WAN(s), LAN eth0)" in proc.stdout, proc.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[wan]]\ndevice = "eth1"\nrate_mbit = 0\n')
+    proc = _quicether("check", "-c", str(bad))
+    assert proc.returncode == 1 and "wan[0].rate_mbit" in proc.stderr
+    assert _quicether("check", "-c", str(tmp_path / "missing.toml")).returncode == 1
+
+
+def test_every_command_has_help() -> None:
+    commands = ["version", "keygen", "pubkey", "up", "status", "check", "invite", "join", "add-peer", "upgrade",
+                "setup-code", "gateway"]
+    for command in commands:
+        proc = _quicether(command, "--help")
+        assert proc.returncode == 0 and f"usage: quicether {command}" in proc.stdout, command
