@@ -301,8 +301,8 @@ def run_init(opts: Options, out: TextIO = sys.stdout, run: Runner = _run,
     old_port = int(str(old_node.get("listen", f"0.0.0.0:{DEFAULT_PORT}")).rpartition(":")[2] or DEFAULT_PORT)
     port = opts.port if opts.port is not None else (old_port if configured else DEFAULT_PORT)
     old_device = old.get("gateway", {}).get("internet")
-    # 2. The internet port: the configured one if the config is kept, else the default route's.
-    device = opts.device or (old_device if configured and not opts.force else None)
+    # 2. The internet port: the configured one if the config is kept, else the one given or the default route's.
+    device = old_device if configured and not opts.force else opts.device
     internet = find_internet_port(device, run)
     say(f"internet port: {internet.device} ({internet.address}"
         f"{', default route via ' + internet.via if internet.via else ''})")

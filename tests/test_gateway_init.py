@@ -148,12 +148,14 @@ def test_running_again_changes_nothing_and_prints_the_same_invite(tmp_path: Path
     first, _ = _init(opts)
     files = [opts.config_path, opts.state_dir / "node.key", opts.sysctl_path, opts.state_dir / "gateway-endpoint"]
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
-    again, out = _init(_opts(tmp_path, port=5555, address="10.98.0.1/24"))
+    again, out = _init(_opts(tmp_path, port=5555, address="10.98.0.1/24", device="ens4"),
+                       FakeHost(routes=ROUTES))
     assert again.invite == first.invite
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
     assert "exists" in out and "kept (--force rewrites it" in out
     assert "listens on port 4433, not 5555; --force changes it" in out
     assert "overlay address is 10.99.0.1/24, not 10.98.0.1/24" in out
+    assert "internet port is ens3, not ens4; --force changes it" in out and "internet port: ens3" in out
 
 
 def test_force_rewrites_the_config_and_keeps_the_admitted_sites(tmp_path: Path) -> None:
