@@ -302,7 +302,8 @@ def _cmd_gateway_init(args: argparse.Namespace) -> int:
         return _fail("run as root (it writes the config, the node key and a sysctl file, and starts the unit)")
     opts = gateway_init.Options(config_path=Path(args.config), state_dir=Path(args.state_dir),
                                 public_ip=args.public_ip, port=args.port, device=args.internet,
-                                address=args.address, name=args.name, start=args.start, force=args.force)
+                                address=args.address, name=args.name, start=args.start, force=args.force,
+                                keep_ssh=args.keep_ssh)
     try:
         result = gateway_init.run_init(opts)
     except gateway_init.GatewayInitError as exc:
@@ -419,7 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--no-start", dest="start", action="store_false",
                       help="do not enable or start quicether.service")
     init.add_argument("--force", action="store_true",
-                      help="rewrite an existing config (its peers, ACLs and port forwards are kept)")
+                      help="rewrite an existing config (its peers, ACLs, port forwards and open ports are kept)")
+    init.add_argument("--close-ssh", dest="keep_ssh", action="store_false",
+                      help="do not keep the SSH server's port open on the internet port (default: it goes into"
+                           " [firewall] open)")
     init.set_defaults(func=_cmd_gateway_init)
     return parser
 

@@ -4,7 +4,9 @@ Steps, in order; each prints what it found or did, and none changes what already
   1. the node key (`state_dir/node.key`): created if missing;
   2. the internet port and public address, from the default route (`public_ip`, `device` override them,
      e.g. behind a provider's 1:1 NAT, where the port's own address is private);
-  3. the config: role "gateway", `[gateway] internet` = that port (the sites' exit), an overlay address;
+  3. the config: role "gateway", `[gateway] internet` = that port (the sites' exit), an overlay address,
+     and the SSH server's port in `[firewall] open` (the firewall otherwise refuses new SSH connections
+     on the internet port, which on a VPS is usually the only way in; `keep_ssh=False` leaves it out);
      kept if the file already holds settings (the package's commented template holds none);
   4. IPv4 forwarding, persistently (a sysctl.d file) and now;
   5. the systemd unit, enabled and started (skipped with a note when systemd is not running, e.g. in a
@@ -80,6 +82,7 @@ class Options:
     name: str = "gateway"              # the name sites give this gateway
     start: bool = True                 # enable and start the systemd unit
     force: bool = False                # rewrite the config (peers are kept) and the remembered endpoint
+    keep_ssh: bool = True              # keep the SSH server's port open on the internet port
     sysctl_path: Path = SYSCTL_FILE
     proc_forwarding: Path = Path("/proc/sys/net/ipv4/ip_forward")
 
@@ -136,12 +139,32 @@ def find_internet_port(device: str | None = None, run: Runner = _run) -> Interne
     return parse_internet_port(outputs[0], outputs[1], device)
 
 
+def parse_ssh_ports(ss_output: str) -> list[int]:
+    """TCP ports an SSH server listens on, from `ss -Hltnp` output: sshd's sockets, and port 22 whoever
+    holds it (socket-activated ssh.socket shows systemd as its process)."""
+    ports = set()
+    for line in ss_output.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        port = fields[3].rpartition(":")[2]
+        if port.isdigit() and ('"sshd"' in line or port == "22"):
+            ports.add(int(port))
+    return sorted(ports)
+
+
+def find_ssh_ports(run: Runner = _run) -> list[int]:
+    proc = run(["ss", "-Hltnp"])
+    return parse_ssh_ports(proc.stdout) if proc.returncode == 0 else []
+
+
 # -- 3. the config -------------------------------------------------------------------------------------
 
-def gateway_document(old: config_edit.Document, *, port: int, device: str, address: str,
-                     state_dir: Path) -> config_edit.Document:
-    """A gateway config: role gateway, listening on `port`, exit to the internet through `device`; the
-    peers (admitted sites) and ACLs of `old` are kept, and its port forwards if they leave by `device`."""
+def gateway_document(old: config_edit.Document, *, port: int, device: str, address: str, state_dir: Path,
+                     open_ports: list[str] | None = None) -> config_edit.Document:
+    """A gateway config: role gateway, listening on `port`, exit to the internet through `device`, the
+    `open_ports` ("tcp/22") accepted there; the peers (admitted sites), ACLs, port forwards and open
+    ports of `old` are kept."""
     node: dict[str, Any] = {"listen": f"0.0.0.0:{port}", "address": address, "role": "gateway"}
     if state_dir != DEFAULT_STATE_DIR:
         node["state_dir"] = str(state_dir)
@@ -150,6 +173,10 @@ def gateway_document(old: config_edit.Document, *, port: int, device: str, addre
     if forwards:
         gateway["forward"] = forwards
     doc: config_edit.Document = {"node": node, "gateway": gateway}
+    opened = list(old.get("firewall", {}).get("open", []))
+    opened += [o for o in open_ports or [] if o not in opened]
+    if opened:
+        doc["firewall"] = {"open": opened}
     for key in ("peer", "acl"):
         if old.get(key):
             doc[key] = old[key]
@@ -307,6 +334,7 @@ def run_init(opts: Options, out: TextIO = sys.stdout, run: Runner = _run,
     say(f"internet port: {internet.device} ({internet.address}"
         f"{', default route via ' + internet.via if internet.via else ''})")
 
+    ssh_ports = find_ssh_ports(run)
     config_changed = False
     if configured and not opts.force:
         try:
@@ -326,7 +354,8 @@ def run_init(opts: Options, out: TextIO = sys.stdout, run: Runner = _run,
                 "--force changes it")
     else:
         doc = gateway_document(old, port=port, device=internet.device, address=opts.address,
-                               state_dir=opts.state_dir)
+                               state_dir=opts.state_dir,
+                               open_ports=[f"tcp/{p}" for p in ssh_ports] if opts.keep_ssh else [])
         try:
             config = config_edit.save(doc, opts.config_path)
         except (ConfigError, OSError) as exc:
@@ -358,13 +387,20 @@ def run_init(opts: Options, out: TextIO = sys.stdout, run: Runner = _run,
     # 4. Forwarding.
     say(enable_forwarding(opts.sysctl_path, opts.proc_forwarding))
 
-    # The firewall closes the internet port: say so before the daemon starts.
-    say(f"firewall: while QuicEther runs, {internet.device} accepts only QUIC (udp {port}) and replies to "
-        f"this host's own traffic; new SSH connections to {internet.address} are refused (open ones stay up). "
-        "Keep another way in: the provider's console, a second port, or SSH to "
-        f"{config.address.split('/')[0]} through the tunnel from a site.")
-    if os.environ.get("SSH_CONNECTION", "").split()[2:3] == [internet.address]:
-        say(f"  warning: this session is SSH to {internet.address}: after it ends, SSH there is refused")
+    # The firewall closes the internet port: say what stays open before the daemon starts.
+    opened = [f"{o.protocol}/{o.port}" for o in config.open_ports]
+    accepted = [f"QUIC (udp {port})"] + [f"{o} ([firewall] open)" for o in opened]
+    say(f"firewall: while QuicEther runs, {internet.device} accepts {', '.join(accepted)} and replies to this "
+        "host's own traffic, nothing else")
+    closed = [p for p in ssh_ports if f"tcp/{p}" not in opened]
+    if closed:
+        how = ("--force without --close-ssh keeps it open" if configured and not opts.force
+               else f'[firewall] open = ["tcp/{closed[0]}"] keeps it open')
+        say(f"  warning: SSH listens on tcp/{', '.join(map(str, closed))}: new SSH connections to "
+            f"{internet.address} are refused (open ones stay up); {how}, or use another way in (the provider's "
+            f"console, SSH to {config.address.split('/')[0]} through the tunnel from a site)")
+        if os.environ.get("SSH_CONNECTION", "").split()[2:3] == [internet.address]:
+            say(f"  warning: this session is SSH to {internet.address}: after it ends, SSH there is refused")
 
     # 5. The unit, and 6. the check.
     started = False

@@ -29,13 +29,18 @@ ADDRS = [{"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1",
                                           {"family": "inet", "local": "192.0.2.10", "scope": "global"}]},
          {"ifname": "ens5", "addr_info": [{"family": "inet6", "local": "2001:db8::1", "scope": "global"}]}]
 SITE_ID = "qe1aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypq"
+SSHD = ('LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:(("sshd",pid=512,fd=3))\n'
+        'LISTEN 0 128 [::]:22 [::]:* users:(("sshd",pid=512,fd=4))\n'
+        'LISTEN 0 4096 127.0.0.1:631 0.0.0.0:* users:(("cupsd",pid=600,fd=7))\n')
 
 
 class FakeHost:
-    """Answers `ip -j` like a host with a default route on ens3, and records systemctl calls."""
+    """Answers `ip -j` like a host with a default route on ens3 and `ss` like one with sshd on port 22,
+    and records systemctl calls."""
 
     def __init__(self, routes: list[dict[str, object]] | None = None, active: bool = False,
-                 addrs: list[dict[str, object]] | None = None) -> None:
+                 addrs: list[dict[str, object]] | None = None, listening: str = SSHD) -> None:
+        self.listening = listening
         self.routes = routes if routes is not None else ROUTES[:1]
         self.addrs = addrs if addrs is not None else ADDRS
         self.active = active
@@ -48,6 +53,8 @@ class FakeHost:
             out = json.dumps(self.routes)
         elif args[:4] == ["ip", "-j", "-4", "addr"]:
             out = json.dumps(self.addrs)
+        elif args[:2] == ["ss", "-Hltnp"]:
+            out = self.listening
         elif args[:2] == ["systemctl", "is-active"]:
             rc = 0 if self.active else 3
         elif args[:2] == ["systemctl", "start"] or args[:2] == ["systemctl", "restart"]:
@@ -137,7 +144,9 @@ def test_first_run_writes_key_config_forwarding_and_prints_the_invite(tmp_path: 
     assert invite.name == "gateway"
     assert result.invite in out.splitlines()
     assert "node key: created" in out and "not started (--no-start)" in out
-    assert "new SSH connections to 203.0.113.7 are refused" in out
+    assert [(o.protocol, o.port) for o in config.open_ports] == [("tcp", 22)]  # sshd listens there
+    assert "ens3 accepts QUIC (udp 4433), tcp/22 ([firewall] open) and replies" in out
+    assert "refused" not in out
     assert "quicether add-peer SITE-NAME" in out
     assert "203.0.113.7 is not a public address" in out  # documentation space: never a real VPS's
     assert result.started is False and result.quic_answers is None
@@ -265,3 +274,30 @@ def test_the_command_line() -> None:
     assert args.config == "/etc/quicether/quicether.toml" and args.address == "10.99.0.1/24"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["gateway"])
+
+
+def test_ssh_stays_open_unless_closed_and_a_kept_config_without_it_is_flagged(tmp_path: Path) -> None:
+    assert gateway_init.parse_ssh_ports(SSHD) == [22]
+    assert gateway_init.parse_ssh_ports('LISTEN 0 128 0.0.0.0:2222 0.0.0.0:* users:(("sshd",pid=5,fd=3))') == [2222]
+    assert gateway_init.parse_ssh_ports('LISTEN 0 4096 *:22 *:* users:(("systemd",pid=1,fd=50))') == [22]
+    assert gateway_init.parse_ssh_ports("") == []
+    # --close-ssh: not opened, and said so.
+    opts = _opts(tmp_path, keep_ssh=False)
+    _, out = _init(opts)
+    assert load(opts.config_path).open_ports == []
+    assert "SSH listens on tcp/22: new SSH connections to 203.0.113.7 are refused" in out
+    assert '[firewall] open = ["tcp/22"] keeps it open' in out
+    # Kept as it is on the next run, with the way to open it.
+    _, out = _init(_opts(tmp_path))
+    assert load(opts.config_path).open_ports == [] and "--force without --close-ssh keeps it open" in out
+    # --force opens it and keeps what was open already.
+    doc = config_edit.load_document(opts.config_path)
+    config_edit.save({**doc, "firewall": {"open": ["udp/5353"]}}, opts.config_path)
+    _, out = _init(_opts(tmp_path, force=True))
+    assert [f"{o.protocol}/{o.port}" for o in load(opts.config_path).open_ports] == ["udp/5353", "tcp/22"]
+    assert "refused" not in out
+    # No SSH server: nothing opened, nothing to warn about.
+    other = tmp_path / "other"
+    other.mkdir()
+    _, out = _init(_opts(other), FakeHost(listening=""))
+    assert load(_opts(other).config_path).open_ports == [] and "SSH" not in out
