@@ -52,3 +52,7 @@ class Node:
 
 def generate_seed() -> bytes: ...
 def public_key_of_seed(seed: bytes) -> bytes: ...
+def sign(seed: bytes, message: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) of `message` with a 32-byte key seed; ValueError if the seed is not 32 bytes."""
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True if `signature` is `public_key`'s Ed25519 signature of `message`; False otherwise (bad lengths too)."""

@@ -12,6 +12,7 @@
 //! - `peer_text`: peer-supplied strings made safe for events and logs.
 //! - `refusals`: refused-handshake counting, reported at a bounded rate with bounded memory.
 //! - `path_rate`: a path's delivery rate and minimum RTT, and the window cap they give.
+//! - `signing`: Ed25519 signatures with a node or network key seed.
 
 pub mod allowed_ips;
 pub mod certkey;
@@ -24,3 +25,4 @@ pub mod peer_text;
 pub mod refusals;
 pub mod reorder;
 pub mod scheduler;
+pub mod signing;
