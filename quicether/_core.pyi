@@ -52,3 +52,23 @@ class Node:
 
 def generate_seed() -> bytes: ...
 def public_key_of_seed(seed: bytes) -> bytes: ...
+def sign(seed: bytes, message: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) of `message` with a 32-byte key seed; ValueError if the seed is not 32 bytes."""
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True if `signature` is `public_key`'s Ed25519 signature of `message`; False otherwise (bad lengths too)."""
+
+# Membership (core/proto/src/membership.rs has the wire formats). A refusal is a ValueError whose message
+# is "certificate refused: CAUSE" (or "revocation refused: CAUSE"), CAUSE one of "malformed: <why>",
+# "foreign network: …", "bad signature", "not yet valid", "expired", "revoked". Bad fields when issuing
+# are ValueErrors naming the field. Times are Unix seconds; the window has a 600 s clock tolerance.
+def issue_certificate(network_seed: bytes, node_key: bytes, name: str, ipv4: str, overlay: str, groups: list[str],
+                      lan_prefixes: list[str], exit: bool, not_before: int, not_after: int) -> bytes:
+    """A membership certificate signed by the network key (name/groups: 1-32 of a-z 0-9 -, ≤ 8 groups,
+    ≤ 16 canonical LAN prefixes; overlay a /10../16 inside 100.64.0.0/10 holding the host address ipv4)."""
+def read_certificate(data: bytes, network_key: bytes, now: int, revoked: list[bytes] | None = None) -> dict[str, Any]:
+    """Verifies a certificate of this network at `now`: dict with version, network (bytes), node_key (bytes),
+    name, ipv4, overlay ("100.64.0.0/16"), ipv6 (the ULA derived from both keys), groups, lan_prefixes,
+    exit, not_before, not_after."""
+def issue_revocation(network_seed: bytes, node_key: bytes, revoked_at: int, sequence: int) -> bytes: ...
+def read_revocation(data: bytes, network_key: bytes) -> dict[str, Any]:
+    """Verifies a revocation of this network: dict with version, network, node_key, revoked_at, sequence."""

@@ -12,15 +12,21 @@
 //! - `peer_text`: peer-supplied strings made safe for events and logs.
 //! - `refusals`: refused-handshake counting, reported at a bounded rate with bounded memory.
 //! - `path_rate`: a path's delivery rate and minimum RTT, and the window cap they give.
+//! - `signing`: Ed25519 signatures with a node or network key seed.
+//! - `membership`: network membership certificates and revocations (encoding, verification).
+//! - `wire`: the bounded reader and writer of our binary encodings.
 
 pub mod allowed_ips;
 pub mod certkey;
 pub mod classify;
 pub mod frame;
 pub mod health;
+pub mod membership;
 pub mod path_rank;
 pub mod path_rate;
 pub mod peer_text;
 pub mod refusals;
 pub mod reorder;
 pub mod scheduler;
+pub mod signing;
+pub mod wire;

@@ -3,6 +3,8 @@
 
 use std::sync::Mutex;
 
+mod membership;
+
 use pyo3::exceptions::{PyKeyError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -14,6 +16,7 @@ use quicether_io::tls;
 use quicether_proto::allowed_ips::Prefix;
 use quicether_proto::classify::Rule;
 use quicether_proto::scheduler::Mode;
+use quicether_proto::signing;
 
 fn settings(delay_us: i64, jitter_us: i64) -> PyResult<DelaySettings> {
     if delay_us < 0 || jitter_us < 0 {
@@ -394,6 +397,19 @@ fn public_key_of_seed<'py>(py: Python<'py>, seed: &[u8]) -> PyResult<Bound<'py, 
     Ok(PyBytes::new(py, &tls::public_key_of_seed(&key32("seed", seed)?)))
 }
 
+/// Ed25519 signature (64 bytes) of `message` with a 32-byte node or network key seed.
+#[pyfunction]
+fn sign<'py>(py: Python<'py>, seed: &[u8], message: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    Ok(PyBytes::new(py, &signing::sign(&key32("seed", seed)?, message)))
+}
+
+/// True if `signature` is the Ed25519 signature of `message` by `public_key`; False for anything else,
+/// wrong lengths included.
+#[pyfunction]
+fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    signing::verify(public_key, message, signature)
+}
+
 /// Version of the compiled core; Python checks it matches the package.
 #[pyfunction]
 fn core_version() -> &'static str {
@@ -407,5 +423,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(generate_seed, m)?)?;
     m.add_function(wrap_pyfunction!(public_key_of_seed, m)?)?;
     m.add_function(wrap_pyfunction!(core_version, m)?)?;
+    m.add_function(wrap_pyfunction!(sign, m)?)?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
+    membership::register(m)?;
     Ok(())
 }
