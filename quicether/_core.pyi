@@ -1,14 +1,47 @@
-"""Type stub for the Rust extension `quicether._core` (built by maturin from core/py)."""
+"""Type stub for the Rust extension `quicether._core` (built by maturin from core/py).
+
+`Node.peers()` returns one dict per peer: key (bytes), endpoint, connected, rtt_ms, last_handshake (unix s or
+None), tx/rx packets, bytes and dropped, retransmitted, reorder (dict of counters and timeout_ms) and paths,
+one dict per path:
+
+    wan          str    the WAN to show: ours if we dialed the path, else the one the peer dialed from
+    local_wan    str    our WAN the path runs over ("default": the listening socket of a node without WANs);
+                        remove_wan(name) closes exactly the paths whose local_wan is name
+    peer_wan     str | None   the peer's WAN as it named it (only [A-Za-z0-9._-], at most 32), if it said
+    kind         str    "direct" (today), "punched" or "relayed"
+    via          bytes | None the relaying node's key when kind is "relayed"
+    origin       str    "dialed" (by us) or "accepted"
+    delivery_rate_bps  int  what the path's acks show it delivers (bits/s; little while the bond uses it little)
+    min_rtt_ms   float  its RTT without queues (expiring minimum: follows a base RTT that grew for good)
+    local, public, remote, up, backup, rtt_ms, loss, tx/rx_bytes, tx/rx_rate_bps, cwnd_bytes, queued_bytes
+
+`Node.events()` drains events, dicts with these fields for every kind:
+
+    kind    str           one of the kinds below
+    key     bytes | None  the peer's node key (None for tun_failed, and for a refused certificate without key)
+    wan     str | None    the path's WAN as in the path dict's "wan" (path events, dial_failed)
+    detail  str           human-readable; text from the network in it is escaped and bounded
+
+and per kind:
+
+    peer_added, peer_removed   the peer table changed (add_peer / remove_peer, or the constructor's peers)
+    peer_connected             the peer's first path came up
+    peer_disconnected          its last path closed; detail: "<reason>: <error>"
+    path_up                    + local_wan, peer_wan, path_kind, via, origin, remote (as in the path dict);
+                               reason: "connected" (new connection) or "recovered" (answers probes again);
+                               detail: the remote address
+    path_down                  + the same route fields; reason: "silent" (no probe replies; the connection
+                               stays and may recover), "closed" (by the peer, timeout or reset), "wan_removed",
+                               "duplicate" (another path over the same pair of WANs stays), "peer_removed",
+                               "node_stopping"
+    handshake_refused          a key not pinned, or a path unfit for the tunnel MTU. Rate-limited (once per key
+                               per minute, at most 5/s); refused_handshakes() counts every refusal
+    dial_failed                dialing from WAN "wan" failed; reported when the reason changes
+    tun_failed                 reading the TUN device failed: no packet leaves the node any more. Fatal: the
+                               daemon must log it and exit non-zero (its supervisor restarts it)
+"""
 
 from typing import Any
-
-class DelayLine:
-    """A userspace delay line on an existing TUN device (the lab's netem replacement)."""
-
-    def __init__(self, tun_name: str, delay_us: int = 0, jitter_us: int = 0) -> None: ...
-    def set(self, delay_us: int, jitter_us: int) -> None: ...
-    def stats(self) -> dict[str, int]: ...
-    def close(self) -> None: ...
 
 def core_version() -> str: ...
 

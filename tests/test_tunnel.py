@@ -311,3 +311,53 @@ def test_peer_added_updated_and_removed_at_run_time(lab: Lab) -> None:
     # Reported although b's key was refused (and reported) before a added it: its removal is news.
     refused = [e for e in a.call("events") if e["kind"] == "handshake_refused"]
     assert refused and all(base64.b64decode(e["key"]) == b.key for e in refused), refused
+
+
+def test_events_are_typed_and_a_lost_tun_device_is_a_fatal_event(lab: Lab) -> None:
+    ns_a, _ns_b, a, b = _core_pair(lab)
+    b.call("add_peer", a.key, ["10.1.0.1:4433"], ["10.99.0.1/32"], "aggregate", "redundant", [])
+    a.call("add_peer", b.key, [], ["10.99.0.2/32"], "aggregate", "redundant", [])
+    a.wait(lambda: (a.peer(b.key) or {}).get("connected"))
+    events = a.call("events")
+    # (b may have dialed before a added it: a refusal first.)
+    kinds = [e["kind"] for e in events if e["kind"] != "handshake_refused"]
+    assert kinds == ["peer_added", "peer_connected", "path_up"], kinds
+    up = next(e for e in events if e["kind"] == "path_up")
+    assert (up["path_kind"], up["origin"], up["reason"], up["local_wan"], up["peer_wan"]) == (
+        "direct", "accepted", "connected", "default", "default"), up
+    assert up["via"] is None and up["remote"].startswith("10.1.0.2:")
+    a.call("remove_peer", b.key)
+    seen: list[dict[str, Any]] = []
+    a.wait(lambda: seen.extend(a.call("events")) or any(
+        e["kind"] == "path_down" and e["reason"] == "peer_removed" for e in seen))
+    assert "peer_removed" in [e["kind"] for e in seen] and "peer_disconnected" not in [e["kind"] for e in seen]
+    # The TUN device deleted under the node: reads fail, and that is an event, not a silent stop.
+    assert not any(e["kind"] == "tun_failed" for e in seen)
+    ns_a.ip("link", "del", "qe0")
+    a.wait(lambda: any(e["kind"] == "tun_failed" and e["key"] is None for e in a.call("events")), timeout=5)
+
+
+def test_remove_wan_closes_our_wans_paths_not_a_peers_path_with_the_same_label(lab: Lab) -> None:
+    """Issue 18 item 5: paths are keyed by (peer, our WAN). A peer's path whose hello names its WAN "wan0"
+    is not ours to close when our own WAN "wan0" goes; peer-supplied names are also made safe."""
+    ns_a, ns_b = _two_hosts(lab)
+    ns_a.ip("addr", "add", "10.1.0.11/24", "dev", "eth0")
+    ns_b.ip("addr", "add", "10.1.0.12/24", "dev", "eth0")
+    ours = CoreNode(ns_a, "qe0", "10.99.0.1/24", "--wans")
+    theirs = CoreNode(ns_b, "qe0", "10.99.0.2/24", "--wans")
+    ours.call("add_peer", theirs.key, [], ["10.99.0.2/32"], "aggregate", "redundant", [])
+    theirs.call("add_peer", ours.key, ["10.1.0.1:4433"], ["10.99.0.1/32"], "aggregate", "redundant", [])
+    # Their WAN is called wan0 and so is ours, on another address than the one they dial.
+    theirs.call("add_wan", ["wan0", None, "10.1.0.2", False, 0])
+    ours.call("add_wan", ["wan0", None, "10.1.0.11", False, 0])
+    path = _settled_paths(ours, theirs.key, seconds=1)
+    assert [(p["local_wan"], p["peer_wan"], p["wan"]) for p in path] == [("default", "wan0", "wan0")], path
+    assert ours.call("remove_wan", "wan0") is True
+    time.sleep(1)
+    assert [p["peer_wan"] for p in ours.peer(theirs.key)["paths"]] == ["wan0"]  # type: ignore[index]
+    assert ping(ns_a, theirs.address, count=3).received == 3
+    # A WAN name that is not a safe label reaches the peer made safe.
+    theirs.call("add_wan", ["evil\nquicether: WARNING", None, "10.1.0.12", False, 0])
+    ours.wait(lambda: len(ours.peer(theirs.key)["paths"]) == 2)  # type: ignore[index]
+    names = sorted(p["peer_wan"] for p in ours.peer(theirs.key)["paths"])  # type: ignore[index]
+    assert names == ["evil_quicether__WARNING", "wan0"], names

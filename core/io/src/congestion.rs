@@ -1,4 +1,7 @@
 //! Congestion control for paths: CUBIC that tells random loss from congestion, with its window capped.
+//! Every path's controller (plain CUBIC and BBR too) is wrapped in `LossTolerant`, which measures the path's
+//! delivery rate and expiring minimum RTT (`path_estimates` reads them for the scheduler); only the
+//! loss-tolerant configuration also changes what the inner controller is told.
 //!
 //! A QuicEther path carries the inner TCP's packets as unreliable datagrams; a lost one is repaired by
 //! NACK or by the inner TCP, not by QUIC. What the path's congestion control must do is keep the link's
@@ -37,6 +40,8 @@ pub const INFLIGHT_GAIN_PERCENT: u64 = 150;
 
 pub struct LossTolerant {
     inner: Box<dyn Controller>,
+    /// False: only measure (plain CUBIC or BBR behaviour); true: ignore random loss and cap the window.
+    tolerant: bool,
     /// Times are kept in µs since this (what `PathRate` takes).
     epoch: Instant,
     srtt: Duration,
@@ -45,8 +50,8 @@ pub struct LossTolerant {
 }
 
 impl LossTolerant {
-    fn new(inner: Box<dyn Controller>, now: Instant) -> Self {
-        LossTolerant { inner, epoch: now, srtt: Duration::ZERO, loss_rate: 0.0, rate: PathRate::default() }
+    fn new(inner: Box<dyn Controller>, now: Instant, tolerant: bool) -> Self {
+        LossTolerant { inner, tolerant, epoch: now, srtt: Duration::ZERO, loss_rate: 0.0, rate: PathRate::default() }
     }
 
     fn us(&self, at: Instant) -> u64 {
@@ -70,6 +75,9 @@ impl LossTolerant {
     }
 
     fn inflight_cap(&self) -> Option<u64> {
+        if !self.tolerant {
+            return None;
+        }
         self.rate.cap_bytes(crate::debug::inflight_gain_percent())
     }
 }
@@ -94,7 +102,7 @@ impl Controller for LossTolerant {
 
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, is_persistent_congestion: bool, lost_bytes: u64) {
         self.loss_rate = self.loss_rate * (1.0 - LOSS_EWMA) + LOSS_EWMA;
-        if is_persistent_congestion || self.looks_congested() {
+        if !self.tolerant || is_persistent_congestion || self.looks_congested() {
             self.inner.on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
         }
     }
@@ -114,6 +122,7 @@ impl Controller for LossTolerant {
     fn clone_box(&self) -> Box<dyn Controller> {
         Box::new(LossTolerant {
             inner: self.inner.clone_box(),
+            tolerant: self.tolerant,
             epoch: self.epoch,
             srtt: self.srtt,
             loss_rate: self.loss_rate,
@@ -130,16 +139,46 @@ impl Controller for LossTolerant {
     }
 }
 
-/// Builds `LossTolerant` CUBIC controllers for new connections.
-#[derive(Default)]
+/// Builds the wrapped controllers for new connections: loss-tolerant CUBIC, or plain CUBIC / BBR measured.
 pub struct LossTolerantConfig {
-    cubic: Arc<CubicConfig>,
+    inner: Arc<dyn ControllerFactory + Send + Sync>,
+    tolerant: bool,
+}
+
+impl Default for LossTolerantConfig {
+    fn default() -> Self {
+        Self { inner: Arc::new(CubicConfig::default()), tolerant: true }
+    }
+}
+
+impl LossTolerantConfig {
+    /// `inner` unchanged in behaviour, with the path's rate and minimum RTT measured alongside.
+    pub fn measured(inner: Arc<dyn ControllerFactory + Send + Sync>) -> Self {
+        Self { inner, tolerant: false }
+    }
 }
 
 impl ControllerFactory for LossTolerantConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(LossTolerant::new(self.cubic.clone().build(now, current_mtu), now))
+        Box::new(LossTolerant::new(self.inner.clone().build(now, current_mtu), now, self.tolerant))
     }
+}
+
+/// What a path's acks have shown: its delivery rate (bits/s, 0 before a sample) and its minimum RTT, which
+/// expires when the path's base RTT grows for good (`quicether_proto::path_rate`).
+pub struct PathEstimates {
+    pub delivery_rate_bps: u64,
+    pub min_rtt_us: Option<u64>,
+}
+
+/// The estimates of `conn`'s congestion controller (a copy of it is taken, under the connection's lock:
+/// call it per timer tick, not per packet). None if the controller is not ours.
+pub fn path_estimates(conn: &quinn::Connection) -> Option<PathEstimates> {
+    let controller = conn.congestion_state().into_any().downcast::<LossTolerant>().ok()?;
+    Some(PathEstimates {
+        delivery_rate_bps: controller.rate.bytes_per_sec().saturating_mul(8),
+        min_rtt_us: controller.rate.min_rtt_us(),
+    })
 }
 
 #[cfg(test)]
@@ -151,7 +190,7 @@ mod tests {
     #[test]
     fn window_is_capped_near_the_bandwidth_delay_product() {
         let start = Instant::now();
-        let mut cc = LossTolerant::new(Arc::new(CubicConfig::default()).build(start, 1400), start);
+        let mut cc = LossTolerant::new(Arc::new(CubicConfig::default()).build(start, 1400), start, true);
         assert_eq!(cc.inflight_cap(), None, "no cap before a rate is known");
         // 100 Mbit/s acked for a second on a 10 ms path whose queue has grown the smoothed RTT to 40 ms:
         // the cap is 150 % of 100 Mbit/s × 10 ms = 187.5 kB, and bounds CUBIC's window.
@@ -166,5 +205,19 @@ mod tests {
         assert!(cc.looks_congested());
         cc.srtt = 11 * MS;
         assert!(!cc.looks_congested(), "a loss without a queue is random");
+    }
+
+    #[test]
+    fn a_measured_controller_keeps_its_inner_window() {
+        let start = Instant::now();
+        let inner = Arc::new(CubicConfig::default()).build(start, 1400);
+        let mut cc = LossTolerant::new(inner.clone_box(), start, false);
+        for i in 1..=1_000u32 {
+            let now = start + MS * (10 + i);
+            cc.record_ack(now, now - 10 * MS, 12_500, 40 * MS);
+        }
+        assert!(cc.rate.bytes_per_sec() > 12_000_000, "measured all the same");
+        assert_eq!(cc.inflight_cap(), None);
+        assert_eq!(cc.window(), inner.window(), "no cap: the inner controller's window");
     }
 }

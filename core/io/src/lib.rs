@@ -1,17 +1,17 @@
 //! QuicEther I/O: everything that touches file descriptors, sockets and threads but knows nothing of Python.
 //! Decisions (scheduling, reordering, health) come from `quicether-proto`; this crate feeds them and acts.
 //!
-//! - `node`: wiring of a running node (endpoints, peers, WANs, stats).
+//! - `node`: wiring of a running node (endpoints, peers, WANs, stats).  `events`: what it reports.
 //! - `send` / `receive`: the packet path out of and into the TUN device.
 //! - `connect`: accepting and dialing paths, the path hello.  `timers`: probes and health per path.
 //! - `peer`: peer and path state.  `peers`: the peer table (by node key) and allowed IPs.  `sockets`: per-WAN UDP sockets.  `tls`: node identity and key pinning.
 //! - `congestion`: CUBIC that tells random loss from congestion.
-//! - `tun`: Linux TUN devices.  `delayline`: the network lab's userspace delay line.
+//! - `tun`: Linux TUN devices. (The lab's delay line lives in `core/labtools`, not linked into the appliance.)
 
 pub mod congestion;
 pub mod connect;
 pub mod debug;
-pub mod delayline;
+pub mod events;
 pub mod node;
 pub mod peer;
 pub mod peers;

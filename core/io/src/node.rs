@@ -22,8 +22,9 @@ use tokio::task::JoinHandle;
 
 use crate::congestion::LossTolerantConfig;
 use crate::connect::{accept_loop, dialer, DialTarget};
-pub use crate::peer::{Event, PeerConfig, PeerPolicy};
+pub use crate::events::{DownReason, Event, UpReason};
 use crate::peer::{Peer, Shared, CLOSE_PEER_REMOVED, DATAGRAM_SEND_BUFFER};
+pub use crate::peer::{PeerConfig, PeerPolicy};
 use crate::peers::PeerTable;
 use crate::receive::reorder_timer;
 use crate::send::tun_reader;
@@ -115,6 +116,9 @@ pub struct PathStats {
     /// The path's congestion window and what waits in its send queue (bytes): why a path carries what it does.
     pub cwnd: u64,
     pub queued: u64,
+    /// Delivery rate from the acks (bits/s) and the expiring minimum RTT the scheduler counts with.
+    pub delivery_rate_bps: u64,
+    pub min_rtt: Duration,
 }
 
 /// Per-peer numbers for `quicether status`.
@@ -222,8 +226,10 @@ fn transport_config(path_mtu: u16, v4: bool, congestion: Congestion) -> quinn::T
     t.min_mtu(payload);
     t.mtu_discovery_config(None);
     t.congestion_controller_factory(match congestion {
-        Congestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
-        Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        Congestion::Cubic => {
+            Arc::new(LossTolerantConfig::measured(Arc::new(quinn::congestion::CubicConfig::default())))
+        }
+        Congestion::Bbr => Arc::new(LossTolerantConfig::measured(Arc::new(quinn::congestion::BbrConfig::default()))),
         Congestion::LossTolerant => Arc::new(LossTolerantConfig::default()),
     });
     // Data travels in DATAGRAM frames; the only stream is the path hello.
@@ -447,7 +453,7 @@ impl Node {
                 // The link went away just now: what it sent in the last RTT (plus margin) may be lost.
                 let window = path.srtt_us.load(Ordering::Relaxed) + 50_000;
                 peer.resend_from_failed(&path, window, now);
-                path.conn.close(3u32.into(), b"WAN removed");
+                path.close(DownReason::WanRemoved, 3, b"WAN removed");
             }
         }
         if source.accept.is_some() {
@@ -474,6 +480,7 @@ impl Node {
         }
         let reorder_timer = runtime.spawn(reorder_timer(self.shared.clone(), peer.clone()));
         tasks.insert(cfg.key, PeerTasks { reorder_timer, dialers });
+        self.shared.emit(Event::PeerAdded { key: cfg.key });
         Ok(())
     }
 
@@ -513,9 +520,11 @@ impl Node {
             t.reorder_timer.abort();
         }
         drop(tasks);
+        // Their readers report each path down (reason peer_removed); no peer_disconnected follows.
         for path in peer.mark_removed() {
-            path.conn.close(CLOSE_PEER_REMOVED.into(), b"peer removed");
+            path.close(DownReason::PeerRemoved, CLOSE_PEER_REMOVED, b"peer removed");
         }
+        self.shared.emit(Event::PeerRemoved { key: *key });
         true
     }
 
@@ -570,6 +579,8 @@ impl Node {
                                 rx_rate_bps: x.rx_rate_bps.load(Ordering::Relaxed),
                                 cwnd: x.conn.stats().path.cwnd,
                                 queued: x.view().queued_bytes,
+                                delivery_rate_bps: x.rate_bps.load(Ordering::Relaxed),
+                                min_rtt: Duration::from_micros(x.min_rtt_us.load(Ordering::Relaxed)),
                             }
                         })
                         .collect(),
@@ -598,7 +609,7 @@ impl Node {
             self.listener.close(0u32.into(), b"node stopping");
             for peer in self.shared.table.read().unwrap().peers() {
                 for path in peer.paths.read().unwrap().iter() {
-                    path.conn.close(0u32.into(), b"node stopping");
+                    path.close(DownReason::NodeStopping, 0, b"node stopping");
                 }
             }
             runtime.shutdown_timeout(Duration::from_millis(500));

@@ -22,6 +22,8 @@ use quicether_proto::scheduler::{choose, queue_limit_bytes, Choice, Mode, PathVi
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
+pub use crate::events::Event;
+use crate::events::{DownReason, UpReason};
 use crate::peers::PeerTable;
 
 /// Per-path hard bound of quinn's datagram send queue (it drops the oldest beyond it). Large enough for
@@ -45,17 +47,6 @@ pub struct PeerPolicy {
     pub bulk_mode: Mode,
     pub realtime_mode: Mode,
     pub rules: Vec<Rule>,
-}
-
-/// Something that happened which the daemon should log or act on.
-#[derive(Clone, Debug)]
-pub enum Event {
-    PeerConnected { key: [u8; 32] },
-    PeerDisconnected { key: [u8; 32], reason: String },
-    PathUp { key: [u8; 32], wan: String, remote: SocketAddr },
-    PathDown { key: [u8; 32], wan: String, reason: String },
-    HandshakeRefused { key: Option<[u8; 32]>, reason: String },
-    DialFailed { key: [u8; 32], wan: String, reason: String },
 }
 
 #[derive(Default)]
@@ -111,6 +102,8 @@ pub struct Path {
     pub route: PathRoute,
     /// Set when we closed this path because another one over the same WANs won.
     pub closed_as_duplicate: AtomicBool,
+    /// Why we closed it, if we did (reported when its reader ends).
+    pub closing: Mutex<Option<DownReason>>,
     /// Either end's WAN is a backup.
     pub backup: bool,
     /// Our address on this path (the WAN's), if known.
@@ -122,9 +115,12 @@ pub struct Path {
     pub up: AtomicBool,
     /// Scheduler inputs refreshed by the path timer (reading quinn's stats per packet would be costly).
     pub srtt_us: AtomicU64,
-    /// Lowest RTT sample the path has shown (its RTT without queues).
+    /// The path's RTT without queues: the expiring minimum of its RTT samples.
     pub min_rtt_us: AtomicU64,
+    /// Delivery rate from the acks (bits/s).
     pub rate_bps: AtomicU64,
+    /// cwnd / smoothed RTT (bits/s): how fast the congestion controller lets the path send now.
+    pub window_rate_bps: AtomicU64,
     pub counters: Counters,
     /// Sequence number of the last DATA frame sent on this path (`NO_SEQ`: none yet).
     pub last_seq: AtomicU64,
@@ -138,14 +134,20 @@ pub struct Path {
 impl Path {
     pub fn view(&self) -> PathView {
         let rate_bps = self.rate_bps.load(Ordering::Relaxed);
+        let window_rate_bps = self.window_rate_bps.load(Ordering::Relaxed);
         PathView {
             rank: PathRank { up: self.up.load(Ordering::Relaxed), backup: self.backup, kind: self.route.kind },
             srtt_us: self.srtt_us.load(Ordering::Relaxed),
             min_rtt_us: self.min_rtt_us.load(Ordering::Relaxed),
             rate_bps,
+            window_rate_bps,
             queued_bytes: (DATAGRAM_SEND_BUFFER - self.conn.datagram_send_buffer_space().min(DATAGRAM_SEND_BUFFER))
                 as u64,
-            queue_limit: queue_limit_bytes(rate_bps, crate::debug::queue_budget_us(), DATAGRAM_SEND_BUFFER as u64),
+            queue_limit: queue_limit_bytes(
+                window_rate_bps,
+                crate::debug::queue_budget_us(),
+                DATAGRAM_SEND_BUFFER as u64,
+            ),
         }
     }
 
@@ -187,6 +189,12 @@ impl Path {
             recent.sent.pop_front();
         }
         true
+    }
+
+    /// Closes the connection, remembering why for the path-down event.
+    pub fn close(&self, reason: DownReason, code: u32, text: &[u8]) {
+        self.closing.lock().unwrap().get_or_insert(reason);
+        self.conn.close(code.into(), text);
     }
 
     /// Datagrams sent on this path since `since_us` (oldest first), taken out of the resend memory.
@@ -406,6 +414,7 @@ impl Shared {
             id: self.next_path_id.fetch_add(1, Ordering::Relaxed),
             route,
             closed_as_duplicate: AtomicBool::new(false),
+            closing: Mutex::new(None),
             backup,
             local: conn.local_ip().or(local),
             public,
@@ -414,6 +423,7 @@ impl Shared {
             srtt_us: AtomicU64::new(rtt.as_micros() as u64),
             min_rtt_us: AtomicU64::new(rtt.as_micros() as u64),
             rate_bps: AtomicU64::new(0),
+            window_rate_bps: AtomicU64::new(0),
             counters: Counters::default(),
             last_seq: AtomicU64::new(NO_SEQ),
             recent: Mutex::new(SentRecord::default()),
@@ -450,7 +460,7 @@ impl Shared {
             // Its reader reports it down when the close takes effect; nothing it sent is lost, as both paths
             // run over the same links and the peer still reads it until then.
             old.closed_as_duplicate.store(true, Ordering::Relaxed);
-            old.conn.close(CLOSE_DUPLICATE.into(), b"duplicate path");
+            old.close(DownReason::Duplicate, CLOSE_DUPLICATE, b"duplicate path");
         }
         *peer.last_handshake.lock().unwrap() = Some(SystemTime::now());
         if first {
@@ -458,23 +468,32 @@ impl Shared {
         }
         self.emit(Event::PathUp {
             key: peer.key,
-            wan: path.route.label().to_string(),
+            route: path.route.clone(),
             remote: path.conn.remote_address(),
+            reason: UpReason::Connected,
         });
         Ok(path)
     }
 
-    /// Removes a closed path; reports the peer gone if it was the last.
-    pub fn remove_path(&self, peer: &Peer, path: &Path, reason: String) {
+    /// Removes a closed path; reports the peer gone if it was the last. `detail`: the connection's error.
+    pub fn remove_path(&self, peer: &Peer, path: &Path, detail: String) {
+        let closed_by_peer_as_duplicate = matches!(path.conn.close_reason(),
+            Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == quinn::VarInt::from_u32(CLOSE_DUPLICATE));
+        let reason = path.closing.lock().unwrap().unwrap_or(if closed_by_peer_as_duplicate {
+            DownReason::Duplicate
+        } else {
+            DownReason::Closed
+        });
         let (found, remaining) = {
             let mut paths = peer.paths.write().unwrap();
             let before = paths.len();
             paths.retain(|p| p.id != path.id);
             (paths.len() < before, paths.len())
         };
-        self.emit(Event::PathDown { key: peer.key, wan: path.route.label().to_string(), reason: reason.clone() });
+        let summary = format!("{}: {detail}", reason.name());
+        self.emit(Event::PathDown { key: peer.key, route: path.route.clone(), reason, detail });
         if found && remaining == 0 {
-            self.emit(Event::PeerDisconnected { key: peer.key, reason });
+            self.emit(Event::PeerDisconnected { key: peer.key, reason: summary });
         }
     }
 }

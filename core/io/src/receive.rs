@@ -13,6 +13,7 @@ use quicether_proto::frame::{encode_nacks, encode_probe_reply, parse, Frame, DAT
 use quicether_proto::health::PathState;
 use quicether_proto::reorder::{retransmit_wait_for_rtts_us, timeout_for_rtts_us};
 
+use crate::events::UpReason;
 use crate::peer::{Counters, Event, Path, Peer, Shared};
 use crate::peers::PeerTable;
 
@@ -61,8 +62,9 @@ pub async fn path_reader(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) 
                     path.up.store(true, Ordering::Relaxed);
                     shared.emit(Event::PathUp {
                         key: peer.key,
-                        wan: path.route.label().to_string(),
+                        route: path.route.clone(),
                         remote: path.conn.remote_address(),
+                        reason: UpReason::Recovered,
                     });
                 }
             }

@@ -1,5 +1,6 @@
 //! Outbound packet path, in order: TUN read → peer by destination (allowed IPs) → traffic class → bond
-//! sequence number + header → scheduler → QUIC DATAGRAM on the chosen path(s).
+//! sequence number + header → scheduler → QUIC DATAGRAM on the chosen path(s). A read error ends it with a
+//! fatal `TunFailed` event.
 
 use std::io::{self, Read};
 use std::sync::atomic::Ordering;
@@ -9,8 +10,9 @@ use quicether_proto::allowed_ips::packet_addrs;
 use quicether_proto::classify::mode_for;
 use quicether_proto::frame::DATA_HEADER_LEN;
 use quicether_proto::scheduler::{choose, Choice};
+use tokio::io::Interest;
 
-use crate::peer::{Peer, Shared};
+use crate::peer::{Event, Peer, Shared};
 
 /// Bytes reserved per read; an inner packet is at most the TUN MTU.
 const READ_BUFFER: usize = 65_536;
@@ -18,14 +20,17 @@ const READ_BUFFER: usize = 65_536;
 pub async fn tun_reader(shared: Arc<Shared>) {
     let mut buf = vec![0u8; READ_BUFFER];
     loop {
-        let n = match shared.tun.readable().await {
+        // ERROR too: a deleted device reports only EPOLLERR, which would never wake a readable() wait.
+        let n = match shared.tun.ready(Interest::READABLE | Interest::ERROR).await {
             Ok(mut guard) => match guard.try_io(|fd| fd.get_ref().read(&mut buf)) {
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(_)) => return, // the device is gone: the node is stopping
+                // A stopping node cancels this task before it closes the device, so an error here is a
+                // real failure (the device deleted under us, say): nothing leaves the node any more.
+                Ok(Err(e)) => return tun_failed(&shared, e),
                 Err(_would_block) => continue,
             },
-            Err(_) => return,
+            Err(e) => return tun_failed(&shared, e),
         };
         let packet = &buf[..n];
         let Some((_, dst)) = packet_addrs(packet) else {
@@ -39,6 +44,10 @@ pub async fn tun_reader(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+fn tun_failed(shared: &Shared, e: io::Error) {
+    shared.emit(Event::TunFailed { error: format!("reading the TUN device failed: {e}") });
 }
 
 fn send_to_peer(peer: &Peer, packet: &[u8], now_us: u64) {

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use quicether_proto::frame::encode_probe;
 use quicether_proto::health::{PathState, PROBE_INTERVAL_US};
 
+use crate::congestion::path_estimates;
+use crate::events::DownReason;
 use crate::peer::{Event, Path, Peer, Shared};
 
 /// Throughput for status is measured over this window.
@@ -37,17 +39,25 @@ pub async fn path_timer(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
             let resent = peer.resend_from_failed(&path, window, now);
             shared.emit(Event::PathDown {
                 key,
-                wan: path.route.label().to_string(),
-                reason: format!("no probe replies ({resent} recent packets resent on other paths)"),
+                route: path.route.clone(),
+                reason: DownReason::Silent,
+                detail: format!("no probe replies ({resent} recent packets resent on other paths)"),
             });
         }
-        // Scheduler inputs: quinn's RTT (it includes queueing at the bottleneck) and cwnd/RTT as the rate
-        // the congestion controller currently allows.
+        // Scheduler inputs: quinn's smoothed RTT (it includes queueing at the bottleneck); cwnd/RTT, the rate
+        // the congestion controller lets the path send at now (what drains our queue); and from the acks the
+        // delivery rate and the minimum RTT. That minimum expires (a lower one kept after the path's base RTT
+        // grew for good would make the scheduler count the growth as queue and under-use the path).
         let stats = path.conn.stats();
         let rtt_us = stats.path.rtt.as_micros().max(1) as u64;
         path.srtt_us.store(rtt_us, Ordering::Relaxed);
-        path.min_rtt_us.fetch_min(rtt_us, Ordering::Relaxed);
-        path.rate_bps.store(stats.path.cwnd * 8 * 1_000_000 / rtt_us, Ordering::Relaxed);
+        path.window_rate_bps.store(stats.path.cwnd * 8 * 1_000_000 / rtt_us, Ordering::Relaxed);
+        if let Some(estimates) = path_estimates(&path.conn) {
+            path.rate_bps.store(estimates.delivery_rate_bps, Ordering::Relaxed);
+            if let Some(min_rtt_us) = estimates.min_rtt_us {
+                path.min_rtt_us.store(min_rtt_us, Ordering::Relaxed);
+            }
+        }
         let elapsed = window_start.elapsed();
         if elapsed >= RATE_WINDOW {
             let tx = path.counters.tx_bytes.load(Ordering::Relaxed);

@@ -58,8 +58,13 @@ pub struct PathView {
     pub srtt_us: u64,
     /// Lowest RTT seen on the path (0: unknown): what the RTT is without queues.
     pub min_rtt_us: u64,
-    /// Delivery rate (bits/s) the path's acks have shown lately; 0 if unknown.
+    /// Delivery rate (bits/s) the path's acks have shown lately (`path_rate`); 0 if unknown.
     pub rate_bps: u64,
+    /// cwnd / smoothed RTT (bits/s): the rate the path's congestion controller lets it send at now; 0 if
+    /// unknown. Our send queue drains at this rate, so queue delays are counted with it. The delivery
+    /// rate would not do for that: a path the scheduler uses little delivers little (it is app-limited),
+    /// and measuring its queue by that would make one packet look like a second's wait.
+    pub window_rate_bps: u64,
     /// Bytes waiting in this path's send queue.
     pub queued_bytes: u64,
     /// The queue drops beyond this many bytes.
@@ -67,17 +72,14 @@ pub struct PathView {
 }
 
 impl PathView {
-    fn rate(&self) -> u64 {
-        if self.rate_bps == 0 {
-            UNKNOWN_RATE_BPS
-        } else {
-            self.rate_bps
-        }
+    /// What our send queue drains at: the window rate, else the delivery rate, else a guess.
+    fn drain_rate(&self) -> u64 {
+        [self.window_rate_bps, self.rate_bps].into_iter().find(|&r| r > 0).unwrap_or(UNKNOWN_RATE_BPS)
     }
 
     /// Microseconds until a packet of `len` bytes queued now would have left.
     fn queue_delay_us(&self, len: u64) -> u64 {
-        (self.queued_bytes + len) * 8 * 1_000_000 / self.rate()
+        (self.queued_bytes + len) * 8 * 1_000_000 / self.drain_rate()
     }
 
     /// Expected one-way arrival time of a packet of `len` bytes sent on this path now: half the path's
@@ -151,6 +153,7 @@ mod tests {
             srtt_us: rtt_ms * 1000,
             min_rtt_us: rtt_ms * 1000,
             rate_bps: rate_mbit * 1_000_000,
+            window_rate_bps: rate_mbit * 1_000_000,
             queued_bytes: 0,
             queue_limit: 1 << 20,
         }
@@ -260,6 +263,43 @@ mod tests {
         assert_eq!(choose(Mode::Aggregate, &[queued, idle], 1400), Choice::One(1));
         // Without a minimum known, the smoothed RTT stands for both.
         assert_eq!(PathView { min_rtt_us: 0, ..queued }.expected_arrival_us(0), 13_000);
+    }
+
+    #[test]
+    fn a_path_whose_base_rtt_grew_is_scheduled_like_a_fresh_one_once_its_minimum_expires() {
+        use crate::path_rate::PathRate;
+        // Issue 12 defect 1: two 50 Mbit/s paths, the second's RTT goes from 10 to 60 ms for good. Its
+        // minimum RTT comes from `PathRate` (as the io layer feeds it from acks): 10 s of 10 ms, then 60 ms.
+        let mut rate = PathRate::default();
+        let mut now = 1_000_000;
+        let ack = |rate: &mut PathRate, now: &mut u64, rtt_us: u64| {
+            *now += 1_000;
+            rate.on_ack(*now, *now - rtt_us, 6_250, rtt_us);
+        };
+        for _ in 0..10_000 {
+            ack(&mut rate, &mut now, 10_000);
+        }
+        let changed = now;
+        // The 10 ms path has 30 ms of queue: a packet sent on it arrives after 35 ms, on the other after 30.
+        let busy = PathView { queued_bytes: 50_000_000 / 8 * 30 / 1000, ..path(50, 10) };
+        let view = |min_rtt_us| [busy, PathView { min_rtt_us, ..path(50, 60) }];
+        let fresh = view(60_000);
+        assert_eq!(fresh[1].expected_arrival_us(0), 30_000);
+        assert_eq!(choose(Mode::Aggregate, &fresh, 0), Choice::One(1));
+        // A minimum that never expires counts 50 ms of the new RTT as queue (arrival 55 ms): the bond keeps
+        // queueing on the first path, adding that delay to every flow, and under-uses the second.
+        let stale = view(10_000);
+        assert_eq!(stale[1].expected_arrival_us(0), 55_000);
+        assert_eq!(choose(Mode::Aggregate, &stale, 0), Choice::One(0));
+        // The expiring minimum has followed within 2 s, and the path is scheduled as after a fresh start.
+        while now - changed < 2_000_000 {
+            ack(&mut rate, &mut now, 60_000);
+        }
+        let min = rate.min_rtt_us().unwrap();
+        assert!((60_000..=61_000).contains(&min), "{min}");
+        let followed = view(min);
+        assert!(followed[1].expected_arrival_us(0).abs_diff(30_000) <= 1_000);
+        assert_eq!(choose(Mode::Aggregate, &followed, 0), Choice::One(1));
     }
 
     #[test]

@@ -8,73 +8,15 @@ mod membership;
 use pyo3::exceptions::{PyKeyError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use quicether_io::delayline::{DelayLine as IoDelayLine, DelaySettings};
 use quicether_io::node::{
     Congestion, Event, Node as IoNode, NodeConfig, PathKind, PeerConfig, PeerError, PeerPolicy, PeerStats, WanConfig,
 };
+use quicether_io::peer::PathRoute;
 use quicether_io::tls;
 use quicether_proto::allowed_ips::Prefix;
 use quicether_proto::classify::Rule;
 use quicether_proto::scheduler::Mode;
 use quicether_proto::signing;
-
-fn settings(delay_us: i64, jitter_us: i64) -> PyResult<DelaySettings> {
-    if delay_us < 0 || jitter_us < 0 {
-        return Err(PyValueError::new_err("delay_us and jitter_us must be >= 0"));
-    }
-    Ok(DelaySettings { delay_us: delay_us as u64, jitter_us: jitter_us as u64 })
-}
-
-/// A userspace delay line on an existing TUN device (the lab's netem replacement).
-#[pyclass(module = "quicether._core")]
-struct DelayLine {
-    inner: Mutex<Option<IoDelayLine>>,
-}
-
-#[pymethods]
-impl DelayLine {
-    #[new]
-    #[pyo3(signature = (tun_name, delay_us=0, jitter_us=0))]
-    fn new(tun_name: &str, delay_us: i64, jitter_us: i64) -> PyResult<Self> {
-        let line = IoDelayLine::start(tun_name, settings(delay_us, jitter_us)?)
-            .map_err(|e| PyOSError::new_err(e.to_string()))?;
-        Ok(Self { inner: Mutex::new(Some(line)) })
-    }
-
-    /// Changes delay and jitter for packets arriving from now on.
-    fn set(&self, delay_us: i64, jitter_us: i64) -> PyResult<()> {
-        let s = settings(delay_us, jitter_us)?;
-        match self.inner.lock().unwrap().as_ref() {
-            Some(line) => {
-                line.set(s);
-                Ok(())
-            }
-            None => Err(PyValueError::new_err("delay line is closed")),
-        }
-    }
-
-    /// Counters: packets, bytes, dropped, queued, delay_us, jitter_us.
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        if let Some(line) = self.inner.lock().unwrap().as_ref() {
-            let s = line.stats();
-            let cfg = line.settings();
-            d.set_item("packets", s.packets)?;
-            d.set_item("bytes", s.bytes)?;
-            d.set_item("dropped", s.dropped)?;
-            d.set_item("queued", s.queued)?;
-            d.set_item("delay_us", cfg.delay_us)?;
-            d.set_item("jitter_us", cfg.jitter_us)?;
-        }
-        Ok(d)
-    }
-
-    /// Stops the threads; packets still queued are dropped. Idempotent.
-    fn close(&self, py: Python<'_>) {
-        let line = self.inner.lock().unwrap().take();
-        py.detach(move || drop(line));
-    }
-}
 
 fn key32(name: &str, bytes: &[u8]) -> PyResult<[u8; 32]> {
     bytes.try_into().map_err(|_| PyValueError::new_err(format!("{name} must be 32 bytes, got {}", bytes.len())))
@@ -278,7 +220,8 @@ impl Node {
         stats.into_iter().map(|s| peer_dict(py, s)).collect()
     }
 
-    /// Drains queued events: dicts with "kind", "key" (bytes or None), "wan" (or None) and "detail".
+    /// Drains queued events: dicts with "kind", "key" (bytes or None), "wan" (or None), "detail" and, per
+    /// kind, more fields (documented in quicether/_core.pyi).
     fn events<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let events = self.with(|n| n.drain_events())?;
         events.into_iter().map(|e| event_dict(py, e)).collect()
@@ -361,6 +304,8 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
             pd.set_item("rx_rate_bps", p.rx_rate_bps)?;
             pd.set_item("cwnd_bytes", p.cwnd)?;
             pd.set_item("queued_bytes", p.queued)?;
+            pd.set_item("delivery_rate_bps", p.delivery_rate_bps)?;
+            pd.set_item("min_rtt_ms", ms(p.min_rtt))?;
             Ok(pd)
         })
         .collect::<PyResult<Vec<_>>>()?;
@@ -368,15 +313,44 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+/// The route fields of path events: local_wan, peer_wan, path_kind, via, origin, remote.
+fn set_route(d: &Bound<'_, PyDict>, route: &PathRoute, remote: String) -> PyResult<()> {
+    let py = d.py();
+    d.set_item("local_wan", &route.local_wan)?;
+    d.set_item("peer_wan", route.peer_wan.as_deref())?;
+    d.set_item("path_kind", route.kind.name())?;
+    d.set_item("via", via(py, route.kind))?;
+    d.set_item("origin", if route.dialed { "dialed" } else { "accepted" })?;
+    d.set_item("remote", remote)
+}
+
+fn via(py: Python<'_>, kind: PathKind) -> Option<Bound<'_, PyBytes>> {
+    match kind {
+        PathKind::Relayed { via } => Some(PyBytes::new(py, &via)),
+        _ => None,
+    }
+}
+
 fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     let (kind, key, wan, detail) = match e {
+        Event::PeerAdded { key } => ("peer_added", Some(key), None, String::new()),
+        Event::PeerRemoved { key } => ("peer_removed", Some(key), None, String::new()),
         Event::PeerConnected { key } => ("peer_connected", Some(key), None, String::new()),
         Event::PeerDisconnected { key, reason } => ("peer_disconnected", Some(key), None, reason),
-        Event::PathUp { key, wan, remote } => ("path_up", Some(key), Some(wan), remote.to_string()),
-        Event::PathDown { key, wan, reason } => ("path_down", Some(key), Some(wan), reason),
+        Event::PathUp { key, route, remote, reason } => {
+            set_route(&d, &route, remote.to_string())?;
+            d.set_item("reason", reason.name())?;
+            ("path_up", Some(key), Some(route.label().to_string()), remote.to_string())
+        }
+        Event::PathDown { key, route, reason, detail } => {
+            set_route(&d, &route, route.remote.to_string())?;
+            d.set_item("reason", reason.name())?;
+            ("path_down", Some(key), Some(route.label().to_string()), detail)
+        }
         Event::HandshakeRefused { key, reason } => ("handshake_refused", key, None, reason),
         Event::DialFailed { key, wan, reason } => ("dial_failed", Some(key), Some(wan), reason),
+        Event::TunFailed { error } => ("tun_failed", None, None, error),
     };
     d.set_item("kind", kind)?;
     d.set_item("key", key.map(|k| PyBytes::new(py, &k)))?;
@@ -418,7 +392,6 @@ fn core_version() -> &'static str {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<DelayLine>()?;
     m.add_class::<Node>()?;
     m.add_function(wrap_pyfunction!(generate_seed, m)?)?;
     m.add_function(wrap_pyfunction!(public_key_of_seed, m)?)?;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::tun::open_tun;
+use quicether_io::tun::open_tun;
 
 /// Upper bound on packets held: 300 Mbit/s × 200 ms of 1500-byte packets is ~5000; beyond this we drop
 /// (a link with a bounded queue), so a stalled writer can never grow memory without limit.

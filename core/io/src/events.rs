@@ -1,0 +1,103 @@
+//! What the core tells the daemon, as typed events (drained by `Node::drain_events`, woken through the
+//! notify fd). Past-tense facts; every string in them that came from the network is already made safe
+//! (`quicether_proto::peer_text`).
+
+use std::net::SocketAddr;
+
+use crate::peer::PathRoute;
+
+/// Why a path came up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpReason {
+    /// A new connection finished its handshake and hello.
+    Connected,
+    /// A path marked down by its health check answers probes again.
+    Recovered,
+}
+
+/// Why a path went down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownReason {
+    /// No probe replies for max(3 × RTT, 300 ms): unusable, but its connection stays and it may recover.
+    Silent,
+    /// Its connection closed (by the peer, a timeout or a reset; `detail` says which).
+    Closed,
+    /// Its WAN was removed here.
+    WanRemoved,
+    /// Another path over the same pair of WANs stays instead.
+    Duplicate,
+    /// Its peer was removed here.
+    PeerRemoved,
+    /// The node is stopping.
+    NodeStopping,
+}
+
+impl UpReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            UpReason::Connected => "connected",
+            UpReason::Recovered => "recovered",
+        }
+    }
+}
+
+impl DownReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            DownReason::Silent => "silent",
+            DownReason::Closed => "closed",
+            DownReason::WanRemoved => "wan_removed",
+            DownReason::Duplicate => "duplicate",
+            DownReason::PeerRemoved => "peer_removed",
+            DownReason::NodeStopping => "node_stopping",
+        }
+    }
+}
+
+/// Something that happened which the daemon should log or act on.
+#[derive(Clone, Debug)]
+pub enum Event {
+    PeerAdded {
+        key: [u8; 32],
+    },
+    PeerRemoved {
+        key: [u8; 32],
+    },
+    /// The peer's first path came up.
+    PeerConnected {
+        key: [u8; 32],
+    },
+    /// The peer's last path closed.
+    PeerDisconnected {
+        key: [u8; 32],
+        reason: String,
+    },
+    PathUp {
+        key: [u8; 32],
+        route: PathRoute,
+        remote: SocketAddr,
+        reason: UpReason,
+    },
+    PathDown {
+        key: [u8; 32],
+        route: PathRoute,
+        reason: DownReason,
+        detail: String,
+    },
+    /// A handshake was refused (key not pinned, path unfit). Rate-limited; `Node::refused_handshakes` counts all.
+    HandshakeRefused {
+        key: Option<[u8; 32]>,
+        reason: String,
+    },
+    /// Dialing a peer from a WAN failed (reported when the reason changes, not on every retry).
+    DialFailed {
+        key: [u8; 32],
+        wan: String,
+        reason: String,
+    },
+    /// Reading the TUN device failed: no packet leaves this node any more. Fatal; the daemon must exit
+    /// (non-zero, so its supervisor restarts it).
+    TunFailed {
+        error: String,
+    },
+}

@@ -1,0 +1,7 @@
+//! The network lab's tools, built by scripts/setup for the tests, the demo and the benchmarks, and never
+//! linked into the appliance's `quicether._core`.
+//!
+//! - `delayline`: a userspace delay line on a TUN device (the lab's netem replacement), run as the
+//!   `qe-delayline` binary by tests/lab/delayline.py.
+
+pub mod delayline;
