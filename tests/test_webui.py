@@ -37,8 +37,7 @@ def state(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def app(state: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
+def _app(state: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
     # The machine running the tests has its own ports; the wizard is shown three of a router's.
     monkeypatch.setattr(wizard, "ports", lambda: PORTS)
     monkeypatch.setattr("webui.settings.ports", lambda: PORTS)
@@ -51,6 +50,12 @@ def app(state: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
 @pytest.fixture
 def daemon(state: Path) -> Iterator[FakeDaemon]:
     yield from fake_daemon(state)
+
+
+@pytest.fixture
+def app(state: Path, monkeypatch: pytest.MonkeyPatch, daemon: FakeDaemon) -> Flask:
+    """The UI in front of a stand-in daemon: the config is read and written only through its API."""
+    return _app(state, monkeypatch)
 
 
 @pytest.fixture
@@ -437,7 +442,7 @@ def test_wizard_bad_invite_is_shown_on_the_page(client: FlaskClient, daemon: Fak
     response = _post(client, "/setup/connect", {"invite": INVITE[:-6], "mode": "aggregate"})
     assert response.status_code == 400
     assert "Invite code: the invite code is damaged" in response.get_data(as_text=True)
-    assert "reload" not in daemon.commands
+    assert "apply_config" not in daemon.commands
 
 
 def test_wizard_writes_the_cli_config_and_reloads_the_daemon(client: FlaskClient, daemon: FakeDaemon,
@@ -453,7 +458,7 @@ def test_wizard_writes_the_cli_config_and_reloads_the_daemon(client: FlaskClient
     assert config.lan.exit_peer == "gw" and not config.detect_wans
     assert config.peers[0].node_id == GW_KEY and config.peers[0].mode == "lowest-rtt"
     assert config.address is not None and config.address.startswith("10.99.0.") and config.address != "10.99.0.1/24"
-    assert daemon.commands == ["reload"]
+    assert [c for c in daemon.commands if c != "config"] == ["status", "apply_config", "status"]
     assert f"--allowed-ips {config.address.split('/')[0]}/32,192.168.7.0/24" in page
 
 
@@ -553,13 +558,20 @@ def test_dashboard_survives_any_wan_name_a_peer_sends(client: FlaskClient, daemo
     assert sorted(v for v in graphs.values if v != "total" and v) == sorted(keys)
 
 
-def test_dashboard_without_a_daemon_says_so(client: FlaskClient) -> None:
+def test_without_a_daemon_pages_say_so_and_nothing_changes(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _app(state, monkeypatch).test_client()
     _set_up(client)
     response = client.get("/")
     page = response.get_data(as_text=True)
     assert response.status_code == 503 and "daemon is not answering" in page
     assert 'id="daemon-down" data-summary-url="/api/summary"' in page  # dashboard.js loads it again later
     assert client.get("/api/summary").status_code == 503
+    # The config is the daemon's: without it the settings cannot be shown or changed.
+    before = _config_text(state)
+    settings_page = client.get("/settings/")
+    assert settings_page.status_code == 503 and "daemon is not answering" in settings_page.get_data(as_text=True)
+    assert client.get("/setup/ports").status_code == 503
+    assert _config_text(state) == before
 
 
 def _config_text(state: Path) -> str:
@@ -614,7 +626,7 @@ def test_settings_forms_change_the_config_or_explain_why_not(client: FlaskClient
     assert _post(client, "/settings/peers/0", {"action": "remove"}, page).status_code == 302
     after = load(state / "quicether.toml")
     assert after.peers == [] and after.lan is not None and after.lan.exit_peer is None
-    assert daemon.commands.count("reload") >= 6
+    assert daemon.commands.count("apply_config") >= 6 and "reload" not in daemon.commands
 
 
 def test_a_daemon_refusing_the_reload_is_reported(client: FlaskClient, daemon: FakeDaemon) -> None:

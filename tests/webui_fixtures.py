@@ -11,7 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from quicether.atomic import write_private
+from quicether.config import ConfigError, parse
 from quicether.daemon.api import ApiServer
+from quicether.identity import KEY_FILE_NAME
+from quicether.identity import load as load_identity
 
 SAMPLE_STATUS: dict[str, Any] = {
     "node": {"node_id": "qe1site", "listen": "0.0.0.0:4433", "tun": "qe0", "mtu": 1415, "address": "10.99.0.7/24",
@@ -36,11 +40,14 @@ SAMPLE_STATUS: dict[str, Any] = {
 
 
 class FakeDaemon:
-    """Answers status/events/reload on `path` from a thread; records the commands it got. Tests may change
+    """Answers status/events/reload/config/apply_config on `path` from a thread; records the commands it got.
+    The config is the file `config` (by default quicether.toml next to the socket): apply_config checks the
+    text as the daemon does and writes it there, so tests check the config on disk. Tests may change
     `status` and `events` while it runs (the next request answers with them)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, config: Path | None = None) -> None:
         self.path = path
+        self.config = config or path.parent / "quicether.toml"
         self.commands: list[str] = []
         self.reload_error: str | None = None
         # A daemon that restarts to apply a reload; one that applies a diff answers {"reloading": false, …}.
@@ -61,11 +68,33 @@ class FakeDaemon:
             return answer()
         return handle
 
+    def _config(self) -> dict[str, Any]:
+        self.commands.append("config")
+        return {"text": self.config.read_text() if self.config.exists() else "", "path": str(self.config)}
+
+    def _apply_config(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.commands.append("apply_config")
+        text = request.get("text")
+        if not isinstance(text, str):
+            raise ValueError('apply_config needs the new config as "text"')
+        try:
+            parse(text, self.config)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        write_private(self.config, text)
+        if self.reload_error:
+            raise ValueError(self.reload_error)
+        return self.reload_answer
+
     def __enter__(self) -> FakeDaemon:
+        key = self.path.parent / KEY_FILE_NAME
+        if key.exists():  # the node's id, as the real daemon reports it (the wizard suggests an address from it)
+            self.status["node"]["node_id"] = load_identity(key).node_id
         self._thread.start()
         self._server = ApiServer(self.path, {"status": self._handler("status", lambda: self.status),
                                              "events": self._handler("events", lambda: {"events": self.events}),
-                                             "reload": self._handler("reload", lambda: self.reload_answer)})
+                                             "reload": self._handler("reload", lambda: self.reload_answer),
+                                             "config": self._config, "apply_config": self._apply_config})
         asyncio.run_coroutine_threadsafe(self._server.start(), self._loop).result(5)
         return self
 

@@ -7,8 +7,9 @@
 - `dashboard`: WAN cards and live graphs, bond total, peers and paths, events and log (polls the daemon).
 - `settings`: LAN, WANs, peers and traffic classes, ACLs, the config as TOML; download and restore.
 
-The UI never writes anything the CLI could not: every change goes through quicether.config_edit, which
-saves only a config that parses, then asks the daemon to reload.
+The UI runs as the unprivileged user quicether-web and never opens the config file (root's, 0600): it
+reads it from the daemon's API and sends every change there (apply_config), after checking it with
+quicether.config_edit; the daemon checks it again, writes it and applies it as a reload does.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, render_template, request
 
 from quicether import setup_code
 from webui import auth, dashboard, settings, wizard
+from webui.daemon_link import DaemonDown
 
 log = logging.getLogger("quicether-webui")
 # Uploaded configs and forms are small; anything bigger is not ours.
@@ -70,6 +72,12 @@ def create_app(config_path: Path, state_dir: Path, overrides: dict[str, Any] | N
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
+
+    @app.errorhandler(DaemonDown)
+    def daemon_down(error: DaemonDown) -> Any:
+        # The config is the daemon's (root's file): without it, no page that shows or changes it works.
+        return render_template("error.html", message=f"{error}. The page works again once it is back.",
+                               title="Daemon not answering"), 503
 
     @app.get("/healthz")
     def healthz() -> Any:

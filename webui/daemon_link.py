@@ -1,9 +1,12 @@
-"""The web UI's side of the daemon: its status and events over the API socket, config changes saved
-through quicether.config_edit (only a valid config reaches the disk) followed by a reload request."""
+"""The web UI's side of the daemon, all over the API socket: its status and events, the config file (root's,
+0600: the UI never opens it) and changes to it. A change is checked here with quicether.config_edit first
+(the page names the field at fault), then sent whole to the daemon (apply_config), which checks it again,
+writes it and applies it as a reload does."""
 
 from __future__ import annotations
 
 import socket
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from flask import current_app
 from quicether import config_edit
 from quicether.config import Config, ConfigError
 from quicether.daemon import api
+from quicether.identity import IdentityError, decode_node_id
 from quicether.net.links import LinkError
 
 Document = config_edit.Document
@@ -22,15 +26,17 @@ class DaemonDown(RuntimeError):
     """No daemon answers on the API socket."""
 
 
-# A reload waits until the daemon has applied the change (restarting dnsmasq or the UI takes seconds).
+# A change waits until the daemon has applied it (restarting dnsmasq or the UI takes seconds).
 RELOAD_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 3.0
+SLOW_COMMANDS = ("reload", "apply_config")
 
 
-def ask(cmd: str) -> dict[str, Any]:
+def ask(cmd: str, **args: Any) -> dict[str, Any]:
     path = Path(current_app.config["QE_API"])
     try:
-        answer = api.request(path, cmd, timeout=RELOAD_TIMEOUT_S if cmd == "reload" else REQUEST_TIMEOUT_S)
+        answer = api.request(path, cmd, timeout=RELOAD_TIMEOUT_S if cmd in SLOW_COMMANDS else REQUEST_TIMEOUT_S,
+                             **args)
     except (OSError, ValueError) as exc:
         raise DaemonDown(f"the QuicEther daemon is not answering ({exc.strerror if isinstance(exc, OSError) else exc})"
                          ) from None
@@ -38,11 +44,37 @@ def ask(cmd: str) -> dict[str, Any]:
 
 
 def config_path() -> Path:
+    """Where the config file is (for messages: the daemon's errors name it)."""
     return Path(current_app.config["QE_CONFIG"])
 
 
+def config_text() -> str:
+    """The config file as the daemon reads it (DaemonDown if it does not answer)."""
+    answer = ask("config")
+    if not answer.get("ok") or not isinstance(answer.get("text"), str):
+        raise DaemonDown(f"the QuicEther daemon did not give its config ({answer.get('error', 'no text')})")
+    text: str = answer["text"]
+    return text
+
+
+def parse_document(text: str) -> Document:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_path()}: not valid TOML: {exc}") from None
+
+
 def document() -> Document:
-    return config_edit.load_document(config_path())
+    """The config as a TOML document (ConfigError if the file is not TOML, DaemonDown without a daemon)."""
+    return parse_document(config_text())
+
+
+def node_key() -> bytes:
+    """This node's public key, from the daemon's status (the UI cannot read the key file; IdentityError)."""
+    node_id = ask("status").get("node", {}).get("node_id")
+    if not isinstance(node_id, str):
+        raise IdentityError("the daemon did not name this node's id")
+    return decode_node_id(node_id)
 
 
 def friendly(error: ConfigError | LinkError | str) -> str:
@@ -59,16 +91,18 @@ class Applied:
     ok: bool  # False: the daemon refused the new config (the message names the field) or is not running
     restarting: bool = False  # the daemon restarts its services (and this UI) to apply it
     changes: list[str] = field(default_factory=list)  # what it changed, when it applied a diff
+    saved: bool = True  # False: no daemon answered, the config is as it was
 
 
 def save_and_reload(doc: Document) -> tuple[Config, Applied]:
-    """Saves `doc` (ConfigError if it is not valid) and asks the daemon to reload; returns the config and
-    the daemon's answer."""
-    config = config_edit.save(doc, config_path())
+    """Checks `doc` (ConfigError if it is not valid) and has the daemon write and apply it; returns the
+    config and the daemon's answer."""
+    config = config_edit.check(doc, config_path())
     try:
-        answer = ask("reload")
-    except DaemonDown:
-        return config, Applied("Saved. The daemon is not running: the settings apply when it starts.", ok=False)
+        answer = ask("apply_config", text=config_edit.dump(doc))
+    except DaemonDown as exc:
+        return config, Applied(f"Not saved: {exc}. Nothing was changed; try again when it runs.", ok=False,
+                               saved=False)
     if not answer.get("ok"):
         return config, Applied(f"Saved, but the daemon refused to reload: {answer.get('error')}", ok=False)
     if answer.get("reloading", True):  # a daemon without diff reloads answers {"ok": true} and restarts

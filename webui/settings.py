@@ -14,14 +14,17 @@ from quicether import config_edit
 from quicether.config import MODES, ConfigError
 from quicether.invite import InviteError, decode
 from quicether.router_config import PROTOCOL_NUMBERS
-from webui.daemon_link import Document, config_path, document, friendly, ports, save_and_apply
+from webui.daemon_link import Document, config_text, document, friendly, parse_document, ports, save_and_apply
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
 
 
 def _page(error: str | None = None, status: int = 200) -> Any:
-    doc = document()
-    text = config_path().read_text() if config_path().exists() else ""
+    text = config_text()
+    try:
+        doc = parse_document(text)
+    except ConfigError as exc:  # edited by hand into something that is not TOML: the TOML form can repair it
+        doc, error, status = {}, error or friendly(exc), 400 if status == 200 else status
     used = {w.get("device") for w in doc.get("wan", [])} | {doc.get("lan", {}).get("device")}
     free_ports = [p["name"] for p in ports() if p["name"] not in used]
     return render_template("settings.html", doc=doc, toml_text=text, error=error, modes=MODES,
@@ -217,6 +220,5 @@ def restore() -> Any:
 
 @bp.get("/config.toml")
 def download() -> Any:
-    text = config_path().read_text() if config_path().exists() else ""
-    return Response(text, mimetype="application/toml",
+    return Response(config_text(), mimetype="application/toml",
                     headers={"Content-Disposition": "attachment; filename=quicether.toml"})

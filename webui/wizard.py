@@ -17,11 +17,10 @@ from flask import Blueprint, current_app, redirect, render_template, request, se
 from quicether import config_edit, setup_code
 from quicether.config import MAX_RATE_MBIT, MIN_RATE_MBIT, MODES, ConfigError
 from quicether.identity import IdentityError
-from quicether.identity import load as load_identity
 from quicether.invite import InviteError, decode
 from quicether.router_config import DEFAULT_LAN_ADDRESS
 from webui import auth
-from webui.daemon_link import document, friendly, ports, save_and_reload
+from webui.daemon_link import DaemonDown, ask, document, friendly, node_key, ports, save_and_reload
 
 bp = Blueprint("wizard", __name__, url_prefix="/setup")
 # Setting the first password and consuming the setup code happen together, once.
@@ -136,7 +135,8 @@ def _build_config(chosen: dict[str, Any], form: Any) -> dict[str, Any]:
     if code:
         invite = decode(code)
         try:
-            address = config_edit.overlay_address(doc, invite, form.get("address", "").strip() or None)
+            address = (form.get("address", "").strip() or doc.get("node", {}).get("address")
+                       or config_edit.suggest_address(invite, node_key()))
         except IdentityError as exc:
             raise ConfigError(f"this node has no key yet ({exc}); run `quicether keygen`") from None
         # The exit is the owner's choice, never the invite's: an unticked box routes nothing through it.
@@ -164,13 +164,15 @@ def connect() -> Any:
         else:
             session.pop("setup_ports", None)
             return render_template("applying.html", applied=applied, config=config, title="Applying",
-                                   node_id=_node_id(config))
+                                   node_id=_node_id())
     return render_template("wizard_connect.html", error=error, modes=MODES, step=3, title="Set up: connect",
                            form=request.form), 400 if error else 200
 
 
-def _node_id(config: Any) -> str:
+def _node_id() -> str:
+    """This node's id as the daemon reports it (the UI cannot read the key file)."""
     try:
-        return load_identity(config.key_path).node_id
-    except IdentityError:
-        return "(no key yet: run `quicether keygen`)"
+        node_id = ask("status").get("node", {}).get("node_id")
+    except DaemonDown:
+        node_id = None
+    return node_id if isinstance(node_id, str) else "(unknown: run `quicether pubkey` on the router)"

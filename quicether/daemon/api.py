@@ -1,38 +1,86 @@
-"""The local JSON API on a unix socket (mode 0600: only root talks to the daemon).
+"""The local JSON API on a unix socket: root and the web UI's user (quicether-web) talk to the daemon.
 
-One request per connection: a JSON object with "cmd" on one line; the answer is one JSON line.
-    {"cmd": "status"} → {"ok": true, "node": {...}, "peers": [...], "router": {...}}
+One request per connection: a JSON object with "cmd" (and the command's arguments) on one line, at most
+MAX_REQUEST_BYTES; the answer is one JSON line.
+    {"cmd": "status"} → {"ok": true, "node": {"node_id", ...}, "peers": [...], "router": {...}}
     {"cmd": "events"} → {"ok": true, "events": [{"time", "level", "message"}, ...]}  (the recent log)
     {"cmd": "reload"} → the config file is re-read and what changed is applied, then
                         {"ok": true, "reloading": false, "changes": ["peer x added", …]};
                         {"ok": true, "reloading": true, "restart": [fields]} if a setting of the node itself
                         changed (listen, tun, address…): the daemon restarts its services just after answering;
                         {"ok": false, "error": "<file>: <field>: ..."} if the file is not valid (nothing changes)
+    {"cmd": "config"} → {"ok": true, "text": "<the config file>", "path": "<where it is>"}
+    {"cmd": "apply_config", "text": "<TOML>"} → the text is checked like the file (a bad one changes nothing:
+                        {"ok": false, "error": "<file>: <field>: ..."}), written in place of the config file and
+                        applied as "reload" does, with its answer
 Unknown commands answer {"ok": false, "error": "..."}.
+
+Who may ask: the socket is 0660 with the group quicether-web (0600 where that group does not exist), and
+every connection's peer credentials (SO_PEERCRED) are checked as well: only uid 0, the daemon's own uid and
+the quicether-web user are answered; anyone else gets {"ok": false, "error": "refused: ..."}.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import inspect
 import json
 import os
+import pwd
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-Handler = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]]
+Answer = dict[str, Any] | Awaitable[dict[str, Any]]
+# A handler takes no argument, or the request (the JSON object, "cmd" included).
+Handler = Callable[[], Answer] | Callable[[dict[str, Any]], Answer]
 REQUEST_TIMEOUT_S = 5.0
 # A reload waits for what it changes (a web UI or dnsmasq restart takes seconds on a small board).
-COMMAND_TIMEOUTS_S = {"reload": 30.0}
+COMMAND_TIMEOUTS_S = {"reload": 30.0, "apply_config": 30.0}
+# A request line (a config file as JSON text is the largest; quicether.config files are a few KiB).
+MAX_REQUEST_BYTES = 1024 * 1024
+# The largest config apply_config takes (the web UI's uploads are smaller still).
+MAX_CONFIG_BYTES = 256 * 1024
+# The unprivileged user the daemon runs the web UI as (also the API socket's group).
+WEBUI_USER = "quicether-web"
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def webui_ids() -> tuple[int, int] | None:
+    """(uid, gid) of the web UI's user, or None where it does not exist."""
+    try:
+        user = pwd.getpwnam(WEBUI_USER)
+    except KeyError:
+        return None
+    return user.pw_uid, user.pw_gid
+
+
+def _group_id() -> int | None:
+    try:
+        return grp.getgrnam(WEBUI_USER).gr_gid
+    except KeyError:
+        return None
+
+
+def _takes_request(handler: Handler) -> bool:
+    try:
+        return bool(inspect.signature(handler).parameters)
+    except (TypeError, ValueError):
+        return False
 
 
 class ApiServer:
-    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+    def __init__(self, path: Path, handlers: dict[str, Handler], allowed_uids: frozenset[int] | None = None) -> None:
         self.path = path
         self.handlers = handlers
+        self._with_request = {name for name, h in handlers.items() if _takes_request(h)}
+        ui = webui_ids()
+        self.allowed_uids = allowed_uids if allowed_uids is not None else frozenset(
+            {0, os.geteuid(), *([ui[0]] if ui else [])})
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -44,26 +92,58 @@ class ApiServer:
             self.path.unlink()
         old_umask = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
+                                                           limit=MAX_REQUEST_BYTES)
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        gid = _group_id()
+        if gid is not None:  # the web UI's user reaches the socket through its group
+            os.chown(self.path, -1, gid)
+            os.chmod(self.path, 0o660)
+        else:
+            os.chmod(self.path, 0o600)
+
+    def _refusal(self, writer: asyncio.StreamWriter) -> str | None:
+        """Why this connection's peer may not use the API, or None if it may."""
+        sock = writer.get_extra_info("socket")
+        try:
+            _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        except (OSError, AttributeError, struct.error):
+            return "refused: the peer's credentials are unknown"
+        if uid in self.allowed_uids:
+            return None
+        return f"refused: uid {uid} may not use the QuicEther API (only root and {WEBUI_USER})"
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {"ok": False, "error": "request is not JSON"}
+        cmd = request.get("cmd", "") if isinstance(request, dict) else None
+        handler = self.handlers.get(cmd) if isinstance(cmd, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown command; known: {sorted(self.handlers)}"}
+        try:
+            result = handler(request) if cmd in self._with_request else handler()  # type: ignore[call-arg]
+            return {"ok": True, **(await result if inspect.isawaitable(result) else result)}
+        except ValueError as exc:  # a handler refusing the request (e.g. reload with a bad config)
+            return {"ok": False, "error": str(exc)}
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
+            # The request is read (bounded) before anything else, so a refused client gets its answer
+            # rather than a broken pipe.
             try:
-                request = json.loads(line)
-                handler = self.handlers.get(request.get("cmd", "")) if isinstance(request, dict) else None
-                if handler is None:
-                    answer: dict[str, Any] = {"ok": False, "error": f"unknown command; known: {sorted(self.handlers)}"}
-                else:
-                    result = handler()
-                    answer = {"ok": True, **(await result if inspect.isawaitable(result) else result)}
-            except json.JSONDecodeError:
-                answer = {"ok": False, "error": "request is not JSON"}
-            except ValueError as exc:  # a handler refusing the request (e.g. reload with a bad config)
-                answer = {"ok": False, "error": str(exc)}
+                line: bytes | None = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
+            except ValueError:  # no newline within the limit
+                line = None
+            refusal = self._refusal(writer)
+            if refusal is not None:
+                answer: dict[str, Any] = {"ok": False, "error": refusal}
+            elif line is None:
+                answer = {"ok": False, "error": f"request too large (at most {MAX_REQUEST_BYTES} bytes)"}
+            else:
+                answer = await self._answer(line)
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError):
@@ -89,12 +169,14 @@ def _answers(path: Path) -> bool:
     return True
 
 
-def request(path: Path, cmd: str, timeout: float | None = None) -> dict[str, Any]:
-    """Client side: sends one command, returns the answer. Raises OSError if no daemon answers."""
+def request(path: Path, cmd: str, timeout: float | None = None, **args: Any) -> dict[str, Any]:
+    """Client side: sends one command with its arguments, returns the answer. Raises OSError if no daemon
+    answers, ValueError if the answer is not JSON."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout or COMMAND_TIMEOUTS_S.get(cmd, REQUEST_TIMEOUT_S))
         s.connect(str(path))
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        with contextlib.suppress(BrokenPipeError):  # answered before all was read (too large): read that
+            s.sendall(json.dumps({**args, "cmd": cmd}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = s.recv(65536)

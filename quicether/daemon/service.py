@@ -18,9 +18,10 @@ import time
 from typing import Any
 
 from quicether import _core
-from quicether.config import Config, ConfigError, load
+from quicether.atomic import write_private
+from quicether.config import Config, ConfigError, load, parse
 from quicether.daemon import reload
-from quicether.daemon.api import ApiServer
+from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer
 from quicether.daemon.eventlog import EventLog
 from quicether.daemon.peers import PeerTable
 from quicether.daemon.router import Router
@@ -147,6 +148,30 @@ class Daemon:
                 asyncio.get_running_loop().call_later(RELOAD_DELAY_S, self._restart_ui)
             return {"reloading": False, "changes": changes.changes}
 
+    def config_text(self) -> dict[str, Any]:
+        """The config file as it is (the web UI reads it through the API: the file is root's, 0600)."""
+        try:
+            text = self.config.path.read_text()
+        except FileNotFoundError:
+            text = ""
+        return {"text": text, "path": str(self.config.path)}
+
+    async def apply_config(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Replaces the config file with the request's "text" and applies it as a reload does; a text that
+        does not parse is refused (ValueError naming the field) and changes nothing."""
+        text = request.get("text")
+        if not isinstance(text, str):
+            raise ValueError('apply_config needs the new config as "text"')
+        if len(text.encode()) > MAX_CONFIG_BYTES:
+            raise ValueError(f"the config is larger than {MAX_CONFIG_BYTES} bytes")
+        try:
+            parse(text, self.config.path)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        write_private(self.config.path, text)
+        log.info("%s replaced through the API", self.config.path)
+        return await self.request_reload()
+
     async def _cancel_ui_restart(self) -> None:
         if self._ui_restart is not None:
             self._ui_restart.cancel()
@@ -180,7 +205,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop)
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         api = ApiServer(self.config.api_socket, {"status": self.status, "events": self.recent_events,
-                                                 "reload": self.request_reload})
+                                                 "reload": self.request_reload, "config": self.config_text,
+                                                 "apply_config": self.apply_config})
         async with contextlib.AsyncExitStack() as undo:
             undo.callback(os.close, read_fd)
             undo.callback(os.close, write_fd)

@@ -1,0 +1,148 @@
+"""The daemon's local API: commands with arguments (apply_config with a good, a broken and an oversized
+config), the request size limit, and who may connect (SO_PEERCRED: another user is refused even when the
+socket's mode would let it in)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quicether.config import load
+from quicether.daemon import api
+from quicether.daemon.api import ApiServer
+from quicether.daemon.service import Daemon
+from quicether.identity import generate
+
+CONFIG = '[node]\nlisten = "0.0.0.0:4433"\ntun = "qe9"\naddress = "10.99.0.7/24"\nstate_dir = "{state}"\n'
+
+
+@pytest.fixture
+def state() -> Iterator[Path]:
+    # Under /tmp itself (not pytest's 0700 tree), so another user can reach the socket in the refusal test.
+    path = Path(tempfile.mkdtemp(prefix="qe-api-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _daemon(state: Path) -> Daemon:
+    path = state / "quicether.toml"
+    path.write_text(CONFIG.format(state=state))
+    os.chmod(path, 0o600)
+    return Daemon(load(path), generate(state / "node.key"))
+
+
+async def _serving(daemon: Daemon, *asks: dict[str, Any]) -> list[dict[str, Any]]:
+    server = ApiServer(daemon.config.api_socket, {"status": daemon.status, "config": daemon.config_text,
+                                                  "apply_config": daemon.apply_config})
+    await server.start()
+    try:
+        return [await asyncio.to_thread(api.request, daemon.config.api_socket, **ask) for ask in asks]
+    finally:
+        await server.stop()
+
+
+def test_config_and_apply_config(state: Path) -> None:
+    daemon = _daemon(state)
+    path = daemon.config.path
+    before = path.read_text()
+    good = before.replace("10.99.0.7/24", "10.99.0.8/24")
+    broken = before + "path_mtu = 10\n"
+    shown, bad, not_text, applied = asyncio.run(_serving(
+        daemon, {"cmd": "config"}, {"cmd": "apply_config", "text": broken}, {"cmd": "apply_config"},
+        {"cmd": "apply_config", "text": good}))
+    assert shown == {"ok": True, "text": before, "path": str(path)}
+    # A config that does not parse changes nothing; the answer names the field.
+    assert bad["ok"] is False and "node.path_mtu" in bad["error"] and str(path) in bad["error"]
+    assert not_text["ok"] is False and '"text"' in not_text["error"]
+    # A good one is written (root's, 0600) and applied as a reload: here a node setting, so a restart.
+    assert applied == {"ok": True, "reloading": True, "restart": ["address"]}
+    assert path.read_text() == good and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert daemon.reload_with is not None and daemon.reload_with.address == "10.99.0.8/24"
+
+
+def test_an_oversized_config_or_request_is_refused(state: Path) -> None:
+    daemon = _daemon(state)
+    before = daemon.config.path.read_text()
+    padding = "# " + "x" * api.MAX_CONFIG_BYTES + "\n"
+    big, = asyncio.run(_serving(daemon, {"cmd": "apply_config", "text": before + padding}))
+    assert big["ok"] is False and f"larger than {api.MAX_CONFIG_BYTES} bytes" in big["error"]
+    huge, = asyncio.run(_serving(daemon, {"cmd": "apply_config", "text": "#" * (api.MAX_REQUEST_BYTES + 10)}))
+    assert huge["ok"] is False and "request too large" in huge["error"]
+    assert daemon.config.path.read_text() == before
+    # The server still answers after both.
+    status, = asyncio.run(_serving(daemon, {"cmd": "status"}))
+    assert status["ok"] is True and status["node"]["node_id"] == daemon.identity.node_id
+
+
+def test_the_socket_is_for_root_and_the_web_uis_group(state: Path) -> None:
+    async def scenario() -> os.stat_result:
+        server = ApiServer(state / "api.sock", {})
+        await server.start()
+        try:
+            return os.stat(state / "api.sock")
+        finally:
+            await server.stop()
+
+    mode = asyncio.run(scenario())
+    ids = api.webui_ids()
+    if ids is None:
+        assert stat.S_IMODE(mode.st_mode) == 0o600
+    else:
+        assert stat.S_IMODE(mode.st_mode) == 0o660 and mode.st_gid == ids[1]
+
+
+CLIENT = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(b'{"cmd": "status"}\\n')
+print(s.makefile().readline(), end="")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(), reason="needs root to be nobody")
+def test_another_user_is_refused_even_if_the_socket_lets_it_connect(state: Path) -> None:
+    path = state / "api.sock"
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        server = ApiServer(path, {"status": lambda: {"x": 1}})
+        await server.start()
+        try:
+            os.chmod(state, 0o755)
+            os.chmod(path, 0o666)  # a mistake elsewhere must not open the API: the peer's uid decides
+            child = await asyncio.create_subprocess_exec(
+                "/usr/bin/python3", "-c", CLIENT, str(path), user="nobody", group="nogroup", extra_groups=[],
+                stdout=asyncio.subprocess.PIPE, cwd="/")
+            out, _ = await child.communicate()
+            own = await asyncio.to_thread(api.request, path, "status")
+            return json.loads(out), own
+        finally:
+            await server.stop()
+
+    refused, own = asyncio.run(scenario())
+    assert refused["ok"] is False and refused["error"].startswith("refused: uid 65534 may not use the QuicEther API")
+    assert own == {"ok": True, "x": 1}
+
+
+def test_requests_carry_their_arguments(state: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def scenario() -> dict[str, Any]:
+        server = ApiServer(state / "api.sock", {"echo": lambda req: seen.append(req) or {"got": req.get("n")}})
+        await server.start()
+        try:
+            return await asyncio.to_thread(api.request, state / "api.sock", "echo", n=7)
+        finally:
+            await server.stop()
+
+    assert asyncio.run(scenario()) == {"ok": True, "got": 7}
+    assert seen == [{"cmd": "echo", "n": 7}]
