@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,19 @@ def leases(state_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie has already closed its sockets)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+# How long a dnsmasq left by a crashed run may take to go after SIGKILL.
+STALE_EXIT_WAIT_S = 3.0
+
+
 class Dnsmasq:
     def __init__(self, lan: LanConfig, state_dir: Path) -> None:
         self.lan = lan
@@ -75,6 +89,10 @@ class Dnsmasq:
             pid = int(pid_file.read_text().strip())
             if Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq":
                 os.kill(pid, signal.SIGKILL)
+                # Its sockets are free only once it is gone (a loaded board takes a moment to reap it).
+                deadline = time.monotonic() + STALE_EXIT_WAIT_S
+                while _running(pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
                 log.info("killed dnsmasq %d left by an earlier run", pid)
         pid_file.unlink(missing_ok=True)
 
