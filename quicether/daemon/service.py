@@ -17,9 +17,10 @@ import signal
 import time
 from typing import Any
 
-from quicether import _core
+from quicether import _core, setup_code
 from quicether.atomic import write_private
 from quicether.config import Config, ConfigError, load, parse
+from quicether.daemon import events as core_events
 from quicether.daemon import reload
 from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer
 from quicether.daemon.eventlog import EventLog
@@ -32,7 +33,7 @@ from quicether.net.nft import FirewallError
 
 log = logging.getLogger("quicether")
 # Core events that change whether a peer is reachable (the router's exit follows them).
-PEER_STATE_EVENTS = ("peer_connected", "peer_disconnected", "path_up", "path_down")
+PEER_STATE_EVENTS = (core_events.PeerConnected, core_events.PeerDisconnected, core_events.PathUp, core_events.PathDown)
 # Time between answering a reload request and stopping the services for it.
 RELOAD_DELAY_S = 0.3
 
@@ -65,29 +66,36 @@ class Daemon:
             os.read(read_fd, 4096)
         if self.node is None:
             return
-        for event in self.node.events():
-            who = self._peer_label(event.get("key"))
-            kind = str(event["kind"])
-            mark = {"event": kind}
-            if self.router is not None and kind in PEER_STATE_EVENTS:
-                self.router.peer_changed(event.get("key"))
-            if kind == "peer_connected":
+        for raw in self.node.events():
+            self._on_event(core_events.parse(raw), str(raw.get("kind", "")))
+
+    def _on_event(self, event: core_events.CoreEvent, kind: str) -> None:
+        who = self._peer_label(event.key)
+        mark = {"event": kind}
+        if self.router is not None and isinstance(event, PEER_STATE_EVENTS):
+            self.router.peer_changed(event.key)
+        match event:
+            case core_events.PeerConnected():
                 log.info("%s connected", who, extra=mark)
-            elif kind == "path_up":
-                log.info("%s: path on WAN %s up (remote %s)", who, event["wan"], event["detail"], extra=mark)
-            elif kind == "path_down":
-                log.warning("%s: path on WAN %s down: %s", who, event["wan"], event["detail"], extra=mark)
-            elif kind == "peer_disconnected":
-                log.warning("%s disconnected: %s", who, event["detail"], extra=mark)
-            elif kind == "handshake_refused":
-                log.warning("refused handshake from %s: %s", who, event["detail"], extra=mark)
-            elif kind == "dial_failed":
-                log.warning("cannot reach %s from WAN %s: %s", who, event["wan"], event["detail"], extra=mark)
-            elif kind == "tun_failed":
+            case core_events.PathUp(wan=wan, path_kind=path_kind, remote=remote, reason=reason):
+                log.info("%s: %s path on WAN %s up (%s, remote %s)", who, path_kind, wan, reason, remote, extra=mark)
+            case core_events.PathDown(wan=wan, path_kind=path_kind, reason=reason, detail=detail):
+                log.warning("%s: %s path on WAN %s down (%s): %s", who, path_kind, wan, reason, detail, extra=mark)
+            case core_events.PeerDisconnected(detail=detail):
+                log.warning("%s disconnected: %s", who, detail, extra=mark)
+            case core_events.HandshakeRefused(detail=detail):
+                log.warning("refused handshake from %s: %s", who, detail, extra=mark)
+            case core_events.DialFailed(wan=wan, detail=detail):
+                log.warning("cannot reach %s from WAN %s: %s", who, wan, detail, extra=mark)
+            case core_events.TunFailed(detail=detail):
                 # Nothing leaves the node any more: exit non-zero so systemd restarts the daemon.
-                self.failed = f"the TUN device {self.config.tun} failed: {event.get('detail')}"
+                self.failed = f"the TUN device {self.config.tun} failed: {detail}"
                 log.error("%s; stopping", self.failed, extra=mark)
                 self._stop.set()
+            case core_events.PeerAdded() | core_events.PeerRemoved():
+                log.debug("core peer table: %s %s", kind, who)
+            case core_events.UnknownEvent(kind=unknown, detail=detail):
+                log.info("core event %s for %s: %s", unknown, who, detail)
 
     def status(self) -> dict[str, Any]:
         node = self.node
@@ -172,6 +180,11 @@ class Daemon:
         log.info("%s replaced through the API", self.config.path)
         return await self.request_reload()
 
+    def setup_done(self) -> dict[str, Any]:
+        """The web UI set the admin password: the setup code's copies (root's: the EFI partition's file, the
+        console banner) are deleted, if the password record is really there."""
+        return {"removed": setup_code.remove_copies_if_set_up(self.config.state_dir)}
+
     async def _cancel_ui_restart(self) -> None:
         if self._ui_restart is not None:
             self._ui_restart.cancel()
@@ -206,7 +219,7 @@ class Daemon:
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         api = ApiServer(self.config.api_socket, {"status": self.status, "events": self.recent_events,
                                                  "reload": self.request_reload, "config": self.config_text,
-                                                 "apply_config": self.apply_config})
+                                                 "apply_config": self.apply_config, "setup_done": self.setup_done})
         async with contextlib.AsyncExitStack() as undo:
             undo.callback(os.close, read_fd)
             undo.callback(os.close, write_fd)
