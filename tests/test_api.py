@@ -42,7 +42,7 @@ def _daemon(state: Path) -> Daemon:
 
 async def _serving(daemon: Daemon, *asks: dict[str, Any]) -> list[dict[str, Any]]:
     server = ApiServer(daemon.config.api_socket, {"status": daemon.status, "config": daemon.config_text,
-                                                  "apply_config": daemon.apply_config})
+                                                  "apply_config": daemon.apply_config, "setup_done": daemon.setup_done})
     await server.start()
     try:
         return [await asyncio.to_thread(api.request, daemon.config.api_socket, **ask) for ask in asks]
@@ -146,3 +146,17 @@ def test_requests_carry_their_arguments(state: Path) -> None:
 
     assert asyncio.run(scenario()) == {"ok": True, "got": 7}
     assert seen == [{"cmd": "echo", "n": 7}]
+
+
+def test_setup_done_removes_the_codes_copies_once_the_password_is_set(state: Path) -> None:
+    from quicether import setup_code
+
+    daemon = _daemon(state)
+    esp = state / "esp" / "quicether-setup-code.txt"
+    code = setup_code.ensure(state, (esp,))
+    assert code is not None and code in esp.read_text()
+    early, = asyncio.run(_serving(daemon, {"cmd": "setup_done"}))
+    assert early == {"ok": True, "removed": []} and esp.exists()  # no password yet: the copies stay
+    (setup_code.ui_dir(state) / setup_code.ADMIN_PASSWORD_FILE).write_text("{}")
+    done, = asyncio.run(_serving(daemon, {"cmd": "setup_done"}))
+    assert done == {"ok": True, "removed": [str(esp)]} and not esp.exists()

@@ -92,7 +92,7 @@ def test_first_boot_leads_every_page_to_the_password_step(client: FlaskClient, s
         response = client.get(path)
         assert response.status_code == 302 and response.headers["Location"].endswith("/setup/"), path
     assert client.get("/healthz").get_json() == {"ok": True}
-    assert not (state / auth.PASSWORD_FILE).exists()
+    assert not (setup_code.ui_dir(state) / auth.PASSWORD_FILE).exists()
 
 
 def test_password_rules_and_the_stored_hash(client: FlaskClient, state: Path) -> None:
@@ -102,9 +102,9 @@ def test_password_rules_and_the_stored_hash(client: FlaskClient, state: Path) ->
     differ = _post(client, "/setup/", {"setup_code": code, "password": PASSWORD, "confirm": PASSWORD + "x"})
     assert differ.status_code == 400 and "differ" in differ.get_data(as_text=True)
     _set_up(client)
-    stored = (state / auth.PASSWORD_FILE).read_text()
+    stored = (setup_code.ui_dir(state) / auth.PASSWORD_FILE).read_text()
     assert PASSWORD not in stored and json.loads(stored)["algorithm"] == "scrypt"
-    assert oct((state / auth.PASSWORD_FILE).stat().st_mode & 0o777) == "0o600"
+    assert oct((setup_code.ui_dir(state) / auth.PASSWORD_FILE).stat().st_mode & 0o777) == "0o600"
     # Once set, the wizard's first step cannot replace the password for someone without a session.
     other = client.application.test_client()
     again = _post(other, "/login", {"password": "x"}, page="/login")
@@ -112,7 +112,7 @@ def test_password_rules_and_the_stored_hash(client: FlaskClient, state: Path) ->
     replaced = other.post("/setup/", data={"setup_code": code, "password": "new password 123",
                                            "confirm": "new password 123", "csrf_token": _csrf(other, "/login")})
     assert replaced.status_code == 302 and "/login" in replaced.headers["Location"]
-    assert (state / auth.PASSWORD_FILE).read_text() == stored
+    assert (setup_code.ui_dir(state) / auth.PASSWORD_FILE).read_text() == stored
 
 
 def test_forms_without_the_csrf_token_are_refused(client: FlaskClient) -> None:
@@ -164,14 +164,14 @@ def test_first_password_needs_the_one_time_setup_code(client: FlaskClient, state
     for wrong in wrong_codes:
         refused = _post(client, "/setup/", _setup_form(wrong))
         assert refused.status_code == 403 and "Wrong setup code" in refused.get_data(as_text=True), wrong
-    assert not (state / auth.PASSWORD_FILE).exists()
+    assert not (setup_code.ui_dir(state) / auth.PASSWORD_FILE).exists()
     # Typed by hand: case and spacing do not matter.
     accepted = _post(client, "/setup/", _setup_form(f" {code.lower().replace('-', ' ')} "))
     assert accepted.status_code == 302 and accepted.headers["Location"].endswith("/setup/ports")
-    assert (state / auth.PASSWORD_FILE).exists()
+    assert (setup_code.ui_dir(state) / auth.PASSWORD_FILE).exists()
     # Consumed: gone from the state dir, never made again, and the wizard's first step is closed.
     assert setup_code.read(state) is None and setup_code.ensure(state) is None
-    assert not (state / setup_code.CODE_FILE).exists()
+    assert not (setup_code.ui_dir(state) / setup_code.CODE_FILE).exists()
     other = client.application.test_client()
     again = other.post("/setup/", data={**_setup_form(code), "csrf_token": _csrf(other, "/login")})
     assert again.status_code == 302 and "/login" in again.headers["Location"]
@@ -182,7 +182,7 @@ def test_setting_the_password_removes_every_copy_of_the_code(client: FlaskClient
     esp = tmp_path / "boot-efi" / "quicether-setup-code.txt"  # as the appliance's firstboot writes it
     assert setup_code.ensure(state, (esp,)) == _setup_code(client) and esp.exists()
     _set_up(client)
-    assert not esp.exists() and not (state / setup_code.CODE_FILE).exists()
+    assert not esp.exists() and not (setup_code.ui_dir(state) / setup_code.CODE_FILE).exists()
 
 
 def test_wrong_setup_codes_count_against_the_login_limit(client: FlaskClient) -> None:
@@ -192,7 +192,8 @@ def test_wrong_setup_codes_count_against_the_login_limit(client: FlaskClient) ->
     locked = _post(client, "/setup/", _setup_form(code))
     assert locked.status_code == 429 and "Too many wrong guesses" in locked.get_data(as_text=True)
     state = Path(client.application.config["QE_STATE"])
-    assert not (state / auth.PASSWORD_FILE).exists() and setup_code.read(state) == code  # still unused
+    # Still unused.
+    assert not (setup_code.ui_dir(state) / auth.PASSWORD_FILE).exists() and setup_code.read(state) == code
 
 
 def test_setup_code_copies_the_cli_and_their_removal(state: Path, tmp_path: Path,
@@ -203,7 +204,7 @@ def test_setup_code_copies_the_cli_and_their_removal(state: Path, tmp_path: Path
     assert main(["setup-code", "--state-dir", str(state), "--copy-to", str(esp), "--copy-to", str(banner)]) == 0
     code = capsys.readouterr().out.strip()
     assert setup_code.read(state) == code and len(setup_code.normalise(code)) == setup_code.CODE_SYMBOLS
-    assert oct((state / setup_code.CODE_FILE).stat().st_mode & 0o777) == "0o600"
+    assert oct((setup_code.ui_dir(state) / setup_code.CODE_FILE).stat().st_mode & 0o777) == "0o600"
     assert code in esp.read_text() and code in banner.read_text()
     banner.unlink()  # /run after a reboot: the next call writes it again, with the same code
     assert main(["setup-code", "--state-dir", str(state), "--copy-to", str(banner)]) == 0
@@ -218,7 +219,8 @@ def test_the_setup_code_left_after_the_password_is_removed(state: Path, tmp_path
 
     esp = tmp_path / "quicether-setup-code.txt"
     setup_code.ensure(state, (esp,))
-    (state / auth.PASSWORD_FILE).write_text("{}")  # set meanwhile (the code file was left by a crash)
+    # Set meanwhile (the code file was left by a crash).
+    (setup_code.ui_dir(state) / auth.PASSWORD_FILE).write_text("{}")
     assert main(["setup-code", "--state-dir", str(state)]) == 0
     captured = capsys.readouterr()
     assert captured.out == "" and "already set" in captured.err
@@ -237,7 +239,7 @@ def test_requests_for_other_host_names_are_refused(state: Path, host: str) -> No
     assert code is not None
     # A rebound page cannot set the password even with the code (it can read nothing, not even the token).
     posted = client.post("/setup/", data=_setup_form(code), headers={"Host": host})
-    assert posted.status_code == 400 and not (state / auth.PASSWORD_FILE).exists()
+    assert posted.status_code == 400 and not (setup_code.ui_dir(state) / auth.PASSWORD_FILE).exists()
 
 
 @pytest.mark.parametrize("host", ["192.168.50.1", "192.168.50.1:80", "ROUTER.LAN", "router.lan.", "router.lan:8080"])
@@ -270,8 +272,8 @@ def test_sessions_are_server_side_and_revoked_by_logout(client: FlaskClient, app
     admin = _log_in(app)
     sid = _session_id(admin)
     assert len(sid) >= 40 and "admin" not in sid  # a random id, not signed data
-    assert sid not in (state / "webui-sessions.json").read_text()  # the file holds digests only
-    assert oct((state / "webui-sessions.json").stat().st_mode & 0o777) == "0o600"
+    assert sid not in (setup_code.ui_dir(state) / "webui-sessions.json").read_text()  # the file holds digests only
+    assert oct((setup_code.ui_dir(state) / "webui-sessions.json").stat().st_mode & 0o777) == "0o600"
     # The session survives the UI's restart (a config reload), and a copy of the cookie works…
     restarted = create_app(state / "quicether.toml", state, {"TESTING": True}, hosts=["localhost"])
     assert _with_session(restarted, sid).get("/settings/").status_code == 200
@@ -635,3 +637,45 @@ def test_a_daemon_refusing_the_reload_is_reported(client: FlaskClient, daemon: F
     response = _post(client, "/settings/acls", {"acl_default": "deny"}, "/settings/")
     assert response.status_code == 302
     assert "daemon refused to reload: q.toml: lan.device" in client.get("/settings/").get_data(as_text=True)
+
+
+def test_the_uis_state_moves_into_its_own_directory(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    esp = tmp_path / "esp" / "quicether-setup-code.txt"
+    esp.parent.mkdir()
+    esp.write_text("code")
+    # As a web UI from before kept them: in the state dir itself, the code record listing its copies.
+    (state / auth.PASSWORD_FILE).write_text('{"algorithm": "scrypt"}')
+    (state / "webui-sessions.json").write_text("{}")
+    (state / setup_code.CODE_FILE).write_text(json.dumps({"code": "AAAA-BBBB-CCCC", "copies": [str(esp)]}))
+    ui = setup_code.prepare_ui_dir(state)
+    assert ui == state / "webui" and sorted(p.name for p in ui.iterdir()) == sorted(
+        [auth.PASSWORD_FILE, "webui-sessions.json", setup_code.CODE_FILE])
+    assert not (state / auth.PASSWORD_FILE).exists() and setup_code.read(state) == "AAAA-BBBB-CCCC"
+    assert oct(ui.stat().st_mode & 0o777) == "0o700"
+    ids = setup_code.ui_ids()
+    if ids is not None:  # the UI's user owns its directory and files; the state dir only lets its group pass
+        assert all((p.stat().st_uid, p.stat().st_gid) == ids for p in [ui, *ui.iterdir()])
+        assert state.stat().st_gid == ids[1] and oct(state.stat().st_mode & 0o777) == "0o710"
+    # The copies went to root's own list: consuming the code (as root) still deletes them.
+    assert setup_code.remove_copies_if_set_up(state) == [str(esp)] and not esp.exists()
+    assert setup_code.prepare_ui_dir(state) == ui  # again: nothing to move, nothing changes
+
+
+def test_root_trusts_nothing_the_uis_directory_says(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    ui = setup_code.prepare_ui_dir(state)
+    victim = tmp_path / "precious"
+    victim.write_text("root's")
+    # A compromised UI names a file for root to delete, and links another into its directory.
+    (ui / setup_code.CODE_FILE).write_text(json.dumps({"code": "AAAA-BBBB-CCCC", "copies": [str(victim)]}))
+    (ui / auth.PASSWORD_FILE).write_text("{}")
+    linked = tmp_path / "root-owned"
+    linked.write_text("x")
+    (ui / "link").hardlink_to(linked)
+    (ui / "symlink").symlink_to(victim)
+    setup_code.prepare_ui_dir(state)
+    assert setup_code.ensure(state) is None  # set up: root consumes the code
+    assert victim.read_text() == "root's" and linked.stat().st_uid == 0 and victim.stat().st_uid == 0
+    assert not (ui / setup_code.CODE_FILE).exists()

@@ -9,10 +9,13 @@ Without the lab: the dashboard in chromium against a stand-in daemon whose peer 
 from __future__ import annotations
 
 import contextlib
+import pwd
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +25,8 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
+from quicether import setup_code
+from quicether.config import load
 from quicether.identity import generate
 from tests.lab import Lab, LinkSpec
 from tests.lab import nodes as qe
@@ -41,14 +46,38 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists() or shutil.which("ip") is N
                                 reason="needs Debian's chromium (scripts/setup installs it)")
 
 
-def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path) -> None:
+def _ui_processes(state_dir: Path) -> list[tuple[int, int]]:
+    """(pid, real uid) of each web UI process serving `state_dir`, from /proc."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        if b"webui" in args and str(state_dir).encode() in args:
+            uid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:"))
+            found.append((int(proc.name), uid))
+    return found
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory the web UI's user can pass (pytest's own tmp tree is root's, 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="qe-browser-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path, open_dir: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     wl = build_wan_lab(lab, [LinkSpec(rate_mbit=50, delay_ms=6), LinkSpec(rate_mbit=30, delay_ms=12)],
                        lan_static=False, internet_hosts=("gateway",), policy_routing=False)
     gateway = qe.make_node(wl.host("gateway"), "gw", "10.99.0.1/24", tmp_path)
-    site = qe.make_node(wl.router, "site", SITE_OVERLAY, tmp_path)
+    site = qe.make_node(wl.router, "site", SITE_OVERLAY, open_dir)
     gateway.node_extra = {"role": "gateway"}
     gateway.sections["gateway"] = {"internet": "eth0"}
     # The gateway already allows the site's key (the add-peer step the wizard tells the user to run there).
@@ -63,6 +92,7 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path)
     wl.router.ip("route", "add", "default", "via", wl.wans[1].isp_addr, "dev", "wan1", "metric", "200")
     qe.start(gateway)
     qe.start(site)
+    site.config_path.chmod(0o600)  # root's, as on the appliance: the UI reads and writes it only through the API
     invite = subprocess.run([sys.executable, "-m", "quicether", "invite", "-c", str(gateway.config_path), "--endpoint",
                              f"{wl.addr('gateway')}:{qe.QUIC_PORT}", "--name", "gw"],
                             capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout.strip()
@@ -76,6 +106,11 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path)
         answer = lan.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {host}", f"{UI}/setup/",
                          check=False, timeout=15).stdout
         assert answer == status, (host, answer)
+    # The web UI runs unprivileged, as quicether-web (the daemon bound port 80 for it); its state is its own.
+    ui_user = pwd.getpwnam(setup_code.UI_USER)
+    assert [uid for _pid, uid in _ui_processes(site.state_dir)] == [ui_user.pw_uid], qe.read_log(site)
+    ui_state = setup_code.ui_dir(site.state_dir)
+    assert (ui_state.stat().st_uid, stat.S_IMODE(ui_state.stat().st_mode)) == (ui_user.pw_uid, 0o700)
     # The owner reads the setup code on the router (over SSH: `quicether setup-code`).
     code = subprocess.run([sys.executable, "-m", "quicether", "setup-code", "-c", str(site.config_path)],
                           capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout.strip()
@@ -101,7 +136,7 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path)
         page.click("text=Next: ports")
         expect(page).to_have_url(f"{UI}/setup/ports")
         # Used up: the code is gone from the router.
-        assert not (site.state_dir / "webui-setup-code.json").exists()
+        assert setup_code.read(site.state_dir) is None
         page.select_option("select[name=role_lan]", "lan")
         page.select_option("select[name=role_wan0]", "wan")
         page.select_option("select[name=role_wan1]", "wan")
@@ -146,7 +181,21 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path)
         assert int(graph.get_attribute("data-samples") or 0) > samples_before + 3
         assert peak > 5.0, peak  # Mbit/s on the graph while iperf3 ran through the bond
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+        # A settings change goes through the daemon (the UI cannot write the config): applied as a diff.
+        page.goto(f"{UI}/settings/")
+        form = page.locator("#class-form")
+        form.locator("select[name=protocol]").select_option("udp")
+        form.locator("input[name=port]").fill("5060")
+        form.locator("button").click()
+        expect(page.locator("p.notice").first).to_contain_text("applied the new settings")
         browser.close()
+    peer = load(site.config_path).peers[0]
+    assert [(c.protocol, c.port) for c in peer.classes] == [(17, 5060)]  # udp
+    assert stat.S_IMODE(site.config_path.stat().st_mode) == 0o600 and site.config_path.stat().st_uid == 0
+    assert "peer gw changed" in qe.read_log(site)
+    # Still the same unprivileged process: the change did not need a restart of the UI.
+    assert [uid for _pid, uid in _ui_processes(site.state_dir)] == [ui_user.pw_uid]
     # The rate cap chosen in the wizard shapes the port.
     assert "tbf 71: root" in wl.router.run("tc", "qdisc", "show", "dev", "wan1").stdout
     assert site.status()["router"]["lan"]["exit_peer"] == "gw"

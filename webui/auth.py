@@ -39,7 +39,7 @@ def _state_dir() -> Path:
 
 
 def _password_path() -> Path:
-    return _state_dir() / PASSWORD_FILE
+    return setup_code.ui_dir(_state_dir()) / PASSWORD_FILE
 
 
 def is_set_up() -> bool:
@@ -160,7 +160,7 @@ def _guard() -> Any:
 
 
 def init_app(app: Flask) -> None:
-    store = sessions.SessionStore(Path(app.config["QE_STATE"]) / sessions.SESSIONS_FILE)
+    store = sessions.SessionStore(setup_code.ui_dir(Path(app.config["QE_STATE"])) / sessions.SESSIONS_FILE)
     app.extensions["qe_sessions"] = store
     app.extensions["qe_throttle"] = Throttle()
     app.session_interface = sessions.ServerSessionInterface(store)

@@ -1,8 +1,9 @@
 """Server-side sessions: the cookie holds only a random id; what a session knows (logged in, its CSRF token,
 the wizard's choices, flashed messages) stays on the router, so a session can be revoked.
 
-- Logged-in sessions are kept in the state directory (webui-sessions.json, 0600), so they survive the web
-  UI's restart on a config reload; the file holds SHA-256 digests of the ids, never the ids themselves.
+- Logged-in sessions are kept in the UI's state directory (<state_dir>/webui/webui-sessions.json, 0600),
+  so they survive the web UI's restart on a config reload; the file holds SHA-256 digests of the ids, never
+  the ids themselves.
   Anonymous sessions (a login form's CSRF token) live in memory only: nobody can wear out the flash card or
   push the admin's session out by loading the login page many times.
 - A session ends on logout, when the admin password is set or changed (every session), after
@@ -27,9 +28,9 @@ from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
-from quicether import atomic
+from quicether import atomic, setup_code
 
-SESSIONS_FILE = "webui-sessions.json"
+SESSIONS_FILE = setup_code.SESSIONS_FILE
 IDLE_LIFETIME_S = 30 * 60.0
 ABSOLUTE_LIFETIME_S = 12 * 3600.0
 MAX_SESSIONS = 64

@@ -7,6 +7,7 @@ the CLI uses (via quicether.config_edit) and asks the daemon to reload: no reboo
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import threading
 from pathlib import Path
@@ -52,6 +53,8 @@ def password() -> Any:
                     return redirect(url_for("auth.login"))
                 auth.set_password(request.form["password"])
                 setup_code.consume(state_dir)
+            with contextlib.suppress(DaemonDown):
+                ask("setup_done")  # the code's copies (EFI partition, console banner) are root's: the daemon's job
             auth.log_in()
             return redirect(url_for("wizard.port_roles"))
     return render_template("wizard_password.html", error=error, step=1, title="Set up: password",
