@@ -13,11 +13,12 @@ use std::time::{Instant, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 use quicether_proto::allowed_ips::Prefix;
 use quicether_proto::classify::Rule;
-use quicether_proto::frame::{data_seq, encode_data_header, DATA_HEADER_LEN};
+use quicether_proto::frame::{clear_data_gap, data_seq, encode_data_header, DATA_HEADER_LEN};
 use quicether_proto::health::PathHealth;
 use quicether_proto::path_rank::{self, PathKind, PathRank};
 use quicether_proto::reorder::ReorderBuffer;
 use quicether_proto::reorder::{timeout_for_rtts_us, RESYNC_DISTANCE};
+use quicether_proto::resend::ResendMemory;
 use quicether_proto::scheduler::{choose, queue_limit_bytes, Choice, Mode, PathView};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
@@ -124,8 +125,6 @@ pub struct Path {
     pub counters: Counters,
     /// Sequence number of the last DATA frame sent on this path (`NO_SEQ`: none yet).
     pub last_seq: AtomicU64,
-    /// What this path sent lately, to resend on other paths when it fails (late beats lost for TCP).
-    pub recent: Mutex<SentRecord>,
     /// Measured throughput (bits/s) over the last second, for status.
     pub tx_rate_bps: AtomicU64,
     pub rx_rate_bps: AtomicU64,
@@ -151,43 +150,34 @@ impl Path {
         }
     }
 
-    /// Sends inner `packet` as DATA frame `seq` and remembers it for a while, to resend elsewhere if this
-    /// path fails. The frame names the previous sequence number sent on this path, so the receiver can
-    /// tell a loss on this path at once.
-    pub fn send_data(&self, seq: u64, packet: &[u8], now_us: u64) -> bool {
+    /// Sends inner `packet` as DATA frame `seq` and remembers it in the peer's `memory` for a while, to
+    /// resend elsewhere if it is reported lost or this path fails. The frame names the previous sequence
+    /// number sent on this path, so the receiver can tell a loss on this path at once.
+    pub fn send_data(&self, seq: u64, packet: &[u8], now_us: u64, memory: &Mutex<ResendMemory<Bytes>>) -> bool {
         let prev = self.last_seq.swap(seq, Ordering::Relaxed);
         let mut datagram = BytesMut::with_capacity(DATA_HEADER_LEN + packet.len());
         datagram.put_slice(&encode_data_header(seq, (prev != NO_SEQ).then_some(prev)));
         datagram.put_slice(packet);
-        self.send_recorded(datagram.freeze(), now_us)
+        self.send_recorded(seq, datagram.freeze(), now_us, memory)
     }
 
-    /// Sends a DATA frame first sent on another path. Its gap field is cleared: the previous packet it
-    /// names was on that other path and says nothing about this one.
-    pub fn resend_data(&self, datagram: &Bytes, now_us: u64) -> bool {
+    /// Sends a DATA frame first sent on another path, its gap field cleared (`clear_data_gap`).
+    pub fn resend_data(&self, datagram: &Bytes, now_us: u64, memory: &Mutex<ResendMemory<Bytes>>) -> bool {
+        let Some(seq) = data_seq(datagram) else {
+            return false;
+        };
         let mut copy = BytesMut::from(&datagram[..]);
-        if copy.len() >= DATA_HEADER_LEN {
-            copy[9..DATA_HEADER_LEN].fill(0);
-        }
-        self.send_recorded(copy.freeze(), now_us)
+        clear_data_gap(&mut copy);
+        self.send_recorded(seq, copy.freeze(), now_us, memory)
     }
 
-    fn send_recorded(&self, datagram: Bytes, now_us: u64) -> bool {
+    fn send_recorded(&self, seq: u64, datagram: Bytes, now_us: u64, memory: &Mutex<ResendMemory<Bytes>>) -> bool {
         let len = datagram.len();
         if self.conn.send_datagram(datagram.clone()).is_err() {
             return false;
         }
         Counters::count(&self.counters.tx_packets, &self.counters.tx_bytes, len);
-        let mut recent = self.recent.lock().unwrap();
-        recent.bytes += len;
-        recent.sent.push_back((now_us, datagram));
-        while let Some((at, d)) = recent.sent.front() {
-            if now_us.saturating_sub(*at) <= RESEND_WINDOW_US && recent.bytes <= RESEND_MAX_BYTES {
-                break;
-            }
-            recent.bytes -= d.len();
-            recent.sent.pop_front();
-        }
+        memory.lock().unwrap().record(now_us, self.id, seq, len, datagram);
         true
     }
 
@@ -196,42 +186,27 @@ impl Path {
         self.closing.lock().unwrap().get_or_insert(reason);
         self.conn.close(code.into(), text);
     }
-
-    /// Datagrams sent on this path since `since_us` (oldest first), taken out of the resend memory.
-    pub fn take_sent_since(&self, since_us: u64) -> Vec<Bytes> {
-        let mut recent = self.recent.lock().unwrap();
-        let taken: Vec<Bytes> = recent.sent.drain(..).filter(|(at, _)| *at >= since_us).map(|(_, d)| d).collect();
-        recent.bytes = 0;
-        taken
-    }
 }
 
 /// Resends `datagram` on the usable path where it would arrive first (never on path `exclude`); false if
 /// every queue is full or no path is up.
-fn resend_on_earliest(paths: &[Arc<Path>], datagram: &Bytes, exclude: Option<u64>, now_us: u64) -> bool {
+fn resend_on_earliest(
+    paths: &[Arc<Path>],
+    datagram: &Bytes,
+    exclude: Option<u64>,
+    now_us: u64,
+    memory: &Mutex<ResendMemory<Bytes>>,
+) -> bool {
     let views: Vec<_> =
         paths.iter().map(|p| if Some(p.id) == exclude { PathView::default() } else { p.view() }).collect();
     match choose(Mode::Aggregate, &views, datagram.len()) {
-        Choice::One(i) => paths[i].resend_data(datagram, now_us),
+        Choice::One(i) => paths[i].resend_data(datagram, now_us, memory),
         _ => false,
     }
 }
 
 /// `Path::last_seq` before the path has sent anything.
 pub const NO_SEQ: u64 = u64::MAX;
-
-/// How far back a path remembers what it sent: more than the longest time a failure goes unnoticed
-/// (down after max(3 × RTT, 200 ms), probes every 50 ms) plus one RTT of packets in flight.
-pub const RESEND_WINDOW_US: u64 = 600_000;
-/// Memory bound of that record per path (~0.6 s at 100 Mbit/s).
-pub const RESEND_MAX_BYTES: usize = 8 << 20;
-
-/// DATA datagrams recently sent on a path.
-#[derive(Default)]
-pub struct SentRecord {
-    pub sent: VecDeque<(u64, Bytes)>,
-    pub bytes: usize,
-}
 
 pub struct Peer {
     pub key: [u8; 32],
@@ -254,6 +229,9 @@ pub struct Peer {
     /// threads, and without it a reader writing a long run could be overtaken by one releasing the
     /// next packets (measured: ~180 spurious fast retransmits per 8 s in the inner TCP).
     pub delivery: Mutex<()>,
+    /// What the paths sent lately (`quicether_proto::resend`): found by sequence for NACKs, by path when
+    /// one fails (late beats lost for TCP).
+    pub resend: Mutex<ResendMemory<Bytes>>,
     pub last_handshake: Mutex<Option<SystemTime>>,
     pub counters: Counters,
 }
@@ -298,6 +276,7 @@ impl Peer {
             reorder: Mutex::new(ReorderBuffer::new(timeout_for_rtts_us(&[]), REORDER_MAX_PACKETS)),
             reorder_wake: Notify::new(),
             delivery: Mutex::new(()),
+            resend: Mutex::new(ResendMemory::default()),
             last_handshake: Mutex::new(None),
             counters: Default::default(),
         }
@@ -313,9 +292,9 @@ impl Peer {
     /// Resends what `failed` sent in its last `window_us` on the other usable paths (earliest arrival first).
     /// The receiver fills its gaps with them or delivers them late; copies it already has are dropped.
     pub fn resend_from_failed(&self, failed: &Path, window_us: u64, now_us: u64) -> usize {
-        let datagrams = failed.take_sent_since(now_us.saturating_sub(window_us));
+        let datagrams = self.resend.lock().unwrap().take_sent_by(failed.id, now_us.saturating_sub(window_us));
         let paths = self.paths.read().unwrap();
-        datagrams.iter().filter(|d| resend_on_earliest(&paths, d, Some(failed.id), now_us)).count()
+        datagrams.iter().filter(|d| resend_on_earliest(&paths, d, Some(failed.id), now_us, &self.resend)).count()
     }
 
     /// The lowest-RTT path among those that rank first (NACKs go there; repairs go where they arrive first).
@@ -338,11 +317,8 @@ impl Peer {
         let paths = self.paths.read().unwrap();
         let mut resent = 0;
         for &seq in seqs {
-            let found = paths.iter().find_map(|p| {
-                let recent = p.recent.lock().unwrap();
-                recent.sent.iter().rev().find(|(_, d)| data_seq(d) == Some(seq)).map(|(_, d)| d.clone())
-            });
-            if found.is_some_and(|d| resend_on_earliest(&paths, &d, None, now_us)) {
+            let found = self.resend.lock().unwrap().find(seq).map(|(_, d)| d.clone());
+            if found.is_some_and(|d| resend_on_earliest(&paths, &d, None, now_us, &self.resend)) {
                 resent += 1;
             }
         }
@@ -426,7 +402,6 @@ impl Shared {
             window_rate_bps: AtomicU64::new(0),
             counters: Counters::default(),
             last_seq: AtomicU64::new(NO_SEQ),
-            recent: Mutex::new(SentRecord::default()),
             tx_rate_bps: AtomicU64::new(0),
             rx_rate_bps: AtomicU64::new(0),
             conn,

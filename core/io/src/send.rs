@@ -76,9 +76,11 @@ fn send_to_peer(peer: &Peer, packet: &[u8], now_us: u64) {
     }
     let seq = peer.next_seq.fetch_add(1, Ordering::Relaxed);
     let sent = match choice {
-        Choice::One(i) => paths[i].send_data(seq, packet, now_us),
+        Choice::One(i) => paths[i].send_data(seq, packet, now_us, &peer.resend),
         // Every copy must go out: count the sends, don't stop at the first success.
-        Choice::Each(list) => list.iter().filter(|&&i| paths[i].send_data(seq, packet, now_us)).count() > 0,
+        Choice::Each(list) => {
+            list.iter().filter(|&&i| paths[i].send_data(seq, packet, now_us, &peer.resend)).count() > 0
+        }
         Choice::Drop | Choice::Congested => false,
     };
     if sent {

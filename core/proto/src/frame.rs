@@ -53,6 +53,14 @@ pub fn data_seq(datagram: &[u8]) -> Option<u64> {
     }
 }
 
+/// Clears the gap field of an encoded DATA frame (for a copy resent on another path: the previous packet
+/// it names was on the first path and says nothing about the new one).
+pub fn clear_data_gap(datagram: &mut [u8]) {
+    if datagram.first() == Some(&DATA) && datagram.len() >= DATA_HEADER_LEN {
+        datagram[9..DATA_HEADER_LEN].fill(0);
+    }
+}
+
 /// `prev_on_path`: the sequence number of the previous DATA frame on the same path, if any and close
 /// enough to express (a gap beyond u32 is sent as "none").
 pub fn encode_data_header(seq: u64, prev_on_path: Option<u64>) -> [u8; DATA_HEADER_LEN] {
@@ -143,6 +151,17 @@ mod tests {
         assert_eq!(parsed, seqs);
         assert_eq!(parse(&[NACK, 0, 2, 1, 2, 3]), None);
         assert_eq!(data_seq(&encode_data_header(77, None)), Some(77));
+    }
+
+    #[test]
+    fn a_cleared_gap_names_no_previous_packet() {
+        let mut frame = encode_data_header(1 << 33, Some((1 << 33) - 4)).to_vec();
+        frame.extend_from_slice(b"inner");
+        clear_data_gap(&mut frame);
+        assert_eq!(parse(&frame), Some(Frame::Data { seq: 1 << 33, prev_on_path: None, packet: b"inner" }));
+        let mut probe = encode_probe(1, 2).to_vec();
+        clear_data_gap(&mut probe);
+        assert_eq!(probe, encode_probe(1, 2).to_vec(), "only DATA frames are touched");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - `classify`: traffic classes (bulk / real-time / rules) → scheduling mode.
 //! - `scheduler`: which path(s) carry a packet.
 //! - `reorder`: in-order release at the receiver with an RTT-spread timeout.
+//! - `resend`: what a peer's paths sent lately, by sequence (NACKs) and by path (failures).
 //! - `health`: probes, up/down with damping.
 //! - `path_rank`: which path ranks first (route kind, WAN role): one comparator.
 //! - `peer_text`: peer-supplied strings made safe for events and logs.
@@ -27,6 +28,7 @@ pub mod path_rate;
 pub mod peer_text;
 pub mod refusals;
 pub mod reorder;
+pub mod resend;
 pub mod scheduler;
 pub mod signing;
 pub mod wire;

@@ -1,0 +1,184 @@
+//! The resend memory of one peer: what its paths sent lately, so that a DATA frame can be sent again on
+//! another path when the receiver reports it lost (NACK) or when the path it went on fails. Pure: the
+//! caller passes `now_us` and stores any item type (`Bytes` in io).
+//!
+//! A NACK names bond sequence numbers; finding one is a hash lookup, not a scan of every path's record
+//! (with 8 MB per path that was thousands of entries per NACKed sequence, under the paths lock). A failed
+//! path's recent frames are found by a scan of the window, which only happens when a path fails.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hashes a sequence number with one multiplication (Fibonacci hashing): the map is touched for every
+/// packet sent, and its keys are our own sequence numbers, which no one chooses to collide (SipHash's
+/// protection against chosen keys buys nothing here).
+#[derive(Default)]
+struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// How far back the memory reaches: more than the longest time a failure goes unnoticed (down after
+/// max(3 × RTT, 300 ms), probes every 50 ms) plus one RTT of packets in flight.
+pub const RESEND_WINDOW_US: u64 = 600_000;
+/// Memory bound per peer (~0.6 s of 300 Mbit/s; the oldest go first beyond it).
+pub const RESEND_MAX_BYTES: usize = 24 << 20;
+
+struct Entry<T> {
+    at_us: u64,
+    path: u64,
+    seq: u64,
+    len: usize,
+    /// None once taken for a failed path's resend (a newer entry records where it went then).
+    item: Option<T>,
+}
+
+pub struct ResendMemory<T> {
+    entries: VecDeque<Entry<T>>,
+    /// Position of `entries[0]` counted from the first entry ever: positions stay valid as the front goes.
+    first_position: u64,
+    /// The newest entry for each sequence number.
+    by_seq: HashMap<u64, u64, BuildHasherDefault<SeqHasher>>,
+    bytes: usize,
+    window_us: u64,
+    max_bytes: usize,
+}
+
+impl<T> Default for ResendMemory<T> {
+    fn default() -> Self {
+        Self::with_limits(RESEND_WINDOW_US, RESEND_MAX_BYTES)
+    }
+}
+
+impl<T> ResendMemory<T> {
+    pub fn with_limits(window_us: u64, max_bytes: usize) -> Self {
+        Self { entries: VecDeque::new(), first_position: 0, by_seq: HashMap::default(), bytes: 0, window_us, max_bytes }
+    }
+
+    /// Remembers `item` (`len` bytes) sent as sequence `seq` on path `path` at `now_us`, and forgets what
+    /// is older than the window or beyond the byte bound.
+    pub fn record(&mut self, now_us: u64, path: u64, seq: u64, len: usize, item: T) {
+        let position = self.first_position + self.entries.len() as u64;
+        self.entries.push_back(Entry { at_us: now_us, path, seq, len, item: Some(item) });
+        self.by_seq.insert(seq, position);
+        self.bytes += len;
+        while let Some(front) = self.entries.front() {
+            if now_us.saturating_sub(front.at_us) <= self.window_us && self.bytes <= self.max_bytes {
+                break;
+            }
+            let front = self.entries.pop_front().expect("non-empty");
+            self.bytes -= front.len;
+            if self.by_seq.get(&front.seq) == Some(&self.first_position) {
+                self.by_seq.remove(&front.seq);
+            }
+            self.first_position += 1;
+        }
+    }
+
+    /// The newest copy of sequence `seq` still remembered, and the path it went on.
+    pub fn find(&self, seq: u64) -> Option<(u64, &T)> {
+        let position = *self.by_seq.get(&seq)?;
+        let entry = self.entries.get((position - self.first_position) as usize)?;
+        entry.item.as_ref().map(|item| (entry.path, item))
+    }
+
+    /// Takes what path `path` sent since `since_us` (oldest first), to send it on other paths.
+    pub fn take_sent_by(&mut self, path: u64, since_us: u64) -> Vec<T> {
+        self.entries
+            .iter_mut()
+            .filter(|e| e.path == path && e.at_us >= since_us)
+            .filter_map(|e| e.item.take())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_by_sequence_the_newest_copy() {
+        let mut m = ResendMemory::default();
+        m.record(1_000, 7, 100, 10, "a on 7");
+        m.record(1_001, 8, 101, 10, "b on 8");
+        // Redundant mode or a resend: the same sequence again, on another path.
+        m.record(1_002, 9, 100, 10, "a on 9");
+        assert_eq!(m.find(100), Some((9, &"a on 9")));
+        assert_eq!(m.find(101), Some((8, &"b on 8")));
+        assert_eq!(m.find(102), None);
+    }
+
+    #[test]
+    fn forgets_by_age_and_by_size() {
+        let mut m = ResendMemory::with_limits(600_000, 25);
+        m.record(0, 1, 1, 10, 1);
+        m.record(1, 1, 2, 10, 2);
+        m.record(2, 1, 3, 10, 3);
+        // 30 bytes > 25: the oldest went.
+        assert_eq!((m.find(1), m.len(), m.bytes()), (None, 2, 20));
+        assert_eq!(m.find(2), Some((1, &2)));
+        // Past the window everything older than 600 ms goes.
+        m.record(600_003, 1, 4, 1, 4);
+        assert_eq!((m.find(2), m.find(3), m.find(4)), (None, None, Some((1, &4))));
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn an_expired_copy_does_not_hide_a_newer_one() {
+        let mut m = ResendMemory::with_limits(100, usize::MAX);
+        m.record(0, 1, 5, 1, "old");
+        m.record(50, 2, 5, 1, "new");
+        m.record(120, 2, 6, 1, "later"); // "old" expires; the index still points at "new"
+        assert_eq!(m.find(5), Some((2, &"new")));
+    }
+
+    #[test]
+    fn a_failed_path_gives_up_what_it_sent_lately_once() {
+        let mut m = ResendMemory::default();
+        m.record(100, 1, 1, 1, 'a');
+        m.record(200, 2, 2, 1, 'b');
+        m.record(300, 1, 3, 1, 'c');
+        m.record(400, 1, 4, 1, 'd');
+        assert_eq!(m.take_sent_by(1, 250), vec!['c', 'd']);
+        assert_eq!(m.take_sent_by(1, 250), Vec::<char>::new(), "taken once");
+        assert_eq!(m.find(3), None);
+        assert_eq!(m.find(1), Some((1, &'a')), "older than the failure window: still findable by NACK");
+        assert_eq!(m.find(2), Some((2, &'b')), "other paths untouched");
+    }
+
+    #[test]
+    fn positions_stay_valid_over_many_entries() {
+        let mut m = ResendMemory::with_limits(1_000, usize::MAX);
+        for seq in 0..100_000u64 {
+            m.record(seq, seq % 3, seq, 1, seq);
+            if seq >= 10 {
+                assert_eq!(m.find(seq - 10), Some(((seq - 10) % 3, &(seq - 10))));
+            }
+        }
+        assert!(m.len() <= 1_001);
+        assert_eq!(m.find(0), None);
+    }
+}
