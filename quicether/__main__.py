@@ -116,7 +116,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     node = answer["node"]
     print(f"node {node['node_id']}")
-    print(f"  listen {node['listen']}  tun {node['tun']}  mtu {node['mtu']}  address {node['address'] or '-'}")
+    print(f"  listen {node['listen']}  tun {node['tun']}  mtu {node['mtu']}  address {node['address'] or '-'}"
+          f"  refused handshakes {node.get('refused_handshakes', 0)}")
     router = answer.get("router")
     if router and router["lan"]:
         lan = router["lan"]

@@ -97,6 +97,8 @@ def test_unknown_key_is_refused_and_logged_once(pair: Pair) -> None:
     assert len(refusals) == 1, refusals
     assert stranger.node_id in refusals[0]
     assert len(pair.b.status()["peers"]) == 1, "nothing is kept for a refused key"
+    # Logged once, but every refusal is counted (status shows the count).
+    assert pair.b.status()["node"]["refused_handshakes"] >= 2
 
 
 def test_restart_of_either_side_recovers_within_5s(pair: Pair) -> None:

@@ -117,6 +117,8 @@ class Daemon:
                 "mtu": node.inner_mtu() if node else None,
                 "address": self.config.address,
                 "no_route_drops": node.no_route_drops() if node else 0,
+                # Every handshake refused by key pinning (their log lines are rate-limited; this is not).
+                "refused_handshakes": node.refused_handshakes() if node else 0,
             },
             "peers": peers,
             "router": self.router.status() if self.router else None,
