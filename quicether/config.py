@@ -21,6 +21,8 @@
     name = "gateway"
     key = "qe1…"                   # the peer's node id
     endpoint = "203.0.113.5:4433"  # optional: dial it (otherwise wait for the peer to dial us)
+    endpoints = ["203.0.113.5:4433", "[2001:db8::5]:4433"]   # or several: each is dialed (with backoff)
+                                   # from every WAN; paths over one WAN to the peer collapse to one
     allowed_ips = ["10.99.0.2/32"] # inner addresses this peer may use; routed into the tunnel
     groups = ["office"]            # optional: ACL rules can name "group:office"
     mode = "aggregate"             # bulk traffic: aggregate, lowest-rtt or redundant
@@ -62,6 +64,8 @@ from quicether.router_config import ConfigError as ConfigError  # re-exported: e
 DEFAULT_STATE_DIR = Path("/var/lib/quicether")
 DEFAULT_LISTEN = "0.0.0.0:4433"
 MIN_PATH_MTU = 1280
+# Addresses a peer may be dialed at (from the config; discovery adds its own later).
+MAX_ENDPOINTS = 16
 # Upload caps the kernel's tbf takes: below 0.1 Mbit/s its rate rounds to 0 kbit (a division by zero in
 # the burst), above ~34 Gbit/s the rate in bytes/s overflows its 32 bits; no WAN upload needs more than 10.
 MIN_RATE_MBIT = 0.1
@@ -86,12 +90,13 @@ class PeerConfig:
     name: str
     key: bytes
     node_id: str
-    endpoint: str | None
+    endpoint: str | None           # the first of `endpoints` (what status and invites show)
     allowed_ips: list[str]
     mode: str = "aggregate"
     realtime_mode: str = "redundant"
     classes: list[ClassRule] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
+    endpoints: list[str] = field(default_factory=list)  # every address to dial it at, `endpoint` first
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,8 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     where = f"{path}: peer[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    check_keys(raw, {"name", "key", "endpoint", "allowed_ips", "mode", "realtime_mode", "class", "groups"}, where)
+    check_keys(raw, {"name", "key", "endpoint", "endpoints", "allowed_ips", "mode", "realtime_mode", "class",
+                     "groups"}, where)
     groups = raw.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
         raise ConfigError(f"{where}.groups: expected a list of group names")
@@ -165,9 +171,14 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
         key = decode_node_id(str(raw["key"]))
     except IdentityError as exc:
         raise ConfigError(f"{where}.key: {exc}") from None
-    endpoint = raw.get("endpoint")
-    if endpoint is not None:
-        endpoint = _socket_addr(endpoint, f"{where}.endpoint")
+    endpoints = [_socket_addr(raw["endpoint"], f"{where}.endpoint")] if "endpoint" in raw else []
+    listed = raw.get("endpoints", [])
+    if not isinstance(listed, list) or len(listed) > MAX_ENDPOINTS:
+        raise ConfigError(f"{where}.endpoints: expected a list of at most {MAX_ENDPOINTS} \"host:port\" addresses")
+    for i, text in enumerate(listed):
+        address = _socket_addr(text, f"{where}.endpoints[{i}]")
+        if address not in endpoints:
+            endpoints.append(address)
     allowed = raw.get("allowed_ips", [])
     if not isinstance(allowed, list):
         raise ConfigError(f"{where}.allowed_ips: expected a list of prefixes")
@@ -182,7 +193,8 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     if not isinstance(classes_raw, list):
         raise ConfigError(f"{where}.class: use [[peer.class]] tables")
     classes = [_class_rule(c, f"{where}.class[{i}]") for i, c in enumerate(classes_raw)]
-    return PeerConfig(name=name, key=key, node_id=str(raw["key"]).strip(), endpoint=endpoint,
+    return PeerConfig(name=name, key=key, node_id=str(raw["key"]).strip(), endpoint=endpoints[0] if endpoints else None,
+                      endpoints=endpoints,
                       allowed_ips=[str(p) for p in allowed], mode=modes["mode"],
                       realtime_mode=modes["realtime_mode"], classes=classes, groups=[str(g) for g in groups])
 

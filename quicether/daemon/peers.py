@@ -17,7 +17,7 @@ ClassArg = tuple[int | None, int | None, int | None, str]
 
 
 def _core_args(peer: PeerConfig) -> tuple[bytes, list[str], list[str], str, str, list[ClassArg]]:
-    endpoints = [peer.endpoint] if peer.endpoint else []
+    endpoints = list(peer.endpoints)
     classes = [(c.protocol, c.port, c.dscp, c.mode) for c in peer.classes]
     return peer.key, endpoints, peer.allowed_ips, peer.mode, peer.realtime_mode, classes
 
