@@ -81,6 +81,8 @@ ln -sf "initrd.img-\${kernel##*/vmlinuz-}" "\$rootfs/boot/initrd.img"
 chroot "\$rootfs" systemctl enable systemd-networkd systemd-resolved ssh >/dev/null 2>&1
 ln -sf /run/systemd/resolve/resolv.conf "\$rootfs/etc/resolv.conf"
 chroot "\$rootfs" passwd -l root >/dev/null
+# The web UI's unprivileged user (rootfs-overlay/usr/lib/sysusers.d): /etc is read-only at run time.
+chroot "\$rootfs" systemd-sysusers >/dev/null
 # Host keys made at build time would be shared by every appliance: each makes its own on /data.
 rm -f "\$rootfs"/etc/ssh/ssh_host_*
 : > "\$rootfs/etc/machine-id"

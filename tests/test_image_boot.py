@@ -112,6 +112,11 @@ def test_image_boots_serves_the_lan_and_upgrades_keeping_its_config(lab: Lab, tm
     assert _http(vm, "/setup/", "-H", "Host: evil.example")[0] == "400"
     assert _set_password(vm, "WRNG-WRNG-WRNG", tmp_path / "cookies") == "403"
     assert _set_password(vm, code, tmp_path / "cookies") == "302"
+    # The web UI runs unprivileged (the daemon bound port 80 for it); the config stays root's.
+    users = _ssh(vm, "for p in /proc/[0-9]*; do tr '\\0' ' ' <$p/cmdline 2>/dev/null | grep -q 'm webui --confi[g]' "
+                     "&& stat -c %U $p; done").stdout.split()
+    assert users == ["quicether-web"], users
+    assert _ssh(vm, "stat -L -c %U:%a /etc/quicether/quicether.toml").stdout.strip() == "root:600"
     assert _ssh(vm, "test -e /boot/efi/quicether-setup-code.txt").returncode == 1
     assert _ssh(vm, "test -e /run/quicether/setup-code.issue").returncode == 1
     gone = _ssh(vm, "quicether setup-code")
