@@ -15,7 +15,11 @@ def write_private(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     the temporary file is gone."""
     raw = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    # A temporary left by a crash goes first: O_EXCL then creates ours with `mode` (an old file would keep
+    # its own mode), and O_NOFOLLOW never writes through a link someone put there.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         try:
             view = memoryview(raw)

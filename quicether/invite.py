@@ -22,6 +22,9 @@ from quicether.config import ConfigError, peer_name
 from quicether.identity import IdentityError, decode_node_id
 
 INVITE_PREFIX = "qei1."
+# Overlay networks an invite may name: private IPv4, at most a /8 (or inside 100.64.0.0/10).
+MIN_NETWORK_PREFIX = 8
+CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 # Codes longer than this are not ours (a handful of endpoints fit easily); refuse before decoding.
 MAX_INVITE_CHARS = 2048
 
@@ -91,6 +94,18 @@ def decode(code: str) -> Invite:
         net = ipaddress.ip_network(network, strict=False)
     except ValueError:
         raise InviteError(f"the invite's network {network!r} is not a prefix") from None
+    # The overlay is a private network: a huge or public prefix would route half the internet to the
+    # inviter without anyone choosing it as the exit.
+    if net.version != 4 or net.prefixlen < MIN_NETWORK_PREFIX or not (net.is_private or net.subnet_of(CGNAT)):
+        raise InviteError(f"the invite's network {net} is not a private IPv4 network of /{MIN_NETWORK_PREFIX} "
+                          "or smaller")
+    peer_address = str(data.get("peer_address", ""))
+    if peer_address:
+        try:
+            if ipaddress.ip_interface(peer_address).ip not in net:
+                raise ValueError
+        except ValueError:
+            raise InviteError(f"the invite's own address {peer_address!r} is not inside {net}") from None
     try:
         name = peer_name(data.get("name") or "gateway", "name")
     except ConfigError:
@@ -98,4 +113,4 @@ def decode(code: str) -> Invite:
                           "'_', '.' and '-' only)") from None
     return Invite(key=key, endpoints=[_endpoint(e) for e in endpoints], network=str(net),
                   name=name, exit=data.get("exit") is True,
-                  peer_address=str(data.get("peer_address", "")))
+                  peer_address=peer_address)

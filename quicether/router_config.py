@@ -249,7 +249,7 @@ def _forward(raw_in: object, where: str) -> PortForward:
         raise ConfigError(f"{where}.protocol: {protocol!r} is not tcp or udp")
     to = raw.get("to")
     host, _, port = str(to).rpartition(":")
-    if not isinstance(to, str) or not port.isdigit():
+    if not isinstance(to, str) or not (port.isascii() and port.isdigit()):
         raise ConfigError(f"{where}.to: expected \"address:port\", got {to!r}")
     return PortForward(protocol=protocol, port=_port(raw.get("port"), f"{where}.port"),
                        to_addr=_ipv4(host, f"{where}.to"), to_port=_port(int(port), f"{where}.to"))
@@ -287,7 +287,9 @@ def parse_router(data: dict[str, Any], node: dict[str, Any], peer_names: list[st
     acl_default = node.get("acl_default", "allow")
     if acl_default not in ("allow", "deny"):
         raise ConfigError(f"{path}: node.acl_default: {acl_default!r} is not allow or deny")
-    lan = _lan(data["lan"], peer_names, f"{path}: lan") if "lan" in data else None
+    # The exit is one peer: a "group:…" name (valid in ACL rules) is not one.
+    lan = _lan(data["lan"], [n for n in peer_names if not n.startswith("group:")], f"{path}: lan") \
+        if "lan" in data else None
     gateway = None
     if "gateway" in data:
         if role != "gateway":
@@ -322,6 +324,6 @@ def parse_router(data: dict[str, Any], node: dict[str, Any], peer_names: list[st
 
 def _open_port(value: object, where: str) -> OpenPort:
     protocol, _, port = str(value).partition("/")
-    if protocol not in ("tcp", "udp") or not port.isdigit():
+    if protocol not in ("tcp", "udp") or not (port.isascii() and port.isdigit()):
         raise ConfigError(f"{where}: {value!r} is not like \"tcp/22\" or \"udp/5353\"")
     return OpenPort(protocol, _port(int(port), where))

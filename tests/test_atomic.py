@@ -31,3 +31,12 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Pat
         write_private(path, "[node]\nlisten = 1\n")
     assert path.read_text() == "[node]\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quicether.toml"]
+
+
+def test_a_temporary_left_by_a_crash_does_not_give_its_mode_to_the_new_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.key"
+    leftover = tmp_path / ".node.key.tmp"
+    leftover.write_text("half")
+    leftover.chmod(0o666)
+    write_private(path, "whole")
+    assert path.read_text() == "whole" and oct(path.stat().st_mode & 0o777) == "0o600" and not leftover.exists()

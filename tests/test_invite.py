@@ -152,3 +152,15 @@ def test_a_second_invite_with_a_taken_name_is_refused_unless_replacing(tmp_path:
         config_edit.add_invited_peer(doc, impostor, address=None)
     replaced = config_edit.add_invited_peer(doc, impostor, address=None, replace=True)
     assert [p["key"] for p in replaced["peer"]] == [impostor.key]
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"network": "0.0.0.0/1"}, "not a private IPv4 network"),   # would route half the internet to the inviter
+    ({"network": "8.8.8.0/24"}, "not a private IPv4 network"),
+    ({"network": "fd00::/64"}, "not a private IPv4 network"),
+    ({"peer_address": "10.1.0.1/24"}, "not inside 10.99.0.0/24"),
+    ({"peer_address": "nonsense"}, "not inside"),
+])
+def test_an_invite_with_a_network_no_overlay_should_have_is_refused(changes: dict[str, str], message: str) -> None:
+    with pytest.raises(InviteError, match=message):
+        decode(_invite(**changes).encode())

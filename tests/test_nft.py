@@ -148,3 +148,35 @@ def test_ports_opened_in_the_config_are_accepted_from_outside_before_the_drop() 
     rules = _rules(Firewall(4433, "qe0", ["eth0"], open_ports=[("tcp", 22)]), "input")
     ssh = next(i for i, r in enumerate(rules) if '"protocol": "tcp", "field": "dport"}}, "right": 22' in r)
     assert rules[ssh].endswith('{"accept": null}]') and rules[-1].endswith('{"drop": null}]') and ssh < len(rules) - 1
+
+
+def test_with_acl_default_deny_peers_reach_only_replies_ping_and_offered_dns_on_the_router() -> None:
+    rules = _rules(Firewall(4433, "qe0", [], lan="lan", router=True, acl_default="deny", dns_from_peers=True),
+                   "input")
+    tunnel = [r for r in rules if r.startswith('[{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, '
+                                               '"right": "qe0"}}')]
+    assert len(tunnel) == 4 and '"established"' in tunnel[0] and '"right": {"set": [1, 58]}' in tunnel[1]
+    assert '"right": 53' in tunnel[2] and tunnel[3].endswith('{"drop": null}]')
+    assert not any('"right": "qe0"}}' in r for r in _rules(Firewall(4433, "qe0", [], lan="lan", router=True),
+                                                           "input"))
+
+
+def test_an_acl_naming_a_peer_with_ipv6_addresses_only_is_skipped_not_widened_to_any() -> None:
+    config = _config(f"""
+[node]
+acl_default = "deny"
+[lan]
+device = "eth0"
+[[peer]]
+name = "v6site"
+key = "{encode_node_id(bytes(32))}"
+allowed_ips = ["fd00:1::/64"]
+[[acl]]
+action = "allow"
+from = "v6site"
+to = "lan"
+protocol = "tcp"
+port = 22
+""")
+    # An empty source list would mean "from anywhere": every peer would reach port 22 on the LAN.
+    assert resolve_acls(config) == []

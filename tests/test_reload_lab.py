@@ -139,3 +139,17 @@ def _pids(ns: Namespace, name: str) -> list[str]:
             if Path(f"/proc/{pid}/comm").read_text().strip() == name:
                 found.append(pid)
     return sorted(found)
+
+
+def test_a_wan_added_by_a_reload_is_filtered_like_one_configured_at_start(lab: Lab, tmp_path: Path) -> None:
+    # A node without a [lan] (this bonding host) filters the ports it knows face the internet.
+    bond = build_bond_lab(lab, TWO_WANS, tmp_path)
+    wan1 = bond.site.wans.pop()
+    assert qe.stop(bond.site) == 0
+    qe.start(bond.site)
+    qe.wait_connected(bond.site)
+    assert '"wan1"' not in bond.wl.router.run("nft", "list", "table", "inet", "quicether").stdout
+    bond.site.wans.append(wan1)
+    assert _reload(bond)["changes"] == ["wans"]
+    ruleset = bond.wl.router.run("nft", "list", "table", "inet", "quicether").stdout
+    assert 'iifname { "wan0", "wan1" } udp dport 4433 accept' in ruleset, ruleset

@@ -67,6 +67,9 @@ def test_gateway_with_exit_and_port_forward() -> None:
     ('[[acl]]\naction = "deny"\nfrom = "nowhere"\n', "neither a peer name"),
     ('[[acl]]\naction = "deny"\nfrom = "group:none"\n', "neither a peer name, a peer group"),
     ('[firewall]\nopen = ["ssh"]\n', "firewall.open: 'ssh' is not like"),
+    ('[firewall]\nopen = ["tcp/\u00b2"]\n', "firewall.open: 'tcp/\u00b2' is not like"),  # "²".isdigit() is True
+    ('[lan]\ndevice = "eth0"\nexit = "group:x"\n' + GW_PEER.replace('name = "gw"', 'name = "gw"\ngroups = ["x"]'),
+     "lan.exit: no peer named 'group:x'"),
     ('[firewall]\nopen = ["tcp/0"]\n', "firewall.open: must be a port number"),
     ('[firewall]\nopen = "tcp/22"\n', "firewall.open: expected a list"),
 ])

@@ -27,6 +27,7 @@ import contextlib
 import grp
 import inspect
 import json
+import logging
 import os
 import pwd
 import socket
@@ -38,6 +39,7 @@ from typing import Any
 Answer = dict[str, Any] | Awaitable[dict[str, Any]]
 # A handler takes no argument, or the request (the JSON object, "cmd" included).
 Handler = Callable[[], Answer] | Callable[[dict[str, Any]], Answer]
+log = logging.getLogger("quicether")
 REQUEST_TIMEOUT_S = 5.0
 # A reload waits for what it changes (a web UI or dnsmasq restart takes seconds on a small board).
 COMMAND_TIMEOUTS_S = {"reload": 30.0, "apply_config": 30.0}
@@ -128,6 +130,9 @@ class ApiServer:
             return {"ok": True, **(await result if inspect.isawaitable(result) else result)}
         except ValueError as exc:  # a handler refusing the request (e.g. reload with a bad config)
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a failing handler still answers (and is logged)
+            log.exception("API command %s failed", cmd)
+            return {"ok": False, "error": f"{cmd} failed: {exc}"}
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

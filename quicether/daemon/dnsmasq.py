@@ -97,7 +97,7 @@ class Dnsmasq:
         pid_file.unlink(missing_ok=True)
 
     async def start(self) -> None:
-        self._kill_stale()
+        await asyncio.to_thread(self._kill_stale)
         args = build_args(self.lan, self.state_dir)
         try:
             self._proc = await asyncio.create_subprocess_exec(

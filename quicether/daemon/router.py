@@ -38,18 +38,29 @@ def resolve_acls(config: Config) -> list[nft.Acl]:
         for group in peer.groups:
             by_name.setdefault(f"group:{group}", []).extend(peer.allowed_ips)
 
-    def prefixes(value: str) -> list[str]:
+    def prefixes(value: str) -> list[str] | None:
+        """The IPv4 prefixes `value` stands for; [] for any address; None if it names nothing in IPv4."""
         if value == "lan":
             assert config.lan is not None  # checked when the config was parsed
             found = [config.lan.subnet]
         else:
             found = by_name.get(value, [value])
         nets = [ipaddress.ip_network(p, strict=False) for p in found]
-        if any(n.prefixlen == 0 for n in nets):
+        if any(n.prefixlen == 0 and n.version == 4 for n in nets):
             return []
-        return [str(n) for n in nets if n.version == 4]
+        v4 = [str(n) for n in nets if n.version == 4]
+        return v4 or None
 
-    return [nft.Acl(a.action, prefixes(a.source), prefixes(a.destination), a.protocol, a.port) for a in config.acls]
+    acls = []
+    for rule in config.acls:
+        sources, destinations = prefixes(rule.source), prefixes(rule.destination)
+        if sources is None or destinations is None:
+            # A peer or group with IPv6 addresses only: an empty list here would mean "any address".
+            log.warning("ACL %s from %s to %s skipped: it names no IPv4 address", rule.action, rule.source,
+                        rule.destination)
+            continue
+        acls.append(nft.Acl(rule.action, sources, destinations, rule.protocol, rule.port))
+    return acls
 
 
 class Router:
@@ -68,6 +79,10 @@ class Router:
         self._dnsmasq: dnsmasq.Dnsmasq | None = None
         self._ui: WebUiServer | None = None
         self._firewall = False
+        # One ruleset build and apply at a time (a reload and a WAN change): the last applied is the newest.
+        self._firewall_lock = asyncio.Lock()
+        # One change of the exit rule at a time (the watcher and a reload's stop/start of it).
+        self._exit_lock = asyncio.Lock()
 
     @staticmethod
     def _find_exit_key(config: Config) -> bytes | None:
@@ -106,7 +121,7 @@ class Router:
         await asyncio.to_thread(lan_net.remove_exit)
         # Firewall: replace any table a crashed run left, remove ours on the way out.
         self._firewall = True
-        await asyncio.to_thread(nft.apply, self.firewall())
+        await self._apply_firewall()
         await self._start_ui()
         await self._start_exit()
 
@@ -126,9 +141,13 @@ class Router:
         if changes.dnsmasq:
             await self._start_dnsmasq()
         # Cheap and atomic, and peers' allowed_ips feed ACLs and the exit: always rebuilt.
-        await asyncio.to_thread(nft.apply, self.firewall())
+        await self._apply_firewall()
         if changes.exit:
             await self._start_exit()
+
+    async def _apply_firewall(self) -> None:
+        async with self._firewall_lock:
+            await asyncio.to_thread(nft.apply, self.firewall())
 
     async def restart_ui(self) -> None:
         """The web UI again, with the current config's address and port (or none if it is disabled)."""
@@ -196,7 +215,7 @@ class Router:
         """The WAN manager found ports coming or going: the firewall's outside set follows."""
         self.outside = devices
         try:
-            await asyncio.to_thread(nft.apply, self.firewall())
+            await self._apply_firewall()
         except nft.FirewallError as exc:
             log.error("firewall not updated for WAN ports %s: %s", devices, exc)
 
@@ -212,15 +231,22 @@ class Router:
             self._exit_task = asyncio.get_running_loop().create_task(self._watch_exit())
 
     async def _stop_exit(self) -> None:
-        if self._exit_task is not None:
-            self._exit_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._exit_task
-            self._exit_task = None
-        await asyncio.to_thread(lan_net.remove_exit)
-        self.exit_active = False
+        # The lock first: an update the watcher started (its set_exit runs in a thread, which a cancel
+        # would not stop) finishes before the rule is removed, so it cannot put the rule back afterwards.
+        async with self._exit_lock:
+            if self._exit_task is not None:
+                self._exit_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._exit_task
+                self._exit_task = None
+            await asyncio.to_thread(lan_net.remove_exit)
+            self.exit_active = False
 
     async def _update_exit(self) -> None:
+        async with self._exit_lock:
+            await self._update_exit_locked()
+
+    async def _update_exit_locked(self) -> None:
         assert self.config.lan is not None
         peer_up = self._exit_peer_up()
         # With the kill switch, LAN traffic is routed into the tunnel even while it is down (and dropped

@@ -29,7 +29,6 @@ from quicether.daemon.router import Router
 from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
 from quicether.net import links
-from quicether.net.nft import FirewallError
 
 log = logging.getLogger("quicether")
 # Core events that change whether a peer is reachable (the router's exit follows them).
@@ -53,6 +52,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._ui_restart: asyncio.Task[None] | None = None
+        self._ui_restart_timer: asyncio.TimerHandle | None = None
 
     def _peer_label(self, key: bytes | None) -> str:
         if key is None:
@@ -148,14 +148,20 @@ class Daemon:
                 return {"reloading": True, "restart": changes.restart}
             try:
                 await self._apply(new, changes)
-            except (OSError, ValueError, KeyError, links.LinkError, FirewallError) as exc:
-                log.error("reload of %s only partly applied: %s", new.path, exc)
-                raise ValueError(f"applying {new.path}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - any failure half way: start over from the file
+                # Half applied is no state to stay in (a later reload would diff against a config that
+                # never ran): the services restart with the new file, as a fresh start would build them.
+                log.error("reload of %s failed half way (%s): restarting the node with it", new.path, exc)
+                self.reload_with = new
+                asyncio.get_running_loop().call_later(RELOAD_DELAY_S, self._stop.set)
+                return {"reloading": True, "restart": [f"a failed reload ({exc})"]}
             log.info("reloaded %s: %s", new.path, "; ".join(changes.changes) or "nothing changed",
                      extra={"event": "reloaded"})
             if changes.webui:
                 # After this answer has reached the web UI that asked (it may be the one that restarts).
-                asyncio.get_running_loop().call_later(RELOAD_DELAY_S, self._restart_ui)
+                if self._ui_restart_timer is not None:
+                    self._ui_restart_timer.cancel()
+                self._ui_restart_timer = asyncio.get_running_loop().call_later(RELOAD_DELAY_S, self._restart_ui)
             return {"reloading": False, "changes": changes.changes}
 
     def config_text(self) -> dict[str, Any]:
@@ -175,10 +181,14 @@ class Daemon:
         if len(text.encode()) > MAX_CONFIG_BYTES:
             raise ValueError(f"the config is larger than {MAX_CONFIG_BYTES} bytes")
         try:
-            parse(text, self.config.path)
+            new = parse(text, self.config.path)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
-        write_private(self.config.path, text)
+        if new.state_dir != self.config.state_dir:
+            # The caller is the unprivileged web UI: a state dir it chose would hand it root's key, API
+            # socket and pid files. Only root, editing the file itself, moves it.
+            raise ValueError(f"{self.config.path}: node.state_dir: cannot be changed through the web UI")
+        await asyncio.to_thread(write_private, self.config.path, text)
         log.info("%s replaced through the API", self.config.path)
         return await self.request_reload()
 
@@ -188,13 +198,18 @@ class Daemon:
         return {"removed": setup_code.remove_copies_if_set_up(self.config.state_dir)}
 
     async def _cancel_ui_restart(self) -> None:
+        if self._ui_restart_timer is not None:
+            self._ui_restart_timer.cancel()
         if self._ui_restart is not None:
             self._ui_restart.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ui_restart
 
     def _restart_ui(self) -> None:
-        if self.router is not None:
+        self._ui_restart_timer = None
+        if self.router is not None and not self._stop.is_set():
+            if self._ui_restart is not None:
+                self._ui_restart.cancel()  # a newer reload's restart supersedes it
             self._ui_restart = asyncio.get_running_loop().create_task(self.router.restart_ui())
             self._ui_restart.add_done_callback(_log_failure)
 
@@ -208,8 +223,11 @@ class Daemon:
             await self.peers.update(peer)
         for peer in changes.peers_added:
             await self.peers.add(peer)
-        if changes.wans and self.wans is not None:
-            await self.wans.update(new.wans, new.detect_wans)
+        if self.wans is not None and (changes.wans or changes.lan_address):
+            lan = {new.lan.device} if new.lan else set()
+            await self.wans.update(new.wans, new.detect_wans, frozenset({new.tun, *lan}))
+            # The firewall's outside set is the WAN manager's, also where no port came or went.
+            self.router.outside = self.wans.devices()
         await self.router.update(new, changes)
         self.config = new
         self._names = {p.key: p.name for p in new.peers}

@@ -40,6 +40,7 @@ class WanManager:
         self._index: dict[str, int] = {}              # WAN name → its table index, kept while it is known
         self._detected: set[str] = set()              # detected WAN ports (named after the port)
         self._applied: dict[str, WanConfig] = {}      # active WAN → the settings it was added with
+        self._reconcile_lock = asyncio.Lock()
         self._monitor: socket.socket | None = None
         self._pending: asyncio.Task[None] | None = None
         self._again = False
@@ -60,7 +61,7 @@ class WanManager:
             self._monitor.close()
             self._monitor = None
 
-    async def update(self, wans: list[WanConfig], detect: bool) -> None:
+    async def update(self, wans: list[WanConfig], detect: bool, not_wans: frozenset[str]) -> None:
         """A reload changed the [[wan]] entries or detect_wans: WANs whose settings changed or that are no
         longer wanted are removed (and re-added with the new settings by the reconcile); the others keep
         their paths."""
@@ -68,6 +69,7 @@ class WanManager:
             self.detect = detect
             self._watch()
         self.configured = wans
+        self.not_wans = not_wans
         if not detect:
             self._detected.clear()
         await self.reconcile()
@@ -131,6 +133,12 @@ class WanManager:
         return wans
 
     async def reconcile(self) -> None:
+        # One at a time: a reload's reconcile and one started by a netlink event (often by the reload's own
+        # route changes) would both see a WAN as new and add it twice.
+        async with self._reconcile_lock:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         while True:
             self._again = False
             before = self.devices()

@@ -16,7 +16,8 @@ Rules (inputs in `Firewall`):
 - input on outside ports: established/related, IPv6 neighbour discovery, the QUIC port and the ports of
   `[firewall] open` only.
 - input from anywhere but the LAN port (and loopback): the web UI port and DNS are dropped (the tunnel
-  too: other sites and the gateway reach neither, unless `dns_from_peers`).
+  too: other sites and the gateway reach neither, unless `dns_from_peers`); with acl_default "deny",
+  peers reach nothing else of the router either but replies and ping.
 - forward: TCP MSS clamped to the route MTU into and out of the tunnel; established/related accepted;
   port-forwarded traffic accepted; anything else new from outside dropped (a router never lets the internet
   open connections into the LAN); ACL rules in order, for traffic from the tunnel; with acl_default "deny",
@@ -159,6 +160,16 @@ def _input_rules(fw: Firewall) -> list[dict[str, Any]]:
         if not fw.dns_from_peers:
             rules.append(_rule("input", not_lan, _match({"meta": {"key": "l4proto"}}, {"set": [6, 17]}),
                                _match({"payload": {"protocol": "th", "field": "dport"}}, DNS_PORT), DROP))
+    if fw.acl_default == "deny":
+        # Peers reach this router's own services only as far as the ACL default allows: with "deny", only
+        # replies, ping and (if the LAN offers it to peers) DNS; what forward rules allow is routed, not here.
+        tunnel = _match(IIF, fw.tun)
+        rules += [_rule("input", tunnel, ESTABLISHED, ACCEPT),
+                  _rule("input", tunnel, _match({"meta": {"key": "l4proto"}}, {"set": [1, 58]}), ACCEPT)]
+        if fw.lan and fw.dns_from_peers:
+            rules.append(_rule("input", tunnel, _match({"meta": {"key": "l4proto"}}, {"set": [6, 17]}),
+                               _match({"payload": {"protocol": "th", "field": "dport"}}, DNS_PORT), ACCEPT))
+        rules.append(_rule("input", tunnel, DROP))
     return rules
 
 
