@@ -6,12 +6,14 @@
 //! - `connect`: accepting and dialing paths, the path hello.  `timers`: probes and health per path.
 //! - `peer`: peer and path state.  `peers`: the peer table (by node key) and allowed IPs.  `sockets`: per-WAN UDP sockets.  `tls`: node identity and key pinning.
 //! - `congestion`: CUBIC that tells random loss from congestion.
+//! - `discovery`: members' records in the mainline DHT (publish, look up, refuse and count).
 //! - `tun`: Linux TUN devices.  `delayline`: the network lab's userspace delay line.
 
 pub mod congestion;
 pub mod connect;
 pub mod debug;
 pub mod delayline;
+pub mod discovery;
 pub mod node;
 pub mod peer;
 pub mod peers;

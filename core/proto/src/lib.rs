@@ -14,6 +14,7 @@
 //! - `path_rate`: a path's delivery rate and minimum RTT, and the window cap they give.
 //! - `signing`: Ed25519 signatures with a node or network key seed.
 //! - `membership`: network membership certificates and revocations (encoding, verification).
+//! - `record`: a member's discovery record (DHT value): plaintext format, sealing for members only.
 //! - `wire`: the bounded reader and writer of our binary encodings.
 
 pub mod allowed_ips;
@@ -25,6 +26,7 @@ pub mod membership;
 pub mod path_rank;
 pub mod path_rate;
 pub mod peer_text;
+pub mod record;
 pub mod refusals;
 pub mod reorder;
 pub mod scheduler;

@@ -3,6 +3,7 @@
 
 use std::sync::Mutex;
 
+mod discovery;
 mod membership;
 
 use pyo3::exceptions::{PyKeyError, PyOSError, PyValueError};
@@ -426,5 +427,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sign, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     membership::register(m)?;
+    m.add_class::<discovery::Discovery>()?;
     Ok(())
 }
