@@ -98,3 +98,16 @@ class Discovery:
     def local_addr(self) -> str: ...
     def node_key(self) -> bytes: ...
     def close(self) -> None: ...
+
+class LanDiscovery:
+    """Announces this member on the LAN with mDNS (`_quicether._udp.local.`, TXT k = node key hex, n = the
+    network's LAN tag derived from the network key) and browses for the others. Announcements are
+    candidates to dial, never trusted: the QUIC handshake decides. interfaces None: all but loopback."""
+
+    def __init__(self, network_key: bytes, node_key: bytes, port: int, addresses: list[str],
+                 interfaces: list[str] | None = None) -> None: ...
+    def members(self) -> list[dict[str, Any]]:
+        """Other members announced on the LAN, newest first: node_key (bytes), addrs (["ip:port"]), age_s."""
+    def counters(self) -> dict[str, int]:
+        """resolved, foreign_network, malformed, full (at most 256 candidates are kept)."""
+    def close(self) -> None: ...

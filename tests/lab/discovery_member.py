@@ -2,10 +2,12 @@
 over stdin, so a test can publish and look up records from inside the lab:
 
     python -m tests.lab.discovery_member --seed-hex S --network-key-hex N --bootstrap a:p,b:p [--port P]
+    python -m tests.lab.discovery_member --seed-hex S --network-key-hex N --lan IP --port P --interface IF
 
-Prints one JSON line {"node_key": hex, "addr": "ip:port"} once the DHT node runs, then answers each JSON
-command line {"call": "publish" | "lookup" | "counters", "args": [...]} with one JSON line {"result": …}
-or {"error": "<exception type>: <message>"}. Bytes travel as {"hex": "…"} both ways.
+Prints one JSON line {"node_key": hex, "addr": "ip:port"} once the DHT node (or with --lan, the mDNS
+announcement: `_core.LanDiscovery`) runs, then answers each JSON command line {"call": "<method>",
+"args": [...]} with one JSON line {"result": …} or {"error": "<exception type>: <message>"}. Bytes travel
+as {"hex": "…"} both ways.
 """
 
 from __future__ import annotations
@@ -42,13 +44,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed-hex", required=True)
     parser.add_argument("--network-key-hex", required=True)
-    parser.add_argument("--bootstrap", required=True, help="comma-separated ip:port list")
+    parser.add_argument("--bootstrap", default="", help="comma-separated ip:port list")
+    parser.add_argument("--lan", help="announce on the LAN with mDNS from this address instead of the DHT")
+    parser.add_argument("--interface", help="with --lan: the LAN interface")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--bind", default="127.0.0.1")
     args = parser.parse_args()
-    disc = _core.Discovery(args.port, [b for b in args.bootstrap.split(",") if b], False,
-                           bytes.fromhex(args.seed_hex), bytes.fromhex(args.network_key_hex), bind=args.bind)
-    print(json.dumps({"node_key": disc.node_key().hex(), "addr": disc.local_addr()}), flush=True)
+    seed, network_key = bytes.fromhex(args.seed_hex), bytes.fromhex(args.network_key_hex)
+    disc: _core.Discovery | _core.LanDiscovery
+    if args.lan:
+        disc = _core.LanDiscovery(network_key, _core.public_key_of_seed(seed), args.port, [args.lan],
+                                  [args.interface] if args.interface else None)
+        hello = {"node_key": _core.public_key_of_seed(seed).hex(), "addr": f"{args.lan}:{args.port}"}
+    else:
+        disc = _core.Discovery(args.port, [b for b in args.bootstrap.split(",") if b], False, seed, network_key,
+                               bind=args.bind)
+        hello = {"node_key": disc.node_key().hex(), "addr": disc.local_addr()}
+    print(json.dumps(hello), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
         try:

@@ -7,6 +7,7 @@
 //! - `peer`: peer and path state.  `peers`: the peer table (by node key) and allowed IPs.  `sockets`: per-WAN UDP sockets.  `tls`: node identity and key pinning.
 //! - `congestion`: CUBIC that tells random loss from congestion.
 //! - `discovery`: members' records in the mainline DHT (publish, look up, refuse and count).
+//! - `lan_discovery`: members on the same LAN through mDNS (candidates only, trusted after the handshake).
 //! - `tun`: Linux TUN devices.  `delayline`: the network lab's userspace delay line.
 
 pub mod congestion;
@@ -14,6 +15,7 @@ pub mod connect;
 pub mod debug;
 pub mod delayline;
 pub mod discovery;
+pub mod lan_discovery;
 pub mod node;
 pub mod peer;
 pub mod peers;

@@ -5,7 +5,9 @@
 //! Keys derived from the network key (HKDF-SHA256, salt `NETWORK_HKDF_SALT`, one info string each):
 //! - the BEP 44 salt (16 bytes, info "dht salt"): the item's target is sha1(node key ‖ salt), so who
 //!   does not hold the network key cannot even compute where a member's record is;
-//! - the record key (32 bytes, info "record key") for ChaCha20-Poly1305.
+//! - the record key (32 bytes, info "record key") for ChaCha20-Poly1305;
+//! - the LAN tag (8 bytes, info "lan tag"), announced in mDNS so members on a LAN tell their network's
+//!   announcements from others' without showing the network key.
 //!
 //! Sealed value (the BEP 44 `v`, at most `MAX_VALUE_LEN` = 1000 bytes):
 //! ```text
@@ -198,6 +200,7 @@ impl Record {
 /// What members derive from the network key to find and read each other's records.
 pub struct NetworkKeys {
     pub salt: [u8; SALT_LEN],
+    pub lan_tag: [u8; 8],
     record_key: LessSafeKey,
 }
 
@@ -232,7 +235,7 @@ impl NetworkKeys {
     pub fn new(network_key: &[u8; 32]) -> Self {
         let key = derive::<32>(network_key, b"record key");
         let record_key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key).expect("32-byte key"));
-        Self { salt: derive(network_key, b"dht salt"), record_key }
+        Self { salt: derive(network_key, b"dht salt"), lan_tag: derive(network_key, b"lan tag"), record_key }
     }
 
     /// The BEP 44 value for `record` published by `node` at `seq`; `nonce` must never repeat for the
@@ -333,6 +336,8 @@ mod tests {
     #[test]
     fn salts_differ_per_network_and_keys_are_not_the_salt() {
         assert_ne!(NetworkKeys::new(&[1; 32]).salt, NetworkKeys::new(&[2; 32]).salt);
+        assert_ne!(NetworkKeys::new(&[1; 32]).lan_tag, NetworkKeys::new(&[2; 32]).lan_tag);
+        assert_ne!(NetworkKeys::new(&[1; 32]).lan_tag[..], NetworkKeys::new(&[1; 32]).salt[..8]);
         assert_eq!(NetworkKeys::new(&[1; 32]).salt, NetworkKeys::new(&[1; 32]).salt);
     }
 
