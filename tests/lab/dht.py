@@ -1,4 +1,4 @@
-"""A private mainline DHT for the lab: N plain DHT nodes (core/labtools' `dht_node`, none of them a
+"""A private mainline DHT for the lab: N plain DHT nodes (`dht_node` of core/labdht, none of them a
 QuicEther member) in one lab namespace, and a lying DHT node that serves whatever items a test gives it.
 
     addrs = start_dht(lab, ns, 16)            # ["127.0.0.1:7000", …], all answering
