@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from quicether import _core
 from tests.lab import Lab, Namespace
 from tests.lab.dht import LyingDhtNode, signable, start_dht, target
@@ -135,3 +137,39 @@ def _eventually(check: Any, message: str, timeout: float = 10.0) -> None:
     while not check():
         assert time.monotonic() < deadline, message
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("bootstrap", [["dht.example:6881"], ["[::1]:6881"], ["1.2.3.4"]])
+def test_discovery_takes_only_ipv4_bootstrap_addresses(bootstrap: list[str]) -> None:
+    with pytest.raises(ValueError, match="bootstrap"):
+        _core.Discovery(0, bootstrap, False, _core.generate_seed(), bytes(32), bind="127.0.0.1")
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"lan": ["nope"]}, "lan"),
+    ({"relays": [b"short"]}, "relay"),
+    ({"endpoints": [{"wan": "w", "kind": "relayed", "addr": "1.2.3.4:5"}]}, "kind"),
+    ({"endpoints": [{"wan": "w a", "kind": "public", "addr": "1.2.3.4:5"}]}, "WAN label"),
+    ({"endpoints": [{"wan": "w", "kind": "public"}]}, 'missing "addr"'),
+    ({"endpoints": [{"wan": "w", "kind": "public", "addr": "1.2.3.4:5"}] * 13}, "too many endpoints"),
+])
+def test_publish_refuses_bad_records(change: dict[str, Any], field: str) -> None:
+    """No lab needed: a DHT node on loopback without any bootstrap node (it sends nothing anywhere)."""
+    disc = _core.Discovery(0, [], False, _core.generate_seed(), bytes(32), bind="127.0.0.1")
+    try:
+        with pytest.raises(ValueError, match=field):
+            disc.publish({**_record("198.18.0.1:4433", 60), **change})
+    finally:
+        disc.close()
+
+
+def test_a_publish_no_dht_node_stores_fails_and_is_counted() -> None:
+    seed = _core.generate_seed()
+    disc = _core.Discovery(0, [], False, seed, bytes(32), bind="127.0.0.1")
+    assert disc.local_addr().startswith("127.0.0.1:") and disc.node_key() == _core.public_key_of_seed(seed)
+    with pytest.raises(OSError, match="DHT put failed"):
+        disc.publish(_record("198.18.0.1:4433", 60))
+    assert disc.counters()["publish_failed"] == 1
+    disc.close()
+    with pytest.raises(ValueError, match="closed"):
+        disc.lookup(bytes(32), 1.0)
