@@ -78,7 +78,7 @@ def test_members_find_each_other_and_bad_records_are_refused_and_counted(lab: La
     assert found_a is not None and found_b is not None, (a.call("counters"), b.call("counters"))
     assert {k: found_a[k] for k in rec_a} == rec_a and found_a["node_key"] == a.key
     assert {k: found_b[k] for k in rec_b} == rec_b
-    assert elapsed < 20, f"publish and find took {elapsed:.1f} s"
+    assert elapsed < 15, f"publish and find took {elapsed:.1f} s"
 
     # The liar was asked to store A's record, so the test has A's first signed item and the network's salt.
     first = _captured_items(liar, a.key)[0]
@@ -93,7 +93,8 @@ def test_members_find_each_other_and_bad_records_are_refused_and_counted(lab: La
     liar.serve(target(a.key, salt), {k: first[k] for k in ("k", "sig", "v", "seq")})
     again = b.lookup(a.key)
     assert again is not None and again["seq"] == newest["seq"]
-    assert b.call("counters")["replay"] >= 1
+    # A lookup answers soon after the first acceptable item; later answers are checked in the background.
+    _eventually(lambda: b.call("counters")["replay"] >= 1, "replayed item not counted")
 
     # Forged: a newer sequence under A's key that A never signed.
     liar.serve(target(a.key, salt), {"k": a.key, "sig": secrets.token_bytes(64), "v": first["v"],
@@ -110,15 +111,15 @@ def test_members_find_each_other_and_bad_records_are_refused_and_counted(lab: La
     liar.serve(target(outsider.key, salt), {"k": outsider.key, "seq": 5, "v": foreign_v,
                                             "sig": _core.sign(outsider.seed, signable(salt, 5, foreign_v))})
     assert b.lookup(outsider.key) is None
-    assert b.call("counters")["non_member"] >= 1
+    _eventually(lambda: b.call("counters")["non_member"] >= 1, "non-member item not counted")
 
     # Expired: A publishes a record whose expiry has passed (beyond the clock tolerance).
     before = b.call("counters")
     a.call("publish", _record("198.18.0.10:4433", -3600))
     found = b.lookup(a.key)
     assert found is None or found["endpoints"][0]["addr"] != "198.18.0.10:4433"
+    _eventually(lambda: b.call("counters")["expired"] > before["expired"], "expired item not counted")
     after = b.call("counters")
-    assert after["expired"] > before["expired"], after
     # Counters keep every cause apart; nothing was malformed.
     assert after["malformed"] == 0 and after["lookups"] >= 6
 

@@ -140,7 +140,7 @@ struct Shared {
     seed: [u8; 32],
     node_key: [u8; 32],
     counters: Counters,
-    lookups: Semaphore,
+    lookups: Arc<Semaphore>,
     last_seq: Mutex<HashMap<[u8; 32], i64>>,
     /// Last sequence published and when; publishes are serialized by this lock.
     publish: tokio::sync::Mutex<(i64, Option<Instant>)>,
@@ -239,10 +239,16 @@ impl Discovery {
     }
 
     /// Looks up `node_key`'s record within `timeout`: the newest one that passes every check, or None.
+    ///
+    /// It waits for the whole DHT query (about 2 s: until its slowest node has answered or timed out), as
+    /// the first answers may come from nodes holding an older item. If `timeout` cuts the query short,
+    /// what arrives later is still checked and counted in the background (a newer valid item raises the
+    /// last sequence accepted).
     pub fn lookup(&self, node_key: &[u8; 32], timeout: Duration) -> Result<Option<Found>, LookupError> {
         let deadline = tokio::time::Instant::now() + timeout;
         self.runtime.block_on(async {
-            let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, self.shared.lookups.acquire()).await else {
+            let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, self.shared.lookups.clone().acquire_owned()).await
+            else {
                 self.shared.counters.busy.fetch_add(1, Relaxed);
                 return Err(LookupError::Busy);
             };
@@ -256,17 +262,44 @@ impl Discovery {
                 let o = outcome.recv().await;
                 shared.counters.bad_signature.fetch_add(o.invalid_values as u64, Relaxed);
             });
-            let mut items = Vec::new();
+            let previous = self.shared.last_seq.lock().unwrap().get(node_key).copied();
+            let now = unix_now().as_secs();
+            let mut items: Vec<MutableItem> = Vec::new();
             let mut stream = query.items;
-            // Each DHT node returns its copy; keep one of each. Bounded by the nodes the query asks.
-            while let Ok(Some(item)) = tokio::time::timeout_at(deadline, stream.next()).await {
-                if !items.iter().any(|i: &MutableItem| i.signature() == item.signature()) {
-                    items.push(item);
+            let mut ended = false;
+            loop {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    // Each DHT node returns its copy; keep one of each (bounded by the nodes asked).
+                    Ok(Some(item)) if items.iter().any(|i| i.signature() == item.signature()) => {}
+                    Ok(Some(item)) => items.push(item),
+                    Ok(None) => {
+                        ended = true;
+                        break;
+                    }
+                    Err(_) => break,
                 }
             }
-            let found = self.shared.accept(node_key, items, unix_now().as_secs());
+            let seen: Vec<[u8; 64]> = items.iter().map(|i| *i.signature()).collect();
+            let found = self.shared.accept_items(node_key, items, now, previous, None);
             let c = if found.is_some() { &self.shared.counters.found } else { &self.shared.counters.not_found };
             c.fetch_add(1, Relaxed);
+            if !ended {
+                let shared = self.shared.clone();
+                let (key, floor) = (*node_key, found.as_ref().map(|f| f.seq));
+                self.runtime.spawn(async move {
+                    // Still one of the lookups in flight until the query is done.
+                    let _permit = permit;
+                    let mut rest = Vec::new();
+                    while let Some(item) = stream.next().await {
+                        if !seen.contains(item.signature())
+                            && !rest.iter().any(|i: &MutableItem| i.signature() == item.signature())
+                        {
+                            rest.push(item);
+                        }
+                    }
+                    shared.accept_items(&key, rest, now, previous, floor);
+                });
+            }
             Ok(found)
         })
     }
@@ -279,15 +312,30 @@ impl Shared {
             seed,
             node_key: quicether_proto::signing::public_key(&seed),
             counters: Counters::default(),
-            lookups: Semaphore::new(MAX_LOOKUPS_IN_FLIGHT),
+            lookups: Arc::new(Semaphore::new(MAX_LOOKUPS_IN_FLIGHT)),
             last_seq: Mutex::new(HashMap::new()),
             publish: tokio::sync::Mutex::new((0, None)),
         }
     }
 
-    /// Picks the newest acceptable item, counting refusals (see the module comment for the order).
-    fn accept(&self, node_key: &[u8; 32], mut items: Vec<MutableItem>, now: u64) -> Option<Found> {
+    /// A fresh lookup's items: the newest acceptable one, refusals counted.
+    #[cfg(test)]
+    fn accept(&self, node_key: &[u8; 32], items: Vec<MutableItem>, now: u64) -> Option<Found> {
         let previous = self.last_seq.lock().unwrap().get(node_key).copied();
+        self.accept_items(node_key, items, now, previous, None)
+    }
+
+    /// Picks the newest acceptable item, counting refusals (see the module comment for the order).
+    /// `previous`: the last sequence accepted before this lookup (older ones are replays); `floor`: the
+    /// sequence the lookup already returned (items up to it are stale copies, not refusals).
+    fn accept_items(
+        &self,
+        node_key: &[u8; 32],
+        mut items: Vec<MutableItem>,
+        now: u64,
+        previous: Option<i64>,
+        floor: Option<i64>,
+    ) -> Option<Found> {
         items.sort_by_key(|i| std::cmp::Reverse(i.seq()));
         let mut best: Option<Found> = None;
         for item in items {
@@ -295,7 +343,7 @@ impl Shared {
                 self.counters.replay.fetch_add(1, Relaxed);
                 continue;
             }
-            if best.is_some() {
+            if best.is_some() || floor.is_some_and(|f| item.seq() <= f) {
                 // Superseded by a newer accepted one in this lookup: a stale copy, not an attack.
                 continue;
             }
@@ -318,7 +366,8 @@ impl Shared {
                     seen.remove(&oldest);
                 }
             }
-            seen.insert(*node_key, f.seq);
+            let last = seen.entry(*node_key).or_insert(f.seq);
+            *last = (*last).max(f.seq);
         }
         best
     }

@@ -130,3 +130,23 @@ fn members_find_each_other_and_outsiders_find_nothing() {
     assert!(seq2 > seq);
     assert_eq!(b.lookup(&a.node_key(), Duration::from_secs(10)).unwrap().unwrap().seq, seq2);
 }
+
+#[test]
+fn late_items_after_an_answer_count_refusals_but_not_stale_copies() {
+    let reader = Shared::new([1; 32], &NET);
+    let seed = [2; 32];
+    let key = quicether_proto::signing::public_key(&seed);
+    assert_eq!(reader.accept(&key, vec![item(seed, &NET, 10, &record(NOW + 60))], NOW).unwrap().seq, 10);
+    // A later lookup returned seq 20 early; its remaining answers: an older copy of 15 (stale, between
+    // the previous 10 and the answer), a replay of 5, a non-member 30, and a newer valid 25.
+    let late = vec![
+        item(seed, &NET, 15, &record(NOW + 60)),
+        item(seed, &NET, 5, &record(NOW + 60)),
+        item(seed, &[9; 32], 30, &record(NOW + 60)),
+        item(seed, &NET, 25, &record(NOW + 60)),
+    ];
+    assert_eq!(reader.accept_items(&key, late, NOW, Some(10), Some(20)).unwrap().seq, 25);
+    let c = count(&reader);
+    assert_eq!((c["replay"], c["non_member"], c["expired"]), (1, 1, 0));
+    assert_eq!(reader.last_seq.lock().unwrap()[&key], 25);
+}
