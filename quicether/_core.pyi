@@ -105,3 +105,42 @@ def read_certificate(data: bytes, network_key: bytes, now: int, revoked: list[by
 def issue_revocation(network_seed: bytes, node_key: bytes, revoked_at: int, sequence: int) -> bytes: ...
 def read_revocation(data: bytes, network_key: bytes) -> dict[str, Any]:
     """Verifies a revocation of this network: dict with version, network, node_key, revoked_at, sequence."""
+
+# Discovery records (wire formats in core/proto/src/record.rs). A record dict, as publish takes it and
+# lookup returns it (lookup adds node_key: bytes and seq: int):
+#   {"expires_at": int (Unix s),
+#    "endpoints": [{"wan": str (1-32 of A-Za-z0-9._-), "kind": "public" | "reflexive" | "mapped",
+#                   "addr": "ip:port"}, …] (≤ 12),
+#    "lan": ["ip:port", …] (≤ 8), "relays": [node key (32 bytes), …] (≤ 4)}
+class Discovery:
+    """A member's node in the mainline DHT (BEP 44 records signed with its node key, salted and sealed
+    with keys derived from the network key). bootstrap None: the public mainline DHT; []: none. server
+    False: only asks, never answers. At most 8 lookups in flight, one publish per second."""
+
+    def __init__(self, port: int, bootstrap: list[str] | None, server: bool, seed: bytes, network_key: bytes,
+                 *, bind: str | None = None) -> None: ...
+    def publish(self, record: dict[str, Any]) -> None:
+        """Seals and publishes; seq is Unix milliseconds (one more than the last if the clock has not
+        moved on). ValueError for a bad record, OSError if no DHT node stored it."""
+    def lookup(self, node_key: bytes, timeout_s: float) -> dict[str, Any] | None:
+        """The newest record of node_key passing signature, replay, membership, format and expiry
+        checks, or None. OSError if 8 lookups stayed in flight for the whole timeout."""
+    def counters(self) -> dict[str, int]:
+        """published, publish_failed, lookups, found, not_found, busy; refusals: bad_signature, replay,
+        expired, non_member, malformed."""
+    def local_addr(self) -> str: ...
+    def node_key(self) -> bytes: ...
+    def close(self) -> None: ...
+
+class LanDiscovery:
+    """Announces this member on the LAN with mDNS (`_quicether._udp.local.`, TXT k = node key hex, n = the
+    network's LAN tag derived from the network key) and browses for the others. Announcements are
+    candidates to dial, never trusted: the QUIC handshake decides. interfaces None: all but loopback."""
+
+    def __init__(self, network_key: bytes, node_key: bytes, port: int, addresses: list[str],
+                 interfaces: list[str] | None = None) -> None: ...
+    def members(self) -> list[dict[str, Any]]:
+        """Other members announced on the LAN, newest first: node_key (bytes), addrs (["ip:port"]), age_s."""
+    def counters(self) -> dict[str, int]:
+        """resolved, foreign_network, malformed, full (at most 256 candidates are kept)."""
+    def close(self) -> None: ...

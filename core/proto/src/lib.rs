@@ -15,6 +15,7 @@
 //! - `path_rate`: a path's delivery rate and minimum RTT, and the window cap they give.
 //! - `signing`: Ed25519 signatures with a node or network key seed.
 //! - `membership`: network membership certificates and revocations (encoding, verification).
+//! - `record`: a member's discovery record (DHT value): plaintext format, sealing for members only.
 //! - `wire`: the bounded reader and writer of our binary encodings.
 
 pub mod allowed_ips;
@@ -26,6 +27,7 @@ pub mod membership;
 pub mod path_rank;
 pub mod path_rate;
 pub mod peer_text;
+pub mod record;
 pub mod refusals;
 pub mod reorder;
 pub mod resend;

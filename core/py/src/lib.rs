@@ -3,6 +3,8 @@
 
 use std::sync::Mutex;
 
+mod discovery;
+mod lan_discovery;
 mod membership;
 
 use pyo3::exceptions::{PyKeyError, PyOSError, PyValueError};
@@ -399,5 +401,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sign, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     membership::register(m)?;
+    m.add_class::<discovery::Discovery>()?;
+    m.add_class::<lan_discovery::LanDiscovery>()?;
     Ok(())
 }

@@ -1,0 +1,390 @@
+//! Discovery through the BitTorrent mainline DHT (the `mainline` crate): a member publishes its record
+//! (`quicether_proto::record`) as a BEP 44 mutable item signed with its node key, salted per network, and
+//! looks up other members' records by their node key.
+//!
+//! A lookup returns a record only after every check, in this order:
+//! 1. the BEP 44 signature and target (checked by `mainline`; its refusals are counted as bad signatures);
+//! 2. the sequence is not older than the last one accepted for that key (else: replay);
+//! 3. the value opens with the network's record key (else: non-member, nothing of it was parsed);
+//! 4. the plaintext decodes within the record's bounds (else: malformed);
+//! 5. it has not expired (give or take the clock tolerance).
+//!
+//! Traffic is bounded: at most `MAX_LOOKUPS_IN_FLIGHT` lookups at once, publishes at most one per
+//! `MIN_PUBLISH_INTERVAL`; in server mode, requests from others at most `SERVER_REQUESTS_PER_SEC`.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mainline::async_dht::AsyncDht;
+use mainline::errors::{ConcurrencyError, PutMutableError};
+use mainline::{Dht, MutableItem, RequestFilter, RequestSpecific, ServerSettings, SigningKey};
+use quicether_proto::membership::CLOCK_TOLERANCE_S;
+use quicether_proto::record::{NetworkKeys, OpenError, Record};
+use tokio::sync::Semaphore;
+
+use futures_lite::StreamExt;
+
+pub const MAX_LOOKUPS_IN_FLIGHT: usize = 8;
+/// Endpoint changes can come in bursts (a WAN flapping); each publish costs a DHT PUT to ~20 nodes.
+pub const MIN_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// A DHT server answers anyone; beyond this rate it stays silent (one token bucket, no per-source state).
+pub const SERVER_REQUESTS_PER_SEC: u32 = 200;
+/// Last accepted sequence per node key, for replay refusal; beyond this the oldest entry is forgotten.
+pub const MAX_TRACKED_KEYS: usize = 4096;
+
+/// Refusals by cause, and what was done.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub published: AtomicU64,
+    pub publish_failed: AtomicU64,
+    pub lookups: AtomicU64,
+    pub found: AtomicU64,
+    pub not_found: AtomicU64,
+    /// Lookups refused because `MAX_LOOKUPS_IN_FLIGHT` were running until the timeout.
+    pub busy: AtomicU64,
+    pub bad_signature: AtomicU64,
+    pub replay: AtomicU64,
+    pub expired: AtomicU64,
+    pub non_member: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let c = |a: &AtomicU64| a.load(Relaxed);
+        vec![
+            ("published", c(&self.published)),
+            ("publish_failed", c(&self.publish_failed)),
+            ("lookups", c(&self.lookups)),
+            ("found", c(&self.found)),
+            ("not_found", c(&self.not_found)),
+            ("busy", c(&self.busy)),
+            ("bad_signature", c(&self.bad_signature)),
+            ("replay", c(&self.replay)),
+            ("expired", c(&self.expired)),
+            ("non_member", c(&self.non_member)),
+            ("malformed", c(&self.malformed)),
+        ]
+    }
+}
+
+pub struct DiscoveryConfig {
+    /// UDP port of the DHT node (0: any free port).
+    pub port: u16,
+    pub bind: Option<Ipv4Addr>,
+    /// `None`: the public mainline bootstrap nodes; `Some(empty)`: none (the first node of a private DHT).
+    pub bootstrap: Option<Vec<SocketAddrV4>>,
+    /// Answer other nodes' requests (store and route). Off, the node only asks: a router behind NAT or
+    /// on a metered link should not serve the DHT, so `mainline`'s adaptive switch is disabled too.
+    pub server: bool,
+    pub seed: [u8; 32],
+    pub network_key: [u8; 32],
+}
+
+/// A record found and accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub node_key: [u8; 32],
+    pub seq: i64,
+    pub record: Record,
+}
+
+#[derive(Debug)]
+pub enum LookupError {
+    /// Too many lookups in flight for the whole timeout.
+    Busy,
+}
+
+/// Token bucket shared by every clone of the filter (`mainline` clones it into its actor).
+#[derive(Debug, Clone)]
+struct ServerFilter {
+    serve: bool,
+    bucket: Arc<Mutex<(f64, Instant)>>,
+}
+
+impl RequestFilter for ServerFilter {
+    fn allow_request(&self, _request: &RequestSpecific, _from: SocketAddrV4) -> bool {
+        if !self.serve {
+            return false;
+        }
+        let mut b = self.bucket.lock().unwrap();
+        let rate = SERVER_REQUESTS_PER_SEC as f64;
+        let now = Instant::now();
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(rate);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+fn random_nonce() -> [u8; 12] {
+    use ring::rand::SecureRandom;
+    let mut n = [0u8; 12];
+    ring::rand::SystemRandom::new().fill(&mut n).expect("the OS random source failed");
+    n
+}
+
+struct Shared {
+    keys: NetworkKeys,
+    seed: [u8; 32],
+    node_key: [u8; 32],
+    counters: Counters,
+    lookups: Arc<Semaphore>,
+    last_seq: Mutex<HashMap<[u8; 32], i64>>,
+    /// Last sequence published and when; publishes are serialized by this lock.
+    publish: tokio::sync::Mutex<(i64, Option<Instant>)>,
+}
+
+pub struct Discovery {
+    dht: AsyncDht,
+    shared: Arc<Shared>,
+    pub local_addr: SocketAddrV4,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Discovery {
+    pub fn start(cfg: DiscoveryConfig) -> std::io::Result<Self> {
+        let mut b = Dht::builder();
+        b.port(cfg.port);
+        if let Some(ip) = cfg.bind {
+            b.bind_address(ip);
+        }
+        match &cfg.bootstrap {
+            Some(list) if list.is_empty() => b.no_bootstrap(),
+            Some(list) => b.bootstrap(list),
+            None => &mut b,
+        };
+        b.server_settings(ServerSettings {
+            filter: Box::new(ServerFilter {
+                serve: cfg.server,
+                bucket: Arc::new(Mutex::new((SERVER_REQUESTS_PER_SEC as f64, Instant::now()))),
+            }),
+            ..Default::default()
+        });
+        if cfg.server {
+            b.server_mode();
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("qe-discovery")
+            .enable_time()
+            .build()?;
+        let dht = b.build()?.as_async();
+        let local_addr = runtime.block_on(dht.info()).local_addr();
+        Ok(Self { dht, shared: Arc::new(Shared::new(cfg.seed, &cfg.network_key)), local_addr, runtime })
+    }
+
+    pub fn node_key(&self) -> [u8; 32] {
+        self.shared.node_key
+    }
+
+    pub fn salt(&self) -> [u8; quicether_proto::record::SALT_LEN] {
+        self.shared.keys.salt
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Publishes our record; returns its sequence number (Unix milliseconds, or one more than the last
+    /// if the clock has not moved on) and how many DHT nodes stored it.
+    pub fn publish(&self, record: &Record) -> Result<(i64, u32), String> {
+        let result = self.runtime.block_on(self.publish_async(record));
+        let c = if result.is_ok() { &self.shared.counters.published } else { &self.shared.counters.publish_failed };
+        c.fetch_add(1, Relaxed);
+        result
+    }
+
+    async fn publish_async(&self, record: &Record) -> Result<(i64, u32), String> {
+        let s = &self.shared;
+        let mut last = s.publish.lock().await;
+        if let Some(at) = last.1 {
+            tokio::time::sleep(MIN_PUBLISH_INTERVAL.saturating_sub(at.elapsed())).await;
+        }
+        let salt = s.keys.salt;
+        let mut seq = (unix_now().as_millis() as i64).max(last.0 + 1);
+        for attempt in 0..2 {
+            let value = s.keys.seal(&s.node_key, seq, record, random_nonce()).map_err(|e| format!("record: {e}"))?;
+            let item = MutableItem::new(SigningKey::from_bytes(&s.seed), &value, seq, Some(&salt));
+            last.1 = Some(Instant::now());
+            match self.dht.put_mutable(item, None).await {
+                Ok(outcome) => {
+                    last.0 = seq;
+                    return Ok((seq, outcome.stored_at));
+                }
+                // The DHT holds a newer item of ours (our clock was stepped back, or another process
+                // published with our key): go one past it, once.
+                Err(PutMutableError::Concurrency(ConcurrencyError::NotMostRecent)) if attempt == 0 => {
+                    if let Some(newest) = self.dht.get_mutable_most_recent(&s.node_key, Some(&salt)).await {
+                        seq = seq.max(newest.seq() + 1);
+                    } else {
+                        seq += 1;
+                    }
+                }
+                Err(e) => return Err(format!("DHT put failed: {e}")),
+            }
+        }
+        Err("DHT put failed: a newer item of this key keeps winning".into())
+    }
+
+    /// Looks up `node_key`'s record within `timeout`: the newest one that passes every check, or None.
+    ///
+    /// It waits for the whole DHT query (about 2 s: until its slowest node has answered or timed out), as
+    /// the first answers may come from nodes holding an older item. If `timeout` cuts the query short,
+    /// what arrives later is still checked and counted in the background (a newer valid item raises the
+    /// last sequence accepted).
+    pub fn lookup(&self, node_key: &[u8; 32], timeout: Duration) -> Result<Option<Found>, LookupError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.runtime.block_on(async {
+            let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, self.shared.lookups.clone().acquire_owned()).await
+            else {
+                self.shared.counters.busy.fetch_add(1, Relaxed);
+                return Err(LookupError::Busy);
+            };
+            self.shared.counters.lookups.fetch_add(1, Relaxed);
+            let query = self.dht.get_mutable_detailed(node_key, Some(&self.shared.keys.salt), None);
+            // `mainline` reports refused (badly signed) values only when the query completes, which may be
+            // after our timeout: count them whenever that is.
+            let shared = self.shared.clone();
+            let outcome = query.outcome;
+            self.runtime.spawn(async move {
+                let o = outcome.recv().await;
+                shared.counters.bad_signature.fetch_add(o.invalid_values as u64, Relaxed);
+            });
+            let previous = self.shared.last_seq.lock().unwrap().get(node_key).copied();
+            let now = unix_now().as_secs();
+            let mut items: Vec<MutableItem> = Vec::new();
+            let mut stream = query.items;
+            let mut ended = false;
+            loop {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    // Each DHT node returns its copy; keep one of each (bounded by the nodes asked).
+                    Ok(Some(item)) if items.iter().any(|i| i.signature() == item.signature()) => {}
+                    Ok(Some(item)) => items.push(item),
+                    Ok(None) => {
+                        ended = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let seen: Vec<[u8; 64]> = items.iter().map(|i| *i.signature()).collect();
+            let found = self.shared.accept_items(node_key, items, now, previous, None);
+            let c = if found.is_some() { &self.shared.counters.found } else { &self.shared.counters.not_found };
+            c.fetch_add(1, Relaxed);
+            if !ended {
+                let shared = self.shared.clone();
+                let (key, floor) = (*node_key, found.as_ref().map(|f| f.seq));
+                self.runtime.spawn(async move {
+                    // Still one of the lookups in flight until the query is done.
+                    let _permit = permit;
+                    let mut rest = Vec::new();
+                    while let Some(item) = stream.next().await {
+                        if !seen.contains(item.signature())
+                            && !rest.iter().any(|i: &MutableItem| i.signature() == item.signature())
+                        {
+                            rest.push(item);
+                        }
+                    }
+                    shared.accept_items(&key, rest, now, previous, floor);
+                });
+            }
+            Ok(found)
+        })
+    }
+}
+
+impl Shared {
+    fn new(seed: [u8; 32], network_key: &[u8; 32]) -> Self {
+        Self {
+            keys: NetworkKeys::new(network_key),
+            seed,
+            node_key: quicether_proto::signing::public_key(&seed),
+            counters: Counters::default(),
+            lookups: Arc::new(Semaphore::new(MAX_LOOKUPS_IN_FLIGHT)),
+            last_seq: Mutex::new(HashMap::new()),
+            publish: tokio::sync::Mutex::new((0, None)),
+        }
+    }
+
+    /// A fresh lookup's items: the newest acceptable one, refusals counted.
+    #[cfg(test)]
+    fn accept(&self, node_key: &[u8; 32], items: Vec<MutableItem>, now: u64) -> Option<Found> {
+        let previous = self.last_seq.lock().unwrap().get(node_key).copied();
+        self.accept_items(node_key, items, now, previous, None)
+    }
+
+    /// Picks the newest acceptable item, counting refusals (see the module comment for the order).
+    /// `previous`: the last sequence accepted before this lookup (older ones are replays); `floor`: the
+    /// sequence the lookup already returned (items up to it are stale copies, not refusals).
+    fn accept_items(
+        &self,
+        node_key: &[u8; 32],
+        mut items: Vec<MutableItem>,
+        now: u64,
+        previous: Option<i64>,
+        floor: Option<i64>,
+    ) -> Option<Found> {
+        items.sort_by_key(|i| std::cmp::Reverse(i.seq()));
+        let mut best: Option<Found> = None;
+        for item in items {
+            if previous.is_some_and(|p| item.seq() < p) {
+                self.counters.replay.fetch_add(1, Relaxed);
+                continue;
+            }
+            if best.is_some() || floor.is_some_and(|f| item.seq() <= f) {
+                // Superseded by a newer accepted one in this lookup: a stale copy, not an attack.
+                continue;
+            }
+            match self.keys.open(node_key, item.seq(), item.value()) {
+                Err(OpenError::NotMember) => self.counters.non_member.fetch_add(1, Relaxed),
+                Err(OpenError::Malformed(_)) => self.counters.malformed.fetch_add(1, Relaxed),
+                Ok(r) if now > r.expires_at.saturating_add(CLOCK_TOLERANCE_S) => {
+                    self.counters.expired.fetch_add(1, Relaxed)
+                }
+                Ok(record) => {
+                    best = Some(Found { node_key: *node_key, seq: item.seq(), record });
+                    continue;
+                }
+            };
+        }
+        if let Some(f) = &best {
+            let mut seen = self.last_seq.lock().unwrap();
+            if seen.len() >= MAX_TRACKED_KEYS && !seen.contains_key(node_key) {
+                if let Some(oldest) = seen.iter().min_by_key(|(_, s)| **s).map(|(k, _)| *k) {
+                    seen.remove(&oldest);
+                }
+            }
+            let last = seen.entry(*node_key).or_insert(f.seq);
+            *last = (*last).max(f.seq);
+        }
+        best
+    }
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        // Tasks still waiting on a query's outcome go first, then the DHT actor (dropping its handle ends
+        // its thread and closes the socket).
+        let runtime = std::mem::replace(
+            &mut self.runtime,
+            tokio::runtime::Builder::new_current_thread().build().expect("an empty runtime"),
+        );
+        runtime.shutdown_background();
+    }
+}
+
+#[cfg(test)]
+#[path = "discovery_tests.rs"]
+mod tests;

@@ -1,0 +1,152 @@
+use std::net::Ipv4Addr;
+
+use mainline::Testnet;
+use quicether_proto::record::{Endpoint, EndpointKind};
+
+use super::*;
+
+const NET: [u8; 32] = [7; 32];
+const NOW: u64 = 1_800_000_000;
+
+fn record(expires_at: u64) -> Record {
+    Record {
+        expires_at,
+        endpoints: vec![Endpoint {
+            kind: EndpointKind::Public,
+            wan: "wan0".into(),
+            addr: "198.18.0.2:4433".parse().unwrap(),
+        }],
+        lan: vec![],
+        relays: vec![],
+    }
+}
+
+/// A BEP 44 item of `seed`'s key at `seq`, its value sealed for `network` (as a member would publish it).
+fn item(seed: [u8; 32], network: &[u8; 32], seq: i64, r: &Record) -> MutableItem {
+    let keys = NetworkKeys::new(network);
+    let node = quicether_proto::signing::public_key(&seed);
+    let value = keys.seal(&node, seq, r, random_nonce()).unwrap();
+    MutableItem::new(SigningKey::from_bytes(&seed), &value, seq, Some(&NetworkKeys::new(&NET).salt))
+}
+
+fn count(s: &Shared) -> HashMap<&'static str, u64> {
+    s.counters.snapshot().into_iter().collect()
+}
+
+#[test]
+fn accepts_the_newest_valid_item_and_ignores_stale_copies() {
+    let reader = Shared::new([1; 32], &NET);
+    let seed = [2; 32];
+    let key = quicether_proto::signing::public_key(&seed);
+    let items = vec![item(seed, &NET, 10, &record(NOW + 60)), item(seed, &NET, 20, &record(NOW + 90))];
+    let found = reader.accept(&key, items, NOW).unwrap();
+    assert_eq!((found.seq, found.record), (20, record(NOW + 90)));
+    assert!(count(&reader).values().all(|v| *v == 0), "{:?}", count(&reader));
+}
+
+#[test]
+fn refuses_older_sequence_after_a_newer_one_was_accepted() {
+    let reader = Shared::new([1; 32], &NET);
+    let seed = [2; 32];
+    let key = quicether_proto::signing::public_key(&seed);
+    assert!(reader.accept(&key, vec![item(seed, &NET, 20, &record(NOW + 60))], NOW).is_some());
+    assert!(reader.accept(&key, vec![item(seed, &NET, 19, &record(NOW + 60))], NOW).is_none());
+    assert_eq!(count(&reader)["replay"], 1);
+    // The same item again is not a replay.
+    assert!(reader.accept(&key, vec![item(seed, &NET, 20, &record(NOW + 60))], NOW).is_some());
+    assert_eq!(count(&reader)["replay"], 1);
+}
+
+#[test]
+fn refuses_non_member_malformed_and_expired_values() {
+    let reader = Shared::new([1; 32], &NET);
+    let seed = [2; 32];
+    let key = quicether_proto::signing::public_key(&seed);
+    assert!(reader.accept(&key, vec![item(seed, &[9; 32], 5, &record(NOW + 60))], NOW).is_none());
+    assert_eq!(count(&reader)["non_member"], 1);
+    let junk = MutableItem::new(SigningKey::from_bytes(&seed), b"\x01not sealed at all.............", 6, None);
+    assert!(reader.accept(&key, vec![junk], NOW).is_none());
+    assert_eq!(count(&reader)["non_member"], 2);
+    assert!(reader.accept(&key, vec![item(seed, &NET, 7, &record(NOW - CLOCK_TOLERANCE_S - 1))], NOW).is_none());
+    assert_eq!(count(&reader)["expired"], 1);
+    assert!(reader.accept(&key, vec![item(seed, &NET, 8, &record(NOW - CLOCK_TOLERANCE_S))], NOW).is_some());
+    // An expired newest item does not hide a valid older one of the same lookup.
+    let items = vec![item(seed, &NET, 30, &record(NOW - 10_000)), item(seed, &NET, 29, &record(NOW + 60))];
+    assert_eq!(reader.accept(&key, items, NOW).unwrap().seq, 29);
+    assert_eq!(count(&reader)["expired"], 2);
+    // Nothing refused left state behind: only accepted sequences are remembered.
+    assert_eq!(reader.last_seq.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn replay_memory_is_bounded() {
+    let reader = Shared::new([1; 32], &NET);
+    for i in 0..MAX_TRACKED_KEYS + 3 {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let key = quicether_proto::signing::public_key(&seed);
+        let mut s = reader.last_seq.lock().unwrap();
+        if s.len() < MAX_TRACKED_KEYS - 1 {
+            // Fill quickly without signing thousands of items; the last few go through `accept`.
+            s.insert(key, i as i64);
+            continue;
+        }
+        drop(s);
+        assert!(reader.accept(&key, vec![item(seed, &NET, i as i64, &record(NOW + 60))], NOW).is_some());
+    }
+    assert_eq!(reader.last_seq.lock().unwrap().len(), MAX_TRACKED_KEYS);
+}
+
+fn member(testnet: &Testnet, seed: [u8; 32], network: [u8; 32]) -> Discovery {
+    let bootstrap = testnet.bootstrap.iter().map(|a| a.parse().unwrap()).collect();
+    Discovery::start(DiscoveryConfig {
+        port: 0,
+        bind: Some(Ipv4Addr::LOCALHOST),
+        bootstrap: Some(bootstrap),
+        server: false,
+        seed,
+        network_key: network,
+    })
+    .unwrap()
+}
+
+#[test]
+fn members_find_each_other_and_outsiders_find_nothing() {
+    let testnet = Testnet::builder(8).build().unwrap();
+    let a = member(&testnet, [1; 32], NET);
+    let b = member(&testnet, [2; 32], NET);
+    let outsider = member(&testnet, [3; 32], [8; 32]);
+    let expires = unix_now().as_secs() + 600;
+    let (seq, stored) = a.publish(&record(expires)).unwrap();
+    assert!(stored > 0);
+    let found = b.lookup(&a.node_key(), Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!((found.seq, found.record), (seq, record(expires)));
+    // Another network's salt puts the item elsewhere: an outsider does not even find a value to refuse.
+    assert_eq!(outsider.lookup(&a.node_key(), Duration::from_secs(10)).unwrap(), None);
+    let c = outsider.counters().snapshot().into_iter().collect::<HashMap<_, _>>();
+    assert_eq!((c["not_found"], c["non_member"]), (1, 0));
+    // A second publish has a newer sequence and replaces the first.
+    let (seq2, _) = a.publish(&record(expires + 1)).unwrap();
+    assert!(seq2 > seq);
+    assert_eq!(b.lookup(&a.node_key(), Duration::from_secs(10)).unwrap().unwrap().seq, seq2);
+}
+
+#[test]
+fn late_items_after_an_answer_count_refusals_but_not_stale_copies() {
+    let reader = Shared::new([1; 32], &NET);
+    let seed = [2; 32];
+    let key = quicether_proto::signing::public_key(&seed);
+    assert_eq!(reader.accept(&key, vec![item(seed, &NET, 10, &record(NOW + 60))], NOW).unwrap().seq, 10);
+    // A later lookup returned seq 20 early; its remaining answers: an older copy of 15 (stale, between
+    // the previous 10 and the answer), a replay of 5, a non-member 30, and a newer valid 25.
+    let late = vec![
+        item(seed, &NET, 15, &record(NOW + 60)),
+        item(seed, &NET, 5, &record(NOW + 60)),
+        item(seed, &[9; 32], 30, &record(NOW + 60)),
+        item(seed, &NET, 25, &record(NOW + 60)),
+    ];
+    assert_eq!(reader.accept_items(&key, late, NOW, Some(10), Some(20)).unwrap().seq, 25);
+    let c = count(&reader);
+    assert_eq!((c["replay"], c["non_member"], c["expired"]), (1, 1, 0));
+    assert_eq!(reader.last_seq.lock().unwrap()[&key], 25);
+}

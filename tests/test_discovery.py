@@ -1,0 +1,176 @@
+"""Discovery through a private mainline DHT in the lab: 16 plain DHT nodes (and one lying node a test
+controls) on a lab namespace's loopback; members publish sealed, signed records and find each other's;
+forged, replayed, expired and non-member records are refused and counted."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quicether import _core
+from tests.lab import Lab, Namespace
+from tests.lab.dht import LyingDhtNode, signable, start_dht, target
+from tests.lab.discovery_member import decode, encode
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOKUP_TIMEOUT_S = 8.0
+
+
+class Member:
+    """A `_core.Discovery` running in a lab namespace (tests/lab/discovery_member.py)."""
+
+    def __init__(self, ns: Namespace, seed: bytes, network_key: bytes, bootstrap: list[str]) -> None:
+        self.seed = seed
+        self.proc = ns.popen([sys.executable, "-m", "tests.lab.discovery_member", "--seed-hex", seed.hex(),
+                              "--network-key-hex", network_key.hex(), "--bootstrap", ",".join(bootstrap)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(ROOT))
+        hello = json.loads(self._line())
+        self.key = bytes.fromhex(hello["node_key"])
+        assert self.key == _core.public_key_of_seed(seed)
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, "discovery member exited"
+        return line
+
+    def call(self, name: str, *args: Any) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"call": name, "args": encode(list(args))}) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self._line())
+        assert "error" not in answer, answer["error"]
+        return decode(answer["result"])
+
+    def lookup(self, key: bytes) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = self.call("lookup", key, LOOKUP_TIMEOUT_S)
+        return found
+
+
+def _record(wan_addr: str, expires_in: int) -> dict[str, Any]:
+    return {"expires_at": int(time.time()) + expires_in,
+            "endpoints": [{"wan": "wan0", "kind": "public", "addr": wan_addr}],
+            "lan": ["192.168.1.2:4433"], "relays": []}
+
+
+def test_members_find_each_other_and_bad_records_are_refused_and_counted(lab: Lab) -> None:
+    ns = lab.add_namespace("dht")
+    nodes = start_dht(lab, ns, 16)
+    liar = LyingDhtNode.start(ns, 7100)
+    bootstrap = [*nodes[:4], liar.addr]
+    network = _core.public_key_of_seed(_core.generate_seed())
+    a = Member(ns, _core.generate_seed(), network, bootstrap)
+    b = Member(ns, _core.generate_seed(), network, bootstrap)
+
+    rec_a, rec_b = _record("198.18.0.1:4433", 600), _record("198.18.0.2:4433", 600)
+    started = time.monotonic()
+    a.call("publish", rec_a)
+    b.call("publish", rec_b)
+    found_b, found_a = a.lookup(b.key), b.lookup(a.key)
+    elapsed = time.monotonic() - started
+    assert found_a is not None and found_b is not None, (a.call("counters"), b.call("counters"))
+    assert {k: found_a[k] for k in rec_a} == rec_a and found_a["node_key"] == a.key
+    assert {k: found_b[k] for k in rec_b} == rec_b
+    assert elapsed < 15, f"publish and find took {elapsed:.1f} s"
+
+    # The liar was asked to store A's record, so the test has A's first signed item and the network's salt.
+    first = _captured_items(liar, a.key)[0]
+    salt = first["salt"]
+    assert len(salt) == 16 and first["seq"] == found_a["seq"]
+    a.call("publish", _record("198.18.0.9:4433", 600))
+    newest = b.lookup(a.key)
+    assert newest is not None and newest["seq"] > first["seq"]
+    assert newest["endpoints"][0]["addr"] == "198.18.0.9:4433"
+
+    # Replay: the liar serves A's older, validly signed item; B has seen a newer one.
+    liar.serve(target(a.key, salt), {k: first[k] for k in ("k", "sig", "v", "seq")})
+    again = b.lookup(a.key)
+    assert again is not None and again["seq"] == newest["seq"]
+    # A lookup answers soon after the first acceptable item; later answers are checked in the background.
+    _eventually(lambda: b.call("counters")["replay"] >= 1, "replayed item not counted")
+
+    # Forged: a newer sequence under A's key that A never signed.
+    liar.serve(target(a.key, salt), {"k": a.key, "sig": secrets.token_bytes(64), "v": first["v"],
+                                     "seq": newest["seq"] + 1000})
+    again = b.lookup(a.key)
+    assert again is not None and again["seq"] == newest["seq"]
+    _eventually(lambda: b.call("counters")["bad_signature"] >= 1, "forged item not counted")
+
+    # Non-member: a member of another network publishes; its value, signed under our salt, is served for
+    # its key. It is well signed and found where our members look, but it is not sealed with our key.
+    outsider = Member(ns, _core.generate_seed(), _core.public_key_of_seed(_core.generate_seed()), bootstrap)
+    outsider.call("publish", _record("198.18.0.66:4433", 600))
+    foreign_v = _captured_items(liar, outsider.key)[0]["v"]
+    liar.serve(target(outsider.key, salt), {"k": outsider.key, "seq": 5, "v": foreign_v,
+                                            "sig": _core.sign(outsider.seed, signable(salt, 5, foreign_v))})
+    assert b.lookup(outsider.key) is None
+    _eventually(lambda: b.call("counters")["non_member"] >= 1, "non-member item not counted")
+
+    # Expired: A publishes a record whose expiry has passed (beyond the clock tolerance).
+    before = b.call("counters")
+    a.call("publish", _record("198.18.0.10:4433", -3600))
+    found = b.lookup(a.key)
+    assert found is None or found["endpoints"][0]["addr"] != "198.18.0.10:4433"
+    _eventually(lambda: b.call("counters")["expired"] > before["expired"], "expired item not counted")
+    after = b.call("counters")
+    # Counters keep every cause apart; nothing was malformed.
+    assert after["malformed"] == 0 and after["lookups"] >= 6
+
+
+def _captured_items(liar: LyingDhtNode, key: bytes) -> list[dict[str, Any]]:
+    """What members put at the liar under `key` (a put goes to the closest nodes: the liar is among them)."""
+    deadline = time.monotonic() + 10
+    while not (items := liar.captured(key)):
+        assert time.monotonic() < deadline, "the liar saw no put of that key"
+        time.sleep(0.2)
+    return items
+
+
+def _eventually(check: Any, message: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("bootstrap", [["dht.example:6881"], ["[::1]:6881"], ["1.2.3.4"]])
+def test_discovery_takes_only_ipv4_bootstrap_addresses(bootstrap: list[str]) -> None:
+    with pytest.raises(ValueError, match="bootstrap"):
+        _core.Discovery(0, bootstrap, False, _core.generate_seed(), bytes(32), bind="127.0.0.1")
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"lan": ["nope"]}, "lan"),
+    ({"relays": [b"short"]}, "relay"),
+    ({"endpoints": [{"wan": "w", "kind": "relayed", "addr": "1.2.3.4:5"}]}, "kind"),
+    ({"endpoints": [{"wan": "w a", "kind": "public", "addr": "1.2.3.4:5"}]}, "WAN label"),
+    ({"endpoints": [{"wan": "w", "kind": "public"}]}, 'missing "addr"'),
+    ({"endpoints": [{"wan": "w", "kind": "public", "addr": "1.2.3.4:5"}] * 13}, "too many endpoints"),
+])
+def test_publish_refuses_bad_records(change: dict[str, Any], field: str) -> None:
+    """No lab needed: a DHT node on loopback without any bootstrap node (it sends nothing anywhere)."""
+    disc = _core.Discovery(0, [], False, _core.generate_seed(), bytes(32), bind="127.0.0.1")
+    try:
+        with pytest.raises(ValueError, match=field):
+            disc.publish({**_record("198.18.0.1:4433", 60), **change})
+    finally:
+        disc.close()
+
+
+def test_a_publish_no_dht_node_stores_fails_and_is_counted() -> None:
+    seed = _core.generate_seed()
+    disc = _core.Discovery(0, [], False, seed, bytes(32), bind="127.0.0.1")
+    assert disc.local_addr().startswith("127.0.0.1:") and disc.node_key() == _core.public_key_of_seed(seed)
+    with pytest.raises(OSError, match="DHT put failed"):
+        disc.publish(_record("198.18.0.1:4433", 60))
+    assert disc.counters()["publish_failed"] == 1
+    disc.close()
+    with pytest.raises(ValueError, match="closed"):
+        disc.lookup(bytes(32), 1.0)
