@@ -28,10 +28,7 @@ def test_endpoints_list_parses_with_the_single_endpoint_first_and_no_repeats() -
 
 
 def test_a_dead_candidate_does_not_keep_the_peer_from_connecting(lab: Lab, tmp_path: Path) -> None:
-    ns_a, ns_b = lab.add_namespace("a"), lab.add_namespace("b")
-    lab.veth(ns_a, "eth0", ns_b, "eth0")
-    ns_a.ip("addr", "add", "10.1.0.1/24", "dev", "eth0")
-    ns_b.ip("addr", "add", "10.1.0.2/24", "dev", "eth0")
+    ns_a, ns_b = qe.two_hosts(lab)
     a = qe.make_node(ns_a, "a", "10.99.0.1/24", tmp_path)
     b = qe.make_node(ns_b, "b", "10.99.0.2/24", tmp_path)
     qe.pair(a, b, None)

@@ -10,10 +10,7 @@ from tests.lab import nodes as qe
 
 
 def test_a_lost_tun_device_stops_the_daemon_with_an_error(lab: Lab, tmp_path: Path) -> None:
-    ns_a, ns_b = lab.add_namespace("a"), lab.add_namespace("b")
-    lab.veth(ns_a, "eth0", ns_b, "eth0")
-    ns_a.ip("addr", "add", "10.1.0.1/24", "dev", "eth0")
-    ns_b.ip("addr", "add", "10.1.0.2/24", "dev", "eth0")
+    ns_a, ns_b = qe.two_hosts(lab)
     a = qe.make_node(ns_a, "a", "10.99.0.1/24", tmp_path)
     b = qe.make_node(ns_b, "b", "10.99.0.2/24", tmp_path)
     qe.pair(a, b, "10.1.0.2:4433")

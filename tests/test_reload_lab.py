@@ -22,9 +22,10 @@ TWO_WANS = [LinkSpec(rate_mbit=40, delay_ms=10), LinkSpec(rate_mbit=40, delay_ms
 PEER_B_LAN = "10.0.70.0/24"
 
 
-def _reload(bond: BondLab) -> dict[str, Any]:
-    bond.site.write_config()
-    return api_reload(bond.site)
+def _reload(node: qe.NodeSpec) -> dict[str, Any]:
+    """Writes `node`'s config as its spec says now and asks its daemon to reload it."""
+    node.write_config()
+    return api_reload(node)
 
 
 def api_reload(node: qe.NodeSpec) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def _snapshot(bond: BondLab) -> dict[str, Any]:
 def test_peers_modes_and_wans_change_at_run_time_and_a_running_flow_never_notices(lab: Lab, tmp_path: Path) -> None:
     bond = build_bond_lab(lab, TWO_WANS, tmp_path)
     wan1 = bond.site.wans.pop()
-    answer = _reload(bond)
+    answer = _reload(bond.site)
     assert answer["ok"] and not answer["reloading"] and "wans" in answer["changes"], answer
     wait_for(lambda: [p["wan"] for p in bond.paths()] == ["wan0"], timeout=5)
     start_iperf_server(bond.lan)
@@ -67,23 +68,23 @@ def test_peers_modes_and_wans_change_at_run_time_and_a_running_flow_never_notice
     peer_b = {"name": "b", "key": qe.make_node(bond.site.ns, "b", "10.99.0.3/24", tmp_path).node_id,
               "allowed_ips": ["10.99.0.3/32", PEER_B_LAN]}
     bond.site.peers.append(peer_b)
-    answer = _reload(bond)
+    answer = _reload(bond.site)
     assert answer["ok"] and answer["changes"] == ["peer b added"], answer
     assert PEER_B_LAN.split("/")[0] in _routes(bond), "peer b's LAN is routed into the tunnel"
     time.sleep(1)
     bond.site.wans.append(wan1)
-    assert _reload(bond)["changes"] == ["wans"]
+    assert _reload(bond.site)["changes"] == ["wans"]
     wait_for(lambda: sorted(p["wan"] for p in bond.paths() if p["up"]) == ["wan0", "wan1"], timeout=5)
     time.sleep(1)
     aggregated = _duplicates_in(bond, 1.0)
     gw = bond.site.peers[0]
     gw["mode"] = "redundant"
     gw["class"] = [{"protocol": "udp", "port": 5060, "mode": "lowest-rtt"}]
-    assert _reload(bond)["changes"] == ["peer gw changed"]
+    assert _reload(bond.site)["changes"] == ["peer gw changed"]
     # The new mode holds at once, on the same paths: every packet now arrives twice at the gateway.
     assert _duplicates_in(bond, 1.0) > 1000 > aggregated, "redundant mode took effect"
     bond.site.peers.remove(peer_b)
-    assert _reload(bond)["changes"] == ["peer b removed"]
+    assert _reload(bond.site)["changes"] == ["peer b removed"]
     assert PEER_B_LAN.split("/")[0] not in _routes(bond), "peer b's routes went with it"
     # A file that does not parse changes nothing, and the answer names the field.
     before = _snapshot(bond)
@@ -113,7 +114,7 @@ def test_a_router_reload_redoes_only_the_changed_parts(lab: Lab, tmp_path: Path)
     dnsmasq_before = _pids(router, "dnsmasq")
     # A new web UI port: the answer comes first, then the UI moves; dnsmasq and the peers stay as they were.
     site.sections["webui"] = {"port": 8080}
-    answer = _reload_node(site)
+    answer = _reload(site)
     assert answer["ok"] and answer["changes"] == ["webui", "firewall"], answer
     lan_ip = f"{LAN_PREFIX}.1"
     wait_for(lambda: curl(router, f"http://{lan_ip}:8080/healthz", timeout=1) is not None, timeout=10)
@@ -122,14 +123,9 @@ def test_a_router_reload_redoes_only_the_changed_parts(lab: Lab, tmp_path: Path)
     # DNS settings: dnsmasq restarts, the web UI does not.
     ui_before = _pids(router, "python")
     site.sections["lan"]["dns_servers"] = []
-    assert _reload_node(site)["changes"] == ["dnsmasq", "firewall"]
+    assert _reload(site)["changes"] == ["dnsmasq", "firewall"]
     assert _pids(router, "dnsmasq") != dnsmasq_before and _pids(router, "python") == ui_before
     assert site.status()["peers"][0]["connected"]
-
-
-def _reload_node(node: qe.NodeSpec) -> dict[str, Any]:
-    node.write_config()
-    return api_reload(node)
 
 
 def _pids(ns: Namespace, name: str) -> list[str]:
@@ -150,6 +146,6 @@ def test_a_wan_added_by_a_reload_is_filtered_like_one_configured_at_start(lab: L
     qe.wait_connected(bond.site)
     assert '"wan1"' not in bond.wl.router.run("nft", "list", "table", "inet", "quicether").stdout
     bond.site.wans.append(wan1)
-    assert _reload(bond)["changes"] == ["wans"]
+    assert _reload(bond.site)["changes"] == ["wans"]
     ruleset = bond.wl.router.run("nft", "list", "table", "inet", "quicether").stdout
     assert 'iifname { "wan0", "wan1" } udp dport 4433 accept' in ruleset, ruleset

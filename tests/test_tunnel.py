@@ -31,17 +31,9 @@ class Pair:
     tmp: Path
 
 
-def _two_hosts(lab: Lab) -> tuple[Namespace, Namespace]:
-    a, b = lab.add_namespace("a"), lab.add_namespace("b")
-    lab.veth(a, "eth0", b, "eth0")
-    a.ip("addr", "add", "10.1.0.1/24", "dev", "eth0")
-    b.ip("addr", "add", "10.1.0.2/24", "dev", "eth0")
-    return a, b
-
-
 @pytest.fixture
 def pair(lab: Lab, tmp_path: Path) -> Iterator[Pair]:
-    ns_a, ns_b = _two_hosts(lab)
+    ns_a, ns_b = qe.two_hosts(lab)
     a = qe.make_node(ns_a, "a", "10.99.0.1/24", tmp_path)
     b = qe.make_node(ns_b, "b", "10.99.0.2/24", tmp_path)
     qe.pair(a, b, "10.1.0.2:4433")
@@ -175,7 +167,7 @@ def test_aioquic_client_handshakes_and_exchanges_datagrams(pair: Pair) -> None:
 
 
 def test_unreachable_endpoint_is_reported_once_and_the_node_keeps_trying(lab: Lab, tmp_path: Path) -> None:
-    ns_a, _ns_b = _two_hosts(lab)
+    ns_a, _ns_b = qe.two_hosts(lab)
     a = qe.make_node(ns_a, "a", "10.99.0.1/24", tmp_path)
     nobody = qe.make_node(ns_a, "nobody", "10.99.0.2/24", tmp_path)  # a key, but no node runs with it
     a.peers.append({"name": "nobody", "key": nobody.node_id, "endpoint": "10.1.0.99:4433",
@@ -222,7 +214,7 @@ class CoreNode:
 
 
 def _core_pair(lab: Lab, *a_options: str) -> tuple[Namespace, Namespace, CoreNode, CoreNode]:
-    ns_a, ns_b = _two_hosts(lab)
+    ns_a, ns_b = qe.two_hosts(lab)
     return ns_a, ns_b, CoreNode(ns_a, "qe0", "10.99.0.1/24", *a_options), CoreNode(ns_b, "qe0", "10.99.0.2/24")
 
 
@@ -254,7 +246,7 @@ def test_both_nodes_dialing_each_other_keep_one_path_the_lower_keys(lab: Lab) ->
 
 
 def test_a_wan_socket_accepts_and_a_path_to_it_replaces_the_twin(lab: Lab) -> None:
-    ns_a, ns_b = _two_hosts(lab)
+    ns_a, ns_b = qe.two_hosts(lab)
     # `w` has one WAN and dials `l` from it; `l` then dials w's WAN socket (its address as l sees it, as a
     # NAT's mapping would be learned). Both connections run over the same WANs; l has the lower key, so its
     # dial, accepted on w's WAN socket, is the one both keep.
@@ -342,7 +334,7 @@ def test_events_are_typed_and_a_lost_tun_device_is_a_fatal_event(lab: Lab) -> No
 def test_remove_wan_closes_our_wans_paths_not_a_peers_path_with_the_same_label(lab: Lab) -> None:
     """Issue 18 item 5: paths are keyed by (peer, our WAN). A peer's path whose hello names its WAN "wan0"
     is not ours to close when our own WAN "wan0" goes; peer-supplied names are also made safe."""
-    ns_a, ns_b = _two_hosts(lab)
+    ns_a, ns_b = qe.two_hosts(lab)
     ns_a.ip("addr", "add", "10.1.0.11/24", "dev", "eth0")
     ns_b.ip("addr", "add", "10.1.0.12/24", "dev", "eth0")
     ours = CoreNode(ns_a, "qe0", "10.99.0.1/24", "--wans")

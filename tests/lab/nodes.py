@@ -12,7 +12,7 @@ from typing import Any
 from quicether import config_edit
 from quicether.daemon import api
 from quicether.identity import generate
-from tests.lab.netns import LabError, Namespace
+from tests.lab.netns import Lab, LabError, Namespace
 
 QUIC_PORT = 4433
 
@@ -55,6 +55,15 @@ class NodeSpec:
 
     def status(self) -> dict[str, Any]:
         return api.request(self.state_dir / "api.sock", "status")
+
+
+def two_hosts(lab: Lab) -> tuple[Namespace, Namespace]:
+    """Two namespaces on one veth pair: a at 10.1.0.1, b at 10.1.0.2 (/24)."""
+    a, b = lab.add_namespace("a"), lab.add_namespace("b")
+    lab.veth(a, "eth0", b, "eth0")
+    a.ip("addr", "add", "10.1.0.1/24", "dev", "eth0")
+    b.ip("addr", "add", "10.1.0.2/24", "dev", "eth0")
+    return a, b
 
 
 def make_node(ns: Namespace, name: str, address: str, base: Path) -> NodeSpec:
