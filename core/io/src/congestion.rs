@@ -22,7 +22,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quicether_proto::path_rate::PathRate;
+use quicether_proto::path_rate::{PathRate, MIN_CAP_BYTES};
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
 use quinn_proto::RttEstimator;
 
@@ -147,7 +147,13 @@ pub struct LossTolerantConfig {
 
 impl Default for LossTolerantConfig {
     fn default() -> Self {
-        Self { inner: Arc::new(CubicConfig::default()), tolerant: true }
+        // A path starts with the window the cap never goes below: it is idle until the scheduler needs it,
+        // and then often at once at a large share of the bond's rate (a UDP stream arriving at full speed).
+        // From the default 10 packets CUBIC took ~0.4 s to carry its share, and the bond's queues dropped
+        // about 1 % of a 153 Mbit/s stream meanwhile (three-WAN lab).
+        let mut cubic = CubicConfig::default();
+        cubic.initial_window(MIN_CAP_BYTES);
+        Self { inner: Arc::new(cubic), tolerant: true }
     }
 }
 

@@ -8,11 +8,13 @@
 //!
 //! The minimum RTT must follow a path whose base RTT grows for good (a mobile handover, an ISP's new route):
 //! a stale, lower one would shrink the cap below what the path needs, the delivery rate with it, and so on
-//! down to `MIN_CAP_BYTES`. So it expires: when no RTT sample has come near it for `MIN_RTT_VALID_US`, or
-//! none has been below `IMPLAUSIBLE_RTT_FACTOR` times it for `IMPLAUSIBLE_FOR_US` (the cap keeps queues
-//! shorter than that, so the minimum itself must be wrong), the path probes: its cap drops to
-//! `PROBE_GAIN_PERCENT` of the BDP for `PROBE_RTT_US`, its queue drains, and the lowest RTT seen then is
-//! the new minimum (BBRv2's PROBE_RTT, in short).
+//! down to `MIN_CAP_BYTES`. So it expires. When no RTT sample has come near it for `MIN_RTT_VALID_US` (a
+//! queue that other traffic keeps standing, say), the path probes: its cap drops to `PROBE_GAIN_PERCENT`
+//! of the BDP for `PROBE_RTT_US`, its queue drains, and the lowest RTT seen then is the new minimum
+//! (BBRv2's PROBE_RTT, in short). When none has been below `IMPLAUSIBLE_RTT_FACTOR` times it for
+//! `IMPLAUSIBLE_FOR_US`, the minimum itself is wrong (the cap keeps our own queue far shorter than that):
+//! the lowest sample of that time is taken at once, without a probe, whose cut to half the stale, far too
+//! small BDP would drop the inner flows' packets just as their RTT grew.
 
 /// The minimum RTT used for the cap is at least this: on a LAN-like path (sub-ms RTT) a cap of a few
 /// packets would throttle a Gbit/s tunnel while saving no measurable delay.
@@ -30,8 +32,10 @@ const MIN_RTT_VALID_US: u64 = 10_000_000;
 const MIN_RTT_NEAR_PERCENT: u64 = 110;
 /// Samples above this multiple of the minimum (+ `IMPLAUSIBLE_SLACK_US` for delayed acks) for
 /// `IMPLAUSIBLE_FOR_US` mean the minimum is stale. Measured on a 100 Mbit/s path whose RTT went from 10 to
-/// 60 ms: with the minimum kept for good the path stayed at 4-11 Mbit/s; with only the `MIN_RTT_VALID_US`
-/// expiry it took 8 s to recover; with this, ~5 s, as long as without any cap (the inner TCP adapting).
+/// 60 ms (4 inner TCP flows): with the minimum kept for good the path stayed at 4-11 Mbit/s; with only the
+/// `MIN_RTT_VALID_US` expiry it took 8 s to recover. Probing then (cap at half of the stale BDP) dropped
+/// ~100 inner packets, and the inner CUBIC flows took 7-8 s to grow back; taking the lowest recent sample
+/// drops none.
 const IMPLAUSIBLE_RTT_FACTOR: u64 = 2;
 const IMPLAUSIBLE_SLACK_US: u64 = 10_000;
 const IMPLAUSIBLE_FOR_US: u64 = 1_000_000;
@@ -90,6 +94,9 @@ struct MinRtt {
     plausible_us: u64,
     /// While probing: until when, and the lowest sample so far.
     probe: Option<(u64, u64)>,
+    /// The lowest of the implausible samples in the second half of the time since `plausible_us`: the
+    /// minimum once it is stale.
+    lowest_implausible_us: Option<u64>,
 }
 
 impl MinRtt {
@@ -111,13 +118,17 @@ impl MinRtt {
         // Below the cap's RTT floor every value gives the same cap: no need to probe for a better one.
         let near = (value * MIN_RTT_NEAR_PERCENT / 100 + 1_000).max(CAP_RTT_FLOOR_US);
         if sample_us <= value * IMPLAUSIBLE_RTT_FACTOR + IMPLAUSIBLE_SLACK_US {
-            self.plausible_us = now_us;
+            (self.plausible_us, self.lowest_implausible_us) = (now_us, None);
+        } else if now_us.saturating_sub(self.plausible_us) > IMPLAUSIBLE_FOR_US / 2 {
+            // Only the second half counts: packets in flight when the RTT changed saw part of the old one.
+            self.lowest_implausible_us = Some(self.lowest_implausible_us.map_or(sample_us, |l| l.min(sample_us)));
         }
         if sample_us <= near {
             (self.value_us, self.confirmed_us, self.plausible_us) = (Some(value.min(sample_us)), now_us, now_us);
-        } else if now_us.saturating_sub(self.confirmed_us) > MIN_RTT_VALID_US
-            || now_us.saturating_sub(self.plausible_us) > IMPLAUSIBLE_FOR_US
-        {
+        } else if now_us.saturating_sub(self.plausible_us) > IMPLAUSIBLE_FOR_US {
+            let lowest = self.lowest_implausible_us.take().unwrap_or(sample_us);
+            (self.value_us, self.confirmed_us, self.plausible_us) = (Some(lowest), now_us, now_us);
+        } else if now_us.saturating_sub(self.confirmed_us) > MIN_RTT_VALID_US {
             self.probe = Some((now_us + PROBE_RTT_US.max(srtt_us), sample_us));
         }
     }
@@ -242,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn a_path_whose_rtt_grows_gets_its_new_minimum_by_probing() {
+    fn a_path_whose_rtt_grows_gets_its_new_minimum() {
         let mut min = MinRtt::default();
         let mut now = 0;
         for _ in 0..1_000 {
@@ -270,20 +281,25 @@ mod tests {
             min.on_sample(now, 20 * MS, 25 * MS);
         }
         assert_eq!(min.value_us, Some(20 * MS));
-        // The route changes: 60 ms from now on, more than twice the minimum. The path probes after
-        // IMPLAUSIBLE_FOR_US, for PROBE_RTT_US, and takes the lowest RTT it saw then.
+        // The route changes: 60-65 ms from now on, more than twice the minimum (the first acks saw part of
+        // the old RTT: 55 ms). After IMPLAUSIBLE_FOR_US the path takes the lowest RTT of the last half of
+        // that time, with no probe (no cut of its window).
         let changed = now;
-        while min.probe.is_none() {
+        while min.value_us == Some(20 * MS) {
             now += MS;
-            min.on_sample(now, 65 * MS, 65 * MS);
-            assert!(now - changed <= IMPLAUSIBLE_FOR_US + 2 * MS, "did not probe in time");
+            let sample = match now - changed {
+                ..=30_000 => 55 * MS,
+                _ if now % (7 * MS) == 0 => 60 * MS,
+                _ => 65 * MS,
+            };
+            min.on_sample(now, sample, 65 * MS);
+            assert!(min.probe.is_none(), "probed");
+            assert!(now - changed <= IMPLAUSIBLE_FOR_US + 2 * MS, "minimum not replaced in time");
         }
-        let probe_start = now;
-        while min.probe.is_some() {
-            now += MS;
-            min.on_sample(now, 60 * MS, 65 * MS);
-        }
-        assert!(now - probe_start >= PROBE_RTT_US);
+        assert!(now - changed >= IMPLAUSIBLE_FOR_US);
         assert_eq!(min.value_us, Some(60 * MS));
+        // A lower sample afterwards lowers it again at once.
+        min.on_sample(now + MS, 55 * MS, 60 * MS);
+        assert_eq!(min.value_us, Some(55 * MS));
     }
 }
