@@ -10,11 +10,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from quicether import __version__
 from quicether.config import DEFAULT_STATE_DIR, Config, ConfigError, load
 from quicether.daemon import api
-from quicether.identity import KEY_FILE_NAME, IdentityError
+from quicether.identity import KEY_FILE_NAME, IdentityError, decode_node_id
 from quicether.identity import generate as generate_identity
 from quicether.identity import load as load_identity
 
@@ -312,6 +313,52 @@ def _cmd_gateway_init(args: argparse.Namespace) -> int:
     return 1 if result.quic_answers is False else 0
 
 
+def _cmd_network(args: argparse.Namespace) -> int:
+    from quicether import network
+
+    state_dir = Path(args.state_dir)
+    try:
+        if args.network_command == "create":
+            admin = load_identity(state_dir / KEY_FILE_NAME)
+            net = network.create(state_dir, args.name, admin, overlay=args.overlay, admin_name=args.member_name,
+                                 days=args.days)
+            print(f"network {net.name} created: key {net.key}, overlay {net.overlay}")
+            print(f"this node is member {args.member_name} at {net.members[0].ipv4}; the network key is in"
+                  f" {net.directory / 'network.key'} (mode 600): keep a copy somewhere safe", file=sys.stderr)
+        elif args.network_command == "list":
+            for net in network.list_networks(state_dir):
+                print(f"{net.name}  {net.key}  {net.overlay}  {len(net.active())} members"
+                      f"  {len(net.revocations)} revoked")
+        elif args.network_command == "members":
+            net = network.load(state_dir, args.name)
+            if args.json:
+                print(json.dumps([network.describe(m) for m in net.members], indent=2))
+            for m in [] if args.json else net.members:
+                state = "revoked" if m.revoked_at is not None else time.strftime("until %Y-%m-%d",
+                                                                                 time.gmtime(m.not_after))
+                print(f"{m.name:<16} {m.ipv4:<15} {m.node_id}  {state}"
+                      f"{'  exit' if m.exit else ''}{'  groups ' + ','.join(m.groups) if m.groups else ''}")
+        elif args.network_command == "issue":
+            net = network.load(state_dir, args.name)
+            member = network.issue(net, decode_node_id(args.node_id), args.member_name, groups=args.group,
+                                   lan_prefixes=args.lan_prefix, exit=args.exit, days=args.days)
+            print(member.certificate)
+            print(f"{member.name} is {member.ipv4} in {net.name} until"
+                  f" {time.strftime('%Y-%m-%d', time.gmtime(member.not_after))}", file=sys.stderr)
+        elif args.network_command == "revoke":
+            import base64
+
+            net = network.load(state_dir, args.name)
+            member = net.find(args.member)
+            print(base64.b64encode(network.revoke(net, args.member)).decode())
+            print(f"{member.name} ({member.node_id}) revoked from {net.name}", file=sys.stderr)
+    except (network.NetworkError, IdentityError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{exc.filename or state_dir}: {exc.strerror or exc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quicether",
@@ -426,7 +473,49 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not keep the SSH server's port open on the internet port (default: it goes into"
                            " [firewall] open)")
     init.set_defaults(func=_cmd_gateway_init)
+
+    _add_network_parser(sub)
     return parser
+
+
+def _add_network_parser(sub: Any) -> None:
+    from quicether import network
+
+    net = sub.add_parser("network", help="networks this node is admin of: create, members, issue, revoke",
+                         description="A network is a mesh's trust root: its key signs each member's certificate"
+                                     " (name, overlay address, groups, LAN prefixes, exit offer, expiry) and each"
+                                     " revocation. The key and the ledger stay in <state-dir>/networks/NAME.")
+    net_sub = net.add_subparsers(dest="network_command", metavar="COMMAND", required=True)
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+                       help="node key and networks (default %(default)s)")
+    create = net_sub.add_parser("create", parents=[state], help="make a network key; this node is its first member")
+    create.add_argument("name", help="network name (1-32 of a-z 0-9 -)")
+    create.add_argument("--overlay", default=network.DEFAULT_OVERLAY,
+                        help="members' IPv4 addresses: a /10 to /16 of 100.64.0.0/10 (default %(default)s)")
+    create.add_argument("--member-name", default="admin", help="this node's name in it (default %(default)s)")
+    create.add_argument("--days", type=int, default=network.DEFAULT_VALIDITY_DAYS,
+                        help="certificate validity (default %(default)s)")
+    net_sub.add_parser("list", parents=[state], help="the networks this node holds the key of")
+    members = net_sub.add_parser("members", parents=[state], help="every member certified, and who was revoked")
+    members.add_argument("name", help="network name")
+    members.add_argument("--json", action="store_true", help="print them as JSON")
+    issue = net_sub.add_parser("issue", parents=[state],
+                               help="certify a node (again: renews it, same address); prints the certificate")
+    issue.add_argument("name", help="network name")
+    issue.add_argument("node_id", help="the member's node id (qe1…, from its `quicether pubkey`)")
+    issue.add_argument("--name", dest="member_name", required=True, help="its name in the network")
+    issue.add_argument("--group", action="append", default=[], help="a group it is in (repeatable, up to 8)")
+    issue.add_argument("--lan-prefix", action="append", default=[], metavar="CIDR",
+                       help="a LAN prefix it may route (repeatable, up to 16)")
+    issue.add_argument("--exit", action="store_true", help="it offers its internet access as an exit")
+    issue.add_argument("--days", type=int, default=network.DEFAULT_VALIDITY_DAYS,
+                       help="validity (default %(default)s)")
+    revoke = net_sub.add_parser("revoke", parents=[state],
+                                help="revoke a member (by name or node id); prints the signed revocation")
+    revoke.add_argument("name", help="network name")
+    revoke.add_argument("member", help="member name or node id")
+    net.set_defaults(func=_cmd_network)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

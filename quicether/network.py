@@ -1,0 +1,230 @@
+"""Networks an admin node holds: the network key, the members it has certified and those it has revoked.
+
+A network is the trust root of a mesh (Nebula's model without its lighthouses): an Ed25519 key kept on an
+admin node, which signs each member's certificate (node key, name, overlay addresses, groups, LAN prefixes
+it may route, exit offer, validity) and each revocation. The wire formats and their checks are the core's
+(`core/proto/src/membership.rs`); this module keeps the admin's ledger in the state directory:
+
+    <state_dir>/networks/<name>/network.key    the network key's seed, base64 (mode 600)
+    <state_dir>/networks/<name>/network.json   name, public key, overlay prefix, creation time
+    <state_dir>/networks/<name>/members.json   every certificate issued and revocation signed, in order
+
+Each file is replaced atomically (`atomic.write_private`): a crash leaves the old ledger or the new one.
+An overlay address is never given to a second node, not even after its holder was revoked (a stale
+route or ACL naming it must not start matching someone else).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quicether import _core
+from quicether.atomic import write_private
+from quicether.identity import Identity, IdentityError, decode_node_id, encode_node_id
+
+NETWORKS_DIR = "networks"
+NAME_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+DEFAULT_OVERLAY = "100.64.0.0/16"
+# Certificates are renewed before they expire (issue them again: same address); a year is the default.
+DEFAULT_VALIDITY_DAYS = 365
+CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
+
+
+class NetworkError(ValueError):
+    """A network operation that cannot be done; the message says why and what to do."""
+
+
+@dataclass
+class Member:
+    name: str
+    node_id: str
+    ipv4: str
+    groups: list[str]
+    lan_prefixes: list[str]
+    exit: bool
+    not_after: int
+    certificate: str  # base64 of the signed certificate
+    revoked_at: int | None = None
+
+
+@dataclass
+class Network:
+    name: str
+    key: str  # the network's public key, written like a node id
+    overlay: str
+    created_at: int
+    directory: Path
+    members: list[Member] = field(default_factory=list)
+    revocations: list[str] = field(default_factory=list)  # base64, in sequence order
+
+    @property
+    def public_key(self) -> bytes:
+        return decode_node_id(self.key)
+
+    def active(self) -> list[Member]:
+        return [m for m in self.members if m.revoked_at is None]
+
+    def find(self, name_or_id: str) -> Member:
+        """The active member called `name_or_id` or with that node id."""
+        for member in self.active():
+            if name_or_id in (member.name, member.node_id):
+                return member
+        raise NetworkError(f"network {self.name!r} has no member {name_or_id!r} (see `quicether network members"
+                           f" {self.name}`)")
+
+
+def _check_name(name: str, what: str) -> str:
+    if not NAME_RE.match(name):
+        raise NetworkError(f"{what} {name!r} must be 1-32 characters of a-z, 0-9 and -")
+    return name
+
+
+def _check_overlay(text: str) -> ipaddress.IPv4Network:
+    try:
+        overlay = ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise NetworkError(f"overlay {text!r} is not an IPv4 network prefix: {exc}") from None
+    if not overlay.subnet_of(CGNAT) or not 10 <= overlay.prefixlen <= 16:
+        raise NetworkError(f"overlay {text!r} must be a /10 to /16 inside {CGNAT}")
+    return overlay
+
+
+def _directory(state_dir: Path, name: str) -> Path:
+    return state_dir / NETWORKS_DIR / _check_name(name, "network name")
+
+
+def create(state_dir: Path, name: str, admin: Identity, *, overlay: str = DEFAULT_OVERLAY,
+           admin_name: str = "admin", days: int = DEFAULT_VALIDITY_DAYS) -> Network:
+    """Makes network `name` with a new key; the admin node is its first member (the overlay's first address)."""
+    directory = _directory(state_dir, name)
+    _check_overlay(overlay)
+    if directory.exists():
+        raise NetworkError(f"network {name!r} already exists in {directory}")
+    directory.mkdir(parents=True, mode=0o700)
+    seed = _core.generate_seed()
+    write_private(directory / "network.key", base64.b64encode(seed) + b"\n")
+    network = Network(name=name, key=encode_node_id(_core.public_key_of_seed(seed)), overlay=overlay,
+                      created_at=int(time.time()), directory=directory)
+    _save_network(network)
+    issue(network, admin.public_key, admin_name, days=days)
+    return network
+
+
+def load(state_dir: Path, name: str) -> Network:
+    directory = _directory(state_dir, name)
+    try:
+        meta = json.loads((directory / "network.json").read_text())
+        ledger = json.loads((directory / "members.json").read_text())
+        network = Network(name=meta["name"], key=meta["key"], overlay=meta["overlay"],
+                          created_at=int(meta["created_at"]), directory=directory,
+                          members=[Member(**m) for m in ledger["members"]],
+                          revocations=list(ledger["revocations"]))
+        decode_node_id(network.key)
+    except FileNotFoundError:
+        known = ", ".join(n.name for n in list_networks(state_dir)) or "none"
+        raise NetworkError(f"no network {name!r} on this node (networks here: {known}); create it with"
+                           f" `quicether network create {name}`") from None
+    except (ValueError, KeyError, TypeError, IdentityError) as exc:
+        raise NetworkError(f"network {name!r} in {directory} is damaged: {exc}") from None
+    return network
+
+
+def list_networks(state_dir: Path) -> list[Network]:
+    root = state_dir / NETWORKS_DIR
+    if not root.is_dir():
+        return []
+    return [load(state_dir, d.name) for d in sorted(root.iterdir()) if (d / "network.json").exists()]
+
+
+def _seed(network: Network) -> bytes:
+    path = network.directory / "network.key"
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise NetworkError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); run chmod 600 {path}")
+    try:
+        seed = base64.b64decode(path.read_bytes().strip(), validate=True)
+    except binascii.Error:
+        seed = b""
+    if len(seed) != 32 or _core.public_key_of_seed(seed) != network.public_key:
+        raise NetworkError(f"{path} is not the key of network {network.name!r}")
+    return seed
+
+
+def _save_network(network: Network) -> None:
+    meta = {"name": network.name, "key": network.key, "overlay": network.overlay, "created_at": network.created_at}
+    write_private(network.directory / "network.json", json.dumps(meta, indent=2) + "\n")
+    _save_ledger(network)
+
+
+def _save_ledger(network: Network) -> None:
+    ledger = {"members": [asdict(m) for m in network.members], "revocations": network.revocations}
+    write_private(network.directory / "members.json", json.dumps(ledger, indent=2) + "\n")
+
+
+def _next_address(network: Network) -> str:
+    used = {m.ipv4 for m in network.members}  # revoked members' addresses too: never given again
+    for host in _check_overlay(network.overlay).hosts():
+        if str(host) not in used:
+            return str(host)
+    raise NetworkError(f"network {network.name!r} has no free address left in {network.overlay}")
+
+
+def issue(network: Network, node_key: bytes, name: str, *, groups: list[str] | None = None,
+          lan_prefixes: list[str] | None = None, exit: bool = False, days: int = DEFAULT_VALIDITY_DAYS,
+          now: int | None = None) -> Member:
+    """Certifies `node_key` as member `name`. The same node again renews its certificate (same address,
+    new fields and validity); a name another active member holds is refused, as is a revoked node."""
+    _check_name(name, "member name")
+    if not 1 <= days <= 3650:
+        raise NetworkError(f"validity of {days} days is outside 1-3650")
+    node_id = encode_node_id(node_key)
+    if any(m.node_id == node_id and m.revoked_at is not None for m in network.members):
+        raise NetworkError(f"node {node_id} was revoked from network {network.name!r}; it needs a new key")
+    previous = next((m for m in network.active() if m.node_id == node_id), None)
+    if any(m.name == name and m.node_id != node_id for m in network.active()):
+        raise NetworkError(f"network {network.name!r} already has a member called {name!r}")
+    ipv4 = previous.ipv4 if previous else _next_address(network)
+    now = int(time.time()) if now is None else now
+    not_after = now + days * 86400
+    try:
+        cert = _core.issue_certificate(_seed(network), node_key, name, ipv4, network.overlay, groups or [],
+                                       lan_prefixes or [], exit, now, not_after)
+    except ValueError as exc:
+        raise NetworkError(str(exc)) from None
+    member = Member(name=name, node_id=node_id, ipv4=ipv4, groups=list(groups or []),
+                    lan_prefixes=list(lan_prefixes or []), exit=exit, not_after=not_after,
+                    certificate=base64.b64encode(cert).decode())
+    if previous:
+        network.members[network.members.index(previous)] = member
+    else:
+        network.members.append(member)
+    _save_ledger(network)
+    return member
+
+
+def revoke(network: Network, name_or_id: str, now: int | None = None) -> bytes:
+    """Revokes an active member: the signed revocation (sequence one above the last) every member must get."""
+    member = network.find(name_or_id)
+    now = int(time.time()) if now is None else now
+    revocation = _core.issue_revocation(_seed(network), decode_node_id(member.node_id), now,
+                                        len(network.revocations) + 1)
+    member.revoked_at = now
+    network.revocations.append(base64.b64encode(revocation).decode())
+    _save_ledger(network)
+    return revocation
+
+
+def describe(member: Member) -> dict[str, Any]:
+    """A member as `quicether network members --json` prints it (no certificate bytes)."""
+    shown = asdict(member)
+    del shown["certificate"]
+    return shown

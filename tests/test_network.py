@@ -1,0 +1,138 @@
+"""Networks on an admin node: the key, certificates issued and renewed, revocations, and clear refusals."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quicether import _core, network
+from quicether.identity import decode_node_id, encode_node_id
+from quicether.identity import generate as generate_identity
+
+
+def _node_key() -> bytes:
+    return _core.public_key_of_seed(_core.generate_seed())
+
+
+def _cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "quicether", "network", *args, "--state-dir", str(state)],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_create_makes_a_private_key_and_certifies_the_admin(tmp_path: Path) -> None:
+    admin = generate_identity(tmp_path / "node.key")
+    net = network.create(tmp_path, "home", admin, overlay="100.100.0.0/16", admin_name="gw")
+    key_file = net.directory / "network.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    (member,) = net.members
+    assert (member.name, member.ipv4, member.node_id) == ("gw", "100.100.0.1", admin.node_id)
+    cert = _core.read_certificate(base64.b64decode(member.certificate), net.public_key, member.not_after - 10)
+    assert cert["node_key"] == admin.public_key and cert["overlay"] == "100.100.0.0/16"
+    # What was written is what loads back.
+    again = network.load(tmp_path, "home")
+    assert again.key == net.key and again.members == net.members
+    assert [n.name for n in network.list_networks(tmp_path)] == ["home"]
+    with pytest.raises(network.NetworkError, match="already exists"):
+        network.create(tmp_path, "home", admin)
+
+
+@pytest.mark.parametrize(("name", "overlay", "message"), [
+    ("Home", network.DEFAULT_OVERLAY, "a-z, 0-9"),
+    ("../x", network.DEFAULT_OVERLAY, "a-z, 0-9"),
+    ("home", "10.0.0.0/16", "inside 100.64.0.0/10"),
+    ("home", "100.64.0.0/24", "/10 to /16"),
+    ("home", "100.64.0.0/33", "not an IPv4 network"),
+])
+def test_create_refuses_bad_names_and_overlays(tmp_path: Path, name: str, overlay: str, message: str) -> None:
+    admin = generate_identity(tmp_path / "node.key")
+    with pytest.raises(network.NetworkError, match=message):
+        network.create(tmp_path, name, admin, overlay=overlay)
+    assert not (tmp_path / network.NETWORKS_DIR).exists() or not any((tmp_path / network.NETWORKS_DIR).iterdir())
+
+
+def test_issue_allocates_renews_and_refuses_a_taken_name(tmp_path: Path) -> None:
+    net = network.create(tmp_path, "home", generate_identity(tmp_path / "node.key"))
+    alice, bob = _node_key(), _node_key()
+    first = network.issue(net, alice, "alice", groups=["laptops"], lan_prefixes=["192.168.7.0/24"], exit=True)
+    assert first.ipv4 == "100.64.0.2"
+    cert = _core.read_certificate(base64.b64decode(first.certificate), net.public_key, first.not_after - 10)
+    assert (cert["name"], cert["groups"], cert["lan_prefixes"], cert["exit"]) == (
+        "alice", ["laptops"], ["192.168.7.0/24"], True)
+    renewed = network.issue(net, alice, "alice-laptop", days=30, now=first.not_after - 86400)
+    assert renewed.ipv4 == first.ipv4 and len(net.members) == 2, "a renewal keeps the address"
+    with pytest.raises(network.NetworkError, match="already has a member called 'alice-laptop'"):
+        network.issue(net, bob, "alice-laptop")
+    with pytest.raises(network.NetworkError, match="outside 1-3650"):
+        network.issue(net, bob, "bob", days=0)
+    with pytest.raises(network.NetworkError, match="groups|group"):
+        network.issue(net, bob, "bob", groups=[f"g{i}" for i in range(9)])
+    assert [m.name for m in network.load(tmp_path, "home").members] == ["admin", "alice-laptop"]
+
+
+def test_revoke_signs_in_sequence_and_never_reuses_the_address(tmp_path: Path) -> None:
+    net = network.create(tmp_path, "home", generate_identity(tmp_path / "node.key"))
+    alice, bob = _node_key(), _node_key()
+    network.issue(net, alice, "alice")
+    network.issue(net, bob, "bob")
+    first = _core.read_revocation(network.revoke(net, "alice"), net.public_key)
+    second = _core.read_revocation(network.revoke(net, encode_node_id(bob)), net.public_key)
+    assert (first["node_key"], first["sequence"]) == (alice, 1)
+    assert (second["node_key"], second["sequence"]) == (bob, 2)
+    # A revoked certificate no longer verifies against the revocation list.
+    revoked = next(m for m in net.members if m.name == "alice")
+    with pytest.raises(ValueError, match="revoked"):
+        _core.read_certificate(base64.b64decode(revoked.certificate), net.public_key, revoked.not_after - 10,
+                               [alice])
+    with pytest.raises(network.NetworkError, match="no member 'alice'"):
+        network.revoke(net, "alice")
+    with pytest.raises(network.NetworkError, match="was revoked"):
+        network.issue(net, alice, "alice")
+    carol = network.issue(net, _node_key(), "carol")
+    assert carol.ipv4 == "100.64.0.4", "alice's and bob's addresses stay retired"
+    assert len(network.load(tmp_path, "home").revocations) == 2
+
+
+def test_a_damaged_or_foreign_key_file_is_refused(tmp_path: Path) -> None:
+    net = network.create(tmp_path, "home", generate_identity(tmp_path / "node.key"))
+    key_file = net.directory / "network.key"
+    key_file.write_bytes(base64.b64encode(_core.generate_seed()))
+    with pytest.raises(network.NetworkError, match="not the key of network 'home'"):
+        network.issue(net, _node_key(), "x")
+    key_file.chmod(0o644)
+    with pytest.raises(network.NetworkError, match="readable by others"):
+        network.issue(net, _node_key(), "x")
+    (net.directory / "members.json").write_text("{not json")
+    with pytest.raises(network.NetworkError, match="damaged"):
+        network.load(tmp_path, "home")
+
+
+def test_cli_create_issue_members_revoke(tmp_path: Path) -> None:
+    assert _cli(tmp_path, "create", "home").returncode == 1, "no node key yet"
+    generate_identity(tmp_path / "node.key")
+    created = _cli(tmp_path, "create", "home", "--overlay", "100.65.0.0/16")
+    assert created.returncode == 0, created.stderr
+    assert "overlay 100.65.0.0/16" in created.stdout
+    node = encode_node_id(_node_key())
+    issued = _cli(tmp_path, "issue", "home", node, "--name", "site1", "--group", "sites", "--exit")
+    assert issued.returncode == 0, issued.stderr
+    net = network.load(tmp_path, "home")
+    cert = _core.read_certificate(base64.b64decode(issued.stdout.strip()), net.public_key, net.created_at + 60)
+    assert cert["node_key"] == decode_node_id(node) and cert["ipv4"] == "100.65.0.2" and cert["exit"]
+    listed = _cli(tmp_path, "members", "home", "--json")
+    assert [m["name"] for m in json.loads(listed.stdout)] == ["admin", "site1"]
+    revoked = _cli(tmp_path, "revoke", "home", "site1")
+    assert revoked.returncode == 0, revoked.stderr
+    assert _core.read_revocation(base64.b64decode(revoked.stdout.strip()), net.public_key)["sequence"] == 1
+    assert "revoked" in _cli(tmp_path, "members", "home").stdout
+    for args, message in [(("issue", "home", "qe1bad", "--name", "x"), "node id"),
+                          (("revoke", "home", "nobody"), "no member 'nobody'"),
+                          (("members", "work"), "no network 'work'")]:
+        result = _cli(tmp_path, *args)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+    assert "home" in _cli(tmp_path, "list").stdout
