@@ -115,6 +115,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer, indent=1, sort_keys=True))
         return 0
+    if args.metrics:
+        from quicether.metrics import render
+
+        print(render(answer), end="")
+        return 0
     node = answer["node"]
     print(f"node {node['node_id']}")
     print(f"  listen {node['listen']}  tun {node['tun']}  mtu {node['mtu']}  address {node['address'] or '-'}"
@@ -128,6 +133,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f"{len(lan['leases'])} lease(s)  {exit_text}{'  kill switch' if lan['kill_switch'] else ''}")
     if router:
         print(f"  role {router['role']}  outside ports {' '.join(router['outside']) or '-'}")
+    health = answer.get("health")
+    if health:
+        cores = " ".join(f"{load * 100:.0f}%" for load in health["cpu_load"])
+        temps = " ".join(f"{t:.0f}°C" for t in health["temperatures_c"].values())
+        print(f"  system: cpu {cores}  memory {health['memory_available_bytes'] >> 20} of"
+              f" {health['memory_total_bytes'] >> 20} MiB free  up {health['uptime_s'] / 3600:.1f} h"
+              f"{'  ' + temps if temps else ''}  daemon {health['process_rss_bytes'] >> 20} MiB,"
+              f" {health['process_open_fds']} fds")
     for p in answer["peers"]:
         rtt = f"{p['rtt_ms']:.2f} ms" if p["rtt_ms"] is not None else "-"
         print(f"peer {p['name'] or '-'} {p['node_id']}")
@@ -387,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
     status.add_argument("--socket", help="API socket of the daemon (default: from the config)")
     status.add_argument("--json", action="store_true", help="print the daemon's whole answer as JSON (for scripts)")
+    status.add_argument("--metrics", action="store_true",
+                        help="print it as Prometheus text metrics (the web UI serves the same at /metrics)")
     status.set_defaults(func=_cmd_status)
 
     check = sub.add_parser("check", help="validate a config file without applying it (exit 1 naming the field)")

@@ -43,6 +43,13 @@ def test_bond_spreads_traffic_and_beats_the_best_single_wan(lab: Lab, tmp_path: 
     assert "window" in status.stdout and all(p["cwnd_bytes"] > 0 for p in paths.values()), paths
     as_json = bond.site.ns.run(sys.executable, "-m", "quicether", "status", "--json", "-c", str(bond.site.config_path))
     assert sorted(p["wan"] for p in json.loads(as_json.stdout)["peers"][0]["paths"]) == ["wan0", "wan1", "wan2"]
+    # The same as Prometheus text, with the daemon's own health (its RSS and fds, read in its process).
+    text = bond.site.ns.run(sys.executable, "-m", "quicether", "status", "--metrics", "-c",
+                            str(bond.site.config_path)).stdout
+    sent = {wan: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() for wan in ("wan0", "wan1", "wan2")
+            if line.startswith("quicether_path_sent_bytes_total{") and f'wan="{wan}"' in line}
+    assert set(sent) == {"wan0", "wan1", "wan2"} and sent["wan0"] > 10e6, text
+    assert json.loads(as_json.stdout)["health"]["process_open_fds"] > 5
     # Each path's route kind, as the core reports it (every lab path here is a direct one).
     assert all(p["kind"] == "direct" for p in paths.values()) and status.stdout.count(" direct ") == 3
 

@@ -3,6 +3,7 @@ page and form with its validation messages, and what ends up in the config file.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import html.parser
 import io
@@ -21,7 +22,8 @@ from quicether import setup_code
 from quicether.config import load
 from quicether.identity import encode_node_id, generate
 from quicether.invite import Invite
-from tests.webui_fixtures import FakeDaemon, fake_daemon
+from tests.test_metrics import samples_of
+from tests.webui_fixtures import SAMPLE_STATUS, FakeDaemon, fake_daemon
 from webui import auth, create_app, sessions, throttle, wizard
 
 PASSWORD = "correct horse battery"
@@ -522,6 +524,17 @@ def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: Fake
     assert [e["message"] for e in summary["events"]] == ["peer gw: path on WAN wan1 down: silent"]
 
 
+def test_dashboard_shows_the_systems_health(client: FlaskClient, daemon: FakeDaemon) -> None:
+    _set_up(client)
+    assert "<p data-field=\"system\">-</p>" in client.get("/").get_data(as_text=True), "no health reported"
+    daemon.status["health"] = {"cpu_load": [0.12, 0.5], "memory_total_bytes": 4 << 30,
+                               "memory_available_bytes": 3 << 30, "temperatures_c": {"thermal_zone0:cpu": 51.4},
+                               "uptime_s": 7200, "process_rss_bytes": 40 << 20, "process_open_fds": 23}
+    expected = "CPU 12% 50% · memory 3072 of 4096 MiB free · 51 °C · up 2.0 h · daemon 40 MiB, 23 fds"
+    assert expected in client.get("/").get_data(as_text=True)
+    assert client.get("/api/summary").get_json()["system"] == expected
+
+
 HOSTILE_NAMES = ["wan0\r\n", "wan0\n", "wan0\r", "a\x00b", "<img src=x onerror=alert(1)>", 'x" data-wan-key="w0',
                  "wan0,wan1", "\u202eevil", "w" * 500]
 
@@ -679,3 +692,24 @@ def test_root_trusts_nothing_the_uis_directory_says(tmp_path: Path) -> None:
     assert setup_code.ensure(state) is None  # set up: root consumes the code
     assert victim.read_text() == "root's" and linked.stat().st_uid == 0 and victim.stat().st_uid == 0
     assert not (ui / setup_code.CODE_FILE).exists()
+
+
+def test_web_ui_metrics_need_a_session_or_the_admin_password(client: FlaskClient, app: Flask,
+                                                             daemon: FakeDaemon) -> None:
+    assert client.get("/metrics").status_code == 401, "no password set yet: nothing to check against"
+    _set_up(client)
+    anonymous = app.test_client()
+    refused = anonymous.get("/metrics")
+    assert refused.status_code == 401 and "Basic" in refused.headers["WWW-Authenticate"]
+    wrong = base64.b64encode(b"prometheus:not-the-password").decode()
+    assert anonymous.get("/metrics", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+    right = base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+    scraped = anonymous.get("/metrics", headers={"Authorization": f"Basic {right}"})
+    assert scraped.status_code == 200 and scraped.mimetype == "text/plain"
+    assert samples_of(scraped.get_data(as_text=True))["quicether_refused_handshakes_total"] == \
+        SAMPLE_STATUS["node"].get("refused_handshakes", 0)
+    assert _log_in(app).get("/metrics").status_code == 200
+    # Wrong passwords count against the login's guessing limit: after enough, even the right one waits.
+    for _ in range(20):
+        anonymous.get("/metrics", headers={"Authorization": f"Basic {wrong}"})
+    assert anonymous.get("/metrics", headers={"Authorization": f"Basic {right}"}).status_code == 429

@@ -30,8 +30,9 @@ MIN_PASSWORD_CHARS = 10
 # scrypt cost: ~50 ms and 16 MiB per check on a Raspberry Pi 4, slow enough to make guessing expensive.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 # Pages reachable without a session: login itself, the wizard's first step (only before a password
-# exists), static files and the health check.
-PUBLIC_ENDPOINTS = {"auth.login", "static", "healthz"}
+# exists), static files, the health check, and the metrics (they check a session or the admin password
+# given by HTTP Basic auth themselves: a Prometheus scraper has no cookie).
+PUBLIC_ENDPOINTS = {"auth.login", "static", "healthz", "dashboard.metrics"}
 
 
 def _state_dir() -> Path:
@@ -100,6 +101,18 @@ def limited_check(check: Callable[[], bool]) -> bool | None:
         return False
     limit.succeeded(attempt)
     return True
+
+
+def admin_or_basic_auth() -> bool | None:
+    """True for an admin session, or a request carrying the admin password by HTTP Basic auth (any user
+    name), under the same guessing limit as the login form; None while that limit holds."""
+    if session.get("admin"):
+        return True
+    given = request.authorization
+    if not is_set_up() or given is None or given.type != "basic" or not given.password:
+        return False
+    password = given.password
+    return limited_check(lambda: check_password(password))
 
 
 LOCKED_OUT = f"Too many wrong guesses. Wait {FAILURE_WINDOW_S:.0f} seconds and try again."

@@ -13,8 +13,10 @@ import time
 import unicodedata
 from typing import Any
 
-from flask import Blueprint, jsonify, render_template
+from flask import Blueprint, Response, jsonify, render_template
 
+from quicether.metrics import render as render_metrics
+from webui.auth import LOCKED_OUT, admin_or_basic_auth
 from webui.daemon_link import DaemonDown, ask
 
 bp = Blueprint("dashboard", __name__)
@@ -68,6 +70,21 @@ def _wan_summary(status: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(wans.values(), key=lambda w: w["name"])
 
 
+def system_line(health: dict[str, Any] | None) -> str:
+    """The router's health in one line, as a router's status page shows it."""
+    if not health:
+        return "-"
+    cores = " ".join(f"{load * 100:.0f}%" for load in health.get("cpu_load", []))
+    temps = " · ".join(f"{celsius:.0f} °C" for celsius in (health.get("temperatures_c") or {}).values())
+    hours = health.get("uptime_s", 0) / 3600
+    uptime = f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} h"
+    parts = [f"CPU {cores}",
+             f"memory {health.get('memory_available_bytes', 0) >> 20} of {health.get('memory_total_bytes', 0) >> 20}"
+             f" MiB free", *([temps] if temps else []), f"up {uptime}",
+             f"daemon {health.get('process_rss_bytes', 0) >> 20} MiB, {health.get('process_open_fds', 0)} fds"]
+    return " · ".join(parts)
+
+
 def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
     wans = _wan_summary(status)
     peers = [{
@@ -83,7 +100,7 @@ def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
     interesting = [e for e in events if e.get("event")]
     return {
         "ok": True, "time": status.get("time", time.time()), "node": status.get("node", {}),
-        "router": status.get("router"), "wans": wans, "peers": peers,
+        "router": status.get("router"), "wans": wans, "peers": peers, "system": system_line(status.get("health")),
         "total": {"tx_bps": sum(w["tx_bps"] for w in wans), "rx_bps": sum(w["rx_bps"] for w in wans)},
         "events": interesting[-30:], "log": events[-100:],
     }
@@ -110,3 +127,20 @@ def api_summary() -> Any:
         return jsonify(_current())
     except DaemonDown as exc:
         return jsonify(ok=False, error=str(exc)), 503
+
+
+@bp.get("/metrics")
+def metrics() -> Any:
+    """The daemon's status and the system's health as Prometheus text: for an admin session, or a scraper
+    giving the admin password by Basic auth (the web UI is served on the LAN side only)."""
+    allowed = admin_or_basic_auth()
+    if allowed is None:
+        return Response(LOCKED_OUT + "\n", 429, mimetype="text/plain")
+    if not allowed:
+        return Response("Log in, or give the admin password by HTTP Basic auth.\n", 401, mimetype="text/plain",
+                        headers={"WWW-Authenticate": 'Basic realm="QuicEther metrics"'})
+    try:
+        text = render_metrics(ask("status"))
+    except DaemonDown as exc:
+        return Response(f"{exc}\n", 503, mimetype="text/plain")
+    return Response(text, mimetype="text/plain; version=0.0.4")

@@ -28,6 +28,7 @@ from quicether.daemon.peers import PeerTable
 from quicether.daemon.router import Router
 from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
+from quicether.metrics import system_health
 from quicether.net import links
 
 log = logging.getLogger("quicether")
@@ -122,6 +123,8 @@ class Daemon:
             },
             "peers": peers,
             "router": self.router.status() if self.router else None,
+            # CPU per core, memory, temperature, uptime, and this daemon's RSS and open fds.
+            "health": system_health(),
             "time": time.time(),
         }
 

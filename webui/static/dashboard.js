@@ -110,6 +110,7 @@
     if (!summary.ok) return;
     set(root, "total.tx", (summary.total.tx_bps / 1e6).toFixed(1));
     set(root, "total.rx", (summary.total.rx_bps / 1e6).toFixed(1));
+    set(root, "system", summary.system);
     push("total", totalGraph, summary.total.tx_bps, summary.total.rx_bps);
     updateWans(summary.wans);
     summary.peers.forEach((peer) => {

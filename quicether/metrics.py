@@ -1,0 +1,181 @@
+"""What a router's status page and a Prometheus scrape show: system health, and the daemon's status as
+Prometheus text metrics (exposition format 0.0.4).
+
+Health is read from /proc and /sys, as psutil does on Linux, so the appliance needs no extra package: CPU
+load per core (from two /proc/stat readings, the last at the previous call), memory, temperature where the
+board has a thermal zone, uptime, and this process's RSS and open fds (the daemon's, since it calls this).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+PROC = Path("/proc")
+THERMAL = Path("/sys/class/thermal")
+
+_cpu_lock = threading.Lock()
+_last_cpu: dict[str, tuple[int, int]] = {}
+
+
+def _cpu_times() -> dict[str, tuple[int, int]]:
+    """(busy, total) jiffies per CPU ("cpu0", …) since boot."""
+    times = {}
+    for line in (PROC / "stat").read_text().splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        values = [int(v) for v in fields[:8]]
+        idle = values[3] + values[4]  # idle + iowait
+        times[name] = (sum(values) - idle, sum(values))
+    return times
+
+
+def cpu_load_per_core() -> list[float]:
+    """Busy share of each core (0-1) since the previous call (since boot at the first)."""
+    now = _cpu_times()
+    with _cpu_lock:
+        before = dict(_last_cpu)
+        _last_cpu.clear()
+        _last_cpu.update(now)
+    loads = []
+    for name in sorted(now, key=lambda n: int(n[3:])):
+        busy, total = now[name]
+        busy0, total0 = before.get(name, (0, 0))
+        loads.append((busy - busy0) / (total - total0) if total > total0 else 0.0)
+    return loads
+
+
+def _meminfo() -> dict[str, int]:
+    info = {}
+    for line in (PROC / "meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            info[key] = int(parts[0]) * 1024
+    return info
+
+
+def _temperatures() -> dict[str, float]:
+    temps: dict[str, float] = {}
+    for zone in sorted(THERMAL.glob("thermal_zone*")):
+        try:
+            kind = (zone / "type").read_text().strip()
+            temps[f"{zone.name}:{kind}"] = int((zone / "temp").read_text().strip()) / 1000
+        except (OSError, ValueError):
+            continue
+    return temps
+
+
+def _own_rss_bytes() -> int:
+    for line in (PROC / "self" / "status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def system_health() -> dict[str, Any]:
+    memory = _meminfo()
+    return {
+        "cpu_load": cpu_load_per_core(),
+        "load_average": list(os.getloadavg()),
+        "memory_total_bytes": memory.get("MemTotal", 0),
+        "memory_available_bytes": memory.get("MemAvailable", 0),
+        "temperatures_c": _temperatures(),
+        "uptime_s": float((PROC / "uptime").read_text().split()[0]),
+        "process_rss_bytes": _own_rss_bytes(),
+        "process_open_fds": len(os.listdir(PROC / "self" / "fd")),
+        "time": time.time(),
+    }
+
+
+def _label_value(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: dict[str, object]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items()) + "}"
+
+
+class _Exposition:
+    """Collects samples by metric name, so each name gets one HELP/TYPE block however its samples come."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, tuple[str, str, list[str]]] = {}
+
+    def add(self, name: str, kind: str, help_text: str, value: float | int | bool,
+            labels: dict[str, object] | None = None) -> None:
+        entry = self._metrics.setdefault(f"quicether_{name}", (kind, help_text, []))
+        number = float(value)
+        shown = repr(int(number)) if number.is_integer() and abs(number) < 2**53 else repr(number)
+        entry[2].append(f"quicether_{name}{_labels(labels or {})} {shown}")
+
+    def text(self) -> str:
+        lines: list[str] = []
+        for name, (kind, help_text, samples) in self._metrics.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
+        return "\n".join(lines) + "\n"
+
+
+_PATH_GAUGES: Iterable[tuple[str, str, str]] = (
+    ("rtt_ms", "path_rtt_milliseconds", "Smoothed RTT of the path."),
+    ("loss", "path_loss_ratio", "Recent loss on the path (0-1)."),
+    ("cwnd_bytes", "path_window_bytes", "Congestion window of the path."),
+    ("queued_bytes", "path_queued_bytes", "Bytes waiting in the path's send queue."),
+)
+_PEER_COUNTERS: Iterable[tuple[str, str, str]] = (
+    ("tx_packets", "peer_sent_packets_total", "Inner packets sent to the peer."),
+    ("rx_packets", "peer_received_packets_total", "Inner packets received from the peer."),
+    ("tx_dropped", "peer_send_dropped_packets_total", "Outbound packets dropped (no path, or every queue full)."),
+    ("rx_dropped", "peer_receive_dropped_packets_total", "Inbound packets dropped."),
+    ("retransmitted", "peer_resent_packets_total", "Packets resent on another path after a loss (NACK repair)."),
+)
+
+
+def render(status: dict[str, Any]) -> str:
+    """The daemon's status (API `status`) as Prometheus text."""
+    out = _Exposition()
+    node = status.get("node") or {}
+    out.add("no_route_drops_total", "counter", "Packets from the LAN with no peer to carry them.",
+            node.get("no_route_drops", 0))
+    out.add("refused_handshakes_total", "counter", "Handshakes refused (key not allowed).",
+            node.get("refused_handshakes", 0))
+    for peer in status.get("peers", []):
+        who = {"peer": peer.get("name") or peer.get("node_id", "")}
+        out.add("peer_connected", "gauge", "1 while the peer has a path up.", bool(peer.get("connected")), who)
+        for key, name, help_text in _PEER_COUNTERS:
+            out.add(name, "counter", help_text, peer.get(key, 0), who)
+        for key, value in (peer.get("reorder") or {}).items():
+            if key != "timeout_ms":
+                out.add("reorder_packets_total", "counter", "Packets through the reorder buffer, by outcome.",
+                        value, {**who, "outcome": key})
+        for path in peer.get("paths", []):
+            labels = {**who, "wan": path.get("wan", ""), "kind": path.get("kind", "")}
+            out.add("path_up", "gauge", "1 while the path is up.", bool(path.get("up")), labels)
+            out.add("path_sent_bytes_total", "counter", "Bytes sent on the path.", path.get("tx_bytes", 0), labels)
+            out.add("path_received_bytes_total", "counter", "Bytes received on the path.",
+                    path.get("rx_bytes", 0), labels)
+            for key, name, help_text in _PATH_GAUGES:
+                out.add(name, "gauge", help_text, path.get(key) or 0, labels)
+    health = status.get("health") or {}
+    for core, load in enumerate(health.get("cpu_load", [])):
+        out.add("cpu_load_ratio", "gauge", "Busy share of each CPU core since the previous reading.", load,
+                {"core": core})
+    for key, name, help_text in (
+        ("memory_total_bytes", "memory_total_bytes", "Memory of the machine."),
+        ("memory_available_bytes", "memory_available_bytes", "Memory available to programs."),
+        ("uptime_s", "uptime_seconds", "Time since the machine booted."),
+        ("process_rss_bytes", "daemon_resident_bytes", "Resident memory of the daemon."),
+        ("process_open_fds", "daemon_open_fds", "Open file descriptors of the daemon."),
+    ):
+        if key in health:
+            out.add(name, "gauge", help_text, health[key])
+    for zone, celsius in (health.get("temperatures_c") or {}).items():
+        out.add("temperature_celsius", "gauge", "Temperature of each thermal zone.", celsius, {"zone": zone})
+    return out.text()
