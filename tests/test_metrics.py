@@ -32,7 +32,8 @@ def test_health_reads_this_machine() -> None:
     assert all(0.0 <= load <= 1.0 for load in health["cpu_load"])
     assert 0 < health["memory_available_bytes"] <= health["memory_total_bytes"]
     assert health["uptime_s"] > 0 and health["process_rss_bytes"] > 1 << 20
-    assert health["process_open_fds"] == len(os.listdir("/proc/self/fd")) or health["process_open_fds"] > 2
+    # This process's fds (listing them opens one more for a moment).
+    assert abs(health["process_open_fds"] - len(os.listdir("/proc/self/fd"))) <= 1
 
 
 def test_render_gives_one_block_per_metric_and_escapes_labels() -> None:
