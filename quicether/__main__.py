@@ -133,14 +133,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f"{len(lan['leases'])} lease(s)  {exit_text}{'  kill switch' if lan['kill_switch'] else ''}")
     if router:
         print(f"  role {router['role']}  outside ports {' '.join(router['outside']) or '-'}")
-    health = answer.get("health")
-    if health:
-        cores = " ".join(f"{load * 100:.0f}%" for load in health["cpu_load"])
-        temps = " ".join(f"{t:.0f}°C" for t in health["temperatures_c"].values())
-        print(f"  system: cpu {cores}  memory {health['memory_available_bytes'] >> 20} of"
-              f" {health['memory_total_bytes'] >> 20} MiB free  up {health['uptime_s'] / 3600:.1f} h"
-              f"{'  ' + temps if temps else ''}  daemon {health['process_rss_bytes'] >> 20} MiB,"
-              f" {health['process_open_fds']} fds")
+    if health := answer.get("health"):
+        from quicether.metrics import health_line
+
+        print(f"  system: {health_line(health)}")
     for p in answer["peers"]:
         rtt = f"{p['rtt_ms']:.2f} ms" if p["rtt_ms"] is not None else "-"
         print(f"peer {p['name'] or '-'} {p['node_id']}")
@@ -346,7 +342,8 @@ def _cmd_network(args: argparse.Namespace) -> int:
             net = network.load(state_dir, args.name)
             if args.json:
                 print(json.dumps([network.describe(m) for m in net.members], indent=2))
-            for m in [] if args.json else net.members:
+                return 0
+            for m in net.members:
                 state = "revoked" if m.revoked_at is not None else time.strftime("until %Y-%m-%d",
                                                                                  time.gmtime(m.not_after))
                 print(f"{m.name:<16} {m.ipv4:<15} {m.node_id}  {state}"

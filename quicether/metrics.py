@@ -93,6 +93,19 @@ def system_health() -> dict[str, Any]:
     }
 
 
+def health_line(health: dict[str, Any]) -> str:
+    """The health in one line, as a router's status page shows it (the dashboard and `quicether status`)."""
+    cores = " ".join(f"{load * 100:.0f}%" for load in health.get("cpu_load", []))
+    temps = " · ".join(f"{celsius:.0f} °C" for celsius in (health.get("temperatures_c") or {}).values())
+    hours = health.get("uptime_s", 0) / 3600
+    uptime = f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} h"
+    parts = [f"CPU {cores}",
+             f"memory {health.get('memory_available_bytes', 0) >> 20} of {health.get('memory_total_bytes', 0) >> 20}"
+             f" MiB free", *([temps] if temps else []), f"up {uptime}",
+             f"daemon {health.get('process_rss_bytes', 0) >> 20} MiB, {health.get('process_open_fds', 0)} fds"]
+    return " · ".join(parts)
+
+
 def _label_value(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 

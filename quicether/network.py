@@ -17,11 +17,9 @@ route or ACL naming it must not start matching someone else).
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import json
 import re
-import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +28,8 @@ from typing import Any
 from quicether import _core
 from quicether.atomic import write_private
 from quicether.identity import Identity, IdentityError, decode_node_id, encode_node_id
+from quicether.identity import generate as generate_key_file
+from quicether.identity import load as load_key_file
 
 NETWORKS_DIR = "networks"
 NAME_RE = re.compile(r"^[a-z0-9-]{1,32}$")
@@ -110,9 +110,9 @@ def create(state_dir: Path, name: str, admin: Identity, *, overlay: str = DEFAUL
     if directory.exists():
         raise NetworkError(f"network {name!r} already exists in {directory}")
     directory.mkdir(parents=True, mode=0o700)
-    seed = _core.generate_seed()
-    write_private(directory / "network.key", base64.b64encode(seed) + b"\n")
-    network = Network(name=name, key=encode_node_id(_core.public_key_of_seed(seed)), overlay=overlay,
+    # A network key is kept like a node key: the same file format, mode and checks (quicether.identity).
+    key = generate_key_file(directory / "network.key")
+    network = Network(name=name, key=encode_node_id(key.public_key), overlay=overlay,
                       created_at=int(time.time()), directory=directory)
     _save_network(network)
     issue(network, admin.public_key, admin_name, days=days)
@@ -147,16 +147,13 @@ def list_networks(state_dir: Path) -> list[Network]:
 
 def _seed(network: Network) -> bytes:
     path = network.directory / "network.key"
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise NetworkError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); run chmod 600 {path}")
     try:
-        seed = base64.b64decode(path.read_bytes().strip(), validate=True)
-    except binascii.Error:
-        seed = b""
-    if len(seed) != 32 or _core.public_key_of_seed(seed) != network.public_key:
+        key = load_key_file(path)
+    except IdentityError as exc:
+        raise NetworkError(f"the key of network {network.name!r}: {exc}") from None
+    if key.public_key != network.public_key:
         raise NetworkError(f"{path} is not the key of network {network.name!r}")
-    return seed
+    return key.seed
 
 
 def _save_network(network: Network) -> None:

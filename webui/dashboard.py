@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, render_template
 
+from quicether.metrics import health_line
 from quicether.metrics import render as render_metrics
 from webui.auth import LOCKED_OUT, admin_or_basic_auth
 from webui.daemon_link import DaemonDown, ask
@@ -70,21 +71,6 @@ def _wan_summary(status: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(wans.values(), key=lambda w: w["name"])
 
 
-def system_line(health: dict[str, Any] | None) -> str:
-    """The router's health in one line, as a router's status page shows it."""
-    if not health:
-        return "-"
-    cores = " ".join(f"{load * 100:.0f}%" for load in health.get("cpu_load", []))
-    temps = " · ".join(f"{celsius:.0f} °C" for celsius in (health.get("temperatures_c") or {}).values())
-    hours = health.get("uptime_s", 0) / 3600
-    uptime = f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} h"
-    parts = [f"CPU {cores}",
-             f"memory {health.get('memory_available_bytes', 0) >> 20} of {health.get('memory_total_bytes', 0) >> 20}"
-             f" MiB free", *([temps] if temps else []), f"up {uptime}",
-             f"daemon {health.get('process_rss_bytes', 0) >> 20} MiB, {health.get('process_open_fds', 0)} fds"]
-    return " · ".join(parts)
-
-
 def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
     wans = _wan_summary(status)
     peers = [{
@@ -98,9 +84,10 @@ def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
     events = [{**e, "message": printable(e["message"])} for e in events]
     # State changes the daemon logged as events (path up/down, WANs, the exit, refusals, reloads).
     interesting = [e for e in events if e.get("event")]
+    health = status.get("health")
     return {
         "ok": True, "time": status.get("time", time.time()), "node": status.get("node", {}),
-        "router": status.get("router"), "wans": wans, "peers": peers, "system": system_line(status.get("health")),
+        "router": status.get("router"), "wans": wans, "peers": peers, "system": health_line(health) if health else "-",
         "total": {"tx_bps": sum(w["tx_bps"] for w in wans), "rx_bps": sum(w["rx_bps"] for w in wans)},
         "events": interesting[-30:], "log": events[-100:],
     }
