@@ -34,17 +34,18 @@ import hashlib, json, socket, sys, time
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("0.0.0.0", PORT)); srv.listen(1); print("ready", flush=True)
 conn, _ = srv.accept()
-digest, total, gap, last = hashlib.sha256(), 0, 0.0, None
+digest, total, gap, gap_from, last = hashlib.sha256(), 0, 0.0, 0.0, None
 while True:
     data = conn.recv(1 << 16)
     if not data:
         break
     now = time.monotonic()
-    if last is not None:
-        gap = max(gap, now - last)
+    if last is not None and now - last > gap:
+        gap, gap_from = now - last, last
     last = now
     digest.update(data); total += len(data)
-print(json.dumps({"bytes": total, "sha256": digest.hexdigest(), "longest_gap_s": gap}), flush=True)
+print(json.dumps({"bytes": total, "sha256": digest.hexdigest(), "longest_gap_s": gap,
+                  "longest_gap_from": gap_from}), flush=True)
 """
 # The sender (on the LAN): a seeded pseudo-random stream until a line arrives on stdin.
 SENDER = """
@@ -98,6 +99,15 @@ def chaos_step(bond: BondLab, rng: random.Random) -> str:
     return f"wan{index} loss {loss} %"
 
 
+def stall_context(at: float, changes: list[tuple[float, str]]) -> str:
+    """Where the longest stall began, relative to the link change before it (the likely cause)."""
+    before = [(t, c) for t, c in changes if t <= at]
+    if not before:
+        return f" (from {at:.1f} s)"
+    t, change = before[-1]
+    return f" (from {at:.1f} s, {at - t:.1f} s after '{change}')"
+
+
 def soak(minutes: float, seed: int, max_stall_s: float) -> bool:
     rng = random.Random(seed)
     with Lab("qsoak") as lab, tempfile.TemporaryDirectory() as state:
@@ -119,11 +129,13 @@ def soak(minutes: float, seed: int, max_stall_s: float) -> bool:
         began = time.monotonic()
         deadline = began + minutes * 60
         steps = 0
+        changes: list[tuple[float, str]] = []
         while time.monotonic() < deadline:
             time.sleep(rng.uniform(1.0, 4.0))
             change = chaos_step(bond, rng)
             steps += 1
-            print(f"  {time.monotonic() - began:7.1f} s  {change}", flush=True)
+            changes.append((time.monotonic() - began, change))
+            print(f"  {changes[-1][0]:7.1f} s  {change}", flush=True)
             if sender.poll() is not None or receiver.poll() is not None:
                 print("soak: error: the transfer ended early", file=sys.stderr)
                 break
@@ -140,7 +152,8 @@ def soak(minutes: float, seed: int, max_stall_s: float) -> bool:
             return False
     ok = True
     print(f"soak: {steps} link changes in {minutes * 60:.0f} s; delivered {got['bytes'] / 1e9:.2f} GB "
-          f"({got['bytes'] * 8 / elapsed / 1e6:.1f} Mbit/s average), longest stall {got['longest_gap_s']:.2f} s")
+          f"({got['bytes'] * 8 / elapsed / 1e6:.1f} Mbit/s average), longest stall {got['longest_gap_s']:.2f} s"
+          f"{stall_context(got['longest_gap_from'] - began, changes)}")
     if (sent["bytes"], sent["sha256"]) != (got["bytes"], got["sha256"]):
         print(f"soak: FAIL: data differs: sent {sent}, received {got}")
         ok = False

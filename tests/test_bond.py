@@ -158,6 +158,25 @@ def test_cut_wan_mid_transfer_tcp_survives_and_the_wan_returns(lab: Lab, tmp_pat
     assert back < 5
 
 
+def test_a_wan_back_after_a_long_outage_takes_over_at_once_when_the_other_fails(lab: Lab, tmp_path: Path) -> None:
+    """After a long outage a WAN's dialer waits seconds between attempts; when the peer's other path goes
+    down, the dialer must try again at once, not when its backoff ends (the soak saw 2.4 s stalls)."""
+    bond = build_bond_lab(lab, [LinkSpec(rate_mbit=50, delay_ms=10), LinkSpec(rate_mbit=50, delay_ms=10)],
+                          tmp_path)
+    bond.wl.set_link(1, up=False)
+    # Long enough for the path to time out and the redial backoff to reach its 8 s cap: a dial attempt
+    # (3 s) then a pause (8 s). The other WAN fails right after this one is back: most likely during a
+    # pause, which without the kick would last up to 8 s more.
+    wait_for(lambda: all(p["wan"] != "wan1" for p in bond.paths()), timeout=10)
+    time.sleep(20)
+    bond.wl.set_link(1, up=True)
+    time.sleep(0.2)
+    bond.wl.set_link(0, up=False)
+    back = wait_for(lambda: any(p["wan"] == "wan1" and p["up"] for p in bond.paths()), timeout=10, step=0.05)
+    assert back < 2.0, f"the restored WAN carried traffic only {back:.1f} s after the other one failed"
+    assert ping(bond.lan, bond.dc_addr, count=3).received == 3
+
+
 def test_redundant_mode_hides_5_percent_loss_on_every_link(lab: Lab, tmp_path: Path) -> None:
     """With the default congestion control: plain CUBIC would throttle a 5 %-loss path to ~2 Mbit/s.
 

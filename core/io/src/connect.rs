@@ -204,7 +204,17 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
                 Err(_) => Err("peer completed the handshake but did not answer the path hello".into()),
             }
         };
-        match attempt.await {
+        // A path of the peer going down restarts a handshake in progress: its retransmission timer may be
+        // seconds out while the WAN is back (see `Peer::redial`).
+        let outcome = tokio::select! {
+            outcome = attempt => Some(outcome),
+            () = target.peer.redial.notified() => None,
+        };
+        let Some(outcome) = outcome else {
+            pause = REDIAL_INTERVAL;
+            continue;
+        };
+        match outcome {
             Ok((conn, answer)) => {
                 last_error.clear();
                 pause = REDIAL_INTERVAL;
@@ -241,8 +251,10 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
                     shared.emit(Event::DialFailed { key, wan: target.wan.clone(), reason: reason.clone() });
                     last_error = reason;
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(REDIAL_MAX);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => pause = (pause * 2).min(REDIAL_MAX),
+                    () = target.peer.redial.notified() => pause = REDIAL_INTERVAL,
+                }
                 continue;
             }
         }

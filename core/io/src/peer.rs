@@ -234,6 +234,10 @@ pub struct Peer {
     pub resend: Mutex<ResendMemory<Bytes>>,
     pub last_handshake: Mutex<Option<SystemTime>>,
     pub counters: Counters,
+    /// Signalled when one of the peer's paths goes down: its dialers that are waiting out a backoff (or
+    /// are in a handshake that may be waiting out a retransmission timer) dial again at once. A WAN that
+    /// came back during a long backoff is then used as soon as it is needed, not seconds later.
+    pub redial: Notify,
 }
 
 /// Why `Shared::add_path` did not add a path (its connection is closed).
@@ -279,6 +283,7 @@ impl Peer {
             resend: Mutex::new(ResendMemory::default()),
             last_handshake: Mutex::new(None),
             counters: Default::default(),
+            redial: Notify::new(),
         }
     }
 
@@ -466,6 +471,7 @@ impl Shared {
             (paths.len() < before, paths.len())
         };
         let summary = format!("{}: {detail}", reason.name());
+        peer.redial.notify_waiters();
         self.emit(Event::PathDown { key: peer.key, route: path.route.clone(), reason, detail });
         if found && remaining == 0 {
             self.emit(Event::PeerDisconnected { key: peer.key, reason: summary });

@@ -37,6 +37,7 @@ pub async fn path_timer(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
             // Everything sent since shortly before the last reply may be lost with the path.
             let window = path.health.lock().unwrap().down_after_us() + path.srtt_us.load(Ordering::Relaxed);
             let resent = peer.resend_from_failed(&path, window, now);
+            peer.redial.notify_waiters();
             shared.emit(Event::PathDown {
                 key,
                 route: path.route.clone(),
