@@ -25,6 +25,8 @@ one dict per path:
 and per kind:
 
     peer_added, peer_removed   the peer table changed (add_peer / remove_peer, or the constructor's peers)
+    member_admitted            + certificate (bytes): a node with no configured key was let in by its
+                               membership certificate of our network (set_network) and is now a peer
     peer_connected             the peer's first path came up
     peer_disconnected          its last path closed; detail: "<reason>: <error>"
     path_up                    + local_wan, peer_wan, path_kind, via, origin, remote (as in the path dict);
@@ -62,6 +64,7 @@ class Node:
         notify_fd: int | None = None,
         wans: list[WanArg] | None = None,
         congestion: str = "loss-tolerant",
+        membership: bytes | None = None,
     ) -> None: ...
     def add_peer(self, key: bytes, endpoints: list[str], allowed_ips: list[str], mode: str, realtime_mode: str,
                  classes: list[ClassArg]) -> None:
@@ -73,6 +76,11 @@ class Node:
         """Closes the peer's paths, drops its allowed IPs, refuses its key from now on; False if unknown."""
     def add_wan(self, wan: WanArg) -> None: ...
     def remove_wan(self, name: str) -> bool: ...
+    def set_network(self, network_key: bytes | None, revocations: list[bytes], mode: str, realtime_mode: str,
+                    classes: list[tuple[int | None, int | None, int | None, str]]) -> list[bytes]:
+        """Admits peers by a valid certificate of this network; removes admitted members no longer valid."""
+    def recheck_members(self) -> list[bytes]:
+        """Removes admitted members whose certificate expired or was revoked since; returns their keys."""
     def public_key(self) -> bytes: ...
     def local_addr(self) -> str: ...
     def inner_mtu(self) -> int: ...
@@ -98,10 +106,11 @@ def issue_certificate(network_seed: bytes, node_key: bytes, name: str, ipv4: str
                       lan_prefixes: list[str], exit: bool, not_before: int, not_after: int) -> bytes:
     """A membership certificate signed by the network key (name/groups: 1-32 of a-z 0-9 -, ≤ 8 groups,
     ≤ 16 canonical LAN prefixes; overlay a /10../16 inside 100.64.0.0/10 holding the host address ipv4)."""
-def read_certificate(data: bytes, network_key: bytes, now: int, revoked: list[bytes] | None = None) -> dict[str, Any]:
-    """Verifies a certificate of this network at `now`: dict with version, network (bytes), node_key (bytes),
-    name, ipv4, overlay ("100.64.0.0/16"), ipv6 (the ULA derived from both keys), groups, lan_prefixes,
-    exit, not_before, not_after."""
+def read_certificate(data: bytes, network_key: bytes, now: int | None,
+                     revoked: list[bytes] | None = None) -> dict[str, Any]:
+    """Verifies a certificate of this network at `now` (None: at any time, its validity window unchecked):
+    dict with version, network (bytes), node_key (bytes), name, ipv4, overlay ("100.64.0.0/16"), ipv6 (the
+    ULA derived from both keys), groups, lan_prefixes, exit, not_before, not_after."""
 def issue_revocation(network_seed: bytes, node_key: bytes, revoked_at: int, sequence: int) -> bytes: ...
 def read_revocation(data: bytes, network_key: bytes) -> dict[str, Any]:
     """Verifies a revocation of this network: dict with version, network, node_key, revoked_at, sequence."""

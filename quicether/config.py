@@ -32,6 +32,14 @@
     port = 5060
     mode = "redundant"
 
+    [network]                      # optional: this node is a member of a mesh network
+    certificate = "AQ…"            # its membership certificate, base64 (`quicether network issue` on an
+                                   # admin node): peers showing a valid certificate of the same network
+                                   # are let in with no [[peer]] entry; node.address defaults to its address
+    revoked = ["Ag…"]              # revocations signed by the network key (`quicether network revoke`)
+    mode = "aggregate"             # how members' bulk and real-time traffic is scheduled
+    realtime_mode = "redundant"
+
 Router settings (see quicether/router_config.py for every field): [lan] (appliance address, DHCP/DNS,
 exit peer, kill switch), [gateway] (exit to the internet, port forwards), [[acl]] rules, [firewall] (more
 ports open from outside), and in [node]:
@@ -40,12 +48,15 @@ role = "site" or "gateway", detect_wans, acl_default.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quicether import _core
 from quicether.identity import IdentityError, decode_node_id
 from quicether.router_config import (
     ROUTER_NODE_KEYS,
@@ -110,6 +121,22 @@ class WanConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    """This node's membership of a mesh network: its certificate (checked for form and signature; its
+    validity window is the core's concern at each handshake) and the network's revocations."""
+
+    certificate: bytes
+    network_key: bytes
+    node_key: bytes           # whom it was issued to (the daemon checks it is this node)
+    name: str                 # this node's name in the network
+    address: str              # its overlay address with the network's prefix, e.g. "100.64.0.7/16"
+    not_after: int            # Unix s: renew before then
+    revoked: list[bytes] = field(default_factory=list)
+    mode: str = "aggregate"
+    realtime_mode: str = "redundant"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     listen: str
@@ -128,6 +155,7 @@ class Config:
     acl_default: str = "allow"
     webui: WebUiConfig = field(default_factory=WebUiConfig)
     open_ports: list[OpenPort] = field(default_factory=list)
+    network: NetworkConfig | None = None
 
     @property
     def key_path(self) -> Path:
@@ -270,12 +298,56 @@ def _rate(value: object, where: str) -> float | None:
     return float(value)
 
 
+def _base64(value: object, where: str) -> bytes:
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        return base64.b64decode(value.strip(), validate=True)
+    except (ValueError, binascii.Error):
+        raise ConfigError(f"{where}: not base64 text (paste it as `quicether network` printed it)") from None
+
+
+def _network(raw: object, where: str) -> NetworkConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [network] must be a table")
+    check_keys(raw, {"certificate", "revoked", "mode", "realtime_mode"}, where)
+    if "certificate" not in raw:
+        raise ConfigError(f"{where}.certificate: missing (`quicether network issue` on an admin node prints it)")
+    data = _base64(raw["certificate"], f"{where}.certificate")
+    # The certificate names its network (the key after the version byte); the signature is checked against
+    # it, so a damaged certificate is refused here, not at the first handshake.
+    network_key = data[1:33]
+    try:
+        cert = _core.read_certificate(data, network_key, None) if len(network_key) == 32 else {}
+    except ValueError as exc:
+        raise ConfigError(f"{where}.certificate: {exc}") from None
+    if not cert:
+        raise ConfigError(f"{where}.certificate: too short to be a membership certificate")
+    revoked_raw = raw.get("revoked", [])
+    if not isinstance(revoked_raw, list):
+        raise ConfigError(f"{where}.revoked: expected a list of revocations (base64)")
+    revoked = []
+    for i, text in enumerate(revoked_raw):
+        rev = _base64(text, f"{where}.revoked[{i}]")
+        try:
+            _core.read_revocation(rev, network_key)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.revoked[{i}]: {exc}") from None
+        revoked.append(rev)
+    overlay = ipaddress.ip_network(str(cert["overlay"]))
+    return NetworkConfig(certificate=data, network_key=network_key, node_key=bytes(cert["node_key"]),
+                         name=str(cert["name"]),
+                         address=f"{cert['ipv4']}/{overlay.prefixlen}", not_after=int(cert["not_after"]),
+                         revoked=revoked, mode=_mode(raw.get("mode", "aggregate"), f"{where}.mode"),
+                         realtime_mode=_mode(raw.get("realtime_mode", "redundant"), f"{where}.realtime_mode"))
+
+
 def parse(text: str, path: Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl", "webui", "firewall"}, str(path))
+    check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl", "webui", "firewall", "network"}, str(path))
     node = data.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
@@ -292,6 +364,13 @@ def parse(text: str, path: Path) -> Config:
             ipaddress.ip_interface(str(address))
         except ValueError:
             raise ConfigError(f"{path}: node.address: {address!r} is not an address/prefix like 10.99.0.1/24") from None
+    network = _network(data["network"], f"{path}: network") if "network" in data else None
+    if network is not None:
+        if address is None:
+            address = network.address
+        elif ipaddress.ip_interface(str(address)).ip != ipaddress.ip_interface(network.address).ip:
+            raise ConfigError(f"{path}: node.address: {address} is not the address the network certificate gives"
+                              f" this node ({network.address}): remove node.address or make it that")
     path_mtu = node.get("path_mtu", 1500)
     if not isinstance(path_mtu, int) or not MIN_PATH_MTU <= path_mtu <= 9000:
         raise ConfigError(f"{path}: node.path_mtu: must be an integer from {MIN_PATH_MTU} to 9000")
@@ -330,7 +409,8 @@ def parse(text: str, path: Path) -> Config:
                   state_dir=Path(node.get("state_dir", DEFAULT_STATE_DIR)), path_mtu=path_mtu,
                   congestion=str(congestion), peers=peers, wans=wans, role=router.role,
                   detect_wans=router.detect_wans, lan=router.lan, gateway=router.gateway, acls=router.acls,
-                  acl_default=router.acl_default, webui=router.webui, open_ports=router.open_ports)
+                  acl_default=router.acl_default, webui=router.webui, open_ports=router.open_ports,
+                  network=network)
 
 
 def load(path: Path) -> Config:

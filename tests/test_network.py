@@ -136,3 +136,51 @@ def test_cli_create_issue_members_revoke(tmp_path: Path) -> None:
         result = _cli(tmp_path, *args)
         assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
     assert "home" in _cli(tmp_path, "list").stdout
+
+
+def _config(tmp_path: Path, network_section: str, node_extra: str = "") -> str:
+    return f'[node]\nstate_dir = "{tmp_path}"\n{node_extra}\n[network]\n{network_section}\n'
+
+
+def test_a_config_takes_the_nodes_certificate_and_the_networks_revocations(tmp_path: Path) -> None:
+    from quicether.config import parse
+    from quicether.daemon import reload
+
+    net = network.create(tmp_path, "home", generate_identity(tmp_path / "node.key"))
+    alice = network.issue(net, _node_key(), "alice", lan_prefixes=["192.168.7.0/24"])
+    config = parse(_config(tmp_path, f'certificate = "{alice.certificate}"'), tmp_path / "q.toml")
+    assert config.network is not None and config.network.name == "alice"
+    assert config.network.network_key == net.public_key and config.address == "100.64.0.2/16"
+    revocation = base64.b64encode(network.revoke(net, "alice")).decode()
+    revoked = parse(_config(tmp_path, f'certificate = "{alice.certificate}"\nrevoked = ["{revocation}"]'),
+                    tmp_path / "q.toml")
+    assert revoked.network is not None and len(revoked.network.revoked) == 1
+    # New revocations apply in place; another certificate is another TLS identity: the node restarts.
+    assert reload.diff(config, revoked).changes == ["network"]
+    bob = network.issue(net, _node_key(), "bob")
+    other = parse(_config(tmp_path, f'certificate = "{bob.certificate}"', 'address = "100.64.0.3/16"'),
+                  tmp_path / "q.toml")
+    assert "network" in reload.diff(config, other).restart
+
+
+@pytest.mark.parametrize(("section", "node_extra", "message"), [
+    ("", "", "network.certificate: missing"),
+    ('certificate = "not base64!"', "", "not base64"),
+    ('certificate = "AQID"', "", "too short"),
+    ("CERT_DAMAGED", "", "certificate refused: bad signature"),
+    ('certificate = "CERT"\nrevoked = ["AQID"]', "", r"network.revoked\[0\]: revocation refused: malformed"),
+    ('certificate = "CERT"', 'address = "10.99.0.1/24"', "is not the address the network certificate gives"),
+    ('certificate = "CERT"\nmode = "fastest"', "", "network.mode"),
+])
+def test_a_bad_network_section_is_refused_naming_the_field(tmp_path: Path, section: str, node_extra: str,
+                                                           message: str) -> None:
+    from quicether.config import ConfigError, parse
+
+    net = network.create(tmp_path, "home", generate_identity(tmp_path / "node.key"))
+    cert = network.issue(net, _node_key(), "alice").certificate
+    raw = bytearray(base64.b64decode(cert))
+    raw[-1] ^= 1
+    section = section.replace("CERT_DAMAGED", f'certificate = "{base64.b64encode(bytes(raw)).decode()}"')
+    section = section.replace("CERT", cert)
+    with pytest.raises(ConfigError, match=message):
+        parse(_config(tmp_path, section, node_extra), tmp_path / "q.toml")

@@ -26,6 +26,14 @@ class PeerRemoved(CoreEvent):
 
 
 @dataclass(frozen=True)
+class MemberAdmitted(CoreEvent):
+    """A node with no [[peer]] entry was let in by its membership certificate of our network, and added to
+    the core's peer table (routed to its overlay addresses and the LAN prefixes the certificate names)."""
+
+    certificate: bytes
+
+
+@dataclass(frozen=True)
 class PeerConnected(CoreEvent):
     """The peer's first path came up."""
 
@@ -103,6 +111,10 @@ def parse(raw: dict[str, Any]) -> CoreEvent:
                             peer_wan=_text(raw, "peer_wan"), path_kind=str(raw.get("path_kind") or "direct"),
                             via=bytes(via) if isinstance(via, bytes | bytearray) else None,
                             remote=_text(raw, "remote"), reason=str(raw.get("reason") or ""))
+    if kind == "member_admitted":
+        certificate = raw.get("certificate")
+        return MemberAdmitted(key=key, detail=detail,
+                              certificate=bytes(certificate) if isinstance(certificate, bytes | bytearray) else b"")
     if kind == "dial_failed":
         return DialFailed(key=key, detail=detail, wan=str(raw.get("wan") or ""))
     return UnknownEvent(key=key, detail=detail, kind=kind)

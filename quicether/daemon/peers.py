@@ -1,12 +1,13 @@
 """The daemon's side of the peer table: which peers the core has, and the routes into the TUN device for
-their allowed IPs. Peers are added, changed and removed while the node runs (a reload, later the mesh);
-the routes follow the union of every peer's allowed IPs, so removing a peer drops exactly the routes no
-other peer still needs, and nothing else changes.
+their allowed IPs. Peers are added, changed and removed while the node runs (a reload, or a member of our
+network admitted by its certificate); the routes follow the union of every peer's allowed IPs, so removing
+a peer drops exactly the routes no other peer still needs, and nothing else changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 
 from quicether import _core
 from quicether.config import PeerConfig
@@ -22,17 +23,48 @@ def _core_args(peer: PeerConfig) -> tuple[bytes, list[str], list[str], str, str,
     return peer.key, endpoints, peer.allowed_ips, peer.mode, peer.realtime_mode, classes
 
 
+@dataclass(frozen=True)
+class Member:
+    """A peer the core admitted by its membership certificate (no [[peer]] entry), as the certificate says."""
+
+    name: str
+    ipv4: str
+    ipv6: str
+    groups: list[str] = field(default_factory=list)
+    lan_prefixes: list[str] = field(default_factory=list)
+    exit: bool = False
+    not_after: int = 0
+
+    @property
+    def allowed_ips(self) -> list[str]:
+        # Routed here: its IPv4 and LAN prefixes. The core also lets in its ULA, which the TUN does not
+        # carry yet (no IPv6 overlay address is configured), so no IPv6 route is made for it.
+        return [f"{self.ipv4}/32", *self.lan_prefixes]
+
+
 class PeerTable:
     def __init__(self, node: _core.Node, tun: str, address: str | None) -> None:
         self.node = node
         self.tun = tun
         self.address = address
         self.peers: dict[bytes, PeerConfig] = {}
+        self.members: dict[bytes, Member] = {}
         self.routes: set[str] = set()
 
     def name(self, key: bytes) -> str | None:
         peer = self.peers.get(key)
-        return peer.name if peer else None
+        member = self.members.get(key)
+        return peer.name if peer else member.name if member else None
+
+    async def admitted(self, key: bytes, member: Member) -> None:
+        """The core added `key` as a member: route its LAN prefixes (its overlay addresses are on the TUN's)."""
+        self.members[key] = member
+        await self._sync_routes()
+
+    async def gone(self, key: bytes) -> None:
+        """The core removed peer `key` by itself (a member revoked or expired): its routes go."""
+        if self.members.pop(key, None) is not None:
+            await self._sync_routes()
 
     async def add(self, peer: PeerConfig) -> None:
         self.node.add_peer(*_core_args(peer))
@@ -51,7 +83,9 @@ class PeerTable:
         await self._sync_routes()
 
     async def _sync_routes(self) -> None:
-        wanted = set(links.routes_for([ip for p in self.peers.values() for ip in p.allowed_ips], self.address))
+        allowed = [ip for p in self.peers.values() for ip in p.allowed_ips]
+        allowed += [ip for m in self.members.values() for ip in m.allowed_ips]
+        wanted = set(links.routes_for(allowed, self.address))
         gone, new = sorted(self.routes - wanted), sorted(wanted - self.routes)
         if gone:
             await asyncio.to_thread(links.remove_routes, self.tun, gone)

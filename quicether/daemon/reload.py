@@ -31,6 +31,7 @@ class ConfigDiff:
     webui: bool = False         # where the web UI listens, or whether it runs
     exit: bool = False          # exit peer, kill switch, direct destinations
     firewall: bool = False      # anything the nft ruleset is built from
+    network: bool = False       # the network's revocations or how its members are scheduled
 
     @property
     def changes(self) -> list[str]:
@@ -39,8 +40,8 @@ class ConfigDiff:
         words += [f"peer {p.name} added" for p in self.peers_added]
         words += [f"peer {p.name} changed" for p in self.peers_changed]
         words += [f"peer {p.name} removed" for p in self.peers_removed]
-        words += [name.replace("_", " ") for name in ("wans", "lan_address", "dnsmasq", "webui", "exit", "firewall")
-                  if getattr(self, name)]
+        words += [name.replace("_", " ") for name in ("wans", "lan_address", "dnsmasq", "webui", "exit", "firewall",
+                                                      "network") if getattr(self, name)]
         return words
 
 
@@ -50,6 +51,9 @@ def diff(old: Config, new: Config) -> ConfigDiff:
         restart.append("lan")  # forwarding, the exit policy and the web UI come and go with it
     if bool(old.wans or old.detect_wans) != bool(new.wans or new.detect_wans):
         restart.append("wan")  # a node with no WANs dials from its listen socket instead
+    old_net, new_net = old.network, new.network
+    if (old_net and old_net.certificate) != (new_net and new_net.certificate):
+        restart.append("network")  # the membership certificate is in the node's TLS identity
     old_peers = {p.key: p for p in old.peers}
     new_peers = {p.key: p for p in new.peers}
     old_lan, new_lan = old.lan, new.lan
@@ -66,7 +70,13 @@ def diff(old: Config, new: Config) -> ConfigDiff:
         webui=(old.webui, old_lan and old_lan.ip) != (new.webui, new_lan and new_lan.ip),
         exit=_exit_view(old) != _exit_view(new),
         firewall=_firewall_view(old) != _firewall_view(new),
+        network="network" not in restart and _network_view(old) != _network_view(new),
     )
+
+
+def _network_view(config: Config) -> object:
+    net = config.network
+    return None if net is None else (net.revoked, net.mode, net.realtime_mode)
 
 
 def _dnsmasq_view(config: Config) -> object:

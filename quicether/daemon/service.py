@@ -10,11 +10,13 @@ before the next one runs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
 import signal
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from quicether import _core, setup_code
@@ -24,7 +26,7 @@ from quicether.daemon import events as core_events
 from quicether.daemon import reload
 from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer
 from quicether.daemon.eventlog import EventLog
-from quicether.daemon.peers import PeerTable
+from quicether.daemon.peers import Member, PeerTable
 from quicether.daemon.router import Router
 from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
@@ -36,6 +38,8 @@ log = logging.getLogger("quicether")
 PEER_STATE_EVENTS = (core_events.PeerConnected, core_events.PeerDisconnected, core_events.PathUp, core_events.PathDown)
 # Time between answering a reload request and stopping the services for it.
 RELOAD_DELAY_S = 0.3
+# How often admitted members' certificates are checked again (expiry while connected).
+MEMBER_RECHECK_S = 60.0
 
 
 class Daemon:
@@ -54,11 +58,27 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._ui_restart: asyncio.Task[None] | None = None
         self._ui_restart_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Runs `work` from an event callback, keeping it referenced and its failure logged."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                log.error("%s failed: %s", what, exc)
+
+        task.add_done_callback(done)
+
+    def _peer_name(self, key: bytes) -> str | None:
+        return self._names.get(key) or (self.peers.name(key) if self.peers else None)
 
     def _peer_label(self, key: bytes | None) -> str:
         if key is None:
             return "a peer without a node key"
-        name = self._names.get(key)
+        name = self._peer_name(key)
         node_id = short_id(encode_node_id(key))
         return f"peer {name} ({node_id})" if name else f"unknown node {encode_node_id(key)}"
 
@@ -93,10 +113,51 @@ class Daemon:
                 self.failed = f"the TUN device {self.config.tun} failed: {detail}"
                 log.error("%s; stopping", self.failed, extra=mark)
                 self._stop.set()
+            case core_events.MemberAdmitted(key=key, certificate=certificate) if key is not None:
+                self._member_admitted(key, certificate, mark)
+            case core_events.PeerRemoved(key=key) if key is not None and self.peers and key in self.peers.members:
+                # The core cut off a member (set_network or recheck_members, which log why): its routes go.
+                log.debug("core peer table: member %s removed", who)
+                self._spawn(self.peers.gone(key), f"removing the routes of {who}")
             case core_events.PeerAdded() | core_events.PeerRemoved():
                 log.debug("core peer table: %s %s", kind, who)
             case core_events.UnknownEvent(kind=unknown, detail=detail):
                 log.info("core event %s for %s: %s", unknown, who, detail)
+
+    def _member_admitted(self, key: bytes, certificate: bytes, mark: dict[str, str]) -> None:
+        network = self.config.network
+        if network is None or self.peers is None:
+            return
+        try:
+            cert = _core.read_certificate(certificate, network.network_key, None)
+        except ValueError as exc:  # the core checked it an instant ago: only a changed network gets here
+            log.error("admitted member %s: %s", encode_node_id(key), exc)
+            return
+        member = Member(name=str(cert["name"]), ipv4=str(cert["ipv4"]), ipv6=str(cert["ipv6"]),
+                        groups=[str(g) for g in cert["groups"]],
+                        lan_prefixes=[str(p) for p in cert["lan_prefixes"]], exit=bool(cert["exit"]),
+                        not_after=int(cert["not_after"]))
+        log.info("member %s (%s) admitted by its certificate: %s%s", member.name, short_id(encode_node_id(key)),
+                 member.ipv4, f", LAN {', '.join(member.lan_prefixes)}" if member.lan_prefixes else "", extra=mark)
+        self._spawn(self.peers.admitted(key, member), f"routing member {member.name}")
+
+    def _apply_network(self, config: Config) -> None:
+        """Tells the core which network's certificates admit a peer and which members are revoked."""
+        assert self.node is not None
+        net = config.network
+        removed = self.node.set_network(net.network_key if net else None, net.revoked if net else [],
+                                        net.mode if net else "aggregate", net.realtime_mode if net else "redundant",
+                                        [])
+        for key in removed:
+            log.warning("%s cut off: revoked, expired or no longer of this network", self._peer_label(key))
+
+    async def _recheck_members(self) -> None:
+        """Certificates expire while their holders are connected: cut those off (their routes follow)."""
+        while True:
+            await asyncio.sleep(MEMBER_RECHECK_S)
+            if self.node is not None:
+                for key in self.node.recheck_members():
+                    log.warning("%s cut off: its certificate expired", self._peer_label(key))
 
     def status(self) -> dict[str, Any]:
         node = self.node
@@ -109,7 +170,14 @@ class Daemon:
                     path["share"] = path["tx_bytes"] / total
                     if isinstance(path.get("via"), bytes):  # the relay's key: shown by name or node id
                         path["via"] = self._names.get(path["via"]) or encode_node_id(path["via"])
-                peers.append({"name": self._names.get(key, ""), "node_id": encode_node_id(key), **stats})
+                member = self.peers.members.get(key) if self.peers else None
+                peers.append({"name": self._peer_name(key) or "", "node_id": encode_node_id(key),
+                              "found": "certificate" if member else "config",
+                              "member": None if member is None else {
+                                  "ipv4": member.ipv4, "ipv6": member.ipv6, "groups": member.groups,
+                                  "lan_prefixes": member.lan_prefixes, "exit": member.exit,
+                                  "not_after": member.not_after},
+                              **stats})
         return {
             "node": {
                 "node_id": self.identity.node_id,
@@ -120,6 +188,10 @@ class Daemon:
                 "no_route_drops": node.no_route_drops() if node else 0,
                 # Every handshake refused by key pinning (their log lines are rate-limited; this is not).
                 "refused_handshakes": node.refused_handshakes() if node else 0,
+                "network": None if self.config.network is None else {
+                    "key": base64.b64encode(self.config.network.network_key).decode(),
+                    "name": self.config.network.name, "not_after": self.config.network.not_after,
+                    "revoked": len(self.config.network.revoked)},
             },
             "peers": peers,
             "router": self.router.status() if self.router else None,
@@ -232,6 +304,8 @@ class Daemon:
             # The firewall's outside set is the WAN manager's, also where no port came or went.
             self.router.outside = self.wans.devices()
         await self.router.update(new, changes)
+        if changes.network:
+            self._apply_network(new)
         self.config = new
         self._names = {p.key: p.name for p in new.peers}
 
@@ -248,9 +322,13 @@ class Daemon:
             undo.callback(os.close, write_fd)
             # Peers are added below, one by one, as a reload or the mesh adds them later.
             # With WANs configured, paths are dialed from each WAN as it comes up; without, from the listen socket.
+            network = self.config.network
+            if network is not None and network.node_key != self.identity.public_key:
+                raise ConfigError(f"{self.config.path}: network.certificate: issued to node"
+                                  f" {encode_node_id(network.node_key)}, not to this node ({self.identity.node_id})")
             self.node = _core.Node(self.config.listen, self.config.tun, self.config.path_mtu, self.identity.seed,
                                    [], write_fd, [] if self.config.wans or self.config.detect_wans else None,
-                                   self.config.congestion)
+                                   self.config.congestion, network.certificate if network else None)
             undo.callback(self._close_node)
             loop.add_reader(read_fd, self._on_events, read_fd)
             undo.callback(loop.remove_reader, read_fd)
@@ -260,6 +338,10 @@ class Daemon:
             undo.push_async_callback(self.peers.stop)
             for peer in self.config.peers:
                 await self.peers.add(peer)
+            self._apply_network(self.config)
+            recheck = loop.create_task(self._recheck_members())
+            undo.callback(recheck.cancel)
+            undo.callback(lambda: [t.cancel() for t in self._tasks])
             self.router = Router(self.config, self.node)
             undo.push_async_callback(self.router.stop)
             undo.push_async_callback(self._cancel_ui_restart)

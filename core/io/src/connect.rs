@@ -45,9 +45,7 @@ pub fn net_text(e: impl std::fmt::Display) -> String {
 }
 
 fn peer_key_of(conn: &quinn::Connection) -> Option<[u8; 32]> {
-    let identity = conn.peer_identity()?;
-    let certs = identity.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
-    ed25519_key_of_cert(certs.first()?)
+    ed25519_key_of_cert(&tls::peer_certificate(conn)?)
 }
 
 /// The endpoint's bound address, unless it is the wildcard (then the kernel picks per packet).
@@ -106,12 +104,14 @@ pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, socket:
             // Refusals by our certificate verifier are reported there (rate-limited); other failures
             // (timeouts, resets) are transient and come back as the peer retries.
             let Ok(conn) = incoming.await else { return };
-            // The verifier let the key in, but the peer may have been removed since.
-            let key = peer_key_of(&conn);
-            let Some(peer) = key.and_then(|k| shared.peer(&k)) else {
-                conn.close(1u32.into(), b"unknown peer");
-                shared.emit(Event::HandshakeRefused { key, reason: "peer removed during the handshake".into() });
-                return;
+            // The verifier let the key in (pinned, or a member), but the peer may have been removed since.
+            let peer = match shared.peer_of_accepted(&conn) {
+                Ok(peer) => peer,
+                Err(reason) => {
+                    conn.close(1u32.into(), b"unknown peer");
+                    shared.emit(Event::HandshakeRefused { key: peer_key_of(&conn), reason });
+                    return;
+                }
             };
             // A path that reached the listening socket at a WAN's address runs over that WAN.
             let local_wan = conn.local_ip().or(local).and_then(|ip| shared.wan_at(ip)).unwrap_or(socket);

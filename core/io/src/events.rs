@@ -63,6 +63,12 @@ pub enum Event {
     PeerRemoved {
         key: [u8; 32],
     },
+    /// A peer with no configured key was let in by its membership certificate of our network (now a peer
+    /// of the table, routed to its overlay addresses and the LAN prefixes the certificate names).
+    MemberAdmitted {
+        key: [u8; 32],
+        certificate: Vec<u8>,
+    },
     /// The peer's first path came up.
     PeerConnected {
         key: [u8; 32],

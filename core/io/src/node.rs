@@ -68,6 +68,8 @@ pub struct NodeConfig {
     /// MTU of the underlying network path (1500 on Ethernet): QUIC packets are sized to fit it unfragmented.
     pub path_mtu: u16,
     pub seed: [u8; 32],
+    /// This node's membership certificate of a mesh network, shown to every peer in the TLS handshake.
+    pub membership: Option<Vec<u8>>,
     /// WANs to dial from (more can be added later); None: dial from the listening socket.
     pub wans: Option<Vec<WanConfig>>,
     /// Congestion control of every path.
@@ -152,7 +154,8 @@ struct DialSource {
 
 /// The tasks that work for one peer, ended when it is removed.
 struct PeerTasks {
-    reorder_timer: JoinHandle<()>,
+    /// None for an admitted member (its timer ends by itself when the peer is marked removed).
+    reorder_timer: Option<JoinHandle<()>>,
     /// One dialer per (WAN, endpoint), by WAN name.
     dialers: HashMap<String, Vec<JoinHandle<()>>>,
 }
@@ -244,14 +247,14 @@ fn endpoint_config() -> quinn::EndpointConfig {
     config
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let seed = tls::generate_seed();
     u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"))
 }
 
 impl Node {
     pub fn start(cfg: NodeConfig, peers: Vec<PeerConfig>, notify_fd: Option<RawFd>) -> io::Result<Node> {
-        let identity = Identity::from_seed(&cfg.seed).map_err(|e| io_err("identity", e))?;
+        let identity = Identity::from_seed(&cfg.seed, cfg.membership.as_deref()).map_err(|e| io_err("identity", e))?;
         // The TUN MTU: a full-size inner packet plus its bond header must fit one DATAGRAM on every path.
         let tun_mtu = inner_mtu(cfg.path_mtu, cfg.listen.is_ipv4());
         let tun = open_tun(&cfg.tun_name)?;
@@ -273,6 +276,12 @@ impl Node {
         let shared = Arc::new(Shared {
             local_key: identity.public_key,
             table: RwLock::new(PeerTable::default()),
+            trust: Arc::new(RwLock::new(None)),
+            member_policy: RwLock::new(PeerPolicy {
+                bulk_mode: quicether_proto::scheduler::Mode::Aggregate,
+                realtime_mode: quicether_proto::scheduler::Mode::Redundant,
+                rules: Vec::new(),
+            }),
             wan_addrs: RwLock::new(HashMap::new()),
             // SAFETY: `File` owns its fd, which stays open and unchanged for the AsyncFd's life.
             tun: unsafe { AsyncFd::register(tun) }.map_err(|e| io_err("tun", e))?,
@@ -288,6 +297,7 @@ impl Node {
         let refused_sink = Arc::downgrade(&shared);
         let verifier = Arc::new(KnownClientKeys::new(
             known_keys.clone(),
+            shared.trust.clone(),
             provider.clone(),
             Box::new(move |key, reason| {
                 if let Some(shared) = refused_sink.upgrade() {
@@ -479,7 +489,7 @@ impl Node {
             dialers.insert(wan.clone(), self.spawn_dialers(&peer, wan, source).unwrap_or_default());
         }
         let reorder_timer = runtime.spawn(reorder_timer(self.shared.clone(), peer.clone()));
-        tasks.insert(cfg.key, PeerTasks { reorder_timer, dialers });
+        tasks.insert(cfg.key, PeerTasks { reorder_timer: Some(reorder_timer), dialers });
         self.shared.emit(Event::PeerAdded { key: cfg.key });
         Ok(())
     }
@@ -495,11 +505,11 @@ impl Node {
         let changed = *peer.endpoints.read().unwrap() != cfg.endpoints;
         if changed {
             *peer.endpoints.write().unwrap() = cfg.endpoints.clone();
-            if let Some(t) = tasks.get_mut(&cfg.key) {
-                t.abort_dialers(None);
-                for (wan, source) in sources.iter() {
-                    t.dialers.insert(wan.clone(), self.spawn_dialers(&peer, wan, source).unwrap_or_default());
-                }
+            // An admitted member has no tasks entry until it is given endpoints to dial.
+            let t = tasks.entry(cfg.key).or_insert_with(|| PeerTasks { reorder_timer: None, dialers: HashMap::new() });
+            t.abort_dialers(None);
+            for (wan, source) in sources.iter() {
+                t.dialers.insert(wan.clone(), self.spawn_dialers(&peer, wan, source).unwrap_or_default());
             }
         }
         Ok(())
@@ -517,15 +527,66 @@ impl Node {
         self.verifier.forget_reported(key);
         if let Some(mut t) = tasks.remove(key) {
             t.abort_dialers(None);
-            t.reorder_timer.abort();
+            if let Some(timer) = t.reorder_timer {
+                timer.abort();
+            }
         }
         drop(tasks);
         // Their readers report each path down (reason peer_removed); no peer_disconnected follows.
         for path in peer.mark_removed() {
             path.close(DownReason::PeerRemoved, CLOSE_PEER_REMOVED, b"peer removed");
         }
+        peer.reorder_wake.notify_one(); // a member's reorder timer sees `removed` and ends
         self.shared.emit(Event::PeerRemoved { key: *key });
         true
+    }
+
+    /// Makes this node a member of the network with key `network_key` (None: of none): peers showing a
+    /// valid certificate of it are admitted without a configured key, scheduled by `member_policy`, and
+    /// the members revoked by `revocations` (each signed by the network key) are refused. Admitted members
+    /// that no longer qualify (revoked, expired, another network) are removed at once; their keys are
+    /// returned. A revocation that does not verify changes nothing and is an error.
+    pub fn set_network(
+        &self,
+        network_key: Option<[u8; 32]>,
+        revocations: &[Vec<u8>],
+        member_policy: PeerPolicy,
+    ) -> Result<Vec<[u8; 32]>, String> {
+        let trust = match network_key {
+            None if !revocations.is_empty() => return Err("revocations given without a network".into()),
+            None => None,
+            Some(network_key) => {
+                let mut set = quicether_proto::membership::RevocationSet::default();
+                for (i, data) in revocations.iter().enumerate() {
+                    let rev = quicether_proto::membership::read_revocation(data, &network_key)
+                        .map_err(|e| format!("revocation {}: {e}", i + 1))?;
+                    set.insert(rev);
+                }
+                Some(tls::NetworkTrust { network_key, revocations: set })
+            }
+        };
+        *self.shared.member_policy.write().unwrap() = member_policy.clone();
+        *self.shared.trust.write().unwrap() = trust;
+        for peer in self.shared.table.read().unwrap().peers().filter(|p| p.member.is_some()) {
+            *peer.policy.write().unwrap() = member_policy.clone();
+        }
+        Ok(self.recheck_members())
+    }
+
+    /// Removes the admitted members whose certificate no longer qualifies now (expired, revoked, another
+    /// network); returns their keys. The daemon calls it now and then, as certificates expire.
+    pub fn recheck_members(&self) -> Vec<[u8; 32]> {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let members: Vec<Arc<Peer>> =
+            self.shared.table.read().unwrap().peers().filter(|p| p.member.is_some()).cloned().collect();
+        let mut removed = Vec::new();
+        for peer in members {
+            let data = peer.member.as_deref().unwrap_or_default();
+            if tls::check_membership(&self.shared.trust, data, &peer.key, now).is_err() && self.remove_peer(&peer.key) {
+                removed.push(peer.key);
+            }
+        }
+        removed
     }
 
     pub fn peer_stats(&self) -> Vec<PeerStats> {

@@ -234,6 +234,8 @@ pub struct Peer {
     pub resend: Mutex<ResendMemory<Bytes>>,
     pub last_handshake: Mutex<Option<SystemTime>>,
     pub counters: Counters,
+    /// The membership certificate it was admitted by (no configured key); None for a configured peer.
+    pub member: Option<Vec<u8>>,
     /// Signalled when one of the peer's paths goes down: its dialers that are waiting out a backoff (or
     /// are in a handshake that may be waiting out a retransmission timer) dial again at once. A WAN that
     /// came back during a long backoff is then used as soon as it is needed, not seconds later.
@@ -284,6 +286,7 @@ impl Peer {
             last_handshake: Mutex::new(None),
             counters: Default::default(),
             redial: Notify::new(),
+            member: None,
         }
     }
 
@@ -336,6 +339,10 @@ pub struct Shared {
     /// This node's key (decides which of two duplicate paths stays).
     pub local_key: [u8; 32],
     pub table: RwLock<PeerTable>,
+    /// Our mesh network, if any: whose certificates admit a peer that has no configured key.
+    pub trust: crate::tls::SharedTrust,
+    /// How an admitted member's packets are scheduled (the daemon's defaults).
+    pub member_policy: RwLock<PeerPolicy>,
     /// Our WANs by local address: a path the listening socket accepts at one of these runs over that WAN.
     pub wan_addrs: RwLock<std::collections::HashMap<std::net::IpAddr, String>>,
     pub tun: AsyncFd<std::fs::File>,
@@ -376,6 +383,40 @@ impl Shared {
     /// The peer with node key `key`, if it is in the table.
     pub fn peer(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
         self.table.read().unwrap().get(key).cloned()
+    }
+
+    /// The peer an accepted connection belongs to: the one with its key, or else (the verifier let it in
+    /// by its membership certificate) a new peer made from that certificate, with no endpoints to dial
+    /// (it dialed us) and its overlay addresses and LAN prefixes as allowed IPs. Err: neither (the peer
+    /// was removed, or revoked, or its certificate expired, during the handshake).
+    pub fn peer_of_accepted(self: &Arc<Self>, conn: &quinn::Connection) -> Result<Arc<Peer>, String> {
+        let der = crate::tls::peer_certificate(conn).ok_or("no peer certificate")?;
+        let key = quicether_proto::certkey::ed25519_key_of_cert(&der).ok_or("no node key")?;
+        if let Some(peer) = self.peer(&key) {
+            return Ok(peer);
+        }
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let cert = crate::tls::member_of(&self.trust, &der, &key, now)
+            .map_err(|e| format!("peer removed during the handshake ({e})"))?;
+        let data = quicether_proto::certkey::membership_of_cert(&der).unwrap_or_default().to_vec();
+        let mut allowed_ips =
+            vec![Prefix { addr: cert.ipv4.into(), len: 32 }, Prefix { addr: cert.ipv6().into(), len: 128 }];
+        allowed_ips.extend(cert.lan_prefixes.iter().copied());
+        let config =
+            PeerConfig { key, endpoints: vec![], allowed_ips, policy: self.member_policy.read().unwrap().clone() };
+        let peer = {
+            let mut table = self.table.write().unwrap();
+            if let Some(peer) = table.get(&key) {
+                return Ok(peer.clone()); // admitted by a handshake on another WAN meanwhile
+            }
+            let peer = Arc::new(Peer { member: Some(data.clone()), ..Peer::new(&config, crate::node::random_u64()) });
+            table.insert(peer.clone(), &config.allowed_ips);
+            peer
+        };
+        // It ends by itself once the peer is marked removed.
+        tokio::spawn(crate::receive::reorder_timer(self.clone(), peer.clone()));
+        self.emit(Event::MemberAdmitted { key, certificate: data });
+        Ok(peer)
     }
 
     /// Adds an authenticated connection as a path of `peer`. Not added (and the connection closed) if the

@@ -1,5 +1,7 @@
-//! Node identity in TLS: a self-signed certificate carrying the node's Ed25519 key, and verifiers that
-//! trust a certificate only if its key is pinned in the config. TLS 1.3 only; ALPN `quicether/1`.
+//! Node identity in TLS: a self-signed certificate carrying the node's Ed25519 key (and, on a member of a
+//! mesh network, its membership certificate in an extension), and verifiers that trust a certificate only
+//! if its key is pinned in the config or it carries a valid membership of our network. TLS 1.3 only; ALPN
+//! `quicether/1`.
 //!
 //! The verifiers check the key; rustls then checks the handshake signature (CertificateVerify) against the
 //! same certificate, which proves the peer holds the private key.
@@ -9,7 +11,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use quicether_proto::certkey::ed25519_key_of_cert;
+use quicether_proto::certkey::{ed25519_key_of_cert, membership_extension_value, membership_of_cert, MEMBERSHIP_OID};
+use quicether_proto::membership::{read_certificate, Certificate, RevocationSet, MAX_CERTIFICATE_LEN};
 use quicether_proto::refusals::RefusalLimiter;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
@@ -50,13 +53,23 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn from_seed(seed: &[u8; 32]) -> Result<Self, String> {
+    /// The identity of the node with key `seed`; `membership`: its certificate of a mesh network, shown to
+    /// every peer in the TLS certificate (unchecked here: the daemon checks it is this node's).
+    pub fn from_seed(seed: &[u8; 32], membership: Option<&[u8]>) -> Result<Self, String> {
         let mut pkcs8 = PKCS8_ED25519_PREFIX.to_vec();
         pkcs8.extend_from_slice(seed);
         let der = PrivatePkcs8KeyDer::from(pkcs8.clone());
         let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
             .map_err(|e| format!("node key: {e}"))?;
-        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(|e| e.to_string())?;
+        let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(|e| e.to_string())?;
+        if let Some(cert) = membership {
+            if cert.len() > MAX_CERTIFICATE_LEN {
+                return Err(format!("membership certificate: longer than {MAX_CERTIFICATE_LEN} bytes"));
+            }
+            params
+                .custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(&MEMBERSHIP_OID, membership_extension_value(cert)));
+        }
         let cert = params.self_signed(&key).map_err(|e| format!("node certificate: {e}"))?;
         Ok(Self { public_key: public_key_of_seed(seed), cert: cert.der().clone(), pkcs8 })
     }
@@ -139,14 +152,59 @@ impl ServerCertVerifier for PinnedServerKey {
     handshake_signature_checks!();
 }
 
+/// The mesh network this node is a member of: a valid certificate of it admits a peer with no configured
+/// key; a revoked member is refused even while its certificate is valid.
+pub struct NetworkTrust {
+    pub network_key: [u8; 32],
+    pub revocations: RevocationSet,
+}
+
+/// Shared between the verifier and the accept loop; None: the node is in no network (pinned keys only).
+pub type SharedTrust = Arc<RwLock<Option<NetworkTrust>>>;
+
+/// The membership a peer's TLS certificate `der` (node key `key`) shows, checked against our network at
+/// `now` (Unix seconds): signed by the network key, valid now, not revoked, and issued to this very key (a
+/// copied certificate is useless without the private key, which the TLS handshake proves).
+pub fn member_of(trust: &SharedTrust, der: &[u8], key: &[u8; 32], now: u64) -> Result<Certificate, String> {
+    if trust.read().unwrap().is_none() {
+        return Err("unknown node key".into());
+    }
+    let Some(data) = membership_of_cert(der) else {
+        return Err("unknown node key, and no membership certificate".into());
+    };
+    check_membership(trust, data, key, now)
+}
+
+/// Checks membership certificate `data` of node `key` against our network at `now` (see `member_of`).
+pub fn check_membership(trust: &SharedTrust, data: &[u8], key: &[u8; 32], now: u64) -> Result<Certificate, String> {
+    let guard = trust.read().unwrap();
+    let Some(trust) = guard.as_ref() else {
+        return Err("this node is in no network".into());
+    };
+    let cert = read_certificate(data, &trust.network_key, now, &trust.revocations)
+        .map_err(|e| format!("membership certificate refused: {e}"))?;
+    if &cert.node != key {
+        return Err("membership certificate refused: issued to another node key".into());
+    }
+    Ok(cert)
+}
+
+/// The certificate a connection's peer presented in its handshake.
+pub fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let identity = conn.peer_identity()?;
+    identity.downcast_ref::<Vec<CertificateDer<'static>>>()?.first().cloned()
+}
+
 /// Called with the refused key (None if the certificate had none) and the reason.
 pub type RefusalSink = Box<dyn Fn(Option<[u8; 32]>, &str) + Send + Sync>;
 
-/// Server side: a client is accepted only if its key is one of the configured peers. Every refusal is
-/// counted; reports are rate-limited with bounded memory (`quicether_proto::refusals`): a misconfigured
-/// peer retries every second and anyone can make up fresh keys, and neither may flood the log.
+/// Server side: a client is accepted only if its key is one of the configured peers, or it shows a valid
+/// membership of our network (`member_of`). Every refusal is counted; reports are rate-limited with
+/// bounded memory (`quicether_proto::refusals`): a misconfigured peer retries every second and anyone can
+/// make up fresh keys, and neither may flood the log.
 pub struct KnownClientKeys {
     keys: Arc<RwLock<HashSet<[u8; 32]>>>,
+    trust: SharedTrust,
     refusals: Mutex<RefusalLimiter<Option<[u8; 32]>>>,
     epoch: Instant,
     on_refused: RefusalSink,
@@ -160,8 +218,14 @@ impl fmt::Debug for KnownClientKeys {
 }
 
 impl KnownClientKeys {
-    pub fn new(keys: Arc<RwLock<HashSet<[u8; 32]>>>, provider: Arc<CryptoProvider>, on_refused: RefusalSink) -> Self {
-        Self { keys, refusals: Mutex::new(RefusalLimiter::default()), epoch: Instant::now(), on_refused, provider }
+    pub fn new(
+        keys: Arc<RwLock<HashSet<[u8; 32]>>>,
+        trust: SharedTrust,
+        provider: Arc<CryptoProvider>,
+        on_refused: RefusalSink,
+    ) -> Self {
+        let refusals = Mutex::new(RefusalLimiter::default());
+        Self { keys, trust, refusals, epoch: Instant::now(), on_refused, provider }
     }
 
     fn refuse_limited(&self, key: Option<[u8; 32]>, reason: &str) -> TlsError {
@@ -192,11 +256,14 @@ impl ClientCertVerifier for KnownClientKeys {
         &self,
         end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
         match ed25519_key_of_cert(end_entity) {
             Some(k) if self.keys.read().unwrap().contains(&k) => Ok(ClientCertVerified::assertion()),
-            Some(k) => Err(self.refuse_limited(Some(k), "unknown node key")),
+            Some(k) => match member_of(&self.trust, end_entity, &k, now.as_secs()) {
+                Ok(_) => Ok(ClientCertVerified::assertion()),
+                Err(reason) => Err(self.refuse_limited(Some(k), &reason)),
+            },
             None => Err(self.refuse_limited(None, "certificate carries no Ed25519 node key")),
         }
     }
@@ -208,18 +275,22 @@ impl ClientCertVerifier for KnownClientKeys {
 mod tests {
     use super::*;
 
+    fn no_network() -> SharedTrust {
+        Arc::new(RwLock::new(None))
+    }
+
     #[test]
     fn certificate_carries_the_node_key() {
         let seed = generate_seed();
-        let id = Identity::from_seed(&seed).unwrap();
+        let id = Identity::from_seed(&seed, None).unwrap();
         assert_eq!(ed25519_key_of_cert(&id.cert), Some(id.public_key));
         assert_eq!(id.public_key, public_key_of_seed(&seed));
     }
 
     #[test]
     fn pinned_server_key_refuses_another_key() {
-        let a = Identity::from_seed(&generate_seed()).unwrap();
-        let b = Identity::from_seed(&generate_seed()).unwrap();
+        let a = Identity::from_seed(&generate_seed(), None).unwrap();
+        let b = Identity::from_seed(&generate_seed(), None).unwrap();
         let v = PinnedServerKey::new(a.public_key, provider());
         let name = ServerName::try_from(SERVER_NAME).unwrap();
         assert!(v.verify_server_cert(&a.cert, &[], &name, &[], UnixTime::now()).is_ok());
@@ -228,12 +299,13 @@ mod tests {
 
     #[test]
     fn unknown_client_refused_counted_and_reported_once() {
-        let known = Identity::from_seed(&generate_seed()).unwrap();
-        let stranger = Identity::from_seed(&generate_seed()).unwrap();
+        let known = Identity::from_seed(&generate_seed(), None).unwrap();
+        let stranger = Identity::from_seed(&generate_seed(), None).unwrap();
         let keys = Arc::new(RwLock::new(HashSet::from([known.public_key])));
         let reports = Arc::new(Mutex::new(Vec::new()));
         let sink = reports.clone();
-        let v = KnownClientKeys::new(keys, provider(), Box::new(move |k, _| sink.lock().unwrap().push(k)));
+        let v =
+            KnownClientKeys::new(keys, no_network(), provider(), Box::new(move |k, _| sink.lock().unwrap().push(k)));
         assert!(v.verify_client_cert(&known.cert, &[], UnixTime::now()).is_ok());
         for _ in 0..3 {
             assert!(v.verify_client_cert(&stranger.cert, &[], UnixTime::now()).is_err());
@@ -247,9 +319,9 @@ mod tests {
         let keys = Arc::new(RwLock::new(HashSet::new()));
         let reports = Arc::new(Mutex::new(0u32));
         let sink = reports.clone();
-        let v = KnownClientKeys::new(keys, provider(), Box::new(move |_, _| *sink.lock().unwrap() += 1));
+        let v = KnownClientKeys::new(keys, no_network(), provider(), Box::new(move |_, _| *sink.lock().unwrap() += 1));
         for _ in 0..40 {
-            let stranger = Identity::from_seed(&generate_seed()).unwrap();
+            let stranger = Identity::from_seed(&generate_seed(), None).unwrap();
             assert!(v.verify_client_cert(&stranger.cert, &[], UnixTime::now()).is_err());
         }
         assert_eq!(v.refused(), 40);
@@ -258,5 +330,99 @@ mod tests {
         let reported = *reports.lock().unwrap();
         assert!((1..=2 * quicether_proto::refusals::MAX_REPORTS_PER_SEC).contains(&reported), "{reported}");
         assert!(v.refusals.lock().unwrap().remembered() <= quicether_proto::refusals::MAX_REMEMBERED);
+    }
+
+    const NET_SEED: [u8; 32] = [7; 32];
+    const NOW: u64 = 1_800_000_000;
+
+    fn membership(node: [u8; 32], network_seed: &[u8; 32], not_after: u64) -> Vec<u8> {
+        Certificate {
+            network: [0; 32],
+            node,
+            not_before: NOW - 60,
+            not_after,
+            ipv4: std::net::Ipv4Addr::new(100, 64, 0, 7),
+            overlay: (std::net::Ipv4Addr::new(100, 64, 0, 0), 16),
+            exit: false,
+            name: "site-a".into(),
+            groups: vec![],
+            lan_prefixes: vec!["192.168.50.0/24".parse().unwrap()],
+        }
+        .issue(network_seed)
+        .unwrap()
+    }
+
+    fn member_identity(network_seed: &[u8; 32], not_after: u64) -> (Identity, Vec<u8>) {
+        let seed = generate_seed();
+        let cert = membership(public_key_of_seed(&seed), network_seed, not_after);
+        (Identity::from_seed(&seed, Some(&cert)).unwrap(), cert)
+    }
+
+    fn our_network() -> SharedTrust {
+        let network_key = quicether_proto::signing::public_key(&NET_SEED);
+        Arc::new(RwLock::new(Some(NetworkTrust { network_key, revocations: RevocationSet::default() })))
+    }
+
+    fn verifier(trust: SharedTrust) -> KnownClientKeys {
+        KnownClientKeys::new(Arc::new(RwLock::new(HashSet::new())), trust, provider(), Box::new(|_, _| {}))
+    }
+
+    fn at(now: u64) -> UnixTime {
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(now))
+    }
+
+    #[test]
+    fn the_membership_extension_carries_the_certificate_and_the_node_key_stays_the_subjects() {
+        let (id, cert) = member_identity(&NET_SEED, NOW + 3600);
+        assert_eq!(membership_of_cert(&id.cert), Some(cert.as_slice()));
+        assert_eq!(ed25519_key_of_cert(&id.cert), Some(id.public_key));
+        let plain = Identity::from_seed(&generate_seed(), None).unwrap();
+        assert_eq!(membership_of_cert(&plain.cert), None);
+    }
+
+    #[test]
+    fn a_member_of_our_network_is_accepted_without_a_pinned_key() {
+        let (id, _) = member_identity(&NET_SEED, NOW + 3600);
+        let v = verifier(our_network());
+        assert!(v.verify_client_cert(&id.cert, &[], at(NOW)).is_ok());
+        let got = member_of(&our_network(), &id.cert, &id.public_key, NOW).unwrap();
+        assert_eq!(got.name, "site-a");
+    }
+
+    #[test]
+    fn foreign_expired_revoked_copied_and_networkless_memberships_are_refused() {
+        let trust = our_network();
+        let v = verifier(trust.clone());
+        let refused = |id: &Identity, now: u64| {
+            let err = v.verify_client_cert(&id.cert, &[], at(now)).unwrap_err();
+            member_of(&trust, &id.cert, &id.public_key, now).unwrap_err() + &format!(" / {err}")
+        };
+        let (foreign, _) = member_identity(&[9; 32], NOW + 3600);
+        assert!(refused(&foreign, NOW).contains("foreign network"));
+        let (expiring, _) = member_identity(&NET_SEED, NOW + 3600);
+        assert!(refused(&expiring, NOW + 7 * 86_400).contains("expired"));
+        // Another node's certificate in our own TLS certificate.
+        let victim = public_key_of_seed(&generate_seed());
+        let copied = Identity::from_seed(&generate_seed(), Some(&membership(victim, &NET_SEED, NOW + 3600))).unwrap();
+        assert!(refused(&copied, NOW).contains("another node key"));
+        let (revoked, _) = member_identity(&NET_SEED, NOW + 3600);
+        let revocation = quicether_proto::membership::Revocation {
+            network: [0; 32],
+            node: revoked.public_key,
+            revoked_at: NOW,
+            sequence: 1,
+        }
+        .issue(&NET_SEED);
+        let network_key = quicether_proto::signing::public_key(&NET_SEED);
+        let rev = quicether_proto::membership::read_revocation(&revocation, &network_key).unwrap();
+        trust.write().unwrap().as_mut().unwrap().revocations.insert(rev);
+        assert!(refused(&revoked, NOW).contains("revoked"));
+        let v = verifier(no_network());
+        let (member, _) = member_identity(&NET_SEED, NOW + 3600);
+        assert!(
+            v.verify_client_cert(&member.cert, &[], at(NOW)).is_err(),
+            "a node in no network trusts pinned keys only"
+        );
+        assert_eq!(v.refused(), 1);
     }
 }

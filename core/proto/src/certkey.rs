@@ -6,10 +6,21 @@
 //!
 //! Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
 //! TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer, validity,
-//!                               subject, subjectPublicKeyInfo, ... }
+//!                               subject, subjectPublicKeyInfo, [1] [2] unique IDs OPTIONAL,
+//!                               [3] Extensions OPTIONAL }
+//! Extension ::= SEQUENCE { extnID OID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING }
+//!
+//! A member of a mesh network also carries its membership certificate (`membership.rs`) in one extension,
+//! `MEMBERSHIP_OID`, so a node accepts it during the TLS handshake without a configured key.
 
 /// DER of `SEQUENCE { SEQUENCE { OID 1.3.101.112 (Ed25519) } BIT STRING (0 unused bits) }` up to the key.
 const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// The membership extension's OID, 2.25.5856171850509472305 (an unregistered UUID-form arc, "QEMEMBR1";
+/// only QuicEther nodes read it, and trust comes from the network key's signature inside, not from it).
+pub const MEMBERSHIP_OID: [u64; 3] = [2, 25, 5_856_171_850_509_472_305];
+/// The same OID as a DER element.
+const MEMBERSHIP_OID_DER: [u8; 12] = [0x06, 0x0a, 0x69, 0xd1, 0xa2, 0xd3, 0xa8, 0xd4, 0xea, 0x89, 0xa4, 0x31];
 
 /// One DER element split off the front of a buffer: (tag, whole element, content, rest of the buffer).
 type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
@@ -37,8 +48,9 @@ fn read_tlv(input: &[u8]) -> Option<Tlv<'_>> {
     Some((tag, &input[..end], &input[header..end], &input[end..]))
 }
 
-/// Returns the Ed25519 public key of a DER certificate, or None if it is not one.
-pub fn ed25519_key_of_cert(der: &[u8]) -> Option<[u8; 32]> {
+/// The TBSCertificate of a DER certificate from its SubjectPublicKeyInfo on: (the SPKI element, what
+/// follows it).
+fn spki_and_rest(der: &[u8]) -> Option<(&[u8], &[u8])> {
     let (tag, _, cert, _) = read_tlv(der)?;
     if tag != 0x30 {
         return None;
@@ -55,11 +67,64 @@ pub fn ed25519_key_of_cert(der: &[u8]) -> Option<[u8; 32]> {
     for _ in 0..5 {
         tbs = read_tlv(tbs)?.3;
     }
-    let (_, spki, _, _) = read_tlv(tbs)?;
+    let (_, spki, _, rest) = read_tlv(tbs)?;
+    Some((spki, rest))
+}
+
+/// Returns the Ed25519 public key of a DER certificate, or None if it is not one.
+pub fn ed25519_key_of_cert(der: &[u8]) -> Option<[u8; 32]> {
+    let (spki, _) = spki_and_rest(der)?;
     if spki.len() != ED25519_SPKI_PREFIX.len() + 32 || spki[..ED25519_SPKI_PREFIX.len()] != ED25519_SPKI_PREFIX {
         return None;
     }
     spki[ED25519_SPKI_PREFIX.len()..].try_into().ok()
+}
+
+/// The membership certificate a DER certificate carries in its `MEMBERSHIP_OID` extension (the bytes
+/// inside the extension's OCTET STRING value), or None. Unverified: `membership::read_certificate` checks it.
+pub fn membership_of_cert(der: &[u8]) -> Option<&[u8]> {
+    let (_, mut rest) = spki_and_rest(der)?;
+    while let Some((tag, _, content, next)) = read_tlv(rest) {
+        rest = next;
+        if tag != 0xa3 {
+            continue; // [1] or [2] unique IDs
+        }
+        let (tag, _, mut extensions, _) = read_tlv(content)?;
+        if tag != 0x30 {
+            return None;
+        }
+        while let Some((tag, _, extension, next)) = read_tlv(extensions) {
+            extensions = next;
+            if tag != 0x30 {
+                return None;
+            }
+            let (_, oid, _, mut fields) = read_tlv(extension)?;
+            if oid != MEMBERSHIP_OID_DER {
+                continue;
+            }
+            if fields.first() == Some(&0x01) {
+                fields = read_tlv(fields)?.3; // critical
+            }
+            let (tag, _, value, _) = read_tlv(fields)?;
+            let (inner_tag, _, inner, _) = read_tlv(value)?;
+            return (tag == 0x04 && inner_tag == 0x04).then_some(inner);
+        }
+        return None;
+    }
+    None
+}
+
+/// The DER value of the membership extension: the membership certificate as an OCTET STRING.
+pub fn membership_extension_value(certificate: &[u8]) -> Vec<u8> {
+    let len = certificate.len();
+    let mut out = vec![0x04];
+    match len {
+        0..=0x7f => out.push(len as u8),
+        0x80..=0xff => out.extend([0x81, len as u8]),
+        _ => out.extend([0x82, (len >> 8) as u8, len as u8]),
+    }
+    out.extend_from_slice(certificate);
+    out
 }
 
 #[cfg(test)]

@@ -297,18 +297,29 @@ pub fn read_certificate(
     now: u64,
     revocations: &RevocationSet,
 ) -> Result<Certificate, Refused> {
+    let cert = read_certificate_at_any_time(data, network_key, revocations)?;
+    if now.saturating_add(CLOCK_TOLERANCE_S) < cert.not_before {
+        return Err(Refused::NotYetValid);
+    }
+    if now > cert.not_after.saturating_add(CLOCK_TOLERANCE_S) {
+        return Err(Refused::Expired);
+    }
+    Ok(cert)
+}
+
+/// `read_certificate` without the validity window: for a node checking its own certificate in its config
+/// (an expired one is renewed, not a reason to refuse the whole config).
+pub fn read_certificate_at_any_time(
+    data: &[u8],
+    network_key: &[u8; 32],
+    revocations: &RevocationSet,
+) -> Result<Certificate, Refused> {
     let (cert, body, signature) = parse_certificate(data).map_err(Refused::Malformed)?;
     if &cert.network != network_key {
         return Err(Refused::ForeignNetwork);
     }
     if !signing::verify(network_key, &[CERT_CONTEXT, body].concat(), &signature) {
         return Err(Refused::BadSignature);
-    }
-    if now.saturating_add(CLOCK_TOLERANCE_S) < cert.not_before {
-        return Err(Refused::NotYetValid);
-    }
-    if now > cert.not_after.saturating_add(CLOCK_TOLERANCE_S) {
-        return Err(Refused::Expired);
     }
     if revocations.is_revoked(&cert.node) {
         return Err(Refused::Revoked);

@@ -59,16 +59,15 @@ fn new_peer_config(
         .collect::<PyResult<Vec<_>>>()?;
     let allowed_ips =
         allowed.iter().map(|a| a.parse::<Prefix>()).collect::<Result<Vec<_>, _>>().map_err(PyValueError::new_err)?;
+    Ok(PeerConfig { key: key32("peer key", key)?, endpoints, allowed_ips, policy: policy(bulk, realtime, rules)? })
+}
+
+fn policy(bulk: &str, realtime: &str, rules: Vec<RuleArg>) -> PyResult<PeerPolicy> {
     let rules = rules
         .into_iter()
         .map(|(protocol, port, dscp, m)| Ok(Rule { protocol, port, dscp, mode: Some(mode(&m)?) }))
         .collect::<PyResult<Vec<_>>>()?;
-    Ok(PeerConfig {
-        key: key32("peer key", key)?,
-        endpoints,
-        allowed_ips,
-        policy: PeerPolicy { bulk_mode: mode(bulk)?, realtime_mode: mode(realtime)?, rules },
-    })
+    Ok(PeerPolicy { bulk_mode: mode(bulk)?, realtime_mode: mode(realtime)?, rules })
 }
 
 fn peer_error(e: PeerError) -> PyErr {
@@ -91,7 +90,8 @@ struct Node {
 #[pymethods]
 impl Node {
     #[new]
-    #[pyo3(signature = (listen, tun_name, path_mtu, seed, peers, notify_fd=None, wans=None, congestion="loss-tolerant"))]
+    #[pyo3(signature = (listen, tun_name, path_mtu, seed, peers, notify_fd=None, wans=None, congestion="loss-tolerant",
+                        membership=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -103,6 +103,7 @@ impl Node {
         notify_fd: Option<i32>,
         wans: Option<Vec<WanArg>>,
         congestion: &str,
+        membership: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         let congestion = match congestion {
             "cubic" => Congestion::Cubic,
@@ -122,6 +123,7 @@ impl Node {
             tun_name: tun_name.to_string(),
             path_mtu,
             seed: key32("seed", seed)?,
+            membership,
             wans,
             congestion,
         };
@@ -187,6 +189,33 @@ impl Node {
         let guard = self.inner.lock().unwrap();
         let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
         Ok(py.detach(|| node.remove_peer(&key)))
+    }
+
+    /// Makes the node a member of the network with key `network_key` (None: of none): a peer showing a
+    /// valid certificate of it is admitted (scheduled by `mode`, `realtime_mode`, `classes`) and the members
+    /// in `revocations` are refused. Returns the keys of admitted members removed because they no longer
+    /// qualify; ValueError (nothing changed) if a revocation does not verify.
+    #[pyo3(signature = (network_key, revocations, mode, realtime_mode, classes))]
+    fn set_network<'py>(
+        &self,
+        py: Python<'py>,
+        network_key: Option<Vec<u8>>,
+        revocations: Vec<Vec<u8>>,
+        mode: &str,
+        realtime_mode: &str,
+        classes: Vec<RuleArg>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let network_key = network_key.map(|k| key32("network key", &k)).transpose()?;
+        let member_policy = policy(mode, realtime_mode, classes)?;
+        let guard = self.inner.lock().unwrap();
+        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
+        let removed = py.detach(|| node.set_network(network_key, &revocations, member_policy));
+        Ok(removed.map_err(PyValueError::new_err)?.iter().map(|k| PyBytes::new(py, k)).collect())
+    }
+
+    /// Removes admitted members whose certificate expired (or was revoked) since; returns their keys.
+    fn recheck_members<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        self.with(|n| n.recheck_members().iter().map(|k| PyBytes::new(py, k)).collect())
     }
 
     /// This node's Ed25519 public key (32 bytes).
@@ -338,6 +367,10 @@ fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
     let (kind, key, wan, detail) = match e {
         Event::PeerAdded { key } => ("peer_added", Some(key), None, String::new()),
         Event::PeerRemoved { key } => ("peer_removed", Some(key), None, String::new()),
+        Event::MemberAdmitted { key, certificate } => {
+            d.set_item("certificate", PyBytes::new(py, &certificate))?;
+            ("member_admitted", Some(key), None, String::new())
+        }
         Event::PeerConnected { key } => ("peer_connected", Some(key), None, String::new()),
         Event::PeerDisconnected { key, reason } => ("peer_disconnected", Some(key), None, reason),
         Event::PathUp { key, route, remote, reason } => {

@@ -64,14 +64,15 @@ fn issue_certificate<'py>(
     Ok(PyBytes::new(py, &data))
 }
 
-/// Verifies a certificate of `network_key`'s network at `now` (Unix s) against the revoked node keys.
+/// Verifies a certificate of `network_key`'s network at `now` (Unix s; None: at any time, the validity
+/// window unchecked) against the revoked node keys.
 #[pyfunction]
 #[pyo3(signature = (data, network_key, now, revoked=None))]
 fn read_certificate<'py>(
     py: Python<'py>,
     data: &[u8],
     network_key: &[u8],
-    now: u64,
+    now: Option<u64>,
     revoked: Option<Vec<Vec<u8>>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let network = key32("network key", network_key)?;
@@ -79,7 +80,11 @@ fn read_certificate<'py>(
     for key in revoked.unwrap_or_default() {
         set.insert(Revocation { network, node: key32("revoked key", &key)?, revoked_at: 0, sequence: 0 });
     }
-    let c = membership::read_certificate(data, &network, now, &set).map_err(|r| refused("certificate", r))?;
+    let c = match now {
+        Some(now) => membership::read_certificate(data, &network, now, &set),
+        None => membership::read_certificate_at_any_time(data, &network, &set),
+    }
+    .map_err(|r| refused("certificate", r))?;
     let d = PyDict::new(py);
     d.set_item("version", membership::CERTIFICATE_V1)?;
     d.set_item("network", PyBytes::new(py, &c.network))?;

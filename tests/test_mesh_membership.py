@@ -1,0 +1,106 @@
+"""Admission by membership certificate in the lab: a gateway that is admin of a network lets in a member
+that shows a valid certificate of it, with no [[peer]] entry for it, routes the LAN prefixes the
+certificate names, refuses a member of another network, and cuts a member off when it is revoked."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from pathlib import Path
+from typing import Any
+
+from quicether import network
+from quicether.daemon import api
+from quicether.identity import decode_node_id, load
+from tests.lab import Lab, Namespace
+from tests.lab import nodes as qe
+from tests.lab.measure import ping, wait_for
+
+SITE_LAN = "192.168.77.0/24"
+
+
+def _hosts(lab: Lab) -> tuple[Namespace, Namespace, Namespace]:
+    """gw with two links: to the site (10.1.0.0/24) and to a stranger (10.2.0.0/24)."""
+    gw, site, stranger = lab.add_namespace("gw"), lab.add_namespace("site"), lab.add_namespace("stranger")
+    lab.veth(site, "eth0", gw, "site")
+    lab.veth(stranger, "eth0", gw, "stranger")
+    site.ip("addr", "add", "10.1.0.1/24", "dev", "eth0")
+    gw.ip("addr", "add", "10.1.0.2/24", "dev", "site")
+    stranger.ip("addr", "add", "10.2.0.1/24", "dev", "eth0")
+    gw.ip("addr", "add", "10.2.0.2/24", "dev", "stranger")
+    return gw, site, stranger
+
+
+def _member(node: qe.NodeSpec, member: network.Member, gw: qe.NodeSpec | None, gw_endpoint: str) -> None:
+    """Makes `node` a member by its certificate; it dials `gw` (listed by key) if given."""
+    node.address = ""  # from the certificate
+    node.sections["network"] = {"certificate": member.certificate}
+    if gw is not None:
+        node.peers.append({"name": "gw", "key": gw.node_id, "endpoint": gw_endpoint,
+                           "allowed_ips": ["100.64.0.1/32"]})
+
+
+def _peer(node: qe.NodeSpec, node_id: str) -> dict[str, Any] | None:
+    return next((p for p in node.status()["peers"] if p["node_id"] == node_id), None)
+
+
+def _routes(ns: Namespace) -> str:
+    return ns.run("ip", "route", "show", "dev", "qe0").stdout
+
+
+def test_a_member_is_admitted_by_its_certificate_and_cut_off_when_revoked(lab: Lab, tmp_path: Path) -> None:
+    gw_ns, site_ns, stranger_ns = _hosts(lab)
+    gw = qe.make_node(gw_ns, "gw", "", tmp_path)
+    site = qe.make_node(site_ns, "site", "", tmp_path)
+    stranger = qe.make_node(stranger_ns, "stranger", "", tmp_path)
+    net = network.create(gw.state_dir, "home", load(gw.state_dir / "node.key"), admin_name="gw")
+    site_cert = network.issue(net, decode_node_id(site.node_id), "site-a", lan_prefixes=[SITE_LAN])
+    other = network.create(stranger.state_dir, "other", load(stranger.state_dir / "node.key"), admin_name="x")
+    _member(gw, net.members[0], None, "")
+    _member(site, site_cert, gw, "10.1.0.2:4433")
+    _member(stranger, other.members[0], gw, "10.2.0.2:4433")
+    qe.start(gw)
+    qe.start(site)
+    qe.start(stranger)
+
+    # No [[peer]] for the site on the gateway: it is let in by its certificate, both ways.
+    qe.wait_connected(site)
+    assert ping(site_ns, "100.64.0.1", count=3).received == 3
+    assert ping(gw_ns, site_cert.ipv4, count=3).received == 3
+    admitted = _peer(gw, site.node_id)
+    assert admitted is not None and admitted["found"] == "certificate" and admitted["name"] == "site-a"
+    assert admitted["member"]["lan_prefixes"] == [SITE_LAN]
+    assert SITE_LAN in _routes(gw_ns), "the LAN prefix the certificate names is routed to the member"
+    assert gw.status()["node"]["network"]["name"] == "gw"
+    assert "member site-a" in qe.read_log(gw) and "admitted by its certificate" in qe.read_log(gw)
+
+    # A member of another network is refused in the handshake: no peer, no path.
+    wait_for(lambda: gw.status()["node"]["refused_handshakes"] > 0, timeout=10)
+    assert _peer(gw, stranger.node_id) is None
+    assert not stranger.status()["peers"][0]["connected"]
+    assert "foreign network" in qe.read_log(gw)
+
+    # Revoked on the admin node and the revocation put in the gateway's config: cut off at once.
+    revocation = base64.b64encode(network.revoke(net, "site-a")).decode()
+    gw.sections["network"]["revoked"] = [revocation]
+    gw.write_config()
+    answer = api.request(gw.state_dir / "api.sock", "reload")
+    assert answer["ok"] and answer["changes"] == ["network"], answer
+    wait_for(lambda: _peer(gw, site.node_id) is None, timeout=5)
+    wait_for(lambda: SITE_LAN not in _routes(gw_ns), timeout=5)
+    assert ping(site_ns, "100.64.0.1", count=2, timeout_s=1).received == 0
+    assert "peer site-a" in qe.read_log(gw).split("cut off")[0].splitlines()[-1]
+    assert _peer(gw, site.node_id) is None, "its redials are refused"
+
+
+def test_a_certificate_of_another_node_is_refused_at_start(lab: Lab, tmp_path: Path) -> None:
+    ns = lab.add_namespace("solo")
+    node = qe.make_node(ns, "solo", "", tmp_path)
+    net = network.create(tmp_path / "admin", "home", load(node.state_dir / "node.key"), admin_name="gw")
+    someone = network.issue(net, b"\x07" * 32, "someone")
+    _member(node, someone, None, "")
+    node.write_config()
+    result = ns.run(sys.executable, "-m", "quicether", "up", "-c", str(node.config_path), check=False)
+    assert result.returncode != 0
+    assert "network.certificate: issued to node" in result.stderr + result.stdout
+    assert "qe0" not in ns.run("ip", "link").stdout, "nothing left behind"
