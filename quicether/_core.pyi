@@ -27,6 +27,9 @@ and per kind:
     peer_added, peer_removed   the peer table changed (add_peer / remove_peer, or the constructor's peers)
     member_admitted            + certificate (bytes): a node with no configured key was let in by its
                                membership certificate of our network (set_network) and is now a peer
+    member_learned             + certificate (bytes): a member we did not know, told by a peer (verified)
+    revocation_learned         + revocation (bytes): a revocation we did not hold, told by a peer (verified,
+                               already refused in handshakes; set_network with it cuts the member off)
     peer_connected             the peer's first path came up
     peer_disconnected          its last path closed; detail: "<reason>: <error>"
     path_up                    + local_wan, peer_wan, path_kind, via, origin, remote (as in the path dict);
@@ -81,6 +84,8 @@ class Node:
         """Admits peers by a valid certificate of this network; removes admitted members no longer valid."""
     def recheck_members(self) -> list[bytes]:
         """Removes admitted members whose certificate expired or was revoked since; returns their keys."""
+    def member_news(self) -> tuple[int, int]:
+        """(members learned from peers, news items refused: bad signature, foreign, expired or malformed)."""
     def public_key(self) -> bytes: ...
     def local_addr(self) -> str: ...
     def inner_mtu(self) -> int: ...

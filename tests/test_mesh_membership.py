@@ -104,3 +104,59 @@ def test_a_certificate_of_another_node_is_refused_at_start(lab: Lab, tmp_path: P
     assert result.returncode != 0
     assert "network.certificate: issued to node" in result.stderr + result.stdout
     assert "qe0" not in ns.run("ip", "link").stdout, "nothing left behind"
+
+
+def _star(lab: Lab, sites: int) -> tuple[Namespace, list[Namespace]]:
+    """A hub routing between `sites` hosts, each on its own link: site i at 10.(i+1).0.1, hub .2."""
+    hub = lab.add_namespace("hub", forwarding=True)
+    spokes = []
+    for i in range(sites):
+        ns = lab.add_namespace(f"s{i}")
+        lab.veth(ns, "eth0", hub, f"s{i}")
+        ns.ip("addr", "add", f"10.{i + 1}.0.1/24", "dev", "eth0")
+        ns.ip("route", "add", "default", "via", f"10.{i + 1}.0.2")
+        hub.ip("addr", "add", f"10.{i + 1}.0.2/24", "dev", f"s{i}")
+        spokes.append(ns)
+    return hub, spokes
+
+
+def _known(node: qe.NodeSpec) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in node.status()["node"]["network"]["members"]}
+
+
+def test_members_learn_of_each_other_and_a_revocation_spreads_to_all(lab: Lab, tmp_path: Path) -> None:
+    hub, (a_ns, b_ns, c_ns) = _star(lab, 3)
+    gw = qe.make_node(hub, "gw", "", tmp_path)
+    a, b, c = (qe.make_node(ns, name, "", tmp_path) for ns, name in ((a_ns, "a"), (b_ns, "b"), (c_ns, "c")))
+    net = network.create(gw.state_dir, "home", load(gw.state_dir / "node.key"), admin_name="gw")
+    _member(gw, net.members[0], None, "")
+    for node, name in ((a, "site-a"), (b, "site-b"), (c, "site-c")):
+        _member(node, network.issue(net, decode_node_id(node.node_id), name), gw, "10.1.0.2:4433")
+    # b also dials a (a has no [[peer]] for b: it admits b by its certificate).
+    b.peers.append({"name": "a", "key": a.node_id, "endpoint": "10.1.0.1:4433", "allowed_ips": ["100.64.0.2/32"]})
+    for node in (gw, a, b, c):
+        qe.start(node)
+    qe.wait_connected(b)
+    wait_for(lambda: _peer(a, b.node_id) is not None, timeout=10)
+
+    # c is connected only to the gateway: a knows of it from the gateway's news, not from c.
+    wait_for(lambda: {"gw", "site-b", "site-c"} <= set(_known(a)), timeout=10)
+    assert not _known(a)["site-c"]["connected"] and _known(a)["site-b"]["connected"]
+    assert "learned of member site-c" in qe.read_log(a)
+
+    # b is revoked on the admin node; only the gateway's config gets the revocation. a hears of it from the
+    # gateway and cuts b off too (the issue's bound: within 60 s), and keeps it across a restart.
+    revocation = base64.b64encode(network.revoke(net, "site-b")).decode()
+    gw.sections["network"]["revoked"] = [revocation]
+    gw.write_config()
+    assert api.request(gw.state_dir / "api.sock", "reload")["changes"] == ["network"]
+    cut = wait_for(lambda: _peer(a, b.node_id) is None, timeout=60)
+    assert cut < 10, cut
+    assert "learned that member site-b was revoked" in qe.read_log(a)
+    assert (a.state_dir / "revocations").read_text().strip() == revocation
+    assert ping(b_ns, "100.64.0.2", count=2, timeout_s=1).received == 0
+    qe.stop(a)
+    qe.start(a)
+    wait_for(lambda: a.status()["node"]["refused_handshakes"] > 0, timeout=10)
+    assert _peer(a, b.node_id) is None, "the learned revocation still holds after a restart"
+    assert a.status()["node"]["network"]["revoked"] == 1

@@ -34,6 +34,20 @@ class MemberAdmitted(CoreEvent):
 
 
 @dataclass(frozen=True)
+class MemberLearned(CoreEvent):
+    """A peer told us the certificate of a member we did not know (verified by the core)."""
+
+    certificate: bytes
+
+
+@dataclass(frozen=True)
+class RevocationLearned(CoreEvent):
+    """A peer told us a revocation of our network we did not hold (verified by the core)."""
+
+    revocation: bytes
+
+
+@dataclass(frozen=True)
 class PeerConnected(CoreEvent):
     """The peer's first path came up."""
 
@@ -98,6 +112,11 @@ def _text(raw: dict[str, Any], name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _bytes(raw: dict[str, Any], name: str) -> bytes:
+    value = raw.get(name)
+    return bytes(value) if isinstance(value, bytes | bytearray) else b""
+
+
 def parse(raw: dict[str, Any]) -> CoreEvent:
     kind = str(raw.get("kind", ""))
     key = raw.get("key")
@@ -111,10 +130,11 @@ def parse(raw: dict[str, Any]) -> CoreEvent:
                             peer_wan=_text(raw, "peer_wan"), path_kind=str(raw.get("path_kind") or "direct"),
                             via=bytes(via) if isinstance(via, bytes | bytearray) else None,
                             remote=_text(raw, "remote"), reason=str(raw.get("reason") or ""))
-    if kind == "member_admitted":
-        certificate = raw.get("certificate")
-        return MemberAdmitted(key=key, detail=detail,
-                              certificate=bytes(certificate) if isinstance(certificate, bytes | bytearray) else b"")
+    if kind in ("member_admitted", "member_learned"):
+        kind_type = MemberAdmitted if kind == "member_admitted" else MemberLearned
+        return kind_type(key=key, detail=detail, certificate=_bytes(raw, "certificate"))
+    if kind == "revocation_learned":
+        return RevocationLearned(key=key, detail=detail, revocation=_bytes(raw, "revocation"))
     if kind == "dial_failed":
         return DialFailed(key=key, detail=detail, wan=str(raw.get("wan") or ""))
     return UnknownEvent(key=key, detail=detail, kind=kind)

@@ -10,7 +10,6 @@ before the next one runs.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -26,7 +25,8 @@ from quicether.daemon import events as core_events
 from quicether.daemon import reload
 from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer
 from quicether.daemon.eventlog import EventLog
-from quicether.daemon.peers import Member, PeerTable
+from quicether.daemon.mesh import Mesh
+from quicether.daemon.peers import PeerTable
 from quicether.daemon.router import Router
 from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
@@ -38,8 +38,6 @@ log = logging.getLogger("quicether")
 PEER_STATE_EVENTS = (core_events.PeerConnected, core_events.PeerDisconnected, core_events.PathUp, core_events.PathDown)
 # Time between answering a reload request and stopping the services for it.
 RELOAD_DELAY_S = 0.3
-# How often admitted members' certificates are checked again (expiry while connected).
-MEMBER_RECHECK_S = 60.0
 
 
 class Daemon:
@@ -53,6 +51,7 @@ class Daemon:
         self.peers: PeerTable | None = None
         self.router: Router | None = None
         self.wans: WanManager | None = None
+        self.mesh: Mesh | None = None
         self._names = {p.key: p.name for p in config.peers}
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -73,7 +72,8 @@ class Daemon:
         task.add_done_callback(done)
 
     def _peer_name(self, key: bytes) -> str | None:
-        return self._names.get(key) or (self.peers.name(key) if self.peers else None)
+        known = self.mesh.known.get(key) if self.mesh else None
+        return self._names.get(key) or (self.peers.name(key) if self.peers else None) or (known.name if known else None)
 
     def _peer_label(self, key: bytes | None) -> str:
         if key is None:
@@ -113,8 +113,14 @@ class Daemon:
                 self.failed = f"the TUN device {self.config.tun} failed: {detail}"
                 log.error("%s; stopping", self.failed, extra=mark)
                 self._stop.set()
-            case core_events.MemberAdmitted(key=key, certificate=certificate) if key is not None:
-                self._member_admitted(key, certificate, mark)
+            case core_events.MemberAdmitted(key=key, certificate=certificate) if key is not None and self.mesh:
+                member = self.mesh.admitted(key, certificate, mark)
+                if member is not None and self.peers is not None:
+                    self._spawn(self.peers.admitted(key, member), f"routing member {member.name}")
+            case core_events.MemberLearned(key=key, certificate=certificate) if key is not None and self.mesh:
+                self.mesh.learned(key, certificate, mark)
+            case core_events.RevocationLearned(key=key, revocation=revocation) if key is not None and self.mesh:
+                self.mesh.revocation_learned(key, revocation, mark)
             case core_events.PeerRemoved(key=key) if key is not None and self.peers and key in self.peers.members:
                 # The core cut off a member (set_network or recheck_members, which log why): its routes go.
                 log.debug("core peer table: member %s removed", who)
@@ -124,47 +130,15 @@ class Daemon:
             case core_events.UnknownEvent(kind=unknown, detail=detail):
                 log.info("core event %s for %s: %s", unknown, who, detail)
 
-    def _member_admitted(self, key: bytes, certificate: bytes, mark: dict[str, str]) -> None:
-        network = self.config.network
-        if network is None or self.peers is None:
-            return
-        try:
-            cert = _core.read_certificate(certificate, network.network_key, None)
-        except ValueError as exc:  # the core checked it an instant ago: only a changed network gets here
-            log.error("admitted member %s: %s", encode_node_id(key), exc)
-            return
-        member = Member(name=str(cert["name"]), ipv4=str(cert["ipv4"]), ipv6=str(cert["ipv6"]),
-                        groups=[str(g) for g in cert["groups"]],
-                        lan_prefixes=[str(p) for p in cert["lan_prefixes"]], exit=bool(cert["exit"]),
-                        not_after=int(cert["not_after"]))
-        log.info("member %s (%s) admitted by its certificate: %s%s", member.name, short_id(encode_node_id(key)),
-                 member.ipv4, f", LAN {', '.join(member.lan_prefixes)}" if member.lan_prefixes else "", extra=mark)
-        self._spawn(self.peers.admitted(key, member), f"routing member {member.name}")
-
-    def _apply_network(self, config: Config) -> None:
-        """Tells the core which network's certificates admit a peer and which members are revoked."""
-        assert self.node is not None
-        net = config.network
-        removed = self.node.set_network(net.network_key if net else None, net.revoked if net else [],
-                                        net.mode if net else "aggregate", net.realtime_mode if net else "redundant",
-                                        [])
-        for key in removed:
-            log.warning("%s cut off: revoked, expired or no longer of this network", self._peer_label(key))
-
-    async def _recheck_members(self) -> None:
-        """Certificates expire while their holders are connected: cut those off (their routes follow)."""
-        while True:
-            await asyncio.sleep(MEMBER_RECHECK_S)
-            if self.node is not None:
-                for key in self.node.recheck_members():
-                    log.warning("%s cut off: its certificate expired", self._peer_label(key))
-
     def status(self) -> dict[str, Any]:
         node = self.node
         peers = []
+        connected: set[bytes] = set()
         if node is not None:
             for stats in node.peers():
                 key = stats.pop("key")
+                if stats["connected"]:
+                    connected.add(key)
                 total = sum(p["tx_bytes"] for p in stats["paths"]) or 1
                 for path in stats["paths"]:
                     path["share"] = path["tx_bytes"] / total
@@ -188,10 +162,7 @@ class Daemon:
                 "no_route_drops": node.no_route_drops() if node else 0,
                 # Every handshake refused by key pinning (their log lines are rate-limited; this is not).
                 "refused_handshakes": node.refused_handshakes() if node else 0,
-                "network": None if self.config.network is None else {
-                    "key": base64.b64encode(self.config.network.network_key).decode(),
-                    "name": self.config.network.name, "not_after": self.config.network.not_after,
-                    "revoked": len(self.config.network.revoked)},
+                "network": self.mesh.status(connected) if self.mesh else None,
             },
             "peers": peers,
             "router": self.router.status() if self.router else None,
@@ -304,8 +275,8 @@ class Daemon:
             # The firewall's outside set is the WAN manager's, also where no port came or went.
             self.router.outside = self.wans.devices()
         await self.router.update(new, changes)
-        if changes.network:
-            self._apply_network(new)
+        if changes.network and self.mesh is not None:
+            self.mesh.apply(new)
         self.config = new
         self._names = {p.key: p.name for p in new.peers}
 
@@ -338,8 +309,9 @@ class Daemon:
             undo.push_async_callback(self.peers.stop)
             for peer in self.config.peers:
                 await self.peers.add(peer)
-            self._apply_network(self.config)
-            recheck = loop.create_task(self._recheck_members())
+            self.mesh = Mesh(self.node, self.peers, self.config, self._peer_label)
+            self.mesh.apply(self.config)
+            recheck = loop.create_task(self.mesh.recheck())
             undo.callback(recheck.cancel)
             undo.callback(lambda: [t.cancel() for t in self._tasks])
             self.router = Router(self.config, self.node)

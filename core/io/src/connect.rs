@@ -86,6 +86,7 @@ fn start_path(
         Ok(path) => {
             tokio::spawn(path_reader(shared.clone(), peer.clone(), path.clone()));
             tokio::spawn(path_timer(shared.clone(), peer.clone(), path.clone()));
+            tokio::spawn(crate::member_news::exchange(shared.clone(), peer.clone(), path.clone()));
             Started::Path(path)
         }
         Err(crate::peer::NotAdded::Duplicate) => Started::Duplicate,

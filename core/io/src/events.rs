@@ -69,6 +69,18 @@ pub enum Event {
         key: [u8; 32],
         certificate: Vec<u8>,
     },
+    /// A peer told us (or showed in its handshake) the certificate of a member we did not know: one to look
+    /// up and dial. Verified for our network; passed on to our other peers.
+    MemberLearned {
+        key: [u8; 32],
+        certificate: Vec<u8>,
+    },
+    /// A peer told us a revocation we did not hold: already refused in handshakes here; the daemon keeps
+    /// it and cuts the member off (`Node::set_network`). Verified; passed on to our other peers.
+    RevocationLearned {
+        key: [u8; 32],
+        revocation: Vec<u8>,
+    },
     /// The peer's first path came up.
     PeerConnected {
         key: [u8; 32],

@@ -7,6 +7,7 @@
 //! - `peer`: peer and path state.  `peers`: the peer table (by node key) and allowed IPs.  `sockets`: per-WAN UDP sockets.  `tls`: node identity and key pinning.
 //! - `congestion`: CUBIC that tells random loss from congestion.
 //! - `discovery`: members' records in the mainline DHT (publish, look up, refuse and count).
+//! - `member_news`: members' certificates and revocations told from peer to peer on every path.
 //! - `lan_discovery`: members on the same LAN through mDNS (candidates only, trusted after the handshake).
 //! - `tun`: Linux TUN devices. (The lab's delay line lives in `core/labtools`, not linked into the appliance.)
 
@@ -16,6 +17,7 @@ pub mod debug;
 pub mod discovery;
 pub mod events;
 pub mod lan_discovery;
+pub mod member_news;
 pub mod node;
 pub mod peer;
 pub mod peers;

@@ -235,8 +235,8 @@ fn transport_config(path_mtu: u16, v4: bool, congestion: Congestion) -> quinn::T
         Congestion::Bbr => Arc::new(LossTolerantConfig::measured(Arc::new(quinn::congestion::BbrConfig::default()))),
         Congestion::LossTolerant => Arc::new(LossTolerantConfig::default()),
     });
-    // Data travels in DATAGRAM frames; the only stream is the path hello.
-    t.max_concurrent_uni_streams(0u8.into());
+    // Data travels in DATAGRAM frames; the streams are the path hello and batches of member news.
+    t.max_concurrent_uni_streams(4u8.into());
     t.max_concurrent_bidi_streams(2u8.into());
     t
 }
@@ -277,6 +277,7 @@ impl Node {
             local_key: identity.public_key,
             table: RwLock::new(PeerTable::default()),
             trust: Arc::new(RwLock::new(None)),
+            news: Mutex::new(crate::member_news::NewsBook::new(cfg.membership.clone())),
             member_policy: RwLock::new(PeerPolicy {
                 bulk_mode: quicether_proto::scheduler::Mode::Aggregate,
                 realtime_mode: quicether_proto::scheduler::Mode::Redundant,
@@ -552,6 +553,7 @@ impl Node {
         revocations: &[Vec<u8>],
         member_policy: PeerPolicy,
     ) -> Result<Vec<[u8; 32]>, String> {
+        let mut revoked = HashSet::new();
         let trust = match network_key {
             None if !revocations.is_empty() => return Err("revocations given without a network".into()),
             None => None,
@@ -561,12 +563,20 @@ impl Node {
                     let rev = quicether_proto::membership::read_revocation(data, &network_key)
                         .map_err(|e| format!("revocation {}: {e}", i + 1))?;
                     set.insert(rev);
+                    revoked.insert(rev.node);
                 }
                 Some(tls::NetworkTrust { network_key, revocations: set })
             }
         };
         *self.shared.member_policy.write().unwrap() = member_policy.clone();
         *self.shared.trust.write().unwrap() = trust;
+        let fresh = self.shared.news.lock().unwrap().set_revocations(revocations, revoked);
+        if !fresh.is_empty() {
+            if let Ok(runtime) = self.runtime() {
+                let _guard = runtime.enter();
+                crate::member_news::pass_on(&self.shared, None, fresh);
+            }
+        }
         for peer in self.shared.table.read().unwrap().peers().filter(|p| p.member.is_some()) {
             *peer.policy.write().unwrap() = member_policy.clone();
         }
@@ -655,6 +665,12 @@ impl Node {
     /// Handshakes refused by key pinning so far (reports of them are rate-limited; this counts all).
     pub fn refused_handshakes(&self) -> u64 {
         self.verifier.refused()
+    }
+
+    /// Members learned from peers (not counting this node), and news items refused.
+    pub fn member_news(&self) -> (usize, u64) {
+        let book = self.shared.news.lock().unwrap();
+        (book.members(), book.refused)
     }
 
     pub fn no_route_drops(&self) -> u64 {

@@ -343,6 +343,9 @@ pub struct Shared {
     pub trust: crate::tls::SharedTrust,
     /// How an admitted member's packets are scheduled (the daemon's defaults).
     pub member_policy: RwLock<PeerPolicy>,
+    /// What we know of our network's members and revocations, told to every peer (`member_news.rs`).
+    /// Lock order: `trust` before `news`.
+    pub news: Mutex<crate::member_news::NewsBook>,
     /// Our WANs by local address: a path the listening socket accepts at one of these runs over that WAN.
     pub wan_addrs: RwLock<std::collections::HashMap<std::net::IpAddr, String>>,
     pub tun: AsyncFd<std::fs::File>,

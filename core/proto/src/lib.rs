@@ -23,6 +23,7 @@ pub mod certkey;
 pub mod classify;
 pub mod frame;
 pub mod health;
+pub mod member_news;
 pub mod membership;
 pub mod path_rank;
 pub mod path_rate;

@@ -238,6 +238,11 @@ impl Node {
         self.with(|n| n.refused_handshakes())
     }
 
+    /// (members learned from peers, news items refused: bad signature, foreign, expired or malformed).
+    fn member_news(&self) -> PyResult<(usize, u64)> {
+        self.with(|n| n.member_news())
+    }
+
     /// Outbound packets dropped because no peer owns their destination.
     fn no_route_drops(&self) -> PyResult<u64> {
         self.with(|n| n.no_route_drops())
@@ -370,6 +375,14 @@ fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
         Event::MemberAdmitted { key, certificate } => {
             d.set_item("certificate", PyBytes::new(py, &certificate))?;
             ("member_admitted", Some(key), None, String::new())
+        }
+        Event::MemberLearned { key, certificate } => {
+            d.set_item("certificate", PyBytes::new(py, &certificate))?;
+            ("member_learned", Some(key), None, String::new())
+        }
+        Event::RevocationLearned { key, revocation } => {
+            d.set_item("revocation", PyBytes::new(py, &revocation))?;
+            ("revocation_learned", Some(key), None, String::new())
         }
         Event::PeerConnected { key } => ("peer_connected", Some(key), None, String::new()),
         Event::PeerDisconnected { key, reason } => ("peer_disconnected", Some(key), None, reason),

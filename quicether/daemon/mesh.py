@@ -1,0 +1,148 @@
+"""The daemon's side of the mesh network this node is a member of ([network] in the config): which
+certificates admit a peer and which members are revoked (told to the core), the members the core admitted
+or learned from peers (for routes and status), and revocations learned from peers, kept in the state
+directory so a restart does not let a revoked member back in.
+
+    <state_dir>/revocations   one base64 revocation per line, every one learned from peers (mode 600)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from quicether import _core
+from quicether.atomic import write_private
+from quicether.config import Config, NetworkConfig
+from quicether.daemon.peers import Member, PeerTable
+from quicether.identity import encode_node_id, short_id
+
+log = logging.getLogger("quicether")
+REVOCATIONS_FILE = "revocations"
+# How often admitted members' certificates are checked again (expiry while connected).
+RECHECK_S = 60.0
+
+
+def member_of(cert: dict[str, Any]) -> Member:
+    return Member(name=str(cert["name"]), ipv4=str(cert["ipv4"]), ipv6=str(cert["ipv6"]),
+                  groups=[str(g) for g in cert["groups"]], lan_prefixes=[str(p) for p in cert["lan_prefixes"]],
+                  exit=bool(cert["exit"]), not_after=int(cert["not_after"]))
+
+
+class Mesh:
+    def __init__(self, node: _core.Node, peers: PeerTable, config: Config,
+                 label: Callable[[bytes | None], str]) -> None:
+        self.node = node
+        self.peers = peers
+        self.config = config
+        self.label = label
+        self.known: dict[bytes, Member] = {}    # every member we know of (admitted, learned), not us
+        self.learned_revocations: list[bytes] = []
+        self._path = config.state_dir / REVOCATIONS_FILE
+        if config.network is not None:
+            self.learned_revocations = _load_revocations(self._path, config.network)
+
+    @property
+    def network(self) -> NetworkConfig | None:
+        return self.config.network
+
+    def _revocations(self) -> list[bytes]:
+        net = self.network
+        if net is None:
+            return []
+        return net.revoked + [r for r in self.learned_revocations if r not in net.revoked]
+
+    def apply(self, config: Config) -> None:
+        """Tells the core which network's certificates admit a peer and which members are revoked."""
+        self.config = config
+        net = config.network
+        removed = self.node.set_network(net.network_key if net else None, self._revocations(),
+                                        net.mode if net else "aggregate", net.realtime_mode if net else "redundant",
+                                        [])
+        for key in removed:
+            log.warning("%s cut off: revoked, expired or no longer of this network", self.label(key))
+
+    def _read(self, key: bytes, certificate: bytes) -> Member | None:
+        net = self.network
+        if net is None:
+            return None
+        try:
+            return member_of(_core.read_certificate(certificate, net.network_key, None))
+        except ValueError as exc:  # the core checked it an instant ago: only a changed network gets here
+            log.error("member %s: %s", encode_node_id(key), exc)
+            return None
+
+    def admitted(self, key: bytes, certificate: bytes, mark: dict[str, str]) -> Member | None:
+        """The core let `key` in by its certificate: known (and named) at once; the caller routes it."""
+        member = self._read(key, certificate)
+        if member is None:
+            return None
+        self.known[key] = member
+        log.info("member %s (%s) admitted by its certificate: %s%s", member.name, short_id(encode_node_id(key)),
+                 member.ipv4, f", LAN {', '.join(member.lan_prefixes)}" if member.lan_prefixes else "", extra=mark)
+        return member
+
+    def learned(self, key: bytes, certificate: bytes, mark: dict[str, str]) -> None:
+        member = self._read(key, certificate)
+        if member is not None and key not in self.known:
+            self.known[key] = member
+            log.info("learned of member %s (%s) at %s", member.name, short_id(encode_node_id(key)), member.ipv4,
+                     extra=mark)
+
+    def revocation_learned(self, key: bytes, revocation: bytes, mark: dict[str, str]) -> None:
+        """A peer told us a revocation: keep it (on disk too) and cut the member off here."""
+        if self.network is None or revocation in self._revocations():
+            return
+        self.learned_revocations.append(revocation)
+        lines = "".join(base64.b64encode(r).decode() + "\n" for r in self.learned_revocations)
+        try:
+            write_private(self._path, lines.encode())
+        except OSError as exc:
+            log.error("cannot keep the learned revocations in %s: %s", self._path, exc.strerror or exc)
+        member = self.known.pop(key, None)
+        log.warning("learned that member %s was revoked", member.name if member else encode_node_id(key), extra=mark)
+        self.apply(self.config)
+
+    async def recheck(self) -> None:
+        """Certificates expire while their holders are connected: cut those off (their routes follow)."""
+        while True:
+            await asyncio.sleep(RECHECK_S)
+            for key in self.node.recheck_members():
+                log.warning("%s cut off: its certificate expired", self.label(key))
+
+    def status(self, connected: set[bytes]) -> dict[str, Any] | None:
+        net = self.network
+        if net is None:
+            return None
+        learned, refused = self.node.member_news()
+        return {"key": base64.b64encode(net.network_key).decode(), "name": net.name, "not_after": net.not_after,
+                "revoked": len(self._revocations()), "members_known": learned, "news_refused": refused,
+                "members": [{"name": m.name, "node_id": encode_node_id(k), "ipv4": m.ipv4,
+                             "connected": k in connected}
+                            for k, m in sorted(self.known.items(), key=lambda kv: kv[1].name)]}
+
+
+def _load_revocations(path: Path, net: NetworkConfig) -> list[bytes]:
+    """Revocations kept from earlier runs; one that is damaged or of another network is skipped (and said)."""
+    try:
+        lines = path.read_text().split()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.error("cannot read the learned revocations in %s: %s", path, exc.strerror or exc)
+        return []
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            data = base64.b64decode(line, validate=True)
+            _core.read_revocation(data, net.network_key)
+        except (ValueError, binascii.Error) as exc:
+            log.warning("%s line %d skipped: %s", path, i + 1, exc)
+            continue
+        kept.append(data)
+    return kept
