@@ -40,6 +40,12 @@
     mode = "aggregate"             # how members' bulk and real-time traffic is scheduled
     realtime_mode = "redundant"
 
+    [discovery]                    # how a member finds the others (with [network] only)
+    dht = true                     # publish our record in the mainline DHT and look up the members we learn of
+    bootstrap = ["198.51.100.9:6881"]   # a private DHT's nodes (default: the public mainline DHT's)
+    port = 0                       # the DHT's UDP port (0: any)
+    server = false                 # answer other DHT nodes' queries too (a publicly reachable gateway)
+
 Router settings (see quicether/router_config.py for every field): [lan] (appliance address, DHCP/DNS,
 exit peer, kill switch), [gateway] (exit to the internet, port forwards), [[acl]] rules, [firewall] (more
 ports open from outside), and in [node]:
@@ -137,6 +143,14 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class DiscoveryConfig:
+    dht: bool = True
+    bootstrap: list[str] | None = None   # None: the public mainline DHT
+    port: int = 0
+    server: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     listen: str
@@ -156,6 +170,7 @@ class Config:
     webui: WebUiConfig = field(default_factory=WebUiConfig)
     open_ports: list[OpenPort] = field(default_factory=list)
     network: NetworkConfig | None = None
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     @property
     def key_path(self) -> Path:
@@ -342,12 +357,29 @@ def _network(raw: object, where: str) -> NetworkConfig:
                          realtime_mode=_mode(raw.get("realtime_mode", "redundant"), f"{where}.realtime_mode"))
 
 
+def _discovery(raw: object, where: str) -> DiscoveryConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [discovery] must be a table")
+    check_keys(raw, {"dht", "bootstrap", "port", "server"}, where)
+    for flag in ("dht", "server"):
+        if not isinstance(raw.get(flag, False), bool):
+            raise ConfigError(f"{where}.{flag}: must be true or false")
+    bootstrap = raw.get("bootstrap")
+    if bootstrap is not None and (not isinstance(bootstrap, list) or len(bootstrap) > MAX_ENDPOINTS):
+        raise ConfigError(f"{where}.bootstrap: expected a list of at most {MAX_ENDPOINTS} \"ip:port\" addresses")
+    nodes = None if bootstrap is None else [_socket_addr(b, f"{where}.bootstrap[{i}]") for i, b in enumerate(bootstrap)]
+    return DiscoveryConfig(dht=bool(raw.get("dht", True)), bootstrap=nodes,
+                           port=_int_in(raw.get("port", 0), 0, 65535, f"{where}.port"),
+                           server=bool(raw.get("server", False)))
+
+
 def parse(text: str, path: Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl", "webui", "firewall", "network"}, str(path))
+    check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl", "webui", "firewall", "network",
+                      "discovery"}, str(path))
     node = data.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
@@ -410,7 +442,9 @@ def parse(text: str, path: Path) -> Config:
                   congestion=str(congestion), peers=peers, wans=wans, role=router.role,
                   detect_wans=router.detect_wans, lan=router.lan, gateway=router.gateway, acls=router.acls,
                   acl_default=router.acl_default, webui=router.webui, open_ports=router.open_ports,
-                  network=network)
+                  network=network,
+                  discovery=_discovery(data["discovery"], f"{path}: discovery") if "discovery" in data
+                  else DiscoveryConfig())
 
 
 def load(path: Path) -> Config:

@@ -14,6 +14,7 @@ from quicether.daemon import api
 from quicether.identity import decode_node_id, load
 from tests.lab import Lab, Namespace
 from tests.lab import nodes as qe
+from tests.lab.dht import start_dht
 from tests.lab.measure import ping, wait_for
 
 SITE_LAN = "192.168.77.0/24"
@@ -35,6 +36,7 @@ def _member(node: qe.NodeSpec, member: network.Member, gw: qe.NodeSpec | None, g
     """Makes `node` a member by its certificate; it dials `gw` (listed by key) if given."""
     node.address = ""  # from the certificate
     node.sections["network"] = {"certificate": member.certificate}
+    node.sections.setdefault("discovery", {"dht": False})  # no DHT in these labs unless a test starts one
     if gw is not None:
         node.peers.append({"name": "gw", "key": gw.node_id, "endpoint": gw_endpoint,
                            "allowed_ips": ["100.64.0.1/32"]})
@@ -160,3 +162,35 @@ def test_members_learn_of_each_other_and_a_revocation_spreads_to_all(lab: Lab, t
     wait_for(lambda: a.status()["node"]["refused_handshakes"] > 0, timeout=10)
     assert _peer(a, b.node_id) is None, "the learned revocation still holds after a restart"
     assert a.status()["node"]["network"]["revoked"] == 1
+
+
+def test_members_find_each_other_through_a_private_dht(lab: Lab, tmp_path: Path) -> None:
+    """The issue's first lab test: one gateway (admin) and four sites, each configured with only its
+    certificate and the gateway; 16 plain mainline nodes as the DHT. Every site learns of the others from
+    the gateway, finds their records in the DHT and connects to each directly."""
+    hub, spokes = _star(lab, 4)
+    dht = start_dht(lab, hub, 16, ip="10.1.0.2")
+    gw = qe.make_node(hub, "gw", "", tmp_path)
+    net = network.create(gw.state_dir, "home", load(gw.state_dir / "node.key"), admin_name="gw")
+    sites = [qe.make_node(ns, f"s{i}", "", tmp_path) for i, ns in enumerate(spokes)]
+    gw.sections["discovery"] = {"bootstrap": dht[:4]}
+    _member(gw, net.members[0], None, "")
+    for node in sites:
+        node.sections["discovery"] = {"bootstrap": dht[:4]}
+        _member(node, network.issue(net, decode_node_id(node.node_id), f"site-{node.name}"), gw, "10.1.0.2:4433")
+    for node in (gw, *sites):
+        qe.start(node)
+
+    def all_connected() -> bool:
+        return all(len([p for p in n.status()["peers"] if p["connected"]]) == len(sites) for n in sites)
+
+    took = wait_for(all_connected, timeout=60, step=0.5)
+    assert took < 30, f"every member connected to every other only after {took:.0f} s"
+    for node in sites:
+        peers = {p["name"]: p for p in node.status()["peers"]}
+        assert set(peers) == {"gw"} | {f"site-{n.name}" for n in sites if n is not node}, peers.keys()
+        for other in sites:
+            if other is not node:
+                address = next(m.ipv4 for m in net.members if m.node_id == other.node_id)
+                assert ping(node.ns, address, count=2).received == 2, (node.name, other.name)
+        assert "discovery: found member" in qe.read_log(node)

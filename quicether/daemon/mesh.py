@@ -57,6 +57,11 @@ class Mesh:
             return []
         return net.revoked + [r for r in self.learned_revocations if r not in net.revoked]
 
+    def modes(self) -> tuple[str, str]:
+        """How members' bulk and real-time traffic is scheduled."""
+        net = self.network
+        return (net.mode, net.realtime_mode) if net else ("aggregate", "redundant")
+
     def apply(self, config: Config) -> None:
         """Tells the core which network's certificates admit a peer and which members are revoked."""
         self.config = config

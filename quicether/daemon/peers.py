@@ -61,6 +61,18 @@ class PeerTable:
         self.members[key] = member
         await self._sync_routes()
 
+    async def dial_member(self, key: bytes, member: Member, endpoints: list[str], modes: tuple[str, str]) -> None:
+        """Dials member `key` at `endpoints` (found by discovery); a [[peer]] of the config is left as it is."""
+        if key in self.peers or any(p["key"] == key and p["connected"] for p in self.node.peers()):
+            return  # a [[peer]] is dialed as configured; a member that dialed us meanwhile needs no dial
+        allowed = [f"{member.ipv4}/32", f"{member.ipv6}/128", *member.lan_prefixes]
+        try:
+            self.node.add_peer(key, endpoints, allowed, modes[0], modes[1], [])
+        except ValueError:  # the core admitted it meanwhile (it dialed us): give it the endpoints
+            self.node.update_peer(key, endpoints, allowed, modes[0], modes[1], [])
+        self.members[key] = member
+        await self._sync_routes()
+
     async def gone(self, key: bytes) -> None:
         """The core removed peer `key` by itself (a member revoked or expired): its routes go."""
         if self.members.pop(key, None) is not None:

@@ -25,6 +25,7 @@ from quicether.daemon import events as core_events
 from quicether.daemon import reload
 from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer
 from quicether.daemon.eventlog import EventLog
+from quicether.daemon.finder import Finder
 from quicether.daemon.mesh import Mesh
 from quicether.daemon.peers import PeerTable
 from quicether.daemon.router import Router
@@ -52,6 +53,7 @@ class Daemon:
         self.router: Router | None = None
         self.wans: WanManager | None = None
         self.mesh: Mesh | None = None
+        self.finder: Finder | None = None
         self._names = {p.key: p.name for p in config.peers}
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -59,7 +61,7 @@ class Daemon:
         self._ui_restart_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
         """Runs `work` from an event callback, keeping it referenced and its failure logged."""
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
@@ -70,6 +72,7 @@ class Daemon:
                 log.error("%s failed: %s", what, exc)
 
         task.add_done_callback(done)
+        return task
 
     def _peer_name(self, key: bytes) -> str | None:
         known = self.mesh.known.get(key) if self.mesh else None
@@ -102,8 +105,10 @@ class Daemon:
                 log.info("%s: %s path on WAN %s up (%s, remote %s)", who, path_kind, wan, reason, remote, extra=mark)
             case core_events.PathDown(wan=wan, path_kind=path_kind, reason=reason, detail=detail):
                 log.warning("%s: %s path on WAN %s down (%s): %s", who, path_kind, wan, reason, detail, extra=mark)
-            case core_events.PeerDisconnected(detail=detail):
+            case core_events.PeerDisconnected(key=key, detail=detail):
                 log.warning("%s disconnected: %s", who, detail, extra=mark)
+                if self.finder is not None and key is not None:
+                    self.finder.lost(key)
             case core_events.HandshakeRefused(detail=detail):
                 log.warning("refused handshake from %s: %s", who, detail, extra=mark)
             case core_events.DialFailed(wan=wan, detail=detail):
@@ -313,6 +318,8 @@ class Daemon:
             self.mesh.apply(self.config)
             recheck = loop.create_task(self.mesh.recheck())
             undo.callback(recheck.cancel)
+            if self.config.network is not None and self.config.discovery.dht:
+                await self._start_finder(undo)
             undo.callback(lambda: [t.cancel() for t in self._tasks])
             self.router = Router(self.config, self.node)
             undo.push_async_callback(self.router.stop)
@@ -330,6 +337,22 @@ class Daemon:
                      self.node.local_addr(), self.config.tun, self.node.inner_mtu(), len(self.config.peers))
             await self._stop.wait()
             log.info("restarting" if self.reload_with else "stopping")
+
+    async def _start_finder(self, undo: contextlib.AsyncExitStack) -> None:
+        """Publishes our record and looks members up in the DHT; without it, members still dial us."""
+        assert self.node is not None and self.mesh is not None and self.peers is not None
+        lan = {self.config.lan.device} if self.config.lan else set()
+        finder = Finder(self.config, self.identity, self.node, self.mesh, self.peers,
+                        frozenset({self.config.tun, *lan}))
+        try:
+            await finder.start()
+        except (OSError, ValueError) as exc:
+            log.error("discovery: cannot start the DHT node: %s (members are found only when they dial us)", exc)
+            return
+        self.finder = finder
+        undo.callback(finder.stop)
+        # Unwound first: the loop ends before its DHT node closes.
+        undo.callback(self._spawn(finder.run(), "discovery").cancel)
 
     def _close_node(self) -> None:
         if self.node is not None:

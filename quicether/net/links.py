@@ -86,3 +86,17 @@ def remove_routes(name: str, prefixes: list[str]) -> None:
             family = socket.AF_INET if net.version == 4 else socket.AF_INET6
             with contextlib.suppress(NetlinkError):
                 ipr.route("del", dst=str(net), oif=found[0], family=family)
+
+
+def local_addresses(exclude: set[str]) -> list[tuple[str, str]]:
+    """(device, IPv4 address) of every interface but loopback and `exclude`: where the listening socket
+    (bound to 0.0.0.0) can be reached, for this node's discovery record."""
+    found = []
+    with IPRoute() as ipr:
+        names = {int(link["index"]): str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
+        for addr in ipr.get_addr(family=socket.AF_INET):
+            device = names.get(int(addr["index"]), "")
+            ip = ipaddress.ip_address(str(addr.get_attr("IFA_ADDRESS")))
+            if device and device not in exclude and not ip.is_loopback:
+                found.append((device, str(ip)))
+    return found

@@ -39,6 +39,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 const REDIAL_INTERVAL: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(8);
 
+/// A dial attempt's outcome when the peer closed it as the duplicate of its own dial to us.
+const LOST_AS_DUPLICATE: &str = "closed as a duplicate path";
+
 /// Text from the network (errors carrying a peer's close reason) as it may reach events and logs.
 pub fn net_text(e: impl std::fmt::Display) -> String {
     escape_text(e.to_string().as_bytes())
@@ -201,6 +204,8 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
                 .map_err(net_text)?;
             match tokio::time::timeout(HELLO_TIMEOUT, send_hello(&conn, &target.wan, target.backup)).await {
                 Ok(Ok(answer)) => Ok((conn, answer)),
+                // Both nodes dialed each other over the same WANs and the peer kept its own dial.
+                Ok(Err(_)) if closed_as_duplicate(&conn) => Err(LOST_AS_DUPLICATE.to_string()),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err("peer completed the handshake but did not answer the path hello".into()),
             }
@@ -245,6 +250,13 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
                     }
                     continue;
                 }
+            }
+            Err(reason) if reason == LOST_AS_DUPLICATE => {
+                // Not a failure: the peer's path over this WAN carries the traffic. Dial again once it is gone.
+                while target.peer.has_path_on(&target.wan) {
+                    tokio::time::sleep(REDIAL_INTERVAL).await;
+                }
+                continue;
             }
             Err(reason) => {
                 // Report a failure when its reason changes, not on every retry.

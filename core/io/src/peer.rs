@@ -271,6 +271,11 @@ impl Peer {
             .any(|p| p.route.local_wan == local_wan && p.route.peer_wan.as_deref() == peer_wan)
     }
 
+    /// True if a path runs over our WAN `local_wan`.
+    pub fn has_path_on(&self, local_wan: &str) -> bool {
+        self.paths.read().unwrap().iter().any(|p| p.route.local_wan == local_wan)
+    }
+
     pub fn new(cfg: &PeerConfig, first_seq: u64) -> Peer {
         Peer {
             key: cfg.key,

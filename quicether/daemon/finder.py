@@ -1,0 +1,137 @@
+"""Finding members through the mainline DHT ([discovery] in the config; the core's `Discovery` does the
+DHT, the signatures and the sealing). This node publishes a record of where it can be reached (its
+addresses with the listening port, and the public addresses its peers see it at), again when that
+changes and every few minutes; it looks up every member it knows of (`Mesh.known`: admitted, or told by
+a peer) that it has no path to, and hands what it finds to the core to dial. A member that is also a
+[[peer]] is dialed as the config says, not from its record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from quicether import _core
+from quicether.config import Config
+from quicether.daemon.mesh import Mesh
+from quicether.daemon.peers import PeerTable
+from quicether.identity import Identity, encode_node_id, short_id
+from quicether.net import links
+
+log = logging.getLogger("quicether")
+# How often the loop looks at what is due; a record change is published within this.
+TICK_S = 2.0
+REPUBLISH_S = 600.0
+RECORD_LIFETIME_S = 3600
+LOOKUP_TIMEOUT_S = 8.0
+# Pause before looking up a member again: after a miss it doubles up to the maximum.
+RETRY_S, RETRY_MAX_S = 2.0, 60.0
+# A member found and dialed is looked up again after this if still not connected.
+REDIAL_LOOKUP_S = 30.0
+
+
+@dataclass
+class _Search:
+    due: float = 0.0
+    pause: float = RETRY_S
+
+
+class Finder:
+    def __init__(self, config: Config, identity: Identity, node: _core.Node, mesh: Mesh, peers: PeerTable,
+                 not_wans: frozenset[str]) -> None:
+        self.config = config
+        self.identity = identity
+        self.node = node
+        self.mesh = mesh
+        self.peers = peers
+        self.not_wans = not_wans
+        self.dht: _core.Discovery | None = None
+        self.published: list[dict[str, str]] | None = None
+        self.published_at = 0.0
+        self.publish_failed: str | None = None
+        self.searches: dict[bytes, _Search] = {}
+
+    async def start(self) -> None:
+        net, disc = self.config.network, self.config.discovery
+        assert net is not None
+        self.dht = await asyncio.to_thread(_core.Discovery, disc.port, disc.bootstrap, disc.server,
+                                           self.identity.seed, net.network_key)
+        log.info("discovery: DHT node on %s (%s)", self.dht.local_addr(),
+                 "private bootstrap " + ", ".join(disc.bootstrap) if disc.bootstrap is not None else "public DHT")
+
+    def stop(self) -> None:
+        if self.dht is not None:
+            self.dht.close()
+            self.dht = None
+
+    def lost(self, key: bytes) -> None:
+        """A member's last path closed: look it up again now (it may have moved)."""
+        if key in self.searches:
+            self.searches[key] = _Search()
+
+    def _endpoints(self) -> list[dict[str, str]]:
+        port = int(self.node.local_addr().rpartition(":")[2])
+        found = [{"wan": device[:32], "kind": "public", "addr": f"{ip}:{port}"}
+                 for device, ip in links.local_addresses(set(self.not_wans))]
+        for peer in self.node.peers():
+            for path in peer["paths"]:
+                public = path.get("public")
+                if public and not any(e["addr"] == public for e in found):
+                    found.append({"wan": str(path["local_wan"])[:32], "kind": "reflexive", "addr": str(public)})
+        return sorted(found, key=lambda e: (e["kind"], e["wan"], e["addr"]))[:16]
+
+    async def _publish(self, now: float) -> None:
+        assert self.dht is not None
+        endpoints = await asyncio.to_thread(self._endpoints)
+        if endpoints == self.published and now - self.published_at < REPUBLISH_S:
+            return
+        record: dict[str, Any] = {"expires_at": int(time.time()) + RECORD_LIFETIME_S, "endpoints": endpoints,
+                                  "lan": [], "relays": []}
+        try:
+            await asyncio.to_thread(self.dht.publish, record)
+        except (OSError, ValueError) as exc:
+            if str(exc) != self.publish_failed:  # said once per cause, not every tick
+                log.warning("discovery: publishing our record failed: %s", exc)
+                self.publish_failed = str(exc)
+            self.published_at = now - REPUBLISH_S + RETRY_MAX_S  # try again within a minute
+            return
+        self.publish_failed = None
+        self.published, self.published_at = endpoints, now
+        log.info("discovery: published our record (%s)", ", ".join(e["addr"] for e in endpoints) or "no address")
+
+    async def _search(self, key: bytes, now: float) -> None:
+        assert self.dht is not None
+        search = self.searches.setdefault(key, _Search())
+        if now < search.due:
+            return
+        member = self.mesh.known.get(key)
+        if member is None:
+            return
+        found = await asyncio.to_thread(self.dht.lookup, key, LOOKUP_TIMEOUT_S)
+        if found is None:
+            search.due, search.pause = now + search.pause, min(search.pause * 2, RETRY_MAX_S)
+            return
+        endpoints = [str(e["addr"]) for e in found["endpoints"]] + [str(a) for a in found["lan"]]
+        search.due, search.pause = now + REDIAL_LOOKUP_S, RETRY_S
+        if not endpoints:
+            return
+        log.info("discovery: found member %s (%s) at %s", member.name, short_id(encode_node_id(key)),
+                 ", ".join(endpoints))
+        await self.peers.dial_member(key, member, endpoints, self.mesh.modes())
+
+    async def run(self) -> None:
+        while self.dht is not None:
+            now = time.monotonic()
+            try:
+                await self._publish(now)
+                connected = {p["key"] for p in self.node.peers() if p["connected"]}
+                configured = set(self.peers.peers)
+                for key in list(self.mesh.known):
+                    if key not in connected and key not in configured:
+                        await self._search(key, time.monotonic())
+            except OSError as exc:  # too many lookups in flight, a socket error: try again next tick
+                log.warning("discovery: %s", exc)
+            await asyncio.sleep(TICK_S)
