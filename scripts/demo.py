@@ -4,7 +4,13 @@
                                  ═ wan1 ( 50 Mbit/s, 30 ms) ═╩═ internet ── QuicEther gateway ── dc host
 
 Measures each WAN alone (iperf3 from the router out of that WAN), then iperf3 from the LAN host to the dc
-host through the bond, and prints per-WAN and total throughput. Everything is removed on exit, even on Ctrl-C.
+host through the bond, and prints per-WAN and total throughput.
+
+Then the mesh (--mesh-sites, default 3): a gateway that is admin of a network and sites configured with
+only their membership certificate and the gateway, on separate links; a private mainline DHT of 16 plain
+nodes. Each site learns of the others from the gateway, finds their records in the DHT and connects to
+each directly; prints when each pair connected and the RTT between sites. Everything is removed on exit,
+even on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,8 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.lab import Lab, LinkSpec  # noqa: E402
+from tests.lab import nodes as qe  # noqa: E402
 from tests.lab.bond import build_bond_lab  # noqa: E402
 from tests.lab.measure import iperf, ping, start_iperf_server  # noqa: E402
+from tests.lab.mesh import build_mesh_lab  # noqa: E402
+
+# How long the mesh part waits for every site to connect to every other.
+MESH_TIMEOUT_S = 60
 
 
 def parse_wans(values: list[str] | None, parser: argparse.ArgumentParser) -> list[LinkSpec]:
@@ -43,8 +54,49 @@ def main() -> int:
                         help="bonding mode (default aggregate)")
     parser.add_argument("--wan", action="append", metavar="MBIT:RTT_MS",
                         help="a WAN link as rate and added round-trip time; repeat (default 100:10 and 50:30)")
+    parser.add_argument("--mesh-sites", type=int, default=3, metavar="N",
+                        help="sites in the mesh part (default 3; 0: skip it)")
     args = parser.parse_args()
+    if not 0 <= args.mesh_sites <= 8:
+        parser.error("--mesh-sites: from 0 to 8")
     specs = parse_wans(args.wan, parser)
+    bond_demo(args, specs)
+    return mesh_demo(args.mesh_sites) if args.mesh_sites else 0
+
+
+def mesh_demo(sites: int) -> int:
+    print(f"\nthe mesh: a gateway (the network's admin) and {sites} sites, each given only its membership"
+          " certificate and the gateway; a private mainline DHT of 16 nodes", flush=True)
+    with Lab() as lab, tempfile.TemporaryDirectory() as state:
+        t0 = time.monotonic()
+        mesh = build_mesh_lab(lab, sites, Path(state))
+        print(f"  started in {time.monotonic() - t0:.1f} s; waiting for every site to reach every other ...",
+              flush=True)
+        t0, seen = time.monotonic(), {n.name: 0 for n in mesh.sites}
+        while time.monotonic() - t0 < MESH_TIMEOUT_S and min(seen.values()) < sites:
+            for node in mesh.sites:
+                count = mesh.connected(node)
+                if count != seen[node.name]:
+                    seen[node.name] = count
+                    print(f"  {time.monotonic() - t0:5.1f} s  site-{node.name} connected to {count} of {sites}"
+                          " (the gateway and the other sites)", flush=True)
+            time.sleep(0.25)
+        if min(seen.values()) < sites:
+            print(f"mesh: FAILED: not every site connected within {MESH_TIMEOUT_S} s: {seen}", file=sys.stderr)
+            return 1
+        print(f"\nevery site connected to every other in {time.monotonic() - t0:.1f} s; site to site, directly:")
+        for node in mesh.sites:
+            for other in mesh.sites:
+                if other is not node:
+                    result = ping(node.ns, mesh.address(other), count=3)
+                    dht = f"found member site-{other.name}" in qe.read_log(node)
+                    found = "found in the DHT" if dht else "it dialed us"
+                    print(f"  site-{node.name} -> site-{other.name} ({mesh.address(other)}): "
+                          f"{result.received}/3 replies, {result.median_ms:.1f} ms  ({found})", flush=True)
+    return 0
+
+
+def bond_demo(args: argparse.Namespace, specs: list[LinkSpec]) -> None:
     print(f"building the lab: router with {len(specs)} WANs: "
           + ", ".join(f"wan{i} {s.rate_mbit:g} Mbit/s {s.delay_ms:g} ms" for i, s in enumerate(specs)), flush=True)
     with Lab() as lab, tempfile.TemporaryDirectory() as state:
@@ -83,7 +135,6 @@ def main() -> int:
               f"{'':>8}{rtt:>7.1f} ms")
         print(f"\nbond goodput {result.mbit_s:.1f} Mbit/s = {100 * result.mbit_s / link_sum:.0f}% of the link sum, "
               f"{result.mbit_s / max(alone):.2f}x the best single WAN (run took {elapsed:.1f} s)")
-    return 0
 
 
 if __name__ == "__main__":

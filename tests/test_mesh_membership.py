@@ -14,8 +14,8 @@ from quicether.daemon import api
 from quicether.identity import decode_node_id, load
 from tests.lab import Lab, Namespace
 from tests.lab import nodes as qe
-from tests.lab.dht import start_dht
 from tests.lab.measure import ping, wait_for
+from tests.lab.mesh import build_mesh_lab, make_member, star
 
 SITE_LAN = "192.168.77.0/24"
 
@@ -30,16 +30,6 @@ def _hosts(lab: Lab) -> tuple[Namespace, Namespace, Namespace]:
     stranger.ip("addr", "add", "10.2.0.1/24", "dev", "eth0")
     gw.ip("addr", "add", "10.2.0.2/24", "dev", "stranger")
     return gw, site, stranger
-
-
-def _member(node: qe.NodeSpec, member: network.Member, gw: qe.NodeSpec | None, gw_endpoint: str) -> None:
-    """Makes `node` a member by its certificate; it dials `gw` (listed by key) if given."""
-    node.address = ""  # from the certificate
-    node.sections["network"] = {"certificate": member.certificate}
-    node.sections.setdefault("discovery", {"dht": False})  # no DHT in these labs unless a test starts one
-    if gw is not None:
-        node.peers.append({"name": "gw", "key": gw.node_id, "endpoint": gw_endpoint,
-                           "allowed_ips": ["100.64.0.1/32"]})
 
 
 def _peer(node: qe.NodeSpec, node_id: str) -> dict[str, Any] | None:
@@ -58,9 +48,9 @@ def test_a_member_is_admitted_by_its_certificate_and_cut_off_when_revoked(lab: L
     net = network.create(gw.state_dir, "home", load(gw.state_dir / "node.key"), admin_name="gw")
     site_cert = network.issue(net, decode_node_id(site.node_id), "site-a", lan_prefixes=[SITE_LAN])
     other = network.create(stranger.state_dir, "other", load(stranger.state_dir / "node.key"), admin_name="x")
-    _member(gw, net.members[0], None, "")
-    _member(site, site_cert, gw, "10.1.0.2:4433")
-    _member(stranger, other.members[0], gw, "10.2.0.2:4433")
+    make_member(gw, net.members[0], None)
+    make_member(site, site_cert, gw)
+    make_member(stranger, other.members[0], gw, gateway_endpoint="10.2.0.2:4433")
     qe.start(gw)
     qe.start(site)
     qe.start(stranger)
@@ -100,7 +90,7 @@ def test_a_certificate_of_another_node_is_refused_at_start(lab: Lab, tmp_path: P
     node = qe.make_node(ns, "solo", "", tmp_path)
     net = network.create(tmp_path / "admin", "home", load(node.state_dir / "node.key"), admin_name="gw")
     someone = network.issue(net, b"\x07" * 32, "someone")
-    _member(node, someone, None, "")
+    make_member(node, someone, None)
     node.write_config()
     result = ns.run(sys.executable, "-m", "quicether", "up", "-c", str(node.config_path), check=False)
     assert result.returncode != 0
@@ -108,32 +98,18 @@ def test_a_certificate_of_another_node_is_refused_at_start(lab: Lab, tmp_path: P
     assert "qe0" not in ns.run("ip", "link").stdout, "nothing left behind"
 
 
-def _star(lab: Lab, sites: int) -> tuple[Namespace, list[Namespace]]:
-    """A hub routing between `sites` hosts, each on its own link: site i at 10.(i+1).0.1, hub .2."""
-    hub = lab.add_namespace("hub", forwarding=True)
-    spokes = []
-    for i in range(sites):
-        ns = lab.add_namespace(f"s{i}")
-        lab.veth(ns, "eth0", hub, f"s{i}")
-        ns.ip("addr", "add", f"10.{i + 1}.0.1/24", "dev", "eth0")
-        ns.ip("route", "add", "default", "via", f"10.{i + 1}.0.2")
-        hub.ip("addr", "add", f"10.{i + 1}.0.2/24", "dev", f"s{i}")
-        spokes.append(ns)
-    return hub, spokes
-
-
 def _known(node: qe.NodeSpec) -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in node.status()["node"]["network"]["members"]}
 
 
 def test_members_learn_of_each_other_and_a_revocation_spreads_to_all(lab: Lab, tmp_path: Path) -> None:
-    hub, (a_ns, b_ns, c_ns) = _star(lab, 3)
+    hub, (a_ns, b_ns, c_ns) = star(lab, 3)
     gw = qe.make_node(hub, "gw", "", tmp_path)
     a, b, c = (qe.make_node(ns, name, "", tmp_path) for ns, name in ((a_ns, "a"), (b_ns, "b"), (c_ns, "c")))
     net = network.create(gw.state_dir, "home", load(gw.state_dir / "node.key"), admin_name="gw")
-    _member(gw, net.members[0], None, "")
+    make_member(gw, net.members[0], None)
     for node, name in ((a, "site-a"), (b, "site-b"), (c, "site-c")):
-        _member(node, network.issue(net, decode_node_id(node.node_id), name), gw, "10.1.0.2:4433")
+        make_member(node, network.issue(net, decode_node_id(node.node_id), name), gw)
     # b also dials a (a has no [[peer]] for b: it admits b by its certificate).
     b.peers.append({"name": "a", "key": a.node_id, "endpoint": "10.1.0.1:4433", "allowed_ips": ["100.64.0.2/32"]})
     for node in (gw, a, b, c):
@@ -168,29 +144,14 @@ def test_members_find_each_other_through_a_private_dht(lab: Lab, tmp_path: Path)
     """The issue's first lab test: one gateway (admin) and four sites, each configured with only its
     certificate and the gateway; 16 plain mainline nodes as the DHT. Every site learns of the others from
     the gateway, finds their records in the DHT and connects to each directly."""
-    hub, spokes = _star(lab, 4)
-    dht = start_dht(lab, hub, 16, ip="10.1.0.2")
-    gw = qe.make_node(hub, "gw", "", tmp_path)
-    net = network.create(gw.state_dir, "home", load(gw.state_dir / "node.key"), admin_name="gw")
-    sites = [qe.make_node(ns, f"s{i}", "", tmp_path) for i, ns in enumerate(spokes)]
-    gw.sections["discovery"] = {"bootstrap": dht[:4]}
-    _member(gw, net.members[0], None, "")
-    for node in sites:
-        node.sections["discovery"] = {"bootstrap": dht[:4]}
-        _member(node, network.issue(net, decode_node_id(node.node_id), f"site-{node.name}"), gw, "10.1.0.2:4433")
-    for node in (gw, *sites):
-        qe.start(node)
-
-    def all_connected() -> bool:
-        return all(len([p for p in n.status()["peers"] if p["connected"]]) == len(sites) for n in sites)
-
-    took = wait_for(all_connected, timeout=60, step=0.5)
+    mesh = build_mesh_lab(lab, 4, tmp_path)
+    sites = mesh.sites
+    took = wait_for(lambda: all(mesh.connected(n) == len(sites) for n in sites), timeout=60, step=0.5)
     assert took < 30, f"every member connected to every other only after {took:.0f} s"
     for node in sites:
         peers = {p["name"]: p for p in node.status()["peers"]}
         assert set(peers) == {"gw"} | {f"site-{n.name}" for n in sites if n is not node}, peers.keys()
         for other in sites:
             if other is not node:
-                address = next(m.ipv4 for m in net.members if m.node_id == other.node_id)
-                assert ping(node.ns, address, count=2).received == 2, (node.name, other.name)
+                assert ping(node.ns, mesh.address(other), count=2).received == 2, (node.name, other.name)
         assert "discovery: found member" in qe.read_log(node)

@@ -1,0 +1,79 @@
+"""A mesh network in the lab: a hub namespace routing between sites (each on its own link), a QuicEther
+gateway on the hub that is the network's admin, and QuicEther sites configured with only their membership
+certificate and the gateway. Shared by tests/test_mesh_membership.py and scripts/demo.
+
+    site s0 10.1.0.1 ──┐
+    site s1 10.2.0.1 ──┼── hub (10.N.0.2; the gateway, and the private DHT's nodes on 10.1.0.2)
+    site sN …        ──┘
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quicether import network
+from quicether.identity import decode_node_id, load
+from tests.lab import nodes as qe
+from tests.lab.dht import start_dht
+from tests.lab.netns import Lab, Namespace
+
+GATEWAY_ENDPOINT = "10.1.0.2:4433"
+DHT_IP = "10.1.0.2"
+
+
+def star(lab: Lab, sites: int) -> tuple[Namespace, list[Namespace]]:
+    """A hub routing between `sites` hosts, each on its own link: site i at 10.(i+1).0.1, hub .2."""
+    hub = lab.add_namespace("hub", forwarding=True)
+    spokes = []
+    for i in range(sites):
+        ns = lab.add_namespace(f"s{i}")
+        lab.veth(ns, "eth0", hub, f"s{i}")
+        ns.ip("addr", "add", f"10.{i + 1}.0.1/24", "dev", "eth0")
+        ns.ip("route", "add", "default", "via", f"10.{i + 1}.0.2")
+        hub.ip("addr", "add", f"10.{i + 1}.0.2/24", "dev", f"s{i}")
+        spokes.append(ns)
+    return hub, spokes
+
+
+def make_member(node: qe.NodeSpec, member: network.Member, gateway: qe.NodeSpec | None,
+                bootstrap: list[str] | None = None, gateway_endpoint: str = GATEWAY_ENDPOINT) -> None:
+    """Makes `node` a member by its certificate (its overlay address comes from it); it dials `gateway`
+    (listed by key) if given, and uses the DHT at `bootstrap` (None: no DHT)."""
+    node.address = ""
+    node.sections["network"] = {"certificate": member.certificate}
+    node.sections["discovery"] = {"dht": False} if bootstrap is None else {"bootstrap": bootstrap}
+    if gateway is not None:
+        node.peers.append({"name": "gw", "key": gateway.node_id, "endpoint": gateway_endpoint,
+                           "allowed_ips": ["100.64.0.1/32"]})
+
+
+@dataclass
+class MeshLab:
+    hub: Namespace
+    gateway: qe.NodeSpec
+    sites: list[qe.NodeSpec]
+    net: network.Network
+    dht: list[str] = field(default_factory=list)
+
+    def address(self, node: qe.NodeSpec) -> str:
+        """A member's overlay address, from the admin's ledger."""
+        return next(m.ipv4 for m in self.net.members if m.node_id == node.node_id)
+
+    def connected(self, node: qe.NodeSpec) -> int:
+        return len([p for p in node.status()["peers"] if p["connected"]])
+
+
+def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16) -> MeshLab:
+    """Starts the DHT, the gateway and `sites` sites (not waiting for them to connect)."""
+    hub, spokes = star(lab, sites)
+    dht = start_dht(lab, hub, dht_nodes, ip=DHT_IP)
+    gateway = qe.make_node(hub, "gw", "", state)
+    net = network.create(gateway.state_dir, "home", load(gateway.state_dir / "node.key"), admin_name="gw")
+    make_member(gateway, net.members[0], None, dht[:4])
+    nodes = [qe.make_node(ns, f"s{i}", "", state) for i, ns in enumerate(spokes)]
+    for node in nodes:
+        make_member(node, network.issue(net, decode_node_id(node.node_id), f"site-{node.name}"), gateway, dht[:4])
+    for node in (gateway, *nodes):
+        qe.start(node)
+    return MeshLab(hub=hub, gateway=gateway, sites=nodes, net=net, dht=dht)
