@@ -5,6 +5,7 @@ certificate names, refuses a member of another network, and cuts a member off wh
 from __future__ import annotations
 
 import base64
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,25 @@ def test_members_find_each_other_through_a_private_dht(lab: Lab, tmp_path: Path)
             if other is not node:
                 assert ping(node.ns, mesh.address(other), count=2).received == 2, (node.name, other.name)
         assert "discovery: found member" in qe.read_log(node)
+
+
+def test_after_a_restart_members_reconnect_from_their_peer_cache_without_dht_or_gateway(lab: Lab,
+                                                                                        tmp_path: Path) -> None:
+    mesh = build_mesh_lab(lab, 3, tmp_path)
+    sites = mesh.sites
+    wait_for(lambda: all(mesh.connected(n) == len(sites) for n in sites), timeout=60, step=0.5)
+    for node in (*sites, mesh.gateway):
+        qe.stop(node)
+    # The DHT and the gateway are gone for good: only what each site kept can bring the mesh back.
+    mesh.hub.run("nft", "-f", "-", input="table ip cut {\n chain input {\n type filter hook input priority 0;\n"
+                                          " udp dport 7000-7015 drop\n }\n}\n")
+    for node in sites:
+        assert len(json.loads((node.state_dir / "peers.json").read_text())) >= len(sites) - 1
+        qe.start(node)
+    took = wait_for(lambda: all(mesh.connected(n) == len(sites) - 1 for n in sites), timeout=30, step=0.25)
+    assert took < 10, f"reconnected from the caches only after {took:.1f} s"
+    assert all("peer cache: dialing" in qe.read_log(n) for n in sites)
+    for node in sites:
+        for other in sites:
+            if other is not node:
+                assert ping(node.ns, mesh.address(other), count=2).received == 2

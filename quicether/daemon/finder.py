@@ -27,6 +27,7 @@ TICK_S = 2.0
 REPUBLISH_S = 600.0
 RECORD_LIFETIME_S = 3600
 LOOKUP_TIMEOUT_S = 8.0
+PARALLEL_LOOKUPS = 6
 # Pause before looking up a member again: after a miss it doubles up to the maximum.
 RETRY_S, RETRY_MAX_S = 2.0, 60.0
 # A member found and dialed is looked up again after this if still not connected.
@@ -120,7 +121,8 @@ class Finder:
             return
         log.info("discovery: found member %s (%s) at %s", member.name, short_id(encode_node_id(key)),
                  ", ".join(endpoints))
-        await self.peers.dial_member(key, member, endpoints, self.mesh.modes())
+        self.mesh.remember(key, endpoints)
+        await self.peers.dial_member(key, member, endpoints, self.mesh.modes(), "dht")
 
     async def run(self) -> None:
         while self.dht is not None:
@@ -129,9 +131,11 @@ class Finder:
                 await self._publish(now)
                 connected = {p["key"] for p in self.node.peers() if p["connected"]}
                 configured = set(self.peers.peers)
-                for key in list(self.mesh.known):
-                    if key not in connected and key not in configured:
-                        await self._search(key, time.monotonic())
+                wanted = [k for k in self.mesh.known if k not in connected and k not in configured]
+                # Several at once (a lookup takes seconds), fewer than the core's limit of lookups in flight.
+                for i in range(0, len(wanted), PARALLEL_LOOKUPS):
+                    now = time.monotonic()
+                    await asyncio.gather(*(self._search(k, now) for k in wanted[i:i + PARALLEL_LOOKUPS]))
             except OSError as exc:  # too many lookups in flight, a socket error: try again next tick
                 log.warning("discovery: %s", exc)
             await asyncio.sleep(TICK_S)

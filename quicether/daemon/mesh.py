@@ -4,6 +4,8 @@ or learned from peers (for routes and status), and revocations learned from peer
 directory so a restart does not let a revoked member back in.
 
     <state_dir>/revocations   one base64 revocation per line, every one learned from peers (mode 600)
+    <state_dir>/peers.json    the peer cache: each member's certificate and where it was last reached, so a
+                              restart redials them at once, even with the DHT and the gateway unreachable
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,9 @@ from quicether.identity import encode_node_id, short_id
 
 log = logging.getLogger("quicether")
 REVOCATIONS_FILE = "revocations"
+PEER_CACHE_FILE = "peers.json"
+# Members kept in the peer cache (the network's size bound), and endpoints per member.
+MAX_CACHED, MAX_CACHED_ENDPOINTS = 1024, 16
 # How often admitted members' certificates are checked again (expiry while connected).
 RECHECK_S = 60.0
 
@@ -42,6 +49,8 @@ class Mesh:
         self.config = config
         self.label = label
         self.known: dict[bytes, Member] = {}    # every member we know of (admitted, learned), not us
+        self.certificates: dict[bytes, bytes] = {}
+        self.cache: dict[bytes, list[str]] = {}  # where each member was last reached
         self.learned_revocations: list[bytes] = []
         self._path = config.state_dir / REVOCATIONS_FILE
         if config.network is not None:
@@ -71,6 +80,11 @@ class Mesh:
                                         [])
         for key in removed:
             log.warning("%s cut off: revoked, expired or no longer of this network", self.label(key))
+        # A revoked member is neither looked up nor redialed from the cache.
+        for rev in self._revocations():
+            key = bytes(_core.read_revocation(rev, net.network_key)["node_key"]) if net else b""
+            for table in (self.known, self.certificates, self.cache):
+                table.pop(key, None)
 
     def _read(self, key: bytes, certificate: bytes) -> Member | None:
         net = self.network
@@ -87,7 +101,7 @@ class Mesh:
         member = self._read(key, certificate)
         if member is None:
             return None
-        self.known[key] = member
+        self.known[key], self.certificates[key] = member, certificate
         log.info("member %s (%s) admitted by its certificate: %s%s", member.name, short_id(encode_node_id(key)),
                  member.ipv4, f", LAN {', '.join(member.lan_prefixes)}" if member.lan_prefixes else "", extra=mark)
         return member
@@ -95,7 +109,7 @@ class Mesh:
     def learned(self, key: bytes, certificate: bytes, mark: dict[str, str]) -> None:
         member = self._read(key, certificate)
         if member is not None and key not in self.known:
-            self.known[key] = member
+            self.known[key], self.certificates[key] = member, certificate
             log.info("learned of member %s (%s) at %s", member.name, short_id(encode_node_id(key)), member.ipv4,
                      extra=mark)
 
@@ -112,6 +126,56 @@ class Mesh:
         member = self.known.pop(key, None)
         log.warning("learned that member %s was revoked", member.name if member else encode_node_id(key), extra=mark)
         self.apply(self.config)
+
+    def remember(self, key: bytes, endpoints: list[str]) -> None:
+        """`key` was reached at `endpoints`: keep them in the peer cache (written when it changes)."""
+        endpoints = endpoints[:MAX_CACHED_ENDPOINTS]
+        if key not in self.certificates or self.cache.get(key) == endpoints:
+            return
+        if key not in self.cache and len(self.cache) >= MAX_CACHED:
+            return
+        self.cache[key] = endpoints
+        entries = [{"certificate": base64.b64encode(self.certificates[k]).decode(), "endpoints": e,
+                    "seen": int(time.time())} for k, e in self.cache.items() if k in self.certificates]
+        try:
+            write_private(self.config.state_dir / PEER_CACHE_FILE, json.dumps(entries, indent=1).encode())
+        except OSError as exc:
+            log.error("cannot write the peer cache: %s", exc.strerror or exc)
+
+    def reached(self, key: bytes, remote: str) -> None:
+        """A path to member `key` came up with `remote`: the first address to try after a restart."""
+        if key in self.certificates:
+            self.remember(key, [remote, *[e for e in self.cache.get(key, []) if e != remote]])
+
+    async def redial_cached(self) -> int:
+        """At start: dials every member in the peer cache whose certificate is still valid; returns how many."""
+        net = self.network
+        if net is None:
+            return 0
+        entries = _load_cache(self.config.state_dir / PEER_CACHE_FILE)
+        dialed = 0
+        for certificate, endpoints in entries:
+            try:
+                cert = _core.read_certificate(certificate, net.network_key, int(time.time()),
+                                              [_core.read_revocation(r, net.network_key)["node_key"]
+                                               for r in self._revocations()])
+            except ValueError as exc:
+                log.info("peer cache: an entry skipped: %s", exc)
+                continue
+            key = bytes(cert["node_key"])
+            if key == self.node.public_key():
+                continue
+            member = member_of(cert)
+            self.known[key], self.certificates[key], self.cache[key] = member, certificate, endpoints
+            try:
+                await self.peers.dial_member(key, member, endpoints, self.modes(), "cache")
+            except ValueError as exc:  # an endpoint the core refuses: the DHT may still find it
+                log.info("peer cache: %s not dialed: %s", member.name, exc)
+                continue
+            dialed += 1
+        if dialed:
+            log.info("peer cache: dialing %d member(s) where they were last reached", dialed)
+        return dialed
 
     async def recheck(self) -> None:
         """Certificates expire while their holders are connected: cut those off (their routes follow)."""
@@ -151,3 +215,17 @@ def _load_revocations(path: Path, net: NetworkConfig) -> list[bytes]:
             continue
         kept.append(data)
     return kept
+
+
+def _load_cache(path: Path) -> list[tuple[bytes, list[str]]]:
+    """The peer cache's entries; a damaged file is set aside (and said), not fatal: the DHT finds them too."""
+    try:
+        raw = json.loads(path.read_text())
+        entries = [(base64.b64decode(e["certificate"], validate=True),
+                    [str(a) for a in e["endpoints"]][:MAX_CACHED_ENDPOINTS]) for e in raw[:MAX_CACHED]]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError, KeyError, binascii.Error) as exc:
+        log.warning("peer cache %s is damaged (%s): starting without it", path, exc)
+        return []
+    return entries

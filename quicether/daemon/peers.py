@@ -49,6 +49,8 @@ class PeerTable:
         self.address = address
         self.peers: dict[bytes, PeerConfig] = {}
         self.members: dict[bytes, Member] = {}
+        # How each member came to be a peer: "certificate" (it dialed us), "dht" or "cache" (we dialed it).
+        self.found: dict[bytes, str] = {}
         self.routes: set[str] = set()
 
     def name(self, key: bytes) -> str | None:
@@ -59,10 +61,13 @@ class PeerTable:
     async def admitted(self, key: bytes, member: Member) -> None:
         """The core added `key` as a member: route its LAN prefixes (its overlay addresses are on the TUN's)."""
         self.members[key] = member
+        self.found.setdefault(key, "certificate")
         await self._sync_routes()
 
-    async def dial_member(self, key: bytes, member: Member, endpoints: list[str], modes: tuple[str, str]) -> None:
-        """Dials member `key` at `endpoints` (found by discovery); a [[peer]] of the config is left as it is."""
+    async def dial_member(self, key: bytes, member: Member, endpoints: list[str], modes: tuple[str, str],
+                          found: str) -> None:
+        """Dials member `key` at `endpoints` (`found` in the DHT or the peer cache); a [[peer]] of the config
+        is left as it is."""
         if key in self.peers or any(p["key"] == key and p["connected"] for p in self.node.peers()):
             return  # a [[peer]] is dialed as configured; a member that dialed us meanwhile needs no dial
         allowed = [f"{member.ipv4}/32", f"{member.ipv6}/128", *member.lan_prefixes]
@@ -71,10 +76,12 @@ class PeerTable:
         except ValueError:  # the core admitted it meanwhile (it dialed us): give it the endpoints
             self.node.update_peer(key, endpoints, allowed, modes[0], modes[1], [])
         self.members[key] = member
+        self.found[key] = found
         await self._sync_routes()
 
     async def gone(self, key: bytes) -> None:
         """The core removed peer `key` by itself (a member revoked or expired): its routes go."""
+        self.found.pop(key, None)
         if self.members.pop(key, None) is not None:
             await self._sync_routes()
 

@@ -103,6 +103,8 @@ class Daemon:
                 log.info("%s connected", who, extra=mark)
             case core_events.PathUp(wan=wan, path_kind=path_kind, remote=remote, reason=reason):
                 log.info("%s: %s path on WAN %s up (%s, remote %s)", who, path_kind, wan, reason, remote, extra=mark)
+                if self.mesh is not None and event.key is not None and remote and reason == "connected":
+                    self.mesh.reached(event.key, remote)
             case core_events.PathDown(wan=wan, path_kind=path_kind, reason=reason, detail=detail):
                 log.warning("%s: %s path on WAN %s down (%s): %s", who, path_kind, wan, reason, detail, extra=mark)
             case core_events.PeerDisconnected(key=key, detail=detail):
@@ -151,7 +153,7 @@ class Daemon:
                         path["via"] = self._names.get(path["via"]) or encode_node_id(path["via"])
                 member = self.peers.members.get(key) if self.peers else None
                 peers.append({"name": self._peer_name(key) or "", "node_id": encode_node_id(key),
-                              "found": "certificate" if member else "config",
+                              "found": self.peers.found.get(key, "config") if self.peers else "config",
                               "member": None if member is None else {
                                   "ipv4": member.ipv4, "ipv6": member.ipv6, "groups": member.groups,
                                   "lan_prefixes": member.lan_prefixes, "exit": member.exit,
@@ -316,6 +318,7 @@ class Daemon:
                 await self.peers.add(peer)
             self.mesh = Mesh(self.node, self.peers, self.config, self._peer_label)
             self.mesh.apply(self.config)
+            await self.mesh.redial_cached()
             recheck = loop.create_task(self.mesh.recheck())
             undo.callback(recheck.cancel)
             if self.config.network is not None and self.config.discovery.dht:

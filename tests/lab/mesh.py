@@ -9,6 +9,8 @@ certificate and the gateway. Shared by tests/test_mesh_membership.py and scripts
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +57,7 @@ class MeshLab:
     sites: list[qe.NodeSpec]
     net: network.Network
     dht: list[str] = field(default_factory=list)
+    started_at: float = 0.0   # time.monotonic() when the first daemon was started
 
     def address(self, node: qe.NodeSpec) -> str:
         """A member's overlay address, from the admin's ledger."""
@@ -64,9 +67,14 @@ class MeshLab:
         return len([p for p in node.status()["peers"] if p["connected"]])
 
 
-def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16) -> MeshLab:
-    """Starts the DHT, the gateway and `sites` sites (not waiting for them to connect)."""
+def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
+                   prepare: Callable[[Namespace], object] | None = None) -> MeshLab:
+    """Starts the DHT, the gateway and `sites` sites (not waiting for them to connect); `prepare` is
+    called with each site's namespace before any daemon starts."""
     hub, spokes = star(lab, sites)
+    for ns in spokes:
+        if prepare is not None:
+            prepare(ns)
     dht = start_dht(lab, hub, dht_nodes, ip=DHT_IP)
     gateway = qe.make_node(hub, "gw", "", state)
     net = network.create(gateway.state_dir, "home", load(gateway.state_dir / "node.key"), admin_name="gw")
@@ -74,6 +82,7 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16) ->
     nodes = [qe.make_node(ns, f"s{i}", "", state) for i, ns in enumerate(spokes)]
     for node in nodes:
         make_member(node, network.issue(net, decode_node_id(node.node_id), f"site-{node.name}"), gateway, dht[:4])
+    started_at = time.monotonic()
     for node in (gateway, *nodes):
         qe.start(node)
-    return MeshLab(hub=hub, gateway=gateway, sites=nodes, net=net, dht=dht)
+    return MeshLab(hub=hub, gateway=gateway, sites=nodes, net=net, dht=dht, started_at=started_at)
