@@ -106,8 +106,7 @@ def test_members_find_each_other_and_bad_records_are_refused_and_counted(lab: La
     # Non-member: a member of another network publishes; its value, signed under our salt, is served for
     # its key. It is well signed and found where our members look, but it is not sealed with our key.
     outsider = Member(ns, _core.generate_seed(), _core.public_key_of_seed(_core.generate_seed()), bootstrap)
-    outsider.call("publish", _record("198.18.0.66:4433", 600))
-    foreign_v = _captured_items(liar, outsider.key)[0]["v"]
+    foreign_v = _publish_until_captured(outsider, liar)[0]["v"]
     liar.serve(target(outsider.key, salt), {"k": outsider.key, "seq": 5, "v": foreign_v,
                                             "sig": _core.sign(outsider.seed, signable(salt, 5, foreign_v))})
     assert b.lookup(outsider.key) is None
@@ -124,13 +123,26 @@ def test_members_find_each_other_and_bad_records_are_refused_and_counted(lab: La
     assert after["malformed"] == 0 and after["lookups"] >= 6
 
 
-def _captured_items(liar: LyingDhtNode, key: bytes) -> list[dict[str, Any]]:
+def _captured_items(liar: LyingDhtNode, key: bytes, timeout: float = 10) -> list[dict[str, Any]]:
     """What members put at the liar under `key` (a put goes to the closest nodes: the liar is among them)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + timeout
     while not (items := liar.captured(key)):
         assert time.monotonic() < deadline, "the liar saw no put of that key"
         time.sleep(0.2)
     return items
+
+
+def _publish_until_captured(member: Member, liar: LyingDhtNode) -> list[dict[str, Any]]:
+    """Publishes for `member` until the liar is among the nodes its put reached. A node that joined last
+    may not know the liar yet on its first put (seen once in CI); what is tested is what a lookup does
+    with the item, not how the put was routed."""
+    for attempt in range(3):
+        member.call("publish", _record("198.18.0.66:4433", 600))
+        try:
+            return _captured_items(liar, member.key, timeout=5 if attempt < 2 else 10)
+        except AssertionError:
+            continue
+    raise AssertionError("the liar saw no put of the outsider's key in three publishes")
 
 
 def _eventually(check: Any, message: str, timeout: float = 10.0) -> None:
