@@ -10,14 +10,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quicether import __version__
 from quicether.config import DEFAULT_STATE_DIR, Config, ConfigError, load
 from quicether.daemon import api
-from quicether.identity import KEY_FILE_NAME, IdentityError, decode_node_id
+from quicether.identity import KEY_FILE_NAME, Identity, IdentityError, decode_node_id
 from quicether.identity import generate as generate_identity
 from quicether.identity import load as load_identity
+
+if TYPE_CHECKING:
+    from quicether.network import Network
 
 DEFAULT_CONFIG = Path("/etc/quicether/quicether.toml")
 
@@ -165,20 +168,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_invite(args: argparse.Namespace) -> int:
     import ipaddress
 
+    from quicether import joining, network
     from quicether.invite import Invite
 
     try:
         config = load(Path(args.config))
         identity = load_identity(config.key_path)
-    except (ConfigError, IdentityError) as exc:
+        endpoints = joining.invite_endpoints(config, args.endpoint or [])
+        admin_of = (network.holding_key(config.state_dir, config.network.network_key)
+                    if config.network is not None and not args.peer else None)
+    except (ConfigError, IdentityError, network.NetworkError) as exc:
         return _fail(str(exc))
-    endpoints = args.endpoint or []
-    if not endpoints:
-        host = config.listen.rpartition(":")[0].strip("[]")
-        if ipaddress.ip_address(host).is_unspecified:
-            return _fail(f"listening on {config.listen}: give the address others reach this node at with "
-                         "--endpoint IP:PORT (its public address)")
-        endpoints = [config.listen]
+    if admin_of is not None:
+        return _network_invite(args, config, identity, admin_of, endpoints)
     if config.address is None:
         return _fail(f"{config.path}: node.address: needed for an invite (it names the overlay network)")
     offers_exit = config.gateway is not None and config.gateway.internet is not None
@@ -193,6 +195,29 @@ def _cmd_invite(args: argparse.Namespace) -> int:
     print(invite.encode())
     print("paste it into the joining node's web UI or run `quicether join <code>` there; then allow that node "
           "here with `quicether add-peer NAME NODE_ID --allowed-ips ...`", file=sys.stderr)
+    return 0
+
+
+def _network_invite(args: argparse.Namespace, config: Config, identity: Identity, net: Network,
+                    endpoints: list[str]) -> int:
+    """A single-use invite to the network this node is admin of; the running daemon accepts it at once."""
+    from quicether import network
+    from quicether.invite import InviteError, decode_network
+
+    try:
+        invite = network.invite(net, identity, endpoints, name=args.member_name or "", groups=args.group,
+                                lan_prefixes=args.lan_prefix, hours=args.hours, days=args.days)
+        decode_network(invite.encode())  # the endpoints given on the command line are checked like a pasted code
+    except (network.NetworkError, InviteError) as exc:
+        return _fail(str(exc))
+    print(invite.encode())
+    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(invite.expires_at))
+    print(f"an invite to network {net.name}, usable once until {until}: run `quicether join <code>` on the new "
+          "node (or paste it into its web UI). It is a secret: whoever holds it can join.", file=sys.stderr)
+    try:
+        api.request(config.api_socket, "invites")
+    except OSError:
+        print("no daemon running here: the invite works once `quicether up` runs", file=sys.stderr)
     return 0
 
 
@@ -212,9 +237,11 @@ def _reload_daemon(config: Config) -> None:
 
 def _cmd_join(args: argparse.Namespace) -> int:
     from quicether import config_edit
-    from quicether.invite import InviteError, decode
+    from quicether.invite import InviteError, decode, is_network_invite
 
     path = Path(args.config)
+    if is_network_invite(args.code):
+        return _join_network(args, path)
     try:
         invite = decode(args.code)
         doc = config_edit.load_document(path)
@@ -237,6 +264,28 @@ def _cmd_join(args: argparse.Namespace) -> int:
         subnets.append(config.lan.subnet)
     print(f"now allow this node on {peer.name}:\n  quicether add-peer SITE-NAME {identity.node_id} "
           f"--allowed-ips {','.join(subnets)}")
+    _reload_daemon(config)
+    return 0
+
+
+def _join_network(args: argparse.Namespace, path: Path) -> int:
+    """Joins with a network invite: gets this node's certificate from the admin, then writes the config."""
+    from quicether import config_edit, joining
+    from quicether.invite import InviteError, decode_network
+
+    try:
+        invite = decode_network(args.code)
+        doc = config_edit.load_document(path)
+        identity = config_edit.node_identity(doc)
+        print(f"asking the admin node of network {invite.network} at {', '.join(invite.endpoints)} …",
+              file=sys.stderr)
+        joined = joining.join(args.code, identity, doc, args.member_name or "")
+        config = config_edit.save(joining.add_membership(doc, joined, invite), path)
+    except (InviteError, ConfigError, IdentityError) as exc:
+        return _fail(str(exc))
+    print(f"joined network {joined.network} as {joined.name} ({joined.address}); {joined.admin_name} "
+          f"(the admin node) is a peer, the other members are found through "
+          f"{'the DHT' if config.discovery.dht else 'the peers'}: written to {path}")
     _reload_daemon(config)
     return 0
 
@@ -405,7 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
     check.set_defaults(func=_cmd_check)
 
-    invite = sub.add_parser("invite", help="print an invite code other nodes paste to connect to this one")
+    invite = sub.add_parser("invite", help="print an invite code: to the network this node is admin of (single-use,"
+                                           " expiring), else to connect to this node as a peer",
+                            description="On the admin node of the network in [network] (it holds the network key):"
+                                        " a single-use, expiring code with which a new node gets its membership"
+                                        " certificate (`quicether join CODE`). Elsewhere, or with --peer: a code"
+                                        " to add this node as a peer.")
     invite.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
     invite.add_argument("--endpoint", action="append", metavar="IP:PORT",
                         help="address others reach this node at (repeatable; default: the listen address)")
@@ -415,10 +469,25 @@ def build_parser() -> argparse.ArgumentParser:
                             help="offer to carry the joining site's internet traffic (default: if [gateway] has"
                                  " an internet port)")
     exit_group.add_argument("--no-exit", dest="exit", action="store_false", help="do not offer an exit")
+    invite.add_argument("--peer", action="store_true", help="a peer invite even on a network's admin node")
+    from quicether import network
+
+    invite.add_argument("--member-name", help="network invite: the name the new member gets (default: its choice)")
+    invite.add_argument("--hours", type=float, default=network.DEFAULT_INVITE_HOURS,
+                        help="network invite: hours until it expires (default %(default)s)")
+    invite.add_argument("--group", action="append", default=[], help="network invite: a group the member is in"
+                                                                     " (repeatable)")
+    invite.add_argument("--lan-prefix", action="append", default=[], metavar="CIDR",
+                        help="network invite: a LAN prefix the member may route (repeatable)")
+    invite.add_argument("--days", type=int, default=network.DEFAULT_VALIDITY_DAYS,
+                        help="network invite: validity of the certificate it gets (default %(default)s)")
     invite.set_defaults(func=_cmd_invite)
 
-    join = sub.add_parser("join", help="add the node of an invite code as a peer (rewrites the config, reloads)")
-    join.add_argument("code", help="the invite code (qei1.…)")
+    join = sub.add_parser("join", help="join a network (qej1.… code) or add the node of a peer invite (qei1.…)"
+                                       " as a peer: rewrites the config, reloads")
+    join.add_argument("code", help="the invite code (qej1.… from a network's admin node, or qei1.…)")
+    join.add_argument("--name", dest="member_name", help="network invite: this node's name in the network, if the"
+                                                         " invite leaves it open (default: the host name)")
     join.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
     join.add_argument("--address", help="this node's overlay address (default: the configured one, or one picked"
                                         " in the invite's network)")

@@ -42,6 +42,9 @@ and per kind:
     handshake_refused          a key not pinned, or a path unfit for the tunnel MTU. Rate-limited (once per key
                                per minute, at most 5/s); refused_handshakes() counts every refusal
     dial_failed                dialing from WAN "wan" failed; reported when the reason changes
+    join_requested             key: a pending invite's key (set_invites); + id (int), node (bytes): a node asks
+                               to be certified as member `detail` ("" : the invite's name), its request signed
+                               by `node`. Answer with answer_join(id, …) within 10 s
     tun_failed                 reading the TUN device failed: no packet leaves the node any more. Fatal: the
                                daemon must log it and exit non-zero (its supervisor restarts it)
 """
@@ -86,6 +89,10 @@ class Node:
         """Removes admitted members whose certificate expired or was revoked since; returns their keys."""
     def member_news(self) -> tuple[int, int]:
         """(members learned from peers, news items refused: bad signature, foreign, expired or malformed)."""
+    def set_invites(self, keys: list[bytes]) -> None:
+        """The keys of the invites pending on this admin node: a handshake with one is a join request."""
+    def answer_join(self, id: int, certified: bool, body: bytes) -> bool:
+        """Answers join request `id` (the certificate bytes, or the refusal's reason); False if it timed out."""
     def public_key(self) -> bytes: ...
     def local_addr(self) -> str: ...
     def inner_mtu(self) -> int: ...
@@ -97,6 +104,10 @@ class Node:
     def close(self) -> None: ...
 
 def generate_seed() -> bytes: ...
+def request_join(invite_seed: bytes, admin_key: bytes, endpoints: list[str], node_seed: bytes, name: str,
+                 timeout_s: float = 10.0) -> tuple[bool, bytes | str]:
+    """Asks the admin node for a membership certificate with an invite: (True, answer) or (False, reason);
+    OSError if no endpoint answered or the admin refused the invite's key in the handshake."""
 def public_key_of_seed(seed: bytes) -> bytes: ...
 def sign(seed: bytes, message: bytes) -> bytes:
     """Ed25519 signature (64 bytes) of `message` with a 32-byte key seed; ValueError if the seed is not 32 bytes."""

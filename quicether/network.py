@@ -8,6 +8,8 @@ it may route, exit offer, validity) and each revocation. The wire formats and th
     <state_dir>/networks/<name>/network.key    the network key's seed, base64 (mode 600)
     <state_dir>/networks/<name>/network.json   name, public key, overlay prefix, creation time
     <state_dir>/networks/<name>/members.json   every certificate issued and revocation signed, in order
+    <state_dir>/networks/<name>/invites.json   the invites made: each one's one-time key (never its secret),
+                                               what it grants, when it expires, who used it
 
 Each file is replaced atomically (`atomic.write_private`): a crash leaves the old ledger or the new one.
 An overlay address is never given to a second node, not even after its holder was revoked (a stale
@@ -30,12 +32,19 @@ from quicether.atomic import write_private
 from quicether.identity import Identity, IdentityError, decode_node_id, encode_node_id
 from quicether.identity import generate as generate_key_file
 from quicether.identity import load as load_key_file
+from quicether.invite import NetworkInvite
 
 NETWORKS_DIR = "networks"
 NAME_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 DEFAULT_OVERLAY = "100.64.0.0/16"
 # Certificates are renewed before they expire (issue them again: same address); a year is the default.
 DEFAULT_VALIDITY_DAYS = 365
+DEFAULT_INVITE_HOURS = 24
+INVITES_FILE = "invites.json"
+# A used or expired invite is still known this long, so its holder is told what happened to it; then it goes.
+INVITE_MEMORY_S = 7 * 86400
+# Invites kept in the ledger at once (each is a key the admin's TLS verifier accepts).
+MAX_INVITES = 256
 CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 
 
@@ -80,6 +89,21 @@ class Network:
                 return member
         raise NetworkError(f"network {self.name!r} has no member {name_or_id!r} (see `quicether network members"
                            f" {self.name}`)")
+
+
+@dataclass
+class Invitation:
+    """An invite as the admin keeps it: its one-time key and what using it grants."""
+    key: str                      # the invite's key, written like a node id
+    name: str                     # the member name it gives ("": the joining node's choice)
+    groups: list[str]
+    lan_prefixes: list[str]
+    exit: bool
+    days: int                     # validity of the certificate it gets
+    created_at: int
+    expires_at: int
+    used_by: str | None = None    # the node id it certified
+    used_at: int | None = None
 
 
 def _check_name(name: str, what: str) -> str:
@@ -225,3 +249,100 @@ def describe(member: Member) -> dict[str, Any]:
     shown = asdict(member)
     del shown["certificate"]
     return shown
+
+
+def _invites_path(network: Network) -> Path:
+    return network.directory / INVITES_FILE
+
+
+def invitations(network: Network) -> list[Invitation]:
+    try:
+        raw = json.loads(_invites_path(network).read_text())
+        return [Invitation(**i) for i in raw]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError) as exc:
+        raise NetworkError(f"the invites of network {network.name!r} in {_invites_path(network)} are damaged:"
+                           f" {exc}") from None
+
+
+def _save_invitations(network: Network, invites: list[Invitation]) -> None:
+    write_private(_invites_path(network), json.dumps([asdict(i) for i in invites], indent=2) + "\n")
+
+
+def invite(network: Network, admin: Identity, endpoints: list[str], *, name: str = "",
+           groups: list[str] | None = None, lan_prefixes: list[str] | None = None, exit: bool = False,
+           hours: float = DEFAULT_INVITE_HOURS, days: int = DEFAULT_VALIDITY_DAYS,
+           now: int | None = None) -> NetworkInvite:
+    """A new single-use invite to `network`, admitted by the node `admin` at `endpoints`. Its secret is in the
+    code only; the ledger keeps the invite's public key and what it grants."""
+    if name:
+        _check_name(name, "member name")
+        if any(m.name == name for m in network.active()):
+            raise NetworkError(f"network {network.name!r} already has a member called {name!r}")
+    if not 0 < hours <= 24 * 30:
+        raise NetworkError(f"an invite valid for {hours} hours: give 1 minute to 30 days")
+    if not 1 <= days <= 3650:
+        raise NetworkError(f"validity of {days} days is outside 1-3650")
+    now = int(time.time()) if now is None else now
+    kept = [i for i in invitations(network) if i.expires_at + INVITE_MEMORY_S > now]
+    if len([i for i in kept if i.used_by is None and i.expires_at > now]) >= MAX_INVITES:
+        raise NetworkError(f"network {network.name!r} has {MAX_INVITES} unused invites pending: let some expire")
+    kept = kept[-(MAX_INVITES - 1):]
+    seed = _core.generate_seed()
+    invitation = Invitation(key=encode_node_id(_core.public_key_of_seed(seed)), name=name, groups=list(groups or []),
+                            lan_prefixes=list(lan_prefixes or []), exit=exit, days=days, created_at=now,
+                            expires_at=now + max(60, int(hours * 3600)))
+    _save_invitations(network, [*kept, invitation])
+    return NetworkInvite(network=network.name, network_key=network.key, admin_key=encode_node_id(admin.public_key),
+                         endpoints=endpoints, secret=base64.urlsafe_b64encode(seed).decode().rstrip("="),
+                         expires_at=invitation.expires_at, name=name)
+
+
+def invite_keys(network: Network, now: int | None = None) -> list[bytes]:
+    """The invite keys the admin node accepts a join handshake with: every invite it still remembers (a
+    used or expired one too, so that its holder is told so in words)."""
+    now = int(time.time()) if now is None else now
+    return [decode_node_id(i.key) for i in invitations(network) if i.expires_at + INVITE_MEMORY_S > now]
+
+
+def admit(network: Network, invite_key: bytes, node_key: bytes, name: str, now: int | None = None) -> Member:
+    """Uses the invite with key `invite_key` to certify `node_key` as `name` (the invite's name wins if it
+    fixes one). Refused, in words for the joining person: unknown, expired or used invite (the node that used
+    it asking again gets its certificate again: its first answer may have been lost), a name taken, no name.
+    A node that is a member already is certified again (renewed, same address)."""
+    now = int(time.time()) if now is None else now
+    invites = invitations(network)
+    key_id, node_id = encode_node_id(invite_key), encode_node_id(node_key)
+    found = next((i for i in invites if i.key == key_id), None)
+    if found is None:
+        raise NetworkError("this invite is not known to the admin node (made for another network, or long expired)")
+    if found.used_by is not None:
+        if found.used_by == node_id:
+            return network.find(node_id)
+        used = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(found.used_at or 0))
+        raise NetworkError(f"this invite was already used (on {used}); ask the admin for a new one")
+    if found.expires_at <= now:
+        expired = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(found.expires_at))
+        raise NetworkError(f"this invite expired on {expired}; ask the admin for a new one")
+    name = found.name or name
+    if not name:
+        raise NetworkError("give this node a name in the network (the invite leaves it to you)")
+    member = issue(network, node_key, name, groups=found.groups, lan_prefixes=found.lan_prefixes, exit=found.exit,
+                   days=found.days, now=now)
+    found.used_by, found.used_at = node_id, now
+    _save_invitations(network, invites)
+    return member
+
+
+def holding_key(state_dir: Path, network_key: bytes) -> Network | None:
+    """The network with key `network_key` if this node is its admin (holds the key), else None."""
+    root = state_dir / NETWORKS_DIR
+    if not root.is_dir():
+        return None
+    for directory in sorted(root.iterdir()):
+        if (directory / "network.json").exists():
+            net = load(state_dir, directory.name)
+            if net.public_key == network_key:
+                return net
+    return None

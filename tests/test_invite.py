@@ -164,3 +164,20 @@ def test_a_second_invite_with_a_taken_name_is_refused_unless_replacing(tmp_path:
 def test_an_invite_with_a_network_no_overlay_should_have_is_refused(changes: dict[str, str], message: str) -> None:
     with pytest.raises(InviteError, match=message):
         decode(_invite(**changes).encode())
+
+
+def test_a_network_invite_round_trips_and_bad_ones_say_what_is_wrong() -> None:
+    from quicether.invite import NetworkInvite, decode_network, is_network_invite
+
+    good = NetworkInvite(network="home", network_key=KEY, admin_key=KEY, endpoints=["203.0.113.5:4433"],
+                         secret="A" * 43, expires_at=1_800_000_000, name="site-a")
+    code = good.encode()
+    assert is_network_invite(code) and not is_network_invite(_invite().encode())
+    assert decode_network(code[:40] + "\n" + code[40:]) == good and len(good.seed) == 32
+    for changes, message in [({"secret": "AAAA"}, "secret is damaged"), ({"endpoints": []}, "no endpoint"),
+                             ({"admin_key": "qe1nope"}, "admin node id is invalid"),
+                             ({"name": "Site A"}, "member name"), ({"endpoints": ["nowhere"]}, "not an IP address")]:
+        with pytest.raises(InviteError, match=message):
+            decode_network(NetworkInvite(**{**good.__dict__, **changes}).encode())  # type: ignore[arg-type]
+    with pytest.raises(InviteError, match="should start with 'qej1.'"):
+        decode_network(_invite().encode())

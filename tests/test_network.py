@@ -184,3 +184,44 @@ def test_a_bad_network_section_is_refused_naming_the_field(tmp_path: Path, secti
     section = section.replace("CERT", cert)
     with pytest.raises(ConfigError, match=message):
         parse(_config(tmp_path, section, node_extra), tmp_path / "q.toml")
+
+
+def test_an_invite_is_used_once_for_what_it_grants_and_its_secret_is_not_kept(tmp_path: Path) -> None:
+    admin = generate_identity(tmp_path / "node.key")
+    net = network.create(tmp_path, "home", admin, admin_name="gw")
+    now = 1_800_000_000
+    invite = network.invite(net, admin, ["10.1.0.2:4433"], groups=["sites"], lan_prefixes=["192.168.7.0/24"],
+                            hours=2, now=now)
+    assert invite.expires_at == now + 7200 and invite.network_key == net.key
+    invite_key = _core.public_key_of_seed(invite.seed)
+    assert network.invite_keys(net, now) == [invite_key]
+    assert invite.secret not in (net.directory / network.INVITES_FILE).read_text()
+    node = _node_key()
+    member = network.admit(net, invite_key, node, "site-a", now=now + 60)
+    assert (member.name, member.groups, member.lan_prefixes) == ("site-a", ["sites"], ["192.168.7.0/24"])
+    # The same node asking again (its answer was lost) gets its certificate again; anyone else is refused.
+    assert network.admit(net, invite_key, node, "site-a", now=now + 70).certificate == member.certificate
+    with pytest.raises(network.NetworkError, match="already used"):
+        network.admit(net, invite_key, _node_key(), "site-b", now=now + 80)
+    # Still known a while (to say "used"), then forgotten.
+    assert network.invite_keys(net, now + 7200 + network.INVITE_MEMORY_S) == []
+
+
+@pytest.mark.parametrize(("name", "when", "message"), [
+    ("", 60, "give this node a name"),
+    ("gw", 60, "already has a member called 'gw'"),
+    ("site-a", 7201, "expired on"),
+])
+def test_an_invite_refusal_says_why_and_leaves_it_usable(tmp_path: Path, name: str, when: int, message: str) -> None:
+    admin = generate_identity(tmp_path / "node.key")
+    net = network.create(tmp_path, "home", admin, admin_name="gw")
+    now = 1_800_000_000
+    invite = network.invite(net, admin, ["10.1.0.2:4433"], hours=2, now=now)
+    key = _core.public_key_of_seed(invite.seed)
+    with pytest.raises(network.NetworkError, match=message):
+        network.admit(net, key, _node_key(), name, now=now + when)
+    assert all(i.used_by is None for i in network.invitations(net))
+    with pytest.raises(network.NetworkError, match="not known to the admin node"):
+        network.admit(net, _node_key(), _node_key(), "site-x", now=now)
+    with pytest.raises(network.NetworkError, match="already has a member called 'gw'"):
+        network.invite(net, admin, ["10.1.0.2:4433"], name="gw")

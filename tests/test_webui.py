@@ -713,3 +713,58 @@ def test_web_ui_metrics_need_a_session_or_the_admin_password(client: FlaskClient
     for _ in range(20):
         anonymous.get("/metrics", headers={"Authorization": f"Basic {wrong}"})
     assert anonymous.get("/metrics", headers={"Authorization": f"Basic {right}"}).status_code == 429
+
+
+def _network_invite(state: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """A network invite and the answer a daemon would have got for it from the admin (a real certificate of
+    the node in `state`)."""
+    from quicether import joining, network
+    from quicether.identity import load as load_identity
+
+    admin_dir = tmp_path_factory.mktemp("admin")
+    admin = generate(admin_dir / "node.key")
+    net = network.create(admin_dir, "home", admin, admin_name="gw")
+    code = network.invite(net, admin, ["198.18.0.2:4433"]).encode()
+    member = network.issue(net, load_identity(state / "node.key").public_key, "office")
+    joined = joining.Joined(network="home", certificate=base64.b64decode(member.certificate), name="office",
+                            address=f"{member.ipv4}/16", admin_name="gw", admin_address="100.64.0.1",
+                            bootstrap=["198.18.0.2:6881"], dht=True)
+    return code, joining.as_dict(joined)
+
+
+def test_the_wizard_joins_a_network_through_the_daemon_and_writes_the_membership(
+        client: FlaskClient, daemon: FakeDaemon, state: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    code, daemon.join_answer = _network_invite(state, tmp_path_factory)
+    _set_up(client)
+    assert _ports_step(client).status_code == 302
+    response = _post(client, "/setup/connect", {"invite": code, "member_name": "office", "mode": "aggregate"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert daemon.join_requests[-1]["code"] == code and daemon.join_requests[-1]["name"] == "office"
+    config = load(state / "quicether.toml")
+    assert config.network is not None and config.network.name == "office"
+    assert config.address == config.network.address  # from the certificate
+    assert [(p.name, p.endpoint, p.allowed_ips) for p in config.peers] == [("gw", "198.18.0.2:4433",
+                                                                             ["100.64.0.1/32"])]
+    assert config.discovery.bootstrap == ["198.18.0.2:6881"]
+
+
+@pytest.mark.parametrize(("code", "refusal", "shown"), [
+    ("", "the admin node refused: this invite was already used (on 2026-12-01 10:00 UTC)", "already used"),
+    ("", "this invite expired on 2026-11-30 10:00 UTC; ask the admin for a new one", "expired on"),
+    ("", "this invite is for network 'home', but this node is a member of another network", "another network"),
+    ("damaged", "", "the invite code is damaged"),
+])
+def test_the_wizard_shows_why_a_network_invite_failed_and_writes_nothing(
+        client: FlaskClient, daemon: FakeDaemon, state: Path, tmp_path_factory: pytest.TempPathFactory,
+        code: str, refusal: str, shown: str) -> None:
+    good, _ = _network_invite(state, tmp_path_factory)
+    daemon.join_answer = refusal
+    before = (state / "quicether.toml").read_text()
+    _set_up(client)
+    assert _ports_step(client).status_code == 302
+    pasted = good[:-8] + "AAAAAAAA" if code == "damaged" else good
+    response = _post(client, "/setup/connect", {"invite": pasted, "mode": "aggregate"})
+    assert response.status_code == 400
+    assert "Invite code: " in response.get_data(as_text=True) and shown in response.get_data(as_text=True)
+    assert "apply_config" not in daemon.commands and (state / "quicether.toml").read_text() == before
+    assert ("join_network" in daemon.commands) == (code != "damaged"), "a damaged code is refused before asking"

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from quicether import setup_code
+from quicether import network, setup_code
 from quicether.config import load
 from quicether.identity import generate
+from quicether.identity import load as load_identity
 from tests.lab import Lab, LinkSpec
 from tests.lab import nodes as qe
 from tests.lab.sites import dhcp_lease
@@ -96,6 +97,13 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path,
     invite = subprocess.run([sys.executable, "-m", "quicether", "invite", "-c", str(gateway.config_path), "--endpoint",
                              f"{wl.addr('gateway')}:{qe.QUIC_PORT}", "--name", "gw"],
                             capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout.strip()
+    # Network invites that must fail: the gateway is the admin of no network.
+    (tmp_path / "elsewhere").mkdir()
+    other = network.create(tmp_path / "elsewhere", "home", generate(tmp_path / "elsewhere" / "node.key"))
+    endpoint = f"{wl.addr('gateway')}:{qe.QUIC_PORT}"
+    expired_code = network.invite(other, load_identity(gateway.state_dir / "node.key"), [endpoint],
+                                  now=int(time.time()) - 90000).encode()
+    unknown_code = network.invite(other, load_identity(gateway.state_dir / "node.key"), [endpoint]).encode()
     lan = wl.lan
     assert lan is not None
     lease = dhcp_lease(lan, tmp_path / "lease")
@@ -150,6 +158,13 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path,
         page.click("text=Apply")
         expect(page.locator("#error")).to_contain_text("the invite code is damaged")
         page.screenshot(path=str(ARTIFACTS / "wizard-3-bad-invite.png"), full_page=True)
+        # Network invites the router's daemon tries for the wizard: an expired one (said without asking
+        # anyone), and one the node it names never made (that node refuses it in the handshake).
+        for network_code, shown in ((expired_code, "expired on"), (unknown_code, "does not know it")):
+            page.fill("textarea[name=invite]", network_code)
+            page.click("text=Apply")
+            expect(page.locator("#error")).to_contain_text(shown)
+        assert "[network]" not in site.config_path.read_text()
         page.fill("textarea[name=invite]", invite)
         page.check("input[name=use_exit]")  # the exit is the owner's explicit choice
         page.click("text=Apply")

@@ -52,6 +52,9 @@ class FakeDaemon:
         self.reload_error: str | None = None
         # A daemon that restarts to apply a reload; one that applies a diff answers {"reloading": false, …}.
         self.reload_answer: dict[str, Any] = {"reloading": True}
+        # The answer to join_network: what the daemon got from the network's admin, or its refusal (a str).
+        self.join_answer: dict[str, Any] | str = "the admin node refused: this invite was already used"
+        self.join_requests: list[dict[str, Any]] = []
         self.status: dict[str, Any] = copy.deepcopy(SAMPLE_STATUS)
         self.events: list[dict[str, Any]] = [
             {"time": 1.0, "level": "warning", "message": "peer gw: path on WAN wan1 down: silent",
@@ -86,6 +89,13 @@ class FakeDaemon:
             raise ValueError(self.reload_error)
         return self.reload_answer
 
+    def _join_network(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.commands.append("join_network")
+        self.join_requests.append(request)
+        if isinstance(self.join_answer, str):
+            raise ValueError(self.join_answer)
+        return {"joined": self.join_answer}
+
     def __enter__(self) -> FakeDaemon:
         key = self.path.parent / KEY_FILE_NAME
         if key.exists():  # the node's id, as the real daemon reports it (the wizard suggests an address from it)
@@ -94,7 +104,8 @@ class FakeDaemon:
         self._server = ApiServer(self.path, {"status": self._handler("status", lambda: self.status),
                                              "events": self._handler("events", lambda: {"events": self.events}),
                                              "reload": self._handler("reload", lambda: self.reload_answer),
-                                             "config": self._config, "apply_config": self._apply_config})
+                                             "config": self._config, "apply_config": self._apply_config,
+                                             "join_network": self._join_network})
         asyncio.run_coroutine_threadsafe(self._server.start(), self._loop).result(5)
         return self
 

@@ -13,10 +13,11 @@ from typing import Any
 
 from flask import current_app
 
-from quicether import config_edit
+from quicether import config_edit, joining
 from quicether.config import Config, ConfigError
 from quicether.daemon import api
 from quicether.identity import IdentityError, decode_node_id
+from quicether.invite import InviteError
 from quicether.net.links import LinkError
 
 Document = config_edit.Document
@@ -29,7 +30,7 @@ class DaemonDown(RuntimeError):
 # A change waits until the daemon has applied it (restarting dnsmasq or the UI takes seconds).
 RELOAD_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 3.0
-SLOW_COMMANDS = ("reload", "apply_config")
+SLOW_COMMANDS = ("reload", "apply_config", "join_network")
 
 
 def ask(cmd: str, **args: Any) -> dict[str, Any]:
@@ -41,6 +42,15 @@ def ask(cmd: str, **args: Any) -> dict[str, Any]:
         raise DaemonDown(f"the QuicEther daemon is not answering ({exc.strerror if isinstance(exc, OSError) else exc})"
                          ) from None
     return answer
+
+
+def join_network(code: str, name: str) -> joining.Joined:
+    """Has the daemon join the network of invite `code` (this node's key is root's): InviteError says why
+    not (used, expired, damaged, foreign, unreachable admin). The config is not changed here."""
+    answer = ask("join_network", code=code, name=name)
+    if not answer.get("ok"):
+        raise InviteError(str(answer.get("error", "the daemon did not say why")))
+    return joining.from_dict(answer.get("joined") or {})
 
 
 def config_path() -> Path:

@@ -1,5 +1,6 @@
 """First boot: admin password (with the one-time setup code) → ports (WAN/LAN, WAN role, rate cap) →
-connect (invite code, bonding mode).
+connect (invite code, bonding mode). The invite is a gateway's (qei1.: added as a peer) or a network's
+(qej1.: the daemon gets this node's membership certificate from the network's admin node).
 
 Each step validates its form and shows what is wrong on the page. The last step writes the same TOML config
 the CLI uses (via quicether.config_edit) and asks the daemon to reload: no reboot.
@@ -15,13 +16,13 @@ from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 
-from quicether import config_edit, setup_code
+from quicether import config_edit, joining, setup_code
 from quicether.config import MAX_RATE_MBIT, MIN_RATE_MBIT, MODES, ConfigError
 from quicether.identity import IdentityError
-from quicether.invite import InviteError, decode
+from quicether.invite import InviteError, decode, decode_network, is_network_invite
 from quicether.router_config import DEFAULT_LAN_ADDRESS
 from webui import auth
-from webui.daemon_link import DaemonDown, ask, document, friendly, node_key, ports, save_and_reload
+from webui.daemon_link import DaemonDown, ask, document, friendly, join_network, node_key, ports, save_and_reload
 
 bp = Blueprint("wizard", __name__, url_prefix="/setup")
 # Setting the first password and consuming the setup code happen together, once.
@@ -135,7 +136,13 @@ def _build_config(chosen: dict[str, Any], form: Any) -> dict[str, Any]:
     if mode not in MODES:
         raise ConfigError(f"bonding mode {mode!r} is not one of {', '.join(MODES)}")
     code = form.get("invite", "").strip()
-    if code:
+    if code and is_network_invite(code):
+        # A network invite: checked here first (a damaged code is never sent), then the daemon gets this
+        # node's certificate from the admin (the code is used; the same node may use it again).
+        network_invite = decode_network(code)
+        joined = join_network(code, form.get("member_name", "").strip())
+        doc = joining.add_membership(doc, joined, network_invite)
+    elif code:
         invite = decode(code)
         try:
             address = (form.get("address", "").strip() or doc.get("node", {}).get("address")

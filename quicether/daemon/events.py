@@ -94,6 +94,15 @@ class TunFailed(CoreEvent):
 
 
 @dataclass(frozen=True)
+class JoinRequested(CoreEvent):
+    """A node showing a pending invite's key (`key`) asks to be certified as member `detail` ("": the
+    invite's name); its request is signed by `node`. Answered with `Node.answer_join(request_id, …)`."""
+
+    request_id: int
+    node: bytes
+
+
+@dataclass(frozen=True)
 class UnknownEvent(CoreEvent):
     """A kind this daemon does not know (a newer core): logged, otherwise ignored."""
 
@@ -135,6 +144,8 @@ def parse(raw: dict[str, Any]) -> CoreEvent:
         return kind_type(key=key, detail=detail, certificate=_bytes(raw, "certificate"))
     if kind == "revocation_learned":
         return RevocationLearned(key=key, detail=detail, revocation=_bytes(raw, "revocation"))
+    if kind == "join_requested":
+        return JoinRequested(key=key, detail=detail, request_id=int(raw.get("id", -1)), node=_bytes(raw, "node"))
     if kind == "dial_failed":
         return DialFailed(key=key, detail=detail, wan=str(raw.get("wan") or ""))
     return UnknownEvent(key=key, detail=detail, kind=kind)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from quicether import _core, setup_code
+from quicether import _core, config_edit, joining, setup_code
 from quicether.atomic import write_private
 from quicether.config import Config, ConfigError, load, parse
 from quicether.daemon import events as core_events
@@ -31,6 +31,8 @@ from quicether.daemon.peers import PeerTable
 from quicether.daemon.router import Router
 from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
+from quicether.invite import InviteError
+from quicether.joining import Admissions
 from quicether.metrics import system_health
 from quicether.net import links
 
@@ -54,6 +56,7 @@ class Daemon:
         self.wans: WanManager | None = None
         self.mesh: Mesh | None = None
         self.finder: Finder | None = None
+        self.admissions: Admissions | None = None
         self._names = {p.key: p.name for p in config.peers}
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -134,6 +137,9 @@ class Daemon:
                 self._spawn(self.peers.gone(key), f"removing the routes of {who}")
             case core_events.PeerAdded() | core_events.PeerRemoved():
                 log.debug("core peer table: %s %s", kind, who)
+            case core_events.JoinRequested(key=key, detail=name, request_id=request_id, node=node) if key is not None:
+                if self.admissions is not None:
+                    self.admissions.requested(request_id, key, node, name)
             case core_events.UnknownEvent(kind=unknown, detail=detail):
                 log.info("core event %s for %s: %s", unknown, who, detail)
 
@@ -245,6 +251,26 @@ class Daemon:
         log.info("%s replaced through the API", self.config.path)
         return await self.request_reload()
 
+    def invites_changed(self) -> dict[str, Any]:
+        """`quicether invite` made an invite: the core accepts its key from now on."""
+        if self.admissions is None:
+            raise ValueError("the node is not running")
+        return {"invites": self.admissions.refresh()}
+
+    async def join_network(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The web UI's wizard joins a network with an invite code ("code", optional "name"): this node asks
+        the admin for its certificate (the UI cannot: the node key is root's). The config is not changed:
+        the answer carries what the wizard writes (ValueError: why the join failed, in words)."""
+        code, name = request.get("code"), request.get("name") or ""
+        if not isinstance(code, str) or not isinstance(name, str):
+            raise ValueError('join_network needs the invite as "code" (and optionally "name")')
+        doc = await asyncio.to_thread(config_edit.load_document, self.config.path)
+        try:
+            joined = await asyncio.to_thread(joining.join, code, self.identity, doc, name)
+        except InviteError as exc:
+            raise ValueError(str(exc)) from None
+        return {"joined": joining.as_dict(joined)}
+
     def setup_done(self) -> dict[str, Any]:
         """The web UI set the admin password: the setup code's copies (root's: the EFI partition's file, the
         console banner) are deleted, if the password record is really there."""
@@ -284,6 +310,9 @@ class Daemon:
         await self.router.update(new, changes)
         if changes.network and self.mesh is not None:
             self.mesh.apply(new)
+        if self.admissions is not None:
+            self.admissions.config = new
+            self.admissions.refresh()
         self.config = new
         self._names = {p.key: p.name for p in new.peers}
 
@@ -294,7 +323,8 @@ class Daemon:
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         api = ApiServer(self.config.api_socket, {"status": self.status, "events": self.recent_events,
                                                  "reload": self.request_reload, "config": self.config_text,
-                                                 "apply_config": self.apply_config, "setup_done": self.setup_done})
+                                                 "apply_config": self.apply_config, "setup_done": self.setup_done,
+                                                 "invites": self.invites_changed, "join_network": self.join_network})
         async with contextlib.AsyncExitStack() as undo:
             undo.callback(os.close, read_fd)
             undo.callback(os.close, write_fd)
@@ -318,11 +348,13 @@ class Daemon:
                 await self.peers.add(peer)
             self.mesh = Mesh(self.node, self.peers, self.config, self._peer_label)
             self.mesh.apply(self.config)
+            self.admissions = Admissions(self.node, self.config)
+            self.admissions.refresh()
             await self.mesh.redial_cached()
             recheck = loop.create_task(self.mesh.recheck())
             undo.callback(recheck.cancel)
             if self.config.network is not None and self.config.discovery.dht:
-                await self._start_finder(undo)
+                undo.callback(self._spawn(self._discover(), "discovery").cancel)
             undo.callback(lambda: [t.cancel() for t in self._tasks])
             self.router = Router(self.config, self.node)
             undo.push_async_callback(self.router.stop)
@@ -341,8 +373,10 @@ class Daemon:
             await self._stop.wait()
             log.info("restarting" if self.reload_with else "stopping")
 
-    async def _start_finder(self, undo: contextlib.AsyncExitStack) -> None:
-        """Publishes our record and looks members up in the DHT; without it, members still dial us."""
+    async def _discover(self) -> None:
+        """Publishes our record and looks members up in the DHT; without it, members still dial us. A task
+        of its own: the DHT node's start waits on its bootstrap nodes (names to resolve, with no internet
+        yet at boot), and nothing else of the node waits for it."""
         assert self.node is not None and self.mesh is not None and self.peers is not None
         lan = {self.config.lan.device} if self.config.lan else set()
         finder = Finder(self.config, self.identity, self.node, self.mesh, self.peers,
@@ -353,9 +387,11 @@ class Daemon:
             log.error("discovery: cannot start the DHT node: %s (members are found only when they dial us)", exc)
             return
         self.finder = finder
-        undo.callback(finder.stop)
-        # Unwound first: the loop ends before its DHT node closes.
-        undo.callback(self._spawn(finder.run(), "discovery").cancel)
+        try:
+            await finder.run()
+        finally:
+            self.finder = None
+            finder.stop()
 
     def _close_node(self) -> None:
         if self.node is not None:

@@ -9,12 +9,13 @@ certificate and the gateway. Shared by tests/test_mesh_membership.py and scripts
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quicether import network
+from quicether import config_edit, network
 from quicether.identity import decode_node_id, load
 from tests.lab import nodes as qe
 from tests.lab.dht import start_dht
@@ -57,20 +58,37 @@ class MeshLab:
     sites: list[qe.NodeSpec]
     net: network.Network
     dht: list[str] = field(default_factory=list)
+    codes: dict[str, str] = field(default_factory=dict)  # by site name: the invite code it joined with
     started_at: float = 0.0   # time.monotonic() when the first daemon was started
 
     def address(self, node: qe.NodeSpec) -> str:
-        """A member's overlay address, from the admin's ledger."""
-        return next(m.ipv4 for m in self.net.members if m.node_id == node.node_id)
+        """A member's overlay address, from the admin's ledger (as the daemon wrote it: joins add to it)."""
+        ledger = network.load(self.gateway.state_dir, self.net.name)
+        return next(m.ipv4 for m in ledger.members if m.node_id == node.node_id)
 
     def connected(self, node: qe.NodeSpec) -> int:
         return len([p for p in node.status()["peers"] if p["connected"]])
 
 
+def join_by_invite(gateway: qe.NodeSpec, node: qe.NodeSpec, name: str) -> str:
+    """`quicether invite` on the (running) gateway, `quicether join CODE` on `node` (which has only its
+    key and a [node] section): the node's config is then what the join wrote. Returns the code."""
+    code = gateway.ns.run(sys.executable, "-m", "quicether", "invite", "-c", str(gateway.config_path),
+                          "--endpoint", GATEWAY_ENDPOINT).stdout.strip()
+    node.write_config()
+    node.ns.run(sys.executable, "-m", "quicether", "join", code, "-c", str(node.config_path), "--name", name)
+    doc = config_edit.load_document(node.config_path)
+    node.sections.update({k: doc[k] for k in ("network", "discovery")})
+    node.peers = list(doc["peer"])
+    return code
+
+
 def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
-                   prepare: Callable[[Namespace], object] | None = None) -> MeshLab:
+                   prepare: Callable[[Namespace], object] | None = None, by_invite: bool = False) -> MeshLab:
     """Starts the DHT, the gateway and `sites` sites (not waiting for them to connect); `prepare` is
-    called with each site's namespace before any daemon starts."""
+    called with each site's namespace before any daemon starts. `by_invite`: each site starts with only
+    what `quicether join` wrote from an invite code of the running gateway; else with a certificate issued
+    by hand and the gateway as a peer."""
     hub, spokes = star(lab, sites)
     for ns in spokes:
         if prepare is not None:
@@ -80,9 +98,16 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     net = network.create(gateway.state_dir, "home", load(gateway.state_dir / "node.key"), admin_name="gw")
     make_member(gateway, net.members[0], None, dht[:4])
     nodes = [qe.make_node(ns, f"s{i}", "", state) for i, ns in enumerate(spokes)]
-    for node in nodes:
-        make_member(node, network.issue(net, decode_node_id(node.node_id), f"site-{node.name}"), gateway, dht[:4])
+    codes = {}
+    if by_invite:
+        qe.start(gateway)
+        for node in nodes:
+            codes[node.name] = join_by_invite(gateway, node, f"site-{node.name}")
+    else:
+        for node in nodes:
+            make_member(node, network.issue(net, decode_node_id(node.node_id), f"site-{node.name}"), gateway,
+                        dht[:4])
     started_at = time.monotonic()
-    for node in (gateway, *nodes):
+    for node in nodes if by_invite else (gateway, *nodes):
         qe.start(node)
-    return MeshLab(hub=hub, gateway=gateway, sites=nodes, net=net, dht=dht, started_at=started_at)
+    return MeshLab(hub=hub, gateway=gateway, sites=nodes, net=net, dht=dht, started_at=started_at, codes=codes)

@@ -108,6 +108,9 @@ pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, socket:
             // Refusals by our certificate verifier are reported there (rate-limited); other failures
             // (timeouts, resets) are transient and come back as the peer retries.
             let Ok(conn) = incoming.await else { return };
+            if let Some(invite) = peer_key_of(&conn).filter(|k| shared.joins.is_invite(k)) {
+                return crate::join::answer(shared, conn, invite).await;
+            }
             // The verifier let the key in (pinned, or a member), but the peer may have been removed since.
             let peer = match shared.peer_of_accepted(&conn) {
                 Ok(peer) => peer,

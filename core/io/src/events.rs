@@ -81,6 +81,15 @@ pub enum Event {
         key: [u8; 32],
         revocation: Vec<u8>,
     },
+    /// A node showing pending invite key `invite` asks to be certified as member `name` (its request is
+    /// signed by `node`). The daemon answers with `Node::answer_join(id, …)` within 10 s. `name` is
+    /// a-z, 0-9 and - only (empty: the invite's name).
+    JoinRequested {
+        id: u64,
+        invite: [u8; 32],
+        node: [u8; 32],
+        name: String,
+    },
     /// The peer's first path came up.
     PeerConnected {
         key: [u8; 32],

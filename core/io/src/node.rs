@@ -16,7 +16,7 @@ use quicether_proto::health::PathState;
 use quicether_proto::path_rank;
 pub use quicether_proto::path_rank::PathKind;
 use quicether_proto::reorder::ReorderStats;
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::QuicServerConfig;
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
@@ -29,7 +29,7 @@ use crate::peers::PeerTable;
 use crate::receive::reorder_timer;
 use crate::send::tun_reader;
 use crate::sockets::{bind_listen, bind_wan};
-use crate::tls::{self, Identity, KnownClientKeys, PinnedServerKey};
+use crate::tls::{self, Identity, KnownClientKeys};
 use crate::tun::open_tun;
 
 /// A silent path is closed after this long; keepalives make silence mean failure. Health marks it down
@@ -278,6 +278,7 @@ impl Node {
             table: RwLock::new(PeerTable::default()),
             trust: Arc::new(RwLock::new(None)),
             news: Mutex::new(crate::member_news::NewsBook::new(cfg.membership.clone())),
+            joins: crate::join::JoinDesk::default(),
             member_policy: RwLock::new(PeerPolicy {
                 bulk_mode: quicether_proto::scheduler::Mode::Aggregate,
                 realtime_mode: quicether_proto::scheduler::Mode::Redundant,
@@ -296,16 +297,19 @@ impl Node {
 
         let provider = tls::provider();
         let refused_sink = Arc::downgrade(&shared);
-        let verifier = Arc::new(KnownClientKeys::new(
-            known_keys.clone(),
-            shared.trust.clone(),
-            provider.clone(),
-            Box::new(move |key, reason| {
-                if let Some(shared) = refused_sink.upgrade() {
-                    shared.emit(Event::HandshakeRefused { key, reason: reason.to_string() });
-                }
-            }),
-        ));
+        let verifier = Arc::new(
+            KnownClientKeys::new(
+                known_keys.clone(),
+                shared.trust.clone(),
+                provider.clone(),
+                Box::new(move |key, reason| {
+                    if let Some(shared) = refused_sink.upgrade() {
+                        shared.emit(Event::HandshakeRefused { key, reason: reason.to_string() });
+                    }
+                }),
+            )
+            .with_invites(shared.joins.invites.clone()),
+        );
         let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| io_err("tls", e))?
@@ -364,17 +368,7 @@ impl Node {
     }
 
     fn client_config(&self, server_key: [u8; 32]) -> io::Result<quinn::ClientConfig> {
-        let provider = tls::provider();
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| io_err("tls", e))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedServerKey::new(server_key, provider)))
-            .with_client_auth_cert(vec![self.identity.cert.clone()], self.identity.private_key())
-            .map_err(|e| io_err("tls", e))?;
-        tls.alpn_protocols = vec![tls::ALPN.to_vec()];
-        tls.resumption = rustls::client::Resumption::disabled();
-        let quic = QuicClientConfig::try_from(tls).map_err(|e| io_err("quic", e))?;
+        let quic = tls::quic_client_config(&self.identity, server_key).map_err(|e| io_err("tls", e))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(self.transport.clone());
         Ok(config)
@@ -663,6 +657,16 @@ impl Node {
     }
 
     /// Handshakes refused by key pinning so far (reports of them are rate-limited; this counts all).
+    /// The one-time keys of the invites pending on this admin node: a handshake with one is a join request.
+    pub fn set_invites(&self, keys: impl IntoIterator<Item = [u8; 32]>) {
+        *self.shared.joins.invites.write().unwrap() = keys.into_iter().collect();
+    }
+
+    /// The daemon's answer to join request `id` (`Event::JoinRequested`); false if it timed out meanwhile.
+    pub fn answer_join(&self, id: u64, answer: quicether_proto::join::JoinAnswer) -> bool {
+        self.shared.joins.answer(id, answer)
+    }
+
     pub fn refused_handshakes(&self) -> u64 {
         self.verifier.refused()
     }

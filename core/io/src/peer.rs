@@ -351,6 +351,8 @@ pub struct Shared {
     /// What we know of our network's members and revocations, told to every peer (`member_news.rs`).
     /// Lock order: `trust` before `news`.
     pub news: Mutex<crate::member_news::NewsBook>,
+    /// On an admin node: pending invites and the join requests waiting for the daemon (`join.rs`).
+    pub joins: crate::join::JoinDesk,
     /// Our WANs by local address: a path the listening socket accepts at one of these runs over that WAN.
     pub wan_addrs: RwLock<std::collections::HashMap<std::net::IpAddr, String>>,
     pub tun: AsyncFd<std::fs::File>,

@@ -14,6 +14,7 @@ use std::time::Instant;
 use quicether_proto::certkey::{ed25519_key_of_cert, membership_extension_value, membership_of_cert, MEMBERSHIP_OID};
 use quicether_proto::membership::{read_certificate, Certificate, RevocationSet, MAX_CERTIFICATE_LEN};
 use quicether_proto::refusals::RefusalLimiter;
+use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -195,6 +196,22 @@ pub fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'stat
     identity.downcast_ref::<Vec<CertificateDer<'static>>>()?.first().cloned()
 }
 
+/// The client side's QUIC crypto: shows `identity`, pins the server's key `server_key`, TLS 1.3, our ALPN,
+/// no resumption (a resumed handshake would skip the peer's checks of us).
+pub fn quic_client_config(identity: &Identity, server_key: [u8; 32]) -> Result<QuicClientConfig, String> {
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedServerKey::new(server_key, provider)))
+        .with_client_auth_cert(vec![identity.cert.clone()], identity.private_key())
+        .map_err(|e| e.to_string())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    QuicClientConfig::try_from(tls).map_err(|e| e.to_string())
+}
+
 /// Called with the refused key (None if the certificate had none) and the reason.
 pub type RefusalSink = Box<dyn Fn(Option<[u8; 32]>, &str) + Send + Sync>;
 
@@ -204,6 +221,8 @@ pub type RefusalSink = Box<dyn Fn(Option<[u8; 32]>, &str) + Send + Sync>;
 /// make up fresh keys, and neither may flood the log.
 pub struct KnownClientKeys {
     keys: Arc<RwLock<HashSet<[u8; 32]>>>,
+    /// Pending invites' one-time keys: a handshake with one is a join request, never a path (`join.rs`).
+    invites: Arc<RwLock<HashSet<[u8; 32]>>>,
     trust: SharedTrust,
     refusals: Mutex<RefusalLimiter<Option<[u8; 32]>>>,
     epoch: Instant,
@@ -225,7 +244,13 @@ impl KnownClientKeys {
         on_refused: RefusalSink,
     ) -> Self {
         let refusals = Mutex::new(RefusalLimiter::default());
-        Self { keys, trust, refusals, epoch: Instant::now(), on_refused, provider }
+        let invites = Arc::default();
+        Self { keys, invites, trust, refusals, epoch: Instant::now(), on_refused, provider }
+    }
+
+    /// Also accepts the keys in `invites` (the admin's pending invites).
+    pub fn with_invites(self, invites: Arc<RwLock<HashSet<[u8; 32]>>>) -> Self {
+        Self { invites, ..self }
     }
 
     fn refuse_limited(&self, key: Option<[u8; 32]>, reason: &str) -> TlsError {
@@ -259,7 +284,9 @@ impl ClientCertVerifier for KnownClientKeys {
         now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
         match ed25519_key_of_cert(end_entity) {
-            Some(k) if self.keys.read().unwrap().contains(&k) => Ok(ClientCertVerified::assertion()),
+            Some(k) if self.keys.read().unwrap().contains(&k) || self.invites.read().unwrap().contains(&k) => {
+                Ok(ClientCertVerified::assertion())
+            }
             Some(k) => match member_of(&self.trust, end_entity, &k, now.as_secs()) {
                 Ok(_) => Ok(ClientCertVerified::assertion()),
                 Err(reason) => Err(self.refuse_limited(Some(k), &reason)),

@@ -15,6 +15,7 @@
 //! - `path_rate`: a path's delivery rate and minimum RTT, and the window cap they give.
 //! - `signing`: Ed25519 signatures with a node or network key seed.
 //! - `membership`: network membership certificates and revocations (encoding, verification).
+//! - `join`: the join request a node sends with an invite's key, and the admin's answer.
 //! - `record`: a member's discovery record (DHT value): plaintext format, sealing for members only.
 //! - `wire`: the bounded reader and writer of our binary encodings.
 
@@ -23,6 +24,7 @@ pub mod certkey;
 pub mod classify;
 pub mod frame;
 pub mod health;
+pub mod join;
 pub mod member_news;
 pub mod membership;
 pub mod path_rank;

@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 
 mod discovery;
+mod join;
 mod lan_discovery;
 mod membership;
 
@@ -17,6 +18,7 @@ use quicether_io::peer::PathRoute;
 use quicether_io::tls;
 use quicether_proto::allowed_ips::Prefix;
 use quicether_proto::classify::Rule;
+use quicether_proto::join::JoinAnswer;
 use quicether_proto::scheduler::Mode;
 use quicether_proto::signing;
 
@@ -218,6 +220,24 @@ impl Node {
         self.with(|n| n.recheck_members().iter().map(|k| PyBytes::new(py, k)).collect())
     }
 
+    /// The one-time keys (32 bytes each) of the invites pending on this admin node: a handshake showing one
+    /// is a join request (`join_requested` event), never a path. Replaces the previous set.
+    fn set_invites(&self, keys: Vec<Vec<u8>>) -> PyResult<()> {
+        let keys = keys.iter().map(|k| key32("invite key", k)).collect::<PyResult<Vec<_>>>()?;
+        self.with(|n| n.set_invites(keys))
+    }
+
+    /// Answers join request `id`: `certified` with the bytes the joining node gets, or refused with
+    /// `body` the reason (UTF-8). False if the request is gone (it waited more than 10 s).
+    fn answer_join(&self, id: u64, certified: bool, body: &[u8]) -> PyResult<bool> {
+        let answer = if certified {
+            JoinAnswer::Certified(body.to_vec())
+        } else {
+            JoinAnswer::Refused(String::from_utf8_lossy(body).into_owned())
+        };
+        self.with(|n| n.answer_join(id, answer))
+    }
+
     /// This node's Ed25519 public key (32 bytes).
     fn public_key<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         self.with(|n| PyBytes::new(py, &n.public_key))
@@ -399,6 +419,11 @@ fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
         Event::HandshakeRefused { key, reason } => ("handshake_refused", key, None, reason),
         Event::DialFailed { key, wan, reason } => ("dial_failed", Some(key), Some(wan), reason),
         Event::TunFailed { error } => ("tun_failed", None, None, error),
+        Event::JoinRequested { id, invite, node, name } => {
+            d.set_item("id", id)?;
+            d.set_item("node", PyBytes::new(py, &node))?;
+            ("join_requested", Some(invite), None, name)
+        }
     };
     d.set_item("kind", kind)?;
     d.set_item("key", key.map(|k| PyBytes::new(py, &k)))?;
@@ -447,6 +472,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sign, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     membership::register(m)?;
+    m.add_function(wrap_pyfunction!(join::request_join, m)?)?;
     m.add_class::<discovery::Discovery>()?;
     m.add_class::<lan_discovery::LanDiscovery>()?;
     Ok(())
