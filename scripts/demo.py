@@ -6,8 +6,8 @@
 Measures each WAN alone (iperf3 from the router out of that WAN), then iperf3 from the LAN host to the dc
 host through the bond, and prints per-WAN and total throughput.
 
-Then the mesh (--mesh-sites, default 3): a gateway that is admin of a network and sites configured with
-only their membership certificate and the gateway, on separate links; a private mainline DHT of 16 plain
+Then the mesh (--mesh-sites, default 3): a gateway that is admin of a network and sites joined with
+only an invite code of the gateway, on separate links; a private mainline DHT of 16 plain
 nodes. Each site learns of the others from the gateway, finds their records in the DHT and connects to
 each directly; prints when each pair connected and the RTT between sites. Everything is removed on exit,
 even on Ctrl-C.
@@ -65,13 +65,14 @@ def main() -> int:
 
 
 def mesh_demo(sites: int) -> int:
-    print(f"\nthe mesh: a gateway (the network's admin) and {sites} sites, each given only its membership"
-          " certificate and the gateway; a private mainline DHT of 16 nodes", flush=True)
+    print(f"\nthe mesh: a gateway (the network's admin) and {sites} sites, each joined with only an invite code"
+          " (`quicether invite` on the gateway, `quicether join CODE` on the site); a private mainline DHT of 16"
+          " nodes", flush=True)
     with Lab() as lab, tempfile.TemporaryDirectory() as state:
         t0 = time.monotonic()
-        mesh = build_mesh_lab(lab, sites, Path(state))
-        print(f"  started in {time.monotonic() - t0:.1f} s; waiting for every site to reach every other ...",
-              flush=True)
+        mesh = build_mesh_lab(lab, sites, Path(state), by_invite=True)
+        print(f"  {sites} sites joined and started in {time.monotonic() - t0:.1f} s; waiting for every site to reach"
+              " every other ...", flush=True)
         t0, seen = time.monotonic(), {n.name: 0 for n in mesh.sites}
         while time.monotonic() - t0 < MESH_TIMEOUT_S and min(seen.values()) < sites:
             for node in mesh.sites:

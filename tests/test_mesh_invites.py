@@ -48,6 +48,9 @@ def test_sites_started_with_only_an_invite_code_find_each_other_through_a_privat
         for other in mesh.sites:
             if other is not node:
                 assert ping(node.ns, mesh.address(other), count=2).received == 2, (node.name, other.name)
+                # The sites were told only of the gateway: one side of each pair found the other in the DHT.
+                assert (f"found member site-{other.name}" in qe.read_log(node)
+                        or f"found member site-{node.name}" in qe.read_log(other)), (node.name, other.name)
     assert "joined network home as site-s0" in qe.read_log(mesh.gateway)
 
 

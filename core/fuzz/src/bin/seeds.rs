@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use quicether_proto::join;
+use quicether_proto::member_news::{self, Item};
 use quicether_proto::membership::{Certificate, Revocation};
 use quicether_proto::record::{Endpoint, EndpointKind, Record};
 
@@ -33,6 +35,8 @@ fn main() -> std::io::Result<()> {
         ("certificate", cert.issue(&[1; 32]).expect("a valid certificate")),
         ("revocation", Revocation { network: [0; 32], node: [7; 32], revoked_at: 1, sequence: 1 }.issue(&[1; 32])),
         ("record", record.encode().expect("a valid record")),
+        ("member_news", member_news::encode(&[Item::Certificate(vec![1; 40]), Item::Revocation(vec![2; 90])])),
+        ("join", join::encode_request(&quicether_fuzz::INVITE_KEY, &[5; 32], "site-a").expect("a valid request")),
     ];
     for (target, data) in seeds {
         std::fs::create_dir_all(format!("corpus/{target}"))?;
