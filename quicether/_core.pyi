@@ -73,8 +73,9 @@ class Node:
         membership: bytes | None = None,
     ) -> None: ...
     def add_peer(self, key: bytes, endpoints: list[str], allowed_ips: list[str], mode: str, realtime_mode: str,
-                 classes: list[ClassArg]) -> None:
-        """Adds a peer while the node runs; ValueError if the key is already there or an argument is bad."""
+                 classes: list[ClassArg], member_only: bool = False) -> None:
+        """Adds a peer while the node runs; ValueError if the key is already there or an argument is bad.
+        member_only: its handshakes (both ways) must show a valid certificate of our network; not pinned."""
     def update_peer(self, key: bytes, endpoints: list[str], allowed_ips: list[str], mode: str, realtime_mode: str,
                     classes: list[ClassArg]) -> None:
         """Changes a peer in place (paths stay up; new endpoints redial); KeyError if unknown."""

@@ -42,6 +42,7 @@
 
     [discovery]                    # how a member finds the others (with [network] only)
     dht = true                     # publish our record in the mainline DHT and look up the members we learn of
+    lan = true                     # announce this member on the LAN and find others there (mDNS)
     bootstrap = ["198.51.100.9:6881"]   # a private DHT's nodes (default: the public mainline DHT's)
     port = 0                       # the DHT's UDP port (0: any)
     server = false                 # answer other DHT nodes' queries too (a publicly reachable gateway)
@@ -145,6 +146,7 @@ class NetworkConfig:
 @dataclass(frozen=True)
 class DiscoveryConfig:
     dht: bool = True
+    lan: bool = True                     # announce and find members on the LAN (mDNS)
     bootstrap: list[str] | None = None   # None: the public mainline DHT
     port: int = 0
     server: bool = False
@@ -360,15 +362,15 @@ def _network(raw: object, where: str) -> NetworkConfig:
 def _discovery(raw: object, where: str) -> DiscoveryConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [discovery] must be a table")
-    check_keys(raw, {"dht", "bootstrap", "port", "server"}, where)
-    for flag in ("dht", "server"):
+    check_keys(raw, {"dht", "lan", "bootstrap", "port", "server"}, where)
+    for flag in ("dht", "lan", "server"):
         if not isinstance(raw.get(flag, False), bool):
             raise ConfigError(f"{where}.{flag}: must be true or false")
     bootstrap = raw.get("bootstrap")
     if bootstrap is not None and (not isinstance(bootstrap, list) or len(bootstrap) > MAX_ENDPOINTS):
         raise ConfigError(f"{where}.bootstrap: expected a list of at most {MAX_ENDPOINTS} \"ip:port\" addresses")
     nodes = None if bootstrap is None else [_socket_addr(b, f"{where}.bootstrap[{i}]") for i, b in enumerate(bootstrap)]
-    return DiscoveryConfig(dht=bool(raw.get("dht", True)), bootstrap=nodes,
+    return DiscoveryConfig(dht=bool(raw.get("dht", True)), lan=bool(raw.get("lan", True)), bootstrap=nodes,
                            port=_int_in(raw.get("port", 0), 0, 65535, f"{where}.port"),
                            server=bool(raw.get("server", False)))
 

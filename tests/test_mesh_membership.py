@@ -161,3 +161,32 @@ def test_after_a_restart_members_reconnect_from_their_peer_cache_without_dht_or_
         for other in sites:
             if other is not node:
                 assert ping(node.ns, mesh.address(other), count=2).received == 2
+
+
+def test_with_the_gateway_stopped_a_site_on_a_new_wan_address_is_found_again_through_the_dht(
+        lab: Lab, tmp_path: Path) -> None:
+    """Discovery works with no node of ours in the middle: the gateway is gone when site s0 gets a new
+    address from its ISP; s0 publishes a new record and the other sites find it there and reconnect."""
+    mesh = build_mesh_lab(lab, 3, tmp_path, by_invite=True)
+    sites = mesh.sites
+    wait_for(lambda: all(mesh.connected(n) == len(sites) for n in sites), timeout=60, step=0.5)
+    qe.stop(mesh.gateway)
+    moved, others = sites[0], sites[1:]
+    # A new address in the same ISP subnet; the old one is gone (packets to it go nowhere).
+    moved.ns.ip("addr", "flush", "dev", "eth0")
+    moved.ns.ip("addr", "add", "10.1.0.9/24", "dev", "eth0")
+    moved.ns.ip("route", "add", "default", "via", "10.1.0.2")
+    target = mesh.address(moved)
+
+    def reconnected() -> bool:
+        for node in others:
+            peer = next((p for p in node.status()["peers"] if p["name"] == f"site-{moved.name}"), None)
+            if peer is None or not any(path["up"] and path["remote"].startswith("10.1.0.9:") for path in peer["paths"]):
+                return False
+        return True
+
+    took = wait_for(reconnected, timeout=90, step=0.5)
+    assert took < 60, f"the other sites reached the moved site only after {took:.0f} s"
+    assert "published our record (10.1.0.9:4433" in qe.read_log(moved)
+    for node in others:
+        assert ping(node.ns, target, count=2).received == 2, node.name

@@ -66,6 +66,13 @@ class Mesh:
             return []
         return net.revoked + [r for r in self.learned_revocations if r not in net.revoked]
 
+    def _revoked_keys(self) -> list[bytes]:
+        """The node keys of every revoked member (each revocation verified when it was kept)."""
+        net = self.network
+        if net is None:
+            return []
+        return [bytes(_core.read_revocation(r, net.network_key)["node_key"]) for r in self._revocations()]
+
     def modes(self) -> tuple[str, str]:
         """How members' bulk and real-time traffic is scheduled."""
         net = self.network
@@ -81,8 +88,7 @@ class Mesh:
         for key in removed:
             log.warning("%s cut off: revoked, expired or no longer of this network", self.label(key))
         # A revoked member is neither looked up nor redialed from the cache.
-        for rev in self._revocations():
-            key = bytes(_core.read_revocation(rev, net.network_key)["node_key"]) if net else b""
+        for key in self._revoked_keys():
             for table in (self.known, self.certificates, self.cache):
                 table.pop(key, None)
 
@@ -153,12 +159,11 @@ class Mesh:
         if net is None:
             return 0
         entries = _load_cache(self.config.state_dir / PEER_CACHE_FILE)
+        revoked = self._revoked_keys()
         dialed = 0
         for certificate, endpoints in entries:
             try:
-                cert = _core.read_certificate(certificate, net.network_key, int(time.time()),
-                                              [_core.read_revocation(r, net.network_key)["node_key"]
-                                               for r in self._revocations()])
+                cert = _core.read_certificate(certificate, net.network_key, int(time.time()), revoked)
             except ValueError as exc:
                 log.info("peer cache: an entry skipped: %s", exc)
                 continue

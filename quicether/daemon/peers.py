@@ -49,8 +49,10 @@ class PeerTable:
         self.address = address
         self.peers: dict[bytes, PeerConfig] = {}
         self.members: dict[bytes, Member] = {}
-        # How each member came to be a peer: "certificate" (it dialed us), "dht" or "cache" (we dialed it).
+        # How each member came to be a peer: "certificate" (it dialed us), "dht", "cache" or "lan" (we dialed it).
         self.found: dict[bytes, str] = {}
+        # Keys announced on the LAN whose certificate we do not know yet: dialed member-only, not routed.
+        self.candidates: dict[bytes, list[str]] = {}
         self.routes: set[str] = set()
 
     def name(self, key: bytes) -> str | None:
@@ -68,16 +70,35 @@ class PeerTable:
                           found: str) -> None:
         """Dials member `key` at `endpoints` (`found` in the DHT or the peer cache); a [[peer]] of the config
         is left as it is."""
-        if key in self.peers or any(p["key"] == key and p["connected"] for p in self.node.peers()):
-            return  # a [[peer]] is dialed as configured; a member that dialed us meanwhile needs no dial
+        if key in self.peers:
+            return  # a [[peer]] is dialed as configured
+        if key not in self.candidates and any(p["key"] == key and p["connected"] for p in self.node.peers()):
+            return  # a member that dialed us meanwhile needs no dial (a LAN candidate needs its routes)
         allowed = [f"{member.ipv4}/32", f"{member.ipv6}/128", *member.lan_prefixes]
         try:
-            self.node.add_peer(key, endpoints, allowed, modes[0], modes[1], [])
-        except ValueError:  # the core admitted it meanwhile (it dialed us): give it the endpoints
+            # Member-only: the handshake must show its (valid, unrevoked) certificate; its key is not pinned.
+            self.node.add_peer(key, endpoints, allowed, modes[0], modes[1], [], member_only=True)
+        except ValueError:  # the core admitted it meanwhile (it dialed us), or a LAN candidate proved itself
             self.node.update_peer(key, endpoints, allowed, modes[0], modes[1], [])
+        self.candidates.pop(key, None)
         self.members[key] = member
         self.found[key] = found
         await self._sync_routes()
+
+    def dial_candidate(self, key: bytes, endpoints: list[str], modes: tuple[str, str]) -> None:
+        """Dials a key announced on the LAN, member-only and with no route, until its certificate comes."""
+        if key in self.candidates:
+            self.node.update_peer(key, endpoints, [], modes[0], modes[1], [])
+        else:
+            self.node.add_peer(key, endpoints, [], modes[0], modes[1], [], member_only=True)
+        self.candidates[key] = endpoints
+        self.found[key] = "lan"
+
+    def drop_candidate(self, key: bytes) -> None:
+        """A LAN candidate that never proved itself (or stopped announcing): no longer dialed."""
+        if self.candidates.pop(key, None) is not None and key not in self.members:
+            self.node.remove_peer(key)
+            self.found.pop(key, None)
 
     async def gone(self, key: bytes) -> None:
         """The core removed peer `key` by itself (a member revoked or expired): its routes go."""

@@ -26,6 +26,7 @@ from quicether.daemon import reload
 from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer
 from quicether.daemon.eventlog import EventLog
 from quicether.daemon.finder import Finder
+from quicether.daemon.lan_finder import LanFinder
 from quicether.daemon.mesh import Mesh
 from quicether.daemon.peers import PeerTable
 from quicether.daemon.router import Router
@@ -57,6 +58,7 @@ class Daemon:
         self.mesh: Mesh | None = None
         self.finder: Finder | None = None
         self.admissions: Admissions | None = None
+        self.lan_finder: LanFinder | None = None
         self._names = {p.key: p.name for p in config.peers}
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -129,6 +131,11 @@ class Daemon:
                     self._spawn(self.peers.admitted(key, member), f"routing member {member.name}")
             case core_events.MemberLearned(key=key, certificate=certificate) if key is not None and self.mesh:
                 self.mesh.learned(key, certificate, mark)
+                member = self.mesh.known.get(key)
+                if member is not None and self.peers is not None and key in self.peers.candidates:
+                    # A LAN candidate proved itself (its handshake showed this certificate): route it.
+                    self._spawn(self.peers.dial_member(key, member, self.peers.candidates[key], self.mesh.modes(),
+                                                       "lan"), f"routing member {member.name}")
             case core_events.RevocationLearned(key=key, revocation=revocation) if key is not None and self.mesh:
                 self.mesh.revocation_learned(key, revocation, mark)
             case core_events.PeerRemoved(key=key) if key is not None and self.peers and key in self.peers.members:
@@ -176,6 +183,8 @@ class Daemon:
                 # Every handshake refused by key pinning (their log lines are rate-limited; this is not).
                 "refused_handshakes": node.refused_handshakes() if node else 0,
                 "network": self.mesh.status(connected) if self.mesh else None,
+                # mDNS announcements seen: resolved, foreign_network, malformed, full (None: not running).
+                "lan_discovery": self.lan_finder.counters() if self.lan_finder else None,
             },
             "peers": peers,
             "router": self.router.status() if self.router else None,
@@ -355,6 +364,8 @@ class Daemon:
             undo.callback(recheck.cancel)
             if self.config.network is not None and self.config.discovery.dht:
                 undo.callback(self._spawn(self._discover(), "discovery").cancel)
+            if self.config.network is not None and self.config.discovery.lan:
+                undo.callback(self._spawn(self._discover_lan(), "LAN discovery").cancel)
             undo.callback(lambda: [t.cancel() for t in self._tasks])
             self.router = Router(self.config, self.node)
             undo.push_async_callback(self.router.stop)
@@ -392,6 +403,17 @@ class Daemon:
         finally:
             self.finder = None
             finder.stop()
+
+    async def _discover_lan(self) -> None:
+        """Announces this member on the LAN and dials the members announced there (mDNS)."""
+        assert self.node is not None and self.mesh is not None and self.peers is not None
+        lan = LanFinder(self.config, self.node, self.mesh, self.peers, frozenset({self.config.tun}))
+        self.lan_finder = lan
+        try:
+            await lan.run()
+        finally:
+            self.lan_finder = None
+            lan.stop()
 
     def _close_node(self) -> None:
         if self.node is not None:

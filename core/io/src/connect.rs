@@ -39,8 +39,18 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 const REDIAL_INTERVAL: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(8);
 
-/// A dial attempt's outcome when the peer closed it as the duplicate of its own dial to us.
-const LOST_AS_DUPLICATE: &str = "closed as a duplicate path";
+/// Why a dial attempt made no path.
+enum DialError {
+    /// The peer closed it as the duplicate of its own dial to us: not a failure.
+    LostAsDuplicate,
+    Failed(String),
+}
+
+impl From<String> for DialError {
+    fn from(reason: String) -> Self {
+        DialError::Failed(reason)
+    }
+}
 
 /// Text from the network (errors carrying a peer's close reason) as it may reach events and logs.
 pub fn net_text(e: impl std::fmt::Display) -> String {
@@ -208,9 +218,11 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
             match tokio::time::timeout(HELLO_TIMEOUT, send_hello(&conn, &target.wan, target.backup)).await {
                 Ok(Ok(answer)) => Ok((conn, answer)),
                 // Both nodes dialed each other over the same WANs and the peer kept its own dial.
-                Ok(Err(_)) if closed_as_duplicate(&conn) => Err(LOST_AS_DUPLICATE.to_string()),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err("peer completed the handshake but did not answer the path hello".into()),
+                Ok(Err(_)) if closed_as_duplicate(&conn) => Err(DialError::LostAsDuplicate),
+                Ok(Err(e)) => Err(DialError::Failed(e)),
+                Err(_) => {
+                    Err(DialError::Failed("peer completed the handshake but did not answer the path hello".into()))
+                }
             }
         };
         // A path of the peer going down restarts a handshake in progress: its retransmission timer may be
@@ -254,14 +266,14 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
                     continue;
                 }
             }
-            Err(reason) if reason == LOST_AS_DUPLICATE => {
+            Err(DialError::LostAsDuplicate) => {
                 // Not a failure: the peer's path over this WAN carries the traffic. Dial again once it is gone.
                 while target.peer.has_path_on(&target.wan) {
                     tokio::time::sleep(REDIAL_INTERVAL).await;
                 }
                 continue;
             }
-            Err(reason) => {
+            Err(DialError::Failed(reason)) => {
                 // Report a failure when its reason changes, not on every retry.
                 if reason != last_error {
                     shared.emit(Event::DialFailed { key, wan: target.wan.clone(), reason: reason.clone() });

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mainline::async_dht::AsyncDht;
 use mainline::errors::{ConcurrencyError, PutMutableError};
@@ -124,10 +124,6 @@ impl RequestFilter for ServerFilter {
     }
 }
 
-fn unix_now() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
-}
-
 fn random_nonce() -> [u8; 12] {
     use ring::rand::SecureRandom;
     let mut n = [0u8; 12];
@@ -213,7 +209,7 @@ impl Discovery {
             tokio::time::sleep(MIN_PUBLISH_INTERVAL.saturating_sub(at.elapsed())).await;
         }
         let salt = s.keys.salt;
-        let mut seq = (unix_now().as_millis() as i64).max(last.0 + 1);
+        let mut seq = (crate::unix_time().as_millis() as i64).max(last.0 + 1);
         for attempt in 0..2 {
             let value = s.keys.seal(&s.node_key, seq, record, random_nonce()).map_err(|e| format!("record: {e}"))?;
             let item = MutableItem::new(SigningKey::from_bytes(&s.seed), &value, seq, Some(&salt));
@@ -263,7 +259,7 @@ impl Discovery {
                 shared.counters.bad_signature.fetch_add(o.invalid_values as u64, Relaxed);
             });
             let previous = self.shared.last_seq.lock().unwrap().get(node_key).copied();
-            let now = unix_now().as_secs();
+            let now = crate::unix_time().as_secs();
             let mut items: Vec<MutableItem> = Vec::new();
             let mut stream = query.items;
             let mut ended = false;

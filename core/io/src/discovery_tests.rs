@@ -116,7 +116,7 @@ fn members_find_each_other_and_outsiders_find_nothing() {
     let a = member(&testnet, [1; 32], NET);
     let b = member(&testnet, [2; 32], NET);
     let outsider = member(&testnet, [3; 32], [8; 32]);
-    let expires = unix_now().as_secs() + 600;
+    let expires = crate::unix_time().as_secs() + 600;
     let (seq, stored) = a.publish(&record(expires)).unwrap();
     assert!(stored > 0);
     let found = b.lookup(&a.node_key(), Duration::from_secs(10)).unwrap().unwrap();

@@ -117,7 +117,7 @@ pub async fn request(
 ) -> Result<JoinAnswer, String> {
     let identity = Identity::from_seed(invite_seed, None)?;
     let body = encode_request(&identity.public_key, node_seed, name)?;
-    let config = quinn::ClientConfig::new(Arc::new(tls::quic_client_config(&identity, admin)?));
+    let config = quinn::ClientConfig::new(Arc::new(tls::quic_client_config(&identity, admin, None)?));
     let mut errors = Vec::new();
     for &addr in endpoints {
         let bind: SocketAddr =

@@ -29,3 +29,9 @@ pub mod sockets;
 pub mod timers;
 pub mod tls;
 pub mod tun;
+
+/// The wall clock since the Unix epoch (zero if the clock is before it): certificates' validity, records'
+/// expiry and DHT sequence numbers are in it. The one place the I/O crate reads it.
+pub fn unix_time() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}

@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use quicether_proto::certkey::membership_of_cert;
 use quicether_proto::member_news::{decode, encode, Item, MAX_BATCH_LEN};
@@ -57,13 +56,9 @@ impl NewsBook {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Verifies `items` against our network; records and reports what is new. Returns the new items.
 pub fn learn(shared: &Shared, items: Vec<Item>) -> Vec<Item> {
-    let now = unix_now();
+    let now = crate::unix_time().as_secs();
     let mut fresh = Vec::new();
     let mut events = Vec::new();
     {

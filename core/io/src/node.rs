@@ -367,8 +367,9 @@ impl Node {
         Ok(node)
     }
 
-    fn client_config(&self, server_key: [u8; 32]) -> io::Result<quinn::ClientConfig> {
-        let quic = tls::quic_client_config(&self.identity, server_key).map_err(|e| io_err("tls", e))?;
+    fn client_config(&self, peer: &Peer) -> io::Result<quinn::ClientConfig> {
+        let members_of = peer.member_only.then(|| self.shared.trust.clone());
+        let quic = tls::quic_client_config(&self.identity, peer.key, members_of).map_err(|e| io_err("tls", e))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(self.transport.clone());
         Ok(config)
@@ -389,7 +390,7 @@ impl Node {
                 addr,
                 wan: wan.to_string(),
                 backup: source.backup,
-                config: self.client_config(peer.key)?,
+                config: self.client_config(peer)?,
             };
             dialers.push(runtime.spawn(dialer(self.shared.clone(), source.endpoint.clone(), target)));
         }
@@ -477,7 +478,10 @@ impl Node {
         if !self.shared.table.write().unwrap().insert(peer.clone(), &cfg.allowed_ips) {
             return Err(PeerError::AlreadyExists);
         }
-        self.known_keys.write().unwrap().insert(cfg.key);
+        // A member-only peer's key is not pinned: its handshakes to us pass by a valid membership or not at all.
+        if !cfg.member_only {
+            self.known_keys.write().unwrap().insert(cfg.key);
+        }
         let mut dialers = HashMap::new();
         for (wan, source) in sources.iter() {
             // Building a client config only fails on a bad identity, which `start` already checked.
@@ -580,7 +584,7 @@ impl Node {
     /// Removes the admitted members whose certificate no longer qualifies now (expired, revoked, another
     /// network); returns their keys. The daemon calls it now and then, as certificates expire.
     pub fn recheck_members(&self) -> Vec<[u8; 32]> {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = crate::unix_time().as_secs();
         let members: Vec<Arc<Peer>> =
             self.shared.table.read().unwrap().peers().filter(|p| p.member.is_some()).cloned().collect();
         let mut removed = Vec::new();

@@ -40,6 +40,9 @@ pub struct PeerConfig {
     pub endpoints: Vec<SocketAddr>,
     pub allowed_ips: Vec<Prefix>,
     pub policy: PeerPolicy,
+    /// Dial it only if it shows a valid membership of our network in the handshake: its key came from an
+    /// unauthenticated LAN announcement, not from a certificate or the config.
+    pub member_only: bool,
 }
 
 /// How a peer's packets are scheduled; changes in place while its paths stay up.
@@ -236,6 +239,8 @@ pub struct Peer {
     pub counters: Counters,
     /// The membership certificate it was admitted by (no configured key); None for a configured peer.
     pub member: Option<Vec<u8>>,
+    /// See `PeerConfig::member_only` (fixed when the peer is added).
+    pub member_only: bool,
     /// Signalled when one of the peer's paths goes down: its dialers that are waiting out a backoff (or
     /// are in a handshake that may be waiting out a retransmission timer) dial again at once. A WAN that
     /// came back during a long backoff is then used as soon as it is needed, not seconds later.
@@ -292,6 +297,7 @@ impl Peer {
             counters: Default::default(),
             redial: Notify::new(),
             member: None,
+            member_only: cfg.member_only,
         }
     }
 
@@ -405,15 +411,20 @@ impl Shared {
         if let Some(peer) = self.peer(&key) {
             return Ok(peer);
         }
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = crate::unix_time().as_secs();
         let cert = crate::tls::member_of(&self.trust, &der, &key, now)
             .map_err(|e| format!("peer removed during the handshake ({e})"))?;
         let data = quicether_proto::certkey::membership_of_cert(&der).unwrap_or_default().to_vec();
         let mut allowed_ips =
             vec![Prefix { addr: cert.ipv4.into(), len: 32 }, Prefix { addr: cert.ipv6().into(), len: 128 }];
         allowed_ips.extend(cert.lan_prefixes.iter().copied());
-        let config =
-            PeerConfig { key, endpoints: vec![], allowed_ips, policy: self.member_policy.read().unwrap().clone() };
+        let config = PeerConfig {
+            key,
+            endpoints: vec![],
+            allowed_ips,
+            policy: self.member_policy.read().unwrap().clone(),
+            member_only: false,
+        };
         let peer = {
             let mut table = self.table.write().unwrap();
             if let Some(peer) = table.get(&key) {

@@ -89,7 +89,13 @@ mod tests {
     fn peer(key: u8, allowed: &[&str]) -> (Arc<Peer>, Vec<Prefix>) {
         let policy = PeerPolicy { bulk_mode: Mode::Aggregate, realtime_mode: Mode::Redundant, rules: vec![] };
         let allowed_ips: Vec<Prefix> = allowed.iter().map(|a| a.parse().unwrap()).collect();
-        let cfg = PeerConfig { key: [key; 32], endpoints: vec![], allowed_ips: allowed_ips.clone(), policy };
+        let cfg = PeerConfig {
+            key: [key; 32],
+            endpoints: vec![],
+            allowed_ips: allowed_ips.clone(),
+            policy,
+            member_only: false,
+        };
         (Arc::new(Peer::new(&cfg, 0)), allowed_ips)
     }
 

@@ -121,16 +121,28 @@ macro_rules! handshake_signature_checks {
     };
 }
 
-/// Client side: the server must present exactly the key configured for that peer.
-#[derive(Debug)]
+/// Client side: the server must present exactly the key configured for that peer and, with `members_of`
+/// (a peer whose key came from an unauthenticated LAN announcement), a valid membership of our network.
 pub struct PinnedServerKey {
     pub key: [u8; 32],
+    members_of: Option<SharedTrust>,
     provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for PinnedServerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedServerKey").finish_non_exhaustive()
+    }
 }
 
 impl PinnedServerKey {
     pub fn new(key: [u8; 32], provider: Arc<CryptoProvider>) -> Self {
-        Self { key, provider }
+        Self { key, members_of: None, provider }
+    }
+
+    /// Also requires a valid membership of the network in `trust`.
+    pub fn member_of(self, trust: SharedTrust) -> Self {
+        Self { members_of: Some(trust), ..self }
     }
 }
 
@@ -141,10 +153,15 @@ impl ServerCertVerifier for PinnedServerKey {
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
         match ed25519_key_of_cert(end_entity) {
-            Some(k) if k == self.key => Ok(ServerCertVerified::assertion()),
+            Some(k) if k == self.key => match &self.members_of {
+                Some(trust) => member_of(trust, end_entity, &k, now.as_secs())
+                    .map(|_| ServerCertVerified::assertion())
+                    .map_err(|reason| refuse(&reason)),
+                None => Ok(ServerCertVerified::assertion()),
+            },
             Some(_) => Err(refuse("peer presented a different node key than configured")),
             None => Err(refuse("peer certificate carries no Ed25519 node key")),
         }
@@ -196,15 +213,25 @@ pub fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'stat
     identity.downcast_ref::<Vec<CertificateDer<'static>>>()?.first().cloned()
 }
 
-/// The client side's QUIC crypto: shows `identity`, pins the server's key `server_key`, TLS 1.3, our ALPN,
-/// no resumption (a resumed handshake would skip the peer's checks of us).
-pub fn quic_client_config(identity: &Identity, server_key: [u8; 32]) -> Result<QuicClientConfig, String> {
+/// The client side's QUIC crypto: shows `identity`, pins the server's key `server_key` (and with
+/// `members_of`, requires its membership of that network), TLS 1.3, our ALPN, no resumption (a resumed
+/// handshake would skip the peer's checks of us).
+pub fn quic_client_config(
+    identity: &Identity,
+    server_key: [u8; 32],
+    members_of: Option<SharedTrust>,
+) -> Result<QuicClientConfig, String> {
     let provider = provider();
+    let verifier = PinnedServerKey::new(server_key, provider.clone());
+    let verifier = match members_of {
+        Some(trust) => verifier.member_of(trust),
+        None => verifier,
+    };
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedServerKey::new(server_key, provider)))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(vec![identity.cert.clone()], identity.private_key())
         .map_err(|e| e.to_string())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -405,6 +432,28 @@ mod tests {
         assert_eq!(ed25519_key_of_cert(&id.cert), Some(id.public_key));
         let plain = Identity::from_seed(&generate_seed(), None).unwrap();
         assert_eq!(membership_of_cert(&plain.cert), None);
+    }
+
+    #[test]
+    fn a_server_of_an_announced_key_must_also_show_our_membership() {
+        let (member, _) = member_identity(&NET_SEED, NOW + 3600);
+        let (foreign, _) = member_identity(&[9; 32], NOW + 3600);
+        let plain = Identity::from_seed(&generate_seed(), None).unwrap();
+        let name = ServerName::try_from(SERVER_NAME).unwrap();
+        let check = |id: &Identity| {
+            PinnedServerKey::new(id.public_key, provider()).member_of(our_network()).verify_server_cert(
+                &id.cert,
+                &[],
+                &name,
+                &[],
+                at(NOW),
+            )
+        };
+        assert!(check(&member).is_ok());
+        assert!(check(&foreign).is_err() && check(&plain).is_err());
+        assert!(PinnedServerKey::new(plain.public_key, provider())
+            .verify_server_cert(&plain.cert, &[], &name, &[], at(NOW))
+            .is_ok());
     }
 
     #[test]

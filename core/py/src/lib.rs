@@ -44,7 +44,7 @@ fn wan_config(arg: WanArg) -> PyResult<WanConfig> {
 
 fn peer_config(arg: PeerArg) -> PyResult<PeerConfig> {
     let (key, endpoint, allowed, bulk, realtime, rules) = arg;
-    new_peer_config(&key, endpoint.into_iter().collect(), allowed, &bulk, &realtime, rules)
+    new_peer_config(&key, endpoint.into_iter().collect(), allowed, &bulk, &realtime, rules, false)
 }
 
 fn new_peer_config(
@@ -54,6 +54,7 @@ fn new_peer_config(
     bulk: &str,
     realtime: &str,
     rules: Vec<RuleArg>,
+    member_only: bool,
 ) -> PyResult<PeerConfig> {
     let endpoints = endpoints
         .iter()
@@ -61,7 +62,8 @@ fn new_peer_config(
         .collect::<PyResult<Vec<_>>>()?;
     let allowed_ips =
         allowed.iter().map(|a| a.parse::<Prefix>()).collect::<Result<Vec<_>, _>>().map_err(PyValueError::new_err)?;
-    Ok(PeerConfig { key: key32("peer key", key)?, endpoints, allowed_ips, policy: policy(bulk, realtime, rules)? })
+    let policy = policy(bulk, realtime, rules)?;
+    Ok(PeerConfig { key: key32("peer key", key)?, endpoints, allowed_ips, policy, member_only })
 }
 
 fn policy(bulk: &str, realtime: &str, rules: Vec<RuleArg>) -> PyResult<PeerPolicy> {
@@ -148,7 +150,9 @@ impl Node {
 
     /// Adds a peer at run time (ValueError if its key is already there or an argument is bad): dials it at
     /// `endpoints` from every WAN, routes `allowed_ips` to it, lets its key handshake with us.
-    #[pyo3(signature = (key, endpoints, allowed_ips, mode, realtime_mode, classes))]
+    /// `member_only`: a path to it counts only if it shows a valid membership of our network (its key came
+    /// from a LAN announcement); fixed for the peer's life.
+    #[pyo3(signature = (key, endpoints, allowed_ips, mode, realtime_mode, classes, member_only=false))]
     #[allow(clippy::too_many_arguments)]
     fn add_peer(
         &self,
@@ -159,8 +163,9 @@ impl Node {
         mode: &str,
         realtime_mode: &str,
         classes: Vec<RuleArg>,
+        member_only: bool,
     ) -> PyResult<()> {
-        let cfg = new_peer_config(key, endpoints, allowed_ips, mode, realtime_mode, classes)?;
+        let cfg = new_peer_config(key, endpoints, allowed_ips, mode, realtime_mode, classes, member_only)?;
         let guard = self.inner.lock().unwrap();
         let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
         py.detach(|| node.add_peer(cfg)).map_err(peer_error)
@@ -179,7 +184,7 @@ impl Node {
         realtime_mode: &str,
         classes: Vec<RuleArg>,
     ) -> PyResult<()> {
-        let cfg = new_peer_config(key, endpoints, allowed_ips, mode, realtime_mode, classes)?;
+        let cfg = new_peer_config(key, endpoints, allowed_ips, mode, realtime_mode, classes, false)?;
         let guard = self.inner.lock().unwrap();
         let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
         py.detach(|| node.update_peer(cfg)).map_err(peer_error)
