@@ -25,6 +25,7 @@ log = logging.getLogger("quicether")
 # How often the loop looks at what is due; a record change is published within this.
 TICK_S = 2.0
 REPUBLISH_S = 600.0
+PUBLISH_RETRY_S = 10.0
 RECORD_LIFETIME_S = 3600
 LOOKUP_TIMEOUT_S = 8.0
 PARALLEL_LOOKUPS = 6
@@ -54,12 +55,14 @@ class Finder:
         self.published_at = 0.0
         self.publish_failed: str | None = None
         self.searches: dict[bytes, _Search] = {}
+        self.addresses: set[str] = set()  # this node's own addresses when its DHT node was started
 
     async def start(self) -> None:
         net, disc = self.config.network, self.config.discovery
         assert net is not None
         self.dht = await asyncio.to_thread(_core.Discovery, disc.port, disc.bootstrap, disc.server,
                                            self.identity.seed, net.network_key)
+        self.addresses = await asyncio.to_thread(self._local_addresses)
         log.info("discovery: DHT node on %s (%s)", self.dht.local_addr(),
                  "private bootstrap " + ", ".join(disc.bootstrap) if disc.bootstrap is not None else "public DHT")
 
@@ -72,6 +75,32 @@ class Finder:
         """A member's last path closed: look it up again now (it may have moved)."""
         if key in self.searches:
             self.searches[key] = _Search()
+
+    def _local_addresses(self) -> set[str]:
+        return {ip for _device, ip in links.local_addresses(set(self.not_wans))}
+
+    async def _restart_if_moved(self) -> None:
+        """A new address of our own (a new ISP address): the DHT node starts again from it. Its write
+        tokens were given to the old address, so every put from the new one would fail until they aged out."""
+        addresses = await asyncio.to_thread(self._local_addresses)
+        if addresses == self.addresses or self.dht is None:
+            return
+        log.info("discovery: this node's addresses changed (%s): restarting its DHT node",
+                 ", ".join(sorted(addresses)) or "none")
+        old, fixed_port = self.dht, self.config.discovery.port != 0
+        if fixed_port:
+            old.close()  # the new node needs its port
+        try:
+            await self.start()  # with any port, the new node first: if it cannot start, the old one works on
+        except (OSError, ValueError) as exc:
+            self.addresses = addresses  # said once; tried again at the next change
+            self.dht = None if fixed_port else old
+            log.error("discovery: cannot restart the DHT node: %s%s", exc,
+                      " (discovery stopped until the daemon restarts)" if fixed_port else "")
+            return
+        if not fixed_port:
+            old.close()
+        self.published = None  # publish from the new node at once
 
     def _endpoints(self) -> list[dict[str, str]]:
         port = int(self.node.local_addr().rpartition(":")[2])
@@ -97,7 +126,9 @@ class Finder:
             if str(exc) != self.publish_failed:  # said once per cause, not every tick
                 log.warning("discovery: publishing our record failed: %s", exc)
                 self.publish_failed = str(exc)
-            self.published_at = now - REPUBLISH_S + RETRY_MAX_S  # try again within a minute
+            # Try again soon: a put right after our address changed can fail on its own (the DHT nodes'
+            # write tokens are bound to the address that asked for them), and the next one asks afresh.
+            self.published_at = now - REPUBLISH_S + PUBLISH_RETRY_S
             return
         self.publish_failed = None
         self.published, self.published_at = endpoints, now
@@ -128,6 +159,7 @@ class Finder:
         while self.dht is not None:
             now = time.monotonic()
             try:
+                await self._restart_if_moved()
                 await self._publish(now)
                 connected = {p["key"] for p in self.node.peers() if p["connected"]}
                 configured = set(self.peers.peers)

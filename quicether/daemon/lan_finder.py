@@ -75,7 +75,7 @@ class LanFinder:
     async def _dial(self, found: dict[str, Any], connected: set[bytes], now: float) -> None:
         key = bytes(found["node_key"])
         addrs = [str(a) for a in found["addrs"]]
-        if key in connected or key in self.peers.peers or not addrs:
+        if key in connected or key in self.peers.peers or key in self.mesh.revoked or not addrs:
             return
         if now - self.dialed.get(key, -REDIAL_S) < REDIAL_S:
             return
@@ -110,7 +110,8 @@ class LanFinder:
                 # A candidate no longer announced (so no longer redialed) that did not connect stops taking
                 # a peer slot.
                 for key in list(self.peers.candidates):
-                    if now - self.dialed.get(key, now) > 2 * REDIAL_S and key not in connected:
+                    stale = now - self.dialed.get(key, now) > 2 * REDIAL_S and key not in connected
+                    if stale or key in self.mesh.revoked:
                         self.peers.drop_candidate(key)
                         self.dialed.pop(key, None)
             await asyncio.sleep(TICK_S)

@@ -52,6 +52,7 @@ class Mesh:
         self.certificates: dict[bytes, bytes] = {}
         self.cache: dict[bytes, list[str]] = {}  # where each member was last reached
         self.learned_revocations: list[bytes] = []
+        self.revoked: set[bytes] = set()  # node keys of the revoked members (as of the last `apply`)
         self._path = config.state_dir / REVOCATIONS_FILE
         if config.network is not None:
             self.learned_revocations = _load_revocations(self._path, config.network)
@@ -87,8 +88,9 @@ class Mesh:
                                         [])
         for key in removed:
             log.warning("%s cut off: revoked, expired or no longer of this network", self.label(key))
-        # A revoked member is neither looked up nor redialed from the cache.
-        for key in self._revoked_keys():
+        # A revoked member is neither looked up nor redialed from the cache, nor dialed from the LAN.
+        self.revoked = set(self._revoked_keys())
+        for key in self.revoked:
             for table in (self.known, self.certificates, self.cache):
                 table.pop(key, None)
 
@@ -159,7 +161,7 @@ class Mesh:
         if net is None:
             return 0
         entries = _load_cache(self.config.state_dir / PEER_CACHE_FILE)
-        revoked = self._revoked_keys()
+        revoked = list(self.revoked)
         dialed = 0
         for certificate, endpoints in entries:
             try:

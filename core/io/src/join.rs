@@ -103,20 +103,24 @@ pub async fn answer(shared: Arc<Shared>, conn: quinn::Connection, invite: [u8; 3
     conn.close(0u32.into(), b"joined");
 }
 
-/// Asks the admin node (key `admin`, at `endpoints`, tried in order) to certify the node with seed
-/// `node_seed` as `name`, showing the invite's key (seed `invite_seed`). Err: no endpoint could be reached
-/// (or the admin refused the invite key in the handshake: unknown to it); a refusal for a reason the admin
-/// gives (used, expired, name taken) is `Ok(JoinAnswer::Refused)`.
-pub async fn request(
-    invite_seed: &[u8; 32],
-    admin: [u8; 32],
-    endpoints: &[SocketAddr],
-    node_seed: &[u8; 32],
-    name: &str,
-    timeout: Duration,
-) -> Result<JoinAnswer, String> {
-    let identity = Identity::from_seed(invite_seed, None)?;
-    let body = encode_request(&identity.public_key, node_seed, name)?;
+/// A join to ask for: the admin node (key `admin`, at `endpoints`, tried in order) is to certify the node
+/// with seed `node_seed` as `name`, shown the invite's key (seed `invite_seed`); each endpoint gets `timeout`.
+pub struct Joining<'a> {
+    pub invite_seed: [u8; 32],
+    pub admin: [u8; 32],
+    pub endpoints: &'a [SocketAddr],
+    pub node_seed: [u8; 32],
+    pub name: &'a str,
+    pub timeout: Duration,
+}
+
+/// Asks for `join`. Err: no endpoint could be reached (or the admin refused the invite key in the
+/// handshake: unknown to it); a refusal for a reason the admin gives (used, expired, name taken) is
+/// `Ok(JoinAnswer::Refused)`.
+pub async fn request(join: &Joining<'_>) -> Result<JoinAnswer, String> {
+    let Joining { invite_seed, admin, endpoints, node_seed, name, timeout } = *join;
+    let identity = Identity::from_seed(&invite_seed, None)?;
+    let body = encode_request(&identity.public_key, &node_seed, name)?;
     let config = quinn::ClientConfig::new(Arc::new(tls::quic_client_config(&identity, admin, None)?));
     let mut errors = Vec::new();
     for &addr in endpoints {
@@ -166,15 +170,8 @@ fn refusal_or(e: &quinn::ConnectionError, other: String) -> String {
 }
 
 /// `request` on a runtime of its own, for a caller with none (the CLI, the daemon's worker thread).
-pub fn request_blocking(
-    invite_seed: &[u8; 32],
-    admin: [u8; 32],
-    endpoints: &[SocketAddr],
-    node_seed: &[u8; 32],
-    name: &str,
-    timeout: Duration,
-) -> Result<JoinAnswer, String> {
+pub fn request_blocking(join: &Joining<'_>) -> Result<JoinAnswer, String> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))?;
-    runtime.block_on(request(invite_seed, admin, endpoints, node_seed, name, timeout))
+    runtime.block_on(request(join))
 }

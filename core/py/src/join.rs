@@ -6,7 +6,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use quicether_io::join::request_blocking;
+use quicether_io::join::{request_blocking, Joining};
 use quicether_proto::join::JoinAnswer;
 
 use crate::key32;
@@ -41,7 +41,7 @@ pub fn request_join<'py>(
     }
     let timeout = Duration::from_secs_f64(timeout_s);
     let answer = py
-        .detach(|| request_blocking(&invite_seed, admin, &addrs, &node_seed, name, timeout))
+        .detach(|| request_blocking(&Joining { invite_seed, admin, endpoints: &addrs, node_seed, name, timeout }))
         .map_err(PyOSError::new_err)?;
     Ok(match answer {
         JoinAnswer::Certified(body) => (true, PyBytes::new(py, &body).into_any()),
