@@ -62,7 +62,7 @@ class Finder:
         assert net is not None
         self.dht = await asyncio.to_thread(_core.Discovery, disc.port, disc.bootstrap, disc.server,
                                            self.identity.seed, net.network_key)
-        self.addresses = await asyncio.to_thread(self._local_addresses)
+        self.addresses = {ip for _device, ip in await asyncio.to_thread(self._local_addresses)}
         log.info("discovery: DHT node on %s (%s)", self.dht.local_addr(),
                  "private bootstrap " + ", ".join(disc.bootstrap) if disc.bootstrap is not None else "public DHT")
 
@@ -76,13 +76,14 @@ class Finder:
         if key in self.searches:
             self.searches[key] = _Search()
 
-    def _local_addresses(self) -> set[str]:
-        return {ip for _device, ip in links.local_addresses(set(self.not_wans))}
+    def _local_addresses(self) -> list[tuple[str, str]]:
+        """(device, address) of this node's own interfaces: read once per tick, for both uses."""
+        return links.local_addresses(set(self.not_wans))
 
-    async def _restart_if_moved(self) -> None:
+    async def _restart_if_moved(self, local: list[tuple[str, str]]) -> None:
         """A new address of our own (a new ISP address): the DHT node starts again from it. Its write
         tokens were given to the old address, so every put from the new one would fail until they aged out."""
-        addresses = await asyncio.to_thread(self._local_addresses)
+        addresses = {ip for _device, ip in local}
         if addresses == self.addresses or self.dht is None:
             return
         log.info("discovery: this node's addresses changed (%s): restarting its DHT node",
@@ -102,10 +103,10 @@ class Finder:
             old.close()
         self.published = None  # publish from the new node at once
 
-    def _endpoints(self) -> list[dict[str, str]]:
+    def _endpoints(self, local: list[tuple[str, str]]) -> list[dict[str, str]]:
         port = int(self.node.local_addr().rpartition(":")[2])
         found = [{"wan": device[:32], "kind": "public", "addr": f"{ip}:{port}"}
-                 for device, ip in links.local_addresses(set(self.not_wans))]
+                 for device, ip in local]
         for peer in self.node.peers():
             for path in peer["paths"]:
                 public = path.get("public")
@@ -113,9 +114,9 @@ class Finder:
                     found.append({"wan": str(path["local_wan"])[:32], "kind": "reflexive", "addr": str(public)})
         return sorted(found, key=lambda e: (e["kind"], e["wan"], e["addr"]))[:16]
 
-    async def _publish(self, now: float) -> None:
+    async def _publish(self, now: float, local: list[tuple[str, str]]) -> None:
         assert self.dht is not None
-        endpoints = await asyncio.to_thread(self._endpoints)
+        endpoints = await asyncio.to_thread(self._endpoints, local)
         if endpoints == self.published and now - self.published_at < REPUBLISH_S:
             return
         record: dict[str, Any] = {"expires_at": int(time.time()) + RECORD_LIFETIME_S, "endpoints": endpoints,
@@ -159,8 +160,9 @@ class Finder:
         while self.dht is not None:
             now = time.monotonic()
             try:
-                await self._restart_if_moved()
-                await self._publish(now)
+                local = await asyncio.to_thread(self._local_addresses)
+                await self._restart_if_moved(local)
+                await self._publish(now, local)
                 connected = {p["key"] for p in self.node.peers() if p["connected"]}
                 configured = set(self.peers.peers)
                 wanted = [k for k in self.mesh.known if k not in connected and k not in configured]
