@@ -27,7 +27,10 @@ and per kind:
     peer_added, peer_removed   the peer table changed (add_peer / remove_peer, or the constructor's peers)
     member_admitted            + certificate (bytes): a node with no configured key was let in by its
                                membership certificate of our network (set_network) and is now a peer
-    member_learned             + certificate (bytes): a member we did not know, told by a peer (verified)
+    member_learned             + certificate (bytes): a member we did not know, or a renewal (a later expiry)
+                               of one we knew, told by a peer (verified)
+    membership_renewed         + certificate (bytes): a renewal of this node's own certificate, told by a peer
+                               or by tell_members (verified for the network; no key). Show it: set_membership
     revocation_learned         + revocation (bytes): a revocation we did not hold, told by a peer (verified,
                                already refused in handshakes; set_network with it cuts the member off)
     peer_connected             the peer's first path came up
@@ -90,6 +93,10 @@ class Node:
         """Removes admitted members whose certificate expired or was revoked since; returns their keys."""
     def member_news(self) -> tuple[int, int]:
         """(members learned from peers, news items refused: bad signature, foreign, expired or malformed)."""
+    def tell_members(self, certificates: list[bytes]) -> int:
+        """Tells every peer these renewed certificates as member news (each checked); returns how many were new."""
+    def set_membership(self, certificate: bytes) -> None:
+        """Shows this node's renewed membership certificate in every handshake from now on (paths stay up)."""
     def set_invites(self, keys: list[bytes]) -> None:
         """The keys of the invites pending on this admin node: a handshake with one is a join request."""
     def answer_join(self, id: int, certified: bool, body: bytes) -> bool:

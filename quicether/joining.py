@@ -6,8 +6,9 @@ asks the admin node named in it for a membership certificate (the exchange is th
 node's key) and `add_membership` writes it into the config with the admin as a peer and the network's
 discovery settings. Nothing is written unless all of that worked.
 
-Admin node: `Admissions` tells the core which invite keys may shake hands and answers each join request
-from the ledger (`quicether.network.admit`: single use, expiry, names).
+Admin node: `Admissions` tells the core which invite keys may shake hands, answers each join request
+from the ledger (`quicether.network.admit`: single use, expiry, names), and renews the certificates that
+are due (`quicether.network.renewals_due`), told to every member as member news.
 """
 
 from __future__ import annotations
@@ -198,6 +199,23 @@ class Admissions:
             log.warning("join of %s: certified as %s, but the request timed out before the answer", who,
                         member.name)
         self.refresh()
+
+    def renew(self) -> int:
+        """Renews the members' certificates that are due and tells them to the mesh (the renewed member
+        learns its own from whichever peer it is connected to, now or when it comes back); how many."""
+        net = self.network()
+        if net is None:
+            return 0
+        try:
+            renewed = network.renewals_due(net)
+        except network.NetworkError as exc:
+            log.error("renewing certificates: %s", exc)
+            return 0
+        if renewed:
+            self.node.tell_members([base64.b64decode(m.certificate) for m in renewed])
+            log.info("renewed the certificates of %s (valid until %s)", ", ".join(m.name for m in renewed),
+                     time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(max(m.not_after for m in renewed))))
+        return len(renewed)
 
 
 def invite_endpoints(config: Config, given: list[str]) -> list[str]:

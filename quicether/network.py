@@ -39,6 +39,11 @@ NAME_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 DEFAULT_OVERLAY = "100.64.0.0/16"
 # Certificates are renewed before they expire (issue them again: same address); a year is the default.
 DEFAULT_VALIDITY_DAYS = 365
+# The admin node renews a certificate once less than this share of its validity is left (a year's: about
+# four months before it expires, time enough for a member that is offline for weeks to get it).
+RENEW_WHEN_LEFT = 1 / 3
+# The core honours a certificate this long past its expiry (clock skew; membership.rs CLOCK_TOLERANCE_S).
+CLOCK_TOLERANCE_S = 600
 DEFAULT_INVITE_HOURS = 24
 INVITES_FILE = "invites.json"
 # A used or expired invite is still known this long, so its holder is told what happened to it; then it goes.
@@ -230,6 +235,25 @@ def issue(network: Network, node_key: bytes, name: str, *, groups: list[str] | N
         network.members.append(member)
     _save_ledger(network)
     return member
+
+
+def renewals_due(network: Network, now: int | None = None) -> list[Member]:
+    """Renews every active member's certificate that has less than `RENEW_WHEN_LEFT` of its validity left
+    and is still honoured (not expired, give or take the clock tolerance): same address and fields, a
+    validity as long as before. Returns the renewed members. A member whose certificate lapsed (offline
+    through its whole renewal window) is certified again only by hand (`quicether network issue`)."""
+    now = int(time.time()) if now is None else now
+    renewed = []
+    for member in network.active():
+        data = base64.b64decode(member.certificate)
+        validity = member.not_after - int(_core.read_certificate(data, network.public_key, None)["not_before"])
+        left = member.not_after - now
+        if not -CLOCK_TOLERANCE_S < left < validity * RENEW_WHEN_LEFT:
+            continue
+        days = min(3650, max(1, round(validity / 86400)))
+        renewed.append(issue(network, decode_node_id(member.node_id), member.name, groups=member.groups,
+                             lan_prefixes=member.lan_prefixes, exit=member.exit, days=days, now=now))
+    return renewed
 
 
 def revoke(network: Network, name_or_id: str, now: int | None = None) -> bytes:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from quicether import network
+from quicether import config_edit, network
 from quicether.daemon import api
+from quicether.daemon.mesh import RECHECK_S
 from quicether.identity import decode_node_id, load
 from tests.lab import Lab, Namespace
 from tests.lab import nodes as qe
@@ -191,3 +193,54 @@ def test_with_the_gateway_stopped_a_site_on_a_new_wan_address_is_found_again_thr
     wait_for(lambda: "published our record (10.1.0.9:4433" in qe.read_log(moved), timeout=40, step=0.5)
     for node in others:
         assert ping(node.ns, target, count=2).received == 2, node.name
+
+
+def test_certificates_due_are_renewed_by_the_admin_and_a_member_stays_past_its_old_expiry(
+        lab: Lab, tmp_path: Path) -> None:
+    """The admin node renews the certificates that are due and tells them as member news; each member
+    takes its own (config file, handshakes) with no restart, and the admin keeps a member admitted by its
+    old certificate after that one expired."""
+    hub, (site_ns,) = star(lab, 1)
+    gw = qe.make_node(hub, "gw", "", tmp_path)
+    site = qe.make_node(site_ns, "site", "", tmp_path)
+    net = network.create(gw.state_dir, "home", load(gw.state_dir / "node.key"), admin_name="gw")
+    # A day's validity each, both due: the gateway's has an hour left, the site's expired so long ago that
+    # it is honoured (clock tolerance) for only 45 s more.
+    now = int(time.time())
+    gw_cert = network.issue(net, decode_node_id(gw.node_id), "gw", days=1, now=now - 86400 + 3600)
+    old = network.issue(net, decode_node_id(site.node_id), "site-a", days=1,
+                        now=now - 86400 - network.CLOCK_TOLERANCE_S + 45)
+    honoured_until = old.not_after + network.CLOCK_TOLERANCE_S
+    make_member(gw, gw_cert, None)
+    make_member(site, old, gw)
+    qe.start(gw)
+    qe.start(site)
+    qe.wait_connected(site)
+
+    def renewed(node: qe.NodeSpec) -> bool:
+        return int(node.status()["node"]["network"]["not_after"]) >= now + 86400
+
+    wait_for(lambda: renewed(site) and renewed(gw), timeout=30, step=0.5)
+    assert "this node's certificate was renewed" in qe.read_log(site)
+    for node, cert in ((site, old), (gw, gw_cert)):
+        on_disk = config_edit.load_document(node.config_path)["network"]["certificate"]
+        assert on_disk != cert.certificate, f"{node.name}: the renewal is in its config file"
+        node.sections["network"]["certificate"] = on_disk  # what a restart below reads
+    ledger = {m.name: m for m in network.load(gw.state_dir, "home").members}
+    assert ledger["site-a"].not_after >= now + 86400 and ledger["site-a"].ipv4 == old.ipv4
+    wait_for(lambda: _known(gw)["site-a"]["not_after"] >= now + 86400, timeout=10)
+
+    # Past the old certificate's end and the admin's next recheck: the member is still in, on the same path.
+    time.sleep(max(0.0, honoured_until - time.time()) + RECHECK_S + 3)
+    admitted = _peer(gw, site.node_id)
+    assert admitted is not None and admitted["connected"], "kept by its renewed certificate"
+    assert "cut off" not in qe.read_log(gw)
+    assert ping(site_ns, "100.64.0.1", count=2).received == 2
+    assert "restarting" not in qe.read_log(site) + qe.read_log(gw), "renewed without a restart"
+
+    # A new handshake shows the renewed certificate: the gateway restarted from its (renewed) config admits
+    # the site again (its old certificate would be refused as expired).
+    qe.stop(gw)
+    qe.start(gw)
+    wait_for(lambda: (p := _peer(gw, site.node_id)) is not None and p["connected"], timeout=15, step=0.25)
+    assert "expired" not in qe.read_log(gw).rpartition("listening on")[2]

@@ -75,6 +75,35 @@ def test_issue_allocates_renews_and_refuses_a_taken_name(tmp_path: Path) -> None
     assert [m.name for m in network.load(tmp_path, "home").members] == ["admin", "alice-laptop"]
 
 
+def test_the_certificates_due_are_renewed_with_their_address_fields_and_validity(tmp_path: Path) -> None:
+    net = network.create(tmp_path, "home", generate_identity(tmp_path / "node.key"), admin_name="gw")
+    now = int(net.members[0].not_after) - 200 * 86400  # the admin's own: 200 of 365 days left, not due
+    day = 86400
+    # Issued 10 days ago for 12: due (2 of 12 days left). For 30 days 10 days ago: not due yet.
+    due = network.issue(net, _node_key(), "due", groups=["g"], lan_prefixes=["192.168.9.0/24"], exit=True,
+                        days=12, now=now - 10 * day)
+    network.issue(net, _node_key(), "fresh", days=30, now=now - 10 * day)
+    # Expired 5 min ago: still honoured (clock tolerance), so still renewed; expired an hour ago: lapsed.
+    late = network.issue(net, _node_key(), "late", days=1, now=now - day - 300)
+    network.issue(net, _node_key(), "lapsed", days=1, now=now - day - 3600)
+    gone = network.issue(net, _node_key(), "gone", days=1, now=now - day + 60)
+    network.revoke(net, "gone", now=now - 30)
+
+    renewed = network.renewals_due(net, now=now)
+
+    assert sorted(m.name for m in renewed) == ["due", "late"]
+    again = next(m for m in renewed if m.name == "due")
+    cert = _core.read_certificate(base64.b64decode(again.certificate), net.public_key, now)
+    assert (again.ipv4, cert["groups"], cert["lan_prefixes"], cert["exit"]) == (
+        due.ipv4, ["g"], ["192.168.9.0/24"], True), "same address and fields"
+    assert (cert["not_before"], cert["not_after"]) == (now, now + 12 * day), "as long a validity as before"
+    assert next(m for m in renewed if m.name == "late").not_after == now + day and late.not_after < now
+    ledger = {m.name: m for m in network.load(tmp_path, "home").members}
+    assert ledger["due"].certificate == again.certificate, "the ledger keeps the renewal"
+    assert ledger["gone"].certificate == gone.certificate and ledger["gone"].revoked_at is not None
+    assert network.renewals_due(net, now=now + 60) == [], "a renewed certificate is not due again"
+
+
 def test_revoke_signs_in_sequence_and_never_reuses_the_address(tmp_path: Path) -> None:
     net = network.create(tmp_path, "home", generate_identity(tmp_path / "node.key"))
     alice, bob = _node_key(), _node_key()

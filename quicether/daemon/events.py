@@ -35,7 +35,16 @@ class MemberAdmitted(CoreEvent):
 
 @dataclass(frozen=True)
 class MemberLearned(CoreEvent):
-    """A peer told us the certificate of a member we did not know (verified by the core)."""
+    """A peer told us the certificate of a member we did not know, or a renewal of one we knew (verified by
+    the core)."""
+
+    certificate: bytes
+
+
+@dataclass(frozen=True)
+class MembershipRenewed(CoreEvent):
+    """A renewal of this node's own certificate came as member news (verified for our network by the core;
+    no key). The daemon keeps it in the config and shows it in handshakes (`Node.set_membership`)."""
 
     certificate: bytes
 
@@ -142,6 +151,8 @@ def parse(raw: dict[str, Any]) -> CoreEvent:
     if kind in ("member_admitted", "member_learned"):
         kind_type = MemberAdmitted if kind == "member_admitted" else MemberLearned
         return kind_type(key=key, detail=detail, certificate=_bytes(raw, "certificate"))
+    if kind == "membership_renewed":
+        return MembershipRenewed(key=key, detail=detail, certificate=_bytes(raw, "certificate"))
     if kind == "revocation_learned":
         return RevocationLearned(key=key, detail=detail, revocation=_bytes(raw, "revocation"))
     if kind == "join_requested":

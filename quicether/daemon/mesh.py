@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import time
@@ -20,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quicether import _core
+from quicether import _core, config_edit
 from quicether.atomic import write_private
-from quicether.config import Config, NetworkConfig
+from quicether.config import Config, ConfigError, NetworkConfig
 from quicether.daemon.peers import Member, PeerTable
 from quicether.identity import encode_node_id, short_id
 
@@ -31,8 +32,8 @@ REVOCATIONS_FILE = "revocations"
 PEER_CACHE_FILE = "peers.json"
 # Members kept in the peer cache (the network's size bound), and endpoints per member.
 MAX_CACHED, MAX_CACHED_ENDPOINTS = 1024, 16
-# How often admitted members' certificates are checked again (expiry while connected).
-RECHECK_S = 60.0
+# How often admitted members' certificates are checked again (expiry while connected), and renewals made.
+RECHECK_S = 20.0
 
 
 def member_of(cert: dict[str, Any]) -> Member:
@@ -109,17 +110,64 @@ class Mesh:
         member = self._read(key, certificate)
         if member is None:
             return None
-        self.known[key], self.certificates[key] = member, certificate
+        known = self.known.get(key)
+        if known is None or known.not_after < member.not_after:  # a renewal learned before stays
+            self.known[key], self.certificates[key] = member, certificate
         log.info("member %s (%s) admitted by its certificate: %s%s", member.name, short_id(encode_node_id(key)),
                  member.ipv4, f", LAN {', '.join(member.lan_prefixes)}" if member.lan_prefixes else "", extra=mark)
         return member
 
     def learned(self, key: bytes, certificate: bytes, mark: dict[str, str]) -> None:
+        """A member we did not know, or a renewal of one we knew (it expires later)."""
         member = self._read(key, certificate)
-        if member is not None and key not in self.known:
-            self.known[key], self.certificates[key] = member, certificate
+        if member is None:
+            return
+        known = self.known.get(key)
+        if known is not None and known.not_after >= member.not_after:
+            return
+        self.known[key], self.certificates[key] = member, certificate
+        if known is None:
             log.info("learned of member %s (%s) at %s", member.name, short_id(encode_node_id(key)), member.ipv4,
                      extra=mark)
+            return
+        log.info("member %s's certificate was renewed (valid until %s)", member.name, _date(member.not_after),
+                 extra=mark)
+        if key in self.cache:
+            self._write_cache()
+
+    def renewed(self, certificate: bytes, mark: dict[str, str]) -> Config | None:
+        """The admin renewed this node's certificate (it came as member news): shown in handshakes from now
+        on and kept in the config file. Returns the running config with it (None: not taken, and why is
+        logged: issued to another address, or no later than the one held)."""
+        net = self.network
+        if net is None:
+            return None
+        try:
+            cert = _core.read_certificate(certificate, net.network_key, int(time.time()), list(self.revoked))
+        except ValueError as exc:
+            log.error("a renewal of this node's certificate: %s", exc)
+            return None
+        if int(cert["not_after"]) <= net.not_after:
+            return None
+        address = f"{cert['ipv4']}/{str(cert['overlay']).split('/')[1]}"
+        if address != net.address or cert["name"] != net.name:
+            log.warning("a renewal of this node's certificate names %s %s, not %s %s: not taken (issue it again"
+                        " by hand to move this node)", cert["name"], address, net.name, net.address, extra=mark)
+            return None
+        self.node.set_membership(certificate)
+        renewed = dataclasses.replace(net, certificate=certificate, not_after=int(cert["not_after"]))
+        config = dataclasses.replace(self.config, network=renewed)
+        try:
+            doc = config_edit.load_document(config.path)
+            doc["network"] = {**doc.get("network", {}), "certificate": base64.b64encode(certificate).decode()}
+            config_edit.save(doc, config.path)
+        except (OSError, ConfigError) as exc:
+            log.error("this node's certificate was renewed, but %s cannot be written (%s): it is used until the"
+                      " daemon stops, and learned again from the peers after", config.path, exc)
+        log.info("this node's certificate was renewed by the network's admin: valid until %s",
+                 _date(renewed.not_after), extra=mark)
+        self.config = config
+        return config
 
     def revocation_learned(self, key: bytes, revocation: bytes, mark: dict[str, str]) -> None:
         """A peer told us a revocation: keep it (on disk too) and cut the member off here."""
@@ -143,6 +191,9 @@ class Mesh:
         if key not in self.cache and len(self.cache) >= MAX_CACHED:
             return
         self.cache[key] = endpoints
+        self._write_cache()
+
+    def _write_cache(self) -> None:
         entries = [{"certificate": base64.b64encode(self.certificates[k]).decode(), "endpoints": e,
                     "seen": int(time.time())} for k, e in self.cache.items() if k in self.certificates]
         try:
@@ -184,12 +235,14 @@ class Mesh:
             log.info("peer cache: dialing %d member(s) where they were last reached", dialed)
         return dialed
 
-    async def recheck(self) -> None:
-        """Certificates expire while their holders are connected: cut those off (their routes follow)."""
+    async def recheck(self, renew: Callable[[], object]) -> None:
+        """Certificates expire while their holders are connected: cut those off (their routes follow). First
+        `renew` (on the admin node: renews the certificates that are due)."""
         while True:
-            await asyncio.sleep(RECHECK_S)
+            renew()
             for key in self.node.recheck_members():
                 log.warning("%s cut off: its certificate expired", self.label(key))
+            await asyncio.sleep(RECHECK_S)
 
     def status(self, connected: set[bytes]) -> dict[str, Any] | None:
         net = self.network
@@ -199,8 +252,12 @@ class Mesh:
         return {"key": base64.b64encode(net.network_key).decode(), "name": net.name, "not_after": net.not_after,
                 "revoked": len(self._revocations()), "members_known": learned, "news_refused": refused,
                 "members": [{"name": m.name, "node_id": encode_node_id(k), "ipv4": m.ipv4,
-                             "connected": k in connected}
+                             "connected": k in connected, "not_after": m.not_after}
                             for k, m in sorted(self.known.items(), key=lambda kv: kv[1].name)]}
+
+
+def _date(unix_s: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(unix_s))
 
 
 def _load_revocations(path: Path, net: NetworkConfig) -> list[bytes]:

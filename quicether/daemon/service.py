@@ -136,6 +136,12 @@ class Daemon:
                     # A LAN candidate proved itself (its handshake showed this certificate): route it.
                     self._spawn(self.peers.dial_member(key, member, self.peers.candidates[key], self.mesh.modes(),
                                                        "lan"), f"routing member {member.name}")
+            case core_events.MembershipRenewed(certificate=certificate) if self.mesh:
+                renewed = self.mesh.renewed(certificate, mark)
+                if renewed is not None:
+                    self.config = renewed
+                    if self.admissions is not None:
+                        self.admissions.config = renewed
             case core_events.RevocationLearned(key=key, revocation=revocation) if key is not None and self.mesh:
                 self.mesh.revocation_learned(key, revocation, mark)
             case core_events.PeerRemoved(key=key) if key is not None and self.peers and key in self.peers.members:
@@ -360,7 +366,8 @@ class Daemon:
             self.admissions = Admissions(self.node, self.config)
             self.admissions.refresh()
             await self.mesh.redial_cached()
-            recheck = loop.create_task(self.mesh.recheck())
+            admissions = self.admissions
+            recheck = loop.create_task(self.mesh.recheck(admissions.renew))
             undo.callback(recheck.cancel)
             if self.config.network is not None and self.config.discovery.dht:
                 undo.callback(self._spawn(self._discover(), "discovery").cancel)

@@ -69,10 +69,16 @@ pub enum Event {
         key: [u8; 32],
         certificate: Vec<u8>,
     },
-    /// A peer told us (or showed in its handshake) the certificate of a member we did not know: one to look
-    /// up and dial. Verified for our network; passed on to our other peers.
+    /// A peer told us (or showed in its handshake) the certificate of a member we did not know, or a
+    /// renewal of one we knew: one to look up and dial. Verified for our network; passed on to our other
+    /// peers.
     MemberLearned {
         key: [u8; 32],
+        certificate: Vec<u8>,
+    },
+    /// A certificate of this node that expires later than its own (a renewal by the admin node) came as
+    /// member news; verified for our network. The daemon keeps it and shows it (`Node::set_membership`).
+    MembershipRenewed {
         certificate: Vec<u8>,
     },
     /// A peer told us a revocation we did not hold: already refused in handshakes here; the daemon keeps

@@ -121,7 +121,11 @@ pub async fn request(join: &Joining<'_>) -> Result<JoinAnswer, String> {
     let Joining { invite_seed, admin, endpoints, node_seed, name, timeout } = *join;
     let identity = Identity::from_seed(&invite_seed, None)?;
     let body = encode_request(&identity.public_key, &node_seed, name)?;
-    let config = quinn::ClientConfig::new(Arc::new(tls::quic_client_config(&identity, admin, None)?));
+    let config = quinn::ClientConfig::new(Arc::new(tls::quic_client_config(
+        tls::CurrentIdentity::new(&identity)?,
+        admin,
+        None,
+    )?));
     let mut errors = Vec::new();
     for &addr in endpoints {
         let bind: SocketAddr =

@@ -2,14 +2,16 @@
 //! starts, each side sends everything it knows about its network (its own certificate, the members it
 //! learned, the revocations it holds) on a unidirectional stream, then reads the peer's batches for as
 //! long as the path lives. Whatever is new and verifies is reported to the daemon (which looks members up
-//! and applies revocations) and passed on to every other peer, once.
+//! and applies revocations) and passed on to every other peer, once. A certificate is new if its member
+//! was not known or if it expires later than the one known: that is how a renewal (issued by the admin
+//! node, `Node::tell_members`) reaches every member, the renewed member itself included.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use quicether_proto::certkey::membership_of_cert;
 use quicether_proto::member_news::{decode, encode, Item, MAX_BATCH_LEN};
-use quicether_proto::membership::{read_certificate, read_revocation};
+use quicether_proto::membership::{read_certificate, read_certificate_at_any_time, read_revocation, RevocationSet};
 
 use crate::peer::{Event, Path, Peer, Shared};
 use crate::tls::peer_certificate;
@@ -22,7 +24,10 @@ pub const MAX_KNOWN_MEMBERS: usize = 1024;
 pub struct NewsBook {
     /// This node's own membership certificate (told first).
     pub own: Option<Vec<u8>>,
-    certificates: HashMap<[u8; 32], Vec<u8>>,
+    /// The latest expiry seen of a certificate of this node (its own, or a renewal told by a peer).
+    own_seen: u64,
+    /// Each member's latest certificate, with its expiry.
+    certificates: HashMap<[u8; 32], (u64, Vec<u8>)>,
     revocations: Vec<Vec<u8>>,
     revoked: HashSet<[u8; 32]>,
     /// Items refused (bad signature, foreign, expired, malformed batch): counted, never passed on.
@@ -35,13 +40,34 @@ impl NewsBook {
     }
 
     fn items(&self) -> Vec<Item> {
-        let certs = self.own.iter().chain(self.certificates.values()).cloned().map(Item::Certificate);
+        let certs =
+            self.own.iter().chain(self.certificates.values().map(|(_, data)| data)).cloned().map(Item::Certificate);
         certs.chain(self.revocations.iter().cloned().map(Item::Revocation)).collect()
     }
 
     /// Members learned so far (not counting this node).
     pub fn members(&self) -> usize {
         self.certificates.len()
+    }
+
+    /// The latest certificate learned of member `key`: a renewal of the one it was admitted by.
+    pub fn certificate(&self, key: &[u8; 32]) -> Option<&[u8]> {
+        self.certificates.get(key).map(|(_, data)| data.as_slice())
+    }
+
+    /// Whether a certificate of this node expiring at `not_after` is later than any seen so far (and
+    /// records it, so a renewal told by several peers is reported once).
+    fn renews_own(&mut self, network_key: &[u8; 32], not_after: u64) -> bool {
+        if self.own_seen == 0 {
+            self.own_seen = self
+                .own
+                .as_deref()
+                .and_then(|own| read_certificate_at_any_time(own, network_key, &RevocationSet::default()).ok())
+                .map_or(0, |cert| cert.not_after);
+        }
+        let later = not_after > self.own_seen;
+        self.own_seen = self.own_seen.max(not_after);
+        later
     }
 
     /// Forgets revocations the daemon no longer holds (another network): what it holds now is told.
@@ -68,13 +94,22 @@ pub fn learn(shared: &Shared, items: Vec<Item>) -> Vec<Item> {
         for item in items {
             match &item {
                 Item::Certificate(data) => match read_certificate(data, &trust.network_key, now, &trust.revocations) {
-                    Ok(cert) if cert.node == shared.local_key || book.certificates.contains_key(&cert.node) => {}
-                    Ok(cert) if book.certificates.len() < MAX_KNOWN_MEMBERS => {
-                        book.certificates.insert(cert.node, data.clone());
-                        events.push(Event::MemberLearned { key: cert.node, certificate: data.clone() });
-                        fresh.push(item);
+                    Ok(cert) if cert.node == shared.local_key => {
+                        if book.renews_own(&trust.network_key, cert.not_after) {
+                            events.push(Event::MembershipRenewed { certificate: data.clone() });
+                            fresh.push(item);
+                        }
                     }
-                    _ => book.refused += 1,
+                    Ok(cert) => match book.certificates.get(&cert.node) {
+                        Some((not_after, _)) if *not_after >= cert.not_after => {}
+                        known if known.is_some() || book.certificates.len() < MAX_KNOWN_MEMBERS => {
+                            book.certificates.insert(cert.node, (cert.not_after, data.clone()));
+                            events.push(Event::MemberLearned { key: cert.node, certificate: data.clone() });
+                            fresh.push(item);
+                        }
+                        _ => book.refused += 1,
+                    },
+                    Err(_) => book.refused += 1,
                 },
                 Item::Revocation(data) => match read_revocation(data, &trust.network_key) {
                     Ok(rev) if book.revoked.contains(&rev.node) => {}

@@ -197,7 +197,9 @@ pub struct Node {
     runtime: Option<tokio::runtime::Runtime>,
     shared: Arc<Shared>,
     listener: quinn::Endpoint,
-    identity: Identity,
+    /// What every handshake shows (replaced when the membership certificate is renewed).
+    identity: Arc<tls::CurrentIdentity>,
+    seed: [u8; 32],
     transport: Arc<quinn::TransportConfig>,
     /// Every local socket accepts paths with the same key pinning.
     server_config: quinn::ServerConfig,
@@ -255,6 +257,7 @@ pub(crate) fn random_u64() -> u64 {
 impl Node {
     pub fn start(cfg: NodeConfig, peers: Vec<PeerConfig>, notify_fd: Option<RawFd>) -> io::Result<Node> {
         let identity = Identity::from_seed(&cfg.seed, cfg.membership.as_deref()).map_err(|e| io_err("identity", e))?;
+        let current_identity = tls::CurrentIdentity::new(&identity).map_err(|e| io_err("identity", e))?;
         // The TUN MTU: a full-size inner packet plus its bond header must fit one DATAGRAM on every path.
         let tun_mtu = inner_mtu(cfg.path_mtu, cfg.listen.is_ipv4());
         let tun = open_tun(&cfg.tun_name)?;
@@ -314,8 +317,7 @@ impl Node {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| io_err("tls", e))?
             .with_client_cert_verifier(verifier.clone())
-            .with_single_cert(vec![identity.cert.clone()], identity.private_key())
-            .map_err(|e| io_err("tls", e))?;
+            .with_cert_resolver(current_identity.clone());
         server_tls.alpn_protocols = vec![tls::ALPN.to_vec()];
         // No session resumption: a resumed handshake skips the client-certificate check, so a peer removed
         // from the pinning set could come back with a ticket from before.
@@ -338,7 +340,8 @@ impl Node {
             shared,
             listener,
             public_key: identity.public_key,
-            identity,
+            identity: current_identity,
+            seed: cfg.seed,
             transport,
             server_config,
             verifier,
@@ -369,7 +372,8 @@ impl Node {
 
     fn client_config(&self, peer: &Peer) -> io::Result<quinn::ClientConfig> {
         let members_of = peer.member_only.then(|| self.shared.trust.clone());
-        let quic = tls::quic_client_config(&self.identity, peer.key, members_of).map_err(|e| io_err("tls", e))?;
+        let quic =
+            tls::quic_client_config(self.identity.clone(), peer.key, members_of).map_err(|e| io_err("tls", e))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(self.transport.clone());
         Ok(config)
@@ -581,6 +585,31 @@ impl Node {
         Ok(self.recheck_members())
     }
 
+    /// Shows `membership` (this node's renewed certificate; the daemon checked it) in every handshake from
+    /// now on and tells it to peers first; the paths that are up stay up (their peers learn the renewal
+    /// as member news).
+    pub fn set_membership(&self, membership: Vec<u8>) -> Result<(), String> {
+        let identity = Identity::from_seed(&self.seed, Some(&membership))?;
+        self.identity.replace(&identity)?;
+        self.shared.news.lock().unwrap().own = Some(membership);
+        Ok(())
+    }
+
+    /// Tells every peer `certificates` (renewals the admin node issued) as member news, after checking
+    /// each like news from a peer; returns how many were new. A renewal of this node's own certificate
+    /// comes back as `Event::MembershipRenewed`.
+    pub fn tell_members(&self, certificates: Vec<Vec<u8>>) -> Result<usize, String> {
+        let runtime = self.runtime().map_err(|e| e.to_string())?;
+        let items = certificates.into_iter().map(quicether_proto::member_news::Item::Certificate).collect();
+        let fresh = crate::member_news::learn(&self.shared, items);
+        let told = fresh.len();
+        if !fresh.is_empty() {
+            let _guard = runtime.enter();
+            crate::member_news::pass_on(&self.shared, None, fresh);
+        }
+        Ok(told)
+    }
+
     /// Removes the admitted members whose certificate no longer qualifies now (expired, revoked, another
     /// network); returns their keys. The daemon calls it now and then, as certificates expire.
     pub fn recheck_members(&self) -> Vec<[u8; 32]> {
@@ -589,8 +618,13 @@ impl Node {
             self.shared.table.read().unwrap().peers().filter(|p| p.member.is_some()).cloned().collect();
         let mut removed = Vec::new();
         for peer in members {
-            let data = peer.member.as_deref().unwrap_or_default();
-            if tls::check_membership(&self.shared.trust, data, &peer.key, now).is_err() && self.remove_peer(&peer.key) {
+            // The certificate it was admitted by, or a renewal of it learned since.
+            let renewal = self.shared.news.lock().unwrap().certificate(&peer.key).map(<[u8]>::to_vec);
+            let qualifies = [peer.member.as_deref(), renewal.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|data| tls::check_membership(&self.shared.trust, data, &peer.key, now).is_ok());
+            if !qualifies && self.remove_peer(&peer.key) {
                 removed.push(peer.key);
             }
         }

@@ -16,9 +16,12 @@ use quicether_proto::membership::{read_certificate, Certificate, RevocationSet, 
 use quicether_proto::refusals::RefusalLimiter;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
 
 pub const ALPN: &[u8] = b"quicether/1";
@@ -77,6 +80,50 @@ impl Identity {
 
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone()))
+    }
+
+    fn certified_key(&self) -> Result<Arc<CertifiedKey>, String> {
+        let key = provider().key_provider.load_private_key(self.private_key()).map_err(|e| e.to_string())?;
+        Ok(Arc::new(CertifiedKey::new(vec![self.cert.clone()], key)))
+    }
+}
+
+/// The identity a node shows in its handshakes as of now, both as server (every local socket) and as
+/// client (every dialer). A renewed membership certificate replaces it (`replace`) for every handshake
+/// from then on, with no socket rebuilt and no path dropped.
+#[derive(Debug)]
+pub struct CurrentIdentity {
+    key: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CurrentIdentity {
+    pub fn new(identity: &Identity) -> Result<Arc<Self>, String> {
+        Ok(Arc::new(Self { key: RwLock::new(identity.certified_key()?) }))
+    }
+
+    pub fn replace(&self, identity: &Identity) -> Result<(), String> {
+        *self.key.write().unwrap() = identity.certified_key()?;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.key.read().unwrap().clone()
+    }
+}
+
+impl ResolvesServerCert for CurrentIdentity {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for CurrentIdentity {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -217,7 +264,7 @@ pub fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'stat
 /// `members_of`, requires its membership of that network), TLS 1.3, our ALPN, no resumption (a resumed
 /// handshake would skip the peer's checks of us).
 pub fn quic_client_config(
-    identity: &Identity,
+    identity: Arc<CurrentIdentity>,
     server_key: [u8; 32],
     members_of: Option<SharedTrust>,
 ) -> Result<QuicClientConfig, String> {
@@ -232,8 +279,7 @@ pub fn quic_client_config(
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(vec![identity.cert.clone()], identity.private_key())
-        .map_err(|e| e.to_string())?;
+        .with_client_cert_resolver(identity);
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.resumption = rustls::client::Resumption::disabled();
     QuicClientConfig::try_from(tls).map_err(|e| e.to_string())

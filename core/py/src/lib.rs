@@ -225,6 +225,18 @@ impl Node {
         self.with(|n| n.recheck_members().iter().map(|k| PyBytes::new(py, k)).collect())
     }
 
+    /// Tells every peer these certificates (renewals this admin node issued) as member news, each checked
+    /// first; returns how many were new. A renewal of this node's own comes back as `membership_renewed`.
+    fn tell_members(&self, certificates: Vec<Vec<u8>>) -> PyResult<usize> {
+        self.with(|n| n.tell_members(certificates))?.map_err(PyValueError::new_err)
+    }
+
+    /// Shows `certificate` (this node's renewed membership certificate, checked by the caller) in every
+    /// handshake from now on; the paths that are up stay up.
+    fn set_membership(&self, certificate: Vec<u8>) -> PyResult<()> {
+        self.with(|n| n.set_membership(certificate))?.map_err(PyValueError::new_err)
+    }
+
     /// The one-time keys (32 bytes each) of the invites pending on this admin node: a handshake showing one
     /// is a join request (`join_requested` event), never a path. Replaces the previous set.
     fn set_invites(&self, keys: Vec<Vec<u8>>) -> PyResult<()> {
@@ -404,6 +416,10 @@ fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
         Event::MemberLearned { key, certificate } => {
             d.set_item("certificate", PyBytes::new(py, &certificate))?;
             ("member_learned", Some(key), None, String::new())
+        }
+        Event::MembershipRenewed { certificate } => {
+            d.set_item("certificate", PyBytes::new(py, &certificate))?;
+            ("membership_renewed", None, None, String::new())
         }
         Event::RevocationLearned { key, revocation } => {
             d.set_item("revocation", PyBytes::new(py, &revocation))?;
