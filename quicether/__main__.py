@@ -102,6 +102,39 @@ def _format_age(timestamp: float | None) -> str:
     return f"{max(0.0, time.time() - timestamp):.0f}s ago"
 
 
+def _date(unix_s: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(unix_s))
+
+
+def _print_network(node: dict[str, Any]) -> None:
+    """The mesh part of `quicether status`: this node's membership, every member known, the DHT and mDNS."""
+    net = node.get("network")
+    if not net:
+        return
+    members = net["members"]
+    print(f"  network: this node is member {net['name']} {net.get('address', '-')}, certificate valid until"
+          f" {_date(net['not_after'])}; {len(members)} member(s) known,"
+          f" {sum(m['connected'] for m in members)} connected, {net['revoked']} revoked,"
+          f" {net['news_refused']} news item(s) refused")
+    for m in members:
+        seen = _format_age(m["record_seen"]) if m.get("record_seen") else "-"
+        print(f"    member {m['name']:<20} {m['ipv4']:<15} {'connected' if m['connected'] else 'not connected':<14}"
+              f" found {m.get('found', '-'):<12} record seen {seen:<10} valid until {_date(m['not_after'])}")
+    if dht := node.get("dht"):
+        c = dht["counters"]
+        if dht["published_at"]:
+            published = f"published {', '.join(dht['published']) or 'no address'} {_format_age(dht['published_at'])}"
+        else:
+            published = "not published yet" + (f" ({dht['publish_failed']})" if dht["publish_failed"] else "")
+        refused = ", ".join(f"{k.replace('_', ' ')} {c.get(k, 0)}"
+                            for k in ("bad_signature", "replay", "expired", "non_member", "malformed"))
+        print(f"  dht: {published}; lookups {c.get('lookups', 0)}, found {c.get('found', 0)};"
+              f" records refused: {refused}")
+    if (lan := node.get("lan_discovery")) is not None:
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(lan.items()))
+        print(f"  lan discovery: {counts or '-'}")
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     socket_path = Path(args.socket) if args.socket else None
     if socket_path is None:
@@ -140,9 +173,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         from quicether.metrics import health_line
 
         print(f"  system: {health_line(health)}")
+    _print_network(node)
     for p in answer["peers"]:
         rtt = f"{p['rtt_ms']:.2f} ms" if p["rtt_ms"] is not None else "-"
-        print(f"peer {p['name'] or '-'} {p['node_id']}")
+        print(f"peer {p['name'] or '-'} {p['node_id']}  found {p.get('found', 'config')}")
         print(f"  {'connected' if p['connected'] else 'not connected'}  endpoint {p['endpoint'] or '-'}  rtt {rtt}"
               f"  last handshake {_format_age(p['last_handshake'])}")
         print(f"  rx {p['rx_bytes']} B / {p['rx_packets']} pkts  tx {p['tx_bytes']} B / {p['tx_packets']} pkts"

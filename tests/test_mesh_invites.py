@@ -52,6 +52,22 @@ def test_sites_started_with_only_an_invite_code_find_each_other_through_a_privat
                 assert (f"found member site-{other.name}" in qe.read_log(node)
                         or f"found member site-{node.name}" in qe.read_log(other)), (node.name, other.name)
     assert "joined network home as site-s0" in qe.read_log(mesh.gateway)
+    # Status lists every member: how it was found, its DHT record, its certificate; and the DHT's counters.
+    for node in mesh.sites:
+        net = node.status()["node"]["network"]
+        members = {m["name"]: m for m in net["members"]}
+        assert set(members) == {"gw"} | {f"site-{n.name}" for n in mesh.sites if n is not node}
+        assert all(m["connected"] and m["found"] in ("dht", "certificate", "config", "news") for m in members.values())
+        for other in mesh.sites:
+            m = members.get(f"site-{other.name}")
+            if m is not None and m["found"] == "dht":
+                assert m["record_seen"] is not None and m["record_seen"] > time.time() - 120
+        text = node.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(node.config_path)).stdout
+        assert f"network: this node is member site-{node.name} {net['address']}" in text
+        assert "records refused: bad signature 0" in text
+        assert "dht: published 10." in text, text
+    dialed = [m for n in mesh.sites for m in n.status()["node"]["network"]["members"] if m["found"] == "dht"]
+    assert dialed, "at least one site dialed another it found in the DHT"
 
 
 def test_invite_errors_are_clear_and_change_nothing(lab: Lab, tmp_path: Path) -> None:

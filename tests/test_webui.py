@@ -10,6 +10,7 @@ import io
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -522,6 +523,29 @@ def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: Fake
     assert (wan0["state"], wan0["share"], wan1["state"], wan1["loss"]) == ("up", 0.75, "down", 0.25)
     assert summary["total"]["tx_bps"] == 40e6
     assert [e["message"] for e in summary["events"]] == ["peer gw: path on WAN wan1 down: silent"]
+
+
+def test_dashboard_lists_the_mesh_members_how_each_was_found_and_its_record(client: FlaskClient,
+                                                                            daemon: FakeDaemon) -> None:
+    _set_up(client)
+    assert "Mesh network" not in client.get("/").get_data(as_text=True), "a node in no network shows none"
+    now = 1_900_000_000
+    daemon.status["time"] = now
+    daemon.status["node"]["network"] = {
+        "key": "", "name": "home", "address": "100.64.0.3/16", "not_after": now + 90 * 86400, "revoked": 1,
+        "members_known": 2, "news_refused": 0,
+        "members": [{"name": "office", "node_id": GW_KEY, "ipv4": "100.64.0.4", "connected": True, "found": "dht",
+                     "record_seen": now - 12, "not_after": now + 86400},
+                    {"name": "cabin\n<b>", "node_id": encode_node_id(bytes(32)), "ipv4": "100.64.0.5",
+                     "connected": False, "found": "news", "record_seen": None, "not_after": now}]}
+    page = client.get("/").get_data(as_text=True)
+    assert "Mesh network" in page and "member home 100.64.0.3/16" in page
+    assert time.strftime("%Y-%m-%d", time.gmtime(now + 90 * 86400)) in page
+    row = page.split('data-member-key="')[1]
+    assert all(x in row.split("</tr>")[0] for x in ("office", "100.64.0.4", "connected", "dht", "12 s ago"))
+    assert "cabin\\u000a&lt;b&gt;" in page and "cabin\n" not in page, "a name is shown, never obeyed"
+    summary = client.get("/api/summary").get_json()
+    assert [m["found"] for m in summary["network"]["members"]] == ["dht", "news"]
 
 
 def test_dashboard_shows_the_systems_health(client: FlaskClient, daemon: FakeDaemon) -> None:

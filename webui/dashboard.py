@@ -71,6 +71,29 @@ def _wan_summary(status: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(wans.values(), key=lambda w: w["name"])
 
 
+def _age(unix_s: float | None, now: float) -> str:
+    return "-" if unix_s is None else f"{max(0.0, now - unix_s):.0f} s ago"
+
+
+def _network_summary(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The mesh network this node is in: its membership and every member known (how it was found, connected
+    or not, when its DHT record was last found, until when its certificate is valid)."""
+    net = status.get("node", {}).get("network")
+    if not net:
+        return None
+    now = float(status.get("time", time.time()))
+
+    def day(unix_s: int) -> str:
+        return time.strftime("%Y-%m-%d", time.gmtime(unix_s))
+
+    members = [{"key": element_key("m", m["node_id"]), "name": printable(m["name"], MAX_NAME_CHARS),
+                "ipv4": m["ipv4"], "connected": m["connected"], "found": printable(m.get("found", "-")),
+                "record_seen": _age(m.get("record_seen"), now), "valid_until": day(m["not_after"])}
+               for m in net["members"]]
+    return {"name": printable(net["name"], MAX_NAME_CHARS), "address": net.get("address"),
+            "valid_until": day(net["not_after"]), "revoked": net["revoked"], "members": members}
+
+
 def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
     wans = _wan_summary(status)
     peers = [{
@@ -88,6 +111,7 @@ def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
     return {
         "ok": True, "time": status.get("time", time.time()), "node": status.get("node", {}),
         "router": status.get("router"), "wans": wans, "peers": peers, "system": health_line(health) if health else "-",
+        "network": _network_summary(status),
         "total": {"tx_bps": sum(w["tx_bps"] for w in wans), "rx_bps": sum(w["rx_bps"] for w in wans)},
         "events": interesting[-30:], "log": events[-100:],
     }

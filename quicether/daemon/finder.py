@@ -66,6 +66,14 @@ class Finder:
         log.info("discovery: DHT node on %s (%s)", self.dht.local_addr(),
                  "private bootstrap " + ", ".join(disc.bootstrap) if disc.bootstrap is not None else "public DHT")
 
+    def status(self) -> dict[str, Any]:
+        """The DHT node's counters (records published, lookups, and the records refused: bad_signature,
+        replay, expired, non_member, malformed), what we published and when (Unix s), the last failure."""
+        published_at = time.time() - (time.monotonic() - self.published_at) if self.published else None
+        return {"counters": dict(self.dht.counters()) if self.dht else {},
+                "published": [e["addr"] for e in self.published or []], "published_at": published_at,
+                "publish_failed": self.publish_failed}
+
     def stop(self) -> None:
         if self.dht is not None:
             self.dht.close()
@@ -149,6 +157,7 @@ class Finder:
             return
         endpoints = [str(e["addr"]) for e in found["endpoints"]] + [str(a) for a in found["lan"]]
         search.due, search.pause = now + REDIAL_LOOKUP_S, RETRY_S
+        self.mesh.record_seen[key] = time.time()
         if not endpoints:
             return
         log.info("discovery: found member %s (%s) at %s", member.name, short_id(encode_node_id(key)),

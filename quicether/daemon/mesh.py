@@ -54,6 +54,7 @@ class Mesh:
         self.cache: dict[bytes, list[str]] = {}  # where each member was last reached
         self.learned_revocations: list[bytes] = []
         self.revoked: set[bytes] = set()  # node keys of the revoked members (as of the last `apply`)
+        self.record_seen: dict[bytes, float] = {}  # when each member's DHT record was last found (Unix s)
         self._path = config.state_dir / REVOCATIONS_FILE
         if config.network is not None:
             self.learned_revocations = _load_revocations(self._path, config.network)
@@ -92,7 +93,7 @@ class Mesh:
         # A revoked member is neither looked up nor redialed from the cache, nor dialed from the LAN.
         self.revoked = set(self._revoked_keys())
         for key in self.revoked:
-            for table in (self.known, self.certificates, self.cache):
+            for table in (self.known, self.certificates, self.cache, self.record_seen):
                 table.pop(key, None)
 
     def _read(self, key: bytes, certificate: bytes) -> Member | None:
@@ -245,14 +246,20 @@ class Mesh:
             await asyncio.sleep(RECHECK_S)
 
     def status(self, connected: set[bytes]) -> dict[str, Any] | None:
+        """This node's membership and every member known: how it was found ("certificate": it dialed us;
+        "dht", "cache", "lan": we dialed it from there; "news": only told of it so far), whether it is
+        connected, when its DHT record was last found, until when its certificate is valid."""
         net = self.network
         if net is None:
             return None
         learned, refused = self.node.member_news()
-        return {"key": base64.b64encode(net.network_key).decode(), "name": net.name, "not_after": net.not_after,
-                "revoked": len(self._revocations()), "members_known": learned, "news_refused": refused,
+        # "name": this node's name in the network (its certificate's).
+        return {"key": base64.b64encode(net.network_key).decode(), "name": net.name, "address": net.address,
+                "not_after": net.not_after, "revoked": len(self._revocations()), "members_known": learned,
+                "news_refused": refused,
                 "members": [{"name": m.name, "node_id": encode_node_id(k), "ipv4": m.ipv4,
-                             "connected": k in connected, "not_after": m.not_after}
+                             "connected": k in connected, "found": self.peers.found.get(k, "news"),
+                             "record_seen": self.record_seen.get(k), "not_after": m.not_after}
                             for k, m in sorted(self.known.items(), key=lambda kv: kv[1].name)]}
 
 

@@ -191,6 +191,8 @@ class Daemon:
                 "network": self.mesh.status(connected) if self.mesh else None,
                 # mDNS announcements seen: resolved, foreign_network, malformed, full (None: not running).
                 "lan_discovery": self.lan_finder.counters() if self.lan_finder else None,
+                # The DHT node: its counters (refused records too) and our last published record.
+                "dht": self.finder.status() if self.finder else None,
             },
             "peers": peers,
             "router": self.router.status() if self.router else None,
