@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from quicether import config_edit, network
-from quicether.daemon import api
+from quicether.daemon import api, names
 from quicether.daemon.mesh import RECHECK_S
 from quicether.identity import decode_node_id, load
 from tests.lab import Lab, Namespace
@@ -115,6 +115,11 @@ def test_members_learn_of_each_other_and_a_revocation_spreads_to_all(lab: Lab, t
         make_member(node, network.issue(net, decode_node_id(node.node_id), name), gw)
     # b also dials a (a has no [[peer]] for b: it admits b by its certificate).
     b.peers.append({"name": "a", "key": a.node_id, "endpoint": "10.1.0.1:4433", "allowed_ips": ["100.64.0.2/32"]})
+    # a is a router: a LAN host asks its dnsmasq for the members' names.
+    lan_host = lab.add_namespace("lanhost")
+    lab.veth(lan_host, "eth0", a_ns, "lan0")
+    lan_host.ip("addr", "add", "192.168.61.10/24", "dev", "eth0")
+    a.sections["lan"] = {"device": "lan0", "address": "192.168.61.1/24", "dhcp": False, "dns_servers": []}
     for node in (gw, a, b, c):
         qe.start(node)
     qe.wait_connected(b)
@@ -124,6 +129,15 @@ def test_members_learn_of_each_other_and_a_revocation_spreads_to_all(lab: Lab, t
     wait_for(lambda: {"gw", "site-b", "site-c"} <= set(_known(a)), timeout=10)
     assert not _known(a)["site-c"]["connected"] and _known(a)["site-b"]["connected"]
     assert "learned of member site-c" in qe.read_log(a)
+
+    def lookup(name: str) -> str:
+        return lan_host.run("busybox", "nslookup", "-type=a", f"{name}.home.arpa", "192.168.61.1", check=False).stdout
+
+    # Every member by name under home.arpa, a itself too, c learned only from the gateway's news.
+    addresses = {m.name: m.ipv4 for m in network.load(gw.state_dir, "home").members}
+    for name in ("gw", "site-a", "site-b", "site-c"):
+        wait_for(lambda name=name: addresses[name] in lookup(name), timeout=5, step=0.25)
+    assert "100.64." not in lookup("nobody"), "an unknown name is not answered"
 
     # b is revoked on the admin node; only the gateway's config gets the revocation. a hears of it from the
     # gateway and cuts b off too (the issue's bound: within 60 s), and keeps it across a restart.
@@ -136,7 +150,10 @@ def test_members_learn_of_each_other_and_a_revocation_spreads_to_all(lab: Lab, t
     assert "learned that member site-b was revoked" in qe.read_log(a)
     assert (a.state_dir / "revocations").read_text().strip() == revocation
     assert ping(b_ns, "100.64.0.2", count=2, timeout_s=1).received == 0
+    wait_for(lambda: addresses["site-b"] not in lookup("site-b"), timeout=5, step=0.25)
+    assert addresses["site-c"] in lookup("site-c"), "the revoked member's name went, the others stay"
     qe.stop(a)
+    assert not names.directory(a.state_dir).exists(), "nothing left behind"
     qe.start(a)
     wait_for(lambda: a.status()["node"]["refused_handshakes"] > 0, timeout=10)
     assert _peer(a, b.node_id) is None, "the learned revocation still holds after a restart"

@@ -88,6 +88,9 @@ def test_dnsmasq_serves_only_the_lan_with_the_router_as_gateway_and_dns(tmp_path
     assert "--dhcp-option=option:router,192.168.50.1" in args
     assert "--dhcp-option=option:dns-server,192.168.50.1" in args
     assert "--server=9.9.9.9" in args and "--no-resolv" in args
+    assert not any(a.startswith("--hostsdir") for a in args), "a node in no network has no member names"
+    named = build_args(lan, tmp_path, names_dir=tmp_path / "names")
+    assert f"--hostsdir={tmp_path / 'names'}" in named and "--local=/home.arpa/" in named
     assert f"--dhcp-leasefile={tmp_path / 'dhcp.leases'}" in args
     no_dns = _parse('[lan]\ndevice = "eth0"\ndns = false\ndhcp = false\n').lan
     assert no_dns is not None

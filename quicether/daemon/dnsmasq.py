@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from quicether.daemon import names
 from quicether.daemon.children import die_with_parent, terminate
 from quicether.router_config import LanConfig
 
@@ -29,13 +30,17 @@ STARTUP_CHECK_S = 0.3
 LOCAL_DOMAIN = "lan"
 
 
-def build_args(lan: LanConfig, state_dir: Path, binary: str = "dnsmasq") -> list[str]:
+def build_args(lan: LanConfig, state_dir: Path, binary: str = "dnsmasq", names_dir: Path | None = None) -> list[str]:
+    """dnsmasq's arguments; `names_dir`: the directory of the mesh members' names (a node in a network)."""
     net = ipaddress.IPv4Interface(lan.address).network
     args = [binary, "--keep-in-foreground", "--conf-file=/dev/null", "--log-facility=-",
             f"--pid-file={state_dir / 'dnsmasq.pid'}", f"--interface={lan.device}", "--bind-interfaces",
             "--except-interface=lo", f"--domain={LOCAL_DOMAIN}", f"--local=/{LOCAL_DOMAIN}/",
             f"--host-record=router.{LOCAL_DOMAIN},{lan.ip}"]
     if lan.dns:
+        if names_dir is not None:
+            # The mesh members' names (quicether/daemon/names.py), answered here and never forwarded.
+            args += [f"--local=/{names.DOMAIN}/", f"--hostsdir={names_dir}"]
         args += [f"--server={s}" for s in lan.dns_servers]
         if lan.dns_servers:
             args.append("--no-resolv")
@@ -77,9 +82,10 @@ STALE_EXIT_WAIT_S = 3.0
 
 
 class Dnsmasq:
-    def __init__(self, lan: LanConfig, state_dir: Path) -> None:
+    def __init__(self, lan: LanConfig, state_dir: Path, names_dir: Path | None = None) -> None:
         self.lan = lan
         self.state_dir = state_dir
+        self.names_dir = names_dir if lan.dns else None
         self._proc: asyncio.subprocess.Process | None = None
         self._logger: asyncio.Task[None] | None = None
 
@@ -98,7 +104,9 @@ class Dnsmasq:
 
     async def start(self) -> None:
         await asyncio.to_thread(self._kill_stale)
-        args = build_args(self.lan, self.state_dir)
+        if self.names_dir is not None:
+            await asyncio.to_thread(names.prepare, self.names_dir)
+        args = build_args(self.lan, self.state_dir, names_dir=self.names_dir)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,

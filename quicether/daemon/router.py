@@ -19,7 +19,7 @@ from typing import Any
 
 from quicether import _core
 from quicether.config import Config
-from quicether.daemon import dnsmasq
+from quicether.daemon import dnsmasq, names
 from quicether.daemon.reload import ConfigDiff
 from quicether.daemon.webui_server import WebUiServer
 from quicether.net import lan as lan_net
@@ -191,7 +191,8 @@ class Router:
     async def _start_dnsmasq(self) -> None:
         lan = self.config.lan
         if lan is not None and (lan.dhcp or lan.dns):
-            server = dnsmasq.Dnsmasq(lan, self.config.state_dir)
+            names_dir = names.directory(self.config.state_dir) if self.config.network is not None else None
+            server = dnsmasq.Dnsmasq(lan, self.config.state_dir, names_dir)
             self._dnsmasq = server  # before start: a failed start still has its process reaped
             await server.start()
 

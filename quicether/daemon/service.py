@@ -28,6 +28,7 @@ from quicether.daemon.eventlog import EventLog
 from quicether.daemon.finder import Finder
 from quicether.daemon.lan_finder import LanFinder
 from quicether.daemon.mesh import Mesh
+from quicether.daemon.names import MemberNames
 from quicether.daemon.peers import PeerTable
 from quicether.daemon.router import Router
 from quicether.daemon.wans import WanManager
@@ -40,6 +41,9 @@ from quicether.net import links
 log = logging.getLogger("quicether")
 # Core events that change whether a peer is reachable (the router's exit follows them).
 PEER_STATE_EVENTS = (core_events.PeerConnected, core_events.PeerDisconnected, core_events.PathUp, core_events.PathDown)
+# Events after which the members' names in DNS may differ.
+MEMBER_EVENTS = (core_events.MemberAdmitted, core_events.MemberLearned, core_events.RevocationLearned,
+                 core_events.MembershipRenewed)
 # Time between answering a reload request and stopping the services for it.
 RELOAD_DELAY_S = 0.3
 
@@ -59,6 +63,7 @@ class Daemon:
         self.finder: Finder | None = None
         self.admissions: Admissions | None = None
         self.lan_finder: LanFinder | None = None
+        self.member_names: MemberNames | None = None
         self._names = {p.key: p.name for p in config.peers}
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -155,6 +160,12 @@ class Daemon:
                     self.admissions.requested(request_id, key, node, name)
             case core_events.UnknownEvent(kind=unknown, detail=detail):
                 log.info("core event %s for %s: %s", unknown, who, detail)
+        if isinstance(event, MEMBER_EVENTS):
+            self._names_changed()
+
+    def _names_changed(self) -> None:
+        if self.member_names is not None and self.mesh is not None:
+            self.member_names.update(self.mesh.names())
 
     def status(self) -> dict[str, Any]:
         node = self.node
@@ -327,6 +338,7 @@ class Daemon:
         await self.router.update(new, changes)
         if changes.network and self.mesh is not None:
             self.mesh.apply(new)
+            self._names_changed()
         if self.admissions is not None:
             self.admissions.config = new
             self.admissions.refresh()
@@ -368,6 +380,10 @@ class Daemon:
             self.admissions = Admissions(self.node, self.config)
             self.admissions.refresh()
             await self.mesh.redial_cached()
+            if self.config.network is not None and self.config.lan is not None and self.config.lan.dns:
+                self.member_names = MemberNames(self.config.state_dir)
+                undo.callback(self.member_names.remove)
+                self._names_changed()
             admissions = self.admissions
             recheck = loop.create_task(self.mesh.recheck(admissions.renew))
             undo.callback(recheck.cancel)
