@@ -136,6 +136,8 @@ def read_certificate(data: bytes, network_key: bytes, now: int | None,
     dict with version, network (bytes), node_key (bytes), name, ipv4, overlay ("100.64.0.0/16"), ipv6 (the
     ULA derived from both keys), groups, lan_prefixes, exit, not_before, not_after."""
 def issue_revocation(network_seed: bytes, node_key: bytes, revoked_at: int, sequence: int) -> bytes: ...
+def member_ula(network_key: bytes, node_key: bytes) -> str:
+    """The IPv6 ULA of a member (derived from the two 32-byte keys; ValueError for other lengths)."""
 def read_revocation(data: bytes, network_key: bytes) -> dict[str, Any]:
     """Verifies a revocation of this network: dict with version, network, node_key, revoked_at, sequence."""
 

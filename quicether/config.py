@@ -138,6 +138,7 @@ class NetworkConfig:
     name: str                 # this node's name in the network
     address: str              # its overlay address with the network's prefix, e.g. "100.64.0.7/16"
     not_after: int            # Unix s: renew before then
+    ipv6: str = ""            # its ULA with the network's /48 (derived from both keys), e.g. "fd12:…:9a/48"
     revoked: list[bytes] = field(default_factory=list)
     mode: str = "aggregate"
     realtime_mode: str = "redundant"
@@ -355,6 +356,7 @@ def _network(raw: object, where: str) -> NetworkConfig:
     return NetworkConfig(certificate=data, network_key=network_key, node_key=bytes(cert["node_key"]),
                          name=str(cert["name"]),
                          address=f"{cert['ipv4']}/{overlay.prefixlen}", not_after=int(cert["not_after"]),
+                         ipv6=f"{cert['ipv6']}/48",
                          revoked=revoked, mode=_mode(raw.get("mode", "aggregate"), f"{where}.mode"),
                          realtime_mode=_mode(raw.get("realtime_mode", "redundant"), f"{where}.realtime_mode"))
 

@@ -136,8 +136,9 @@ def add_membership(doc: Document, joined: Joined, invite: NetworkInvite) -> Docu
     name = joined.admin_name
     if any(p.get("name") == name for p in peers):
         name = f"{name}-{short_id(invite.admin_key)}"
+    ula = _core.member_ula(decode_node_id(invite.network_key), decode_node_id(invite.admin_key))
     admin = {"name": name, "key": invite.admin_key, "endpoint": invite.endpoints[0],
-             "allowed_ips": [f"{joined.admin_address}/32"]}
+             "allowed_ips": [f"{joined.admin_address}/32", f"{ula}/128"]}
     new["peer"] = [*peers, admin]
     if "discovery" not in new:
         new["discovery"] = {"dht": joined.dht, **({} if joined.bootstrap is None else {"bootstrap": joined.bootstrap})}

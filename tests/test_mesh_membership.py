@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quicether import config_edit, network
+from quicether import _core, config_edit, network
 from quicether.daemon import api, names
 from quicether.daemon.mesh import RECHECK_S
 from quicether.identity import decode_node_id, load
@@ -62,6 +62,12 @@ def test_a_member_is_admitted_by_its_certificate_and_cut_off_when_revoked(lab: L
     qe.wait_connected(site)
     assert ping(site_ns, "100.64.0.1", count=3).received == 3
     assert ping(gw_ns, site_cert.ipv4, count=3).received == 3
+    # The IPv6 overlay: each end's ULA (from the two keys) is on its TUN, in the network's /48.
+    gw_ula, site_ula = (str(_core.read_certificate(base64.b64decode(m.certificate), net.public_key, None)["ipv6"])
+                        for m in (net.members[0], site_cert))
+    assert f"{site_ula}/48" in site_ns.run("ip", "-6", "addr", "show", "dev", "qe0").stdout
+    assert ping(site_ns, gw_ula, count=3).received == 3
+    assert ping(gw_ns, site_ula, count=3).received == 3
     admitted = _peer(gw, site.node_id)
     assert admitted is not None and admitted["found"] == "certificate" and admitted["name"] == "site-a"
     assert admitted["member"]["lan_prefixes"] == [SITE_LAN]
@@ -137,6 +143,8 @@ def test_members_learn_of_each_other_and_a_revocation_spreads_to_all(lab: Lab, t
     addresses = {m.name: m.ipv4 for m in network.load(gw.state_dir, "home").members}
     for name in ("gw", "site-a", "site-b", "site-c"):
         wait_for(lambda name=name: addresses[name] in lookup(name), timeout=5, step=0.25)
+    aaaa = lan_host.run("busybox", "nslookup", "-type=aaaa", "site-c.home.arpa", "192.168.61.1").stdout
+    assert _known(a)["site-c"]["ipv4"] == addresses["site-c"] and "fd" in aaaa.split("site-c.home.arpa")[-1], aaaa
     assert "100.64." not in lookup("nobody"), "an unknown name is not answered"
 
     # b is revoked on the admin node; only the gateway's config gets the revocation. a hears of it from the

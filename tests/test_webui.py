@@ -19,7 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from quicether import setup_code
+from quicether import _core, setup_code
 from quicether.config import load
 from quicether.identity import encode_node_id, generate
 from quicether.invite import Invite
@@ -767,8 +767,10 @@ def test_the_wizard_joins_a_network_through_the_daemon_and_writes_the_membership
     config = load(state / "quicether.toml")
     assert config.network is not None and config.network.name == "office"
     assert config.address == config.network.address  # from the certificate
-    assert [(p.name, p.endpoint, p.allowed_ips) for p in config.peers] == [("gw", "198.18.0.2:4433",
-                                                                             ["100.64.0.1/32"])]
+    # The admin node's overlay addresses: its IPv4 and its ULA (from the network's and its key).
+    assert [(p.name, p.endpoint, p.allowed_ips) for p in config.peers] == [("gw", "198.18.0.2:4433", [
+        "100.64.0.1/32", f"{_core.member_ula(config.network.network_key, p.key)}/128"])
+        for p in config.peers]
     assert config.discovery.bootstrap == ["198.18.0.2:6881"]
 
 

@@ -245,12 +245,13 @@ class Mesh:
                 log.warning("%s cut off: its certificate expired", self.label(key))
             await asyncio.sleep(RECHECK_S)
 
-    def names(self) -> dict[str, str]:
-        """Each member's name (this node's too) and overlay IPv4, for DNS."""
+    def names(self) -> dict[str, list[str]]:
+        """Each member's name (this node's too) and overlay addresses, for DNS."""
         net = self.network
         if net is None:
             return {}
-        return {net.name: net.address.split("/")[0], **{m.name: m.ipv4 for m in self.known.values()}}
+        own = [a.split("/")[0] for a in (net.address, net.ipv6) if a]
+        return {net.name: own, **{m.name: [m.ipv4, m.ipv6] for m in self.known.values()}}
 
     def status(self, connected: set[bytes]) -> dict[str, Any] | None:
         """This node's membership and every member known: how it was found ("certificate": it dialed us;

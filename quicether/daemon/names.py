@@ -1,13 +1,13 @@
 """Members' names in DNS, under home.arpa (RFC 8375: a home network's own domain, never sent upstream):
-each member of the mesh, this node too, as `<name>.home.arpa` → its overlay IPv4, for the LAN's hosts
-through the appliance's dnsmasq.
+each member of the mesh, this node too, as `<name>.home.arpa` → its overlay IPv4 and IPv6 ULA, for the
+LAN's hosts through the appliance's dnsmasq.
 
 The names are a hosts file in a directory dnsmasq watches (`--hostsdir`): a member learned, renewed or
 revoked is in DNS (or out of it) at once, with no dnsmasq restart and no DHCP or DNS gap. dnsmasq reads
 the directory after dropping root, so it lives in /run (not in the state directory, which only root may
 enter), readable by all: member names and overlay addresses are what every member knows anyway.
 
-    /run/quicether/names-<id>/members   "<ipv4> <name>.home.arpa" per member (mode 644); <id> is a digest
+    /run/quicether/names-<id>/members   "<address> <name>.home.arpa" per address (mode 644); <id> is a digest
                                         of the state directory (one per node, as in the lab); removed
                                         when the daemon stops
 """
@@ -40,9 +40,10 @@ def prepare(path: Path) -> None:
         os.chmod(part, 0o755)
 
 
-def hosts_text(names: dict[str, str]) -> str:
-    """The hosts file for `names` (member name → overlay IPv4), sorted so an unchanged mesh writes nothing."""
-    return "".join(f"{ip} {name}.{DOMAIN}\n" for name, ip in sorted(names.items()))
+def hosts_text(names: dict[str, list[str]]) -> str:
+    """The hosts file for `names` (member name → its overlay addresses), sorted: an unchanged mesh writes
+    nothing."""
+    return "".join(f"{ip} {name}.{DOMAIN}\n" for name, ips in sorted(names.items()) for ip in ips)
 
 
 class MemberNames:
@@ -53,7 +54,7 @@ class MemberNames:
         self._written: str | None = None
         self._failed = False
 
-    def update(self, names: dict[str, str]) -> None:
+    def update(self, names: dict[str, list[str]]) -> None:
         text = hosts_text(names)
         if text == self._written:
             return

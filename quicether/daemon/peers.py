@@ -37,8 +37,8 @@ class Member:
 
     @property
     def allowed_ips(self) -> list[str]:
-        # Routed here: its IPv4 and LAN prefixes. The core also lets in its ULA, which the TUN does not
-        # carry yet (no IPv6 overlay address is configured), so no IPv6 route is made for it.
+        # Routed here: its IPv4 and LAN prefixes. Its ULA needs no route of its own: the TUN carries this
+        # node's, with the network's /48 (the core lets the member's in by its allowed IPs).
         return [f"{self.ipv4}/32", *self.lan_prefixes]
 
 

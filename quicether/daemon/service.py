@@ -370,13 +370,15 @@ class Daemon:
             loop.add_reader(read_fd, self._on_events, read_fd)
             undo.callback(loop.remove_reader, read_fd)
             # pyroute2's synchronous API runs its own event loop: call it from a worker thread.
-            await asyncio.to_thread(links.configure_tun, self.config.tun, self.node.inner_mtu(), self.config.address)
+            overlay = [a for a in (self.config.address, network.ipv6 if network else "") if a]
+            await asyncio.to_thread(links.configure_tun, self.config.tun, self.node.inner_mtu(), overlay)
             self.peers = PeerTable(self.node, self.config.tun, self.config.address)
             undo.push_async_callback(self.peers.stop)
-            for peer in self.config.peers:
-                await self.peers.add(peer)
+            # The network first: a path to a configured peer that comes up before it would not exchange news.
             self.mesh = Mesh(self.node, self.peers, self.config, self._peer_label)
             self.mesh.apply(self.config)
+            for peer in self.config.peers:
+                await self.peers.add(peer)
             self.admissions = Admissions(self.node, self.config)
             self.admissions.refresh()
             await self.mesh.redial_cached()

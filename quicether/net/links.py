@@ -14,6 +14,8 @@ import socket
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+IFA_F_NODAD = 0x02  # linux/if_addr.h
+
 
 class LinkError(RuntimeError):
     """A netlink operation failed; the message names the device and what was attempted."""
@@ -32,16 +34,21 @@ def link_index(ipr: IPRoute, name: str, what: str = "device") -> int:
 TUN_TX_QUEUE_LEN = 4096
 
 
-def configure_tun(name: str, mtu: int, address: str | None) -> None:
-    """Sets the MTU and queue length, adds the overlay address (if any) and brings the device up."""
+def configure_tun(name: str, mtu: int, addresses: list[str]) -> None:
+    """Sets the MTU and queue length, adds the overlay addresses (IPv4 and, a member of a network, its IPv6
+    ULA) and brings the device up."""
     with IPRoute() as ipr:
         index = link_index(ipr, name)
         try:
             ipr.link("set", index=index, mtu=mtu, txqlen=TUN_TX_QUEUE_LEN)
-            if address:
+            for address in addresses:
                 iface = ipaddress.ip_interface(address)
                 family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
-                ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, family=family)
+                # No duplicate address detection on IPv6: the address is ours by its certificate, and a
+                # point-to-point TUN has no neighbour to ask (DAD would only hold it back for a second).
+                extra = {"flags": IFA_F_NODAD} if family == socket.AF_INET6 else {}
+                ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, family=family,
+                         **extra)
             ipr.link("set", index=index, state="up")
         except NetlinkError as exc:
             raise LinkError(f"configuring {name}: {exc.args[-1] if exc.args else exc}") from None

@@ -9,13 +9,14 @@ certificate and the gateway. Shared by tests/test_mesh_membership.py and scripts
 
 from __future__ import annotations
 
+import base64
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quicether import config_edit, network
+from quicether import _core, config_edit, network
 from quicether.identity import decode_node_id, load
 from tests.lab import nodes as qe
 from tests.lab.dht import start_dht
@@ -47,8 +48,10 @@ def make_member(node: qe.NodeSpec, member: network.Member, gateway: qe.NodeSpec 
     node.sections["network"] = {"certificate": member.certificate}
     node.sections["discovery"] = {"dht": False} if bootstrap is None else {"bootstrap": bootstrap}
     if gateway is not None:
+        network_key = base64.b64decode(member.certificate)[1:33]  # after the version byte (membership.rs)
+        ula = _core.member_ula(network_key, decode_node_id(gateway.node_id))
         node.peers.append({"name": "gw", "key": gateway.node_id, "endpoint": gateway_endpoint,
-                           "allowed_ips": ["100.64.0.1/32"]})
+                           "allowed_ips": ["100.64.0.1/32", f"{ula}/128"]})
 
 
 @dataclass

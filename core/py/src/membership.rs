@@ -102,6 +102,12 @@ fn read_certificate<'py>(
 }
 
 /// Signs a revocation of `node_key` with the network key seed.
+/// The IPv6 ULA of member `node_key` of network `network_key` (derived from the two keys).
+#[pyfunction]
+fn member_ula(network_key: &[u8], node_key: &[u8]) -> PyResult<String> {
+    Ok(membership::ula(&key32("network key", network_key)?, &key32("node key", node_key)?).to_string())
+}
+
 #[pyfunction]
 fn issue_revocation<'py>(
     py: Python<'py>,
@@ -129,6 +135,7 @@ fn read_revocation<'py>(py: Python<'py>, data: &[u8], network_key: &[u8]) -> PyR
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(member_ula, m)?)?;
     m.add_function(wrap_pyfunction!(issue_certificate, m)?)?;
     m.add_function(wrap_pyfunction!(read_certificate, m)?)?;
     m.add_function(wrap_pyfunction!(issue_revocation, m)?)?;
