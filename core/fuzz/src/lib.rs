@@ -1,6 +1,7 @@
-//! Coverage-guided fuzz targets for the core's decoders (certificates, revocations, DHT records, member
-//! news batches, join requests and answers), built
-//! with cargo-afl on the stable toolchain. From core/fuzz:
+//! Coverage-guided fuzz targets for every decoder of what the network sends the core: bond frames (each
+//! DATAGRAM), the path hello and its answer, inner IP packets (addresses for allowed IPs, classification),
+//! peer-supplied text, certificates, revocations, DHT records, member news batches, join requests and
+//! answers. Built with cargo-afl on the stable toolchain; `scripts/fuzz` runs them (`scripts/fuzz --help`):
 //!
 //!     cargo install cargo-afl && cargo afl build --release
 //!     cargo run --release --bin seeds          # corpus/<target>/seed: one valid input each
@@ -10,9 +11,14 @@
 //! decoders' fixed limits or loops; whatever decodes encodes back to the same bytes (one encoding per
 //! value), so a refusal cannot be sidestepped by an alternative spelling.
 
+use quicether_proto::allowed_ips::packet_addrs;
+use quicether_proto::classify::inspect;
+use quicether_proto::frame::{self, Frame};
+use quicether_proto::hello;
 use quicether_proto::join::{decode_answer, decode_request, encode_answer, JoinAnswer};
 use quicether_proto::member_news;
 use quicether_proto::membership::{read_certificate, read_revocation, RevocationSet};
+use quicether_proto::peer_text::{escape_text, safe_label, MAX_LABEL_LEN, MAX_TEXT_LEN};
 use quicether_proto::record::{NetworkKeys, Record};
 
 /// The network key the fuzzed certificates and revocations are checked against (any fixed key will do:
@@ -41,6 +47,44 @@ pub fn member_news(data: &[u8]) {
     }
 }
 
+/// One DATAGRAM from a peer: whatever parses as a DATA frame carries exactly the bytes after its header.
+pub fn frame(data: &[u8]) {
+    match frame::parse(data) {
+        Some(Frame::Data { seq, packet, .. }) => {
+            assert_eq!(frame::data_seq(data), Some(seq));
+            assert_eq!(packet.len(), data.len() - frame::DATA_HEADER_LEN);
+        }
+        Some(Frame::Nack { seqs }) => assert!(seqs.len() * 8 + 3 == data.len()),
+        _ => {}
+    }
+}
+
+/// The path hello and its answer; what a peer names its WAN is always a safe label.
+pub fn hello(data: &[u8]) {
+    if let Ok(h) = hello::decode_hello(data) {
+        assert!(h.wan.len() <= MAX_LABEL_LEN && h.wan.bytes().all(|c| c.is_ascii_graphic()));
+    }
+    if let Ok(answer) = hello::decode_answer(data) {
+        assert!(answer.peer_wan.is_none_or(|w| w.len() <= MAX_LABEL_LEN && w.bytes().all(|c| c.is_ascii_graphic())));
+    }
+}
+
+/// An inner IP packet (from the TUN, or from a peer before its source is checked).
+pub fn packet(data: &[u8]) {
+    let _ = packet_addrs(data);
+    if let Some(info) = inspect(data) {
+        assert_eq!(info.len, data.len());
+    }
+}
+
+/// Text a peer sends (close reasons): escaped to printable ASCII and bounded, whatever it is.
+pub fn peer_text(data: &[u8]) {
+    let text = escape_text(data);
+    assert!(text.len() <= MAX_TEXT_LEN + 3 && text.bytes().all(|c| (0x20..0x7f).contains(&c)));
+    let label = safe_label(data);
+    assert!(label.len() <= MAX_LABEL_LEN);
+}
+
 /// The invite key the fuzzed join requests are read for.
 pub const INVITE_KEY: [u8; 32] = [0x24; 32];
 
@@ -56,7 +100,11 @@ mod tests {
     /// Each target on its seed (`cargo run --bin seeds` first): a valid input passes its own property.
     #[test]
     fn every_target_takes_its_seed() {
-        let targets: [(&str, fn(&[u8])); 5] = [
+        let targets: [(&str, fn(&[u8])); 9] = [
+            ("frame", super::frame),
+            ("hello", super::hello),
+            ("packet", super::packet),
+            ("peer_text", super::peer_text),
             ("certificate", super::certificate),
             ("revocation", super::revocation),
             ("record", super::record),

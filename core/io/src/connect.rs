@@ -1,10 +1,9 @@
 //! Making paths: `accept_loop` on every local socket (the listening one and each WAN's, so a path punched
 //! through a NAT is answered by the socket that owns the mapping), one `dialer` per (peer, WAN, endpoint).
 //!
-//! After the QUIC handshake the dialer opens one bidirectional stream and sends the path hello: which
-//! WAN this path leaves from and whether it is a backup. The acceptor answers `ok`, the address it sees
-//! the dialer at and its own WAN. In TLS 1.3 a client finishes its handshake before the server has checked
-//! the client's certificate, so that answer is also the dialer's proof that it was accepted.
+//! After the QUIC handshake the dialer opens one bidirectional stream and sends the path hello
+//! (`quicether_proto::hello`: its WAN and whether it is a backup); the acceptor's answer is also the
+//! dialer's proof that it was accepted.
 //!
 //! Both nodes may dial each other over the same pair of WANs (each has the other's endpoint); the second
 //! such path would only double-count one link, so `Shared::add_path` keeps one (see `duplicate_loser`)
@@ -16,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quicether_proto::certkey::ed25519_key_of_cert;
+use quicether_proto::hello;
 use quicether_proto::path_rank::PathKind;
-use quicether_proto::peer_text::{escape_text, safe_label};
+use quicether_proto::peer_text::escape_text;
 
 use crate::node::CONNECTION_ID_LEN;
 use crate::peer::{Event, Path, PathRoute, Peer, Shared, CLOSE_DUPLICATE};
@@ -25,13 +25,6 @@ use crate::receive::path_reader;
 use crate::timers::path_timer;
 use crate::tls;
 
-const HELLO_MAGIC: &[u8; 4] = b"QEH1";
-/// The acceptor's answer: "ok", a space and the address it sees the dialer at (the WAN's public address
-/// after any NAT, shown as the path's public address), a space and the acceptor's own WAN.
-const HELLO_OK: &[u8] = b"ok";
-const MAX_HELLO_ANSWER: usize = 128;
-/// WAN names are short labels; anything longer is not a hello.
-const MAX_HELLO: usize = 4 + 1 + 64;
 /// How long either side waits for the other's half of the hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after the first failed dial; it doubles with each failure in a row up to `REDIAL_MAX`, so an
@@ -152,39 +145,20 @@ pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, socket:
 /// Reads the dialer's hello and answers it; returns the dialer's WAN (made safe) and its backup flag.
 async fn answer_hello(conn: &quinn::Connection, our_wan: &str) -> Result<(String, bool), String> {
     let (mut send, mut recv) = conn.accept_bi().await.map_err(net_text)?;
-    let hello = recv.read_to_end(MAX_HELLO).await.map_err(net_text)?;
-    if hello.len() < 5 || &hello[..4] != HELLO_MAGIC {
-        return Err("not a path hello".into());
-    }
-    let wan = safe_label(&hello[5..]);
-    let answer = format!("{} {} {our_wan}", String::from_utf8_lossy(HELLO_OK), conn.remote_address());
-    send.write_all(answer.as_bytes()).await.map_err(net_text)?;
+    let data = recv.read_to_end(hello::MAX_HELLO).await.map_err(net_text)?;
+    let hello = hello::decode_hello(&data)?;
+    send.write_all(&hello::encode_answer(conn.remote_address(), our_wan)).await.map_err(net_text)?;
     send.finish().map_err(net_text)?;
-    Ok((wan, hello[4] == 1))
-}
-
-/// What the acceptor answered: the address it sees us at and its WAN, if it said.
-struct HelloAnswer {
-    observed: Option<SocketAddr>,
-    peer_wan: Option<String>,
+    Ok((hello.wan, hello.backup))
 }
 
 /// Sends the path hello and reads the answer.
-async fn send_hello(conn: &quinn::Connection, wan: &str, backup: bool) -> Result<HelloAnswer, String> {
+async fn send_hello(conn: &quinn::Connection, wan: &str, backup: bool) -> Result<hello::Answer, String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(net_text)?;
-    let mut hello = HELLO_MAGIC.to_vec();
-    hello.push(backup as u8);
-    hello.extend_from_slice(&wan.as_bytes()[..wan.len().min(MAX_HELLO - 5)]);
-    send.write_all(&hello).await.map_err(net_text)?;
+    send.write_all(&hello::encode_hello(wan, backup)).await.map_err(net_text)?;
     send.finish().map_err(net_text)?;
-    match recv.read_to_end(MAX_HELLO_ANSWER).await {
-        Ok(answer) if answer.starts_with(HELLO_OK) => {
-            let mut words = answer[HELLO_OK.len()..].split(|&c| c == b' ').filter(|w| !w.is_empty());
-            let observed = words.next().and_then(|w| std::str::from_utf8(w).ok()).and_then(|w| w.parse().ok());
-            let peer_wan = words.next().map(safe_label);
-            Ok(HelloAnswer { observed, peer_wan })
-        }
-        Ok(_) => Err("peer answered the path hello wrongly".into()),
+    match recv.read_to_end(hello::MAX_ANSWER).await {
+        Ok(answer) => Ok(hello::decode_answer(&answer)?),
         Err(e) => Err(format!("peer refused us: {}", net_text(e))),
     }
 }

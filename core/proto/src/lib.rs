@@ -9,6 +9,7 @@
 //! - `reorder`: in-order release at the receiver with an RTT-spread timeout.
 //! - `resend`: what a peer's paths sent lately, by sequence (NACKs) and by path (failures).
 //! - `health`: probes, up/down with damping.
+//! - `hello`: the path hello a dialer sends on a new path, and the acceptor's answer.
 //! - `path_rank`: which path ranks first (route kind, WAN role): one comparator.
 //! - `peer_text`: peer-supplied strings made safe for events and logs.
 //! - `refusals`: refused-handshake counting, reported at a bounded rate with bounded memory.
@@ -24,6 +25,7 @@ pub mod certkey;
 pub mod classify;
 pub mod frame;
 pub mod health;
+pub mod hello;
 pub mod join;
 pub mod member_news;
 pub mod membership;

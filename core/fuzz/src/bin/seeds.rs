@@ -3,10 +3,17 @@
 
 use std::net::Ipv4Addr;
 
-use quicether_proto::join;
 use quicether_proto::member_news::{self, Item};
 use quicether_proto::membership::{Certificate, Revocation};
 use quicether_proto::record::{Endpoint, EndpointKind, Record};
+use quicether_proto::{frame, hello, join};
+
+/// A minimal IPv4/UDP packet (20-byte header, 8-byte UDP header, 4 bytes of payload).
+fn ipv4_udp() -> Vec<u8> {
+    let mut p = vec![0x45, 0xb8, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+    p.extend_from_slice(&[0x13, 0x88, 0x13, 0x89, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+    p
+}
 
 fn main() -> std::io::Result<()> {
     let cert = Certificate {
@@ -37,6 +44,10 @@ fn main() -> std::io::Result<()> {
         ("record", record.encode().expect("a valid record")),
         ("member_news", member_news::encode(&[Item::Certificate(vec![1; 40]), Item::Revocation(vec![2; 90])])),
         ("join", join::encode_request(&quicether_fuzz::INVITE_KEY, &[5; 32], "site-a").expect("a valid request")),
+        ("frame", [frame::encode_data_header(7, Some(5)).as_slice(), &ipv4_udp()].concat()),
+        ("hello", hello::encode_hello("wan0", true)),
+        ("packet", ipv4_udp()),
+        ("peer_text", b"closed by peer: \x00 idle\n".to_vec()),
     ];
     for (target, data) in seeds {
         std::fs::create_dir_all(format!("corpus/{target}"))?;
