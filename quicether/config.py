@@ -372,9 +372,13 @@ def _discovery(raw: object, where: str) -> DiscoveryConfig:
     if bootstrap is not None and (not isinstance(bootstrap, list) or len(bootstrap) > MAX_ENDPOINTS):
         raise ConfigError(f"{where}.bootstrap: expected a list of at most {MAX_ENDPOINTS} \"ip:port\" addresses")
     nodes = None if bootstrap is None else [_socket_addr(b, f"{where}.bootstrap[{i}]") for i, b in enumerate(bootstrap)]
+    port = _int_in(raw.get("port", 0), 0, 65535, f"{where}.port")
+    server = bool(raw.get("server", False))
+    if server and port == 0:
+        raise ConfigError(f"{where}.server: a DHT server needs a fixed port that the firewall opens"
+                          " (discovery.port, e.g. 6881)")
     return DiscoveryConfig(dht=bool(raw.get("dht", True)), lan=bool(raw.get("lan", True)), bootstrap=nodes,
-                           port=_int_in(raw.get("port", 0), 0, 65535, f"{where}.port"),
-                           server=bool(raw.get("server", False)))
+                           port=port, server=server)
 
 
 def parse(text: str, path: Path) -> Config:

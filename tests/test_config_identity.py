@@ -118,6 +118,8 @@ def test_wans_modes_and_class_rules_parse() -> None:
     ('[[wan]]\ndevice = "eth1"\n[[wan]]\ndevice = "eth1"\nname = "other"\n', "wan[1].device"),
     ('[node]\ntun = "qe 0"\n', "node.tun"),
     ('[lan]\ndevice = "*"\n', "lan.device"),
+    # A DHT server on a random port could not be reached through the firewall.
+    ('[discovery]\nserver = true\n', "discovery.server: a DHT server needs a fixed port"),
 ])
 def test_bad_wan_and_mode_settings_name_the_field(text: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):

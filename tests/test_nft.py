@@ -150,6 +150,22 @@ def test_ports_opened_in_the_config_are_accepted_from_outside_before_the_drop() 
     assert rules[ssh].endswith('{"accept": null}]') and rules[-1].endswith('{"drop": null}]') and ssh < len(rules) - 1
 
 
+def test_a_node_serving_the_dht_opens_its_dht_port_and_only_then(tmp_path: Path) -> None:
+    from quicether import network
+    from quicether.daemon.router import Router
+    from quicether.identity import generate
+
+    net = network.create(tmp_path, "home", generate(tmp_path / "node.key"), admin_name="gw")
+    base = f'[network]\ncertificate = "{net.members[0].certificate}"\n[lan]\ndevice = "eth0"\n'
+
+    def opened(discovery: str) -> list[tuple[str, int]]:
+        return Router(parse(base + discovery, Path("q.toml")), None).firewall().open_ports  # type: ignore[arg-type]
+
+    assert opened('[discovery]\nserver = true\nport = 6881\n') == [("udp", 6881)]
+    assert opened('[discovery]\nport = 6881\n') == [], "a DHT client's replies pass as established traffic"
+    assert opened('[discovery]\nserver = true\nport = 6881\ndht = false\n') == []
+
+
 def test_with_acl_default_deny_peers_reach_only_replies_ping_and_offered_dns_on_the_router() -> None:
     rules = _rules(Firewall(4433, "qe0", [], lan="lan", router=True, acl_default="deny", dns_from_peers=True),
                    "input")

@@ -93,6 +93,12 @@ class Router:
         internet = self.config.gateway.internet if self.config.gateway else None
         return self.outside + ([internet] if internet and internet not in self.outside else [])
 
+    def _dht_port(self) -> list[tuple[str, int]]:
+        """A node serving the DHT answers queries from the internet on its DHT port (a client's replies
+        pass as established traffic)."""
+        d = self.config.discovery
+        return [("udp", d.port)] if self.config.network is not None and d.dht and d.server else []
+
     def firewall(self) -> nft.Firewall:
         cfg = self.config
         internet = cfg.gateway.internet if cfg.gateway else None
@@ -103,7 +109,7 @@ class Router:
             router=cfg.lan is not None,
             webui_port=cfg.webui.port if cfg.lan and cfg.webui.enabled else None,
             dns_from_peers=bool(cfg.lan and cfg.lan.dns_from_peers),
-            open_ports=[(o.protocol, o.port) for o in cfg.open_ports],
+            open_ports=[(o.protocol, o.port) for o in cfg.open_ports] + self._dht_port(),
             kill_switch=bool(cfg.lan and cfg.lan.kill_switch),
             direct=cfg.lan.direct if cfg.lan else [],
             internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=resolve_acls(cfg),
