@@ -159,6 +159,10 @@ def render(status: dict[str, Any]) -> str:
             node.get("no_route_drops", 0))
     out.add("refused_handshakes_total", "counter", "Handshakes refused (key not allowed).",
             node.get("refused_handshakes", 0))
+    out.add("handshakes_retried_total", "counter", "Handshakes answered with a QUIC Retry (many in flight).",
+            node.get("handshakes_retried", 0))
+    out.add("handshakes_dropped_total", "counter", "Handshakes dropped unanswered (too many in flight).",
+            node.get("handshakes_dropped", 0))
     for peer in status.get("peers", []):
         who = {"peer": peer.get("name") or peer.get("node_id", "")}
         out.add("peer_connected", "gauge", "1 while the peer has a path up.", bool(peer.get("connected")), who)

@@ -16,13 +16,13 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.lab import Lab  # noqa: E402
 from tests.lab.bond import THREE_WANS, BondLab, build_bond_lab  # noqa: E402
+from tests.lab.measure import process_usage  # noqa: E402
 
 PORT = 5301
 RSS_GROWTH, RSS_SLACK = 1.5, 16 << 20
@@ -60,18 +60,6 @@ sock.shutdown(socket.SHUT_WR)
 sock.recv(1)
 print(json.dumps({"bytes": total, "sha256": digest.hexdigest()}), flush=True)
 """
-
-
-@dataclass
-class Usage:
-    rss_bytes: int
-    fds: int
-
-
-def usage(pid: int) -> Usage:
-    rss = next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if line.startswith("VmRSS:"))
-    return Usage(rss, len(list(Path(f"/proc/{pid}/fd").iterdir())))
 
 
 def chaos_step(bond: BondLab, rng: random.Random) -> str:
@@ -125,7 +113,7 @@ def soak(minutes: float, seed: int, max_stall_s: float) -> bool:
         sending_since = time.monotonic()
         daemons = {"site": bond.site.proc, "gateway": bond.gateway.proc}
         time.sleep(10)  # warm-up: windows grown, buffers allocated
-        start = {name: usage(proc.pid) for name, proc in daemons.items() if proc}
+        start = {name: process_usage(proc.pid) for name, proc in daemons.items() if proc}
         began = time.monotonic()
         deadline = began + minutes * 60
         steps = 0
@@ -141,7 +129,7 @@ def soak(minutes: float, seed: int, max_stall_s: float) -> bool:
                 break
         for wan in bond.wl.wans:
             bond.wl.set_link(wan.index, up=True, loss_pct=0, rate_mbit=THREE_WANS[wan.index].rate_mbit)
-        end = {name: usage(proc.pid) for name, proc in daemons.items() if proc}
+        end = {name: process_usage(proc.pid) for name, proc in daemons.items() if proc}
         sent_out, sent_err = sender.communicate("stop\n", timeout=120)
         got_out, got_err = receiver.communicate(timeout=120)
         elapsed = time.monotonic() - sending_since

@@ -199,6 +199,9 @@ class Daemon:
                 "no_route_drops": node.no_route_drops() if node else 0,
                 # Every handshake refused by key pinning (their log lines are rate-limited; this is not).
                 "refused_handshakes": node.refused_handshakes() if node else 0,
+                # Under a flood of handshakes: answered with a Retry (address validation), dropped.
+                "handshakes_retried": node.handshake_load()[0] if node else 0,
+                "handshakes_dropped": node.handshake_load()[1] if node else 0,
                 "network": self.mesh.status(connected) if self.mesh else None,
                 # mDNS announcements seen: resolved, foreign_network, malformed, full (None: not running).
                 "lan_discovery": self.lan_finder.counters() if self.lan_finder else None,

@@ -65,8 +65,9 @@ class BondLab:
 
 def build_bond_lab(lab: Lab, links: list[LinkSpec], state: Path, *, mode: str = "aggregate",
                    realtime_mode: str = "redundant", backup: tuple[int, ...] = (),
-                   congestion: str = "loss-tolerant") -> BondLab:
-    wl = build_wan_lab(lab, links, internet_hosts=("gateway",), policy_routing=False)
+                   congestion: str = "loss-tolerant", extra_hosts: tuple[str, ...] = ()) -> BondLab:
+    """`extra_hosts`: more hosts on the internet (e.g. an attacker), as `wl.host(name)`."""
+    wl = build_wan_lab(lab, links, internet_hosts=("gateway", *extra_hosts), policy_routing=False)
     gw_ns = wl.host("gateway")
     gw_ns.sysctl("net.ipv4.ip_forward", "1")
     dc = lab.add_namespace("dc")

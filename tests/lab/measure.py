@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.lab.netns import LabError, Namespace
@@ -136,3 +138,19 @@ def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.05
             return time.monotonic() - start
         time.sleep(step)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+@dataclass(frozen=True)
+class Usage:
+    rss_bytes: int
+    fds: int
+    cpu_s: float  # user + system time so far
+
+
+def process_usage(pid: int) -> Usage:
+    """A process's resident memory, open file descriptors and CPU time, from /proc."""
+    rss = next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmRSS:"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+    return Usage(rss, len(list(Path(f"/proc/{pid}/fd").iterdir())), cpu_s)

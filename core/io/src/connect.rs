@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use quicether_proto::admission::{admit, Admission};
 use quicether_proto::certkey::ed25519_key_of_cert;
 use quicether_proto::hello;
 use quicether_proto::path_rank::PathKind;
@@ -104,13 +105,30 @@ fn start_path(
 /// listening socket). Ends when the endpoint is closed.
 pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, socket: String) {
     while let Some(incoming) = endpoint.accept().await {
+        let in_flight = shared.handshakes_in_flight.load(Ordering::Relaxed);
+        match admit(in_flight, incoming.remote_address_validated(), incoming.may_retry()) {
+            Admission::Accept => {}
+            Admission::Retry => {
+                shared.handshakes_retried.fetch_add(1, Ordering::Relaxed);
+                let _ = incoming.retry();
+                continue;
+            }
+            Admission::Drop => {
+                shared.handshakes_dropped.fetch_add(1, Ordering::Relaxed);
+                incoming.ignore();
+                continue;
+            }
+        }
         let shared = shared.clone();
         let local = endpoint_ip(&endpoint);
         let socket = socket.clone();
+        let handshake = InFlight::new(&shared);
         tokio::spawn(async move {
             // Refusals by our certificate verifier are reported there (rate-limited); other failures
             // (timeouts, resets) are transient and come back as the peer retries.
-            let Ok(conn) = incoming.await else { return };
+            let connecting = incoming.await;
+            drop(handshake);
+            let Ok(conn) = connecting else { return };
             if let Some(invite) = peer_key_of(&conn).filter(|k| shared.joins.is_invite(k)) {
                 return crate::join::answer(shared, conn, invite).await;
             }
@@ -139,6 +157,22 @@ pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, socket:
                 _ => conn.close(2u32.into(), b"no path hello"),
             }
         });
+    }
+}
+
+/// One incoming handshake counted in flight until it ends (however it ends).
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.handshakes_in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.handshakes_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

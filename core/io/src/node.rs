@@ -293,6 +293,9 @@ impl Node {
             events: Mutex::new(VecDeque::new()),
             notify_fd,
             no_route: AtomicU64::new(0),
+            handshakes_in_flight: Default::default(),
+            handshakes_retried: AtomicU64::new(0),
+            handshakes_dropped: AtomicU64::new(0),
             next_path_id: AtomicU64::new(0),
             epoch: Instant::now(),
             datagram_len: tun_mtu + DATA_HEADER_LEN,
@@ -327,6 +330,11 @@ impl Node {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
         let transport = Arc::new(transport_config(cfg.path_mtu, cfg.listen.is_ipv4(), cfg.congestion));
         server_config.transport_config(transport.clone());
+        // Bounded memory for handshakes not yet taken on (the accept loop decides at once, see
+        // `quicether_proto::admission`): a flood of Initials cannot queue without end.
+        server_config.max_incoming(4 * quicether_proto::admission::MAX_IN_FLIGHT);
+        server_config.incoming_buffer_size(64 * 1024);
+        server_config.incoming_buffer_size_total(8 * 1024 * 1024);
         let listener = quinn::Endpoint::new(
             endpoint_config(),
             Some(server_config.clone()),
@@ -713,6 +721,12 @@ impl Node {
     pub fn member_news(&self) -> (usize, u64) {
         let book = self.shared.news.lock().unwrap();
         (book.members(), book.refused)
+    }
+
+    /// Incoming handshakes answered with a Retry (address validation under load), and dropped.
+    pub fn handshake_load(&self) -> (u64, u64) {
+        let s = &self.shared;
+        (s.handshakes_retried.load(Ordering::Relaxed), s.handshakes_dropped.load(Ordering::Relaxed))
     }
 
     pub fn no_route_drops(&self) -> u64 {

@@ -366,6 +366,11 @@ pub struct Shared {
     pub notify_fd: Option<std::os::fd::RawFd>,
     /// Outbound packets with no peer for their destination.
     pub no_route: AtomicU64,
+    /// Incoming handshakes in flight on every socket, and those answered with a Retry or dropped
+    /// (`quicether_proto::admission`).
+    pub handshakes_in_flight: std::sync::atomic::AtomicUsize,
+    pub handshakes_retried: AtomicU64,
+    pub handshakes_dropped: AtomicU64,
     pub next_path_id: AtomicU64,
     pub epoch: Instant,
     /// Largest DATAGRAM we send: a full-size inner packet with its bond header. A path must carry it.

@@ -3,5 +3,8 @@
 //!
 //! - `delayline`: a userspace delay line on a TUN device (the lab's netem replacement), run as the
 //!   `qe-delayline` binary by tests/lab/delayline.py.
+//! - `flood`: unauthenticated traffic at a node's QUIC port (garbage, handshakes with unknown keys,
+//!   replayed Initials), run as the `qe-flood` binary by scripts/bench-flood and the lab tests.
 
 pub mod delayline;
+pub mod flood;

@@ -1,6 +1,7 @@
 //! QuicEther protocol logic without I/O: no sockets, no clocks, no threads. Everything here is a pure
 //! function of its inputs (time is passed in as `now`) and is unit-tested in microseconds.
 //!
+//! - `admission`: which incoming handshakes are taken on, retried (address validation) or dropped.
 //! - `allowed_ips`: which peer an inner packet belongs to (longest prefix match), and source checks.
 //! - `certkey`: the Ed25519 node key inside a peer's self-signed certificate.
 //! - `frame`: the DATAGRAM frame format (bond sequence numbers, probes).
@@ -20,6 +21,7 @@
 //! - `record`: a member's discovery record (DHT value): plaintext format, sealing for members only.
 //! - `wire`: the bounded reader and writer of our binary encodings.
 
+pub mod admission;
 pub mod allowed_ips;
 pub mod certkey;
 pub mod classify;

@@ -280,6 +280,11 @@ impl Node {
         self.with(|n| n.member_news())
     }
 
+    /// (incoming handshakes answered with a Retry under load, dropped beyond the limit in flight).
+    fn handshake_load(&self) -> PyResult<(u64, u64)> {
+        self.with(|n| n.handshake_load())
+    }
+
     /// Outbound packets dropped because no peer owns their destination.
     fn no_route_drops(&self) -> PyResult<u64> {
         self.with(|n| n.no_route_drops())
