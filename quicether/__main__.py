@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -70,6 +71,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
     logger = logging.getLogger("quicether")
     logger.addFilter(EscapeControls())
     logger.addHandler(events)
+    if os.geteuid() == 0:
+        from quicether import capabilities
+
+        try:
+            kept = capabilities.drop_to_needed()
+            logger.info("capabilities: kept only %s", ", ".join(capabilities.names(kept)))
+        except OSError as exc:
+            logger.warning("capabilities: could not drop the unneeded ones (%s): running with all of root's", exc)
     try:
         config: Config | None = load(Path(args.config))
         while config is not None:  # once, and again after each reload request

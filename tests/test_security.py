@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from quicether import capabilities
 from tests.lab import Lab, LinkSpec
 from tests.lab import nodes as qe
 from tests.lab.netns import Namespace
@@ -82,6 +83,30 @@ def test_other_sites_and_the_gateway_reach_neither_the_web_ui_nor_dns_through_th
     # ... but the router's web UI and DNS forwarder answer the LAN port only.
     assert not _ui_answers(gateway) and not _resolves(gateway, "router.lan", LAN_IP)
     assert not _ui_answers(sites.lan_b)
+    lan = sites.lan_a
+    lan.ip("addr", "add", f"{LAN_HOST}/24", "dev", "eth0")
+    assert _ui_answers(lan) and _resolves(lan, "router.lan", LAN_IP)
+
+
+def test_the_daemon_and_its_children_keep_only_the_capabilities_they_need(lab: Lab, tmp_path: Path) -> None:
+    """Issue "Reliability, security and operability", least privilege: after start the daemon (root) holds
+    only quicether/capabilities.py's set, as do dnsmasq and the web UI it runs; the router still works."""
+    sites = build_sites_lab(lab, TWO_WANS, tmp_path)
+    sites.start_all()
+    router = sites.site_a
+    assert router.proc is not None
+    keep = capabilities.keep_mask()
+    effective, bounding = capabilities.held(router.proc.pid)
+    assert (effective, bounding) == (keep, keep), (hex(effective), hex(bounding))
+    assert "CAP_SYS_ADMIN" not in router.status()["node"]["capabilities"]
+    assert set(router.status()["node"]["capabilities"]) == set(capabilities.KEEP)
+    children = [int(pid) for pid in router.ns.run("ip", "netns", "pids", router.ns.netns).stdout.split()]
+    names = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in children if Path(f"/proc/{pid}").exists()}
+    dnsmasq = [pid for pid, name in names.items() if name == "dnsmasq"]
+    assert dnsmasq, names
+    for pid in dnsmasq:
+        assert capabilities.held(pid)[1] & ~keep == 0, "no child gets a capability back"
+    # With that, the router still serves: DNS from its dnsmasq, the web UI on the LAN.
     lan = sites.lan_a
     lan.ip("addr", "add", f"{LAN_HOST}/24", "dev", "eth0")
     assert _ui_answers(lan) and _resolves(lan, "router.lan", LAN_IP)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from quicether import _core, config_edit, joining, setup_code
+from quicether import _core, capabilities, config_edit, joining, setup_code
 from quicether.atomic import write_private
 from quicether.config import Config, ConfigError, load, parse
 from quicether.daemon import events as core_events
@@ -199,6 +199,8 @@ class Daemon:
                 "no_route_drops": node.no_route_drops() if node else 0,
                 # Every handshake refused by key pinning (their log lines are rate-limited; this is not).
                 "refused_handshakes": node.refused_handshakes() if node else 0,
+                # What the daemon may still do as root (quicether/capabilities.py), or "all" if not reduced.
+                "capabilities": capabilities.effective_names(),
                 # Under a flood of handshakes: answered with a Retry (address validation), dropped.
                 "handshakes_retried": node.handshake_load()[0] if node else 0,
                 "handshakes_dropped": node.handshake_load()[1] if node else 0,
