@@ -133,6 +133,30 @@ def test_another_user_is_refused_even_if_the_socket_lets_it_connect(state: Path)
     assert own == {"ok": True, "x": 1}
 
 
+def test_connections_beyond_the_limit_are_answered_busy_and_counted(state: Path) -> None:
+    path = state / "api.sock"
+
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], int, int]:
+        server = ApiServer(path, {"status": lambda: {"x": 1}})
+        await server.start()
+        try:
+            # Clients that connect and say nothing hold their connection until the request timeout.
+            idle = [await asyncio.open_unix_connection(str(path)) for _ in range(api.MAX_CONNECTIONS)]
+            await asyncio.sleep(0.1)
+            extra = [await asyncio.to_thread(api.request, path, "status") for _ in range(3)]
+            for _, writer in idle:
+                writer.close()
+            await asyncio.sleep(0.1)
+            after = await asyncio.to_thread(api.request, path, "status")
+            return extra, after, server.refused_busy, server.open_connections
+        finally:
+            await server.stop()
+
+    extra, after, busy, still_open = asyncio.run(scenario())
+    assert all(a == {"ok": False, "error": f"busy: {api.MAX_CONNECTIONS} requests in progress"} for a in extra)
+    assert busy == 3 and after == {"ok": True, "x": 1} and still_open == 0
+
+
 def test_requests_carry_their_arguments(state: Path) -> None:
     seen: list[dict[str, Any]] = []
 

@@ -45,6 +45,9 @@ REQUEST_TIMEOUT_S = 5.0
 COMMAND_TIMEOUTS_S = {"reload": 30.0, "apply_config": 30.0}
 # A request line (a config file as JSON text is the largest; quicether.config files are a few KiB).
 MAX_REQUEST_BYTES = 1024 * 1024
+# Connections served at once (each may hold a request of up to MAX_REQUEST_BYTES while it is read): more
+# are answered "busy" and closed at once, and counted.
+MAX_CONNECTIONS = 32
 # The largest config apply_config takes (the web UI's uploads are smaller still).
 MAX_CONFIG_BYTES = 256 * 1024
 # The unprivileged user the daemon runs the web UI as (also the API socket's group).
@@ -84,6 +87,8 @@ class ApiServer:
         self.allowed_uids = allowed_uids if allowed_uids is not None else frozenset(
             {0, os.geteuid(), *([ui[0]] if ui else [])})
         self._server: asyncio.AbstractServer | None = None
+        self.open_connections = 0
+        self.refused_busy = 0  # connections answered "busy" (MAX_CONNECTIONS were open)
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -135,6 +140,14 @@ class ApiServer:
             return {"ok": False, "error": f"{cmd} failed: {exc}"}
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open_connections >= MAX_CONNECTIONS:
+            self.refused_busy += 1
+            with contextlib.suppress(ConnectionError):
+                writer.write(json.dumps({"ok": False, "error": f"busy: {MAX_CONNECTIONS} requests in progress"
+                                         }).encode() + b"\n")
+            writer.close()
+            return
+        self.open_connections += 1
         try:
             # The request is read (bounded) before anything else, so a refused client gets its answer
             # rather than a broken pipe.
@@ -154,6 +167,7 @@ class ApiServer:
         except (TimeoutError, ConnectionError):
             pass
         finally:
+            self.open_connections -= 1
             writer.close()
 
     async def stop(self) -> None:

@@ -64,6 +64,7 @@ class Daemon:
         self.admissions: Admissions | None = None
         self.lan_finder: LanFinder | None = None
         self.member_names: MemberNames | None = None
+        self.api: ApiServer | None = None
         self._names = {p.key: p.name for p in config.peers}
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -199,6 +200,8 @@ class Daemon:
                 "no_route_drops": node.no_route_drops() if node else 0,
                 # Every handshake refused by key pinning (their log lines are rate-limited; this is not).
                 "refused_handshakes": node.refused_handshakes() if node else 0,
+                # API connections answered "busy" (its limit of connections at once was reached).
+                "api_refused_busy": self.api.refused_busy if self.api else 0,
                 # What the daemon may still do as root (quicether/capabilities.py), or "all" if not reduced.
                 "capabilities": capabilities.effective_names(),
                 # Under a flood of handshakes: answered with a Retry (address validation), dropped.
@@ -355,7 +358,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        api = ApiServer(self.config.api_socket, {"status": self.status, "events": self.recent_events,
+        api = self.api = ApiServer(self.config.api_socket, {"status": self.status, "events": self.recent_events,
                                                  "reload": self.request_reload, "config": self.config_text,
                                                  "apply_config": self.apply_config, "setup_done": self.setup_done,
                                                  "invites": self.invites_changed, "join_network": self.join_network})
