@@ -179,6 +179,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f"{len(lan['leases'])} lease(s)  {exit_text}{'  kill switch' if lan['kill_switch'] else ''}")
     if router:
         print(f"  role {router['role']}  outside ports {' '.join(router['outside']) or '-'}")
+    for wan, nat in sorted(node.get("nat", {}).items()):
+        print(f"  wan {wan}: NAT {nat}")
     if health := answer.get("health"):
         from quicether.metrics import health_line
 

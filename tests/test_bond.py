@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from quicether.daemon import api
 from tests.lab import Lab, LinkSpec, NatType
 from tests.lab import nodes as qe
 from tests.lab.bond import LOSSY_WANS, THREE_WANS, BondLab, build_bond_lab
@@ -290,3 +291,33 @@ def test_wan_ports_refuse_all_but_quic_and_the_firewall_goes_with_the_daemon(lab
     assert _nft_tables(bond) == ["table inet quicether"]
     assert qe.stop(bond.site) == 0
     assert _nft_tables(bond) == []
+
+
+def test_each_wan_knows_the_nat_it_is_behind_from_what_two_peers_see(lab: Lab, tmp_path: Path) -> None:
+    """Issue "Mesh, part 2": the NAT type per WAN, from the addresses two peers see the WAN's socket at."""
+    links = [LinkSpec(), LinkSpec(nat=NatType.PORT_RESTRICTED), LinkSpec(nat=NatType.SYMMETRIC)]
+    bond = build_bond_lab(lab, links, tmp_path, extra_hosts=("gw2",))
+    # One peer: a WAN without NAT shows (the peer sees its own address), the others cannot be told yet.
+    before = bond.site.status()["node"]["nat"]
+    assert before["wan0"] == "none (public address)", before
+    assert before["wan1"].startswith("unknown") and before["wan2"].startswith("unknown"), before
+    gw2 = qe.make_node(bond.wl.host("gw2"), "gw2", "10.99.0.3/24", tmp_path)
+    gw2.peers.append({"name": "site", "key": bond.site.node_id, "allowed_ips": ["10.99.0.1/32"]})
+    qe.start(gw2)
+    # The second peer joins the site at run time.
+    bond.site.peers.append({"name": "gw2", "key": gw2.node_id, "allowed_ips": ["10.99.0.3/32"],
+                            "endpoint": f"{bond.wl.addr('gw2')}:{qe.QUIC_PORT}"})
+    bond.site.write_config()
+    assert api.request(bond.site.state_dir / "api.sock", "reload")["ok"]
+
+    def wans_to(name: str) -> set[str]:
+        peer = next((p for p in bond.site.status()["peers"] if p["name"] == name), None)
+        return {x["wan"] for x in peer["paths"] if x["up"] and x.get("public")} if peer else set()
+
+    wait_for(lambda: wans_to("gw2") == {"wan0", "wan1", "wan2"}, timeout=15, step=0.25)
+    nat = bond.site.status()["node"]["nat"]
+    assert nat == {"wan0": "none (public address)", "wan1": "cone (one public port for every peer)",
+                   "wan2": "symmetric (a port per destination)"}, nat
+    text = subprocess.run([sys.executable, "-m", "quicether", "status", "--socket",
+                           str(bond.site.state_dir / "api.sock")], capture_output=True, text=True, timeout=10).stdout
+    assert "wan wan2: NAT symmetric" in text

@@ -514,6 +514,7 @@ def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: Fake
     page = client.get("/").get_data(as_text=True)
     assert 'data-wan="wan0"' in page and 'data-wan="wan1"' in page and "40.0" in page
     assert '<dd data-field="public">192.0.2.44</dd>' in page
+    assert '<dd data-field="nat">symmetric, random ports</dd>' in page and '<dd data-field="nat">-</dd>' in page
     # Each path's kind as the core reports it.
     assert "gw" in page and "wan0 (direct, up)" in page and "wan1 (relayed via qe1relay, down)" in page
     assert "1 DHCP lease(s)" in page

@@ -19,6 +19,7 @@ from quicether.identity import load as load_identity
 
 SAMPLE_STATUS: dict[str, Any] = {
     "node": {"node_id": "qe1site", "listen": "0.0.0.0:4433", "tun": "qe0", "mtu": 1415, "address": "10.99.0.7/24",
+             "nat": {"wan0": "symmetric, random ports"},
              "no_route_drops": 0},
     "peers": [{
         "name": "gw", "node_id": "qe1gateway", "connected": True, "endpoint": "203.0.113.5:4433", "rtt_ms": 12.5,

@@ -65,7 +65,9 @@ def _wan_summary(status: dict[str, Any]) -> list[dict[str, Any]]:
                 if wan["rtt_ms"] is None or path["rtt_ms"] < wan["rtt_ms"]:
                     wan["rtt_ms"] = path["rtt_ms"]
     total_tx = sum(w["tx_bytes"] for w in wans.values()) or 1
-    for wan in wans.values():
+    nat = status.get("node", {}).get("nat", {})  # per WAN, as the core tells it from what peers see
+    for name, wan in wans.items():
+        wan["nat"] = printable(nat[name], 60) if name in nat else None
         wan["state"] = "up" if wan["up_paths"] else "down"
         wan["share"] = wan["tx_bytes"] / total_tx
     return sorted(wans.values(), key=lambda w: w["name"])

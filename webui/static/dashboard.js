@@ -97,6 +97,7 @@
       card.querySelector('[data-field="backup"]').hidden = !wan.backup;
       set(card, "public", wan.public || "-");
       set(card, "address", wan.address || "-");
+      set(card, "nat", wan.nat || "-");
       set(card, "rtt", wan.rtt_ms === null ? "-" : `${wan.rtt_ms.toFixed(1)} ms`);
       set(card, "loss", `${(wan.loss * 100).toFixed(1)} %`);
       set(card, "tx", (wan.tx_bps / 1e6).toFixed(1));

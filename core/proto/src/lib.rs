@@ -17,6 +17,7 @@
 //! - `path_rate`: a path's delivery rate and minimum RTT, and the window cap they give.
 //! - `signing`: Ed25519 signatures with a node or network key seed.
 //! - `membership`: network membership certificates and revocations (encoding, verification).
+//! - `nat`: what kind of NAT a WAN socket is behind, from the addresses peers see it at.
 //! - `join`: the join request a node sends with an invite's key, and the admin's answer.
 //! - `record`: a member's discovery record (DHT value): plaintext format, sealing for members only.
 //! - `wire`: the bounded reader and writer of our binary encodings.
@@ -31,6 +32,7 @@ pub mod hello;
 pub mod join;
 pub mod member_news;
 pub mod membership;
+pub mod nat;
 pub mod path_rank;
 pub mod path_rate;
 pub mod peer_text;

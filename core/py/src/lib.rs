@@ -280,6 +280,11 @@ impl Node {
         self.with(|n| n.member_news())
     }
 
+    /// {WAN: the NAT it is behind, in words}, per local socket that dials (`quicether_proto::nat`).
+    fn nat_types(&self) -> PyResult<std::collections::BTreeMap<String, String>> {
+        self.with(|n| n.nat_mappings().into_iter().map(|(wan, m)| (wan, m.describe())).collect())
+    }
+
     /// (incoming handshakes answered with a Retry under load, dropped beyond the limit in flight).
     fn handshake_load(&self) -> PyResult<(u64, u64)> {
         self.with(|n| n.handshake_load())
