@@ -472,6 +472,19 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_identity_is_what_every_next_handshake_shows() {
+        let seed = generate_seed();
+        let old = membership(public_key_of_seed(&seed), &NET_SEED, NOW + 60);
+        let renewed = membership(public_key_of_seed(&seed), &NET_SEED, NOW + 3600);
+        let current = CurrentIdentity::new(&Identity::from_seed(&seed, Some(&old)).unwrap()).unwrap();
+        let shown = |c: &CurrentIdentity| membership_of_cert(c.current().cert[0].as_ref()).unwrap().to_vec();
+        assert_eq!(shown(&current), old);
+        current.replace(&Identity::from_seed(&seed, Some(&renewed)).unwrap()).unwrap();
+        assert_eq!(shown(&current), renewed);
+        assert_eq!(ed25519_key_of_cert(current.current().cert[0].as_ref()), Some(public_key_of_seed(&seed)));
+    }
+
+    #[test]
     fn the_membership_extension_carries_the_certificate_and_the_node_key_stays_the_subjects() {
         let (id, cert) = member_identity(&NET_SEED, NOW + 3600);
         assert_eq!(membership_of_cert(&id.cert), Some(cert.as_slice()));
