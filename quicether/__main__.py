@@ -76,7 +76,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
         try:
             kept = capabilities.drop_to_needed()
-            logger.info("capabilities: kept only %s", ", ".join(capabilities.names(kept)))
+            logger.debug("capabilities: kept only %s", ", ".join(capabilities.names(kept)))  # status lists them
         except OSError as exc:
             logger.warning("capabilities: could not drop the unneeded ones (%s): running with all of root's", exc)
     try:
