@@ -107,7 +107,7 @@ def _check_first_boot(vm: ApplianceLab) -> str:
     return status.stdout.split()[1]
 
 
-@pytest.mark.skipif(not RPI_IMAGE, reason="set QE_RPI_IMAGE (scripts/test builds the image and sets it)")
+@pytest.mark.skipif(not RPI_IMAGE, reason="set QE_RPI_IMAGE (scripts/test sets it unless QE_TEST_RPI=0)")
 def test_rpi_image_boots_and_serves_the_lan(lab: Lab, tmp_path: Path) -> None:
     assert RPI_IMAGE and KEY and Path(RPI_IMAGE).exists(), f"image {RPI_IMAGE} not built"
     vm = build_appliance_lab(lab, Path(RPI_IMAGE), tmp_path, board="rpi")
