@@ -186,3 +186,38 @@ def test_a_publish_no_dht_node_stores_fails_and_is_counted() -> None:
     disc.close()
     with pytest.raises(ValueError, match="closed"):
         disc.lookup(bytes(32), 1.0)
+
+
+def test_a_stop_does_not_wait_for_a_dht_node_still_starting_and_a_late_one_is_closed() -> None:
+    """The DHT node's start can block for minutes without DNS (public bootstrap names): a daemon stopped
+    meanwhile must still exit at once (systemd killed it after its stop timeout while asyncio.run waited for
+    the thread), and the node that starts after all is closed, not leaked into a restarted node."""
+    import asyncio
+    import threading
+
+    from quicether.daemon.finder import in_own_thread
+
+    release, closed = threading.Event(), threading.Event()
+
+    def slow_start() -> str:
+        release.wait(10)
+        return "late dht"
+
+    async def stopped_while_starting() -> None:
+        task = asyncio.get_running_loop().create_task(in_own_thread(slow_start, lambda late: closed.set()))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    began = time.monotonic()
+    asyncio.run(stopped_while_starting())
+    assert time.monotonic() - began < 2
+    assert not closed.is_set()
+    release.set()
+    assert closed.wait(5), "the node that started after the stop was not closed"
+
+    async def started() -> str:
+        return await in_own_thread(lambda: "dht", lambda late: pytest.fail("a node in use is not orphaned"))
+
+    assert asyncio.run(started()) == "dht"

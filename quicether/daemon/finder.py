@@ -9,10 +9,13 @@ a peer) that it has no path to, and hands what it finds to the core to dial. A m
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from quicether import _core
 from quicether.config import Config
@@ -33,6 +36,31 @@ PARALLEL_LOOKUPS = 6
 RETRY_S, RETRY_MAX_S = 2.0, 60.0
 # A member found and dialed is looked up again after this if still not connected.
 REDIAL_LOOKUP_S = 30.0
+T = TypeVar("T")
+
+
+async def in_own_thread(work: Callable[[], T], orphaned: Callable[[T], object]) -> T:
+    """`work()` in a daemon thread of its own. The DHT node's start resolves the public bootstrap names
+    and waits on them: with no DNS (an offline box, a container) for minutes. In `asyncio.to_thread`'s pool
+    a stop would wait for it (`asyncio.run` joins the pool at exit: systemd killed the daemon after its stop
+    timeout); here a cancelled caller returns at once and what `work` makes after all goes to `orphaned`
+    (closed, in that thread), so a restart of the node in the same process leaks no DHT node."""
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not done.set_running_or_notify_cancel():
+            return
+        try:
+            done.set_result(work())
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name="qe-dht-start", daemon=True).start()
+    try:
+        return await asyncio.wrap_future(done)
+    except asyncio.CancelledError:
+        done.add_done_callback(lambda f: None if f.cancelled() or f.exception() else orphaned(f.result()))
+        raise
 
 
 @dataclass
@@ -60,8 +88,9 @@ class Finder:
     async def start(self) -> None:
         net, disc = self.config.network, self.config.discovery
         assert net is not None
-        self.dht = await asyncio.to_thread(_core.Discovery, disc.port, disc.bootstrap, disc.server,
-                                           self.identity.seed, net.network_key)
+        self.dht = await in_own_thread(
+            lambda: _core.Discovery(disc.port, disc.bootstrap, disc.server, self.identity.seed, net.network_key),
+            lambda late: late.close())
         self.addresses = {ip for _device, ip in await asyncio.to_thread(self._local_addresses)}
         log.info("discovery: DHT node on %s (%s)", self.dht.local_addr(),
                  "private bootstrap " + ", ".join(disc.bootstrap) if disc.bootstrap is not None else "public DHT")
