@@ -326,12 +326,20 @@ def _join_network(args: argparse.Namespace, path: Path) -> int:
         print(f"asking the admin node of network {invite.network} at {', '.join(invite.endpoints)} …",
               file=sys.stderr)
         joined = joining.join(args.code, identity, doc, args.member_name or "")
-        config = config_edit.save(joining.add_membership(doc, joined, invite), path)
+        config = config_edit.save(joining.add_membership(doc, joined, invite, use_exit=args.exit), path)
     except (InviteError, ConfigError, IdentityError) as exc:
         return _fail(str(exc))
-    print(f"joined network {joined.network} as {joined.name} ({joined.address}); {joined.admin_name} "
+    routed = f", routing its LAN {', '.join(joined.lan_prefixes)}" if joined.lan_prefixes else ""
+    print(f"joined network {joined.network} as {joined.name} ({joined.address}{routed}); {joined.admin_name} "
           f"(the admin node) is a peer, the other members are found through "
           f"{'the DHT' if config.discovery.dht else 'the peers'}: written to {path}")
+    if config.lan is not None and config.lan.exit_peer is not None and args.exit and joined.exit_offered:
+        print(f"LAN internet traffic now goes through {config.lan.exit_peer}")
+    elif joined.exit_offered and not args.exit:
+        print(f"{joined.admin_name} offers an exit to the internet: join again with --exit to send LAN internet "
+              "traffic through it")
+    elif args.exit and not joined.exit_offered:
+        print(f"{joined.admin_name} offers no exit to the internet: LAN internet traffic keeps leaving by the WANs")
     _reload_daemon(config)
     return 0
 
@@ -409,7 +417,7 @@ def _cmd_gateway_init(args: argparse.Namespace) -> int:
     opts = gateway_init.Options(config_path=Path(args.config), state_dir=Path(args.state_dir),
                                 public_ip=args.public_ip, port=args.port, device=args.internet,
                                 address=args.address, name=args.name, start=args.start, force=args.force,
-                                keep_ssh=args.keep_ssh)
+                                keep_ssh=args.keep_ssh, network=args.network)
     try:
         result = gateway_init.run_init(opts)
     except gateway_init.GatewayInitError as exc:
@@ -578,8 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
         "init", help="make this host a gateway: key, config, forwarding, unit, invite code (safe to run again)",
         description="Creates the node key, writes a gateway config (role gateway, exit through the internet"
                     " port, overlay address), enables IPv4 forwarding persistently, enables and starts"
-                    " quicether.service, checks the QUIC port answers, and prints the invite code with a QR"
-                    " code. Run again, it says what exists and changes nothing unless --force.")
+                    " quicether.service, checks the QUIC port answers, and prints an invite code with a QR"
+                    " code: a single-use network invite the gateway admits a router with by itself. Run"
+                    " again, it says what exists, changes nothing unless --force, and prints a new invite.")
     init.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="config file (default %(default)s)")
     init.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
                       help="node key and state (default %(default)s)")
@@ -589,8 +598,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--port", type=int, metavar="PORT", help="UDP port for QUIC (default 4433)")
     init.add_argument("--internet", metavar="DEVICE", help="the port facing the internet (default: the default"
                                                            " route's)")
+    init.add_argument("--network", default="home", metavar="NAME",
+                      help="the mesh network this gateway is the admin of, made if missing: its invite admits a"
+                           " router by itself (default %(default)s)")
+    init.add_argument("--no-network", dest="network", action="store_const", const=None,
+                      help="no network: a peer invite, and each router admitted here with `quicether add-peer`")
     init.add_argument("--address", default="10.99.0.1/24",
-                      help="this gateway's overlay address; its network is the sites' (default %(default)s)")
+                      help="with --no-network: this gateway's overlay address; its network is the sites'"
+                           " (default %(default)s)")
     init.add_argument("--name", default="gateway", help="name the sites give this gateway (default %(default)s)")
     init.add_argument("--no-start", dest="start", action="store_false",
                       help="do not enable or start quicether.service")

@@ -117,9 +117,10 @@ class Node:
 
 def generate_seed() -> bytes: ...
 def request_join(invite_seed: bytes, admin_key: bytes, endpoints: list[str], node_seed: bytes, name: str,
-                 timeout_s: float = 10.0) -> tuple[bool, bytes | str]:
-    """Asks the admin node for a membership certificate with an invite: (True, answer) or (False, reason);
-    OSError if no endpoint answered or the admin refused the invite's key in the handshake."""
+                 lan_prefixes: list[str] = ..., timeout_s: float = 10.0) -> tuple[bool, bytes | str]:
+    """Asks the admin node for a membership certificate with an invite, routing `lan_prefixes` if the admin
+    grants them: (True, answer) or (False, reason); OSError if no endpoint answered or the admin refused the
+    invite's key in the handshake."""
 def public_key_of_seed(seed: bytes) -> bytes: ...
 def sign(seed: bytes, message: bytes) -> bytes:
     """Ed25519 signature (64 bytes) of `message` with a 32-byte key seed; ValueError if the seed is not 32 bytes."""

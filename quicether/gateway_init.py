@@ -4,20 +4,25 @@ Steps, in order; each prints what it found or did, and none changes what already
   1. the node key (`state_dir/node.key`): created if missing;
   2. the internet port and public address, from the default route (`public_ip`, `device` override them,
      e.g. behind a provider's 1:1 NAT, where the port's own address is private);
-  3. the config: role "gateway", `[gateway] internet` = that port (the sites' exit), an overlay address,
-     and the SSH server's port in `[firewall] open` (the firewall otherwise refuses new SSH connections
-     on the internet port, which on a VPS is usually the only way in; `keep_ssh=False` leaves it out);
-     kept if the file already holds settings (the package's commented template holds none);
+  3. the config: role "gateway", `[gateway] internet` = that port (the sites' exit), a mesh network this
+     gateway is the admin of (`network`, created in the state dir with the gateway as its first member;
+     its certificate gives the overlay address) or, with `network=None`, a fixed overlay address, and the
+     SSH server's port in `[firewall] open` (the firewall otherwise refuses new SSH connections on the
+     internet port, which on a VPS is usually the only way in; `keep_ssh=False` leaves it out); kept if
+     the file already holds settings (the package's commented template holds none);
   4. IPv4 forwarding, persistently (a sysctl.d file) and now;
   5. the systemd unit, enabled and started (skipped with a note when systemd is not running, e.g. in a
      chroot or container, or with `start=False`);
   6. a local check that the QUIC port answers (a packet with an unknown QUIC version must bring a
      version negotiation back, as from any QUIC server);
-  7. the invite code (what `quicether invite` prints), as text and as a QR code (qrencode) for a phone,
-     and the `quicether add-peer` line that admits a site after it joined.
+  7. the invite code (what `quicether invite` prints), as text and as a QR code (qrencode) for a phone.
+     With a network it is a single-use network invite: the router that uses it is admitted by this
+     gateway by itself (a certificate with its LAN prefix, the gateway as its exit if it asks); each run
+     prints a new one. Without a network it is a peer invite, and the `quicether add-peer` line that
+     admits a site after it joined is printed too.
 
 The public endpoint the invite carries is remembered in `state_dir/gateway-endpoint`, so running it again
-prints the same invite without the overrides.
+uses it without the overrides.
 """
 
 from __future__ import annotations
@@ -37,13 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from quicether import config_edit
+from quicether import config_edit, network
 from quicether.config import DEFAULT_STATE_DIR, Config, ConfigError, load
 from quicether.identity import KEY_FILE_NAME, Identity, IdentityError, generate
 from quicether.identity import load as load_identity
 from quicether.invite import Invite
 
 DEFAULT_ADDRESS = "10.99.0.1/24"
+DEFAULT_NETWORK = "home"
 DEFAULT_PORT = 4433
 UNIT = "quicether.service"
 SYSCTL_FILE = Path("/etc/sysctl.d/60-quicether.conf")
@@ -78,8 +84,9 @@ class Options:
     public_ip: str | None = None       # the address sites dial (default: the internet port's own address)
     port: int | None = None            # UDP port to listen on and advertise (default 4433, or the config's)
     device: str | None = None          # the internet port (default: the default route's)
-    address: str = DEFAULT_ADDRESS     # this gateway's overlay address; its network is the sites' network
-    name: str = "gateway"              # the name sites give this gateway
+    address: str = DEFAULT_ADDRESS     # the overlay address without a network (its prefix is the sites')
+    network: str | None = DEFAULT_NETWORK  # the mesh network this gateway admits sites to (None: peer invites)
+    name: str = "gateway"              # the name sites give this gateway (its member name in the network)
     start: bool = True                 # enable and start the systemd unit
     force: bool = False                # rewrite the config (peers are kept) and the remembered endpoint
     keep_ssh: bool = True              # keep the SSH server's port open on the internet port
@@ -161,11 +168,17 @@ def find_ssh_ports(run: Runner = _run) -> list[int]:
 # -- 3. the config -------------------------------------------------------------------------------------
 
 def gateway_document(old: config_edit.Document, *, port: int, device: str, address: str, state_dir: Path,
-                     open_ports: list[str] | None = None) -> config_edit.Document:
+                     open_ports: list[str] | None = None, certificate: str | None = None) -> config_edit.Document:
     """A gateway config: role gateway, listening on `port`, exit to the internet through `device`, the
-    `open_ports` ("tcp/22") accepted there; the peers (admitted sites), ACLs, port forwards and open
-    ports of `old` are kept."""
-    node: dict[str, Any] = {"listen": f"0.0.0.0:{port}", "address": address, "role": "gateway"}
+    `open_ports` ("tcp/22") accepted there, and either the membership `certificate` of the network it is
+    admin of (which gives its overlay address) or the overlay `address`; the peers (admitted sites), ACLs,
+    port forwards, open ports and the [network] of `old` are kept."""
+    network_section = dict(old.get("network", {}))
+    if certificate is not None:
+        network_section["certificate"] = certificate
+    node: dict[str, Any] = {"listen": f"0.0.0.0:{port}", "role": "gateway"}
+    if not network_section:
+        node["address"] = address
     if state_dir != DEFAULT_STATE_DIR:
         node["state_dir"] = str(state_dir)
     gateway: dict[str, Any] = {"internet": device}
@@ -173,6 +186,11 @@ def gateway_document(old: config_edit.Document, *, port: int, device: str, addre
     if forwards:
         gateway["forward"] = forwards
     doc: config_edit.Document = {"node": node, "gateway": gateway}
+    if network_section:
+        doc["network"] = network_section
+    for key in ("discovery",):
+        if old.get(key):
+            doc[key] = old[key]
     opened = list(old.get("firewall", {}).get("open", []))
     opened += [o for o in open_ports or [] if o not in opened]
     if opened:
@@ -291,6 +309,36 @@ def _endpoint_host(value: str) -> str:
         raise GatewayInitError(f"--public-ip: {value!r} is not an IPv4 address") from None
 
 
+def own_network(state_dir: Path, name: str, identity: Identity, member_name: str) -> tuple[network.Network, bool]:
+    """The network `name` in `state_dir`, made with this gateway as its admin and first member if there is
+    none (True: made now). One held there already must have this node as a member."""
+    try:
+        if (state_dir / network.NETWORKS_DIR / name / "network.json").exists():
+            net = network.load(state_dir, name)
+            net.find(identity.node_id)
+            return net, False
+        return network.create(state_dir, name, identity, admin_name=member_name), True
+    except network.NetworkError as exc:
+        raise GatewayInitError(f"network {name!r}: {exc}") from None
+
+
+def _admin_member(net: network.Network, identity: Identity) -> network.Member:
+    try:
+        return net.find(identity.node_id)
+    except network.NetworkError as exc:
+        raise GatewayInitError(f"network {net.name!r}: {exc}") from None
+
+
+def _tell_daemon_of_invites(config: Config) -> bool:
+    """A running daemon accepts a new invite's key from now on (one that starts reads them itself)."""
+    from quicether.daemon import api
+
+    try:
+        return bool(api.request(config.api_socket, "invites").get("ok"))
+    except (OSError, ValueError):
+        return False
+
+
 def _saved_endpoint(state_dir: Path) -> str | None:
     try:
         return (state_dir / ENDPOINT_FILE).read_text().strip() or None
@@ -353,8 +401,14 @@ def run_init(opts: Options, out: TextIO = sys.stdout, run: Runner = _run,
             say(f"  warning: its overlay address is {old_node.get('address')}, not {opts.address}; "
                 "--force changes it")
     else:
+        certificate = None
+        if opts.network is not None and not old.get("network"):
+            net, made = own_network(opts.state_dir, opts.network, identity, opts.name)
+            certificate = _admin_member(net, identity).certificate
+            say(f"network: {'created' if made else 'kept'} {net.name} ({net.overlay}, key {net.key}) in "
+                f"{net.directory}, this gateway its admin: keep a copy of network.key somewhere safe")
         doc = gateway_document(old, port=port, device=internet.device, address=opts.address,
-                               state_dir=opts.state_dir,
+                               state_dir=opts.state_dir, certificate=certificate,
                                open_ports=[f"tcp/{p}" for p in ssh_ports] if opts.keep_ssh else [])
         try:
             config = config_edit.save(doc, opts.config_path)
@@ -402,6 +456,26 @@ def run_init(opts: Options, out: TextIO = sys.stdout, run: Runner = _run,
         if os.environ.get("SSH_CONNECTION", "").split()[2:3] == [internet.address]:
             say(f"  warning: this session is SSH to {internet.address}: after it ends, SSH there is refused")
 
+    # The invite is made before the daemon starts (it reads the pending invites when it does).
+    admin_of = None
+    if config.network is not None:
+        try:
+            admin_of = network.holding_key(opts.state_dir, config.network.network_key)
+        except network.NetworkError as exc:
+            raise GatewayInitError(str(exc)) from None
+    if admin_of is not None:
+        try:
+            network_invite = network.invite(admin_of, identity, [endpoint])
+        except network.NetworkError as exc:
+            raise GatewayInitError(f"invite: {exc}") from None
+        code = network_invite.encode()
+    else:
+        invite = Invite(key=identity.node_id, endpoints=[endpoint],
+                        network=str(ipaddress.ip_interface(config.address).network), name=opts.name,
+                        exit=config.gateway is not None and config.gateway.internet is not None,
+                        peer_address=config.address)
+        code = invite.encode()
+
     # 5. The unit, and 6. the check.
     started = False
     checked: bool | None = None
@@ -423,17 +497,22 @@ def run_init(opts: Options, out: TextIO = sys.stdout, run: Runner = _run,
             f"QUIC port: udp {port} not checked (no daemon answers yet)")
 
     # 7. The invite.
-    invite = Invite(key=identity.node_id, endpoints=[endpoint],
-                    network=str(ipaddress.ip_interface(config.address).network), name=opts.name,
-                    exit=config.gateway is not None and config.gateway.internet is not None,
-                    peer_address=config.address)
-    code = invite.encode()
-    say("\ninvite code (paste it into the router's web UI wizard, or run `quicether join CODE --exit` there):")
+    if admin_of is not None:
+        if checked:
+            _tell_daemon_of_invites(config)
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(network_invite.expires_at))
+        say(f"\ninvite code to network {admin_of.name}, usable once until {until} (paste it into the router's "
+            "web UI wizard, or run `quicether join CODE --exit` there; this gateway admits the router by itself):")
+    else:
+        say("\ninvite code (paste it into the router's web UI wizard, or run `quicether join CODE --exit` there):")
     say(code)
     tty = hasattr(out, "isatty") and out.isatty()
     qr = qr_code(code, tty)
     say(qr.rstrip("\n") if qr else "(install qrencode to see it as a QR code here)")
-    say("\nthen admit the router here: after joining, the router shows (web UI) or prints (`quicether join`) "
-        "the exact line to run on this gateway, with its node id and prefixes:")
-    say(add_peer_hint())
+    if admin_of is not None:
+        say("\nit is a secret: whoever holds it can join. For another router, run this again or `quicether invite`.")
+    else:
+        say("\nthen admit the router here: after joining, the router shows (web UI) or prints (`quicether join`) "
+            "the exact line to run on this gateway, with its node id and prefixes:")
+        say(add_peer_hint())
     return Result(invite=code, node_id=identity.node_id, config=config, started=started, quic_answers=checked)

@@ -1,10 +1,12 @@
 """Joining a network with its invite code (`quicether join qej1.…`, the web UI's wizard), both sides.
 
 Joining node: `join` checks the code (damaged, expired, of another network than the one this node is in),
-asks the admin node named in it for a membership certificate (the exchange is the core's:
+asks the admin node named in it for a membership certificate that lets it route its LAN (the exchange is
+the core's:
 `core/io/src/join.rs`), checks the certificate it gets (signed by the invite's network key, issued to this
 node's key) and `add_membership` writes it into the config with the admin as a peer and the network's
-discovery settings. Nothing is written unless all of that worked.
+discovery settings, and with `use_exit` the admin as the LAN's exit when it offers one (a gateway). Nothing
+is written unless all of that worked.
 
 Admin node: `Admissions` tells the core which invite keys may shake hands, answers each join request
 from the ledger (`quicether.network.admit`: single use, expiry, names), and renews the certificates that
@@ -27,6 +29,7 @@ from quicether import _core, network
 from quicether.config import Config, ConfigError
 from quicether.identity import Identity, decode_node_id, encode_node_id, short_id
 from quicether.invite import NETWORK_NAME_RE, InviteError, NetworkInvite, decode_network
+from quicether.router_config import DEFAULT_LAN_ADDRESS
 
 log = logging.getLogger("quicether")
 JOIN_TIMEOUT_S = 10.0
@@ -45,6 +48,8 @@ class Joined:
     admin_address: str        # the admin's overlay IPv4
     bootstrap: list[str] | None  # the network's DHT bootstrap (None: the public mainline DHT)
     dht: bool
+    exit_offered: bool = False   # the admin carries members' internet traffic (a gateway with an internet port)
+    lan_prefixes: tuple[str, ...] = ()  # the LAN prefixes the certificate lets this node route
 
 
 def as_dict(joined: Joined) -> dict[str, Any]:
@@ -54,7 +59,8 @@ def as_dict(joined: Joined) -> dict[str, Any]:
 
 def from_dict(raw: dict[str, Any]) -> Joined:
     try:
-        return Joined(**{**raw, "certificate": base64.b64decode(str(raw["certificate"]), validate=True)})
+        return Joined(**{**raw, "certificate": base64.b64decode(str(raw["certificate"]), validate=True),
+                         "lan_prefixes": tuple(str(p) for p in raw.get("lan_prefixes", ()))})
     except (TypeError, KeyError, ValueError, binascii.Error) as exc:
         raise InviteError(f"the daemon's answer to the join is unusable: {exc}") from None
 
@@ -74,8 +80,21 @@ def _current_network_key(doc: Document) -> bytes | None:
     return data[1:33] if len(data) > 33 else None
 
 
-def join(code: str, identity: Identity, doc: Document, name: str = "", now: float | None = None) -> Joined:
-    """Uses invite `code` for the node `identity` (config document `doc`): InviteError says why not."""
+def lan_prefixes_of(doc: Document) -> list[str]:
+    """The LAN prefix a node with config document `doc` routes (asked for when it joins): its [lan]'s."""
+    lan = doc.get("lan")
+    if not isinstance(lan, dict) or not lan.get("device"):
+        return []
+    try:
+        return [str(ipaddress.IPv4Interface(str(lan.get("address", DEFAULT_LAN_ADDRESS))).network)]
+    except ValueError:
+        return []  # the config check names the field; the join asks for no LAN then
+
+
+def join(code: str, identity: Identity, doc: Document, name: str = "", now: float | None = None,
+         lan_prefixes: list[str] | None = None) -> Joined:
+    """Uses invite `code` for the node `identity` (config document `doc`), asking to route `lan_prefixes`
+    (default: the LAN of `doc`): InviteError says why not."""
     invite = decode_network(code)
     now = time.time() if now is None else now
     if invite.expires_at <= now:
@@ -92,7 +111,9 @@ def join(code: str, identity: Identity, doc: Document, name: str = "", now: floa
         raise InviteError(f"member name {name!r} must be 1-32 characters of a-z, 0-9 and -")
     try:
         certified, body = _core.request_join(invite.seed, decode_node_id(invite.admin_key), invite.endpoints,
-                                             identity.seed, "" if invite.name else name, JOIN_TIMEOUT_S)
+                                             identity.seed, "" if invite.name else name,
+                                             lan_prefixes=lan_prefixes_of(doc) if lan_prefixes is None
+                                             else lan_prefixes, timeout_s=JOIN_TIMEOUT_S)
     except OSError as exc:
         raise InviteError(f"could not reach the admin node at {', '.join(invite.endpoints)}: {exc}") from None
     if isinstance(body, str) or not certified:
@@ -120,14 +141,17 @@ def _read_answer(body: bytes, invite: NetworkInvite, identity: Identity) -> Join
     prefix = ipaddress.ip_network(str(cert["overlay"])).prefixlen
     return Joined(network=invite.network, certificate=certificate, name=str(cert["name"]),
                   address=f"{cert['ipv4']}/{prefix}", admin_name=admin_name, admin_address=admin_address,
-                  bootstrap=bootstrap, dht=answer.get("dht") is not False)
+                  bootstrap=bootstrap, dht=answer.get("dht") is not False, exit_offered=answer.get("exit") is True,
+                  lan_prefixes=tuple(str(p) for p in cert["lan_prefixes"]))
 
 
-def add_membership(doc: Document, joined: Joined, invite: NetworkInvite) -> Document:
+def add_membership(doc: Document, joined: Joined, invite: NetworkInvite, use_exit: bool = False) -> Document:
     """The document with this node a member: [network] certificate, the admin as a peer (dialed at the
     invite's endpoints), the network's DHT bootstrap unless [discovery] is set already, and no node.address
     of its own (the certificate gives it). A [[peer]] entry with the admin's name but another key is kept and
-    the admin's entry named after its key instead (ACL rules may name the old one)."""
+    the admin's entry named after its key instead (ACL rules may name the old one). With `use_exit`, if the
+    admin offers an exit, the admin peer also carries 0.0.0.0/0 and is the LAN's exit (with a [lan]); the
+    exit is the owner's choice, never the invite's."""
     new = {**doc, "network": {**doc.get("network", {}), "certificate": base64.b64encode(joined.certificate).decode()}}
     node = dict(new.get("node", {}))
     node.pop("address", None)
@@ -137,9 +161,12 @@ def add_membership(doc: Document, joined: Joined, invite: NetworkInvite) -> Docu
     if any(p.get("name") == name for p in peers):
         name = f"{name}-{short_id(invite.admin_key)}"
     ula = _core.member_ula(decode_node_id(invite.network_key), decode_node_id(invite.admin_key))
+    exit_to_admin = use_exit and joined.exit_offered
     admin = {"name": name, "key": invite.admin_key, "endpoint": invite.endpoints[0],
-             "allowed_ips": [f"{joined.admin_address}/32", f"{ula}/128"]}
+             "allowed_ips": [f"{joined.admin_address}/32", f"{ula}/128"] + (["0.0.0.0/0"] if exit_to_admin else [])}
     new["peer"] = [*peers, admin]
+    if exit_to_admin and "lan" in new:
+        new["lan"] = {**new["lan"], "exit": name}
     if "discovery" not in new:
         new["discovery"] = {"dht": joined.dht, **({} if joined.bootstrap is None else {"bootstrap": joined.bootstrap})}
     return new
@@ -176,23 +203,27 @@ class Admissions:
         self.node.set_invites(keys)
         return len(keys)
 
-    def requested(self, request_id: int, invite_key: bytes, node_key: bytes, name: str) -> None:
-        """Answers one join request (the core waits up to 10 s for it)."""
+    def requested(self, request_id: int, invite_key: bytes, node_key: bytes, name: str,
+                  lan_prefixes: tuple[str, ...] = ()) -> None:
+        """Answers one join request (the core waits up to 10 s for it); the LAN prefixes the node asks to
+        route are granted if no other member routes them (`network.admit`)."""
         net, own = self.network(), self.config.network
         who = f"node {short_id(encode_node_id(node_key))}"
         try:
             if net is None or own is None:
                 raise network.NetworkError("this node no longer admits members of that network")
-            member = network.admit(net, invite_key, node_key, name)
+            member = network.admit(net, invite_key, node_key, name, asked_lan=list(lan_prefixes))
         except network.NetworkError as exc:
             self.refused += 1
             log.warning("join of %s refused: %s", who, exc)
             self.node.answer_join(request_id, False, str(exc).encode())
             return
         discovery = self.config.discovery
+        gateway = self.config.gateway
         answer = {"v": ANSWER_VERSION, "network": net.name, "certificate": member.certificate,
                   "admin_name": own.name, "admin_address": own.address.split("/")[0],
-                  "bootstrap": discovery.bootstrap, "dht": discovery.dht}
+                  "bootstrap": discovery.bootstrap, "dht": discovery.dht,
+                  "exit": gateway is not None and gateway.internet is not None}
         if self.node.answer_join(request_id, True, json.dumps(answer).encode()):
             self.joined += 1
             log.info("%s joined network %s as %s (%s) with an invite", who, net.name, member.name, member.ipv4)

@@ -330,11 +330,38 @@ def invite_keys(network: Network, now: int | None = None) -> list[bytes]:
     return [decode_node_id(i.key) for i in invitations(network) if i.expires_at + INVITE_MEMORY_S > now]
 
 
-def admit(network: Network, invite_key: bytes, node_key: bytes, name: str, now: int | None = None) -> Member:
+def grantable_lan_prefixes(network: Network, node_id: str, asked: list[str]) -> list[str]:
+    """The LAN prefixes node `node_id` asks to route, if it may: private IPv4, outside the overlay, and
+    routed by no other active member (two sites with one LAN prefix cannot both be reached). NetworkError
+    says which prefix clashes, in words for the joining person."""
+    overlay = ipaddress.IPv4Network(network.overlay)
+    granted: list[str] = []
+    for text in asked:
+        try:
+            prefix = ipaddress.IPv4Network(text)
+        except ValueError:
+            raise NetworkError(f"LAN prefix {text!r} is not an IPv4 prefix") from None
+        if not prefix.is_private or prefix.overlaps(overlay):
+            raise NetworkError(f"LAN prefix {prefix} is not a private prefix outside the network's {overlay}")
+        for member in network.active():
+            if member.node_id == node_id:
+                continue
+            clash = next((p for p in member.lan_prefixes if ipaddress.ip_network(p).overlaps(prefix)), None)
+            if clash is not None:
+                raise NetworkError(f"this node's LAN {prefix} overlaps {clash}, the LAN of member {member.name!r}: "
+                                   "give this node's LAN another prefix, then join again")
+        granted.append(str(prefix))
+    return granted
+
+
+def admit(network: Network, invite_key: bytes, node_key: bytes, name: str, now: int | None = None,
+          asked_lan: list[str] | None = None) -> Member:
     """Uses the invite with key `invite_key` to certify `node_key` as `name` (the invite's name wins if it
-    fixes one). Refused, in words for the joining person: unknown, expired or used invite (the node that used
-    it asking again gets its certificate again: its first answer may have been lost), a name taken, no name.
-    A node that is a member already is certified again (renewed, same address)."""
+    fixes one), routing the LAN prefixes the invite grants, else those it asks for (`asked_lan`, checked by
+    `grantable_lan_prefixes`). Refused, in words for the joining person: unknown, expired or used invite (the
+    node that used it asking again gets its certificate again: its first answer may have been lost), a name
+    taken, no name, a LAN prefix another member routes. A node that is a member already is certified again
+    (renewed, same address)."""
     now = int(time.time()) if now is None else now
     invites = invitations(network)
     key_id, node_id = encode_node_id(invite_key), encode_node_id(node_key)
@@ -352,7 +379,8 @@ def admit(network: Network, invite_key: bytes, node_key: bytes, name: str, now: 
     name = found.name or name
     if not name:
         raise NetworkError("give this node a name in the network (the invite leaves it to you)")
-    member = issue(network, node_key, name, groups=found.groups, lan_prefixes=found.lan_prefixes, exit=found.exit,
+    lan_prefixes = found.lan_prefixes or grantable_lan_prefixes(network, node_id, asked_lan or [])
+    member = issue(network, node_key, name, groups=found.groups, lan_prefixes=lan_prefixes, exit=found.exit,
                    days=found.days, now=now)
     found.used_by, found.used_at = node_id, now
     _save_invitations(network, invites)

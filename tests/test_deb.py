@@ -2,10 +2,10 @@
 by mmdebstrap resolves its dependencies from Debian's mirror; `quicether gateway init` there, in a lab
 namespace on the "internet", makes it a gateway (first with --no-start, then again: it keeps what exists,
 starts the unit, finds the QUIC port answering); a lab site (this checkout's quicether) joins with the
-printed invite, is admitted with the add-peer line it printed, and its LAN host reaches the internet
-through the gateway (curl sees the gateway's address, iperf3 passes). A newer-version package keeps the
-node id and config and restarts the daemon; `apt remove` stops it and leaves nothing in nft, `ip rule` or
-the routes; `apt purge` removes config and state. In that root systemd does not run: a stand-in
+printed invite (a network invite: the gateway admits it by itself, its LAN routed), and its LAN host
+reaches the internet through the gateway (curl sees the gateway's address, iperf3 passes). A newer-version
+package keeps the node id and config and restarts the daemon; `apt remove` stops it and leaves nothing in
+nft, `ip rule` or the routes; `apt purge` removes config and state. In that root systemd does not run: a stand-in
 (tests/lab/systemctl-standin.sh) takes the maintainer scripts' and gateway init's systemctl calls. The
 same root with systemd, booted by systemd-nspawn in a lab namespace, shows it under the real systemd:
 gateway init enables and starts the unit, an upgrade restarts it, remove stops it (nothing left), purge
@@ -22,7 +22,6 @@ scripts/test builds the package and sets QE_DEB (the wheel it was made from lies
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -141,9 +140,10 @@ def test_install_gateway_init_join_upgrade_remove_purge(lab: Lab, tmp_path: Path
     assert "daemon: not started (--no-start)" in first
     assert "eth0 accepts QUIC (udp 4433) and replies" in first  # no SSH server in the lab: nothing more open
     assert f"public endpoint: {gw_addr}:4433" in first
-    code = next(line for line in first.splitlines() if line.startswith("qei1."))
+    code = next(line for line in first.splitlines() if line.startswith("qej1."))
     assert "█" in first  # the QR code (qrencode came as a Recommends)
-    assert "quicether add-peer SITE-NAME" in first
+    assert "network: created home" in first and "admits the router by itself" in first
+    assert "add-peer" not in first
     config = root.file(CONFIG).read_text()
     assert 'role = "gateway"' in config and 'internet = "eth0"' in config
     assert "net.ipv4.ip_forward = 1" in root.file("/etc/sysctl.d/60-quicether.conf").read_text()
@@ -154,24 +154,25 @@ def test_install_gateway_init_join_upgrade_remove_purge(lab: Lab, tmp_path: Path
     assert "node key: " in again and "exists" in again and "config: " in again and "kept" in again
     assert "quicether.service: enabled, started" in again, again
     assert "QUIC port: udp 4433 answers locally" in again, _log(root)
-    assert code in again and root.file(CONFIG).read_text() == config and root.file(KEY).read_bytes() == key
+    assert root.file(CONFIG).read_text() == config and root.file(KEY).read_bytes() == key
+    # Each run prints a new single-use invite (the first one stays usable until it is used or expires).
+    code = next(line for line in again.splitlines() if line.startswith("qej1."))
+    assert code not in first
     node_id = root.run("quicether", "pubkey").stdout.strip()
     progress(f"gateway running ({time.monotonic() - t0:.0f}s); a lab site joins")
 
-    # A site joins with the invite and is admitted with the line it printed.
+    # A site joins with the invite: the gateway admits it by itself (no add-peer), routing its LAN.
     site = qe.make_node(wl.router, "site-a", "", tmp_path)
     site.wans = [{"device": wl.wans[0].router_if, "gateway": wl.wans[0].isp_addr}]
     site.sections["lan"] = {"device": "lan", "address": f"{LAN_PREFIX}.1/24", "dhcp": False, "dns": False}
     site.write_config()
     lab.on_close(lambda: site.proc.kill() if site.proc else None)
-    joined = wl.router.run(sys.executable, "-m", "quicether", "join", code, "--exit", "-c",
-                           str(site.config_path)).stdout
-    line = re.search(r"quicether add-peer SITE-NAME (qe1\w+) --allowed-ips (\S+)", joined)
-    assert line and line.group(1) == site.node_id, joined
-    admitted = root.run("quicether", "add-peer", "site-a", line.group(1), "--allowed-ips", line.group(2), ns=gw_ns,
-                        check=False)
-    assert admitted.returncode == 0 and "peer site-a written" in admitted.stdout, \
-        admitted.stdout + admitted.stderr + _log(root)
+    joining = wl.router.run(sys.executable, "-m", "quicether", "join", code, "--exit", "--name", "site-a", "-c",
+                            str(site.config_path), check=False)
+    joined = joining.stdout + joining.stderr
+    assert joining.returncode == 0, joined + _log(root)
+    assert "joined network home as site-a" in joined and f"routing its LAN {LAN_PREFIX}.0/24" in joined, joined
+    assert "LAN internet traffic now goes through gateway" in joined, joined
     _start_site(site)
     wait_for(lambda: _connected(site), timeout=20)
     wait_for(lambda: site.status()["router"]["lan"]["exit_active"], timeout=10)
@@ -185,7 +186,7 @@ def test_install_gateway_init_join_upgrade_remove_purge(lab: Lab, tmp_path: Path
     result = iperf(lan, wl.addr("server"), seconds=3)
     progress(f"iperf3 through the gateway: {result.mbit_s:.0f} Mbit/s ({time.monotonic() - t0:.0f}s)")
     assert result.mbit_s > 20
-    assert "peer site-a" in root.run("quicether", "status", ns=gw_ns).stdout
+    assert "site-a" in root.run("quicether", "status", ns=gw_ns).stdout
 
     # Upgrade: same key and config, the daemon restarted.
     newer = _newer_package(deb, tmp_path / "newer")
@@ -255,7 +256,8 @@ def test_under_systemd_init_starts_upgrade_restarts_remove_stops(lab: Lab, tmp_p
     assert "answers locally" in container.run("quicether", "gateway", "init").stdout
 
     container.run("apt-get", "remove", "-y", "-q", "quicether")
-    assert container.unit("ActiveState") == "inactive"
+    assert container.unit("ActiveState") == "inactive", \
+        container.run("journalctl", "-u", "quicether", "--no-pager", check=False).stdout[-4000:]
     after = router_snapshot(gw_ns)
     assert "quicether" not in after["nft"] and after["rules"] == before["rules"]
     assert after["routes"] == before["routes"] and "qe0" not in gw_ns.ip("-br", "link").stdout

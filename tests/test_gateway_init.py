@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from quicether import config_edit, gateway_init
+from quicether import config_edit, gateway_init, network
 from quicether.__main__ import build_parser
 from quicether.config import load
 from quicether.identity import generate
-from quicether.invite import decode
+from quicether.invite import decode, decode_network
 
 ROUTES = [{"dst": "default", "gateway": "203.0.113.1", "dev": "ens3", "metric": 100},
           {"dst": "default", "gateway": "192.0.2.1", "dev": "ens4", "metric": 50}]
@@ -68,7 +68,8 @@ class FakeHost:
 def _opts(tmp_path: Path, **changes: object) -> gateway_init.Options:
     values: dict[str, object] = {"config_path": tmp_path / "etc" / "quicether.toml", "state_dir": tmp_path / "state",
                                  "sysctl_path": tmp_path / "sysctl.d" / "60-quicether.conf",
-                                 "proc_forwarding": tmp_path / "ip_forward", "start": False}
+                                 "proc_forwarding": tmp_path / "ip_forward", "start": False,
+                                 "network": None}  # the steps apart from the network; its tests give one
     values.update(changes)
     if not (tmp_path / "ip_forward").exists():
         (tmp_path / "ip_forward").write_text("0\n")
@@ -301,3 +302,32 @@ def test_ssh_stays_open_unless_closed_and_a_kept_config_without_it_is_flagged(tm
     other.mkdir()
     _, out = _init(_opts(other), FakeHost(listening=""))
     assert load(_opts(other).config_path).open_ports == [] and "SSH" not in out
+
+
+def test_with_a_network_the_gateway_is_its_admin_and_prints_an_invite_that_admits_by_itself(tmp_path: Path) -> None:
+    opts = _opts(tmp_path, network="home")
+    result, out = _init(opts)
+    config = load(opts.config_path)
+    assert config.network is not None and config.address == "100.64.0.1/16"  # the certificate's
+    net = network.holding_key(opts.state_dir, config.network.network_key)
+    assert net is not None and net.name == "home" and [m.name for m in net.active()] == ["gateway"]
+    invite = decode_network(result.invite)
+    assert invite.network == "home" and invite.admin_key == result.node_id and invite.endpoints == ["203.0.113.7:4433"]
+    assert [i.used_by for i in network.invitations(net)] == [None]  # pending, single use
+    assert "network: created home" in out and "admits the router by itself" in out and "add-peer" not in out
+    # Again: the network, config and key are kept; a new single-use invite is printed.
+    before = opts.config_path.read_bytes()
+    again, out = _init(opts)
+    assert opts.config_path.read_bytes() == before and again.invite != result.invite
+    assert len(network.invitations(net)) == 2 and "network: created" not in out
+    # --force rewrites the config and keeps its [network] (the admitted members stay members).
+    forced, out = _init(_opts(tmp_path, network="home", force=True, port=5555))
+    assert load(opts.config_path).network == config.network
+    assert decode_network(forced.invite).endpoints == ["203.0.113.7:5555"]
+
+
+def test_a_kept_config_without_a_network_keeps_peer_invites(tmp_path: Path) -> None:
+    _init(_opts(tmp_path))
+    result, out = _init(_opts(tmp_path, network="home"))
+    assert decode(result.invite).network == "10.99.0.0/24" and "quicether add-peer SITE-NAME" in out
+    assert not (tmp_path / "state" / "networks").exists()

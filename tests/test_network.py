@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import stat
 import subprocess
 import sys
@@ -254,3 +255,27 @@ def test_an_invite_refusal_says_why_and_leaves_it_usable(tmp_path: Path, name: s
         network.admit(net, _node_key(), _node_key(), "site-x", now=now)
     with pytest.raises(network.NetworkError, match="already has a member called 'gw'"):
         network.invite(net, admin, ["10.1.0.2:4433"], name="gw")
+
+
+def test_a_joining_node_is_granted_the_lan_it_asks_for_unless_another_member_routes_it(tmp_path: Path) -> None:
+    admin = generate_identity(tmp_path / "node.key")
+    net = network.create(tmp_path, "home", admin, admin_name="gw")
+    now = 1_800_000_000
+
+    def join(asked: list[str], granted_by_invite: list[str] | None = None, name: str = "") -> network.Member:
+        invite = network.invite(net, admin, ["10.1.0.2:4433"], lan_prefixes=granted_by_invite, now=now)
+        return network.admit(net, _core.public_key_of_seed(invite.seed), _node_key(),
+                             name or f"site-{len(net.members)}", now=now + 1, asked_lan=asked)
+
+    assert join(["192.168.50.0/24"]).lan_prefixes == ["192.168.50.0/24"]
+    assert join([]).lan_prefixes == []
+    # What the admin wrote into the invite wins over what the node asks for.
+    assert join(["192.168.60.0/24"], granted_by_invite=["10.20.0.0/16"]).lan_prefixes == ["10.20.0.0/16"]
+    for asked, message in [(["192.168.50.128/25"], "overlaps 192.168.50.0/24, the LAN of member 'site-1'"),
+                           (["8.8.8.0/24"], "not a private prefix"), (["0.0.0.0/0"], "not a private prefix"),
+                           (["100.64.3.0/24"], "not a private prefix outside the network's 100.64.0.0/16"),
+                           (["192.168.1.1/24"], "not an IPv4 prefix")]:
+        with pytest.raises(network.NetworkError, match=re.escape(message)):
+            join(asked)
+    # A refused join leaves its invite unused and nothing certified.
+    assert [m.name for m in net.active()] == ["gw", "site-1", "site-2", "site-3"]

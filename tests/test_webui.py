@@ -740,9 +740,10 @@ def test_web_ui_metrics_need_a_session_or_the_admin_password(client: FlaskClient
     assert anonymous.get("/metrics", headers={"Authorization": f"Basic {right}"}).status_code == 429
 
 
-def _network_invite(state: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+def _network_invite(state: Path, tmp_path_factory: pytest.TempPathFactory,
+                    exit_offered: bool = False) -> tuple[str, dict[str, Any]]:
     """A network invite and the answer a daemon would have got for it from the admin (a real certificate of
-    the node in `state`)."""
+    the node in `state`; `exit_offered`: the admin is a gateway with an internet port)."""
     from quicether import joining, network
     from quicether.identity import load as load_identity
 
@@ -753,7 +754,7 @@ def _network_invite(state: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     member = network.issue(net, load_identity(state / "node.key").public_key, "office")
     joined = joining.Joined(network="home", certificate=base64.b64decode(member.certificate), name="office",
                             address=f"{member.ipv4}/16", admin_name="gw", admin_address="100.64.0.1",
-                            bootstrap=["198.18.0.2:6881"], dht=True)
+                            bootstrap=["198.18.0.2:6881"], dht=True, exit_offered=exit_offered)
     return code, joining.as_dict(joined)
 
 
@@ -773,6 +774,21 @@ def test_the_wizard_joins_a_network_through_the_daemon_and_writes_the_membership
         "100.64.0.1/32", f"{_core.member_ula(config.network.network_key, p.key)}/128"])
         for p in config.peers]
     assert config.discovery.bootstrap == ["198.18.0.2:6881"]
+    # The LAN chosen in the ports step is the one the node asks to route; no exit unless asked for.
+    assert daemon.join_requests[-1]["lan"] == ["192.168.7.0/24"]
+    assert config.lan is not None and config.lan.exit_peer is None
+
+
+def test_the_wizard_routes_the_lan_through_a_gateway_admin_only_when_asked(
+        client: FlaskClient, daemon: FakeDaemon, state: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    code, daemon.join_answer = _network_invite(state, tmp_path_factory, exit_offered=True)
+    _set_up(client)
+    assert _ports_step(client).status_code == 302
+    response = _post(client, "/setup/connect", {"invite": code, "mode": "aggregate", "use_exit": "on"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    config = load(state / "quicether.toml")
+    assert config.lan is not None and config.lan.exit_peer == "gw"
+    assert [p.allowed_ips[-1] for p in config.peers] == ["0.0.0.0/0"]
 
 
 @pytest.mark.parametrize(("code", "refusal", "shown"), [

@@ -44,10 +44,11 @@ def ask(cmd: str, **args: Any) -> dict[str, Any]:
     return answer
 
 
-def join_network(code: str, name: str) -> joining.Joined:
-    """Has the daemon join the network of invite `code` (this node's key is root's): InviteError says why
-    not (used, expired, damaged, foreign, unreachable admin). The config is not changed here."""
-    answer = ask("join_network", code=code, name=name)
+def join_network(code: str, name: str, lan: list[str] | None = None) -> joining.Joined:
+    """Has the daemon join the network of invite `code` (this node's key is root's), routing the LAN
+    prefixes `lan`: InviteError says why not (used, expired, damaged, foreign, unreachable admin, a LAN
+    another member routes). The config is not changed here."""
+    answer = ask("join_network", code=code, name=name, **({} if lan is None else {"lan": lan}))
     if not answer.get("ok"):
         raise InviteError(str(answer.get("error", "the daemon did not say why")))
     return joining.from_dict(answer.get("joined") or {})

@@ -140,8 +140,9 @@ def _build_config(chosen: dict[str, Any], form: Any) -> dict[str, Any]:
         # A network invite: checked here first (a damaged code is never sent), then the daemon gets this
         # node's certificate from the admin (the code is used; the same node may use it again).
         network_invite = decode_network(code)
-        joined = join_network(code, form.get("member_name", "").strip())
-        doc = joining.add_membership(doc, joined, network_invite)
+        joined = join_network(code, form.get("member_name", "").strip(), joining.lan_prefixes_of(doc))
+        # As for a gateway's peer invite: the exit is the owner's choice (the box), if the admin offers one.
+        doc = joining.add_membership(doc, joined, network_invite, use_exit=form.get("use_exit") == "on")
     elif code:
         invite = decode(code)
         try:

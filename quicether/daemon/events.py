@@ -105,10 +105,12 @@ class TunFailed(CoreEvent):
 @dataclass(frozen=True)
 class JoinRequested(CoreEvent):
     """A node showing a pending invite's key (`key`) asks to be certified as member `detail` ("": the
-    invite's name); its request is signed by `node`. Answered with `Node.answer_join(request_id, …)`."""
+    invite's name), routing `lan_prefixes`; its request is signed by `node`. Answered with
+    `Node.answer_join(request_id, …)`."""
 
     request_id: int
     node: bytes
+    lan_prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,9 @@ def parse(raw: dict[str, Any]) -> CoreEvent:
     if kind == "revocation_learned":
         return RevocationLearned(key=key, detail=detail, revocation=_bytes(raw, "revocation"))
     if kind == "join_requested":
-        return JoinRequested(key=key, detail=detail, request_id=int(raw.get("id", -1)), node=_bytes(raw, "node"))
+        prefixes = raw.get("lan_prefixes")
+        return JoinRequested(key=key, detail=detail, request_id=int(raw.get("id", -1)), node=_bytes(raw, "node"),
+                             lan_prefixes=tuple(str(p) for p in prefixes) if isinstance(prefixes, list) else ())
     if kind == "dial_failed":
         return DialFailed(key=key, detail=detail, wan=str(raw.get("wan") or ""))
     return UnknownEvent(key=key, detail=detail, kind=kind)

@@ -156,9 +156,10 @@ class Daemon:
                 self._spawn(self.peers.gone(key), f"removing the routes of {who}")
             case core_events.PeerAdded() | core_events.PeerRemoved():
                 log.debug("core peer table: %s %s", kind, who)
-            case core_events.JoinRequested(key=key, detail=name, request_id=request_id, node=node) if key is not None:
+            case core_events.JoinRequested(key=key, detail=name, request_id=request_id, node=node,
+                                           lan_prefixes=lan_prefixes) if key is not None:
                 if self.admissions is not None:
-                    self.admissions.requested(request_id, key, node, name)
+                    self.admissions.requested(request_id, key, node, name, lan_prefixes)
             case core_events.UnknownEvent(kind=unknown, detail=detail):
                 log.info("core event %s for %s: %s", unknown, who, detail)
         if isinstance(event, MEMBER_EVENTS):
@@ -297,14 +298,17 @@ class Daemon:
 
     async def join_network(self, request: dict[str, Any]) -> dict[str, Any]:
         """The web UI's wizard joins a network with an invite code ("code", optional "name"): this node asks
-        the admin for its certificate (the UI cannot: the node key is root's). The config is not changed:
-        the answer carries what the wizard writes (ValueError: why the join failed, in words)."""
-        code, name = request.get("code"), request.get("name") or ""
+        the admin for its certificate (the UI cannot: the node key is root's), routing the LAN prefixes
+        "lan" (the wizard's LAN; default: the config's). The config is not changed: the answer carries what
+        the wizard writes (ValueError: why the join failed, in words)."""
+        code, name, lan = request.get("code"), request.get("name") or "", request.get("lan")
         if not isinstance(code, str) or not isinstance(name, str):
             raise ValueError('join_network needs the invite as "code" (and optionally "name")')
+        if lan is not None and not (isinstance(lan, list) and all(isinstance(p, str) for p in lan)):
+            raise ValueError('join_network: "lan" is a list of prefixes')
         doc = await asyncio.to_thread(config_edit.load_document, self.config.path)
         try:
-            joined = await asyncio.to_thread(joining.join, code, self.identity, doc, name)
+            joined = await asyncio.to_thread(joining.join, code, self.identity, doc, name, None, lan)
         except InviteError as exc:
             raise ValueError(str(exc)) from None
         return {"joined": joining.as_dict(joined)}

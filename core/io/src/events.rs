@@ -88,13 +88,15 @@ pub enum Event {
         revocation: Vec<u8>,
     },
     /// A node showing pending invite key `invite` asks to be certified as member `name` (its request is
-    /// signed by `node`). The daemon answers with `Node::answer_join(id, …)` within 10 s. `name` is
-    /// a-z, 0-9 and - only (empty: the invite's name).
+    /// signed by `node`), routing `lan_prefixes` (canonical IPv4, at most `join::MAX_LAN_PREFIXES`: the
+    /// daemon decides whether it grants them). The daemon answers with `Node::answer_join(id, …)` within
+    /// 10 s. `name` is a-z, 0-9 and - only (empty: the invite's name).
     JoinRequested {
         id: u64,
         invite: [u8; 32],
         node: [u8; 32],
         name: String,
+        lan_prefixes: Vec<quicether_proto::allowed_ips::Prefix>,
     },
     /// The peer's first path came up.
     PeerConnected {

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use quicether_proto::join::{decode_answer, decode_request, encode_answer, encode_request, JoinAnswer};
+use quicether_proto::allowed_ips::Prefix;
+use quicether_proto::join::{decode_answer, decode_request, encode_answer, encode_request, JoinAnswer, JoinRequest};
 use quicether_proto::join::{MAX_ANSWER_LEN, MAX_REQUEST_LEN};
 use tokio::sync::oneshot;
 
@@ -85,7 +86,8 @@ pub async fn answer(shared: Arc<Shared>, conn: quinn::Connection, invite: [u8; 3
         room
     };
     let answer = if queued {
-        shared.emit(Event::JoinRequested { id, invite, node: request.node, name: request.name });
+        let JoinRequest { node, name, lan_prefixes, .. } = request;
+        shared.emit(Event::JoinRequested { id, invite, node, name, lan_prefixes });
         match tokio::time::timeout(ANSWER_TIMEOUT, receiver).await {
             Ok(Ok(answer)) => answer,
             _ => {
@@ -104,13 +106,15 @@ pub async fn answer(shared: Arc<Shared>, conn: quinn::Connection, invite: [u8; 3
 }
 
 /// A join to ask for: the admin node (key `admin`, at `endpoints`, tried in order) is to certify the node
-/// with seed `node_seed` as `name`, shown the invite's key (seed `invite_seed`); each endpoint gets `timeout`.
+/// with seed `node_seed` as `name`, routing `lan_prefixes` if the admin grants them, shown the invite's
+/// key (seed `invite_seed`); each endpoint gets `timeout`.
 pub struct Joining<'a> {
     pub invite_seed: [u8; 32],
     pub admin: [u8; 32],
     pub endpoints: &'a [SocketAddr],
     pub node_seed: [u8; 32],
     pub name: &'a str,
+    pub lan_prefixes: &'a [Prefix],
     pub timeout: Duration,
 }
 
@@ -118,9 +122,9 @@ pub struct Joining<'a> {
 /// handshake: unknown to it); a refusal for a reason the admin gives (used, expired, name taken) is
 /// `Ok(JoinAnswer::Refused)`.
 pub async fn request(join: &Joining<'_>) -> Result<JoinAnswer, String> {
-    let Joining { invite_seed, admin, endpoints, node_seed, name, timeout } = *join;
+    let Joining { invite_seed, admin, endpoints, node_seed, name, lan_prefixes, timeout } = *join;
     let identity = Identity::from_seed(&invite_seed, None)?;
-    let body = encode_request(&identity.public_key, &node_seed, name)?;
+    let body = encode_request(&identity.public_key, &node_seed, name, lan_prefixes)?;
     let config = quinn::ClientConfig::new(Arc::new(tls::quic_client_config(
         tls::CurrentIdentity::new(&identity)?,
         admin,

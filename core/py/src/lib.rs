@@ -450,9 +450,10 @@ fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
         Event::HandshakeRefused { key, reason } => ("handshake_refused", key, None, reason),
         Event::DialFailed { key, wan, reason } => ("dial_failed", Some(key), Some(wan), reason),
         Event::TunFailed { error } => ("tun_failed", None, None, error),
-        Event::JoinRequested { id, invite, node, name } => {
+        Event::JoinRequested { id, invite, node, name, lan_prefixes } => {
             d.set_item("id", id)?;
             d.set_item("node", PyBytes::new(py, &node))?;
+            d.set_item("lan_prefixes", lan_prefixes.iter().map(membership::prefix_text).collect::<Vec<_>>())?;
             ("join_requested", Some(invite), None, name)
         }
     };

@@ -11,7 +11,7 @@ use quicether_proto::membership::{self, Certificate, Refused, Revocation, Revoca
 
 use crate::key32;
 
-fn prefix_text(p: &Prefix) -> String {
+pub(crate) fn prefix_text(p: &Prefix) -> String {
     format!("{}/{}", p.addr, p.len)
 }
 

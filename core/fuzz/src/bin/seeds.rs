@@ -43,7 +43,7 @@ fn main() -> std::io::Result<()> {
         ("revocation", Revocation { network: [0; 32], node: [7; 32], revoked_at: 1, sequence: 1 }.issue(&[1; 32])),
         ("record", record.encode().expect("a valid record")),
         ("member_news", member_news::encode(&[Item::Certificate(vec![1; 40]), Item::Revocation(vec![2; 90])])),
-        ("join", join::encode_request(&quicether_fuzz::INVITE_KEY, &[5; 32], "site-a").expect("a valid request")),
+        ("join", join::encode_request(&quicether_fuzz::INVITE_KEY, &[5; 32], "site-a", &[]).expect("a valid request")),
         ("frame", [frame::encode_data_header(7, Some(5)).as_slice(), &ipv4_udp()].concat()),
         ("hello", hello::encode_hello("wan0", true)),
         ("packet", ipv4_udp()),
