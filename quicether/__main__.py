@@ -465,11 +465,29 @@ def _cmd_network(args: argparse.Namespace) -> int:
             member = net.find(args.member)
             print(base64.b64encode(network.revoke(net, args.member)).decode())
             print(f"{member.name} ({member.node_id}) revoked from {net.name}", file=sys.stderr)
+            _tell_revocation(state_dir, net.name)
     except (network.NetworkError, IdentityError) as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"{exc.filename or state_dir}: {exc.strerror or exc}")
     return 0
+
+
+def _tell_revocation(state_dir: Path, network_name: str) -> None:
+    """The daemon running on this admin node enforces the ledger's new revocation and tells every member."""
+    try:
+        answer = api.request(state_dir / "api.sock", "revocations")
+    except (OSError, ValueError):
+        print("no daemon running here: it enforces the revocation and tells the members once `quicether up`"
+              " runs", file=sys.stderr)
+        return
+    if not answer.get("ok"):
+        print(f"the running daemon did not take it: {answer.get('error')}", file=sys.stderr)
+    elif answer.get("network") != network_name:
+        print(f"the daemon running here is not a member of {network_name}: give the revocation printed above to"
+              " a member's [network] revoked (a member tells it to the others)", file=sys.stderr)
+    else:
+        print("the running daemon cut it off and tells every member now", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -654,7 +672,8 @@ def _add_network_parser(sub: Any) -> None:
     issue.add_argument("--days", type=int, default=network.DEFAULT_VALIDITY_DAYS,
                        help="validity (default %(default)s)")
     revoke = net_sub.add_parser("revoke", parents=[state],
-                                help="revoke a member (by name or node id); prints the signed revocation")
+                                help="revoke a member (by name or node id); prints the signed revocation, which"
+                                     " the daemon running here enforces and tells every member at once")
     revoke.add_argument("name", help="network name")
     revoke.add_argument("member", help="member name or node id")
     net.set_defaults(func=_cmd_network)

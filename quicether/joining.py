@@ -9,8 +9,9 @@ discovery settings, and with `use_exit` the admin as the LAN's exit when it offe
 is written unless all of that worked.
 
 Admin node: `Admissions` tells the core which invite keys may shake hands, answers each join request
-from the ledger (`quicether.network.admit`: single use, expiry, names), and renews the certificates that
-are due (`quicether.network.renewals_due`), told to every member as member news.
+from the ledger (`quicether.network.admit`: single use, expiry, names), renews the certificates that
+are due (`quicether.network.renewals_due`), told to every member as member news, and reads the ledger's
+revocations (`quicether network revoke`), which the daemon enforces and tells the members likewise.
 """
 
 from __future__ import annotations
@@ -231,6 +232,23 @@ class Admissions:
             log.warning("join of %s: certified as %s, but the request timed out before the answer", who,
                         member.name)
         self.refresh()
+
+    def revocations(self) -> list[bytes]:
+        """The revocations in the ledger of this node's network (none if it is not its admin), each checked
+        against the network key: one that does not verify is skipped (and said), the others still hold."""
+        net = self.network()
+        if net is None:
+            return []
+        kept = []
+        for i, text in enumerate(net.revocations):
+            try:
+                data = base64.b64decode(text, validate=True)
+                _core.read_revocation(data, net.public_key)
+            except ValueError as exc:  # binascii.Error is one
+                log.error("network %s: revocation %d of its ledger skipped: %s", net.name, i + 1, exc)
+                continue
+            kept.append(data)
+        return kept
 
     def renew(self) -> int:
         """Renews the members' certificates that are due and tells them to the mesh (the renewed member

@@ -125,3 +125,25 @@ def test_invite_errors_are_clear_and_change_nothing(lab: Lab, tmp_path: Path) ->
     assert f"({address}/16)" in out and "[network]" in fresh.config_path.read_text()
     rc, out = _join(fresh, fresh_code, "--name", "fresh")
     assert rc == 0 and "joined network home as fresh" in out, "the node that used a code may ask again"
+
+
+
+def test_sites_find_each_other_through_a_dht_served_by_the_gateway_alone(lab: Lab, tmp_path: Path) -> None:
+    """No plain DHT node anywhere: the gateway serves the DHT ([discovery] server = true on a fixed port)
+    and is each site's only bootstrap node. The sites, told of each other only by the gateway's member
+    news, publish their records at the gateway's DHT node, find each other's there and connect. (The
+    gateway's own record is stored nowhere: `mainline` puts an item only at other server nodes, and there
+    is none. Every member has the gateway as a [[peer]] anyway.)"""
+    port = 6881
+    mesh = build_mesh_lab(lab, 3, tmp_path, dht_nodes=0, gateway_dht_port=port)
+    took = wait_for(lambda: _all_connected(mesh), timeout=60, step=0.5)
+    assert took < 30, f"every member connected to every other only after {took:.0f} s"
+    for i, node in enumerate(mesh.sites):
+        dht = node.status()["node"]["dht"]
+        assert dht["published"] == [f"10.{i + 1}.0.1:4433"] and dht["publish_failed"] is None, (node.name, dht)
+        for other in mesh.sites:
+            if other is not node:
+                assert ping(node.ns, mesh.address(other), count=2).received == 2, (node.name, other.name)
+                assert (f"found member site-{other.name}" in qe.read_log(node)
+                        or f"found member site-{node.name}" in qe.read_log(other)), (node.name, other.name)
+    assert f"private bootstrap 10.2.0.2:{port}" in qe.read_log(mesh.sites[1])

@@ -158,6 +158,7 @@ def test_cli_create_issue_members_revoke(tmp_path: Path) -> None:
     assert [m["name"] for m in json.loads(listed.stdout)] == ["admin", "site1"]
     revoked = _cli(tmp_path, "revoke", "home", "site1")
     assert revoked.returncode == 0, revoked.stderr
+    assert "no daemon running here: it enforces the revocation" in revoked.stderr
     assert _core.read_revocation(base64.b64decode(revoked.stdout.strip()), net.public_key)["sequence"] == 1
     assert "revoked" in _cli(tmp_path, "members", "home").stdout
     for args, message in [(("issue", "home", "qe1bad", "--name", "x"), "node id"),
@@ -279,3 +280,41 @@ def test_a_joining_node_is_granted_the_lan_it_asks_for_unless_another_member_rou
             join(asked)
     # A refused join leaves its invite unused and nothing certified.
     assert [m.name for m in net.active()] == ["gw", "site-1", "site-2", "site-3"]
+
+
+class _RecordingNode:
+    """The core's set_network, recorded: the revocations the daemon enforces and tells the members."""
+
+    def __init__(self) -> None:
+        self.told: list[list[bytes]] = []
+
+    def set_network(self, _key: bytes | None, revocations: list[bytes], *_policy: object) -> list[bytes]:
+        self.told.append(list(revocations))
+        return []
+
+
+def test_the_admin_daemon_enforces_its_ledgers_revocations(tmp_path: Path) -> None:
+    """`quicether network revoke` writes the ledger; the admin node's daemon reads it (the CLI asks it to,
+    and every recheck) and hands the new revocations to the core; a damaged ledger entry is skipped."""
+    from quicether.config import parse
+    from quicether.daemon.mesh import Mesh
+    from quicether.joining import Admissions
+
+    net = network.create(tmp_path, "home", generate_identity(tmp_path / "node.key"), admin_name="gw")
+    network.issue(net, _node_key(), "alice")
+    config = parse(_config(tmp_path, f'certificate = "{net.members[0].certificate}"'), tmp_path / "q.toml")
+    node = _RecordingNode()
+    admissions = Admissions(node, config)  # type: ignore[arg-type]
+    mesh = Mesh(node, None, config, str)  # type: ignore[arg-type]
+    assert admissions.revocations() == [] and mesh.ledger_revoked([]) == 0 and node.told == []
+    revocation = network.revoke(net, "alice")
+    assert admissions.revocations() == [revocation]
+    assert mesh.ledger_revoked(admissions.revocations()) == 1 and node.told == [[revocation]]
+    assert mesh.ledger_revoked(admissions.revocations()) == 0 and len(node.told) == 1, "told once"
+    net.revocations.append(base64.b64encode(b"\x02" + bytes(40)).decode())
+    network._save_ledger(net)
+    assert admissions.revocations() == [revocation]
+    # Not the admin of the network in [network]: no ledger is read.
+    other = network.create(tmp_path / "other", "home", generate_identity(tmp_path / "other" / "node.key"))
+    assert Admissions(node, parse(_config(tmp_path, f'certificate = "{other.members[0].certificate}"'),  # type: ignore[arg-type]
+                                  tmp_path / "q.toml")).revocations() == []

@@ -1,7 +1,8 @@
 """The web UI in a real browser (Debian's chromium driven by Playwright) on a LAN host of the lab, against
 the real daemon on the router: first boot wizard (with the setup code read as the owner would, over SSH),
-a bad and a good invite code, the bond coming up on the dashboard and its live graph moving with traffic;
-requests naming another host are refused. Screenshots go to tests/artifacts/.
+bad invite codes (damaged; network codes expired, unknown, used) and a good one, the bond coming up on the
+dashboard and its live graph moving with traffic; then the wizard again to join a network, and a code of
+another network refused; requests naming another host are refused. Screenshots go to tests/artifacts/.
 
 Without the lab: the dashboard in chromium against a stand-in daemon whose peer sends hostile WAN names
 (line breaks, NUL, markup): the page never reloads, and cards come and go with the names."""
@@ -27,10 +28,11 @@ from werkzeug.serving import make_server
 
 from quicether import network, setup_code
 from quicether.config import load
-from quicether.identity import generate
+from quicether.identity import decode_node_id, generate
 from quicether.identity import load as load_identity
 from tests.lab import Lab, LinkSpec
 from tests.lab import nodes as qe
+from tests.lab.mesh import make_member
 from tests.lab.sites import dhcp_lease
 from tests.lab.topology import REPO_ROOT, build_wan_lab
 from tests.webui_fixtures import FakeDaemon
@@ -104,6 +106,19 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path,
     expired_code = network.invite(other, load_identity(gateway.state_dir / "node.key"), [endpoint],
                                   now=int(time.time()) - 90000).encode()
     unknown_code = network.invite(other, load_identity(gateway.state_dir / "node.key"), [endpoint]).encode()
+    # A network's admin node, another host on the internet: network "home", whose codes the wizard gets
+    # below (one another node used already, and a good one).
+    admin = qe.make_node(wl.add_internet_host("admin"), "admin", "", tmp_path)
+    admin_key = load_identity(admin.state_dir / "node.key")
+    home = network.create(admin.state_dir, "home", admin_key, admin_name="admin")
+    make_member(admin, home.members[0], None)  # no DHT: members reach it at its address
+    admin_endpoint = f"{wl.addr('admin')}:{qe.QUIC_PORT}"
+    used_code = network.invite(home, admin_key, [admin_endpoint]).encode()
+    network.admit(home, decode_node_id(network.invitations(home)[-1].key),
+                  generate(tmp_path / "someone.key").public_key, "someone")
+    home_code = network.invite(home, admin_key, [admin_endpoint]).encode()
+    lab.on_close(lambda: admin.proc.kill() if admin.proc and admin.proc.poll() is None else None)
+    qe.start(admin)
     lan = wl.lan
     assert lan is not None
     lease = dhcp_lease(lan, tmp_path / "lease")
@@ -159,8 +174,10 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path,
         expect(page.locator("#error")).to_contain_text("the invite code is damaged")
         page.screenshot(path=str(ARTIFACTS / "wizard-3-bad-invite.png"), full_page=True)
         # Network invites the router's daemon tries for the wizard: an expired one (said without asking
-        # anyone), and one the node it names never made (that node refuses it in the handshake).
-        for network_code, shown in ((expired_code, "expired on"), (unknown_code, "does not know it")):
+        # anyone), one the node it names never made and one another node used (that node refuses them in
+        # the handshake).
+        for network_code, shown in ((expired_code, "expired on"), (unknown_code, "does not know it"),
+                                    (used_code, "this invite was already used")):
             page.fill("textarea[name=invite]", network_code)
             page.click("text=Apply")
             expect(page.locator("#error")).to_contain_text(shown)
@@ -204,16 +221,44 @@ def test_wizard_invite_and_live_dashboard_in_a_browser(lab: Lab, tmp_path: Path,
         form.locator("input[name=port]").fill("5060")
         form.locator("button").click()
         expect(page.locator("p.notice").first).to_contain_text("applied the new settings")
+        peer = load(site.config_path).peers[0]
+        assert [(c.protocol, c.port) for c in peer.classes] == [(17, 5060)]  # udp
+        assert stat.S_IMODE(site.config_path.stat().st_mode) == 0o600 and site.config_path.stat().st_uid == 0
+        assert "peer gw changed" in qe.read_log(site)
+        # Still the same unprivileged process: the change did not need a restart of the UI.
+        assert [uid for _pid, uid in _ui_processes(site.state_dir)] == [ui_user.pw_uid]
+        # The rate cap chosen in the wizard shapes the port.
+        assert "tbf 71: root" in wl.router.run("tc", "qdisc", "show", "dev", "wan1").stdout
+        assert site.status()["router"]["lan"]["exit_peer"] == "gw"
+
+        # The wizard again (the ports as they are): the router joins network "home" with its admin's code;
+        # the admin becomes a peer beside the gateway.
+        page.goto(f"{UI}/setup/")
+        expect(page).to_have_url(f"{UI}/setup/ports")
+        page.click("text=Next: connect")
+        page.fill("textarea[name=invite]", home_code)
+        page.fill("input[name=member_name]", "site")
+        page.click("text=Apply")
+        expect(page.locator("#outcome")).to_contain_text(re.compile("(applied|applying) the new settings"))
+        if page.locator("#waiting").count() == 0:
+            page.click("#to-dashboard")
+        expect(page).to_have_url(f"{UI}/", timeout=30_000)
+        expect(page.locator('[data-peer="admin"] [data-field="connected"]')).to_have_text("connected",
+                                                                                         timeout=30_000)
+        member = network.load(admin.state_dir, "home").find(site.node_id)
+        assert member.name == "site" and site.status()["node"]["network"]["address"] == f"{member.ipv4}/16"
+        # Foreign: a code of another network (called "home" too: its key tells them apart), now that the
+        # router is a member of the admin's: refused on the router's side before anything is sent, and
+        # nothing changes.
+        joined = site.config_path.read_bytes()
+        page.goto(f"{UI}/setup/ports")
+        page.click("text=Next: connect")
+        page.fill("textarea[name=invite]", unknown_code)
+        page.click("text=Apply")
+        expect(page.locator("#error")).to_contain_text("this node is a member of another network")
+        page.screenshot(path=str(ARTIFACTS / "wizard-4-foreign-invite.png"), full_page=True)
+        assert site.config_path.read_bytes() == joined
         browser.close()
-    peer = load(site.config_path).peers[0]
-    assert [(c.protocol, c.port) for c in peer.classes] == [(17, 5060)]  # udp
-    assert stat.S_IMODE(site.config_path.stat().st_mode) == 0o600 and site.config_path.stat().st_uid == 0
-    assert "peer gw changed" in qe.read_log(site)
-    # Still the same unprivileged process: the change did not need a restart of the UI.
-    assert [uid for _pid, uid in _ui_processes(site.state_dir)] == [ui_user.pw_uid]
-    # The rate cap chosen in the wizard shapes the port.
-    assert "tbf 71: root" in wl.router.run("tc", "qdisc", "show", "dev", "wan1").stdout
-    assert site.status()["router"]["lan"]["exit_peer"] == "gw"
 
 
 PEER_WAN_NAMES = ["wan0\r\n", "wan0\n", "a\x00b", "<img src=x onerror=alert(1)>", "x,y", "\u202eevil", "w" * 300]

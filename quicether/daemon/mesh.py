@@ -53,6 +53,9 @@ class Mesh:
         self.certificates: dict[bytes, bytes] = {}
         self.cache: dict[bytes, list[str]] = {}  # where each member was last reached
         self.learned_revocations: list[bytes] = []
+        # On the network's admin node: the revocations in its ledger (`quicether network revoke`), enforced
+        # and told to the members like those of [network] revoked.
+        self.ledger_revocations: list[bytes] = []
         self.revoked: set[bytes] = set()  # node keys of the revoked members (as of the last `apply`)
         self.record_seen: dict[bytes, float] = {}  # when each member's DHT record was last found (Unix s)
         self._path = config.state_dir / REVOCATIONS_FILE
@@ -67,7 +70,11 @@ class Mesh:
         net = self.network
         if net is None:
             return []
-        return net.revoked + [r for r in self.learned_revocations if r not in net.revoked]
+        held = list(net.revoked)
+        for revocation in (*self.ledger_revocations, *self.learned_revocations):
+            if revocation not in held:
+                held.append(revocation)
+        return held
 
     def _revoked_keys(self) -> list[bytes]:
         """The node keys of every revoked member (each revocation verified when it was kept)."""
@@ -95,6 +102,17 @@ class Mesh:
         for key in self.revoked:
             for table in (self.known, self.certificates, self.cache, self.record_seen):
                 table.pop(key, None)
+
+    def ledger_revoked(self, revocations: list[bytes]) -> int:
+        """The admin's ledger holds `revocations` (all of them, read again): the new ones are enforced here
+        and told to every member at once. Returns how many were new."""
+        fresh = [r for r in revocations if r not in self._revocations()]
+        self.ledger_revocations = list(revocations)
+        if fresh:
+            log.warning("the network's ledger revokes %d more member(s): cutting them off and telling the members",
+                        len(fresh))
+            self.apply(self.config)
+        return len(fresh)
 
     def _read(self, key: bytes, certificate: bytes) -> Member | None:
         net = self.network
@@ -236,11 +254,11 @@ class Mesh:
             log.info("peer cache: dialing %d member(s) where they were last reached", dialed)
         return dialed
 
-    async def recheck(self, renew: Callable[[], object]) -> None:
+    async def recheck(self, admin: Callable[[], object]) -> None:
         """Certificates expire while their holders are connected: cut those off (their routes follow). First
-        `renew` (on the admin node: renews the certificates that are due)."""
+        `admin` (on the admin node: renews the certificates that are due, enforces new revocations)."""
         while True:
-            renew()
+            admin()
             for key in self.node.recheck_members():
                 log.warning("%s cut off: its certificate expired", self.label(key))
             await asyncio.sleep(RECHECK_S)

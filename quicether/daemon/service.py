@@ -296,6 +296,31 @@ class Daemon:
             raise ValueError("the node is not running")
         return {"invites": self.admissions.refresh()}
 
+    def revocations_changed(self) -> dict[str, Any]:
+        """`quicether network revoke` signed a revocation into the ledger: if it is this node's network, the
+        member is cut off here and every member is told now ("network": the network whose ledger was read,
+        None if this node is not the admin of its network; "new": how many revocations were new)."""
+        if self.admissions is None or self.mesh is None:
+            raise ValueError("the node is not running")
+        net = self.admissions.network()
+        fresh = self._ledger_revocations()
+        return {"network": net.name if net else None, "new": fresh, "revoked": len(self.mesh.ledger_revocations)}
+
+    def _ledger_revocations(self) -> int:
+        """Reads the ledger's revocations again and enforces the new ones; returns how many were new."""
+        assert self.admissions is not None and self.mesh is not None
+        fresh = self.mesh.ledger_revoked(self.admissions.revocations())
+        if fresh:
+            self._names_changed()
+        return fresh
+
+    def _admin_tick(self) -> None:
+        """Every recheck on an admin node: renewals due, and revocations written while no daemon heard of
+        them (the CLI tells the daemon at once; this catches a request that did not reach it)."""
+        if self.admissions is not None:
+            self.admissions.renew()
+            self._ledger_revocations()
+
     async def join_network(self, request: dict[str, Any]) -> dict[str, Any]:
         """The web UI's wizard joins a network with an invite code ("code", optional "name"): this node asks
         the admin for its certificate (the UI cannot: the node key is root's), routing the LAN prefixes
@@ -350,12 +375,17 @@ class Daemon:
             # The firewall's outside set is the WAN manager's, also where no port came or went.
             self.router.outside = self.wans.devices()
         await self.router.update(new, changes)
-        if changes.network and self.mesh is not None:
-            self.mesh.apply(new)
-            self._names_changed()
         if self.admissions is not None:
             self.admissions.config = new
             self.admissions.refresh()
+        if self.mesh is not None:
+            ledger = self.admissions.revocations() if self.admissions is not None else []
+            if changes.network:
+                self.mesh.ledger_revocations = ledger
+                self.mesh.apply(new)
+                self._names_changed()
+            elif self.mesh.ledger_revoked(ledger):
+                self._names_changed()
         self.config = new
         self._names = {p.key: p.name for p in new.peers}
 
@@ -367,7 +397,8 @@ class Daemon:
         api = self.api = ApiServer(self.config.api_socket, {"status": self.status, "events": self.recent_events,
                                                  "reload": self.request_reload, "config": self.config_text,
                                                  "apply_config": self.apply_config, "setup_done": self.setup_done,
-                                                 "invites": self.invites_changed, "join_network": self.join_network})
+                                                 "invites": self.invites_changed, "join_network": self.join_network,
+                                                 "revocations": self.revocations_changed})
         async with contextlib.AsyncExitStack() as undo:
             undo.callback(os.close, read_fd)
             undo.callback(os.close, write_fd)
@@ -389,19 +420,20 @@ class Daemon:
             self.peers = PeerTable(self.node, self.config.tun, self.config.address)
             undo.push_async_callback(self.peers.stop)
             # The network first: a path to a configured peer that comes up before it would not exchange news.
+            # On the network's admin node, the ledger's revocations hold from the start too.
+            self.admissions = Admissions(self.node, self.config)
             self.mesh = Mesh(self.node, self.peers, self.config, self._peer_label)
+            self.mesh.ledger_revocations = self.admissions.revocations()
             self.mesh.apply(self.config)
             for peer in self.config.peers:
                 await self.peers.add(peer)
-            self.admissions = Admissions(self.node, self.config)
             self.admissions.refresh()
             await self.mesh.redial_cached()
             if self.config.network is not None and self.config.lan is not None and self.config.lan.dns:
                 self.member_names = MemberNames(self.config.state_dir)
                 undo.callback(self.member_names.remove)
                 self._names_changed()
-            admissions = self.admissions
-            recheck = loop.create_task(self.mesh.recheck(admissions.renew))
+            recheck = loop.create_task(self.mesh.recheck(self._admin_tick))
             undo.callback(recheck.cancel)
             if self.config.network is not None and self.config.discovery.dht:
                 undo.callback(self._spawn(self._discover(), "discovery").cancel)

@@ -87,11 +87,16 @@ def join_by_invite(gateway: qe.NodeSpec, node: qe.NodeSpec, name: str) -> str:
 
 
 def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
-                   prepare: Callable[[Namespace], object] | None = None, by_invite: bool = False) -> MeshLab:
+                   prepare: Callable[[Namespace], object] | None = None, by_invite: bool = False,
+                   gateway_dht_port: int | None = None) -> MeshLab:
     """Starts the DHT, the gateway and `sites` sites (not waiting for them to connect); `prepare` is
     called with each site's namespace before any daemon starts. `by_invite`: each site starts with only
     what `quicether join` wrote from an invite code of the running gateway; else with a certificate issued
-    by hand and the gateway as a peer."""
+    by hand and the gateway as a peer. `gateway_dht_port`: the gateway serves the DHT on that port
+    ([discovery] server = true, bootstrapping from no one) and is every site's only bootstrap node, at its
+    address on the site's link (with `dht_nodes=0`: the DHT is the gateway's alone; not with `by_invite`).
+    The gateway's DHT socket is bound to no address: on the multi-homed hub, its answers leave from the
+    address of the route back, which a site accepts only if it is the address it asked."""
     hub, spokes = star(lab, sites)
     for ns in spokes:
         if prepare is not None:
@@ -100,6 +105,10 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     gateway = qe.make_node(hub, "gw", "", state)
     net = network.create(gateway.state_dir, "home", load(gateway.state_dir / "node.key"), admin_name="gw")
     make_member(gateway, net.members[0], None, dht[:4])
+    bootstraps = [dht[:4]] * sites
+    if gateway_dht_port is not None:
+        gateway.sections["discovery"].update(server=True, port=gateway_dht_port)
+        bootstraps = [[f"10.{i + 1}.0.2:{gateway_dht_port}"] for i in range(sites)]
     nodes = [qe.make_node(ns, f"s{i}", "", state) for i, ns in enumerate(spokes)]
     codes = {}
     if by_invite:
@@ -107,9 +116,9 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
         for node in nodes:
             codes[node.name] = join_by_invite(gateway, node, f"site-{node.name}")
     else:
-        for node in nodes:
+        for node, bootstrap in zip(nodes, bootstraps, strict=True):
             make_member(node, network.issue(net, decode_node_id(node.node_id), f"site-{node.name}"), gateway,
-                        dht[:4])
+                        bootstrap)
     started_at = time.monotonic()
     for node in nodes if by_invite else (gateway, *nodes):
         qe.start(node)
