@@ -1,6 +1,6 @@
 //! A QuicEther node: QUIC endpoints (one listening, one per WAN), peers, TUN device, and the tasks that
 //! move packets between them. Wiring only; each mechanism has its own file:
-//! `send.rs` (TUN → paths), `receive.rs` (paths → reorder → TUN), `connect.rs` (accept/dial/hello),
+//! `send.rs` (TUN → paths), `receive.rs` (paths → bond receiver → TUN), `connect.rs` (accept/dial/hello),
 //! `timers.rs` (probes and health), `peer.rs` (peer and path state), `sockets.rs` (UDP sockets).
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -650,9 +650,9 @@ impl Node {
                     path_rank::compare(&a.view().rank, &b.view().rank).then(a.conn.rtt().cmp(&b.conn.rtt()))
                 });
                 let c = &p.counters;
-                let (reorder, timeout_us) = {
-                    let buffer = p.reorder.lock().unwrap();
-                    (buffer.stats, buffer.timeout_us())
+                let (reorder, timeout_us, malformed) = {
+                    let bond = p.bond.lock().unwrap();
+                    (bond.reorder_stats(), bond.timeout_us(), bond.dropped())
                 };
                 PeerStats {
                     key: p.key,
@@ -665,7 +665,8 @@ impl Node {
                     rx_packets: c.rx_packets.load(Ordering::Relaxed),
                     rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
                     tx_dropped: c.tx_dropped.load(Ordering::Relaxed),
-                    rx_dropped: c.rx_dropped.load(Ordering::Relaxed),
+                    // Datagrams that were no frame are counted by the bond receiver, the rest here.
+                    rx_dropped: c.rx_dropped.load(Ordering::Relaxed) + malformed,
                     retransmitted: c.retransmitted.load(Ordering::Relaxed),
                     paths: paths
                         .iter()

@@ -12,12 +12,12 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use quicether_proto::allowed_ips::Prefix;
+use quicether_proto::bond::BondReceiver;
 use quicether_proto::classify::Rule;
 use quicether_proto::frame::{clear_data_gap, data_seq, encode_data_header, DATA_HEADER_LEN};
 use quicether_proto::health::PathHealth;
 use quicether_proto::path_rank::{self, PathKind, PathRank};
-use quicether_proto::reorder::ReorderBuffer;
-use quicether_proto::reorder::{timeout_for_rtts_us, RESYNC_DISTANCE};
+use quicether_proto::reorder::RESYNC_DISTANCE;
 use quicether_proto::resend::ResendMemory;
 use quicether_proto::scheduler::{choose, queue_limit_bytes, Choice, Mode, PathView};
 use tokio::io::unix::AsyncFd;
@@ -62,6 +62,8 @@ pub struct Counters {
     /// Outbound packets dropped: no usable path, or the bounded send queue was full.
     pub tx_dropped: AtomicU64,
     /// Inbound packets dropped: source outside the peer's allowed IPs, full reorder queue, TUN write failed.
+    /// Datagrams that were no frame are counted by the bond receiver (`BondReceiver::dropped`); peer stats
+    /// report the sum.
     pub rx_dropped: AtomicU64,
     /// DATA frames resent because the peer reported them lost.
     pub retransmitted: AtomicU64,
@@ -222,12 +224,12 @@ pub struct Peer {
     pub removed: AtomicBool,
     /// Bond sequence for the next packet; starts at a random point so a restarted sender is recognised.
     pub next_seq: AtomicU64,
-    /// Path readers push into it directly (no hop to another task on the packet path); the reorder
-    /// timer only handles gaps that time out.
-    pub reorder: Mutex<ReorderBuffer<Bytes>>,
-    /// Wakes the reorder timer when the buffer starts holding packets.
+    /// The receive side of the bond (`quicether_proto::bond`): path readers hand it their datagrams
+    /// directly (no hop to another task on the packet path); the reorder timer only handles its deadlines.
+    pub bond: Mutex<BondReceiver>,
+    /// Wakes the reorder timer when the bond receiver's next deadline moved earlier (`timeout_moved_earlier`).
     pub reorder_wake: Notify,
-    /// Held while writing released packets to the TUN. Taken before the reorder lock is let go, so
+    /// Held while writing released packets to the TUN. Taken before the bond lock is let go, so
     /// batches reach the TUN in the order the buffer released them: path readers run on several
     /// threads, and without it a reader writing a long run could be overtaken by one releasing the
     /// next packets (measured: ~180 spurious fast retransmits per 8 s in the inner TCP).
@@ -289,7 +291,7 @@ impl Peer {
             paths: RwLock::new(Vec::new()),
             removed: AtomicBool::new(false),
             next_seq: AtomicU64::new(first_seq % (u64::MAX / 2) + RESYNC_DISTANCE),
-            reorder: Mutex::new(ReorderBuffer::new(timeout_for_rtts_us(&[]), REORDER_MAX_PACKETS)),
+            bond: Mutex::new(BondReceiver::new(REORDER_MAX_PACKETS)),
             reorder_wake: Notify::new(),
             delivery: Mutex::new(()),
             resend: Mutex::new(ResendMemory::default()),

@@ -1,6 +1,9 @@
-//! Inbound packet path, in order: QUIC DATAGRAM on a path (`path_reader`) → frame type → probes answered
-//! on the same path / data into the peer's reorder buffer → source check → TUN write. `reorder_timer`
-//! releases packets held behind a gap that timed out, and re-derives the timeout from the paths' RTTs.
+//! Inbound packet path, in order: QUIC DATAGRAM on a path (`path_reader`) → the peer's bond receiver
+//! (`quicether_proto::bond`: frame dispatch, reordering, NACK and probe decisions) → what it decides is
+//! done here: probe replies on the same path, NACKs on the fastest path, probe replies fed to path health,
+//! retransmissions by the sending half, released packets → source check → TUN write. `reorder_timer`
+//! sleeps until the receiver's next deadline (gaps that time out), and re-derives the timeouts from the
+//! paths' RTTs.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -9,90 +12,59 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quicether_proto::allowed_ips::packet_addrs;
-use quicether_proto::frame::{encode_nacks, encode_probe_reply, parse, Frame, DATA_HEADER_LEN};
+use quicether_proto::bond::Output;
 use quicether_proto::health::PathState;
-use quicether_proto::reorder::{retransmit_wait_for_rtts_us, timeout_for_rtts_us};
 
 use crate::events::UpReason;
 use crate::peer::{Counters, Event, Path, Peer, Shared};
 use crate::peers::PeerTable;
 
-/// How often the reorder timeout is re-derived from the paths' RTTs.
+/// How often the reorder timeout is re-derived from the paths' RTTs (and the learned timeout decays).
 const REORDER_RETUNE: Duration = Duration::from_millis(100);
-/// Granularity of gap timeouts while packets are held (a timer per packet would cost more than it saves).
-const REORDER_TICK: Duration = Duration::from_millis(1);
 
 pub async fn path_reader(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
     let peer = &*peer;
     let mut ready = Vec::new();
+    let mut outputs = Vec::new();
     let reason = loop {
         let datagram = match path.conn.read_datagram().await {
             Ok(d) => d,
             Err(e) => break crate::connect::net_text(e),
         };
         Counters::count(&path.counters.rx_packets, &path.counters.rx_bytes, datagram.len());
-        match parse(&datagram) {
-            Some(Frame::Data { seq, prev_on_path, .. }) => {
-                let (held, nacks, turn) = {
-                    let mut buffer = peer.reorder.lock().unwrap();
-                    let was_empty = buffer.held() == 0;
-                    let packet = datagram.slice(DATA_HEADER_LEN..);
-                    buffer.push_from(path.id, seq, prev_on_path, packet, shared.now_us(), &mut ready);
-                    (was_empty && buffer.held() > 0, buffer.take_nacks(), delivery_turn(peer, &ready))
-                };
-                if held {
-                    peer.reorder_wake.notify_one();
-                }
-                send_nacks(peer, &nacks);
-                deliver_ready(&shared, peer, &mut ready, turn);
+        // Taken before the lock: a probe reply's arrival time must not include waiting for it.
+        let now = shared.now_us();
+        let turn = {
+            let mut bond = peer.bond.lock().unwrap();
+            bond.handle_datagram(path.id, datagram, now);
+            if bond.timeout_moved_earlier() {
+                peer.reorder_wake.notify_one();
             }
-            Some(Frame::Probe { id, next_seq }) => {
-                let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe_reply(id)));
-                let mut buffer = peer.reorder.lock().unwrap();
-                buffer.mark_passed(path.id, next_seq.wrapping_sub(1), shared.now_us(), &mut ready);
-                let nacks = buffer.take_nacks();
-                let turn = delivery_turn(peer, &ready);
-                drop(buffer);
-                send_nacks(peer, &nacks);
-                deliver_ready(&shared, peer, &mut ready, turn);
-            }
-            Some(Frame::ProbeReply { id }) => {
-                let change = path.health.lock().unwrap().handle_reply(id, shared.now_us());
-                if change == Some(PathState::Up) {
-                    path.up.store(true, Ordering::Relaxed);
-                    shared.emit(Event::PathUp {
-                        key: peer.key,
-                        route: path.route.clone(),
-                        remote: path.conn.remote_address(),
-                        reason: UpReason::Recovered,
-                    });
-                }
-            }
-            Some(Frame::Nack { seqs }) => {
-                peer.retransmit(&seqs, shared.now_us());
-            }
-            None => {
-                peer.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            take_outputs(&mut bond, &mut ready, &mut outputs);
+            delivery_turn(peer, &ready)
+        };
+        for output in outputs.drain(..) {
+            act(&shared, peer, Some(&path), output, now);
         }
+        deliver_ready(&shared, peer, &mut ready, turn);
     };
-    peer.reorder.lock().unwrap().forget_path(path.id);
+    peer.bond.lock().unwrap().handle_path_closed(path.id);
     shared.remove_path(peer, &path, reason);
 }
 
-/// Runs until the peer is removed (the node also aborts it then; the flag covers a removal between ticks).
+/// Runs until the peer is removed (the node also aborts it then; the flag covers a removal between wakes).
+/// Sleeps until the bond receiver's next deadline, or until a path reader says it moved earlier, and at
+/// least every `REORDER_RETUNE` to retune.
 pub async fn reorder_timer(shared: Arc<Shared>, peer: Arc<Peer>) {
     let peer = &*peer;
     let mut ready = Vec::new();
+    let mut outputs = Vec::new();
     let mut last_retune = std::time::Instant::now();
+    let mut deadline_us: Option<u64> = None;
     while !peer.removed.load(Ordering::Relaxed) {
-        let holding = peer.reorder.lock().unwrap().held() > 0;
-        if holding {
-            tokio::time::sleep(REORDER_TICK).await;
-        } else {
-            // Nothing held: sleep until a gap appears, waking now and then to retune the timeout.
-            let _ = tokio::time::timeout(REORDER_RETUNE, peer.reorder_wake.notified()).await;
-        }
+        let retune_at = last_retune + REORDER_RETUNE;
+        let wake_at = deadline_us.map_or(retune_at, |d| retune_at.min(shared.epoch + Duration::from_micros(d)));
+        let _ = tokio::time::timeout_at(wake_at.into(), peer.reorder_wake.notified()).await;
         let retune = last_retune.elapsed() >= REORDER_RETUNE;
         let rtts: Vec<u64> = if retune {
             last_retune = std::time::Instant::now();
@@ -106,38 +78,83 @@ pub async fn reorder_timer(shared: Arc<Shared>, peer: Arc<Peer>) {
         } else {
             Vec::new()
         };
+        let now = shared.now_us();
         let turn = {
-            let mut buffer = peer.reorder.lock().unwrap();
+            let mut bond = peer.bond.lock().unwrap();
             if retune {
-                buffer.set_timeout_us(timeout_for_rtts_us(&rtts));
-                buffer.set_retransmit_wait_us(retransmit_wait_for_rtts_us(&rtts));
+                bond.set_path_rtts(&rtts);
             }
-            buffer.poll(shared.now_us(), &mut ready);
+            bond.handle_timeout(now);
+            take_outputs(&mut bond, &mut ready, &mut outputs);
+            deadline_us = bond.poll_timeout();
             delivery_turn(peer, &ready)
         };
+        for output in outputs.drain(..) {
+            act(&shared, peer, None, output, now);
+        }
         deliver_ready(&shared, peer, &mut ready, turn);
     }
 }
 
-/// Asks the peer to resend lost DATA frames, over the fastest path.
-fn send_nacks(peer: &Peer, seqs: &[u64]) {
-    if seqs.is_empty() {
-        return;
+/// Moves what the bond receiver released and decided out of it (call with its lock held).
+fn take_outputs(bond: &mut quicether_proto::bond::BondReceiver, ready: &mut Vec<Bytes>, outputs: &mut Vec<Output>) {
+    bond.take_delivered(ready);
+    outputs.extend(std::iter::from_fn(|| bond.poll_output()));
+}
+
+/// Carries out one decision of the bond receiver. `reader`: the path whose datagram led to it, if any (the
+/// path a probe reply goes back on, found without a lookup).
+fn act(shared: &Shared, peer: &Peer, reader: Option<&Arc<Path>>, output: Output, now_us: u64) {
+    match output {
+        Output::ProbeReply { path, frame } => {
+            if let Some(path) = path_by_id(peer, reader, path) {
+                let _ = path.conn.send_datagram(frame);
+            }
+        }
+        Output::SendNacks(frames) => send_nacks(peer, frames),
+        Output::ProbeAnswered { path, id } => {
+            let Some(path) = path_by_id(peer, reader, path) else { return };
+            let change = path.health.lock().unwrap().handle_reply(id, now_us);
+            if change == Some(PathState::Up) {
+                path.up.store(true, Ordering::Relaxed);
+                shared.emit(Event::PathUp {
+                    key: peer.key,
+                    route: path.route.clone(),
+                    remote: path.conn.remote_address(),
+                    reason: UpReason::Recovered,
+                });
+            }
+        }
+        Output::Retransmit(seqs) => {
+            peer.retransmit(&seqs, shared.now_us());
+        }
     }
+}
+
+/// The path with id `id`: the reader's own (always, for what a path's datagram leads to), else looked up.
+fn path_by_id(peer: &Peer, reader: Option<&Arc<Path>>, id: u64) -> Option<Arc<Path>> {
+    match reader {
+        Some(path) if path.id == id => Some(path.clone()),
+        _ => peer.paths.read().unwrap().iter().find(|p| p.id == id).cloned(),
+    }
+}
+
+/// Asks the peer to resend lost DATA frames, over the fastest path.
+fn send_nacks(peer: &Peer, frames: Vec<Vec<u8>>) {
     if let Some(path) = peer.fastest_path() {
-        for frame in encode_nacks(seqs) {
+        for frame in frames {
             let _ = path.conn.send_datagram(Bytes::from(frame));
         }
     }
 }
 
-/// The peer's delivery turn, if the buffer released anything. Call it with the reorder lock held: whoever
+/// The peer's delivery turn, if the receiver released anything. Call it with the bond lock held: whoever
 /// releases later gets the turn later, so releases reach the TUN in sequence order.
 fn delivery_turn<'a>(peer: &'a Peer, ready: &[Bytes]) -> Option<MutexGuard<'a, ()>> {
     (!ready.is_empty()).then(|| peer.delivery.lock().unwrap())
 }
 
-/// Delivers, in order, what the reorder buffer released (called with its lock released, holding `turn`).
+/// Delivers, in order, what the bond receiver released (called with its lock released, holding `turn`).
 fn deliver_ready(shared: &Shared, peer: &Peer, ready: &mut Vec<Bytes>, turn: Option<MutexGuard<'_, ()>>) {
     if ready.is_empty() {
         return;

@@ -4,6 +4,7 @@
 //! - `admission`: which incoming handshakes are taken on, retried (address validation) or dropped.
 //! - `allowed_ips`: which peer an inner packet belongs to (longest prefix match), and source checks.
 //! - `certkey`: the Ed25519 node key inside a peer's self-signed certificate.
+//! - `bond`: one peer's receive side of the bond: frame dispatch, reordering, NACKs, probe answers, timers.
 //! - `frame`: the DATAGRAM frame format (bond sequence numbers, probes).
 //! - `classify`: traffic classes (bulk / real-time / rules) → scheduling mode.
 //! - `scheduler`: which path(s) carry a packet.
@@ -24,6 +25,7 @@
 
 pub mod admission;
 pub mod allowed_ips;
+pub mod bond;
 pub mod certkey;
 pub mod classify;
 pub mod frame;

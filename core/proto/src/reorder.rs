@@ -265,11 +265,16 @@ impl<T> ReorderBuffer<T> {
 
     /// When `poll` next has something to do, if anything is held.
     pub fn next_deadline_us(&self) -> Option<u64> {
-        let repair = self.next.and_then(|n| self.lost.get(&n).copied());
-        match (self.gap_deadline_us(), repair) {
+        match (self.gap_deadline_us(), self.repair_deadline_us()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// When `poll` stops waiting for the retransmission of the known loss at the head, if there is one.
+    /// Cheap (one lookup), unlike `next_deadline_us`, which looks at every held packet.
+    pub fn repair_deadline_us(&self) -> Option<u64> {
+        self.next.and_then(|n| self.lost.get(&n).copied())
     }
 
     /// When the fallback timeout gives up on the head gap.
