@@ -181,6 +181,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  role {router['role']}  outside ports {' '.join(router['outside']) or '-'}")
     for wan, nat in sorted(node.get("nat", {}).items()):
         print(f"  wan {wan}: NAT {nat}")
+    punch = node.get("punch") or {}
+    if punch:
+        print(f"  hole punching: {punch.get('attempts', 0)} attempts, {punch.get('successes', 0)} punched paths up,"
+              f" {punch.get('forwarded', 0)} forwarded for others, {punch.get('refused', 0)} refused")
     if health := answer.get("health"):
         from quicether.metrics import health_line
 

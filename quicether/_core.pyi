@@ -105,6 +105,9 @@ class Node:
     def local_addr(self) -> str: ...
     def inner_mtu(self) -> int: ...
     def no_route_drops(self) -> int: ...
+    def punch_stats(self) -> dict[str, int]:
+        """Hole punching: attempts (punches this node took part in), successes (punched paths up),
+        forwarded (requests relayed for other members), refused (punch messages refused)."""
     def nat_types(self) -> dict[str, str]:
         """{WAN (or "default"): the NAT its socket is behind, in words}, from what the peers it dialed see."""
     def handshake_load(self) -> tuple[int, int]:

@@ -203,6 +203,8 @@ class Daemon:
                 "refused_handshakes": node.refused_handshakes() if node else 0,
                 # Per WAN: the NAT it is behind, as the addresses the peers see it at tell.
                 "nat": node.nat_types() if node else {},
+                # Hole punching: attempts, successes, requests forwarded for others, messages refused.
+                "punch": node.punch_stats() if node else {},
                 # API connections answered "busy" (its limit of connections at once was reached).
                 "api_refused_busy": self.api.refused_busy if self.api else 0,
                 # What the daemon may still do as root (quicether/capabilities.py), or "all" if not reduced.

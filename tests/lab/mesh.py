@@ -2,9 +2,12 @@
 gateway on the hub that is the network's admin, and QuicEther sites configured with only their membership
 certificate and the gateway. Shared by tests/test_mesh_membership.py and scripts/demo.
 
-    site s0 10.1.0.1 ──┐
-    site s1 10.2.0.1 ──┼── hub (10.N.0.2; the gateway, and the private DHT's nodes on 10.1.0.2)
-    site sN …        ──┘
+    site s0 10.1.0.1 ──────────────────────────┐
+    site s1 10.2.0.1 ──────────────────────────┼── hub (10.N.0.2; the gateway, and the private DHT's nodes
+    site sN 172.16.N.2 ── NAT nN (10.N.0.1) ───┘        on 10.1.0.2)
+
+A site may sit behind a NAT of any type of the WAN lab (`topology.NatType`): a namespace between it and the
+hub whose outside address is the one the hub routes to; the gateway stays public.
 """
 
 from __future__ import annotations
@@ -21,20 +24,35 @@ from quicether.identity import decode_node_id, load
 from tests.lab import nodes as qe
 from tests.lab.dht import start_dht
 from tests.lab.netns import Lab, Namespace
+from tests.lab.topology import NatType, apply_nat
 
 GATEWAY_ENDPOINT = "10.1.0.2:4433"
 DHT_IP = "10.1.0.2"
 
 
-def star(lab: Lab, sites: int) -> tuple[Namespace, list[Namespace]]:
-    """A hub routing between `sites` hosts, each on its own link: site i at 10.(i+1).0.1, hub .2."""
+def star(lab: Lab, sites: int, nats: list[NatType] | None = None) -> tuple[Namespace, list[Namespace]]:
+    """A hub routing between `sites` hosts, each on its own link: site i at 10.(i+1).0.1, hub .2. With
+    `nats`, site i behind a NAT of type nats[i] (NONE: none): the NAT namespace n<i> holds 10.(i+1).0.1
+    and the site is at 172.16.(i+1).2 behind it."""
     hub = lab.add_namespace("hub", forwarding=True)
     spokes = []
     for i in range(sites):
+        nat = nats[i] if nats else NatType.NONE
         ns = lab.add_namespace(f"s{i}")
-        lab.veth(ns, "eth0", hub, f"s{i}")
-        ns.ip("addr", "add", f"10.{i + 1}.0.1/24", "dev", "eth0")
-        ns.ip("route", "add", "default", "via", f"10.{i + 1}.0.2")
+        if nat is NatType.NONE:
+            lab.veth(ns, "eth0", hub, f"s{i}")
+            ns.ip("addr", "add", f"10.{i + 1}.0.1/24", "dev", "eth0")
+            ns.ip("route", "add", "default", "via", f"10.{i + 1}.0.2")
+        else:
+            router = lab.add_namespace(f"n{i}", forwarding=True)
+            lab.veth(router, "wire", hub, f"s{i}")
+            router.ip("addr", "add", f"10.{i + 1}.0.1/24", "dev", "wire")
+            router.ip("route", "add", "default", "via", f"10.{i + 1}.0.2")
+            lab.veth(ns, "eth0", router, "lan")
+            router.ip("addr", "add", f"172.16.{i + 1}.1/24", "dev", "lan")
+            ns.ip("addr", "add", f"172.16.{i + 1}.2/24", "dev", "eth0")
+            ns.ip("route", "add", "default", "via", f"172.16.{i + 1}.1")
+            apply_nat(router, nat, inside_host=f"172.16.{i + 1}.2", outside_if="wire")
         hub.ip("addr", "add", f"10.{i + 1}.0.2/24", "dev", f"s{i}")
         spokes.append(ns)
     return hub, spokes
@@ -88,7 +106,7 @@ def join_by_invite(gateway: qe.NodeSpec, node: qe.NodeSpec, name: str) -> str:
 
 def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
                    prepare: Callable[[Namespace], object] | None = None, by_invite: bool = False,
-                   gateway_dht_port: int | None = None) -> MeshLab:
+                   gateway_dht_port: int | None = None, nats: list[NatType] | None = None) -> MeshLab:
     """Starts the DHT, the gateway and `sites` sites (not waiting for them to connect); `prepare` is
     called with each site's namespace before any daemon starts. `by_invite`: each site starts with only
     what `quicether join` wrote from an invite code of the running gateway; else with a certificate issued
@@ -96,8 +114,9 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     ([discovery] server = true, bootstrapping from no one) and is every site's only bootstrap node, at its
     address on the site's link (with `dht_nodes=0`: the DHT is the gateway's alone; not with `by_invite`).
     The gateway's DHT socket is bound to no address: on the multi-homed hub, its answers leave from the
-    address of the route back, which a site accepts only if it is the address it asked."""
-    hub, spokes = star(lab, sites)
+    address of the route back, which a site accepts only if it is the address it asked. `nats`: the NAT
+    each site is behind (see `star`)."""
+    hub, spokes = star(lab, sites, nats)
     for ns in spokes:
         if prepare is not None:
             prepare(ns)

@@ -181,7 +181,11 @@ def delay_line_stats(wan: Wan) -> dict[str, int]:
 
 
 def _apply_nat(wan: Wan) -> None:
-    nat = wan.spec.nat
+    apply_nat(wan.isp, wan.spec.nat, inside_host=wan.router_addr, outside_if="wire")
+
+
+def apply_nat(ns: Namespace, nat: NatType, *, inside_host: str, outside_if: str) -> None:
+    """Makes `ns` (a router with one inside host, `inside_host`) a NAT of type `nat` on `outside_if`."""
     if nat is NatType.NONE:
         return
     masquerade = "masquerade random" if nat is NatType.SYMMETRIC else "masquerade"
@@ -190,14 +194,20 @@ def _apply_nat(wan: Wan) -> None:
         # One inner host per ISP link: forwarding every unsolicited UDP port to it is endpoint-independent
         # filtering, and masquerade keeps the inner port, so mapping is endpoint-independent too.
         inbound = (" chain prerouting {\n  type nat hook prerouting priority dstnat;\n"
-                   f'  iifname "wire" udp dport 1024-65535 dnat ip to {wan.router_addr}\n }}\n')
+                   f'  iifname "{outside_if}" udp dport 1024-65535 dnat ip to {inside_host}\n }}\n')
+    # Like a home router's firewall, unsolicited UDP to the router itself is dropped, and so leaves no
+    # conntrack state behind. (Without this rule the kernel keeps an entry for it, answers port
+    # unreachable, and a later outbound packet of the inside host to that sender gets another outside
+    # port: a peer's early punch packet would move the very mapping the punch is opening.)
     ruleset = (
         "table ip labnat {\n"
         f" chain postrouting {{\n  type nat hook postrouting priority srcnat;\n"
-        f'  oifname "wire" {masquerade}\n }}\n'
+        f'  oifname "{outside_if}" {masquerade}\n }}\n'
+        f" chain input {{\n  type filter hook input priority filter;\n"
+        f'  iifname "{outside_if}" meta l4proto udp ct state new drop\n }}\n'
         f"{inbound}}}\n"
     )
-    wan.isp.run("nft", "-f", "-", input=ruleset)
+    ns.run("nft", "-f", "-", input=ruleset)
 
 
 def build_wan_lab(lab: Lab, links: list[LinkSpec], *, lan: bool = True, lan_static: bool = True,

@@ -27,7 +27,7 @@ use crate::timers::path_timer;
 use crate::tls;
 
 /// How long either side waits for the other's half of the hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after the first failed dial; it doubles with each failure in a row up to `REDIAL_MAX`, so an
 /// endpoint that is gone for good costs a packet every few seconds, not every second.
 const REDIAL_INTERVAL: Duration = Duration::from_secs(1);
@@ -61,14 +61,14 @@ fn endpoint_ip(endpoint: &quinn::Endpoint) -> Option<IpAddr> {
 }
 
 /// How `start_path` ended.
-enum Started {
+pub(crate) enum Started {
     Path(Arc<Path>),
     /// Another path over the same pair of WANs won (see `duplicate_loser`).
     Duplicate,
     Refused,
 }
 
-fn start_path(
+pub(crate) fn start_path(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     conn: quinn::Connection,
@@ -89,8 +89,12 @@ fn start_path(
         shared.emit(Event::HandshakeRefused { key: Some(peer.key), reason });
         return Started::Refused;
     }
+    let punched = route.kind == PathKind::Punched;
     match shared.add_path(peer, conn, route, backup, local, public) {
         Ok(path) => {
+            if punched {
+                shared.punch.stats.lock().unwrap().successes += 1;
+            }
             tokio::spawn(path_reader(shared.clone(), peer.clone(), path.clone()));
             tokio::spawn(path_timer(shared.clone(), peer.clone(), path.clone()));
             tokio::spawn(crate::member_news::exchange(shared.clone(), peer.clone(), path.clone()));
@@ -145,8 +149,10 @@ pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, socket:
             let local_wan = conn.local_ip().or(local).and_then(|ip| shared.wan_at(ip)).unwrap_or(socket);
             match tokio::time::timeout(HELLO_TIMEOUT, answer_hello(&conn, &local_wan)).await {
                 Ok(Ok((peer_wan, backup))) => {
+                    // A peer we punched towards just now came through the mapping the punch opened.
+                    let punched = shared.punch.punched_recently(&peer.key, shared.now_us());
                     let route = PathRoute {
-                        kind: PathKind::Direct,
+                        kind: if punched { PathKind::Punched } else { PathKind::Direct },
                         local_wan,
                         peer_wan: Some(peer_wan),
                         remote: conn.remote_address(),
@@ -187,7 +193,7 @@ async fn answer_hello(conn: &quinn::Connection, our_wan: &str) -> Result<(String
 }
 
 /// Sends the path hello and reads the answer.
-async fn send_hello(conn: &quinn::Connection, wan: &str, backup: bool) -> Result<hello::Answer, String> {
+pub(crate) async fn send_hello(conn: &quinn::Connection, wan: &str, backup: bool) -> Result<hello::Answer, String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(net_text)?;
     send.write_all(&hello::encode_hello(wan, backup)).await.map_err(net_text)?;
     send.finish().map_err(net_text)?;

@@ -22,3 +22,10 @@ pub fn inflight_gain_percent() -> u64 {
     *VALUE
         .get_or_init(|| env_u64("QUICETHER_INFLIGHT_GAIN_PERCENT").unwrap_or(crate::congestion::INFLIGHT_GAIN_PERCENT))
 }
+
+/// `QUICETHER_NO_PUNCH=1`: no hole punching is started or answered (relaying others' requests goes on),
+/// to measure what connects without it (tests/test_mesh_nat.py, scripts/bench-mesh).
+pub fn punch_disabled() -> bool {
+    static VALUE: OnceLock<bool> = OnceLock::new();
+    *VALUE.get_or_init(|| env_u64("QUICETHER_NO_PUNCH") == Some(1))
+}

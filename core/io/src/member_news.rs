@@ -168,10 +168,13 @@ pub async fn exchange(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
     let everything = shared.news.lock().unwrap().items();
     send(&path, &everything).await;
     while let Ok(mut stream) = path.conn.accept_uni().await {
-        let batch = match stream.read_to_end(MAX_BATCH_LEN).await {
-            Ok(data) => decode(&data).ok(),
-            Err(_) => None,
-        };
+        let data = stream.read_to_end(MAX_BATCH_LEN).await.ok();
+        // Punch requests and offers share the path's unidirectional streams (`punch.rs`).
+        if let Some(data) = data.as_deref().filter(|d| quicether_proto::punch::is_punch(d)) {
+            crate::punch::received(&shared, &peer, &path, data);
+            continue;
+        }
+        let batch = data.and_then(|d| decode(&d).ok());
         let Some(items) = batch else {
             shared.news.lock().unwrap().refused += 1;
             continue;

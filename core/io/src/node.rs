@@ -282,6 +282,7 @@ impl Node {
             trust: Arc::new(RwLock::new(None)),
             news: Mutex::new(crate::member_news::NewsBook::new(cfg.membership.clone())),
             joins: crate::join::JoinDesk::default(),
+            punch: crate::punch::PunchDesk::default(),
             member_policy: RwLock::new(PeerPolicy {
                 bulk_mode: quicether_proto::scheduler::Mode::Aggregate,
                 realtime_mode: quicether_proto::scheduler::Mode::Redundant,
@@ -344,6 +345,9 @@ impl Node {
 
         runtime.spawn(accept_loop(shared.clone(), listener.clone(), DEFAULT_SOURCE.to_string()));
         runtime.spawn(tun_reader(shared.clone()));
+        runtime.spawn(crate::punch::initiator(shared.clone()));
+        *shared.punch.client.write().unwrap() =
+            Some(crate::punch::ClientKit { identity: current_identity.clone(), transport: transport.clone() });
         let node = Node {
             shared,
             listener,
@@ -364,6 +368,12 @@ impl Node {
         match cfg.wans {
             None => {
                 let source = DialSource { endpoint: node.listener.clone(), backup: false, local: None, accept: None };
+                node.shared.punch.sockets.write().unwrap().push(crate::punch::PunchSocket {
+                    wan: DEFAULT_SOURCE.to_string(),
+                    endpoint: node.listener.clone(),
+                    backup: false,
+                    local: None,
+                });
                 node.sources.lock().unwrap().insert(DEFAULT_SOURCE.to_string(), source);
             }
             Some(wans) => {
@@ -428,6 +438,12 @@ impl Node {
         )?;
         let accept = runtime.spawn(accept_loop(self.shared.clone(), endpoint.clone(), wan.name.clone()));
         self.shared.wan_addrs.write().unwrap().insert(wan.local, wan.name.clone());
+        self.shared.punch.sockets.write().unwrap().push(crate::punch::PunchSocket {
+            wan: wan.name.clone(),
+            endpoint: endpoint.clone(),
+            backup: wan.backup,
+            local: Some(wan.local),
+        });
         let source = DialSource { endpoint, backup: wan.backup, local: Some(wan.local), accept: Some(accept) };
         let mut tasks = self.tasks.lock().unwrap();
         let peers: Vec<Arc<Peer>> = self.shared.table.read().unwrap().peers().cloned().collect();
@@ -450,6 +466,7 @@ impl Node {
         for t in self.tasks.lock().unwrap().values_mut() {
             t.abort_dialers(Some(name));
         }
+        self.shared.punch.sockets.write().unwrap().retain(|s| s.wan != name);
         drop(sources);
         if let Some(accept) = &source.accept {
             accept.abort();
@@ -760,6 +777,11 @@ impl Node {
             .collect();
         mappings.sort_by(|a, b| a.0.cmp(&b.0));
         mappings
+    }
+
+    /// Hole punching so far: punches taken part in, punched paths up, requests relayed, messages refused.
+    pub fn punch_stats(&self) -> quicether_proto::punch::PunchStats {
+        *self.shared.punch.stats.lock().unwrap()
     }
 
     /// Incoming handshakes answered with a Retry (address validation under load), and dropped.

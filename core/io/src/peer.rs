@@ -361,6 +361,8 @@ pub struct Shared {
     pub news: Mutex<crate::member_news::NewsBook>,
     /// On an admin node: pending invites and the join requests waiting for the daemon (`join.rs`).
     pub joins: crate::join::JoinDesk,
+    /// Hole punching: the sockets it dials from, who punched when, its counters (`punch.rs`).
+    pub punch: crate::punch::PunchDesk,
     /// Our WANs by local address: a path the listening socket accepts at one of these runs over that WAN.
     pub wan_addrs: RwLock<std::collections::HashMap<std::net::IpAddr, String>>,
     pub tun: AsyncFd<std::fs::File>,

@@ -19,6 +19,7 @@
 //! - `signing`: Ed25519 signatures with a node or network key seed.
 //! - `membership`: network membership certificates and revocations (encoding, verification).
 //! - `nat`: what kind of NAT a WAN socket is behind, from the addresses peers see it at.
+//! - `punch`: hole punching messages, their schedule and rate limits (coordinated simultaneous open).
 //! - `join`: the join request a node sends with an invite's key, and the admin's answer.
 //! - `record`: a member's discovery record (DHT value): plaintext format, sealing for members only.
 //! - `wire`: the bounded reader and writer of our binary encodings.
@@ -38,6 +39,7 @@ pub mod nat;
 pub mod path_rank;
 pub mod path_rate;
 pub mod peer_text;
+pub mod punch;
 pub mod record;
 pub mod refusals;
 pub mod reorder;

@@ -285,6 +285,16 @@ impl Node {
         self.with(|n| n.nat_mappings().into_iter().map(|(wan, m)| (wan, m.describe())).collect())
     }
 
+    /// Hole punching: {attempts, successes, forwarded, refused} (`quicether_proto::punch::PunchStats`).
+    fn punch_stats(&self) -> PyResult<std::collections::BTreeMap<&'static str, u64>> {
+        self.with(|n| {
+            let s = n.punch_stats();
+            [("attempts", s.attempts), ("successes", s.successes), ("forwarded", s.forwarded), ("refused", s.refused)]
+                .into_iter()
+                .collect()
+        })
+    }
+
     /// (incoming handshakes answered with a Retry under load, dropped beyond the limit in flight).
     fn handshake_load(&self) -> PyResult<(u64, u64)> {
         self.with(|n| n.handshake_load())

@@ -1,0 +1,256 @@
+//! Hole punching between members (format, schedule and limits in `quicether_proto::punch`): the
+//! initiator loop asks a relay for each member it should reach but has no path to; a relay forwards the
+//! request to its target only if both are members; the target and the initiator then dial each other
+//! from every WAN socket at the agreed moment, so each socket's NAT mapping is open when the other's
+//! packets come. A path that comes up this way (dialed by a punch, or accepted from a peer we punched
+//! towards just now) is of kind `Punched`.
+//!
+//! Messages travel on their own QUIC unidirectional stream of an authenticated path; `member_news`
+//! reads the streams and hands punch messages here.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use quicether_proto::path_rank::PathKind;
+use quicether_proto::punch::{
+    add_candidate, decode, encode, offer_delay_ms, request_delay_ms, Kind, Message, PunchBook, PunchStats, Schedule,
+};
+
+use crate::connect::{send_hello, start_path, HELLO_TIMEOUT};
+use crate::peer::{Path, PathRoute, Peer, Shared};
+use crate::tls;
+
+/// How often the initiator loop looks for members to punch towards.
+const INITIATOR_TICK: Duration = Duration::from_secs(1);
+
+/// A local socket punches are sent from: a WAN's (or the listening one on a node without WANs).
+#[derive(Clone)]
+pub struct PunchSocket {
+    pub wan: String,
+    pub endpoint: quinn::Endpoint,
+    pub backup: bool,
+    /// The WAN's address (None: the wildcard listening socket).
+    pub local: Option<IpAddr>,
+}
+
+/// What a dial needs to show and check in its handshake.
+pub struct ClientKit {
+    pub identity: Arc<tls::CurrentIdentity>,
+    pub transport: Arc<quinn::TransportConfig>,
+}
+
+#[derive(Default)]
+pub struct PunchDesk {
+    pub sockets: RwLock<Vec<PunchSocket>>,
+    pub client: RwLock<Option<ClientKit>>,
+    pub book: Mutex<PunchBook>,
+    pub stats: Mutex<PunchStats>,
+}
+
+impl PunchDesk {
+    fn refused(&self) {
+        self.stats.lock().unwrap().refused += 1;
+    }
+
+    /// Whether a path from `key` accepted now is the doing of a punch.
+    pub fn punched_recently(&self, key: &[u8; 32], now_us: u64) -> bool {
+        self.book.lock().unwrap().punched_recently(key, now_us)
+    }
+}
+
+/// A member of our network: its certificate was verified when learned (member news, or the handshake
+/// it was admitted by), and not revoked since.
+fn is_member(shared: &Shared, key: &[u8; 32]) -> bool {
+    shared.news.lock().unwrap().certificate(key).is_some() || shared.peer(key).is_some_and(|p| p.member.is_some())
+}
+
+fn first_up_path(peer: &Peer) -> Option<Arc<Path>> {
+    peer.paths.read().unwrap().iter().find(|p| p.up.load(Ordering::Relaxed)).cloned()
+}
+
+fn connected(shared: &Shared, key: &[u8; 32]) -> bool {
+    shared.peer(key).is_some_and(|p| !p.paths.read().unwrap().is_empty())
+}
+
+async fn send(path: &Path, msg: &Message) {
+    let Ok(mut stream) = path.conn.open_uni().await else { return };
+    if stream.write_all(&encode(msg)).await.is_ok() {
+        let _ = stream.finish();
+    }
+}
+
+/// Our candidates: each socket's address where it is bound to one, and the addresses our peers see
+/// each socket at (its NAT mappings), from their path hello answers.
+fn own_candidates(shared: &Shared) -> Vec<SocketAddr> {
+    let mut candidates = Vec::new();
+    for peer in shared.table.read().unwrap().peers() {
+        for path in peer.paths.read().unwrap().iter() {
+            if let Some(public) = path.public {
+                add_candidate(&mut candidates, public);
+            }
+        }
+    }
+    for socket in shared.punch.sockets.read().unwrap().iter() {
+        if let (Some(ip), Ok(bound)) = (socket.local, socket.endpoint.local_addr()) {
+            add_candidate(&mut candidates, SocketAddr::new(ip, bound.port()));
+        }
+    }
+    candidates
+}
+
+/// Runs for the life of the node: every member in the table that has endpoints but no path is punched
+/// towards through a member we are connected to (at most every `punch::RETRY_US` per target).
+pub async fn initiator(shared: Arc<Shared>) {
+    if crate::debug::punch_disabled() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(INITIATOR_TICK).await;
+        let peers: Vec<Arc<Peer>> = shared.table.read().unwrap().peers().cloned().collect();
+        let relays: Vec<(Arc<Peer>, Arc<Path>)> = peers
+            .iter()
+            .filter(|p| is_member(&shared, &p.key))
+            .filter_map(|p| first_up_path(p).map(|path| (p.clone(), path)))
+            .collect();
+        for target in &peers {
+            let endpoints = target.endpoints.read().unwrap().clone();
+            if endpoints.is_empty() || !target.paths.read().unwrap().is_empty() || !is_member(&shared, &target.key) {
+                continue;
+            }
+            // The relay with the lowest RTT: the offer reaches the target soonest.
+            let Some((_, relay_path)) =
+                relays.iter().filter(|(p, _)| p.key != target.key).min_by_key(|(_, path)| path.conn.rtt())
+            else {
+                continue;
+            };
+            let now = shared.now_us();
+            if !shared.punch.book.lock().unwrap().initiate(&target.key, now) {
+                continue;
+            }
+            let delay_ms = request_delay_ms(relay_path.conn.rtt().as_micros() as u64);
+            let request =
+                Message { kind: Kind::Request, key: target.key, delay_ms, candidates: own_candidates(&shared) };
+            shared.punch.stats.lock().unwrap().attempts += 1;
+            let relay_path = relay_path.clone();
+            tokio::spawn(async move { send(&relay_path, &request).await });
+            tokio::spawn(run_schedule(shared.clone(), target.key, endpoints, now + delay_ms as u64 * 1000));
+        }
+    }
+}
+
+/// A punch message that came on `path` of `peer` (an authenticated node; still only a claim of it).
+pub fn received(shared: &Arc<Shared>, peer: &Arc<Peer>, path: &Arc<Path>, data: &[u8]) {
+    let Ok(msg) = decode(data) else {
+        return shared.punch.refused();
+    };
+    match msg.kind {
+        Kind::Request => forward(shared, peer, path, msg),
+        Kind::Offer => answer(shared, msg),
+    }
+}
+
+/// Relay side: passes a member's request on to the member it names, as an offer from the requester.
+fn forward(shared: &Arc<Shared>, requester: &Arc<Peer>, path: &Arc<Path>, msg: Message) {
+    let target_key = msg.key;
+    let allowed = target_key != requester.key
+        && target_key != shared.local_key
+        && is_member(shared, &requester.key)
+        && is_member(shared, &target_key);
+    let target_path = shared.peer(&target_key).and_then(|p| first_up_path(&p));
+    let (true, Some(target_path)) = (allowed, target_path) else {
+        return shared.punch.refused();
+    };
+    if !shared.punch.book.lock().unwrap().forward(&requester.key, shared.now_us()) {
+        return shared.punch.refused();
+    }
+    // Where we see the requester first: its mapping towards us is the likeliest one to be open.
+    let mut candidates = Vec::new();
+    add_candidate(&mut candidates, path.conn.remote_address());
+    for c in msg.candidates {
+        add_candidate(&mut candidates, c);
+    }
+    let delay_ms =
+        offer_delay_ms(msg.delay_ms, path.conn.rtt().as_micros() as u64, target_path.conn.rtt().as_micros() as u64);
+    let offer = Message { kind: Kind::Offer, key: requester.key, delay_ms, candidates };
+    shared.punch.stats.lock().unwrap().forwarded += 1;
+    tokio::spawn(async move { send(&target_path, &offer).await });
+}
+
+/// Target side: dials the initiator's candidates from every socket at the agreed moment.
+fn answer(shared: &Arc<Shared>, msg: Message) {
+    let initiator = msg.key;
+    if initiator == shared.local_key || !is_member(shared, &initiator) {
+        return shared.punch.refused();
+    }
+    if crate::debug::punch_disabled() {
+        return;
+    }
+    if connected(shared, &initiator) {
+        return; // a path came up meanwhile (its own dial, or an earlier punch)
+    }
+    let now = shared.now_us();
+    if !shared.punch.book.lock().unwrap().answer(&initiator, now) {
+        return shared.punch.refused();
+    }
+    shared.punch.stats.lock().unwrap().attempts += 1;
+    tokio::spawn(run_schedule(shared.clone(), initiator, msg.candidates, now + msg.delay_ms as u64 * 1000));
+}
+
+/// Dials `key` at `candidates` from every socket, in the rounds of a `Schedule` starting at `start_us`,
+/// until a path to it is up.
+async fn run_schedule(shared: Arc<Shared>, key: [u8; 32], candidates: Vec<SocketAddr>, start_us: u64) {
+    let sockets = shared.punch.sockets.read().unwrap().clone();
+    let v4: Vec<bool> = sockets.iter().map(|s| s.endpoint.local_addr().map(|a| a.is_ipv4()).unwrap_or(true)).collect();
+    let mut schedule = Schedule::new(&v4, &candidates, start_us);
+    while let Some(at) = schedule.next_at() {
+        tokio::time::sleep(Duration::from_micros(at.saturating_sub(shared.now_us()))).await;
+        if connected(&shared, &key) {
+            schedule.handle_connected();
+            break;
+        }
+        for attempt in schedule.poll(shared.now_us()) {
+            let socket = sockets[attempt.socket].clone();
+            tokio::spawn(punch_dial(shared.clone(), socket, attempt.candidate, key));
+        }
+    }
+}
+
+/// One dial of a punch: a normal handshake with the member's key pinned (and its certificate checked),
+/// from the socket that owns the NAT mapping; the path it makes is of kind `Punched`.
+async fn punch_dial(shared: Arc<Shared>, socket: PunchSocket, addr: SocketAddr, key: [u8; 32]) {
+    let config = {
+        let kit = shared.punch.client.read().unwrap();
+        let Some(kit) = kit.as_ref() else { return };
+        let Ok(quic) = tls::quic_client_config(kit.identity.clone(), key, Some(shared.trust.clone())) else {
+            return;
+        };
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(kit.transport.clone());
+        config
+    };
+    let Ok(connecting) = socket.endpoint.connect_with(config, addr, tls::SERVER_NAME) else { return };
+    let Ok(conn) = connecting.await else { return };
+    let Ok(Ok(answer)) = tokio::time::timeout(HELLO_TIMEOUT, send_hello(&conn, &socket.wan, socket.backup)).await
+    else {
+        return;
+    };
+    // A member we had not added (it punched towards us first) becomes a peer by its certificate.
+    let peer = match shared.peer(&key) {
+        Some(peer) => peer,
+        None => match shared.peer_of_accepted(&conn) {
+            Ok(peer) => peer,
+            Err(_) => return conn.close(1u32.into(), b"unknown peer"),
+        },
+    };
+    let route = PathRoute {
+        kind: PathKind::Punched,
+        local_wan: socket.wan.clone(),
+        peer_wan: answer.peer_wan,
+        remote: addr,
+        dialed: true,
+    };
+    // The path lives on its own tasks (counted in `start_path`); a duplicate of a path already up closes.
+    start_path(&shared, &peer, conn, route, socket.backup, socket.local, answer.observed);
+}

@@ -1,0 +1,455 @@
+//! Coordinated simultaneous open ("hole punching") between two members that have no path to each other,
+//! through a third node both are connected to (the relay of the message only: the path itself is direct).
+//!
+//! 1. The initiator A sends a *request* to relay R on its authenticated path to R: the target B, A's
+//!    candidates (its sockets' addresses as peers see them) and a lead time `delay_ms`. A starts dialing
+//!    B's candidates (from its record) from every WAN socket `delay_ms` after sending.
+//! 2. R forwards it as an *offer* to B only if both A and B are members of its network and B has a path
+//!    up; it names A by the key of the path the request came on (never a key A wrote), adds the address
+//!    it sees A at (A's NAT mapping towards the internet), and takes the transit time off the lead
+//!    (`offer_delay_ms`), so B starts about when A does.
+//! 3. B dials A's candidates from every WAN socket at that moment. Each socket's first packet to the
+//!    other side opens its own NAT's mapping; the other side's packets then pass it, and the first pair
+//!    that answers completes a normal QUIC handshake (keys pinned to the member's certificate).
+//!
+//! Each dial is a QUIC handshake, which retransmits its Initial by itself while the other NAT opens; a
+//! second round repairs a lost start. Every input from the network is bounded here (counts, lengths,
+//! delay) and rate-limited per sender (`PunchBook`) before it can make anyone send a packet.
+//!
+//! Wire format (integers big-endian; trailing bytes refused):
+//! ```text
+//!   [4]   magic "QEP1"
+//!   u8    type (1 request: key = target; 2 offer: key = initiator)
+//!   [32]  key
+//!   u16   delay_ms                      at most MAX_DELAY_MS
+//!   u8    count                         at most MAX_CANDIDATES
+//!   count × ( u8 family (4/6), address, u16 port )
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::wire::{Malformed, Reader, Writer};
+
+pub const MAGIC: &[u8; 4] = b"QEP1";
+/// Candidates in one message: a few WANs, each with its host and reflexive address.
+pub const MAX_CANDIDATES: usize = 8;
+/// A lead beyond this is not a schedule but a way to make a node dial later: refused.
+pub const MAX_DELAY_MS: u16 = 5_000;
+pub const MAX_MESSAGE_LEN: usize = 4 + 1 + 32 + 2 + 1 + MAX_CANDIDATES * (1 + 16 + 2);
+/// The lead the initiator gives on top of twice its RTT to the relay: time for the offer to reach the
+/// target and for it to start its dials (tasks, not packets, at that point).
+pub const BASE_LEAD_MS: u64 = 100;
+/// A second round of dials this long after the first, for pairs with no path yet: the first round's
+/// handshakes give up with the idle timeout (3 s), and a start lost on the way is repaired.
+pub const ROUND_GAP_US: u64 = 3_000_000;
+pub const ROUNDS: u32 = 2;
+/// An initiator asks again for the same target at most this often while there is still no path: NAT
+/// mappings live ≥ 30 s, so a retry within that finds the side that answered still open.
+pub const RETRY_US: u64 = 10_000_000;
+/// A target answers offers from one initiator at most this often (each costs sockets × candidates dials).
+pub const ANSWER_INTERVAL_US: u64 = 2_000_000;
+/// A relay forwards at most this many requests per second from one member (burst `RELAY_BURST`).
+pub const RELAY_PER_SECOND: u64 = 2;
+pub const RELAY_BURST: u64 = 8;
+/// An accepted path from a peer we punched towards within this long counts as punched.
+pub const PUNCHED_WINDOW_US: u64 = ROUND_GAP_US * ROUNDS as u64 + 3_000_000;
+/// Nodes tracked per table of `PunchBook`; beyond it the oldest entries go (bounded memory).
+pub const MAX_TRACKED: usize = 4096;
+
+const TYPE_REQUEST: u8 = 1;
+const TYPE_OFFER: u8 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Initiator → relay: `key` is the target.
+    Request,
+    /// Relay → target: `key` is the initiator (as the relay authenticated it).
+    Offer,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub kind: Kind,
+    pub key: [u8; 32],
+    pub delay_ms: u16,
+    pub candidates: Vec<SocketAddr>,
+}
+
+/// True if `data` is a punch message (the stream it came on carries nothing else).
+pub fn is_punch(data: &[u8]) -> bool {
+    data.starts_with(MAGIC)
+}
+
+pub fn encode(msg: &Message) -> Vec<u8> {
+    let candidates = &msg.candidates[..msg.candidates.len().min(MAX_CANDIDATES)];
+    let mut w = Writer::default();
+    w.bytes(MAGIC);
+    w.u8(match msg.kind {
+        Kind::Request => TYPE_REQUEST,
+        Kind::Offer => TYPE_OFFER,
+    });
+    w.bytes(&msg.key);
+    w.u16(msg.delay_ms.min(MAX_DELAY_MS));
+    w.u8(candidates.len() as u8);
+    for c in candidates {
+        w.ip(c.ip());
+        w.u16(c.port());
+    }
+    w.out
+}
+
+/// Decodes a message; bounded: length, count and delay are checked before use, and candidates that no
+/// one could be reached at (unspecified, port 0, multicast, broadcast) are refused.
+pub fn decode(data: &[u8]) -> Result<Message, Malformed> {
+    if data.len() > MAX_MESSAGE_LEN {
+        return Err("punch message too long");
+    }
+    let mut r = Reader::new(data);
+    if r.bytes(4)? != MAGIC {
+        return Err("not a punch message");
+    }
+    let kind = match r.u8()? {
+        TYPE_REQUEST => Kind::Request,
+        TYPE_OFFER => Kind::Offer,
+        _ => return Err("unknown punch message type"),
+    };
+    let key = r.array::<32>()?;
+    let delay_ms = r.u16()?;
+    if delay_ms > MAX_DELAY_MS {
+        return Err("punch delay out of range");
+    }
+    let count = r.u8()? as usize;
+    if count > MAX_CANDIDATES {
+        return Err("too many candidates");
+    }
+    let mut candidates = Vec::with_capacity(count);
+    for _ in 0..count {
+        let addr = SocketAddr::new(r.ip()?, r.u16()?);
+        if !dialable(&addr) {
+            return Err("candidate cannot be dialed");
+        }
+        candidates.push(addr);
+    }
+    if r.remaining() != 0 {
+        return Err("trailing bytes");
+    }
+    Ok(Message { kind, key, delay_ms, candidates })
+}
+
+/// An address a packet could reach a node at.
+pub fn dialable(addr: &SocketAddr) -> bool {
+    let ip = addr.ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
+}
+
+/// Adds `addr` to `candidates` unless it is there, undialable, or the list is full.
+pub fn add_candidate(candidates: &mut Vec<SocketAddr>, addr: SocketAddr) {
+    if dialable(&addr) && !candidates.contains(&addr) && candidates.len() < MAX_CANDIDATES {
+        candidates.push(addr);
+    }
+}
+
+/// The lead an initiator gives (ms): twice its RTT to the relay (there and on to the target, taken as
+/// alike) plus `BASE_LEAD_MS`, capped.
+pub fn request_delay_ms(rtt_to_relay_us: u64) -> u16 {
+    (BASE_LEAD_MS + 2 * rtt_to_relay_us / 1000).min(MAX_DELAY_MS as u64) as u16
+}
+
+/// The lead a relay forwards: the request's, less the time the request took to come (half the RTT to
+/// the initiator) and the offer will take to arrive (half the RTT to the target), so both start together.
+pub fn offer_delay_ms(request_delay_ms: u16, rtt_to_initiator_us: u64, rtt_to_target_us: u64) -> u16 {
+    let transit_ms = (rtt_to_initiator_us + rtt_to_target_us) / 2 / 1000;
+    request_delay_ms.saturating_sub(transit_ms.min(u16::MAX as u64) as u16)
+}
+
+/// One dial of a punch: from local socket `socket` (an index into the caller's list) to `candidate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub socket: usize,
+    pub candidate: SocketAddr,
+}
+
+/// The schedule of one punch: every (local socket, remote candidate) pair of the same address family,
+/// each socket being the one whose NAT mapping the dial opens, first at `start_us`, then again every
+/// `ROUND_GAP_US` until `ROUNDS` rounds are done or the caller reports a path (`handle_connected`).
+#[derive(Debug)]
+pub struct Schedule {
+    pairs: Vec<Attempt>,
+    next_round_us: u64,
+    rounds_left: u32,
+}
+
+impl Schedule {
+    /// `sockets`: whether each local socket is IPv4 (a v4 socket cannot dial a v6 candidate).
+    pub fn new(sockets_v4: &[bool], candidates: &[SocketAddr], start_us: u64) -> Self {
+        let mut pairs = Vec::new();
+        for (socket, &v4) in sockets_v4.iter().enumerate() {
+            for &candidate in candidates.iter().take(MAX_CANDIDATES) {
+                if candidate.is_ipv4() == v4 && dialable(&candidate) {
+                    pairs.push(Attempt { socket, candidate });
+                }
+            }
+        }
+        let rounds_left = if pairs.is_empty() { 0 } else { ROUNDS };
+        Schedule { pairs, next_round_us: start_us, rounds_left }
+    }
+
+    /// When `poll` next has dials to start; None when the schedule is over.
+    pub fn next_at(&self) -> Option<u64> {
+        (self.rounds_left > 0).then_some(self.next_round_us)
+    }
+
+    /// The dials to start now (a whole round, once it is due).
+    pub fn poll(&mut self, now_us: u64) -> Vec<Attempt> {
+        if self.rounds_left == 0 || now_us < self.next_round_us {
+            return Vec::new();
+        }
+        self.rounds_left -= 1;
+        self.next_round_us = now_us + ROUND_GAP_US;
+        self.pairs.clone()
+    }
+
+    /// A path to the peer is up: no more rounds.
+    pub fn handle_connected(&mut self) {
+        self.rounds_left = 0;
+    }
+}
+
+/// A token bucket: `per_second` tokens a second, at most `burst`.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens_milli: u64,
+    at_us: u64,
+}
+
+/// Who punched when, on one node: what it may initiate, answer and forward. Bounded memory.
+#[derive(Debug, Default)]
+pub struct PunchBook {
+    /// Targets we asked a relay for, when (initiator side).
+    initiated: HashMap<[u8; 32], u64>,
+    /// Initiators whose offer we answered, when (target side).
+    answered: HashMap<[u8; 32], u64>,
+    /// Per requesting member: its forwarding budget (relay side).
+    relayed: HashMap<[u8; 32], Bucket>,
+}
+
+fn bound<V>(map: &mut HashMap<[u8; 32], V>, at: impl Fn(&V) -> u64) {
+    if map.len() >= MAX_TRACKED {
+        if let Some(oldest) = map.iter().min_by_key(|(_, v)| at(v)).map(|(k, _)| *k) {
+            map.remove(&oldest);
+        }
+    }
+}
+
+impl PunchBook {
+    /// Whether to ask a relay to punch towards `target` now (no request for it in the last `RETRY_US`);
+    /// records it if so.
+    pub fn initiate(&mut self, target: &[u8; 32], now_us: u64) -> bool {
+        if self.initiated.get(target).is_some_and(|&at| now_us < at + RETRY_US) {
+            return false;
+        }
+        bound(&mut self.initiated, |&at| at);
+        self.initiated.insert(*target, now_us);
+        true
+    }
+
+    /// Whether to answer an offer from `initiator` now (none answered in the last `ANSWER_INTERVAL_US`).
+    pub fn answer(&mut self, initiator: &[u8; 32], now_us: u64) -> bool {
+        if self.answered.get(initiator).is_some_and(|&at| now_us < at + ANSWER_INTERVAL_US) {
+            return false;
+        }
+        bound(&mut self.answered, |&at| at);
+        self.answered.insert(*initiator, now_us);
+        true
+    }
+
+    /// Whether a relay may forward one more request of `requester` now (its token bucket).
+    pub fn forward(&mut self, requester: &[u8; 32], now_us: u64) -> bool {
+        let full = RELAY_BURST * 1000;
+        if !self.relayed.contains_key(requester) {
+            bound(&mut self.relayed, |b| b.at_us);
+        }
+        let bucket = self.relayed.entry(*requester).or_insert(Bucket { tokens_milli: full, at_us: now_us });
+        let earned = now_us.saturating_sub(bucket.at_us) * RELAY_PER_SECOND / 1000;
+        // Time is taken off only for what it earned, so frequent calls do not round the refill away.
+        bucket.at_us += earned * 1000 / RELAY_PER_SECOND;
+        bucket.tokens_milli += earned;
+        if bucket.tokens_milli >= full {
+            bucket.tokens_milli = full;
+            bucket.at_us = now_us;
+        }
+        if bucket.tokens_milli < 1000 {
+            return false;
+        }
+        bucket.tokens_milli -= 1000;
+        true
+    }
+
+    /// Whether we punched towards `key` (either side) recently enough that a path it accepts now is
+    /// the punch's doing.
+    pub fn punched_recently(&self, key: &[u8; 32], now_us: u64) -> bool {
+        [self.initiated.get(key), self.answered.get(key)]
+            .into_iter()
+            .flatten()
+            .any(|&at| now_us < at + PUNCHED_WINDOW_US)
+    }
+}
+
+/// Counters of one node's punching, for status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PunchStats {
+    /// Punches this node took part in (as initiator or target).
+    pub attempts: u64,
+    /// Punched paths that came up.
+    pub successes: u64,
+    /// Requests this node forwarded as a relay, and punch messages it refused (malformed, non-member,
+    /// over the rate, target not connected).
+    pub forwarded: u64,
+    pub refused: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_message_reads_back_and_damage_is_refused() {
+        let msg = Message {
+            kind: Kind::Request,
+            key: [3; 32],
+            delay_ms: 250,
+            candidates: vec![addr("198.51.100.7:4433"), addr("[2001:db8::1]:9")],
+        };
+        let data = encode(&msg);
+        assert!(is_punch(&data));
+        assert_eq!(decode(&data), Ok(msg.clone()));
+        assert_eq!(decode(&data[..data.len() - 1]).unwrap_err(), "truncated");
+        assert_eq!(decode(&[data.as_slice(), &[0]].concat()), Err("trailing bytes"));
+        let mut bad_type = data.clone();
+        bad_type[4] = 9;
+        assert_eq!(decode(&bad_type), Err("unknown punch message type"));
+        let mut long_delay = data.clone();
+        long_delay[37..39].copy_from_slice(&(MAX_DELAY_MS + 1).to_be_bytes());
+        assert_eq!(decode(&long_delay), Err("punch delay out of range"));
+        let mut many = data.clone();
+        many[39] = (MAX_CANDIDATES + 1) as u8;
+        assert_eq!(decode(&many), Err("too many candidates"));
+        let zero_port = Message { candidates: vec![addr("198.51.100.7:0")], ..msg.clone() };
+        assert_eq!(decode(&encode(&zero_port)), Err("candidate cannot be dialed"));
+        assert_eq!(decode(b"QEN1"), Err("not a punch message"));
+        assert_eq!(decode(&[0; MAX_MESSAGE_LEN + 1]), Err("punch message too long"));
+    }
+
+    #[test]
+    fn encode_leaves_out_what_decode_would_refuse() {
+        let many: Vec<SocketAddr> = (1..=20).map(|p| SocketAddr::new([192, 0, 2, 1].into(), p)).collect();
+        let msg = Message { kind: Kind::Offer, key: [1; 32], delay_ms: u16::MAX, candidates: many };
+        let back = decode(&encode(&msg)).unwrap();
+        assert_eq!(back.candidates.len(), MAX_CANDIDATES);
+        assert_eq!(back.delay_ms, MAX_DELAY_MS);
+    }
+
+    #[test]
+    fn candidates_are_deduplicated_bounded_and_dialable() {
+        let mut c = Vec::new();
+        add_candidate(&mut c, addr("192.0.2.1:5"));
+        add_candidate(&mut c, addr("192.0.2.1:5"));
+        add_candidate(&mut c, addr("0.0.0.0:5"));
+        add_candidate(&mut c, addr("255.255.255.255:5"));
+        add_candidate(&mut c, addr("224.0.0.1:5"));
+        assert_eq!(c, vec![addr("192.0.2.1:5")]);
+        for p in 10..30 {
+            add_candidate(&mut c, SocketAddr::new([192, 0, 2, 1].into(), p));
+        }
+        assert_eq!(c.len(), MAX_CANDIDATES);
+    }
+
+    #[test]
+    fn both_sides_start_together_after_the_relay_takes_off_the_transit() {
+        // 20 ms to the relay from A, 60 ms from the relay to B.
+        let lead = request_delay_ms(20_000);
+        assert_eq!(lead, 140);
+        // A starts at 140 ms after sending; the offer reaches B at 10 + 30 = 40 ms; B waits 100 ms.
+        assert_eq!(offer_delay_ms(lead, 20_000, 60_000), 100);
+        // A relay far away leaves no lead: B starts at once.
+        assert_eq!(offer_delay_ms(lead, 400_000, 400_000), 0);
+        assert_eq!(request_delay_ms(10_000_000), MAX_DELAY_MS);
+    }
+
+    #[test]
+    fn a_schedule_dials_each_socket_to_each_candidate_of_its_family_in_rounds() {
+        let candidates = [addr("198.51.100.7:4433"), addr("10.0.0.7:4433"), addr("[2001:db8::1]:4433")];
+        // Two v4 WAN sockets and one v6.
+        let mut s = Schedule::new(&[true, true, false], &candidates, 1_000);
+        assert_eq!(s.next_at(), Some(1_000));
+        assert!(s.poll(999).is_empty(), "nothing before the agreed moment");
+        let first = s.poll(1_000);
+        assert_eq!(first.len(), 5);
+        assert!(first.contains(&Attempt { socket: 1, candidate: addr("10.0.0.7:4433") }));
+        assert!(first.contains(&Attempt { socket: 2, candidate: addr("[2001:db8::1]:4433") }));
+        assert!(!first.iter().any(|a| a.socket == 2 && a.candidate.is_ipv4()));
+        assert!(s.poll(1_000 + ROUND_GAP_US - 1).is_empty());
+        assert_eq!(s.poll(1_000 + ROUND_GAP_US), first, "a second round, the same pairs");
+        assert!(s.poll(1_000 + 10 * ROUND_GAP_US).is_empty(), "{ROUNDS} rounds at most");
+        assert_eq!(s.next_at(), None);
+    }
+
+    #[test]
+    fn a_schedule_stops_once_connected_and_is_empty_without_pairs() {
+        let mut s = Schedule::new(&[true], &[addr("198.51.100.7:1")], 0);
+        assert_eq!(s.poll(0).len(), 1);
+        s.handle_connected();
+        assert_eq!(s.next_at(), None);
+        assert!(s.poll(ROUND_GAP_US).is_empty());
+        let none = Schedule::new(&[false], &[addr("198.51.100.7:1")], 0);
+        assert_eq!(none.next_at(), None);
+    }
+
+    #[test]
+    fn initiating_and_answering_are_paced_per_peer() {
+        let mut book = PunchBook::default();
+        let (a, b) = ([1; 32], [2; 32]);
+        assert!(book.initiate(&a, 0));
+        assert!(!book.initiate(&a, RETRY_US - 1));
+        assert!(book.initiate(&b, 1), "another target is not held back");
+        assert!(book.initiate(&a, RETRY_US));
+        assert!(book.answer(&a, 0));
+        assert!(!book.answer(&a, ANSWER_INTERVAL_US - 1));
+        assert!(book.answer(&a, ANSWER_INTERVAL_US));
+        assert!(book.punched_recently(&a, ANSWER_INTERVAL_US + PUNCHED_WINDOW_US - 1));
+        assert!(!book.punched_recently(&a, RETRY_US + PUNCHED_WINDOW_US));
+        assert!(!book.punched_recently(&[9; 32], 0));
+    }
+
+    #[test]
+    fn a_relay_forwards_a_burst_then_at_its_rate_per_member() {
+        let mut book = PunchBook::default();
+        let (a, b) = ([1; 32], [2; 32]);
+        let forwarded = (0..20).filter(|_| book.forward(&a, 0)).count();
+        assert_eq!(forwarded, RELAY_BURST as usize);
+        assert!(book.forward(&b, 0), "another member has its own budget");
+        assert!(!book.forward(&a, 1_000_000 / RELAY_PER_SECOND - 1));
+        assert!(book.forward(&a, 1_000_000 / RELAY_PER_SECOND));
+        // Idle for long: the budget refills to the burst, no further.
+        let refilled = (0..20).filter(|_| book.forward(&a, 1_000_000_000)).count();
+        assert_eq!(refilled, RELAY_BURST as usize);
+    }
+
+    #[test]
+    fn the_book_is_bounded() {
+        let mut book = PunchBook::default();
+        for i in 0..(MAX_TRACKED + 10) as u64 {
+            let mut key = [0; 32];
+            key[..8].copy_from_slice(&i.to_be_bytes());
+            book.initiate(&key, i);
+            book.forward(&key, i);
+        }
+        assert!(book.initiated.len() <= MAX_TRACKED && book.relayed.len() <= MAX_TRACKED);
+    }
+}
