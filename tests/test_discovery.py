@@ -221,3 +221,48 @@ def test_a_stop_does_not_wait_for_a_dht_node_still_starting_and_a_late_one_is_cl
         return await in_own_thread(lambda: "dht", lambda late: pytest.fail("a node in use is not orphaned"))
 
     assert asyncio.run(started()) == "dht"
+
+
+def test_a_routers_record_carries_its_lan_ports_addresses_apart_from_its_endpoints(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: a record holds the LAN addresses (where a member on the router's own LAN reaches it), which
+    the endpoints leave out (no WAN reaches them)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from quicether.daemon import finder as finder_module
+
+    class Node:
+        def local_addr(self) -> str:
+            return "0.0.0.0:4433"
+
+        def peers(self) -> list[dict[str, Any]]:
+            return [{"paths": [{"public": "198.51.100.7:40000", "local_wan": "wan0"}]}]
+
+    class Dht:
+        def __init__(self) -> None:
+            self.records: list[dict[str, Any]] = []
+
+        def publish(self, record: dict[str, Any]) -> None:
+            self.records.append(record)
+
+        def counters(self) -> dict[str, int]:
+            return {"published": len(self.records)}
+
+    interfaces = [("eth1", "192.0.2.2"), ("eth0", "192.168.50.1"), ("eth0", "192.168.51.1"), ("qe0", "100.64.0.2")]
+    monkeypatch.setattr(finder_module.links, "local_addresses",
+                        lambda exclude: [(d, ip) for d, ip in interfaces if d not in exclude])
+    config = SimpleNamespace(lan=SimpleNamespace(device="eth0"), tun="qe0")
+    finder = finder_module.Finder(config, None, Node(), None, None, frozenset({"qe0", "eth0"}))  # type: ignore[arg-type]
+    dht = finder.dht = Dht()  # type: ignore[assignment]
+    asyncio.run(finder._publish(100.0, finder._local_addresses()))
+    record = dht.records[-1]
+    assert record["lan"] == ["192.168.50.1:4433", "192.168.51.1:4433"]
+    assert [e["addr"] for e in record["endpoints"]] == ["192.0.2.2:4433", "198.51.100.7:40000"]
+    assert finder.status()["published_lan"] == record["lan"]
+    # Unchanged: not published again; a LAN address that changes is.
+    asyncio.run(finder._publish(101.0, finder._local_addresses()))
+    assert len(dht.records) == 1
+    interfaces[2] = ("eth0", "192.168.52.1")
+    asyncio.run(finder._publish(102.0, finder._local_addresses()))
+    assert dht.records[-1]["lan"] == ["192.168.50.1:4433", "192.168.52.1:4433"]

@@ -1,7 +1,8 @@
 """Finding members through the mainline DHT ([discovery] in the config; the core's `Discovery` does the
 DHT, the signatures and the sealing). This node publishes a record of where it can be reached (its
-addresses with the listening port, and the public addresses its peers see it at), again when that
-changes and every few minutes; it looks up every member it knows of (`Mesh.known`: admitted, or told by
+addresses with the listening port, and the public addresses its peers see it at; apart, its LAN port's
+addresses, where a member on this router's own LAN reaches it), again when that changes and every few
+minutes; it looks up every member it knows of (`Mesh.known`: admitted, or told by
 a peer) that it has no path to, and hands what it finds to the core to dial. A member that is also a
 [[peer]] is dialed as the config says, not from its record.
 """
@@ -80,6 +81,7 @@ class Finder:
         self.not_wans = not_wans
         self.dht: _core.Discovery | None = None
         self.published: list[dict[str, str]] | None = None
+        self.published_lan: list[str] = []
         self.published_at = 0.0
         self.publish_failed: str | None = None
         self.searches: dict[bytes, _Search] = {}
@@ -100,7 +102,8 @@ class Finder:
         replay, expired, non_member, malformed), what we published and when (Unix s), the last failure."""
         published_at = time.time() - (time.monotonic() - self.published_at) if self.published else None
         return {"counters": dict(self.dht.counters()) if self.dht else {},
-                "published": [e["addr"] for e in self.published or []], "published_at": published_at,
+                "published": [e["addr"] for e in self.published or []], "published_lan": self.published_lan,
+                "published_at": published_at,
                 "publish_failed": self.publish_failed}
 
     def stop(self) -> None:
@@ -151,13 +154,24 @@ class Finder:
                     found.append({"wan": str(path["local_wan"])[:32], "kind": "reflexive", "addr": str(public)})
         return sorted(found, key=lambda e: (e["kind"], e["wan"], e["addr"]))[:16]
 
+    def _lan_addresses(self) -> list[str]:
+        """ip:port of this router's LAN port (kept out of the endpoints: no WAN reaches it), for members on
+        that LAN; at most the record's 8."""
+        lan = self.config.lan
+        if lan is None:
+            return []
+        port = int(self.node.local_addr().rpartition(":")[2])
+        return sorted(f"{ip}:{port}" for device, ip in links.local_addresses({self.config.tun})
+                      if device == lan.device)[:8]
+
     async def _publish(self, now: float, local: list[tuple[str, str]]) -> None:
         assert self.dht is not None
         endpoints = await asyncio.to_thread(self._endpoints, local)
-        if endpoints == self.published and now - self.published_at < REPUBLISH_S:
+        lan = await asyncio.to_thread(self._lan_addresses)
+        if endpoints == self.published and lan == self.published_lan and now - self.published_at < REPUBLISH_S:
             return
         record: dict[str, Any] = {"expires_at": int(time.time()) + RECORD_LIFETIME_S, "endpoints": endpoints,
-                                  "lan": [], "relays": []}
+                                  "lan": lan, "relays": []}
         try:
             await asyncio.to_thread(self.dht.publish, record)
         except (OSError, ValueError) as exc:
@@ -169,8 +183,9 @@ class Finder:
             self.published_at = now - REPUBLISH_S + PUBLISH_RETRY_S
             return
         self.publish_failed = None
-        self.published, self.published_at = endpoints, now
-        log.info("discovery: published our record (%s)", ", ".join(e["addr"] for e in endpoints) or "no address")
+        self.published, self.published_lan, self.published_at = endpoints, lan, now
+        log.info("discovery: published our record (%s%s)", ", ".join(e["addr"] for e in endpoints) or "no address",
+                 f"; on the LAN {', '.join(lan)}" if lan else "")
 
     async def _search(self, key: bytes, now: float) -> None:
         assert self.dht is not None
