@@ -1,17 +1,22 @@
 //! Coverage-guided fuzz targets for every decoder of what the network sends the core: bond frames (each
 //! DATAGRAM), the path hello and its answer, inner IP packets (addresses for allowed IPs, classification),
 //! peer-supplied text, certificates, revocations, DHT records, member news batches, join requests and
-//! answers. Built with cargo-afl on the stable toolchain; `scripts/fuzz` runs them (`scripts/fuzz --help`):
+//! answers, hole-punch messages, and the peer's TLS certificate (walked for its key and membership before
+//! the handshake is authenticated). Built with cargo-afl on the stable toolchain; `scripts/fuzz` runs
+//! them (`scripts/fuzz --help`):
 //!
-//!     cargo install cargo-afl && cargo afl build --release
-//!     cargo run --release --bin seeds          # corpus/<target>/seed: one valid input each
-//!     mkdir -p out && cargo afl fuzz -V 60 -i corpus/record -o out/record target/release/record
+//! ```text
+//! cargo install cargo-afl && cargo afl build --release
+//! cargo run --release --bin seeds          # corpus/<target>/seed: one valid input each
+//! mkdir -p out && cargo afl fuzz -V 60 -i corpus/record -o out/record target/release/record
+//! ```
 //!
 //! What each fuzz target feeds its input to. The properties: no input panics, allocates beyond the
 //! decoders' fixed limits or loops; whatever decodes encodes back to the same bytes (one encoding per
 //! value), so a refusal cannot be sidestepped by an alternative spelling.
 
 use quicether_proto::allowed_ips::packet_addrs;
+use quicether_proto::certkey::{ed25519_key_of_cert, membership_of_cert};
 use quicether_proto::classify::inspect;
 use quicether_proto::frame::{self, Frame};
 use quicether_proto::hello;
@@ -19,6 +24,7 @@ use quicether_proto::join::{decode_answer, decode_request, encode_answer, JoinAn
 use quicether_proto::member_news;
 use quicether_proto::membership::{read_certificate, read_revocation, RevocationSet};
 use quicether_proto::peer_text::{escape_text, safe_label, MAX_LABEL_LEN, MAX_TEXT_LEN};
+use quicether_proto::punch;
 use quicether_proto::record::{NetworkKeys, Record};
 
 /// The network key the fuzzed certificates and revocations are checked against (any fixed key will do:
@@ -27,6 +33,24 @@ pub const NETWORK_KEY: [u8; 32] = [0x42; 32];
 
 pub fn certificate(data: &[u8]) {
     let _ = read_certificate(data, &NETWORK_KEY, 1_800_000_000, &RevocationSet::default());
+}
+
+/// A peer's TLS certificate (DER), read before anything about the peer is known: what the walk returns
+/// lies inside the input.
+pub fn certkey(data: &[u8]) {
+    if let Some(key) = ed25519_key_of_cert(data) {
+        assert!(data.windows(32).any(|w| w == key), "the key must come from the certificate");
+    }
+    if let Some(inner) = membership_of_cert(data) {
+        assert!(inner.len() < data.len());
+    }
+}
+
+/// A hole-punch request or offer from a peer: whatever decodes encodes back to the same bytes.
+pub fn punch(data: &[u8]) {
+    if let Ok(message) = punch::decode(data) {
+        assert_eq!(punch::encode(&message), data, "a decoded punch message must encode to the same bytes");
+    }
 }
 
 pub fn revocation(data: &[u8]) {
@@ -100,7 +124,8 @@ mod tests {
     /// Each target on its seed (`cargo run --bin seeds` first): a valid input passes its own property.
     #[test]
     fn every_target_takes_its_seed() {
-        let targets: [(&str, fn(&[u8])); 9] = [
+        type Target = (&'static str, fn(&[u8]));
+        let targets: [Target; 11] = [
             ("frame", super::frame),
             ("hello", super::hello),
             ("packet", super::packet),
@@ -110,9 +135,20 @@ mod tests {
             ("record", super::record),
             ("member_news", super::member_news),
             ("join", super::join),
+            ("certkey", super::certkey),
+            ("punch", super::punch),
         ];
         for (name, target) in targets {
             target(&std::fs::read(format!("corpus/{name}/seed")).unwrap());
         }
+    }
+
+    /// The certificate seed is one the walk reads through: the fuzzer starts past the DER framing.
+    #[test]
+    fn the_certificate_seed_holds_a_key_and_a_membership() {
+        let seed = std::fs::read("corpus/certkey/seed").unwrap();
+        assert_eq!(super::ed25519_key_of_cert(&seed), Some([9; 32]));
+        let membership = super::membership_of_cert(&seed).expect("the membership extension");
+        assert_eq!(membership, std::fs::read("corpus/certificate/seed").unwrap());
     }
 }

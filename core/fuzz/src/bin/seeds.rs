@@ -3,16 +3,56 @@
 
 use std::net::Ipv4Addr;
 
+use quicether_proto::certkey::membership_extension_value;
 use quicether_proto::member_news::{self, Item};
 use quicether_proto::membership::{Certificate, Revocation};
 use quicether_proto::record::{Endpoint, EndpointKind, Record};
-use quicether_proto::{frame, hello, join};
+use quicether_proto::{frame, hello, join, punch};
 
 /// A minimal IPv4/UDP packet (20-byte header, 8-byte UDP header, 4 bytes of payload).
 fn ipv4_udp() -> Vec<u8> {
     let mut p = vec![0x45, 0xb8, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
     p.extend_from_slice(&[0x13, 0x88, 0x13, 0x89, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
     p
+}
+
+/// DER: `tag`, its definite length, `content`.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = vec![tag];
+    match len {
+        0..=0x7f => out.push(len as u8),
+        0x80..=0xff => out.extend([0x81, len as u8]),
+        _ => out.extend([0x82, (len >> 8) as u8, len as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// An X.509 certificate as a node shows it in its TLS handshake: an Ed25519 key and the membership
+/// extension (OID 2.25.…) holding `membership`; the signature is not checked by the walk.
+fn tls_certificate(membership: &[u8]) -> Vec<u8> {
+    let ed25519 = der(0x30, &der(0x06, &[0x2b, 0x65, 0x70]));
+    let name = der(0x30, &der(0x31, &der(0x30, &[der(0x06, &[0x55, 0x04, 0x03]), der(0x0c, b"qe")].concat())));
+    let validity = der(0x30, &[der(0x17, b"240101000000Z"), der(0x17, b"340101000000Z")].concat());
+    let spki = der(0x30, &[ed25519.clone(), der(0x03, &[[0u8].as_slice(), &[9; 32]].concat())].concat());
+    let oid = [0x06, 0x0a, 0x69, 0xd1, 0xa2, 0xd3, 0xa8, 0xd4, 0xea, 0x89, 0xa4, 0x31];
+    let extension = der(0x30, &[oid.as_slice(), &der(0x04, &membership_extension_value(membership))].concat());
+    let tbs = der(
+        0x30,
+        &[
+            der(0xa0, &der(0x02, &[2])),
+            der(0x02, &[1]),
+            ed25519.clone(),
+            name.clone(),
+            validity,
+            name,
+            spki,
+            der(0xa3, &der(0x30, &extension)),
+        ]
+        .concat(),
+    );
+    der(0x30, &[tbs, ed25519, der(0x03, &[0u8; 65])].concat())
 }
 
 fn main() -> std::io::Result<()> {
@@ -38,8 +78,10 @@ fn main() -> std::io::Result<()> {
         lan: vec!["[fd00::1]:4433".parse().unwrap()],
         relays: vec![[3; 32]],
     };
+    let certificate = cert.issue(&[1; 32]).expect("a valid certificate");
     let seeds = [
-        ("certificate", cert.issue(&[1; 32]).expect("a valid certificate")),
+        ("certkey", tls_certificate(&certificate)),
+        ("certificate", certificate),
         ("revocation", Revocation { network: [0; 32], node: [7; 32], revoked_at: 1, sequence: 1 }.issue(&[1; 32])),
         ("record", record.encode().expect("a valid record")),
         ("member_news", member_news::encode(&[Item::Certificate(vec![1; 40]), Item::Revocation(vec![2; 90])])),
@@ -48,6 +90,15 @@ fn main() -> std::io::Result<()> {
         ("hello", hello::encode_hello("wan0", true)),
         ("packet", ipv4_udp()),
         ("peer_text", b"closed by peer: \x00 idle\n".to_vec()),
+        (
+            "punch",
+            punch::encode(&punch::Message {
+                kind: punch::Kind::Request,
+                key: [4; 32],
+                delay_ms: 300,
+                candidates: vec!["198.18.0.1:4433".parse().unwrap(), "[2001:db8::1]:4433".parse().unwrap()],
+            }),
+        ),
     ];
     for (target, data) in seeds {
         std::fs::create_dir_all(format!("corpus/{target}"))?;
