@@ -1,7 +1,8 @@
 //! QuicEther I/O: everything that touches file descriptors, sockets and threads but knows nothing of Python.
 //! Decisions (scheduling, reordering, health) come from `quicether-proto`; this crate feeds them and acts.
 //!
-//! - `node`: wiring of a running node (endpoints, peers, WANs, stats).  `events`: what it reports.
+//! - `node`: wiring of a running node (endpoints, peers, WANs).  `stats`: what it reports of peers and paths.
+//!   `events`: what it reports as it happens.
 //! - `send` / `receive`: the packet path out of and into the TUN device.
 //! - `connect`: accepting and dialing paths, the path hello.  `timers`: probes and health per path.
 //! - `peer`: peer and path state.  `peers`: the peer table (by node key) and allowed IPs.  `sockets`: per-WAN UDP sockets.  `tls`: node identity and key pinning.
@@ -28,6 +29,7 @@ pub mod punch;
 pub mod receive;
 pub mod send;
 pub mod sockets;
+pub mod stats;
 pub mod timers;
 pub mod tls;
 pub mod tun;

@@ -9,13 +9,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use quicether_proto::frame::DATA_HEADER_LEN;
 use quicether_proto::health::PathState;
 use quicether_proto::path_rank;
 pub use quicether_proto::path_rank::PathKind;
-use quicether_proto::reorder::ReorderStats;
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
@@ -29,6 +28,7 @@ use crate::peers::PeerTable;
 use crate::receive::reorder_timer;
 use crate::send::tun_reader;
 use crate::sockets::{bind_listen, bind_wan};
+pub use crate::stats::{PathStats, PeerStats};
 use crate::tls::{self, Identity, KnownClientKeys};
 use crate::tun::open_tun;
 
@@ -93,53 +93,6 @@ fn udp_payload(path_mtu: u16, v4: bool) -> usize {
 /// Largest inner IP packet that fits one DATAGRAM frame with its bond header: the TUN MTU.
 pub fn inner_mtu(path_mtu: u16, v4: bool) -> usize {
     udp_payload(path_mtu, v4).saturating_sub(QUIC_DATAGRAM_OVERHEAD + DATA_HEADER_LEN)
-}
-
-pub struct PathStats {
-    /// The WAN to show: ours if we dialed the path, else the one the peer dialed from.
-    pub wan: String,
-    /// Our WAN the path runs over (`DEFAULT_SOURCE`: the listening socket) and the peer's, if it said.
-    pub local_wan: String,
-    pub peer_wan: Option<String>,
-    pub kind: PathKind,
-    pub dialed: bool,
-    pub local: Option<IpAddr>,
-    /// Our address as the peer sees it (NAT), when it told us.
-    pub public: Option<SocketAddr>,
-    pub remote: SocketAddr,
-    pub up: bool,
-    pub backup: bool,
-    pub rtt: Duration,
-    pub loss: f64,
-    pub tx_bytes: u64,
-    pub rx_bytes: u64,
-    pub tx_rate_bps: u64,
-    pub rx_rate_bps: u64,
-    /// The path's congestion window and what waits in its send queue (bytes): why a path carries what it does.
-    pub cwnd: u64,
-    pub queued: u64,
-    /// Delivery rate from the acks (bits/s) and the expiring minimum RTT the scheduler counts with.
-    pub delivery_rate_bps: u64,
-    pub min_rtt: Duration,
-}
-
-/// Per-peer numbers for `quicether status`.
-pub struct PeerStats {
-    pub key: [u8; 32],
-    pub endpoint: Option<SocketAddr>,
-    pub connected: bool,
-    pub rtt: Option<Duration>,
-    pub last_handshake: Option<SystemTime>,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_dropped: u64,
-    pub rx_dropped: u64,
-    pub retransmitted: u64,
-    pub paths: Vec<PathStats>,
-    pub reorder: ReorderStats,
-    pub reorder_timeout: Duration,
 }
 
 /// A local socket that dials peers: a WAN's, or the listening one when the node has no WANs.

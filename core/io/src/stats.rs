@@ -1,0 +1,54 @@
+//! What `Node::peer_stats` reports of each peer and its paths, for `quicether status` and the metrics.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use quicether_proto::path_rank::PathKind;
+use quicether_proto::reorder::ReorderStats;
+
+pub struct PathStats {
+    /// The WAN to show: ours if we dialed the path, else the one the peer dialed from.
+    pub wan: String,
+    /// Our WAN the path runs over (`DEFAULT_SOURCE`: the listening socket) and the peer's, if it said.
+    pub local_wan: String,
+    pub peer_wan: Option<String>,
+    pub kind: PathKind,
+    pub dialed: bool,
+    pub local: Option<IpAddr>,
+    /// Our address as the peer sees it (NAT), when it told us.
+    pub public: Option<SocketAddr>,
+    pub remote: SocketAddr,
+    pub up: bool,
+    pub backup: bool,
+    pub rtt: Duration,
+    pub loss: f64,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_rate_bps: u64,
+    pub rx_rate_bps: u64,
+    /// The path's congestion window and what waits in its send queue (bytes): why a path carries what it does.
+    pub cwnd: u64,
+    pub queued: u64,
+    /// Delivery rate from the acks (bits/s) and the expiring minimum RTT the scheduler counts with.
+    pub delivery_rate_bps: u64,
+    pub min_rtt: Duration,
+}
+
+/// Per-peer numbers for `quicether status`.
+pub struct PeerStats {
+    pub key: [u8; 32],
+    pub endpoint: Option<SocketAddr>,
+    pub connected: bool,
+    pub rtt: Option<Duration>,
+    pub last_handshake: Option<SystemTime>,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_dropped: u64,
+    pub rx_dropped: u64,
+    pub retransmitted: u64,
+    pub paths: Vec<PathStats>,
+    pub reorder: ReorderStats,
+    pub reorder_timeout: Duration,
+}
