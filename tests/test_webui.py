@@ -1,5 +1,6 @@
 """The web UI through Flask's test client (no root, no browser): first-boot wizard, login, CSRF, every
-page and form with its validation messages, and what ends up in the config file."""
+page and form with its validation messages, and what ends up in the config file (joining a mesh network
+from the wizard: test_webui_network.py; the fixtures: conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,75 +19,27 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from quicether import _core, setup_code
+from quicether import setup_code
 from quicether.config import load
-from quicether.identity import encode_node_id, generate
+from quicether.identity import encode_node_id
 from quicether.invite import Invite
 from tests.test_metrics import samples_of
-from tests.webui_fixtures import SAMPLE_STATUS, FakeDaemon, fake_daemon
-from webui import auth, create_app, sessions, throttle, wizard
+from tests.webui_fixtures import (
+    PASSWORD,
+    SAMPLE_STATUS,
+    FakeDaemon,
+    csrf_token,
+    ports_step,
+    post_form,
+    set_up,
+    setup_code_of,
+    web_app,
+)
+from webui import auth, create_app, sessions, throttle
 
-PASSWORD = "correct horse battery"
-PORTS = [{"name": n, "mac": f"02:00:00:00:00:0{i}", "up": True} for i, n in enumerate(["eth0", "eth1", "eth2"])]
 GW_KEY = encode_node_id(bytes(range(32)))
 INVITE = Invite(key=GW_KEY, endpoints=["198.18.0.2:4433"], network="10.99.0.0/24", name="gw", exit=True,
                 peer_address="10.99.0.1/24").encode()
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    generate(tmp_path / "node.key")
-    return tmp_path
-
-
-def _app(state: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
-    # The machine running the tests has its own ports; the wizard is shown three of a router's.
-    monkeypatch.setattr(wizard, "ports", lambda: PORTS)
-    monkeypatch.setattr("webui.settings.ports", lambda: PORTS)
-    config = state / "quicether.toml"
-    config.write_text(f'[node]\nstate_dir = "{state}"\n')
-    # The test client asks for http://localhost/: the name this UI is "served" at here.
-    return create_app(config, state, {"TESTING": True}, hosts=["localhost"])
-
-
-@pytest.fixture
-def daemon(state: Path) -> Iterator[FakeDaemon]:
-    yield from fake_daemon(state)
-
-
-@pytest.fixture
-def app(state: Path, monkeypatch: pytest.MonkeyPatch, daemon: FakeDaemon) -> Flask:
-    """The UI in front of a stand-in daemon: the config is read and written only through its API."""
-    return _app(state, monkeypatch)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-def _csrf(client: FlaskClient, path: str) -> str:
-    page = client.get(path).get_data(as_text=True)
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert found, page
-    return found.group(1)
-
-
-def _post(client: FlaskClient, path: str, data: dict[str, Any], page: str | None = None) -> Any:
-    return client.post(path, data={**data, "csrf_token": _csrf(client, page or path)})
-
-
-def _setup_code(client: FlaskClient) -> str:
-    """The code as its owner reads it (`quicether setup-code` over SSH reads the same file)."""
-    code = setup_code.read(Path(client.application.config["QE_STATE"]))
-    assert code is not None
-    return code
-
-
-def _set_up(client: FlaskClient) -> None:
-    response = _post(client, "/setup/", {"setup_code": _setup_code(client), "password": PASSWORD,
-                                         "confirm": PASSWORD})
-    assert response.status_code == 302 and response.headers["Location"].endswith("/setup/ports")
 
 
 def test_first_boot_leads_every_page_to_the_password_step(client: FlaskClient, state: Path) -> None:
@@ -99,21 +51,21 @@ def test_first_boot_leads_every_page_to_the_password_step(client: FlaskClient, s
 
 
 def test_password_rules_and_the_stored_hash(client: FlaskClient, state: Path) -> None:
-    code = _setup_code(client)
-    short = _post(client, "/setup/", {"setup_code": code, "password": "short", "confirm": "short"})
+    code = setup_code_of(client)
+    short = post_form(client, "/setup/", {"setup_code": code, "password": "short", "confirm": "short"})
     assert short.status_code == 400 and "at least 10 characters" in short.get_data(as_text=True)
-    differ = _post(client, "/setup/", {"setup_code": code, "password": PASSWORD, "confirm": PASSWORD + "x"})
+    differ = post_form(client, "/setup/", {"setup_code": code, "password": PASSWORD, "confirm": PASSWORD + "x"})
     assert differ.status_code == 400 and "differ" in differ.get_data(as_text=True)
-    _set_up(client)
+    set_up(client)
     stored = (setup_code.ui_dir(state) / auth.PASSWORD_FILE).read_text()
     assert PASSWORD not in stored and json.loads(stored)["algorithm"] == "scrypt"
     assert oct((setup_code.ui_dir(state) / auth.PASSWORD_FILE).stat().st_mode & 0o777) == "0o600"
     # Once set, the wizard's first step cannot replace the password for someone without a session.
     other = client.application.test_client()
-    again = _post(other, "/login", {"password": "x"}, page="/login")
+    again = post_form(other, "/login", {"password": "x"}, page="/login")
     assert again.status_code == 401
     replaced = other.post("/setup/", data={"setup_code": code, "password": "new password 123",
-                                           "confirm": "new password 123", "csrf_token": _csrf(other, "/login")})
+                                           "confirm": "new password 123", "csrf_token": csrf_token(other, "/login")})
     assert replaced.status_code == 302 and "/login" in replaced.headers["Location"]
     assert (setup_code.ui_dir(state) / auth.PASSWORD_FILE).read_text() == stored
 
@@ -121,29 +73,29 @@ def test_password_rules_and_the_stored_hash(client: FlaskClient, state: Path) ->
 def test_forms_without_the_csrf_token_are_refused(client: FlaskClient) -> None:
     response = client.post("/setup/", data={"password": PASSWORD, "confirm": PASSWORD})
     assert response.status_code == 400 and "expired or did not come from this page" in response.get_data(as_text=True)
-    _set_up(client)
+    set_up(client)
     assert client.post("/settings/acls", data={"action": "deny"}).status_code == 400
     assert client.post("/logout").status_code == 400
     assert client.post("/settings/acls", data={"action": "deny", "csrf_token": "forged"}).status_code == 400
 
 
 def test_login_wrong_password_rate_limit_and_safe_redirect(client: FlaskClient, app: Flask) -> None:
-    _set_up(client)
+    set_up(client)
     other = app.test_client()
     assert other.get("/settings/").headers["Location"].endswith("/login?next=/settings/")
     for _ in range(throttle.MAX_FAILURES):
-        wrong = _post(other, "/login", {"password": "wrong password"})
+        wrong = post_form(other, "/login", {"password": "wrong password"})
         assert wrong.status_code == 401 and "Wrong password." in wrong.get_data(as_text=True)
-    locked = _post(other, "/login", {"password": PASSWORD})
+    locked = post_form(other, "/login", {"password": PASSWORD})
     assert locked.status_code == 429 and "Too many wrong guesses" in locked.get_data(as_text=True)
     app.extensions["qe_throttle"].clear()
     fresh = app.test_client()
-    token = _csrf(fresh, "/login")
+    token = csrf_token(fresh, "/login")
     ok = fresh.post("/login?next=//evil.example/", data={"password": PASSWORD, "csrf_token": token})
     assert ok.status_code == 302 and ok.headers["Location"] == "/"
     other = app.test_client()
     backslash = other.post("/login?next=/%5Cevil.example/", data={"password": PASSWORD,
-                                                                   "csrf_token": _csrf(other, "/login")})
+                                                                   "csrf_token": csrf_token(other, "/login")})
     assert backslash.headers["Location"] == "/"
     cookie = ok.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
@@ -160,39 +112,39 @@ def _setup_form(code: str) -> dict[str, str]:
 
 
 def test_first_password_needs_the_one_time_setup_code(client: FlaskClient, state: Path) -> None:
-    code = _setup_code(client)
+    code = setup_code_of(client)
     assert code not in client.get("/setup/").get_data(as_text=True)  # shown nowhere in the UI
     wrong_codes = ("", code[:-1], code + "A", "é")  # fewer than the guessing limit
     assert len(wrong_codes) < throttle.MAX_FAILURES
     for wrong in wrong_codes:
-        refused = _post(client, "/setup/", _setup_form(wrong))
+        refused = post_form(client, "/setup/", _setup_form(wrong))
         assert refused.status_code == 403 and "Wrong setup code" in refused.get_data(as_text=True), wrong
     assert not (setup_code.ui_dir(state) / auth.PASSWORD_FILE).exists()
     # Typed by hand: case and spacing do not matter.
-    accepted = _post(client, "/setup/", _setup_form(f" {code.lower().replace('-', ' ')} "))
+    accepted = post_form(client, "/setup/", _setup_form(f" {code.lower().replace('-', ' ')} "))
     assert accepted.status_code == 302 and accepted.headers["Location"].endswith("/setup/ports")
     assert (setup_code.ui_dir(state) / auth.PASSWORD_FILE).exists()
     # Consumed: gone from the state dir, never made again, and the wizard's first step is closed.
     assert setup_code.read(state) is None and setup_code.ensure(state) is None
     assert not (setup_code.ui_dir(state) / setup_code.CODE_FILE).exists()
     other = client.application.test_client()
-    again = other.post("/setup/", data={**_setup_form(code), "csrf_token": _csrf(other, "/login")})
+    again = other.post("/setup/", data={**_setup_form(code), "csrf_token": csrf_token(other, "/login")})
     assert again.status_code == 302 and "/login" in again.headers["Location"]
 
 
 def test_setting_the_password_removes_every_copy_of_the_code(client: FlaskClient, state: Path,
                                                               tmp_path: Path) -> None:
     esp = tmp_path / "boot-efi" / "quicether-setup-code.txt"  # as the appliance's firstboot writes it
-    assert setup_code.ensure(state, (esp,)) == _setup_code(client) and esp.exists()
-    _set_up(client)
+    assert setup_code.ensure(state, (esp,)) == setup_code_of(client) and esp.exists()
+    set_up(client)
     assert not esp.exists() and not (setup_code.ui_dir(state) / setup_code.CODE_FILE).exists()
 
 
 def test_wrong_setup_codes_count_against_the_login_limit(client: FlaskClient) -> None:
-    code = _setup_code(client)
+    code = setup_code_of(client)
     for _ in range(throttle.MAX_FAILURES):
-        assert _post(client, "/setup/", _setup_form("WRNG-WRNG-WRNG")).status_code == 403
-    locked = _post(client, "/setup/", _setup_form(code))
+        assert post_form(client, "/setup/", _setup_form("WRNG-WRNG-WRNG")).status_code == 403
+    locked = post_form(client, "/setup/", _setup_form(code))
     assert locked.status_code == 429 and "Too many wrong guesses" in locked.get_data(as_text=True)
     state = Path(client.application.config["QE_STATE"])
     # Still unused.
@@ -260,7 +212,7 @@ def _session_id(client: FlaskClient) -> str:
 
 def _log_in(app: Flask) -> FlaskClient:
     other = app.test_client()
-    assert _post(other, "/login", {"password": PASSWORD}).status_code == 302
+    assert post_form(other, "/login", {"password": PASSWORD}).status_code == 302
     return other
 
 
@@ -271,7 +223,7 @@ def _with_session(app: Flask, sid: str) -> FlaskClient:
 
 
 def test_sessions_are_server_side_and_revoked_by_logout(client: FlaskClient, app: Flask, state: Path) -> None:
-    _set_up(client)
+    set_up(client)
     admin = _log_in(app)
     sid = _session_id(admin)
     assert len(sid) >= 40 and "admin" not in sid  # a random id, not signed data
@@ -281,16 +233,16 @@ def test_sessions_are_server_side_and_revoked_by_logout(client: FlaskClient, app
     restarted = create_app(state / "quicether.toml", state, {"TESTING": True}, hosts=["localhost"])
     assert _with_session(restarted, sid).get("/settings/").status_code == 200
     # …until logout: then the id is worthless, for a copy of the cookie too, and after a restart.
-    assert _post(admin, "/logout", {}, page="/settings/").status_code == 302
+    assert post_form(admin, "/logout", {}, page="/settings/").status_code == 302
     assert _with_session(app, sid).get("/settings/").status_code == 302
     restarted = create_app(state / "quicether.toml", state, {"TESTING": True}, hosts=["localhost"])
     assert _with_session(restarted, sid).get("/settings/").status_code == 302
 
 
 def test_login_gets_a_new_session_id(client: FlaskClient, app: Flask) -> None:
-    _set_up(client)
+    set_up(client)
     other = app.test_client()
-    token = _csrf(other, "/login")
+    token = csrf_token(other, "/login")
     before = _session_id(other)  # an id an attacker could have planted (fixation)
     assert other.post("/login", data={"password": PASSWORD, "csrf_token": token}).status_code == 302
     assert _session_id(other) != before
@@ -298,7 +250,7 @@ def test_login_gets_a_new_session_id(client: FlaskClient, app: Flask) -> None:
 
 
 def test_a_password_change_ends_every_session(client: FlaskClient, app: Flask) -> None:
-    _set_up(client)
+    set_up(client)
     first, second = _log_in(app), _log_in(app)
     with app.app_context():
         auth.set_password("another good password")
@@ -307,28 +259,28 @@ def test_a_password_change_ends_every_session(client: FlaskClient, app: Flask) -
 
 
 def test_changing_the_password_in_the_settings_ends_the_other_sessions(client: FlaskClient, app: Flask) -> None:
-    _set_up(client)
+    set_up(client)
     changer, other = _log_in(app), _log_in(app)
     before = _session_id(changer)
     form = {"current": PASSWORD, "password": "a new admin password", "confirm": "a new admin password"}
-    wrong = _post(changer, "/account/password", {**form, "current": "not the password"}, page="/settings/")
+    wrong = post_form(changer, "/account/password", {**form, "current": "not the password"}, page="/settings/")
     assert wrong.status_code == 302 and "current password is wrong" in changer.get("/settings/").get_data(as_text=True)
-    weak = _post(changer, "/account/password", {**form, "confirm": "different"}, page="/settings/")
+    weak = post_form(changer, "/account/password", {**form, "confirm": "different"}, page="/settings/")
     assert weak.status_code == 302 and "two passwords differ" in changer.get("/settings/").get_data(as_text=True)
     assert other.get("/settings/").status_code == 200  # nothing changed yet
-    changed = _post(changer, "/account/password", form, page="/settings/")
+    changed = post_form(changer, "/account/password", form, page="/settings/")
     assert changed.status_code == 302 and changed.headers["Location"].endswith("/settings/#password")
     assert "Every other session was logged out" in changer.get("/settings/").get_data(as_text=True)
     assert _session_id(changer) != before
     assert other.get("/settings/").status_code == 302 and client.get("/settings/").status_code == 302
-    assert _post(app.test_client(), "/login", {"password": PASSWORD}).status_code == 401
-    assert _post(app.test_client(), "/login", {"password": "a new admin password"}).status_code == 302
+    assert post_form(app.test_client(), "/login", {"password": PASSWORD}).status_code == 401
+    assert post_form(app.test_client(), "/login", {"password": "a new admin password"}).status_code == 302
 
 
 def test_sessions_expire_when_idle_and_after_the_absolute_lifetime(client: FlaskClient, app: Flask) -> None:
     now = [1_000_000.0]
     app.session_interface.clock = lambda: now[0]  # type: ignore[attr-defined]
-    _set_up(client)
+    set_up(client)
     admin = _log_in(app)
     now[0] += sessions.IDLE_LIFETIME_S - 5
     assert admin.get("/settings/").status_code == 200  # used in time: the idle clock starts again
@@ -344,7 +296,7 @@ def test_sessions_expire_when_idle_and_after_the_absolute_lifetime(client: Flask
 
 
 def test_anonymous_sessions_cannot_push_the_admin_out(client: FlaskClient, app: Flask) -> None:
-    _set_up(client)
+    set_up(client)
     admin = _log_in(app)
     for _ in range(sessions.MAX_SESSIONS * 2):
         app.test_client().get("/login")  # each gets a session for the form's CSRF token
@@ -358,25 +310,25 @@ def test_anonymous_sessions_cannot_push_the_admin_out(client: FlaskClient, app: 
     "javascript:alert(1)", "%20//evil.example", "evil.example", "/%00/evil.example", "/.//evil.example",
 ])
 def test_login_never_redirects_to_another_site(client: FlaskClient, app: Flask, target: str) -> None:
-    _set_up(client)
+    set_up(client)
     other = app.test_client()
-    token = _csrf(other, "/login")
+    token = csrf_token(other, "/login")
     response = other.post(f"/login?next={target}", data={"password": PASSWORD, "csrf_token": token})
     assert response.status_code == 302 and response.headers["Location"] == "/"
 
 
 def test_login_returns_to_the_page_asked_for(client: FlaskClient, app: Flask) -> None:
-    _set_up(client)
+    set_up(client)
     other = app.test_client()
-    token = _csrf(other, "/login")
+    token = csrf_token(other, "/login")
     response = other.post("/login?next=/settings/%3Fx%3D1", data={"password": PASSWORD, "csrf_token": token})
     assert response.headers["Location"] == "/settings/?x=1"
 
 
 def test_parallel_guesses_get_exactly_the_limit(client: FlaskClient, app: Flask) -> None:
-    _set_up(client)
+    set_up(client)
     guessers = [app.test_client() for _ in range(20)]
-    tokens = [_csrf(g, "/login") for g in guessers]
+    tokens = [csrf_token(g, "/login") for g in guessers]
     start = threading.Barrier(len(guessers))
 
     def guess(i: int) -> int:
@@ -409,18 +361,12 @@ def test_the_throttle_forgets_old_addresses_and_has_a_global_limit() -> None:
 def test_a_non_ascii_csrf_token_is_a_400(client: FlaskClient, token: str) -> None:
     first_boot = client.post("/setup/", data={"csrf_token": token, "password": PASSWORD})
     assert first_boot.status_code == 400
-    _set_up(client)
+    set_up(client)
     other = client.application.test_client()
     other.get("/login")
     login = other.post("/login", data={"csrf_token": token, "password": PASSWORD})
     assert login.status_code == 400 and "expired or did not come from this page" in login.get_data(as_text=True)
     assert other.post("/login", headers={"X-CSRF-Token": token}, data={"password": "x"}).status_code == 400
-
-
-def _ports_step(client: FlaskClient, **changes: str) -> Any:
-    form = {"role_eth0": "lan", "role_eth1": "wan", "wanrole_eth1": "primary", "rate_eth1": "40",
-            "role_eth2": "wan", "wanrole_eth2": "backup", "rate_eth2": "", "lan_address": "192.168.7.1/24", **changes}
-    return _post(client, "/setup/ports", form)
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -435,16 +381,16 @@ def _ports_step(client: FlaskClient, **changes: str) -> Any:
     ({"lan_address": "router"}, "is not like 192.168.50.1/24"),
 ])
 def test_wizard_ports_step_explains_bad_choices(client: FlaskClient, changes: dict[str, str], message: str) -> None:
-    _set_up(client)
-    response = _ports_step(client, **changes)
+    set_up(client)
+    response = ports_step(client, **changes)
     assert response.status_code == 400
     assert message in response.get_data(as_text=True)
 
 
 def test_wizard_bad_invite_is_shown_on_the_page(client: FlaskClient, daemon: FakeDaemon) -> None:
-    _set_up(client)
-    assert _ports_step(client).status_code == 302
-    response = _post(client, "/setup/connect", {"invite": INVITE[:-6], "mode": "aggregate"})
+    set_up(client)
+    assert ports_step(client).status_code == 302
+    response = post_form(client, "/setup/connect", {"invite": INVITE[:-6], "mode": "aggregate"})
     assert response.status_code == 400
     assert "Invite code: the invite code is damaged" in response.get_data(as_text=True)
     assert "apply_config" not in daemon.commands
@@ -452,9 +398,9 @@ def test_wizard_bad_invite_is_shown_on_the_page(client: FlaskClient, daemon: Fak
 
 def test_wizard_writes_the_cli_config_and_reloads_the_daemon(client: FlaskClient, daemon: FakeDaemon,
                                                              state: Path) -> None:
-    _set_up(client)
-    assert _ports_step(client).status_code == 302
-    response = _post(client, "/setup/connect", {"invite": INVITE, "mode": "lowest-rtt", "use_exit": "on"})
+    set_up(client)
+    assert ports_step(client).status_code == 302
+    response = post_form(client, "/setup/connect", {"invite": INVITE, "mode": "lowest-rtt", "use_exit": "on"})
     page = response.get_data(as_text=True)
     assert response.status_code == 200 and "daemon is applying the new settings" in page
     config = load(state / "quicether.toml")
@@ -470,9 +416,9 @@ def test_wizard_writes_the_cli_config_and_reloads_the_daemon(client: FlaskClient
 def test_the_wizard_routes_internet_traffic_through_the_gateway_only_when_asked(client: FlaskClient,
                                                                                 daemon: FakeDaemon,
                                                                                 state: Path) -> None:
-    _set_up(client)
-    assert _ports_step(client).status_code == 302
-    assert _post(client, "/setup/connect", {"invite": INVITE, "mode": "aggregate"}).status_code == 200
+    set_up(client)
+    assert ports_step(client).status_code == 302
+    assert post_form(client, "/setup/connect", {"invite": INVITE, "mode": "aggregate"}).status_code == 200
     config = load(state / "quicether.toml")
     # The invite offers an exit, but the box was not ticked: the gateway is a peer, not the exit.
     assert config.lan is not None and config.lan.exit_peer is None
@@ -488,10 +434,10 @@ def test_the_wizard_routes_internet_traffic_through_the_gateway_only_when_asked(
 ])
 def test_the_applying_page_shows_the_daemons_answer(client: FlaskClient, daemon: FakeDaemon, answer: dict[str, Any],
                                                      shown: str, waits: bool) -> None:
-    _set_up(client)
+    set_up(client)
     daemon.reload_answer = answer
-    assert _ports_step(client).status_code == 302
-    page = _post(client, "/setup/connect", {"invite": INVITE, "mode": "aggregate"}).get_data(as_text=True)
+    assert ports_step(client).status_code == 302
+    page = post_form(client, "/setup/connect", {"invite": INVITE, "mode": "aggregate"}).get_data(as_text=True)
     assert shown in page
     for change in answer.get("changes", []):
         assert f"<li>{change}</li>" in page
@@ -501,16 +447,16 @@ def test_the_applying_page_shows_the_daemons_answer(client: FlaskClient, daemon:
 
 
 def test_the_applying_page_says_when_the_daemon_refuses(client: FlaskClient, daemon: FakeDaemon) -> None:
-    _set_up(client)
+    set_up(client)
     daemon.reload_error = "q.toml: lan.device: eth9 does not exist"
-    assert _ports_step(client).status_code == 302
-    page = _post(client, "/setup/connect", {"invite": "", "mode": "aggregate"}).get_data(as_text=True)
+    assert ports_step(client).status_code == 302
+    page = post_form(client, "/setup/connect", {"invite": "", "mode": "aggregate"}).get_data(as_text=True)
     assert "Settings saved, not applied" in page and "refused to reload: q.toml: lan.device: eth9" in page
     assert 'id="waiting"' not in page
 
 
 def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: FakeDaemon) -> None:
-    _set_up(client)
+    set_up(client)
     page = client.get("/").get_data(as_text=True)
     assert 'data-wan="wan0"' in page and 'data-wan="wan1"' in page and "40.0" in page
     assert '<dd data-field="public">192.0.2.44</dd>' in page
@@ -528,7 +474,7 @@ def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: Fake
 
 def test_dashboard_lists_the_mesh_members_how_each_was_found_and_its_record(client: FlaskClient,
                                                                             daemon: FakeDaemon) -> None:
-    _set_up(client)
+    set_up(client)
     assert "Mesh network" not in client.get("/").get_data(as_text=True), "a node in no network shows none"
     now = 1_900_000_000
     daemon.status["time"] = now
@@ -550,7 +496,7 @@ def test_dashboard_lists_the_mesh_members_how_each_was_found_and_its_record(clie
 
 
 def test_dashboard_shows_the_systems_health(client: FlaskClient, daemon: FakeDaemon) -> None:
-    _set_up(client)
+    set_up(client)
     assert "<p data-field=\"system\">-</p>" in client.get("/").get_data(as_text=True), "no health reported"
     daemon.status["health"] = {"cpu_load": [0.12, 0.5], "memory_total_bytes": 4 << 30,
                                "memory_available_bytes": 3 << 30, "temperatures_c": {"thermal_zone0:cpu": 51.4},
@@ -576,7 +522,7 @@ class _Attributes(html.parser.HTMLParser):
 
 
 def test_dashboard_survives_any_wan_name_a_peer_sends(client: FlaskClient, daemon: FakeDaemon) -> None:
-    _set_up(client)
+    set_up(client)
     template = daemon.status["peers"][0]["paths"][0]
     daemon.status["peers"][0]["paths"] = [{**template, "wan": name} for name in HOSTILE_NAMES]
     daemon.events = [{"time": 1.0, "level": "info", "message": "peer gw: path on WAN x\nwarning forged line"}]
@@ -599,8 +545,8 @@ def test_dashboard_survives_any_wan_name_a_peer_sends(client: FlaskClient, daemo
 
 
 def test_without_a_daemon_pages_say_so_and_nothing_changes(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    client = _app(state, monkeypatch).test_client()
-    _set_up(client)
+    client = web_app(state, monkeypatch).test_client()
+    set_up(client)
     response = client.get("/")
     page = response.get_data(as_text=True)
     assert response.status_code == 503 and "daemon is not answering" in page
@@ -620,59 +566,59 @@ def _config_text(state: Path) -> str:
 
 def test_settings_forms_change_the_config_or_explain_why_not(client: FlaskClient, daemon: FakeDaemon,
                                                              state: Path) -> None:
-    _set_up(client)
-    _ports_step(client)
-    _post(client, "/setup/connect", {"invite": INVITE, "mode": "aggregate"})
+    set_up(client)
+    ports_step(client)
+    post_form(client, "/setup/connect", {"invite": INVITE, "mode": "aggregate"})
     page = "/settings/"
     assert client.get(page).status_code == 200
-    bad_lan = _post(client, "/settings/lan", {"address": "300.1.1.1/24", "dhcp": "on"}, page)
+    bad_lan = post_form(client, "/settings/lan", {"address": "300.1.1.1/24", "dhcp": "on"}, page)
     assert bad_lan.status_code == 400 and "lan.address" in bad_lan.get_data(as_text=True)
-    assert _post(client, "/settings/lan", {"address": "192.168.7.1/24", "kill_switch": "on",
+    assert post_form(client, "/settings/lan", {"address": "192.168.7.1/24", "kill_switch": "on",
                                            "direct": "192.168.1.0/24, 10.9.9.9"}, page).status_code == 302
     lan = load(state / "quicether.toml").lan
     assert lan is not None and lan.kill_switch and not lan.dhcp
     assert lan.direct == ["192.168.1.0/24", "10.9.9.9/32"]
-    assert _post(client, "/settings/acls", {"action": "deny", "from": "gw", "to": "lan", "protocol": "tcp",
+    assert post_form(client, "/settings/acls", {"action": "deny", "from": "gw", "to": "lan", "protocol": "tcp",
                                             "port": "22"}, page).status_code == 302
-    bad_acl = _post(client, "/settings/acls", {"action": "deny", "port": "22"}, page)
+    bad_acl = post_form(client, "/settings/acls", {"action": "deny", "port": "22"}, page)
     assert bad_acl.status_code == 400 and "a port needs protocol" in bad_acl.get_data(as_text=True)
     assert load(state / "quicether.toml").acls[0].port == 22
-    assert _post(client, "/settings/classes", {"peer": "0", "protocol": "udp", "port": "5060",
+    assert post_form(client, "/settings/classes", {"peer": "0", "protocol": "udp", "port": "5060",
                                                "mode": "redundant"}, page).status_code == 302
-    bad_class = _post(client, "/settings/classes", {"peer": "0", "port": "sip", "mode": "redundant"}, page)
+    bad_class = post_form(client, "/settings/classes", {"peer": "0", "port": "sip", "mode": "redundant"}, page)
     assert bad_class.status_code == 400 and "not a whole number" in bad_class.get_data(as_text=True)
     assert load(state / "quicether.toml").peers[0].classes[0].port == 5060
-    assert _post(client, "/settings/wans", {"role_0": "backup", "rate_0": "", "role_1": "primary",
+    assert post_form(client, "/settings/wans", {"role_0": "backup", "rate_0": "", "role_1": "primary",
                                             "remove_1": "on"}, page).status_code == 302
     assert [(w.device, w.backup) for w in load(state / "quicether.toml").wans] == [("eth1", True)]
     before = _config_text(state)
     # Only ports this router has can become WANs: "*" would be an nftables wildcard matching every port.
     for device in ("*", "eth9"):
-        refused = _post(client, "/settings/wans", {"role_0": "backup", "add_device": device}, page)
+        refused = post_form(client, "/settings/wans", {"role_0": "backup", "add_device": device}, page)
         assert refused.status_code == 400 and "not a port of this router" in refused.get_data(as_text=True)
     assert _config_text(state) == before
-    bad_toml = _post(client, "/settings/toml", {"toml": "[node]\npath_mtu = 10\n"}, page)
+    bad_toml = post_form(client, "/settings/toml", {"toml": "[node]\npath_mtu = 10\n"}, page)
     assert bad_toml.status_code == 400 and "node.path_mtu" in bad_toml.get_data(as_text=True)
     assert _config_text(state) == before
     download = client.get("/settings/config.toml")
     assert download.get_data(as_text=True) == before and "attachment" in download.headers["Content-Disposition"]
-    restore = client.post("/settings/restore", data={"csrf_token": _csrf(client, page), "config": (
+    restore = client.post("/settings/restore", data={"csrf_token": csrf_token(client, page), "config": (
         io.BytesIO(b"[node\n"), "broken.toml")}, content_type="multipart/form-data")
     assert restore.status_code == 400 and "not valid TOML" in restore.get_data(as_text=True)
     # The ACL names the peer: removing the peer first is refused with the ACL's field.
-    still_used = _post(client, "/settings/peers/0", {"action": "remove"}, page)
+    still_used = post_form(client, "/settings/peers/0", {"action": "remove"}, page)
     assert still_used.status_code == 400 and "acl[0].from" in still_used.get_data(as_text=True)
-    assert _post(client, "/settings/acls", {"remove": "0"}, page).status_code == 302
-    assert _post(client, "/settings/peers/0", {"action": "remove"}, page).status_code == 302
+    assert post_form(client, "/settings/acls", {"remove": "0"}, page).status_code == 302
+    assert post_form(client, "/settings/peers/0", {"action": "remove"}, page).status_code == 302
     after = load(state / "quicether.toml")
     assert after.peers == [] and after.lan is not None and after.lan.exit_peer is None
     assert daemon.commands.count("apply_config") >= 6 and "reload" not in daemon.commands
 
 
 def test_a_daemon_refusing_the_reload_is_reported(client: FlaskClient, daemon: FakeDaemon) -> None:
-    _set_up(client)
+    set_up(client)
     daemon.reload_error = "q.toml: lan.device: eth9 does not exist"
-    response = _post(client, "/settings/acls", {"acl_default": "deny"}, "/settings/")
+    response = post_form(client, "/settings/acls", {"acl_default": "deny"}, "/settings/")
     assert response.status_code == 302
     assert "daemon refused to reload: q.toml: lan.device" in client.get("/settings/").get_data(as_text=True)
 
@@ -722,7 +668,7 @@ def test_root_trusts_nothing_the_uis_directory_says(tmp_path: Path) -> None:
 def test_web_ui_metrics_need_a_session_or_the_admin_password(client: FlaskClient, app: Flask,
                                                              daemon: FakeDaemon) -> None:
     assert client.get("/metrics").status_code == 401, "no password set yet: nothing to check against"
-    _set_up(client)
+    set_up(client)
     anonymous = app.test_client()
     refused = anonymous.get("/metrics")
     assert refused.status_code == 401 and "Basic" in refused.headers["WWW-Authenticate"]
@@ -738,76 +684,3 @@ def test_web_ui_metrics_need_a_session_or_the_admin_password(client: FlaskClient
     for _ in range(20):
         anonymous.get("/metrics", headers={"Authorization": f"Basic {wrong}"})
     assert anonymous.get("/metrics", headers={"Authorization": f"Basic {right}"}).status_code == 429
-
-
-def _network_invite(state: Path, tmp_path_factory: pytest.TempPathFactory,
-                    exit_offered: bool = False) -> tuple[str, dict[str, Any]]:
-    """A network invite and the answer a daemon would have got for it from the admin (a real certificate of
-    the node in `state`; `exit_offered`: the admin is a gateway with an internet port)."""
-    from quicether import joining, network
-    from quicether.identity import load as load_identity
-
-    admin_dir = tmp_path_factory.mktemp("admin")
-    admin = generate(admin_dir / "node.key")
-    net = network.create(admin_dir, "home", admin, admin_name="gw")
-    code = network.invite(net, admin, ["198.18.0.2:4433"]).encode()
-    member = network.issue(net, load_identity(state / "node.key").public_key, "office")
-    joined = joining.Joined(network="home", certificate=base64.b64decode(member.certificate), name="office",
-                            address=f"{member.ipv4}/16", admin_name="gw", admin_address="100.64.0.1",
-                            bootstrap=["198.18.0.2:6881"], dht=True, exit_offered=exit_offered)
-    return code, joining.as_dict(joined)
-
-
-def test_the_wizard_joins_a_network_through_the_daemon_and_writes_the_membership(
-        client: FlaskClient, daemon: FakeDaemon, state: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    code, daemon.join_answer = _network_invite(state, tmp_path_factory)
-    _set_up(client)
-    assert _ports_step(client).status_code == 302
-    response = _post(client, "/setup/connect", {"invite": code, "member_name": "office", "mode": "aggregate"})
-    assert response.status_code == 200, response.get_data(as_text=True)
-    assert daemon.join_requests[-1]["code"] == code and daemon.join_requests[-1]["name"] == "office"
-    config = load(state / "quicether.toml")
-    assert config.network is not None and config.network.name == "office"
-    assert config.address == config.network.address  # from the certificate
-    # The admin node's overlay addresses: its IPv4 and its ULA (from the network's and its key).
-    assert [(p.name, p.endpoint, p.allowed_ips) for p in config.peers] == [("gw", "198.18.0.2:4433", [
-        "100.64.0.1/32", f"{_core.member_ula(config.network.network_key, p.key)}/128"])
-        for p in config.peers]
-    assert config.discovery.bootstrap == ["198.18.0.2:6881"]
-    # The LAN chosen in the ports step is the one the node asks to route; no exit unless asked for.
-    assert daemon.join_requests[-1]["lan"] == ["192.168.7.0/24"]
-    assert config.lan is not None and config.lan.exit_peer is None
-
-
-def test_the_wizard_routes_the_lan_through_a_gateway_admin_only_when_asked(
-        client: FlaskClient, daemon: FakeDaemon, state: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    code, daemon.join_answer = _network_invite(state, tmp_path_factory, exit_offered=True)
-    _set_up(client)
-    assert _ports_step(client).status_code == 302
-    response = _post(client, "/setup/connect", {"invite": code, "mode": "aggregate", "use_exit": "on"})
-    assert response.status_code == 200, response.get_data(as_text=True)
-    config = load(state / "quicether.toml")
-    assert config.lan is not None and config.lan.exit_peer == "gw"
-    assert [p.allowed_ips[-1] for p in config.peers] == ["0.0.0.0/0"]
-
-
-@pytest.mark.parametrize(("code", "refusal", "shown"), [
-    ("", "the admin node refused: this invite was already used (on 2026-12-01 10:00 UTC)", "already used"),
-    ("", "this invite expired on 2026-11-30 10:00 UTC; ask the admin for a new one", "expired on"),
-    ("", "this invite is for network 'home', but this node is a member of another network", "another network"),
-    ("damaged", "", "the invite code is damaged"),
-])
-def test_the_wizard_shows_why_a_network_invite_failed_and_writes_nothing(
-        client: FlaskClient, daemon: FakeDaemon, state: Path, tmp_path_factory: pytest.TempPathFactory,
-        code: str, refusal: str, shown: str) -> None:
-    good, _ = _network_invite(state, tmp_path_factory)
-    daemon.join_answer = refusal
-    before = (state / "quicether.toml").read_text()
-    _set_up(client)
-    assert _ports_step(client).status_code == 302
-    pasted = good[:-8] + "AAAAAAAA" if code == "damaged" else good
-    response = _post(client, "/setup/connect", {"invite": pasted, "mode": "aggregate"})
-    assert response.status_code == 400
-    assert "Invite code: " in response.get_data(as_text=True) and shown in response.get_data(as_text=True)
-    assert "apply_config" not in daemon.commands and (state / "quicether.toml").read_text() == before
-    assert ("join_network" in daemon.commands) == (code != "damaged"), "a damaged code is refused before asking"

@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from quicether import setup_code
 from quicether.atomic import write_private
 from quicether.config import ConfigError, parse
 from quicether.daemon.api import ApiServer
 from quicether.identity import KEY_FILE_NAME
 from quicether.identity import load as load_identity
+from webui import create_app, wizard
 
 SAMPLE_STATUS: dict[str, Any] = {
     "node": {"node_id": "qe1site", "listen": "0.0.0.0:4433", "tun": "qe0", "mtu": 1415, "address": "10.99.0.7/24",
@@ -119,3 +126,47 @@ class FakeDaemon:
 def fake_daemon(state: Path) -> Iterator[FakeDaemon]:
     with FakeDaemon(state / "api.sock") as daemon:
         yield daemon
+
+
+PASSWORD = "correct horse battery"
+PORTS = [{"name": n, "mac": f"02:00:00:00:00:0{i}", "up": True} for i, n in enumerate(["eth0", "eth1", "eth2"])]
+
+
+def web_app(state: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
+    # The machine running the tests has its own ports; the wizard is shown three of a router's.
+    monkeypatch.setattr(wizard, "ports", lambda: PORTS)
+    monkeypatch.setattr("webui.settings.ports", lambda: PORTS)
+    config = state / "quicether.toml"
+    config.write_text(f'[node]\nstate_dir = "{state}"\n')
+    # The test client asks for http://localhost/: the name this UI is "served" at here.
+    return create_app(config, state, {"TESTING": True}, hosts=["localhost"])
+
+
+def csrf_token(client: FlaskClient, path: str) -> str:
+    page = client.get(path).get_data(as_text=True)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+def post_form(client: FlaskClient, path: str, data: dict[str, Any], page: str | None = None) -> Any:
+    return client.post(path, data={**data, "csrf_token": csrf_token(client, page or path)})
+
+
+def setup_code_of(client: FlaskClient) -> str:
+    """The code as its owner reads it (`quicether setup-code` over SSH reads the same file)."""
+    code = setup_code.read(Path(client.application.config["QE_STATE"]))
+    assert code is not None
+    return code
+
+
+def set_up(client: FlaskClient) -> None:
+    response = post_form(client, "/setup/", {"setup_code": setup_code_of(client), "password": PASSWORD,
+                                         "confirm": PASSWORD})
+    assert response.status_code == 302 and response.headers["Location"].endswith("/setup/ports")
+
+
+def ports_step(client: FlaskClient, **changes: str) -> Any:
+    form = {"role_eth0": "lan", "role_eth1": "wan", "wanrole_eth1": "primary", "rate_eth1": "40",
+            "role_eth2": "wan", "wanrole_eth2": "backup", "rate_eth2": "", "lan_address": "192.168.7.1/24", **changes}
+    return post_form(client, "/setup/ports", form)
