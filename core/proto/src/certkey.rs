@@ -114,17 +114,22 @@ pub fn membership_of_cert(der: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// The DER value of the membership extension: the membership certificate as an OCTET STRING.
-pub fn membership_extension_value(certificate: &[u8]) -> Vec<u8> {
-    let len = certificate.len();
-    let mut out = vec![0x04];
+/// DER of one value: `tag`, its definite length (short form, or long form up to 64 KiB), `content`.
+pub fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = vec![tag];
     match len {
         0..=0x7f => out.push(len as u8),
         0x80..=0xff => out.extend([0x81, len as u8]),
         _ => out.extend([0x82, (len >> 8) as u8, len as u8]),
     }
-    out.extend_from_slice(certificate);
+    out.extend_from_slice(content);
     out
+}
+
+/// The DER value of the membership extension: the membership certificate as an OCTET STRING.
+pub fn membership_extension_value(certificate: &[u8]) -> Vec<u8> {
+    der(0x04, certificate)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use quicether_proto::certkey::membership_extension_value;
+use quicether_proto::certkey::{der, membership_extension_value};
 use quicether_proto::member_news::{self, Item};
 use quicether_proto::membership::{Certificate, Revocation};
 use quicether_proto::record::{Endpoint, EndpointKind, Record};
@@ -14,19 +14,6 @@ fn ipv4_udp() -> Vec<u8> {
     let mut p = vec![0x45, 0xb8, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
     p.extend_from_slice(&[0x13, 0x88, 0x13, 0x89, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
     p
-}
-
-/// DER: `tag`, its definite length, `content`.
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let len = content.len();
-    let mut out = vec![tag];
-    match len {
-        0..=0x7f => out.push(len as u8),
-        0x80..=0xff => out.extend([0x81, len as u8]),
-        _ => out.extend([0x82, (len >> 8) as u8, len as u8]),
-    }
-    out.extend_from_slice(content);
-    out
 }
 
 /// An X.509 certificate as a node shows it in its TLS handshake: an Ed25519 key and the membership
