@@ -10,16 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use quicether_proto::allowed_ips::Prefix;
 use quicether_proto::bond::BondReceiver;
+use quicether_proto::bond_send::BondSender;
 use quicether_proto::classify::Rule;
-use quicether_proto::frame::{clear_data_gap, data_seq, encode_data_header, DATA_HEADER_LEN};
 use quicether_proto::health::PathHealth;
 use quicether_proto::path_rank::{self, PathKind, PathRank};
-use quicether_proto::reorder::RESYNC_DISTANCE;
-use quicether_proto::resend::ResendMemory;
-use quicether_proto::scheduler::{choose, queue_limit_bytes, Choice, Mode, PathView};
+use quicether_proto::scheduler::{queue_limit_bytes, Mode, PathView};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
@@ -128,8 +126,6 @@ pub struct Path {
     /// cwnd / smoothed RTT (bits/s): how fast the congestion controller lets the path send now.
     pub window_rate_bps: AtomicU64,
     pub counters: Counters,
-    /// Sequence number of the last DATA frame sent on this path (`NO_SEQ`: none yet).
-    pub last_seq: AtomicU64,
     /// Measured throughput (bits/s) over the last second, for status.
     pub tx_rate_bps: AtomicU64,
     pub rx_rate_bps: AtomicU64,
@@ -155,34 +151,13 @@ impl Path {
         }
     }
 
-    /// Sends inner `packet` as DATA frame `seq` and remembers it in the peer's `memory` for a while, to
-    /// resend elsewhere if it is reported lost or this path fails. The frame names the previous sequence
-    /// number sent on this path, so the receiver can tell a loss on this path at once.
-    pub fn send_data(&self, seq: u64, packet: &[u8], now_us: u64, memory: &Mutex<ResendMemory<Bytes>>) -> bool {
-        let prev = self.last_seq.swap(seq, Ordering::Relaxed);
-        let mut datagram = BytesMut::with_capacity(DATA_HEADER_LEN + packet.len());
-        datagram.put_slice(&encode_data_header(seq, (prev != NO_SEQ).then_some(prev)));
-        datagram.put_slice(packet);
-        self.send_recorded(seq, datagram.freeze(), now_us, memory)
-    }
-
-    /// Sends a DATA frame first sent on another path, its gap field cleared (`clear_data_gap`).
-    pub fn resend_data(&self, datagram: &Bytes, now_us: u64, memory: &Mutex<ResendMemory<Bytes>>) -> bool {
-        let Some(seq) = data_seq(datagram) else {
-            return false;
-        };
-        let mut copy = BytesMut::from(&datagram[..]);
-        clear_data_gap(&mut copy);
-        self.send_recorded(seq, copy.freeze(), now_us, memory)
-    }
-
-    fn send_recorded(&self, seq: u64, datagram: Bytes, now_us: u64, memory: &Mutex<ResendMemory<Bytes>>) -> bool {
-        let len = datagram.len();
+    /// Hands a DATA frame to quinn (a cheap clone of `datagram` stays with the caller, to record it);
+    /// counted in this path's tx counters if quinn took it.
+    pub fn send_data(&self, datagram: &Bytes) -> bool {
         if self.conn.send_datagram(datagram.clone()).is_err() {
             return false;
         }
-        Counters::count(&self.counters.tx_packets, &self.counters.tx_bytes, len);
-        memory.lock().unwrap().record(now_us, self.id, seq, len, datagram);
+        Counters::count(&self.counters.tx_packets, &self.counters.tx_bytes, datagram.len());
         true
     }
 
@@ -193,26 +168,6 @@ impl Path {
     }
 }
 
-/// Resends `datagram` on the usable path where it would arrive first (never on path `exclude`); false if
-/// every queue is full or no path is up.
-fn resend_on_earliest(
-    paths: &[Arc<Path>],
-    datagram: &Bytes,
-    exclude: Option<u64>,
-    now_us: u64,
-    memory: &Mutex<ResendMemory<Bytes>>,
-) -> bool {
-    let views: Vec<_> =
-        paths.iter().map(|p| if Some(p.id) == exclude { PathView::default() } else { p.view() }).collect();
-    match choose(Mode::Aggregate, &views, datagram.len()) {
-        Choice::One(i) => paths[i].resend_data(datagram, now_us, memory),
-        _ => false,
-    }
-}
-
-/// `Path::last_seq` before the path has sent anything.
-pub const NO_SEQ: u64 = u64::MAX;
-
 pub struct Peer {
     pub key: [u8; 32],
     pub policy: RwLock<PeerPolicy>,
@@ -222,8 +177,11 @@ pub struct Peer {
     /// Set (under the paths lock) when the peer is removed: a handshake that completes afterwards must not
     /// add a path to it.
     pub removed: AtomicBool,
-    /// Bond sequence for the next packet; starts at a random point so a restarted sender is recognised.
-    pub next_seq: AtomicU64,
+    /// The send side of the bond (`quicether_proto::bond_send`): sequence numbers, DATA framing and what
+    /// the paths sent lately (found by sequence for NACKs, by path when one fails: late beats lost for
+    /// TCP). `send.rs` drives it; it is locked twice per packet (number and frame; record what quinn
+    /// took), never across a hand-over to quinn.
+    pub sender: Mutex<BondSender>,
     /// The receive side of the bond (`quicether_proto::bond`): path readers hand it their datagrams
     /// directly (no hop to another task on the packet path); the reorder timer only handles its deadlines.
     pub bond: Mutex<BondReceiver>,
@@ -234,9 +192,6 @@ pub struct Peer {
     /// threads, and without it a reader writing a long run could be overtaken by one releasing the
     /// next packets (measured: ~180 spurious fast retransmits per 8 s in the inner TCP).
     pub delivery: Mutex<()>,
-    /// What the paths sent lately (`quicether_proto::resend`): found by sequence for NACKs, by path when
-    /// one fails (late beats lost for TCP).
-    pub resend: Mutex<ResendMemory<Bytes>>,
     pub last_handshake: Mutex<Option<SystemTime>>,
     pub counters: Counters,
     /// The membership certificate it was admitted by (no configured key); None for a configured peer.
@@ -290,11 +245,10 @@ impl Peer {
             endpoints: RwLock::new(cfg.endpoints.clone()),
             paths: RwLock::new(Vec::new()),
             removed: AtomicBool::new(false),
-            next_seq: AtomicU64::new(first_seq % (u64::MAX / 2) + RESYNC_DISTANCE),
+            sender: Mutex::new(BondSender::new(first_seq)),
             bond: Mutex::new(BondReceiver::new(REORDER_MAX_PACKETS)),
             reorder_wake: Notify::new(),
             delivery: Mutex::new(()),
-            resend: Mutex::new(ResendMemory::default()),
             last_handshake: Mutex::new(None),
             counters: Default::default(),
             redial: Notify::new(),
@@ -310,14 +264,6 @@ impl Peer {
         std::mem::take(&mut *paths)
     }
 
-    /// Resends what `failed` sent in its last `window_us` on the other usable paths (earliest arrival first).
-    /// The receiver fills its gaps with them or delivers them late; copies it already has are dropped.
-    pub fn resend_from_failed(&self, failed: &Path, window_us: u64, now_us: u64) -> usize {
-        let datagrams = self.resend.lock().unwrap().take_sent_by(failed.id, now_us.saturating_sub(window_us));
-        let paths = self.paths.read().unwrap();
-        datagrams.iter().filter(|d| resend_on_earliest(&paths, d, Some(failed.id), now_us, &self.resend)).count()
-    }
-
     /// The lowest-RTT path among those that rank first (NACKs go there; repairs go where they arrive first).
     pub fn fastest_path(&self) -> Option<Arc<Path>> {
         let paths = self.paths.read().unwrap();
@@ -329,22 +275,6 @@ impl Peer {
                     .then(a.srtt_us.load(Ordering::Relaxed).cmp(&b.srtt_us.load(Ordering::Relaxed)))
             })
             .cloned()
-    }
-
-    /// Resends the DATA frames the peer reported lost, from what the paths remember, on the path where each
-    /// arrives first: the fastest path by RTT may have the longest queue, and a repair that comes after the
-    /// receiver stopped waiting for it is one more loss for the inner TCP.
-    pub fn retransmit(&self, seqs: &[u64], now_us: u64) -> usize {
-        let paths = self.paths.read().unwrap();
-        let mut resent = 0;
-        for &seq in seqs {
-            let found = self.resend.lock().unwrap().find(seq).map(|(_, d)| d.clone());
-            if found.is_some_and(|d| resend_on_earliest(&paths, &d, None, now_us, &self.resend)) {
-                resent += 1;
-            }
-        }
-        self.counters.retransmitted.fetch_add(resent as u64, Ordering::Relaxed);
-        resent
     }
 }
 
@@ -477,7 +407,6 @@ impl Shared {
             rate_bps: AtomicU64::new(0),
             window_rate_bps: AtomicU64::new(0),
             counters: Counters::default(),
-            last_seq: AtomicU64::new(NO_SEQ),
             tx_rate_bps: AtomicU64::new(0),
             rx_rate_bps: AtomicU64::new(0),
             conn,

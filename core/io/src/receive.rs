@@ -50,6 +50,8 @@ pub async fn path_reader(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) 
     };
     peer.bond.lock().unwrap().handle_path_closed(path.id);
     shared.remove_path(peer, &path, reason);
+    // After the removal: no packet is framed for it any more (the TUN reader frames under the paths lock).
+    peer.sender.lock().unwrap().handle_path_closed(path.id);
 }
 
 /// Runs until the peer is removed (the node also aborts it then; the flag covers a removal between wakes).

@@ -1,18 +1,21 @@
-//! Outbound packet path, in order: TUN read → peer by destination (allowed IPs) → traffic class → bond
-//! sequence number + header → scheduler → QUIC DATAGRAM on the chosen path(s). A read error ends it with a
-//! fatal `TunFailed` event.
+//! Outbound packet path, in order: TUN read → peer by destination (allowed IPs) → traffic class →
+//! scheduler → bond sequence number + DATA frame (the peer's `BondSender`) → QUIC DATAGRAM on the chosen
+//! path(s) → remembered by the sender if quinn took it. A read error ends it with a fatal `TunFailed`
+//! event. Resends come last: the frames the peer reports lost (NACK, from `receive.rs`) and those a failed
+//! path sent lately (`timers.rs`, a removed WAN) go out on the path where each arrives first.
 
 use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use quicether_proto::allowed_ips::packet_addrs;
+use quicether_proto::bond_send::Resend;
 use quicether_proto::classify::mode_for;
 use quicether_proto::frame::DATA_HEADER_LEN;
-use quicether_proto::scheduler::{choose, Choice};
+use quicether_proto::scheduler::{choose, Choice, Mode, PathView};
 use tokio::io::Interest;
 
-use crate::peer::{Event, Peer, Shared};
+use crate::peer::{Event, Path, Peer, Shared};
 
 /// Bytes reserved per read; an inner packet is at most the TUN MTU.
 const READ_BUFFER: usize = 65_536;
@@ -69,23 +72,82 @@ fn send_to_peer(peer: &Peer, packet: &[u8], now_us: u64) {
             c => c,
         }
     };
-    if matches!(choice, Choice::Drop | Choice::Congested) {
+    let targets = match &choice {
+        Choice::One(i) => std::slice::from_ref(i),
+        Choice::Each(list) => &list[..],
         // Dropped before taking a sequence number: the receiver sees no gap to wait for.
-        peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let seq = peer.next_seq.fetch_add(1, Ordering::Relaxed);
-    let sent = match choice {
-        Choice::One(i) => paths[i].send_data(seq, packet, now_us, &peer.resend),
-        // Every copy must go out: count the sends, don't stop at the first success.
-        Choice::Each(list) => {
-            list.iter().filter(|&&i| paths[i].send_data(seq, packet, now_us, &peer.resend)).count() > 0
+        Choice::Drop | Choice::Congested => {
+            peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
-        Choice::Drop | Choice::Congested => false,
     };
-    if sent {
+    if send_data(peer, &paths, targets, packet, now_us) {
         crate::peer::Counters::count(&peer.counters.tx_packets, &peer.counters.tx_bytes, packet.len());
     } else {
         peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Sends inner `packet` as one bond sequence number on `paths[i]` for each `i` in `targets` (several:
+/// redundant mode, every copy must go out: all are tried). True if quinn took at least one copy.
+fn send_data(peer: &Peer, paths: &[Arc<Path>], targets: &[usize], packet: &[u8], now_us: u64) -> bool {
+    let Some((&first_target, others)) = targets.split_first() else { return false };
+    let (seq, first, copies) = {
+        let mut sender = peer.sender.lock().unwrap();
+        let seq = sender.take_seq();
+        let first = sender.frame_data(paths[first_target].id, seq, packet);
+        // Empty in the usual single-path case: no allocation.
+        let copies: Vec<_> = others.iter().map(|&i| sender.frame_data(paths[i].id, seq, packet)).collect();
+        (seq, first, copies)
+    };
+    let mut sent = false;
+    for (&i, datagram) in targets.iter().zip(std::iter::once(first).chain(copies)) {
+        if paths[i].send_data(&datagram) {
+            peer.sender.lock().unwrap().handle_sent(paths[i].id, seq, datagram, now_us);
+            sent = true;
+        }
+    }
+    sent
+}
+
+impl Peer {
+    /// Resends the DATA frames the peer reported lost (`bond::Output::Retransmit`), from what the sender
+    /// remembers, on the path where each arrives first: the fastest path by RTT may have the longest queue,
+    /// and a repair that comes after the receiver stopped waiting for it is one more loss for the inner TCP.
+    pub fn retransmit(&self, seqs: &[u64], now_us: u64) -> usize {
+        let resends = self.sender.lock().unwrap().handle_nacks(seqs);
+        let resent = self.resend_on_earliest(resends, None, now_us);
+        self.counters.retransmitted.fetch_add(resent as u64, Ordering::Relaxed);
+        resent
+    }
+
+    /// Resends what `failed` sent in its last `window_us` on the other usable paths (earliest arrival first).
+    /// Call it when a path is found down or its WAN is removed, before closing it.
+    pub fn resend_from_failed(&self, failed: &Path, window_us: u64, now_us: u64) -> usize {
+        let resends = self.sender.lock().unwrap().handle_path_failed(failed.id, window_us, now_us);
+        self.resend_on_earliest(resends, Some(failed.id), now_us)
+    }
+
+    /// Sends each resend on the usable path where it would arrive first (never on path `exclude`), and has
+    /// the sender remember those quinn took. Skipped if every queue is full or no path is up. How many went.
+    fn resend_on_earliest(&self, resends: Vec<Resend>, exclude: Option<u64>, now_us: u64) -> usize {
+        if resends.is_empty() {
+            return 0;
+        }
+        let paths = self.paths.read().unwrap();
+        let mut resent = 0;
+        for resend in resends {
+            let seq = resend.seq;
+            let datagram = resend.into_datagram();
+            // Views again for each one: the queues grow with every resend.
+            let views: Vec<_> =
+                paths.iter().map(|p| if Some(p.id) == exclude { PathView::default() } else { p.view() }).collect();
+            let Choice::One(i) = choose(Mode::Aggregate, &views, datagram.len()) else { continue };
+            if paths[i].send_data(&datagram) {
+                self.sender.lock().unwrap().handle_sent(paths[i].id, seq, datagram, now_us);
+                resent += 1;
+            }
+        }
+        resent
     }
 }

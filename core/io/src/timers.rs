@@ -5,8 +5,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use quicether_proto::frame::encode_probe;
 use quicether_proto::health::{PathState, PROBE_INTERVAL_US};
 
 use crate::congestion::path_estimates;
@@ -29,8 +27,8 @@ pub async fn path_timer(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
             (health.poll_probe(now), health.poll_state(now))
         };
         if let Some(id) = probe {
-            let next_seq = peer.next_seq.load(Ordering::Relaxed);
-            let _ = path.conn.send_datagram(Bytes::copy_from_slice(&encode_probe(id, next_seq)));
+            let frame = peer.sender.lock().unwrap().probe(id);
+            let _ = path.conn.send_datagram(frame);
         }
         if change == Some(PathState::Down) {
             path.up.store(false, Ordering::Relaxed);

@@ -5,6 +5,8 @@
 //! - `allowed_ips`: which peer an inner packet belongs to (longest prefix match), and source checks.
 //! - `certkey`: the Ed25519 node key inside a peer's self-signed certificate.
 //! - `bond`: one peer's receive side of the bond: frame dispatch, reordering, NACKs, probe answers, timers.
+//! - `bond_send`: one peer's send side of the bond: sequence numbers, DATA framing, the resend memory, what
+//!   to resend for a NACK or a failed path.
 //! - `frame`: the DATAGRAM frame format (bond sequence numbers, probes).
 //! - `classify`: traffic classes (bulk / real-time / rules) → scheduling mode.
 //! - `scheduler`: which path(s) carry a packet.
@@ -27,6 +29,7 @@
 pub mod admission;
 pub mod allowed_ips;
 pub mod bond;
+pub mod bond_send;
 pub mod certkey;
 pub mod classify;
 pub mod frame;

@@ -93,12 +93,13 @@ impl<T> ResendMemory<T> {
         entry.item.as_ref().map(|item| (entry.path, item))
     }
 
-    /// Takes what path `path` sent since `since_us` (oldest first), to send it on other paths.
-    pub fn take_sent_by(&mut self, path: u64, since_us: u64) -> Vec<T> {
+    /// Takes what path `path` sent since `since_us` (oldest first, with its sequence number), to send it
+    /// on other paths.
+    pub fn take_sent_by(&mut self, path: u64, since_us: u64) -> Vec<(u64, T)> {
         self.entries
             .iter_mut()
             .filter(|e| e.path == path && e.at_us >= since_us)
-            .filter_map(|e| e.item.take())
+            .filter_map(|e| Some((e.seq, e.item.take()?)))
             .collect()
     }
 
@@ -162,8 +163,8 @@ mod tests {
         m.record(200, 2, 2, 1, 'b');
         m.record(300, 1, 3, 1, 'c');
         m.record(400, 1, 4, 1, 'd');
-        assert_eq!(m.take_sent_by(1, 250), vec!['c', 'd']);
-        assert_eq!(m.take_sent_by(1, 250), Vec::<char>::new(), "taken once");
+        assert_eq!(m.take_sent_by(1, 250), vec![(3, 'c'), (4, 'd')]);
+        assert_eq!(m.take_sent_by(1, 250), Vec::<(u64, char)>::new(), "taken once");
         assert_eq!(m.find(3), None);
         assert_eq!(m.find(1), Some((1, &'a')), "older than the failure window: still findable by NACK");
         assert_eq!(m.find(2), Some((2, &'b')), "other paths untouched");
