@@ -39,6 +39,8 @@
     revoked = ["Ag…"]              # revocations signed by the network key (`quicether network revoke`)
     mode = "aggregate"             # how members' bulk and real-time traffic is scheduled
     realtime_mode = "redundant"
+    relay = true                   # forward other members' (end-to-end encrypted) QUIC packets between
+                                   # members that cannot reach each other directly; default: on a gateway
 
     [discovery]                    # how a member finds the others (with [network] only)
     dht = true                     # publish our record in the mainline DHT and look up the members we learn of
@@ -142,6 +144,7 @@ class NetworkConfig:
     revoked: list[bytes] = field(default_factory=list)
     mode: str = "aggregate"
     realtime_mode: str = "redundant"
+    relay: bool | None = None  # relay for other members; None: as the role says (`relays`)
 
 
 @dataclass(frozen=True)
@@ -328,7 +331,10 @@ def _base64(value: object, where: str) -> bytes:
 def _network(raw: object, where: str) -> NetworkConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [network] must be a table")
-    check_keys(raw, {"certificate", "revoked", "mode", "realtime_mode"}, where)
+    check_keys(raw, {"certificate", "revoked", "mode", "realtime_mode", "relay"}, where)
+    relay = raw.get("relay")
+    if relay is not None and not isinstance(relay, bool):
+        raise ConfigError(f"{where}.relay: must be true or false")
     if "certificate" not in raw:
         raise ConfigError(f"{where}.certificate: missing (`quicether network issue` on an admin node prints it)")
     data = _base64(raw["certificate"], f"{where}.certificate")
@@ -358,7 +364,16 @@ def _network(raw: object, where: str) -> NetworkConfig:
                          address=f"{cert['ipv4']}/{overlay.prefixlen}", not_after=int(cert["not_after"]),
                          ipv6=f"{cert['ipv6']}/48",
                          revoked=revoked, mode=_mode(raw.get("mode", "aggregate"), f"{where}.mode"),
-                         realtime_mode=_mode(raw.get("realtime_mode", "redundant"), f"{where}.realtime_mode"))
+                         realtime_mode=_mode(raw.get("realtime_mode", "redundant"), f"{where}.realtime_mode"),
+                         relay=relay)
+
+
+def relays(config: Config) -> bool:
+    """Whether this node relays for the other members of its network: as `[network] relay` says, else on a
+    gateway (public, always on: where members behind symmetric NATs can meet)."""
+    if config.network is None:
+        return False
+    return config.network.relay if config.network.relay is not None else config.role == "gateway"
 
 
 def _discovery(raw: object, where: str) -> DiscoveryConfig:

@@ -295,6 +295,20 @@ impl Node {
         })
     }
 
+    /// Relays for the members of our network (or stops): forwards their QUIC packets to each other.
+    fn set_relay(&self, enabled: bool) -> PyResult<()> {
+        self.with(|n| n.set_relay(enabled))
+    }
+
+    /// Relaying: {enabled (0/1), forwarded_packets, forwarded_bytes, dropped_* by cause, and the member
+    /// side's sent_packets, received_packets, received_dropped, dials} (`quicether_proto::relay::RelayStats`).
+    fn relay_stats(&self) -> PyResult<std::collections::BTreeMap<&'static str, u64>> {
+        self.with(|n| {
+            let (enabled, stats) = n.relay_stats();
+            std::iter::once(("enabled", enabled as u64)).chain(stats.fields()).collect()
+        })
+    }
+
     /// (incoming handshakes answered with a Retry under load, dropped beyond the limit in flight).
     fn handshake_load(&self) -> PyResult<(u64, u64)> {
         self.with(|n| n.handshake_load())
