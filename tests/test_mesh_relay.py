@@ -31,6 +31,7 @@ PAIRS = [(0, 1), (0, 2), (1, 2)]
 MARKER = b"QE-RELAY-MARKER!"  # 16 bytes: ping's -p takes at most 16
 TIMEOUT_S = 45.0
 IPERF_S = 3
+RELAY_RATE_MBIT = 20  # each member's rate through the gateway: low enough to see the limit bite
 
 
 def _pair_paths(mesh: MeshLab) -> dict[tuple[int, int], set[str]]:
@@ -62,7 +63,7 @@ def _stop_capture(proc: subprocess.Popen[str], out: Path) -> dict[str, int]:
 
 def test_symmetric_pairs_connect_through_the_gateway_which_cannot_read_or_serve_outsiders(
         lab: Lab, tmp_path: Path) -> None:
-    mesh = build_mesh_lab(lab, len(NATS), tmp_path, nats=NATS, outsiders=1)
+    mesh = build_mesh_lab(lab, len(NATS), tmp_path, nats=NATS, outsiders=1, relay_rate_mbit=RELAY_RATE_MBIT)
     connected_after: dict[tuple[int, int], float] = {}
     deadline = mesh.started_at + TIMEOUT_S
     while len(connected_after) < len(PAIRS) and time.monotonic() < deadline:
@@ -110,17 +111,25 @@ def test_symmetric_pairs_connect_through_the_gateway_which_cannot_read_or_serve_
     for a, b in PAIRS:
         assert ping(mesh.sites[a].ns, address[b], count=3, interval=0.1, timeout_s=2).received >= 2, _label((a, b))
 
-    # Throughput: relayed (s0 → s1 through the gateway) against direct (s0 → the gateway).
+    # Throughput: relayed (s0 → s1 through the gateway, held to s0's rate there) against direct (s0 → the
+    # gateway); meanwhile s2 pings s1 through the gateway too, within its own rate: not throttled.
     start_iperf_server(mesh.sites[1].ns)
     start_iperf_server(mesh.gateway.ns)
+    dropped_before = mesh.gateway.status()["node"]["relay"]["dropped_rate"]
+    other = mesh.sites[2].ns.popen(["ping", "-n", "-c", "20", "-i", "0.1", "-W", "2", address[1]],
+                                   stdout=subprocess.PIPE)
     relayed = iperf(mesh.sites[0].ns, address[1], seconds=IPERF_S)
+    other_out, _ = other.communicate(timeout=10)
     direct = iperf(mesh.sites[0].ns, mesh.address(mesh.gateway), seconds=IPERF_S)
     relay = mesh.gateway.status()["node"]["relay"]
-    print(f"  iperf3 TCP {IPERF_S} s: relayed s0→s1 {relayed.mbit_s:.0f} Mbit/s, direct s0→gw {direct.mbit_s:.0f}"
-          f" Mbit/s\n  gateway relay counters: {relay}")
+    print(f"  iperf3 TCP {IPERF_S} s: relayed s0→s1 {relayed.mbit_s:.1f} Mbit/s (limit {RELAY_RATE_MBIT}), direct"
+          f" s0→gw {direct.mbit_s:.0f} Mbit/s; s2→s1 pings meanwhile: {other_out.count('bytes from')}/20"
+          f"\n  gateway relay counters: {relay}")
     for site in mesh.sites:
         print(f"  {site.name}: relay {site.status()['node']['relay']}")
-    assert relayed.mbit_s > 1
+    assert 1 < relayed.mbit_s <= RELAY_RATE_MBIT * 1.1, "the relay did not hold s0 to its rate"
+    assert relay["dropped_rate"] > dropped_before
+    assert other_out.count("bytes from") >= 18, f"s2 was throttled with s0:\n{other_out}"
     assert relay["forwarded_packets"] > relay_before
 
     # The outsider asked the gateway to relay for it, and was refused.

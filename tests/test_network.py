@@ -206,6 +206,7 @@ def test_a_gateway_relays_for_members_unless_told_not_to_and_a_site_only_when_to
     helper = parse(_config(tmp_path, f'certificate = "{cert}"\nrelay = true'), tmp_path / "q.toml")
     assert (relays(site), relays(gateway), relays(quiet), relays(helper)) == (False, True, False, True)
     assert reload.diff(site, helper).changes == ["network"], "relaying turns on in place"
+    assert site.network is not None and site.network.relay_rate_mbit == 50.0
 
 
 @pytest.mark.parametrize(("section", "node_extra", "message"), [
@@ -217,6 +218,7 @@ def test_a_gateway_relays_for_members_unless_told_not_to_and_a_site_only_when_to
     ('certificate = "CERT"', 'address = "10.99.0.1/24"', "is not the address the network certificate gives"),
     ('certificate = "CERT"\nmode = "fastest"', "", "network.mode"),
     ('certificate = "CERT"\nrelay = "yes"', "", "network.relay: must be true or false"),
+    ('certificate = "CERT"\nrelay_rate_mbit = -1', "", "network.relay_rate_mbit: must be a rate"),
 ])
 def test_a_bad_network_section_is_refused_naming_the_field(tmp_path: Path, section: str, node_extra: str,
                                                            message: str) -> None:

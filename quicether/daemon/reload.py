@@ -76,7 +76,7 @@ def diff(old: Config, new: Config) -> ConfigDiff:
 
 def _network_view(config: Config) -> object:
     net = config.network
-    return None if net is None else (net.revoked, net.mode, net.realtime_mode, net.relay)
+    return None if net is None else (net.revoked, net.mode, net.realtime_mode, net.relay, net.relay_rate_mbit)
 
 
 def _dnsmasq_view(config: Config) -> object:

@@ -385,8 +385,8 @@ class Daemon:
         if self.mesh is not None:
             ledger = self.admissions.revocations() if self.admissions is not None else []
             if changes.network:
-                if self.node is not None:
-                    self.node.set_relay(relays(new))
+                if self.node is not None and new.network is not None:
+                    self.node.set_relay(relays(new), new.network.relay_rate_mbit)
                 self.mesh.ledger_revocations = ledger
                 self.mesh.apply(new)
                 self._names_changed()
@@ -431,7 +431,7 @@ class Daemon:
             self.mesh = Mesh(self.node, self.peers, self.config, self._peer_label)
             self.mesh.ledger_revocations = self.admissions.revocations()
             self.mesh.apply(self.config)
-            self.node.set_relay(relays(self.config))
+            self.node.set_relay(relays(self.config), network.relay_rate_mbit if network else 0.0)
             for peer in self.config.peers:
                 await self.peers.add(peer)
             self.admissions.refresh()

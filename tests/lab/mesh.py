@@ -107,7 +107,7 @@ def join_by_invite(gateway: qe.NodeSpec, node: qe.NodeSpec, name: str) -> str:
 def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
                    prepare: Callable[[Namespace], object] | None = None, by_invite: bool = False,
                    gateway_dht_port: int | None = None, nats: list[NatType] | None = None,
-                   outsiders: int = 0) -> MeshLab:
+                   outsiders: int = 0, relay_rate_mbit: float | None = None) -> MeshLab:
     """Starts the DHT, the gateway and `sites` sites (not waiting for them to connect); `prepare` is
     called with each site's namespace before any daemon starts. `by_invite`: each site starts with only
     what `quicether join` wrote from an invite code of the running gateway; else with a certificate issued
@@ -119,7 +119,8 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     each site is behind (see `star`). `outsiders`: the last that many sites are no members: each has the
     gateway as a configured peer (and the gateway it), every member site as a peer at its NAT's outer
     address, and dials through any peer as if it were a relay (QUICETHER_RELAY_TRY_ANY, a lab switch): the
-    gateway must refuse to relay for it."""
+    gateway must refuse to relay for it. `relay_rate_mbit`: each member's rate through the gateway (its
+    `[network] relay_rate_mbit`; None: the default)."""
     hub, spokes = star(lab, sites, nats)
     for ns in spokes:
         if prepare is not None:
@@ -129,6 +130,8 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     net = network.create(gateway.state_dir, "home", load(gateway.state_dir / "node.key"), admin_name="gw")
     make_member(gateway, net.members[0], None, dht[:4])
     gateway.sections["network"]["relay"] = True  # as on a gateway by role: where symmetric NATs meet
+    if relay_rate_mbit is not None:
+        gateway.sections["network"]["relay_rate_mbit"] = relay_rate_mbit
     bootstraps = [dht[:4]] * sites
     if gateway_dht_port is not None:
         gateway.sections["discovery"].update(server=True, port=gateway_dht_port)

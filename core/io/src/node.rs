@@ -89,7 +89,7 @@ pub enum Congestion {
     LossTolerant,
 }
 
-fn udp_payload(path_mtu: u16, v4: bool) -> usize {
+pub(crate) fn udp_payload(path_mtu: u16, v4: bool) -> usize {
     (path_mtu as usize).saturating_sub(if v4 { IPV4_UDP_OVERHEAD } else { IPV6_UDP_OVERHEAD })
 }
 
@@ -175,7 +175,7 @@ fn io_err(context: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{context}: {e}"))
 }
 
-fn transport_config(path_mtu: u16, v4: bool, congestion: Congestion) -> quinn::TransportConfig {
+pub(crate) fn transport_config(path_mtu: u16, v4: bool, congestion: Congestion) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("small duration")));
     t.keep_alive_interval(Some(KEEPALIVE_INTERVAL));
@@ -196,16 +196,6 @@ fn transport_config(path_mtu: u16, v4: bool, congestion: Congestion) -> quinn::T
     // Data travels in DATAGRAM frames; the streams are the path hello and batches of member news.
     t.max_concurrent_uni_streams(4u8.into());
     t.max_concurrent_bidi_streams(2u8.into());
-    t
-}
-
-/// The transport of a relayed path: as every path's, with packets that fit a RELAY datagram on a path
-/// to the relay.
-fn relayed_transport_config(path_mtu: u16, v4: bool, congestion: Congestion) -> quinn::TransportConfig {
-    let mut t = transport_config(path_mtu, v4, congestion);
-    let payload = udp_payload(path_mtu, v4).saturating_sub(RELAY_OVERHEAD).max(1200) as u16;
-    t.initial_mtu(payload);
-    t.min_mtu(payload);
     t
 }
 
@@ -320,13 +310,7 @@ impl Node {
         runtime.spawn(tun_reader(shared.clone()));
         runtime.spawn(crate::punch::initiator(shared.clone()));
         runtime.spawn(crate::relay::initiator(shared.clone()));
-        // Relayed connections, accepted or dialed, send packets that fit a RELAY datagram (a server side
-        // with the direct paths' transport would answer with packets the path to the relay cannot carry).
-        let relayed_transport = Arc::new(relayed_transport_config(cfg.path_mtu, cfg.listen.is_ipv4(), cfg.congestion));
-        let mut relayed_server = server_config.clone();
-        relayed_server.transport_config(relayed_transport.clone());
-        *shared.relay.kit.write().unwrap() =
-            Some(crate::relay::RelayKit { server_config: relayed_server, transport: relayed_transport });
+        crate::relay::install(&shared, &server_config, cfg.path_mtu, cfg.listen.is_ipv4(), cfg.congestion);
         *shared.punch.client.write().unwrap() =
             Some(crate::punch::ClientKit { identity: current_identity.clone(), transport: transport.clone() });
         let node = Node {
@@ -765,25 +749,18 @@ impl Node {
         *self.shared.punch.stats.lock().unwrap()
     }
 
-    /// Relays for the members of our network (`relay.rs`), or stops; paths that start afterwards are told.
-    pub fn set_relay(&self, enabled: bool) {
-        let was = self.shared.relay.enabled.swap(enabled, Ordering::Relaxed);
-        if enabled && !was {
-            if let Ok(runtime) = self.runtime() {
-                let _guard = runtime.enter();
-                for peer in self.shared.table.read().unwrap().peers() {
-                    let path = peer.paths.read().unwrap().iter().find(|p| p.up.load(Ordering::Relaxed)).cloned();
-                    if let Some(path) = path {
-                        crate::relay::offer(&self.shared, peer, &path);
-                    }
-                }
-            }
+    /// Relays for the members of our network (`relay.rs`), each at most `rate_bytes_per_s`, or stops.
+    pub fn set_relay(&self, enabled: bool, rate_bytes_per_s: u64) {
+        if let Ok(runtime) = self.runtime() {
+            let _guard = runtime.enter();
+            crate::relay::set_enabled(&self.shared, enabled, rate_bytes_per_s);
         }
     }
 
-    /// Whether this node relays, and the relay counters (both sides).
-    pub fn relay_stats(&self) -> (bool, quicether_proto::relay::RelayStats) {
-        (self.shared.relay.enabled.load(Ordering::Relaxed), *self.shared.relay.stats.lock().unwrap())
+    /// Whether this node relays, each member's rate through it (bytes/s), and the relay counters.
+    pub fn relay_stats(&self) -> (bool, u64, quicether_proto::relay::RelayStats) {
+        let relay = &self.shared.relay;
+        (relay.enabled.load(Ordering::Relaxed), relay.rate(), *relay.stats.lock().unwrap())
     }
 
     /// Incoming handshakes answered with a Retry (address validation under load), and dropped.

@@ -29,6 +29,7 @@ use quinn::udp::{RecvMeta, Transmit};
 use tokio::sync::mpsc;
 
 use crate::connect::{accept_loop, net_text, send_hello, start_path, HELLO_TIMEOUT};
+use crate::node::{Congestion, RELAY_OVERHEAD};
 use crate::peer::{Path, PathRoute, Peer, Shared};
 use crate::punch::is_member;
 use crate::tls;
@@ -69,6 +70,11 @@ pub struct RelayDesk {
 }
 
 impl RelayDesk {
+    /// Each member's rate through us (bytes/s).
+    pub fn rate(&self) -> u64 {
+        self.limiter.lock().unwrap().rate()
+    }
+
     fn count(&self, f: impl FnOnce(&mut RelayStats)) {
         f(&mut self.stats.lock().unwrap());
     }
@@ -96,6 +102,8 @@ pub fn received(shared: &Arc<Shared>, peer: &Arc<Peer>, path: &Path, datagram: B
         return desk.count(|s| s.dropped_malformed += 1);
     };
     match direction {
+        // A relayed path is never a way to a relay: no chains (and no loops) of relays.
+        Direction::To if matches!(path.route.kind, PathKind::Relayed { .. }) => desk.count(|s| s.dropped_chained += 1),
         Direction::To => forward(shared, peer, key, datagram.len(), &datagram),
         Direction::From => {
             // From a relay (a member that is not on a relayed path to us), about a member we may admit.
@@ -142,6 +150,37 @@ fn forward(shared: &Shared, source: &Peer, dest: [u8; 32], len: usize, datagram:
         });
     } else {
         desk.count(|s| s.dropped_no_route += 1);
+    }
+}
+
+/// Makes the relayed endpoints' configuration (call once, as the node starts). Relayed connections,
+/// accepted or dialed, send packets that fit a RELAY datagram: a server side with the direct paths'
+/// transport would answer with packets the path to the relay cannot carry.
+pub fn install(shared: &Shared, server_config: &quinn::ServerConfig, path_mtu: u16, v4: bool, congestion: Congestion) {
+    let mut transport = crate::node::transport_config(path_mtu, v4, congestion);
+    let payload = crate::node::udp_payload(path_mtu, v4).saturating_sub(RELAY_OVERHEAD).max(1200) as u16;
+    transport.initial_mtu(payload);
+    transport.min_mtu(payload);
+    let transport = Arc::new(transport);
+    let mut server_config = server_config.clone();
+    server_config.transport_config(transport.clone());
+    *shared.relay.kit.write().unwrap() = Some(RelayKit { server_config, transport });
+}
+
+/// Relays for the members of our network from now on, each at most `rate_bytes_per_s`, or stops. Turned
+/// on, it tells every member connected now (paths that start later are told as they start). Call within
+/// the runtime.
+pub fn set_enabled(shared: &Arc<Shared>, enabled: bool, rate_bytes_per_s: u64) {
+    shared.relay.limiter.lock().unwrap().set_rate(rate_bytes_per_s);
+    let was = shared.relay.enabled.swap(enabled, Ordering::Relaxed);
+    if !enabled || was {
+        return;
+    }
+    for peer in shared.table.read().unwrap().peers() {
+        let path = peer.paths.read().unwrap().iter().find(|p| p.up.load(Ordering::Relaxed)).cloned();
+        if let Some(path) = path {
+            offer(shared, peer, &path);
+        }
     }
 }
 

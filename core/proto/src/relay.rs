@@ -28,8 +28,9 @@ pub const RELAY_HEADER_LEN: usize = 1 + 32;
 pub const MAX_RELAYED_PACKET: usize = 1472;
 pub const OFFER: &[u8; 4] = b"QER1";
 
-/// Each member's share of a relay: 50 Mbit/s sustained with a 256 KiB burst. A relay is a user's gateway
-/// on a home or office uplink; no member may take all of it, and a relayed path is a fallback anyway.
+/// Each member's share of a relay by default (`[network] relay_rate_mbit`): 50 Mbit/s sustained with a
+/// 256 KiB burst. A relay is a user's gateway on a home or office uplink; no member may take all of it,
+/// and a relayed path is a fallback anyway.
 pub const RATE_BYTES_PER_S: u64 = 50_000_000 / 8;
 pub const BURST_BYTES: u64 = 256 * 1024;
 /// Bytes that may wait in the destination path's send queue before relayed packets are dropped: the
@@ -38,9 +39,11 @@ pub const QUEUE_BYTES: u64 = 256 * 1024;
 /// Sources tracked by a relay's limiter (bounded memory; a network's size limit).
 pub const MAX_TRACKED: usize = 1024;
 
-/// A member dials through a relay when it has had no path to a member it wants for this long: direct
-/// dials and the hole punch have had their turn (a punch's first round lands within ~2 s).
-pub const DIAL_AFTER_US: u64 = 4_000_000;
+/// A member dials through a relay when it has had no path to a member it wants for this long: a direct
+/// dial to a public endpoint answers within one RTT, and a punch's first round lands within ~1 s after
+/// the request (`punch::BASE_LEAD_MS` plus the relay's RTT). The relayed path then carries the first
+/// packets while punching goes on; it stays as the fallback.
+pub const DIAL_AFTER_US: u64 = 2_000_000;
 /// Our own NAT maps per destination (symmetric): a punch needs luck; dial the relay at once, in parallel.
 pub const DIAL_AFTER_SYMMETRIC_US: u64 = 0;
 /// A relayed dial that failed is tried again after this long.
@@ -116,6 +119,8 @@ pub struct RelayStats {
     pub dropped_malformed: u64,
     pub dropped_rate: u64,
     pub dropped_queue: u64,
+    /// Relay side: a RELAY_TO that came over a relayed path itself (relays do not chain).
+    pub dropped_chained: u64,
     /// Member side: packets sent and received through relays; received ones dropped (from a non-member,
     /// or the virtual socket's queue was full); relayed dials started.
     pub sent_packets: u64,
@@ -126,7 +131,7 @@ pub struct RelayStats {
 
 impl RelayStats {
     /// (name, value) pairs, for status.
-    pub fn fields(&self) -> [(&'static str, u64); 14] {
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
         [
             ("forwarded_packets", self.forwarded_packets),
             ("forwarded_bytes", self.forwarded_bytes),
@@ -136,12 +141,11 @@ impl RelayStats {
             ("dropped_malformed", self.dropped_malformed),
             ("dropped_rate", self.dropped_rate),
             ("dropped_queue", self.dropped_queue),
+            ("dropped_chained", self.dropped_chained),
             ("sent_packets", self.sent_packets),
             ("received_packets", self.received_packets),
             ("received_dropped", self.received_dropped),
             ("dials", self.dials),
-            ("rate_bytes_per_s", RATE_BYTES_PER_S),
-            ("queue_bytes", QUEUE_BYTES),
         ]
     }
 }
@@ -196,6 +200,15 @@ impl Limiter {
         }
         bucket.tokens -= len as u64;
         Verdict::Forward
+    }
+
+    /// Each member's rate from now on (bytes/s; 0: none may send).
+    pub fn set_rate(&mut self, rate_bytes_per_s: u64) {
+        self.rate_bytes_per_s = rate_bytes_per_s;
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate_bytes_per_s
     }
 
     /// Forgets a member (removed or revoked).
