@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from quicether.daemon import api
 from tests.lab import Lab
 from tests.lab import nodes as qe
 from tests.lab.measure import iperf, ping, start_iperf_server
@@ -48,6 +49,22 @@ def _pair_paths(mesh: MeshLab) -> dict[tuple[int, int], set[str]]:
 
 def _label(pair: tuple[int, int]) -> str:
     return "×".join(NATS[i].value for i in pair) + f" (s{pair[0]}-s{pair[1]})"
+
+
+def _event_time(site: qe.NodeSpec, *parts: str) -> float | None:
+    """When `site` first logged an event whose message holds every one of `parts` (Unix s)."""
+    events = api.request(site.state_dir / "api.sock", "events")["events"]
+    return min((e["time"] for e in events if all(p in e["message"] for p in parts)), default=None)
+
+
+def _first_packet_after(mesh: MeshLab, pair: tuple[int, int]) -> float | None:
+    """Seconds from the first of the pair finding the other in the DHT to the first relayed path up between
+    them (at either end): how long the relay took to carry the first packet."""
+    a, b = (mesh.sites[i] for i in pair)
+    found = [t for x, y in ((a, b), (b, a)) if (t := _event_time(x, f"found member site-{y.name} ")) is not None]
+    up = [t for x, y in ((a, b), (b, a))
+          if (t := _event_time(x, f"peer site-{y.name} (", "relayed path", " up (")) is not None]
+    return min(up) - min(found) if found and up else None
 
 
 def _start_capture(mesh: MeshLab, out: Path) -> subprocess.Popen[str]:
@@ -83,6 +100,9 @@ def test_symmetric_pairs_connect_through_the_gateway_which_cannot_read_or_serve_
     for pair in PAIRS:
         assert "relayed" in kinds[pair], f"{_label(pair)} not relayed:\n{report}"
     address = [mesh.address(site) for site in mesh.sites[:MEMBERS]]
+    after_found = {pair: _first_packet_after(mesh, pair) for pair in PAIRS}
+    print("  relayed path up after the DHT found the member: "
+          + ", ".join(f"s{a}-s{b} " + (f"{t:.1f} s" if t is not None else "?") for (a, b), t in after_found.items()))
 
     # The capture sees a marker sent in clear across the gateway's links...
     clear = tmp_path / "capture-clear.json"

@@ -34,8 +34,8 @@ use crate::peer::{Path, PathRoute, Peer, Shared};
 use crate::punch::is_member;
 use crate::tls;
 
-/// How often the initiator looks for members to reach through a relay.
-const INITIATOR_TICK: Duration = Duration::from_secs(1);
+/// How often the initiator looks for members to reach through a relay: a small part of `DIAL_AFTER_US`.
+const INITIATOR_TICK: Duration = Duration::from_millis(250);
 /// Packets waiting for quinn to read them from one relay's virtual socket (bounded; more are dropped).
 const INBOUND_QUEUE: usize = 1024;
 /// Relays a member keeps offers from (bounded memory).
@@ -471,5 +471,34 @@ impl quinn::AsyncUdpSocket for VirtualSocket {
 
     fn may_fragment(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{label, AddressBook};
+
+    #[test]
+    fn each_member_through_a_relay_has_one_made_up_address_both_ways_and_the_book_is_bounded() {
+        let mut book = AddressBook::default();
+        let a = book.addr_of(&[1; 32]).unwrap();
+        let b = book.addr_of(&[2; 32]).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(book.addr_of(&[1; 32]), Some(a), "the same member keeps its address");
+        assert_eq!(book.by_addr[&b], [2; 32]);
+        for i in 2..quicether_proto::relay::MAX_TRACKED as u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            key[31] = 9;
+            assert!(book.addr_of(&key).is_some());
+        }
+        assert_eq!(book.addr_of(&[3; 32]), None, "no more members than the limit");
+        assert_eq!(book.by_addr.len(), book.by_key.len());
+    }
+
+    #[test]
+    fn the_relayed_wan_label_names_the_relay() {
+        assert_eq!(label(&[0xab; 32]), "relay-abababab");
+        assert!(quicether_proto::peer_text::safe_label(label(&[0; 32]).as_bytes()) == label(&[0; 32]));
     }
 }

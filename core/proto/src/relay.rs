@@ -40,10 +40,12 @@ pub const QUEUE_BYTES: u64 = 256 * 1024;
 pub const MAX_TRACKED: usize = 1024;
 
 /// A member dials through a relay when it has had no path to a member it wants for this long: a direct
-/// dial to a public endpoint answers within one RTT, and a punch's first round lands within ~1 s after
-/// the request (`punch::BASE_LEAD_MS` plus the relay's RTT). The relayed path then carries the first
-/// packets while punching goes on; it stays as the fallback.
-pub const DIAL_AFTER_US: u64 = 2_000_000;
+/// dial to a public endpoint answers within one RTT, and most punches land within a second of the
+/// request (`punch::BASE_LEAD_MS` plus the relay's RTT). Later than that, the relayed path carries the
+/// first packets (the goal: the first packet within 2 s) while punching goes on; it stays as the
+/// fallback. The cost of dialing early: a relayed path kept for a pair that would have punched a little
+/// later (keepalives through the relay, no data while a direct path is up).
+pub const DIAL_AFTER_US: u64 = 1_000_000;
 /// Our own NAT maps per destination (symmetric): a punch needs luck; dial the relay at once, in parallel.
 pub const DIAL_AFTER_SYMMETRIC_US: u64 = 0;
 /// A relayed dial that failed is tried again after this long.
