@@ -3,7 +3,8 @@ symmetric, symmetric × port-restricted) connect through the network's public ga
 connection is end to end: the gateway forwards ciphertext tagged with keys, so a marker sent inside the
 tunnel never shows in a capture of every frame on the gateway's links (a capture that does see the same
 marker sent in clear, as a check of the capture itself). A node that is no member of the network cannot
-use the relay, even configured as the gateway's peer and asking it.
+use the relay, even configured as the gateway's peer and asking it. Relaying turned off at run time ends
+the relayed paths, and the members stop asking.
 
     s0 symmetric ─┐
     s1 symmetric ─┼── hub: gateway (relay = true), DHT
@@ -33,6 +34,8 @@ MARKER = b"QE-RELAY-MARKER!"  # 16 bytes: ping's -p takes at most 16
 TIMEOUT_S = 45.0
 IPERF_S = 3
 RELAY_RATE_MBIT = 20  # each member's rate through the gateway: low enough to see the limit bite
+RELAYED_IDLE_S = 4.5  # a relayed path that hears nothing closes after the idle timeout (3 s; node.rs)
+REDIAL_S = 6.0        # more than a relayed dial's retry interval (5 s; proto relay.rs)
 
 
 def _pair_paths(mesh: MeshLab) -> dict[tuple[int, int], set[str]]:
@@ -158,5 +161,18 @@ def test_symmetric_pairs_connect_through_the_gateway_which_cannot_read_or_serve_
     assert relay["dropped_not_member"] >= 1, relay
     reached = [p["name"] for p in outsider["peers"] if p["connected"] and p["name"] != "gw"]
     assert reached == [], f"the outsider reached members: {reached}"
+
+    # Relaying turned off on the gateway (a reload, in place): the relayed paths end, and the members,
+    # told so, stop dialing through it (the outsider, which never heard an offer, goes on asking).
+    mesh.gateway.sections["network"]["relay"] = False
+    mesh.gateway.write_config()
+    assert api.request(mesh.gateway.state_dir / "api.sock", "reload")["ok"]
+    time.sleep(RELAYED_IDLE_S)
+    assert _pair_paths(mesh) == {}, "relayed paths outlived the relay"
+    dials = [site.status()["node"]["relay"]["dials"] for site in mesh.sites[:MEMBERS]]
+    time.sleep(REDIAL_S)
+    assert [site.status()["node"]["relay"]["dials"] for site in mesh.sites[:MEMBERS]] == dials, \
+        "members still dial through a relay that stopped"
+    assert mesh.gateway.status()["node"]["relay"]["enabled"] == 0
     for site in mesh.sites:
         qe.stop(site)

@@ -175,7 +175,11 @@ pub async fn exchange(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
             continue;
         }
         if data.as_deref() == Some(quicether_proto::relay::OFFER.as_slice()) {
-            crate::relay::offered(&shared, &peer);
+            crate::relay::offered(&shared, &peer, true);
+            continue;
+        }
+        if data.as_deref() == Some(quicether_proto::relay::WITHDRAW.as_slice()) {
+            crate::relay::offered(&shared, &peer, false);
             continue;
         }
         let batch = data.and_then(|d| decode(&d).ok());

@@ -167,19 +167,18 @@ pub fn install(shared: &Shared, server_config: &quinn::ServerConfig, path_mtu: u
     *shared.relay.kit.write().unwrap() = Some(RelayKit { server_config, transport });
 }
 
-/// Relays for the members of our network from now on, each at most `rate_bytes_per_s`, or stops. Turned
-/// on, it tells every member connected now (paths that start later are told as they start). Call within
-/// the runtime.
+/// Relays for the members of our network from now on, each at most `rate_bytes_per_s`, or stops. A
+/// change is told to every member connected now (paths that start later are offered as they start), so
+/// members stop dialing through a relay that stopped. Call within the runtime.
 pub fn set_enabled(shared: &Arc<Shared>, enabled: bool, rate_bytes_per_s: u64) {
     shared.relay.limiter.lock().unwrap().set_rate(rate_bytes_per_s);
-    let was = shared.relay.enabled.swap(enabled, Ordering::Relaxed);
-    if !enabled || was {
+    if shared.relay.enabled.swap(enabled, Ordering::Relaxed) == enabled {
         return;
     }
     for peer in shared.table.read().unwrap().peers() {
         let path = peer.paths.read().unwrap().iter().find(|p| p.up.load(Ordering::Relaxed)).cloned();
         if let Some(path) = path {
-            offer(shared, peer, &path);
+            tell(shared, peer, &path, if enabled { wire::OFFER } else { wire::WITHDRAW });
         }
     }
 }
@@ -187,26 +186,31 @@ pub fn set_enabled(shared: &Arc<Shared>, enabled: bool, rate_bytes_per_s: u64) {
 /// Relay side: tells a member that starts a path with us that we relay for it (if we do). Call within the
 /// runtime, for every path that starts.
 pub fn offer(shared: &Arc<Shared>, peer: &Arc<Peer>, path: &Arc<Path>) {
-    let relayed = matches!(path.route.kind, PathKind::Relayed { .. });
-    if relayed || !shared.relay.enabled.load(Ordering::Relaxed) || !is_member(shared, &peer.key) {
+    if shared.relay.enabled.load(Ordering::Relaxed) {
+        tell(shared, peer, path, wire::OFFER);
+    }
+}
+
+/// Sends `message` (an offer or a withdrawal) to a member on a path of its that is not relayed.
+fn tell(shared: &Arc<Shared>, peer: &Arc<Peer>, path: &Arc<Path>, message: &'static [u8; 4]) {
+    if matches!(path.route.kind, PathKind::Relayed { .. }) || !is_member(shared, &peer.key) {
         return;
     }
     let path = path.clone();
     tokio::spawn(async move {
         let Ok(mut stream) = path.conn.open_uni().await else { return };
-        if stream.write_all(wire::OFFER).await.is_ok() {
+        if stream.write_all(message).await.is_ok() {
             let _ = stream.finish();
         }
     });
 }
 
-/// Member side: `peer` offered to relay for us (a unidirectional stream holding `wire::OFFER`).
-pub fn offered(shared: &Arc<Shared>, peer: &Arc<Peer>) {
-    if !is_member(shared, &peer.key) {
-        return;
-    }
+/// Member side: `peer` offered to relay for us (`wire::OFFER`), or withdrew its offer (`wire::WITHDRAW`).
+pub fn offered(shared: &Arc<Shared>, peer: &Arc<Peer>, relays: bool) {
     let mut offers = shared.relay.offers.lock().unwrap();
-    if offers.len() < MAX_RELAYS {
+    if !relays {
+        offers.remove(&peer.key);
+    } else if offers.len() < MAX_RELAYS && is_member(shared, &peer.key) {
         offers.insert(peer.key);
     }
 }

@@ -15,6 +15,7 @@
 //!                 that is both a relay and a member never mistakes one direction for the other.
 //! RELAY offer     "QER1"   on its own QUIC unidirectional stream of a path: the sender relays for the
 //!                          members of its network (sent by a relay when a member's path starts).
+//! RELAY withdraw  "QER0"   likewise: the sender no longer relays (relaying turned off at run time).
 //! ```
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ pub const RELAY_HEADER_LEN: usize = 1 + 32;
 /// the DATAGRAM size of the path it goes on (quinn refuses what does not fit).
 pub const MAX_RELAYED_PACKET: usize = 1472;
 pub const OFFER: &[u8; 4] = b"QER1";
+pub const WITHDRAW: &[u8; 4] = b"QER0";
 
 /// Each member's share of a relay by default (`[network] relay_rate_mbit`): 50 Mbit/s sustained with a
 /// 256 KiB burst. A relay is a user's gateway on a home or office uplink; no member may take all of it,
