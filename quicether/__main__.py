@@ -185,6 +185,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if punch:
         print(f"  hole punching: {punch.get('attempts', 0)} attempts, {punch.get('successes', 0)} punched paths up,"
               f" {punch.get('forwarded', 0)} forwarded for others, {punch.get('refused', 0)} refused")
+    relay = node.get("relay") or {}
+    if relay.get("enabled") or relay.get("dials"):
+        drops = {k.removeprefix("dropped_"): v for k, v in relay.items() if k.startswith("dropped_") and v}
+        print(f"  relay {'on' if relay.get('enabled') else 'off'}: {relay.get('forwarded_packets', 0)} packets"
+              f" ({relay.get('forwarded_bytes', 0)} bytes) forwarded for members, dropped {drops or 'none'};"
+              f" through relays: {relay.get('dials', 0)} dials, {relay.get('sent_packets', 0)} sent,"
+              f" {relay.get('received_packets', 0)} received ({relay.get('received_dropped', 0)} dropped)")
     if health := answer.get("health"):
         from quicether.metrics import health_line
 

@@ -105,6 +105,12 @@ class Node:
     def local_addr(self) -> str: ...
     def inner_mtu(self) -> int: ...
     def no_route_drops(self) -> int: ...
+    def set_relay(self, enabled: bool, rate_mbit: float = 50.0) -> None:
+        """Relays for the members of our network (or stops), each member at most `rate_mbit` Mbit/s."""
+    def relay_stats(self) -> dict[str, int]:
+        """{enabled (0/1), rate_bytes_per_s, forwarded_packets/bytes, dropped_* by cause (disabled, not_member,
+        no_route, malformed, rate, queue, chained), and through relays: sent_packets, received_packets,
+        received_dropped, dials}."""
     def punch_stats(self) -> dict[str, int]:
         """Hole punching: attempts (punches this node took part in), successes (punched paths up),
         forwarded (requests relayed for other members), refused (punch messages refused)."""

@@ -39,6 +39,9 @@
     revoked = ["Ag…"]              # revocations signed by the network key (`quicether network revoke`)
     mode = "aggregate"             # how members' bulk and real-time traffic is scheduled
     realtime_mode = "redundant"
+    relay = true                   # forward other members' (end-to-end encrypted) QUIC packets between
+                                   # members that cannot reach each other directly; default: on a gateway
+    relay_rate_mbit = 50           # each member's rate through this relay (more is dropped)
 
     [discovery]                    # how a member finds the others (with [network] only)
     dht = true                     # publish our record in the mainline DHT and look up the members we learn of
@@ -88,6 +91,8 @@ MAX_ENDPOINTS = 16
 # the burst), above ~34 Gbit/s the rate in bytes/s overflows its 32 bits; no WAN upload needs more than 10.
 MIN_RATE_MBIT = 0.1
 MAX_RATE_MBIT = 10_000
+# Each member's rate through a relay by default (`quicether_proto::relay::RATE_BYTES_PER_S`).
+DEFAULT_RELAY_RATE_MBIT = 50.0
 
 
 PEER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
@@ -142,6 +147,8 @@ class NetworkConfig:
     revoked: list[bytes] = field(default_factory=list)
     mode: str = "aggregate"
     realtime_mode: str = "redundant"
+    relay: bool | None = None  # relay for other members; None: as the role says (`relays`)
+    relay_rate_mbit: float = DEFAULT_RELAY_RATE_MBIT  # each member's rate through us when we relay
 
 
 @dataclass(frozen=True)
@@ -328,7 +335,10 @@ def _base64(value: object, where: str) -> bytes:
 def _network(raw: object, where: str) -> NetworkConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [network] must be a table")
-    check_keys(raw, {"certificate", "revoked", "mode", "realtime_mode"}, where)
+    check_keys(raw, {"certificate", "revoked", "mode", "realtime_mode", "relay", "relay_rate_mbit"}, where)
+    relay = raw.get("relay")
+    if relay is not None and not isinstance(relay, bool):
+        raise ConfigError(f"{where}.relay: must be true or false")
     if "certificate" not in raw:
         raise ConfigError(f"{where}.certificate: missing (`quicether network issue` on an admin node prints it)")
     data = _base64(raw["certificate"], f"{where}.certificate")
@@ -353,12 +363,22 @@ def _network(raw: object, where: str) -> NetworkConfig:
             raise ConfigError(f"{where}.revoked[{i}]: {exc}") from None
         revoked.append(rev)
     overlay = ipaddress.ip_network(str(cert["overlay"]))
+    relay_rate = _rate(raw.get("relay_rate_mbit", DEFAULT_RELAY_RATE_MBIT), f"{where}.relay_rate_mbit")
     return NetworkConfig(certificate=data, network_key=network_key, node_key=bytes(cert["node_key"]),
                          name=str(cert["name"]),
                          address=f"{cert['ipv4']}/{overlay.prefixlen}", not_after=int(cert["not_after"]),
                          ipv6=f"{cert['ipv6']}/48",
                          revoked=revoked, mode=_mode(raw.get("mode", "aggregate"), f"{where}.mode"),
-                         realtime_mode=_mode(raw.get("realtime_mode", "redundant"), f"{where}.realtime_mode"))
+                         realtime_mode=_mode(raw.get("realtime_mode", "redundant"), f"{where}.realtime_mode"),
+                         relay=relay, relay_rate_mbit=relay_rate or DEFAULT_RELAY_RATE_MBIT)
+
+
+def relays(config: Config) -> bool:
+    """Whether this node relays for the other members of its network: as `[network] relay` says, else on a
+    gateway (public, always on: where members behind symmetric NATs can meet)."""
+    if config.network is None:
+        return False
+    return config.network.relay if config.network.relay is not None else config.role == "gateway"
 
 
 def _discovery(raw: object, where: str) -> DiscoveryConfig:

@@ -194,6 +194,21 @@ def test_a_config_takes_the_nodes_certificate_and_the_networks_revocations(tmp_p
     assert "network" in reload.diff(config, other).restart
 
 
+def test_a_gateway_relays_for_members_unless_told_not_to_and_a_site_only_when_told(tmp_path: Path) -> None:
+    from quicether.config import parse, relays
+    from quicether.daemon import reload
+
+    net = network.create(tmp_path, "home", generate_identity(tmp_path / "node.key"))
+    cert = network.issue(net, _node_key(), "alice").certificate
+    site = parse(_config(tmp_path, f'certificate = "{cert}"'), tmp_path / "q.toml")
+    gateway = parse(_config(tmp_path, f'certificate = "{cert}"', 'role = "gateway"'), tmp_path / "q.toml")
+    quiet = parse(_config(tmp_path, f'certificate = "{cert}"\nrelay = false', 'role = "gateway"'), tmp_path / "q.toml")
+    helper = parse(_config(tmp_path, f'certificate = "{cert}"\nrelay = true'), tmp_path / "q.toml")
+    assert (relays(site), relays(gateway), relays(quiet), relays(helper)) == (False, True, False, True)
+    assert reload.diff(site, helper).changes == ["network"], "relaying turns on in place"
+    assert site.network is not None and site.network.relay_rate_mbit == 50.0
+
+
 @pytest.mark.parametrize(("section", "node_extra", "message"), [
     ("", "", "network.certificate: missing"),
     ('certificate = "not base64!"', "", "not base64"),
@@ -202,6 +217,8 @@ def test_a_config_takes_the_nodes_certificate_and_the_networks_revocations(tmp_p
     ('certificate = "CERT"\nrevoked = ["AQID"]', "", r"network.revoked\[0\]: revocation refused: malformed"),
     ('certificate = "CERT"', 'address = "10.99.0.1/24"', "is not the address the network certificate gives"),
     ('certificate = "CERT"\nmode = "fastest"', "", "network.mode"),
+    ('certificate = "CERT"\nrelay = "yes"', "", "network.relay: must be true or false"),
+    ('certificate = "CERT"\nrelay_rate_mbit = -1', "", "network.relay_rate_mbit: must be a rate"),
 ])
 def test_a_bad_network_section_is_refused_naming_the_field(tmp_path: Path, section: str, node_extra: str,
                                                            message: str) -> None:

@@ -31,7 +31,7 @@ class ConfigDiff:
     webui: bool = False         # where the web UI listens, or whether it runs
     exit: bool = False          # exit peer, kill switch, direct destinations
     firewall: bool = False      # anything the nft ruleset is built from
-    network: bool = False       # the network's revocations or how its members are scheduled
+    network: bool = False       # the network's revocations, how its members are scheduled, relaying
 
     @property
     def changes(self) -> list[str]:
@@ -76,7 +76,7 @@ def diff(old: Config, new: Config) -> ConfigDiff:
 
 def _network_view(config: Config) -> object:
     net = config.network
-    return None if net is None else (net.revoked, net.mode, net.realtime_mode)
+    return None if net is None else (net.revoked, net.mode, net.realtime_mode, net.relay, net.relay_rate_mbit)
 
 
 def _dnsmasq_view(config: Config) -> object:

@@ -20,7 +20,7 @@ from typing import Any
 
 from quicether import _core, capabilities, config_edit, joining, setup_code
 from quicether.atomic import write_private
-from quicether.config import Config, ConfigError, load, parse
+from quicether.config import Config, ConfigError, load, parse, relays
 from quicether.daemon import events as core_events
 from quicether.daemon import reload
 from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer
@@ -205,6 +205,8 @@ class Daemon:
                 "nat": node.nat_types() if node else {},
                 # Hole punching: attempts, successes, requests forwarded for others, messages refused.
                 "punch": node.punch_stats() if node else {},
+                # Relaying for other members (forwarded, drops by cause) and through relays (sent, received).
+                "relay": node.relay_stats() if node else {},
                 # API connections answered "busy" (its limit of connections at once was reached).
                 "api_refused_busy": self.api.refused_busy if self.api else 0,
                 # What the daemon may still do as root (quicether/capabilities.py), or "all" if not reduced.
@@ -383,6 +385,8 @@ class Daemon:
         if self.mesh is not None:
             ledger = self.admissions.revocations() if self.admissions is not None else []
             if changes.network:
+                if self.node is not None and new.network is not None:
+                    self.node.set_relay(relays(new), new.network.relay_rate_mbit)
                 self.mesh.ledger_revocations = ledger
                 self.mesh.apply(new)
                 self._names_changed()
@@ -427,6 +431,7 @@ class Daemon:
             self.mesh = Mesh(self.node, self.peers, self.config, self._peer_label)
             self.mesh.ledger_revocations = self.admissions.revocations()
             self.mesh.apply(self.config)
+            self.node.set_relay(relays(self.config), network.relay_rate_mbit if network else 0.0)
             for peer in self.config.peers:
                 await self.peers.add(peer)
             self.admissions.refresh()

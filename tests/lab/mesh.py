@@ -106,7 +106,8 @@ def join_by_invite(gateway: qe.NodeSpec, node: qe.NodeSpec, name: str) -> str:
 
 def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
                    prepare: Callable[[Namespace], object] | None = None, by_invite: bool = False,
-                   gateway_dht_port: int | None = None, nats: list[NatType] | None = None) -> MeshLab:
+                   gateway_dht_port: int | None = None, nats: list[NatType] | None = None,
+                   outsiders: int = 0, relay_rate_mbit: float | None = None) -> MeshLab:
     """Starts the DHT, the gateway and `sites` sites (not waiting for them to connect); `prepare` is
     called with each site's namespace before any daemon starts. `by_invite`: each site starts with only
     what `quicether join` wrote from an invite code of the running gateway; else with a certificate issued
@@ -115,7 +116,11 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     address on the site's link (with `dht_nodes=0`: the DHT is the gateway's alone; not with `by_invite`).
     The gateway's DHT socket is bound to no address: on the multi-homed hub, its answers leave from the
     address of the route back, which a site accepts only if it is the address it asked. `nats`: the NAT
-    each site is behind (see `star`)."""
+    each site is behind (see `star`). `outsiders`: the last that many sites are no members: each has the
+    gateway as a configured peer (and the gateway it), every member site as a peer at its NAT's outer
+    address, and dials through any peer as if it were a relay (QUICETHER_RELAY_TRY_ANY, a lab switch): the
+    gateway must refuse to relay for it. `relay_rate_mbit`: each member's rate through the gateway (its
+    `[network] relay_rate_mbit`; None: the default)."""
     hub, spokes = star(lab, sites, nats)
     for ns in spokes:
         if prepare is not None:
@@ -124,6 +129,9 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     gateway = qe.make_node(hub, "gw", "", state)
     net = network.create(gateway.state_dir, "home", load(gateway.state_dir / "node.key"), admin_name="gw")
     make_member(gateway, net.members[0], None, dht[:4])
+    gateway.sections["network"]["relay"] = True  # as on a gateway by role: where symmetric NATs meet
+    if relay_rate_mbit is not None:
+        gateway.sections["network"]["relay_rate_mbit"] = relay_rate_mbit
     bootstraps = [dht[:4]] * sites
     if gateway_dht_port is not None:
         gateway.sections["discovery"].update(server=True, port=gateway_dht_port)
@@ -135,9 +143,19 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
         for node in nodes:
             codes[node.name] = join_by_invite(gateway, node, f"site-{node.name}")
     else:
-        for node, bootstrap in zip(nodes, bootstraps, strict=True):
+        members = nodes[:len(nodes) - outsiders]
+        for node, bootstrap in zip(members, bootstraps, strict=False):
             make_member(node, network.issue(net, decode_node_id(node.node_id), f"site-{node.name}"), gateway,
                         bootstrap)
+        for k, node in enumerate(nodes[len(members):]):
+            node.address = f"100.99.0.{k + 1}/24"
+            node.env["QUICETHER_RELAY_TRY_ANY"] = "1"
+            node.peers.append({"name": "gw", "key": gateway.node_id, "endpoint": GATEWAY_ENDPOINT,
+                               "allowed_ips": ["100.64.0.1/32"]})
+            gateway.peers.append({"name": node.name, "key": node.node_id, "allowed_ips": [f"100.99.0.{k + 1}/32"]})
+            for i, member in enumerate(members):
+                node.peers.append({"name": member.name, "key": member.node_id, "endpoint": f"10.{i + 1}.0.1:4433",
+                                   "allowed_ips": [f"100.98.0.{i + 1}/32"]})
     started_at = time.monotonic()
     for node in nodes if by_invite else (gateway, *nodes):
         qe.start(node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ class NodeSpec:
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # [lan], [gateway]…
     acls: list[dict[str, Any]] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more environment for the daemon (lab switches)
 
     @property
     def config_path(self) -> Path:
@@ -84,8 +86,9 @@ def pair(a: NodeSpec, b: NodeSpec, b_endpoint: str | None) -> None:
 def start(node: NodeSpec, log_path: Path | None = None) -> subprocess.Popen[str]:
     node.write_config()
     log = open(log_path or node.state_dir / "daemon.log", "a")  # noqa: SIM115 - lives as long as the process
+    env = {"env": {**os.environ, **node.env}} if node.env else {}
     node.proc = node.ns.popen([sys.executable, "-m", "quicether", "up", "-c", str(node.config_path)],
-                              stdout=log, stderr=subprocess.STDOUT)
+                              stdout=log, stderr=subprocess.STDOUT, **env)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if node.proc.poll() is not None:

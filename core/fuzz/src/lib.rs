@@ -1,5 +1,5 @@
 //! Coverage-guided fuzz targets for every decoder of what the network sends the core: bond frames (each
-//! DATAGRAM), the path hello and its answer, inner IP packets (addresses for allowed IPs, classification),
+//! DATAGRAM, and the relay datagrams among them), the path hello and its answer, inner IP packets (addresses for allowed IPs, classification),
 //! peer-supplied text, certificates, revocations, DHT records, member news batches, join requests and
 //! answers, hole-punch messages, and the peer's TLS certificate (walked for its key and membership before
 //! the handshake is authenticated). Built with cargo-afl on the stable toolchain; `scripts/fuzz` runs
@@ -73,6 +73,16 @@ pub fn member_news(data: &[u8]) {
 
 /// One DATAGRAM from a peer: whatever parses as a DATA frame carries exactly the bytes after its header.
 pub fn frame(data: &[u8]) {
+    // A DATAGRAM is a RELAY datagram (another member's QUIC packet, `relay.rs`) or a bond frame.
+    if let Some((direction, key, packet)) = quicether_proto::relay::decode(data) {
+        assert!(quicether_proto::relay::is_relay(data) && frame::parse(data).is_none());
+        let mut again = quicether_proto::relay::encode_to(&key, packet);
+        if direction == quicether_proto::relay::Direction::From {
+            quicether_proto::relay::turn_around(&mut again, &key);
+        }
+        assert_eq!(again, data, "a relay datagram reads back to the same bytes");
+        return;
+    }
     match frame::parse(data) {
         Some(Frame::Data { seq, packet, .. }) => {
             assert_eq!(frame::data_seq(data), Some(seq));

@@ -98,6 +98,7 @@ pub(crate) fn start_path(
             tokio::spawn(path_reader(shared.clone(), peer.clone(), path.clone()));
             tokio::spawn(path_timer(shared.clone(), peer.clone(), path.clone()));
             tokio::spawn(crate::member_news::exchange(shared.clone(), peer.clone(), path.clone()));
+            crate::relay::offer(shared, peer, &path);
             Started::Path(path)
         }
         Err(crate::peer::NotAdded::Duplicate) => Started::Duplicate,
@@ -106,8 +107,9 @@ pub(crate) fn start_path(
 }
 
 /// Accepts paths on one local socket: `socket` is its name (a WAN's, or `DEFAULT_SOURCE` for the
-/// listening socket). Ends when the endpoint is closed.
-pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, socket: String) {
+/// listening socket, or a relay's virtual socket, whose paths are all of kind `relayed`). Ends when the
+/// endpoint is closed.
+pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, socket: String, relayed: Option<PathKind>) {
     while let Some(incoming) = endpoint.accept().await {
         let in_flight = shared.handshakes_in_flight.load(Ordering::Relaxed);
         match admit(in_flight, incoming.remote_address_validated(), incoming.may_retry()) {
@@ -151,8 +153,9 @@ pub async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, socket:
                 Ok(Ok((peer_wan, backup))) => {
                     // A peer we punched towards just now came through the mapping the punch opened.
                     let punched = shared.punch.punched_recently(&peer.key, shared.now_us());
+                    let kind = relayed.unwrap_or(if punched { PathKind::Punched } else { PathKind::Direct });
                     let route = PathRoute {
-                        kind: if punched { PathKind::Punched } else { PathKind::Direct },
+                        kind,
                         local_wan,
                         peer_wan: Some(peer_wan),
                         remote: conn.remote_address(),

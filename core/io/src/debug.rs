@@ -29,3 +29,11 @@ pub fn punch_disabled() -> bool {
     static VALUE: OnceLock<bool> = OnceLock::new();
     *VALUE.get_or_init(|| env_u64("QUICETHER_NO_PUNCH") == Some(1))
 }
+
+/// Lab switch (QUICETHER_RELAY_TRY_ANY=1): dial through every connected peer as if it had offered to
+/// relay, towards every peer with endpoints, member or not. Only for the lab test that a relay refuses
+/// what a non-member sends it; the relay's own checks do not look at it.
+pub fn relay_try_any() -> bool {
+    static VALUE: OnceLock<bool> = OnceLock::new();
+    *VALUE.get_or_init(|| env_u64("QUICETHER_RELAY_TRY_ANY") == Some(1))
+}

@@ -27,6 +27,7 @@ pub mod peer;
 pub mod peers;
 pub mod punch;
 pub mod receive;
+pub mod relay;
 pub mod send;
 pub mod sockets;
 pub mod stats;

@@ -174,6 +174,14 @@ pub async fn exchange(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
             crate::punch::received(&shared, &peer, &path, data);
             continue;
         }
+        if data.as_deref() == Some(quicether_proto::relay::OFFER.as_slice()) {
+            crate::relay::offered(&shared, &peer, true);
+            continue;
+        }
+        if data.as_deref() == Some(quicether_proto::relay::WITHDRAW.as_slice()) {
+            crate::relay::offered(&shared, &peer, false);
+            continue;
+        }
         let batch = data.and_then(|d| decode(&d).ok());
         let Some(items) = batch else {
             shared.news.lock().unwrap().refused += 1;

@@ -45,6 +45,9 @@ pub const CONNECTION_ID_LEN: usize = 8;
 /// counts it (`max_datagram_size`): short header (1) + the peer's connection ID + packet number (≤ 4) +
 /// AEAD tag (16) + frame type and length (≤ 9). A peer issuing longer IDs is refused at path setup.
 pub const QUIC_DATAGRAM_OVERHEAD: usize = 1 + CONNECTION_ID_LEN + 4 + 16 + 9;
+/// What a relayed path's QUIC packets lose against a direct one's: they travel in a DATAGRAM frame of
+/// our path to the relay, with the RELAY header (`quicether_proto::relay`) in front.
+pub const RELAY_OVERHEAD: usize = QUIC_DATAGRAM_OVERHEAD + quicether_proto::relay::RELAY_HEADER_LEN;
 /// IP + UDP headers around each QUIC packet.
 const IPV4_UDP_OVERHEAD: usize = 28;
 const IPV6_UDP_OVERHEAD: usize = 48;
@@ -86,7 +89,7 @@ pub enum Congestion {
     LossTolerant,
 }
 
-fn udp_payload(path_mtu: u16, v4: bool) -> usize {
+pub(crate) fn udp_payload(path_mtu: u16, v4: bool) -> usize {
     (path_mtu as usize).saturating_sub(if v4 { IPV4_UDP_OVERHEAD } else { IPV6_UDP_OVERHEAD })
 }
 
@@ -172,7 +175,7 @@ fn io_err(context: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{context}: {e}"))
 }
 
-fn transport_config(path_mtu: u16, v4: bool, congestion: Congestion) -> quinn::TransportConfig {
+pub(crate) fn transport_config(path_mtu: u16, v4: bool, congestion: Congestion) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("small duration")));
     t.keep_alive_interval(Some(KEEPALIVE_INTERVAL));
@@ -196,7 +199,7 @@ fn transport_config(path_mtu: u16, v4: bool, congestion: Congestion) -> quinn::T
     t
 }
 
-fn endpoint_config() -> quinn::EndpointConfig {
+pub(crate) fn endpoint_config() -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
     config.cid_generator(|| Box::new(quinn_proto::RandomConnectionIdGenerator::new(CONNECTION_ID_LEN)));
     config
@@ -212,7 +215,13 @@ impl Node {
         let identity = Identity::from_seed(&cfg.seed, cfg.membership.as_deref()).map_err(|e| io_err("identity", e))?;
         let current_identity = tls::CurrentIdentity::new(&identity).map_err(|e| io_err("identity", e))?;
         // The TUN MTU: a full-size inner packet plus its bond header must fit one DATAGRAM on every path.
-        let tun_mtu = inner_mtu(cfg.path_mtu, cfg.listen.is_ipv4());
+        // A member of a mesh network may reach a peer through a relay, whose path carries our QUIC packets
+        // inside its own DATAGRAMs: its packets are smaller by that much (`RELAY_OVERHEAD`).
+        let tun_mtu = inner_mtu(cfg.path_mtu, cfg.listen.is_ipv4()).saturating_sub(if cfg.membership.is_some() {
+            RELAY_OVERHEAD
+        } else {
+            0
+        });
         let tun = open_tun(&cfg.tun_name)?;
         // SAFETY: setting O_NONBLOCK on an fd we own.
         unsafe {
@@ -236,6 +245,7 @@ impl Node {
             news: Mutex::new(crate::member_news::NewsBook::new(cfg.membership.clone())),
             joins: crate::join::JoinDesk::default(),
             punch: crate::punch::PunchDesk::default(),
+            relay: crate::relay::RelayDesk::default(),
             member_policy: RwLock::new(PeerPolicy {
                 bulk_mode: quicether_proto::scheduler::Mode::Aggregate,
                 realtime_mode: quicether_proto::scheduler::Mode::Redundant,
@@ -296,9 +306,11 @@ impl Node {
             Arc::new(quinn::TokioRuntime),
         )?;
 
-        runtime.spawn(accept_loop(shared.clone(), listener.clone(), DEFAULT_SOURCE.to_string()));
+        runtime.spawn(accept_loop(shared.clone(), listener.clone(), DEFAULT_SOURCE.to_string(), None));
         runtime.spawn(tun_reader(shared.clone()));
         runtime.spawn(crate::punch::initiator(shared.clone()));
+        runtime.spawn(crate::relay::initiator(shared.clone()));
+        crate::relay::install(&shared, &server_config, cfg.path_mtu, cfg.listen.is_ipv4(), cfg.congestion);
         *shared.punch.client.write().unwrap() =
             Some(crate::punch::ClientKit { identity: current_identity.clone(), transport: transport.clone() });
         let node = Node {
@@ -389,7 +401,7 @@ impl Node {
             socket,
             Arc::new(quinn::TokioRuntime),
         )?;
-        let accept = runtime.spawn(accept_loop(self.shared.clone(), endpoint.clone(), wan.name.clone()));
+        let accept = runtime.spawn(accept_loop(self.shared.clone(), endpoint.clone(), wan.name.clone(), None));
         self.shared.wan_addrs.write().unwrap().insert(wan.local, wan.name.clone());
         self.shared.punch.sockets.write().unwrap().push(crate::punch::PunchSocket {
             wan: wan.name.clone(),
@@ -737,6 +749,20 @@ impl Node {
         *self.shared.punch.stats.lock().unwrap()
     }
 
+    /// Relays for the members of our network (`relay.rs`), each at most `rate_bytes_per_s`, or stops.
+    pub fn set_relay(&self, enabled: bool, rate_bytes_per_s: u64) {
+        if let Ok(runtime) = self.runtime() {
+            let _guard = runtime.enter();
+            crate::relay::set_enabled(&self.shared, enabled, rate_bytes_per_s);
+        }
+    }
+
+    /// Whether this node relays, each member's rate through it (bytes/s), and the relay counters.
+    pub fn relay_stats(&self) -> (bool, u64, quicether_proto::relay::RelayStats) {
+        let relay = &self.shared.relay;
+        (relay.enabled.load(Ordering::Relaxed), relay.rate(), *relay.stats.lock().unwrap())
+    }
+
     /// Incoming handshakes answered with a Retry (address validation under load), and dropped.
     pub fn handshake_load(&self) -> (u64, u64) {
         let s = &self.shared;
@@ -754,6 +780,7 @@ impl Node {
     pub fn stop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             self.listener.close(0u32.into(), b"node stopping");
+            crate::relay::close_all(&self.shared);
             for peer in self.shared.table.read().unwrap().peers() {
                 for path in peer.paths.read().unwrap().iter() {
                     path.close(DownReason::NodeStopping, 0, b"node stopping");

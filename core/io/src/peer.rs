@@ -293,6 +293,8 @@ pub struct Shared {
     pub joins: crate::join::JoinDesk,
     /// Hole punching: the sockets it dials from, who punched when, its counters (`punch.rs`).
     pub punch: crate::punch::PunchDesk,
+    /// Relaying for other members, and our relayed endpoints (`relay.rs`).
+    pub relay: crate::relay::RelayDesk,
     /// Our WANs by local address: a path the listening socket accepts at one of these runs over that WAN.
     pub wan_addrs: RwLock<std::collections::HashMap<std::net::IpAddr, String>>,
     pub tun: AsyncFd<std::fs::File>,

@@ -62,7 +62,7 @@ impl PunchDesk {
 
 /// A member of our network: its certificate was verified when learned (member news, or the handshake
 /// it was admitted by), and not revoked since.
-fn is_member(shared: &Shared, key: &[u8; 32]) -> bool {
+pub(crate) fn is_member(shared: &Shared, key: &[u8; 32]) -> bool {
     shared.news.lock().unwrap().certificate(key).is_some() || shared.peer(key).is_some_and(|p| p.member.is_some())
 }
 
@@ -70,8 +70,14 @@ fn first_up_path(peer: &Peer) -> Option<Arc<Path>> {
     peer.paths.read().unwrap().iter().find(|p| p.up.load(Ordering::Relaxed)).cloned()
 }
 
+/// Whether a path not through a relay runs to `peer`: while only relayed ones do, punching goes on, so
+/// the pair moves to a direct path when the NATs let it.
+fn has_direct_path(peer: &Peer) -> bool {
+    peer.paths.read().unwrap().iter().any(|p| !matches!(p.route.kind, PathKind::Relayed { .. }))
+}
+
 fn connected(shared: &Shared, key: &[u8; 32]) -> bool {
-    shared.peer(key).is_some_and(|p| !p.paths.read().unwrap().is_empty())
+    shared.peer(key).is_some_and(|p| has_direct_path(&p))
 }
 
 async fn send(path: &Path, msg: &Message) {
@@ -113,10 +119,11 @@ pub async fn initiator(shared: Arc<Shared>) {
             .iter()
             .filter(|p| is_member(&shared, &p.key))
             .filter_map(|p| first_up_path(p).map(|path| (p.clone(), path)))
+            .filter(|(_, path)| !matches!(path.route.kind, PathKind::Relayed { .. }))
             .collect();
         for target in &peers {
             let endpoints = target.endpoints.read().unwrap().clone();
-            if endpoints.is_empty() || !target.paths.read().unwrap().is_empty() || !is_member(&shared, &target.key) {
+            if endpoints.is_empty() || has_direct_path(target) || !is_member(&shared, &target.key) {
                 continue;
             }
             // The relay with the lowest RTT: the offer reaches the target soonest.

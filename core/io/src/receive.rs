@@ -22,8 +22,8 @@ use crate::peers::PeerTable;
 /// How often the reorder timeout is re-derived from the paths' RTTs (and the learned timeout decays).
 const REORDER_RETUNE: Duration = Duration::from_millis(100);
 
-pub async fn path_reader(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
-    let peer = &*peer;
+pub async fn path_reader(shared: Arc<Shared>, peer_arc: Arc<Peer>, path: Arc<Path>) {
+    let peer = &*peer_arc;
     let mut ready = Vec::new();
     let mut outputs = Vec::new();
     let reason = loop {
@@ -32,6 +32,11 @@ pub async fn path_reader(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) 
             Err(e) => break crate::connect::net_text(e),
         };
         Counters::count(&path.counters.rx_packets, &path.counters.rx_bytes, datagram.len());
+        // Another member's QUIC packets through us as relay, or to us through a relay (`relay.rs`).
+        if quicether_proto::relay::is_relay(&datagram) {
+            crate::relay::received(&shared, &peer_arc, &path, datagram);
+            continue;
+        }
         // Taken before the lock: a probe reply's arrival time must not include waiting for it.
         let now = shared.now_us();
         let turn = {

@@ -45,6 +45,7 @@ pub mod peer_text;
 pub mod punch;
 pub mod record;
 pub mod refusals;
+pub mod relay;
 pub mod reorder;
 pub mod resend;
 pub mod scheduler;

@@ -295,6 +295,25 @@ impl Node {
         })
     }
 
+    /// Relays for the members of our network (or stops): forwards their QUIC packets to each other, each
+    /// member at most `rate_mbit` (Mbit/s).
+    #[pyo3(signature = (enabled, rate_mbit=50.0))]
+    fn set_relay(&self, enabled: bool, rate_mbit: f64) -> PyResult<()> {
+        if !(rate_mbit.is_finite() && rate_mbit >= 0.0) {
+            return Err(PyValueError::new_err(format!("relay rate {rate_mbit} Mbit/s is not a rate")));
+        }
+        self.with(|n| n.set_relay(enabled, (rate_mbit * 1e6 / 8.0) as u64))
+    }
+
+    /// Relaying: {enabled (0/1), rate_bytes_per_s (each member's), forwarded_packets, forwarded_bytes, dropped_* by cause, and the member
+    /// side's sent_packets, received_packets, received_dropped, dials} (`quicether_proto::relay::RelayStats`).
+    fn relay_stats(&self) -> PyResult<std::collections::BTreeMap<&'static str, u64>> {
+        self.with(|n| {
+            let (enabled, rate, stats) = n.relay_stats();
+            [("enabled", enabled as u64), ("rate_bytes_per_s", rate)].into_iter().chain(stats.fields()).collect()
+        })
+    }
+
     /// (incoming handshakes answered with a Retry under load, dropped beyond the limit in flight).
     fn handshake_load(&self) -> PyResult<(u64, u64)> {
         self.with(|n| n.handshake_load())

@@ -1,0 +1,349 @@
+//! Relays run by the user: a member with `relay = true` (gateways by default) forwards opaque QUIC packets
+//! between two members of its network that cannot reach each other directly (symmetric NATs). The two
+//! members' QUIC connection runs end to end inside the relay's packets: each member sends it over a
+//! virtual socket whose datagrams travel in DATAGRAM frames of its own authenticated path to the relay,
+//! tagged with the destination member's key; the relay rewrites the tag to the source's key and passes it
+//! on. The relay sees keys, lengths and ciphertext, nothing else. Here: the wire format, the relay's
+//! per-member limits and the member's decision of when to dial through a relay (no I/O, fake clock).
+//!
+//! Wire format:
+//! ```text
+//! RELAY_TO        0x05 | key: [u8; 32] | QUIC packet (1..=MAX_RELAYED_PACKET bytes)
+//!                 DATAGRAM member → relay; key: the destination member.
+//! RELAY_FROM      0x06 | key: [u8; 32] | QUIC packet
+//!                 DATAGRAM relay → member; key: the source member. Two types, not one, so that a node
+//!                 that is both a relay and a member never mistakes one direction for the other.
+//! RELAY offer     "QER1"   on its own QUIC unidirectional stream of a path: the sender relays for the
+//!                          members of its network (sent by a relay when a member's path starts).
+//! RELAY withdraw  "QER0"   likewise: the sender no longer relays (relaying turned off at run time).
+//! ```
+
+use std::collections::HashMap;
+
+/// Frame types of RELAY datagrams; the bond's frames are 0x01-0x04 (`frame.rs`).
+pub const RELAY_TO: u8 = 0x05;
+pub const RELAY_FROM: u8 = 0x06;
+pub const RELAY_HEADER_LEN: usize = 1 + 32;
+/// Largest QUIC packet a relay carries: a full 1500-byte Ethernet path's UDP payload. The real bound is
+/// the DATAGRAM size of the path it goes on (quinn refuses what does not fit).
+pub const MAX_RELAYED_PACKET: usize = 1472;
+pub const OFFER: &[u8; 4] = b"QER1";
+pub const WITHDRAW: &[u8; 4] = b"QER0";
+
+/// Each member's share of a relay by default (`[network] relay_rate_mbit`): 50 Mbit/s sustained with a
+/// 256 KiB burst. A relay is a user's gateway on a home or office uplink; no member may take all of it,
+/// and a relayed path is a fallback anyway.
+pub const RATE_BYTES_PER_S: u64 = 50_000_000 / 8;
+pub const BURST_BYTES: u64 = 256 * 1024;
+/// Bytes that may wait in the destination path's send queue before relayed packets are dropped: the
+/// destination's own bond traffic shares that queue, and QUIC drops the oldest beyond its bound.
+pub const QUEUE_BYTES: u64 = 256 * 1024;
+/// Sources tracked by a relay's limiter (bounded memory; a network's size limit).
+pub const MAX_TRACKED: usize = 1024;
+
+/// A member dials through a relay when it has had no path to a member it wants for this long: a direct
+/// dial to a public endpoint answers within one RTT, and most punches land within a second of the
+/// request (`punch::BASE_LEAD_MS` plus the relay's RTT). Later than that, the relayed path carries the
+/// first packets (the issue's goal: the first packet within 2 s) while punching goes on; it stays as the
+/// fallback. The cost of dialing early: a relayed path kept for a pair that would have punched a little
+/// later (keepalives through the relay, no data while a direct path is up).
+pub const DIAL_AFTER_US: u64 = 1_000_000;
+/// Our own NAT maps per destination (symmetric): a punch needs luck; dial the relay at once, in parallel.
+pub const DIAL_AFTER_SYMMETRIC_US: u64 = 0;
+/// A relayed dial that failed is tried again after this long.
+pub const RETRY_US: u64 = 5_000_000;
+
+/// Which way a RELAY datagram goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// To the relay, for the member named.
+    To,
+    /// From the relay, from the member named.
+    From,
+}
+
+/// A RELAY_TO datagram carrying `packet` for member `dest`.
+pub fn encode_to(dest: &[u8; 32], packet: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RELAY_HEADER_LEN + packet.len());
+    out.push(RELAY_TO);
+    out.extend_from_slice(dest);
+    out.extend_from_slice(packet);
+    out
+}
+
+/// Whether a datagram is a RELAY datagram (else it is the bond's).
+pub fn is_relay(datagram: &[u8]) -> bool {
+    matches!(datagram.first(), Some(&RELAY_TO | &RELAY_FROM))
+}
+
+/// The direction, key and packet of a RELAY datagram; None if it is none, or its packet is empty or too
+/// long.
+pub fn decode(datagram: &[u8]) -> Option<(Direction, [u8; 32], &[u8])> {
+    if !is_relay(datagram)
+        || datagram.len() <= RELAY_HEADER_LEN
+        || datagram.len() > RELAY_HEADER_LEN + MAX_RELAYED_PACKET
+    {
+        return None;
+    }
+    let direction = if datagram[0] == RELAY_TO { Direction::To } else { Direction::From };
+    let key: [u8; 32] = datagram[1..RELAY_HEADER_LEN].try_into().ok()?;
+    Some((direction, key, &datagram[RELAY_HEADER_LEN..]))
+}
+
+/// Turns a RELAY_TO datagram into the RELAY_FROM one the relay passes on, in place: it names the source
+/// `source` instead of the destination; the packet is untouched.
+pub fn turn_around(datagram: &mut [u8], source: &[u8; 32]) {
+    if datagram.first() == Some(&RELAY_TO) && datagram.len() >= RELAY_HEADER_LEN {
+        datagram[0] = RELAY_FROM;
+        datagram[1..RELAY_HEADER_LEN].copy_from_slice(source);
+    }
+}
+
+/// What a relay does with one RELAY datagram, and why it drops one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    /// The source is over its rate (its bucket is empty).
+    DropRate,
+    /// The destination's send queue is over `QUEUE_BYTES`.
+    DropQueue,
+}
+
+/// Counters of a relay (and of a member's use of relays), shown by `quicether status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Relay side: datagrams and bytes passed on.
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    /// Relay side, drops by cause: relaying is off here; the source or destination is no member of our
+    /// network; the destination has no path up; malformed; over the source's rate; destination queue full.
+    pub dropped_disabled: u64,
+    pub dropped_not_member: u64,
+    pub dropped_no_route: u64,
+    pub dropped_malformed: u64,
+    pub dropped_rate: u64,
+    pub dropped_queue: u64,
+    /// Relay side: a RELAY_TO that came over a relayed path itself (relays do not chain).
+    pub dropped_chained: u64,
+    /// Member side: packets sent and received through relays; received ones dropped (from a non-member,
+    /// or the virtual socket's queue was full); relayed dials started.
+    pub sent_packets: u64,
+    pub received_packets: u64,
+    pub received_dropped: u64,
+    pub dials: u64,
+}
+
+impl RelayStats {
+    /// (name, value) pairs, for status.
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
+        [
+            ("forwarded_packets", self.forwarded_packets),
+            ("forwarded_bytes", self.forwarded_bytes),
+            ("dropped_disabled", self.dropped_disabled),
+            ("dropped_not_member", self.dropped_not_member),
+            ("dropped_no_route", self.dropped_no_route),
+            ("dropped_malformed", self.dropped_malformed),
+            ("dropped_rate", self.dropped_rate),
+            ("dropped_queue", self.dropped_queue),
+            ("dropped_chained", self.dropped_chained),
+            ("sent_packets", self.sent_packets),
+            ("received_packets", self.received_packets),
+            ("received_dropped", self.received_dropped),
+            ("dials", self.dials),
+        ]
+    }
+}
+
+/// A token bucket in bytes.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: u64,
+    at_us: u64,
+}
+
+/// The relay's per-member limits: a token bucket per source member, and the destination queue bound.
+#[derive(Debug)]
+pub struct Limiter {
+    rate_bytes_per_s: u64,
+    burst_bytes: u64,
+    queue_bytes: u64,
+    buckets: HashMap<[u8; 32], Bucket>,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Self::new(RATE_BYTES_PER_S, BURST_BYTES, QUEUE_BYTES)
+    }
+}
+
+impl Limiter {
+    pub fn new(rate_bytes_per_s: u64, burst_bytes: u64, queue_bytes: u64) -> Self {
+        Self { rate_bytes_per_s, burst_bytes, queue_bytes, buckets: HashMap::new() }
+    }
+
+    /// Decides on a `len`-byte datagram from member `source` whose destination path has `dest_queued`
+    /// bytes waiting. A packet dropped for the queue costs its source no tokens.
+    pub fn handle_packet(&mut self, source: &[u8; 32], len: usize, dest_queued: u64, now_us: u64) -> Verdict {
+        if dest_queued > self.queue_bytes {
+            return Verdict::DropQueue;
+        }
+        if !self.buckets.contains_key(source) && self.buckets.len() >= MAX_TRACKED {
+            // Forget the stalest source: a full bucket is what it would have again after a second idle.
+            if let Some(stalest) = self.buckets.iter().min_by_key(|(_, b)| b.at_us).map(|(k, _)| *k) {
+                self.buckets.remove(&stalest);
+            }
+        }
+        let burst = self.burst_bytes;
+        let bucket = self.buckets.entry(*source).or_insert(Bucket { tokens: burst, at_us: now_us });
+        let elapsed = now_us.saturating_sub(bucket.at_us);
+        let refill = (elapsed as u128 * self.rate_bytes_per_s as u128 / 1_000_000) as u64;
+        bucket.tokens = bucket.tokens.saturating_add(refill).min(burst);
+        bucket.at_us = now_us.max(bucket.at_us);
+        if bucket.tokens < len as u64 {
+            return Verdict::DropRate;
+        }
+        bucket.tokens -= len as u64;
+        Verdict::Forward
+    }
+
+    /// Each member's rate from now on (bytes/s; 0: none may send).
+    pub fn set_rate(&mut self, rate_bytes_per_s: u64) {
+        self.rate_bytes_per_s = rate_bytes_per_s;
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate_bytes_per_s
+    }
+
+    /// Forgets a member (removed or revoked).
+    pub fn forget(&mut self, source: &[u8; 32]) {
+        self.buckets.remove(source);
+    }
+}
+
+/// A member's decision of when to dial a member through a relay: once it has wanted a path to it and had
+/// none for `DIAL_AFTER_US` (at once if its own NAT is symmetric), then every `RETRY_US` while none is up.
+#[derive(Debug, Default)]
+pub struct DialPlan {
+    /// Per member: since when it has had no path (µs), and when we last dialed it through a relay.
+    wanted: HashMap<[u8; 32], (u64, Option<u64>)>,
+}
+
+impl DialPlan {
+    /// Called on every tick for each member we want a path to. `has_path`: any path is up (direct,
+    /// punched or relayed: a relayed path stays as the fallback once a direct one exists, and none is
+    /// dialed while a direct one is up). True: dial it through a relay now.
+    pub fn handle_tick(&mut self, key: &[u8; 32], has_path: bool, own_symmetric: bool, now_us: u64) -> bool {
+        if has_path {
+            self.wanted.remove(key);
+            return false;
+        }
+        if !self.wanted.contains_key(key) && self.wanted.len() >= MAX_TRACKED {
+            return false;
+        }
+        let (since, last) = self.wanted.entry(*key).or_insert((now_us, None));
+        let wait = if own_symmetric { DIAL_AFTER_SYMMETRIC_US } else { DIAL_AFTER_US };
+        let due = match last {
+            None => now_us >= *since + wait,
+            Some(at) => now_us >= *at + RETRY_US,
+        };
+        if due {
+            *last = Some(now_us);
+        }
+        due
+    }
+
+    /// Forgets members no longer wanted (removed from the peer table).
+    pub fn retain(&mut self, keep: impl Fn(&[u8; 32]) -> bool) {
+        self.wanted.retain(|k, _| keep(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: [u8; 32] = [1; 32];
+    const B: [u8; 32] = [2; 32];
+
+    #[test]
+    fn a_relay_datagram_reads_back_and_bad_ones_are_refused() {
+        let d = encode_to(&B, b"quic packet");
+        assert_eq!(decode(&d), Some((Direction::To, B, &b"quic packet"[..])));
+        let mut passed_on = d.clone();
+        turn_around(&mut passed_on, &A);
+        assert_eq!(decode(&passed_on), Some((Direction::From, A, &b"quic packet"[..])));
+        let mut twice = passed_on.clone();
+        turn_around(&mut twice, &B);
+        assert_eq!(twice, passed_on, "a RELAY_FROM datagram is never turned around again");
+        assert_eq!(decode(&encode_to(&B, b"")), None, "empty packet");
+        assert_eq!(decode(&d[..RELAY_HEADER_LEN - 1]), None, "truncated key");
+        assert_eq!(decode(&encode_to(&B, &[0; MAX_RELAYED_PACKET + 1])), None, "too long");
+        assert!(decode(&encode_to(&B, &[0; MAX_RELAYED_PACKET])).is_some());
+        assert_eq!(decode(&[0x01; 40]), None, "a bond frame");
+        assert!(!is_relay(&[]));
+    }
+
+    #[test]
+    fn each_member_gets_its_rate_and_others_are_not_throttled() {
+        // 1000 bytes/s, burst 3000.
+        let mut limiter = Limiter::new(1000, 3000, 10_000);
+        let mut forwarded = 0;
+        for _ in 0..10 {
+            if limiter.handle_packet(&A, 1000, 0, 0) == Verdict::Forward {
+                forwarded += 1;
+            }
+        }
+        assert_eq!(forwarded, 3, "the burst, then nothing");
+        assert_eq!(limiter.handle_packet(&B, 1000, 0, 0), Verdict::Forward, "another member has its own bucket");
+        assert_eq!(limiter.handle_packet(&A, 1000, 0, 500_000), Verdict::DropRate, "half a second: 500 bytes");
+        assert_eq!(limiter.handle_packet(&A, 1000, 0, 1_000_000), Verdict::Forward, "a second: 1000 bytes");
+        // Idle for long: back to the burst, not beyond.
+        let later = 100_000_000;
+        let burst: Vec<_> = (0..4).map(|_| limiter.handle_packet(&A, 1000, 0, later)).collect();
+        assert_eq!(burst, vec![Verdict::Forward, Verdict::Forward, Verdict::Forward, Verdict::DropRate]);
+        // A clock that goes back does not mint tokens.
+        assert_eq!(limiter.handle_packet(&A, 1000, 0, 0), Verdict::DropRate);
+    }
+
+    #[test]
+    fn a_full_destination_queue_drops_without_costing_the_source() {
+        let mut limiter = Limiter::new(1000, 1000, 10_000);
+        assert_eq!(limiter.handle_packet(&A, 1000, 10_001, 0), Verdict::DropQueue);
+        assert_eq!(limiter.handle_packet(&A, 1000, 10_000, 0), Verdict::Forward, "the bucket was untouched");
+    }
+
+    #[test]
+    fn the_limiter_tracks_a_bounded_number_of_sources() {
+        let mut limiter = Limiter::new(1000, 1000, 10_000);
+        for i in 0..(MAX_TRACKED as u32 + 10) {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            limiter.handle_packet(&key, 1, 0, i as u64);
+        }
+        assert_eq!(limiter.buckets.len(), MAX_TRACKED);
+        limiter.forget(&[0; 32]);
+    }
+
+    #[test]
+    fn a_member_without_a_path_is_dialed_through_a_relay_after_a_wait_then_retried() {
+        let mut plan = DialPlan::default();
+        assert!(!plan.handle_tick(&A, false, false, 0));
+        assert!(!plan.handle_tick(&A, false, false, DIAL_AFTER_US - 1));
+        assert!(plan.handle_tick(&A, false, false, DIAL_AFTER_US));
+        assert!(!plan.handle_tick(&A, false, false, DIAL_AFTER_US + 1), "one dial, not one per tick");
+        assert!(plan.handle_tick(&A, false, false, DIAL_AFTER_US + RETRY_US), "retried while none is up");
+        // A path came up: nothing more, and the wait starts over if it goes.
+        assert!(!plan.handle_tick(&A, true, false, 20_000_000));
+        assert!(!plan.handle_tick(&A, false, false, 21_000_000));
+        assert!(plan.handle_tick(&A, false, false, 21_000_000 + DIAL_AFTER_US));
+    }
+
+    #[test]
+    fn behind_a_symmetric_nat_the_relay_is_dialed_at_once() {
+        let mut plan = DialPlan::default();
+        assert!(plan.handle_tick(&B, false, true, 7));
+        plan.retain(|k| *k != B);
+        assert!(plan.wanted.is_empty());
+    }
+}
