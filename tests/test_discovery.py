@@ -105,7 +105,9 @@ def test_members_find_each_other_and_bad_records_are_refused_and_counted(lab: La
 
     # Non-member: a member of another network publishes; its value, signed under our salt, is served for
     # its key. It is well signed and found where our members look, but it is not sealed with our key.
-    outsider = Member(ns, _core.generate_seed(), _core.public_key_of_seed(_core.generate_seed()), bootstrap)
+    # It knows only the liar (which names no other node), so its put lands there: with the whole DHT to
+    # choose from, its puts missed the liar three times in a row once in CI (a test about lookups, not puts).
+    outsider = Member(ns, _core.generate_seed(), _core.public_key_of_seed(_core.generate_seed()), [liar.addr])
     foreign_v = _publish_until_captured(outsider, liar)[0]["v"]
     liar.serve(target(outsider.key, salt), {"k": outsider.key, "seq": 5, "v": foreign_v,
                                             "sig": _core.sign(outsider.seed, signable(salt, 5, foreign_v))})
