@@ -25,11 +25,13 @@
 //! - `join`: the join request a node sends with an invite's key, and the admin's answer.
 //! - `record`: a member's discovery record (DHT value): plaintext format, sealing for members only.
 //! - `wire`: the bounded reader and writer of our binary encodings.
+//! - `bounded`: tables keyed by node key kept to a limit (the oldest entry goes).
 
 pub mod admission;
 pub mod allowed_ips;
 pub mod bond;
 pub mod bond_send;
+pub mod bounded;
 pub mod certkey;
 pub mod classify;
 pub mod frame;

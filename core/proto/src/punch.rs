@@ -236,33 +236,29 @@ pub struct PunchBook {
 }
 
 fn bound<V>(map: &mut HashMap<[u8; 32], V>, at: impl Fn(&V) -> u64) {
-    if map.len() >= MAX_TRACKED {
-        if let Some(oldest) = map.iter().min_by_key(|(_, v)| at(v)).map(|(k, _)| *k) {
-            map.remove(&oldest);
-        }
+    crate::bounded::make_room(map, MAX_TRACKED, at);
+}
+
+/// Whether `key`'s last time in `map` is at least `interval_us` ago (or it has none); records `now_us` if so.
+fn due_again(map: &mut HashMap<[u8; 32], u64>, key: &[u8; 32], now_us: u64, interval_us: u64) -> bool {
+    if map.get(key).is_some_and(|&at| now_us < at + interval_us) {
+        return false;
     }
+    bound(map, |&at| at);
+    map.insert(*key, now_us);
+    true
 }
 
 impl PunchBook {
     /// Whether to ask a relay to punch towards `target` now (no request for it in the last `RETRY_US`);
     /// records it if so.
     pub fn initiate(&mut self, target: &[u8; 32], now_us: u64) -> bool {
-        if self.initiated.get(target).is_some_and(|&at| now_us < at + RETRY_US) {
-            return false;
-        }
-        bound(&mut self.initiated, |&at| at);
-        self.initiated.insert(*target, now_us);
-        true
+        due_again(&mut self.initiated, target, now_us, RETRY_US)
     }
 
     /// Whether to answer an offer from `initiator` now (none answered in the last `ANSWER_INTERVAL_US`).
     pub fn answer(&mut self, initiator: &[u8; 32], now_us: u64) -> bool {
-        if self.answered.get(initiator).is_some_and(|&at| now_us < at + ANSWER_INTERVAL_US) {
-            return false;
-        }
-        bound(&mut self.answered, |&at| at);
-        self.answered.insert(*initiator, now_us);
-        true
+        due_again(&mut self.answered, initiator, now_us, ANSWER_INTERVAL_US)
     }
 
     /// Whether a relay may forward one more request of `requester` now (its token bucket).

@@ -187,11 +187,9 @@ impl Limiter {
         if dest_queued > self.queue_bytes {
             return Verdict::DropQueue;
         }
-        if !self.buckets.contains_key(source) && self.buckets.len() >= MAX_TRACKED {
+        if !self.buckets.contains_key(source) {
             // Forget the stalest source: a full bucket is what it would have again after a second idle.
-            if let Some(stalest) = self.buckets.iter().min_by_key(|(_, b)| b.at_us).map(|(k, _)| *k) {
-                self.buckets.remove(&stalest);
-            }
+            crate::bounded::make_room(&mut self.buckets, MAX_TRACKED, |b| b.at_us);
         }
         let burst = self.burst_bytes;
         let bucket = self.buckets.entry(*source).or_insert(Bucket { tokens: burst, at_us: now_us });
