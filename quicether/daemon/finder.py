@@ -93,7 +93,7 @@ class Finder:
         self.dht = await in_own_thread(
             lambda: _core.Discovery(disc.port, disc.bootstrap, disc.server, self.identity.seed, net.network_key),
             lambda late: late.close())
-        self.addresses = {ip for _device, ip in await asyncio.to_thread(self._local_addresses)}
+        self.addresses = {ip for _device, ip in self._outside(await asyncio.to_thread(self._local_addresses))}
         log.info("discovery: DHT node on %s (%s)", self.dht.local_addr(),
                  "private bootstrap " + ", ".join(disc.bootstrap) if disc.bootstrap is not None else "public DHT")
 
@@ -117,13 +117,17 @@ class Finder:
             self.searches[key] = _Search()
 
     def _local_addresses(self) -> list[tuple[str, str]]:
-        """(device, address) of this node's own interfaces: read once per tick, for both uses."""
-        return links.local_addresses(set(self.not_wans))
+        """(device, address) of this node's own interfaces but the TUN: read once per tick, for every use."""
+        return links.local_addresses({self.config.tun})
+
+    def _outside(self, local: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The addresses a WAN may reach (not on the LAN port or the tunnel): the endpoints, and what a move is."""
+        return [(device, ip) for device, ip in local if device not in self.not_wans]
 
     async def _restart_if_moved(self, local: list[tuple[str, str]]) -> None:
         """A new address of our own (a new ISP address): the DHT node starts again from it. Its write
         tokens were given to the old address, so every put from the new one would fail until they aged out."""
-        addresses = {ip for _device, ip in local}
+        addresses = {ip for _device, ip in self._outside(local)}
         if addresses == self.addresses or self.dht is None:
             return
         log.info("discovery: this node's addresses changed (%s): restarting its DHT node",
@@ -146,7 +150,7 @@ class Finder:
     def _endpoints(self, local: list[tuple[str, str]]) -> list[dict[str, str]]:
         port = int(self.node.local_addr().rpartition(":")[2])
         found = [{"wan": device[:32], "kind": "public", "addr": f"{ip}:{port}"}
-                 for device, ip in local]
+                 for device, ip in self._outside(local)]
         for peer in self.node.peers():
             for path in peer["paths"]:
                 public = path.get("public")
@@ -154,20 +158,19 @@ class Finder:
                     found.append({"wan": str(path["local_wan"])[:32], "kind": "reflexive", "addr": str(public)})
         return sorted(found, key=lambda e: (e["kind"], e["wan"], e["addr"]))[:16]
 
-    def _lan_addresses(self) -> list[str]:
+    def _lan_addresses(self, local: list[tuple[str, str]]) -> list[str]:
         """ip:port of this router's LAN port (kept out of the endpoints: no WAN reaches it), for members on
         that LAN; at most the record's 8."""
         lan = self.config.lan
         if lan is None:
             return []
         port = int(self.node.local_addr().rpartition(":")[2])
-        return sorted(f"{ip}:{port}" for device, ip in links.local_addresses({self.config.tun})
-                      if device == lan.device)[:8]
+        return sorted(f"{ip}:{port}" for device, ip in local if device == lan.device)[:8]
 
     async def _publish(self, now: float, local: list[tuple[str, str]]) -> None:
         assert self.dht is not None
         endpoints = await asyncio.to_thread(self._endpoints, local)
-        lan = await asyncio.to_thread(self._lan_addresses)
+        lan = self._lan_addresses(local)
         if endpoints == self.published and lan == self.published_lan and now - self.published_at < REPUBLISH_S:
             return
         record: dict[str, Any] = {"expires_at": int(time.time()) + RECORD_LIFETIME_S, "endpoints": endpoints,
