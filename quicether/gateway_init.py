@@ -309,24 +309,18 @@ def _endpoint_host(value: str) -> str:
         raise GatewayInitError(f"--public-ip: {value!r} is not an IPv4 address") from None
 
 
-def own_network(state_dir: Path, name: str, identity: Identity, member_name: str) -> tuple[network.Network, bool]:
-    """The network `name` in `state_dir`, made with this gateway as its admin and first member if there is
-    none (True: made now). One held there already must have this node as a member."""
+def own_network(state_dir: Path, name: str, identity: Identity,
+                member_name: str) -> tuple[network.Network, network.Member, bool]:
+    """The network `name` in `state_dir` and this gateway's membership of it, the network made with this
+    gateway as its admin and first member if there is none (True: made now). One held there already must
+    have this node as a member."""
     try:
-        if (state_dir / network.NETWORKS_DIR / name / "network.json").exists():
-            net = network.load(state_dir, name)
-            net.find(identity.node_id)
-            return net, False
-        return network.create(state_dir, name, identity, admin_name=member_name), True
+        made = not (state_dir / network.NETWORKS_DIR / name / "network.json").exists()
+        net = (network.create(state_dir, name, identity, admin_name=member_name) if made
+               else network.load(state_dir, name))
+        return net, net.find(identity.node_id), made
     except network.NetworkError as exc:
         raise GatewayInitError(f"network {name!r}: {exc}") from None
-
-
-def _admin_member(net: network.Network, identity: Identity) -> network.Member:
-    try:
-        return net.find(identity.node_id)
-    except network.NetworkError as exc:
-        raise GatewayInitError(f"network {net.name!r}: {exc}") from None
 
 
 def _tell_daemon_of_invites(config: Config) -> bool:
@@ -403,8 +397,8 @@ def run_init(opts: Options, out: TextIO = sys.stdout, run: Runner = _run,
     else:
         certificate = None
         if opts.network is not None and not old.get("network"):
-            net, made = own_network(opts.state_dir, opts.network, identity, opts.name)
-            certificate = _admin_member(net, identity).certificate
+            net, admin, made = own_network(opts.state_dir, opts.network, identity, opts.name)
+            certificate = admin.certificate
             say(f"network: {'created' if made else 'kept'} {net.name} ({net.overlay}, key {net.key}) in "
                 f"{net.directory}, this gateway its admin: keep a copy of network.key somewhere safe")
         doc = gateway_document(old, port=port, device=internet.device, address=opts.address,
