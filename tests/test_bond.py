@@ -113,28 +113,53 @@ def test_a_wan_whose_rtt_grows_for_good_regains_its_throughput(lab: Lab, tmp_pat
     assert _path(bond, "wan0")["rtt_ms"] > 55
 
 
-def test_after_a_wans_rtt_grows_for_good_the_scheduler_follows_within_15s(lab: Lab, tmp_path: Path) -> None:
-    """Issue 12 defect 1: the scheduler's minimum RTT expires like the window cap's, so the RTT a WAN gained
-    for good (10 -> 60 ms) is not counted as queue for the connection's life, under-using that WAN.
-
-    The issue asks for shares within 15 % of a fresh start's. Measured here (100 + 50 Mbit/s, 4 TCP flows,
-    wan1's share 10-15 s after the change): minimum never expiring 0.0 % (its minimum still 10.9 ms);
-    expiring 4-37 %, run to run. A fresh start with those RTTs is no steady reference on this lab: wan1
-    got 1-24 % over the same window (a fresh high-RTT path next to a low-RTT one often stays near its
-    initial window; a separate defect). So this test asserts the mechanism (the minimum the scheduler
-    uses follows the new RTT). That wan1 keeps a share above 2 % is not asserted: on a quiet machine it
-    held in 1 of 3 runs (0.3-0.7 % in the others), which is that separate defect, left open in issue 12."""
-    bond = build_bond_lab(lab, [LinkSpec(rate_mbit=100, delay_ms=10), LinkSpec(rate_mbit=50, delay_ms=10)],
-                          tmp_path)
+def _wan1_share(lab: Lab, state: Path, *, wan1_delay_ms: int, change_to_ms: int | None) -> float:
+    """wan1's share of what 100 + 50 Mbit/s WANs send under 4 inner TCP flows. With `change_to_ms`, wan1's
+    delay changes to it 3 s in, and the share is of the 10-15 s after the change; without, wan1 has
+    `wan1_delay_ms` from the start and the share is of 5-19 s (a longer window: the reference holds still)."""
+    bond = build_bond_lab(lab, [LinkSpec(rate_mbit=100, delay_ms=10), LinkSpec(rate_mbit=50, delay_ms=wan1_delay_ms)],
+                          state)
     start_iperf_server(bond.dc)
-    iperf_args = ["iperf3", "-c", bond.dc_addr, "-P", "4", "--connect-timeout", "3000"]
-    proc = bond.lan.popen([*iperf_args, "-t", "20"], stdout=-1, stderr=-1)
-    time.sleep(3)
-    bond.wl.set_link(1, delay_ms=60)
-    time.sleep(15)
-    followed = [p["min_rtt_ms"] for p in bond.paths() if p["wan"] == "wan1"]
-    proc.communicate(timeout=30)
-    assert min(followed) > 55, followed
+    # Inner CUBIC, as a LAN's Windows, macOS or Linux client sends. This machine's default is BBR, which caps
+    # its flight at twice its bandwidth x minimum-RTT estimate: that never builds the 25 ms of queue on the
+    # 10 ms WAN at which a packet on the 60 ms WAN arrives no later, so with inner BBR wan1 carries almost
+    # nothing even from a fresh start (measured 0.0 %; 1-24 % in earlier runs, from BBR's startup bursts).
+    # That is a limit of carrying end-to-end TCP in datagrams, which the TCP lane (issue 16) lifts.
+    proc = bond.lan.popen(["iperf3", "-c", bond.dc_addr, "-P", "4", "-C", "cubic", "-t", "20",
+                           "--connect-timeout", "3000"], stdout=-1, stderr=-1)
+    if change_to_ms is not None:
+        time.sleep(3)
+        bond.wl.set_link(1, delay_ms=change_to_ms)
+        time.sleep(10)
+    else:
+        time.sleep(5)
+    before = {p["wan"]: p["tx_bytes"] for p in bond.paths()}
+    time.sleep(5 if change_to_ms is not None else 14)
+    after = {p["wan"]: p["tx_bytes"] for p in bond.paths()}
+    if change_to_ms is not None:
+        # The mechanism: the minimum RTT the scheduler counts queues from follows the new RTT (before the
+        # fix it never expired: wan1 kept 10.1 ms for the connection's life).
+        assert min(p["min_rtt_ms"] for p in bond.paths() if p["wan"] == "wan1") > change_to_ms - 5
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    sent = {wan: after[wan] - before[wan] for wan in ("wan0", "wan1")}
+    return sent["wan1"] / (sent["wan0"] + sent["wan1"])
+
+
+def test_after_a_wans_rtt_grows_for_good_the_shares_match_a_fresh_start_within_15s(lab: Lab, tmp_path: Path) -> None:
+    """Issue 12 defect 1: the RTT a WAN gained for good (10 -> 60 ms) must not be counted as queue for the
+    connection's life. 10-15 s after the change, wan1's share is within 15 % of what a fresh start with those
+    RTTs gives it, measured in the same test (the ideal is 50 / 150 = 33 %).
+
+    With inner CUBIC the shares alone do not show the defect: CUBIC fills every queue to its limit, and a
+    full queue moves packets to the other WAN whatever the RTTs (before the fix: 32.6 % against a fresh
+    27.2 %). What does is the minimum RTT the scheduler uses, asserted in `_wan1_share`; with inner BBR the
+    shares do differ (0.0 % before the fix, 4-37 % after) but a fresh start's is no steady reference."""
+    changed = _wan1_share(lab, tmp_path / "changed", wan1_delay_ms=10, change_to_ms=60)
+    with Lab() as fresh_lab:
+        fresh = _wan1_share(fresh_lab, tmp_path / "fresh", wan1_delay_ms=60, change_to_ms=None)
+    assert fresh > 0.2, f"a fresh start must itself use wan1 ({fresh:.1%}) for the comparison to mean anything"
+    assert abs(changed - fresh) <= 0.15 * fresh, f"wan1 after the change {changed:.1%}, fresh start {fresh:.1%}"
 
 
 def test_cut_wan_mid_transfer_tcp_survives_and_the_wan_returns(lab: Lab, tmp_path: Path) -> None:
