@@ -133,12 +133,16 @@ def _print_network(node: dict[str, Any]) -> None:
         c = dht["counters"]
         if dht["published_at"]:
             published = f"published {', '.join(dht['published']) or 'no address'} {_format_age(dht['published_at'])}"
+            if dht.get("published_relays"):
+                published += f" (through relays {', '.join(dht['published_relays'])})"
         else:
             published = "not published yet" + (f" ({dht['publish_failed']})" if dht["publish_failed"] else "")
         refused = ", ".join(f"{k.replace('_', ' ')} {c.get(k, 0)}"
                             for k in ("bad_signature", "replay", "expired", "non_member", "malformed"))
         print(f"  dht: {published}; lookups {c.get('lookups', 0)}, found {c.get('found', 0)};"
               f" records refused: {refused}")
+        if dht.get("serving"):
+            print(f"  dht: serving on {', '.join(dht['serving'])}")
     if (lan := node.get("lan_discovery")) is not None:
         counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(lan.items()))
         print(f"  lan discovery: {counts or '-'}")

@@ -111,6 +111,12 @@ class Node:
         """{enabled (0/1), rate_bytes_per_s, forwarded_packets/bytes, dropped_* by cause (disabled, not_member,
         no_route, malformed, rate, queue, chained), and through relays: sent_packets, received_packets,
         received_dropped, dials}."""
+    def record_relays(self) -> list[bytes]:
+        """The relays to name in our DHT record (node keys): members that offered to relay for us and that
+        we have a path to, the fastest 4, in key order."""
+    def set_named_relays(self, key: bytes, relays: list[bytes]) -> None:
+        """The relays member `key`'s DHT record names: a relayed dial to it goes through one of them when
+        we have a path to one (else through any relay that offered). Ignored for a key not in the table."""
     def punch_stats(self) -> dict[str, int]:
         """Hole punching: attempts (punches this node took part in), successes (punched paths up),
         forwarded (requests relayed for other members), refused (punch messages refused)."""
@@ -167,7 +173,10 @@ class Discovery:
     False: only asks, never answers. At most 8 lookups in flight, one publish per second."""
 
     def __init__(self, port: int, bootstrap: list[str] | None, server: bool, seed: bytes, network_key: bytes,
-                 *, bind: str | None = None) -> None: ...
+                 *, bind: str | None = None, serve_on: list[str] | None = None) -> None:
+        """serve_on (with server and a fixed port): one serving DHT node bound to each of these IPv4
+        addresses, each answering from the address it was asked at, and this node's own lookups and
+        publishes through a read-only client node on a free port. None or []: one node, bound to bind."""
     def publish(self, record: dict[str, Any]) -> None:
         """Seals and publishes; seq is Unix milliseconds (one more than the last if the clock has not
         moved on). ValueError for a bad record, OSError if no DHT node stored it."""
@@ -178,6 +187,8 @@ class Discovery:
         """published, publish_failed, lookups, found, not_found, busy; refusals: bad_signature, replay,
         expired, non_member, malformed."""
     def local_addr(self) -> str: ...
+    def serving(self) -> list[str]:
+        """Where this node answers other DHT nodes, "ip:port" each; [] when it does not serve."""
     def node_key(self) -> bytes: ...
     def close(self) -> None: ...
 

@@ -138,6 +138,8 @@ ln -sf "\$(basename "\$kernel")" "\$rootfs/boot/vmlinuz"
 ln -sf "initrd.img-\${kernel##*/vmlinuz-}" "\$rootfs/boot/initrd.img"
 chroot "\$rootfs" systemctl enable systemd-networkd systemd-resolved ssh >/dev/null 2>&1
 ln -sf /run/systemd/resolve/resolv.conf "\$rootfs/etc/resolv.conf"
+# The daemon writes the mesh members' names to the hosts file, in memory (usr/lib/tmpfiles.d/quicether.conf).
+ln -sf /run/quicether/hosts "\$rootfs/etc/hosts"
 chroot "\$rootfs" passwd -l root >/dev/null
 # The web UI's unprivileged user (rootfs-overlay/usr/lib/sysusers.d): /etc is read-only at run time.
 chroot "\$rootfs" systemd-sysusers >/dev/null

@@ -101,3 +101,10 @@ def test_overlay_default_config_is_valid_and_units_point_at_real_files() -> None
         assert (units / wanted.readlink().name).is_file(), wanted
     assert (OVERLAY / "etc/quicether").readlink() == Path("/data/quicether")
     assert (OVERLAY / "usr/libexec/quicether/firstboot").stat().st_mode & 0o111
+    # /etc/hosts (a link into /run, as the root is read-only) is seeded at boot from the overlay's copy.
+    tmpfiles = (OVERLAY / "usr/lib/tmpfiles.d/quicether.conf").read_text()
+    seed = re.search(r"^C /run/quicether/hosts .* (\S+)$", tmpfiles, re.M)
+    assert seed and (OVERLAY / seed.group(1).lstrip("/")).is_file(), tmpfiles
+    assert "localhost" in (OVERLAY / seed.group(1).lstrip("/")).read_text()
+    for build in (ROOT / "scripts/build-image.sh", ROOT / "buildroot-config/board/common/post-build.sh"):
+        assert re.search(r'ln -sf /run/quicether/hosts "\\?\$\w+/etc/hosts"', build.read_text()), build

@@ -187,6 +187,10 @@ def test_install_gateway_init_join_upgrade_remove_purge(lab: Lab, tmp_path: Path
     progress(f"iperf3 through the gateway: {result.mbit_s:.0f} Mbit/s ({time.monotonic() - t0:.0f}s)")
     assert result.mbit_s > 20
     assert "site-a" in root.run("quicether", "status", ns=gw_ns).stdout
+    # The members' names resolve on the gateway itself (it runs no dnsmasq): its /etc/hosts has them.
+    site_ip = site.status()["node"]["network"]["address"].split("/")[0]
+    wait_for(lambda: site_ip in root.run("getent", "ahostsv4", "site-a.home.arpa", ns=gw_ns, check=False).stdout,
+             timeout=10, step=0.5)
 
     # Upgrade: same key and config, the daemon restarted.
     newer = _newer_package(deb, tmp_path / "newer")
@@ -213,6 +217,7 @@ def test_install_gateway_init_join_upgrade_remove_purge(lab: Lab, tmp_path: Path
     assert after["rules"] == before["rules"] and after["routes"] == before["routes"]
     assert "qe0" not in gw_ns.ip("-br", "link").stdout
     assert root.file(KEY).read_bytes() == key and root.file(CONFIG).read_text() == config
+    assert "home.arpa" not in root.file("/etc/hosts").read_text(), "the members' names went with the daemon"
 
     # Purge: config and state gone.
     root.apt("purge", "quicether", ns=gw_ns)

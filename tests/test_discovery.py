@@ -241,6 +241,9 @@ def test_a_routers_record_carries_its_lan_ports_addresses_apart_from_its_endpoin
         def peers(self) -> list[dict[str, Any]]:
             return [{"paths": [{"public": "198.51.100.7:40000", "local_wan": "wan0"}]}]
 
+        def record_relays(self) -> list[bytes]:
+            return []
+
     class Dht:
         def __init__(self) -> None:
             self.records: list[dict[str, Any]] = []
@@ -250,6 +253,9 @@ def test_a_routers_record_carries_its_lan_ports_addresses_apart_from_its_endpoin
 
         def counters(self) -> dict[str, int]:
             return {"published": len(self.records)}
+
+        def serving(self) -> list[str]:
+            return []
 
     interfaces = [("eth1", "192.0.2.2"), ("eth0", "192.168.50.1"), ("eth0", "192.168.51.1"), ("qe0", "100.64.0.2")]
     monkeypatch.setattr(finder_module.links, "local_addresses",
@@ -268,3 +274,86 @@ def test_a_routers_record_carries_its_lan_ports_addresses_apart_from_its_endpoin
     interfaces[2] = ("eth0", "192.168.52.1")
     asyncio.run(finder._publish(102.0, finder._local_addresses()))
     assert dht.records[-1]["lan"] == ["192.168.50.1:4433", "192.168.52.1:4433"]
+
+
+def test_a_record_names_the_relays_that_reach_us_and_a_relay_a_found_record_names_is_sought(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: the record lists the relays a member can be reached through (those that offered to relay
+    for it and that it has a path to: `Node.record_relays`), published again when they change. A member
+    that finds a record naming relays hands them to the core (a relayed dial goes through one of them) and
+    looks up at once each one it knows as a member but has no path to, so that it can reach the member
+    through it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from quicether.daemon import finder as finder_module
+
+    me, target, relay_r, relay_q = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32
+
+    class Node:
+        def __init__(self) -> None:
+            self.relays: list[bytes] = [relay_q]
+            self.named: list[tuple[bytes, list[bytes]]] = []
+
+        def local_addr(self) -> str:
+            return "0.0.0.0:4433"
+
+        def peers(self) -> list[dict[str, Any]]:
+            return [{"key": relay_q, "connected": True, "paths": []}]
+
+        def record_relays(self) -> list[bytes]:
+            return self.relays
+
+        def set_named_relays(self, key: bytes, relays: list[bytes]) -> None:
+            self.named.append((key, relays))
+
+    class Dht:
+        def __init__(self) -> None:
+            self.records: list[dict[str, Any]] = []
+
+        def publish(self, record: dict[str, Any]) -> None:
+            self.records.append(record)
+
+        def lookup(self, key: bytes, timeout_s: float) -> dict[str, Any] | None:
+            assert key == target
+            return {"endpoints": [{"addr": "198.51.100.9:4433"}], "lan": [], "relays": [relay_r, relay_q]}
+
+        def counters(self) -> dict[str, int]:
+            return {}
+
+        def serving(self) -> list[str]:
+            return []
+
+    class Peers:
+        def __init__(self) -> None:
+            self.dialed: list[tuple[bytes, list[str]]] = []
+
+        async def dial_member(self, key: bytes, member: object, endpoints: list[str], modes: object,
+                              how: str) -> None:
+            self.dialed.append((key, endpoints))
+
+    member = SimpleNamespace(name="site-b")
+    known = {target: member, relay_r: SimpleNamespace(name="relay-r"), relay_q: SimpleNamespace(name="relay-q")}
+    mesh = SimpleNamespace(known=known, record_seen={}, remember=lambda key, endpoints: None, modes=lambda: {})
+    monkeypatch.setattr(finder_module.links, "local_addresses", lambda exclude: [("eth1", "192.0.2.2")])
+    config = SimpleNamespace(lan=None, tun="qe0")
+    node, peers = Node(), Peers()
+    finder = finder_module.Finder(config, SimpleNamespace(public_key=me), node, mesh, peers,  # type: ignore[arg-type]
+                                  frozenset({"qe0"}))
+    dht = finder.dht = Dht()  # type: ignore[assignment]
+    asyncio.run(finder._publish(100.0, finder._local_addresses()))
+    assert dht.records[-1]["relays"] == [relay_q]
+    relay_q_id = finder_module.short_id(finder_module.encode_node_id(relay_q))
+    assert finder.status()["published_relays"] == [f"relay-q ({relay_q_id})"]
+    asyncio.run(finder._publish(101.0, finder._local_addresses()))
+    assert len(dht.records) == 1, "unchanged: not published again"
+    node.relays = [relay_q, relay_r]
+    asyncio.run(finder._publish(102.0, finder._local_addresses()))
+    assert dht.records[-1]["relays"] == [relay_q, relay_r], "a relay that came: published again"
+
+    finder.searches[relay_r] = finder_module._Search(due=1e9, pause=60.0)  # missed before, waiting its turn
+    asyncio.run(finder._search(target, 200.0))
+    assert peers.dialed == [(target, ["198.51.100.9:4433"])]
+    assert node.named == [(target, [relay_r, relay_q])]
+    assert finder.searches[relay_r].due == 0.0, "the relay we have no path to is looked up now"
+    assert relay_q not in finder.searches, "the one we are connected to needs no lookup"

@@ -128,12 +128,14 @@ def test_invite_errors_are_clear_and_change_nothing(lab: Lab, tmp_path: Path) ->
 
 
 
-def test_sites_find_each_other_through_a_dht_served_by_the_gateway_alone(lab: Lab, tmp_path: Path) -> None:
+def test_sites_find_each_other_through_a_dht_served_by_the_multihomed_gateway_alone(lab: Lab,
+                                                                                   tmp_path: Path) -> None:
     """No plain DHT node anywhere: the gateway serves the DHT ([discovery] server = true on a fixed port)
-    and is each site's only bootstrap node. The sites, told of each other only by the gateway's member
-    news, publish their records at the gateway's DHT node, find each other's there and connect. (The
-    gateway's own record is stored nowhere: `mainline` puts an item only at other server nodes, and there
-    is none. Every member has the gateway as a [[peer]] anyway.)"""
+    and is each site's only bootstrap node, each site knowing it by an address on another site's link (the
+    hub has one per link; the route back to the site leaves from the site's own). The gateway answers on
+    each address from that address (a DHT node bound to each), so the sites, told of each other only by
+    the gateway's member news, publish their records there, find each other's and connect. The gateway's
+    own record is stored at its own DHT server nodes."""
     port = 6881
     mesh = build_mesh_lab(lab, 3, tmp_path, dht_nodes=0, gateway_dht_port=port)
     took = wait_for(lambda: _all_connected(mesh), timeout=60, step=0.5)
@@ -146,4 +148,9 @@ def test_sites_find_each_other_through_a_dht_served_by_the_gateway_alone(lab: La
                 assert ping(node.ns, mesh.address(other), count=2).received == 2, (node.name, other.name)
                 assert (f"found member site-{other.name}" in qe.read_log(node)
                         or f"found member site-{node.name}" in qe.read_log(other)), (node.name, other.name)
-    assert f"private bootstrap 10.2.0.2:{port}" in qe.read_log(mesh.sites[1])
+    # Site s1 (on 10.2.0.0/24) knew the gateway only as 10.3.0.2, the address on s2's link.
+    assert f"private bootstrap 10.3.0.2:{port}" in qe.read_log(mesh.sites[1])
+    gateway_dht = mesh.gateway.status()["node"]["dht"]
+    assert sorted(gateway_dht["serving"]) == [f"10.{i}.0.2:{port}" for i in (1, 2, 3)], gateway_dht
+    wait_for(lambda: mesh.gateway.status()["node"]["dht"]["counters"]["published"] >= 1, timeout=20, step=0.5)
+    assert mesh.gateway.status()["node"]["dht"]["publish_failed"] is None

@@ -5,6 +5,7 @@ certificate names, refuses a member of another network, and cuts a member off wh
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import shutil
 import sys
@@ -112,6 +113,11 @@ def test_a_certificate_of_another_node_is_refused_at_start(lab: Lab, tmp_path: P
     assert "qe0" not in ns.run("ip", "link").stdout, "nothing left behind"
 
 
+def _on_node(ns: Namespace, name: str) -> str:
+    """The IPv4 addresses `<name>.home.arpa` resolves to for a program on that node (glibc, as getent)."""
+    return ns.run("getent", "ahostsv4", f"{name}.home.arpa", check=False).stdout
+
+
 def _known(node: qe.NodeSpec) -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in node.status()["node"]["network"]["members"]}
 
@@ -151,6 +157,14 @@ def test_members_learn_of_each_other_and_a_revocation_spreads_to_all(lab: Lab, t
     aaaa = lan_host.run("busybox", "nslookup", "-type=aaaa", "site-c.home.arpa", "192.168.61.1").stdout
     assert _known(a)["site-c"]["ipv4"] == addresses["site-c"] and "fd" in aaaa.split("site-c.home.arpa")[-1], aaaa
     assert "100.64." not in lookup("nobody"), "an unknown name is not answered"
+    # And on the nodes themselves, through their hosts file: the gateway (no dnsmasq) and the router.
+    ula_c = next(p["member"]["ipv6"] for p in gw.status()["peers"] if p["name"] == "site-c")
+    for ns in (hub, a_ns):
+        for name in ("gw", "site-a", "site-b", "site-c"):
+            wait_for(lambda ns=ns, name=name: addresses[name] in _on_node(ns, name), timeout=5, step=0.25)
+        ula = ns.run("getent", "ahostsv6", "site-c.home.arpa").stdout.split()[0]
+        assert ipaddress.ip_address(ula) == ipaddress.ip_address(ula_c.split("/")[0]), (ula, ula_c)
+    assert not _on_node(hub, "nobody")
 
     # b is revoked with `quicether network revoke` on the admin node, nothing else (no config edited): the
     # running gateway cuts b off at once and tells its peers; a and c hear of it from the gateway, a cuts b
@@ -172,9 +186,25 @@ def test_members_learn_of_each_other_and_a_revocation_spreads_to_all(lab: Lab, t
     assert ping(b_ns, "100.64.0.2", count=2, timeout_s=1).received == 0
     wait_for(lambda: addresses["site-b"] not in lookup("site-b"), timeout=5, step=0.25)
     assert addresses["site-c"] in lookup("site-c"), "the revoked member's name went, the others stay"
+    for ns in (hub, a_ns):
+        wait_for(lambda ns=ns: not _on_node(ns, "site-b"), timeout=5, step=0.25)
+        assert addresses["site-c"] in _on_node(ns, "site-c")
+    system_hosts = Path("/etc/hosts").read_text()
+    assert a_ns.hosts_file.read_text().startswith(system_hosts), "the system's lines are kept as they were"
     qe.stop(a)
     assert not names.directory(a.state_dir).exists(), "nothing left behind"
+    assert a_ns.hosts_file.read_text() == system_hosts and not _on_node(a_ns, "site-c"), "nothing left behind"
+    # A crash leaves the names until the daemon starts again, which takes them out before anything else.
     qe.start(a)
+    wait_for(lambda: addresses["site-c"] in _on_node(a_ns, "site-c"), timeout=10, step=0.25)
+    assert a.proc is not None
+    a.proc.kill()
+    a.proc.wait()
+    assert addresses["site-c"] in _on_node(a_ns, "site-c"), "a SIGKILL leaves the block (nothing can remove it)"
+    qe.start(a)
+    wait_for(lambda: addresses["site-c"] in _on_node(a_ns, "site-c"), timeout=10, step=0.25)
+    assert a_ns.hosts_file.read_text().count("# quicether ") == 2, "one block (begin and end), not two"
+    assert not _on_node(a_ns, "site-b")
     wait_for(lambda: a.status()["node"]["refused_handshakes"] > 0, timeout=10)
     assert _peer(a, b.node_id) is None, "the learned revocation still holds after a restart"
     assert a.status()["node"]["network"]["revoked"] == 1

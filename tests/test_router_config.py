@@ -91,6 +91,8 @@ def test_dnsmasq_serves_only_the_lan_with_the_router_as_gateway_and_dns(tmp_path
     assert not any(a.startswith("--hostsdir") for a in args), "a node in no network has no member names"
     named = build_args(lan, tmp_path, names_dir=tmp_path / "names")
     assert f"--hostsdir={tmp_path / 'names'}" in named and "--local=/home.arpa/" in named
+    # /etc/hosts has the names too (for the node itself), but dnsmasq would keep them from its start on.
+    assert "--no-hosts" in named and "--no-hosts" not in args
     assert f"--dhcp-leasefile={tmp_path / 'dhcp.leases'}" in args
     no_dns = _parse('[lan]\ndevice = "eth0"\ndns = false\ndhcp = false\n').lan
     assert no_dns is not None

@@ -39,8 +39,10 @@ def build_args(lan: LanConfig, state_dir: Path, binary: str = "dnsmasq", names_d
             f"--host-record=router.{LOCAL_DOMAIN},{lan.ip}"]
     if lan.dns:
         if names_dir is not None:
-            # The mesh members' names (quicether/daemon/names.py), answered here and never forwarded.
-            args += [f"--local=/{names.DOMAIN}/", f"--hostsdir={names_dir}"]
+            # The mesh members' names (quicether/daemon/names.py), answered here and never forwarded. Not
+            # from /etc/hosts (it has them too, for the node itself): dnsmasq reads that only at its start,
+            # and would go on answering for a member revoked since.
+            args += [f"--local=/{names.DOMAIN}/", f"--hostsdir={names_dir}", "--no-hosts"]
         args += [f"--server={s}" for s in lan.dns_servers]
         if lan.dns_servers:
             args.append("--no-resolv")

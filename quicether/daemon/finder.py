@@ -86,23 +86,35 @@ class Finder:
         self.publish_failed: str | None = None
         self.searches: dict[bytes, _Search] = {}
         self.addresses: set[str] = set()  # this node's own addresses when its DHT node was started
+        self.serve_on: list[str] = []  # the addresses it serves the DHT on (server mode)
+        self.published_relays: list[bytes] = []
 
     async def start(self) -> None:
         net, disc = self.config.network, self.config.discovery
         assert net is not None
+        local = await asyncio.to_thread(self._local_addresses)
+        # A server answers on each of its addresses from that address (a multi-homed gateway: see
+        # core/io/src/discovery.rs); [] (no address yet): one node on all of them.
+        serve_on = self._served(local)
         self.dht = await in_own_thread(
-            lambda: _core.Discovery(disc.port, disc.bootstrap, disc.server, self.identity.seed, net.network_key),
+            lambda: _core.Discovery(disc.port, disc.bootstrap, disc.server, self.identity.seed, net.network_key,
+                                    serve_on=serve_on),
             lambda late: late.close())
-        self.addresses = {ip for _device, ip in self._outside(await asyncio.to_thread(self._local_addresses))}
-        log.info("discovery: DHT node on %s (%s)", self.dht.local_addr(),
-                 "private bootstrap " + ", ".join(disc.bootstrap) if disc.bootstrap is not None else "public DHT")
+        self.addresses = {ip for _device, ip in self._outside(local)}
+        self.serve_on = serve_on
+        log.info("discovery: DHT node on %s (%s)%s", self.dht.local_addr(),
+                 "private bootstrap " + ", ".join(disc.bootstrap) if disc.bootstrap is not None else "public DHT",
+                 "; serving the DHT on " + ", ".join(self.dht.serving()) if disc.server else "")
 
     def status(self) -> dict[str, Any]:
         """The DHT node's counters (records published, lookups, and the records refused: bad_signature,
-        replay, expired, non_member, malformed), what we published and when (Unix s), the last failure."""
+        replay, expired, non_member, malformed), what we published (endpoints, LAN addresses, relays) and
+        when (Unix s), the last failure, and where we serve the DHT ("ip:port"; [] when we do not)."""
         published_at = time.time() - (time.monotonic() - self.published_at) if self.published else None
         return {"counters": dict(self.dht.counters()) if self.dht else {},
                 "published": [e["addr"] for e in self.published or []], "published_lan": self.published_lan,
+                "published_relays": [self._label(r) for r in self.published_relays],
+                "serving": self.dht.serving() if self.dht else [],
                 "published_at": published_at,
                 "publish_failed": self.publish_failed}
 
@@ -124,11 +136,17 @@ class Finder:
         """The addresses a WAN may reach (not on the LAN port or the tunnel): the endpoints, and what a move is."""
         return [(device, ip) for device, ip in local if device not in self.not_wans]
 
+    def _served(self, local: list[tuple[str, str]]) -> list[str]:
+        """The addresses a DHT server answers on: all of this node's but the tunnel's (the LAN port's too,
+        for members on its LAN), one DHT node each."""
+        return sorted({ip for _device, ip in local}) if self.config.discovery.server else []
+
     async def _restart_if_moved(self, local: list[tuple[str, str]]) -> None:
         """A new address of our own (a new ISP address): the DHT node starts again from it. Its write
-        tokens were given to the old address, so every put from the new one would fail until they aged out."""
+        tokens were given to the old address, so every put from the new one would fail until they aged out.
+        A server also when an address it serves on came or went."""
         addresses = {ip for _device, ip in self._outside(local)}
-        if addresses == self.addresses or self.dht is None:
+        if (addresses == self.addresses and self._served(local) == self.serve_on) or self.dht is None:
             return
         log.info("discovery: this node's addresses changed (%s): restarting its DHT node",
                  ", ".join(sorted(addresses)) or "none")
@@ -138,7 +156,8 @@ class Finder:
         try:
             await self.start()  # with any port, the new node first: if it cannot start, the old one works on
         except (OSError, ValueError) as exc:
-            self.addresses = addresses  # said once; tried again at the next change
+            # Said once; tried again at the next change.
+            self.addresses, self.serve_on = addresses, self._served(local)
             self.dht = None if fixed_port else old
             log.error("discovery: cannot restart the DHT node: %s%s", exc,
                       " (discovery stopped until the daemon restarts)" if fixed_port else "")
@@ -171,10 +190,14 @@ class Finder:
         assert self.dht is not None
         endpoints = await asyncio.to_thread(self._endpoints, local)
         lan = self._lan_addresses(local)
-        if endpoints == self.published and lan == self.published_lan and now - self.published_at < REPUBLISH_S:
+        # The relays that offered to relay for us and that we have a path to: a member that cannot reach
+        # us directly reaches us through one of them.
+        relays = self.node.record_relays()
+        if (endpoints == self.published and lan == self.published_lan and relays == self.published_relays
+                and now - self.published_at < REPUBLISH_S):
             return
         record: dict[str, Any] = {"expires_at": int(time.time()) + RECORD_LIFETIME_S, "endpoints": endpoints,
-                                  "lan": lan, "relays": []}
+                                  "lan": lan, "relays": relays}
         try:
             await asyncio.to_thread(self.dht.publish, record)
         except (OSError, ValueError) as exc:
@@ -186,9 +209,11 @@ class Finder:
             self.published_at = now - REPUBLISH_S + PUBLISH_RETRY_S
             return
         self.publish_failed = None
-        self.published, self.published_lan, self.published_at = endpoints, lan, now
-        log.info("discovery: published our record (%s%s)", ", ".join(e["addr"] for e in endpoints) or "no address",
-                 f"; on the LAN {', '.join(lan)}" if lan else "")
+        self.published, self.published_lan, self.published_relays, self.published_at = endpoints, lan, relays, now
+        log.info("discovery: published our record (%s%s%s)",
+                 ", ".join(e["addr"] for e in endpoints) or "no address",
+                 f"; on the LAN {', '.join(lan)}" if lan else "",
+                 f"; through relays {', '.join(self._label(r) for r in relays)}" if relays else "")
 
     async def _search(self, key: bytes, now: float) -> None:
         assert self.dht is not None
@@ -207,10 +232,26 @@ class Finder:
         self.mesh.record_seen[key] = time.time()
         if not endpoints:
             return
-        log.info("discovery: found member %s (%s) at %s", member.name, short_id(encode_node_id(key)),
-                 ", ".join(endpoints))
+        relays: list[bytes] = [bytes(r) for r in found["relays"]]
+        log.info("discovery: found member %s (%s) at %s%s", member.name, short_id(encode_node_id(key)),
+                 ", ".join(endpoints), f" and through {', '.join(map(self._label, relays))}" if relays else "")
         self.mesh.remember(key, endpoints)
         await self.peers.dial_member(key, member, endpoints, self.mesh.modes(), "dht")
+        self.node.set_named_relays(key, relays)
+        self._reach_relays(relays)
+
+    def _label(self, key: bytes) -> str:
+        member = self.mesh.known.get(key)
+        return f"{member.name} ({short_id(encode_node_id(key))})" if member else short_id(encode_node_id(key))
+
+    def _reach_relays(self, relays: list[bytes]) -> None:
+        """The relays a member's record names that we have no path to, and know as members: looked up
+        now (not at their next turn), so that once we reach one, the core dials the member through it."""
+        connected = {p["key"] for p in self.node.peers() if p["connected"]}
+        for relay in relays:
+            if relay in self.mesh.known and relay not in connected and relay != self.identity.public_key:
+                search = self.searches.setdefault(relay, _Search())
+                search.due, search.pause = 0.0, RETRY_S
 
     async def run(self) -> None:
         while self.dht is not None:

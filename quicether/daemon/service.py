@@ -22,7 +22,7 @@ from quicether import _core, capabilities, config_edit, joining, setup_code
 from quicether.atomic import write_private
 from quicether.config import Config, ConfigError, load, parse, relays
 from quicether.daemon import events as core_events
-from quicether.daemon import reload
+from quicether.daemon import names, reload
 from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer
 from quicether.daemon.eventlog import EventLog
 from quicether.daemon.finder import Finder
@@ -379,6 +379,10 @@ class Daemon:
             # The firewall's outside set is the WAN manager's, also where no port came or went.
             self.router.outside = self.wans.devices()
         await self.router.update(new, changes)
+        if self.member_names is not None:
+            # DNS turned on or off on the LAN: dnsmasq's names file follows at once.
+            self.member_names.set_lan_dns(new.lan is not None and new.lan.dns)
+            self._names_changed()
         if self.admissions is not None:
             self.admissions.config = new
             self.admissions.refresh()
@@ -436,10 +440,14 @@ class Daemon:
                 await self.peers.add(peer)
             self.admissions.refresh()
             await self.mesh.redial_cached()
-            if self.config.network is not None and self.config.lan is not None and self.config.lan.dns:
-                self.member_names = MemberNames(self.config.state_dir)
+            if self.config.network is not None:
+                # On the node (/etc/hosts), and for the LAN through dnsmasq on a router serving DNS.
+                lan_dns = self.config.lan is not None and self.config.lan.dns
+                self.member_names = await asyncio.to_thread(MemberNames, self.config.state_dir, lan_dns)
                 undo.callback(self.member_names.remove)
                 self._names_changed()
+            else:  # what a crashed run of this node in a network left in /etc/hosts
+                await asyncio.to_thread(names.forget, self.config.state_dir)
             recheck = loop.create_task(self.mesh.recheck(self._admin_tick))
             undo.callback(recheck.cancel)
             if self.config.network is not None and self.config.discovery.dht:

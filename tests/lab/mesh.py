@@ -113,9 +113,10 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     what `quicether join` wrote from an invite code of the running gateway; else with a certificate issued
     by hand and the gateway as a peer. `gateway_dht_port`: the gateway serves the DHT on that port
     ([discovery] server = true, bootstrapping from no one) and is every site's only bootstrap node, at its
-    address on the site's link (with `dht_nodes=0`: the DHT is the gateway's alone; not with `by_invite`).
-    The gateway's DHT socket is bound to no address: on the multi-homed hub, its answers leave from the
-    address of the route back, which a site accepts only if it is the address it asked. `nats`: the NAT
+    address on the next site's link (with `dht_nodes=0`: the DHT is the gateway's alone; not with
+    `by_invite`): the hub is multi-homed, and the route back to a site leaves from another of its
+    addresses than the one the site asked, which a site accepts only from a gateway that answers from the
+    address it was asked at (one DHT node per address). `nats`: the NAT
     each site is behind (see `star`). `outsiders`: the last that many sites are no members: each has the
     gateway as a configured peer (and the gateway it), every member site as a peer at its NAT's outer
     address, and dials through any peer as if it were a relay (QUICETHER_RELAY_TRY_ANY, a lab switch): the
@@ -135,7 +136,7 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     bootstraps = [dht[:4]] * sites
     if gateway_dht_port is not None:
         gateway.sections["discovery"].update(server=True, port=gateway_dht_port)
-        bootstraps = [[f"10.{i + 1}.0.2:{gateway_dht_port}"] for i in range(sites)]
+        bootstraps = [[f"10.{(i + 1) % sites + 1}.0.2:{gateway_dht_port}"] for i in range(sites)]
     nodes = [qe.make_node(ns, f"s{i}", "", state) for i, ns in enumerate(spokes)]
     codes = {}
     if by_invite:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -17,6 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 RUN_DIR = Path("/run/quicether-lab")
+# `ip netns exec NS` mounts each file of /etc/netns/NS over its namesake in /etc: every namespace gets a
+# hosts file of its own (a copy of the host's), which the nodes in it write their members' names to.
+NETNS_ETC = Path("/etc/netns")
 # Commands in a namespace that take longer than this are hung, not slow (ip/tc/nft answer in milliseconds).
 COMMAND_TIMEOUT_S = 30.0
 
@@ -61,6 +65,9 @@ def destroy_tagged(tag: str) -> None:
         if ns.startswith(f"{tag}-"):
             _kill_namespace_processes(ns)
             run(["ip", "netns", "del", ns], check=False)
+    if NETNS_ETC.is_dir():
+        for etc in NETNS_ETC.glob(f"{tag}-*"):
+            shutil.rmtree(etc, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
         (RUN_DIR / tag).unlink()
 
@@ -90,6 +97,11 @@ class Namespace:
 
     def __repr__(self) -> str:
         return f"Namespace({self.netns})"
+
+    @property
+    def hosts_file(self) -> Path:
+        """This namespace's /etc/hosts (as its processes see it), from outside."""
+        return NETNS_ETC / self.netns / "hosts"
 
     def argv(self, args: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *args]
@@ -136,6 +148,9 @@ class Lab:
         ns = Namespace(self, name)
         run(["ip", "netns", "add", ns.netns])
         self.namespaces[name] = ns
+        etc = NETNS_ETC / ns.netns
+        etc.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile("/etc/hosts", etc / "hosts")
         ns.ip("link", "set", "dev", "lo", "up")
         # Labs route asymmetrically on purpose (one WAN out, another back): strict reverse-path
         # filtering would drop that, and new namespaces don't all start with the same defaults.

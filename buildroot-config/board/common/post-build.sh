@@ -11,5 +11,7 @@ for unit in sshd.service systemd-networkd.service systemd-resolved.service; do
     fi
 done
 ln -sf /run/systemd/resolve/resolv.conf "$target/etc/resolv.conf"
+# The daemon writes the mesh members' names to the hosts file, in memory (usr/lib/tmpfiles.d/quicether.conf).
+ln -sf /run/quicether/hosts "$target/etc/hosts"
 # Host keys made at build time would be shared by every appliance: each makes its own on /data.
 rm -f "$target"/etc/ssh/ssh_host_*

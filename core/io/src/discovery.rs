@@ -10,7 +10,17 @@
 //! 5. it has not expired (give or take the clock tolerance).
 //!
 //! Traffic is bounded: at most `MAX_LOOKUPS_IN_FLIGHT` lookups at once, publishes at most one per
-//! `MIN_PUBLISH_INTERVAL`; in server mode, requests from others at most `SERVER_REQUESTS_PER_SEC`.
+//! `MIN_PUBLISH_INTERVAL`; in server mode, requests from others at most `SERVER_REQUESTS_PER_SEC` (one
+//! bucket for all of this node's DHT sockets).
+//!
+//! Serving on a node with several addresses (a multi-homed gateway): `mainline` answers from the one UDP
+//! socket it has, and a socket bound to no address answers from whatever address the route back picks,
+//! which the asker drops (it only takes an answer from the address it asked). So a server gets one DHT
+//! node bound to each of its addresses (`serve_on`, all on the configured port), each answering from the
+//! address it was asked at; they bootstrap from each other, so what is stored at one is found through any.
+//! This node's own publishes and lookups go through one more node, a read-only client on a free port and
+//! no address (it never answers anyone), bootstrapped from those: its record is stored at its own
+//! servers too, which matters when they are the only DHT there is.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -72,9 +82,13 @@ impl Counters {
 }
 
 pub struct DiscoveryConfig {
-    /// UDP port of the DHT node (0: any free port).
+    /// UDP port of the DHT node (0: any free port); with `serve_on`, of each serving node.
     pub port: u16,
+    /// The one node's address (none: every address); ignored with `serve_on`.
     pub bind: Option<Ipv4Addr>,
+    /// With `server`: this node's addresses, one serving DHT node bound to each (see the module comment).
+    /// Empty: one node, serving from `bind`.
+    pub serve_on: Vec<Ipv4Addr>,
     /// `None`: the public mainline bootstrap nodes; `Some(empty)`: none (the first node of a private DHT).
     pub bootstrap: Option<Vec<SocketAddrV4>>,
     /// Answer other nodes' requests (store and route). Off, the node only asks: a router behind NAT or
@@ -144,41 +158,74 @@ struct Shared {
 
 pub struct Discovery {
     dht: AsyncDht,
+    /// The nodes serving on each of `serve_on`'s addresses (empty: `dht` serves, if `server`).
+    servers: Vec<AsyncDht>,
     shared: Arc<Shared>,
     pub local_addr: SocketAddrV4,
+    /// Where this node answers other DHT nodes ("ip:port"; empty when it does not serve).
+    pub serving: Vec<SocketAddrV4>,
     runtime: tokio::runtime::Runtime,
+}
+
+/// One `mainline` node: `bootstrap` as `DiscoveryConfig::bootstrap`, plus `extra` (this node's own servers).
+fn build_node(
+    port: u16,
+    bind: Option<Ipv4Addr>,
+    bootstrap: &Option<Vec<SocketAddrV4>>,
+    extra: &[SocketAddrV4],
+    filter: &ServerFilter,
+) -> std::io::Result<AsyncDht> {
+    let mut b = Dht::builder();
+    b.port(port);
+    if let Some(ip) = bind {
+        b.bind_address(ip);
+    }
+    match bootstrap {
+        Some(list) if list.is_empty() && extra.is_empty() => b.no_bootstrap(),
+        Some(list) => b.bootstrap(&[&list[..], extra].concat()),
+        None => b.extra_bootstrap(extra),
+    };
+    b.server_settings(ServerSettings { filter: Box::new(filter.clone()), ..Default::default() });
+    if filter.serve {
+        b.server_mode();
+    }
+    Ok(b.build()?.as_async())
 }
 
 impl Discovery {
     pub fn start(cfg: DiscoveryConfig) -> std::io::Result<Self> {
-        let mut b = Dht::builder();
-        b.port(cfg.port);
-        if let Some(ip) = cfg.bind {
-            b.bind_address(ip);
-        }
-        match &cfg.bootstrap {
-            Some(list) if list.is_empty() => b.no_bootstrap(),
-            Some(list) => b.bootstrap(list),
-            None => &mut b,
+        let filter = ServerFilter {
+            serve: cfg.server,
+            bucket: Arc::new(Mutex::new((SERVER_REQUESTS_PER_SEC as f64, Instant::now()))),
         };
-        b.server_settings(ServerSettings {
-            filter: Box::new(ServerFilter {
-                serve: cfg.server,
-                bucket: Arc::new(Mutex::new((SERVER_REQUESTS_PER_SEC as f64, Instant::now()))),
-            }),
-            ..Default::default()
-        });
-        if cfg.server {
-            b.server_mode();
-        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("qe-discovery")
             .enable_time()
             .build()?;
-        let dht = b.build()?.as_async();
+        let mut servers: Vec<AsyncDht> = Vec::new();
+        let mut serving: Vec<SocketAddrV4> = Vec::new();
+        let dht = if cfg.server && !cfg.serve_on.is_empty() {
+            if cfg.port == 0 {
+                return Err(std::io::Error::other("serving the DHT on several addresses needs a fixed port"));
+            }
+            for ip in &cfg.serve_on {
+                let node = build_node(cfg.port, Some(*ip), &cfg.bootstrap, &serving, &filter)?;
+                serving.push(runtime.block_on(node.info()).local_addr());
+                servers.push(node);
+            }
+            let client = ServerFilter { serve: false, ..filter };
+            build_node(0, None, &cfg.bootstrap, &serving, &client)?
+        } else {
+            let node = build_node(cfg.port, cfg.bind, &cfg.bootstrap, &[], &filter)?;
+            if cfg.server {
+                serving.push(runtime.block_on(node.info()).local_addr());
+            }
+            node
+        };
         let local_addr = runtime.block_on(dht.info()).local_addr();
-        Ok(Self { dht, shared: Arc::new(Shared::new(cfg.seed, &cfg.network_key)), local_addr, runtime })
+        let shared = Arc::new(Shared::new(cfg.seed, &cfg.network_key));
+        Ok(Self { dht, servers, shared, local_addr, serving, runtime })
     }
 
     pub fn node_key(&self) -> [u8; 32] {
@@ -371,13 +418,14 @@ impl Shared {
 
 impl Drop for Discovery {
     fn drop(&mut self) {
-        // Tasks still waiting on a query's outcome go first, then the DHT actor (dropping its handle ends
-        // its thread and closes the socket).
+        // Tasks still waiting on a query's outcome go first, then the DHT actors (dropping a handle ends
+        // its thread and closes its socket).
         let runtime = std::mem::replace(
             &mut self.runtime,
             tokio::runtime::Builder::new_current_thread().build().expect("an empty runtime"),
         );
         runtime.shutdown_background();
+        self.servers.clear();
     }
 }
 

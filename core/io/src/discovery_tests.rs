@@ -1,4 +1,4 @@
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use mainline::Testnet;
 use quicether_proto::record::{Endpoint, EndpointKind};
@@ -102,6 +102,7 @@ fn member(testnet: &Testnet, seed: [u8; 32], network: [u8; 32]) -> Discovery {
     Discovery::start(DiscoveryConfig {
         port: 0,
         bind: Some(Ipv4Addr::LOCALHOST),
+        serve_on: vec![],
         bootstrap: Some(bootstrap),
         server: false,
         seed,
@@ -149,4 +150,58 @@ fn late_items_after_an_answer_count_refusals_but_not_stale_copies() {
     let c = count(&reader);
     assert_eq!((c["replay"], c["non_member"], c["expired"]), (1, 1, 0));
     assert_eq!(reader.last_seq.lock().unwrap()[&key], 25);
+}
+
+/// A member of `NET` whose only bootstrap is `bootstrap`, asking from `bind`.
+fn member_via(bind: Ipv4Addr, bootstrap: SocketAddrV4, seed: [u8; 32]) -> Discovery {
+    Discovery::start(DiscoveryConfig {
+        port: 0,
+        bind: Some(bind),
+        serve_on: vec![],
+        bootstrap: Some(vec![bootstrap]),
+        server: false,
+        seed,
+        network_key: NET,
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_server_on_two_addresses_answers_on_each_and_members_find_each_other_through_either() {
+    // The only DHT there is: one server with two addresses (loopback has them all), no bootstrap.
+    let addrs = [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)];
+    let mut server = None;
+    for port in 46_100..46_200 {
+        // A fixed port is needed; take a free one (tests run in parallel).
+        let cfg = DiscoveryConfig {
+            port,
+            bind: None,
+            serve_on: addrs.to_vec(),
+            bootstrap: Some(vec![]),
+            server: true,
+            seed: [5; 32],
+            network_key: NET,
+        };
+        if let Ok(s) = Discovery::start(cfg) {
+            server = Some(s);
+            break;
+        }
+    }
+    let server = server.expect("a free port for the server");
+    let port = server.serving[0].port();
+    assert_eq!(server.serving, vec![SocketAddrV4::new(addrs[0], port), SocketAddrV4::new(addrs[1], port)]);
+    assert_ne!(server.local_addr.port(), port, "its own client node is apart from the servers");
+    // Each member knows only one of the server's addresses, and asks from an address of its own.
+    let a = member_via(Ipv4Addr::new(127, 0, 0, 3), server.serving[0], [1; 32]);
+    let b = member_via(Ipv4Addr::new(127, 0, 0, 4), server.serving[1], [2; 32]);
+    let expires = crate::unix_time().as_secs() + 600;
+    let (seq_a, stored) = a.publish(&record(expires)).unwrap();
+    assert!(stored > 0);
+    let (seq_b, _) = b.publish(&record(expires + 1)).unwrap();
+    assert_eq!(b.lookup(&a.node_key(), Duration::from_secs(10)).unwrap().unwrap().seq, seq_a);
+    assert_eq!(a.lookup(&b.node_key(), Duration::from_secs(10)).unwrap().unwrap().seq, seq_b);
+    // The server's own record is stored at its own serving nodes, and found through either address.
+    let (seq_s, _) = server.publish(&record(expires + 2)).unwrap();
+    assert_eq!(a.lookup(&server.node_key(), Duration::from_secs(10)).unwrap().unwrap().seq, seq_s);
+    assert_eq!(b.lookup(&server.node_key(), Duration::from_secs(10)).unwrap().unwrap().seq, seq_s);
 }

@@ -151,7 +151,7 @@ impl std::fmt::Display for PeerError {
 /// A running node. Dropping it (or `stop`) closes every connection, socket and the TUN device.
 pub struct Node {
     runtime: Option<tokio::runtime::Runtime>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     listener: quinn::Endpoint,
     /// What every handshake shows (replaced when the membership certificate is renewed).
     identity: Arc<tls::CurrentIdentity>,

@@ -62,6 +62,9 @@ pub struct RelayDesk {
     pub enabled: AtomicBool,
     /// Members that offered to relay for us.
     offers: Mutex<HashSet<[u8; 32]>>,
+    /// Per member: the relays its DHT record names (it is connected to them); kept for the members in the
+    /// peer table only, at most `record::MAX_RELAYS` each.
+    named: Mutex<HashMap<[u8; 32], Vec<[u8; 32]>>>,
     limiter: Mutex<Limiter>,
     plan: Mutex<DialPlan>,
     pub stats: Mutex<RelayStats>,
@@ -216,6 +219,28 @@ pub fn offered(shared: &Arc<Shared>, peer: &Arc<Peer>, relays: bool) {
     }
 }
 
+impl crate::node::Node {
+    /// The relays to name in our DHT record: members that offered to relay for us and that we have a
+    /// path to (so a member that reaches one reaches us through it), the fastest `record::MAX_RELAYS`.
+    pub fn record_relays(&self) -> Vec<[u8; 32]> {
+        let shared = &self.shared;
+        let offers: Vec<[u8; 32]> = shared.relay.offers.lock().unwrap().iter().copied().collect();
+        let ours: Vec<([u8; 32], u64)> =
+            offers.iter().filter_map(|k| path_to(shared, k).map(|p| (*k, p.conn.rtt().as_micros() as u64))).collect();
+        wire::record_relays(&ours, quicether_proto::record::MAX_RELAYS)
+    }
+
+    /// The relays member `key`'s DHT record names (verified and opened by discovery): a relayed dial to
+    /// it goes through one of them when we have a path to one. Ignored for a key not in the peer table.
+    pub fn set_named_relays(&self, key: &[u8; 32], relays: &[[u8; 32]]) {
+        if self.shared.peer(key).is_none() {
+            return;
+        }
+        let relays = relays.iter().take(quicether_proto::record::MAX_RELAYS).copied().collect();
+        self.shared.relay.named.lock().unwrap().insert(*key, relays);
+    }
+}
+
 /// The endpoint through relay `via`, made on first use. Call within the runtime.
 fn client(shared: &Arc<Shared>, via: &[u8; 32]) -> Option<Arc<RelayClient>> {
     let mut clients = shared.relay.clients.lock().unwrap();
@@ -282,16 +307,18 @@ pub async fn initiator(shared: Arc<Shared>) {
         } else {
             shared.relay.offers.lock().unwrap().iter().copied().collect()
         };
-        let relays: Vec<([u8; 32], Duration)> =
-            offers.iter().filter_map(|k| path_to(&shared, k).map(|p| (*k, p.conn.rtt()))).collect();
+        let relays: Vec<([u8; 32], u64)> =
+            offers.iter().filter_map(|k| path_to(&shared, k).map(|p| (*k, p.conn.rtt().as_micros() as u64))).collect();
         shared.relay.plan.lock().unwrap().retain(|k| peers.iter().any(|p| p.key == *k));
+        shared.relay.named.lock().unwrap().retain(|k, _| peers.iter().any(|p| p.key == *k));
         let symmetric = own_nat_symmetric(&shared);
         for target in peers {
             let wanted = !target.endpoints.read().unwrap().is_empty() && (try_any || is_member(&shared, &target.key));
             if !wanted {
                 continue;
             }
-            let Some(&(via, _)) = relays.iter().filter(|(k, _)| *k != target.key).min_by_key(|(_, rtt)| *rtt) else {
+            let named = shared.relay.named.lock().unwrap().get(&target.key).cloned().unwrap_or_default();
+            let Some(via) = wire::choose_relay(&target.key, &relays, &named) else {
                 continue;
             };
             let has_path = !target.paths.read().unwrap().is_empty();

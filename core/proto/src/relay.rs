@@ -257,6 +257,26 @@ impl DialPlan {
     }
 }
 
+/// The relay to dial member `target` through: among `ours` (the relays that offered to relay for us and
+/// that we have a path to, with its RTT), one that `named` lists (the relays `target`'s DHT record says it
+/// can be reached through: it is connected to them), else any (it may be connected to it all the same);
+/// the lowest RTT first. Never `target` itself.
+pub fn choose_relay(target: &[u8; 32], ours: &[([u8; 32], u64)], named: &[[u8; 32]]) -> Option<[u8; 32]> {
+    let usable = || ours.iter().filter(|(k, _)| k != target);
+    let best = |it: &mut dyn Iterator<Item = &([u8; 32], u64)>| it.min_by_key(|(_, rtt)| *rtt).map(|(k, _)| *k);
+    best(&mut usable().filter(|(k, _)| named.contains(k))).or_else(|| best(&mut usable()))
+}
+
+/// The relays to name in our DHT record (`record::MAX_RELAYS` at most): those of `ours` (offered, path up)
+/// with the lowest RTT, in key order so an unchanged set publishes nothing new.
+pub fn record_relays(ours: &[([u8; 32], u64)], max: usize) -> Vec<[u8; 32]> {
+    let mut by_rtt = ours.to_vec();
+    by_rtt.sort_by_key(|(k, rtt)| (*rtt, *k));
+    let mut keys: Vec<[u8; 32]> = by_rtt.into_iter().take(max).map(|(k, _)| k).collect();
+    keys.sort();
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +363,27 @@ mod tests {
         assert!(plan.handle_tick(&B, false, true, 7));
         plan.retain(|k| *k != B);
         assert!(plan.wanted.is_empty());
+    }
+
+    #[test]
+    fn a_relay_the_member_names_is_chosen_over_a_faster_one_it_does_not() {
+        let (r1, r2, r3) = ([11; 32], [12; 32], [13; 32]);
+        let ours = [(r1, 5_000), (r2, 40_000)];
+        // B's record names r2 (and r3, which we have no path to): r2, though r1 is faster.
+        assert_eq!(choose_relay(&B, &ours, &[r3, r2]), Some(r2));
+        // Names none of ours: the fastest of ours, as without a record.
+        assert_eq!(choose_relay(&B, &ours, &[r3]), Some(r1));
+        assert_eq!(choose_relay(&B, &ours, &[]), Some(r1));
+        // Never the target itself, named or not; none at all without a relay.
+        assert_eq!(choose_relay(&r1, &ours, &[r1]), Some(r2));
+        assert_eq!(choose_relay(&B, &[], &[r1]), None);
+    }
+
+    #[test]
+    fn the_record_names_the_fastest_relays_in_a_stable_order() {
+        let ours = [([9; 32], 30), ([1; 32], 20), ([5; 32], 10)];
+        assert_eq!(record_relays(&ours, 2), vec![[1; 32], [5; 32]]);
+        assert_eq!(record_relays(&ours, 4), vec![[1; 32], [5; 32], [9; 32]]);
+        assert!(record_relays(&[], 4).is_empty());
     }
 }

@@ -85,7 +85,8 @@ impl Discovery {
 #[pymethods]
 impl Discovery {
     #[new]
-    #[pyo3(signature = (port, bootstrap, server, seed, network_key, *, bind=None))]
+    #[pyo3(signature = (port, bootstrap, server, seed, network_key, *, bind=None, serve_on=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         port: u16,
@@ -94,6 +95,7 @@ impl Discovery {
         seed: &[u8],
         network_key: &[u8],
         bind: Option<&str>,
+        serve_on: Option<Vec<String>>,
     ) -> PyResult<Self> {
         let bootstrap = bootstrap
             .map(|list| {
@@ -111,9 +113,18 @@ impl Discovery {
                 b.parse::<Ipv4Addr>().map_err(|_| PyValueError::new_err(format!("bind: not an IPv4 address: {b:?}")))
             })
             .transpose()?;
+        let serve_on = serve_on
+            .unwrap_or_default()
+            .iter()
+            .map(|a| {
+                a.parse::<Ipv4Addr>()
+                    .map_err(|_| PyValueError::new_err(format!("serve_on: not an IPv4 address: {a:?}")))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
         let cfg = DiscoveryConfig {
             port,
             bind,
+            serve_on,
             bootstrap,
             server,
             seed: key32("seed", seed)?,
@@ -158,6 +169,12 @@ impl Discovery {
     /// The DHT node's UDP address, "ip:port".
     fn local_addr(&self) -> PyResult<String> {
         Ok(self.get()?.local_addr.to_string())
+    }
+
+    /// Where this node answers other DHT nodes, "ip:port" each (one per address of `serve_on`); [] when it
+    /// does not serve.
+    fn serving(&self) -> PyResult<Vec<String>> {
+        Ok(self.get()?.serving.iter().map(|a| a.to_string()).collect())
     }
 
     /// This member's node key (the BEP 44 signer).

@@ -314,6 +314,20 @@ impl Node {
         })
     }
 
+    /// The relays to name in our DHT record (node keys): members that offered to relay for us and that we
+    /// have a path to, the fastest 4.
+    fn record_relays<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        Ok(self.with(|n| n.record_relays())?.iter().map(|k| PyBytes::new(py, k)).collect())
+    }
+
+    /// The relays member `key`'s DHT record names: a relayed dial to it goes through one of them when we
+    /// have a path to one (else through any relay, as without a record).
+    fn set_named_relays(&self, key: &[u8], relays: Vec<Vec<u8>>) -> PyResult<()> {
+        let key = key32("node key", key)?;
+        let relays = relays.iter().map(|r| key32("relay key", r)).collect::<PyResult<Vec<_>>>()?;
+        self.with(|n| n.set_named_relays(&key, &relays))
+    }
+
     /// (incoming handshakes answered with a Retry under load, dropped beyond the limit in flight).
     fn handshake_load(&self) -> PyResult<(u64, u64)> {
         self.with(|n| n.handshake_load())
