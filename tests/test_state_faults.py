@@ -8,6 +8,7 @@ system) is refused with the reason; the old file and the running config stay, an
 from __future__ import annotations
 
 import contextlib
+import html
 import subprocess
 import sys
 import time
@@ -21,8 +22,9 @@ from quicether.daemon import api
 from quicether.identity import encode_node_id, load
 from tests.lab import Lab
 from tests.lab import nodes as qe
-from tests.lab.measure import ping
+from tests.lab.measure import ping, wait_for
 from tests.lab.netns import LabError
+from tests.lab.sites import curl
 
 NET = "home"
 
@@ -239,3 +241,29 @@ def test_a_read_only_state_dir_at_start_is_an_error_naming_it(lab: Lab, tmp_path
     assert "Traceback" not in text, text
     # What it had set up before it failed is gone (the TUN device, with it its routes).
     assert a.tun not in a.ns.ip("-o", "link", "show").stdout
+
+
+def test_a_damaged_web_ui_password_record_is_said_on_the_login_page_and_in_the_log(lab: Lab, tmp_path: Path
+                                                                                   ) -> None:
+    router, host = lab.add_namespace("r"), lab.add_namespace("h")
+    lab.veth(router, "lan", host, "eth0")
+    host.ip("addr", "add", "192.168.50.10/24", "dev", "eth0")
+    node = qe.make_node(router, "r", "10.99.0.1/24", tmp_path)
+    node.sections["lan"] = {"device": "lan", "address": "192.168.50.1/24", "dhcp": False, "dns": False}
+    ui_dir = node.state_dir / "webui"
+    ui_dir.mkdir(mode=0o700)
+    record = ui_dir / "webui-admin.json"
+    record.write_text('{"algorithm": "scrypt", "n": 16384, "r": 8, "p": 1, "salt": "5f2a')  # cut short
+    damaged = record.read_bytes()
+    qe.start(node)
+    try:
+        wait_for(lambda: curl(host, "http://192.168.50.1/healthz", timeout=1) is not None, timeout=20)
+        page = curl(host, "http://192.168.50.1/login") or ""
+        problem = f"The admin password record {record} is not a password record (JSONDecodeError"
+        assert problem in html.unescape(page) and "nobody can log in" in page, page
+        log = qe.read_log(node)
+        assert f"quicether-webui: ERROR {problem}" in log and "Traceback" not in log, log
+        # Kept as it was (not replaced by a new password nor set aside): only its owner decides.
+        assert record.read_bytes() == damaged
+    finally:
+        assert qe.stop(node) == 0
