@@ -14,16 +14,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from quicether import network
+from quicether import network, setup_code
 from quicether.daemon import api
 from quicether.identity import encode_node_id, load
 from tests.lab import Lab
 from tests.lab import nodes as qe
 from tests.lab.measure import ping, wait_for
-from tests.lab.netns import LabError
+from tests.lab.netns import LabError, Namespace
 from tests.lab.sites import curl
 
 NET = "home"
@@ -243,15 +244,21 @@ def test_a_read_only_state_dir_at_start_is_an_error_naming_it(lab: Lab, tmp_path
     assert a.tun not in a.ns.ip("-o", "link", "show").stdout
 
 
-def test_a_damaged_web_ui_password_record_is_said_on_the_login_page_and_in_the_log(lab: Lab, tmp_path: Path
-                                                                                   ) -> None:
+def _router(lab: Lab, tmp_path: Path, **lan: Any) -> tuple[qe.NodeSpec, Namespace]:
+    """A node with a LAN (so the daemon runs its web UI there) and a host on that LAN."""
     router, host = lab.add_namespace("r"), lab.add_namespace("h")
     lab.veth(router, "lan", host, "eth0")
     host.ip("addr", "add", "192.168.50.10/24", "dev", "eth0")
     node = qe.make_node(router, "r", "10.99.0.1/24", tmp_path)
-    node.sections["lan"] = {"device": "lan", "address": "192.168.50.1/24", "dhcp": False, "dns": False}
+    node.sections["lan"] = {"device": "lan", "address": "192.168.50.1/24", **lan}
+    (node.state_dir / "webui").mkdir(mode=0o700)
+    return node, host
+
+
+def test_a_damaged_web_ui_password_record_is_said_on_the_login_page_and_in_the_log(lab: Lab, tmp_path: Path
+                                                                                   ) -> None:
+    node, host = _router(lab, tmp_path, dhcp=False, dns=False)
     ui_dir = node.state_dir / "webui"
-    ui_dir.mkdir(mode=0o700)
     record = ui_dir / "webui-admin.json"
     record.write_text('{"algorithm": "scrypt", "n": 16384, "r": 8, "p": 1, "salt": "5f2a')  # cut short
     damaged = record.read_bytes()
@@ -265,5 +272,33 @@ def test_a_damaged_web_ui_password_record_is_said_on_the_login_page_and_in_the_l
         assert f"quicether-webui: ERROR {problem}" in log and "Traceback" not in log, log
         # Kept as it was (not replaced by a new password nor set aside): only its owner decides.
         assert record.read_bytes() == damaged
+    finally:
+        assert qe.stop(node) == 0
+
+
+def test_a_damaged_setup_code_sessions_file_and_lease_file_are_named_and_the_router_runs(
+        lab: Lab, tmp_path: Path) -> None:
+    node, host = _router(lab, tmp_path)
+    code_file = node.state_dir / "webui" / setup_code.CODE_FILE
+    code_file.write_text('{"code": "K7QD-')  # cut short
+    sessions_file = node.state_dir / "webui" / setup_code.SESSIONS_FILE
+    sessions_file.write_bytes(b"\x00\xff garbage")
+    qe.start(node)
+    try:
+        wait_for(lambda: curl(host, "http://192.168.50.1/healthz", timeout=1) is not None, timeout=20)
+        # The code no one could have matched is replaced, and the one `quicether setup-code` prints opens
+        # the wizard (before, the wizard refused every code for good).
+        printed = node.ns.run(sys.executable, "-m", "quicether", "setup-code", "--state-dir",
+                              str(node.state_dir)).stdout.strip()
+        assert setup_code.matches(node.state_dir, printed), printed
+        # dnsmasq's lease file with a damaged line: the status (the dashboard polls it) still answers.
+        (node.state_dir / "dhcp.leases").write_text("garbage line here x\n1700000000 aa:bb:cc:dd:ee:ff "
+                                                    "192.168.50.99 laptop *\n")
+        status = node.status()
+        assert status["ok"] and [lease["hostname"] for lease in status["router"]["lan"]["leases"]] == ["laptop"], status
+        log = qe.read_log(node)
+        assert f"the setup code in {code_file} is damaged: replaced by a new one" in log, log
+        assert f"stored sessions {sessions_file} cannot be read (UnicodeDecodeError" in log, log
+        assert "Traceback" not in log, log
     finally:
         assert qe.stop(node) == 0
