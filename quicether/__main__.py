@@ -89,8 +89,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
             config = daemon.reload_with
     except (ConfigError, IdentityError, LinkError, FirewallError) as exc:
         return _fail(str(exc))
-    except OSError as exc:  # from the core (its message names the address or device) or the API socket
-        return _fail(exc.strerror or str(exc))
+    except OSError as exc:  # from the core (its message names the address or device), the API socket, a file
+        return _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror or str(exc))
     return 0
 
 

@@ -73,10 +73,19 @@ def load(path: Path) -> Identity:
         raise IdentityError(f"no node key at {path}; create one with `quicether keygen`") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise IdentityError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); run chmod 600 {path}")
+    # A damaged key is never replaced here: a new one is a new identity that no peer or certificate knows.
+    restore = "restore it from a backup (a new key would be a new identity, unknown to the peers)"
     try:
-        seed = base64.b64decode(path.read_bytes().strip(), validate=True)
-    except binascii.Error:
-        raise IdentityError(f"{path} is not a QuicEther key (expected base64)") from None
+        text = path.read_bytes().strip()
+    except OSError as exc:
+        raise IdentityError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    if not text:
+        raise IdentityError(f"{path} is empty (truncated?): {restore}")
+    try:
+        seed = base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise IdentityError(f"{path} is damaged: not a QuicEther key (expected base64: {exc}); {restore}"
+                            ) from None
     if len(seed) != 32:
-        raise IdentityError(f"{path} holds {len(seed)} bytes, expected a 32-byte Ed25519 seed")
+        raise IdentityError(f"{path} holds {len(seed)} bytes, expected a 32-byte Ed25519 seed (truncated?); {restore}")
     return Identity(seed=seed, public_key=_core.public_key_of_seed(seed))

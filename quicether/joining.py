@@ -181,6 +181,7 @@ class Admissions:
         self.config = config
         self.joined = 0
         self.refused = 0
+        self._damage_said: str | None = None  # the ledger's damage, logged once (not on every recheck)
 
     def network(self) -> network.Network | None:
         """The network of [network] if this node holds its key (is its admin), else None."""
@@ -188,10 +189,25 @@ class Admissions:
         if net is None:
             return None
         try:
-            return network.holding_key(self.config.state_dir, net.network_key)
+            found = network.holding_key(self.config.state_dir, net.network_key)
         except network.NetworkError as exc:
-            log.error("invites: %s", exc)
+            if str(exc) != self._damage_said:
+                log.error("invites: %s; this node admits no members until it is restored", exc)
+                self._damage_said = str(exc)
             return None
+        self._damage_said = None
+        return found
+
+    def check(self) -> None:
+        """At start, on the admin node: a network key that cannot be used is said at once (it is needed only
+        when a member joins or a certificate is due, which may be days away)."""
+        net = self.network()
+        if net is None:
+            return
+        try:
+            network.check_key(net)
+        except network.NetworkError as exc:
+            log.error("%s: this node cannot admit members nor renew certificates until it is restored", exc)
 
     def refresh(self) -> int:
         """Tells the core the invite keys to accept (after `quicether invite`, and as invites expire)."""

@@ -150,20 +150,23 @@ def create(state_dir: Path, name: str, admin: Identity, *, overlay: str = DEFAUL
 
 def load(state_dir: Path, name: str) -> Network:
     directory = _directory(state_dir, name)
+    reading = directory / "network.json"
     try:
-        meta = json.loads((directory / "network.json").read_text())
-        ledger = json.loads((directory / "members.json").read_text())
+        meta = json.loads(reading.read_text())
         network = Network(name=meta["name"], key=meta["key"], overlay=meta["overlay"],
-                          created_at=int(meta["created_at"]), directory=directory,
-                          members=[Member(**m) for m in ledger["members"]],
-                          revocations=list(ledger["revocations"]))
+                          created_at=int(meta["created_at"]), directory=directory)
         decode_node_id(network.key)
+        reading = directory / "members.json"
+        ledger = json.loads(reading.read_text())
+        network.members = [Member(**m) for m in ledger["members"]]
+        network.revocations = list(ledger["revocations"])
     except FileNotFoundError:
         known = ", ".join(n.name for n in list_networks(state_dir)) or "none"
         raise NetworkError(f"no network {name!r} on this node (networks here: {known}); create it with"
                            f" `quicether network create {name}`") from None
     except (ValueError, KeyError, TypeError, IdentityError) as exc:
-        raise NetworkError(f"network {name!r} in {directory} is damaged: {exc}") from None
+        # The file at fault: a truncated ledger is fixed from a backup, not by recreating the network.
+        raise NetworkError(f"network {name!r}: {reading} is damaged ({type(exc).__name__}: {exc})") from None
     return network
 
 
@@ -183,6 +186,11 @@ def _seed(network: Network) -> bytes:
     if key.public_key != network.public_key:
         raise NetworkError(f"{path} is not the key of network {network.name!r}")
     return key.seed
+
+
+def check_key(network: Network) -> None:
+    """NetworkError naming the file if the network's key cannot be used (missing, damaged, another's)."""
+    _seed(network)
 
 
 def _save_network(network: Network) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import os
 import pwd
 import secrets
@@ -33,6 +34,8 @@ import tempfile
 from pathlib import Path
 
 from quicether import atomic
+
+log = logging.getLogger("quicether")
 
 UI_DIR = "webui"
 UI_USER = "quicether-web"
@@ -225,9 +228,17 @@ def ensure(state_dir: Path, copies: tuple[Path, ...] = ()) -> str | None:
         consume(state_dir)
         return None
     record = _read_record(state_dir)
+    path = _code_path(state_dir)
+    if record is None and os.path.lexists(path):
+        # Damaged (cut short, garbled): no code could ever match it, and the wizard would be locked for
+        # good. A code is no identity, only a one-time secret for this directory's owner: make a new one.
+        log.warning("the setup code in %s is damaged: replaced by a new one (`quicether setup-code` prints it)",
+                    path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
     if record is None:
         record = {"code": new_code()}
-        if not _create_private(_code_path(state_dir), json.dumps(record)):
+        if not _create_private(path, json.dumps(record)):
             record = _read_record(state_dir) or record  # another process made one first: use that one
     code = str(record["code"])
     if copies:

@@ -23,6 +23,7 @@ from quicether import setup_code
 from quicether.config import load
 from quicether.identity import encode_node_id
 from quicether.invite import Invite
+from tests import webui_fixtures
 from tests.test_metrics import samples_of
 from tests.webui_fixtures import (
     PASSWORD,
@@ -453,6 +454,22 @@ def test_the_applying_page_says_when_the_daemon_refuses(client: FlaskClient, dae
     page = post_form(client, "/setup/connect", {"invite": "", "mode": "aggregate"}).get_data(as_text=True)
     assert "Settings saved, not applied" in page and "refused to reload: q.toml: lan.device: eth9" in page
     assert 'id="waiting"' not in page
+
+
+def test_the_applying_page_says_not_saved_when_the_daemon_cannot_write_the_config(
+        client: FlaskClient, daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_up(client)
+    before = daemon.config.read_bytes() if daemon.config.exists() else None
+
+    def disk_full(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(webui_fixtures, "write_private", disk_full)
+    assert ports_step(client).status_code == 302
+    page = post_form(client, "/setup/connect", {"invite": "", "mode": "aggregate"}).get_data(as_text=True)
+    # Not "Saved, but the daemon refused to reload" (the wording before issue 15): nothing was written.
+    assert "Settings not saved" in page and "No space left on device; the previous config is kept" in page, page
+    assert (daemon.config.read_bytes() if daemon.config.exists() else None) == before
 
 
 def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: FakeDaemon) -> None:

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from quicether import setup_code
 from quicether.atomic import write_private
 from quicether.config import ConfigError, parse
-from quicether.daemon.api import ApiServer
+from quicether.daemon.api import ApiServer, Refused
 from quicether.identity import KEY_FILE_NAME
 from quicether.identity import load as load_identity
 from webui import create_app, wizard
@@ -92,7 +92,11 @@ class FakeDaemon:
             parse(text, self.config)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
-        write_private(self.config, text)
+        try:
+            write_private(self.config, text)
+        except OSError as exc:  # as the daemon answers (Daemon.apply_config): nothing changed
+            raise Refused(f"cannot save {self.config}: {exc.strerror}; the previous config is kept and still"
+                          " applies", saved=False) from None
         if self.reload_error:
             raise ValueError(self.reload_error)
         return self.reload_answer

@@ -59,6 +59,8 @@ def create_app(config_path: Path, state_dir: Path, overrides: dict[str, Any] | N
     auth.init_app(app)
     for blueprint in (auth.bp, wizard.bp, dashboard.bp, settings.bp):
         app.register_blueprint(blueprint)
+    if (problem := auth.password_record_problem(Path(state_dir))) is not None:
+        log.error("%s", problem)
     if setup_code.ensure(Path(state_dir)) is not None:
         # Never the code itself: logs travel further than the owner's eyes.
         log.warning("no admin password yet: the setup wizard asks for the setup code (`quicether setup-code` "

@@ -80,13 +80,50 @@ def set_password(password: str) -> None:
     _session_store().revoke_all()
 
 
+def _read_record(path: Path) -> dict[str, Any]:
+    """The stored password record, checked field by field (ValueError saying what is wrong)."""
+    try:
+        record = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSON, or not UTF-8
+        raise ValueError(f"is not a password record ({type(exc).__name__}: {exc})") from None
+    if not isinstance(record, dict):
+        raise ValueError("is not a password record (not a JSON object)")
+    for name in ("n", "r", "p"):
+        if not isinstance(record.get(name), int) or record[name] < 1:
+            raise ValueError(f"is damaged: scrypt parameter {name!r} missing or not a positive whole number")
+    for name in ("salt", "hash"):
+        value = record.get(name)
+        try:
+            bytes.fromhex(value if isinstance(value, str) else "?")
+        except ValueError:
+            raise ValueError(f"is damaged: its {name} is missing or not hexadecimal") from None
+    return record
+
+
+def password_record_problem(state_dir: Path) -> str | None:
+    """Why the admin password record cannot be used (naming the file and what to do), or None if it can or
+    does not exist yet. A damaged record locks everyone out: it must be said, never taken as 'wrong
+    password' nor silently replaced (that would hand the router to whoever reaches the wizard first)."""
+    path = setup_code.ui_dir(state_dir) / PASSWORD_FILE
+    if not path.exists():
+        return None
+    try:
+        _read_record(path)
+    except ValueError as exc:
+        return (f"The admin password record {path} {exc}: nobody can log in. Restore it from a backup, or "
+                "delete it and run `quicether setup-code` to set a new password with the setup wizard.")
+    return None
+
+
 def check_password(password: str) -> bool:
     try:
-        record = json.loads(_password_path().read_text())
+        record = _read_record(_password_path())
         digest = hashlib.scrypt(password.encode(), salt=bytes.fromhex(record["salt"]), n=record["n"],
                                 r=record["r"], p=record["p"])
         return hmac.compare_digest(digest.hex(), record["hash"])
-    except (OSError, ValueError, KeyError):
+    except (ValueError, MemoryError):  # MemoryError: scrypt parameters beyond its memory limit
         return False
 
 
@@ -190,7 +227,9 @@ def init_app(app: Flask) -> None:
 def login() -> Any:
     if not is_set_up():
         return redirect(url_for("wizard.password"))
-    error = None
+    error = password_record_problem(_state_dir())
+    if error is not None:  # no password can be right: say why instead of "Wrong password."
+        return render_template("login.html", error=error, title="Log in"), 503
     status = 200
     if request.method == "POST":
         password = request.form.get("password", "")

@@ -114,6 +114,8 @@ def save_and_reload(doc: Document) -> tuple[Config, Applied]:
     except DaemonDown as exc:
         return config, Applied(f"Not saved: {exc}. Nothing was changed; try again when it runs.", ok=False,
                                saved=False)
+    if answer.get("saved") is False:  # disk full, read-only: the file and the running config are the old ones
+        return config, Applied(f"Not saved: {answer.get('error')}.", ok=False, saved=False)
     if not answer.get("ok"):
         return config, Applied(f"Saved, but the daemon refused to reload: {answer.get('error')}", ok=False)
     if answer.get("reloading", True):  # a daemon without diff reloads answers {"ok": true} and restarts

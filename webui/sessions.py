@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import threading
 import time
@@ -30,6 +31,7 @@ from werkzeug.datastructures import CallbackDict
 
 from quicether import atomic, setup_code
 
+log = logging.getLogger("quicether-webui")
 SESSIONS_FILE = setup_code.SESSIONS_FILE
 IDLE_LIFETIME_S = 30 * 60.0
 ABSOLUTE_LIFETIME_S = 12 * 3600.0
@@ -86,7 +88,11 @@ class SessionStore:
     def _load(self) -> None:
         try:
             stored = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:  # the next save replaces it
+            log.warning("stored sessions %s cannot be read (%s: %s): starting without them (the admin logs in"
+                        " again)", self.path, type(exc).__name__, exc)
             return
         for digest, item in stored.items() if isinstance(stored, dict) else []:
             try:

@@ -12,7 +12,8 @@ MAX_REQUEST_BYTES; the answer is one JSON line.
     {"cmd": "config"} → {"ok": true, "text": "<the config file>", "path": "<where it is>"}
     {"cmd": "apply_config", "text": "<TOML>"} → the text is checked like the file (a bad one changes nothing:
                         {"ok": false, "error": "<file>: <field>: ..."}), written in place of the config file and
-                        applied as "reload" does, with its answer
+                        applied as "reload" does, with its answer; a file that cannot be written (disk full,
+                        read-only) answers {"ok": false, "saved": false, "error": "..."} and nothing changes
 Unknown commands answer {"ok": false, "error": "..."}.
 
 Who may ask: the socket is 0660 with the group quicether-web (0600 where that group does not exist), and
@@ -40,6 +41,16 @@ Answer = dict[str, Any] | Awaitable[dict[str, Any]]
 # A handler takes no argument, or the request (the JSON object, "cmd" included).
 Handler = Callable[[], Answer] | Callable[[dict[str, Any]], Answer]
 log = logging.getLogger("quicether")
+
+
+class Refused(ValueError):
+    """A handler refusing a request, with more fields for the answer than the error (e.g. "saved": false)."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
 REQUEST_TIMEOUT_S = 5.0
 # A reload waits for what it changes (a web UI or dnsmasq restart takes seconds on a small board).
 COMMAND_TIMEOUTS_S = {"reload": 30.0, "apply_config": 30.0}
@@ -101,6 +112,8 @@ class ApiServer:
         try:
             self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
                                                            limit=MAX_REQUEST_BYTES)
+        except OSError as exc:  # bind's error names no file: a read-only or missing state directory
+            raise OSError(exc.errno, f"cannot create the API socket {self.path}: {exc.strerror or exc}") from None
         finally:
             os.umask(old_umask)
         gid = _group_id()
@@ -134,7 +147,7 @@ class ApiServer:
             result = handler(request) if cmd in self._with_request else handler()  # type: ignore[call-arg]
             return {"ok": True, **(await result if inspect.isawaitable(result) else result)}
         except ValueError as exc:  # a handler refusing the request (e.g. reload with a bad config)
-            return {"ok": False, "error": str(exc)}
+            return {"ok": False, "error": str(exc), **(exc.fields if isinstance(exc, Refused) else {})}
         except Exception as exc:  # noqa: BLE001 - a failing handler still answers (and is logged)
             log.exception("API command %s failed", cmd)
             return {"ok": False, "error": f"{cmd} failed: {exc}"}
@@ -174,8 +187,12 @@ class ApiServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a state directory gone read-only: the next start replaces the stale socket
+            log.warning("cannot remove the API socket %s: %s", self.path, exc.strerror or exc)
 
 
 def _answers(path: Path) -> bool:

@@ -61,10 +61,12 @@ def leases(state_dir: Path) -> list[dict[str, Any]]:
     """Current DHCP leases: expiry (unix time), mac, ip, hostname ("" if the client gave none)."""
     path = state_dir / "dhcp.leases"
     found = []
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, ValueError):  # ValueError: not UTF-8
         for line in path.read_text().splitlines():
             fields = line.split()
-            if len(fields) >= 4:
+            # A damaged line is skipped (dnsmasq writes the file anew with the next lease): the status
+            # answer, and the dashboard polling it, must not fail over it.
+            if len(fields) >= 4 and fields[0].isdigit():
                 found.append({"expiry": int(fields[0]), "mac": fields[1], "ip": fields[2],
                               "hostname": "" if fields[3] == "*" else fields[3]})
     return found

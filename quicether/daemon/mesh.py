@@ -296,7 +296,7 @@ def _date(unix_s: int) -> str:
 def _load_revocations(path: Path, net: NetworkConfig) -> list[bytes]:
     """Revocations kept from earlier runs; one that is damaged or of another network is skipped (and said)."""
     try:
-        lines = path.read_text().split()
+        lines = path.read_bytes().split()  # bytes: a line of garbage is skipped below, not a decoding error
     except FileNotFoundError:
         return []
     except OSError as exc:
@@ -315,7 +315,8 @@ def _load_revocations(path: Path, net: NetworkConfig) -> list[bytes]:
 
 
 def _load_cache(path: Path) -> list[tuple[bytes, list[str]]]:
-    """The peer cache's entries; a damaged file is set aside (and said), not fatal: the DHT finds them too."""
+    """The peer cache's entries; a damaged file is set aside as <name>.damaged (and said), not fatal: the
+    DHT and the configured peers find the members too, and the next write makes a new cache."""
     try:
         raw = json.loads(path.read_text())
         entries = [(base64.b64decode(e["certificate"], validate=True),
@@ -323,6 +324,13 @@ def _load_cache(path: Path) -> list[tuple[bytes, list[str]]]:
     except FileNotFoundError:
         return []
     except (OSError, ValueError, TypeError, KeyError, binascii.Error) as exc:
-        log.warning("peer cache %s is damaged (%s): starting without it", path, exc)
+        aside = path.with_name(path.name + ".damaged")
+        try:
+            path.replace(aside)
+            kept = f"set aside as {aside}"
+        except OSError as move_exc:
+            kept = f"left in place ({move_exc.strerror or move_exc})"
+        log.warning("peer cache %s is damaged (%s: %s): %s, starting without it", path, type(exc).__name__, exc,
+                    kept)
         return []
     return entries

@@ -23,7 +23,7 @@ from quicether.atomic import write_private
 from quicether.config import Config, ConfigError, load, parse, relays
 from quicether.daemon import events as core_events
 from quicether.daemon import names, reload
-from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer
+from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer, Refused
 from quicether.daemon.eventlog import EventLog
 from quicether.daemon.finder import Finder
 from quicether.daemon.lan_finder import LanFinder
@@ -290,7 +290,15 @@ class Daemon:
             # The caller is the unprivileged web UI: a state dir it chose would hand it root's key, API
             # socket and pid files. Only root, editing the file itself, moves it.
             raise ValueError(f"{self.config.path}: node.state_dir: cannot be changed through the web UI")
-        await asyncio.to_thread(write_private, self.config.path, text)
+        try:
+            await asyncio.to_thread(write_private, self.config.path, text)
+        except OSError as exc:
+            # Disk full, a read-only file system: write_private left the old file whole, and the running
+            # config is the old one, so nothing changed; say so rather than a traceback and "failed".
+            message = (f"cannot save {self.config.path}: {exc.strerror or exc}; the previous config is kept"
+                       " and still applies")
+            log.error("%s", message)
+            raise Refused(message, saved=False) from None
         log.info("%s replaced through the API", self.config.path)
         return await self.request_reload()
 
@@ -432,6 +440,7 @@ class Daemon:
             # The network first: a path to a configured peer that comes up before it would not exchange news.
             # On the network's admin node, the ledger's revocations hold from the start too.
             self.admissions = Admissions(self.node, self.config)
+            self.admissions.check()
             self.mesh = Mesh(self.node, self.peers, self.config, self._peer_label)
             self.mesh.ledger_revocations = self.admissions.revocations()
             self.mesh.apply(self.config)

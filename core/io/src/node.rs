@@ -601,7 +601,8 @@ impl Node {
     }
 
     /// Removes the admitted members whose certificate no longer qualifies now (expired, revoked, another
-    /// network); returns their keys. The daemon calls it now and then, as certificates expire.
+    /// network; not "not yet valid": that is our clock stepping back, `admitted_certificate_holds`);
+    /// returns their keys. The daemon calls it now and then, as certificates expire.
     pub fn recheck_members(&self) -> Vec<[u8; 32]> {
         let now = crate::unix_time().as_secs();
         let members: Vec<Arc<Peer>> =
@@ -613,7 +614,7 @@ impl Node {
             let qualifies = [peer.member.as_deref(), renewal.as_deref()]
                 .into_iter()
                 .flatten()
-                .any(|data| tls::check_membership(&self.shared.trust, data, &peer.key, now).is_ok());
+                .any(|data| tls::membership_still_holds(&self.shared.trust, data, &peer.key, now).is_ok());
             if !qualifies && self.remove_peer(&peer.key) {
                 removed.push(peer.key);
             }

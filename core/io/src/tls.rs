@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use quicether_proto::certkey::{ed25519_key_of_cert, membership_extension_value, membership_of_cert, MEMBERSHIP_OID};
-use quicether_proto::membership::{read_certificate, Certificate, RevocationSet, MAX_CERTIFICATE_LEN};
+use quicether_proto::membership::{
+    admitted_certificate_holds, read_certificate, Certificate, RevocationSet, MAX_CERTIFICATE_LEN,
+};
 use quicether_proto::refusals::RefusalLimiter;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -247,6 +249,26 @@ pub fn check_membership(trust: &SharedTrust, data: &[u8], key: &[u8; 32], now: u
         return Err("this node is in no network".into());
     };
     let cert = read_certificate(data, &trust.network_key, now, &trust.revocations)
+        .map_err(|e| format!("membership certificate refused: {e}"))?;
+    if &cert.node != key {
+        return Err("membership certificate refused: issued to another node key".into());
+    }
+    Ok(cert)
+}
+
+/// `check_membership` for a member admitted earlier (the periodic recheck): a certificate "not yet valid"
+/// by our clock still holds, as our clock stepped back since (`admitted_certificate_holds`).
+pub fn membership_still_holds(
+    trust: &SharedTrust,
+    data: &[u8],
+    key: &[u8; 32],
+    now: u64,
+) -> Result<Certificate, String> {
+    let guard = trust.read().unwrap();
+    let Some(trust) = guard.as_ref() else {
+        return Err("this node is in no network".into());
+    };
+    let cert = admitted_certificate_holds(data, &trust.network_key, now, &trust.revocations)
         .map_err(|e| format!("membership certificate refused: {e}"))?;
     if &cert.node != key {
         return Err("membership certificate refused: issued to another node key".into());

@@ -307,6 +307,24 @@ pub fn read_certificate(
     Ok(cert)
 }
 
+/// Whether the certificate of a member admitted earlier still keeps it admitted at `now`: as
+/// `read_certificate`, except that one "not yet valid" by our clock still holds. It was valid by our clock
+/// when the member was admitted, so the clock has since stepped back (an NTP step on a board without an
+/// RTC): cutting the member off would break a working bond over a clock, not over its membership. Expiry,
+/// revocation, a bad signature or another network still end it; a new handshake is judged by
+/// `read_certificate` (refused while our clock says "not yet", accepted once it is right).
+pub fn admitted_certificate_holds(
+    data: &[u8],
+    network_key: &[u8; 32],
+    now: u64,
+    revocations: &RevocationSet,
+) -> Result<Certificate, Refused> {
+    match read_certificate(data, network_key, now, revocations) {
+        Err(Refused::NotYetValid) => read_certificate_at_any_time(data, network_key, revocations),
+        judged => judged,
+    }
+}
+
 /// `read_certificate` without the validity window: for a node checking its own certificate in its config
 /// (an expired one is renewed, not a reason to refuse the whole config).
 pub fn read_certificate_at_any_time(

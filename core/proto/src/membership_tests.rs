@@ -77,6 +77,22 @@ fn validity_window_has_a_clock_tolerance() {
 }
 
 #[test]
+fn an_admitted_member_outlives_a_backward_clock_step_not_its_expiry_or_revocation() {
+    let data = cert().issue(&NET_SEED).unwrap();
+    let c = cert();
+    let holds = |now: u64, revoked: &RevocationSet| admitted_certificate_holds(&data, &net_key(), now, revoked);
+    // Our clock stepped back a day after admitting it: a new handshake is refused, the admitted member stays.
+    let day_before = c.not_before - 86_400;
+    assert_eq!(read(&data, day_before), Err(Refused::NotYetValid));
+    assert_eq!(holds(day_before, &RevocationSet::default()).map(|h| h.name), Ok("site-a".to_string()));
+    assert_eq!(holds(c.not_after + CLOCK_TOLERANCE_S + 1, &RevocationSet::default()), Err(Refused::Expired));
+    let rev = Revocation { network: [0; 32], node: c.node, revoked_at: NOW, sequence: 1 }.issue(&NET_SEED);
+    let mut revoked = RevocationSet::default();
+    assert!(revoked.insert(read_revocation(&rev, &net_key()).unwrap()));
+    assert_eq!(holds(day_before, &revoked), Err(Refused::Revoked));
+}
+
+#[test]
 fn refuses_a_revoked_member() {
     let data = cert().issue(&NET_SEED).unwrap();
     let rev = Revocation { network: [0; 32], node: cert().node, revoked_at: NOW, sequence: 3 }.issue(&NET_SEED);
