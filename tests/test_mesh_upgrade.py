@@ -11,7 +11,9 @@ its direct path dies, both under a running iperf3 TCP flow that must neither res
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,11 @@ def test_a_relayed_pair_goes_direct_when_its_symmetric_nat_is_relaxed_without_br
     assert direct_moved > 2.0 * FLOW_MBIT * 1e6 / 8 / 2, f"the direct path does not carry the flow: {moved}"
     assert moved.get("relayed", 0) < direct_moved / 10, f"the relay still carries the flow: {moved}"
     assert kinds_after.get("relayed"), f"the relayed path did not stay as the fallback: {kinds_after}"
+    # `quicether status` shows, per peer, the punches towards it and, per WAN, the NAT type seen.
+    text = s0.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(s0.config_path)).stdout
+    peer_line = next(line for line in text.splitlines() if line.startswith("peer site-s1 "))
+    assert re.search(r"punch attempts [1-9]", peer_line), peer_line
+    assert re.search(r"wan \S+: NAT ", text), text
     for site in mesh.sites:
         qe.stop(site)
 

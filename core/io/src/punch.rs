@@ -159,6 +159,7 @@ pub async fn initiator(shared: Arc<Shared>) {
             let delay_ms = request_delay_ms(relay_path.conn.rtt().as_micros() as u64);
             let request = Message { kind: Kind::Request, key: target.key, delay_ms, candidates };
             shared.punch.stats.lock().unwrap().attempts += 1;
+            target.punch_attempts.fetch_add(1, Ordering::Relaxed);
             let relay_path = relay_path.clone();
             tokio::spawn(async move { send(&relay_path, &request).await });
             tokio::spawn(run_schedule(shared.clone(), target.key, endpoints, now + delay_ms as u64 * 1000));
@@ -221,6 +222,9 @@ fn answer(shared: &Arc<Shared>, msg: Message) {
         return shared.punch.refused();
     }
     shared.punch.stats.lock().unwrap().attempts += 1;
+    if let Some(peer) = shared.peer(&initiator) {
+        peer.punch_attempts.fetch_add(1, Ordering::Relaxed);
+    }
     tokio::spawn(run_schedule(shared.clone(), initiator, msg.candidates, now + msg.delay_ms as u64 * 1000));
 }
 
