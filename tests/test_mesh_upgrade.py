@@ -122,6 +122,8 @@ def test_a_relayed_pair_goes_direct_when_its_symmetric_nat_is_relaxed_without_br
     peer_line = next(line for line in text.splitlines() if line.startswith("peer site-s1 "))
     assert re.search(r"punch attempts [1-9]", peer_line), peer_line
     assert re.search(r"wan \S+: NAT ", text), text
+    metrics = s0.ns.run(sys.executable, "-m", "quicether", "status", "--metrics", "-c", str(s0.config_path)).stdout
+    assert re.search(r'^quicether_peer_punch_attempts_total\{[^}]*site-s1[^}]*\} [1-9]', metrics, re.M), metrics
     for site in mesh.sites:
         qe.stop(site)
 
