@@ -203,7 +203,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     _print_network(node)
     for p in answer["peers"]:
         rtt = f"{p['rtt_ms']:.2f} ms" if p["rtt_ms"] is not None else "-"
-        print(f"peer {p['name'] or '-'} {p['node_id']}  found {p.get('found', 'config')}")
+        punches = f"  punch attempts {p['punch_attempts']}" if p.get("punch_attempts") else ""
+        print(f"peer {p['name'] or '-'} {p['node_id']}  found {p.get('found', 'config')}{punches}")
         print(f"  {'connected' if p['connected'] else 'not connected'}  endpoint {p['endpoint'] or '-'}  rtt {rtt}"
               f"  last handshake {_format_age(p['last_handshake'])}")
         print(f"  rx {p['rx_bytes']} B / {p['rx_packets']} pkts  tx {p['tx_bytes']} B / {p['tx_packets']} pkts"

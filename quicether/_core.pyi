@@ -1,7 +1,8 @@
 """Type stub for the Rust extension `quicether._core` (built by maturin from core/py).
 
 `Node.peers()` returns one dict per peer: key (bytes), endpoint, connected, rtt_ms, last_handshake (unix s or
-None), tx/rx packets, bytes and dropped, retransmitted, reorder (dict of counters and timeout_ms) and paths,
+None), tx/rx packets, bytes and dropped, retransmitted, punch_attempts (punches towards it this node took part
+in, initiated or answered), reorder (dict of counters and timeout_ms) and paths,
 one dict per path:
 
     wan          str    the WAN to show: ours if we dialed the path, else the one the peer dialed from

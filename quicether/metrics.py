@@ -148,6 +148,7 @@ _PEER_COUNTERS: Iterable[tuple[str, str, str]] = (
     ("tx_dropped", "peer_send_dropped_packets_total", "Outbound packets dropped (no path, or every queue full)."),
     ("rx_dropped", "peer_receive_dropped_packets_total", "Inbound packets dropped."),
     ("retransmitted", "peer_resent_packets_total", "Packets resent on another path after a loss (NACK repair)."),
+    ("punch_attempts", "peer_punch_attempts_total", "Hole punches towards the peer (initiated or answered)."),
 )
 
 

@@ -90,6 +90,11 @@ class MeshLab:
     def connected(self, node: qe.NodeSpec) -> int:
         return len([p for p in node.status()["peers"] if p["connected"]])
 
+    def set_nat(self, site: int, nat: NatType) -> None:
+        """Changes the type of the NAT site `site` is behind, at run time (it must be behind one): flows
+        under way keep their mappings (see `apply_nat`)."""
+        apply_nat(self.hub.lab[f"n{site}"], nat, inside_host=f"172.16.{site + 1}.2", outside_if="wire")
+
 
 def join_by_invite(gateway: qe.NodeSpec, node: qe.NodeSpec, name: str) -> str:
     """`quicether invite` on the (running) gateway, `quicether join CODE` on `node` (which has only its

@@ -185,8 +185,13 @@ def _apply_nat(wan: Wan) -> None:
 
 
 def apply_nat(ns: Namespace, nat: NatType, *, inside_host: str, outside_if: str) -> None:
-    """Makes `ns` (a router with one inside host, `inside_host`) a NAT of type `nat` on `outside_if`."""
+    """Makes `ns` (a router with one inside host, `inside_host`) a NAT of type `nat` on `outside_if`,
+    replacing the NAT this function made there before (at run time too: one nft transaction, and the
+    kernel's conntrack entries stay, so flows under way keep the mappings they have, as on a home router
+    whose NAT settings are changed)."""
+    replace = "table ip labnat\ndelete table ip labnat\n"
     if nat is NatType.NONE:
+        ns.run("nft", "-f", "-", input=replace)
         return
     masquerade = "masquerade random" if nat is NatType.SYMMETRIC else "masquerade"
     inbound = ""
@@ -199,7 +204,7 @@ def apply_nat(ns: Namespace, nat: NatType, *, inside_host: str, outside_if: str)
     # conntrack state behind. (Without this rule the kernel keeps an entry for it, answers port
     # unreachable, and a later outbound packet of the inside host to that sender gets another outside
     # port: a peer's early punch packet would move the very mapping the punch is opening.)
-    ruleset = (
+    ruleset = replace + (
         "table ip labnat {\n"
         f" chain postrouting {{\n  type nat hook postrouting priority srcnat;\n"
         f'  oifname "{outside_if}" {masquerade}\n }}\n'

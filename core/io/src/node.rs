@@ -651,6 +651,7 @@ impl Node {
                     // Datagrams that were no frame are counted by the bond receiver, the rest here.
                     rx_dropped: c.rx_dropped.load(Ordering::Relaxed) + malformed,
                     retransmitted: c.retransmitted.load(Ordering::Relaxed),
+                    punch_attempts: p.punch_attempts.load(Ordering::Relaxed),
                     paths: paths
                         .iter()
                         .map(|x| {

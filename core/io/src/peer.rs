@@ -202,6 +202,8 @@ pub struct Peer {
     /// are in a handshake that may be waiting out a retransmission timer) dial again at once. A WAN that
     /// came back during a long backoff is then used as soon as it is needed, not seconds later.
     pub redial: Notify,
+    /// Punches towards this peer this node took part in, initiated or answered (`punch.rs`), for status.
+    pub punch_attempts: AtomicU64,
 }
 
 /// Why `Shared::add_path` did not add a path (its connection is closed).
@@ -252,6 +254,7 @@ impl Peer {
             last_handshake: Mutex::new(None),
             counters: Default::default(),
             redial: Notify::new(),
+            punch_attempts: AtomicU64::new(0),
             member: None,
             member_only: cfg.member_only,
         }

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use quicether_proto::path_rank::PathKind;
 use quicether_proto::punch::{
-    add_candidate, decode, encode, offer_delay_ms, request_delay_ms, Kind, Message, PunchBook, PunchStats, Schedule,
+    add_candidate, candidates_digest, decode, encode, offer_delay_ms, request_delay_ms, socket_candidates, Kind,
+    Message, PunchBook, PunchStats, Schedule,
 };
 
 use crate::connect::{send_hello, start_path, HELLO_TIMEOUT};
@@ -87,27 +88,38 @@ async fn send(path: &Path, msg: &Message) {
     }
 }
 
-/// Our candidates: each socket's address where it is bound to one, and the addresses our peers see
-/// each socket at (its NAT mappings), from their path hello answers.
+/// Our candidates, per socket (`punch::socket_candidates`): the addresses our peers see it at (its NAT
+/// mappings, from their path hello answers, oldest path first), the public ones with its own port (where
+/// a new flow's mapping most likely is), its address where it is bound to one; then any other address
+/// peers see us at.
 fn own_candidates(shared: &Shared) -> Vec<SocketAddr> {
-    let mut candidates = Vec::new();
+    let mut observed: Vec<(u64, String, SocketAddr)> = Vec::new();
     for peer in shared.table.read().unwrap().peers() {
         for path in peer.paths.read().unwrap().iter() {
             if let Some(public) = path.public {
-                add_candidate(&mut candidates, public);
+                observed.push((path.id, path.route.local_wan.clone(), public));
             }
         }
     }
+    observed.sort_by_key(|(id, _, _)| *id);
+    let mut candidates = Vec::new();
     for socket in shared.punch.sockets.read().unwrap().iter() {
-        if let (Some(ip), Ok(bound)) = (socket.local, socket.endpoint.local_addr()) {
-            add_candidate(&mut candidates, SocketAddr::new(ip, bound.port()));
+        let Ok(bound) = socket.endpoint.local_addr() else { continue };
+        let seen: Vec<SocketAddr> = observed.iter().filter(|(_, wan, _)| *wan == socket.wan).map(|o| o.2).collect();
+        let host = socket.local.map(|ip| SocketAddr::new(ip, bound.port()));
+        for c in socket_candidates(host, bound.port(), &seen) {
+            add_candidate(&mut candidates, c);
         }
+    }
+    for (_, _, public) in observed {
+        add_candidate(&mut candidates, public);
     }
     candidates
 }
 
-/// Runs for the life of the node: every member in the table that has endpoints but no path is punched
-/// towards through a member we are connected to (at most every `punch::RETRY_US` per target).
+/// Runs for the life of the node: every member in the table that has no direct path (none, or only
+/// relayed ones) and that we have endpoints of or a relayed path to is punched towards through a member we are connected to: every
+/// `punch::RETRY_US` per target, and at once when our candidates or its endpoints change.
 pub async fn initiator(shared: Arc<Shared>) {
     if crate::debug::punch_disabled() {
         return;
@@ -122,8 +134,14 @@ pub async fn initiator(shared: Arc<Shared>) {
             .filter(|(_, path)| !matches!(path.route.kind, PathKind::Relayed { .. }))
             .collect();
         for target in &peers {
+            if has_direct_path(target) || !is_member(&shared, &target.key) {
+                continue;
+            }
+            // A member we reach through a relay only is punched towards even when we know no endpoint of
+            // it (it dialed us through the relay, so we never looked it up): its side dials our
+            // candidates, which is what a NAT of ours that has become punchable needs.
             let endpoints = target.endpoints.read().unwrap().clone();
-            if endpoints.is_empty() || has_direct_path(target) || !is_member(&shared, &target.key) {
+            if endpoints.is_empty() && target.paths.read().unwrap().is_empty() {
                 continue;
             }
             // The relay with the lowest RTT: the offer reaches the target soonest.
@@ -133,13 +151,15 @@ pub async fn initiator(shared: Arc<Shared>) {
                 continue;
             };
             let now = shared.now_us();
-            if !shared.punch.book.lock().unwrap().initiate(&target.key, now) {
+            let candidates = own_candidates(&shared);
+            let digest = candidates_digest(&candidates, &endpoints);
+            if !shared.punch.book.lock().unwrap().initiate(&target.key, digest, now) {
                 continue;
             }
             let delay_ms = request_delay_ms(relay_path.conn.rtt().as_micros() as u64);
-            let request =
-                Message { kind: Kind::Request, key: target.key, delay_ms, candidates: own_candidates(&shared) };
+            let request = Message { kind: Kind::Request, key: target.key, delay_ms, candidates };
             shared.punch.stats.lock().unwrap().attempts += 1;
+            target.punch_attempts.fetch_add(1, Ordering::Relaxed);
             let relay_path = relay_path.clone();
             tokio::spawn(async move { send(&relay_path, &request).await });
             tokio::spawn(run_schedule(shared.clone(), target.key, endpoints, now + delay_ms as u64 * 1000));
@@ -202,6 +222,9 @@ fn answer(shared: &Arc<Shared>, msg: Message) {
         return shared.punch.refused();
     }
     shared.punch.stats.lock().unwrap().attempts += 1;
+    if let Some(peer) = shared.peer(&initiator) {
+        peer.punch_attempts.fetch_add(1, Ordering::Relaxed);
+    }
     tokio::spawn(run_schedule(shared.clone(), initiator, msg.candidates, now + msg.delay_ms as u64 * 1000));
 }
 

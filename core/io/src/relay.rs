@@ -9,7 +9,9 @@
 //! datagrams on our path to the relay. Each member reached through it gets a made-up address (quinn needs
 //! one per remote); the socket maps it back to the member's key. The connections on it are ordinary
 //! paths (handshake with key pinning and membership check, path hello, bond) of kind `Relayed { via }`,
-//! dialed by `initiator` when a member we want has had no path for a while.
+//! dialed by `initiator` when a member we want has had no path for a while, or only direct ones (then
+//! the relayed path is the fallback: it carries nothing while a direct one is up, and takes the traffic
+//! as soon as the direct ones are down for the health check).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -24,7 +26,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quicether_proto::nat::Mapping;
 use quicether_proto::path_rank::PathKind;
-use quicether_proto::relay::{self as wire, DialPlan, Direction, Limiter, RelayStats, Verdict};
+use quicether_proto::relay::{self as wire, DialPlan, Direction, Limiter, PathsToMember, RelayStats, Verdict};
 use quinn::udp::{RecvMeta, Transmit};
 use tokio::sync::mpsc;
 
@@ -295,8 +297,9 @@ fn own_nat_symmetric(shared: &Shared) -> bool {
     })
 }
 
-/// Runs for the life of the node: every member we want a path to (it has endpoints) and have had none to
-/// for a while (`DialPlan`) is dialed through the relay with the lowest RTT that offered to relay for us.
+/// Runs for the life of the node: every member we want a path to (it has endpoints) and have had no
+/// relayed path to for a while (`DialPlan`: none at all, or only direct ones, which it falls back from) is
+/// dialed through the relay with the lowest RTT that offered to relay for us.
 pub async fn initiator(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(INITIATOR_TICK).await;
@@ -321,8 +324,12 @@ pub async fn initiator(shared: Arc<Shared>) {
             let Some(via) = wire::choose_relay(&target.key, &relays, &named) else {
                 continue;
             };
-            let has_path = !target.paths.read().unwrap().is_empty();
-            if shared.relay.plan.lock().unwrap().handle_tick(&target.key, has_path, symmetric, shared.now_us()) {
+            let paths = {
+                let paths = target.paths.read().unwrap();
+                let relayed = |p: &Arc<Path>| matches!(p.route.kind, PathKind::Relayed { .. });
+                PathsToMember { direct: paths.iter().any(|p| !relayed(p)), relayed: paths.iter().any(relayed) }
+            };
+            if shared.relay.plan.lock().unwrap().handle_tick(&target.key, paths, symmetric, shared.now_us()) {
                 shared.relay.count(|s| s.dials += 1);
                 tokio::spawn(dial(shared.clone(), via, target.key));
             }

@@ -48,6 +48,8 @@ pub struct PeerStats {
     pub tx_dropped: u64,
     pub rx_dropped: u64,
     pub retransmitted: u64,
+    /// Punches towards the peer this node took part in (initiated or answered).
+    pub punch_attempts: u64,
     pub paths: Vec<PathStats>,
     pub reorder: ReorderStats,
     pub reorder_timeout: Duration,

@@ -44,8 +44,11 @@ pub const BASE_LEAD_MS: u64 = 100;
 /// handshakes give up with the idle timeout (3 s), and a start lost on the way is repaired.
 pub const ROUND_GAP_US: u64 = 3_000_000;
 pub const ROUNDS: u32 = 2;
-/// An initiator asks again for the same target at most this often while there is still no path: NAT
-/// mappings live ≥ 30 s, so a retry within that finds the side that answered still open.
+/// An initiator asks again for the same target at most this often while there is still no direct path
+/// (none at all, or only relayed ones: then a punch that works moves the pair off the relay): NAT mappings
+/// live ≥ 30 s, so a retry within that finds the side that answered still open. A change of either
+/// side's candidates is punched at once instead, though not sooner than `ANSWER_INTERVAL_US` after the
+/// last request (the target would not answer it).
 pub const RETRY_US: u64 = 10_000_000;
 /// A target answers offers from one initiator at most this often (each costs sockets × candidates dials).
 pub const ANSWER_INTERVAL_US: u64 = 2_000_000;
@@ -151,6 +154,45 @@ pub fn add_candidate(candidates: &mut Vec<SocketAddr>, addr: SocketAddr) {
     }
 }
 
+/// The candidates of one local socket, best first: the first address a peer saw it at, then each public
+/// address seen with the socket's own port (`port`), then its host address (`host`, if it is bound to
+/// one), then the other addresses peers saw.
+///
+/// Why the own port: what peers saw are the mappings of flows under way (our paths to them), and a NAT
+/// keeps a flow's mapping as long as the flow lasts, even after its own behaviour changed (a symmetric
+/// NAT relaxed to a cone one, or replaced): a new flow, which a punch is, gets a fresh mapping that none
+/// of them shows. NATs that map endpoint-independently mostly keep the inner port when it is free, so the
+/// public address with our own port is where that fresh mapping most likely is. It costs one dial per
+/// punch where it is wrong (a symmetric NAT drops it), and makes a relaxed NAT punchable at once.
+pub fn socket_candidates(host: Option<SocketAddr>, port: u16, observed: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    if let Some(&first) = observed.first() {
+        add_candidate(&mut out, first);
+    }
+    for seen in observed {
+        add_candidate(&mut out, SocketAddr::new(seen.ip(), port));
+    }
+    if let Some(host) = host {
+        add_candidate(&mut out, host);
+    }
+    for &seen in observed {
+        add_candidate(&mut out, seen);
+    }
+    out
+}
+
+/// A digest of a punch's two candidate sets (ours and the target's), in any order: a request is sent
+/// again at once when it changes (`PunchBook::initiate`).
+pub fn candidates_digest(ours: &[SocketAddr], theirs: &[SocketAddr]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let (mut ours, mut theirs) = (ours.to_vec(), theirs.to_vec());
+    ours.sort();
+    theirs.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (ours, theirs).hash(&mut hasher);
+    hasher.finish()
+}
+
 /// The lead an initiator gives (ms): twice its RTT to the relay (there and on to the target, taken as
 /// alike) plus `BASE_LEAD_MS`, capped.
 pub fn request_delay_ms(rtt_to_relay_us: u64) -> u16 {
@@ -224,11 +266,18 @@ struct Bucket {
     at_us: u64,
 }
 
+/// A request we sent: when, and for which candidates (`candidates_digest`).
+#[derive(Clone, Copy, Debug)]
+struct Initiated {
+    at_us: u64,
+    candidates: u64,
+}
+
 /// Who punched when, on one node: what it may initiate, answer and forward. Bounded memory.
 #[derive(Debug, Default)]
 pub struct PunchBook {
-    /// Targets we asked a relay for, when (initiator side).
-    initiated: HashMap<[u8; 32], u64>,
+    /// Targets we asked a relay for (initiator side).
+    initiated: HashMap<[u8; 32], Initiated>,
     /// Initiators whose offer we answered, when (target side).
     answered: HashMap<[u8; 32], u64>,
     /// Per requesting member: its forwarding budget (relay side).
@@ -250,10 +299,20 @@ fn due_again(map: &mut HashMap<[u8; 32], u64>, key: &[u8; 32], now_us: u64, inte
 }
 
 impl PunchBook {
-    /// Whether to ask a relay to punch towards `target` now (no request for it in the last `RETRY_US`);
-    /// records it if so.
-    pub fn initiate(&mut self, target: &[u8; 32], now_us: u64) -> bool {
-        due_again(&mut self.initiated, target, now_us, RETRY_US)
+    /// Whether to ask a relay to punch towards `target` now, with candidates whose digest is
+    /// `candidates`: no request for it in the last `RETRY_US`, or the candidates changed since the last
+    /// one and that is at least `ANSWER_INTERVAL_US` ago. Records it if so.
+    pub fn initiate(&mut self, target: &[u8; 32], candidates: u64, now_us: u64) -> bool {
+        if let Some(last) = self.initiated.get(target) {
+            let changed = last.candidates != candidates && now_us >= last.at_us + ANSWER_INTERVAL_US;
+            if now_us < last.at_us + RETRY_US && !changed {
+                return false;
+            }
+        } else {
+            bound(&mut self.initiated, |i| i.at_us);
+        }
+        self.initiated.insert(*target, Initiated { at_us: now_us, candidates });
+        true
     }
 
     /// Whether to answer an offer from `initiator` now (none answered in the last `ANSWER_INTERVAL_US`).
@@ -286,10 +345,10 @@ impl PunchBook {
     /// Whether we punched towards `key` (either side) recently enough that a path it accepts now is
     /// the punch's doing.
     pub fn punched_recently(&self, key: &[u8; 32], now_us: u64) -> bool {
-        [self.initiated.get(key), self.answered.get(key)]
+        [self.initiated.get(key).map(|i| i.at_us), self.answered.get(key).copied()]
             .into_iter()
             .flatten()
-            .any(|&at| now_us < at + PUNCHED_WINDOW_US)
+            .any(|at| now_us < at + PUNCHED_WINDOW_US)
     }
 }
 
@@ -411,16 +470,58 @@ mod tests {
     fn initiating_and_answering_are_paced_per_peer() {
         let mut book = PunchBook::default();
         let (a, b) = ([1; 32], [2; 32]);
-        assert!(book.initiate(&a, 0));
-        assert!(!book.initiate(&a, RETRY_US - 1));
-        assert!(book.initiate(&b, 1), "another target is not held back");
-        assert!(book.initiate(&a, RETRY_US));
+        assert!(book.initiate(&a, 1, 0));
+        assert!(!book.initiate(&a, 1, RETRY_US - 1));
+        assert!(book.initiate(&b, 1, 1), "another target is not held back");
+        assert!(book.initiate(&a, 1, RETRY_US));
         assert!(book.answer(&a, 0));
         assert!(!book.answer(&a, ANSWER_INTERVAL_US - 1));
         assert!(book.answer(&a, ANSWER_INTERVAL_US));
         assert!(book.punched_recently(&a, ANSWER_INTERVAL_US + PUNCHED_WINDOW_US - 1));
         assert!(!book.punched_recently(&a, RETRY_US + PUNCHED_WINDOW_US));
         assert!(!book.punched_recently(&[9; 32], 0));
+    }
+
+    #[test]
+    fn changed_candidates_are_punched_at_once_but_not_faster_than_the_target_answers() {
+        let mut book = PunchBook::default();
+        let a = [1; 32];
+        let before = candidates_digest(&[addr("203.0.113.9:41000")], &[addr("198.51.100.7:4433")]);
+        let after =
+            candidates_digest(&[addr("203.0.113.9:41000"), addr("203.0.113.9:4433")], &[addr("198.51.100.7:4433")]);
+        assert_ne!(before, after);
+        assert_eq!(
+            candidates_digest(&[addr("192.0.2.1:1"), addr("192.0.2.1:2")], &[]),
+            candidates_digest(&[addr("192.0.2.1:2"), addr("192.0.2.1:1")], &[]),
+            "the order does not matter"
+        );
+        assert_ne!(candidates_digest(&[addr("192.0.2.1:1")], &[]), candidates_digest(&[], &[addr("192.0.2.1:1")]));
+        assert!(book.initiate(&a, before, 0));
+        assert!(!book.initiate(&a, before, ANSWER_INTERVAL_US), "the same candidates wait for the timer");
+        assert!(!book.initiate(&a, after, ANSWER_INTERVAL_US - 1), "the target would not answer yet");
+        assert!(book.initiate(&a, after, ANSWER_INTERVAL_US));
+        assert!(!book.initiate(&a, after, 2 * ANSWER_INTERVAL_US));
+        assert!(book.initiate(&a, after, ANSWER_INTERVAL_US + RETRY_US), "and the timer goes on");
+    }
+
+    #[test]
+    fn a_socket_offers_its_public_address_with_its_own_port_for_a_fresh_mapping() {
+        let host = Some(addr("172.16.1.2:4433"));
+        // A symmetric NAT gave the flows to two peers ports of their own; since relaxed, a new flow would
+        // keep port 4433.
+        let seen = [addr("10.1.0.1:41000"), addr("10.1.0.1:52000")];
+        assert_eq!(
+            socket_candidates(host, 4433, &seen),
+            vec![addr("10.1.0.1:41000"), addr("10.1.0.1:4433"), addr("172.16.1.2:4433"), addr("10.1.0.1:52000")]
+        );
+        // A port-keeping NAT: the guess is the address seen, once.
+        assert_eq!(
+            socket_candidates(host, 4433, &[addr("10.1.0.1:4433")]),
+            vec![addr("10.1.0.1:4433"), addr("172.16.1.2:4433")]
+        );
+        assert_eq!(socket_candidates(None, 4433, &[]), Vec::<SocketAddr>::new());
+        let many: Vec<SocketAddr> = (1..=20).map(|i| SocketAddr::new([10, 1, 0, i].into(), 1000)).collect();
+        assert_eq!(socket_candidates(host, 4433, &many).len(), MAX_CANDIDATES);
     }
 
     #[test]
@@ -443,7 +544,7 @@ mod tests {
         for i in 0..(MAX_TRACKED + 10) as u64 {
             let mut key = [0; 32];
             key[..8].copy_from_slice(&i.to_be_bytes());
-            book.initiate(&key, i);
+            book.initiate(&key, 0, i);
             book.forward(&key, i);
         }
         assert!(book.initiated.len() <= MAX_TRACKED && book.relayed.len() <= MAX_TRACKED);

@@ -45,13 +45,19 @@ pub const MAX_TRACKED: usize = 1024;
 /// dial to a public endpoint answers within one RTT, and most punches land within a second of the
 /// request (`punch::BASE_LEAD_MS` plus the relay's RTT). Later than that, the relayed path carries the
 /// first packets (the goal: the first packet within 2 s) while punching goes on; it stays as the
-/// fallback. The cost of dialing early: a relayed path kept for a pair that would have punched a little
-/// later (keepalives through the relay, no data while a direct path is up).
+/// fallback (every pair gets one, see `FALLBACK_AFTER_US`: keepalives through the relay, no data while a
+/// direct path is up).
 pub const DIAL_AFTER_US: u64 = 1_000_000;
 /// Our own NAT maps per destination (symmetric): a punch needs luck; dial the relay at once, in parallel.
 pub const DIAL_AFTER_SYMMETRIC_US: u64 = 0;
 /// A relayed dial that failed is tried again after this long.
 pub const RETRY_US: u64 = 5_000_000;
+/// A member reached only by direct (or punched) paths gets a relayed one too, this long after: the
+/// fallback that takes the traffic when the direct paths die, within the health check's down time (a
+/// relayed dial only then would leave the flow without a path for the QUIC idle timeout, the dial plan's
+/// wait and a handshake through the relay: seconds). Not at once: a pair still punching or dialing its
+/// other WANs is usually direct on every one of them by then, and a relay is only asked for one path.
+pub const FALLBACK_AFTER_US: u64 = 2_000_000;
 
 /// Which way a RELAY datagram goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,20 +225,29 @@ impl Limiter {
     }
 }
 
+/// The paths we have to a member, as the dial plan needs to know them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathsToMember {
+    /// A path not through a relay (direct or punched).
+    pub direct: bool,
+    /// A path through a relay.
+    pub relayed: bool,
+}
+
 /// A member's decision of when to dial a member through a relay: once it has wanted a path to it and had
-/// none for `DIAL_AFTER_US` (at once if its own NAT is symmetric), then every `RETRY_US` while none is up.
+/// none for `DIAL_AFTER_US` (at once if its own NAT is symmetric), or had only direct ones for
+/// `FALLBACK_AFTER_US` (the fallback), then every `RETRY_US` while no relayed path is there.
 #[derive(Debug, Default)]
 pub struct DialPlan {
-    /// Per member: since when it has had no path (µs), and when we last dialed it through a relay.
+    /// Per member: since when it has had no relayed path (µs), and when we last dialed it through a relay.
     wanted: HashMap<[u8; 32], (u64, Option<u64>)>,
 }
 
 impl DialPlan {
-    /// Called on every tick for each member we want a path to. `has_path`: any path is up (direct,
-    /// punched or relayed: a relayed path stays as the fallback once a direct one exists, and none is
-    /// dialed while a direct one is up). True: dial it through a relay now.
-    pub fn handle_tick(&mut self, key: &[u8; 32], has_path: bool, own_symmetric: bool, now_us: u64) -> bool {
-        if has_path {
+    /// Called on every tick for each member we want a path to, with the paths we have to it. A relayed
+    /// path is kept once there, direct paths or not: it is the fallback. True: dial it through a relay now.
+    pub fn handle_tick(&mut self, key: &[u8; 32], paths: PathsToMember, own_symmetric: bool, now_us: u64) -> bool {
+        if paths.relayed {
             self.wanted.remove(key);
             return false;
         }
@@ -240,7 +255,11 @@ impl DialPlan {
             return false;
         }
         let (since, last) = self.wanted.entry(*key).or_insert((now_us, None));
-        let wait = if own_symmetric { DIAL_AFTER_SYMMETRIC_US } else { DIAL_AFTER_US };
+        let wait = match (paths.direct, own_symmetric) {
+            (true, _) => FALLBACK_AFTER_US,
+            (false, true) => DIAL_AFTER_SYMMETRIC_US,
+            (false, false) => DIAL_AFTER_US,
+        };
         let due = match last {
             None => now_us >= *since + wait,
             Some(at) => now_us >= *at + RETRY_US,
@@ -343,24 +362,45 @@ mod tests {
         limiter.forget(&[0; 32]);
     }
 
+    const NONE: PathsToMember = PathsToMember { direct: false, relayed: false };
+    const DIRECT: PathsToMember = PathsToMember { direct: true, relayed: false };
+    const RELAYED: PathsToMember = PathsToMember { direct: false, relayed: true };
+    const BOTH: PathsToMember = PathsToMember { direct: true, relayed: true };
+
     #[test]
     fn a_member_without_a_path_is_dialed_through_a_relay_after_a_wait_then_retried() {
         let mut plan = DialPlan::default();
-        assert!(!plan.handle_tick(&A, false, false, 0));
-        assert!(!plan.handle_tick(&A, false, false, DIAL_AFTER_US - 1));
-        assert!(plan.handle_tick(&A, false, false, DIAL_AFTER_US));
-        assert!(!plan.handle_tick(&A, false, false, DIAL_AFTER_US + 1), "one dial, not one per tick");
-        assert!(plan.handle_tick(&A, false, false, DIAL_AFTER_US + RETRY_US), "retried while none is up");
-        // A path came up: nothing more, and the wait starts over if it goes.
-        assert!(!plan.handle_tick(&A, true, false, 20_000_000));
-        assert!(!plan.handle_tick(&A, false, false, 21_000_000));
-        assert!(plan.handle_tick(&A, false, false, 21_000_000 + DIAL_AFTER_US));
+        assert!(!plan.handle_tick(&A, NONE, false, 0));
+        assert!(!plan.handle_tick(&A, NONE, false, DIAL_AFTER_US - 1));
+        assert!(plan.handle_tick(&A, NONE, false, DIAL_AFTER_US));
+        assert!(!plan.handle_tick(&A, NONE, false, DIAL_AFTER_US + 1), "one dial, not one per tick");
+        assert!(plan.handle_tick(&A, NONE, false, DIAL_AFTER_US + RETRY_US), "retried while none is up");
+        // A relayed path came up: nothing more, and the wait starts over if it goes.
+        assert!(!plan.handle_tick(&A, RELAYED, false, 20_000_000));
+        assert!(!plan.handle_tick(&A, NONE, false, 21_000_000));
+        assert!(plan.handle_tick(&A, NONE, false, 21_000_000 + DIAL_AFTER_US));
+    }
+
+    #[test]
+    fn a_member_reached_directly_gets_a_relayed_fallback_and_keeps_it() {
+        let mut plan = DialPlan::default();
+        assert!(!plan.handle_tick(&A, DIRECT, false, 0));
+        assert!(!plan.handle_tick(&A, DIRECT, false, FALLBACK_AFTER_US - 1), "the direct paths settle first");
+        assert!(plan.handle_tick(&A, DIRECT, false, FALLBACK_AFTER_US));
+        assert!(!plan.handle_tick(&A, DIRECT, false, FALLBACK_AFTER_US + 1), "one dial, not one per tick");
+        assert!(plan.handle_tick(&A, DIRECT, false, FALLBACK_AFTER_US + RETRY_US), "a failed dial is retried");
+        // Both up: the relayed path stays, nothing is dialed; once the direct ones go, nothing either.
+        assert!(!plan.handle_tick(&A, BOTH, false, 30_000_000));
+        assert!(!plan.handle_tick(&A, RELAYED, false, 31_000_000));
+        // A member that had no path and then got a direct one is dialed without waiting again.
+        assert!(!plan.handle_tick(&B, NONE, false, 0));
+        assert!(plan.handle_tick(&B, DIRECT, false, FALLBACK_AFTER_US));
     }
 
     #[test]
     fn behind_a_symmetric_nat_the_relay_is_dialed_at_once() {
         let mut plan = DialPlan::default();
-        assert!(plan.handle_tick(&B, false, true, 7));
+        assert!(plan.handle_tick(&B, NONE, true, 7));
         plan.retain(|k| *k != B);
         assert!(plan.wanted.is_empty());
     }

@@ -390,6 +390,7 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("tx_dropped", s.tx_dropped)?;
     d.set_item("rx_dropped", s.rx_dropped)?;
     d.set_item("retransmitted", s.retransmitted)?;
+    d.set_item("punch_attempts", s.punch_attempts)?;
     let r = PyDict::new(py);
     r.set_item("in_order", s.reorder.in_order)?;
     r.set_item("reordered", s.reorder.reordered)?;
