@@ -104,6 +104,8 @@ def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
         # The route kind the core reports: direct, punched, or relayed via another node.
         "paths": [{"wan": printable(x["wan"], MAX_NAME_CHARS), "up": x["up"], "remote": x["remote"],
                    "rtt_ms": x["rtt_ms"], "kind": _path_kind(x)} for x in p["paths"]],
+        # Hole punches towards this peer that this node took part in (initiated or answered).
+        "punch_attempts": int(p.get("punch_attempts") or 0),
     } for p in status.get("peers", [])]
     # Log lines may quote the network (a peer's close reason): one line each, whatever they hold.
     events = [{**e, "message": printable(e["message"])} for e in events]
@@ -114,6 +116,9 @@ def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
         "ok": True, "time": status.get("time", time.time()), "node": status.get("node", {}),
         "router": status.get("router"), "wans": wans, "peers": peers, "system": health_line(health) if health else "-",
         "network": _network_summary(status),
+        # This node's hole punching: attempts, punched paths up, requests forwarded for others, refused.
+        "punch": {k: int((status.get("node", {}).get("punch") or {}).get(k, 0))
+                  for k in ("attempts", "successes", "forwarded", "refused")},
         "total": {"tx_bps": sum(w["tx_bps"] for w in wans), "rx_bps": sum(w["rx_bps"] for w in wans)},
         "events": interesting[-30:], "log": events[-100:],
     }

@@ -116,8 +116,13 @@
     updateWans(summary.wans);
     summary.peers.forEach((peer) => {
       const row = peerRows.get(peer.key);
-      if (row) set(row, "connected", peer.connected ? "connected" : "not connected");
+      if (!row) return;
+      set(row, "connected", peer.connected ? "connected" : "not connected");
+      set(row, "punches", String(peer.punch_attempts));
     });
+    const p = summary.punch;
+    set(root, "punch", `Hole punching: ${p.attempts} attempt(s), ${p.successes} punched path(s) up, ` +
+      `${p.forwarded} forwarded for other members, ${p.refused} refused`);
     if (summary.router && summary.router.lan) set(root, "exit", summary.router.lan.exit_active ? "active" : "down");
     const events = document.getElementById("events");
     events.replaceChildren(...summary.events.slice().reverse().map((e) => {
