@@ -1,4 +1,4 @@
-"""Benchmark of the mesh (part 1): a gateway (the network's admin) and sites configured with only their
+"""Benchmark of the mesh (part 1; `--nat` runs part 2, the NAT matrix: scripts/bench_mesh_nat.py): a gateway (the network's admin) and sites configured with only their
 membership certificate and the gateway, on separate links, with a private DHT of 16 plain mainline nodes
 (tests/lab/mesh.py). For each size (members = the gateway and the sites) and run: the time from starting
 the first daemon until every member is connected to every other, and the DHT traffic of each site (every
@@ -54,6 +54,10 @@ def one_run(members: int, window_s: float, timeout_s: float) -> tuple[float | No
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--nat"]:
+        from scripts import bench_mesh_nat
+
+        return bench_mesh_nat.main(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, action="append", help="mesh sizes (default 4 and 16)")
     parser.add_argument("--runs", type=int, default=3, help="runs per size (default 3)")
