@@ -123,7 +123,7 @@ fn members_find_each_other_and_outsiders_find_nothing() {
     assert_eq!((found.seq, found.record), (seq, record(expires)));
     // Another network's salt puts the item elsewhere: an outsider does not even find a value to refuse.
     assert_eq!(outsider.lookup(&a.node_key(), Duration::from_secs(10)).unwrap(), None);
-    let c = outsider.counters().snapshot().into_iter().collect::<HashMap<_, _>>();
+    let c = outsider.counters().into_iter().collect::<HashMap<_, _>>();
     assert_eq!((c["not_found"], c["non_member"]), (1, 0));
     // A second publish has a newer sequence and replaces the first.
     let (seq2, _) = a.publish(&record(expires + 1)).unwrap();
@@ -149,4 +149,22 @@ fn late_items_after_an_answer_count_refusals_but_not_stale_copies() {
     let c = count(&reader);
     assert_eq!((c["replay"], c["non_member"], c["expired"]), (1, 1, 0));
     assert_eq!(reader.last_seq.lock().unwrap()[&key], 25);
+}
+
+#[test]
+fn a_node_restarted_on_its_fixed_port_gets_the_port_its_predecessor_lets_go() {
+    let config = |port| DiscoveryConfig {
+        port,
+        bind: Some(Ipv4Addr::LOCALHOST),
+        bootstrap: Some(vec![]),
+        server: true,
+        seed: [3; 32],
+        network_key: NET,
+    };
+    let first = Discovery::start(config(0)).unwrap();
+    let port = first.local_addr.port();
+    drop(first);
+    // At once, as the daemon does when its addresses change: the old actor still holds the port a moment.
+    let second = Discovery::start(config(port)).expect("the port, once the old node let it go");
+    assert_eq!(second.local_addr.port(), port);
 }
