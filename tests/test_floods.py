@@ -8,10 +8,12 @@ goodput and members' DHT answers, and its stores filled past their bounds leave 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
 
+from quicether import metrics
 from quicether.identity import decode_node_id
 from tests.lab import Lab, LinkSpec
 from tests.lab import nodes as qe
@@ -92,6 +94,10 @@ def test_floods_at_the_dht_port_leave_the_bond_and_the_members_answers_and_the_s
     refused = counters["server_refused_source_rate"] - counters_before["server_refused_source_rate"]
     assert refused > 1000, counters
     assert usage.peak_rss - rss_before < 30e6, f"the gateway grew {(usage.peak_rss - rss_before) / 1e6:.0f} MB"
+    # The refusals are in the metrics, by cause.
+    scraped = metrics.render(fl.mesh.gateway.status())
+    assert re.search(r'^quicether_dropped_total\{area="dht_server",cause="source_rate"\} (\d+)$', scraped, re.M)
+    assert int(re.findall(r'area="dht_server",cause="source_rate"\} (\d+)', scraped)[0]) >= refused
 
     # Its stores, driven past their bound: 8 addresses x 150 requests/s for 10 s (the total rate lets 200/s
     # through), three valid mutable items for each announce.
