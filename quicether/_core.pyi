@@ -186,7 +186,8 @@ class Discovery:
         checks, or None. OSError if 8 lookups stayed in flight for the whole timeout."""
     def counters(self) -> dict[str, int]:
         """published, publish_failed, lookups, found, not_found, busy; refusals: bad_signature, replay,
-        expired, non_member, malformed."""
+        expired, non_member, malformed; server mode: server_answered, server_refused_source_rate,
+        server_refused_total_rate, server_sources (source addresses tracked, at most 1024)."""
     def local_addr(self) -> str: ...
     def serving(self) -> list[str]:
         """Where this node answers other DHT nodes, "ip:port" each; [] when it does not serve."""

@@ -152,6 +152,59 @@ _PEER_COUNTERS: Iterable[tuple[str, str, str]] = (
 )
 
 
+# Every drop and refusal the daemon counts, as (area, cause) of `quicether_dropped_total`: where in the
+# status it is (node key, or a sub-dict and its key), and the cause label it gets.
+_NODE_DROPS: Iterable[tuple[str, str, str]] = (
+    ("no_route_drops", "tunnel", "no_route"),
+    ("refused_handshakes", "handshake", "key_not_allowed"),
+    ("handshakes_dropped", "handshake", "too_many_in_flight"),
+    ("api_refused_busy", "api", "busy"),
+)
+_DHT_DROPS: dict[str, tuple[str, str]] = {
+    "bad_signature": ("dht_record", "bad_signature"), "replay": ("dht_record", "replay"),
+    "expired": ("dht_record", "expired"), "non_member": ("dht_record", "non_member"),
+    "malformed": ("dht_record", "malformed"), "busy": ("dht_lookup", "busy"),
+    "server_refused_source_rate": ("dht_server", "source_rate"),
+    "server_refused_total_rate": ("dht_server", "total_rate"),
+}
+_PEER_DROPS: Iterable[tuple[str, str, str]] = (
+    ("tx_dropped", "bond_send", "no_path_or_queue_full"),
+    ("rx_dropped", "bond_receive", "unknown_frame"),
+)
+_REORDER_DROPS: Iterable[tuple[str, str]] = (("duplicates", "duplicate"), ("skipped", "gap_skipped"))
+_DROPPED_HELP = "Packets, requests and records dropped or refused, by where (area) and why (cause)."
+
+
+def _drops(out: _Exposition, status: dict[str, Any]) -> None:
+    node = status.get("node") or {}
+    for key, area, cause in _NODE_DROPS:
+        out.add("dropped_total", "counter", _DROPPED_HELP, node.get(key, 0), {"area": area, "cause": cause})
+    for key, value in (node.get("relay") or {}).items():
+        if key.startswith("dropped_"):
+            out.add("dropped_total", "counter", _DROPPED_HELP, value,
+                    {"area": "relay", "cause": key.removeprefix("dropped_")})
+    if "received_dropped" in (node.get("relay") or {}):
+        out.add("dropped_total", "counter", _DROPPED_HELP, node["relay"]["received_dropped"],
+                {"area": "relayed_receive", "cause": "non_member_or_queue_full"})
+    if "refused" in (node.get("punch") or {}):
+        out.add("dropped_total", "counter", _DROPPED_HELP, node["punch"]["refused"],
+                {"area": "punch", "cause": "refused"})
+    for key, value in ((node.get("dht") or {}).get("counters") or {}).items():
+        if key in _DHT_DROPS:
+            area, cause = _DHT_DROPS[key]
+            out.add("dropped_total", "counter", _DROPPED_HELP, value, {"area": area, "cause": cause})
+    for key, value in (node.get("lan_discovery") or {}).items():
+        if key != "resolved":
+            out.add("dropped_total", "counter", _DROPPED_HELP, value, {"area": "lan_discovery", "cause": key})
+    for peer in status.get("peers", []):
+        who = {"peer": peer.get("name") or peer.get("node_id", "")}
+        for key, area, cause in _PEER_DROPS:
+            out.add("dropped_total", "counter", _DROPPED_HELP, peer.get(key, 0), {**who, "area": area, "cause": cause})
+        for key, cause in _REORDER_DROPS:
+            out.add("dropped_total", "counter", _DROPPED_HELP, (peer.get("reorder") or {}).get(key, 0),
+                    {**who, "area": "reorder", "cause": cause})
+
+
 def render(status: dict[str, Any]) -> str:
     """The daemon's status (API `status`) as Prometheus text."""
     out = _Exposition()
@@ -181,6 +234,7 @@ def render(status: dict[str, Any]) -> str:
                     path.get("rx_bytes", 0), labels)
             for key, name, help_text in _PATH_GAUGES:
                 out.add(name, "gauge", help_text, path.get(key) or 0, labels)
+    _drops(out, status)
     health = status.get("health") or {}
     for core, load in enumerate(health.get("cpu_load", [])):
         out.add("cpu_load_ratio", "gauge", "Busy share of each CPU core since the previous reading.", load,

@@ -5,6 +5,11 @@ keys, one captured Initial replayed — during a download through the bond (iper
 mode the median goodput and its share of the no-flood goodput (the target: at least 80 %), the gateway
 daemon's CPU share and peak RSS during the flood, what the flooder sent, and the gateway's counters:
 handshakes refused, answered with a Retry, dropped, and the refusal lines its log gained.
+
+With --dht, the same at a mesh gateway's DHT port (tests/lab/floods.py: the gateway serves its network's
+DHT, site s0's link is 50 Mbit/s): no flood, garbage, bogus KRPC requests (dht-queries), each at --rate,
+during a download to s0; besides goodput, CPU and RSS: the share of a member's DHT requests answered and
+the requests the gateway refused for their source's rate.
 """
 
 from __future__ import annotations
@@ -24,10 +29,58 @@ from quicether.identity import decode_node_id  # noqa: E402
 from tests.lab import Lab  # noqa: E402
 from tests.lab import nodes as qe  # noqa: E402
 from tests.lab.bond import THREE_WANS, BondLab, build_bond_lab  # noqa: E402
+from tests.lab.dht import probe_dht  # noqa: E402
+from tests.lab.floods import DhtFloodLab, UsageSampler, build_dht_flood_lab, finish  # noqa: E402
 from tests.lab.measure import iperf, process_usage, start_iperf_server  # noqa: E402
 
 FLOODER = Path(__file__).resolve().parents[1] / "core" / "target" / "release" / "qe-flood"
 MODES = ["none", "garbage", "handshakes", "replay"]
+DHT_MODES = ["none", "garbage", "dht-queries"]
+
+
+def dht_round(fl: DhtFloodLab, mode: str, seconds: float, rate: int) -> dict[str, float]:
+    s0, s1 = fl.mesh.sites
+    refused_before = fl.dht_counters()["server_refused_source_rate"]
+    flood = fl.flood(mode, seconds + 2, rate) if mode != "none" else None
+    if flood is not None:
+        time.sleep(1)
+    probe: list[tuple[int, int]] = []
+    prober = threading.Thread(target=lambda: probe.append(probe_dht(s1.ns, fl.target, int(seconds * 10), 0.1)))
+    with UsageSampler(fl.gateway_pid) as usage:
+        prober.start()
+        result = iperf(s0.ns, fl.mesh.address(fl.mesh.gateway), seconds=seconds, streams=4, reverse=True)
+        prober.join()
+    if flood is not None:
+        finish(flood, 60)
+    sent, answered = probe[0]
+    return {"mbit": result.mbit_s, "cpu": usage.cpu_share, "rss_mb": usage.peak_rss / 1e6,
+            "answered": answered / sent, "refused": fl.dht_counters()["server_refused_source_rate"] - refused_before}
+
+
+def bench_dht(runs: int, seconds: float, rate: int) -> None:
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in DHT_MODES}
+    with tempfile.TemporaryDirectory(prefix="qe-bench-flood-") as tmp, Lab() as lab:
+        print("==> building the mesh lab: the gateway serves the DHT, an attacker on the hub", flush=True)
+        fl = build_dht_flood_lab(lab, Path(tmp))
+        server = start_iperf_server(fl.mesh.hub)
+        try:
+            for run in range(runs):
+                for mode in DHT_MODES:
+                    r = dht_round(fl, mode, seconds, rate)
+                    results[mode].append(r)
+                    print(f"run {run + 1} {mode:<12} {r['mbit']:6.1f} Mbit/s  gateway cpu {r['cpu'] * 100:4.0f} %"
+                          f"  rss {r['rss_mb']:5.1f} MB  member answered {r['answered'] * 100:3.0f} %", flush=True)
+        finally:
+            server.terminate()
+    base = statistics.median(r["mbit"] for r in results["none"])
+    print(f"\n{'DHT flood':<13}{'goodput':>9}{'kept':>7}{'gw cpu':>8}{'gw rss':>9}{'answered':>10}{'refused':>10}")
+    for mode in DHT_MODES:
+        rs = results[mode]
+        med = {k: statistics.median(r[k] for r in rs) for k in ("mbit", "cpu", "answered", "refused")}
+        print(f"{mode:<13}{med['mbit']:>6.1f} Mb{med['mbit'] / base * 100:>6.0f}%{med['cpu'] * 100:>7.0f}%"
+              f"{max(r['rss_mb'] for r in rs):>7.1f}MB{med['answered'] * 100:>9.0f}%{med['refused']:>10.0f}")
+    print(f"(medians of {runs} runs; answered: a member's DHT requests answered within 1 s; refused: requests"
+          " refused for their source's rate)")
 
 
 def counters(bond: BondLab) -> dict[str, int]:
@@ -81,9 +134,13 @@ def main() -> int:
                         help="garbage/replay datagrams per second (default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=32,
                         help="handshakes in flight from the attacker (default %(default)s)")
+    parser.add_argument("--dht", action="store_true", help="flood a mesh gateway's DHT port instead")
     args = parser.parse_args()
     if not FLOODER.exists():
         raise SystemExit(f"{FLOODER} not found: run scripts/setup (it builds core/labtools)")
+    if args.dht:
+        bench_dht(args.runs, args.seconds, args.rate)
+        return 0
     results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory(prefix="qe-bench-flood-") as tmp, Lab() as lab:
         print("==> building the three-WAN lab with an attacker on the internet", flush=True)

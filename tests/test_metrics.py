@@ -54,3 +54,36 @@ def test_render_gives_one_block_per_metric_and_escapes_labels() -> None:
     assert samples["quicether_daemon_open_fds"] >= 3
     assert f'quicether_cpu_load_ratio{{core="{(os.cpu_count() or 1) - 1}"}}' in samples
 
+
+
+def test_every_drop_counter_appears_with_its_cause() -> None:
+    status = copy.deepcopy(SAMPLE_STATUS)
+    node = status.setdefault("node", {})
+    node.update({"no_route_drops": 1, "refused_handshakes": 2, "handshakes_dropped": 3, "api_refused_busy": 4,
+                 "relay": {"forwarded_packets": 9, "dropped_rate": 5, "dropped_queue": 6, "received_dropped": 7},
+                 "punch": {"attempts": 1, "refused": 8},
+                 "dht": {"counters": {"found": 3, "replay": 10, "non_member": 11, "server_refused_source_rate": 12,
+                                      "server_refused_total_rate": 13, "server_answered": 99}},
+                 "lan_discovery": {"resolved": 2, "foreign_network": 14, "full": 15}})
+    peer = status["peers"][0]
+    peer.update({"tx_dropped": 16, "rx_dropped": 17})
+    peer.setdefault("reorder", {}).update({"duplicates": 18, "skipped": 19, "late": 20})
+    samples = samples_of(metrics.render(status))
+    drops = {name: value for name, value in samples.items() if name.startswith("quicether_dropped_total{")}
+    who = f'peer="{peer["name"] or peer["node_id"]}",'
+    for labels, value in [('area="tunnel",cause="no_route"', 1), ('area="handshake",cause="key_not_allowed"', 2),
+                          ('area="handshake",cause="too_many_in_flight"', 3), ('area="api",cause="busy"', 4),
+                          ('area="relay",cause="rate"', 5), ('area="relay",cause="queue"', 6),
+                          ('area="relayed_receive",cause="non_member_or_queue_full"', 7),
+                          ('area="punch",cause="refused"', 8), ('area="dht_record",cause="replay"', 10),
+                          ('area="dht_record",cause="non_member"', 11), ('area="dht_server",cause="source_rate"', 12),
+                          ('area="dht_server",cause="total_rate"', 13),
+                          ('area="lan_discovery",cause="foreign_network"', 14),
+                          ('area="lan_discovery",cause="full"', 15),
+                          (who + 'area="bond_send",cause="no_path_or_queue_full"', 16),
+                          (who + 'area="bond_receive",cause="unknown_frame"', 17),
+                          (who + 'area="reorder",cause="duplicate"', 18),
+                          (who + 'area="reorder",cause="gap_skipped"', 19)]:
+        assert drops.pop(f"quicether_dropped_total{{{labels}}}") == value, labels
+    # Nothing that is not a drop (forwarded, found, answered, resolved, late: delivered) is one.
+    assert not drops, drops

@@ -10,6 +10,9 @@ nodes, `get` with the item it was told to serve for that target (none: no value)
 what was put (so a test can replay it later). It runs as `python -m tests.lab.dht liar IP PORT` in the
 namespace and reads JSON lines: {"serve": target hex, "item": {"k", "sig", "v": hex, "seq": int}} or
 {"captured": public key hex} (answered with the items put under that key, salt included, oldest first).
+
+`probe_dht(ns, addr, count, interval)` asks a DHT node `count` times (a `get` each, as a member's lookup
+does) from `ns` and returns how many it answered: what a member sees of a node under a flood.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +104,46 @@ class LyingDhtNode:
         self.proc.stdin.flush()
         items: list[dict[str, Any]] = json.loads(_readline(self.proc.stdout, READY_TIMEOUT_S))
         return [{k: (bytes.fromhex(v) if isinstance(v, str) else v) for k, v in i.items()} for i in items]
+
+
+def probe_dht(ns: Namespace, addr: str, count: int, interval: float) -> tuple[int, int]:
+    """(sent, answered): `count` get requests to the DHT node at `addr`, one every `interval` s, from `ns`
+    (its default source address); an answer counts if it comes within a second of its request."""
+    proc = ns.popen([sys.executable, "-m", "tests.lab.dht", "probe", addr, str(count), str(interval)],
+                    stdout=subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[2]))
+    out, _ = proc.communicate(timeout=count * interval + 30)
+    if proc.returncode != 0:
+        raise LabError(f"DHT probe of {addr} failed ({proc.returncode})")
+    result = json.loads(out)
+    return int(result["sent"]), int(result["answered"])
+
+
+def _run_probe(addr: str, count: int, interval: float) -> None:
+    ip, port = addr.rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(0.05)
+    sent_at: dict[bytes, float] = {}
+    answered = 0
+    next_send = time.monotonic()
+    while len(sent_at) < count or (sent_at and time.monotonic() < max(sent_at.values()) + 1.0):
+        now = time.monotonic()
+        if len(sent_at) < count and now >= next_send:
+            tid = len(sent_at).to_bytes(4, "big")  # mainline takes 4-byte transaction ids only
+            query = {"t": tid, "y": "q", "q": "get", "a": {"id": secrets.token_bytes(20),
+                                                         "target": secrets.token_bytes(20)}}
+            sock.sendto(bencode(query), (ip, int(port)))
+            sent_at[tid] = now
+            next_send += interval
+        try:
+            data, _ = sock.recvfrom(4096)
+            msg, _ = bdecode(data)
+            tid = msg.get(b"t", b"")
+            if msg.get(b"y") == b"r" and tid in sent_at and time.monotonic() - sent_at[tid] <= 1.0:
+                answered += 1
+                sent_at[tid] = -1e9  # counted once
+        except (TimeoutError, ValueError, AttributeError):
+            pass
+    print(json.dumps({"sent": count, "answered": answered}), flush=True)
 
 
 # --- bencode, just what KRPC needs ---
@@ -199,5 +243,7 @@ def _run_liar(ip: str, port: int) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "liar":
         _run_liar(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) == 5 and sys.argv[1] == "probe":
+        _run_probe(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     else:
-        sys.exit("usage: python -m tests.lab.dht liar IP PORT")
+        sys.exit("usage: python -m tests.lab.dht liar IP PORT | probe IP:PORT COUNT INTERVAL_S")

@@ -112,7 +112,8 @@ def join_by_invite(gateway: qe.NodeSpec, node: qe.NodeSpec, name: str) -> str:
 def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
                    prepare: Callable[[Namespace], object] | None = None, by_invite: bool = False,
                    gateway_dht_port: int | None = None, nats: list[NatType] | None = None,
-                   outsiders: int = 0, relay_rate_mbit: float | None = None) -> MeshLab:
+                   outsiders: int = 0, relay_rate_mbit: float | None = None,
+                   prepare_hub: Callable[[Namespace], object] | None = None) -> MeshLab:
     """Starts the DHT, the gateway and `sites` sites (not waiting for them to connect); `prepare` is
     called with each site's namespace before any daemon starts. `by_invite`: each site starts with only
     what `quicether join` wrote from an invite code of the running gateway; else with a certificate issued
@@ -126,11 +127,15 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     gateway as a configured peer (and the gateway it), every member site as a peer at its NAT's outer
     address, and dials through any peer as if it were a relay (QUICETHER_RELAY_TRY_ANY, a lab switch): the
     gateway must refuse to relay for it. `relay_rate_mbit`: each member's rate through the gateway (its
-    `[network] relay_rate_mbit`; None: the default)."""
+    `[network] relay_rate_mbit`; None: the default). `prepare_hub`: called with the hub before any daemon
+    starts (more links there: a link added later changes the gateway's addresses, which restarts its DHT
+    node)."""
     hub, spokes = star(lab, sites, nats)
     for ns in spokes:
         if prepare is not None:
             prepare(ns)
+    if prepare_hub is not None:
+        prepare_hub(hub)
     dht = start_dht(lab, hub, dht_nodes, ip=DHT_IP)
     gateway = qe.make_node(hub, "gw", "", state)
     net = network.create(gateway.state_dir, "home", load(gateway.state_dir / "node.key"), admin_name="gw")

@@ -10,8 +10,15 @@
 //! 5. it has not expired (give or take the clock tolerance).
 //!
 //! Traffic is bounded: at most `MAX_LOOKUPS_IN_FLIGHT` lookups at once, publishes at most one per
-//! `MIN_PUBLISH_INTERVAL`; in server mode, requests from others at most `SERVER_REQUESTS_PER_SEC` (one
-//! bucket for all of this node's DHT sockets).
+//! `MIN_PUBLISH_INTERVAL`; in server mode, requests from others are answered within per-source and total
+//! rates (`quicether_proto::dht_server`, one limiter for all of this node's DHT sockets: a flood from one
+//! address does not silence the node for others).
+//!
+//! What `mainline` does with the rest, before any of our code sees it: datagrams that are not bencoded
+//! KRPC are dropped by its parser (not counted: it logs them at trace level); responses it did not ask for
+//! are dropped; its one actor thread reads one datagram per turn, so a flood costs at most that thread,
+//! and what the socket's receive buffer cannot hold is dropped by the kernel. A private DHT's first node
+//! (no bootstrap) adds the sender of a find_node to its routing table, at most one node per IP address.
 //!
 //! Serving on a node with several addresses (a multi-homed gateway): `mainline` answers from the one UDP
 //! socket it has, and a socket bound to no address answers from whatever address the route back picks,
@@ -31,6 +38,7 @@ use std::time::{Duration, Instant};
 use mainline::async_dht::AsyncDht;
 use mainline::errors::{ConcurrencyError, PutMutableError};
 use mainline::{Dht, MutableItem, RequestFilter, RequestSpecific, ServerSettings, SigningKey};
+use quicether_proto::dht_server::{ServerLimiter, Verdict};
 use quicether_proto::membership::CLOCK_TOLERANCE_S;
 use quicether_proto::record::{NetworkKeys, OpenError, Record};
 use tokio::sync::Semaphore;
@@ -40,8 +48,17 @@ use futures_lite::StreamExt;
 pub const MAX_LOOKUPS_IN_FLIGHT: usize = 8;
 /// Endpoint changes can come in bursts (a WAN flapping); each publish costs a DHT PUT to ~20 nodes.
 pub const MIN_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
-/// A DHT server answers anyone; beyond this rate it stays silent (one token bucket, no per-source state).
-pub const SERVER_REQUESTS_PER_SEC: u32 = 200;
+/// Server mode's stores (`mainline`'s LRU caches: beyond the bound the least recently used entry goes).
+/// Members' records are mutable items of at most 1000 bytes: 1000 of them (~1 MB). Peers (announce_peer)
+/// and immutable items are the public DHT's, unused by QuicEther: kept small, as `mainline`'s defaults
+/// (2000 info-hashes of 500 peers each: a million peer entries) would let a flood of announces with one
+/// valid token grow the node by tens of MB.
+pub const SERVER_MAX_MUTABLE_ITEMS: usize = 1000;
+pub const SERVER_MAX_IMMUTABLE_ITEMS: usize = 128;
+pub const SERVER_MAX_INFO_HASHES: usize = 128;
+pub const SERVER_MAX_PEERS_PER_INFO_HASH: usize = 32;
+/// How long a start waits for its fixed port to be let go by this process's previous DHT node.
+pub const REBIND_WAIT: Duration = Duration::from_secs(1);
 /// Last accepted sequence per node key, for replay refusal; beyond this the oldest entry is forgotten.
 pub const MAX_TRACKED_KEYS: usize = 4096;
 
@@ -112,29 +129,22 @@ pub enum LookupError {
     Busy,
 }
 
-/// Token bucket shared by every clone of the filter (`mainline` clones it into its actor).
+/// The server's request limits (`quicether_proto::dht_server`), shared by every clone of the filter
+/// (`mainline` clones it into its actor) and read by `Discovery::counters`.
 #[derive(Debug, Clone)]
 struct ServerFilter {
     serve: bool,
-    bucket: Arc<Mutex<(f64, Instant)>>,
+    limiter: Arc<Mutex<ServerLimiter>>,
+    epoch: Instant,
 }
 
 impl RequestFilter for ServerFilter {
-    fn allow_request(&self, _request: &RequestSpecific, _from: SocketAddrV4) -> bool {
+    fn allow_request(&self, _request: &RequestSpecific, from: SocketAddrV4) -> bool {
         if !self.serve {
             return false;
         }
-        let mut b = self.bucket.lock().unwrap();
-        let rate = SERVER_REQUESTS_PER_SEC as f64;
-        let now = Instant::now();
-        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(rate);
-        b.1 = now;
-        if b.0 >= 1.0 {
-            b.0 -= 1.0;
-            true
-        } else {
-            false
-        }
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        self.limiter.lock().unwrap().handle_request(*from.ip(), now_us) == Verdict::Answer
     }
 }
 
@@ -165,6 +175,8 @@ pub struct Discovery {
     /// Where this node answers other DHT nodes ("ip:port"; empty when it does not serve).
     pub serving: Vec<SocketAddrV4>,
     runtime: tokio::runtime::Runtime,
+    /// Server mode: what was answered and refused (by cause).
+    limiter: Arc<Mutex<ServerLimiter>>,
 }
 
 /// One `mainline` node: `bootstrap` as `DiscoveryConfig::bootstrap`, plus `extra` (this node's own servers).
@@ -185,19 +197,34 @@ fn build_node(
         Some(list) => b.bootstrap(&[&list[..], extra].concat()),
         None => b.extra_bootstrap(extra),
     };
-    b.server_settings(ServerSettings { filter: Box::new(filter.clone()), ..Default::default() });
+    b.server_settings(ServerSettings {
+        filter: Box::new(filter.clone()),
+        max_mutable_values: SERVER_MAX_MUTABLE_ITEMS,
+        max_immutable_values: SERVER_MAX_IMMUTABLE_ITEMS,
+        max_info_hashes: SERVER_MAX_INFO_HASHES,
+        max_peers_per_info_hash: SERVER_MAX_PEERS_PER_INFO_HASH,
+    });
     if filter.serve {
         b.server_mode();
     }
-    Ok(b.build()?.as_async())
+    // A node of this process that was just dropped (restarted on an address change) closes its socket
+    // only when its actor thread next looks at its channel, within `mainline`'s 50 ms read timeout:
+    // a fixed port may still be taken for that long.
+    let deadline = Instant::now() + REBIND_WAIT;
+    loop {
+        match b.build() {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port != 0 && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            built => return Ok(built?.as_async()),
+        }
+    }
 }
 
 impl Discovery {
     pub fn start(cfg: DiscoveryConfig) -> std::io::Result<Self> {
-        let filter = ServerFilter {
-            serve: cfg.server,
-            bucket: Arc::new(Mutex::new((SERVER_REQUESTS_PER_SEC as f64, Instant::now()))),
-        };
+        let limiter = Arc::new(Mutex::new(ServerLimiter::new(0)));
+        let filter = ServerFilter { serve: cfg.server, limiter: limiter.clone(), epoch: Instant::now() };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("qe-discovery")
@@ -225,7 +252,7 @@ impl Discovery {
         };
         let local_addr = runtime.block_on(dht.info()).local_addr();
         let shared = Arc::new(Shared::new(cfg.seed, &cfg.network_key));
-        Ok(Self { dht, servers, shared, local_addr, serving, runtime })
+        Ok(Self { dht, servers, shared, local_addr, serving, runtime, limiter })
     }
 
     pub fn node_key(&self) -> [u8; 32] {
@@ -236,8 +263,19 @@ impl Discovery {
         self.shared.keys.salt
     }
 
-    pub fn counters(&self) -> &Counters {
-        &self.shared.counters
+    /// The record counters, then the server's: requests answered, refused for their source's rate and for
+    /// the total rate, source addresses tracked.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut all = self.shared.counters.snapshot();
+        let limiter = self.limiter.lock().unwrap();
+        let c = limiter.counts();
+        all.extend([
+            ("server_answered", c.answered),
+            ("server_refused_source_rate", c.refused_source),
+            ("server_refused_total_rate", c.refused_total),
+            ("server_sources", limiter.sources() as u64),
+        ]);
+        all
     }
 
     /// Publishes our record; returns its sequence number (Unix milliseconds, or one more than the last

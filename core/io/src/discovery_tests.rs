@@ -124,7 +124,7 @@ fn members_find_each_other_and_outsiders_find_nothing() {
     assert_eq!((found.seq, found.record), (seq, record(expires)));
     // Another network's salt puts the item elsewhere: an outsider does not even find a value to refuse.
     assert_eq!(outsider.lookup(&a.node_key(), Duration::from_secs(10)).unwrap(), None);
-    let c = outsider.counters().snapshot().into_iter().collect::<HashMap<_, _>>();
+    let c = outsider.counters().into_iter().collect::<HashMap<_, _>>();
     assert_eq!((c["not_found"], c["non_member"]), (1, 0));
     // A second publish has a newer sequence and replaces the first.
     let (seq2, _) = a.publish(&record(expires + 1)).unwrap();
@@ -204,4 +204,23 @@ fn a_server_on_two_addresses_answers_on_each_and_members_find_each_other_through
     let (seq_s, _) = server.publish(&record(expires + 2)).unwrap();
     assert_eq!(a.lookup(&server.node_key(), Duration::from_secs(10)).unwrap().unwrap().seq, seq_s);
     assert_eq!(b.lookup(&server.node_key(), Duration::from_secs(10)).unwrap().unwrap().seq, seq_s);
+}
+
+#[test]
+fn a_node_restarted_on_its_fixed_port_gets_the_port_its_predecessor_lets_go() {
+    let config = |port| DiscoveryConfig {
+        port,
+        bind: Some(Ipv4Addr::LOCALHOST),
+        serve_on: vec![],
+        bootstrap: Some(vec![]),
+        server: true,
+        seed: [3; 32],
+        network_key: NET,
+    };
+    let first = Discovery::start(config(0)).unwrap();
+    let port = first.local_addr.port();
+    drop(first);
+    // At once, as the daemon does when its addresses change: the old actor still holds the port a moment.
+    let second = Discovery::start(config(port)).expect("the port, once the old node let it go");
+    assert_eq!(second.local_addr.port(), port);
 }

@@ -1,7 +1,9 @@
 //! Unauthenticated traffic at a node's QUIC port, as an attacker on the internet sends it (issue
 //! "Reliability, security and operability"): garbage datagrams, real QUIC handshakes with fresh unknown
 //! keys (each costs the node a key exchange and a certificate check before it can refuse), and one
-//! captured Initial replayed over and over. Run as `qe-flood` by scripts/bench-flood and the lab tests.
+//! captured Initial replayed over and over; and at its DHT port (`dht_flood`): garbage too, bogus KRPC
+//! requests, and valid items and announces that fill its stores. Run as `qe-flood` by scripts/bench-flood
+//! and the lab tests.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +17,8 @@ pub enum Mode {
     Garbage,
     Handshakes,
     Replay,
+    DhtQueries,
+    DhtStore,
 }
 
 impl std::str::FromStr for Mode {
@@ -24,7 +28,9 @@ impl std::str::FromStr for Mode {
             "garbage" => Ok(Mode::Garbage),
             "handshakes" => Ok(Mode::Handshakes),
             "replay" => Ok(Mode::Replay),
-            _ => Err(format!("mode {s:?}: one of garbage, handshakes, replay")),
+            "dht-queries" => Ok(Mode::DhtQueries),
+            "dht-store" => Ok(Mode::DhtStore),
+            _ => Err(format!("mode {s:?}: one of garbage, handshakes, replay, dht-queries, dht-store")),
         }
     }
 }
@@ -34,20 +40,23 @@ impl std::str::FromStr for Mode {
 pub struct Sent {
     pub datagrams: AtomicU64,
     pub handshakes: AtomicU64,
+    /// dht-store: the node's answers to what was sent: accepted ("r"), refused with an error ("e").
+    pub accepted: AtomicU64,
+    pub errors: AtomicU64,
 }
 
 /// xorshift64*: cheap bytes that look random to a parser (not for anything secret).
-struct Noise(u64);
+pub(crate) struct Noise(pub(crate) u64);
 
 impl Noise {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn fill(&mut self, buf: &mut [u8]) {
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
             let n = self.next().to_le_bytes();
             chunk.copy_from_slice(&n[..chunk.len()]);
@@ -55,9 +64,23 @@ impl Noise {
     }
 }
 
-/// Sends `packet()` to `target` at `rate` datagrams per second until `until`.
-fn pace(target: SocketAddr, rate: u64, until: Instant, sent: &Sent, mut packet: impl FnMut() -> Vec<u8>) {
-    let socket = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).expect("a UDP socket");
+/// A UDP socket on any port of `bind` (None: of any address of `target`'s family).
+pub(crate) fn bind_socket(target: SocketAddr, bind: Option<std::net::IpAddr>) -> std::io::Result<UdpSocket> {
+    let any: std::net::IpAddr = if target.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() };
+    UdpSocket::bind((bind.unwrap_or(any), 0))
+}
+
+/// Sends `packet()` to `target` at `rate` datagrams per second until `until`, from `socket` (None: a new
+/// one on any port).
+pub(crate) fn pace(
+    target: SocketAddr,
+    rate: u64,
+    until: Instant,
+    sent: &Sent,
+    socket: Option<UdpSocket>,
+    mut packet: impl FnMut() -> Vec<u8>,
+) {
+    let socket = socket.unwrap_or_else(|| bind_socket(target, None).expect("a UDP socket"));
     let start = Instant::now();
     let mut count = 0u64;
     while Instant::now() < until {
@@ -126,16 +149,19 @@ pub struct Flood {
     pub concurrency: usize,
     /// The node's key (handshakes, replay: a real client pins it).
     pub server_key: [u8; 32],
+    /// Source address of the datagram floods (None: any); several flooders on one host each take one.
+    pub bind: Option<std::net::IpAddr>,
 }
 
-pub fn run(flood: &Flood) -> Arc<Sent> {
+pub fn run(flood: &Flood) -> Result<Arc<Sent>, String> {
     let sent = Arc::new(Sent::default());
     let until = Instant::now() + Duration::from_secs_f64(flood.seconds);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let mut noise = Noise(u64::from_le_bytes(tls::generate_seed()[..8].try_into().unwrap()) | 1);
     match flood.mode {
         Mode::Garbage => {
-            let mut noise = Noise(u64::from_le_bytes(tls::generate_seed()[..8].try_into().unwrap()) | 1);
-            pace(flood.target, flood.rate, until, &sent, || {
+            let socket = bind_socket(flood.target, flood.bind).map_err(|e| format!("bind: {e}"))?;
+            pace(flood.target, flood.rate, until, &sent, Some(socket), || {
                 let len = 20 + (noise.next() % 1180) as usize;
                 let mut buf = vec![0u8; len];
                 noise.fill(&mut buf);
@@ -144,11 +170,13 @@ pub fn run(flood: &Flood) -> Arc<Sent> {
         }
         Mode::Replay => {
             let initial = capture_initial(&runtime, flood.server_key);
-            pace(flood.target, flood.rate, until, &sent, || initial.clone());
+            pace(flood.target, flood.rate, until, &sent, None, || initial.clone());
         }
         Mode::Handshakes => {
             runtime.block_on(handshakes(flood.target, flood.server_key, flood.concurrency, until, sent.clone()))
         }
+        Mode::DhtQueries => crate::dht_flood::queries(flood, until, &sent, &mut noise)?,
+        Mode::DhtStore => crate::dht_flood::store(flood, until, &sent, &mut noise)?,
     }
-    sent
+    Ok(sent)
 }

@@ -1,6 +1,7 @@
-//! `qe-flood --target IP:PORT --mode garbage|handshakes|replay [--seconds S] [--rate PPS] [--concurrency N]
-//! [--server-key HEX]`: floods a node's QUIC port (quicether_labtools::flood) and prints one JSON line of
-//! what it sent: {"datagrams": …, "handshakes": …}.
+//! `qe-flood --target IP:PORT --mode garbage|handshakes|replay|dht-queries|dht-store [--seconds S] [--rate PPS] [--concurrency N]
+//! [--server-key HEX] [--bind IP]`: floods a node's QUIC or DHT port (quicether_labtools::flood) and prints one JSON line of
+//! what it sent: {"datagrams": …, "handshakes": …, "accepted": …, "errors": …} (the last two: the
+//! node's answers to dht-store).
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -21,6 +22,7 @@ fn parse_args() -> Result<Flood, String> {
         rate: 20_000,
         concurrency: 32,
         server_key: [0; 32],
+        bind: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -32,6 +34,7 @@ fn parse_args() -> Result<Flood, String> {
             "--rate" => flood.rate = value()?.parse().map_err(|_| "--rate: datagrams per second")?,
             "--concurrency" => flood.concurrency = value()?.parse().map_err(|_| "--concurrency: a number")?,
             "--server-key" => flood.server_key = hex32(&value()?)?,
+            "--bind" => flood.bind = Some(value()?.parse().map_err(|_| "--bind: an IP address")?),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -47,18 +50,27 @@ fn main() -> ExitCode {
         Ok(flood) => flood,
         Err(e) => {
             eprintln!(
-                "{}usage: qe-flood --target IP:PORT --mode garbage|handshakes|replay [--seconds S] [--rate PPS] \
-                       [--concurrency N] [--server-key HEX]",
+                "{}usage: qe-flood --target IP:PORT --mode garbage|handshakes|replay|dht-queries|dht-store [--seconds S] \
+                       [--rate PPS] \
+                       [--concurrency N] [--server-key HEX] [--bind IP]",
                 if e.is_empty() { String::new() } else { format!("qe-flood: {e}\n") }
             );
             return if e.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
     };
-    let sent = run(&flood);
+    let sent = match run(&flood) {
+        Ok(sent) => sent,
+        Err(e) => {
+            eprintln!("qe-flood: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!(
-        "{{\"datagrams\": {}, \"handshakes\": {}}}",
+        "{{\"datagrams\": {}, \"handshakes\": {}, \"accepted\": {}, \"errors\": {}}}",
         sent.datagrams.load(Ordering::Relaxed),
-        sent.handshakes.load(Ordering::Relaxed)
+        sent.handshakes.load(Ordering::Relaxed),
+        sent.accepted.load(Ordering::Relaxed),
+        sent.errors.load(Ordering::Relaxed)
     );
     ExitCode::SUCCESS
 }

@@ -1,11 +1,12 @@
-//! Tables keyed by node key that the network can grow (one entry per peer that asks): kept to a limit by
+//! Tables the network can grow (one entry per peer or source address that asks): kept to a limit by
 //! forgetting the entry touched longest ago.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
 /// Makes room for one more entry in `map` (at most `limit` entries): if it is full, the entry whose time
 /// `at` is oldest goes.
-pub fn make_room<V>(map: &mut HashMap<[u8; 32], V>, limit: usize, at: impl Fn(&V) -> u64) {
+pub fn make_room<K: Eq + Hash + Copy, V>(map: &mut HashMap<K, V>, limit: usize, at: impl Fn(&V) -> u64) {
     if map.len() >= limit {
         if let Some(oldest) = map.iter().min_by_key(|(_, v)| at(v)).map(|(k, _)| *k) {
             map.remove(&oldest);

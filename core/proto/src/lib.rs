@@ -23,9 +23,10 @@
 //! - `nat`: what kind of NAT a WAN socket is behind, from the addresses peers see it at.
 //! - `punch`: hole punching messages, their schedule and rate limits (coordinated simultaneous open).
 //! - `join`: the join request a node sends with an invite's key, and the admin's answer.
+//! - `dht_server`: which requests a DHT node in server mode answers (per-source and total rate limits).
 //! - `record`: a member's discovery record (DHT value): plaintext format, sealing for members only.
 //! - `wire`: the bounded reader and writer of our binary encodings.
-//! - `bounded`: tables keyed by node key kept to a limit (the oldest entry goes).
+//! - `bounded`: tables the network can grow, kept to a limit (the oldest entry goes).
 
 pub mod admission;
 pub mod allowed_ips;
@@ -34,6 +35,7 @@ pub mod bond_send;
 pub mod bounded;
 pub mod certkey;
 pub mod classify;
+pub mod dht_server;
 pub mod frame;
 pub mod health;
 pub mod hello;

@@ -157,10 +157,11 @@ impl Discovery {
     }
 
     /// Counters: published, publish_failed, lookups, found, not_found, busy, and refusals by cause:
-    /// bad_signature, replay, expired, non_member, malformed.
+    /// bad_signature, replay, expired, non_member, malformed; in server mode, server_answered,
+    /// server_refused_source_rate, server_refused_total_rate, server_sources.
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (name, value) in self.get()?.counters().snapshot() {
+        for (name, value) in self.get()?.counters() {
             d.set_item(name, value)?;
         }
         Ok(d)
