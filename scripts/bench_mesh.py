@@ -1,9 +1,9 @@
-"""Benchmark of the mesh (part 1; `--nat` runs part 2, the NAT matrix: scripts/bench_mesh_nat.py): a gateway (the network's admin) and sites configured with only their
-membership certificate and the gateway, on separate links, with a private DHT of 16 plain mainline nodes
-(tests/lab/mesh.py). For each size (members = the gateway and the sites) and run: the time from starting
-the first daemon until every member is connected to every other, and the DHT traffic of each site (every
-UDP byte in and out that is not QUIC) over the first --window seconds, per member per minute. Prints the
-median and worst of --runs runs per size.
+"""Benchmark of the mesh (part 1; `--nat` runs part 2, the NAT matrix: scripts/bench_mesh_nat.py): a gateway (the
+network's admin) and sites configured with only their membership certificate and the gateway, on separate
+links, with a private DHT of 16 plain mainline nodes (tests/lab/mesh.py). For each size (members = the gateway
+and the sites) and run: the time from starting the first daemon until every member is connected to every
+other, and the DHT traffic of each site (every UDP byte in and out that is not QUIC) over the first --window
+seconds, per member per minute. Prints the median and worst of --runs runs per size.
 """
 
 from __future__ import annotations

@@ -110,7 +110,8 @@ def main(argv: list[str]) -> int:
     for run in range(args.runs):
         results, rates = one_run(args.timeout, args.iperf)
         counts = {o: sum(r.outcome == o for r in results.values()) for o in ("direct", "relayed", "failed")}
-        print(f"run {run + 1}: {counts['direct']} pairs direct, {counts['relayed']} relayed, {counts['failed']} failed; "
+        print(f"run {run + 1}: {counts['direct']} pairs direct, {counts['relayed']} relayed, "
+              f"{counts['failed']} failed; "
               + ", ".join(f"{k} {v:.0f} Mbit/s" for k, v in rates.items()), flush=True)
         runs.append((results, rates))
     by_type: dict[str, list[PairResult]] = {}
