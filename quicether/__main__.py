@@ -208,10 +208,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  {'connected' if p['connected'] else 'not connected'}  endpoint {p['endpoint'] or '-'}  rtt {rtt}"
               f"  last handshake {_format_age(p['last_handshake'])}")
         print(f"  rx {p['rx_bytes']} B / {p['rx_packets']} pkts  tx {p['tx_bytes']} B / {p['tx_packets']} pkts"
-              f"  dropped rx {p['rx_dropped']} tx {p['tx_dropped']}")
+              f"  dropped rx {p['rx_dropped']} tx {p['tx_dropped']}"
+              f" (queue full {p.get('tx_dropped_queue_full', 0)}), resend memory full {p.get('resend_evicted', 0)}")
         r = p["reorder"]
         print(f"  reorder: timeout {r['timeout_ms']:.0f} ms, reordered {r['reordered']}, late {r['late']},"
-              f" duplicates {r['duplicates']}, repaired {r['repaired']}, skipped {r['skipped']};"
+              f" duplicates {r['duplicates']}, repaired {r['repaired']}, skipped {r['skipped']}"
+              f" ({r.get('overflowed', 0)} for its bound);"
               f" retransmitted for the peer {p['retransmitted']}")
         if p["paths"]:
             print(f"  {'wan':<10}{'state':<9}{'kind':<9}{'local':<17}{'public':<17}{'remote':<22}{'rtt':>9}{'loss':>7}"

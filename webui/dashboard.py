@@ -13,7 +13,7 @@ import time
 import unicodedata
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, render_template
+from flask import Blueprint, Response, current_app, jsonify, render_template
 
 from quicether.metrics import health_line
 from quicether.metrics import render as render_metrics
@@ -158,7 +158,9 @@ def metrics() -> Any:
         return Response("Log in, or give the admin password by HTTP Basic auth.\n", 401, mimetype="text/plain",
                         headers={"WWW-Authenticate": 'Basic realm="QuicEther metrics"'})
     try:
-        text = render_metrics(ask("status"))
+        status = ask("status")
+        status["webui"] = current_app.extensions["qe_sessions"].counters()
+        text = render_metrics(status)
     except DaemonDown as exc:
         return Response(f"{exc}\n", 503, mimetype="text/plain")
     return Response(text, mimetype="text/plain; version=0.0.4")

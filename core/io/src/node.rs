@@ -647,9 +647,7 @@ impl Node {
                     tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
                     rx_packets: c.rx_packets.load(Ordering::Relaxed),
                     rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
-                    tx_dropped: c.tx_dropped.load(Ordering::Relaxed),
-                    // Datagrams that were no frame are counted by the bond receiver, the rest here.
-                    rx_dropped: c.rx_dropped.load(Ordering::Relaxed) + malformed,
+                    drops: p.drops(malformed),
                     retransmitted: c.retransmitted.load(Ordering::Relaxed),
                     punch_attempts: p.punch_attempts.load(Ordering::Relaxed),
                     paths: paths

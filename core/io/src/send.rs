@@ -5,7 +5,7 @@
 //! path sent lately (`timers.rs`, a removed WAN) go out on the path where each arrives first.
 
 use std::io::{self, Read};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use quicether_proto::allowed_ips::packet_addrs;
@@ -76,15 +76,21 @@ fn send_to_peer(peer: &Peer, packet: &[u8], now_us: u64) {
         Choice::One(i) => std::slice::from_ref(i),
         Choice::Each(list) => &list[..],
         // Dropped before taking a sequence number: the receiver sees no gap to wait for.
-        Choice::Drop | Choice::Congested => {
-            peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+        Choice::Drop => return drop_counted(peer, None),
+        Choice::Congested => return drop_counted(peer, Some(&peer.counters.tx_queue_full)),
     };
     if send_data(peer, &paths, targets, packet, now_us) {
         crate::peer::Counters::count(&peer.counters.tx_packets, &peer.counters.tx_bytes, packet.len());
     } else {
-        peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+        drop_counted(peer, Some(&peer.counters.tx_refused));
+    }
+}
+
+/// Counts an outbound packet dropped, and its cause (none: no path; `Peer::drops` tells it by elimination).
+fn drop_counted(peer: &Peer, cause: Option<&AtomicU64>) {
+    peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+    if let Some(counter) = cause {
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 

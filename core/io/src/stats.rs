@@ -45,12 +45,27 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
-    pub tx_dropped: u64,
-    pub rx_dropped: u64,
+    pub drops: PeerDrops,
     pub retransmitted: u64,
     /// Punches towards the peer this node took part in (initiated or answered).
     pub punch_attempts: u64,
     pub paths: Vec<PathStats>,
     pub reorder: ReorderStats,
     pub reorder_timeout: Duration,
+}
+
+/// What a peer's bond dropped, by cause (`Peer::drops`): the limits' counters of the send side.
+pub struct PeerDrops {
+    /// Outbound packets dropped, all causes: the three below.
+    pub tx: u64,
+    /// No path to the peer at all.
+    pub tx_no_path: u64,
+    /// Every path's send queue was at its limit (the scheduler's time-based bound).
+    pub tx_queue_full: u64,
+    /// quinn refused every copy (the connection closing, or too large for the path).
+    pub tx_refused: u64,
+    /// Inbound packets dropped: no frame, source outside the allowed IPs, TUN write failed.
+    pub rx: u64,
+    /// Frames the resend memory forgot before its window ended, for its byte bound.
+    pub resend_evicted: u64,
 }

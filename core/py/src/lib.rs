@@ -387,8 +387,12 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("tx_bytes", s.tx_bytes)?;
     d.set_item("rx_packets", s.rx_packets)?;
     d.set_item("rx_bytes", s.rx_bytes)?;
-    d.set_item("tx_dropped", s.tx_dropped)?;
-    d.set_item("rx_dropped", s.rx_dropped)?;
+    d.set_item("tx_dropped", s.drops.tx)?;
+    d.set_item("tx_dropped_no_path", s.drops.tx_no_path)?;
+    d.set_item("tx_dropped_queue_full", s.drops.tx_queue_full)?;
+    d.set_item("tx_dropped_refused", s.drops.tx_refused)?;
+    d.set_item("rx_dropped", s.drops.rx)?;
+    d.set_item("resend_evicted", s.drops.resend_evicted)?;
     d.set_item("retransmitted", s.retransmitted)?;
     d.set_item("punch_attempts", s.punch_attempts)?;
     let r = PyDict::new(py);
@@ -397,6 +401,7 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
     r.set_item("late", s.reorder.late)?;
     r.set_item("duplicates", s.reorder.duplicates)?;
     r.set_item("skipped", s.reorder.skipped)?;
+    r.set_item("overflowed", s.reorder.overflowed)?;
     r.set_item("resyncs", s.reorder.resyncs)?;
     r.set_item("repaired", s.reorder.repaired)?;
     r.set_item("timeout_ms", ms(s.reorder_timeout))?;
