@@ -280,16 +280,8 @@ impl Node {
             )
             .with_invites(shared.joins.invites.clone()),
         );
-        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| io_err("tls", e))?
-            .with_client_cert_verifier(verifier.clone())
-            .with_cert_resolver(current_identity.clone());
-        server_tls.alpn_protocols = vec![tls::ALPN.to_vec()];
-        // No session resumption: a resumed handshake skips the client-certificate check, so a peer removed
-        // from the pinning set could come back with a ticket from before.
-        server_tls.send_tls13_tickets = 0;
-        server_tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        let server_tls =
+            tls::server_tls(verifier.clone(), current_identity.clone(), tls::ALPN).map_err(|e| io_err("tls", e))?;
         let quic_server = QuicServerConfig::try_from(server_tls).map_err(|e| io_err("quic", e))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
         let transport = Arc::new(transport_config(cfg.path_mtu, cfg.listen.is_ipv4(), cfg.congestion));
