@@ -27,6 +27,7 @@ from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer, Refused
 from quicether.daemon.eventlog import EventLog
 from quicether.daemon.finder import Finder
 from quicether.daemon.lan_finder import LanFinder
+from quicether.daemon.lane import Lane
 from quicether.daemon.mesh import Mesh
 from quicether.daemon.names import MemberNames
 from quicether.daemon.peers import PeerTable
@@ -160,6 +161,8 @@ class Daemon:
                                            lan_prefixes=lan_prefixes) if key is not None:
                 if self.admissions is not None:
                     self.admissions.requested(request_id, key, node, name, lan_prefixes)
+            case core_events.LaneNews(detail=detail):
+                log.warning("%s", detail, extra=mark)
             case core_events.UnknownEvent(kind=unknown, detail=detail):
                 log.info("core event %s for %s: %s", unknown, who, detail)
         if isinstance(event, MEMBER_EVENTS):
@@ -207,6 +210,8 @@ class Daemon:
                 "punch": node.punch_stats() if node else {},
                 # Relaying for other members (forwarded, drops by cause) and through relays (sent, received).
                 "relay": node.relay_stats() if node else {},
+                # The TCP lane: connections, bytes each way, refusals, cap hits, per end ({} if off).
+                "lane": node.lane_stats() if node else {},
                 # API connections answered "busy" (its limit of connections at once was reached).
                 "api_refused_busy": self.api.refused_busy if self.api else 0,
                 # What the daemon may still do as root (quicether/capabilities.py), or "all" if not reduced.
@@ -474,6 +479,10 @@ class Daemon:
                                        not_wans=frozenset({self.config.tun, *lan}), on_change=self.router.wans_changed)
                 undo.push_async_callback(self.wans.stop)
                 await self.wans.start()
+            # After the WANs: the lane's MPTCP endpoints are their addresses.
+            lane = Lane(self.node, self.config)
+            undo.push_async_callback(lane.stop)
+            await lane.start()
             await api.start()
             undo.push_async_callback(api.stop)
             log.info("node %s listening on %s, %s mtu %d, %d peer(s)", self.identity.node_id,

@@ -166,10 +166,15 @@ pub struct Node {
     /// Lock order: `sources` before `tasks`.
     sources: Mutex<HashMap<String, DialSource>>,
     tasks: Mutex<HashMap<[u8; 32], PeerTasks>>,
+    /// The TCP lane's ends, started and stopped by the daemon (`node_lane.rs`).
+    lanes: Mutex<lanes::Lanes>,
     pub public_key: [u8; 32],
     pub local_addr: SocketAddr,
     pub inner_mtu: usize,
 }
+
+#[path = "node_lane.rs"]
+mod lanes;
 
 fn io_err(context: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{context}: {e}"))
@@ -317,6 +322,7 @@ impl Node {
             known_keys,
             sources: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
+            lanes: Mutex::default(),
             local_addr,
             inner_mtu: tun_mtu,
             runtime: Some(runtime),
