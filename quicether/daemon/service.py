@@ -60,6 +60,7 @@ class Daemon:
         self.peers: PeerTable | None = None
         self.router: Router | None = None
         self.wans: WanManager | None = None
+        self.lane: Lane | None = None
         self.mesh: Mesh | None = None
         self.finder: Finder | None = None
         self.admissions: Admissions | None = None
@@ -114,10 +115,14 @@ class Daemon:
             case core_events.PeerConnected():
                 log.info("%s connected", who, extra=mark)
             case core_events.PathUp(wan=wan, path_kind=path_kind, remote=remote, reason=reason):
+                if self.lane is not None:
+                    self.lane.path_changed(event.key, event.local_wan, up=True)
                 log.info("%s: %s path on WAN %s up (%s, remote %s)", who, path_kind, wan, reason, remote, extra=mark)
                 if self.mesh is not None and event.key is not None and remote and reason == "connected":
                     self.mesh.reached(event.key, remote)
             case core_events.PathDown(wan=wan, path_kind=path_kind, reason=reason, detail=detail):
+                if self.lane is not None:
+                    self.lane.path_changed(event.key, event.local_wan, up=False)
                 log.warning("%s: %s path on WAN %s down (%s): %s", who, path_kind, wan, reason, detail, extra=mark)
             case core_events.PeerDisconnected(key=key, detail=detail):
                 log.warning("%s disconnected: %s", who, detail, extra=mark)
@@ -469,6 +474,8 @@ class Daemon:
             if self.config.network is not None and self.config.discovery.lan:
                 undo.callback(self._spawn(self._discover_lan(), "LAN discovery").cancel)
             undo.callback(lambda: [t.cancel() for t in self._tasks])
+            # Before the WANs: it hears of every path that comes up over them.
+            self.lane = Lane(self.node, self.config)
             self.router = Router(self.config, self.node)
             undo.push_async_callback(self.router.stop)
             undo.push_async_callback(self._cancel_ui_restart)
@@ -480,9 +487,8 @@ class Daemon:
                 undo.push_async_callback(self.wans.stop)
                 await self.wans.start()
             # After the WANs: the lane's MPTCP endpoints are their addresses.
-            lane = Lane(self.node, self.config)
-            undo.push_async_callback(lane.stop)
-            await lane.start()
+            undo.push_async_callback(self.lane.stop)
+            await self.lane.start(self.wans)
             await api.start()
             undo.push_async_callback(api.stop)
             log.info("node %s listening on %s, %s mtu %d, %d peer(s)", self.identity.node_id,
