@@ -29,7 +29,8 @@
     realtime_mode = "redundant"    # small UDP packets (≤ 200 bytes)
     tcp_lane = "off"               # "auto": the LAN's TCP to this peer's allowed_ips is terminated here and
                                    # carried over MPTCP + TLS to the peer's lane port (its QUIC port + 1);
-                                   # both ends must say "auto" (first piece of issue 16; default "off")
+                                   # both ends must say "auto"; one subflow per healthy WAN (README: the
+                                   # TCP lane, its figures and limits; default "off")
     [[peer.class]]                 # optional rules, first match wins: protocol/port/dscp → mode
     protocol = "udp"
     port = 5060
