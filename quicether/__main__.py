@@ -196,6 +196,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f" ({relay.get('forwarded_bytes', 0)} bytes) forwarded for members, dropped {drops or 'none'};"
               f" through relays: {relay.get('dials', 0)} dials, {relay.get('sent_packets', 0)} sent,"
               f" {relay.get('received_packets', 0)} received ({relay.get('received_dropped', 0)} dropped)")
+    lane = node.get("lane") or {}
+    for end in ("site", "gateway"):
+        if f"{end}_connections" in lane:
+            c = {k.removeprefix(f"{end}_"): v for k, v in lane.items() if k.startswith(f"{end}_")}
+            print(f"  tcp lane ({end} end): {c['connections']} connections, {c['active']} active,"
+                  f" {c['bytes_out']} bytes out, {c['bytes_in']} in, {c['refused']} refused, {c['failed']} failed,"
+                  f" {c['at_cap']} closed at the cap")
     if health := answer.get("health"):
         from quicether.metrics import health_line
 

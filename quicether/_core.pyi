@@ -51,6 +51,7 @@ and per kind:
                                by `node`. Answer with answer_join(id, …) within 10 s
     tun_failed                 reading the TUN device failed: no packet leaves the node any more. Fatal: the
                                daemon must log it and exit non-zero (its supervisor restarts it)
+    lane                       the TCP lane refused a connection or reached its connection cap (detail)
 """
 
 from typing import Any
@@ -123,6 +124,13 @@ class Node:
         forwarded (requests relayed for other members), refused (punch messages refused)."""
     def nat_types(self) -> dict[str, str]:
         """{WAN (or "default"): the NAT its socket is behind, in words}, from what the peers it dialed see."""
+    def start_lane_gateway(self, listen: str, max_connections: int) -> None:
+        """TCP lane, gateway end: MPTCP + TLS listener on `listen` ("addr:port") for pinned peers and members."""
+    def start_lane_site(self, key: bytes, listen: str, peer_lane: str, max_connections: int) -> None:
+        """TCP lane, site end for peer `key`: connections TPROXY'd to `listen` are carried to `peer_lane`."""
+    def stop_lanes(self) -> None: ...
+    def lane_stats(self) -> dict[str, int]:
+        """{site_|gateway_}{connections, active, bytes_out, bytes_in, refused, failed, at_cap}."""
     def handshake_load(self) -> tuple[int, int]:
         """(incoming handshakes answered with a QUIC Retry under load, dropped beyond the limit in flight)."""
     def refused_handshakes(self) -> int:

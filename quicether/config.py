@@ -27,6 +27,10 @@
     groups = ["office"]            # optional: ACL rules can name "group:office"
     mode = "aggregate"             # bulk traffic: aggregate, lowest-rtt or redundant
     realtime_mode = "redundant"    # small UDP packets (≤ 200 bytes)
+    tcp_lane = "off"               # "auto": the LAN's TCP to this peer's allowed_ips is terminated here and
+                                   # carried over MPTCP + TLS to the peer's lane port (its QUIC port + 1);
+                                   # both ends must say "auto"; one subflow per healthy WAN (README: the
+                                   # TCP lane, its figures and limits; default "off")
     [[peer.class]]                 # optional rules, first match wins: protocol/port/dscp → mode
     protocol = "udp"
     port = 5060
@@ -120,6 +124,7 @@ class PeerConfig:
     classes: list[ClassRule] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     endpoints: list[str] = field(default_factory=list)  # every address to dial it at, `endpoint` first
+    tcp_lane: str = "off"          # "auto": TCP to it goes through the TCP lane (quicether/daemon/lane.py)
 
 
 @dataclass(frozen=True)
@@ -213,7 +218,10 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
     check_keys(raw, {"name", "key", "endpoint", "endpoints", "allowed_ips", "mode", "realtime_mode", "class",
-                     "groups"}, where)
+                     "groups", "tcp_lane"}, where)
+    tcp_lane = raw.get("tcp_lane", "off")
+    if tcp_lane not in ("auto", "off"):
+        raise ConfigError(f'{where}.tcp_lane: expected "auto" or "off", not {tcp_lane!r}')
     groups = raw.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
         raise ConfigError(f"{where}.groups: expected a list of group names")
@@ -249,7 +257,8 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     return PeerConfig(name=name, key=key, node_id=str(raw["key"]).strip(), endpoint=endpoints[0] if endpoints else None,
                       endpoints=endpoints,
                       allowed_ips=[str(p) for p in allowed], mode=modes["mode"],
-                      realtime_mode=modes["realtime_mode"], classes=classes, groups=[str(g) for g in groups])
+                      realtime_mode=modes["realtime_mode"], classes=classes, groups=[str(g) for g in groups],
+                      tcp_lane=str(tcp_lane))
 
 
 def peer_name(value: object, where: str) -> str:

@@ -114,6 +114,11 @@ class JoinRequested(CoreEvent):
 
 
 @dataclass(frozen=True)
+class LaneNews(CoreEvent):
+    """The TCP lane refused a connection or reached its connection cap (rate-limited in the core)."""
+
+
+@dataclass(frozen=True)
 class UnknownEvent(CoreEvent):
     """A kind this daemon does not know (a newer core): logged, otherwise ignored."""
 
@@ -123,6 +128,7 @@ class UnknownEvent(CoreEvent):
 _SIMPLE: dict[str, type[CoreEvent]] = {
     "peer_added": PeerAdded, "peer_removed": PeerRemoved, "peer_connected": PeerConnected,
     "peer_disconnected": PeerDisconnected, "handshake_refused": HandshakeRefused, "tun_failed": TunFailed,
+    "lane": LaneNews,
 }
 _PATHS: dict[str, type[PathChanged]] = {"path_up": PathUp, "path_down": PathDown}
 

@@ -27,6 +27,7 @@ from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer, Refused
 from quicether.daemon.eventlog import EventLog
 from quicether.daemon.finder import Finder
 from quicether.daemon.lan_finder import LanFinder
+from quicether.daemon.lane import Lane
 from quicether.daemon.mesh import Mesh
 from quicether.daemon.names import MemberNames
 from quicether.daemon.peers import PeerTable
@@ -59,6 +60,7 @@ class Daemon:
         self.peers: PeerTable | None = None
         self.router: Router | None = None
         self.wans: WanManager | None = None
+        self.lane: Lane | None = None
         self.mesh: Mesh | None = None
         self.finder: Finder | None = None
         self.admissions: Admissions | None = None
@@ -113,10 +115,14 @@ class Daemon:
             case core_events.PeerConnected():
                 log.info("%s connected", who, extra=mark)
             case core_events.PathUp(wan=wan, path_kind=path_kind, remote=remote, reason=reason):
+                if self.lane is not None:
+                    self.lane.path_changed(event.key, event.local_wan, up=True)
                 log.info("%s: %s path on WAN %s up (%s, remote %s)", who, path_kind, wan, reason, remote, extra=mark)
                 if self.mesh is not None and event.key is not None and remote and reason == "connected":
                     self.mesh.reached(event.key, remote)
             case core_events.PathDown(wan=wan, path_kind=path_kind, reason=reason, detail=detail):
+                if self.lane is not None:
+                    self.lane.path_changed(event.key, event.local_wan, up=False)
                 log.warning("%s: %s path on WAN %s down (%s): %s", who, path_kind, wan, reason, detail, extra=mark)
             case core_events.PeerDisconnected(key=key, detail=detail):
                 log.warning("%s disconnected: %s", who, detail, extra=mark)
@@ -160,6 +166,8 @@ class Daemon:
                                            lan_prefixes=lan_prefixes) if key is not None:
                 if self.admissions is not None:
                     self.admissions.requested(request_id, key, node, name, lan_prefixes)
+            case core_events.LaneNews(detail=detail):
+                log.warning("%s", detail, extra=mark)
             case core_events.UnknownEvent(kind=unknown, detail=detail):
                 log.info("core event %s for %s: %s", unknown, who, detail)
         if isinstance(event, MEMBER_EVENTS):
@@ -207,6 +215,8 @@ class Daemon:
                 "punch": node.punch_stats() if node else {},
                 # Relaying for other members (forwarded, drops by cause) and through relays (sent, received).
                 "relay": node.relay_stats() if node else {},
+                # The TCP lane: connections, bytes each way, refusals, cap hits, per end ({} if off).
+                "lane": node.lane_stats() if node else {},
                 # API connections answered "busy" (its limit of connections at once was reached).
                 "api_refused_busy": self.api.refused_busy if self.api else 0,
                 # What the daemon may still do as root (quicether/capabilities.py), or "all" if not reduced.
@@ -464,6 +474,8 @@ class Daemon:
             if self.config.network is not None and self.config.discovery.lan:
                 undo.callback(self._spawn(self._discover_lan(), "LAN discovery").cancel)
             undo.callback(lambda: [t.cancel() for t in self._tasks])
+            # Before the WANs: it hears of every path that comes up over them.
+            self.lane = Lane(self.node, self.config)
             self.router = Router(self.config, self.node)
             undo.push_async_callback(self.router.stop)
             undo.push_async_callback(self._cancel_ui_restart)
@@ -474,6 +486,9 @@ class Daemon:
                                        not_wans=frozenset({self.config.tun, *lan}), on_change=self.router.wans_changed)
                 undo.push_async_callback(self.wans.stop)
                 await self.wans.start()
+            # After the WANs: the lane's MPTCP endpoints are their addresses.
+            undo.push_async_callback(self.lane.stop)
+            await self.lane.start(self.wans)
             await api.start()
             undo.push_async_callback(api.stop)
             log.info("node %s listening on %s, %s mtu %d, %d peer(s)", self.identity.node_id,

@@ -85,6 +85,11 @@ class WanManager:
             if wan.rate_mbit is not None:
                 await asyncio.to_thread(wan_net.clear_rate_cap, wan.device)
 
+    @property
+    def applied(self) -> dict[str, WanConfig]:
+        """Each active WAN's settings (device, role) as it was added."""
+        return self._applied
+
     def devices(self) -> list[str]:
         """Every port that faces an ISP now: configured WANs (up or not) and detected ones that are active."""
         configured = [w.device for w in self.configured]

@@ -1,7 +1,7 @@
 //! Coverage-guided fuzz targets for every decoder of what the network sends the core: bond frames (each
 //! DATAGRAM, and the relay datagrams among them), the path hello and its answer, inner IP packets (addresses for allowed IPs, classification),
 //! peer-supplied text, certificates, revocations, DHT records, member news batches, join requests and
-//! answers, hole-punch messages, and the peer's TLS certificate (walked for its key and membership before
+//! answers, hole-punch messages, the TCP lane's connection header, and the peer's TLS certificate (walked for its key and membership before
 //! the handshake is authenticated). Built with cargo-afl on the stable toolchain; `scripts/fuzz` runs
 //! them (`scripts/fuzz --help`):
 //!
@@ -21,6 +21,7 @@ use quicether_proto::classify::inspect;
 use quicether_proto::frame::{self, Frame};
 use quicether_proto::hello;
 use quicether_proto::join::{decode_answer, decode_request, encode_answer, JoinAnswer};
+use quicether_proto::lane::{LaneHeader, MAX_HEADER_LEN};
 use quicether_proto::member_news;
 use quicether_proto::membership::{read_certificate, read_revocation, RevocationSet};
 use quicether_proto::peer_text::{escape_text, safe_label, MAX_LABEL_LEN, MAX_TEXT_LEN};
@@ -103,6 +104,15 @@ pub fn hello(data: &[u8]) {
     }
 }
 
+/// The TCP lane's connection header (read by a gateway before it connects anywhere): never takes more than
+/// its bound, and what decodes encodes back to the bytes it took.
+pub fn lane(data: &[u8]) {
+    if let Ok(Some((header, used))) = LaneHeader::decode(data) {
+        assert!(used <= MAX_HEADER_LEN);
+        assert_eq!(header.encode(), data[..used], "a decoded header must encode to the same bytes");
+    }
+}
+
 /// An inner IP packet (from the TUN, or from a peer before its source is checked).
 pub fn packet(data: &[u8]) {
     let _ = packet_addrs(data);
@@ -135,7 +145,7 @@ mod tests {
     #[test]
     fn every_target_takes_its_seed() {
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 11] = [
+        let targets: [Target; 12] = [
             ("frame", super::frame),
             ("hello", super::hello),
             ("packet", super::packet),
@@ -147,6 +157,7 @@ mod tests {
             ("join", super::join),
             ("certkey", super::certkey),
             ("punch", super::punch),
+            ("lane", super::lane),
         ];
         for (name, target) in targets {
             target(&std::fs::read(format!("corpus/{name}/seed")).unwrap());

@@ -130,6 +130,10 @@ pub enum Event {
         wan: String,
         reason: String,
     },
+    /// The TCP lane's news: a refused connection, the connection cap reached (rate-limited in `lane.rs`).
+    Lane {
+        detail: String,
+    },
     /// Reading the TUN device failed: no packet leaves this node any more. Fatal; the daemon must exit
     /// (non-zero, so its supervisor restarts it).
     TunFailed {

@@ -12,6 +12,7 @@
 //! - `punch`: hole punching between members, coordinated through a member both are connected to.
 //! - `join`: joining a network with an invite (the admin's answer, the joining node's request).
 //! - `lan_discovery`: members on the same LAN through mDNS (candidates only, trusted after the handshake).
+//! - `lane`: the TCP lane: LAN TCP terminated at the router, its bytes carried over MPTCP + TLS (issue 16).
 //! - `tun`: Linux TUN devices. (The lab's delay line lives in `core/labtools`, not linked into the appliance.)
 
 pub mod congestion;
@@ -21,6 +22,7 @@ pub mod discovery;
 pub mod events;
 pub mod join;
 pub mod lan_discovery;
+pub mod lane;
 pub mod member_news;
 pub mod node;
 pub mod peer;

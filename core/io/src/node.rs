@@ -166,10 +166,15 @@ pub struct Node {
     /// Lock order: `sources` before `tasks`.
     sources: Mutex<HashMap<String, DialSource>>,
     tasks: Mutex<HashMap<[u8; 32], PeerTasks>>,
+    /// The TCP lane's ends, started and stopped by the daemon (`node_lane.rs`).
+    lanes: Mutex<lanes::Lanes>,
     pub public_key: [u8; 32],
     pub local_addr: SocketAddr,
     pub inner_mtu: usize,
 }
+
+#[path = "node_lane.rs"]
+mod lanes;
 
 fn io_err(context: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{context}: {e}"))
@@ -280,16 +285,8 @@ impl Node {
             )
             .with_invites(shared.joins.invites.clone()),
         );
-        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| io_err("tls", e))?
-            .with_client_cert_verifier(verifier.clone())
-            .with_cert_resolver(current_identity.clone());
-        server_tls.alpn_protocols = vec![tls::ALPN.to_vec()];
-        // No session resumption: a resumed handshake skips the client-certificate check, so a peer removed
-        // from the pinning set could come back with a ticket from before.
-        server_tls.send_tls13_tickets = 0;
-        server_tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        let server_tls =
+            tls::server_tls(verifier.clone(), current_identity.clone(), tls::ALPN).map_err(|e| io_err("tls", e))?;
         let quic_server = QuicServerConfig::try_from(server_tls).map_err(|e| io_err("quic", e))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
         let transport = Arc::new(transport_config(cfg.path_mtu, cfg.listen.is_ipv4(), cfg.congestion));
@@ -325,6 +322,7 @@ impl Node {
             known_keys,
             sources: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
+            lanes: Mutex::default(),
             local_addr,
             inner_mtu: tun_mtu,
             runtime: Some(runtime),

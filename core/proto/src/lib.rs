@@ -22,6 +22,7 @@
 //! - `membership`: network membership certificates and revocations (encoding, verification).
 //! - `nat`: what kind of NAT a WAN socket is behind, from the addresses peers see it at.
 //! - `punch`: hole punching messages, their schedule and rate limits (coordinated simultaneous open).
+//! - `lane`: the TCP lane's connection header (original destination), sent first inside its TLS.
 //! - `join`: the join request a node sends with an invite's key, and the admin's answer.
 //! - `dht_server`: which requests a DHT node in server mode answers (per-source and total rate limits).
 //! - `record`: a member's discovery record (DHT value): plaintext format, sealing for members only.
@@ -40,6 +41,7 @@ pub mod frame;
 pub mod health;
 pub mod hello;
 pub mod join;
+pub mod lane;
 pub mod member_news;
 pub mod membership;
 pub mod nat;

@@ -328,6 +328,38 @@ impl Node {
         self.with(|n| n.set_named_relays(&key, &relays))
     }
 
+    /// TCP lane, gateway end: accepts lane connections on `listen` ("addr:port") from pinned peers and
+    /// members, at most `max_connections` at once.
+    fn start_lane_gateway(&self, py: Python<'_>, listen: &str, max_connections: usize) -> PyResult<()> {
+        let listen = listen.parse().map_err(|e| PyValueError::new_err(format!("lane listen {listen:?}: {e}")))?;
+        py.detach(|| self.with(|n| n.start_lane_gateway(listen, max_connections)))?.map_err(os_error)
+    }
+
+    /// TCP lane, site end for peer `key`: connections TPROXY'd to `listen` go to its lane at `peer_lane`.
+    fn start_lane_site(
+        &self,
+        py: Python<'_>,
+        key: &[u8],
+        listen: &str,
+        peer_lane: &str,
+        max_connections: usize,
+    ) -> PyResult<()> {
+        let key = key32("key", key)?;
+        let listen = listen.parse().map_err(|e| PyValueError::new_err(format!("lane listen {listen:?}: {e}")))?;
+        let peer_lane =
+            peer_lane.parse().map_err(|e| PyValueError::new_err(format!("peer lane {peer_lane:?}: {e}")))?;
+        py.detach(|| self.with(|n| n.start_lane_site(key, listen, peer_lane, max_connections)))?.map_err(os_error)
+    }
+
+    fn stop_lanes(&self) -> PyResult<()> {
+        self.with(|n| n.stop_lanes())
+    }
+
+    /// The lane's counters: {site_|gateway_}{connections, active, bytes_out, bytes_in, refused, failed, at_cap}.
+    fn lane_stats(&self) -> PyResult<std::collections::BTreeMap<String, u64>> {
+        self.with(|n| n.lane_stats())
+    }
+
     /// (incoming handshakes answered with a Retry under load, dropped beyond the limit in flight).
     fn handshake_load(&self) -> PyResult<(u64, u64)> {
         self.with(|n| n.handshake_load())
@@ -499,6 +531,7 @@ fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
         Event::HandshakeRefused { key, reason } => ("handshake_refused", key, None, reason),
         Event::DialFailed { key, wan, reason } => ("dial_failed", Some(key), Some(wan), reason),
         Event::TunFailed { error } => ("tun_failed", None, None, error),
+        Event::Lane { detail } => ("lane", None, None, detail),
         Event::JoinRequested { id, invite, node, name, lan_prefixes } => {
             d.set_item("id", id)?;
             d.set_item("node", PyBytes::new(py, &node))?;

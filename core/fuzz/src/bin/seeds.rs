@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use quicether_proto::certkey::{der, membership_extension_value};
+use quicether_proto::lane::LaneHeader;
 use quicether_proto::member_news::{self, Item};
 use quicether_proto::membership::{Certificate, Revocation};
 use quicether_proto::record::{Endpoint, EndpointKind, Record};
@@ -76,6 +77,7 @@ fn main() -> std::io::Result<()> {
         ("frame", [frame::encode_data_header(7, Some(5)).as_slice(), &ipv4_udp()].concat()),
         ("hello", hello::encode_hello("wan0", true)),
         ("packet", ipv4_udp()),
+        ("lane", LaneHeader { destination: "10.0.60.10:443".parse().unwrap() }.encode()),
         ("peer_text", b"closed by peer: \x00 idle\n".to_vec()),
         (
             "punch",
