@@ -12,6 +12,7 @@ its own nft table, and deletes it when the daemon releases the mapping as it sto
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,9 @@ def test_a_port_mapping_takes_a_symmetric_pair_direct_and_is_deleted_on_stop(lab
     assert 3600 < mapped["expires_in_s"] <= 7200, mapped
     assert router.mappings() == [f'iif "wire" udp th dport {qe.QUIC_PORT} dnat ip to {SITE0}:{qe.QUIC_PORT}'], \
         router.mappings()
+    text = s0.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(s0.config_path)).stdout
+    assert f"wan default: port mapping {PUBLIC_IP}:{qe.QUIC_PORT} (nat-pmp on 172.16.1.1, port {qe.QUIC_PORT}," \
+        in text, text
 
     _wait("a direct path between the two symmetric NATs", lambda: DIRECT_KINDS & _up_kinds(s0, s1),
           CONNECT_TIMEOUT_S, lambda: f"s0 {_up_kinds(s0, s1)}, s1 {_up_kinds(s1, s0)}")
@@ -108,6 +112,8 @@ def test_without_port_mapping_no_request_is_sent_and_the_pair_stays_relayed(lab:
         assert not DIRECT_KINDS & _up_kinds(s0, s1), "symmetric × symmetric went direct without a mapping"
         time.sleep(0.5)
     assert s0.status()["node"]["port_mapping"]["default"]["problem"] == "off ([nat] port_mapping = false)"
+    text = s0.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(s0.config_path)).stdout
+    assert "wan default: no port mapping: off ([nat] port_mapping = false)" in text, text
     assert router.requests_seen() == 0, router.log()
     assert router.mappings() == []
     assert ping(s1.ns, mesh.address(s0), count=2).received >= 1, "the relay carries the pair"
