@@ -6,8 +6,9 @@ candidates.
     s0 172.16.1.2 ── n0: symmetric NAT, outside 11.1.0.1, miniupnpd (NAT-PMP) ─┐
     s1 172.16.2.2 ── n1: symmetric NAT, outside 10.2.0.1 ──────────────────────┴── hub: gateway (relay), DHT
 
-The router is the real thing (miniupnpd, Debian's nftables build): it grants the mapping by a DNAT rule in
-its own nft table, and deletes it when the daemon releases the mapping as it stops.
+The router is the real thing (miniupnpd, Debian's nftables build, speaking PCP and NAT-PMP): it grants the
+mapping by a DNAT rule in its own nft table, and deletes it when the daemon releases the mapping as it
+stops. The NAT-PMP run drops PCP requests at the router, so the client falls back on its silence.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.lab import Lab
 from tests.lab import nodes as qe
@@ -50,35 +53,41 @@ def _wait(what: str, predicate: Callable[[], Any], timeout_s: float, explain: Ca
     raise AssertionError(f"{what} not within {timeout_s} s: {explain()}")
 
 
-def _mesh(lab: Lab, tmp_path: Path, configure: Callable[[qe.NodeSpec], object] | None = None
-          ) -> tuple[MeshLab, MiniUpnpd]:
+def _mesh(lab: Lab, tmp_path: Path, configure: Callable[[qe.NodeSpec], object] | None = None,
+          natpmp_only: bool = False) -> tuple[MeshLab, MiniUpnpd]:
     servers: list[MiniUpnpd] = []
 
     def router_with_upnp(hub: Namespace) -> None:
         give_public_address(hub, 0, PUBLIC_IP)
         servers.append(start_miniupnpd(lab, hub.lab["n0"], "172.16.1.0/24", tmp_path / "miniupnpd"))
+        if natpmp_only:
+            servers[0].speak_natpmp_only()
 
     mesh = build_mesh_lab(lab, 2, tmp_path, nats=[NatType.SYMMETRIC, NatType.SYMMETRIC],
                           prepare_hub=router_with_upnp, configure=configure)
     return mesh, servers[0]
 
 
-def test_a_port_mapping_takes_a_symmetric_pair_direct_and_is_deleted_on_stop(lab: Lab, tmp_path: Path) -> None:
-    mesh, router = _mesh(lab, tmp_path)
+@pytest.mark.parametrize("protocol", ["pcp", "nat-pmp"])
+def test_a_port_mapping_takes_a_symmetric_pair_direct_and_is_deleted_on_stop(lab: Lab, tmp_path: Path,
+                                                                             protocol: str) -> None:
+    """PCP where the router speaks it; NAT-PMP where it ignores PCP (its requests dropped at the router)."""
+    mesh, router = _mesh(lab, tmp_path, natpmp_only=protocol == "nat-pmp")
     s0, s1 = mesh.sites
 
     def mapping() -> dict[str, Any]:
         return dict(s0.status()["node"]["port_mapping"].get("default") or {})
 
     _wait("a port mapping", lambda: mapping().get("external"), 10.0, lambda: f"{mapping()}; {router.log()}")
+    to_mapping = time.monotonic() - mesh.started_at
     mapped = mapping()
     assert mapped["external"] == f"{PUBLIC_IP}:{qe.QUIC_PORT}", mapped
-    assert mapped["protocol"] == "nat-pmp" and mapped["gateway"] == "172.16.1.1", mapped
+    assert mapped["protocol"] == protocol and mapped["gateway"] == "172.16.1.1", mapped
     assert 3600 < mapped["expires_in_s"] <= 7200, mapped
     assert router.mappings() == [f'iif "wire" udp th dport {qe.QUIC_PORT} dnat ip to {SITE0}:{qe.QUIC_PORT}'], \
         router.mappings()
     text = s0.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(s0.config_path)).stdout
-    assert f"wan default: port mapping {PUBLIC_IP}:{qe.QUIC_PORT} (nat-pmp on 172.16.1.1, port {qe.QUIC_PORT}," \
+    assert f"wan default: port mapping {PUBLIC_IP}:{qe.QUIC_PORT} ({protocol} on 172.16.1.1, port {qe.QUIC_PORT}," \
         in text, text
 
     _wait("a direct path between the two symmetric NATs", lambda: DIRECT_KINDS & _up_kinds(s0, s1),
@@ -90,13 +99,15 @@ def test_a_port_mapping_takes_a_symmetric_pair_direct_and_is_deleted_on_stop(lab
     # The record is published again within a tick of the discovery loop once the mapping is there.
     _wait("the mapping first in s0's record", lambda: published()[:1] == [mapped["external"]], 10.0,
           lambda: str(published()))
-    print(f"\nsymmetric × symmetric with a port mapping: direct {to_direct:.1f} s after the daemons started;"
+    print(f"\nsymmetric × symmetric with a port mapping ({protocol}): mapped {to_mapping:.1f} s and direct"
+          f" {to_direct:.1f} s after the daemons started;"
           f" s0 {sorted(_up_kinds(s0, s1))}, s1 {sorted(_up_kinds(s1, s0))}; s0's record {published()}")
     assert ping(s1.ns, mesh.address(s0), count=2).received >= 1
 
     qe.stop(s0)
     assert router.mappings() == [], f"the mapping outlived the daemon: {router.mappings()}"
     assert "mapping removed" in router.log()
+    assert ("PCP MAP: added" in router.log()) == (protocol == "pcp"), router.log()
 
 
 def test_without_port_mapping_no_request_is_sent_and_the_pair_stays_relayed(lab: Lab, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Port mappings on the home routers ([nat] port_mapping, on by default): for each WAN that comes up (or
-the listen socket on a node without WANs), the core asks that WAN's gateway with NAT-PMP for a mapping
+the listen socket on a node without WANs), the core asks that WAN's gateway with PCP (or NAT-PMP) for a mapping
 of the WAN socket's UDP port, from the WAN's own address, renews it and deletes it when the WAN goes or
 the daemon stops (core/io/src/portmap.rs). The mapped public address is the WAN's first punch candidate
 and an endpoint of kind "mapped" in our DHT record: a peer reaches it directly even through a symmetric
@@ -36,7 +36,7 @@ class PortMaps:
         except ValueError:
             is_v4 = False
         if not is_v4:
-            self.unasked[wan] = "no IPv4 gateway known (NAT-PMP asks the WAN's gateway)"
+            self.unasked[wan] = "no IPv4 gateway known (the mapping is asked of the WAN's gateway)"
             return
         assert gateway is not None
         try:
@@ -46,7 +46,7 @@ class PortMaps:
             log.warning("WAN %s: no port mapping: %s", wan, self.unasked[wan])
             return
         self.unasked.pop(wan, None)
-        log.info("WAN %s: asking the gateway %s for a port mapping (NAT-PMP)", wan, gateway)
+        log.info("WAN %s: asking the gateway %s for a port mapping (PCP, NAT-PMP)", wan, gateway)
 
     def wan_down(self, wan: str) -> None:
         """The WAN was removed from the core (which released its mapping)."""

@@ -1,5 +1,5 @@
 """A home router's port mapping service in the lab: miniupnpd (its nftables build, Debian's
-miniupnpd-nftables) answering NAT-PMP on a site's NAT namespace of the mesh lab (`mesh.star`), installing
+miniupnpd-nftables) answering PCP and NAT-PMP on a site's NAT namespace of the mesh lab (`mesh.star`), installing
 a real DNAT rule for each mapping it grants and deleting it when the mapping is released.
 
 miniupnpd refuses to map anything while its outside address is private (the router would be behind another
@@ -79,13 +79,19 @@ class MiniUpnpd:
             raise LabError(f"no request counter in {self.ns.netns}: {chain}")
         return int(found.group(1))
 
+    def speak_natpmp_only(self) -> None:
+        """Drops PCP requests (version 2 in the first payload byte) before miniupnpd sees them, as a router
+        that speaks only NAT-PMP and ignores what it cannot read: a client must fall back to NAT-PMP."""
+        self.ns.run("nft", "add", "rule", "inet", TABLE, "input", "udp", "dport", str(NATPMP_PORT),
+                    "@th,64,8", "2", "drop")
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
 
 def start_miniupnpd(lab: Lab, nat: Namespace, inside_net: str, state: Path, *, outside_if: str = "wire",
                     inside_if: str = "lan") -> MiniUpnpd:
-    """Runs miniupnpd in `nat` with NAT-PMP on (UPnP off: no SSDP/HTTP), granting mappings to hosts of
+    """Runs miniupnpd in `nat` with PCP and NAT-PMP on (UPnP off: no SSDP/HTTP), granting mappings to hosts of
     `inside_net` only for their own address (secure mode). Stopped with the lab (its rules go with the
     namespace)."""
     state.mkdir(parents=True, exist_ok=True)

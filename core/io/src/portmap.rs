@@ -1,4 +1,4 @@
-//! Port mappings on the home routers (NAT-PMP, `quicether_proto::portmap`): one per local socket that
+//! Port mappings on the home routers (PCP, else NAT-PMP: `quicether_proto::portmap`): one per local socket that
 //! dials (each WAN's, or the listening one on a node without WANs), asked of that WAN's gateway from a
 //! socket that leaves by the WAN (bound to its device and address, with its firewall mark), since the
 //! router maps the port for the address the request comes from. The mapped public address becomes the
@@ -13,7 +13,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quicether_proto::portmap::{Mapper, PROTOCOL, SERVER_PORT};
+use quicether_proto::pcp::NONCE_LEN;
+use quicether_proto::portmap::{Mapper, SERVER_PORT};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -68,7 +69,7 @@ impl PortMapDesk {
                 let mapping = m.mapping(now_us);
                 MappingStatus {
                     wan: wan.clone(),
-                    protocol: PROTOCOL,
+                    protocol: m.protocol().name(),
                     gateway: e.gateway,
                     internal_port: m.internal_port(),
                     external: m.candidate(now_us),
@@ -92,15 +93,17 @@ impl PortMapDesk {
 
 async fn release_entry(entry: Entry) {
     entry.task.abort();
-    let Some(delete) = entry.mapper.lock().unwrap().release() else { return };
-    let mut buf = [0u8; 64];
-    for _ in 0..2 {
-        if entry.socket.send(&delete).await.is_err() {
-            return;
-        }
-        // Any answer will do: the gateway heard the delete (its result is not ours to act on any more).
-        if tokio::time::timeout(RELEASE_WAIT, entry.socket.recv(&mut buf)).await.is_ok() {
-            return;
+    let deletes = entry.mapper.lock().unwrap().release();
+    let mut buf = [0u8; 1100];
+    for delete in deletes {
+        for _ in 0..2 {
+            if entry.socket.send(&delete).await.is_err() {
+                return;
+            }
+            // Any answer will do: the gateway heard the delete (its result is not ours to act on any more).
+            if tokio::time::timeout(RELEASE_WAIT, entry.socket.recv(&mut buf)).await.is_ok() {
+                break;
+            }
         }
     }
 }
@@ -108,17 +111,18 @@ async fn release_entry(entry: Entry) {
 /// What the daemon is told when it changes: the mapping, or why there is none.
 fn summary(mapper: &Mapper, now_us: u64) -> String {
     match (mapper.candidate(now_us), mapper.problem(now_us)) {
-        (Some(addr), _) => format!("mapped at {addr} ({PROTOCOL})"),
+        (Some(addr), _) => format!("mapped at {addr} ({})", mapper.protocol().name()),
         (None, Some(problem)) => format!("no mapping: {problem}"),
         (None, None) => "no mapping".into(),
     }
 }
 
 /// Keeps one mapping: sends what the mapper asks for, feeds it the gateway's answers, tells the daemon
-/// of each change. The socket is connected to the gateway's NAT-PMP port, so nothing else is read.
+/// of each change. The socket is connected to the gateway's port 5351, so nothing else is read.
 async fn run(shared: Arc<Shared>, wan: String, socket: Arc<UdpSocket>, mapper: Arc<Mutex<Mapper>>) {
     let mut told = String::new();
-    let mut buf = [0u8; 64];
+    // PCP answers may carry options after the 60 bytes of a MAP answer (RFC 6887: at most 1100 in all).
+    let mut buf = [0u8; 1100];
     loop {
         let now = shared.now_us();
         let (request, next_at) = {
@@ -147,7 +151,7 @@ async fn run(shared: Arc<Shared>, wan: String, socket: Arc<UdpSocket>, mapper: A
 }
 
 /// A socket that leaves by the WAN whose QUIC socket is `endpoint` (its device, address and mark), to
-/// `gateway`'s NAT-PMP port.
+/// `gateway`'s port 5351 (PCP and NAT-PMP).
 fn gateway_socket(device: Option<&str>, local: Option<IpAddr>, mark: u32, gateway: Ipv4Addr) -> io::Result<UdpSocket> {
     let bind = SocketAddr::new(local.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0);
     let std_socket = crate::sockets::bind_wan(device, bind, mark)?;
@@ -171,10 +175,15 @@ impl Node {
             (source.endpoint.local_addr()?.port(), source.device.clone(), source.local, source.mark)
         };
         if local.is_some_and(|ip| ip.is_ipv6()) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("WAN {wan}: NAT-PMP maps IPv4 only")));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("WAN {wan}: port mapping is IPv4 only")));
         }
         let socket = Arc::new(gateway_socket(device.as_deref(), local, mark, gateway)?);
-        let mapper = Arc::new(Mutex::new(Mapper::new(port, self.shared.now_us())));
+        // The address the requests leave from (the kernel's choice for a wildcard socket): PCP names it.
+        let IpAddr::V4(client) = socket.local_addr()?.ip() else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("WAN {wan}: no IPv4 source address")));
+        };
+        let nonce: [u8; NONCE_LEN] = crate::tls::generate_seed()[..NONCE_LEN].try_into().expect("12 of 32 bytes");
+        let mapper = Arc::new(Mutex::new(Mapper::new(port, client, nonce, self.shared.now_us())));
         let task = runtime.spawn(run(self.shared.clone(), wan.to_string(), socket.clone(), mapper.clone()));
         let old = self
             .shared

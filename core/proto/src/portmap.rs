@@ -1,11 +1,13 @@
-//! Port mapping on the home router with NAT-PMP (RFC 6886): a mapping of one local UDP port (a WAN
+//! Port mapping on the home router with PCP (RFC 6887, `pcp`) or NAT-PMP (RFC 6886): a mapping of one local UDP port (a WAN
 //! socket's) on that WAN's gateway, so that peers reach the socket at the gateway's public address and the
 //! mapped port even when the NAT maps every new destination to a new port (symmetric). Pure: the caller
 //! sends what `poll_transmit` returns from a socket that leaves by the WAN (NAT-PMP takes the request's
 //! source address as the internal address), feeds each datagram from the gateway's port 5351 to
 //! `handle_response`, and calls again at `next_at`.
 //!
-//! Life of a mapping: ask the external address, then map the port for `LIFETIME_S`; renew at half the
+//! Life of a mapping: ask in PCP (one MAP exchange gives address and port); a gateway that answers in
+//! NAT-PMP (it speaks no PCP), or says nothing to two PCP requests, is asked in NAT-PMP from then on:
+//! the external address, then map the port. Either way for `LIFETIME_S`; renew at half the
 //! granted lifetime; a router that restarted (its epoch went back) is asked again at once; `release`
 //! gives the request that deletes the mapping (lifetime 0). A gateway that does not answer after
 //! `MAX_TRIES` retransmissions is asked again after `RETRY_US`.
@@ -15,7 +17,7 @@
 //! behind another NAT: the mapping would not be reachable), port 0, a zero lifetime, an answer for another
 //! port — none becomes a candidate; `status` says why there is no mapping.
 //!
-//! Wire format (RFC 6886, integers big-endian):
+//! NAT-PMP's wire format (RFC 6886, integers big-endian; PCP's is in `pcp`):
 //! ```text
 //!   external address request   u8 version 0, u8 opcode 0
 //!   external address answer    u8 0, u8 128, u16 result, u32 epoch s, [4] address
@@ -25,6 +27,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
+use crate::pcp;
 use crate::wire::{Malformed, Reader, Writer};
 
 /// The port a NAT-PMP server listens on at the gateway.
@@ -35,10 +38,12 @@ pub const LIFETIME_S: u32 = 7200;
 /// the gateway is taken to speak no NAT-PMP until `RETRY_US` later (a router may turn it on, or restart).
 pub const FIRST_RETRY_US: u64 = 250_000;
 pub const MAX_TRIES: u32 = 4;
+/// PCP requests sent before NAT-PMP is tried when the gateway stays silent (a server that speaks only
+/// NAT-PMP should answer "unsupported version", but some drop what they cannot read).
+pub const PCP_TRIES: u32 = 2;
 pub const RETRY_US: u64 = 120_000_000;
 /// A renewal is never scheduled sooner than this (a router granting a few seconds would be asked in a loop).
 pub const MIN_RENEW_US: u64 = 10_000_000;
-pub const PROTOCOL: &str = "nat-pmp";
 
 const VERSION: u8 = 0;
 const OP_EXTERNAL: u8 = 0;
@@ -134,8 +139,26 @@ impl Mapping {
     }
 }
 
+/// Which protocol the mapper speaks to the gateway: PCP first, NAT-PMP when the gateway says it speaks
+/// no PCP (or does not answer it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Pcp,
+    NatPmp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Pcp => "pcp",
+            Protocol::NatPmp => "nat-pmp",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// NAT-PMP only: its map answer has no address, so it is asked first.
     AskExternal,
     AskMap,
     /// Mapped, or waiting to ask again after a failure: `next_at` says when.
@@ -146,6 +169,10 @@ enum Phase {
 #[derive(Debug)]
 pub struct Mapper {
     internal_port: u16,
+    /// The request's source address (PCP names it; the server checks it) and the mapping's nonce.
+    client: Ipv4Addr,
+    nonce: [u8; pcp::NONCE_LEN],
+    protocol: Protocol,
     phase: Phase,
     tries: u32,
     next_at_us: u64,
@@ -153,29 +180,39 @@ pub struct Mapper {
     mapping: Option<Mapping>,
     /// Why there is no mapping (None while the first answer is awaited, or while mapped).
     problem: Option<String>,
-    /// The server's epoch (seconds since it started) and when we saw it: one that went back restarted.
+    /// The server's epoch (seconds since it started): one that went back means it restarted.
     epoch: Option<u32>,
-    /// A map request was sent: on release, a delete is due even if no answer came.
-    asked_map: bool,
+    /// A map request was sent in each protocol: on release, a delete is due even if no answer came.
+    asked_pcp: bool,
+    asked_natpmp: bool,
 }
 
 impl Mapper {
-    pub fn new(internal_port: u16, now_us: u64) -> Self {
+    /// `client`: the address the requests leave from; `nonce`: random, the mapping's for its life.
+    pub fn new(internal_port: u16, client: Ipv4Addr, nonce: [u8; pcp::NONCE_LEN], now_us: u64) -> Self {
         Mapper {
             internal_port,
-            phase: Phase::AskExternal,
+            client,
+            nonce,
+            protocol: Protocol::Pcp,
+            phase: Phase::AskMap,
             tries: 0,
             next_at_us: now_us,
             external_ip: None,
             mapping: None,
             problem: None,
             epoch: None,
-            asked_map: false,
+            asked_pcp: false,
+            asked_natpmp: false,
         }
     }
 
     pub fn internal_port(&self) -> u16 {
         self.internal_port
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     pub fn next_at(&self) -> u64 {
@@ -216,6 +253,19 @@ impl Mapper {
         self.next_at_us = now_us;
     }
 
+    fn first_phase(&self) -> Phase {
+        match self.protocol {
+            Protocol::Pcp => Phase::AskMap,
+            Protocol::NatPmp => Phase::AskExternal,
+        }
+    }
+
+    /// The gateway speaks no PCP: NAT-PMP from now on (at once).
+    fn fall_back(&mut self, now_us: u64) {
+        self.protocol = Protocol::NatPmp;
+        self.ask(Phase::AskExternal, now_us);
+    }
+
     /// The request to send now, if one is due; call again at `next_at`.
     pub fn poll_transmit(&mut self, now_us: u64) -> Option<Vec<u8>> {
         if now_us < self.next_at_us {
@@ -223,33 +273,95 @@ impl Mapper {
         }
         if self.phase == Phase::Idle {
             // A renewal is due (mapped), or a retry after a failure: the address may have changed too.
-            let phase = if self.mapping(now_us).is_some() { Phase::AskMap } else { Phase::AskExternal };
+            let phase = if self.mapping(now_us).is_some() { Phase::AskMap } else { self.first_phase() };
             self.ask(phase, now_us);
         }
+        if self.protocol == Protocol::Pcp && self.tries >= PCP_TRIES && self.mapping.is_none() {
+            // No PCP answer at all: a NAT-PMP server that drops what it cannot read, or none.
+            self.fall_back(now_us);
+        }
         if self.tries >= MAX_TRIES {
-            self.fail(format!("no answer from the gateway ({PROTOCOL})"), now_us);
+            self.fail(format!("no answer from the gateway ({})", self.protocol.name()), now_us);
             return None;
         }
         self.next_at_us = now_us + (FIRST_RETRY_US << self.tries);
         self.tries += 1;
-        Some(match self.phase {
-            Phase::AskExternal => external_address_request(),
-            _ => {
-                self.asked_map = true;
+        Some(match (self.protocol, self.phase) {
+            (Protocol::Pcp, _) => {
+                self.asked_pcp = true;
+                pcp::map_request(self.client, &self.nonce, self.internal_port, LIFETIME_S)
+            }
+            (Protocol::NatPmp, Phase::AskExternal) => external_address_request(),
+            (Protocol::NatPmp, _) => {
+                self.asked_natpmp = true;
                 map_request(self.internal_port, LIFETIME_S)
             }
         })
     }
 
-    /// A datagram from the gateway's NAT-PMP port. Ok(true) if the mapping or its problem changed.
-    pub fn handle_response(&mut self, data: &[u8], now_us: u64) -> Result<bool, Malformed> {
-        let answer = decode(data)?;
-        let (Answer::External { epoch, .. } | Answer::Map { epoch, .. }) = answer;
+    /// The router restarted and lost its mappings (RFC 6886 3.6, RFC 6887 8.5): map again now.
+    fn check_epoch(&mut self, epoch: u32, now_us: u64) {
         let restarted = self.epoch.is_some_and(|last| epoch < last);
         self.epoch = Some(epoch);
+        if restarted && self.phase == Phase::Idle && self.mapping.is_some() {
+            let phase = self.first_phase();
+            self.ask(phase, now_us);
+        }
+    }
+
+    /// A granted mapping, checked: a public address, a port, a lifetime.
+    fn granted(&mut self, ip: Option<Ipv4Addr>, port: u16, lifetime_s: u32, now_us: u64) {
+        let Some(ip) = ip else {
+            self.mapping = None;
+            return self.fail("the gateway's external address is not IPv4".into(), now_us);
+        };
+        if let Some(why) = unusable_external(ip) {
+            self.mapping = None;
+            return self.fail(format!("the gateway's external address {ip} is {why}"), now_us);
+        }
+        let (1.., 1..) = (port, lifetime_s) else {
+            self.mapping = None;
+            return self.fail(format!("the gateway answered port {port}, lifetime {lifetime_s} s"), now_us);
+        };
+        self.mapping = Some(Mapping { external: SocketAddrV4::new(ip, port), lifetime_s, granted_at_us: now_us });
+        self.problem = None;
+        self.phase = Phase::Idle;
+        self.tries = 0;
+        self.next_at_us = now_us + (lifetime_s as u64 * 500_000).max(MIN_RENEW_US);
+    }
+
+    /// A datagram from the gateway's port 5351. Ok(true) if the mapping or its problem changed.
+    pub fn handle_response(&mut self, data: &[u8], now_us: u64) -> Result<bool, Malformed> {
         let before = (self.mapping(now_us), self.problem(now_us));
+        match self.protocol {
+            Protocol::Pcp if pcp::is_natpmp(data) => self.fall_back(now_us),
+            Protocol::Pcp => self.handle_pcp(data, now_us)?,
+            Protocol::NatPmp => self.handle_natpmp(data, now_us)?,
+        }
+        Ok(before != (self.mapping(now_us), self.problem(now_us)))
+    }
+
+    fn handle_pcp(&mut self, data: &[u8], now_us: u64) -> Result<(), Malformed> {
+        let answer = pcp::decode(data)?;
+        if self.phase != Phase::AskMap || !answer.answers(&self.nonce, self.internal_port) {
+            return Ok(()); // a late duplicate, or not ours
+        }
+        match answer.result {
+            pcp::SUCCESS => self.granted(answer.external_ip, answer.external_port, answer.lifetime_s, now_us),
+            pcp::UNSUPP_VERSION => self.fall_back(now_us),
+            result => {
+                self.mapping = None;
+                self.fail(pcp::result_text(result), now_us);
+            }
+        }
+        self.check_epoch(answer.epoch, now_us);
+        Ok(())
+    }
+
+    fn handle_natpmp(&mut self, data: &[u8], now_us: u64) -> Result<(), Malformed> {
+        let answer = decode(data)?;
         match answer {
-            Answer::External { result, ip, .. } if self.phase == Phase::AskExternal => {
+            Answer::External { result, ip, epoch } if self.phase == Phase::AskExternal => {
                 if result != 0 {
                     self.fail(result_text(result), now_us);
                 } else if let Some(why) = unusable_external(ip) {
@@ -260,46 +372,44 @@ impl Mapper {
                     self.external_ip = Some(ip);
                     self.ask(Phase::AskMap, now_us);
                 }
+                self.check_epoch(epoch, now_us);
             }
-            Answer::Map { result, internal_port, external_port, lifetime_s, .. }
+            Answer::Map { result, internal_port, external_port, lifetime_s, epoch }
                 if self.phase == Phase::AskMap && internal_port == self.internal_port =>
             {
                 if result != 0 {
                     self.mapping = None;
                     self.fail(result_text(result), now_us);
-                } else if external_port == 0 || lifetime_s == 0 {
-                    self.mapping = None;
-                    self.fail(format!("the gateway answered port {external_port}, lifetime {lifetime_s} s"), now_us);
-                } else if let Some(ip) = self.external_ip {
-                    self.mapping = Some(Mapping {
-                        external: SocketAddrV4::new(ip, external_port),
-                        lifetime_s,
-                        granted_at_us: now_us,
-                    });
-                    self.problem = None;
-                    self.phase = Phase::Idle;
-                    self.tries = 0;
-                    self.next_at_us = now_us + (lifetime_s as u64 * 500_000).max(MIN_RENEW_US);
+                } else {
+                    self.granted(self.external_ip, external_port, lifetime_s, now_us);
                 }
+                self.check_epoch(epoch, now_us);
             }
             _ => {} // a late duplicate, or an answer for another port: nothing to do
         }
-        if restarted && self.phase == Phase::Idle && self.mapping.is_some() {
-            // The router restarted and lost its mappings (RFC 6886 3.6): map again now.
-            self.ask(Phase::AskExternal, now_us);
-        }
-        Ok(before != (self.mapping(now_us), self.problem(now_us)))
+        Ok(())
     }
 
-    /// The request that deletes the mapping (None if none was ever asked for).
-    pub fn release(&self) -> Option<Vec<u8>> {
-        self.asked_map.then(|| map_request(self.internal_port, 0))
+    /// The requests that delete the mapping, in each protocol it was asked in (none if never asked).
+    pub fn release(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        if self.asked_pcp {
+            out.push(pcp::map_request(self.client, &self.nonce, self.internal_port, 0));
+        }
+        if self.asked_natpmp {
+            out.push(map_request(self.internal_port, 0));
+        }
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 16, 1, 2);
+    const NONCE: [u8; pcp::NONCE_LEN] = [7; pcp::NONCE_LEN];
+    const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
 
     fn external_answer(epoch: u32, ip: [u8; 4]) -> Vec<u8> {
         let mut w = Writer::default();
@@ -323,12 +433,25 @@ mod tests {
         w.out
     }
 
-    /// Runs a mapper through a granted mapping at `now`: 203.0.113.9 is fine as an external address
-    /// here (only private, shared and non-host ranges are refused).
+    fn pcp_request(lifetime: u32) -> Vec<u8> {
+        pcp::map_request(CLIENT, &NONCE, 4433, lifetime)
+    }
+
+    /// A mapper whose gateway answered its PCP request as a NAT-PMP server does: "unsupported version".
+    fn natpmp_mapper(now: u64) -> Mapper {
+        let mut m = Mapper::new(4433, CLIENT, NONCE, now);
+        assert_eq!(m.poll_transmit(now), Some(pcp_request(LIFETIME_S)), "PCP first");
+        assert!(!m.handle_response(&[0, 129, 0, 1, 0, 0, 0, 9], now).unwrap());
+        assert_eq!(m.protocol(), Protocol::NatPmp);
+        m
+    }
+
+    /// Runs a NAT-PMP mapper through a granted mapping at `now` (203.0.113.9 is fine as an external
+    /// address here: only private, shared and non-host ranges are refused).
     fn mapped(now: u64) -> Mapper {
-        let mut m = Mapper::new(4433, now);
+        let mut m = natpmp_mapper(now);
         assert_eq!(m.poll_transmit(now), Some(vec![0, 0]));
-        assert!(!m.handle_response(&external_answer(100, [203, 0, 113, 9]), now).unwrap());
+        assert!(!m.handle_response(&external_answer(100, PUBLIC.octets()), now).unwrap());
         assert_eq!(m.poll_transmit(now), Some(map_request(4433, LIFETIME_S)));
         assert!(m.handle_response(&map_answer(0, 100, 4433, 40000, 3600), now).unwrap());
         m
@@ -349,6 +472,40 @@ mod tests {
     }
 
     #[test]
+    fn pcp_maps_in_one_exchange_and_its_answers_are_checked() {
+        let mut m = Mapper::new(4433, CLIENT, NONCE, 0);
+        assert_eq!(m.poll_transmit(0), Some(pcp_request(LIFETIME_S)));
+        let other = pcp::answer(0, 3600, 5, [8; 12], 4433, (PUBLIC, 40000));
+        assert!(!m.handle_response(&other, 0).unwrap(), "another nonce: not our answer");
+        assert_eq!(m.candidate(0), None);
+        assert!(m.handle_response(&pcp::answer(0, 3600, 5, NONCE, 4433, (PUBLIC, 40000)), 0).unwrap());
+        assert_eq!(m.candidate(0), Some("203.0.113.9:40000".parse().unwrap()));
+        assert_eq!(m.protocol().name(), "pcp");
+        assert_eq!(m.next_at(), 1_800_000_000);
+        assert_eq!(m.release(), vec![pcp_request(0)]);
+
+        let mut refused = Mapper::new(4433, CLIENT, NONCE, 0);
+        refused.poll_transmit(0);
+        refused.handle_response(&pcp::answer(2, 0, 5, NONCE, 4433, (Ipv4Addr::UNSPECIFIED, 0)), 0).unwrap();
+        assert!(refused.problem(0).unwrap().contains("not authorized"));
+        assert_eq!(refused.protocol(), Protocol::Pcp, "a PCP server that refuses is not asked in NAT-PMP");
+        let mut private = Mapper::new(4433, CLIENT, NONCE, 0);
+        private.poll_transmit(0);
+        private.handle_response(&pcp::answer(0, 3600, 5, NONCE, 4433, (Ipv4Addr::new(10, 0, 0, 1), 4433)), 0).unwrap();
+        assert_eq!(private.candidate(0), None);
+        assert!(private.problem(0).unwrap().contains("10.0.0.1 is private"));
+    }
+
+    #[test]
+    fn a_silent_gateway_is_asked_in_nat_pmp_after_two_pcp_requests() {
+        let mut m = Mapper::new(4433, CLIENT, NONCE, 0);
+        assert_eq!(m.poll_transmit(0), Some(pcp_request(LIFETIME_S)));
+        assert_eq!(m.poll_transmit(m.next_at()), Some(pcp_request(LIFETIME_S)));
+        assert_eq!(m.poll_transmit(m.next_at()), Some(external_address_request()));
+        assert_eq!(m.protocol(), Protocol::NatPmp);
+    }
+
+    #[test]
     fn a_mapping_is_granted_renewed_at_half_its_lifetime_and_released() {
         let mut m = mapped(0);
         let mapping = m.mapping(0).unwrap();
@@ -360,13 +517,13 @@ mod tests {
         assert_eq!(m.poll_transmit(1_800_000_000), Some(map_request(4433, LIFETIME_S)));
         assert!(m.handle_response(&map_answer(0, 1900, 4433, 40000, 3600), 1_800_000_000).unwrap());
         assert_eq!(m.mapping(1_800_000_000).unwrap().expires_at_us(), 5_400_000_000);
-        assert_eq!(m.release(), Some(map_request(4433, 0)));
-        assert_eq!(Mapper::new(1, 0).release(), None, "nothing asked, nothing to delete");
+        assert_eq!(m.release(), vec![pcp_request(0), map_request(4433, 0)], "a delete in each protocol asked");
+        assert!(Mapper::new(1, CLIENT, NONCE, 0).release().is_empty(), "nothing asked, nothing to delete");
     }
 
     #[test]
     fn unanswered_requests_back_off_then_wait_and_an_unrenewed_mapping_expires() {
-        let mut m = Mapper::new(4433, 0);
+        let mut m = natpmp_mapper(0);
         let mut now = 0;
         for i in 0..MAX_TRIES {
             assert!(m.poll_transmit(now).is_some());
@@ -391,7 +548,7 @@ mod tests {
     #[test]
     fn unusable_values_from_the_router_make_no_candidate() {
         for bad in [[10, 0, 0, 1], [192, 168, 1, 1], [172, 16, 0, 1], [100, 64, 0, 1], [0, 0, 0, 0], [127, 0, 0, 1]] {
-            let mut m = Mapper::new(4433, 0);
+            let mut m = natpmp_mapper(0);
             m.poll_transmit(0);
             assert!(m.handle_response(&external_answer(1, bad), 0).unwrap());
             assert_eq!(m.poll_transmit(0), None, "no map request for {bad:?}");
@@ -399,7 +556,7 @@ mod tests {
             assert!(m.problem(0).unwrap().contains("external address"), "{:?}", m.problem(0));
         }
         assert_eq!(unusable_external(Ipv4Addr::new(11, 1, 0, 1)), None);
-        let mut m = Mapper::new(4433, 0);
+        let mut m = natpmp_mapper(0);
         m.poll_transmit(0);
         m.handle_response(&external_answer(1, [11, 1, 0, 1]), 0).unwrap();
         m.poll_transmit(0);
@@ -407,7 +564,7 @@ mod tests {
         assert!(m.handle_response(&map_answer(0, 1, 4433, 0, 3600), 0).unwrap());
         assert_eq!(m.candidate(0), None);
         assert!(m.problem(0).unwrap().contains("port 0"));
-        let mut m = Mapper::new(4433, 0);
+        let mut m = natpmp_mapper(0);
         m.poll_transmit(0);
         m.handle_response(&external_answer(1, [11, 1, 0, 1]), 0).unwrap();
         m.poll_transmit(0);

@@ -286,7 +286,7 @@ impl Node {
     }
 
     /// Maps the UDP port of WAN `wan`'s socket ("default": the listening socket on a node without WANs)
-    /// on the WAN's gateway (an IPv4 address) with NAT-PMP, renewed until the WAN is removed or the node
+    /// on the WAN's gateway (an IPv4 address) with PCP or NAT-PMP, renewed until the WAN is removed or the node
     /// stops (then deleted). OSError if there is no such WAN or its request socket cannot be made.
     fn map_port(&self, py: Python<'_>, wan: &str, gateway: &str) -> PyResult<()> {
         let gateway: std::net::Ipv4Addr = gateway
