@@ -6,6 +6,8 @@ candidates.
     s0 172.16.1.2 ── n0: symmetric NAT, outside 11.1.0.1, miniupnpd (NAT-PMP) ─┐
     s1 172.16.2.2 ── n1: symmetric NAT, outside 10.2.0.1 ──────────────────────┴── hub: gateway (relay), DHT
 
+A two-WAN router behind two ISPs' NATs, each with its own router service, gets a mapping per WAN.
+
 The router is the real thing (miniupnpd, Debian's nftables build, speaking PCP and NAT-PMP): it grants the
 mapping by a DNAT rule in its own nft table, and deletes it when the daemon releases the mapping as it
 stops. The NAT-PMP run drops PCP requests at the router, so the client falls back on its silence.
@@ -26,8 +28,8 @@ from tests.lab import nodes as qe
 from tests.lab.measure import ping
 from tests.lab.mesh import MeshLab, build_mesh_lab
 from tests.lab.netns import Namespace
-from tests.lab.topology import NatType
-from tests.lab.upnp import MiniUpnpd, give_public_address, start_miniupnpd
+from tests.lab.topology import LinkSpec, NatType, build_wan_lab
+from tests.lab.upnp import MiniUpnpd, give_isp_public_address, give_public_address, start_miniupnpd
 
 DIRECT_KINDS = {"direct", "punched"}
 PUBLIC_IP = "11.1.0.1"   # n0's outside address: miniupnpd (and QuicEther) map nothing behind a private one
@@ -128,3 +130,36 @@ def test_without_port_mapping_no_request_is_sent_and_the_pair_stays_relayed(lab:
     assert router.requests_seen() == 0, router.log()
     assert router.mappings() == []
     assert ping(s1.ns, mesh.address(s0), count=2).received >= 1, "the relay carries the pair"
+
+
+def test_each_wan_maps_its_own_port_on_its_own_router(lab: Lab, tmp_path: Path) -> None:
+    """A two-WAN router behind two symmetric ISP NATs, each with its own miniupnpd: each WAN socket's
+    mapping is asked of its own gateway from its own address (the router grants it only for the address the
+    request came from), so each WAN gets a mapping at its own ISP's public address."""
+    wl = build_wan_lab(lab, [LinkSpec(nat=NatType.SYMMETRIC)] * 2, lan=False, internet_hosts=(),
+                       policy_routing=False)
+    routers = []
+    for i, wan in enumerate(wl.wans):
+        give_isp_public_address(wl, i, f"11.{40 + i}.0.1")
+        routers.append(start_miniupnpd(lab, wan.isp, f"10.{10 + i}.0.0/24", tmp_path / f"miniupnpd{i}",
+                                       inside_if="rtr"))
+    node = qe.make_node(wl.router, "site", "10.99.0.1/24", tmp_path)
+    node.wans = [{"device": w.router_if, "name": f"isp{w.index}", "gateway": w.isp_addr} for w in wl.wans]
+    qe.start(node)
+
+    def mappings() -> dict[str, Any]:
+        return dict(node.status()["node"]["port_mapping"])
+
+    _wait("a mapping on each WAN", lambda: all(m.get("external") for m in mappings().values()) and
+          len(mappings()) == 2, 10.0, lambda: f"{mappings()}; {[r.log() for r in routers]}")
+    found = mappings()
+    print(f"\nper-WAN mappings: {found}")
+    for i, wan in enumerate(wl.wans):
+        mapped = found[f"isp{i}"]
+        port = mapped["internal_port"]
+        assert mapped["gateway"] == wan.isp_addr and mapped["external"] == f"11.{40 + i}.0.1:{port}", found
+        assert routers[i].mappings() == [f'iif "wire" udp th dport {port} dnat ip to {wan.router_addr}:{port}'], \
+            (i, routers[i].mappings())
+    assert found["isp0"]["internal_port"] != found["isp1"]["internal_port"], "one socket per WAN"
+    qe.stop(node)
+    assert [r.mappings() for r in routers] == [[], []]

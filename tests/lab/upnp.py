@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.lab.netns import Lab, LabError, Namespace
+from tests.lab.topology import WanLab
 
 NATPMP_PORT = 5351
 TABLE = "miniupnpd"
@@ -58,6 +59,19 @@ def give_public_address(hub: Namespace, site: int, public_ip: str) -> None:
     nat.ip("route", "add", hub_ip, "dev", "wire")
     nat.ip("route", "add", "default", "via", hub_ip)
     hub.ip("route", "add", f"{public_ip}/32", "dev", f"s{site}")
+
+
+def give_isp_public_address(wl: WanLab, index: int, public_ip: str) -> None:
+    """The ISP router of WAN `index` of the WAN lab (`topology.build_wan_lab`) faces its wire from
+    `public_ip` instead of 10.(40+index).0.1: its NAT then shows `public_ip`, routed back to it."""
+    wan = wl.wans[index]
+    wire_ip = f"10.{40 + index}.0.2"
+    wan.isp.ip("addr", "flush", "dev", "wire")
+    wan.isp.ip("addr", "add", f"{public_ip}/32", "dev", "wire")
+    wan.isp.ip("route", "add", wire_ip, "dev", "wire")
+    wan.isp.ip("route", "add", "default", "via", wire_ip)
+    wan.wire.ip("route", "add", f"{public_ip}/32", "dev", "isp")
+    wl.inet.ip("route", "add", f"{public_ip}/32", "via", f"10.{70 + index}.0.1")
 
 
 @dataclass
