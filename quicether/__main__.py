@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from quicether import __version__
 from quicether.config import DEFAULT_STATE_DIR, Config, ConfigError, load
-from quicether.daemon import api
+from quicether.daemon import api, portmap
 from quicether.identity import KEY_FILE_NAME, Identity, IdentityError, decode_node_id
 from quicether.identity import generate as generate_identity
 from quicether.identity import load as load_identity
@@ -185,6 +185,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  role {router['role']}  outside ports {' '.join(router['outside']) or '-'}")
     for wan, nat in sorted(node.get("nat", {}).items()):
         print(f"  wan {wan}: NAT {nat}")
+    for wan, mapping in sorted((node.get("port_mapping") or {}).items()):
+        print(portmap.describe(wan, mapping))
     punch = node.get("punch") or {}
     if punch:
         print(f"  hole punching: {punch.get('attempts', 0)} attempts, {punch.get('successes', 0)} punched paths up,"

@@ -122,6 +122,13 @@ class Node:
     def punch_stats(self) -> dict[str, int]:
         """Hole punching: attempts (punches this node took part in), successes (punched paths up),
         forwarded (requests relayed for other members), refused (punch messages refused)."""
+    def map_port(self, wan: str, gateway: str) -> None:
+        """Maps the UDP port of WAN `wan`'s socket ("default": the listen socket of a node without WANs) on
+        the WAN's IPv4 gateway with PCP or NAT-PMP, renewed until the WAN is removed or the node stops (then
+        deleted). OSError: no such WAN, or its request socket cannot be made; ValueError: not IPv4."""
+    def port_mappings(self) -> list[dict[str, Any]]:
+        """Per WAN with port mapping on: wan, protocol, gateway, internal_port, external ("ip:port" or
+        None), expires_in_s (None when unmapped), problem (why there is no mapping, None while mapped)."""
     def nat_types(self) -> dict[str, str]:
         """{WAN (or "default"): the NAT its socket is behind, in words}, from what the peers it dialed see."""
     def start_lane_gateway(self, listen: str, max_connections: int) -> None:

@@ -54,6 +54,10 @@
     port = 0                       # the DHT's UDP port (0: any)
     server = false                 # answer other DHT nodes' queries too (a publicly reachable gateway)
 
+    [nat]
+    port_mapping = true            # ask each WAN's home router for a port mapping (PCP, NAT-PMP) of its QUIC
+                                   # socket: peers then reach it directly even through a symmetric NAT
+
 Router settings (see quicether/router_config.py for every field): [lan] (appliance address, DHCP/DNS,
 exit peer, kill switch), [gateway] (exit to the internet, port forwards), [[acl]] rules, [firewall] (more
 ports open from outside), and in [node]:
@@ -166,6 +170,11 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class NatConfig:
+    port_mapping: bool = True            # map each WAN socket's port on its gateway (PCP, NAT-PMP)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     listen: str
@@ -186,6 +195,7 @@ class Config:
     open_ports: list[OpenPort] = field(default_factory=list)
     network: NetworkConfig | None = None
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    nat: NatConfig = field(default_factory=NatConfig)
 
     @property
     def key_path(self) -> Path:
@@ -410,13 +420,23 @@ def _discovery(raw: object, where: str) -> DiscoveryConfig:
                            port=port, server=server)
 
 
+def _nat(raw: object, where: str) -> NatConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [nat] must be a table")
+    check_keys(raw, {"port_mapping"}, where)
+    port_mapping = raw.get("port_mapping", True)
+    if not isinstance(port_mapping, bool):
+        raise ConfigError(f"{where}.port_mapping: must be true or false")
+    return NatConfig(port_mapping=port_mapping)
+
+
 def parse(text: str, path: Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl", "webui", "firewall", "network",
-                      "discovery"}, str(path))
+                      "discovery", "nat"}, str(path))
     node = data.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
@@ -481,7 +501,8 @@ def parse(text: str, path: Path) -> Config:
                   acl_default=router.acl_default, webui=router.webui, open_ports=router.open_ports,
                   network=network,
                   discovery=_discovery(data["discovery"], f"{path}: discovery") if "discovery" in data
-                  else DiscoveryConfig())
+                  else DiscoveryConfig(),
+                  nat=_nat(data["nat"], f"{path}: nat") if "nat" in data else NatConfig())
 
 
 def load(path: Path) -> Config:

@@ -31,12 +31,14 @@ from quicether.daemon.lane import Lane
 from quicether.daemon.mesh import Mesh
 from quicether.daemon.names import MemberNames
 from quicether.daemon.peers import PeerTable
+from quicether.daemon.portmap import LISTEN_SOURCE, PortMaps
 from quicether.daemon.router import Router
 from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
 from quicether.invite import InviteError
 from quicether.joining import Admissions
 from quicether.metrics import system_health
+from quicether.net import lan as lan_net
 from quicether.net import links
 
 log = logging.getLogger("quicether")
@@ -61,6 +63,7 @@ class Daemon:
         self.router: Router | None = None
         self.wans: WanManager | None = None
         self.lane: Lane | None = None
+        self.portmaps: PortMaps | None = None
         self.mesh: Mesh | None = None
         self.finder: Finder | None = None
         self.admissions: Admissions | None = None
@@ -130,6 +133,8 @@ class Daemon:
                     self.finder.lost(key)
             case core_events.HandshakeRefused(detail=detail):
                 log.warning("refused handshake from %s: %s", who, detail, extra=mark)
+            case core_events.PortMappingChanged(wan=wan, detail=detail):
+                log.info("WAN %s: %s", wan, detail, extra=mark)
             case core_events.DialFailed(wan=wan, detail=detail):
                 log.warning("cannot reach %s from WAN %s: %s", who, wan, detail, extra=mark)
             case core_events.TunFailed(detail=detail):
@@ -211,6 +216,8 @@ class Daemon:
                 "refused_handshakes": node.refused_handshakes() if node else 0,
                 # Per WAN: the NAT it is behind, as the addresses the peers see it at tell.
                 "nat": node.nat_types() if node else {},
+                # Per WAN: its port mapping on the home router (NAT-PMP) and when it expires, or why none.
+                "port_mapping": self.portmaps.status() if node and self.portmaps else {},
                 # Hole punching: attempts, successes, requests forwarded for others, messages refused.
                 "punch": node.punch_stats() if node else {},
                 # Relaying for other members (forwarded, drops by cause) and through relays (sent, received).
@@ -440,6 +447,7 @@ class Daemon:
                                    [], write_fd, [] if self.config.wans or self.config.detect_wans else None,
                                    self.config.congestion, network.certificate if network else None)
             undo.callback(self._close_node)
+            self.portmaps = PortMaps(self.node, self.config.nat.port_mapping)
             loop.add_reader(read_fd, self._on_events, read_fd)
             undo.callback(loop.remove_reader, read_fd)
             # pyroute2's synchronous API runs its own event loop: call it from a worker thread.
@@ -483,9 +491,15 @@ class Daemon:
             if self.config.wans or self.config.detect_wans:
                 lan = {self.config.lan.device} if self.config.lan else set()
                 self.wans = WanManager(self.node, self.config.wans, detect=self.config.detect_wans,
-                                       not_wans=frozenset({self.config.tun, *lan}), on_change=self.router.wans_changed)
+                                       not_wans=frozenset({self.config.tun, *lan}), on_change=self.router.wans_changed,
+                                       portmaps=self.portmaps)
                 undo.push_async_callback(self.wans.stop)
                 await self.wans.start()
+            else:
+                # The listen socket dials: its mapping is asked of the gateway of the default route.
+                lan = {self.config.lan.device} if self.config.lan else set()
+                routes = await asyncio.to_thread(lan_net.default_routes, {self.config.tun, *lan})
+                self.portmaps.wan_up(LISTEN_SOURCE, next((gw for _dev, gw in routes if gw), None))
             # After the WANs: the lane's MPTCP endpoints are their addresses.
             undo.push_async_callback(self.lane.stop)
             await self.lane.start(self.wans)

@@ -113,7 +113,8 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
                    prepare: Callable[[Namespace], object] | None = None, by_invite: bool = False,
                    gateway_dht_port: int | None = None, nats: list[NatType] | None = None,
                    outsiders: int = 0, relay_rate_mbit: float | None = None,
-                   prepare_hub: Callable[[Namespace], object] | None = None) -> MeshLab:
+                   prepare_hub: Callable[[Namespace], object] | None = None,
+                   configure: Callable[[qe.NodeSpec], object] | None = None) -> MeshLab:
     """Starts the DHT, the gateway and `sites` sites (not waiting for them to connect); `prepare` is
     called with each site's namespace before any daemon starts. `by_invite`: each site starts with only
     what `quicether join` wrote from an invite code of the running gateway; else with a certificate issued
@@ -129,7 +130,7 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     gateway must refuse to relay for it. `relay_rate_mbit`: each member's rate through the gateway (its
     `[network] relay_rate_mbit`; None: the default). `prepare_hub`: called with the hub before any daemon
     starts (more links there: a link added later changes the gateway's addresses, which restarts its DHT
-    node)."""
+    node). `configure`: called with each site's node before its daemon first starts (more config)."""
     hub, spokes = star(lab, sites, nats)
     for ns in spokes:
         if prepare is not None:
@@ -167,6 +168,9 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
             for i, member in enumerate(members):
                 node.peers.append({"name": member.name, "key": member.node_id, "endpoint": f"10.{i + 1}.0.1:4433",
                                    "allowed_ips": [f"100.98.0.{i + 1}/32"]})
+    if configure is not None:
+        for node in nodes:
+            configure(node)
     started_at = time.monotonic()
     for node in nodes if by_invite else (gateway, *nodes):
         qe.start(node)

@@ -124,6 +124,12 @@ pub enum Event {
         key: Option<[u8; 32]>,
         reason: String,
     },
+    /// A WAN's port mapping on its home router changed: made, renewed at another address, lost, or
+    /// refused or unusable (`detail` says which; reported on change only, never per retry).
+    PortMapping {
+        wan: String,
+        detail: String,
+    },
     /// Dialing a peer from a WAN failed (reported when the reason changes, not on every retry).
     DialFailed {
         key: [u8; 32],

@@ -9,6 +9,7 @@
 //! - `congestion`: CUBIC that tells random loss from congestion.
 //! - `discovery`: members' records in the mainline DHT (publish, look up, refuse and count).
 //! - `member_news`: members' certificates and revocations told from peer to peer on every path.
+//! - `portmap`: port mappings on the WANs' home routers (NAT-PMP), renewed, released on stop.
 //! - `punch`: hole punching between members, coordinated through a member both are connected to.
 //! - `join`: joining a network with an invite (the admin's answer, the joining node's request).
 //! - `lan_discovery`: members on the same LAN through mDNS (candidates only, trusted after the handshake).
@@ -27,6 +28,7 @@ pub mod member_news;
 pub mod node;
 pub mod peer;
 pub mod peers;
+pub mod portmap;
 pub mod punch;
 pub mod receive;
 pub mod relay;

@@ -99,13 +99,15 @@ pub fn inner_mtu(path_mtu: u16, v4: bool) -> usize {
 }
 
 /// A local socket that dials peers: a WAN's, or the listening one when the node has no WANs.
-struct DialSource {
-    endpoint: quinn::Endpoint,
+pub(crate) struct DialSource {
+    pub(crate) endpoint: quinn::Endpoint,
     backup: bool,
     /// The WAN's address, and the task accepting paths on its socket (None for the listening socket,
-    /// which lives as long as the node).
-    local: Option<IpAddr>,
+    /// which lives as long as the node); its device and firewall mark (a port mapping's requests use them).
+    pub(crate) local: Option<IpAddr>,
     accept: Option<JoinHandle<()>>,
+    pub(crate) device: Option<String>,
+    pub(crate) mark: u32,
 }
 
 /// The tasks that work for one peer, ended when it is removed.
@@ -164,7 +166,7 @@ pub struct Node {
     /// The TLS verifier's pinning set: the keys of the peers in the table.
     known_keys: Arc<RwLock<HashSet<[u8; 32]>>>,
     /// Lock order: `sources` before `tasks`.
-    sources: Mutex<HashMap<String, DialSource>>,
+    pub(crate) sources: Mutex<HashMap<String, DialSource>>,
     tasks: Mutex<HashMap<[u8; 32], PeerTasks>>,
     /// The TCP lane's ends, started and stopped by the daemon (`node_lane.rs`).
     lanes: Mutex<lanes::Lanes>,
@@ -251,6 +253,7 @@ impl Node {
             joins: crate::join::JoinDesk::default(),
             punch: crate::punch::PunchDesk::default(),
             relay: crate::relay::RelayDesk::default(),
+            portmap: crate::portmap::PortMapDesk::default(),
             member_policy: RwLock::new(PeerPolicy {
                 bulk_mode: quicether_proto::scheduler::Mode::Aggregate,
                 realtime_mode: quicether_proto::scheduler::Mode::Redundant,
@@ -330,7 +333,14 @@ impl Node {
         // Sources first, then peers: each added peer is dialed from every source there is.
         match cfg.wans {
             None => {
-                let source = DialSource { endpoint: node.listener.clone(), backup: false, local: None, accept: None };
+                let source = DialSource {
+                    endpoint: node.listener.clone(),
+                    backup: false,
+                    local: None,
+                    accept: None,
+                    device: None,
+                    mark: 0,
+                };
                 node.shared.punch.sockets.write().unwrap().push(crate::punch::PunchSocket {
                     wan: DEFAULT_SOURCE.to_string(),
                     endpoint: node.listener.clone(),
@@ -360,7 +370,7 @@ impl Node {
         Ok(config)
     }
 
-    fn runtime(&self) -> io::Result<&tokio::runtime::Runtime> {
+    pub(crate) fn runtime(&self) -> io::Result<&tokio::runtime::Runtime> {
         self.runtime.as_ref().ok_or_else(|| io_err("node", "stopped"))
     }
 
@@ -407,7 +417,9 @@ impl Node {
             backup: wan.backup,
             local: Some(wan.local),
         });
-        let source = DialSource { endpoint, backup: wan.backup, local: Some(wan.local), accept: Some(accept) };
+        let (device, mark) = (wan.device.clone(), wan.mark);
+        let source =
+            DialSource { endpoint, backup: wan.backup, local: Some(wan.local), accept: Some(accept), device, mark };
         let mut tasks = self.tasks.lock().unwrap();
         let peers: Vec<Arc<Peer>> = self.shared.table.read().unwrap().peers().cloned().collect();
         for peer in peers {
@@ -431,6 +443,7 @@ impl Node {
         }
         self.shared.punch.sockets.write().unwrap().retain(|s| s.wan != name);
         drop(sources);
+        self.unmap_port(name);
         if let Some(accept) = &source.accept {
             accept.abort();
         }
@@ -704,44 +717,6 @@ impl Node {
         (book.members(), book.refused)
     }
 
-    /// Per local socket that dials (each WAN's, or the listening one): the NAT mapping it is behind, told
-    /// from the addresses the peers it dialed see it at (`quicether_proto::nat`).
-    pub fn nat_mappings(&self) -> Vec<(String, quicether_proto::nat::Mapping)> {
-        use quicether_proto::nat::{classify, Observation};
-        let sockets: Vec<(String, SocketAddr)> = {
-            let sources = self.sources.lock().unwrap();
-            sources
-                .iter()
-                .filter_map(|(wan, s)| {
-                    let bound = s.endpoint.local_addr().ok()?;
-                    Some((wan.clone(), s.local.map_or(bound, |ip| SocketAddr::new(ip, bound.port()))))
-                })
-                .collect()
-        };
-        let mut paths: Vec<(u64, String, Observation)> = Vec::new();
-        for peer in self.shared.table.read().unwrap().peers() {
-            for path in peer.paths.read().unwrap().iter().filter(|p| p.route.dialed) {
-                if let Some(observed) = path.public {
-                    paths.push((
-                        path.id,
-                        path.route.local_wan.clone(),
-                        Observation { remote: path.route.remote, observed },
-                    ));
-                }
-            }
-        }
-        paths.sort_by_key(|(id, _, _)| *id);
-        let mut mappings: Vec<(String, quicether_proto::nat::Mapping)> = sockets
-            .into_iter()
-            .map(|(wan, local)| {
-                let seen: Vec<Observation> = paths.iter().filter(|(_, w, _)| *w == wan).map(|(_, _, o)| *o).collect();
-                (wan, classify(local, &seen))
-            })
-            .collect();
-        mappings.sort_by(|a, b| a.0.cmp(&b.0));
-        mappings
-    }
-
     /// Hole punching so far: punches taken part in, punched paths up, requests relayed, messages refused.
     pub fn punch_stats(&self) -> quicether_proto::punch::PunchStats {
         *self.shared.punch.stats.lock().unwrap()
@@ -777,6 +752,7 @@ impl Node {
 
     pub fn stop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
+            self.unmap_all(&runtime); // before the sockets close: the gateways delete our mappings
             self.listener.close(0u32.into(), b"node stopping");
             crate::relay::close_all(&self.shared);
             for peer in self.shared.table.read().unwrap().peers() {

@@ -322,6 +322,8 @@ pub struct Shared {
     pub punch: crate::punch::PunchDesk,
     /// Relaying for other members, and our relayed endpoints (`relay.rs`).
     pub relay: crate::relay::RelayDesk,
+    /// Port mappings on the WANs' home routers (`portmap.rs`).
+    pub portmap: crate::portmap::PortMapDesk,
     /// Our WANs by local address: a path the listening socket accepts at one of these runs over that WAN.
     pub wan_addrs: RwLock<std::collections::HashMap<std::net::IpAddr, String>>,
     pub tun: AsyncFd<std::fs::File>,

@@ -88,7 +88,8 @@ async fn send(path: &Path, msg: &Message) {
     }
 }
 
-/// Our candidates, per socket (`punch::socket_candidates`): the addresses our peers see it at (its NAT
+/// Our candidates, per socket: its port mapping on the home router if it has one (`portmap.rs`), then
+/// (`punch::socket_candidates`) the addresses our peers see it at (its NAT
 /// mappings, from their path hello answers, oldest path first), the public ones with its own port (where
 /// a new flow's mapping most likely is), its address where it is bound to one; then any other address
 /// peers see us at.
@@ -103,8 +104,13 @@ fn own_candidates(shared: &Shared) -> Vec<SocketAddr> {
     }
     observed.sort_by_key(|(id, _, _)| *id);
     let mut candidates = Vec::new();
+    let now = shared.now_us();
     for socket in shared.punch.sockets.read().unwrap().iter() {
         let Ok(bound) = socket.endpoint.local_addr() else { continue };
+        // A port mapping on the home router ranks first: it lets peers in even through a symmetric NAT.
+        if let Some(mapped) = shared.portmap.candidate(&socket.wan, now) {
+            add_candidate(&mut candidates, mapped);
+        }
         let seen: Vec<SocketAddr> = observed.iter().filter(|(_, wan, _)| *wan == socket.wan).map(|o| o.2).collect();
         let host = socket.local.map(|ip| SocketAddr::new(ip, bound.port()));
         for c in socket_candidates(host, bound.port(), &seen) {

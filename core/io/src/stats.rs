@@ -69,3 +69,43 @@ pub struct PeerDrops {
     /// Frames the resend memory forgot before its window ended, for its byte bound.
     pub resend_evicted: u64,
 }
+
+impl crate::node::Node {
+    /// Per local socket that dials (each WAN's, or the listening one): the NAT mapping it is behind, told
+    /// from the addresses the peers it dialed see it at (`quicether_proto::nat`).
+    pub fn nat_mappings(&self) -> Vec<(String, quicether_proto::nat::Mapping)> {
+        use quicether_proto::nat::{classify, Observation};
+        let sockets: Vec<(String, SocketAddr)> = {
+            let sources = self.sources.lock().unwrap();
+            sources
+                .iter()
+                .filter_map(|(wan, s)| {
+                    let bound = s.endpoint.local_addr().ok()?;
+                    Some((wan.clone(), s.local.map_or(bound, |ip| SocketAddr::new(ip, bound.port()))))
+                })
+                .collect()
+        };
+        let mut paths: Vec<(u64, String, Observation)> = Vec::new();
+        for peer in self.shared.table.read().unwrap().peers() {
+            for path in peer.paths.read().unwrap().iter().filter(|p| p.route.dialed) {
+                if let Some(observed) = path.public {
+                    paths.push((
+                        path.id,
+                        path.route.local_wan.clone(),
+                        Observation { remote: path.route.remote, observed },
+                    ));
+                }
+            }
+        }
+        paths.sort_by_key(|(id, _, _)| *id);
+        let mut mappings: Vec<(String, quicether_proto::nat::Mapping)> = sockets
+            .into_iter()
+            .map(|(wan, local)| {
+                let seen: Vec<Observation> = paths.iter().filter(|(_, w, _)| *w == wan).map(|(_, _, o)| *o).collect();
+                (wan, classify(local, &seen))
+            })
+            .collect();
+        mappings.sort_by(|a, b| a.0.cmp(&b.0));
+        mappings
+    }
+}

@@ -21,6 +21,8 @@
 //! - `signing`: Ed25519 signatures with a node or network key seed.
 //! - `membership`: network membership certificates and revocations (encoding, verification).
 //! - `nat`: what kind of NAT a WAN socket is behind, from the addresses peers see it at.
+//! - `portmap`: a port mapping on the home router (PCP, else NAT-PMP): requests, answers checked, renewal,
+//!   release.  `pcp`: PCP's MAP request and answer.
 //! - `punch`: hole punching messages, their schedule and rate limits (coordinated simultaneous open).
 //! - `lane`: the TCP lane's connection header (original destination), sent first inside its TLS.
 //! - `join`: the join request a node sends with an invite's key, and the admin's answer.
@@ -47,7 +49,9 @@ pub mod membership;
 pub mod nat;
 pub mod path_rank;
 pub mod path_rate;
+pub mod pcp;
 pub mod peer_text;
+pub mod portmap;
 pub mod punch;
 pub mod record;
 pub mod refusals;

@@ -285,6 +285,38 @@ impl Node {
         self.with(|n| n.nat_mappings().into_iter().map(|(wan, m)| (wan, m.describe())).collect())
     }
 
+    /// Maps the UDP port of WAN `wan`'s socket ("default": the listening socket on a node without WANs)
+    /// on the WAN's gateway (an IPv4 address) with PCP or NAT-PMP, renewed until the WAN is removed or the node
+    /// stops (then deleted). OSError if there is no such WAN or its request socket cannot be made.
+    fn map_port(&self, py: Python<'_>, wan: &str, gateway: &str) -> PyResult<()> {
+        let gateway: std::net::Ipv4Addr = gateway
+            .parse()
+            .map_err(|_| PyValueError::new_err(format!("WAN {wan}: gateway {gateway:?} is not IPv4")))?;
+        let guard = self.inner.lock().unwrap();
+        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
+        py.detach(|| node.map_port(wan, gateway)).map_err(os_error)
+    }
+
+    /// Per WAN with port mapping on: {wan, protocol, gateway, internal_port, external ("ip:port" or None),
+    /// expires_in_s (None when unmapped), problem (why there is no mapping, or None)}.
+    fn port_mappings<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let mappings = self.with(|n| n.port_mappings())?;
+        mappings
+            .into_iter()
+            .map(|m| {
+                let d = PyDict::new(py);
+                d.set_item("wan", m.wan)?;
+                d.set_item("protocol", m.protocol)?;
+                d.set_item("gateway", m.gateway.to_string())?;
+                d.set_item("internal_port", m.internal_port)?;
+                d.set_item("external", m.external.map(|a| a.to_string()))?;
+                d.set_item("expires_in_s", m.expires_in_s)?;
+                d.set_item("problem", m.problem)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
     /// Hole punching: {attempts, successes, forwarded, refused} (`quicether_proto::punch::PunchStats`).
     fn punch_stats(&self) -> PyResult<std::collections::BTreeMap<&'static str, u64>> {
         self.with(|n| {
@@ -530,6 +562,7 @@ fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
         }
         Event::HandshakeRefused { key, reason } => ("handshake_refused", key, None, reason),
         Event::DialFailed { key, wan, reason } => ("dial_failed", Some(key), Some(wan), reason),
+        Event::PortMapping { wan, detail } => ("port_mapping", None, Some(wan), detail),
         Event::TunFailed { error } => ("tun_failed", None, None, error),
         Event::Lane { detail } => ("lane", None, None, detail),
         Event::JoinRequested { id, invite, node, name, lan_prefixes } => {
