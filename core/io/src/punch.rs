@@ -71,14 +71,57 @@ fn first_up_path(peer: &Peer) -> Option<Arc<Path>> {
     peer.paths.read().unwrap().iter().find(|p| p.up.load(Ordering::Relaxed)).cloned()
 }
 
-/// Whether a path not through a relay runs to `peer`: while only relayed ones do, punching goes on, so
-/// the pair moves to a direct path when the NATs let it.
-fn has_direct_path(peer: &Peer) -> bool {
-    peer.paths.read().unwrap().iter().any(|p| !matches!(p.route.kind, PathKind::Relayed { .. }))
+/// The routes of `peer`'s paths that are not through a relay: while only relayed ones run, punching goes
+/// on, so the pair moves to a direct path when the NATs let it; and while one of our WANs has none, that
+/// WAN punches, so a multi-WAN site's bond is direct on all of them.
+fn direct_routes(peer: &Peer) -> Vec<(String, SocketAddr)> {
+    let paths = peer.paths.read().unwrap();
+    let direct = paths.iter().filter(|p| !matches!(p.route.kind, PathKind::Relayed { .. }));
+    direct.map(|p| (p.route.local_wan.clone(), p.route.remote)).collect()
 }
 
-fn connected(shared: &Shared, key: &[u8; 32]) -> bool {
-    shared.peer(key).is_some_and(|p| has_direct_path(&p))
+/// Whether each of our punch sockets has a direct path to `peer` (nothing left to punch from our side).
+fn every_socket_direct(sockets: &[PunchSocket], peer: &Peer) -> bool {
+    let routes = direct_routes(peer);
+    sockets.iter().all(|s| routes.iter().any(|(wan, _)| *wan == s.wan))
+}
+
+/// Which side of a punch we are: the initiator dials from the sockets that have no direct path to the
+/// peer; the target from every socket, to each candidate it has no path to yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Initiator,
+    Target,
+}
+
+/// Takes out of `schedule` what the direct paths to `key` that run now already cover (for `role`).
+fn prune(shared: &Shared, key: &[u8; 32], sockets: &[PunchSocket], schedule: &mut Schedule, role: Role) {
+    let Some(peer) = shared.peer(key) else { return };
+    let routes = direct_routes(&peer);
+    for (index, socket) in sockets.iter().enumerate() {
+        for (_, remote) in routes.iter().filter(|(wan, _)| *wan == socket.wan) {
+            match role {
+                Role::Initiator => schedule.handle_socket_connected(index),
+                Role::Target => schedule.handle_pair_connected(index, *remote),
+            }
+        }
+    }
+}
+
+/// The schedule of a punch towards `key` at `candidates` from all our sockets, starting at `start_us`,
+/// less what runs already.
+fn schedule(
+    shared: &Shared,
+    key: &[u8; 32],
+    candidates: &[SocketAddr],
+    start_us: u64,
+    role: Role,
+) -> (Vec<PunchSocket>, Schedule) {
+    let sockets = shared.punch.sockets.read().unwrap().clone();
+    let v4: Vec<bool> = sockets.iter().map(|s| s.endpoint.local_addr().map(|a| a.is_ipv4()).unwrap_or(true)).collect();
+    let mut schedule = Schedule::new(&v4, candidates, start_us);
+    prune(shared, key, &sockets, &mut schedule, role);
+    (sockets, schedule)
 }
 
 async fn send(path: &Path, msg: &Message) {
@@ -117,8 +160,9 @@ fn own_candidates(shared: &Shared) -> Vec<SocketAddr> {
     candidates
 }
 
-/// Runs for the life of the node: every member in the table that has no direct path (none, or only
-/// relayed ones) and that we have endpoints of or a relayed path to is punched towards through a member we are connected to: every
+/// Runs for the life of the node: every member in the table that one of our WAN sockets has no direct path
+/// to (none at all, only relayed ones, or direct ones from our other WANs only) and that we have endpoints
+/// of or a relayed path to is punched towards through a member we are connected to: every
 /// `punch::RETRY_US` per target, and at once when our candidates or its endpoints change.
 pub async fn initiator(shared: Arc<Shared>) {
     if crate::debug::punch_disabled() {
@@ -133,14 +177,20 @@ pub async fn initiator(shared: Arc<Shared>) {
             .filter_map(|p| first_up_path(p).map(|path| (p.clone(), path)))
             .filter(|(_, path)| !matches!(path.route.kind, PathKind::Relayed { .. }))
             .collect();
+        let sockets = shared.punch.sockets.read().unwrap().clone();
         for target in &peers {
-            if has_direct_path(target) || !is_member(&shared, &target.key) {
+            if every_socket_direct(&sockets, target) || !is_member(&shared, &target.key) {
                 continue;
             }
             // A member we reach through a relay only is punched towards even when we know no endpoint of
             // it (it dialed us through the relay, so we never looked it up): its side dials our
             // candidates, which is what a NAT of ours that has become punchable needs.
-            let endpoints = target.endpoints.read().unwrap().clone();
+            let mut endpoints = target.endpoints.read().unwrap().clone();
+            // Where our direct paths from other WANs reach it: a member that dialed us first (we never
+            // looked it up) is there, through its NAT's mapping, which the punch of our other WANs needs.
+            for (_, remote) in direct_routes(target) {
+                add_candidate(&mut endpoints, remote);
+            }
             if endpoints.is_empty() && target.paths.read().unwrap().is_empty() {
                 continue;
             }
@@ -157,12 +207,14 @@ pub async fn initiator(shared: Arc<Shared>) {
                 continue;
             }
             let delay_ms = request_delay_ms(relay_path.conn.rtt().as_micros() as u64);
+            let start_us = now + delay_ms as u64 * 1000;
+            let (sockets, dials) = schedule(&shared, &target.key, &endpoints, start_us, Role::Initiator);
             let request = Message { kind: Kind::Request, key: target.key, delay_ms, candidates };
             shared.punch.stats.lock().unwrap().attempts += 1;
             target.punch_attempts.fetch_add(1, Ordering::Relaxed);
             let relay_path = relay_path.clone();
             tokio::spawn(async move { send(&relay_path, &request).await });
-            tokio::spawn(run_schedule(shared.clone(), target.key, endpoints, now + delay_ms as u64 * 1000));
+            tokio::spawn(run_schedule(shared.clone(), target.key, sockets, dials, Role::Initiator));
         }
     }
 }
@@ -214,10 +266,12 @@ fn answer(shared: &Arc<Shared>, msg: Message) {
     if crate::debug::punch_disabled() {
         return;
     }
-    if connected(shared, &initiator) {
-        return; // a path came up meanwhile (its own dial, or an earlier punch)
-    }
     let now = shared.now_us();
+    let start_us = now + msg.delay_ms as u64 * 1000;
+    let (sockets, dials) = schedule(shared, &initiator, &msg.candidates, start_us, Role::Target);
+    if dials.next_at().is_none() {
+        return; // paths to every candidate came up meanwhile (its own dials, or an earlier punch)
+    }
     if !shared.punch.book.lock().unwrap().answer(&initiator, now) {
         return shared.punch.refused();
     }
@@ -225,21 +279,20 @@ fn answer(shared: &Arc<Shared>, msg: Message) {
     if let Some(peer) = shared.peer(&initiator) {
         peer.punch_attempts.fetch_add(1, Ordering::Relaxed);
     }
-    tokio::spawn(run_schedule(shared.clone(), initiator, msg.candidates, now + msg.delay_ms as u64 * 1000));
+    tokio::spawn(run_schedule(shared.clone(), initiator, sockets, dials, Role::Target));
 }
 
-/// Dials `key` at `candidates` from every socket, in the rounds of a `Schedule` starting at `start_us`,
-/// until a path to it is up.
-async fn run_schedule(shared: Arc<Shared>, key: [u8; 32], candidates: Vec<SocketAddr>, start_us: u64) {
-    let sockets = shared.punch.sockets.read().unwrap().clone();
-    let v4: Vec<bool> = sockets.iter().map(|s| s.endpoint.local_addr().map(|a| a.is_ipv4()).unwrap_or(true)).collect();
-    let mut schedule = Schedule::new(&v4, &candidates, start_us);
+/// Dials `key` from `sockets` in the rounds of `schedule`, until the direct paths that come up cover it.
+async fn run_schedule(
+    shared: Arc<Shared>,
+    key: [u8; 32],
+    sockets: Vec<PunchSocket>,
+    mut schedule: Schedule,
+    role: Role,
+) {
     while let Some(at) = schedule.next_at() {
         tokio::time::sleep(Duration::from_micros(at.saturating_sub(shared.now_us()))).await;
-        if connected(&shared, &key) {
-            schedule.handle_connected();
-            break;
-        }
+        prune(&shared, &key, &sockets, &mut schedule, role);
         for attempt in schedule.poll(shared.now_us()) {
             let socket = sockets[attempt.socket].clone();
             tokio::spawn(punch_dial(shared.clone(), socket, attempt.candidate, key));

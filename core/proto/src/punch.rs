@@ -257,6 +257,27 @@ impl Schedule {
     pub fn handle_connected(&mut self) {
         self.rounds_left = 0;
     }
+
+    /// Local socket `socket` has a direct path to the peer: its dials stop, the other sockets' go on (each
+    /// WAN of a multi-WAN site punches its own NAT, so the bond gets a direct path on every one of them).
+    /// The initiator calls this: it asked for the punch for its sockets that had no direct path.
+    pub fn handle_socket_connected(&mut self, socket: usize) {
+        self.drop_pairs(|a| a.socket == socket);
+    }
+
+    /// Local socket `socket` has a path to `remote` already: no dial of that pair. The target calls this:
+    /// its socket with a path to one of the initiator's WANs still dials the initiator's other WANs, whose
+    /// punch needs the packets it sends to open its NAT for them.
+    pub fn handle_pair_connected(&mut self, socket: usize, remote: SocketAddr) {
+        self.drop_pairs(|a| a.socket == socket && a.candidate == remote);
+    }
+
+    fn drop_pairs(&mut self, connected: impl Fn(&Attempt) -> bool) {
+        self.pairs.retain(|a| !connected(a));
+        if self.pairs.is_empty() {
+            self.rounds_left = 0;
+        }
+    }
 }
 
 /// A token bucket: `per_second` tokens a second, at most `burst`.
@@ -464,6 +485,25 @@ mod tests {
         assert!(s.poll(ROUND_GAP_US).is_empty());
         let none = Schedule::new(&[false], &[addr("198.51.100.7:1")], 0);
         assert_eq!(none.next_at(), None);
+    }
+
+    #[test]
+    fn each_socket_dials_until_it_has_a_direct_path_of_its_own() {
+        let candidates = [addr("198.51.100.7:4433"), addr("198.51.100.8:4433")];
+        let mut s = Schedule::new(&[true, true], &candidates, 0);
+        // Initiator: WAN 0 reached the peer by a plain dial; WAN 1 still punches, to every candidate.
+        s.handle_socket_connected(0);
+        let round = s.poll(0);
+        assert_eq!(round.len(), 2);
+        assert!(round.iter().all(|a| a.socket == 1));
+        // Target: its socket with a path to one of the initiator's WANs dials only the other one.
+        let mut t = Schedule::new(&[true], &candidates, 0);
+        t.handle_pair_connected(0, addr("198.51.100.7:4433"));
+        assert_eq!(t.poll(0), vec![Attempt { socket: 0, candidate: addr("198.51.100.8:4433") }]);
+        t.handle_pair_connected(0, addr("198.51.100.8:4433"));
+        assert_eq!(t.next_at(), None, "nothing left to dial: the schedule is over");
+        s.handle_socket_connected(1);
+        assert_eq!(s.next_at(), None);
     }
 
     #[test]
