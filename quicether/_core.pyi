@@ -120,7 +120,8 @@ class Node:
         we have a path to one (else through any relay that offered). Ignored for a key not in the table."""
     def punch_stats(self) -> dict[str, int]:
         """Hole punching: attempts (punches this node took part in), successes (punched paths up),
-        forwarded (requests relayed for other members), refused (punch messages refused)."""
+        forwarded (requests relayed for other members), refused (punch messages refused), skipped (punches
+        not tried: both NATs allocate ports at random, the relay carries the pair)."""
     def nat_types(self) -> dict[str, str]:
         """{WAN (or "default"): the NAT its socket is behind, in words}, from what the peers it dialed see."""
     def handshake_load(self) -> tuple[int, int]:

@@ -8,6 +8,7 @@
 //! Messages travel on their own QUIC unidirectional stream of an authenticated path; `member_news`
 //! reads the streams and hands punch messages here.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,6 +19,9 @@ use quicether_proto::punch::{
     add_candidate, candidates_digest, decode, encode, offer_delay_ms, request_delay_ms, socket_candidates, Kind,
     Message, PunchBook, PunchStats, Schedule,
 };
+
+use quicether_proto::nat::{classify, Observation};
+use quicether_proto::symmetric::{approach, predicted_ports, Approach, NatClass};
 
 use crate::connect::{send_hello, start_path, HELLO_TIMEOUT};
 use crate::peer::{Path, PathRoute, Peer, Shared};
@@ -48,6 +52,8 @@ pub struct PunchDesk {
     pub client: RwLock<Option<ClientKit>>,
     pub book: Mutex<PunchBook>,
     pub stats: Mutex<PunchStats>,
+    /// Each member's NAT class as its last punch message told (and when: bounded like the book).
+    pub classes: Mutex<HashMap<[u8; 32], (NatClass, u64)>>,
 }
 
 impl PunchDesk {
@@ -134,30 +140,52 @@ async fn send(path: &Path, msg: &Message) {
 /// Our candidates, per socket (`punch::socket_candidates`): the addresses our peers see it at (its NAT
 /// mappings, from their path hello answers, oldest path first), the public ones with its own port (where
 /// a new flow's mapping most likely is), its address where it is bound to one; then any other address
-/// peers see us at.
-fn own_candidates(shared: &Shared) -> Vec<SocketAddr> {
-    let mut observed: Vec<(u64, String, SocketAddr)> = Vec::new();
+/// peers see us at. A socket behind a sequential symmetric NAT offers its predicted ports first
+/// (`symmetric::predicted_ports`, after the newest mapping a peer saw). Also our NAT class: the hardest
+/// of our sockets' (`nat::classify` of what the peers we dialed saw, `symmetric::NatClass::of`).
+fn own_candidates(shared: &Shared) -> (Vec<SocketAddr>, NatClass) {
+    // (path id, our WAN, the peer's address, where it saw us, we dialed it)
+    let mut observed: Vec<(u64, String, SocketAddr, SocketAddr, bool)> = Vec::new();
     for peer in shared.table.read().unwrap().peers() {
         for path in peer.paths.read().unwrap().iter() {
             if let Some(public) = path.public {
-                observed.push((path.id, path.route.local_wan.clone(), public));
+                let route = &path.route;
+                observed.push((path.id, route.local_wan.clone(), route.remote, public, route.dialed));
             }
         }
     }
-    observed.sort_by_key(|(id, _, _)| *id);
+    observed.sort_by_key(|o| o.0);
     let mut candidates = Vec::new();
+    let mut class = NatClass::Open;
     for socket in shared.punch.sockets.read().unwrap().iter() {
         let Ok(bound) = socket.endpoint.local_addr() else { continue };
-        let seen: Vec<SocketAddr> = observed.iter().filter(|(_, wan, _)| *wan == socket.wan).map(|o| o.2).collect();
+        let of_socket = || observed.iter().filter(|o| o.1 == socket.wan);
+        let seen: Vec<SocketAddr> = of_socket().map(|o| o.3).collect();
+        let dialed: Vec<Observation> =
+            of_socket().filter(|o| o.4).map(|o| Observation { remote: o.2, observed: o.3 }).collect();
+        let local = socket.local.map_or(bound, |ip| SocketAddr::new(ip, bound.port()));
+        let socket_class = NatClass::of(classify(local, &dialed));
+        class = class.harder(socket_class);
+        if let (NatClass::Sequential { step }, Some(newest)) = (socket_class, dialed.last()) {
+            for port in predicted_ports(newest.observed.port(), step) {
+                add_candidate(&mut candidates, SocketAddr::new(newest.observed.ip(), port));
+            }
+        }
         let host = socket.local.map(|ip| SocketAddr::new(ip, bound.port()));
         for c in socket_candidates(host, bound.port(), &seen) {
             add_candidate(&mut candidates, c);
         }
     }
-    for (_, _, public) in observed {
-        add_candidate(&mut candidates, public);
+    for o in observed {
+        add_candidate(&mut candidates, o.3);
     }
-    candidates
+    (candidates, class)
+}
+
+/// The approach of a punch with `peer` (`symmetric::approach`), from our class and the one it last told.
+fn approach_with(shared: &Shared, peer: &[u8; 32], ours: NatClass) -> Approach {
+    let theirs = shared.punch.classes.lock().unwrap().get(peer).map(|(class, _)| *class);
+    approach(ours, theirs)
 }
 
 /// Runs for the life of the node: every member in the table that one of our WAN sockets has no direct path
@@ -201,19 +229,32 @@ pub async fn initiator(shared: Arc<Shared>) {
                 continue;
             };
             let now = shared.now_us();
-            let candidates = own_candidates(&shared);
-            let digest = candidates_digest(&candidates, &endpoints);
+            let (candidates, class) = own_candidates(&shared);
+            let digest = candidates_digest(&candidates, &endpoints, class);
             if !shared.punch.book.lock().unwrap().initiate(&target.key, digest, now) {
                 continue;
             }
+            let approach = approach_with(&shared, &target.key, class);
             let delay_ms = request_delay_ms(relay_path.conn.rtt().as_micros() as u64);
             let start_us = now + delay_ms as u64 * 1000;
             let (sockets, dials) = schedule(&shared, &target.key, &endpoints, start_us, Role::Initiator);
-            let request = Message { kind: Kind::Request, key: target.key, delay_ms, candidates };
-            shared.punch.stats.lock().unwrap().attempts += 1;
-            target.punch_attempts.fetch_add(1, Ordering::Relaxed);
+            let request = Message { kind: Kind::Request, key: target.key, delay_ms, candidates, class };
             let relay_path = relay_path.clone();
             tokio::spawn(async move { send(&relay_path, &request).await });
+            // The request goes in any case: it tells the target our class, so that it does not probe either.
+            match approach {
+                // Both NATs random: nothing to aim at, the relay carries the pair.
+                Approach::RelayOnly => {
+                    shared.punch.stats.lock().unwrap().skipped += 1;
+                    continue;
+                }
+                // Our NAT is random: we dial once the target has told its class.
+                Approach::Wait => continue,
+                Approach::Dial | Approach::Birthday => {}
+            }
+            // A birthday probe is not sent yet (see README, NAT traversal): its pair dials the candidates.
+            shared.punch.stats.lock().unwrap().attempts += 1;
+            target.punch_attempts.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(run_schedule(shared.clone(), target.key, sockets, dials, Role::Initiator));
         }
     }
@@ -252,7 +293,7 @@ fn forward(shared: &Arc<Shared>, requester: &Arc<Peer>, path: &Arc<Path>, msg: M
     }
     let delay_ms =
         offer_delay_ms(msg.delay_ms, path.conn.rtt().as_micros() as u64, target_path.conn.rtt().as_micros() as u64);
-    let offer = Message { kind: Kind::Offer, key: requester.key, delay_ms, candidates };
+    let offer = Message { kind: Kind::Offer, key: requester.key, delay_ms, candidates, class: msg.class };
     shared.punch.stats.lock().unwrap().forwarded += 1;
     tokio::spawn(async move { send(&target_path, &offer).await });
 }
@@ -267,6 +308,15 @@ fn answer(shared: &Arc<Shared>, msg: Message) {
         return;
     }
     let now = shared.now_us();
+    {
+        let mut classes = shared.punch.classes.lock().unwrap();
+        quicether_proto::bounded::make_room(&mut classes, quicether_proto::punch::MAX_TRACKED, |(_, at)| *at);
+        classes.insert(initiator, (msg.class, now));
+    }
+    if approach_with(shared, &initiator, own_candidates(shared).1) == Approach::RelayOnly {
+        shared.punch.stats.lock().unwrap().skipped += 1;
+        return; // both NATs random: no probe, no dial (the initiator does not dial either)
+    }
     let start_us = now + msg.delay_ms as u64 * 1000;
     let (sockets, dials) = schedule(shared, &initiator, &msg.candidates, start_us, Role::Target);
     if dials.next_at().is_none() {

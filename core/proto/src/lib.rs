@@ -54,4 +54,5 @@ pub mod reorder;
 pub mod resend;
 pub mod scheduler;
 pub mod signing;
+pub mod symmetric;
 pub mod wire;
