@@ -13,6 +13,8 @@ counters show."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import pytest
 
 from tests.lab import Lab
 from tests.lab import nodes as qe
-from tests.lab.measure import start_iperf_server
+from tests.lab.measure import longest_stall_s, start_iperf_server
 from tests.lab.mesh import build_mesh_lab
 from tests.lab.topology import NatType
 
@@ -30,6 +32,9 @@ WANS = {"wan0", "wan1"}
 CONNECT_TIMEOUT_S = 45.0
 WAN_MBIT = 10
 FLOW_SECONDS = 6
+# Under the relay's per-member rate (50 Mbit/s), so the relay's limiter makes no stalls of its own.
+RELAYED_MBIT = 10
+MAX_STALL_S = 1.0
 
 
 def _direct_paths(site: qe.NodeSpec, other: qe.NodeSpec) -> list[dict[str, Any]]:
@@ -79,5 +84,58 @@ def test_a_two_wan_site_behind_two_nats_bonds_both_wans_directly_with_a_natted_p
     for wan in sorted(WANS):
         # Each WAN carries a good part of what it could (the flow wants both): not a probe's trickle.
         assert moved[wan] > 0.3 * one_wan_bytes, f"{wan} carried little of the flow: {moved}"
+    for site in mesh.sites:
+        qe.stop(site)
+
+
+def _bytes_out_by_wan(lab: Lab) -> dict[str, int]:
+    """Bytes that left s0's two NATs towards the hub (relayed datagrams are not in the bond's path counters)."""
+    return {wan: int(lab[nat].run("cat", "/sys/class/net/wire/statistics/tx_bytes").stdout)
+            for wan, nat in (("wan0", "n0"), ("wan1", "n0w1"))}
+
+
+def test_a_relayed_two_wan_site_keeps_its_flow_when_the_wan_carrying_it_is_cut(
+        lab: Lab, tmp_path: Path) -> None:
+    """Random symmetric NATs on every WAN of s0 and on s1: the pair is relayed through the gateway (never
+    punched). s0 reaches the gateway on both WANs; cutting the one that carries the relayed flow moves it
+    to the other WAN's path to the gateway, with no reset of the inner TCP flow and no stall of 1 s."""
+    mesh = build_mesh_lab(lab, 2, tmp_path, nats=[NatType.SYMMETRIC, NatType.SYMMETRIC],
+                          second_wans={0: NatType.SYMMETRIC})
+    s0, s1 = mesh.sites
+
+    def relayed() -> bool:
+        peer = next((p for p in s0.status()["peers"] if p["node_id"] == s1.node_id), None)
+        return peer is not None and any(p["up"] and p["kind"] == "relayed" for p in peer["paths"])
+
+    deadline = mesh.started_at + CONNECT_TIMEOUT_S
+    while not relayed() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert relayed(), "no relayed path between s0 and s1"
+    gateway = next(p for p in s0.status()["peers"] if p["node_id"] == mesh.gateway.node_id)
+    assert {p["local_wan"] for p in gateway["paths"] if p["up"]} == WANS, "s0 reaches the gateway on one WAN"
+
+    seconds = 12
+    start_iperf_server(s0.ns)
+    flow = s1.ns.popen(["iperf3", "-c", mesh.address(s0), "-R", "-t", str(seconds), "-b", f"{RELAYED_MBIT}M",
+                        "-i", "0.1", "-J", "--connect-timeout", "3000"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(3)
+    before = _bytes_out_by_wan(lab)
+    time.sleep(1)
+    carried = {wan: moved - before[wan] for wan, moved in _bytes_out_by_wan(lab).items()}
+    busy = max(carried, key=lambda wan: carried[wan])
+    assert carried[busy] > RELAYED_MBIT * 1e6 / 8 / 2, f"the flow does not leave s0: {carried}"
+    lab["n0" if busy == "wan0" else "n0w1"].ip("link", "set", "wire", "down")
+    cut_at = _bytes_out_by_wan(lab)
+    out, err = flow.communicate(timeout=seconds + 30)
+    raw = json.loads(out)
+    assert "error" not in raw, f"the TCP flow broke: {raw.get('error')} {err}"
+    after = {wan: moved - cut_at[wan] for wan, moved in _bytes_out_by_wan(lab).items()}
+    stall = longest_stall_s(raw["intervals"], start_s=1.0)
+    print(f"\nrelayed, {busy} cut (bytes out per WAN over 1 s before: {carried}); longest stall {stall:.2f} s;"
+          f" bytes out per WAN after the cut: {after}")
+    assert stall < MAX_STALL_S, f"stall of {stall:.2f} s"
+    other = next(iter(WANS - {busy}))
+    assert after[other] > RELAYED_MBIT * 1e6 / 8 * 3, f"the other WAN did not take the flow: {after}"
     for site in mesh.sites:
         qe.stop(site)
