@@ -190,7 +190,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     punch = node.get("punch") or {}
     if punch:
         print(f"  hole punching: {punch.get('attempts', 0)} attempts, {punch.get('successes', 0)} punched paths up,"
-              f" {punch.get('forwarded', 0)} forwarded for others, {punch.get('refused', 0)} refused")
+              f" {punch.get('forwarded', 0)} forwarded for others, {punch.get('refused', 0)} refused,"
+              f" {punch.get('skipped', 0)} not tried (both NATs random)")
     relay = node.get("relay") or {}
     if relay.get("enabled") or relay.get("dials"):
         drops = {k.removeprefix("dropped_"): v for k, v in relay.items() if k.startswith("dropped_") and v}

@@ -121,7 +121,8 @@ class Node:
         we have a path to one (else through any relay that offered). Ignored for a key not in the table."""
     def punch_stats(self) -> dict[str, int]:
         """Hole punching: attempts (punches this node took part in), successes (punched paths up),
-        forwarded (requests relayed for other members), refused (punch messages refused)."""
+        forwarded (requests relayed for other members), refused (punch messages refused), skipped (punches
+        not tried: both NATs allocate ports at random, the relay carries the pair)."""
     def map_port(self, wan: str, gateway: str) -> None:
         """Maps the UDP port of WAN `wan`'s socket ("default": the listen socket of a node without WANs) on
         the WAN's IPv4 gateway with PCP or NAT-PMP, renewed until the WAN is removed or the node stops (then

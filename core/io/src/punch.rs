@@ -8,6 +8,7 @@
 //! Messages travel on their own QUIC unidirectional stream of an authenticated path; `member_news`
 //! reads the streams and hands punch messages here.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,6 +19,9 @@ use quicether_proto::punch::{
     add_candidate, candidates_digest, decode, encode, offer_delay_ms, request_delay_ms, socket_candidates, Kind,
     Message, PunchBook, PunchStats, Schedule,
 };
+
+use quicether_proto::nat::{classify, Observation};
+use quicether_proto::symmetric::{approach, predicted_ports, Approach, NatClass};
 
 use crate::connect::{send_hello, start_path, HELLO_TIMEOUT};
 use crate::peer::{Path, PathRoute, Peer, Shared};
@@ -48,6 +52,8 @@ pub struct PunchDesk {
     pub client: RwLock<Option<ClientKit>>,
     pub book: Mutex<PunchBook>,
     pub stats: Mutex<PunchStats>,
+    /// Each member's NAT class as its last punch message told (and when: bounded like the book).
+    pub classes: Mutex<HashMap<[u8; 32], (NatClass, u64)>>,
 }
 
 impl PunchDesk {
@@ -71,14 +77,57 @@ fn first_up_path(peer: &Peer) -> Option<Arc<Path>> {
     peer.paths.read().unwrap().iter().find(|p| p.up.load(Ordering::Relaxed)).cloned()
 }
 
-/// Whether a path not through a relay runs to `peer`: while only relayed ones do, punching goes on, so
-/// the pair moves to a direct path when the NATs let it.
-fn has_direct_path(peer: &Peer) -> bool {
-    peer.paths.read().unwrap().iter().any(|p| !matches!(p.route.kind, PathKind::Relayed { .. }))
+/// The routes of `peer`'s paths that are not through a relay: while only relayed ones run, punching goes
+/// on, so the pair moves to a direct path when the NATs let it; and while one of our WANs has none, that
+/// WAN punches, so a multi-WAN site's bond is direct on all of them.
+fn direct_routes(peer: &Peer) -> Vec<(String, SocketAddr)> {
+    let paths = peer.paths.read().unwrap();
+    let direct = paths.iter().filter(|p| !matches!(p.route.kind, PathKind::Relayed { .. }));
+    direct.map(|p| (p.route.local_wan.clone(), p.route.remote)).collect()
 }
 
-fn connected(shared: &Shared, key: &[u8; 32]) -> bool {
-    shared.peer(key).is_some_and(|p| has_direct_path(&p))
+/// Whether each of our punch sockets has a direct path to `peer` (nothing left to punch from our side).
+fn every_socket_direct(sockets: &[PunchSocket], peer: &Peer) -> bool {
+    let routes = direct_routes(peer);
+    sockets.iter().all(|s| routes.iter().any(|(wan, _)| *wan == s.wan))
+}
+
+/// Which side of a punch we are: the initiator dials from the sockets that have no direct path to the
+/// peer; the target from every socket, to each candidate it has no path to yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Initiator,
+    Target,
+}
+
+/// Takes out of `schedule` what the direct paths to `key` that run now already cover (for `role`).
+fn prune(shared: &Shared, key: &[u8; 32], sockets: &[PunchSocket], schedule: &mut Schedule, role: Role) {
+    let Some(peer) = shared.peer(key) else { return };
+    let routes = direct_routes(&peer);
+    for (index, socket) in sockets.iter().enumerate() {
+        for (_, remote) in routes.iter().filter(|(wan, _)| *wan == socket.wan) {
+            match role {
+                Role::Initiator => schedule.handle_socket_connected(index),
+                Role::Target => schedule.handle_pair_connected(index, *remote),
+            }
+        }
+    }
+}
+
+/// The schedule of a punch towards `key` at `candidates` from all our sockets, starting at `start_us`,
+/// less what runs already.
+fn schedule(
+    shared: &Shared,
+    key: &[u8; 32],
+    candidates: &[SocketAddr],
+    start_us: u64,
+    role: Role,
+) -> (Vec<PunchSocket>, Schedule) {
+    let sockets = shared.punch.sockets.read().unwrap().clone();
+    let v4: Vec<bool> = sockets.iter().map(|s| s.endpoint.local_addr().map(|a| a.is_ipv4()).unwrap_or(true)).collect();
+    let mut schedule = Schedule::new(&v4, candidates, start_us);
+    prune(shared, key, &sockets, &mut schedule, role);
+    (sockets, schedule)
 }
 
 async fn send(path: &Path, msg: &Message) {
@@ -92,39 +141,67 @@ async fn send(path: &Path, msg: &Message) {
 /// (`punch::socket_candidates`) the addresses our peers see it at (its NAT
 /// mappings, from their path hello answers, oldest path first), the public ones with its own port (where
 /// a new flow's mapping most likely is), its address where it is bound to one; then any other address
-/// peers see us at.
-fn own_candidates(shared: &Shared) -> Vec<SocketAddr> {
-    let mut observed: Vec<(u64, String, SocketAddr)> = Vec::new();
+/// peers see us at. A socket behind a sequential symmetric NAT offers its predicted ports first
+/// (`symmetric::predicted_ports`, after the newest mapping a peer saw). Also our NAT class: the hardest
+/// of our sockets' (`nat::classify` of what the peers we dialed saw, `symmetric::NatClass::of`).
+fn own_candidates(shared: &Shared) -> (Vec<SocketAddr>, NatClass) {
+    // (path id, our WAN, the peer's address, where it saw us, we dialed it)
+    let mut observed: Vec<(u64, String, SocketAddr, SocketAddr, bool)> = Vec::new();
     for peer in shared.table.read().unwrap().peers() {
         for path in peer.paths.read().unwrap().iter() {
             if let Some(public) = path.public {
-                observed.push((path.id, path.route.local_wan.clone(), public));
+                let route = &path.route;
+                observed.push((path.id, route.local_wan.clone(), route.remote, public, route.dialed));
             }
         }
     }
-    observed.sort_by_key(|(id, _, _)| *id);
+    observed.sort_by_key(|o| o.0);
     let mut candidates = Vec::new();
     let now = shared.now_us();
+    let mut class = NatClass::Open;
     for socket in shared.punch.sockets.read().unwrap().iter() {
         let Ok(bound) = socket.endpoint.local_addr() else { continue };
-        // A port mapping on the home router ranks first: it lets peers in even through a symmetric NAT.
-        if let Some(mapped) = shared.portmap.candidate(&socket.wan, now) {
-            add_candidate(&mut candidates, mapped);
+        let of_socket = || observed.iter().filter(|o| o.1 == socket.wan);
+        let seen: Vec<SocketAddr> = of_socket().map(|o| o.3).collect();
+        let dialed: Vec<Observation> =
+            of_socket().filter(|o| o.4).map(|o| Observation { remote: o.2, observed: o.3 }).collect();
+        let local = socket.local.map_or(bound, |ip| SocketAddr::new(ip, bound.port()));
+        // A port mapping on the home router ranks first: it lets peers in even through a symmetric NAT,
+        // so a mapped socket counts as open whatever its NAT allocates for the flows it starts.
+        let mapped = shared.portmap.candidate(&socket.wan, now);
+        let socket_class = match mapped {
+            Some(mapped) => {
+                add_candidate(&mut candidates, mapped);
+                NatClass::Open
+            }
+            None => NatClass::of(classify(local, &dialed)),
+        };
+        class = class.harder(socket_class);
+        if let (NatClass::Sequential { step }, Some(newest)) = (socket_class, dialed.last()) {
+            for port in predicted_ports(newest.observed.port(), step) {
+                add_candidate(&mut candidates, SocketAddr::new(newest.observed.ip(), port));
+            }
         }
-        let seen: Vec<SocketAddr> = observed.iter().filter(|(_, wan, _)| *wan == socket.wan).map(|o| o.2).collect();
         let host = socket.local.map(|ip| SocketAddr::new(ip, bound.port()));
         for c in socket_candidates(host, bound.port(), &seen) {
             add_candidate(&mut candidates, c);
         }
     }
-    for (_, _, public) in observed {
-        add_candidate(&mut candidates, public);
+    for o in observed {
+        add_candidate(&mut candidates, o.3);
     }
-    candidates
+    (candidates, class)
 }
 
-/// Runs for the life of the node: every member in the table that has no direct path (none, or only
-/// relayed ones) and that we have endpoints of or a relayed path to is punched towards through a member we are connected to: every
+/// The approach of a punch with `peer` (`symmetric::approach`), from our class and the one it last told.
+fn approach_with(shared: &Shared, peer: &[u8; 32], ours: NatClass) -> Approach {
+    let theirs = shared.punch.classes.lock().unwrap().get(peer).map(|(class, _)| *class);
+    approach(ours, theirs)
+}
+
+/// Runs for the life of the node: every member in the table that one of our WAN sockets has no direct path
+/// to (none at all, only relayed ones, or direct ones from our other WANs only) and that we have endpoints
+/// of or a relayed path to is punched towards through a member we are connected to: every
 /// `punch::RETRY_US` per target, and at once when our candidates or its endpoints change.
 pub async fn initiator(shared: Arc<Shared>) {
     if crate::debug::punch_disabled() {
@@ -139,14 +216,20 @@ pub async fn initiator(shared: Arc<Shared>) {
             .filter_map(|p| first_up_path(p).map(|path| (p.clone(), path)))
             .filter(|(_, path)| !matches!(path.route.kind, PathKind::Relayed { .. }))
             .collect();
+        let sockets = shared.punch.sockets.read().unwrap().clone();
         for target in &peers {
-            if has_direct_path(target) || !is_member(&shared, &target.key) {
+            if every_socket_direct(&sockets, target) || !is_member(&shared, &target.key) {
                 continue;
             }
             // A member we reach through a relay only is punched towards even when we know no endpoint of
             // it (it dialed us through the relay, so we never looked it up): its side dials our
             // candidates, which is what a NAT of ours that has become punchable needs.
-            let endpoints = target.endpoints.read().unwrap().clone();
+            let mut endpoints = target.endpoints.read().unwrap().clone();
+            // Where our direct paths from other WANs reach it: a member that dialed us first (we never
+            // looked it up) is there, through its NAT's mapping, which the punch of our other WANs needs.
+            for (_, remote) in direct_routes(target) {
+                add_candidate(&mut endpoints, remote);
+            }
             if endpoints.is_empty() && target.paths.read().unwrap().is_empty() {
                 continue;
             }
@@ -157,18 +240,33 @@ pub async fn initiator(shared: Arc<Shared>) {
                 continue;
             };
             let now = shared.now_us();
-            let candidates = own_candidates(&shared);
-            let digest = candidates_digest(&candidates, &endpoints);
+            let (candidates, class) = own_candidates(&shared);
+            let digest = candidates_digest(&candidates, &endpoints, class);
             if !shared.punch.book.lock().unwrap().initiate(&target.key, digest, now) {
                 continue;
             }
+            let approach = approach_with(&shared, &target.key, class);
             let delay_ms = request_delay_ms(relay_path.conn.rtt().as_micros() as u64);
-            let request = Message { kind: Kind::Request, key: target.key, delay_ms, candidates };
-            shared.punch.stats.lock().unwrap().attempts += 1;
-            target.punch_attempts.fetch_add(1, Ordering::Relaxed);
+            let start_us = now + delay_ms as u64 * 1000;
+            let (sockets, dials) = schedule(&shared, &target.key, &endpoints, start_us, Role::Initiator);
+            let request = Message { kind: Kind::Request, key: target.key, delay_ms, candidates, class };
             let relay_path = relay_path.clone();
             tokio::spawn(async move { send(&relay_path, &request).await });
-            tokio::spawn(run_schedule(shared.clone(), target.key, endpoints, now + delay_ms as u64 * 1000));
+            // The request goes in any case: it tells the target our class, so that it does not probe either.
+            match approach {
+                // Both NATs random: nothing to aim at, the relay carries the pair.
+                Approach::RelayOnly => {
+                    shared.punch.stats.lock().unwrap().skipped += 1;
+                    continue;
+                }
+                // Our NAT is random: we dial once the target has told its class.
+                Approach::Wait => continue,
+                Approach::Dial | Approach::Birthday => {}
+            }
+            // A birthday probe is not sent yet (see README, NAT traversal): its pair dials the candidates.
+            shared.punch.stats.lock().unwrap().attempts += 1;
+            target.punch_attempts.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(run_schedule(shared.clone(), target.key, sockets, dials, Role::Initiator));
         }
     }
 }
@@ -206,7 +304,7 @@ fn forward(shared: &Arc<Shared>, requester: &Arc<Peer>, path: &Arc<Path>, msg: M
     }
     let delay_ms =
         offer_delay_ms(msg.delay_ms, path.conn.rtt().as_micros() as u64, target_path.conn.rtt().as_micros() as u64);
-    let offer = Message { kind: Kind::Offer, key: requester.key, delay_ms, candidates };
+    let offer = Message { kind: Kind::Offer, key: requester.key, delay_ms, candidates, class: msg.class };
     shared.punch.stats.lock().unwrap().forwarded += 1;
     tokio::spawn(async move { send(&target_path, &offer).await });
 }
@@ -220,10 +318,21 @@ fn answer(shared: &Arc<Shared>, msg: Message) {
     if crate::debug::punch_disabled() {
         return;
     }
-    if connected(shared, &initiator) {
-        return; // a path came up meanwhile (its own dial, or an earlier punch)
-    }
     let now = shared.now_us();
+    {
+        let mut classes = shared.punch.classes.lock().unwrap();
+        quicether_proto::bounded::make_room(&mut classes, quicether_proto::punch::MAX_TRACKED, |(_, at)| *at);
+        classes.insert(initiator, (msg.class, now));
+    }
+    if approach_with(shared, &initiator, own_candidates(shared).1) == Approach::RelayOnly {
+        shared.punch.stats.lock().unwrap().skipped += 1;
+        return; // both NATs random: no probe, no dial (the initiator does not dial either)
+    }
+    let start_us = now + msg.delay_ms as u64 * 1000;
+    let (sockets, dials) = schedule(shared, &initiator, &msg.candidates, start_us, Role::Target);
+    if dials.next_at().is_none() {
+        return; // paths to every candidate came up meanwhile (its own dials, or an earlier punch)
+    }
     if !shared.punch.book.lock().unwrap().answer(&initiator, now) {
         return shared.punch.refused();
     }
@@ -231,21 +340,20 @@ fn answer(shared: &Arc<Shared>, msg: Message) {
     if let Some(peer) = shared.peer(&initiator) {
         peer.punch_attempts.fetch_add(1, Ordering::Relaxed);
     }
-    tokio::spawn(run_schedule(shared.clone(), initiator, msg.candidates, now + msg.delay_ms as u64 * 1000));
+    tokio::spawn(run_schedule(shared.clone(), initiator, sockets, dials, Role::Target));
 }
 
-/// Dials `key` at `candidates` from every socket, in the rounds of a `Schedule` starting at `start_us`,
-/// until a path to it is up.
-async fn run_schedule(shared: Arc<Shared>, key: [u8; 32], candidates: Vec<SocketAddr>, start_us: u64) {
-    let sockets = shared.punch.sockets.read().unwrap().clone();
-    let v4: Vec<bool> = sockets.iter().map(|s| s.endpoint.local_addr().map(|a| a.is_ipv4()).unwrap_or(true)).collect();
-    let mut schedule = Schedule::new(&v4, &candidates, start_us);
+/// Dials `key` from `sockets` in the rounds of `schedule`, until the direct paths that come up cover it.
+async fn run_schedule(
+    shared: Arc<Shared>,
+    key: [u8; 32],
+    sockets: Vec<PunchSocket>,
+    mut schedule: Schedule,
+    role: Role,
+) {
     while let Some(at) = schedule.next_at() {
         tokio::time::sleep(Duration::from_micros(at.saturating_sub(shared.now_us()))).await;
-        if connected(&shared, &key) {
-            schedule.handle_connected();
-            break;
-        }
+        prune(&shared, &key, &sockets, &mut schedule, role);
         for attempt in schedule.poll(shared.now_us()) {
             let socket = sockets[attempt.socket].clone();
             tokio::spawn(punch_dial(shared.clone(), socket, attempt.candidate, key));

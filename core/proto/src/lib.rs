@@ -60,4 +60,5 @@ pub mod reorder;
 pub mod resend;
 pub mod scheduler;
 pub mod signing;
+pub mod symmetric;
 pub mod wire;

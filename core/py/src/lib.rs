@@ -317,13 +317,19 @@ impl Node {
             .collect()
     }
 
-    /// Hole punching: {attempts, successes, forwarded, refused} (`quicether_proto::punch::PunchStats`).
+    /// Hole punching: {attempts, successes, forwarded, refused, skipped} (`quicether_proto::punch::PunchStats`).
     fn punch_stats(&self) -> PyResult<std::collections::BTreeMap<&'static str, u64>> {
         self.with(|n| {
             let s = n.punch_stats();
-            [("attempts", s.attempts), ("successes", s.successes), ("forwarded", s.forwarded), ("refused", s.refused)]
-                .into_iter()
-                .collect()
+            [
+                ("attempts", s.attempts),
+                ("successes", s.successes),
+                ("forwarded", s.forwarded),
+                ("refused", s.refused),
+                ("skipped", s.skipped),
+            ]
+            .into_iter()
+            .collect()
         })
     }
 
