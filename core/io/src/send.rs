@@ -23,6 +23,9 @@ use crate::peer::{Event, Path, Peer, Shared};
 /// virtio-net header.
 const READ_BUFFER: usize = 65_536 + quicether_proto::offload::VNET_HDR_LEN;
 
+/// Paths of one peer whose scheduler views fit on the stack (more go to the heap).
+const VIEWS_ON_STACK: usize = 8;
+
 pub async fn tun_reader(shared: Arc<Shared>) {
     let mut buf = vec![0u8; READ_BUFFER];
     let header_len = shared.tun.header_len();
@@ -95,8 +98,19 @@ fn send_to_peer(peer: &Peer, packet: &[u8], now_us: u64) {
             let policy = peer.policy.read().unwrap();
             mode_for(packet, &policy.rules, policy.bulk_mode, policy.realtime_mode)
         };
-        let views: Vec<_> = paths.iter().map(|p| p.view()).collect();
-        match choose(mode, &views, len) {
+        // On the stack for the usual few paths: this runs for every packet (a Vec here showed in profiles).
+        let mut on_stack = [PathView::default(); VIEWS_ON_STACK];
+        let heap: Vec<PathView>;
+        let views: &[PathView] = if paths.len() <= VIEWS_ON_STACK {
+            for (view, path) in on_stack.iter_mut().zip(paths.iter()) {
+                *view = path.view();
+            }
+            &on_stack[..paths.len()]
+        } else {
+            heap = paths.iter().map(|p| p.view()).collect();
+            &heap
+        };
+        match choose(mode, views, len) {
             // No path is up: try them all rather than drop; whichever still works carries it.
             Choice::Drop => Choice::Each((0..paths.len()).collect()),
             c => c,
