@@ -171,7 +171,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     node = answer["node"]
     print(f"node {node['node_id']}")
-    print(f"  listen {node['listen']}  tun {node['tun']}  mtu {node['mtu']}  address {node['address'] or '-'}"
+    print(f"  listen {node['listen']}  tun {node['tun']}  mtu {node['mtu']}"
+          f"  offloads {node.get('tun_offloads') or '-'}  address {node['address'] or '-'}"
           f"  refused handshakes {node.get('refused_handshakes', 0)}"
           f" (retried {node.get('handshakes_retried', 0)}, dropped {node.get('handshakes_dropped', 0)})")
     router = answer.get("router")

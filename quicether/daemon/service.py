@@ -210,6 +210,10 @@ class Daemon:
                 "listen": node.local_addr() if node else self.config.listen,
                 "tun": self.config.tun,
                 "mtu": node.inner_mtu() if node else None,
+                # TUN offloads in use ("tso+uso+csum", "none" where the kernel lacks them), and packets read
+                # whose offload header could not be split (dropped).
+                "tun_offloads": node.tun_offloads()[0] if node else None,
+                "tun_unsplittable": node.tun_offloads()[1] if node else 0,
                 "address": self.config.address,
                 "no_route_drops": node.no_route_drops() if node else 0,
                 # Every handshake refused by key pinning (their log lines are rate-limited; this is not).
@@ -507,6 +511,12 @@ class Daemon:
             undo.push_async_callback(api.stop)
             log.info("node %s listening on %s, %s mtu %d, %d peer(s)", self.identity.node_id,
                      self.node.local_addr(), self.config.tun, self.node.inner_mtu(), len(self.config.peers))
+            offloads = self.node.tun_offloads()[0]
+            if offloads == "none":
+                log.warning("%s: no TUN offloads (kernel without them, or QUICETHER_TUN_OFFLOADS=0): one packet "
+                            "per read and write", self.config.tun)
+            else:
+                log.info("%s: TUN offloads %s", self.config.tun, offloads)
             await self._stop.wait()
             log.info("restarting" if self.reload_with else "stopping")
 

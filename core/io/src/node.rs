@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -16,7 +16,6 @@ use quicether_proto::health::PathState;
 use quicether_proto::path_rank;
 pub use quicether_proto::path_rank::PathKind;
 use quinn::crypto::rustls::QuicServerConfig;
-use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 use crate::congestion::LossTolerantConfig;
@@ -30,7 +29,7 @@ use crate::send::tun_reader;
 use crate::sockets::{bind_listen, bind_wan};
 pub use crate::stats::{PathStats, PeerStats};
 use crate::tls::{self, Identity, KnownClientKeys};
-use crate::tun::open_tun;
+use crate::tun::Tun;
 
 /// A silent path is closed after this long; keepalives make silence mean failure. Health marks it down
 /// much sooner (~300 ms); this only frees the connection, after which the dialer tries again.
@@ -229,12 +228,6 @@ impl Node {
         } else {
             0
         });
-        let tun = open_tun(&cfg.tun_name)?;
-        // SAFETY: setting O_NONBLOCK on an fd we own.
-        unsafe {
-            let flags = libc::fcntl(tun.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(tun.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
         let socket = bind_listen(cfg.listen)?;
         let local_addr = socket.local_addr()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -243,6 +236,7 @@ impl Node {
             .enable_all()
             .build()?;
         let _guard = runtime.enter();
+        let tun = Tun::open(&cfg.tun_name)?;
 
         let known_keys = Arc::new(RwLock::new(HashSet::new()));
         let shared = Arc::new(Shared {
@@ -260,8 +254,7 @@ impl Node {
                 rules: Vec::new(),
             }),
             wan_addrs: RwLock::new(HashMap::new()),
-            // SAFETY: `File` owns its fd, which stays open and unchanged for the AsyncFd's life.
-            tun: unsafe { AsyncFd::register(tun) }.map_err(|e| io_err("tun", e))?,
+            tun,
             events: Mutex::new(VecDeque::new()),
             notify_fd,
             no_route: AtomicU64::new(0),

@@ -18,7 +18,6 @@ use quicether_proto::classify::Rule;
 use quicether_proto::health::PathHealth;
 use quicether_proto::path_rank::{self, PathKind, PathRank};
 use quicether_proto::scheduler::{queue_limit_bytes, Mode, PathView};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
 pub use crate::events::Event;
@@ -326,7 +325,7 @@ pub struct Shared {
     pub portmap: crate::portmap::PortMapDesk,
     /// Our WANs by local address: a path the listening socket accepts at one of these runs over that WAN.
     pub wan_addrs: RwLock<std::collections::HashMap<std::net::IpAddr, String>>,
-    pub tun: AsyncFd<std::fs::File>,
+    pub tun: crate::tun::Tun,
     pub events: Mutex<VecDeque<Event>>,
     pub notify_fd: Option<std::os::fd::RawFd>,
     /// Outbound packets with no peer for their destination.

@@ -30,6 +30,7 @@
 //! - `record`: a member's discovery record (DHT value): plaintext format, sealing for members only.
 //! - `wire`: the bounded reader and writer of our binary encodings.
 //! - `bounded`: tables the network can grow, kept to a limit (the oldest entry goes).
+//! - `offload`: TUN offloads: the virtio-net header, splitting GSO super-packets, checksums.
 
 pub mod admission;
 pub mod allowed_ips;
@@ -47,6 +48,7 @@ pub mod lane;
 pub mod member_news;
 pub mod membership;
 pub mod nat;
+pub mod offload;
 pub mod path_rank;
 pub mod path_rate;
 pub mod pcp;

@@ -270,6 +270,11 @@ impl Node {
         self.with(|n| n.inner_mtu)
     }
 
+    /// (TUN offloads in use, e.g. "tso+uso+csum" or "none"; packets read that could not be split).
+    fn tun_offloads(&self) -> PyResult<(String, u64)> {
+        self.with(|n| n.tun_offloads())
+    }
+
     /// Handshakes refused by key pinning so far, reported as events or not (reports are rate-limited).
     fn refused_handshakes(&self) -> PyResult<u64> {
         self.with(|n| n.refused_handshakes())
