@@ -16,6 +16,11 @@ MAX_REQUEST_BYTES; the answer is one JSON line.
                         read-only) answers {"ok": false, "saved": false, "error": "..."} and nothing changes
 Unknown commands answer {"ok": false, "error": "..."}.
 
+Limits: a request must arrive within REQUEST_TIMEOUT_S of connecting; at most MAX_WAITING connections wait
+for theirs, and one more closes the oldest of them (counted: `api_evicted_waiting`), so connections that
+say nothing or half a request cannot lock the API out (a real client sends its request as it connects);
+at most MAX_CONNECTIONS requests are answered at once, more are answered "busy" (`api_refused_busy`).
+
 Who may ask: the socket is 0660 with the group quicether-web (0600 where that group does not exist), and
 every connection's peer credentials (SO_PEERCRED) are checked as well: only uid 0, the daemon's own uid and
 the quicether-web user are answered; anyone else gets {"ok": false, "error": "refused: ..."}.
@@ -56,9 +61,13 @@ REQUEST_TIMEOUT_S = 5.0
 COMMAND_TIMEOUTS_S = {"reload": 30.0, "apply_config": 30.0}
 # A request line (a config file as JSON text is the largest; quicether.config files are a few KiB).
 MAX_REQUEST_BYTES = 1024 * 1024
-# Connections served at once (each may hold a request of up to MAX_REQUEST_BYTES while it is read): more
-# are answered "busy" and closed at once, and counted.
+# Requests answered at once (a reload takes seconds): more are answered "busy" and closed at once, counted.
 MAX_CONNECTIONS = 32
+# Connections whose request has not fully arrived (each may hold up to MAX_REQUEST_BYTES while it is read):
+# a new one closes the oldest, counted. Oldest first, since a real client sends its request as it connects:
+# those that waited longest are the ones that say nothing (refusing the newest instead let 32 idle
+# connections answer every status "busy" until they timed out).
+MAX_WAITING = 32
 # The largest config apply_config takes (the web UI's uploads are smaller still).
 MAX_CONFIG_BYTES = 256 * 1024
 # The unprivileged user the daemon runs the web UI as (also the API socket's group).
@@ -98,8 +107,11 @@ class ApiServer:
         self.allowed_uids = allowed_uids if allowed_uids is not None else frozenset(
             {0, os.geteuid(), *([ui[0]] if ui else [])})
         self._server: asyncio.AbstractServer | None = None
-        self.open_connections = 0
-        self.refused_busy = 0  # connections answered "busy" (MAX_CONNECTIONS were open)
+        self.open_connections = 0  # requests being answered
+        self.refused_busy = 0  # connections answered "busy" (MAX_CONNECTIONS requests were being answered)
+        # Connections whose request is being read, oldest first (a dict keeps insertion order).
+        self._waiting: dict[asyncio.StreamWriter, None] = {}
+        self.evicted_waiting = 0  # connections closed for a newer one (MAX_WAITING were waiting)
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -160,14 +172,14 @@ class ApiServer:
                                          }).encode() + b"\n")
             writer.close()
             return
+        # The request is read (bounded in size, time and in connections doing so) before anything else, so a
+        # refused client gets its answer rather than a broken pipe.
+        line = await self._read_request(reader, writer)
+        if writer.transport.is_closing():  # evicted for a newer connection, timed out, or gone
+            writer.close()
+            return
         self.open_connections += 1
         try:
-            # The request is read (bounded) before anything else, so a refused client gets its answer
-            # rather than a broken pipe.
-            try:
-                line: bytes | None = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
-            except ValueError:  # no newline within the limit
-                line = None
             refusal = self._refusal(writer)
             if refusal is not None:
                 answer: dict[str, Any] = {"ok": False, "error": refusal}
@@ -177,11 +189,30 @@ class ApiServer:
                 answer = await self._answer(line)
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
-        except (TimeoutError, ConnectionError):
+        except ConnectionError:
             pass
         finally:
             self.open_connections -= 1
             writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
+        """The request line; None if it is larger than MAX_REQUEST_BYTES. The connection is closed if no line
+        came within REQUEST_TIMEOUT_S, or if MAX_WAITING newer connections came while it waited."""
+        if len(self._waiting) >= MAX_WAITING:
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            oldest.transport.abort()  # its readline ends (EOF); its _serve sees it closing
+            self.evicted_waiting += 1
+        self._waiting[writer] = None
+        try:
+            return await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
+        except ValueError:  # no newline within the limit
+            return None
+        except (TimeoutError, ConnectionError):
+            writer.transport.abort()
+            return b""
+        finally:
+            self._waiting.pop(writer, None)
 
     async def stop(self) -> None:
         if self._server is not None:
