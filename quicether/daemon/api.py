@@ -38,6 +38,7 @@ import os
 import pwd
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,12 @@ MAX_CONNECTIONS = 32
 # those that waited longest are the ones that say nothing (refusing the newest instead let 32 idle
 # connections answer every status "busy" until they timed out).
 MAX_WAITING = 32
+# How much of a waiting connection's unread bytes are looked at for a whole request (a status, events or
+# reload request is a few dozen bytes; a larger one that has not been read yet may be closed for a newer).
+PEEK_BYTES = 4096
+# A client's pause before it tries again (the daemon's listen queue was full, or it closed the connection
+# before reading the request).
+RETRY_PAUSE_S = 0.01
 # The largest config apply_config takes (the web UI's uploads are smaller still).
 MAX_CONFIG_BYTES = 256 * 1024
 # The unprivileged user the daemon runs the web UI as (also the API socket's group).
@@ -198,11 +205,10 @@ class ApiServer:
     async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
         """The request line; None if it is larger than MAX_REQUEST_BYTES. The connection is closed if no line
         came within REQUEST_TIMEOUT_S, or if MAX_WAITING newer connections came while it waited."""
-        if len(self._waiting) >= MAX_WAITING:
-            oldest = next(iter(self._waiting))
-            del self._waiting[oldest]
-            oldest.transport.abort()  # its readline ends (EOF); its _serve sees it closing
-            self.evicted_waiting += 1
+        if not self._make_room():
+            self.refused_busy += 1
+            writer.transport.abort()
+            return b""
         self._waiting[writer] = None
         try:
             return await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
@@ -214,6 +220,22 @@ class ApiServer:
         finally:
             self._waiting.pop(writer, None)
 
+    def _make_room(self) -> bool:
+        """Closes the oldest waiting connection whose request has not arrived if MAX_WAITING wait; False if
+        every one of them has its request in hand (read by the next turns of the loop, and answered)."""
+        if len(self._waiting) < MAX_WAITING:
+            return True
+        for waiting in self._waiting:
+            # A connection's request can be in its socket, not yet read: connections are accepted by the
+            # hundred in one turn of the loop and read in a later one. Closing it would reset a client
+            # that did send its request (seen in the lab: `quicether status` reset under a flood).
+            if not _request_arrived(waiting):
+                del self._waiting[waiting]
+                waiting.transport.abort()  # its readline ends (EOF); its _serve sees it closing
+                self.evicted_waiting += 1
+                return True
+        return False
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -224,6 +246,22 @@ class ApiServer:
             pass
         except OSError as exc:  # a state directory gone read-only: the next start replaces the stale socket
             log.warning("cannot remove the API socket %s: %s", self.path, exc.strerror or exc)
+
+
+def _request_arrived(writer: asyncio.StreamWriter) -> bool:
+    """Whether a whole request line (of a command without arguments, e.g. status) waits unread in the
+    connection's socket. A peek: the bytes stay for the connection's StreamReader."""
+    fd = writer.get_extra_info("socket").fileno()
+    if fd < 0:
+        return False
+    # A socket object over the transport's descriptor, detached before it could close it.
+    peek = socket.socket(fileno=fd)
+    try:
+        return b"\n" in peek.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # nothing to read (BlockingIOError), or the connection is gone
+        return False
+    finally:
+        peek.detach()
 
 
 def _answers(path: Path) -> bool:
@@ -238,17 +276,45 @@ def _answers(path: Path) -> bool:
 
 def request(path: Path, cmd: str, timeout: float | None = None, **args: Any) -> dict[str, Any]:
     """Client side: sends one command with its arguments, returns the answer. Raises OSError if no daemon
-    answers, ValueError if the answer is not JSON."""
+    answers, ValueError if the answer is not JSON.
+
+    Under a flood of connections the daemon's listen queue can be full (connect fails at once with EAGAIN)
+    or the daemon can close a connection before reading its request (MAX_WAITING newer ones came first):
+    either is tried again until the timeout. A connection closed without an answer was never acted on: the
+    daemon answers every request it reads."""
+    deadline = time.monotonic() + (timeout or COMMAND_TIMEOUTS_S.get(cmd, REQUEST_TIMEOUT_S))
+    message = json.dumps({**args, "cmd": cmd}).encode() + b"\n"
+    while True:
+        try:
+            data = _exchange(path, message, deadline)
+        except (BlockingIOError, ConnectionResetError):
+            data = b""
+            if time.monotonic() + RETRY_PAUSE_S >= deadline:
+                raise
+        if data or time.monotonic() + RETRY_PAUSE_S >= deadline:
+            break
+        time.sleep(RETRY_PAUSE_S)
+    answer: dict[str, Any] = json.loads(data)
+    return answer
+
+
+def _exchange(path: Path, message: bytes, deadline: float) -> bytes:
+    """One connection: sends `message`, returns what the daemon answered (b"" if it closed at once).
+    ConnectionResetError if it reset the connection before answering anything."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout or COMMAND_TIMEOUTS_S.get(cmd, REQUEST_TIMEOUT_S))
+        s.settimeout(max(deadline - time.monotonic(), 0.001))
         s.connect(str(path))
         with contextlib.suppress(BrokenPipeError):  # answered before all was read (too large): read that
-            s.sendall(json.dumps({**args, "cmd": cmd}).encode() + b"\n")
+            s.sendall(message)
         data = b""
         while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                if not data:
+                    raise
+                break
             if not chunk:
                 break
             data += chunk
-    answer: dict[str, Any] = json.loads(data)
-    return answer
+    return data
