@@ -159,6 +159,7 @@ _NODE_DROPS: Iterable[tuple[str, str, str]] = (
     ("refused_handshakes", "handshake", "key_not_allowed"),
     ("handshakes_dropped", "handshake", "too_many_in_flight"),
     ("api_refused_busy", "api", "busy"),
+    ("api_evicted_waiting", "api", "evicted_waiting"),
 )
 _DHT_DROPS: dict[str, tuple[str, str]] = {
     "bad_signature": ("dht_record", "bad_signature"), "replay": ("dht_record", "replay"),

@@ -60,6 +60,7 @@ def test_every_drop_counter_appears_with_its_cause() -> None:
     status = copy.deepcopy(SAMPLE_STATUS)
     node = status.setdefault("node", {})
     node.update({"no_route_drops": 1, "refused_handshakes": 2, "handshakes_dropped": 3, "api_refused_busy": 4,
+                 "api_evicted_waiting": 27,
                  "relay": {"forwarded_packets": 9, "dropped_rate": 5, "dropped_queue": 6, "received_dropped": 7},
                  "punch": {"attempts": 1, "refused": 8},
                  "dht": {"counters": {"found": 3, "replay": 10, "non_member": 11, "server_refused_source_rate": 12,
@@ -92,7 +93,8 @@ def test_every_drop_counter_appears_with_its_cause() -> None:
                           (who + 'area="resend_memory",cause="full"', 23),
                           (who + 'area="reorder",cause="full"', 24),
                           ('area="web_session",cause="evicted_anonymous"', 25),
-                          ('area="web_session",cause="evicted_logged_in"', 26)]:
+                          ('area="web_session",cause="evicted_logged_in"', 26),
+                          ('area="api",cause="evicted_waiting"', 27)]:
         assert drops.pop(f"quicether_dropped_total{{{labels}}}") == value, labels
     # Nothing that is not a drop (forwarded, found, answered, resolved, late: delivered) is one.
     assert not drops, drops

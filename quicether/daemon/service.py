@@ -230,6 +230,8 @@ class Daemon:
                 "lane": node.lane_stats() if node else {},
                 # API connections answered "busy" (its limit of connections at once was reached).
                 "api_refused_busy": self.api.refused_busy if self.api else 0,
+                # API connections closed before their request came: MAX_WAITING newer ones were waiting.
+                "api_evicted_waiting": self.api.evicted_waiting if self.api else 0,
                 # What the daemon may still do as root (quicether/capabilities.py), or "all" if not reduced.
                 "capabilities": capabilities.effective_names(),
                 # Under a flood of handshakes: answered with a Retry (address validation), dropped.
