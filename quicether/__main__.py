@@ -193,6 +193,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  hole punching: {punch.get('attempts', 0)} attempts, {punch.get('successes', 0)} punched paths up,"
               f" {punch.get('forwarded', 0)} forwarded for others, {punch.get('refused', 0)} refused,"
               f" {punch.get('skipped', 0)} not tried (both NATs random)")
+        if punch.get("probe_hits", 0) or punch.get("probe_misses", 0):
+            print(f"  birthday probes: {punch.get('probe_hits', 0)} hit, {punch.get('probe_misses', 0)} missed;"
+                  f" {punch.get('probes_sent', 0)} probe packets sent, {punch.get('probe_sockets', 0)} extra sockets"
+                  " opened")
     relay = node.get("relay") or {}
     if relay.get("enabled") or relay.get("dials"):
         drops = {k.removeprefix("dropped_"): v for k, v in relay.items() if k.startswith("dropped_") and v}

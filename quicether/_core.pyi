@@ -123,7 +123,10 @@ class Node:
     def punch_stats(self) -> dict[str, int]:
         """Hole punching: attempts (punches this node took part in), successes (punched paths up),
         forwarded (requests relayed for other members), refused (punch messages refused), skipped (punches
-        not tried: both NATs allocate ports at random, the relay carries the pair)."""
+        not tried: both NATs allocate ports at random, the relay carries the pair); birthday probes between a
+        random symmetric NAT and an open one: probes_sent (probes sent as the open side), probe_sockets (extra
+        sockets opened as the random side), probe_hits and probe_misses (probes that found a mapping, or whose
+        time cap passed without one)."""
     def map_port(self, wan: str, gateway: str) -> None:
         """Maps the UDP port of WAN `wan`'s socket ("default": the listen socket of a node without WANs) on
         the WAN's IPv4 gateway with PCP or NAT-PMP, renewed until the WAN is removed or the node stops (then

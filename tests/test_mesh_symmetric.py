@@ -1,5 +1,6 @@
-"""Symmetric NATs (issue 14): a sequential one is punched by predicting its next ports, and a pair with
-random ones on both sides is not probed at all (the relay carries it).
+"""Symmetric NATs (issue 14): a sequential one is punched by predicting its next ports, a random one
+against a port-restricted one by the birthday probe, and a pair with random ones on both sides is not
+probed at all (the relay carries it).
 
     s0 symmetric (sequential or random) ─┐
     s1 port-restricted or random ────────┼── hub: gateway (relay), DHT
@@ -11,6 +12,7 @@ symmetric NAT and its allocation pattern (`nat::classify`; `quicether status` sh
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,9 @@ DIRECT_KINDS = {"direct", "punched"}
 CONNECT_TIMEOUT_S = 40.0
 # Long enough for both sides to tell their class and then skip several rounds (punch::RETRY_US = 10 s).
 RANDOM_WATCH_S = 25.0
+# The birthday probe's caps, per probe (core/proto/src/symmetric.rs: BIRTHDAY_SOCKETS, BIRTHDAY_PROBES).
+BIRTHDAY_SOCKETS = 256
+BIRTHDAY_PROBES = 1024
 
 
 def _up_kinds(site: qe.NodeSpec, other: qe.NodeSpec) -> set[str]:
@@ -56,6 +61,50 @@ def test_a_sequential_symmetric_nat_and_a_port_restricted_one_connect_directly(l
     print(f"\nsymmetric-sequential x port-restricted: direct {to_direct:.1f} s from the start; NAT s0 {_nat(s0)};"
           f" punch s0 {s0.status()['node']['punch']}, s1 {s1.status()['node']['punch']}")
     assert any("sequential" in nat for nat in _nat(s0).values()), _nat(s0)
+    for site in mesh.sites:
+        qe.stop(site)
+
+
+def _udp_sockets(site: qe.NodeSpec) -> int:
+    """The UDP sockets the site's daemon holds (`ss -uanp` in its namespace, by the daemon's pid)."""
+    assert site.proc is not None
+    out = site.ns.run("ss", "-Huanp", check=False).stdout
+    return len(re.findall(rf"pid={site.proc.pid},", out))
+
+
+def test_a_random_symmetric_nat_and_a_port_restricted_one_connect_by_birthday_probe(lab: Lab,
+                                                                                    tmp_path: Path) -> None:
+    mesh = build_mesh_lab(lab, 3, tmp_path, nats=[NatType.SYMMETRIC, NatType.PORT_RESTRICTED, NatType.NONE])
+    s0, s1, _ = mesh.sites
+    # The random side's sockets before any probe (its WAN and listen sockets, DHT, ...), and the most seen
+    # while one runs: the count must show the extra sockets, or the check after it could not fail.
+    baseline = _udp_sockets(s0)
+    peak = baseline
+
+    def direct() -> bool:
+        nonlocal peak
+        peak = max(peak, _udp_sockets(s0))
+        return bool(DIRECT_KINDS & _up_kinds(s0, s1))
+
+    to_direct = _wait(mesh, "a direct path", direct, CONNECT_TIMEOUT_S)
+    random_side, open_side = s0.status()["node"]["punch"], s1.status()["node"]["punch"]
+    print(f"\nrandom x port-restricted: direct {to_direct:.1f} s from the start; NAT s0 {_nat(s0)}, s1 {_nat(s1)};"
+          f" punch s0 {random_side}, s1 {open_side}; UDP sockets of s0: {baseline} before, {peak} at most")
+    assert any("random" in nat for nat in _nat(s0).values()), _nat(s0)
+    assert _up_kinds(s0, s1) & DIRECT_KINDS == {"punched"}, _up_kinds(s0, s1)
+    # The path came from a probe that hit, on both sides, within the caps.
+    assert random_side["probe_hits"] >= 1 and open_side["probe_hits"] >= 1, (random_side, open_side)
+    random_runs = random_side["probe_hits"] + random_side["probe_misses"]
+    open_runs = open_side["probe_hits"] + open_side["probe_misses"]
+    assert 0 < random_side["probe_sockets"] <= BIRTHDAY_SOCKETS * random_runs, random_side
+    assert 0 < open_side["probes_sent"] <= BIRTHDAY_PROBES * open_runs, open_side
+    assert random_side["probes_sent"] == 0 and open_side["probe_sockets"] == 0, (random_side, open_side)
+    # No extra socket left: the winner's carries the path, every other one is closed.
+    assert peak > baseline + 1, f"the extra sockets were never seen ({baseline} -> {peak})"
+    deadline = time.monotonic() + 10
+    while _udp_sockets(s0) > baseline + 1 and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert _udp_sockets(s0) <= baseline + 1, f"{_udp_sockets(s0)} UDP sockets, {baseline} before the probe"
     for site in mesh.sites:
         qe.stop(site)
 

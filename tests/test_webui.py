@@ -516,10 +516,12 @@ def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: Fake
     assert "gw" in page and "wan0 (direct, up)" in page and "wan1 (relayed via qe1relay, down)" in page
     # The punch view: this node's hole punching, and the punches towards each peer.
     assert ("Hole punching: 4 attempt(s), 1 punched path(s) up,\n     2 forwarded for other members, 0 refused,\n"
-            "     5 not tried (both NATs random)") in page
+            "     5 not tried (both NATs random), birthday probes 1 hit /\n     2 missed") in page
     assert '<td data-field="punches">3</td>' in page
     assert client.get("/api/summary").get_json()["punch"] == {"attempts": 4, "successes": 1, "forwarded": 2,
-                                                                "refused": 0, "skipped": 5}
+                                                                "refused": 0, "skipped": 5,
+                                                                "probes_sent": 310, "probe_sockets": 0,
+                                                                "probe_hits": 1, "probe_misses": 2}
     assert "1 DHCP lease(s)" in page
     assert "path on WAN wan1 down" in page
     summary = client.get("/api/summary").get_json()

@@ -117,9 +117,11 @@ def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
         "router": status.get("router"), "wans": wans, "peers": peers, "system": health_line(health) if health else "-",
         "network": _network_summary(status),
         # This node's hole punching: attempts, punched paths up, requests forwarded for others, refused,
-        # not tried (both NATs random: the relay carries the pair).
+        # not tried (both NATs random: the relay carries the pair); birthday probes (random x open NAT): probe
+        # packets sent, extra sockets opened, hits and misses.
         "punch": {k: int((status.get("node", {}).get("punch") or {}).get(k, 0))
-                  for k in ("attempts", "successes", "forwarded", "refused", "skipped")},
+                  for k in ("attempts", "successes", "forwarded", "refused", "skipped", "probes_sent",
+                            "probe_sockets", "probe_hits", "probe_misses")},
         "total": {"tx_bps": sum(w["tx_bps"] for w in wans), "rx_bps": sum(w["rx_bps"] for w in wans)},
         "events": interesting[-30:], "log": events[-100:],
     }

@@ -11,11 +11,13 @@
 //! - `member_news`: members' certificates and revocations told from peer to peer on every path.
 //! - `portmap`: port mappings on the WANs' home routers (NAT-PMP), renewed, released on stop.
 //! - `punch`: hole punching between members, coordinated through a member both are connected to.
+//!   `birthday`: the birthday probe between a random symmetric NAT and an open one (sockets and pacing).
 //! - `join`: joining a network with an invite (the admin's answer, the joining node's request).
 //! - `lan_discovery`: members on the same LAN through mDNS (candidates only, trusted after the handshake).
 //! - `lane`: the TCP lane: LAN TCP terminated at the router, its bytes carried over MPTCP + TLS (issue 16).
 //! - `tun`: Linux TUN devices. (The lab's delay line lives in `core/labtools`, not linked into the appliance.)
 
+pub mod birthday;
 pub mod congestion;
 pub mod connect;
 pub mod debug;

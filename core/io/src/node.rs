@@ -292,6 +292,7 @@ impl Node {
         server_config.max_incoming(4 * quicether_proto::admission::MAX_IN_FLIGHT);
         server_config.incoming_buffer_size(64 * 1024);
         server_config.incoming_buffer_size_total(8 * 1024 * 1024);
+        let listener_raw = socket.try_clone().ok().map(Arc::new);
         let listener = quinn::Endpoint::new(
             endpoint_config(),
             Some(server_config.clone()),
@@ -339,6 +340,9 @@ impl Node {
                     endpoint: node.listener.clone(),
                     backup: false,
                     local: None,
+                    device: None,
+                    mark: 0,
+                    raw: listener_raw,
                 });
                 node.sources.lock().unwrap().insert(DEFAULT_SOURCE.to_string(), source);
             }
@@ -394,6 +398,7 @@ impl Node {
         let runtime = self.runtime()?;
         let _guard = runtime.enter();
         let socket = bind_wan(wan.device.as_deref(), SocketAddr::new(wan.local, 0), wan.mark)?;
+        let raw = socket.try_clone().ok().map(Arc::new);
         // The WAN's socket accepts too: a peer that learned this WAN's public address (a NAT mapping this
         // socket made) reaches us on it, and only on it.
         let endpoint = quinn::Endpoint::new(
@@ -409,6 +414,9 @@ impl Node {
             endpoint: endpoint.clone(),
             backup: wan.backup,
             local: Some(wan.local),
+            device: wan.device.clone(),
+            mark: wan.mark,
+            raw,
         });
         let (device, mark) = (wan.device.clone(), wan.mark);
         let source =

@@ -8,7 +8,7 @@
 //! Messages travel on their own QUIC unidirectional stream of an authenticated path; `member_news`
 //! reads the streams and hands punch messages here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,6 +20,7 @@ use quicether_proto::punch::{
     Message, PunchBook, PunchStats, Schedule,
 };
 
+use quicether_proto::birthday::{open_targets, token, TOKEN_LEN};
 use quicether_proto::nat::{classify, Observation};
 use quicether_proto::symmetric::{approach, predicted_ports, Approach, NatClass};
 
@@ -38,6 +39,12 @@ pub struct PunchSocket {
     pub backup: bool,
     /// The WAN's address (None: the wildcard listening socket).
     pub local: Option<IpAddr>,
+    /// How the WAN's socket is bound (`sockets::bind_wan`): a birthday probe's extra sockets are bound so too.
+    pub device: Option<String>,
+    pub mark: u32,
+    /// The endpoint's own UDP socket (a duplicate of its descriptor), for a birthday probe's packets,
+    /// which must leave from the address whose NAT mapping the other side opened towards.
+    pub raw: Option<Arc<std::net::UdpSocket>>,
 }
 
 /// What a dial needs to show and check in its handshake.
@@ -52,8 +59,11 @@ pub struct PunchDesk {
     pub client: RwLock<Option<ClientKit>>,
     pub book: Mutex<PunchBook>,
     pub stats: Mutex<PunchStats>,
-    /// Each member's NAT class as its last punch message told (and when: bounded like the book).
-    pub classes: Mutex<HashMap<[u8; 32], (NatClass, u64)>>,
+    /// Each member's NAT class as its last punch message told, when, and where the relay of that message
+    /// saw it (its public address: a birthday probe's aim). Bounded like the book.
+    pub classes: Mutex<HashMap<[u8; 32], ToldClass>>,
+    /// Members a birthday probe runs with now (`birthday.rs`: one at a time per member).
+    pub probing: Mutex<HashSet<[u8; 32]>>,
 }
 
 impl PunchDesk {
@@ -65,6 +75,15 @@ impl PunchDesk {
     pub fn punched_recently(&self, key: &[u8; 32], now_us: u64) -> bool {
         self.book.lock().unwrap().punched_recently(key, now_us)
     }
+}
+
+/// What a member's last punch message told of its NAT.
+#[derive(Clone, Copy)]
+pub struct ToldClass {
+    pub class: NatClass,
+    pub at_us: u64,
+    /// Where the relay of the message saw the member (the first candidate of an offer).
+    pub seen_at: Option<SocketAddr>,
 }
 
 /// A member of our network: its certificate was verified when learned (member news, or the handshake
@@ -80,7 +99,7 @@ fn first_up_path(peer: &Peer) -> Option<Arc<Path>> {
 /// The routes of `peer`'s paths that are not through a relay: while only relayed ones run, punching goes
 /// on, so the pair moves to a direct path when the NATs let it; and while one of our WANs has none, that
 /// WAN punches, so a multi-WAN site's bond is direct on all of them.
-fn direct_routes(peer: &Peer) -> Vec<(String, SocketAddr)> {
+pub(crate) fn direct_routes(peer: &Peer) -> Vec<(String, SocketAddr)> {
     let paths = peer.paths.read().unwrap();
     let direct = paths.iter().filter(|p| !matches!(p.route.kind, PathKind::Relayed { .. }));
     direct.map(|p| (p.route.local_wan.clone(), p.route.remote)).collect()
@@ -143,8 +162,9 @@ async fn send(path: &Path, msg: &Message) {
 /// a new flow's mapping most likely is), its address where it is bound to one; then any other address
 /// peers see us at. A socket behind a sequential symmetric NAT offers its predicted ports first
 /// (`symmetric::predicted_ports`, after the newest mapping a peer saw). Also our NAT class: the hardest
-/// of our sockets' (`nat::classify` of what the peers we dialed saw, `symmetric::NatClass::of`).
-fn own_candidates(shared: &Shared) -> (Vec<SocketAddr>, NatClass) {
+/// of our sockets' (`nat::classify` of what the peers we dialed saw, `symmetric::NatClass::of`), and the
+/// WANs whose NAT is random (where a birthday probe opens its extra sockets).
+fn own_candidates(shared: &Shared) -> (Vec<SocketAddr>, NatClass, Vec<String>) {
     // (path id, our WAN, the peer's address, where it saw us, we dialed it)
     let mut observed: Vec<(u64, String, SocketAddr, SocketAddr, bool)> = Vec::new();
     for peer in shared.table.read().unwrap().peers() {
@@ -159,6 +179,7 @@ fn own_candidates(shared: &Shared) -> (Vec<SocketAddr>, NatClass) {
     let mut candidates = Vec::new();
     let now = shared.now_us();
     let mut class = NatClass::Open;
+    let mut random_wans = Vec::new();
     for socket in shared.punch.sockets.read().unwrap().iter() {
         let Ok(bound) = socket.endpoint.local_addr() else { continue };
         let of_socket = || observed.iter().filter(|o| o.1 == socket.wan);
@@ -177,6 +198,9 @@ fn own_candidates(shared: &Shared) -> (Vec<SocketAddr>, NatClass) {
             None => NatClass::of(classify(local, &dialed)),
         };
         class = class.harder(socket_class);
+        if socket_class == NatClass::Random {
+            random_wans.push(socket.wan.clone());
+        }
         if let (NatClass::Sequential { step }, Some(newest)) = (socket_class, dialed.last()) {
             for port in predicted_ports(newest.observed.port(), step) {
                 add_candidate(&mut candidates, SocketAddr::new(newest.observed.ip(), port));
@@ -190,13 +214,70 @@ fn own_candidates(shared: &Shared) -> (Vec<SocketAddr>, NatClass) {
     for o in observed {
         add_candidate(&mut candidates, o.3);
     }
-    (candidates, class)
+    (candidates, class, random_wans)
 }
 
 /// The approach of a punch with `peer` (`symmetric::approach`), from our class and the one it last told.
 fn approach_with(shared: &Shared, peer: &[u8; 32], ours: NatClass) -> Approach {
-    let theirs = shared.punch.classes.lock().unwrap().get(peer).map(|(class, _)| *class);
+    let theirs = shared.punch.classes.lock().unwrap().get(peer).map(|told| told.class);
     approach(ours, theirs)
+}
+
+/// Our side of a birthday probe, if we can run one.
+enum BirthdaySide {
+    /// Our NAT is random: extra sockets like this one's listen for the probes.
+    Listen(PunchSocket),
+    /// Our NAT is open: this socket probes the random side's public address.
+    Probe(PunchSocket, Arc<std::net::UdpSocket>, IpAddr),
+}
+
+/// The side we take in a birthday probe: as the random side, a socket of a random WAN (a primary one
+/// first); as the open side, one of the family of the random side's public address `their_ip` (None
+/// without it: nothing to aim at) whose packets can be sent raw.
+fn birthday_side(
+    shared: &Shared,
+    ours: NatClass,
+    random_wans: &[String],
+    their_ip: Option<IpAddr>,
+) -> Option<BirthdaySide> {
+    let sockets = shared.punch.sockets.read().unwrap();
+    let primary_first = |a: &&PunchSocket, b: &&PunchSocket| a.backup.cmp(&b.backup);
+    if ours == NatClass::Random {
+        let socket = sockets.iter().filter(|s| random_wans.contains(&s.wan)).min_by(primary_first)?;
+        return Some(BirthdaySide::Listen(socket.clone()));
+    }
+    let ip = their_ip?;
+    let fits = |s: &&PunchSocket| s.raw.is_some() && s.endpoint.local_addr().is_ok_and(|a| a.is_ipv4() == ip.is_ipv4());
+    let socket = sockets.iter().filter(fits).min_by(primary_first)?;
+    Some(BirthdaySide::Probe(socket.clone(), socket.raw.clone()?, ip))
+}
+
+/// Starts our side of a birthday probe with `peer` at `start_us`, with `token` (`birthday::token` of the
+/// request's nonce and both keys); `open_side` are the other side's addresses, best first (for the random
+/// side's opening packets).
+fn start_birthday(
+    shared: &Arc<Shared>,
+    peer: [u8; 32],
+    side: BirthdaySide,
+    token: [u8; TOKEN_LEN],
+    open_side: &[SocketAddr],
+    start_us: u64,
+) {
+    shared.punch.stats.lock().unwrap().attempts += 1;
+    if let Some(p) = shared.peer(&peer) {
+        p.punch_attempts.fetch_add(1, Ordering::Relaxed);
+    }
+    let shared = shared.clone();
+    match side {
+        BirthdaySide::Listen(socket) => {
+            let v4 = socket.endpoint.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+            let targets = open_targets(open_side, v4);
+            tokio::spawn(crate::birthday::listen(shared, peer, socket, targets, token, start_us));
+        }
+        BirthdaySide::Probe(socket, raw, ip) => {
+            tokio::spawn(crate::birthday::probe(shared, peer, socket, raw, ip, token, start_us));
+        }
+    }
 }
 
 /// Runs for the life of the node: every member in the table that one of our WAN sockets has no direct path
@@ -240,7 +321,7 @@ pub async fn initiator(shared: Arc<Shared>) {
                 continue;
             };
             let now = shared.now_us();
-            let (candidates, class) = own_candidates(&shared);
+            let (candidates, class, random_wans) = own_candidates(&shared);
             let digest = candidates_digest(&candidates, &endpoints, class);
             if !shared.punch.book.lock().unwrap().initiate(&target.key, digest, now) {
                 continue;
@@ -249,7 +330,23 @@ pub async fn initiator(shared: Arc<Shared>) {
             let delay_ms = request_delay_ms(relay_path.conn.rtt().as_micros() as u64);
             let start_us = now + delay_ms as u64 * 1000;
             let (sockets, dials) = schedule(&shared, &target.key, &endpoints, start_us, Role::Initiator);
-            let request = Message { kind: Kind::Request, key: target.key, delay_ms, candidates, class };
+            // A birthday probe: the target takes part only if the request carries its nonce.
+            let seen_at = shared.punch.classes.lock().unwrap().get(&target.key).and_then(|told| told.seen_at);
+            let birthday = match approach {
+                Approach::Birthday if !crate::birthday::running(&shared, &target.key) => {
+                    birthday_side(&shared, class, &random_wans, seen_at.map(|a| a.ip()))
+                        .map(|side| (side, crate::birthday::random_nonce()))
+                }
+                _ => None,
+            };
+            let request = Message {
+                kind: Kind::Request,
+                key: target.key,
+                delay_ms,
+                candidates,
+                class,
+                birthday: birthday.as_ref().map(|(_, nonce)| *nonce),
+            };
             let relay_path = relay_path.clone();
             tokio::spawn(async move { send(&relay_path, &request).await });
             // The request goes in any case: it tells the target our class, so that it does not probe either.
@@ -263,7 +360,15 @@ pub async fn initiator(shared: Arc<Shared>) {
                 Approach::Wait => continue,
                 Approach::Dial | Approach::Birthday => {}
             }
-            // A birthday probe is not sent yet (see README, NAT traversal): its pair dials the candidates.
+            if let Some((side, nonce)) = birthday {
+                // The other side's addresses: where the relay of its last message saw it first.
+                let open_side: Vec<SocketAddr> = seen_at.into_iter().chain(endpoints.iter().copied()).collect();
+                let token = token(&nonce, &shared.local_key, &target.key);
+                start_birthday(&shared, target.key, side, token, &open_side, start_us);
+                continue;
+            }
+            // Without a birthday probe (an approach other than it, or nothing to probe with) its pair
+            // dials the candidates.
             shared.punch.stats.lock().unwrap().attempts += 1;
             target.punch_attempts.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(run_schedule(shared.clone(), target.key, sockets, dials, Role::Initiator));
@@ -304,7 +409,8 @@ fn forward(shared: &Arc<Shared>, requester: &Arc<Peer>, path: &Arc<Path>, msg: M
     }
     let delay_ms =
         offer_delay_ms(msg.delay_ms, path.conn.rtt().as_micros() as u64, target_path.conn.rtt().as_micros() as u64);
-    let offer = Message { kind: Kind::Offer, key: requester.key, delay_ms, candidates, class: msg.class };
+    let birthday = msg.birthday;
+    let offer = Message { kind: Kind::Offer, key: requester.key, delay_ms, candidates, class: msg.class, birthday };
     shared.punch.stats.lock().unwrap().forwarded += 1;
     tokio::spawn(async move { send(&target_path, &offer).await });
 }
@@ -321,14 +427,31 @@ fn answer(shared: &Arc<Shared>, msg: Message) {
     let now = shared.now_us();
     {
         let mut classes = shared.punch.classes.lock().unwrap();
-        quicether_proto::bounded::make_room(&mut classes, quicether_proto::punch::MAX_TRACKED, |(_, at)| *at);
-        classes.insert(initiator, (msg.class, now));
+        quicether_proto::bounded::make_room(&mut classes, quicether_proto::punch::MAX_TRACKED, |told| told.at_us);
+        // The relay put where it sees the initiator first.
+        let seen_at = msg.candidates.first().copied();
+        classes.insert(initiator, ToldClass { class: msg.class, at_us: now, seen_at });
     }
-    if approach_with(shared, &initiator, own_candidates(shared).1) == Approach::RelayOnly {
+    let (_, ours, random_wans) = own_candidates(shared);
+    let approach = approach_with(shared, &initiator, ours);
+    if approach == Approach::RelayOnly {
         shared.punch.stats.lock().unwrap().skipped += 1;
         return; // both NATs random: no probe, no dial (the initiator does not dial either)
     }
     let start_us = now + msg.delay_ms as u64 * 1000;
+    if let (Approach::Birthday, Some(nonce)) = (approach, msg.birthday) {
+        let their_ip = msg.candidates.first().map(|a| a.ip());
+        if let Some(side) = birthday_side(shared, ours, &random_wans, their_ip) {
+            if crate::birthday::running(shared, &initiator) {
+                return; // the probe of an earlier offer is still under way
+            }
+            if !shared.punch.book.lock().unwrap().answer(&initiator, now) {
+                return shared.punch.refused();
+            }
+            let token = token(&nonce, &initiator, &shared.local_key);
+            return start_birthday(shared, initiator, side, token, &msg.candidates, start_us);
+        }
+    }
     let (sockets, dials) = schedule(shared, &initiator, &msg.candidates, start_us, Role::Target);
     if dials.next_at().is_none() {
         return; // paths to every candidate came up meanwhile (its own dials, or an earlier punch)
@@ -363,7 +486,7 @@ async fn run_schedule(
 
 /// One dial of a punch: a normal handshake with the member's key pinned (and its certificate checked),
 /// from the socket that owns the NAT mapping; the path it makes is of kind `Punched`.
-async fn punch_dial(shared: Arc<Shared>, socket: PunchSocket, addr: SocketAddr, key: [u8; 32]) {
+pub(crate) async fn punch_dial(shared: Arc<Shared>, socket: PunchSocket, addr: SocketAddr, key: [u8; 32]) {
     let config = {
         let kit = shared.punch.client.read().unwrap();
         let Some(kit) = kit.as_ref() else { return };

@@ -24,6 +24,8 @@
 //! - `portmap`: a port mapping on the home router (PCP, else NAT-PMP): requests, answers checked, renewal,
 //!   release.  `pcp`: PCP's MAP request and answer.
 //! - `punch`: hole punching messages, their schedule and rate limits (coordinated simultaneous open).
+//! - `symmetric`: what a punch does against symmetric NATs; `birthday`: the birthday probe's tokens, packets
+//!   and winner choice.
 //! - `lane`: the TCP lane's connection header (original destination), sent first inside its TLS.
 //! - `join`: the join request a node sends with an invite's key, and the admin's answer.
 //! - `dht_server`: which requests a DHT node in server mode answers (per-source and total rate limits).
@@ -34,6 +36,7 @@
 
 pub mod admission;
 pub mod allowed_ips;
+pub mod birthday;
 pub mod bond;
 pub mod bond_send;
 pub mod bounded;

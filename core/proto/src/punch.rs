@@ -26,10 +26,14 @@
 //!   count × ( u8 family (4/6), address, u16 port )
 //!   u8    NAT class, i16 step           the sender's (`symmetric::NatClass`: 0 open, 1 sequential with
 //!                                       its step, 2 random); the relay passes the requester's on
+//!   [16]  birthday nonce                only when the initiator runs a birthday probe with the target
+//!                                       (`birthday`): the token of its probes is derived from it; the
+//!                                       relay passes it on
 //! ```
 //!
 //! Symmetric NATs (`symmetric`): a sequential side's candidates include its predicted ports; a pair that
-//! is random on both sides is not punched at all (`symmetric::approach`).
+//! is random on both sides is not punched at all (`symmetric::approach`); a random side and an open one run
+//! the birthday probe (`birthday`) when the initiator asks for it with a nonce.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,7 +47,9 @@ pub const MAGIC: &[u8; 4] = b"QEP1";
 pub const MAX_CANDIDATES: usize = 16;
 /// A lead beyond this is not a schedule but a way to make a node dial later: refused.
 pub const MAX_DELAY_MS: u16 = 5_000;
-pub const MAX_MESSAGE_LEN: usize = 4 + 1 + 32 + 2 + 1 + MAX_CANDIDATES * (1 + 16 + 2) + 1 + 2;
+pub const MAX_MESSAGE_LEN: usize = 4 + 1 + 32 + 2 + 1 + MAX_CANDIDATES * (1 + 16 + 2) + 1 + 2 + NONCE_LEN;
+/// The birthday nonce's length.
+pub const NONCE_LEN: usize = 16;
 /// The lead the initiator gives on top of twice its RTT to the relay: time for the offer to reach the
 /// target and for it to start its dials (tasks, not packets, at that point).
 pub const BASE_LEAD_MS: u64 = 100;
@@ -86,6 +92,8 @@ pub struct Message {
     pub candidates: Vec<SocketAddr>,
     /// How the sender's NAT hands out ports (a request's, passed on in the offer).
     pub class: NatClass,
+    /// Present when the initiator runs a birthday probe with the target: the nonce its token comes from.
+    pub birthday: Option<[u8; NONCE_LEN]>,
 }
 
 /// True if `data` is a punch message (the stream it came on carries nothing else).
@@ -111,6 +119,9 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     let (class, step) = msg.class.encode();
     w.u8(class);
     w.u16(step as u16);
+    if let Some(nonce) = &msg.birthday {
+        w.bytes(nonce);
+    }
     w.out
 }
 
@@ -147,10 +158,12 @@ pub fn decode(data: &[u8]) -> Result<Message, Malformed> {
         candidates.push(addr);
     }
     let class = NatClass::decode(r.u8()?, r.u16()? as i16).ok_or("unknown NAT class")?;
-    if r.remaining() != 0 {
-        return Err("trailing bytes");
-    }
-    Ok(Message { kind, key, delay_ms, candidates, class })
+    let birthday = match r.remaining() {
+        0 => None,
+        NONCE_LEN => Some(r.array::<NONCE_LEN>()?),
+        _ => return Err("trailing bytes"),
+    };
+    Ok(Message { kind, key, delay_ms, candidates, class, birthday })
 }
 
 /// An address a packet could reach a node at.
@@ -401,6 +414,12 @@ pub struct PunchStats {
     /// Punches not tried because both sides' NATs allocate ports at random (`symmetric::approach`): the
     /// relay carries those pairs, and no probe is sent.
     pub skipped: u64,
+    /// Birthday probes (`birthday`): packets this node sent as the probing (open) side, extra sockets it
+    /// opened as the random side, and how its probes ended (either side: a hit, or the time cap passed).
+    pub probes_sent: u64,
+    pub probe_sockets: u64,
+    pub probe_hits: u64,
+    pub probe_misses: u64,
 }
 
 #[cfg(test)]
@@ -419,6 +438,7 @@ mod tests {
             delay_ms: 250,
             candidates: vec![addr("198.51.100.7:4433"), addr("[2001:db8::1]:9")],
             class: NatClass::Sequential { step: -2 },
+            birthday: None,
         };
         let data = encode(&msg);
         assert!(is_punch(&data));
@@ -442,15 +462,29 @@ mod tests {
         let at = bad_class.len() - 3;
         bad_class[at] = 7;
         assert_eq!(decode(&bad_class), Err("unknown NAT class"));
-        let max = Message { candidates: vec![addr("[2001:db8::1]:9"); MAX_CANDIDATES], ..msg.clone() };
+        let with_nonce = Message { birthday: Some([5; NONCE_LEN]), ..msg.clone() };
+        assert_eq!(decode(&encode(&with_nonce)), Ok(with_nonce.clone()), "the birthday nonce reads back");
+        let nonce_cut = encode(&with_nonce);
+        assert_eq!(decode(&nonce_cut[..nonce_cut.len() - 1]), Err("trailing bytes"), "a cut nonce is refused");
+        let max = Message {
+            candidates: vec![addr("[2001:db8::1]:9"); MAX_CANDIDATES],
+            birthday: Some([5; NONCE_LEN]),
+            ..msg.clone()
+        };
         assert_eq!(encode(&max).len(), MAX_MESSAGE_LEN);
     }
 
     #[test]
     fn encode_leaves_out_what_decode_would_refuse() {
         let many: Vec<SocketAddr> = (1..=20).map(|p| SocketAddr::new([192, 0, 2, 1].into(), p)).collect();
-        let msg =
-            Message { kind: Kind::Offer, key: [1; 32], delay_ms: u16::MAX, candidates: many, class: NatClass::Random };
+        let msg = Message {
+            kind: Kind::Offer,
+            key: [1; 32],
+            delay_ms: u16::MAX,
+            candidates: many,
+            class: NatClass::Random,
+            birthday: None,
+        };
         let back = decode(&encode(&msg)).unwrap();
         assert_eq!(back.candidates.len(), MAX_CANDIDATES);
         assert_eq!(back.delay_ms, MAX_DELAY_MS);

@@ -322,7 +322,8 @@ impl Node {
             .collect()
     }
 
-    /// Hole punching: {attempts, successes, forwarded, refused, skipped} (`quicether_proto::punch::PunchStats`).
+    /// Hole punching: {attempts, successes, forwarded, refused, skipped, probes_sent, probe_sockets, probe_hits,
+    /// probe_misses} (`quicether_proto::punch::PunchStats`).
     fn punch_stats(&self) -> PyResult<std::collections::BTreeMap<&'static str, u64>> {
         self.with(|n| {
             let s = n.punch_stats();
@@ -332,6 +333,10 @@ impl Node {
                 ("forwarded", s.forwarded),
                 ("refused", s.refused),
                 ("skipped", s.skipped),
+                ("probes_sent", s.probes_sent),
+                ("probe_sockets", s.probe_sockets),
+                ("probe_hits", s.probe_hits),
+                ("probe_misses", s.probe_misses),
             ]
             .into_iter()
             .collect()
