@@ -129,7 +129,7 @@ class Node:
         time cap passed without one)."""
     def map_port(self, wan: str, gateway: str) -> None:
         """Maps the UDP port of WAN `wan`'s socket ("default": the listen socket of a node without WANs) on
-        the WAN's IPv4 gateway with PCP or NAT-PMP, renewed until the WAN is removed or the node stops (then
+        the WAN's IPv4 gateway with PCP, NAT-PMP or UPnP-IGD, renewed until the WAN is removed or the node stops (then
         deleted). OSError: no such WAN, or its request socket cannot be made; ValueError: not IPv4."""
     def port_mappings(self) -> list[dict[str, Any]]:
         """Per WAN with port mapping on: wan, protocol, gateway, internal_port, external ("ip:port" or

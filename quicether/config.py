@@ -55,7 +55,7 @@
     server = false                 # answer other DHT nodes' queries too (a publicly reachable gateway)
 
     [nat]
-    port_mapping = true            # ask each WAN's home router for a port mapping (PCP, NAT-PMP) of its QUIC
+    port_mapping = true            # ask each WAN's home router for a port mapping (PCP, NAT-PMP, UPnP) of its QUIC
                                    # socket: peers then reach it directly even through a symmetric NAT
 
 Router settings (see quicether/router_config.py for every field): [lan] (appliance address, DHCP/DNS,
@@ -171,7 +171,7 @@ class DiscoveryConfig:
 
 @dataclass(frozen=True)
 class NatConfig:
-    port_mapping: bool = True            # map each WAN socket's port on its gateway (PCP, NAT-PMP)
+    port_mapping: bool = True            # map each WAN socket's port on its gateway (PCP, NAT-PMP, UPnP-IGD)
 
 
 @dataclass(frozen=True)

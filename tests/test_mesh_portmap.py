@@ -3,14 +3,15 @@
 from its router: then the other reaches it directly at the mapped address, from its record or its punch
 candidates.
 
-    s0 172.16.1.2 ── n0: symmetric NAT, outside 11.1.0.1, miniupnpd (NAT-PMP) ─┐
-    s1 172.16.2.2 ── n1: symmetric NAT, outside 10.2.0.1 ──────────────────────┴── hub: gateway (relay), DHT
+    s0 172.16.1.2 ── n0: symmetric NAT, outside 11.1.0.1, miniupnpd (PCP, NAT-PMP, UPnP) ─┐
+    s1 172.16.2.2 ── n1: symmetric NAT, outside 10.2.0.1 ────────────────────────────────┴── hub: relay, DHT
 
 A two-WAN router behind two ISPs' NATs, each with its own router service, gets a mapping per WAN.
 
-The router is the real thing (miniupnpd, Debian's nftables build, speaking PCP and NAT-PMP): it grants the
-mapping by a DNAT rule in its own nft table, and deletes it when the daemon releases the mapping as it
-stops. The NAT-PMP run drops PCP requests at the router, so the client falls back on its silence.
+The router is the real thing (miniupnpd, Debian's nftables build, speaking PCP, NAT-PMP and UPnP-IGD): it
+grants the mapping by a DNAT rule in its own nft table, and deletes it when the daemon releases the mapping
+as it stops. The NAT-PMP run drops PCP requests at the router, so the client falls back on its silence; the
+UPnP run drops both (all of port 5351), so the client finds the router by SSDP and maps over SOAP.
 """
 
 from __future__ import annotations
@@ -56,31 +57,37 @@ def _wait(what: str, predicate: Callable[[], Any], timeout_s: float, explain: Ca
 
 
 def _mesh(lab: Lab, tmp_path: Path, configure: Callable[[qe.NodeSpec], object] | None = None,
-          natpmp_only: bool = False) -> tuple[MeshLab, MiniUpnpd]:
+          protocol: str = "pcp") -> tuple[MeshLab, MiniUpnpd]:
+    """The mesh with miniupnpd as n0's router, speaking only `protocol` to the client (pcp: all three)."""
     servers: list[MiniUpnpd] = []
 
     def router_with_upnp(hub: Namespace) -> None:
         give_public_address(hub, 0, PUBLIC_IP)
-        servers.append(start_miniupnpd(lab, hub.lab["n0"], "172.16.1.0/24", tmp_path / "miniupnpd"))
-        if natpmp_only:
+        servers.append(start_miniupnpd(lab, hub.lab["n0"], "172.16.1.0/24", tmp_path / "miniupnpd",
+                                       upnp=True))
+        if protocol == "nat-pmp":
             servers[0].speak_natpmp_only()
+        elif protocol == "upnp":
+            servers[0].speak_upnp_only()
 
     mesh = build_mesh_lab(lab, 2, tmp_path, nats=[NatType.SYMMETRIC, NatType.SYMMETRIC],
                           prepare_hub=router_with_upnp, configure=configure)
     return mesh, servers[0]
 
 
-@pytest.mark.parametrize("protocol", ["pcp", "nat-pmp"])
+@pytest.mark.parametrize("protocol", ["pcp", "nat-pmp", "upnp"])
 def test_a_port_mapping_takes_a_symmetric_pair_direct_and_is_deleted_on_stop(lab: Lab, tmp_path: Path,
                                                                              protocol: str) -> None:
-    """PCP where the router speaks it; NAT-PMP where it ignores PCP (its requests dropped at the router)."""
-    mesh, router = _mesh(lab, tmp_path, natpmp_only=protocol == "nat-pmp")
+    """PCP where the router speaks it; NAT-PMP where it ignores PCP (its requests dropped at the router);
+    UPnP-IGD where it ignores both (two PCP and four NAT-PMP requests unanswered, ~4.5 s, then SSDP)."""
+    mesh, router = _mesh(lab, tmp_path, protocol=protocol)
     s0, s1 = mesh.sites
 
     def mapping() -> dict[str, Any]:
         return dict(s0.status()["node"]["port_mapping"].get("default") or {})
 
-    _wait("a port mapping", lambda: mapping().get("external"), 10.0, lambda: f"{mapping()}; {router.log()}")
+    _wait("a port mapping", lambda: mapping().get("external"), 15.0 if protocol == "upnp" else 10.0,
+          lambda: f"{mapping()}; {router.log()}")
     to_mapping = time.monotonic() - mesh.started_at
     mapped = mapping()
     assert mapped["external"] == f"{PUBLIC_IP}:{qe.QUIC_PORT}", mapped
@@ -108,8 +115,15 @@ def test_a_port_mapping_takes_a_symmetric_pair_direct_and_is_deleted_on_stop(lab
 
     qe.stop(s0)
     assert router.mappings() == [], f"the mapping outlived the daemon: {router.mappings()}"
-    assert "mapping removed" in router.log()
-    assert ("PCP MAP: added" in router.log()) == (protocol == "pcp"), router.log()
+    log = router.log()
+    assert ("PCP MAP: added" in log) == (protocol == "pcp"), log
+    # Each protocol in its own words: NAT-PMP/PCP remove "mapping removed"; UPnP's calls are logged by name.
+    upnp_calls = [f"SSDP M-SEARCH from {SITE0}:", f"AddPortMapping: ext port {qe.QUIC_PORT} to {SITE0}:{qe.QUIC_PORT}"
+                  " protocol UDP", f"DeletePortMapping: external port: {qe.QUIC_PORT}, protocol: UDP"]
+    if protocol == "upnp":
+        assert all(call in log for call in upnp_calls), log
+    else:
+        assert "mapping removed" in log and not any(call in log for call in upnp_calls), log
 
 
 def test_without_port_mapping_no_request_is_sent_and_the_pair_stays_relayed(lab: Lab, tmp_path: Path) -> None:
@@ -132,17 +146,21 @@ def test_without_port_mapping_no_request_is_sent_and_the_pair_stays_relayed(lab:
     assert ping(s1.ns, mesh.address(s0), count=2).received >= 1, "the relay carries the pair"
 
 
-def test_each_wan_maps_its_own_port_on_its_own_router(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["pcp", "upnp"])
+def test_each_wan_maps_its_own_port_on_its_own_router(lab: Lab, tmp_path: Path, protocol: str) -> None:
     """A two-WAN router behind two symmetric ISP NATs, each with its own miniupnpd: each WAN socket's
     mapping is asked of its own gateway from its own address (the router grants it only for the address the
-    request came from), so each WAN gets a mapping at its own ISP's public address."""
+    request came from), so each WAN gets a mapping at its own ISP's public address. In UPnP the SSDP search
+    of each WAN, bound to its address, must leave by that WAN to find that WAN's router."""
     wl = build_wan_lab(lab, [LinkSpec(nat=NatType.SYMMETRIC)] * 2, lan=False, internet_hosts=(),
                        policy_routing=False)
     routers = []
     for i, wan in enumerate(wl.wans):
         give_isp_public_address(wl, i, f"11.{40 + i}.0.1")
         routers.append(start_miniupnpd(lab, wan.isp, f"10.{10 + i}.0.0/24", tmp_path / f"miniupnpd{i}",
-                                       inside_if="rtr"))
+                                       inside_if="rtr", upnp=protocol == "upnp"))
+        if protocol == "upnp":
+            routers[-1].speak_upnp_only()
     node = qe.make_node(wl.router, "site", "10.99.0.1/24", tmp_path)
     node.wans = [{"device": w.router_if, "name": f"isp{w.index}", "gateway": w.isp_addr} for w in wl.wans]
     qe.start(node)
@@ -151,13 +169,14 @@ def test_each_wan_maps_its_own_port_on_its_own_router(lab: Lab, tmp_path: Path) 
         return dict(node.status()["node"]["port_mapping"])
 
     _wait("a mapping on each WAN", lambda: all(m.get("external") for m in mappings().values()) and
-          len(mappings()) == 2, 10.0, lambda: f"{mappings()}; {[r.log() for r in routers]}")
+          len(mappings()) == 2, 15.0, lambda: f"{mappings()}; {[r.log() for r in routers]}")
     found = mappings()
     print(f"\nper-WAN mappings: {found}")
     for i, wan in enumerate(wl.wans):
         mapped = found[f"isp{i}"]
         port = mapped["internal_port"]
         assert mapped["gateway"] == wan.isp_addr and mapped["external"] == f"11.{40 + i}.0.1:{port}", found
+        assert mapped["protocol"] == protocol, found
         assert routers[i].mappings() == [f'iif "wire" udp th dport {port} dnat ip to {wan.router_addr}:{port}'], \
             (i, routers[i].mappings())
     assert found["isp0"]["internal_port"] != found["isp1"]["internal_port"], "one socket per WAN"

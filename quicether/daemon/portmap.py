@@ -1,9 +1,9 @@
 """Port mappings on the home routers ([nat] port_mapping, on by default): for each WAN that comes up (or
-the listen socket on a node without WANs), the core asks that WAN's gateway with PCP (or NAT-PMP) for a mapping
-of the WAN socket's UDP port, from the WAN's own address, renews it and deletes it when the WAN goes or
-the daemon stops (core/io/src/portmap.rs). The mapped public address is the WAN's first punch candidate
-and an endpoint of kind "mapped" in our DHT record: a peer reaches it directly even through a symmetric
-NAT. This module decides which WANs ask, and says per WAN why one does not.
+the listen socket on a node without WANs), the core asks that WAN's gateway with PCP (or NAT-PMP, or
+UPnP-IGD) for a mapping of the WAN socket's UDP port, from the WAN's own address, renews it and deletes it
+when the WAN goes or the daemon stops (core/io/src/portmap.rs). The mapped public address is the WAN's first
+punch candidate and an endpoint of kind "mapped" in our DHT record: a peer reaches it directly even through
+a symmetric NAT. This module decides which WANs ask, and says per WAN why one does not.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class PortMaps:
             log.warning("WAN %s: no port mapping: %s", wan, self.unasked[wan])
             return
         self.unasked.pop(wan, None)
-        log.info("WAN %s: asking the gateway %s for a port mapping (PCP, NAT-PMP)", wan, gateway)
+        log.info("WAN %s: asking the gateway %s for a port mapping (PCP, NAT-PMP, UPnP-IGD)", wan, gateway)
 
     def wan_down(self, wan: str) -> None:
         """The WAN was removed from the core (which released its mapping)."""

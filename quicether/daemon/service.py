@@ -220,7 +220,7 @@ class Daemon:
                 "refused_handshakes": node.refused_handshakes() if node else 0,
                 # Per WAN: the NAT it is behind, as the addresses the peers see it at tell.
                 "nat": node.nat_types() if node else {},
-                # Per WAN: its port mapping on the home router (NAT-PMP) and when it expires, or why none.
+                # Per WAN: its port mapping on the home router (PCP, NAT-PMP or UPnP) and when it expires, or why none.
                 "port_mapping": self.portmaps.status() if node and self.portmaps else {},
                 # Hole punching: attempts, successes, requests forwarded for others, messages refused.
                 "punch": node.punch_stats() if node else {},

@@ -1,6 +1,7 @@
 """A home router's port mapping service in the lab: miniupnpd (its nftables build, Debian's
-miniupnpd-nftables) answering PCP and NAT-PMP on a site's NAT namespace of the mesh lab (`mesh.star`), installing
-a real DNAT rule for each mapping it grants and deleting it when the mapping is released.
+miniupnpd-nftables) answering PCP and NAT-PMP (and UPnP-IGD where asked to) on a site's NAT namespace of the
+mesh lab (`mesh.star`), installing a real DNAT rule for each mapping it grants and deleting it when the
+mapping is released.
 
 miniupnpd refuses to map anything while its outside address is private (the router would be behind another
 NAT), and so does QuicEther: `give_public_address` first moves the NAT's outside address from the mesh
@@ -99,20 +100,26 @@ class MiniUpnpd:
         self.ns.run("nft", "add", "rule", "inet", TABLE, "input", "udp", "dport", str(NATPMP_PORT),
                     "@th,64,8", "2", "drop")
 
+    def speak_upnp_only(self) -> None:
+        """Drops every request to port 5351 (after counting it) before miniupnpd sees it, as a router that
+        speaks only UPnP-IGD: a client must find it by SSDP and map over SOAP."""
+        self.ns.run("nft", "add", "rule", "inet", TABLE, "input", "udp", "dport", str(NATPMP_PORT), "drop")
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
 
 def start_miniupnpd(lab: Lab, nat: Namespace, inside_net: str, state: Path, *, outside_if: str = "wire",
-                    inside_if: str = "lan") -> MiniUpnpd:
-    """Runs miniupnpd in `nat` with PCP and NAT-PMP on (UPnP off: no SSDP/HTTP), granting mappings to hosts of
-    `inside_net` only for their own address (secure mode). Stopped with the lab (its rules go with the
-    namespace)."""
+                    inside_if: str = "lan", upnp: bool = False) -> MiniUpnpd:
+    """Runs miniupnpd in `nat` with PCP and NAT-PMP on, and UPnP-IGD with `upnp` (SSDP and its HTTP/SOAP
+    server on `inside_if`), granting mappings to hosts of `inside_net` only for their own address (secure
+    mode). Stopped with the lab (its rules go with the namespace)."""
     state.mkdir(parents=True, exist_ok=True)
     nat.run("nft", "-f", "-", input=RULESET)
     conf = state / "miniupnpd.conf"
     conf.write_text("\n".join([
-        f"ext_ifname={outside_if}", f"listening_ip={inside_if}", "enable_natpmp=yes", "enable_upnp=no",
+        f"ext_ifname={outside_if}", f"listening_ip={inside_if}", "enable_natpmp=yes",
+        f"enable_upnp={'yes' if upnp else 'no'}",
         "secure_mode=yes", f"lease_file={state / 'leases'}", f"upnp_table_name={TABLE}",
         f"upnp_nat_table_name={TABLE}", "upnp_forward_chain=miniupnpd", "upnp_nat_chain=prerouting_miniupnpd",
         "upnp_nat_postrouting_chain=postrouting_miniupnpd", "uuid=3c3a1e5e-1f0b-4d55-9a3e-0000000000a1",

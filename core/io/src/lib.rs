@@ -40,6 +40,7 @@ pub mod stats;
 pub mod timers;
 pub mod tls;
 pub mod tun;
+mod upnp;
 
 /// The wall clock since the Unix epoch (zero if the clock is before it): certificates' validity, records'
 /// expiry and DHT sequence numbers are in it. The one place the I/O crate reads it.

@@ -1,4 +1,5 @@
-//! Port mappings on the home routers (PCP, else NAT-PMP: `quicether_proto::portmap`): one per local socket that
+//! Port mappings on the home routers (PCP, else NAT-PMP, else UPnP-IGD: `quicether_proto::portmap`, and `upnp`
+//! for the UPnP exchanges): one per local socket that
 //! dials (each WAN's, or the listening one on a node without WANs), asked of that WAN's gateway from a
 //! socket that leaves by the WAN (bound to its device and address, with its firewall mark), since the
 //! router maps the port for the address the request comes from. The mapped public address becomes the
@@ -14,13 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quicether_proto::pcp::NONCE_LEN;
-use quicether_proto::portmap::{Mapper, SERVER_PORT};
+use quicether_proto::portmap::{Mapper, UpnpOutcome, SERVER_PORT};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use crate::events::Event;
 use crate::node::Node;
 use crate::peer::Shared;
+use crate::upnp::{self, Igd};
 
 /// How long a delete waits for the gateway's answer (per try, two tries): it must not hold up a stop.
 const RELEASE_WAIT: Duration = Duration::from_millis(250);
@@ -43,6 +45,8 @@ struct Entry {
     gateway: Ipv4Addr,
     socket: Arc<UdpSocket>,
     mapper: Arc<Mutex<Mapper>>,
+    /// The internet gateway device found by SSDP (UPnP only), kept for renewals and the deletion.
+    igd: Arc<Mutex<Option<Igd>>>,
     task: JoinHandle<()>,
 }
 
@@ -93,7 +97,14 @@ impl PortMapDesk {
 
 async fn release_entry(entry: Entry) {
     entry.task.abort();
-    let deletes = entry.mapper.lock().unwrap().release();
+    let (deletes, upnp_port) = {
+        let m = entry.mapper.lock().unwrap();
+        (m.release(), m.asked_upnp().then_some(m.internal_port()))
+    };
+    let igd = entry.igd.lock().unwrap().clone();
+    if let (Some(port), Some(igd)) = (upnp_port, igd) {
+        upnp::delete(&igd, port).await;
+    }
     let mut buf = [0u8; 1100];
     for delete in deletes {
         for _ in 0..2 {
@@ -117,18 +128,52 @@ fn summary(mapper: &Mapper, now_us: u64) -> String {
     }
 }
 
+/// One UPnP exchange with the gateway: found by SSDP the first time (and after any failure: a router
+/// that restarted may serve its control URL on another port), then map and read back.
+async fn upnp_exchange(cache: &Mutex<Option<Igd>>, client: Ipv4Addr, gateway: Ipv4Addr, port: u16) -> UpnpOutcome {
+    let known = cache.lock().unwrap().clone();
+    let igd = match known {
+        Some(igd) => igd,
+        None => match upnp::search(client, gateway).await {
+            Ok(igd) => igd,
+            Err(why) => return UpnpOutcome::NoGateway(why),
+        },
+    };
+    let outcome = upnp::map(&igd, client, port).await;
+    let answered = matches!(outcome, UpnpOutcome::Answered { .. });
+    *cache.lock().unwrap() = answered.then_some(igd);
+    outcome
+}
+
+/// The ways of `run` to the gateway: the socket to its port 5351 (PCP, NAT-PMP) and its UPnP device.
+struct Gateway {
+    address: Ipv4Addr,
+    socket: Arc<UdpSocket>,
+    /// The address our requests leave from (the mapping's internal client).
+    client: Ipv4Addr,
+    igd: Arc<Mutex<Option<Igd>>>,
+}
+
 /// Keeps one mapping: sends what the mapper asks for, feeds it the gateway's answers, tells the daemon
 /// of each change. The socket is connected to the gateway's port 5351, so nothing else is read.
-async fn run(shared: Arc<Shared>, wan: String, socket: Arc<UdpSocket>, mapper: Arc<Mutex<Mapper>>) {
+async fn run(shared: Arc<Shared>, wan: String, gateway: Gateway, mapper: Arc<Mutex<Mapper>>) {
+    let Gateway { address, socket, client, igd } = gateway;
     let mut told = String::new();
     // PCP answers may carry options after the 60 bytes of a MAP answer (RFC 6887: at most 1100 in all).
     let mut buf = [0u8; 1100];
     loop {
         let now = shared.now_us();
-        let (request, next_at) = {
+        let (request, upnp_due, port, next_at) = {
             let mut m = mapper.lock().unwrap();
-            (m.poll_transmit(now), m.next_at())
+            let request = m.poll_transmit(now);
+            (request, m.poll_upnp(now), m.internal_port(), m.next_at())
         };
+        if upnp_due {
+            let outcome = upnp_exchange(&igd, client, address, port).await;
+            mapper.lock().unwrap().handle_upnp(outcome, shared.now_us());
+            tell(&shared, &wan, &mapper, &mut told);
+            continue;
+        }
         if let Some(request) = request {
             let _ = socket.send(&request).await; // an unreachable gateway is a retry like a lost answer
         }
@@ -142,11 +187,16 @@ async fn run(shared: Arc<Shared>, wan: String, socket: Arc<UdpSocket>, mapper: A
                 }
             }
         }
-        let now = summary(&mapper.lock().unwrap(), shared.now_us());
-        if now != told && !now.ends_with("asking the gateway") {
-            shared.emit(Event::PortMapping { wan: wan.clone(), detail: now.clone() });
-            told = now;
-        }
+        tell(&shared, &wan, &mapper, &mut told);
+    }
+}
+
+/// Tells the daemon of the mapping (or why there is none) if that changed since `told`.
+fn tell(shared: &Shared, wan: &str, mapper: &Mutex<Mapper>, told: &mut String) {
+    let now = summary(&mapper.lock().unwrap(), shared.now_us());
+    if now != *told && !now.ends_with("asking the gateway") {
+        shared.emit(Event::PortMapping { wan: wan.to_string(), detail: now.clone() });
+        *told = now;
     }
 }
 
@@ -184,14 +234,16 @@ impl Node {
         };
         let nonce: [u8; NONCE_LEN] = crate::tls::generate_seed()[..NONCE_LEN].try_into().expect("12 of 32 bytes");
         let mapper = Arc::new(Mutex::new(Mapper::new(port, client, nonce, self.shared.now_us())));
-        let task = runtime.spawn(run(self.shared.clone(), wan.to_string(), socket.clone(), mapper.clone()));
+        let igd = Arc::new(Mutex::new(None));
+        let to_gateway = Gateway { address: gateway, socket: socket.clone(), client, igd: igd.clone() };
+        let task = runtime.spawn(run(self.shared.clone(), wan.to_string(), to_gateway, mapper.clone()));
         let old = self
             .shared
             .portmap
             .entries
             .lock()
             .unwrap()
-            .insert(wan.to_string(), Entry { gateway, socket, mapper, task });
+            .insert(wan.to_string(), Entry { gateway, socket, mapper, igd, task });
         if let Some(old) = old {
             runtime.spawn(release_entry(old));
         }

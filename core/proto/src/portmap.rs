@@ -1,16 +1,18 @@
-//! Port mapping on the home router with PCP (RFC 6887, `pcp`) or NAT-PMP (RFC 6886): a mapping of one local UDP port (a WAN
-//! socket's) on that WAN's gateway, so that peers reach the socket at the gateway's public address and the
-//! mapped port even when the NAT maps every new destination to a new port (symmetric). Pure: the caller
-//! sends what `poll_transmit` returns from a socket that leaves by the WAN (NAT-PMP takes the request's
-//! source address as the internal address), feeds each datagram from the gateway's port 5351 to
-//! `handle_response`, and calls again at `next_at`.
+//! Port mapping on the home router with PCP (RFC 6887, `pcp`), NAT-PMP (RFC 6886) or UPnP-IGD (`upnp`): a
+//! mapping of one local UDP port (a WAN socket's) on that WAN's gateway, so that peers reach the socket at
+//! the gateway's public address and the mapped port even when the NAT maps every new destination to a new
+//! port (symmetric). Pure: the caller sends what `poll_transmit` returns from a socket that leaves by the
+//! WAN (NAT-PMP takes the request's source address as the internal address), feeds each datagram from the
+//! gateway's port 5351 to `handle_response`, and calls again at `next_at`.
 //!
 //! Life of a mapping: ask in PCP (one MAP exchange gives address and port); a gateway that answers in
 //! NAT-PMP (it speaks no PCP), or says nothing to two PCP requests, is asked in NAT-PMP from then on:
-//! the external address, then map the port. Either way for `LIFETIME_S`; renew at half the
-//! granted lifetime; a router that restarted (its epoch went back) is asked again at once; `release`
-//! gives the request that deletes the mapping (lifetime 0). A gateway that does not answer after
-//! `MAX_TRIES` retransmissions is asked again after `RETRY_US`.
+//! the external address, then map the port. A gateway silent to both is asked in UPnP-IGD (SSDP search,
+//! SOAP calls: the caller does that exchange when `poll_upnp` says so, and gives `handle_upnp` what the
+//! router said; a search that finds no gateway starts over at PCP after `RETRY_US`). Each way for
+//! `LIFETIME_S`; renew at half the granted lifetime; a router that restarted (its epoch went back) is
+//! asked again at once; `release` gives the request that deletes the mapping (lifetime 0). A gateway that
+//! does not answer after `MAX_TRIES` retransmissions is asked again after `RETRY_US`.
 //!
 //! Every value from the router is checked before it is used: a private, shared (carrier-grade NAT),
 //! loopback, link-local, unspecified, multicast or broadcast external address (the router is itself
@@ -29,6 +31,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::pcp;
 use crate::wire::{Malformed, Reader, Writer};
+
+mod upnp;
+pub use upnp::{UpnpEntry, UpnpOutcome, UPNP_EXCHANGE_US};
 
 /// The port a NAT-PMP server listens on at the gateway.
 pub const SERVER_PORT: u16 = 5351;
@@ -145,6 +150,8 @@ impl Mapping {
 pub enum Protocol {
     Pcp,
     NatPmp,
+    /// UPnP-IGD (WANIPConnection): no datagrams of ours; the caller speaks it (`poll_upnp`, `handle_upnp`).
+    Upnp,
 }
 
 impl Protocol {
@@ -152,6 +159,7 @@ impl Protocol {
         match self {
             Protocol::Pcp => "pcp",
             Protocol::NatPmp => "nat-pmp",
+            Protocol::Upnp => "upnp",
         }
     }
 }
@@ -185,6 +193,10 @@ pub struct Mapper {
     /// A map request was sent in each protocol: on release, a delete is due even if no answer came.
     asked_pcp: bool,
     asked_natpmp: bool,
+    /// A UPnP AddPortMapping was sent: on release, a DeletePortMapping is due.
+    asked_upnp: bool,
+    /// Any PCP or NAT-PMP answer came from the gateway: it is not asked in UPnP when those go unanswered.
+    heard_5351: bool,
 }
 
 impl Mapper {
@@ -204,6 +216,8 @@ impl Mapper {
             epoch: None,
             asked_pcp: false,
             asked_natpmp: false,
+            asked_upnp: false,
+            heard_5351: false,
         }
     }
 
@@ -255,7 +269,7 @@ impl Mapper {
 
     fn first_phase(&self) -> Phase {
         match self.protocol {
-            Protocol::Pcp => Phase::AskMap,
+            Protocol::Pcp | Protocol::Upnp => Phase::AskMap,
             Protocol::NatPmp => Phase::AskExternal,
         }
     }
@@ -268,7 +282,7 @@ impl Mapper {
 
     /// The request to send now, if one is due; call again at `next_at`.
     pub fn poll_transmit(&mut self, now_us: u64) -> Option<Vec<u8>> {
-        if now_us < self.next_at_us {
+        if now_us < self.next_at_us || self.protocol == Protocol::Upnp {
             return None;
         }
         if self.phase == Phase::Idle {
@@ -279,6 +293,12 @@ impl Mapper {
         if self.protocol == Protocol::Pcp && self.tries >= PCP_TRIES && self.mapping.is_none() {
             // No PCP answer at all: a NAT-PMP server that drops what it cannot read, or none.
             self.fall_back(now_us);
+        }
+        if self.tries >= MAX_TRIES && self.protocol == Protocol::NatPmp && !self.heard_5351 && self.mapping.is_none() {
+            // Silent to PCP and NAT-PMP alike: a router that speaks only UPnP-IGD, or none; the caller asks.
+            self.protocol = Protocol::Upnp;
+            self.ask(Phase::AskMap, now_us);
+            return None;
         }
         if self.tries >= MAX_TRIES {
             self.fail(format!("no answer from the gateway ({})", self.protocol.name()), now_us);
@@ -296,6 +316,7 @@ impl Mapper {
                 self.asked_natpmp = true;
                 map_request(self.internal_port, LIFETIME_S)
             }
+            (Protocol::Upnp, _) => unreachable!("UPnP sends no datagram (returned above)"),
         })
     }
 
@@ -337,7 +358,9 @@ impl Mapper {
             Protocol::Pcp if pcp::is_natpmp(data) => self.fall_back(now_us),
             Protocol::Pcp => self.handle_pcp(data, now_us)?,
             Protocol::NatPmp => self.handle_natpmp(data, now_us)?,
+            Protocol::Upnp => return Ok(false), // a late answer on 5351: the gateway was asked in UPnP since
         }
+        self.heard_5351 = true;
         Ok(before != (self.mapping(now_us), self.problem(now_us)))
     }
 
