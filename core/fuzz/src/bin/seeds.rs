@@ -86,6 +86,8 @@ fn main() -> std::io::Result<()> {
                 key: [4; 32],
                 delay_ms: 300,
                 candidates: vec!["198.18.0.1:4433".parse().unwrap(), "[2001:db8::1]:4433".parse().unwrap()],
+                class: quicether_proto::symmetric::NatClass::Sequential { step: 1 },
+                birthday: Some([6; punch::NONCE_LEN]),
             }),
         ),
     ];
