@@ -43,6 +43,21 @@ fn tls_certificate(membership: &[u8]) -> Vec<u8> {
     der(0x30, &[tbs, ed25519, der(0x03, &[0u8; 65])].concat())
 }
 
+/// A PCP MAP answer for the fuzzed mapper (RFC 6887 7.2, 11.1): 203.0.113.7:4433 for two hours, as one
+/// length-prefixed datagram of the portmap target.
+fn pcp_map_answer() -> Vec<u8> {
+    let mut answer = vec![2, 0x81, 0, 0];
+    answer.extend(7200u32.to_be_bytes());
+    answer.extend(1u32.to_be_bytes());
+    answer.extend([0; 12]);
+    answer.extend(quicether_fuzz::PORTMAP_NONCE);
+    answer.extend([17, 0, 0, 0]);
+    answer.extend(4433u16.to_be_bytes());
+    answer.extend(4433u16.to_be_bytes());
+    answer.extend(std::net::Ipv4Addr::new(203, 0, 113, 7).to_ipv6_mapped().octets());
+    [vec![answer.len() as u8], answer].concat()
+}
+
 fn main() -> std::io::Result<()> {
     let cert = Certificate {
         network: [0; 32],
@@ -79,6 +94,7 @@ fn main() -> std::io::Result<()> {
         ("packet", ipv4_udp()),
         ("lane", LaneHeader { destination: "10.0.60.10:443".parse().unwrap() }.encode()),
         ("peer_text", b"closed by peer: \x00 idle\n".to_vec()),
+        ("portmap", pcp_map_answer()),
         (
             "punch",
             punch::encode(&punch::Message {
