@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from quicether import __version__
 from quicether.config import DEFAULT_STATE_DIR, Config, ConfigError, load
-from quicether.daemon import api
+from quicether.daemon import api, portmap
 from quicether.identity import KEY_FILE_NAME, Identity, IdentityError, decode_node_id
 from quicether.identity import generate as generate_identity
 from quicether.identity import load as load_identity
@@ -171,7 +171,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     node = answer["node"]
     print(f"node {node['node_id']}")
-    print(f"  listen {node['listen']}  tun {node['tun']}  mtu {node['mtu']}  address {node['address'] or '-'}"
+    print(f"  listen {node['listen']}  tun {node['tun']}  mtu {node['mtu']}"
+          f"  offloads {node.get('tun_offloads') or '-'}  address {node['address'] or '-'}"
           f"  refused handshakes {node.get('refused_handshakes', 0)}"
           f" (retried {node.get('handshakes_retried', 0)}, dropped {node.get('handshakes_dropped', 0)})")
     router = answer.get("router")
@@ -185,10 +186,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  role {router['role']}  outside ports {' '.join(router['outside']) or '-'}")
     for wan, nat in sorted(node.get("nat", {}).items()):
         print(f"  wan {wan}: NAT {nat}")
+    for wan, mapping in sorted((node.get("port_mapping") or {}).items()):
+        print(portmap.describe(wan, mapping))
     punch = node.get("punch") or {}
     if punch:
         print(f"  hole punching: {punch.get('attempts', 0)} attempts, {punch.get('successes', 0)} punched paths up,"
-              f" {punch.get('forwarded', 0)} forwarded for others, {punch.get('refused', 0)} refused")
+              f" {punch.get('forwarded', 0)} forwarded for others, {punch.get('refused', 0)} refused,"
+              f" {punch.get('skipped', 0)} not tried (both NATs random)")
+        if punch.get("probe_hits", 0) or punch.get("probe_misses", 0):
+            print(f"  birthday probes: {punch.get('probe_hits', 0)} hit, {punch.get('probe_misses', 0)} missed;"
+                  f" {punch.get('probes_sent', 0)} probe packets sent, {punch.get('probe_sockets', 0)} extra sockets"
+                  " opened")
     relay = node.get("relay") or {}
     if relay.get("enabled") or relay.get("dials"):
         drops = {k.removeprefix("dropped_"): v for k, v in relay.items() if k.startswith("dropped_") and v}
@@ -196,6 +204,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f" ({relay.get('forwarded_bytes', 0)} bytes) forwarded for members, dropped {drops or 'none'};"
               f" through relays: {relay.get('dials', 0)} dials, {relay.get('sent_packets', 0)} sent,"
               f" {relay.get('received_packets', 0)} received ({relay.get('received_dropped', 0)} dropped)")
+    lane = node.get("lane") or {}
+    for end in ("site", "gateway"):
+        if f"{end}_connections" in lane:
+            c = {k.removeprefix(f"{end}_"): v for k, v in lane.items() if k.startswith(f"{end}_")}
+            print(f"  tcp lane ({end} end): {c['connections']} connections, {c['active']} active,"
+                  f" {c['bytes_out']} bytes out, {c['bytes_in']} in, {c['refused']} refused, {c['failed']} failed,"
+                  f" {c['at_cap']} closed at the cap")
     if health := answer.get("health"):
         from quicether.metrics import health_line
 
@@ -208,10 +223,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  {'connected' if p['connected'] else 'not connected'}  endpoint {p['endpoint'] or '-'}  rtt {rtt}"
               f"  last handshake {_format_age(p['last_handshake'])}")
         print(f"  rx {p['rx_bytes']} B / {p['rx_packets']} pkts  tx {p['tx_bytes']} B / {p['tx_packets']} pkts"
-              f"  dropped rx {p['rx_dropped']} tx {p['tx_dropped']}")
+              f"  dropped rx {p['rx_dropped']} tx {p['tx_dropped']}"
+              f" (queue full {p.get('tx_dropped_queue_full', 0)}), resend memory full {p.get('resend_evicted', 0)}")
         r = p["reorder"]
         print(f"  reorder: timeout {r['timeout_ms']:.0f} ms, reordered {r['reordered']}, late {r['late']},"
-              f" duplicates {r['duplicates']}, repaired {r['repaired']}, skipped {r['skipped']};"
+              f" duplicates {r['duplicates']}, repaired {r['repaired']}, skipped {r['skipped']}"
+              f" ({r.get('overflowed', 0)} for its bound);"
               f" retransmitted for the peer {p['retransmitted']}")
         if p["paths"]:
             print(f"  {'wan':<10}{'state':<9}{'kind':<9}{'local':<17}{'public':<17}{'remote':<22}{'rtt':>9}{'loss':>7}"

@@ -51,6 +51,7 @@ and per kind:
                                by `node`. Answer with answer_join(id, …) within 10 s
     tun_failed                 reading the TUN device failed: no packet leaves the node any more. Fatal: the
                                daemon must log it and exit non-zero (its supervisor restarts it)
+    lane                       the TCP lane refused a connection or reached its connection cap (detail)
 """
 
 from typing import Any
@@ -105,6 +106,7 @@ class Node:
     def public_key(self) -> bytes: ...
     def local_addr(self) -> str: ...
     def inner_mtu(self) -> int: ...
+    def tun_offloads(self) -> tuple[str, int]: ...
     def no_route_drops(self) -> int: ...
     def set_relay(self, enabled: bool, rate_mbit: float = 50.0) -> None:
         """Relays for the members of our network (or stops), each member at most `rate_mbit` Mbit/s."""
@@ -120,9 +122,27 @@ class Node:
         we have a path to one (else through any relay that offered). Ignored for a key not in the table."""
     def punch_stats(self) -> dict[str, int]:
         """Hole punching: attempts (punches this node took part in), successes (punched paths up),
-        forwarded (requests relayed for other members), refused (punch messages refused)."""
+        forwarded (requests relayed for other members), refused (punch messages refused), skipped (punches
+        not tried: both NATs allocate ports at random, the relay carries the pair); birthday probes between a
+        random symmetric NAT and an open one: probes_sent (probes sent as the open side), probe_sockets (extra
+        sockets opened as the random side), probe_hits and probe_misses (probes that found a mapping, or whose
+        time cap passed without one)."""
+    def map_port(self, wan: str, gateway: str) -> None:
+        """Maps the UDP port of WAN `wan`'s socket ("default": the listen socket of a node without WANs) on
+        the WAN's IPv4 gateway with PCP, NAT-PMP or UPnP-IGD, renewed until the WAN is removed or the node stops (then
+        deleted). OSError: no such WAN, or its request socket cannot be made; ValueError: not IPv4."""
+    def port_mappings(self) -> list[dict[str, Any]]:
+        """Per WAN with port mapping on: wan, protocol, gateway, internal_port, external ("ip:port" or
+        None), expires_in_s (None when unmapped), problem (why there is no mapping, None while mapped)."""
     def nat_types(self) -> dict[str, str]:
         """{WAN (or "default"): the NAT its socket is behind, in words}, from what the peers it dialed see."""
+    def start_lane_gateway(self, listen: str, max_connections: int) -> None:
+        """TCP lane, gateway end: MPTCP + TLS listener on `listen` ("addr:port") for pinned peers and members."""
+    def start_lane_site(self, key: bytes, listen: str, peer_lane: str, max_connections: int) -> None:
+        """TCP lane, site end for peer `key`: connections TPROXY'd to `listen` are carried to `peer_lane`."""
+    def stop_lanes(self) -> None: ...
+    def lane_stats(self) -> dict[str, int]:
+        """{site_|gateway_}{connections, active, bytes_out, bytes_in, refused, failed, at_cap}."""
     def handshake_load(self) -> tuple[int, int]:
         """(incoming handshakes answered with a QUIC Retry under load, dropped beyond the limit in flight)."""
     def refused_handshakes(self) -> int:

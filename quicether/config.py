@@ -27,6 +27,10 @@
     groups = ["office"]            # optional: ACL rules can name "group:office"
     mode = "aggregate"             # bulk traffic: aggregate, lowest-rtt or redundant
     realtime_mode = "redundant"    # small UDP packets (≤ 200 bytes)
+    tcp_lane = "off"               # "auto": the LAN's TCP to this peer's allowed_ips is terminated here and
+                                   # carried over MPTCP + TLS to the peer's lane port (its QUIC port + 1);
+                                   # both ends must say "auto"; one subflow per healthy WAN (README: the
+                                   # TCP lane, its figures and limits; default "off")
     [[peer.class]]                 # optional rules, first match wins: protocol/port/dscp → mode
     protocol = "udp"
     port = 5060
@@ -49,6 +53,10 @@
     bootstrap = ["198.51.100.9:6881"]   # a private DHT's nodes (default: the public mainline DHT's)
     port = 0                       # the DHT's UDP port (0: any)
     server = false                 # answer other DHT nodes' queries too (a publicly reachable gateway)
+
+    [nat]
+    port_mapping = true            # ask each WAN's home router for a port mapping (PCP, NAT-PMP, UPnP) of its QUIC
+                                   # socket: peers then reach it directly even through a symmetric NAT
 
 Router settings (see quicether/router_config.py for every field): [lan] (appliance address, DHCP/DNS,
 exit peer, kill switch), [gateway] (exit to the internet, port forwards), [[acl]] rules, [firewall] (more
@@ -120,6 +128,7 @@ class PeerConfig:
     classes: list[ClassRule] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     endpoints: list[str] = field(default_factory=list)  # every address to dial it at, `endpoint` first
+    tcp_lane: str = "off"          # "auto": TCP to it goes through the TCP lane (quicether/daemon/lane.py)
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,11 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class NatConfig:
+    port_mapping: bool = True            # map each WAN socket's port on its gateway (PCP, NAT-PMP, UPnP-IGD)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     listen: str
@@ -181,6 +195,7 @@ class Config:
     open_ports: list[OpenPort] = field(default_factory=list)
     network: NetworkConfig | None = None
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    nat: NatConfig = field(default_factory=NatConfig)
 
     @property
     def key_path(self) -> Path:
@@ -213,7 +228,10 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
     check_keys(raw, {"name", "key", "endpoint", "endpoints", "allowed_ips", "mode", "realtime_mode", "class",
-                     "groups"}, where)
+                     "groups", "tcp_lane"}, where)
+    tcp_lane = raw.get("tcp_lane", "off")
+    if tcp_lane not in ("auto", "off"):
+        raise ConfigError(f'{where}.tcp_lane: expected "auto" or "off", not {tcp_lane!r}')
     groups = raw.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
         raise ConfigError(f"{where}.groups: expected a list of group names")
@@ -249,7 +267,8 @@ def _peer(raw: object, index: int, path: Path) -> PeerConfig:
     return PeerConfig(name=name, key=key, node_id=str(raw["key"]).strip(), endpoint=endpoints[0] if endpoints else None,
                       endpoints=endpoints,
                       allowed_ips=[str(p) for p in allowed], mode=modes["mode"],
-                      realtime_mode=modes["realtime_mode"], classes=classes, groups=[str(g) for g in groups])
+                      realtime_mode=modes["realtime_mode"], classes=classes, groups=[str(g) for g in groups],
+                      tcp_lane=str(tcp_lane))
 
 
 def peer_name(value: object, where: str) -> str:
@@ -401,13 +420,23 @@ def _discovery(raw: object, where: str) -> DiscoveryConfig:
                            port=port, server=server)
 
 
+def _nat(raw: object, where: str) -> NatConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [nat] must be a table")
+    check_keys(raw, {"port_mapping"}, where)
+    port_mapping = raw.get("port_mapping", True)
+    if not isinstance(port_mapping, bool):
+        raise ConfigError(f"{where}.port_mapping: must be true or false")
+    return NatConfig(port_mapping=port_mapping)
+
+
 def parse(text: str, path: Path) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     check_keys(data, {"node", "peer", "wan", "lan", "gateway", "acl", "webui", "firewall", "network",
-                      "discovery"}, str(path))
+                      "discovery", "nat"}, str(path))
     node = data.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
@@ -472,7 +501,8 @@ def parse(text: str, path: Path) -> Config:
                   acl_default=router.acl_default, webui=router.webui, open_ports=router.open_ports,
                   network=network,
                   discovery=_discovery(data["discovery"], f"{path}: discovery") if "discovery" in data
-                  else DiscoveryConfig())
+                  else DiscoveryConfig(),
+                  nat=_nat(data["nat"], f"{path}: nat") if "nat" in data else NatConfig())
 
 
 def load(path: Path) -> Config:

@@ -145,7 +145,7 @@ _PATH_GAUGES: Iterable[tuple[str, str, str]] = (
 _PEER_COUNTERS: Iterable[tuple[str, str, str]] = (
     ("tx_packets", "peer_sent_packets_total", "Inner packets sent to the peer."),
     ("rx_packets", "peer_received_packets_total", "Inner packets received from the peer."),
-    ("tx_dropped", "peer_send_dropped_packets_total", "Outbound packets dropped (no path, or every queue full)."),
+    ("tx_dropped", "peer_send_dropped_packets_total", "Outbound packets dropped (no path, queues full, QUIC refused)."),
     ("rx_dropped", "peer_receive_dropped_packets_total", "Inbound packets dropped."),
     ("retransmitted", "peer_resent_packets_total", "Packets resent on another path after a loss (NACK repair)."),
     ("punch_attempts", "peer_punch_attempts_total", "Hole punches towards the peer (initiated or answered)."),
@@ -159,6 +159,7 @@ _NODE_DROPS: Iterable[tuple[str, str, str]] = (
     ("refused_handshakes", "handshake", "key_not_allowed"),
     ("handshakes_dropped", "handshake", "too_many_in_flight"),
     ("api_refused_busy", "api", "busy"),
+    ("api_evicted_waiting", "api", "evicted_waiting"),
 )
 _DHT_DROPS: dict[str, tuple[str, str]] = {
     "bad_signature": ("dht_record", "bad_signature"), "replay": ("dht_record", "replay"),
@@ -168,10 +169,17 @@ _DHT_DROPS: dict[str, tuple[str, str]] = {
     "server_refused_total_rate": ("dht_server", "total_rate"),
 }
 _PEER_DROPS: Iterable[tuple[str, str, str]] = (
-    ("tx_dropped", "bond_send", "no_path_or_queue_full"),
+    ("tx_dropped_no_path", "bond_send", "no_path"),
+    ("tx_dropped_queue_full", "send_queue", "full"),
+    ("tx_dropped_refused", "bond_send", "refused_by_quic"),
     ("rx_dropped", "bond_receive", "unknown_frame"),
+    ("resend_evicted", "resend_memory", "full"),
 )
-_REORDER_DROPS: Iterable[tuple[str, str]] = (("duplicates", "duplicate"), ("skipped", "gap_skipped"))
+# The reorder buffer's skips, by why: `skipped` counts them all, `overflowed` those its packet bound forced.
+_REORDER_DROPS: Iterable[tuple[str, str]] = (("duplicates", "duplicate"), ("overflowed", "full"))
+# The web UI's sessions (its /metrics adds them to the daemon's status): evicted for MAX_SESSIONS.
+_WEBUI_DROPS: Iterable[tuple[str, str]] = (("sessions_evicted_anonymous", "evicted_anonymous"),
+                                            ("sessions_evicted_logged_in", "evicted_logged_in"))
 _DROPPED_HELP = "Packets, requests and records dropped or refused, by where (area) and why (cause)."
 
 
@@ -196,13 +204,21 @@ def _drops(out: _Exposition, status: dict[str, Any]) -> None:
     for key, value in (node.get("lan_discovery") or {}).items():
         if key != "resolved":
             out.add("dropped_total", "counter", _DROPPED_HELP, value, {"area": "lan_discovery", "cause": key})
+    webui = status.get("webui") or {}
+    for key, cause in _WEBUI_DROPS:
+        if key in webui:
+            out.add("dropped_total", "counter", _DROPPED_HELP, webui[key], {"area": "web_session", "cause": cause})
     for peer in status.get("peers", []):
         who = {"peer": peer.get("name") or peer.get("node_id", "")}
         for key, area, cause in _PEER_DROPS:
             out.add("dropped_total", "counter", _DROPPED_HELP, peer.get(key, 0), {**who, "area": area, "cause": cause})
+        reorder = peer.get("reorder") or {}
         for key, cause in _REORDER_DROPS:
-            out.add("dropped_total", "counter", _DROPPED_HELP, (peer.get("reorder") or {}).get(key, 0),
+            out.add("dropped_total", "counter", _DROPPED_HELP, reorder.get(key, 0),
                     {**who, "area": "reorder", "cause": cause})
+        # Each skip once: those the bound forced are "full" above.
+        out.add("dropped_total", "counter", _DROPPED_HELP, reorder.get("skipped", 0) - reorder.get("overflowed", 0),
+                {**who, "area": "reorder", "cause": "gap_skipped"})
 
 
 def render(status: dict[str, Any]) -> str:
@@ -223,7 +239,7 @@ def render(status: dict[str, Any]) -> str:
         for key, name, help_text in _PEER_COUNTERS:
             out.add(name, "counter", help_text, peer.get(key, 0), who)
         for key, value in (peer.get("reorder") or {}).items():
-            if key != "timeout_ms":
+            if key not in ("timeout_ms", "overflowed"):  # overflowed: a part of skipped
                 out.add("reorder_packets_total", "counter", "Packets through the reorder buffer, by outcome.",
                         value, {**who, "outcome": key})
         for path in peer.get("paths", []):

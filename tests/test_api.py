@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -133,20 +134,74 @@ def test_another_user_is_refused_even_if_the_socket_lets_it_connect(state: Path)
     assert own == {"ok": True, "x": 1}
 
 
-def test_connections_beyond_the_limit_are_answered_busy_and_counted(state: Path) -> None:
+def _closed_unanswered(sock: socket.socket) -> bool:
+    """Whether the server closed `sock` without an answer (a reset if it left unread bytes of a request)."""
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_connections_that_say_nothing_cannot_lock_the_api_out(state: Path) -> None:
+    """Past MAX_WAITING connections waiting for their request, each new one closes the oldest (counted), so
+    a client that sends its request is answered whatever number of idle connections are held."""
+    path = state / "api.sock"
+
+    async def scenario() -> tuple[list[dict[str, Any]], int, list[bool], int, int]:
+        server = ApiServer(path, {"status": lambda: {"x": 1}})
+        await server.start()
+        idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3 * api.MAX_WAITING)]
+        try:
+            # Clients that connect and say nothing, or half a request (fewer than the listen backlog: the
+            # server accepts them when this coroutine waits).
+            for i, sock in enumerate(idle):
+                sock.connect(str(path))
+                if i % 2:
+                    sock.sendall(b'{"cmd": "sta')
+            await asyncio.sleep(0.2)
+            answers = [await asyncio.to_thread(api.request, path, "status") for _ in range(3)]
+            # The oldest idle connections were closed (EOF, no answer); the newest still wait.
+            for sock in idle:
+                sock.settimeout(1)
+            oldest = [_closed_unanswered(sock) for sock in idle[:api.MAX_WAITING]]
+            waiting = len(server._waiting)
+            return answers, server.evicted_waiting, oldest, waiting, server.refused_busy
+        finally:
+            for sock in idle:
+                sock.close()
+            await asyncio.sleep(0.1)  # the waiting connections see EOF and end
+            await server.stop()
+
+    answers, evicted, oldest, waiting, busy = asyncio.run(scenario())
+    assert answers == [{"ok": True, "x": 1}] * 3
+    # The first status request closed one more idle connection; the next found a free place.
+    assert evicted == 2 * api.MAX_WAITING + 1 and all(oldest)
+    assert waiting == api.MAX_WAITING - 1 and busy == 0
+
+
+def test_requests_beyond_the_limit_are_answered_busy_and_counted(state: Path) -> None:
     path = state / "api.sock"
 
     async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], int, int]:
-        server = ApiServer(path, {"status": lambda: {"x": 1}})
+        release = asyncio.Event()
+
+        async def slow() -> dict[str, Any]:
+            await release.wait()
+            return {"slow": True}
+
+        server = ApiServer(path, {"status": lambda: {"x": 1}, "slow": slow})
         await server.start()
         try:
-            # Clients that connect and say nothing hold their connection until the request timeout.
-            idle = [await asyncio.open_unix_connection(str(path)) for _ in range(api.MAX_CONNECTIONS)]
-            await asyncio.sleep(0.1)
+            # Requests whose answers take long (a reload) hold their connection until they are answered.
+            slow_clients = [await asyncio.open_unix_connection(str(path)) for _ in range(api.MAX_CONNECTIONS)]
+            for _, writer in slow_clients:
+                writer.write(b'{"cmd": "slow"}\n')
+            while server.open_connections < api.MAX_CONNECTIONS:
+                await asyncio.sleep(0.01)
             extra = [await asyncio.to_thread(api.request, path, "status") for _ in range(3)]
-            for _, writer in idle:
-                writer.close()
-            await asyncio.sleep(0.1)
+            release.set()
+            slow_answers = [json.loads(await reader.readline()) for reader, _ in slow_clients]
+            assert slow_answers == [{"ok": True, "slow": True}] * api.MAX_CONNECTIONS
             after = await asyncio.to_thread(api.request, path, "status")
             return extra, after, server.refused_busy, server.open_connections
         finally:

@@ -345,8 +345,10 @@ def test_each_wan_knows_the_nat_it_is_behind_from_what_two_peers_see(lab: Lab, t
 
     wait_for(lambda: wans_to("gw2") == {"wan0", "wan1", "wan2"}, timeout=15, step=0.25)
     nat = bond.site.status()["node"]["nat"]
+    # The lab's symmetric NAT picks ports at random: two of them are more than 64 apart (nat.rs's limit for
+    # a sequential allocator) but once in ~500 runs.
     assert nat == {"wan0": "none (public address)", "wan1": "cone (one public port for every peer)",
-                   "wan2": "symmetric (a port per destination)"}, nat
+                   "wan2": "symmetric, random ports"}, nat
     text = subprocess.run([sys.executable, "-m", "quicether", "status", "--socket",
                            str(bond.site.state_dir / "api.sock")], capture_output=True, text=True, timeout=10).stdout
     assert "wan wan2: NAT symmetric" in text

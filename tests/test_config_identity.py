@@ -120,7 +120,16 @@ def test_wans_modes_and_class_rules_parse() -> None:
     ('[lan]\ndevice = "*"\n', "lan.device"),
     # A DHT server on a random port could not be reached through the firewall.
     ('[discovery]\nserver = true\n', "discovery.server: a DHT server needs a fixed port"),
+    ('[nat]\nport_mapping = "no"\n', "nat.port_mapping: must be true or false"),
+    ('[nat]\nupnp = true\n', "nat.upnp: unknown setting"),
+    ('nat = true\n', "nat: [nat] must be a table"),
 ])
 def test_bad_wan_and_mode_settings_name_the_field(text: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
         parse(text, Path("bad.toml"))
+
+
+def test_port_mapping_is_on_unless_turned_off() -> None:
+    assert parse("", Path("a.toml")).nat.port_mapping
+    assert parse("[nat]\n", Path("a.toml")).nat.port_mapping
+    assert not parse("[nat]\nport_mapping = false\n", Path("a.toml")).nat.port_mapping

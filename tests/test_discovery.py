@@ -228,7 +228,8 @@ def test_a_stop_does_not_wait_for_a_dht_node_still_starting_and_a_late_one_is_cl
 def test_a_routers_record_carries_its_lan_ports_addresses_apart_from_its_endpoints(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 13: a record holds the LAN addresses (where a member on the router's own LAN reaches it), which
-    the endpoints leave out (no WAN reaches them)."""
+    the endpoints leave out (no WAN reaches them). Issue 14: a port mapping on the home router is the first
+    endpoint."""
     import asyncio
     from types import SimpleNamespace
 
@@ -243,6 +244,11 @@ def test_a_routers_record_carries_its_lan_ports_addresses_apart_from_its_endpoin
 
         def record_relays(self) -> list[bytes]:
             return []
+
+        def port_mappings(self) -> list[dict[str, Any]]:
+            # One WAN mapped on its router, one refused: only the mapped address is an endpoint.
+            return [{"wan": "eth1", "external": "203.0.113.9:4433", "problem": None},
+                    {"wan": "eth2", "external": None, "problem": "no answer from the gateway (nat-pmp)"}]
 
     class Dht:
         def __init__(self) -> None:
@@ -266,7 +272,9 @@ def test_a_routers_record_carries_its_lan_ports_addresses_apart_from_its_endpoin
     asyncio.run(finder._publish(100.0, finder._local_addresses()))
     record = dht.records[-1]
     assert record["lan"] == ["192.168.50.1:4433", "192.168.51.1:4433"]
-    assert [e["addr"] for e in record["endpoints"]] == ["192.0.2.2:4433", "198.51.100.7:40000"]
+    assert [(e["kind"], e["addr"]) for e in record["endpoints"]] == [
+        ("mapped", "203.0.113.9:4433"), ("public", "192.0.2.2:4433"), ("reflexive", "198.51.100.7:40000")], \
+        "the port mapping first"
     assert finder.status()["published_lan"] == record["lan"]
     # Unchanged: not published again; a LAN address that changes is.
     asyncio.run(finder._publish(101.0, finder._local_addresses()))
@@ -303,6 +311,9 @@ def test_a_record_names_the_relays_that_reach_us_and_a_relay_a_found_record_name
 
         def record_relays(self) -> list[bytes]:
             return self.relays
+
+        def port_mappings(self) -> list[dict[str, Any]]:
+            return []
 
         def set_named_relays(self, key: bytes, relays: list[bytes]) -> None:
             self.named.append((key, relays))

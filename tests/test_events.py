@@ -20,7 +20,8 @@ def test_every_kind_has_its_type() -> None:
     kinds = {"peer_added": events.PeerAdded, "peer_removed": events.PeerRemoved,
              "peer_connected": events.PeerConnected, "peer_disconnected": events.PeerDisconnected,
              "path_up": events.PathUp, "handshake_refused": events.HandshakeRefused,
-             "dial_failed": events.DialFailed, "tun_failed": events.TunFailed}
+             "dial_failed": events.DialFailed, "tun_failed": events.TunFailed,
+             "port_mapping": events.PortMappingChanged}
     for kind, expected in kinds.items():
         assert type(events.parse({"kind": kind, "key": KEY, "detail": "x", "wan": "w"})) is expected, kind
 

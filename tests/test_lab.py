@@ -149,6 +149,10 @@ def test_nat_mapping_behaviour(lab: Lab, nat: NatType) -> None:
     elif nat is NatType.SYMMETRIC:
         assert first.split(":")[0] == second.split(":")[0] == wan.public_addr
         assert first != second, "a symmetric NAT maps each destination to its own port"
+    elif nat is NatType.SYMMETRIC_SEQUENTIAL:
+        assert first.split(":")[0] == second.split(":")[0] == wan.public_addr
+        # Nothing else uses this NAT: the second destination's flow takes the very next port.
+        assert int(second.split(":")[1]) == int(first.split(":")[1]) + 1, observed
     else:
         assert first == second == f"{wan.public_addr}:5000", "endpoint-independent mapping keeps one port"
 

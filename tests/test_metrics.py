@@ -60,14 +60,18 @@ def test_every_drop_counter_appears_with_its_cause() -> None:
     status = copy.deepcopy(SAMPLE_STATUS)
     node = status.setdefault("node", {})
     node.update({"no_route_drops": 1, "refused_handshakes": 2, "handshakes_dropped": 3, "api_refused_busy": 4,
+                 "api_evicted_waiting": 27,
                  "relay": {"forwarded_packets": 9, "dropped_rate": 5, "dropped_queue": 6, "received_dropped": 7},
                  "punch": {"attempts": 1, "refused": 8},
                  "dht": {"counters": {"found": 3, "replay": 10, "non_member": 11, "server_refused_source_rate": 12,
                                       "server_refused_total_rate": 13, "server_answered": 99}},
                  "lan_discovery": {"resolved": 2, "foreign_network": 14, "full": 15}})
     peer = status["peers"][0]
-    peer.update({"tx_dropped": 16, "rx_dropped": 17})
-    peer.setdefault("reorder", {}).update({"duplicates": 18, "skipped": 19, "late": 20})
+    peer.update({"tx_dropped": 16 + 21 + 22, "tx_dropped_no_path": 16, "tx_dropped_queue_full": 21,
+                 "tx_dropped_refused": 22, "rx_dropped": 17, "resend_evicted": 23})
+    # 19 + 24 skipped: 24 of them for the buffer's bound.
+    peer.setdefault("reorder", {}).update({"duplicates": 18, "skipped": 19 + 24, "overflowed": 24, "late": 20})
+    status["webui"] = {"sessions": 64, "sessions_evicted_anonymous": 25, "sessions_evicted_logged_in": 26}
     samples = samples_of(metrics.render(status))
     drops = {name: value for name, value in samples.items() if name.startswith("quicether_dropped_total{")}
     who = f'peer="{peer["name"] or peer["node_id"]}",'
@@ -80,10 +84,17 @@ def test_every_drop_counter_appears_with_its_cause() -> None:
                           ('area="dht_server",cause="total_rate"', 13),
                           ('area="lan_discovery",cause="foreign_network"', 14),
                           ('area="lan_discovery",cause="full"', 15),
-                          (who + 'area="bond_send",cause="no_path_or_queue_full"', 16),
+                          (who + 'area="bond_send",cause="no_path"', 16),
                           (who + 'area="bond_receive",cause="unknown_frame"', 17),
                           (who + 'area="reorder",cause="duplicate"', 18),
-                          (who + 'area="reorder",cause="gap_skipped"', 19)]:
+                          (who + 'area="reorder",cause="gap_skipped"', 19),
+                          (who + 'area="send_queue",cause="full"', 21),
+                          (who + 'area="bond_send",cause="refused_by_quic"', 22),
+                          (who + 'area="resend_memory",cause="full"', 23),
+                          (who + 'area="reorder",cause="full"', 24),
+                          ('area="web_session",cause="evicted_anonymous"', 25),
+                          ('area="web_session",cause="evicted_logged_in"', 26),
+                          ('area="api",cause="evicted_waiting"', 27)]:
         assert drops.pop(f"quicether_dropped_total{{{labels}}}") == value, labels
     # Nothing that is not a drop (forwarded, found, answered, resolved, late: delivered) is one.
     assert not drops, drops

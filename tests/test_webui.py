@@ -19,7 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from quicether import setup_code
+from quicether import metrics, setup_code
 from quicether.config import load
 from quicether.identity import encode_node_id
 from quicether.invite import Invite
@@ -305,6 +305,40 @@ def test_anonymous_sessions_cannot_push_the_admin_out(client: FlaskClient, app: 
     assert admin.get("/settings/").status_code == 200
 
 
+def test_logging_in_past_the_session_limit_evicts_the_oldest_and_counts_it(
+        client: FlaskClient, app: Flask, state: Path) -> None:
+    """The limit on web sessions (MAX_SESSIONS = 64): 9 logins past it (the set-up's, `first` and 71 more)
+    evict the 9 least recently used sessions, counted in /metrics; then 2000 login forms (anonymous
+    sessions) keep the store at the bound and the process's RSS within 20 MB."""
+    set_up(client)
+    first = _log_in(app)
+    rest = [_log_in(app) for _ in range(sessions.MAX_SESSIONS + 7)]
+    store = app.extensions["qe_sessions"]
+    assert len(store) <= sessions.MAX_SESSIONS
+    assert first.get("/settings/").status_code == 302, "the oldest session was evicted"
+    assert rest[-1].get("/settings/").status_code == 200
+    # The set-up client's session and `first` were the oldest; each login past the limit evicted one.
+    assert store.counters()["sessions_evicted_logged_in"] == 9
+    stored = json.loads((setup_code.ui_dir(state) / sessions.SESSIONS_FILE).read_text())
+    assert len(stored) <= sessions.MAX_SESSIONS, "evicted sessions leave the file too"
+    rss_before = metrics.system_health()["process_rss_bytes"]
+    for _ in range(2000):
+        app.test_client().get("/login")
+    rss_grown = metrics.system_health()["process_rss_bytes"] - rss_before
+    print(f"web sessions: {len(store)} kept, {store.counters()}, RSS grew {rss_grown / 1e6:.1f} MB")
+    assert len(store) <= sessions.MAX_SESSIONS and rss_grown < 20e6
+    counted = store.counters()
+    assert counted["sessions_evicted_anonymous"] >= 2000 - sessions.MAX_SESSIONS
+    # The first form found only logged-in sessions and evicted the least recently used; every later one
+    # evicted an anonymous session (they go first).
+    assert counted["sessions_evicted_logged_in"] == 10
+    assert rest[-1].get("/settings/").status_code == 200
+    scraped = samples_of(rest[-1].get("/metrics").get_data(as_text=True))
+    assert scraped['quicether_dropped_total{area="web_session",cause="evicted_logged_in"}'] == 10
+    assert scraped['quicether_dropped_total{area="web_session",cause="evicted_anonymous"}'] >= \
+        counted["sessions_evicted_anonymous"]
+
+
 @pytest.mark.parametrize("target", [
     "/%09/evil.example", "/%0a/evil.example", "/%0d/evil.example", "%09//evil.example", "//evil.example",
     "///evil.example", "/%5Cevil.example", "/%5C/evil.example", "https://evil.example/", "http:evil.example",
@@ -481,10 +515,13 @@ def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: Fake
     # Each path's kind as the core reports it.
     assert "gw" in page and "wan0 (direct, up)" in page and "wan1 (relayed via qe1relay, down)" in page
     # The punch view: this node's hole punching, and the punches towards each peer.
-    assert "Hole punching: 4 attempt(s), 1 punched path(s) up,\n     2 forwarded for other members, 0 refused" in page
+    assert ("Hole punching: 4 attempt(s), 1 punched path(s) up,\n     2 forwarded for other members, 0 refused,\n"
+            "     5 not tried (both NATs random), birthday probes 1 hit /\n     2 missed") in page
     assert '<td data-field="punches">3</td>' in page
     assert client.get("/api/summary").get_json()["punch"] == {"attempts": 4, "successes": 1, "forwarded": 2,
-                                                                "refused": 0}
+                                                                "refused": 0, "skipped": 5,
+                                                                "probes_sent": 310, "probe_sockets": 0,
+                                                                "probe_hits": 1, "probe_misses": 2}
     assert "1 DHCP lease(s)" in page
     assert "path on WAN wan1 down" in page
     summary = client.get("/api/summary").get_json()

@@ -335,9 +335,12 @@ def test_dashboard_never_reloads_and_shows_any_wan_name_as_text(served_dashboard
         expect(page.locator('[data-wan="wan9"] [data-field="state"]')).to_have_text("up")
         # The punch view follows the daemon's counters too.
         daemon.status["peers"][0]["punch_attempts"] = 7
-        daemon.status["node"]["punch"] = {"attempts": 9, "successes": 2, "forwarded": 0, "refused": 1}
+        daemon.status["node"]["punch"] = {"attempts": 9, "successes": 2, "forwarded": 0, "refused": 1, "skipped": 3,
+                                          "probes_sent": 0, "probe_sockets": 256, "probe_hits": 0, "probe_misses": 4}
         expect(page.locator('#peers [data-field="punches"]')).to_have_text("7")
         expect(page.locator("#punch")).to_contain_text("Hole punching: 9 attempt(s), 2 punched path(s) up")
+        expect(page.locator("#punch")).to_contain_text("3 not tried (both NATs random)")
+        expect(page.locator("#punch")).to_contain_text("birthday probes 0 hit / 4 missed")
         assert loads == [], loads
         page.screenshot(path=str(ARTIFACTS / "dashboard-hostile-names.png"), full_page=True)
         browser.close()

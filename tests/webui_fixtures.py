@@ -27,11 +27,14 @@ from webui import create_app, wizard
 SAMPLE_STATUS: dict[str, Any] = {
     "node": {"node_id": "qe1site", "listen": "0.0.0.0:4433", "tun": "qe0", "mtu": 1415, "address": "10.99.0.7/24",
              "nat": {"wan0": "symmetric, random ports"},
-             "no_route_drops": 0, "punch": {"attempts": 4, "successes": 1, "forwarded": 2, "refused": 0}},
+             "no_route_drops": 0, "punch": {"attempts": 4, "successes": 1, "forwarded": 2, "refused": 0,
+                                                "skipped": 5, "probes_sent": 310, "probe_sockets": 0,
+                                                "probe_hits": 1, "probe_misses": 2}},
     "peers": [{
         "name": "gw", "node_id": "qe1gateway", "connected": True, "endpoint": "203.0.113.5:4433", "rtt_ms": 12.5,
         "last_handshake": 0, "rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0, "rx_dropped": 0,
-        "tx_dropped": 0, "retransmitted": 0, "reorder": {}, "punch_attempts": 3,
+        "tx_dropped": 0, "tx_dropped_no_path": 0, "tx_dropped_queue_full": 0, "tx_dropped_refused": 0,
+        "resend_evicted": 0, "retransmitted": 0, "reorder": {}, "punch_attempts": 3,
         "paths": [
             {"wan": "wan0", "local": "10.10.0.2", "public": "192.0.2.44:40001", "remote": "203.0.113.5:4433",
              "up": True, "backup": False, "kind": "direct",

@@ -13,7 +13,7 @@ import time
 import unicodedata
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, render_template
+from flask import Blueprint, Response, current_app, jsonify, render_template
 
 from quicether.metrics import health_line
 from quicether.metrics import render as render_metrics
@@ -116,9 +116,12 @@ def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
         "ok": True, "time": status.get("time", time.time()), "node": status.get("node", {}),
         "router": status.get("router"), "wans": wans, "peers": peers, "system": health_line(health) if health else "-",
         "network": _network_summary(status),
-        # This node's hole punching: attempts, punched paths up, requests forwarded for others, refused.
+        # This node's hole punching: attempts, punched paths up, requests forwarded for others, refused,
+        # not tried (both NATs random: the relay carries the pair); birthday probes (random x open NAT): probe
+        # packets sent, extra sockets opened, hits and misses.
         "punch": {k: int((status.get("node", {}).get("punch") or {}).get(k, 0))
-                  for k in ("attempts", "successes", "forwarded", "refused")},
+                  for k in ("attempts", "successes", "forwarded", "refused", "skipped", "probes_sent",
+                            "probe_sockets", "probe_hits", "probe_misses")},
         "total": {"tx_bps": sum(w["tx_bps"] for w in wans), "rx_bps": sum(w["rx_bps"] for w in wans)},
         "events": interesting[-30:], "log": events[-100:],
     }
@@ -158,7 +161,9 @@ def metrics() -> Any:
         return Response("Log in, or give the admin password by HTTP Basic auth.\n", 401, mimetype="text/plain",
                         headers={"WWW-Authenticate": 'Basic realm="QuicEther metrics"'})
     try:
-        text = render_metrics(ask("status"))
+        status = ask("status")
+        status["webui"] = current_app.extensions["qe_sessions"].counters()
+        text = render_metrics(status)
     except DaemonDown as exc:
         return Response(f"{exc}\n", 503, mimetype="text/plain")
     return Response(text, mimetype="text/plain; version=0.0.4")

@@ -8,7 +8,8 @@ the wizard's choices, flashed messages) stays on the router, so a session can be
   push the admin's session out by loading the login page many times.
 - A session ends on logout, when the admin password is set or changed (every session), after
   IDLE_LIFETIME_S without a request and ABSOLUTE_LIFETIME_S after login, whatever happens.
-- At most MAX_SESSIONS are kept: a new one evicts the least recently used anonymous session first.
+- At most MAX_SESSIONS are kept: a new one evicts the least recently used anonymous session first
+  (counted in `evicted`, shown by /metrics as `quicether_dropped_total{area="web_session"}`).
 - Logging in gets a new id (`rotate`): an id known before login (fixation) is worthless after it.
 """
 
@@ -83,6 +84,9 @@ class SessionStore:
         self.path = path
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
+        # Sessions evicted for MAX_SESSIONS, anonymous and logged in (expired ones are not counted).
+        self.evicted_anonymous = 0
+        self.evicted_logged_in = 0
         self._load()
 
     def _load(self) -> None:
@@ -160,10 +164,20 @@ class SessionStore:
         while len(self._records) >= MAX_SESSIONS:
             # Anonymous sessions go first, least recently used first; logged-in ones only if all are.
             victim = min(self._records, key=lambda d: (self._records[d].admin, self._records[d].seen))
-            del self._records[victim]
+            if self._records.pop(victim).admin:
+                self.evicted_logged_in += 1
+                self._save_locked()
+            else:
+                self.evicted_anonymous += 1
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def counters(self) -> dict[str, int]:
+        """What /metrics shows of the sessions (`quicether.metrics` reads the evicted ones as drops)."""
+        with self._lock:
+            return {"sessions": len(self._records), "sessions_evicted_anonymous": self.evicted_anonymous,
+                    "sessions_evicted_logged_in": self.evicted_logged_in}
 
 
 class ServerSessionInterface(SessionInterface):

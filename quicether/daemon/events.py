@@ -98,6 +98,13 @@ class DialFailed(CoreEvent):
 
 
 @dataclass(frozen=True)
+class PortMappingChanged(CoreEvent):
+    """A WAN's port mapping on its home router was made, changed, lost, or refused (`detail` says which)."""
+
+    wan: str
+
+
+@dataclass(frozen=True)
 class TunFailed(CoreEvent):
     """Reading the TUN device failed: nothing leaves the node any more. Fatal."""
 
@@ -114,6 +121,11 @@ class JoinRequested(CoreEvent):
 
 
 @dataclass(frozen=True)
+class LaneNews(CoreEvent):
+    """The TCP lane refused a connection or reached its connection cap (rate-limited in the core)."""
+
+
+@dataclass(frozen=True)
 class UnknownEvent(CoreEvent):
     """A kind this daemon does not know (a newer core): logged, otherwise ignored."""
 
@@ -123,6 +135,7 @@ class UnknownEvent(CoreEvent):
 _SIMPLE: dict[str, type[CoreEvent]] = {
     "peer_added": PeerAdded, "peer_removed": PeerRemoved, "peer_connected": PeerConnected,
     "peer_disconnected": PeerDisconnected, "handshake_refused": HandshakeRefused, "tun_failed": TunFailed,
+    "lane": LaneNews,
 }
 _PATHS: dict[str, type[PathChanged]] = {"path_up": PathUp, "path_down": PathDown}
 
@@ -161,6 +174,8 @@ def parse(raw: dict[str, Any]) -> CoreEvent:
         prefixes = raw.get("lan_prefixes")
         return JoinRequested(key=key, detail=detail, request_id=int(raw.get("id", -1)), node=_bytes(raw, "node"),
                              lan_prefixes=tuple(str(p) for p in prefixes) if isinstance(prefixes, list) else ())
+    if kind == "port_mapping":
+        return PortMappingChanged(key=key, detail=detail, wan=str(raw.get("wan") or ""))
     if kind == "dial_failed":
         return DialFailed(key=key, detail=detail, wan=str(raw.get("wan") or ""))
     return UnknownEvent(key=key, detail=detail, kind=kind)

@@ -22,6 +22,7 @@ from quicether import _core
 from quicether.config import Config
 from quicether.daemon.mesh import Mesh
 from quicether.daemon.peers import PeerTable
+from quicether.daemon.portmap import record_endpoints
 from quicether.identity import Identity, encode_node_id, short_id
 from quicether.net import links
 
@@ -168,14 +169,18 @@ class Finder:
 
     def _endpoints(self, local: list[tuple[str, str]]) -> list[dict[str, str]]:
         port = int(self.node.local_addr().rpartition(":")[2])
-        found = [{"wan": device[:32], "kind": "public", "addr": f"{ip}:{port}"}
-                 for device, ip in self._outside(local)]
+        # A port mapping on the home router first: the endpoint a peer behind any NAT reaches us at.
+        found = record_endpoints(self.node)
+        found += [{"wan": device[:32], "kind": "public", "addr": f"{ip}:{port}"}
+                  for device, ip in self._outside(local)]
         for peer in self.node.peers():
             for path in peer["paths"]:
                 public = path.get("public")
                 if public and not any(e["addr"] == public for e in found):
                     found.append({"wan": str(path["local_wan"])[:32], "kind": "reflexive", "addr": str(public)})
-        return sorted(found, key=lambda e: (e["kind"], e["wan"], e["addr"]))[:16]
+        rank = {"mapped": 0, "public": 1, "reflexive": 2}
+        # At most the record's 12 (core/proto/src/record.rs MAX_ENDPOINTS), best kinds first.
+        return sorted(found, key=lambda e: (rank[e["kind"]], e["wan"], e["addr"]))[:12]
 
     def _lan_addresses(self, local: list[tuple[str, str]]) -> list[str]:
         """ip:port of this router's LAN port (kept out of the endpoints: no WAN reaches it), for members on

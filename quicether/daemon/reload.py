@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from quicether.config import Config, PeerConfig
 
 # Settings the running node is built from: a change to one means stopping and starting again.
-RESTART_FIELDS = ("listen", "tun", "address", "state_dir", "path_mtu", "congestion", "role", "discovery")
+RESTART_FIELDS = ("listen", "tun", "address", "state_dir", "path_mtu", "congestion", "role", "discovery",
+                  "nat")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     old_net, new_net = old.network, new.network
     if (old_net and old_net.certificate) != (new_net and new_net.certificate):
         restart.append("network")  # the membership certificate is in the node's TLS identity
+    # Only the peers with a lane count: a peer added or removed without one is an ordinary run-time change.
+    if {p.key for p in old.peers if p.tcp_lane == "auto"} != {p.key for p in new.peers if p.tcp_lane == "auto"}:
+        restart.append("tcp_lane")  # the lane's listeners, nft rules and MPTCP endpoints are set up at start
     old_peers = {p.key: p for p in old.peers}
     new_peers = {p.key: p for p in new.peers}
     old_lan, new_lan = old.lan, new.lan

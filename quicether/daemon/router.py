@@ -19,7 +19,7 @@ from typing import Any
 
 from quicether import _core
 from quicether.config import Config
-from quicether.daemon import dnsmasq, names
+from quicether.daemon import dnsmasq, lane, names
 from quicether.daemon.reload import ConfigDiff
 from quicether.daemon.webui_server import WebUiServer
 from quicether.net import lan as lan_net
@@ -99,6 +99,11 @@ class Router:
         d = self.config.discovery
         return [("udp", d.port)] if self.config.network is not None and d.dht and d.server else []
 
+    def _lane_port(self) -> list[tuple[str, int]]:
+        """The TCP lane's port (QUIC port + 1), open from outside like the QUIC port when a peer uses it."""
+        port = lane.lane_port(self.config)
+        return [("tcp", port)] if port is not None and not self.config.acls else []
+
     def firewall(self) -> nft.Firewall:
         cfg = self.config
         internet = cfg.gateway.internet if cfg.gateway else None
@@ -109,7 +114,7 @@ class Router:
             router=cfg.lan is not None,
             webui_port=cfg.webui.port if cfg.lan and cfg.webui.enabled else None,
             dns_from_peers=bool(cfg.lan and cfg.lan.dns_from_peers),
-            open_ports=[(o.protocol, o.port) for o in cfg.open_ports] + self._dht_port(),
+            open_ports=[(o.protocol, o.port) for o in cfg.open_ports] + self._dht_port() + self._lane_port(),
             kill_switch=bool(cfg.lan and cfg.lan.kill_switch),
             direct=cfg.lan.direct if cfg.lan else [],
             internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=resolve_acls(cfg),

@@ -27,15 +27,18 @@ from quicether.daemon.api import MAX_CONFIG_BYTES, ApiServer, Refused
 from quicether.daemon.eventlog import EventLog
 from quicether.daemon.finder import Finder
 from quicether.daemon.lan_finder import LanFinder
+from quicether.daemon.lane import Lane
 from quicether.daemon.mesh import Mesh
 from quicether.daemon.names import MemberNames
 from quicether.daemon.peers import PeerTable
+from quicether.daemon.portmap import LISTEN_SOURCE, PortMaps
 from quicether.daemon.router import Router
 from quicether.daemon.wans import WanManager
 from quicether.identity import Identity, encode_node_id, short_id
 from quicether.invite import InviteError
 from quicether.joining import Admissions
 from quicether.metrics import system_health
+from quicether.net import lan as lan_net
 from quicether.net import links
 
 log = logging.getLogger("quicether")
@@ -59,6 +62,8 @@ class Daemon:
         self.peers: PeerTable | None = None
         self.router: Router | None = None
         self.wans: WanManager | None = None
+        self.lane: Lane | None = None
+        self.portmaps: PortMaps | None = None
         self.mesh: Mesh | None = None
         self.finder: Finder | None = None
         self.admissions: Admissions | None = None
@@ -113,10 +118,14 @@ class Daemon:
             case core_events.PeerConnected():
                 log.info("%s connected", who, extra=mark)
             case core_events.PathUp(wan=wan, path_kind=path_kind, remote=remote, reason=reason):
+                if self.lane is not None:
+                    self.lane.path_changed(event.key, event.local_wan, up=True)
                 log.info("%s: %s path on WAN %s up (%s, remote %s)", who, path_kind, wan, reason, remote, extra=mark)
                 if self.mesh is not None and event.key is not None and remote and reason == "connected":
                     self.mesh.reached(event.key, remote)
             case core_events.PathDown(wan=wan, path_kind=path_kind, reason=reason, detail=detail):
+                if self.lane is not None:
+                    self.lane.path_changed(event.key, event.local_wan, up=False)
                 log.warning("%s: %s path on WAN %s down (%s): %s", who, path_kind, wan, reason, detail, extra=mark)
             case core_events.PeerDisconnected(key=key, detail=detail):
                 log.warning("%s disconnected: %s", who, detail, extra=mark)
@@ -124,6 +133,8 @@ class Daemon:
                     self.finder.lost(key)
             case core_events.HandshakeRefused(detail=detail):
                 log.warning("refused handshake from %s: %s", who, detail, extra=mark)
+            case core_events.PortMappingChanged(wan=wan, detail=detail):
+                log.info("WAN %s: %s", wan, detail, extra=mark)
             case core_events.DialFailed(wan=wan, detail=detail):
                 log.warning("cannot reach %s from WAN %s: %s", who, wan, detail, extra=mark)
             case core_events.TunFailed(detail=detail):
@@ -160,6 +171,8 @@ class Daemon:
                                            lan_prefixes=lan_prefixes) if key is not None:
                 if self.admissions is not None:
                     self.admissions.requested(request_id, key, node, name, lan_prefixes)
+            case core_events.LaneNews(detail=detail):
+                log.warning("%s", detail, extra=mark)
             case core_events.UnknownEvent(kind=unknown, detail=detail):
                 log.info("core event %s for %s: %s", unknown, who, detail)
         if isinstance(event, MEMBER_EVENTS):
@@ -197,18 +210,28 @@ class Daemon:
                 "listen": node.local_addr() if node else self.config.listen,
                 "tun": self.config.tun,
                 "mtu": node.inner_mtu() if node else None,
+                # TUN offloads in use ("tso+uso+csum", "none" where the kernel lacks them), and packets read
+                # whose offload header could not be split (dropped).
+                "tun_offloads": node.tun_offloads()[0] if node else None,
+                "tun_unsplittable": node.tun_offloads()[1] if node else 0,
                 "address": self.config.address,
                 "no_route_drops": node.no_route_drops() if node else 0,
                 # Every handshake refused by key pinning (their log lines are rate-limited; this is not).
                 "refused_handshakes": node.refused_handshakes() if node else 0,
                 # Per WAN: the NAT it is behind, as the addresses the peers see it at tell.
                 "nat": node.nat_types() if node else {},
+                # Per WAN: its port mapping on the home router (PCP, NAT-PMP or UPnP) and when it expires, or why none.
+                "port_mapping": self.portmaps.status() if node and self.portmaps else {},
                 # Hole punching: attempts, successes, requests forwarded for others, messages refused.
                 "punch": node.punch_stats() if node else {},
                 # Relaying for other members (forwarded, drops by cause) and through relays (sent, received).
                 "relay": node.relay_stats() if node else {},
+                # The TCP lane: connections, bytes each way, refusals, cap hits, per end ({} if off).
+                "lane": node.lane_stats() if node else {},
                 # API connections answered "busy" (its limit of connections at once was reached).
                 "api_refused_busy": self.api.refused_busy if self.api else 0,
+                # API connections closed before their request came: MAX_WAITING newer ones were waiting.
+                "api_evicted_waiting": self.api.evicted_waiting if self.api else 0,
                 # What the daemon may still do as root (quicether/capabilities.py), or "all" if not reduced.
                 "capabilities": capabilities.effective_names(),
                 # Under a flood of handshakes: answered with a Retry (address validation), dropped.
@@ -430,6 +453,7 @@ class Daemon:
                                    [], write_fd, [] if self.config.wans or self.config.detect_wans else None,
                                    self.config.congestion, network.certificate if network else None)
             undo.callback(self._close_node)
+            self.portmaps = PortMaps(self.node, self.config.nat.port_mapping)
             loop.add_reader(read_fd, self._on_events, read_fd)
             undo.callback(loop.remove_reader, read_fd)
             # pyroute2's synchronous API runs its own event loop: call it from a worker thread.
@@ -464,6 +488,8 @@ class Daemon:
             if self.config.network is not None and self.config.discovery.lan:
                 undo.callback(self._spawn(self._discover_lan(), "LAN discovery").cancel)
             undo.callback(lambda: [t.cancel() for t in self._tasks])
+            # Before the WANs: it hears of every path that comes up over them.
+            self.lane = Lane(self.node, self.config)
             self.router = Router(self.config, self.node)
             undo.push_async_callback(self.router.stop)
             undo.push_async_callback(self._cancel_ui_restart)
@@ -471,13 +497,28 @@ class Daemon:
             if self.config.wans or self.config.detect_wans:
                 lan = {self.config.lan.device} if self.config.lan else set()
                 self.wans = WanManager(self.node, self.config.wans, detect=self.config.detect_wans,
-                                       not_wans=frozenset({self.config.tun, *lan}), on_change=self.router.wans_changed)
+                                       not_wans=frozenset({self.config.tun, *lan}), on_change=self.router.wans_changed,
+                                       portmaps=self.portmaps)
                 undo.push_async_callback(self.wans.stop)
                 await self.wans.start()
+            else:
+                # The listen socket dials: its mapping is asked of the gateway of the default route.
+                lan = {self.config.lan.device} if self.config.lan else set()
+                routes = await asyncio.to_thread(lan_net.default_routes, {self.config.tun, *lan})
+                self.portmaps.wan_up(LISTEN_SOURCE, next((gw for _dev, gw in routes if gw), None))
+            # After the WANs: the lane's MPTCP endpoints are their addresses.
+            undo.push_async_callback(self.lane.stop)
+            await self.lane.start(self.wans)
             await api.start()
             undo.push_async_callback(api.stop)
             log.info("node %s listening on %s, %s mtu %d, %d peer(s)", self.identity.node_id,
                      self.node.local_addr(), self.config.tun, self.node.inner_mtu(), len(self.config.peers))
+            offloads = self.node.tun_offloads()[0]
+            if offloads == "none":
+                log.warning("%s: no TUN offloads (kernel without them, or QUICETHER_TUN_OFFLOADS=0): one packet "
+                            "per read and write", self.config.tun)
+            else:
+                log.info("%s: TUN offloads %s", self.config.tun, offloads)
             await self._stop.wait()
             log.info("restarting" if self.reload_with else "stopping")
 

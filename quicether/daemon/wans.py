@@ -21,6 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from quicether import _core
 from quicether.config import WanConfig
+from quicether.daemon.portmap import PortMaps
 from quicether.net import lan as lan_net
 from quicether.net import wan as wan_net
 
@@ -30,8 +31,10 @@ log = logging.getLogger("quicether")
 class WanManager:
     def __init__(self, node: _core.Node, wans: list[WanConfig], *, detect: bool = False,
                  not_wans: frozenset[str] = frozenset(),
-                 on_change: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
+                 on_change: Callable[[list[str]], Awaitable[None]] | None = None,
+                 portmaps: PortMaps | None = None) -> None:
         self.node = node
+        self.portmaps = portmaps  # asks each WAN's gateway for a port mapping as the WAN comes up
         self.configured = wans
         self.detect = detect
         self.not_wans = not_wans  # ports never detected as WANs: the LAN and the tunnel
@@ -84,6 +87,11 @@ class WanManager:
         for wan in self._applied.values():
             if wan.rate_mbit is not None:
                 await asyncio.to_thread(wan_net.clear_rate_cap, wan.device)
+
+    @property
+    def applied(self) -> dict[str, WanConfig]:
+        """Each active WAN's settings (device, role) as it was added."""
+        return self._applied
 
     def devices(self) -> list[str]:
         """Every port that faces an ISP now: configured WANs (up or not) and detected ones that are active."""
@@ -158,6 +166,8 @@ class WanManager:
                           else "no carrier" if not entry[3].carrier else "address gone or changed")
                 log.warning("WAN %s removed: %s", name, reason, extra={"event": "wan_removed"})
                 self.node.remove_wan(name)
+                if self.portmaps is not None:
+                    self.portmaps.wan_down(name)
                 del self.active[name]
                 del self._applied[name]
                 await asyncio.to_thread(wan_net.remove_policy_route, index, current)
@@ -177,6 +187,8 @@ class WanManager:
                         # The WAN is still worth bonding without its cap; the owner sees why in the log.
                         log.error("WAN %s: upload cap of %s Mbit/s not applied: %s", wan.name, wan.rate_mbit, exc)
                 self.node.add_wan((wan.name, wan.device, address, wan.backup, wan_net.wan_mark(index)))
+                if self.portmaps is not None:
+                    self.portmaps.wan_up(wan.name, wan.gateway)
                 self.active[name] = (address, index)
                 self._applied[name] = wan
                 log.info("WAN %s (%s) up with %s%s", wan.name, wan.device, address, ", backup" if wan.backup else "",

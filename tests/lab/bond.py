@@ -65,8 +65,10 @@ class BondLab:
 
 def build_bond_lab(lab: Lab, links: list[LinkSpec], state: Path, *, mode: str = "aggregate",
                    realtime_mode: str = "redundant", backup: tuple[int, ...] = (),
-                   congestion: str = "loss-tolerant", extra_hosts: tuple[str, ...] = ()) -> BondLab:
-    """`extra_hosts`: more hosts on the internet (e.g. an attacker), as `wl.host(name)`."""
+                   congestion: str = "loss-tolerant", extra_hosts: tuple[str, ...] = (),
+                   tcp_lane: bool = False) -> BondLab:
+    """`extra_hosts`: more hosts on the internet (e.g. an attacker), as `wl.host(name)`. `tcp_lane`: both
+    peers have tcp_lane = "auto" (the site's TCP to the dc goes through the TCP lane)."""
     wl = build_wan_lab(lab, links, internet_hosts=("gateway", *extra_hosts), policy_routing=False)
     gw_ns = wl.host("gateway")
     gw_ns.sysctl("net.ipv4.ip_forward", "1")
@@ -84,6 +86,8 @@ def build_bond_lab(lab: Lab, links: list[LinkSpec], state: Path, *, mode: str = 
     gateway.peers.append({"name": "site", "key": site.node_id, "allowed_ips": ["10.99.0.1/32", f"{LAN_PREFIX}.0/24"],
                           "mode": mode, "realtime_mode": realtime_mode})
     site.congestion = gateway.congestion = congestion
+    if tcp_lane:
+        site.peers[0]["tcp_lane"] = gateway.peers[0]["tcp_lane"] = "auto"
     site.wans = [{"device": w.router_if, "gateway": w.isp_addr, **({"role": "backup"} if w.index in backup else {})}
                  for w in wl.wans]
     qe.start(gateway)

@@ -29,8 +29,10 @@ class IperfResult:
 _OUT_OF_ORDER = re.compile(r"(\d+) datagrams received out-of-order")
 
 
-def start_iperf_server(ns: Namespace, port: int = IPERF_PORT, bind: str | None = None) -> subprocess.Popen[str]:
-    args = ["iperf3", "-s", "-p", str(port)] + (["-B", bind] if bind else [])
+def start_iperf_server(ns: Namespace, port: int = IPERF_PORT, bind: str | None = None,
+                       wrapper: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    """`wrapper`: a command iperf3 runs under, e.g. ("mptcpize", "run") for MPTCP sockets."""
+    args = [*wrapper, "iperf3", "-s", "-p", str(port)] + (["-B", bind] if bind else [])
     proc = ns.popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # The server is ready when its port is bound; iperf3 has no readiness signal of its own.
     deadline = time.monotonic() + 5
@@ -44,8 +46,8 @@ def start_iperf_server(ns: Namespace, port: int = IPERF_PORT, bind: str | None =
 
 def iperf(ns: Namespace, server: str, *, seconds: float = 3, port: int = IPERF_PORT, bind: str | None = None,
           udp_mbit: float | None = None, streams: int = 1, reverse: bool = False,
-          udp_len: int = 1200, interval: float | None = None) -> IperfResult:
-    args = ["iperf3", "-c", server, "-p", str(port), "-t", str(seconds), "-J", "-P", str(streams),
+          udp_len: int = 1200, interval: float | None = None, wrapper: tuple[str, ...] = ()) -> IperfResult:
+    args = [*wrapper, "iperf3", "-c", server, "-p", str(port), "-t", str(seconds), "-J", "-P", str(streams),
             "--connect-timeout", "3000"]
     if bind:
         args += ["-B", bind]

@@ -58,6 +58,27 @@ def star(lab: Lab, sites: int, nats: list[NatType] | None = None) -> tuple[Names
     return hub, spokes
 
 
+def second_wan_gateway(site: int) -> str:
+    """The next hop of site `site`'s second WAN (see `add_second_wan`)."""
+    return f"172.16.{101 + site}.1"
+
+
+def add_second_wan(lab: Lab, hub: Namespace, site: int, nat: NatType) -> None:
+    """Gives site `site` of a `star` a second WAN, eth1 at 172.16.(101+site).2, behind a NAT of type `nat`
+    (namespace n<site>w1, outside 10.(101+site).0.1 on its own hub link): two ISPs, two public addresses.
+    Call before the gateway starts (a new hub link changes the gateway's addresses)."""
+    ns = lab[f"s{site}"]
+    router = lab.add_namespace(f"n{site}w1", forwarding=True)
+    lab.veth(router, "wire", hub, f"s{site}w1")
+    router.ip("addr", "add", f"10.{101 + site}.0.1/24", "dev", "wire")
+    router.ip("route", "add", "default", "via", f"10.{101 + site}.0.2")
+    hub.ip("addr", "add", f"10.{101 + site}.0.2/24", "dev", f"s{site}w1")
+    lab.veth(ns, "eth1", router, "lan")
+    router.ip("addr", "add", f"{second_wan_gateway(site)}/24", "dev", "lan")
+    ns.ip("addr", "add", f"172.16.{101 + site}.2/24", "dev", "eth1")
+    apply_nat(router, nat, inside_host=f"172.16.{101 + site}.2", outside_if="wire")
+
+
 def make_member(node: qe.NodeSpec, member: network.Member, gateway: qe.NodeSpec | None,
                 bootstrap: list[str] | None = None, gateway_endpoint: str = GATEWAY_ENDPOINT) -> None:
     """Makes `node` a member by its certificate (its overlay address comes from it); it dials `gateway`
@@ -113,7 +134,9 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
                    prepare: Callable[[Namespace], object] | None = None, by_invite: bool = False,
                    gateway_dht_port: int | None = None, nats: list[NatType] | None = None,
                    outsiders: int = 0, relay_rate_mbit: float | None = None,
-                   prepare_hub: Callable[[Namespace], object] | None = None) -> MeshLab:
+                   prepare_hub: Callable[[Namespace], object] | None = None,
+                   configure: Callable[[qe.NodeSpec], object] | None = None,
+                   second_wans: dict[int, NatType] | None = None) -> MeshLab:
     """Starts the DHT, the gateway and `sites` sites (not waiting for them to connect); `prepare` is
     called with each site's namespace before any daemon starts. `by_invite`: each site starts with only
     what `quicether join` wrote from an invite code of the running gateway; else with a certificate issued
@@ -129,8 +152,12 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
     gateway must refuse to relay for it. `relay_rate_mbit`: each member's rate through the gateway (its
     `[network] relay_rate_mbit`; None: the default). `prepare_hub`: called with the hub before any daemon
     starts (more links there: a link added later changes the gateway's addresses, which restarts its DHT
-    node)."""
+    node). `configure`: called with each site's node before its daemon first starts (more config).
+    `second_wans`: site i gets a second WAN behind a NAT of type second_wans[i] (`add_second_wan`), and
+    both WANs as [[wan]] sections (so it dials and accepts from a socket per WAN)."""
     hub, spokes = star(lab, sites, nats)
+    for i, nat in (second_wans or {}).items():
+        add_second_wan(lab, hub, i, nat)
     for ns in spokes:
         if prepare is not None:
             prepare(ns)
@@ -148,6 +175,10 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
         gateway.sections["discovery"].update(server=True, port=gateway_dht_port)
         bootstraps = [[f"10.{(i + 1) % sites + 1}.0.2:{gateway_dht_port}"] for i in range(sites)]
     nodes = [qe.make_node(ns, f"s{i}", "", state) for i, ns in enumerate(spokes)]
+    for i in second_wans or {}:
+        first_hop = f"10.{i + 1}.0.2" if not nats or nats[i] is NatType.NONE else f"172.16.{i + 1}.1"
+        nodes[i].wans = [{"name": "wan0", "device": "eth0", "gateway": first_hop},
+                         {"name": "wan1", "device": "eth1", "gateway": second_wan_gateway(i)}]
     codes = {}
     if by_invite:
         qe.start(gateway)
@@ -167,6 +198,9 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
             for i, member in enumerate(members):
                 node.peers.append({"name": member.name, "key": member.node_id, "endpoint": f"10.{i + 1}.0.1:4433",
                                    "allowed_ips": [f"100.98.0.{i + 1}/32"]})
+    if configure is not None:
+        for node in nodes:
+            configure(node)
     started_at = time.monotonic()
     for node in nodes if by_invite else (gateway, *nodes):
         qe.start(node)

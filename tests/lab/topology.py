@@ -30,6 +30,9 @@ WAN_TABLE_BASE = 100
 # Table in a wire namespace that sends every forwarded packet into the delay line.
 DELAY_TABLE = 50
 DELAY_TUN = "dl"
+# The lab's sequential symmetric NAT hands out outer UDP ports from this range, in order.
+SEQUENTIAL_FIRST_PORT = 20000
+SEQUENTIAL_PORTS = 4096
 # tbf queue: enough for a TCP flow to keep the link busy across the delay line, small enough to not bloat.
 TBF_LATENCY_MS = 40
 
@@ -38,7 +41,10 @@ class NatType(enum.Enum):
     NONE = "none"
     FULL_CONE = "full-cone"            # endpoint-independent mapping and filtering
     PORT_RESTRICTED = "port-restricted"  # endpoint-independent mapping, address+port-dependent filtering
-    SYMMETRIC = "symmetric"            # a new random outer port per destination
+    SYMMETRIC = "symmetric"            # a new random outer port per destination (masquerade random)
+    # A new outer port per destination, handed out in sequence (numgen inc): one more for each new flow
+    # through the NAT, other destinations' flows (the DHT's) taking theirs in between.
+    SYMMETRIC_SEQUENTIAL = "symmetric-sequential"
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,10 @@ def _apply_nat(wan: Wan) -> None:
     apply_nat(wan.isp, wan.spec.nat, inside_host=wan.router_addr, outside_if="wire")
 
 
+def _sequential_ports() -> str:
+    return ", ".join(f"{i} : {SEQUENTIAL_FIRST_PORT + i}" for i in range(SEQUENTIAL_PORTS))
+
+
 def apply_nat(ns: Namespace, nat: NatType, *, inside_host: str, outside_if: str) -> None:
     """Makes `ns` (a router with one inside host, `inside_host`) a NAT of type `nat` on `outside_if`,
     replacing the NAT this function made there before (at run time too: one nft transaction, and the
@@ -193,7 +203,14 @@ def apply_nat(ns: Namespace, nat: NatType, *, inside_host: str, outside_if: str)
     if nat is NatType.NONE:
         ns.run("nft", "-f", "-", input=replace)
         return
-    masquerade = "masquerade random" if nat is NatType.SYMMETRIC else "masquerade"
+    masquerade = {
+        NatType.SYMMETRIC: "masquerade random",
+        # Only a new conntrack entry (a new destination) runs the NAT rule, so each gets the next number.
+        # Through a map: numgen's plain number would be read as a port in network byte order (steps of 256).
+        NatType.SYMMETRIC_SEQUENTIAL: "meta l4proto udp masquerade to :numgen inc mod"
+                                      f" {SEQUENTIAL_PORTS} map {{ {_sequential_ports()} }}"
+                                      f'\n  oifname "{outside_if}" masquerade',
+    }.get(nat, "masquerade")
     inbound = ""
     if nat is NatType.FULL_CONE:
         # One inner host per ISP link: forwarding every unsolicited UDP port to it is endpoint-independent

@@ -1,7 +1,7 @@
 //! Coverage-guided fuzz targets for every decoder of what the network sends the core: bond frames (each
 //! DATAGRAM, and the relay datagrams among them), the path hello and its answer, inner IP packets (addresses for allowed IPs, classification),
 //! peer-supplied text, certificates, revocations, DHT records, member news batches, join requests and
-//! answers, hole-punch messages, and the peer's TLS certificate (walked for its key and membership before
+//! answers, hole-punch messages, the TCP lane's connection header, the home router's PCP and NAT-PMP answers, and the peer's TLS certificate (walked for its key and membership before
 //! the handshake is authenticated). Built with cargo-afl on the stable toolchain; `scripts/fuzz` runs
 //! them (`scripts/fuzz --help`):
 //!
@@ -21,9 +21,12 @@ use quicether_proto::classify::inspect;
 use quicether_proto::frame::{self, Frame};
 use quicether_proto::hello;
 use quicether_proto::join::{decode_answer, decode_request, encode_answer, JoinAnswer};
+use quicether_proto::lane::{LaneHeader, MAX_HEADER_LEN};
 use quicether_proto::member_news;
 use quicether_proto::membership::{read_certificate, read_revocation, RevocationSet};
+use quicether_proto::pcp;
 use quicether_proto::peer_text::{escape_text, safe_label, MAX_LABEL_LEN, MAX_TEXT_LEN};
+use quicether_proto::portmap::{self, unusable_external, Mapper};
 use quicether_proto::punch;
 use quicether_proto::record::{NetworkKeys, Record};
 
@@ -103,6 +106,39 @@ pub fn hello(data: &[u8]) {
     }
 }
 
+/// The TCP lane's connection header (read by a gateway before it connects anywhere): never takes more than
+/// its bound, and what decodes encodes back to the bytes it took.
+pub fn lane(data: &[u8]) {
+    if let Ok(Some((header, used))) = LaneHeader::decode(data) {
+        assert!(used <= MAX_HEADER_LEN);
+        assert_eq!(header.encode(), data[..used], "a decoded header must encode to the same bytes");
+    }
+}
+
+/// The nonce of the fuzzed port mapper (its seed's PCP answer carries it).
+pub const PORTMAP_NONCE: [u8; pcp::NONCE_LEN] = [0x37; pcp::NONCE_LEN];
+
+/// What a home router answers on port 5351 (PCP, or NAT-PMP after a version-0 answer): the input is a
+/// run of datagrams, each a length byte and its bytes, fed to one mapper as time goes on. No datagram
+/// panics, and a mapping the mapper takes is never a private, shared or unspecified address, nor port 0.
+pub fn portmap(data: &[u8]) {
+    let _ = pcp::decode(data);
+    let _ = portmap::decode(data);
+    let mut mapper = Mapper::new(4433, std::net::Ipv4Addr::new(192, 168, 1, 2), PORTMAP_NONCE, 0);
+    let (mut rest, mut now_us) = (data, 0u64);
+    while let Some((&len, tail)) = rest.split_first() {
+        let (datagram, next) = tail.split_at((len as usize).min(tail.len()));
+        let _ = mapper.poll_transmit(now_us);
+        let _ = mapper.handle_response(datagram, now_us);
+        if let Some(candidate) = mapper.candidate(now_us) {
+            let std::net::SocketAddr::V4(v4) = candidate else { panic!("an IPv6 mapping: {candidate}") };
+            assert!(v4.port() != 0 && unusable_external(*v4.ip()).is_none(), "a mapping taken: {v4}");
+        }
+        now_us += 100_000;
+        rest = next;
+    }
+}
+
 /// An inner IP packet (from the TUN, or from a peer before its source is checked).
 pub fn packet(data: &[u8]) {
     let _ = packet_addrs(data);
@@ -135,7 +171,7 @@ mod tests {
     #[test]
     fn every_target_takes_its_seed() {
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 11] = [
+        let targets: [Target; 13] = [
             ("frame", super::frame),
             ("hello", super::hello),
             ("packet", super::packet),
@@ -147,10 +183,22 @@ mod tests {
             ("join", super::join),
             ("certkey", super::certkey),
             ("punch", super::punch),
+            ("lane", super::lane),
+            ("portmap", super::portmap),
         ];
         for (name, target) in targets {
             target(&std::fs::read(format!("corpus/{name}/seed")).unwrap());
         }
+    }
+
+    /// The port mapping seed is an answer the mapper takes: the fuzzer starts past the nonce check.
+    #[test]
+    fn the_portmap_seed_is_a_mapping_taken() {
+        let seed = std::fs::read("corpus/portmap/seed").unwrap();
+        let mut mapper = super::Mapper::new(4433, std::net::Ipv4Addr::new(192, 168, 1, 2), super::PORTMAP_NONCE, 0);
+        let _ = mapper.poll_transmit(0);
+        assert_eq!(mapper.handle_response(&seed[1..], 0), Ok(true));
+        assert_eq!(mapper.candidate(0), Some("203.0.113.7:4433".parse().unwrap()));
     }
 
     /// The certificate seed is one the walk reads through: the fuzzer starts past the DER framing.

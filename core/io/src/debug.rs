@@ -37,3 +37,10 @@ pub fn relay_try_any() -> bool {
     static VALUE: OnceLock<bool> = OnceLock::new();
     *VALUE.get_or_init(|| env_u64("QUICETHER_RELAY_TRY_ANY") == Some(1))
 }
+
+/// `QUICETHER_TUN_OFFLOADS=0`: open the TUN without offloads (one packet per read and write), to measure
+/// what they bring (scripts/bench-tunnel --no-offloads) or to rule them out.
+pub fn tun_offloads() -> bool {
+    static VALUE: OnceLock<bool> = OnceLock::new();
+    *VALUE.get_or_init(|| env_u64("QUICETHER_TUN_OFFLOADS") != Some(0))
+}

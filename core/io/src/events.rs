@@ -124,11 +124,21 @@ pub enum Event {
         key: Option<[u8; 32]>,
         reason: String,
     },
+    /// A WAN's port mapping on its home router changed: made, renewed at another address, lost, or
+    /// refused or unusable (`detail` says which; reported on change only, never per retry).
+    PortMapping {
+        wan: String,
+        detail: String,
+    },
     /// Dialing a peer from a WAN failed (reported when the reason changes, not on every retry).
     DialFailed {
         key: [u8; 32],
         wan: String,
         reason: String,
+    },
+    /// The TCP lane's news: a refused connection, the connection cap reached (rate-limited in `lane.rs`).
+    Lane {
+        detail: String,
     },
     /// Reading the TUN device failed: no packet leaves this node any more. Fatal; the daemon must exit
     /// (non-zero, so its supervisor restarts it).

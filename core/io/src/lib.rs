@@ -9,11 +9,15 @@
 //! - `congestion`: CUBIC that tells random loss from congestion.
 //! - `discovery`: members' records in the mainline DHT (publish, look up, refuse and count).
 //! - `member_news`: members' certificates and revocations told from peer to peer on every path.
+//! - `portmap`: port mappings on the WANs' home routers (NAT-PMP), renewed, released on stop.
 //! - `punch`: hole punching between members, coordinated through a member both are connected to.
+//!   `birthday`: the birthday probe between a random symmetric NAT and an open one (sockets and pacing).
 //! - `join`: joining a network with an invite (the admin's answer, the joining node's request).
 //! - `lan_discovery`: members on the same LAN through mDNS (candidates only, trusted after the handshake).
+//! - `lane`: the TCP lane: LAN TCP terminated at the router, its bytes carried over MPTCP + TLS (issue 16).
 //! - `tun`: Linux TUN devices. (The lab's delay line lives in `core/labtools`, not linked into the appliance.)
 
+pub mod birthday;
 pub mod congestion;
 pub mod connect;
 pub mod debug;
@@ -21,10 +25,12 @@ pub mod discovery;
 pub mod events;
 pub mod join;
 pub mod lan_discovery;
+pub mod lane;
 pub mod member_news;
 pub mod node;
 pub mod peer;
 pub mod peers;
+pub mod portmap;
 pub mod punch;
 pub mod receive;
 pub mod relay;
@@ -34,6 +40,7 @@ pub mod stats;
 pub mod timers;
 pub mod tls;
 pub mod tun;
+mod upnp;
 
 /// The wall clock since the Unix epoch (zero if the clock is before it): certificates' validity, records'
 /// expiry and DHT sequence numbers are in it. The one place the I/O crate reads it.

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -16,7 +16,6 @@ use quicether_proto::health::PathState;
 use quicether_proto::path_rank;
 pub use quicether_proto::path_rank::PathKind;
 use quinn::crypto::rustls::QuicServerConfig;
-use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 use crate::congestion::LossTolerantConfig;
@@ -30,7 +29,7 @@ use crate::send::tun_reader;
 use crate::sockets::{bind_listen, bind_wan};
 pub use crate::stats::{PathStats, PeerStats};
 use crate::tls::{self, Identity, KnownClientKeys};
-use crate::tun::open_tun;
+use crate::tun::Tun;
 
 /// A silent path is closed after this long; keepalives make silence mean failure. Health marks it down
 /// much sooner (~300 ms); this only frees the connection, after which the dialer tries again.
@@ -99,13 +98,15 @@ pub fn inner_mtu(path_mtu: u16, v4: bool) -> usize {
 }
 
 /// A local socket that dials peers: a WAN's, or the listening one when the node has no WANs.
-struct DialSource {
-    endpoint: quinn::Endpoint,
+pub(crate) struct DialSource {
+    pub(crate) endpoint: quinn::Endpoint,
     backup: bool,
     /// The WAN's address, and the task accepting paths on its socket (None for the listening socket,
-    /// which lives as long as the node).
-    local: Option<IpAddr>,
+    /// which lives as long as the node); its device and firewall mark (a port mapping's requests use them).
+    pub(crate) local: Option<IpAddr>,
     accept: Option<JoinHandle<()>>,
+    pub(crate) device: Option<String>,
+    pub(crate) mark: u32,
 }
 
 /// The tasks that work for one peer, ended when it is removed.
@@ -164,12 +165,17 @@ pub struct Node {
     /// The TLS verifier's pinning set: the keys of the peers in the table.
     known_keys: Arc<RwLock<HashSet<[u8; 32]>>>,
     /// Lock order: `sources` before `tasks`.
-    sources: Mutex<HashMap<String, DialSource>>,
+    pub(crate) sources: Mutex<HashMap<String, DialSource>>,
     tasks: Mutex<HashMap<[u8; 32], PeerTasks>>,
+    /// The TCP lane's ends, started and stopped by the daemon (`node_lane.rs`).
+    lanes: Mutex<lanes::Lanes>,
     pub public_key: [u8; 32],
     pub local_addr: SocketAddr,
     pub inner_mtu: usize,
 }
+
+#[path = "node_lane.rs"]
+mod lanes;
 
 fn io_err(context: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{context}: {e}"))
@@ -222,12 +228,6 @@ impl Node {
         } else {
             0
         });
-        let tun = open_tun(&cfg.tun_name)?;
-        // SAFETY: setting O_NONBLOCK on an fd we own.
-        unsafe {
-            let flags = libc::fcntl(tun.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(tun.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
         let socket = bind_listen(cfg.listen)?;
         let local_addr = socket.local_addr()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -236,6 +236,7 @@ impl Node {
             .enable_all()
             .build()?;
         let _guard = runtime.enter();
+        let tun = Tun::open(&cfg.tun_name)?;
 
         let known_keys = Arc::new(RwLock::new(HashSet::new()));
         let shared = Arc::new(Shared {
@@ -246,14 +247,14 @@ impl Node {
             joins: crate::join::JoinDesk::default(),
             punch: crate::punch::PunchDesk::default(),
             relay: crate::relay::RelayDesk::default(),
+            portmap: crate::portmap::PortMapDesk::default(),
             member_policy: RwLock::new(PeerPolicy {
                 bulk_mode: quicether_proto::scheduler::Mode::Aggregate,
                 realtime_mode: quicether_proto::scheduler::Mode::Redundant,
                 rules: Vec::new(),
             }),
             wan_addrs: RwLock::new(HashMap::new()),
-            // SAFETY: `File` owns its fd, which stays open and unchanged for the AsyncFd's life.
-            tun: unsafe { AsyncFd::register(tun) }.map_err(|e| io_err("tun", e))?,
+            tun,
             events: Mutex::new(VecDeque::new()),
             notify_fd,
             no_route: AtomicU64::new(0),
@@ -280,16 +281,8 @@ impl Node {
             )
             .with_invites(shared.joins.invites.clone()),
         );
-        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| io_err("tls", e))?
-            .with_client_cert_verifier(verifier.clone())
-            .with_cert_resolver(current_identity.clone());
-        server_tls.alpn_protocols = vec![tls::ALPN.to_vec()];
-        // No session resumption: a resumed handshake skips the client-certificate check, so a peer removed
-        // from the pinning set could come back with a ticket from before.
-        server_tls.send_tls13_tickets = 0;
-        server_tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        let server_tls =
+            tls::server_tls(verifier.clone(), current_identity.clone(), tls::ALPN).map_err(|e| io_err("tls", e))?;
         let quic_server = QuicServerConfig::try_from(server_tls).map_err(|e| io_err("quic", e))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
         let transport = Arc::new(transport_config(cfg.path_mtu, cfg.listen.is_ipv4(), cfg.congestion));
@@ -299,6 +292,7 @@ impl Node {
         server_config.max_incoming(4 * quicether_proto::admission::MAX_IN_FLIGHT);
         server_config.incoming_buffer_size(64 * 1024);
         server_config.incoming_buffer_size_total(8 * 1024 * 1024);
+        let listener_raw = socket.try_clone().ok().map(Arc::new);
         let listener = quinn::Endpoint::new(
             endpoint_config(),
             Some(server_config.clone()),
@@ -325,6 +319,7 @@ impl Node {
             known_keys,
             sources: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
+            lanes: Mutex::default(),
             local_addr,
             inner_mtu: tun_mtu,
             runtime: Some(runtime),
@@ -332,12 +327,22 @@ impl Node {
         // Sources first, then peers: each added peer is dialed from every source there is.
         match cfg.wans {
             None => {
-                let source = DialSource { endpoint: node.listener.clone(), backup: false, local: None, accept: None };
+                let source = DialSource {
+                    endpoint: node.listener.clone(),
+                    backup: false,
+                    local: None,
+                    accept: None,
+                    device: None,
+                    mark: 0,
+                };
                 node.shared.punch.sockets.write().unwrap().push(crate::punch::PunchSocket {
                     wan: DEFAULT_SOURCE.to_string(),
                     endpoint: node.listener.clone(),
                     backup: false,
                     local: None,
+                    device: None,
+                    mark: 0,
+                    raw: listener_raw,
                 });
                 node.sources.lock().unwrap().insert(DEFAULT_SOURCE.to_string(), source);
             }
@@ -362,7 +367,7 @@ impl Node {
         Ok(config)
     }
 
-    fn runtime(&self) -> io::Result<&tokio::runtime::Runtime> {
+    pub(crate) fn runtime(&self) -> io::Result<&tokio::runtime::Runtime> {
         self.runtime.as_ref().ok_or_else(|| io_err("node", "stopped"))
     }
 
@@ -393,6 +398,7 @@ impl Node {
         let runtime = self.runtime()?;
         let _guard = runtime.enter();
         let socket = bind_wan(wan.device.as_deref(), SocketAddr::new(wan.local, 0), wan.mark)?;
+        let raw = socket.try_clone().ok().map(Arc::new);
         // The WAN's socket accepts too: a peer that learned this WAN's public address (a NAT mapping this
         // socket made) reaches us on it, and only on it.
         let endpoint = quinn::Endpoint::new(
@@ -408,8 +414,13 @@ impl Node {
             endpoint: endpoint.clone(),
             backup: wan.backup,
             local: Some(wan.local),
+            device: wan.device.clone(),
+            mark: wan.mark,
+            raw,
         });
-        let source = DialSource { endpoint, backup: wan.backup, local: Some(wan.local), accept: Some(accept) };
+        let (device, mark) = (wan.device.clone(), wan.mark);
+        let source =
+            DialSource { endpoint, backup: wan.backup, local: Some(wan.local), accept: Some(accept), device, mark };
         let mut tasks = self.tasks.lock().unwrap();
         let peers: Vec<Arc<Peer>> = self.shared.table.read().unwrap().peers().cloned().collect();
         for peer in peers {
@@ -433,6 +444,7 @@ impl Node {
         }
         self.shared.punch.sockets.write().unwrap().retain(|s| s.wan != name);
         drop(sources);
+        self.unmap_port(name);
         if let Some(accept) = &source.accept {
             accept.abort();
         }
@@ -647,9 +659,7 @@ impl Node {
                     tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
                     rx_packets: c.rx_packets.load(Ordering::Relaxed),
                     rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
-                    tx_dropped: c.tx_dropped.load(Ordering::Relaxed),
-                    // Datagrams that were no frame are counted by the bond receiver, the rest here.
-                    rx_dropped: c.rx_dropped.load(Ordering::Relaxed) + malformed,
+                    drops: p.drops(malformed),
                     retransmitted: c.retransmitted.load(Ordering::Relaxed),
                     punch_attempts: p.punch_attempts.load(Ordering::Relaxed),
                     paths: paths
@@ -708,44 +718,6 @@ impl Node {
         (book.members(), book.refused)
     }
 
-    /// Per local socket that dials (each WAN's, or the listening one): the NAT mapping it is behind, told
-    /// from the addresses the peers it dialed see it at (`quicether_proto::nat`).
-    pub fn nat_mappings(&self) -> Vec<(String, quicether_proto::nat::Mapping)> {
-        use quicether_proto::nat::{classify, Observation};
-        let sockets: Vec<(String, SocketAddr)> = {
-            let sources = self.sources.lock().unwrap();
-            sources
-                .iter()
-                .filter_map(|(wan, s)| {
-                    let bound = s.endpoint.local_addr().ok()?;
-                    Some((wan.clone(), s.local.map_or(bound, |ip| SocketAddr::new(ip, bound.port()))))
-                })
-                .collect()
-        };
-        let mut paths: Vec<(u64, String, Observation)> = Vec::new();
-        for peer in self.shared.table.read().unwrap().peers() {
-            for path in peer.paths.read().unwrap().iter().filter(|p| p.route.dialed) {
-                if let Some(observed) = path.public {
-                    paths.push((
-                        path.id,
-                        path.route.local_wan.clone(),
-                        Observation { remote: path.route.remote, observed },
-                    ));
-                }
-            }
-        }
-        paths.sort_by_key(|(id, _, _)| *id);
-        let mut mappings: Vec<(String, quicether_proto::nat::Mapping)> = sockets
-            .into_iter()
-            .map(|(wan, local)| {
-                let seen: Vec<Observation> = paths.iter().filter(|(_, w, _)| *w == wan).map(|(_, _, o)| *o).collect();
-                (wan, classify(local, &seen))
-            })
-            .collect();
-        mappings.sort_by(|a, b| a.0.cmp(&b.0));
-        mappings
-    }
-
     /// Hole punching so far: punches taken part in, punched paths up, requests relayed, messages refused.
     pub fn punch_stats(&self) -> quicether_proto::punch::PunchStats {
         *self.shared.punch.stats.lock().unwrap()
@@ -781,6 +753,7 @@ impl Node {
 
     pub fn stop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
+            self.unmap_all(&runtime); // before the sockets close: the gateways delete our mappings
             self.listener.close(0u32.into(), b"node stopping");
             crate::relay::close_all(&self.shared);
             for peer in self.shared.table.read().unwrap().peers() {

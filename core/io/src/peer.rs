@@ -18,12 +18,12 @@ use quicether_proto::classify::Rule;
 use quicether_proto::health::PathHealth;
 use quicether_proto::path_rank::{self, PathKind, PathRank};
 use quicether_proto::scheduler::{queue_limit_bytes, Mode, PathView};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
 pub use crate::events::Event;
 use crate::events::{DownReason, UpReason};
 use crate::peers::PeerTable;
+use crate::stats::PeerDrops;
 
 /// Per-path hard bound of quinn's datagram send queue (it drops the oldest beyond it). Large enough for
 /// Gbit/s bursts on one path (measured: 512 KiB cost a quarter of single-path throughput); the scheduler
@@ -57,8 +57,12 @@ pub struct Counters {
     pub tx_bytes: AtomicU64,
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
-    /// Outbound packets dropped: no usable path, or the bounded send queue was full.
+    /// Outbound packets dropped: no path at all, every send queue at its limit, or quinn refused them.
     pub tx_dropped: AtomicU64,
+    /// Of `tx_dropped`: every path's send queue was at its limit (the scheduler's `Congested`).
+    pub tx_queue_full: AtomicU64,
+    /// Of `tx_dropped`: quinn refused every copy (the connection closing, or too large for the path).
+    pub tx_refused: AtomicU64,
     /// Inbound packets dropped: source outside the peer's allowed IPs, full reorder queue, TUN write failed.
     /// Datagrams that were no frame are counted by the bond receiver (`BondReceiver::dropped`); peer stats
     /// report the sum.
@@ -260,6 +264,25 @@ impl Peer {
         }
     }
 
+    /// What was dropped on the way to and from the peer, by cause; `malformed`: the bond receiver's count
+    /// of datagrams that were no frame (`BondReceiver::dropped`).
+    pub fn drops(&self, malformed: u64) -> PeerDrops {
+        let c = &self.counters;
+        let (tx, queue_full, refused) = (
+            c.tx_dropped.load(Ordering::Relaxed),
+            c.tx_queue_full.load(Ordering::Relaxed),
+            c.tx_refused.load(Ordering::Relaxed),
+        );
+        PeerDrops {
+            tx,
+            tx_no_path: tx.saturating_sub(queue_full + refused),
+            tx_queue_full: queue_full,
+            tx_refused: refused,
+            rx: c.rx_dropped.load(Ordering::Relaxed) + malformed,
+            resend_evicted: self.sender.lock().unwrap().resend_evicted(),
+        }
+    }
+
     /// Marks the peer removed and takes its paths (the caller closes them).
     pub fn mark_removed(&self) -> Vec<Arc<Path>> {
         let mut paths = self.paths.write().unwrap();
@@ -298,9 +321,11 @@ pub struct Shared {
     pub punch: crate::punch::PunchDesk,
     /// Relaying for other members, and our relayed endpoints (`relay.rs`).
     pub relay: crate::relay::RelayDesk,
+    /// Port mappings on the WANs' home routers (`portmap.rs`).
+    pub portmap: crate::portmap::PortMapDesk,
     /// Our WANs by local address: a path the listening socket accepts at one of these runs over that WAN.
     pub wan_addrs: RwLock<std::collections::HashMap<std::net::IpAddr, String>>,
-    pub tun: AsyncFd<std::fs::File>,
+    pub tun: crate::tun::Tun,
     pub events: Mutex<VecDeque<Event>>,
     pub notify_fd: Option<std::os::fd::RawFd>,
     /// Outbound packets with no peer for their destination.

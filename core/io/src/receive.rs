@@ -5,7 +5,6 @@
 //! sleeps until the receiver's next deadline (gaps that time out), and re-derives the timeouts from the
 //! paths' RTTs.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
@@ -14,6 +13,7 @@ use bytes::Bytes;
 use quicether_proto::allowed_ips::packet_addrs;
 use quicether_proto::bond::Output;
 use quicether_proto::health::PathState;
+use quicether_proto::offload::VnetHdr;
 
 use crate::events::UpReason;
 use crate::peer::{Counters, Event, Path, Peer, Shared};
@@ -177,10 +177,7 @@ fn deliver_ready(shared: &Shared, peer: &Peer, ready: &mut Vec<Bytes>, turn: Opt
 /// Writes one inner packet from `peer` to the TUN device if its source is the peer's to use.
 fn deliver(shared: &Shared, table: &PeerTable, peer: &Peer, packet: &[u8]) {
     let allowed = packet_addrs(packet).is_some_and(|(src, _)| table.allows(&peer.key, src));
-    // SAFETY: writing a valid buffer to the TUN fd; EAGAIN/failure drops this packet only.
-    let written = allowed
-        && unsafe { libc::write(shared.tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) }
-            == packet.len() as isize;
+    let written = allowed && shared.tun.write(&VnetHdr::default(), packet);
     let c = &peer.counters;
     if written {
         Counters::count(&c.rx_packets, &c.rx_bytes, packet.len());

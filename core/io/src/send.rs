@@ -1,30 +1,39 @@
-//! Outbound packet path, in order: TUN read → peer by destination (allowed IPs) → traffic class →
+//! Outbound packet path, in order: TUN read (with offloads: a super-packet split into inner-MTU packets,
+//! checksums finished, `quicether_proto::offload`) → peer by destination (allowed IPs) → traffic class →
 //! scheduler → bond sequence number + DATA frame (the peer's `BondSender`) → QUIC DATAGRAM on the chosen
 //! path(s) → remembered by the sender if quinn took it. A read error ends it with a fatal `TunFailed`
 //! event. Resends come last: the frames the peer reports lost (NACK, from `receive.rs`) and those a failed
 //! path sent lately (`timers.rs`, a removed WAN) go out on the path where each arrives first.
 
 use std::io::{self, Read};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use quicether_proto::allowed_ips::packet_addrs;
 use quicether_proto::bond_send::Resend;
 use quicether_proto::classify::mode_for;
 use quicether_proto::frame::DATA_HEADER_LEN;
+use quicether_proto::offload::{split, VnetHdr, F_NEEDS_CSUM, GSO_NONE};
 use quicether_proto::scheduler::{choose, Choice, Mode, PathView};
 use tokio::io::Interest;
 
 use crate::peer::{Event, Path, Peer, Shared};
 
-/// Bytes reserved per read; an inner packet is at most the TUN MTU.
-const READ_BUFFER: usize = 65_536;
+/// Bytes reserved per read: an inner packet, or with TSO a super-packet of at most 64 KB, after the
+/// virtio-net header.
+const READ_BUFFER: usize = 65_536 + quicether_proto::offload::VNET_HDR_LEN;
+
+/// Paths of one peer whose scheduler views fit on the stack (more go to the heap).
+const VIEWS_ON_STACK: usize = 8;
 
 pub async fn tun_reader(shared: Arc<Shared>) {
     let mut buf = vec![0u8; READ_BUFFER];
+    let header_len = shared.tun.header_len();
+    // The segments of one super-packet, back to back, and their lengths (reused: no allocation per read).
+    let (mut segments, mut lens) = (Vec::with_capacity(READ_BUFFER + 4096), Vec::new());
     loop {
         // ERROR too: a deleted device reports only EPOLLERR, which would never wake a readable() wait.
-        let n = match shared.tun.ready(Interest::READABLE | Interest::ERROR).await {
+        let n = match shared.tun.fd.ready(Interest::READABLE | Interest::ERROR).await {
             Ok(mut guard) => match guard.try_io(|fd| fd.get_ref().read(&mut buf)) {
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -35,16 +44,40 @@ pub async fn tun_reader(shared: Arc<Shared>) {
             },
             Err(e) => return tun_failed(&shared, e),
         };
-        let packet = &buf[..n];
-        let Some((_, dst)) = packet_addrs(packet) else {
+        if header_len == 0 {
+            route(&shared, &buf[..n]);
             continue;
-        };
-        let table = shared.table.read().unwrap();
-        match table.route(dst) {
-            Some(peer) => send_to_peer(peer, packet, shared.now_us()),
-            None => {
-                shared.no_route.fetch_add(1, Ordering::Relaxed);
-            }
+        }
+        let Some(hdr) = VnetHdr::parse(&buf[..n]) else { continue };
+        let packet = &mut buf[header_len..n];
+        if hdr.gso_type == GSO_NONE && hdr.flags & F_NEEDS_CSUM == 0 {
+            route(&shared, packet);
+            continue;
+        }
+        segments.clear();
+        lens.clear();
+        if split(&hdr, packet, &mut segments, &mut lens).is_err() {
+            shared.tun.unsplittable.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let mut at = 0;
+        for &len in &lens {
+            route(&shared, &segments[at..at + len]);
+            at += len;
+        }
+    }
+}
+
+/// Sends one inner packet to the peer its destination belongs to (counted if none).
+fn route(shared: &Shared, packet: &[u8]) {
+    let Some((_, dst)) = packet_addrs(packet) else {
+        return;
+    };
+    let table = shared.table.read().unwrap();
+    match table.route(dst) {
+        Some(peer) => send_to_peer(peer, packet, shared.now_us()),
+        None => {
+            shared.no_route.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -65,8 +98,19 @@ fn send_to_peer(peer: &Peer, packet: &[u8], now_us: u64) {
             let policy = peer.policy.read().unwrap();
             mode_for(packet, &policy.rules, policy.bulk_mode, policy.realtime_mode)
         };
-        let views: Vec<_> = paths.iter().map(|p| p.view()).collect();
-        match choose(mode, &views, len) {
+        // On the stack for the usual few paths: this runs for every packet (a Vec here showed in profiles).
+        let mut on_stack = [PathView::default(); VIEWS_ON_STACK];
+        let heap: Vec<PathView>;
+        let views: &[PathView] = if paths.len() <= VIEWS_ON_STACK {
+            for (view, path) in on_stack.iter_mut().zip(paths.iter()) {
+                *view = path.view();
+            }
+            &on_stack[..paths.len()]
+        } else {
+            heap = paths.iter().map(|p| p.view()).collect();
+            &heap
+        };
+        match choose(mode, views, len) {
             // No path is up: try them all rather than drop; whichever still works carries it.
             Choice::Drop => Choice::Each((0..paths.len()).collect()),
             c => c,
@@ -76,15 +120,21 @@ fn send_to_peer(peer: &Peer, packet: &[u8], now_us: u64) {
         Choice::One(i) => std::slice::from_ref(i),
         Choice::Each(list) => &list[..],
         // Dropped before taking a sequence number: the receiver sees no gap to wait for.
-        Choice::Drop | Choice::Congested => {
-            peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+        Choice::Drop => return drop_counted(peer, None),
+        Choice::Congested => return drop_counted(peer, Some(&peer.counters.tx_queue_full)),
     };
     if send_data(peer, &paths, targets, packet, now_us) {
         crate::peer::Counters::count(&peer.counters.tx_packets, &peer.counters.tx_bytes, packet.len());
     } else {
-        peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+        drop_counted(peer, Some(&peer.counters.tx_refused));
+    }
+}
+
+/// Counts an outbound packet dropped, and its cause (none: no path; `Peer::drops` tells it by elimination).
+fn drop_counted(peer: &Peer, cause: Option<&AtomicU64>) {
+    peer.counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+    if let Some(counter) = cause {
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -45,12 +45,67 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
-    pub tx_dropped: u64,
-    pub rx_dropped: u64,
+    pub drops: PeerDrops,
     pub retransmitted: u64,
     /// Punches towards the peer this node took part in (initiated or answered).
     pub punch_attempts: u64,
     pub paths: Vec<PathStats>,
     pub reorder: ReorderStats,
     pub reorder_timeout: Duration,
+}
+
+/// What a peer's bond dropped, by cause (`Peer::drops`): the limits' counters of the send side.
+pub struct PeerDrops {
+    /// Outbound packets dropped, all causes: the three below.
+    pub tx: u64,
+    /// No path to the peer at all.
+    pub tx_no_path: u64,
+    /// Every path's send queue was at its limit (the scheduler's time-based bound).
+    pub tx_queue_full: u64,
+    /// quinn refused every copy (the connection closing, or too large for the path).
+    pub tx_refused: u64,
+    /// Inbound packets dropped: no frame, source outside the allowed IPs, TUN write failed.
+    pub rx: u64,
+    /// Frames the resend memory forgot before its window ended, for its byte bound.
+    pub resend_evicted: u64,
+}
+
+impl crate::node::Node {
+    /// Per local socket that dials (each WAN's, or the listening one): the NAT mapping it is behind, told
+    /// from the addresses the peers it dialed see it at (`quicether_proto::nat`).
+    pub fn nat_mappings(&self) -> Vec<(String, quicether_proto::nat::Mapping)> {
+        use quicether_proto::nat::{classify, Observation};
+        let sockets: Vec<(String, SocketAddr)> = {
+            let sources = self.sources.lock().unwrap();
+            sources
+                .iter()
+                .filter_map(|(wan, s)| {
+                    let bound = s.endpoint.local_addr().ok()?;
+                    Some((wan.clone(), s.local.map_or(bound, |ip| SocketAddr::new(ip, bound.port()))))
+                })
+                .collect()
+        };
+        let mut paths: Vec<(u64, String, Observation)> = Vec::new();
+        for peer in self.shared.table.read().unwrap().peers() {
+            for path in peer.paths.read().unwrap().iter().filter(|p| p.route.dialed) {
+                if let Some(observed) = path.public {
+                    paths.push((
+                        path.id,
+                        path.route.local_wan.clone(),
+                        Observation { remote: path.route.remote, observed },
+                    ));
+                }
+            }
+        }
+        paths.sort_by_key(|(id, _, _)| *id);
+        let mut mappings: Vec<(String, quicether_proto::nat::Mapping)> = sockets
+            .into_iter()
+            .map(|(wan, local)| {
+                let seen: Vec<Observation> = paths.iter().filter(|(_, w, _)| *w == wan).map(|(_, _, o)| *o).collect();
+                (wan, classify(local, &seen))
+            })
+            .collect();
+        mappings.sort_by(|a, b| a.0.cmp(&b.0));
+        mappings
+    }
 }

@@ -290,6 +290,17 @@ pub fn quic_client_config(
     server_key: [u8; 32],
     members_of: Option<SharedTrust>,
 ) -> Result<QuicClientConfig, String> {
+    QuicClientConfig::try_from(client_tls(identity, server_key, members_of, ALPN)?).map_err(|e| e.to_string())
+}
+
+/// The client side's TLS for any of our protocols (`alpn`: QUIC paths, the TCP lane): shows `identity`, pins
+/// the server's key (and with `members_of`, its membership), TLS 1.3, no resumption.
+pub fn client_tls(
+    identity: Arc<CurrentIdentity>,
+    server_key: [u8; 32],
+    members_of: Option<SharedTrust>,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, String> {
     let provider = provider();
     let verifier = PinnedServerKey::new(server_key, provider.clone());
     let verifier = match members_of {
@@ -302,9 +313,28 @@ pub fn quic_client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(identity);
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     tls.resumption = rustls::client::Resumption::disabled();
-    QuicClientConfig::try_from(tls).map_err(|e| e.to_string())
+    Ok(tls)
+}
+
+/// The server side's TLS for any of our protocols: clients are checked by `verifier`, TLS 1.3, `alpn`. No
+/// session resumption: a resumed handshake skips the client-certificate check, so a peer removed from the
+/// pinning set could come back with a ticket from before.
+pub fn server_tls(
+    verifier: Arc<KnownClientKeys>,
+    identity: Arc<CurrentIdentity>,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, String> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(verifier.provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(identity);
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(tls)
 }
 
 /// Called with the refused key (None if the certificate had none) and the reason.

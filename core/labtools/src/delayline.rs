@@ -136,7 +136,7 @@ pub struct DelayLine {
 
 impl DelayLine {
     pub fn start(tun_name: &str, settings: DelaySettings) -> io::Result<Self> {
-        let tun = open_tun(tun_name)?;
+        let (tun, _) = open_tun(tun_name, false)?;
         let writer_tun = tun.try_clone()?;
         let epoch = Instant::now();
         let shared = Arc::new(Shared {

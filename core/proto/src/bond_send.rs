@@ -139,6 +139,11 @@ impl BondSender {
     pub fn remembered(&self) -> (usize, usize) {
         (self.memory.len(), self.memory.bytes())
     }
+
+    /// Frames the resend memory forgot early, for its byte bound (`ResendMemory::evicted_over_bytes`).
+    pub fn resend_evicted(&self) -> u64 {
+        self.memory.evicted_over_bytes()
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +262,7 @@ mod tests {
         let mut s = BondSender::with_resend_limits(0, 600_000, 2 * frame_len);
         let sent: Vec<u64> = (0..3).map(|i| send(&mut s, PATH_A, &[0; 100], i)).collect();
         assert_eq!(s.remembered(), (2, 2 * frame_len));
+        assert_eq!(s.resend_evicted(), 1);
         assert_eq!(seqs(&s.handle_nacks(&sent)), sent[1..].to_vec());
     }
 }

@@ -21,15 +21,22 @@
 //! - `signing`: Ed25519 signatures with a node or network key seed.
 //! - `membership`: network membership certificates and revocations (encoding, verification).
 //! - `nat`: what kind of NAT a WAN socket is behind, from the addresses peers see it at.
+//! - `portmap`: a port mapping on the home router (PCP, else NAT-PMP): requests, answers checked, renewal,
+//!   release.  `pcp`: PCP's MAP request and answer.
 //! - `punch`: hole punching messages, their schedule and rate limits (coordinated simultaneous open).
+//! - `symmetric`: what a punch does against symmetric NATs; `birthday`: the birthday probe's tokens, packets
+//!   and winner choice.
+//! - `lane`: the TCP lane's connection header (original destination), sent first inside its TLS.
 //! - `join`: the join request a node sends with an invite's key, and the admin's answer.
 //! - `dht_server`: which requests a DHT node in server mode answers (per-source and total rate limits).
 //! - `record`: a member's discovery record (DHT value): plaintext format, sealing for members only.
 //! - `wire`: the bounded reader and writer of our binary encodings.
 //! - `bounded`: tables the network can grow, kept to a limit (the oldest entry goes).
+//! - `offload`: TUN offloads: the virtio-net header, splitting GSO super-packets, checksums.
 
 pub mod admission;
 pub mod allowed_ips;
+pub mod birthday;
 pub mod bond;
 pub mod bond_send;
 pub mod bounded;
@@ -40,12 +47,16 @@ pub mod frame;
 pub mod health;
 pub mod hello;
 pub mod join;
+pub mod lane;
 pub mod member_news;
 pub mod membership;
 pub mod nat;
+pub mod offload;
 pub mod path_rank;
 pub mod path_rate;
+pub mod pcp;
 pub mod peer_text;
+pub mod portmap;
 pub mod punch;
 pub mod record;
 pub mod refusals;
@@ -54,4 +65,5 @@ pub mod reorder;
 pub mod resend;
 pub mod scheduler;
 pub mod signing;
+pub mod symmetric;
 pub mod wire;

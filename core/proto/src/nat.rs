@@ -21,7 +21,7 @@ pub enum Allocation {
         step: i32,
     },
     Random,
-    /// Two destinations seen: not enough to tell.
+    /// Not enough seen to tell (kept for callers that describe a mapping; `classify` no longer returns it).
     Unknown,
 }
 
@@ -36,6 +36,10 @@ pub enum Mapping {
 
 /// A sequential allocator's steps may differ this much (other hosts behind the NAT take ports too).
 pub const SEQUENTIAL_SLACK: i32 = 4;
+/// With two destinations seen, one step: this small or less is taken for a sequential allocator (other
+/// flows through the NAT between our two paths, our own DHT lookups among them, take the ports between).
+/// A random allocator gives a step this small once in ~500 pairs of mappings.
+pub const MAX_SEQUENTIAL_STEP: i32 = 64;
 
 impl Mapping {
     /// In words, for status and the dashboard.
@@ -87,7 +91,13 @@ pub fn classify(local: SocketAddr, observations: &[Observation]) -> Mapping {
         };
     }
     if ordered.len() < 3 {
-        return Mapping::EndpointDependent(Allocation::Unknown);
+        let step = ordered[1].port() as i32 - ordered[0].port() as i32;
+        let sequential = step != 0 && step.abs() <= MAX_SEQUENTIAL_STEP;
+        return Mapping::EndpointDependent(if sequential {
+            Allocation::Sequential { step }
+        } else {
+            Allocation::Random
+        });
     }
     let steps: Vec<i32> = ordered.windows(2).map(|w| w[1].port() as i32 - w[0].port() as i32).collect();
     let step = steps[0];
@@ -114,7 +124,9 @@ mod tests {
         assert_eq!(classify(local, &cone), Mapping::EndpointIndependent);
         assert_eq!(classify(local, &cone[..1]), Mapping::Unknown);
         let two = seen(&[("198.51.100.1:4433", "203.0.113.9:6000"), ("198.51.100.2:4433", "203.0.113.9:6001")]);
-        assert_eq!(classify(local, &two), Mapping::EndpointDependent(Allocation::Unknown));
+        assert_eq!(classify(local, &two), Mapping::EndpointDependent(Allocation::Sequential { step: 1 }));
+        let two_far = seen(&[("198.51.100.1:4433", "203.0.113.9:6000"), ("198.51.100.2:4433", "203.0.113.9:41000")]);
+        assert_eq!(classify(local, &two_far), Mapping::EndpointDependent(Allocation::Random));
         let sequential = seen(&[
             ("198.51.100.1:4433", "203.0.113.9:6000"),
             ("198.51.100.2:4433", "203.0.113.9:6002"),

@@ -23,13 +23,14 @@ pub enum PathKind {
 
 impl PathKind {
     /// Lower is better: a path with fewer parties in it is faster, costs no one else's bandwidth and does
-    /// not fail when a third node does. A punched path is direct on the wire but depends on NAT mappings
-    /// that may expire, so it ranks between the two.
+    /// not fail when a third node does. A punched path is direct on the wire and ranks with the direct
+    /// ones: a site with a public WAN and a NATed one reaches a peer by a plain dial on the first and a
+    /// punch on the second, and its bond must use both (its mappings are kept open by the path's own
+    /// probes, and a path whose mapping expires goes down like any other).
     fn hops(&self) -> u8 {
         match self {
-            PathKind::Direct => 0,
-            PathKind::Punched => 1,
-            PathKind::Relayed { .. } => 2,
+            PathKind::Direct | PathKind::Punched => 0,
+            PathKind::Relayed { .. } => 1,
         }
     }
 
@@ -59,7 +60,7 @@ pub fn compare(a: &PathRank, b: &PathRank) -> Ordering {
         // 2. A primary WAN before a backup WAN, even when the primary path is relayed: a backup is metered
         //    (LTE) or there for failures only, and a relay over a working primary costs neither.
         .then(a.backup.cmp(&b.backup))
-        // 3. Fewer hops first: direct, then punched, then relayed (see `PathKind::hops`).
+        // 3. Fewer hops first: direct or punched, then relayed (see `PathKind::hops`).
         .then(a.kind.hops().cmp(&b.kind.hops()))
 }
 
@@ -82,14 +83,15 @@ mod tests {
     }
 
     #[test]
-    fn direct_before_punched_before_relayed_on_the_same_wan() {
+    fn direct_and_punched_alike_before_relayed_on_the_same_wan() {
         let direct = rank(true, false, PathKind::Direct);
         let punched = rank(true, false, PathKind::Punched);
         let relayed = rank(true, false, PathKind::Relayed { via: RELAY });
-        assert_eq!(compare(&direct, &punched), Ordering::Less);
+        assert_eq!(compare(&direct, &punched), Ordering::Equal);
         assert_eq!(compare(&punched, &relayed), Ordering::Less);
         assert_eq!(compare(&relayed, &direct), Ordering::Greater);
-        assert_eq!(usable(&[relayed, direct, punched, direct]), vec![1, 3]);
+        // A bond with a plain direct path on one WAN and a punched one on another uses both.
+        assert_eq!(usable(&[relayed, direct, punched, direct]), vec![1, 2, 3]);
     }
 
     #[test]

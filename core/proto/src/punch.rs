@@ -24,19 +24,32 @@
 //!   u16   delay_ms                      at most MAX_DELAY_MS
 //!   u8    count                         at most MAX_CANDIDATES
 //!   count × ( u8 family (4/6), address, u16 port )
+//!   u8    NAT class, i16 step           the sender's (`symmetric::NatClass`: 0 open, 1 sequential with
+//!                                       its step, 2 random); the relay passes the requester's on
+//!   [16]  birthday nonce                only when the initiator runs a birthday probe with the target
+//!                                       (`birthday`): the token of its probes is derived from it; the
+//!                                       relay passes it on
 //! ```
+//!
+//! Symmetric NATs (`symmetric`): a sequential side's candidates include its predicted ports; a pair that
+//! is random on both sides is not punched at all (`symmetric::approach`); a random side and an open one run
+//! the birthday probe (`birthday`) when the initiator asks for it with a nonce.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use crate::symmetric::NatClass;
 use crate::wire::{Malformed, Reader, Writer};
 
 pub const MAGIC: &[u8; 4] = b"QEP1";
-/// Candidates in one message: a few WANs, each with its host and reflexive address.
-pub const MAX_CANDIDATES: usize = 8;
+/// Candidates in one message: a few WANs, each with its host and reflexive address, and the predicted
+/// ports of a sequential symmetric NAT (`symmetric::PREDICTION_WINDOW`).
+pub const MAX_CANDIDATES: usize = 16;
 /// A lead beyond this is not a schedule but a way to make a node dial later: refused.
 pub const MAX_DELAY_MS: u16 = 5_000;
-pub const MAX_MESSAGE_LEN: usize = 4 + 1 + 32 + 2 + 1 + MAX_CANDIDATES * (1 + 16 + 2);
+pub const MAX_MESSAGE_LEN: usize = 4 + 1 + 32 + 2 + 1 + MAX_CANDIDATES * (1 + 16 + 2) + 1 + 2 + NONCE_LEN;
+/// The birthday nonce's length.
+pub const NONCE_LEN: usize = 16;
 /// The lead the initiator gives on top of twice its RTT to the relay: time for the offer to reach the
 /// target and for it to start its dials (tasks, not packets, at that point).
 pub const BASE_LEAD_MS: u64 = 100;
@@ -77,6 +90,10 @@ pub struct Message {
     pub key: [u8; 32],
     pub delay_ms: u16,
     pub candidates: Vec<SocketAddr>,
+    /// How the sender's NAT hands out ports (a request's, passed on in the offer).
+    pub class: NatClass,
+    /// Present when the initiator runs a birthday probe with the target: the nonce its token comes from.
+    pub birthday: Option<[u8; NONCE_LEN]>,
 }
 
 /// True if `data` is a punch message (the stream it came on carries nothing else).
@@ -98,6 +115,12 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     for c in candidates {
         w.ip(c.ip());
         w.u16(c.port());
+    }
+    let (class, step) = msg.class.encode();
+    w.u8(class);
+    w.u16(step as u16);
+    if let Some(nonce) = &msg.birthday {
+        w.bytes(nonce);
     }
     w.out
 }
@@ -134,10 +157,13 @@ pub fn decode(data: &[u8]) -> Result<Message, Malformed> {
         }
         candidates.push(addr);
     }
-    if r.remaining() != 0 {
-        return Err("trailing bytes");
-    }
-    Ok(Message { kind, key, delay_ms, candidates })
+    let class = NatClass::decode(r.u8()?, r.u16()? as i16).ok_or("unknown NAT class")?;
+    let birthday = match r.remaining() {
+        0 => None,
+        NONCE_LEN => Some(r.array::<NONCE_LEN>()?),
+        _ => return Err("trailing bytes"),
+    };
+    Ok(Message { kind, key, delay_ms, candidates, class, birthday })
 }
 
 /// An address a packet could reach a node at.
@@ -181,15 +207,16 @@ pub fn socket_candidates(host: Option<SocketAddr>, port: u16, observed: &[Socket
     out
 }
 
-/// A digest of a punch's two candidate sets (ours and the target's), in any order: a request is sent
-/// again at once when it changes (`PunchBook::initiate`).
-pub fn candidates_digest(ours: &[SocketAddr], theirs: &[SocketAddr]) -> u64 {
+/// A digest of a punch's two candidate sets (ours and the target's), in any order, and of our NAT class:
+/// a request is sent again at once when it changes (`PunchBook::initiate`), so a class we have just
+/// learned reaches the other side soon (a pair random on both sides stops probing at once).
+pub fn candidates_digest(ours: &[SocketAddr], theirs: &[SocketAddr], class: NatClass) -> u64 {
     use std::hash::{Hash, Hasher};
     let (mut ours, mut theirs) = (ours.to_vec(), theirs.to_vec());
     ours.sort();
     theirs.sort();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (ours, theirs).hash(&mut hasher);
+    (ours, theirs, class.encode()).hash(&mut hasher);
     hasher.finish()
 }
 
@@ -256,6 +283,27 @@ impl Schedule {
     /// A path to the peer is up: no more rounds.
     pub fn handle_connected(&mut self) {
         self.rounds_left = 0;
+    }
+
+    /// Local socket `socket` has a direct path to the peer: its dials stop, the other sockets' go on (each
+    /// WAN of a multi-WAN site punches its own NAT, so the bond gets a direct path on every one of them).
+    /// The initiator calls this: it asked for the punch for its sockets that had no direct path.
+    pub fn handle_socket_connected(&mut self, socket: usize) {
+        self.drop_pairs(|a| a.socket == socket);
+    }
+
+    /// Local socket `socket` has a path to `remote` already: no dial of that pair. The target calls this:
+    /// its socket with a path to one of the initiator's WANs still dials the initiator's other WANs, whose
+    /// punch needs the packets it sends to open its NAT for them.
+    pub fn handle_pair_connected(&mut self, socket: usize, remote: SocketAddr) {
+        self.drop_pairs(|a| a.socket == socket && a.candidate == remote);
+    }
+
+    fn drop_pairs(&mut self, connected: impl Fn(&Attempt) -> bool) {
+        self.pairs.retain(|a| !connected(a));
+        if self.pairs.is_empty() {
+            self.rounds_left = 0;
+        }
     }
 }
 
@@ -363,6 +411,15 @@ pub struct PunchStats {
     /// over the rate, target not connected).
     pub forwarded: u64,
     pub refused: u64,
+    /// Punches not tried because both sides' NATs allocate ports at random (`symmetric::approach`): the
+    /// relay carries those pairs, and no probe is sent.
+    pub skipped: u64,
+    /// Birthday probes (`birthday`): packets this node sent as the probing (open) side, extra sockets it
+    /// opened as the random side, and how its probes ended (either side: a hit, or the time cap passed).
+    pub probes_sent: u64,
+    pub probe_sockets: u64,
+    pub probe_hits: u64,
+    pub probe_misses: u64,
 }
 
 #[cfg(test)]
@@ -380,6 +437,8 @@ mod tests {
             key: [3; 32],
             delay_ms: 250,
             candidates: vec![addr("198.51.100.7:4433"), addr("[2001:db8::1]:9")],
+            class: NatClass::Sequential { step: -2 },
+            birthday: None,
         };
         let data = encode(&msg);
         assert!(is_punch(&data));
@@ -399,12 +458,33 @@ mod tests {
         assert_eq!(decode(&encode(&zero_port)), Err("candidate cannot be dialed"));
         assert_eq!(decode(b"QEN1"), Err("not a punch message"));
         assert_eq!(decode(&[0; MAX_MESSAGE_LEN + 1]), Err("punch message too long"));
+        let mut bad_class = data.clone();
+        let at = bad_class.len() - 3;
+        bad_class[at] = 7;
+        assert_eq!(decode(&bad_class), Err("unknown NAT class"));
+        let with_nonce = Message { birthday: Some([5; NONCE_LEN]), ..msg.clone() };
+        assert_eq!(decode(&encode(&with_nonce)), Ok(with_nonce.clone()), "the birthday nonce reads back");
+        let nonce_cut = encode(&with_nonce);
+        assert_eq!(decode(&nonce_cut[..nonce_cut.len() - 1]), Err("trailing bytes"), "a cut nonce is refused");
+        let max = Message {
+            candidates: vec![addr("[2001:db8::1]:9"); MAX_CANDIDATES],
+            birthday: Some([5; NONCE_LEN]),
+            ..msg.clone()
+        };
+        assert_eq!(encode(&max).len(), MAX_MESSAGE_LEN);
     }
 
     #[test]
     fn encode_leaves_out_what_decode_would_refuse() {
         let many: Vec<SocketAddr> = (1..=20).map(|p| SocketAddr::new([192, 0, 2, 1].into(), p)).collect();
-        let msg = Message { kind: Kind::Offer, key: [1; 32], delay_ms: u16::MAX, candidates: many };
+        let msg = Message {
+            kind: Kind::Offer,
+            key: [1; 32],
+            delay_ms: u16::MAX,
+            candidates: many,
+            class: NatClass::Random,
+            birthday: None,
+        };
         let back = decode(&encode(&msg)).unwrap();
         assert_eq!(back.candidates.len(), MAX_CANDIDATES);
         assert_eq!(back.delay_ms, MAX_DELAY_MS);
@@ -467,6 +547,25 @@ mod tests {
     }
 
     #[test]
+    fn each_socket_dials_until_it_has_a_direct_path_of_its_own() {
+        let candidates = [addr("198.51.100.7:4433"), addr("198.51.100.8:4433")];
+        let mut s = Schedule::new(&[true, true], &candidates, 0);
+        // Initiator: WAN 0 reached the peer by a plain dial; WAN 1 still punches, to every candidate.
+        s.handle_socket_connected(0);
+        let round = s.poll(0);
+        assert_eq!(round.len(), 2);
+        assert!(round.iter().all(|a| a.socket == 1));
+        // Target: its socket with a path to one of the initiator's WANs dials only the other one.
+        let mut t = Schedule::new(&[true], &candidates, 0);
+        t.handle_pair_connected(0, addr("198.51.100.7:4433"));
+        assert_eq!(t.poll(0), vec![Attempt { socket: 0, candidate: addr("198.51.100.8:4433") }]);
+        t.handle_pair_connected(0, addr("198.51.100.8:4433"));
+        assert_eq!(t.next_at(), None, "nothing left to dial: the schedule is over");
+        s.handle_socket_connected(1);
+        assert_eq!(s.next_at(), None);
+    }
+
+    #[test]
     fn initiating_and_answering_are_paced_per_peer() {
         let mut book = PunchBook::default();
         let (a, b) = ([1; 32], [2; 32]);
@@ -486,16 +585,27 @@ mod tests {
     fn changed_candidates_are_punched_at_once_but_not_faster_than_the_target_answers() {
         let mut book = PunchBook::default();
         let a = [1; 32];
-        let before = candidates_digest(&[addr("203.0.113.9:41000")], &[addr("198.51.100.7:4433")]);
-        let after =
-            candidates_digest(&[addr("203.0.113.9:41000"), addr("203.0.113.9:4433")], &[addr("198.51.100.7:4433")]);
+        let before = candidates_digest(&[addr("203.0.113.9:41000")], &[addr("198.51.100.7:4433")], NatClass::Open);
+        let after = candidates_digest(
+            &[addr("203.0.113.9:41000"), addr("203.0.113.9:4433")],
+            &[addr("198.51.100.7:4433")],
+            NatClass::Open,
+        );
         assert_ne!(before, after);
         assert_eq!(
-            candidates_digest(&[addr("192.0.2.1:1"), addr("192.0.2.1:2")], &[]),
-            candidates_digest(&[addr("192.0.2.1:2"), addr("192.0.2.1:1")], &[]),
+            candidates_digest(&[addr("192.0.2.1:1"), addr("192.0.2.1:2")], &[], NatClass::Open),
+            candidates_digest(&[addr("192.0.2.1:2"), addr("192.0.2.1:1")], &[], NatClass::Open),
             "the order does not matter"
         );
-        assert_ne!(candidates_digest(&[addr("192.0.2.1:1")], &[]), candidates_digest(&[], &[addr("192.0.2.1:1")]));
+        assert_ne!(
+            candidates_digest(&[addr("192.0.2.1:1")], &[], NatClass::Open),
+            candidates_digest(&[], &[addr("192.0.2.1:1")], NatClass::Open)
+        );
+        assert_ne!(
+            candidates_digest(&[], &[], NatClass::Open),
+            candidates_digest(&[], &[], NatClass::Random),
+            "a class learned is told at once"
+        );
         assert!(book.initiate(&a, before, 0));
         assert!(!book.initiate(&a, before, ANSWER_INTERVAL_US), "the same candidates wait for the timer");
         assert!(!book.initiate(&a, after, ANSWER_INTERVAL_US - 1), "the target would not answer yet");

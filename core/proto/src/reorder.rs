@@ -33,8 +33,11 @@ pub struct ReorderStats {
     /// Arrived after their gap was skipped; delivered anyway.
     pub late: u64,
     pub duplicates: u64,
-    /// Sequence numbers given up on (lost, or late beyond the timeout).
+    /// Sequence numbers given up on (lost, or late beyond the timeout, or `overflowed`).
     pub skipped: u64,
+    /// Of `skipped`: given up on early because more than `max_packets` were held behind them (the
+    /// buffer's bound, its drop counter).
+    pub overflowed: u64,
     pub resyncs: u64,
     /// Known losses that arrived after all (retransmitted on request, or just late on their path).
     pub repaired: u64,
@@ -244,7 +247,7 @@ impl<T> ReorderBuffer<T> {
         } else if let Entry::Vacant(slot) = self.held.entry(seq) {
             slot.insert((item, now_us));
             if self.held.len() > self.max_packets {
-                self.skip_gap(now_us, out);
+                self.stats.overflowed += self.skip_gap(now_us, out);
             }
         } else {
             self.stats.duplicates += 1;
@@ -297,10 +300,10 @@ impl<T> ReorderBuffer<T> {
         }
     }
 
-    /// Gives up on the gap before the first held packet.
-    fn skip_gap(&mut self, now_us: u64, out: &mut Vec<T>) {
+    /// Gives up on the gap before the first held packet; how many sequence numbers it skipped.
+    fn skip_gap(&mut self, now_us: u64, out: &mut Vec<T>) -> u64 {
         let (Some(next), Some((&first, _))) = (self.next, self.held.first_key_value()) else {
-            return;
+            return 0;
         };
         for seq in next..first {
             self.skipped.insert(seq, now_us);
@@ -311,6 +314,7 @@ impl<T> ReorderBuffer<T> {
         }
         self.next = Some(first);
         self.release_run(out);
+        first - next
     }
 
     /// Delivers everything held, in order.
@@ -402,6 +406,29 @@ mod tests {
         }
         assert!(b.held() <= 8);
         assert_eq!(released.first(), Some(&2), "overflow skips the gap instead of growing");
+        assert_eq!((b.stats.overflowed, b.stats.skipped), (1, 1), "sequence 1, given up on for the bound");
+    }
+
+    #[test]
+    fn a_long_gap_with_a_flood_behind_it_stays_at_the_bound() {
+        // The production bound (core/io REORDER_MAX_PACKETS), 1400-byte packets, a timeout that never
+        // fires: every 4097th packet held skips the gap before it; memory stays at 4096 packets.
+        const MAX: usize = 4096;
+        let mut b: ReorderBuffer<Vec<u8>> = ReorderBuffer::new(u64::MAX / 4, MAX);
+        let mut out = Vec::new();
+        b.push(0, vec![0; 1400], 0, &mut out);
+        let mut delivered = out.len();
+        // Every other sequence number is missing: each gap is one packet.
+        for seq in (2..200_000u64).step_by(2) {
+            out.clear();
+            b.push(seq, vec![0; 1400], seq, &mut out);
+            delivered += out.len();
+            assert!(b.held() <= MAX);
+        }
+        assert_eq!(b.stats.overflowed, b.stats.skipped);
+        assert_eq!(delivered as u64 + b.held() as u64, 100_000);
+        assert_eq!(b.stats.overflowed, (delivered - 1) as u64, "one gap skipped per packet released");
+        assert!(b.skipped.len() <= SKIPPED_MEMORY, "the memory of skipped numbers is bounded too");
     }
 
     #[test]

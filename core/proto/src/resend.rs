@@ -53,6 +53,9 @@ pub struct ResendMemory<T> {
     bytes: usize,
     window_us: u64,
     max_bytes: usize,
+    /// Frames forgotten before the end of the window because the byte bound was reached: a NACK or a
+    /// failed path could no longer have them resent (the limit's drop counter).
+    evicted_over_bytes: u64,
 }
 
 impl<T> Default for ResendMemory<T> {
@@ -63,7 +66,15 @@ impl<T> Default for ResendMemory<T> {
 
 impl<T> ResendMemory<T> {
     pub fn with_limits(window_us: u64, max_bytes: usize) -> Self {
-        Self { entries: VecDeque::new(), first_position: 0, by_seq: HashMap::default(), bytes: 0, window_us, max_bytes }
+        Self {
+            entries: VecDeque::new(),
+            first_position: 0,
+            by_seq: HashMap::default(),
+            bytes: 0,
+            window_us,
+            max_bytes,
+            evicted_over_bytes: 0,
+        }
     }
 
     /// Remembers `item` (`len` bytes) sent as sequence `seq` on path `path` at `now_us`, and forgets what
@@ -74,8 +85,12 @@ impl<T> ResendMemory<T> {
         self.by_seq.insert(seq, position);
         self.bytes += len;
         while let Some(front) = self.entries.front() {
-            if now_us.saturating_sub(front.at_us) <= self.window_us && self.bytes <= self.max_bytes {
+            let in_window = now_us.saturating_sub(front.at_us) <= self.window_us;
+            if in_window && self.bytes <= self.max_bytes {
                 break;
+            }
+            if in_window {
+                self.evicted_over_bytes += 1;
             }
             let front = self.entries.pop_front().expect("non-empty");
             self.bytes -= front.len;
@@ -114,6 +129,11 @@ impl<T> ResendMemory<T> {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Frames forgotten within the window because the byte bound was reached.
+    pub fn evicted_over_bytes(&self) -> u64 {
+        self.evicted_over_bytes
+    }
 }
 
 #[cfg(test)]
@@ -141,10 +161,12 @@ mod tests {
         // 30 bytes > 25: the oldest went.
         assert_eq!((m.find(1), m.len(), m.bytes()), (None, 2, 20));
         assert_eq!(m.find(2), Some((1, &2)));
-        // Past the window everything older than 600 ms goes.
+        assert_eq!(m.evicted_over_bytes(), 1, "forgotten early: counted");
+        // Past the window everything older than 600 ms goes: that is the window, not a drop.
         m.record(600_003, 1, 4, 1, 4);
         assert_eq!((m.find(2), m.find(3), m.find(4)), (None, None, Some((1, &4))));
         assert_eq!(m.len(), 1);
+        assert_eq!(m.evicted_over_bytes(), 1);
     }
 
     #[test]
@@ -168,6 +190,22 @@ mod tests {
         assert_eq!(m.find(3), None);
         assert_eq!(m.find(1), Some((1, &'a')), "older than the failure window: still findable by NACK");
         assert_eq!(m.find(2), Some((2, &'b')), "other paths untouched");
+    }
+
+    #[test]
+    fn a_flood_within_the_window_stays_at_the_byte_bound_and_counts_what_it_forgot() {
+        // 1 s of 1 Gbit/s (1400-byte frames, one every 11.2 µs) into the default memory: far more than
+        // its 24 MiB fit in the 600 ms window.
+        let mut m = ResendMemory::default();
+        let frames = 89_286u64;
+        for seq in 0..frames {
+            m.record(seq * 11, 1, seq, 1400, seq);
+            assert!(m.bytes() <= RESEND_MAX_BYTES);
+        }
+        let kept = (RESEND_MAX_BYTES / 1400) as u64;
+        assert_eq!(m.len() as u64, kept);
+        // What fits spans ~200 ms, less than the window: everything else went for the byte bound.
+        assert_eq!(m.evicted_over_bytes(), frames - kept);
     }
 
     #[test]

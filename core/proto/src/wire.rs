@@ -39,6 +39,10 @@ impl<'a> Reader<'a> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
+    pub fn u32(&mut self) -> Result<u32, Malformed> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
     pub fn u64(&mut self) -> Result<u64, Malformed> {
         Ok(u64::from_be_bytes(self.array()?))
     }
@@ -99,6 +103,9 @@ impl Writer {
         self.out.push(v);
     }
     pub fn u16(&mut self, v: u16) {
+        self.out.extend_from_slice(&v.to_be_bytes());
+    }
+    pub fn u32(&mut self, v: u32) {
         self.out.extend_from_slice(&v.to_be_bytes());
     }
     pub fn u64(&mut self, v: u64) {

@@ -270,6 +270,11 @@ impl Node {
         self.with(|n| n.inner_mtu)
     }
 
+    /// (TUN offloads in use, e.g. "tso+uso+csum" or "none"; packets read that could not be split).
+    fn tun_offloads(&self) -> PyResult<(String, u64)> {
+        self.with(|n| n.tun_offloads())
+    }
+
     /// Handshakes refused by key pinning so far, reported as events or not (reports are rate-limited).
     fn refused_handshakes(&self) -> PyResult<u64> {
         self.with(|n| n.refused_handshakes())
@@ -285,13 +290,56 @@ impl Node {
         self.with(|n| n.nat_mappings().into_iter().map(|(wan, m)| (wan, m.describe())).collect())
     }
 
-    /// Hole punching: {attempts, successes, forwarded, refused} (`quicether_proto::punch::PunchStats`).
+    /// Maps the UDP port of WAN `wan`'s socket ("default": the listening socket on a node without WANs)
+    /// on the WAN's gateway (an IPv4 address) with PCP or NAT-PMP, renewed until the WAN is removed or the node
+    /// stops (then deleted). OSError if there is no such WAN or its request socket cannot be made.
+    fn map_port(&self, py: Python<'_>, wan: &str, gateway: &str) -> PyResult<()> {
+        let gateway: std::net::Ipv4Addr = gateway
+            .parse()
+            .map_err(|_| PyValueError::new_err(format!("WAN {wan}: gateway {gateway:?} is not IPv4")))?;
+        let guard = self.inner.lock().unwrap();
+        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
+        py.detach(|| node.map_port(wan, gateway)).map_err(os_error)
+    }
+
+    /// Per WAN with port mapping on: {wan, protocol, gateway, internal_port, external ("ip:port" or None),
+    /// expires_in_s (None when unmapped), problem (why there is no mapping, or None)}.
+    fn port_mappings<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let mappings = self.with(|n| n.port_mappings())?;
+        mappings
+            .into_iter()
+            .map(|m| {
+                let d = PyDict::new(py);
+                d.set_item("wan", m.wan)?;
+                d.set_item("protocol", m.protocol)?;
+                d.set_item("gateway", m.gateway.to_string())?;
+                d.set_item("internal_port", m.internal_port)?;
+                d.set_item("external", m.external.map(|a| a.to_string()))?;
+                d.set_item("expires_in_s", m.expires_in_s)?;
+                d.set_item("problem", m.problem)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Hole punching: {attempts, successes, forwarded, refused, skipped, probes_sent, probe_sockets, probe_hits,
+    /// probe_misses} (`quicether_proto::punch::PunchStats`).
     fn punch_stats(&self) -> PyResult<std::collections::BTreeMap<&'static str, u64>> {
         self.with(|n| {
             let s = n.punch_stats();
-            [("attempts", s.attempts), ("successes", s.successes), ("forwarded", s.forwarded), ("refused", s.refused)]
-                .into_iter()
-                .collect()
+            [
+                ("attempts", s.attempts),
+                ("successes", s.successes),
+                ("forwarded", s.forwarded),
+                ("refused", s.refused),
+                ("skipped", s.skipped),
+                ("probes_sent", s.probes_sent),
+                ("probe_sockets", s.probe_sockets),
+                ("probe_hits", s.probe_hits),
+                ("probe_misses", s.probe_misses),
+            ]
+            .into_iter()
+            .collect()
         })
     }
 
@@ -326,6 +374,38 @@ impl Node {
         let key = key32("node key", key)?;
         let relays = relays.iter().map(|r| key32("relay key", r)).collect::<PyResult<Vec<_>>>()?;
         self.with(|n| n.set_named_relays(&key, &relays))
+    }
+
+    /// TCP lane, gateway end: accepts lane connections on `listen` ("addr:port") from pinned peers and
+    /// members, at most `max_connections` at once.
+    fn start_lane_gateway(&self, py: Python<'_>, listen: &str, max_connections: usize) -> PyResult<()> {
+        let listen = listen.parse().map_err(|e| PyValueError::new_err(format!("lane listen {listen:?}: {e}")))?;
+        py.detach(|| self.with(|n| n.start_lane_gateway(listen, max_connections)))?.map_err(os_error)
+    }
+
+    /// TCP lane, site end for peer `key`: connections TPROXY'd to `listen` go to its lane at `peer_lane`.
+    fn start_lane_site(
+        &self,
+        py: Python<'_>,
+        key: &[u8],
+        listen: &str,
+        peer_lane: &str,
+        max_connections: usize,
+    ) -> PyResult<()> {
+        let key = key32("key", key)?;
+        let listen = listen.parse().map_err(|e| PyValueError::new_err(format!("lane listen {listen:?}: {e}")))?;
+        let peer_lane =
+            peer_lane.parse().map_err(|e| PyValueError::new_err(format!("peer lane {peer_lane:?}: {e}")))?;
+        py.detach(|| self.with(|n| n.start_lane_site(key, listen, peer_lane, max_connections)))?.map_err(os_error)
+    }
+
+    fn stop_lanes(&self) -> PyResult<()> {
+        self.with(|n| n.stop_lanes())
+    }
+
+    /// The lane's counters: {site_|gateway_}{connections, active, bytes_out, bytes_in, refused, failed, at_cap}.
+    fn lane_stats(&self) -> PyResult<std::collections::BTreeMap<String, u64>> {
+        self.with(|n| n.lane_stats())
     }
 
     /// (incoming handshakes answered with a Retry under load, dropped beyond the limit in flight).
@@ -387,8 +467,12 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("tx_bytes", s.tx_bytes)?;
     d.set_item("rx_packets", s.rx_packets)?;
     d.set_item("rx_bytes", s.rx_bytes)?;
-    d.set_item("tx_dropped", s.tx_dropped)?;
-    d.set_item("rx_dropped", s.rx_dropped)?;
+    d.set_item("tx_dropped", s.drops.tx)?;
+    d.set_item("tx_dropped_no_path", s.drops.tx_no_path)?;
+    d.set_item("tx_dropped_queue_full", s.drops.tx_queue_full)?;
+    d.set_item("tx_dropped_refused", s.drops.tx_refused)?;
+    d.set_item("rx_dropped", s.drops.rx)?;
+    d.set_item("resend_evicted", s.drops.resend_evicted)?;
     d.set_item("retransmitted", s.retransmitted)?;
     d.set_item("punch_attempts", s.punch_attempts)?;
     let r = PyDict::new(py);
@@ -397,6 +481,7 @@ fn peer_dict(py: Python<'_>, s: PeerStats) -> PyResult<Bound<'_, PyDict>> {
     r.set_item("late", s.reorder.late)?;
     r.set_item("duplicates", s.reorder.duplicates)?;
     r.set_item("skipped", s.reorder.skipped)?;
+    r.set_item("overflowed", s.reorder.overflowed)?;
     r.set_item("resyncs", s.reorder.resyncs)?;
     r.set_item("repaired", s.reorder.repaired)?;
     r.set_item("timeout_ms", ms(s.reorder_timeout))?;
@@ -493,7 +578,9 @@ fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
         }
         Event::HandshakeRefused { key, reason } => ("handshake_refused", key, None, reason),
         Event::DialFailed { key, wan, reason } => ("dial_failed", Some(key), Some(wan), reason),
+        Event::PortMapping { wan, detail } => ("port_mapping", None, Some(wan), detail),
         Event::TunFailed { error } => ("tun_failed", None, None, error),
+        Event::Lane { detail } => ("lane", None, None, detail),
         Event::JoinRequested { id, invite, node, name, lan_prefixes } => {
             d.set_item("id", id)?;
             d.set_item("node", PyBytes::new(py, &node))?;

@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use quicether_proto::certkey::{der, membership_extension_value};
+use quicether_proto::lane::LaneHeader;
 use quicether_proto::member_news::{self, Item};
 use quicether_proto::membership::{Certificate, Revocation};
 use quicether_proto::record::{Endpoint, EndpointKind, Record};
@@ -42,6 +43,21 @@ fn tls_certificate(membership: &[u8]) -> Vec<u8> {
     der(0x30, &[tbs, ed25519, der(0x03, &[0u8; 65])].concat())
 }
 
+/// A PCP MAP answer for the fuzzed mapper (RFC 6887 7.2, 11.1): 203.0.113.7:4433 for two hours, as one
+/// length-prefixed datagram of the portmap target.
+fn pcp_map_answer() -> Vec<u8> {
+    let mut answer = vec![2, 0x81, 0, 0];
+    answer.extend(7200u32.to_be_bytes());
+    answer.extend(1u32.to_be_bytes());
+    answer.extend([0; 12]);
+    answer.extend(quicether_fuzz::PORTMAP_NONCE);
+    answer.extend([17, 0, 0, 0]);
+    answer.extend(4433u16.to_be_bytes());
+    answer.extend(4433u16.to_be_bytes());
+    answer.extend(std::net::Ipv4Addr::new(203, 0, 113, 7).to_ipv6_mapped().octets());
+    [vec![answer.len() as u8], answer].concat()
+}
+
 fn main() -> std::io::Result<()> {
     let cert = Certificate {
         network: [0; 32],
@@ -76,7 +92,9 @@ fn main() -> std::io::Result<()> {
         ("frame", [frame::encode_data_header(7, Some(5)).as_slice(), &ipv4_udp()].concat()),
         ("hello", hello::encode_hello("wan0", true)),
         ("packet", ipv4_udp()),
+        ("lane", LaneHeader { destination: "10.0.60.10:443".parse().unwrap() }.encode()),
         ("peer_text", b"closed by peer: \x00 idle\n".to_vec()),
+        ("portmap", pcp_map_answer()),
         (
             "punch",
             punch::encode(&punch::Message {
@@ -84,6 +102,8 @@ fn main() -> std::io::Result<()> {
                 key: [4; 32],
                 delay_ms: 300,
                 candidates: vec!["198.18.0.1:4433".parse().unwrap(), "[2001:db8::1]:4433".parse().unwrap()],
+                class: quicether_proto::symmetric::NatClass::Sequential { step: 1 },
+                birthday: Some([6; punch::NONCE_LEN]),
             }),
         ),
     ];

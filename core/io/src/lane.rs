@@ -1,0 +1,325 @@
+//! The TCP lane (issue 16): a site router terminates its LAN's TCP connections (nft TPROXY hands them to a
+//! transparent listener here) and carries each one's bytes to the peer over its own MPTCP connection (the
+//! kernel spreads it over one subflow per WAN and moves data off a dead one), inside TLS 1.3 authenticated by
+//! the same pinned node keys as the QUIC paths (`tls.rs`). The first bytes inside TLS are the original
+//! destination (`quicether_proto::lane`); the peer connects there and copies bytes both ways.
+//!
+//! Bounds: at most `max_connections` connections on each side at once (beyond, a connection is closed and
+//! counted, with a log line the first time and then every 1000th); each connection copies through two
+//! buffers of `COPY_BUFFER` bytes, and rustls buffers at most `TLS_BUFFER` of plaintext each way, so a LAN
+//! reader that stops reading stalls its own connection (TCP flow control back to the sender) and cannot
+//! grow memory: in all about `max_connections * 4 * 64 KiB` plus the kernel's socket buffers.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicether_proto::lane::{LaneHeader, MAX_HEADER_LEN};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::tls::{self, CurrentIdentity, KnownClientKeys, SharedTrust};
+
+/// The lane's ALPN: a lane TLS connection can never be taken for a QUIC path's, or the other way round.
+pub const ALPN: &[u8] = b"quicether-lane/1";
+/// Linux's IPPROTO_MPTCP (the libc crate has no constant for it).
+const IPPROTO_MPTCP: i32 = 262;
+pub const COPY_BUFFER: usize = 64 * 1024;
+pub const TLS_BUFFER: usize = 64 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// A lane connection must be authenticated and name its destination within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What status shows of a lane end; connections and refusals as they happen, bytes when a connection ends.
+#[derive(Debug, Default)]
+pub struct LaneCounters {
+    pub connections: AtomicU64,
+    pub active: AtomicU64,
+    /// Bytes towards the far end (site: LAN → peer; gateway: peer → destination), and back.
+    pub bytes_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Gateway: TLS handshakes refused (unknown key) or headers refused. Site: dials that failed.
+    pub refused: AtomicU64,
+    pub failed: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub at_cap: AtomicU64,
+}
+
+pub type LogSink = Arc<dyn Fn(String) + Send + Sync>;
+
+/// An MPTCP stream socket for `addr`'s family (the kernel falls back to plain TCP on the wire when the
+/// other end or a middlebox does not speak MPTCP).
+fn mptcp_socket(addr: &SocketAddr) -> io::Result<TcpSocket> {
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2); the fd is owned by the TcpSocket below from here on.
+    let fd =
+        unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, IPPROTO_MPTCP) };
+    if fd < 0 {
+        return Err(io::Error::other(format!(
+            "MPTCP socket: {} (is net.mptcp.enabled 1?)",
+            io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: `fd` is a fresh, valid socket nobody else owns.
+    let std = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok(TcpSocket::from_std_stream(std))
+}
+
+/// The gateway's lane listener: MPTCP on `addr` (plain TCP clients are accepted too, as MPTCP does).
+pub fn mptcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = mptcp_socket(&addr)?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The site's listener for TPROXY'd LAN connections: IP_TRANSPARENT, so it accepts connections addressed to
+/// any destination, whose local address is then the original destination.
+pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let (level, name) =
+        if addr.is_ipv4() { (libc::SOL_IP, libc::IP_TRANSPARENT) } else { (libc::SOL_IPV6, libc::IPV6_TRANSPARENT) };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::other(format!("IP_TRANSPARENT: {}", io::Error::last_os_error())));
+    }
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// One end's limits and counters.
+pub struct LaneLimits {
+    slots: Arc<Semaphore>,
+    max: usize,
+    pub counters: Arc<LaneCounters>,
+    log: LogSink,
+}
+
+impl LaneLimits {
+    pub fn new(max_connections: usize, log: LogSink) -> Self {
+        let slots = Arc::new(Semaphore::new(max_connections));
+        Self { slots, max: max_connections, counters: Arc::default(), log }
+    }
+
+    /// A slot for one more connection, or None (counted, logged the first time and every 1000th).
+    fn admit(&self, side: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let n = self.counters.at_cap.fetch_add(1, Ordering::Relaxed);
+                if n.is_multiple_of(1000) {
+                    (self.log)(format!(
+                        "tcp lane ({side}): {} connections open, the cap; closing new ones ({} so far)",
+                        self.max,
+                        n + 1
+                    ));
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Copies both ways through bounded buffers, then adds the bytes to the counters.
+async fn relay<A, B>(mut near: A, mut far: B, counters: &LaneCounters) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = tokio::io::copy_bidirectional_with_sizes(&mut near, &mut far, COPY_BUFFER, COPY_BUFFER).await;
+    if let Ok((out, back)) = result {
+        counters.bytes_out.fetch_add(out, Ordering::Relaxed);
+        counters.bytes_in.fetch_add(back, Ordering::Relaxed);
+    }
+    result.map(|_| ())
+}
+
+/// The site side: dials one peer's lane for each LAN connection.
+pub struct LaneDialer {
+    connector: TlsConnector,
+    peer: SocketAddr,
+}
+
+impl LaneDialer {
+    /// `peer_key` is pinned (and with `members_of`, its membership required), as for the peer's QUIC paths.
+    pub fn new(
+        identity: Arc<CurrentIdentity>,
+        peer_key: [u8; 32],
+        members_of: Option<SharedTrust>,
+        peer: SocketAddr,
+    ) -> Result<Self, String> {
+        let mut config = tls::client_tls(identity, peer_key, members_of, ALPN)?;
+        config.enable_early_data = false;
+        Ok(Self { connector: TlsConnector::from(Arc::new(config)), peer })
+    }
+
+    /// Carries `lan` (a connection to `destination`) over a new MPTCP + TLS connection to the peer.
+    pub async fn carry(&self, lan: TcpStream, destination: SocketAddr, counters: &LaneCounters) -> io::Result<()> {
+        let dial = async {
+            let stream = mptcp_socket(&self.peer)?.connect(self.peer).await?;
+            stream.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid name");
+            let mut tls = self.connector.connect(name, stream).await?;
+            tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
+            tls.write_all(&LaneHeader { destination }.encode()).await?;
+            Ok::<_, io::Error>(tls)
+        };
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, dial).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+            Err(_) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "lane dial timed out"));
+            }
+        };
+        relay(lan, tls, counters).await
+    }
+}
+
+/// Site side: accepts TPROXY'd LAN connections on `listener` and carries each through `dialer`.
+pub async fn serve_site(listener: TcpListener, dialer: Arc<LaneDialer>, limits: Arc<LaneLimits>) {
+    loop {
+        let Ok((lan, _)) = listener.accept().await else { continue };
+        let Some(permit) = limits.admit("site") else { continue };
+        // TPROXY leaves the original destination as the accepted socket's local address.
+        let Ok(destination) = lan.local_addr() else { continue };
+        let (dialer, limits) = (dialer.clone(), limits.clone());
+        tokio::spawn(async move {
+            let counters = &limits.counters;
+            counters.connections.fetch_add(1, Ordering::Relaxed);
+            counters.active.fetch_add(1, Ordering::Relaxed);
+            let _ = lan.set_nodelay(true);
+            let _ = dialer.carry(lan, destination, counters).await;
+            counters.active.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+/// The gateway's TLS for the lane: clients are checked by `verifier` (pinned peers and members; no invite
+/// keys: an invite joins, it never carries traffic).
+pub fn acceptor(verifier: Arc<KnownClientKeys>, identity: Arc<CurrentIdentity>) -> Result<TlsAcceptor, String> {
+    Ok(TlsAcceptor::from(Arc::new(tls::server_tls(verifier, identity, ALPN)?)))
+}
+
+/// Gateway side: accepts lane connections, authenticates them, reads the header and connects to the
+/// destination (from this host's own address: exit traffic leaves as the QUIC bond's NAT would have it).
+pub async fn serve_gateway(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: Arc<LaneLimits>,
+    allow: DestinationPolicy,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Some(permit) = limits.admit("gateway") else { continue };
+        let (acceptor, limits) = (acceptor.clone(), limits.clone());
+        tokio::spawn(async move {
+            let counters = &limits.counters;
+            if let Err(reason) = take_lane_connection(stream, &acceptor, counters, allow).await {
+                (limits.log)(format!("tcp lane (gateway): {reason}"));
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn take_lane_connection(
+    stream: TcpStream,
+    acceptor: &TlsAcceptor,
+    counters: &LaneCounters,
+    allow: DestinationPolicy,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let opened = async {
+        let mut tls = acceptor.accept(stream).await.map_err(|e| format!("refused: {e}"))?;
+        tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let mut filled = 0;
+        let (header, used) = loop {
+            if let Some(found) = LaneHeader::decode(&head[..filled]).map_err(|e| format!("refused: {e}"))? {
+                break found;
+            }
+            let n = tls.read(&mut head[filled..]).await.map_err(|e| format!("refused: {e}"))?;
+            if n == 0 {
+                return Err("refused: closed before its header".to_string());
+            }
+            filled += n;
+        };
+        Ok((tls, header, head, used, filled))
+    };
+    let (tls, header, head, used, filled) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, opened).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        Err(_) => {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err("refused: no header in time".to_string());
+        }
+    };
+    let destination = header.destination;
+    if !allow(&destination) {
+        counters.refused.fetch_add(1, Ordering::Relaxed);
+        return Err(format!("refused: destination {destination} is not one the lane connects to"));
+    }
+    counters.connections.fetch_add(1, Ordering::Relaxed);
+    let connect = async {
+        let mut out = TcpStream::connect(destination).await?;
+        out.set_nodelay(true)?;
+        // Bytes that came in the header's read belong to the connection.
+        out.write_all(&head[used..filled]).await?;
+        Ok::<_, io::Error>(out)
+    };
+    let out = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(format!("connect to {destination}: {e}"));
+        }
+        Err(_) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(format!("connect to {destination}: timed out"));
+        }
+    };
+    counters.bytes_out.fetch_add((filled - used) as u64, Ordering::Relaxed);
+    counters.active.fetch_add(1, Ordering::Relaxed);
+    let _ = relay(tls, out, counters).await;
+    counters.active.fetch_sub(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Which destinations a gateway's lane connects to: anywhere a packet from the site could have gone
+/// through the bond, but never this host's loopback (a service listening only there is not the site's to
+/// reach), an unspecified or a multicast address.
+pub type DestinationPolicy = fn(&SocketAddr) -> bool;
+
+pub fn exit_destination(addr: &SocketAddr) -> bool {
+    let ip = addr.ip();
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]))
+}
+
+#[cfg(test)]
+#[path = "lane_tests.rs"]
+mod tests;

@@ -1,0 +1,150 @@
+//! The lane end to end over loopback: a site dialer and a gateway listener, real MPTCP sockets and TLS.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::tls::{generate_seed, provider, Identity};
+
+struct Gateway {
+    addr: SocketAddr,
+    limits: Arc<LaneLimits>,
+    identity: Identity,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// A gateway lane on loopback that lets in the keys `pinned` (loopback destinations allowed: the test's
+/// destination lives there).
+async fn gateway(pinned: &[[u8; 32]]) -> Gateway {
+    let identity = Identity::from_seed(&generate_seed(), None).unwrap();
+    let keys = Arc::new(RwLock::new(pinned.iter().copied().collect::<HashSet<_>>()));
+    let verifier = Arc::new(KnownClientKeys::new(keys, Arc::new(RwLock::new(None)), provider(), Box::new(|_, _| {})));
+    let acceptor = acceptor(verifier, CurrentIdentity::new(&identity).unwrap()).unwrap();
+    let listener = mptcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    let limits = Arc::new(LaneLimits::new(8, Arc::new(move |line| sink.lock().unwrap().push(line))));
+    tokio::spawn(serve_gateway(listener, acceptor, limits.clone(), |_| true));
+    Gateway { addr, limits, identity, log }
+}
+
+/// A LAN connection's two ends: what the LAN host holds and what the site's listener accepted.
+async fn lan_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    (host, accepted)
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn carries_a_connection_both_ways_over_mptcp_and_tls() {
+    let site = Identity::from_seed(&generate_seed(), None).unwrap();
+    let gw = gateway(&[site.public_key]).await;
+    // The destination sends 4 MB, then echoes what it gets back as its length.
+    let destination = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dest_addr = destination.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut conn, _) = destination.accept().await.unwrap();
+        conn.write_all(&pattern(4 << 20)).await.unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).await.unwrap();
+        conn.write_all(&(got.len() as u64).to_be_bytes()).await.unwrap();
+    });
+    let dialer = LaneDialer::new(CurrentIdentity::new(&site).unwrap(), gw.identity.public_key, None, gw.addr).unwrap();
+    let (mut host, accepted) = lan_pair().await;
+    let site_counters = Arc::new(LaneCounters::default());
+    let carried = {
+        let counters = site_counters.clone();
+        tokio::spawn(async move { dialer.carry(accepted, dest_addr, &counters).await })
+    };
+    let mut got = vec![0u8; 4 << 20];
+    host.read_exact(&mut got).await.unwrap();
+    assert!(got == pattern(4 << 20), "the download arrived intact");
+    host.write_all(&pattern(100_000)).await.unwrap();
+    host.shutdown().await.unwrap();
+    let mut len = [0u8; 8];
+    host.read_exact(&mut len).await.unwrap();
+    assert_eq!(u64::from_be_bytes(len), 100_000);
+    drop(host);
+    carried.await.unwrap().unwrap();
+    assert_eq!(site_counters.bytes_out.load(Ordering::Relaxed), 100_000);
+    assert_eq!(site_counters.bytes_in.load(Ordering::Relaxed), (4 << 20) + 8);
+    let counters = &gw.limits.counters;
+    assert_eq!(counters.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.refused.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn refuses_a_key_that_is_not_pinned() {
+    let pinned = Identity::from_seed(&generate_seed(), None).unwrap();
+    let stranger = Identity::from_seed(&generate_seed(), None).unwrap();
+    let gw = gateway(&[pinned.public_key]).await;
+    let dialer =
+        LaneDialer::new(CurrentIdentity::new(&stranger).unwrap(), gw.identity.public_key, None, gw.addr).unwrap();
+    let (_host, accepted) = lan_pair().await;
+    let counters = LaneCounters::default();
+    // TLS 1.3: the client's certificate is checked after the client has sent its Finished, so the refusal
+    // shows at the latest as a failed read or write of the relayed bytes.
+    let _ = dialer.carry(accepted, "127.0.0.1:9".parse().unwrap(), &counters).await;
+    for _ in 0..100 {
+        if gw.limits.counters.refused.load(Ordering::Relaxed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.limits.counters.refused.load(Ordering::Relaxed), 1);
+    assert_eq!(gw.limits.counters.connections.load(Ordering::Relaxed), 0);
+    assert!(gw.log.lock().unwrap().iter().any(|l| l.contains("refused")), "{:?}", gw.log.lock().unwrap());
+}
+
+#[tokio::test]
+async fn the_lane_listener_is_mptcp() {
+    let listener = mptcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut protocol: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live c_int with its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PROTOCOL,
+            (&mut protocol as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0);
+    assert_eq!(protocol, IPPROTO_MPTCP);
+}
+
+#[test]
+fn the_cap_closes_new_connections_and_says_so_once_per_thousand() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let limits = LaneLimits::new(1, Arc::new(move |line| sink.lock().unwrap().push(line)));
+    let first = limits.admit("site");
+    assert!(first.is_some());
+    for _ in 0..1001 {
+        assert!(limits.admit("site").is_none());
+    }
+    assert_eq!(limits.counters.at_cap.load(Ordering::Relaxed), 1001);
+    assert_eq!(lines.lock().unwrap().len(), 2);
+    drop(first);
+    assert!(limits.admit("site").is_some(), "a closed connection frees its slot");
+}
+
+#[test]
+fn exit_destinations_exclude_the_gateway_itself() {
+    assert!(exit_destination(&"10.0.60.10:80".parse().unwrap()));
+    assert!(!exit_destination(&"127.0.0.1:22".parse().unwrap()));
+    assert!(!exit_destination(&"[::1]:22".parse().unwrap()));
+    assert!(!exit_destination(&"0.0.0.0:80".parse().unwrap()));
+    assert!(!exit_destination(&"224.0.0.1:80".parse().unwrap()));
+}

@@ -1,0 +1,124 @@
+//! A node's TCP lane ends (`lane.rs`), run on its runtime with its identity, pinning set and trust: the
+//! gateway end (one MPTCP listener) and site ends (one transparent listener per peer whose lane is on).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use super::{io_err, Event, Node};
+use crate::lane::{self, LaneCounters, LaneDialer, LaneLimits, LogSink};
+use crate::tls::{self, KnownClientKeys};
+
+struct LaneEnd {
+    limits: Arc<LaneLimits>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for LaneEnd {
+    fn drop(&mut self) {
+        // Stops accepting; connections already carried run on until either side closes.
+        self.task.abort();
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Lanes {
+    gateway: Option<LaneEnd>,
+    /// By peer key.
+    sites: HashMap<[u8; 32], LaneEnd>,
+}
+
+impl Node {
+    fn lane_log(&self) -> LogSink {
+        let shared = Arc::downgrade(&self.shared);
+        Arc::new(move |detail: String| {
+            if let Some(shared) = shared.upgrade() {
+                shared.emit(Event::Lane { detail });
+            }
+        })
+    }
+
+    /// Gateway end: accepts lane connections on `listen` from pinned peers and members (not invite keys),
+    /// at most `max_connections` at once. Replaces a running one.
+    pub fn start_lane_gateway(&self, listen: SocketAddr, max_connections: usize) -> io::Result<()> {
+        let runtime = self.runtime()?;
+        let _guard = runtime.enter();
+        let refused_sink = Arc::downgrade(&self.shared);
+        let verifier = Arc::new(KnownClientKeys::new(
+            self.known_keys.clone(),
+            self.shared.trust.clone(),
+            tls::provider(),
+            Box::new(move |key, reason| {
+                if let Some(shared) = refused_sink.upgrade() {
+                    shared.emit(Event::HandshakeRefused { key, reason: format!("tcp lane: {reason}") });
+                }
+            }),
+        ));
+        let acceptor = lane::acceptor(verifier, self.identity.clone()).map_err(|e| io_err("lane tls", e))?;
+        let mut lanes = self.lanes.lock().unwrap();
+        lanes.gateway = None; // the old listener's port is free before the new one binds it
+        let listener = lane::mptcp_listener(listen).map_err(|e| io_err(&format!("lane listen {listen}"), e))?;
+        let limits = Arc::new(LaneLimits::new(max_connections, self.lane_log()));
+        let task = runtime.spawn(lane::serve_gateway(listener, acceptor, limits.clone(), lane::exit_destination));
+        lanes.gateway = Some(LaneEnd { limits, task });
+        Ok(())
+    }
+
+    /// Site end for peer `key`: LAN connections TPROXY'd to `listen` go to the peer's lane at `peer_lane`.
+    pub fn start_lane_site(
+        &self,
+        key: [u8; 32],
+        listen: SocketAddr,
+        peer_lane: SocketAddr,
+        max_connections: usize,
+    ) -> io::Result<()> {
+        let runtime = self.runtime()?;
+        let _guard = runtime.enter();
+        let dialer = LaneDialer::new(self.identity.clone(), key, None, peer_lane).map_err(|e| io_err("lane tls", e))?;
+        let mut lanes = self.lanes.lock().unwrap();
+        lanes.sites.remove(&key);
+        let listener = lane::transparent_listener(listen).map_err(|e| io_err(&format!("lane listen {listen}"), e))?;
+        let limits = Arc::new(LaneLimits::new(max_connections, self.lane_log()));
+        let task = runtime.spawn(lane::serve_site(listener, Arc::new(dialer), limits.clone()));
+        lanes.sites.insert(key, LaneEnd { limits, task });
+        Ok(())
+    }
+
+    /// Stops every lane end of this node.
+    pub fn stop_lanes(&self) {
+        let mut lanes = self.lanes.lock().unwrap();
+        lanes.gateway = None;
+        lanes.sites.clear();
+    }
+
+    /// The lane's counters, both ends summed: (role, name) → value, role "site" or "gateway".
+    pub fn lane_stats(&self) -> BTreeMap<String, u64> {
+        let lanes = self.lanes.lock().unwrap();
+        let mut out = BTreeMap::new();
+        let ends =
+            lanes.gateway.iter().map(|end| ("gateway", end)).chain(lanes.sites.values().map(|end| ("site", end)));
+        for (role, end) in ends {
+            for (name, value) in fields(&end.limits.counters) {
+                *out.entry(format!("{role}_{name}")).or_default() += value;
+            }
+        }
+        out
+    }
+}
+
+fn fields(c: &LaneCounters) -> [(&'static str, u64); 7] {
+    let get = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
+    [
+        ("connections", get(&c.connections)),
+        ("active", get(&c.active)),
+        ("bytes_out", get(&c.bytes_out)),
+        ("bytes_in", get(&c.bytes_in)),
+        ("refused", get(&c.refused)),
+        ("failed", get(&c.failed)),
+        ("at_cap", get(&c.at_cap)),
+    ]
+}

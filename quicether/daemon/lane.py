@@ -1,0 +1,229 @@
+"""The TCP lane's system side (issue 16; the data path is core/io/src/lane.rs). With `tcp_lane = "auto"` on a
+[[peer]]:
+
+- this node accepts lane connections from its peers on its QUIC port + 1 (MPTCP + TLS with the pinned node
+  keys), opened in the firewall like the QUIC port;
+- if the peer has an endpoint (this node dials it: a site router), the LAN's TCP to the peer's IPv4
+  allowed_ips is TPROXY'd (nft table `ip quicether_lane`, fwmark LANE_MARK, routing table LANE_TABLE
+  with a local default route) to a transparent listener in the core, which carries each connection over
+  its own MPTCP connection to the peer's lane port; one MPTCP `subflow` endpoint per WAN address lets the
+  kernel add a subflow over every WAN (each leaves by its WAN through the per-WAN source rules).
+
+TPROXY rather than `redirect`: the listener sees the original destination as its local address without
+conntrack lookups, and no NAT state is involved. Not applied yet: [[acl]] rules (TPROXY'd connections go to
+the router's input, past the forward chain the ACLs live in), so a config with ACLs keeps the lane off and
+says so. Everything here is removed on stop and, for a crashed run's leftovers, before start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import subprocess
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import nftables
+
+from quicether import _core
+from quicether.config import Config, PeerConfig
+from quicether.net import wan as wan_net
+
+if TYPE_CHECKING:
+    from quicether.daemon.wans import WanManager
+
+log = logging.getLogger("quicether")
+
+NFT_TABLE = "quicether_lane"
+# Below the WANs' routing tables and rules (7100 + i, quicether/net/wan.py); the mark is the table number.
+LANE_TABLE = 7090
+LANE_MARK = LANE_TABLE
+# The site end's transparent listeners: one port per lane peer, on every address (TPROXY needs no bind to
+# the destination: IP_TRANSPARENT lets the listener take any).
+SITE_PORT_BASE = 46100
+MAX_CONNECTIONS = 1024
+MAX_SUBFLOWS = 8  # the kernel's limit for `ip mptcp limits`
+# The lane's MPTCP endpoint for WAN table index i has id ENDPOINT_ID_BASE + i: cleanup finds its own by id.
+ENDPOINT_ID_BASE = 100
+_LANE_IDS = range(ENDPOINT_ID_BASE, ENDPOINT_ID_BASE + wan_net.MAX_WANS)
+
+
+def lane_peers(config: Config) -> list[PeerConfig]:
+    return [p for p in config.peers if p.tcp_lane == "auto"]
+
+
+def lane_port(config: Config) -> int | None:
+    """The port this node's lane listens on (its QUIC port + 1), or None if no peer has the lane on."""
+    return int(config.listen.rpartition(":")[2]) + 1 if lane_peers(config) else None
+
+
+def _ip(*args: str, check: bool = True) -> str:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def _nft(text: str) -> None:
+    rc, _out, error = nftables.Nftables().cmd(text)
+    if rc != 0:
+        raise RuntimeError(f"nftables: {error.strip()}")
+
+
+def cleanup() -> None:
+    """Removes the lane's nft table, rule, routes and MPTCP endpoints, if present."""
+    _nft(f"add table ip {NFT_TABLE}; delete table ip {NFT_TABLE}")
+    for _ in range(16):  # one rule per run; more only if something added it twice
+        if f"{LANE_TABLE}:" not in _ip("rule", "show"):
+            break
+        _ip("rule", "del", "pref", str(LANE_TABLE), check=False)
+    _ip("route", "flush", "table", str(LANE_TABLE), check=False)
+    for endpoint_id in _lane_endpoint_ids():
+        _ip("mptcp", "endpoint", "delete", "id", str(endpoint_id), check=False)
+
+
+def _endpoint_id(wan_index: int) -> int:
+    return ENDPOINT_ID_BASE + wan_index
+
+
+def _lane_endpoint_ids() -> list[int]:
+    """The MPTCP endpoints present that are the lane's (by their id range)."""
+    ids = []
+    for line in _ip("mptcp", "endpoint", "show", check=False).splitlines():
+        words = line.split()
+        if "id" in words and (i := int(words[words.index("id") + 1])) in _LANE_IDS:
+            ids.append(i)
+    return ids
+
+
+def _v4_prefixes(prefixes: list[str]) -> list[str]:
+    return [str(n) for p in prefixes if (n := ipaddress.ip_network(p, strict=False)).version == 4]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    device: str
+    backup: bool
+
+
+class Lane:
+    """The lane's system side for one run of the daemon. Its subflow endpoints follow WAN health: a WAN is
+    one while it is active (carrier, address) and the QUIC path over it to a lane peer is up; the moment
+    its path goes down (the QUIC probes' verdict, well under 1 s) its endpoint is deleted, which makes the
+    kernel close that WAN's subflows and send their data again on the others; when the path is back, the
+    endpoint is added again and the kernel opens a subflow over it on every lane connection."""
+
+    def __init__(self, node: _core.Node, config: Config) -> None:
+        self.node = node
+        self.config = config
+        self.wans: WanManager | None = None
+        # The lane peers this node dials (its site end): those with an endpoint and IPv4 allowed_ips.
+        self.dialing = [p for p in lane_peers(config) if p.endpoint and _v4_prefixes(p.allowed_ips)]
+        self._dialing_keys = {p.key for p in self.dialing}
+        self.started = False
+        self._paths_up: set[tuple[bytes, str]] = set()  # (lane peer key, our WAN name) with a path up
+        self._applied: dict[int, Endpoint] = {}  # endpoint id → what it was added as
+        self._sync_lock = asyncio.Lock()
+
+    async def start(self, wans: WanManager | None) -> None:
+        self.wans = wans
+        await asyncio.to_thread(cleanup)
+        peers, port = lane_peers(self.config), lane_port(self.config)
+        if not peers or port is None:
+            return
+        if self.config.acls:
+            log.warning("tcp_lane is on for %s, but [[acl]] rules do not apply to the lane yet: the lane stays"
+                        " off and TCP goes through the QUIC bond", ", ".join(p.name for p in peers))
+            return
+        self.started = True
+        await asyncio.to_thread(self._start_system, peers, port)
+        await self.sync()
+        log.info("tcp lane: listening on port %d for %s", port, ", ".join(p.name for p in peers))
+
+    def _start_system(self, peers: list[PeerConfig], port: int) -> None:
+        host = self.config.listen.rpartition(":")[0] or "0.0.0.0"
+        _ip("mptcp", "limits", "set", "subflows", str(MAX_SUBFLOWS), "add_addr_accepted", str(MAX_SUBFLOWS))
+        self.node.start_lane_gateway(f"{host}:{port}", MAX_CONNECTIONS)
+        if not self.dialing:
+            return
+        # From the LAN port only (a router); else from anything but the tunnel and the configured WANs.
+        not_lan = ", ".join(f'"{d}"' for d in [self.config.tun, *(w.device for w in self.config.wans)])
+        from_lan = (f'iifname "{self.config.lan.device}"' if self.config.lan is not None
+                    else f"iifname != {{ {not_lan} }}")
+        rules = [f"add table ip {NFT_TABLE}",
+                 f"add chain ip {NFT_TABLE} prerouting {{ type filter hook prerouting priority mangle; }}"]
+        for i, peer in enumerate(self.dialing):
+            assert peer.endpoint is not None
+            endpoint_host, _, endpoint_port = peer.endpoint.rpartition(":")
+            listen = SITE_PORT_BASE + i
+            self.node.start_lane_site(peer.key, f"0.0.0.0:{listen}",
+                                      f"{endpoint_host.strip('[]')}:{int(endpoint_port) + 1}", MAX_CONNECTIONS)
+            prefixes = ", ".join(_v4_prefixes(peer.allowed_ips))
+            rules.append(f"add rule ip {NFT_TABLE} prerouting {from_lan} meta l4proto tcp"
+                         f" ip daddr {{ {prefixes} }} tproxy to :{listen} meta mark set {LANE_MARK} accept")
+        _nft("; ".join(rules))
+        _ip("rule", "add", "fwmark", str(LANE_MARK), "lookup", str(LANE_TABLE), "pref", str(LANE_TABLE))
+        _ip("route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", str(LANE_TABLE))
+
+    def path_changed(self, key: bytes | None, local_wan: str | None, up: bool) -> None:
+        """A QUIC path to a peer went up or down: the lane's subflow over that WAN follows at once (paths
+        are followed from before the start, which only then applies them)."""
+        if key is None or key not in self._dialing_keys or not local_wan:
+            return
+        if up:
+            self._paths_up.add((key, local_wan))
+        else:
+            self._paths_up.discard((key, local_wan))
+        if not self.started:
+            return
+        task = asyncio.get_running_loop().create_task(self.sync())
+        task.add_done_callback(_log_failure)
+
+    def _wanted(self) -> dict[int, Endpoint]:
+        if self.wans is None or not self.dialing:
+            return {}
+        healthy = {wan for _key, wan in self._paths_up}
+        wanted = {}
+        for name, (address, index) in self.wans.active.items():
+            applied = self.wans.applied.get(name)
+            if name in healthy and applied is not None:
+                wanted[_endpoint_id(index)] = Endpoint(address, applied.device, applied.backup)
+        return wanted
+
+    async def sync(self) -> None:
+        """Makes the MPTCP endpoints what WAN health says (also after a WAN came, went or changed)."""
+        if not self.started:
+            return
+        async with self._sync_lock:
+            wanted = self._wanted()
+            if wanted != self._applied:
+                await asyncio.to_thread(self._apply, wanted)
+
+    def _apply(self, wanted: dict[int, Endpoint]) -> None:
+        for endpoint_id, endpoint in list(self._applied.items()):
+            if wanted.get(endpoint_id) != endpoint:
+                _ip("mptcp", "endpoint", "delete", "id", str(endpoint_id), check=False)
+                del self._applied[endpoint_id]
+                log.info("tcp lane: subflows over %s (%s) removed", endpoint.device, endpoint.address)
+        for endpoint_id, endpoint in wanted.items():
+            if endpoint_id in self._applied:
+                continue
+            _ip("mptcp", "endpoint", "add", endpoint.address, "dev", endpoint.device, "id", str(endpoint_id),
+                "subflow", *(["backup"] if endpoint.backup else []))
+            self._applied[endpoint_id] = endpoint
+            log.info("tcp lane: subflows over %s (%s)%s", endpoint.device, endpoint.address,
+                     " as backup" if endpoint.backup else "")
+
+    async def stop(self) -> None:
+        self.started = False
+        self.node.stop_lanes()
+        async with self._sync_lock:
+            await asyncio.to_thread(cleanup)
+            self._applied.clear()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("tcp lane: updating the MPTCP endpoints failed: %s", exc, exc_info=exc)

@@ -1,0 +1,217 @@
+"""The TCP lane (issue 16) in the bond lab: the LAN's TCP to the dc host is terminated on the site router
+and carried over MPTCP + TLS to the gateway, one subflow per WAN; an unpinned key is refused; nothing is
+left behind after stop."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.lab import Lab
+from tests.lab import nodes as qe
+from tests.lab.bond import THREE_WANS, BondLab, build_bond_lab
+from tests.lab.measure import wait_for
+from tests.lab.netns import Namespace
+
+FILE_MB = 64
+HTTP_PORT = 8080
+
+
+def serve_file(bond: BondLab, root: Path, size_mb: int = FILE_MB) -> tuple[subprocess.Popen[str], str]:
+    """A file of random bytes served over HTTP by the dc host; returns the server and its sha256."""
+    data = root / "big.bin"
+    data.write_bytes(os.urandom(size_mb << 20))
+    errors = root.parent / "http.err"
+    server = bond.dc.popen([sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", bond.dc_addr,
+                            "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=errors.open("w"))
+    deadline = time.monotonic() + 20
+    while not bond.dc.run("ss", "-Hltn", f"sport = :{HTTP_PORT}", check=False).stdout.strip():
+        assert server.poll() is None and time.monotonic() < deadline, f"no HTTP server: {errors.read_text()}"
+        time.sleep(0.1)
+    return server, hashlib.sha256(data.read_bytes()).hexdigest()
+
+
+def wan_rx_bytes(router: Namespace, devices: list[str]) -> list[int]:
+    return [int(router.run("cat", f"/sys/class/net/{d}/statistics/rx_bytes").stdout) for d in devices]
+
+
+def endpoints(router: Namespace) -> list[str]:
+    return router.run("ip", "mptcp", "endpoint", "show").stdout.strip().splitlines()
+
+
+def leftovers(router: Namespace) -> list[str]:
+    found = []
+    if "quicether_lane" in router.run("nft", "list", "tables").stdout:
+        found.append("nft table quicether_lane")
+    if "7090:" in router.run("ip", "rule", "show").stdout:
+        found.append("ip rule 7090")
+    endpoints = router.run("ip", "mptcp", "endpoint", "show").stdout.strip()
+    if endpoints:
+        found.append(f"mptcp endpoints: {endpoints}")
+    return found
+
+
+def quic_rx_bytes(bond: BondLab) -> int:
+    """What the site's QUIC paths received: the datagram bond's share of a download."""
+    return sum(p["rx_bytes"] for p in bond.paths())
+
+
+def lane_subflow_sources(router: Namespace) -> set[str]:
+    """The local addresses of the router's established TCP (MPTCP subflow) sockets to a lane port."""
+    out = router.run("ss", "-Htn", "state", "established", f"dport = :{qe.QUIC_PORT + 1}", check=False).stdout
+    # A subflow bound to its WAN shows as "addr%dev:port".
+    return {line.split()[2].rpartition(":")[0].partition("%")[0] for line in out.splitlines() if line.split()}
+
+
+def start_download(bond: BondLab, target: Path) -> subprocess.Popen[str]:
+    # To a file, not a pipe: a pipe nobody reads while the test polls fills up, and curl blocked writing
+    # to it never reaches its own --max-time (this is what hung the first version of this test).
+    return bond.lan.popen(["curl", "-sS", "--max-time", "120", "-o", str(target),
+                           f"http://{bond.dc_addr}:{HTTP_PORT}/big.bin"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+
+
+def test_curl_download_goes_through_the_lane_over_every_wan_and_stop_leaves_nothing(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, THREE_WANS, tmp_path, tcp_lane=True)
+    www = tmp_path / "www"
+    www.mkdir()
+    server, digest = serve_file(bond, www)
+    try:
+        devices = [w.router_if for w in bond.wl.wans]
+        wait_for(lambda: len(endpoints(bond.wl.router)) == len(devices), timeout=5)
+        before, quic_before = wan_rx_bytes(bond.wl.router, devices), quic_rx_bytes(bond)
+        got = tmp_path / "got.bin"
+        curl = start_download(bond, got)
+        subflow_sources: set[str] = set()
+        while curl.poll() is None:
+            subflow_sources |= lane_subflow_sources(bond.wl.router)
+            time.sleep(0.2)
+        _, err = curl.communicate()
+        assert curl.returncode == 0, err
+        assert hashlib.sha256(got.read_bytes()).hexdigest() == digest, "the download arrived intact"
+        received = [a - b for a, b in zip(wan_rx_bytes(bond.wl.router, devices), before, strict=True)]
+        lane = bond.site.status()["node"]["lane"]
+        assert lane["site_connections"] == 1 and lane["site_bytes_in"] >= FILE_MB << 20, lane
+        gw_lane = bond.gateway.status()["node"]["lane"]
+        assert gw_lane["gateway_connections"] == 1 and gw_lane["gateway_bytes_in"] >= FILE_MB << 20, gw_lane
+        text = bond.site.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(bond.site.config_path)).stdout
+        assert "tcp lane (site end): 1 connections, 0 active" in text, text
+        # Not through the datagram bond: its paths received next to nothing (probes) meanwhile.
+        assert quic_rx_bytes(bond) - quic_before < 1 << 20, "the QUIC bond carried the download"
+        assert subflow_sources == {w.router_addr for w in bond.wl.wans}, f"MPTCP subflows from {subflow_sources}"
+        # Every WAN carried part of the download (the 20 Mbit/s one least).
+        assert all(r > 1 << 20 for r in received), f"router bytes received per WAN: {received}"
+        print(f"router bytes received per WAN: {received}")
+    finally:
+        server.terminate()
+        server.wait()
+    qe.stop(bond.site)
+    qe.stop(bond.gateway)
+    assert leftovers(bond.wl.router) == []
+
+
+def test_the_fastest_wan_cut_mid_download_stalls_under_1s_and_is_used_again_within_5s(
+        lab: Lab, tmp_path: Path) -> None:
+    """The cut is upstream of the ISP (the router keeps its carrier): only the QUIC probes notice it, and
+    the lane must drop that WAN's subflow at once so MPTCP sends its data again on the others."""
+    bond = build_bond_lab(lab, THREE_WANS, tmp_path, tcp_lane=True)
+    www = tmp_path / "www"
+    www.mkdir()
+    # 160 MB: ~2 s at the link sum before the cut, 2.5 s on the other two WANs, then ~4 s on all three,
+    # so the cut and the WAN's return both happen mid-transfer (curl's --limit-rate would not do: it
+    # reads in bursts with pauses of up to a second, which the stall measure would take for stalls).
+    server, digest = serve_file(bond, www, size_mb=160)
+    try:
+        wait_for(lambda: len(endpoints(bond.wl.router)) == len(bond.wl.wans), timeout=5)
+        got = tmp_path / "got.bin"
+        curl = start_download(bond, got)
+        sizes: list[tuple[float, int]] = []  # (time, bytes on disk), every 20 ms
+
+        def sample() -> None:
+            sizes.append((time.monotonic(), got.stat().st_size if got.exists() else 0))
+
+        def run_for(seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end and curl.poll() is None:
+                sample()
+                time.sleep(0.02)
+
+        run_for(2)
+        cut = time.monotonic()
+        bond.wl.set_link(0, up=False)
+        wan0 = bond.wl.wans[0].router_addr
+        gone = wait_for(lambda: wan0 not in lane_subflow_sources(bond.wl.router), timeout=3, step=0.02)
+        run_for(2.5 - (time.monotonic() - cut))
+        restored = time.monotonic()
+        wan0_rx = wan_rx_bytes(bond.wl.router, [bond.wl.wans[0].router_if])[0]
+        bond.wl.set_link(0, up=True)
+        back = None
+        while curl.poll() is None:
+            sample()
+            if back is None and wan0 in lane_subflow_sources(bond.wl.router):
+                back = time.monotonic() - restored
+            time.sleep(0.02)
+        _, err = curl.communicate()
+        assert curl.returncode == 0, err  # no reset
+        assert hashlib.sha256(got.read_bytes()).hexdigest() == digest, "the download arrived intact"
+        after_cut = [(t, n) for t, n in sizes if t >= cut]
+        # Longest run of samples without progress after the cut.
+        longest = run_s = 0.0
+        for a, b in itertools.pairwise(after_cut):
+            run_s = run_s + (b[0] - a[0]) if b[1] == a[1] else 0.0
+            longest = max(longest, run_s)
+        print(f"subflow over wan0 gone {gone:.2f} s after the cut; longest stall {longest:.2f} s;"
+              f" back {back} s after the WAN was restored")
+        # Else the figures below would say nothing: the download ran on well past the WAN's return.
+        assert sizes[-1][0] > restored + 1 and sizes[-1][1] > next(n for t, n in sizes if t >= restored)
+        assert longest < 1.0, f"stall of {longest:.2f} s after the cut"
+        assert back is not None and back < 5, f"wan0's subflow back after {back} s"
+        wan0_rx = wan_rx_bytes(bond.wl.router, [bond.wl.wans[0].router_if])[0] - wan0_rx
+        assert wan0_rx > 10 << 20, f"the restored WAN carried {wan0_rx} bytes of the rest of the download"
+        assert bond.site.status()["node"]["lane"]["site_connections"] == 1
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_the_gateway_refuses_a_lane_connection_from_an_unpinned_key(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, THREE_WANS, tmp_path, tcp_lane=True, extra_hosts=("stranger",))
+    stranger = bond.wl.host("stranger")
+    key, cert = tmp_path / "stranger.key", tmp_path / "stranger.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ed25519", "-nodes", "-subj", "/CN=quicether",
+                    "-days", "1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    hello = stranger.run("sh", "-c", f"echo QEL | timeout 10 openssl s_client -connect"
+                         f" {bond.wl.addr('gateway')}:{qe.QUIC_PORT + 1} -tls1_3 -alpn quicether-lane/1"
+                         f" -cert {cert} -key {key} -servername quicether -ign_eof", check=False)
+    deadline = time.monotonic() + 5
+    while bond.gateway.status()["node"]["lane"]["gateway_refused"] < 1:
+        assert time.monotonic() < deadline, f"not refused: {hello.stdout[-500:]} {hello.stderr[-500:]}"
+        time.sleep(0.1)
+    assert bond.gateway.status()["node"]["lane"]["gateway_connections"] == 0
+    assert "tcp lane" in qe.read_log(bond.gateway)
+
+
+def test_a_killed_site_leaves_nothing_after_its_restart_and_stop(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, THREE_WANS, tmp_path, tcp_lane=True)
+    wait_for(lambda: len(endpoints(bond.wl.router)) == len(bond.wl.wans), timeout=5)
+    assert len(leftovers(bond.wl.router)) == 3, "the lane's table, rule and endpoints are in place while it runs"
+    assert bond.site.proc is not None
+    bond.site.proc.kill()
+    bond.site.proc.wait()
+    assert len(leftovers(bond.wl.router)) == 3, "a SIGKILL leaves them for the next start to remove"
+    qe.start(bond.site)
+    qe.wait_connected(bond.site)
+    wait_for(lambda: len(endpoints(bond.wl.router)) == len(bond.wl.wans), timeout=5)
+    rules = [r for r in bond.wl.router.run("ip", "rule", "show").stdout.splitlines() if r.startswith("7090:")]
+    assert len(rules) == 1, f"the old run's rule was replaced, not doubled: {rules}"
+    tables = bond.wl.router.run("nft", "list", "tables").stdout
+    assert tables.count("quicether_lane") == 1, tables
+    qe.stop(bond.site)
+    assert leftovers(bond.wl.router) == []
+    qe.stop(bond.gateway)
+    assert leftovers(bond.wl.host("gateway")) == []
