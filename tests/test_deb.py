@@ -189,8 +189,9 @@ def test_install_gateway_init_join_upgrade_remove_purge(lab: Lab, tmp_path: Path
     assert "site-a" in root.run("quicether", "status", ns=gw_ns).stdout
     # The members' names resolve on the gateway itself (it runs no dnsmasq): its /etc/hosts has them.
     site_ip = site.status()["node"]["network"]["address"].split("/")[0]
-    wait_for(lambda: site_ip in root.run("getent", "ahostsv4", "site-a.home.arpa", ns=gw_ns, check=False).stdout,
-             timeout=10, step=0.5)
+    # `timeout 1`: a name not yet in the hosts file goes on to a name server the lab cannot reach (10 s).
+    wait_for(lambda: site_ip in root.run("timeout", "1", "getent", "ahostsv4", "site-a.home.arpa", ns=gw_ns,
+                                         check=False).stdout, timeout=10, step=0.5)
 
     # Upgrade: same key and config, the daemon restarted.
     newer = _newer_package(deb, tmp_path / "newer")
