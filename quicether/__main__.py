@@ -211,6 +211,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(f"  tcp lane ({end} end): {c['connections']} connections, {c['active']} active,"
                   f" {c['bytes_out']} bytes out, {c['bytes_in']} in, {c['refused']} refused, {c['failed']} failed,"
                   f" {c['at_cap']} closed at the cap")
+    if subflows := node.get("lane_subflows"):
+        total = sum(s["bytes_sent"] + s["bytes_received"] for s in subflows.values()) or 1
+        print("  tcp lane subflows: " + ", ".join(
+            f"{wan} {s['subflows']} ({100 * (s['bytes_sent'] + s['bytes_received']) / total:.0f} % of the bytes)"
+            for wan, s in sorted(subflows.items())))
     if health := answer.get("health"):
         from quicether.metrics import health_line
 

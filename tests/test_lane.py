@@ -44,8 +44,18 @@ def endpoints(router: Namespace) -> list[str]:
     return router.run("ip", "mptcp", "endpoint", "show").stdout.strip().splitlines()
 
 
+# A new network namespace's `ip mptcp limits` (the lab's are new): the lane raises them and puts them back.
+KERNEL_LIMITS = "add_addr_accepted 0 subflows 2"
+
+
+def mptcp_limits(router: Namespace) -> str:
+    return router.run("ip", "mptcp", "limits", "show").stdout.strip()
+
+
 def leftovers(router: Namespace) -> list[str]:
     found = []
+    if (limits := mptcp_limits(router)) != KERNEL_LIMITS:
+        found.append(f"mptcp limits: {limits}")
     if "quicether_lane" in router.run("nft", "list", "tables").stdout:
         found.append("nft table quicether_lane")
     if "7090:" in router.run("ip", "rule", "show").stdout:
@@ -88,8 +98,10 @@ def test_curl_download_goes_through_the_lane_over_every_wan_and_stop_leaves_noth
         got = tmp_path / "got.bin"
         curl = start_download(bond, got)
         subflow_sources: set[str] = set()
+        shares: dict[str, dict[str, int]] = {}  # the status's last view of the open subflows per WAN
         while curl.poll() is None:
             subflow_sources |= lane_subflow_sources(bond.wl.router)
+            shares = bond.site.status()["node"]["lane_subflows"] or shares
             time.sleep(0.2)
         _, err = curl.communicate()
         assert curl.returncode == 0, err
@@ -106,6 +118,9 @@ def test_curl_download_goes_through_the_lane_over_every_wan_and_stop_leaves_noth
         assert subflow_sources == {w.router_addr for w in bond.wl.wans}, f"MPTCP subflows from {subflow_sources}"
         # Every WAN carried part of the download (the 20 Mbit/s one least).
         assert all(r > 1 << 20 for r in received), f"router bytes received per WAN: {received}"
+        # The status saw it too: a subflow per WAN, each with bytes received (the dashboard's shares).
+        assert sorted(shares) == sorted(devices), shares
+        assert all(f["subflows"] >= 1 and f["bytes_received"] > 0 for f in shares.values()), shares
         print(f"router bytes received per WAN: {received}")
     finally:
         server.terminate()
@@ -199,11 +214,12 @@ def test_the_gateway_refuses_a_lane_connection_from_an_unpinned_key(lab: Lab, tm
 def test_a_killed_site_leaves_nothing_after_its_restart_and_stop(lab: Lab, tmp_path: Path) -> None:
     bond = build_bond_lab(lab, THREE_WANS, tmp_path, tcp_lane=True)
     wait_for(lambda: len(endpoints(bond.wl.router)) == len(bond.wl.wans), timeout=5)
-    assert len(leftovers(bond.wl.router)) == 3, "the lane's table, rule and endpoints are in place while it runs"
+    assert len(leftovers(bond.wl.router)) == 4, "the lane's table, rule, endpoints and limits are in place"
+    assert mptcp_limits(bond.wl.router) == "add_addr_accepted 8 subflows 8"
     assert bond.site.proc is not None
     bond.site.proc.kill()
     bond.site.proc.wait()
-    assert len(leftovers(bond.wl.router)) == 3, "a SIGKILL leaves them for the next start to remove"
+    assert len(leftovers(bond.wl.router)) == 4, "a SIGKILL leaves them for the next start to remove"
     qe.start(bond.site)
     qe.wait_connected(bond.site)
     wait_for(lambda: len(endpoints(bond.wl.router)) == len(bond.wl.wans), timeout=5)

@@ -531,6 +531,26 @@ def test_dashboard_shows_wans_peers_and_events(client: FlaskClient, daemon: Fake
     assert [e["message"] for e in summary["events"]] == ["peer gw: path on WAN wan1 down: silent"]
 
 
+def test_dashboard_shows_the_tcp_lane_and_each_wans_share_of_its_subflows(client: FlaskClient,
+                                                                         daemon: FakeDaemon) -> None:
+    set_up(client)
+    page = client.get("/").get_data(as_text=True)
+    assert '<p id="lane" data-field="lane" hidden></p>' in page, "no lane, no line"
+    assert client.get("/api/summary").get_json()["lane"] is None
+    daemon.status["node"]["lane"] = {"site_connections": 12, "site_active": 3, "site_bytes_out": 2_500_000,
+                                     "site_bytes_in": 1_200_000_000, "site_refused": 0, "site_failed": 1,
+                                     "site_at_cap": 0}
+    daemon.status["node"]["lane_subflows"] = {
+        "wan1": {"subflows": 3, "bytes_sent": 100, "bytes_received": 149_900},
+        "wan0": {"subflows": 3, "bytes_sent": 300, "bytes_received": 349_700}}
+    line = ("TCP lane: site end: 12 connection(s), 3 active, 2.5 MB out, 1.2 GB in, 0 refused, 1 failed,"
+            " 0 closed at the cap; subflows wan0 3 (70 %), wan1 3 (30 %)")
+    assert f'<p id="lane" data-field="lane" >{line}</p>' in client.get("/").get_data(as_text=True)
+    lane = client.get("/api/summary").get_json()["lane"]
+    assert lane["line"] == line and lane["ends"]["site"]["connections"] == 12
+    assert [(f["wan"], f["subflows"], f["share"]) for f in lane["subflows"]] == [("wan0", 3, 0.7), ("wan1", 3, 0.3)]
+
+
 def test_dashboard_lists_the_mesh_members_how_each_was_found_and_its_record(client: FlaskClient,
                                                                             daemon: FakeDaemon) -> None:
     set_up(client)

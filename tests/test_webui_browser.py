@@ -341,6 +341,13 @@ def test_dashboard_never_reloads_and_shows_any_wan_name_as_text(served_dashboard
         expect(page.locator("#punch")).to_contain_text("Hole punching: 9 attempt(s), 2 punched path(s) up")
         expect(page.locator("#punch")).to_contain_text("3 not tried (both NATs random)")
         expect(page.locator("#punch")).to_contain_text("birthday probes 0 hit / 4 missed")
+        # So does the TCP lane's line: hidden while the lane is off, shown when it comes.
+        expect(page.locator("#lane")).to_be_hidden()
+        daemon.status["node"]["lane"] = {"gateway_connections": 5, "gateway_active": 1, "gateway_bytes_out": 0,
+                                         "gateway_bytes_in": 0, "gateway_refused": 2, "gateway_failed": 0,
+                                         "gateway_at_cap": 0}
+        expect(page.locator("#lane")).to_have_text("TCP lane: gateway end: 5 connection(s), 1 active, 0 B out, 0 B"
+                                                   " in, 2 refused, 0 failed, 0 closed at the cap")
         assert loads == [], loads
         page.screenshot(path=str(ARTIFACTS / "dashboard-hostile-names.png"), full_page=True)
         browser.close()

@@ -96,6 +96,36 @@ def _network_summary(status: dict[str, Any]) -> dict[str, Any] | None:
             "valid_until": day(net["not_after"]), "revoked": net["revoked"], "members": members}
 
 
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _lane_summary(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The TCP lane (None when off): each end's counters and, at the site end, each WAN's share of the
+    bytes of the lane's open subflows, with the line the page shows."""
+    node = status.get("node", {})
+    counters = node.get("lane") or {}
+    ends = {end: {k.removeprefix(f"{end}_"): int(v) for k, v in counters.items() if k.startswith(f"{end}_")}
+            for end in ("site", "gateway") if f"{end}_connections" in counters}
+    if not ends:
+        return None
+    flows = node.get("lane_subflows") or {}
+    total = sum(int(f["bytes_sent"]) + int(f["bytes_received"]) for f in flows.values()) or 1
+    subflows: list[dict[str, Any]] = [{"wan": printable(wan, MAX_NAME_CHARS), "subflows": int(f["subflows"]),
+                 "share": (int(f["bytes_sent"]) + int(f["bytes_received"])) / total}
+                for wan, f in sorted(flows.items())]
+    parts = [f"{end} end: {c['connections']} connection(s), {c['active']} active, {_bytes(c['bytes_out'])} out,"
+             f" {_bytes(c['bytes_in'])} in, {c['refused']} refused, {c['failed']} failed,"
+             f" {c['at_cap']} closed at the cap" for end, c in ends.items()]
+    if subflows:
+        parts.append("subflows " + ", ".join(f"{f['wan']} {f['subflows']} ({f['share'] * 100:.0f} %)"
+                                             for f in subflows))
+    return {"ends": ends, "subflows": subflows, "line": "TCP lane: " + "; ".join(parts)}
+
+
 def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
     wans = _wan_summary(status)
     peers = [{
@@ -122,6 +152,8 @@ def summarize(status: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
         "punch": {k: int((status.get("node", {}).get("punch") or {}).get(k, 0))
                   for k in ("attempts", "successes", "forwarded", "refused", "skipped", "probes_sent",
                             "probe_sockets", "probe_hits", "probe_misses")},
+        # The TCP lane (None when off): connections, bytes and each WAN's share of its subflows' bytes.
+        "lane": _lane_summary(status),
         "total": {"tx_bps": sum(w["tx_bps"] for w in wans), "rx_bps": sum(w["rx_bps"] for w in wans)},
         "events": interesting[-30:], "log": events[-100:],
     }

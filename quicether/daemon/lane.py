@@ -12,16 +12,19 @@
 TPROXY rather than `redirect`: the listener sees the original destination as its local address without
 conntrack lookups, and no NAT state is involved. Not applied yet: [[acl]] rules (TPROXY'd connections go to
 the router's input, past the forward chain the ACLs live in), so a config with ACLs keeps the lane off and
-says so. Everything here is removed on stop and, for a crashed run's leftovers, before start.
+says so. Everything here is removed on stop and, for a crashed run's leftovers, before start; the kernel's
+MPTCP limits, raised for a subflow per WAN, are put back then too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nftables
@@ -47,6 +50,9 @@ MAX_SUBFLOWS = 8  # the kernel's limit for `ip mptcp limits`
 # The lane's MPTCP endpoint for WAN table index i has id ENDPOINT_ID_BASE + i: cleanup finds its own by id.
 ENDPOINT_ID_BASE = 100
 _LANE_IDS = range(ENDPOINT_ID_BASE, ENDPOINT_ID_BASE + wan_net.MAX_WANS)
+# In the state directory while the lane runs: the kernel's `ip mptcp limits` from before the lane raised them,
+# put back on stop, or by the next start after a crash.
+LIMITS_FILE = "lane-mptcp-limits"
 
 
 def lane_peers(config: Config) -> list[PeerConfig]:
@@ -71,8 +77,41 @@ def _nft(text: str) -> None:
         raise RuntimeError(f"nftables: {error.strip()}")
 
 
-def cleanup() -> None:
-    """Removes the lane's nft table, rule, routes and MPTCP endpoints, if present."""
+def mptcp_limits() -> dict[str, int]:
+    """The kernel's MPTCP limits (`ip mptcp limits show`: "add_addr_accepted 0 subflows 2")."""
+    words = _ip("mptcp", "limits", "show").split()
+    return {name: int(value) for name, value in zip(words[::2], words[1::2], strict=True)}
+
+
+def _set_mptcp_limits(limits: dict[str, int]) -> None:
+    _ip("mptcp", "limits", "set", *(word for name, value in sorted(limits.items()) for word in (name, str(value))))
+
+
+def _raise_mptcp_limits(state_dir: Path) -> None:
+    """Raises the limits for a subflow per WAN, first keeping the kernel's (a crashed run's file already
+    holds them: the limits in force now are that run's)."""
+    saved = state_dir / LIMITS_FILE
+    if not saved.exists():
+        saved.write_text(json.dumps(mptcp_limits()) + "\n")
+    _set_mptcp_limits({"subflows": MAX_SUBFLOWS, "add_addr_accepted": MAX_SUBFLOWS})
+
+
+def _restore_mptcp_limits(state_dir: Path) -> None:
+    saved = state_dir / LIMITS_FILE
+    try:
+        limits = json.loads(saved.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:  # unreadable: the raised limits stay, which harms nothing
+        log.warning("tcp lane: cannot read the MPTCP limits to restore from %s: %s", saved, exc)
+    else:
+        _set_mptcp_limits({str(k): int(v) for k, v in limits.items()})
+    saved.unlink(missing_ok=True)
+
+
+def cleanup(state_dir: Path) -> None:
+    """Removes the lane's nft table, rule, routes and MPTCP endpoints, if present, and puts the kernel's
+    MPTCP limits back."""
     _nft(f"add table ip {NFT_TABLE}; delete table ip {NFT_TABLE}")
     for _ in range(16):  # one rule per run; more only if something added it twice
         if f"{LANE_TABLE}:" not in _ip("rule", "show"):
@@ -81,6 +120,7 @@ def cleanup() -> None:
     _ip("route", "flush", "table", str(LANE_TABLE), check=False)
     for endpoint_id in _lane_endpoint_ids():
         _ip("mptcp", "endpoint", "delete", "id", str(endpoint_id), check=False)
+    _restore_mptcp_limits(state_dir)
 
 
 def _endpoint_id(wan_index: int) -> int:
@@ -95,6 +135,30 @@ def _lane_endpoint_ids() -> list[int]:
         if "id" in words and (i := int(words[words.index("id") + 1])) in _LANE_IDS:
             ids.append(i)
     return ids
+
+
+def tcp_sockets_to(ports: list[int]) -> list[tuple[str, dict[str, int]]]:
+    """The established TCP sockets (MPTCP subflows are ones) to any of `ports`: each one's local address and
+    its byte counters from `ss -Htin` (bytes_sent, bytes_acked, bytes_received)."""
+    if not ports:
+        return []
+    match = " or ".join(f"dport = :{port}" for port in ports)
+    proc = subprocess.run(["ss", "-Htin", "state", "established", f"( {match} )"], capture_output=True, text=True,
+                          check=False)
+    sockets: list[tuple[str, dict[str, int]]] = []
+    for line in proc.stdout.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if not line[0].isspace() and len(words) >= 4:
+            # "Recv-Q Send-Q local peer"; a socket bound to its device shows as "address%device:port".
+            sockets.append((words[2].rpartition(":")[0].partition("%")[0].strip("[]"), {}))
+        elif sockets:  # the socket's TCP info, on the line after it
+            for word in words:
+                name, _, value = word.partition(":")
+                if name in ("bytes_sent", "bytes_acked", "bytes_received") and value.isdigit():
+                    sockets[-1][1][name] = int(value)
+    return sockets
 
 
 def _v4_prefixes(prefixes: list[str]) -> list[str]:
@@ -129,7 +193,7 @@ class Lane:
 
     async def start(self, wans: WanManager | None) -> None:
         self.wans = wans
-        await asyncio.to_thread(cleanup)
+        await asyncio.to_thread(cleanup, self.config.state_dir)
         peers, port = lane_peers(self.config), lane_port(self.config)
         if not peers or port is None:
             return
@@ -144,7 +208,7 @@ class Lane:
 
     def _start_system(self, peers: list[PeerConfig], port: int) -> None:
         host = self.config.listen.rpartition(":")[0] or "0.0.0.0"
-        _ip("mptcp", "limits", "set", "subflows", str(MAX_SUBFLOWS), "add_addr_accepted", str(MAX_SUBFLOWS))
+        _raise_mptcp_limits(self.config.state_dir)
         self.node.start_lane_gateway(f"{host}:{port}", MAX_CONNECTIONS)
         if not self.dialing:
             return
@@ -216,11 +280,30 @@ class Lane:
             log.info("tcp lane: subflows over %s (%s)%s", endpoint.device, endpoint.address,
                      " as backup" if endpoint.backup else "")
 
+    def subflows(self) -> dict[str, dict[str, int]]:
+        """Per WAN, at the site end: the lane's open subflows over it and the bytes they carried so far
+        (sent, received), as the kernel reports each subflow's TCP socket: how MPTCP spreads the lane over
+        the WANs. Closed connections' bytes are in the core's counters (`lane_stats`), not here."""
+        if not self.started or not self.dialing or self.wans is None:
+            return {}
+        by_address = {address: name for name, (address, _index) in self.wans.active.items()}
+        ports = sorted({int(p.endpoint.rpartition(":")[2]) + 1 for p in self.dialing if p.endpoint})
+        found: dict[str, dict[str, int]] = {}
+        for local, counters in tcp_sockets_to(ports):
+            wan = by_address.get(local)
+            if wan is None:
+                continue
+            entry = found.setdefault(wan, {"subflows": 0, "bytes_sent": 0, "bytes_received": 0})
+            entry["subflows"] += 1
+            entry["bytes_sent"] += counters.get("bytes_sent", 0)
+            entry["bytes_received"] += counters.get("bytes_received", 0)
+        return found
+
     async def stop(self) -> None:
         self.started = False
         self.node.stop_lanes()
         async with self._sync_lock:
-            await asyncio.to_thread(cleanup)
+            await asyncio.to_thread(cleanup, self.config.state_dir)
             self._applied.clear()
 
 

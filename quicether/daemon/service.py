@@ -228,6 +228,8 @@ class Daemon:
                 "relay": node.relay_stats() if node else {},
                 # The TCP lane: connections, bytes each way, refusals, cap hits, per end ({} if off).
                 "lane": node.lane_stats() if node else {},
+                # Per WAN at the site end: the lane's open subflows and their bytes (how MPTCP spreads it).
+                "lane_subflows": self.lane.subflows() if self.lane else {},
                 # API connections answered "busy" (its limit of connections at once was reached).
                 "api_refused_busy": self.api.refused_busy if self.api else 0,
                 # API connections closed before their request came: MAX_WAITING newer ones were waiting.

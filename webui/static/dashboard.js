@@ -124,6 +124,9 @@
     set(root, "punch", `Hole punching: ${p.attempts} attempt(s), ${p.successes} punched path(s) up, ` +
       `${p.forwarded} forwarded for other members, ${p.refused} refused, ${p.skipped} not tried (both NATs random), ` +
       `birthday probes ${p.probe_hits} hit / ${p.probe_misses} missed`);
+    const lane = document.getElementById("lane");
+    lane.hidden = !summary.lane;
+    lane.textContent = summary.lane ? summary.lane.line : "";
     if (summary.router && summary.router.lan) set(root, "exit", summary.router.lan.exit_active ? "active" : "down");
     const events = document.getElementById("events");
     events.replaceChildren(...summary.events.slice().reverse().map((e) => {
