@@ -210,7 +210,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
             c = {k.removeprefix(f"{end}_"): v for k, v in lane.items() if k.startswith(f"{end}_")}
             print(f"  tcp lane ({end} end): {c['connections']} connections, {c['active']} active,"
                   f" {c['bytes_out']} bytes out, {c['bytes_in']} in, {c['refused']} refused, {c['failed']} failed,"
-                  f" {c['at_cap']} closed at the cap")
+                  f" {c['at_cap']} closed at the cap" + (f", {c['fallback']} fell back to plain TCP"
+                                                          if c.get("fallback") else ""))
+    for name, until in sorted((node.get("lane_bypassed") or {}).items()):
+        print(f"  tcp lane to {name}: MPTCP is stripped on the way, its TCP goes through the QUIC bond until"
+              f" {time.strftime('%H:%M:%S', time.localtime(until))}")
     if subflows := node.get("lane_subflows"):
         total = sum(s["bytes_sent"] + s["bytes_received"] for s in subflows.values()) or 1
         print("  tcp lane subflows: " + ", ".join(

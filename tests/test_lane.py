@@ -231,3 +231,43 @@ def test_a_killed_site_leaves_nothing_after_its_restart_and_stop(lab: Lab, tmp_p
     assert leftovers(bond.wl.router) == []
     qe.stop(bond.gateway)
     assert leftovers(bond.wl.host("gateway")) == []
+
+
+def test_mptcp_stripped_on_the_way_sends_the_peers_tcp_through_the_quic_bond(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, THREE_WANS, tmp_path, tcp_lane=True)
+    # A middlebox in every ISP blanks out the MPTCP options of the TCP it forwards: the SYN reaches the
+    # gateway as plain TCP, its SYN-ACK comes back without MP_CAPABLE, and the lane connection falls back.
+    for wan in bond.wl.wans:
+        wan.isp.run("nft", "-f", "-", input="table inet strip_mptcp {\n chain forward {\n"
+                    "  type filter hook forward priority mangle;\n"
+                    "  tcp option mptcp exists reset tcp option mptcp\n }\n}\n")
+    www = tmp_path / "www"
+    www.mkdir()
+    server, digest = serve_file(bond, www, size_mb=16)
+    try:
+        wait_for(lambda: len(endpoints(bond.wl.router)) == len(bond.wl.wans), timeout=5)
+        got = tmp_path / "got.bin"
+        curl = start_download(bond, got)
+        _, err = curl.communicate(timeout=120)
+        assert curl.returncode == 0, err
+        assert hashlib.sha256(got.read_bytes()).hexdigest() == digest, "the fallen-back connection is still carried"
+        status = bond.site.status()["node"]
+        assert status["lane"]["site_connections"] == 1 and status["lane"]["site_fallback"] == 1, status["lane"]
+        wait_for(lambda: "gw" in bond.site.status()["node"]["lane_bypassed"], timeout=5)
+        assert "fell back to plain TCP (MPTCP stripped on the way)" in qe.read_log(bond.site)
+        # The next download goes through the QUIC bond, not the lane.
+        quic_before = quic_rx_bytes(bond)
+        got.unlink()
+        curl = start_download(bond, got)
+        _, err = curl.communicate(timeout=120)
+        assert curl.returncode == 0, err
+        assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
+        assert bond.site.status()["node"]["lane"]["site_connections"] == 1, "the lane took no new connection"
+        assert quic_rx_bytes(bond) - quic_before >= 16 << 20, "the QUIC bond carried the second download"
+        text = bond.site.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(bond.site.config_path)).stdout
+        assert "tcp lane to gw: MPTCP is stripped on the way, its TCP goes through the QUIC bond until" in text, text
+    finally:
+        server.terminate()
+        server.wait()
+    qe.stop(bond.site)
+    assert leftovers(bond.wl.router) == []

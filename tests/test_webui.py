@@ -546,6 +546,13 @@ def test_dashboard_shows_the_tcp_lane_and_each_wans_share_of_its_subflows(client
     line = ("TCP lane: site end: 12 connection(s), 3 active, 2.5 MB out, 1.2 GB in, 0 refused, 1 failed,"
             " 0 closed at the cap; subflows wan0 3 (70 %), wan1 3 (30 %)")
     assert f'<p id="lane" data-field="lane" >{line}</p>' in client.get("/").get_data(as_text=True)
+    # MPTCP stripped on the way to a peer: the lane fell back, the peer's TCP goes through the bond meanwhile.
+    daemon.status["node"]["lane"]["site_fallback"] = 2
+    daemon.status["node"]["lane_bypassed"] = {"gw\n": 1_900_000_000.0}
+    assert ("0 closed at the cap, 2 fell back to plain TCP; subflows wan0 3 (70 %), wan1 3 (30 %);"
+            " MPTCP stripped on the way to gw\\u000a: its TCP goes through the QUIC bond") in \
+        client.get("/api/summary").get_json()["lane"]["line"]
+    del daemon.status["node"]["lane"]["site_fallback"], daemon.status["node"]["lane_bypassed"]
     lane = client.get("/api/summary").get_json()["lane"]
     assert lane["line"] == line and lane["ends"]["site"]["connections"] == 12
     assert [(f["wan"], f["subflows"], f["share"]) for f in lane["subflows"]] == [("wan0", 3, 0.7), ("wan1", 3, 0.3)]

@@ -119,10 +119,15 @@ def _lane_summary(status: dict[str, Any]) -> dict[str, Any] | None:
                 for wan, f in sorted(flows.items())]
     parts = [f"{end} end: {c['connections']} connection(s), {c['active']} active, {_bytes(c['bytes_out'])} out,"
              f" {_bytes(c['bytes_in'])} in, {c['refused']} refused, {c['failed']} failed,"
-             f" {c['at_cap']} closed at the cap" for end, c in ends.items()]
+             f" {c['at_cap']} closed at the cap" + (f", {c['fallback']} fell back to plain TCP" if c.get("fallback")
+                                                     else "")
+             for end, c in ends.items()]
     if subflows:
         parts.append("subflows " + ", ".join(f"{f['wan']} {f['subflows']} ({f['share'] * 100:.0f} %)"
                                              for f in subflows))
+    # A peer whose lane fell back (MPTCP stripped on the way): its TCP goes through the QUIC bond meanwhile.
+    parts += [f"MPTCP stripped on the way to {printable(name, MAX_NAME_CHARS)}: its TCP goes through the QUIC bond"
+              for name in sorted(node.get("lane_bypassed") or {})]
     return {"ends": ends, "subflows": subflows, "line": "TCP lane: " + "; ".join(parts)}
 
 

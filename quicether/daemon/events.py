@@ -126,6 +126,11 @@ class LaneNews(CoreEvent):
 
 
 @dataclass(frozen=True)
+class LaneFellBack(CoreEvent):
+    """A lane connection to peer `key` fell back to plain TCP: MPTCP is stripped on the way to it."""
+
+
+@dataclass(frozen=True)
 class UnknownEvent(CoreEvent):
     """A kind this daemon does not know (a newer core): logged, otherwise ignored."""
 
@@ -135,7 +140,7 @@ class UnknownEvent(CoreEvent):
 _SIMPLE: dict[str, type[CoreEvent]] = {
     "peer_added": PeerAdded, "peer_removed": PeerRemoved, "peer_connected": PeerConnected,
     "peer_disconnected": PeerDisconnected, "handshake_refused": HandshakeRefused, "tun_failed": TunFailed,
-    "lane": LaneNews,
+    "lane": LaneNews, "lane_fallback": LaneFellBack,
 }
 _PATHS: dict[str, type[PathChanged]] = {"path_up": PathUp, "path_down": PathDown}
 

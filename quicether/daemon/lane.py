@@ -23,6 +23,7 @@ import ipaddress
 import json
 import logging
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,9 @@ LANE_MARK = LANE_TABLE
 SITE_PORT_BASE = 46100
 MAX_CONNECTIONS = 1024
 MAX_SUBFLOWS = 8  # the kernel's limit for `ip mptcp limits`
+# After a lane connection to a peer fell back to plain TCP (MPTCP stripped on the way: one path, no
+# failover), the peer's TCP goes through the QUIC bond this long; then the lane is tried again.
+FALLBACK_HOLD_S = 600.0
 # The lane's MPTCP endpoint for WAN table index i has id ENDPOINT_ID_BASE + i: cleanup finds its own by id.
 ENDPOINT_ID_BASE = 100
 _LANE_IDS = range(ENDPOINT_ID_BASE, ENDPOINT_ID_BASE + wan_net.MAX_WANS)
@@ -190,6 +194,10 @@ class Lane:
         self._paths_up: set[tuple[bytes, str]] = set()  # (lane peer key, our WAN name) with a path up
         self._applied: dict[int, Endpoint] = {}  # endpoint id → what it was added as
         self._sync_lock = asyncio.Lock()
+        self._listen_ports = [SITE_PORT_BASE + i for i in range(len(self.dialing))]
+        self._from_lan = ""  # the nft match for the LAN's packets (set at start)
+        # Peers whose lane fell back to plain TCP: key → (unix time the lane is tried again, its retry timer).
+        self._bypassed: dict[bytes, tuple[float, asyncio.TimerHandle]] = {}
 
     async def start(self, wans: WanManager | None) -> None:
         self.wans = wans
@@ -214,22 +222,57 @@ class Lane:
             return
         # From the LAN port only (a router); else from anything but the tunnel and the configured WANs.
         not_lan = ", ".join(f'"{d}"' for d in [self.config.tun, *(w.device for w in self.config.wans)])
-        from_lan = (f'iifname "{self.config.lan.device}"' if self.config.lan is not None
-                    else f"iifname != {{ {not_lan} }}")
-        rules = [f"add table ip {NFT_TABLE}",
-                 f"add chain ip {NFT_TABLE} prerouting {{ type filter hook prerouting priority mangle; }}"]
-        for i, peer in enumerate(self.dialing):
+        self._from_lan = (f'iifname "{self.config.lan.device}"' if self.config.lan is not None
+                          else f"iifname != {{ {not_lan} }}")
+        for peer, listen in zip(self.dialing, self._listen_ports, strict=True):
             assert peer.endpoint is not None
             endpoint_host, _, endpoint_port = peer.endpoint.rpartition(":")
-            listen = SITE_PORT_BASE + i
             self.node.start_lane_site(peer.key, f"0.0.0.0:{listen}",
                                       f"{endpoint_host.strip('[]')}:{int(endpoint_port) + 1}", MAX_CONNECTIONS)
-            prefixes = ", ".join(_v4_prefixes(peer.allowed_ips))
-            rules.append(f"add rule ip {NFT_TABLE} prerouting {from_lan} meta l4proto tcp"
-                         f" ip daddr {{ {prefixes} }} tproxy to :{listen} meta mark set {LANE_MARK} accept")
-        _nft("; ".join(rules))
+        _nft("; ".join([f"add table ip {NFT_TABLE}",
+                        f"add chain ip {NFT_TABLE} prerouting {{ type filter hook prerouting priority mangle; }}",
+                        *self._tproxy_rules()]))
         _ip("rule", "add", "fwmark", str(LANE_MARK), "lookup", str(LANE_TABLE), "pref", str(LANE_TABLE))
         _ip("route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", str(LANE_TABLE))
+
+    def _tproxy_rules(self) -> list[str]:
+        """The prerouting chain's rules, made anew: the LAN's TCP to each lane peer's allowed_ips goes to its
+        transparent listener, except to a peer whose lane fell back (its TCP goes through the QUIC bond)."""
+        rules = [f"flush chain ip {NFT_TABLE} prerouting"]
+        for peer, listen in zip(self.dialing, self._listen_ports, strict=True):
+            if peer.key not in self._bypassed:
+                prefixes = ", ".join(_v4_prefixes(peer.allowed_ips))
+                rules.append(f"add rule ip {NFT_TABLE} prerouting {self._from_lan} meta l4proto tcp"
+                             f" ip daddr {{ {prefixes} }} tproxy to :{listen} meta mark set {LANE_MARK} accept")
+        return rules
+
+    def _rewrite_rules(self) -> None:
+        if self.started:
+            task = asyncio.get_running_loop().create_task(asyncio.to_thread(_nft, "; ".join(self._tproxy_rules())))
+            task.add_done_callback(_log_failure)
+
+    def fell_back(self, key: bytes, who: str, detail: str) -> None:
+        """A lane connection to peer `key` fell back to plain TCP (the core still carries it): MPTCP is
+        stripped on the way, so the lane would give one path and no failover. The peer's next TCP
+        connections go through the QUIC bond for FALLBACK_HOLD_S, then the lane is tried again."""
+        if not self.started or key not in self._dialing_keys or key in self._bypassed:
+            return
+        loop = asyncio.get_running_loop()
+        self._bypassed[key] = (time.time() + FALLBACK_HOLD_S, loop.call_later(FALLBACK_HOLD_S, self._retry, key, who))
+        log.warning("%s: %s: its TCP goes through the QUIC bond for %d minutes, then the tcp lane is tried again",
+                    who, detail, FALLBACK_HOLD_S // 60, extra={"event": "lane_fallback"})
+        self._rewrite_rules()
+
+    def _retry(self, key: bytes, who: str) -> None:
+        if self._bypassed.pop(key, None) is not None:
+            log.info("%s: trying the tcp lane again (it fell back to plain TCP %d minutes ago)", who,
+                     FALLBACK_HOLD_S // 60)
+            self._rewrite_rules()
+
+    def bypassed(self) -> dict[str, float]:
+        """The lane peers whose TCP goes through the QUIC bond because their lane fell back to plain TCP:
+        name → unix time the lane is tried again."""
+        return {p.name: self._bypassed[p.key][0] for p in self.dialing if p.key in self._bypassed}
 
     def path_changed(self, key: bytes | None, local_wan: str | None, up: bool) -> None:
         """A QUIC path to a peer went up or down: the lane's subflow over that WAN follows at once (paths
@@ -301,6 +344,9 @@ class Lane:
 
     async def stop(self) -> None:
         self.started = False
+        for _until, timer in self._bypassed.values():
+            timer.cancel()
+        self._bypassed.clear()
         self.node.stop_lanes()
         async with self._sync_lock:
             await asyncio.to_thread(cleanup, self.config.state_dir)

@@ -173,6 +173,9 @@ class Daemon:
                     self.admissions.requested(request_id, key, node, name, lan_prefixes)
             case core_events.LaneNews(detail=detail):
                 log.warning("%s", detail, extra=mark)
+            case core_events.LaneFellBack(key=key, detail=detail) if key is not None:
+                if self.lane is not None:
+                    self.lane.fell_back(key, who, detail)
             case core_events.UnknownEvent(kind=unknown, detail=detail):
                 log.info("core event %s for %s: %s", unknown, who, detail)
         if isinstance(event, MEMBER_EVENTS):
@@ -230,6 +233,9 @@ class Daemon:
                 "lane": node.lane_stats() if node else {},
                 # Per WAN at the site end: the lane's open subflows and their bytes (how MPTCP spreads it).
                 "lane_subflows": self.lane.subflows() if self.lane else {},
+                # Lane peers whose TCP goes through the QUIC bond (their lane fell back: MPTCP stripped on the
+                # way): name → unix time the lane is tried again.
+                "lane_bypassed": self.lane.bypassed() if self.lane else {},
                 # API connections answered "busy" (its limit of connections at once was reached).
                 "api_refused_busy": self.api.refused_busy if self.api else 0,
                 # API connections closed before their request came: MAX_WAITING newer ones were waiting.

@@ -211,15 +211,25 @@ fn build_node(
     }
     // A node of this process that was just dropped (restarted on an address change) closes its socket
     // only when its actor thread next looks at its channel, within `mainline`'s 50 ms read timeout:
-    // a fixed port may still be taken for that long.
+    // a fixed port may still be taken for that long. Whether it is free is tried here with a socket of our
+    // own, not by `build`: `mainline` 8 panics ("actor thread unexpectedly shutdown") instead of returning
+    // the bind error when its actor thread fails to bind before the start has sent it its first message,
+    // which a loaded machine made happen (the restart unit test failed in loaded CI runs).
     let deadline = Instant::now() + REBIND_WAIT;
-    loop {
-        match b.build() {
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port != 0 && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            built => return Ok(built?.as_async()),
-        }
+    while port != 0
+        && std::net::UdpSocket::bind((bind.unwrap_or(Ipv4Addr::UNSPECIFIED), port)).is_err()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The port can still be taken between that socket's close and the node's bind (by another program):
+    // that panic is this start's bind error, not a crash of the daemon.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.build())) {
+        Ok(built) => Ok(built?.as_async()),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("the DHT node could not bind port {port}: taken"),
+        )),
     }
 }
 

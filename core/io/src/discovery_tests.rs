@@ -235,3 +235,22 @@ fn a_node_restarted_on_its_fixed_port_gets_the_port_its_predecessor_lets_go() {
     };
     assert_eq!(second.local_addr.port(), port);
 }
+
+#[test]
+fn a_start_on_a_port_another_socket_keeps_fails_with_the_bind_error_not_a_panic() {
+    let holder = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let config = DiscoveryConfig {
+        port,
+        bind: Some(Ipv4Addr::LOCALHOST),
+        serve_on: vec![],
+        bootstrap: Some(vec![]),
+        server: true,
+        seed: [4; 32],
+        network_key: NET,
+    };
+    let started = std::time::Instant::now();
+    let err = Discovery::start(config).err().expect("the port is taken");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    assert!(started.elapsed() >= REBIND_WAIT, "it waited for the port to be let go first");
+}

@@ -140,6 +140,12 @@ pub enum Event {
     Lane {
         detail: String,
     },
+    /// A lane connection to peer `key` fell back to plain TCP (MPTCP stripped on the way): the daemon sends
+    /// the peer's TCP through the QUIC bond for a while.
+    LaneFallback {
+        key: [u8; 32],
+        detail: String,
+    },
     /// Reading the TUN device failed: no packet leaves this node any more. Fatal; the daemon must exit
     /// (non-zero, so its supervisor restarts it).
     TunFailed {

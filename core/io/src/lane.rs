@@ -27,8 +27,10 @@ use crate::tls::{self, CurrentIdentity, KnownClientKeys, SharedTrust};
 
 /// The lane's ALPN: a lane TLS connection can never be taken for a QUIC path's, or the other way round.
 pub const ALPN: &[u8] = b"quicether-lane/1";
-/// Linux's IPPROTO_MPTCP (the libc crate has no constant for it).
+/// Linux's IPPROTO_MPTCP, SOL_MPTCP and MPTCP_INFO (linux/mptcp.h; the libc crate has no constants for them).
 const IPPROTO_MPTCP: i32 = 262;
+const SOL_MPTCP: i32 = 284;
+const MPTCP_INFO: i32 = 1;
 pub const COPY_BUFFER: usize = 64 * 1024;
 pub const TLS_BUFFER: usize = 64 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -49,6 +51,8 @@ pub struct LaneCounters {
     pub failed: AtomicU64,
     /// Connections closed at once because `max_connections` were open.
     pub at_cap: AtomicU64,
+    /// Site: lane connections that fell back to plain TCP (MPTCP stripped on the way, or a peer without it).
+    pub fallback: AtomicU64,
 }
 
 pub type LogSink = Arc<dyn Fn(String) + Send + Sync>;
@@ -69,6 +73,25 @@ fn mptcp_socket(addr: &SocketAddr) -> io::Result<TcpSocket> {
     // SAFETY: `fd` is a fresh, valid socket nobody else owns.
     let std = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     Ok(TcpSocket::from_std_stream(std))
+}
+
+/// Whether an MPTCP connection fell back to plain TCP: the other end or a middlebox on the way did not let
+/// MP_CAPABLE through, so the connection has one path and no failover. The kernel's test for it: MPTCP_INFO
+/// with length 0 answers 0 on an MPTCP connection, and EOPNOTSUPP once it is plain TCP (the option then
+/// goes to the one TCP subflow, which has no SOL_MPTCP).
+pub fn fell_back_to_tcp(stream: &TcpStream) -> bool {
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: getsockopt with a zero length writes nothing through the (dangling, non-null) buffer pointer.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            SOL_MPTCP,
+            MPTCP_INFO,
+            std::ptr::NonNull::<u8>::dangling().as_ptr().cast(),
+            &mut len,
+        )
+    };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP)
 }
 
 /// The gateway's lane listener: MPTCP on `addr` (plain TCP clients are accepted too, as MPTCP does).
@@ -151,10 +174,14 @@ where
     result.map(|_| ())
 }
 
+/// Called when a lane connection to the peer fell back to plain TCP (see `fell_back_to_tcp`).
+pub type FallbackNotice = Box<dyn Fn() + Send + Sync>;
+
 /// The site side: dials one peer's lane for each LAN connection.
 pub struct LaneDialer {
     connector: TlsConnector,
     peer: SocketAddr,
+    on_fallback: Option<FallbackNotice>,
 }
 
 impl LaneDialer {
@@ -167,13 +194,27 @@ impl LaneDialer {
     ) -> Result<Self, String> {
         let mut config = tls::client_tls(identity, peer_key, members_of, ALPN)?;
         config.enable_early_data = false;
-        Ok(Self { connector: TlsConnector::from(Arc::new(config)), peer })
+        Ok(Self { connector: TlsConnector::from(Arc::new(config)), peer, on_fallback: None })
+    }
+
+    /// `notice` is called for each lane connection that fell back to plain TCP. That connection is still
+    /// carried (it works, on one path): the daemon sends the peer's next ones through the QUIC bond.
+    pub fn on_fallback(mut self, notice: FallbackNotice) -> Self {
+        self.on_fallback = Some(notice);
+        self
     }
 
     /// Carries `lan` (a connection to `destination`) over a new MPTCP + TLS connection to the peer.
     pub async fn carry(&self, lan: TcpStream, destination: SocketAddr, counters: &LaneCounters) -> io::Result<()> {
         let dial = async {
             let stream = mptcp_socket(&self.peer)?.connect(self.peer).await?;
+            // Known once the handshake is done: the SYN-ACK came back without MP_CAPABLE.
+            if fell_back_to_tcp(&stream) {
+                counters.fallback.fetch_add(1, Ordering::Relaxed);
+                if let Some(notice) = &self.on_fallback {
+                    notice();
+                }
+            }
             stream.set_nodelay(true)?;
             let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid name");
             let mut tls = self.connector.connect(name, stream).await?;

@@ -106,6 +106,45 @@ async fn refuses_a_key_that_is_not_pinned() {
 }
 
 #[tokio::test]
+async fn a_connection_to_a_plain_tcp_listener_is_seen_to_fall_back_and_one_to_mptcp_is_not() {
+    let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let to_plain = plain.local_addr().unwrap();
+    let stream = mptcp_socket(&to_plain).unwrap().connect(to_plain).await.unwrap();
+    assert!(fell_back_to_tcp(&stream), "the SYN-ACK of a plain TCP listener carries no MP_CAPABLE");
+    let mptcp = mptcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let to_mptcp = mptcp.local_addr().unwrap();
+    let stream = mptcp_socket(&to_mptcp).unwrap().connect(to_mptcp).await.unwrap();
+    assert!(!fell_back_to_tcp(&stream));
+    // A plain TCP socket is no MPTCP connection that fell back: it has no SOL_MPTCP either, so it says so too.
+    let plain_stream = TcpStream::connect(to_plain).await.unwrap();
+    assert!(fell_back_to_tcp(&plain_stream));
+}
+
+#[tokio::test]
+async fn a_dial_that_falls_back_is_counted_and_told() {
+    // A "gateway" whose lane port is plain TCP, as a middlebox stripping MP_CAPABLE makes it look: the dial
+    // falls back; the TLS handshake then fails here (no TLS server), as it is the fallback that is tested.
+    let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = plain.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut conn, _) = plain.accept().await.unwrap();
+        let _ = conn.shutdown().await;
+    });
+    let site = Identity::from_seed(&generate_seed(), None).unwrap();
+    let told = Arc::new(Mutex::new(0));
+    let notice = told.clone();
+    let dialer = LaneDialer::new(CurrentIdentity::new(&site).unwrap(), site.public_key, None, addr)
+        .unwrap()
+        .on_fallback(Box::new(move || *notice.lock().unwrap() += 1));
+    let (_host, accepted) = lan_pair().await;
+    let counters = LaneCounters::default();
+    assert!(dialer.carry(accepted, "127.0.0.1:9".parse().unwrap(), &counters).await.is_err());
+    assert_eq!(counters.fallback.load(Ordering::Relaxed), 1);
+    assert_eq!(*told.lock().unwrap(), 1);
+    assert_eq!(counters.failed.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
 async fn the_lane_listener_is_mptcp() {
     let listener = mptcp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut protocol: libc::c_int = 0;

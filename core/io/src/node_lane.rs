@@ -78,7 +78,17 @@ impl Node {
     ) -> io::Result<()> {
         let runtime = self.runtime()?;
         let _guard = runtime.enter();
-        let dialer = LaneDialer::new(self.identity.clone(), key, None, peer_lane).map_err(|e| io_err("lane tls", e))?;
+        let sink = Arc::downgrade(&self.shared);
+        let fell_back = Box::new(move || {
+            if let Some(shared) = sink.upgrade() {
+                let detail =
+                    format!("a lane connection to {peer_lane} fell back to plain TCP (MPTCP stripped on the way)");
+                shared.emit(Event::LaneFallback { key, detail });
+            }
+        });
+        let dialer = LaneDialer::new(self.identity.clone(), key, None, peer_lane)
+            .map_err(|e| io_err("lane tls", e))?
+            .on_fallback(fell_back);
         let mut lanes = self.lanes.lock().unwrap();
         lanes.sites.remove(&key);
         let listener = lane::transparent_listener(listen).map_err(|e| io_err(&format!("lane listen {listen}"), e))?;
@@ -110,7 +120,7 @@ impl Node {
     }
 }
 
-fn fields(c: &LaneCounters) -> [(&'static str, u64); 7] {
+fn fields(c: &LaneCounters) -> [(&'static str, u64); 8] {
     let get = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
     [
         ("connections", get(&c.connections)),
@@ -120,5 +130,6 @@ fn fields(c: &LaneCounters) -> [(&'static str, u64); 7] {
         ("refused", get(&c.refused)),
         ("failed", get(&c.failed)),
         ("at_cap", get(&c.at_cap)),
+        ("fallback", get(&c.fallback)),
     ]
 }

@@ -581,6 +581,7 @@ fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
         Event::PortMapping { wan, detail } => ("port_mapping", None, Some(wan), detail),
         Event::TunFailed { error } => ("tun_failed", None, None, error),
         Event::Lane { detail } => ("lane", None, None, detail),
+        Event::LaneFallback { key, detail } => ("lane_fallback", Some(key), None, detail),
         Event::JoinRequested { id, invite, node, name, lan_prefixes } => {
             d.set_item("id", id)?;
             d.set_item("node", PyBytes::new(py, &node))?;
