@@ -59,6 +59,25 @@ def _cmd_pubkey(args: argparse.Namespace) -> int:
     return 0
 
 
+# The TCP lane holds two sockets per connection (up to 1024 connections per end), besides the paths' sockets,
+# the API's clients and the children's pipes: systemd's default soft limit of 1024 open files is too few.
+OPEN_FILES = 65536
+
+
+def raise_open_files_limit() -> str | None:
+    """Raises this process's soft limit of open files to OPEN_FILES (at most its hard limit); why not, if not."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            return f"cannot raise the limit of open files from {soft} to {wanted}: {exc}"
+    return None
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from quicether.daemon.eventlog import EscapeControls, EventLog
     from quicether.daemon.service import Daemon
@@ -79,6 +98,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
             logger.debug("capabilities: kept only %s", ", ".join(capabilities.names(kept)))  # status lists them
         except OSError as exc:
             logger.warning("capabilities: could not drop the unneeded ones (%s): running with all of root's", exc)
+    if (why := raise_open_files_limit()) is not None:
+        logger.warning("%s: the TCP lane may refuse connections past it", why)
     try:
         config: Config | None = load(Path(args.config))
         while config is not None:  # once, and again after each reload request

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from quicether import __version__
@@ -49,3 +50,22 @@ def test_every_command_has_help() -> None:
     for command in commands:
         proc = _quicether(command, "--help")
         assert proc.returncode == 0 and f"usage: quicether {command}" in proc.stdout, command
+
+
+def test_the_daemon_raises_its_limit_of_open_files_as_far_as_its_hard_limit() -> None:
+    # systemd starts services with a soft limit of 1024 open files; the TCP lane alone may need two per
+    # connection, up to 1024 connections per end.
+    script = ("import resource\n"
+              "from quicether.__main__ import raise_open_files_limit\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, {hard}))\n"
+              "print(raise_open_files_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))\n")
+    import resource
+
+    from quicether.__main__ import OPEN_FILES
+
+    most = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # the highest hard limit this test may set
+    most = OPEN_FILES * 2 if most == resource.RLIM_INFINITY else most
+    for hard, expected in ((4096, "None 4096 4096"), (most, f"None {min(most, OPEN_FILES)} {most}")):
+        out = subprocess.run([sys.executable, "-c", script.format(hard=hard)], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        assert out == expected, out

@@ -15,11 +15,17 @@ from pathlib import Path
 from tests.lab import Lab
 from tests.lab import nodes as qe
 from tests.lab.bond import THREE_WANS, BondLab, build_bond_lab
-from tests.lab.measure import wait_for
+from tests.lab.measure import process_usage, readline_within, wait_for
 from tests.lab.netns import Namespace
 
 FILE_MB = 64
 HTTP_PORT = 8080
+LOAD_PORT = 9000  # tests/lab/tcpload.py's server
+MIB = 1 << 20
+# What one lane connection may hold in a daemon (lane.rs: two 64 KiB copy buffers, and rustls's 64 KiB
+# plaintext buffer each way), and the allowance over it for the rest of the process.
+LANE_CONNECTION_BYTES = 4 * 64 * 1024
+RSS_SLACK = 8 * MIB
 
 
 def serve_file(bond: BondLab, root: Path, size_mb: int = FILE_MB) -> tuple[subprocess.Popen[str], str]:
@@ -271,3 +277,63 @@ def test_mptcp_stripped_on_the_way_sends_the_peers_tcp_through_the_quic_bond(lab
         server.wait()
     qe.stop(bond.site)
     assert leftovers(bond.wl.router) == []
+
+
+def start_load_server(bond: BondLab) -> subprocess.Popen[str]:
+    server = bond.dc.popen([sys.executable, "-m", "tests.lab.tcpload", "serve", "--port", str(LOAD_PORT)],
+                           stdout=subprocess.PIPE)
+    assert readline_within(server.stdout, 10).strip() == "ready"
+    return server
+
+
+def test_500_connections_at_once_each_get_their_own_bytes_through_the_lane(lab: Lab, tmp_path: Path) -> None:
+    count = 500
+    bond = build_bond_lab(lab, THREE_WANS, tmp_path, tcp_lane=True)
+    wait_for(lambda: len(endpoints(bond.wl.router)) == len(bond.wl.wans), timeout=5)
+    start_load_server(bond)
+    client = bond.lan.popen([sys.executable, "-m", "tests.lab.tcpload", "check", "--to", f"{bond.dc_addr}:{LOAD_PORT}",
+                             "--count", str(count), "--size", "65536", "--hold", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak = 0  # the most lane connections the site carried at once
+    deadline = time.monotonic() + 180
+    while client.poll() is None:
+        assert time.monotonic() < deadline, "500 connections of 64 KiB did not finish in 3 minutes"
+        peak = max(peak, bond.site.status()["node"]["lane"]["site_active"])
+        time.sleep(0.2)
+    out, err = client.communicate()
+    assert client.returncode == 0 and f"ok {count}" in out, (out + err)[-3000:]
+    assert peak == count, f"at most {peak} lane connections at once"
+    lane = bond.site.status()["node"]["lane"]
+    assert (lane["site_connections"], lane["site_failed"], lane["site_at_cap"]) == (count, 0, 0), lane
+    gw_lane = bond.gateway.status()["node"]["lane"]
+    assert (gw_lane["gateway_connections"], gw_lane["gateway_refused"]) == (count, 0), gw_lane
+    print(f"{count} connections through the lane, {peak} at once")
+
+
+def test_lan_clients_that_stop_reading_do_not_grow_the_daemons_memory(lab: Lab, tmp_path: Path) -> None:
+    stalled = 64
+    bond = build_bond_lab(lab, THREE_WANS, tmp_path, tcp_lane=True)
+    wait_for(lambda: len(endpoints(bond.wl.router)) == len(bond.wl.wans), timeout=5)
+    start_load_server(bond)
+    assert bond.site.proc is not None and bond.gateway.proc is not None
+    pids = {"site": bond.site.proc.pid, "gateway": bond.gateway.proc.pid}
+    baseline = {end: process_usage(pid).rss_bytes for end, pid in pids.items()}
+    # Each connection asks the server for endless data and never reads it.
+    client = bond.lan.popen([sys.executable, "-m", "tests.lab.tcpload", "stall", "--to", f"{bond.dc_addr}:{LOAD_PORT}",
+                             "--count", str(stalled)], stdout=subprocess.PIPE)
+    assert readline_within(client.stdout, 30).strip() == f"connected {stalled}"
+    wait_for(lambda: bond.site.status()["node"]["lane"]["site_active"] == stalled, timeout=10)
+    time.sleep(3)  # every buffer on the way fills
+    filled = {end: process_usage(pid).rss_bytes for end, pid in pids.items()}
+    time.sleep(5)
+    later = {end: process_usage(pid).rss_bytes for end, pid in pids.items()}
+    bound = stalled * LANE_CONNECTION_BYTES + RSS_SLACK
+    for end in pids:
+        grown, since = later[end] - baseline[end], later[end] - filled[end]
+        print(f"{end}: RSS +{grown / MIB:.1f} MiB with {stalled} stalled connections (bound +{bound / MIB:.0f}),"
+              f" {since / MIB:+.1f} MiB over the last 5 s")
+        assert grown < bound, f"{end} grew {grown / MIB:.1f} MiB"
+        assert since < 2 * MIB, f"{end} still growing: {since / MIB:+.1f} MiB in 5 s"
+    client.kill()
+    client.wait()
+    wait_for(lambda: bond.site.status()["node"]["lane"]["site_active"] == 0, timeout=15)

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.lab.measure import readline_within
 from tests.lab.netns import Lab, LabError, Namespace
 
 DHT_NODE = Path(__file__).resolve().parents[2] / "core" / "target" / "release" / "dht_node"
@@ -45,19 +46,11 @@ def start_dht(lab: Lab, ns: Namespace, count: int, *, ip: str = "127.0.0.1", bas
         addr = f"{ip}:{base_port + i}"
         proc = ns.popen([str(DHT_NODE), addr, ",".join(addrs[-4:])], stdout=subprocess.PIPE)
         assert proc.stdout is not None
-        line = _readline(proc.stdout, READY_TIMEOUT_S)
+        line = readline_within(proc.stdout, READY_TIMEOUT_S)
         if line.strip() != f"ready {addr}":
             raise LabError(f"dht_node {addr} did not start: {line!r}")
         addrs.append(addr)
     return addrs
-
-
-def _readline(stream: Any, timeout: float) -> str:
-    out: list[str] = []
-    reader = threading.Thread(target=lambda: out.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return out[0] if out else ""
 
 
 def target(public_key: bytes, salt: bytes) -> bytes:
@@ -83,7 +76,7 @@ class LyingDhtNode:
         proc = ns.popen([sys.executable, "-m", "tests.lab.dht", "liar", ip, str(port)], stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[2]))
         assert proc.stdout is not None
-        line = _readline(proc.stdout, READY_TIMEOUT_S)
+        line = readline_within(proc.stdout, READY_TIMEOUT_S)
         if line.strip() != f"ready {ip}:{port}":
             raise LabError(f"lying DHT node did not start: {line!r}")
         return cls(proc, f"{ip}:{port}")
@@ -94,7 +87,7 @@ class LyingDhtNode:
         encoded = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in item.items()}
         self.proc.stdin.write(json.dumps({"serve": item_target.hex(), "item": encoded}) + "\n")
         self.proc.stdin.flush()
-        if _readline(self.proc.stdout, READY_TIMEOUT_S).strip() != '"ok"':
+        if readline_within(self.proc.stdout, READY_TIMEOUT_S).strip() != '"ok"':
             raise LabError("lying DHT node did not take the item")
 
     def captured(self, public_key: bytes) -> list[dict[str, Any]]:
@@ -102,7 +95,7 @@ class LyingDhtNode:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps({"captured": public_key.hex()}) + "\n")
         self.proc.stdin.flush()
-        items: list[dict[str, Any]] = json.loads(_readline(self.proc.stdout, READY_TIMEOUT_S))
+        items: list[dict[str, Any]] = json.loads(readline_within(self.proc.stdout, READY_TIMEOUT_S))
         return [{k: (bytes.fromhex(v) if isinstance(v, str) else v) for k, v in i.items()} for i in items]
 
 

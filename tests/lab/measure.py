@@ -7,6 +7,7 @@ import os
 import re
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -156,3 +157,12 @@ def process_usage(pid: int) -> Usage:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
     return Usage(rss, len(list(Path(f"/proc/{pid}/fd").iterdir())), cpu_s)
+
+
+def readline_within(stream: Any, timeout: float) -> str:
+    """The next line of a process's output, or "" if none came within `timeout` seconds."""
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return out[0] if out else ""
