@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from quicether.daemon import api
 from tests.lab import Lab
 from tests.lab import nodes as qe
 from tests.lab.bond import THREE_WANS, BondLab, build_bond_lab
@@ -337,3 +339,47 @@ def test_lan_clients_that_stop_reading_do_not_grow_the_daemons_memory(lab: Lab, 
     client.kill()
     client.wait()
     wait_for(lambda: bond.site.status()["node"]["lane"]["site_active"] == 0, timeout=15)
+
+
+def _fetch(bond: BondLab, target: Path) -> subprocess.CompletedProcess[str]:
+    return bond.lan.run("curl", "-sS", "--max-time", "20", "-o", str(target),
+                        f"http://{bond.dc_addr}:{HTTP_PORT}/big.bin", check=False, timeout=30)
+
+
+def _reload(node: qe.NodeSpec) -> dict[str, Any]:
+    node.write_config()
+    answer: dict[str, Any] = api.request(node.state_dir / "api.sock", "reload")
+    assert answer["ok"] and not answer["reloading"], answer  # a run-time change, not a restart
+    return answer
+
+
+def test_the_far_ends_acls_hold_for_lane_connections(lab: Lab, tmp_path: Path) -> None:
+    bond = build_bond_lab(lab, THREE_WANS, tmp_path, tcp_lane=True)
+    www = tmp_path / "www"
+    www.mkdir()
+    server, digest = serve_file(bond, www, size_mb=1)
+    try:
+        got = tmp_path / "got.bin"
+        assert _fetch(bond, got).returncode == 0
+        assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
+        assert bond.gateway.status()["node"]["lane"]["gateway_connections"] == 1
+        # The gateway denies the site's TCP to the server's port: the lane refuses it as the firewall would.
+        bond.gateway.acls = [{"action": "deny", "from": "site", "to": f"{bond.dc_addr}/32", "protocol": "tcp",
+                              "port": HTTP_PORT}]
+        _reload(bond.gateway)
+        got.unlink()
+        refused = _fetch(bond, got)
+        assert refused.returncode != 0, "the ACL let the download through the lane"
+        lane = bond.gateway.status()["node"]["lane"]
+        assert lane["gateway_connections"] == 1 and lane["gateway_refused"] == 1, lane
+        assert f"to {bond.dc_addr}:{HTTP_PORT}: denied by ACL rule 1" in qe.read_log(bond.gateway)
+        # Another port of the same host, and the rule gone again: let through.
+        bond.gateway.acls = [{"action": "deny", "from": "site", "to": f"{bond.dc_addr}/32", "protocol": "tcp",
+                              "port": HTTP_PORT + 1}]
+        _reload(bond.gateway)
+        assert _fetch(bond, got).returncode == 0
+        assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
+        assert bond.gateway.status()["node"]["lane"]["gateway_connections"] == 2
+    finally:
+        server.terminate()
+        server.wait()

@@ -10,10 +10,12 @@
   kernel add a subflow over every WAN (each leaves by its WAN through the per-WAN source rules).
 
 TPROXY rather than `redirect`: the listener sees the original destination as its local address without
-conntrack lookups, and no NAT state is involved. Not applied yet: [[acl]] rules (TPROXY'd connections go to
-the router's input, past the forward chain the ACLs live in), so a config with ACLs keeps the lane off and
-says so. Everything here is removed on stop and, for a crashed run's leftovers, before start; the kernel's
-MPTCP limits, raised for a subflow per WAN, are put back then too.
+conntrack lookups, and no NAT state is involved. The far end's [[acl]] rules hold for the lane as for the
+bond: each lane connection names its LAN source and destination, and the far end's core judges them by the
+rules its firewall applies to traffic from the tunnel (`set_policy`) before it connects anywhere, after
+checking that the peer speaks for that source (its allowed_ips). Everything here is removed on stop and,
+for a crashed run's leftovers, before start; the kernel's MPTCP limits, raised for a subflow per WAN, are put
+back then too.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import nftables
 
 from quicether import _core
 from quicether.config import Config, PeerConfig
+from quicether.net import nft
 from quicether.net import wan as wan_net
 
 if TYPE_CHECKING:
@@ -205,10 +208,6 @@ class Lane:
         peers, port = lane_peers(self.config), lane_port(self.config)
         if not peers or port is None:
             return
-        if self.config.acls:
-            log.warning("tcp_lane is on for %s, but [[acl]] rules do not apply to the lane yet: the lane stays"
-                        " off and TCP goes through the QUIC bond", ", ".join(p.name for p in peers))
-            return
         self.started = True
         await asyncio.to_thread(self._start_system, peers, port)
         await self.sync()
@@ -234,6 +233,14 @@ class Lane:
                         *self._tproxy_rules()]))
         _ip("rule", "add", "fwmark", str(LANE_MARK), "lookup", str(LANE_TABLE), "pref", str(LANE_TABLE))
         _ip("route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", str(LANE_TABLE))
+
+    def set_policy(self, config: Config, acls: list[nft.Acl]) -> None:
+        """The ACLs (resolved to prefixes, as the firewall has them) the gateway end judges each lane
+        connection by; `acl_default = "deny"` refuses what no rule allows to another site: a peer's
+        allowed_ips or this node's LAN. In force at once (at start and at each reload)."""
+        sites = [p for peer in config.peers for p in peer.allowed_ips] + ([config.lan.subnet] if config.lan else [])
+        rules = [(a.action == "allow", a.sources, a.destinations, a.protocol, a.port) for a in acls]
+        self.node.set_lane_policy(rules, config.acl_default == "deny", sites)
 
     def _tproxy_rules(self) -> list[str]:
         """The prerouting chain's rules, made anew: the LAN's TCP to each lane peer's allowed_ips goes to its

@@ -74,6 +74,7 @@ class Router:
         self._exit_task: asyncio.Task[None] | None = None
         self._exit_dirty = asyncio.Event()
         self._exit_key = self._find_exit_key(config)
+        self.acls: list[nft.Acl] = []  # the ACL rules as the firewall has them (the TCP lane judges by them too)
         self._forwarding_before: str | None = None
         self._lan_address: tuple[str, str] | None = None   # (device, address) this daemon added
         self._dnsmasq: dnsmasq.Dnsmasq | None = None
@@ -102,10 +103,11 @@ class Router:
     def _lane_port(self) -> list[tuple[str, int]]:
         """The TCP lane's port (QUIC port + 1), open from outside like the QUIC port when a peer uses it."""
         port = lane.lane_port(self.config)
-        return [("tcp", port)] if port is not None and not self.config.acls else []
+        return [("tcp", port)] if port is not None else []
 
     def firewall(self) -> nft.Firewall:
         cfg = self.config
+        self.acls = resolve_acls(cfg)
         internet = cfg.gateway.internet if cfg.gateway else None
         return nft.Firewall(
             quic_port=int(cfg.listen.rpartition(":")[2]), tun=cfg.tun, outside=self._outside_ports(),
@@ -117,7 +119,7 @@ class Router:
             open_ports=[(o.protocol, o.port) for o in cfg.open_ports] + self._dht_port() + self._lane_port(),
             kill_switch=bool(cfg.lan and cfg.lan.kill_switch),
             direct=cfg.lan.direct if cfg.lan else [],
-            internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=resolve_acls(cfg),
+            internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=self.acls,
             acl_default=cfg.acl_default)
 
     async def start(self) -> None:

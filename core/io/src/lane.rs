@@ -14,10 +14,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use quicether_proto::certkey::ed25519_key_of_cert;
 use quicether_proto::lane::{LaneHeader, MAX_HEADER_LEN};
+use quicether_proto::lane_policy::LanePolicy;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -206,6 +208,12 @@ impl LaneDialer {
 
     /// Carries `lan` (a connection to `destination`) over a new MPTCP + TLS connection to the peer.
     pub async fn carry(&self, lan: TcpStream, destination: SocketAddr, counters: &LaneCounters) -> io::Result<()> {
+        // The far end judges its ACLs on the LAN host's address, and checks that this peer speaks for it.
+        let source = lan.peer_addr()?.ip().to_canonical();
+        let header =
+            LaneHeader { source, destination: SocketAddr::new(destination.ip().to_canonical(), destination.port()) }
+                .encode()
+                .map_err(io::Error::other)?;
         let dial = async {
             let stream = mptcp_socket(&self.peer)?.connect(self.peer).await?;
             // Known once the handshake is done: the SYN-ACK came back without MP_CAPABLE.
@@ -219,7 +227,7 @@ impl LaneDialer {
             let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid name");
             let mut tls = self.connector.connect(name, stream).await?;
             tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
-            tls.write_all(&LaneHeader { destination }.encode()).await?;
+            tls.write_all(&header).await?;
             Ok::<_, io::Error>(tls)
         };
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, dial).await {
@@ -263,21 +271,47 @@ pub fn acceptor(verifier: Arc<KnownClientKeys>, identity: Arc<CurrentIdentity>) 
     Ok(TlsAcceptor::from(Arc::new(tls::server_tls(verifier, identity, ALPN)?)))
 }
 
+/// Whether the peer with a key speaks for a source address.
+pub type SpeaksFor = Box<dyn Fn(&[u8; 32], IpAddr) -> bool + Send + Sync>;
+
+/// What a gateway's lane lets through, judged on each connection's header before it connects anywhere.
+pub struct LaneGate {
+    /// The destinations it ever connects to (`exit_destination`).
+    pub destinations: DestinationPolicy,
+    /// Whether the peer with this key speaks for this source address (it is among its allowed_ips): a peer
+    /// cannot borrow another's address to pass an ACL, as with the QUIC paths' packets.
+    pub speaks_for: SpeaksFor,
+    /// The node's `[[acl]]` rules and default, as its firewall applies them to traffic from the tunnel.
+    pub acl: Arc<RwLock<LanePolicy>>,
+}
+
+impl LaneGate {
+    fn judge(&self, key: &[u8; 32], header: &LaneHeader) -> Result<(), String> {
+        let destination = header.destination;
+        if !(self.speaks_for)(key, header.source) {
+            return Err(format!("source {} is not among the peer's allowed_ips", header.source));
+        }
+        if !(self.destinations)(&destination) {
+            return Err(format!("destination {destination} is not one the lane connects to"));
+        }
+        self.acl
+            .read()
+            .unwrap()
+            .judge(header.source, destination)
+            .map_err(|why| format!("{} to {destination}: {why}", header.source))
+    }
+}
+
 /// Gateway side: accepts lane connections, authenticates them, reads the header and connects to the
 /// destination (from this host's own address: exit traffic leaves as the QUIC bond's NAT would have it).
-pub async fn serve_gateway(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    limits: Arc<LaneLimits>,
-    allow: DestinationPolicy,
-) {
+pub async fn serve_gateway(listener: TcpListener, acceptor: TlsAcceptor, limits: Arc<LaneLimits>, gate: Arc<LaneGate>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let Some(permit) = limits.admit("gateway") else { continue };
-        let (acceptor, limits) = (acceptor.clone(), limits.clone());
+        let (acceptor, limits, gate) = (acceptor.clone(), limits.clone(), gate.clone());
         tokio::spawn(async move {
             let counters = &limits.counters;
-            if let Err(reason) = take_lane_connection(stream, &acceptor, counters, allow).await {
+            if let Err(reason) = take_lane_connection(stream, &acceptor, counters, &gate).await {
                 (limits.log)(format!("tcp lane (gateway): {reason}"));
             }
             drop(permit);
@@ -289,7 +323,7 @@ async fn take_lane_connection(
     stream: TcpStream,
     acceptor: &TlsAcceptor,
     counters: &LaneCounters,
-    allow: DestinationPolicy,
+    gate: &LaneGate,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let opened = async {
@@ -307,9 +341,12 @@ async fn take_lane_connection(
             }
             filled += n;
         };
-        Ok((tls, header, head, used, filled))
+        // The TLS verifier let only pinned keys and members in: the certificate is there and names its key.
+        let key = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| ed25519_key_of_cert(c));
+        let key = key.ok_or_else(|| "refused: no node key in the client's certificate".to_string())?;
+        Ok((tls, key, header, head, used, filled))
     };
-    let (tls, header, head, used, filled) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, opened).await {
+    let (tls, key, header, head, used, filled) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, opened).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -321,9 +358,9 @@ async fn take_lane_connection(
         }
     };
     let destination = header.destination;
-    if !allow(&destination) {
+    if let Err(why) = gate.judge(&key, &header) {
         counters.refused.fetch_add(1, Ordering::Relaxed);
-        return Err(format!("refused: destination {destination} is not one the lane connects to"));
+        return Err(format!("refused: {why}"));
     }
     counters.connections.fetch_add(1, Ordering::Relaxed);
     let connect = async {

@@ -1,6 +1,7 @@
 //! The lane end to end over loopback: a site dialer and a gateway listener, real MPTCP sockets and TLS.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,8 +18,13 @@ struct Gateway {
 }
 
 /// A gateway lane on loopback that lets in the keys `pinned` (loopback destinations allowed: the test's
-/// destination lives there).
+/// destination lives there), from any source, with no ACLs.
 async fn gateway(pinned: &[[u8; 32]]) -> Gateway {
+    gateway_judging(pinned, LanePolicy::default(), |_, _| true).await
+}
+
+/// The same with the ACLs `acl`, and `speaks_for` as the peers' allowed_ips.
+async fn gateway_judging(pinned: &[[u8; 32]], acl: LanePolicy, speaks_for: fn(&[u8; 32], IpAddr) -> bool) -> Gateway {
     let identity = Identity::from_seed(&generate_seed(), None).unwrap();
     let keys = Arc::new(RwLock::new(pinned.iter().copied().collect::<HashSet<_>>()));
     let verifier = Arc::new(KnownClientKeys::new(keys, Arc::new(RwLock::new(None)), provider(), Box::new(|_, _| {})));
@@ -28,7 +34,8 @@ async fn gateway(pinned: &[[u8; 32]]) -> Gateway {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
     let limits = Arc::new(LaneLimits::new(8, Arc::new(move |line| sink.lock().unwrap().push(line))));
-    tokio::spawn(serve_gateway(listener, acceptor, limits.clone(), |_| true));
+    let gate = LaneGate { destinations: |_| true, speaks_for: Box::new(speaks_for), acl: Arc::new(RwLock::new(acl)) };
+    tokio::spawn(serve_gateway(listener, acceptor, limits.clone(), Arc::new(gate)));
     Gateway { addr, limits, identity, log }
 }
 
@@ -142,6 +149,49 @@ async fn a_dial_that_falls_back_is_counted_and_told() {
     assert_eq!(counters.fallback.load(Ordering::Relaxed), 1);
     assert_eq!(*told.lock().unwrap(), 1);
     assert_eq!(counters.failed.load(Ordering::Relaxed), 1);
+}
+
+/// Dials one lane connection from a LAN host on 127.0.0.1 to `destination` through `gw` and waits for the
+/// gateway to have refused it; returns the gateway's log.
+async fn refused_by(gw: &Gateway, site: &Identity, destination: &str) -> Vec<String> {
+    let dialer = LaneDialer::new(CurrentIdentity::new(site).unwrap(), gw.identity.public_key, None, gw.addr).unwrap();
+    let (_host, accepted) = lan_pair().await;
+    let _ = dialer.carry(accepted, destination.parse().unwrap(), &LaneCounters::default()).await;
+    for _ in 0..100 {
+        if gw.limits.counters.refused.load(Ordering::Relaxed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.limits.counters.refused.load(Ordering::Relaxed), 1);
+    assert_eq!(gw.limits.counters.connections.load(Ordering::Relaxed), 0, "nothing connected to");
+    gw.log.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn refuses_a_source_address_the_peer_does_not_speak_for() {
+    let site = Identity::from_seed(&generate_seed(), None).unwrap();
+    let gw =
+        gateway_judging(&[site.public_key], LanePolicy::default(), |_, ip| ip == IpAddr::from([10, 9, 9, 9])).await;
+    let log = refused_by(&gw, &site, "127.0.0.1:9").await;
+    assert!(log.iter().any(|l| l.contains("source 127.0.0.1 is not among the peer's allowed_ips")), "{log:?}");
+}
+
+#[tokio::test]
+async fn an_acl_rule_refuses_a_connection_before_anything_is_connected_to() {
+    use quicether_proto::lane_policy::{AclRule, TCP};
+    let site = Identity::from_seed(&generate_seed(), None).unwrap();
+    let deny = AclRule {
+        allow: false,
+        sources: vec!["127.0.0.0/8".parse().unwrap()],
+        destinations: vec![],
+        protocol: Some(TCP),
+        port: Some(22),
+    };
+    let acl = LanePolicy { rules: vec![deny], ..Default::default() };
+    let gw = gateway_judging(&[site.public_key], acl, |_, _| true).await;
+    let log = refused_by(&gw, &site, "127.0.0.1:22").await;
+    assert!(log.iter().any(|l| l.contains("127.0.0.1 to 127.0.0.1:22: denied by ACL rule 1")), "{log:?}");
 }
 
 #[tokio::test]

@@ -3,14 +3,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+use quicether_proto::lane_policy::LanePolicy;
 
 use tokio::task::JoinHandle;
 
 use super::{io_err, Event, Node};
-use crate::lane::{self, LaneCounters, LaneDialer, LaneLimits, LogSink};
+use crate::lane::{self, LaneCounters, LaneDialer, LaneGate, LaneLimits, LogSink};
 use crate::tls::{self, KnownClientKeys};
 
 struct LaneEnd {
@@ -30,6 +32,8 @@ pub(super) struct Lanes {
     gateway: Option<LaneEnd>,
     /// By peer key.
     sites: HashMap<[u8; 32], LaneEnd>,
+    /// The ACLs the gateway end judges each connection by (`set_lane_policy`).
+    policy: Arc<RwLock<LanePolicy>>,
 }
 
 impl Node {
@@ -63,7 +67,14 @@ impl Node {
         lanes.gateway = None; // the old listener's port is free before the new one binds it
         let listener = lane::mptcp_listener(listen).map_err(|e| io_err(&format!("lane listen {listen}"), e))?;
         let limits = Arc::new(LaneLimits::new(max_connections, self.lane_log()));
-        let task = runtime.spawn(lane::serve_gateway(listener, acceptor, limits.clone(), lane::exit_destination));
+        let table = Arc::downgrade(&self.shared);
+        let speaks_for = Box::new(move |key: &[u8; 32], source: IpAddr| {
+            table.upgrade().is_some_and(|shared| {
+                shared.table.read().unwrap().allowed_ips_of(key).iter().any(|prefix| prefix.contains(source))
+            })
+        });
+        let gate = Arc::new(LaneGate { destinations: lane::exit_destination, speaks_for, acl: lanes.policy.clone() });
+        let task = runtime.spawn(lane::serve_gateway(listener, acceptor, limits.clone(), gate));
         lanes.gateway = Some(LaneEnd { limits, task });
         Ok(())
     }
@@ -96,6 +107,12 @@ impl Node {
         let task = runtime.spawn(lane::serve_site(listener, Arc::new(dialer), limits.clone()));
         lanes.sites.insert(key, LaneEnd { limits, task });
         Ok(())
+    }
+
+    /// The ACLs the gateway end judges each new lane connection by (the firewall's, for traffic from the
+    /// tunnel); in force at once, also for a gateway end started before.
+    pub fn set_lane_policy(&self, policy: LanePolicy) {
+        *self.lanes.lock().unwrap().policy.write().unwrap() = policy;
     }
 
     /// Stops every lane end of this node.

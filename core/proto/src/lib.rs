@@ -48,6 +48,7 @@ pub mod health;
 pub mod hello;
 pub mod join;
 pub mod lane;
+pub mod lane_policy;
 pub mod member_news;
 pub mod membership;
 pub mod nat;

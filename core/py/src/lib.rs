@@ -19,6 +19,7 @@ use quicether_io::tls;
 use quicether_proto::allowed_ips::Prefix;
 use quicether_proto::classify::Rule;
 use quicether_proto::join::JoinAnswer;
+use quicether_proto::lane_policy::{AclRule, LanePolicy};
 use quicether_proto::scheduler::Mode;
 use quicether_proto::signing;
 
@@ -84,6 +85,9 @@ fn peer_error(e: PeerError) -> PyErr {
 fn os_error(e: std::io::Error) -> PyErr {
     PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
 }
+
+/// One `[[acl]]` rule from Python: (allow, sources, destinations, protocol, port).
+type AclRuleArgs = (bool, Vec<String>, Vec<String>, Option<u8>, Option<u16>);
 
 /// A running QuicEther node: QUIC endpoints, peers and their paths, TUN device, packet loops (Rust threads).
 #[pyclass(module = "quicether._core")]
@@ -397,6 +401,29 @@ impl Node {
         let peer_lane =
             peer_lane.parse().map_err(|e| PyValueError::new_err(format!("peer lane {peer_lane:?}: {e}")))?;
         py.detach(|| self.with(|n| n.start_lane_site(key, listen, peer_lane, max_connections)))?.map_err(os_error)
+    }
+
+    /// The ACLs the lane's gateway end judges each connection by: `rules` in order (allow, sources,
+    /// destinations, protocol number or None, port or None; an empty prefix list is any address),
+    /// `default_deny` (acl_default = "deny") for a destination in `sites` (the peers' allowed_ips, the LAN).
+    fn set_lane_policy(&self, rules: Vec<AclRuleArgs>, default_deny: bool, sites: Vec<String>) -> PyResult<()> {
+        let prefixes = |list: &[String]| {
+            list.iter().map(|p| p.parse::<Prefix>()).collect::<Result<Vec<_>, _>>().map_err(PyValueError::new_err)
+        };
+        let rules = rules
+            .iter()
+            .map(|(allow, sources, destinations, protocol, port)| {
+                Ok(AclRule {
+                    allow: *allow,
+                    sources: prefixes(sources)?,
+                    destinations: prefixes(destinations)?,
+                    protocol: *protocol,
+                    port: *port,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let policy = LanePolicy { rules, default_deny, sites: prefixes(&sites)? };
+        self.with(|n| n.set_lane_policy(policy))
     }
 
     fn stop_lanes(&self) -> PyResult<()> {

@@ -92,7 +92,12 @@ fn main() -> std::io::Result<()> {
         ("frame", [frame::encode_data_header(7, Some(5)).as_slice(), &ipv4_udp()].concat()),
         ("hello", hello::encode_hello("wan0", true)),
         ("packet", ipv4_udp()),
-        ("lane", LaneHeader { destination: "10.0.60.10:443".parse().unwrap() }.encode()),
+        (
+            "lane",
+            LaneHeader { source: "192.168.1.20".parse().unwrap(), destination: "10.0.60.10:443".parse().unwrap() }
+                .encode()
+                .expect("one family"),
+        ),
         ("peer_text", b"closed by peer: \x00 idle\n".to_vec()),
         ("portmap", pcp_map_answer()),
         (
