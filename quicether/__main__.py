@@ -196,6 +196,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
           f"  offloads {node.get('tun_offloads') or '-'}  address {node['address'] or '-'}"
           f"  refused handshakes {node.get('refused_handshakes', 0)}"
           f" (retried {node.get('handshakes_retried', 0)}, dropped {node.get('handshakes_dropped', 0)})")
+    if cipher := node.get("cipher"):
+        print(f"  cipher {cipher['preferred']} preferred ({cipher['why']})")
     router = answer.get("router")
     if router and router["lan"]:
         lan = router["lan"]

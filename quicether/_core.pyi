@@ -59,6 +59,9 @@ and per kind:
 from typing import Any
 
 def core_version() -> str: ...
+def cipher() -> tuple[str, str]:
+    """The AEAD this process prefers for its paths and lane ("aes-gcm" or "chacha20-poly1305") and why: by
+    the CPU's AES instructions, or QUICETHER_CIPHER ("aes" or "chacha20")."""
 
 ClassArg = tuple[int | None, int | None, int | None, str]  # protocol, port, dscp, mode
 PeerArg = tuple[bytes, str | None, list[str], str, str, list[ClassArg]]

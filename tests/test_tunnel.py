@@ -55,6 +55,28 @@ def test_ping_both_ways_and_status_shows_the_peer(pair: Pair) -> None:
     assert f"peer b {pair.b.node_id}" in cli.stdout and "connected" in cli.stdout
 
 
+def test_a_node_without_aes_instructions_gets_chacha20_and_status_says_which_it_prefers(lab: Lab,
+                                                                                       tmp_path: Path) -> None:
+    ns_a, ns_b = qe.two_hosts(lab)
+    a = qe.make_node(ns_a, "a", "10.99.0.1/24", tmp_path)
+    b = qe.make_node(ns_b, "b", "10.99.0.2/24", tmp_path)
+    qe.pair(a, b, "10.1.0.2:4433")
+    b.env = {"QUICETHER_CIPHER": "chacha20"}  # as a Raspberry Pi 4 chooses by itself (no AES instructions)
+    qe.start(b)
+    qe.start(a)
+    qe.wait_connected(a)
+    assert ping(a.ns, b.overlay_ip, count=3).received == 3
+    assert b.status()["node"]["cipher"] == {"preferred": "chacha20-poly1305", "why": "set by QUICETHER_CIPHER"}
+    assert a.status()["node"]["cipher"]["preferred"] in ("aes-gcm", "chacha20-poly1305")
+    cli = b.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(b.config_path)).stdout
+    assert "cipher chacha20-poly1305 preferred (set by QUICETHER_CIPHER)" in cli, cli
+    qe.stop(a)
+    a.env = {"QUICETHER_CIPHER": "des"}
+    qe.start(a)
+    qe.wait_connected(a)
+    assert a.status()["node"]["cipher"]["why"].startswith('QUICETHER_CIPHER="des": expected "aes" or "chacha20"')
+
+
 def test_iperf3_tcp_and_udp_through_the_tunnel(pair: Pair) -> None:
     start_iperf_server(pair.b.ns)
     tcp = iperf(pair.a.ns, pair.b.overlay_ip, seconds=2)

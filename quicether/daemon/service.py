@@ -231,6 +231,8 @@ class Daemon:
                 "relay": node.relay_stats() if node else {},
                 # The TCP lane: connections, bytes each way, refusals, cap hits, per end ({} if off).
                 "lane": node.lane_stats() if node else {},
+                # The AEAD this node prefers (a peer without AES instructions gets ChaCha20) and why.
+                "cipher": dict(zip(("preferred", "why"), _core.cipher(), strict=True)),
                 # Per WAN at the site end: the lane's open subflows and their bytes (how MPTCP spreads it).
                 "lane_subflows": self.lane.subflows() if self.lane else {},
                 # Lane peers whose TCP goes through the QUIC bond (their lane fell back: MPTCP stripped on the
@@ -524,6 +526,8 @@ class Daemon:
             undo.push_async_callback(api.stop)
             log.info("node %s listening on %s, %s mtu %d, %d peer(s)", self.identity.node_id,
                      self.node.local_addr(), self.config.tun, self.node.inner_mtu(), len(self.config.peers))
+            preferred, why = _core.cipher()
+            (log.warning if "expected" in why else log.info)("cipher: %s preferred (%s)", preferred, why)
             offloads = self.node.tun_offloads()[0]
             if offloads == "none":
                 log.warning("%s: no TUN offloads (kernel without them, or QUICETHER_TUN_OFFLOADS=0): one packet "

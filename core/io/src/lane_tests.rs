@@ -237,3 +237,41 @@ fn exit_destinations_exclude_the_gateway_itself() {
     assert!(!exit_destination(&"0.0.0.0:80".parse().unwrap()));
     assert!(!exit_destination(&"224.0.0.1:80".parse().unwrap()));
 }
+
+/// The cipher suite a lane handshake agrees on between this process's client (its preference, `tls::cipher`)
+/// and a server whose provider prefers `server`.
+async fn negotiated_with(server: quicether_proto::cipher::Cipher) -> rustls::CipherSuite {
+    let site = Identity::from_seed(&generate_seed(), None).unwrap();
+    let gw = Identity::from_seed(&generate_seed(), None).unwrap();
+    let keys = Arc::new(RwLock::new([site.public_key].into_iter().collect::<HashSet<_>>()));
+    let provider = tls::provider_preferring(server);
+    let verifier = Arc::new(KnownClientKeys::new(keys, Arc::new(RwLock::new(None)), provider, Box::new(|_, _| {})));
+    let acceptor = acceptor(verifier, CurrentIdentity::new(&gw).unwrap()).unwrap();
+    let client = tls::client_tls(CurrentIdentity::new(&site).unwrap(), gw.public_key, None, ALPN).unwrap();
+    let (near, far) = tokio::io::duplex(64 * 1024);
+    let accepted = tokio::spawn(async move { acceptor.accept(far).await.map(|_| ()) });
+    let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).unwrap();
+    let stream = TlsConnector::from(Arc::new(client)).connect(name, near).await.unwrap();
+    accepted.await.unwrap().unwrap();
+    stream.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+}
+
+#[tokio::test]
+async fn a_server_without_aes_instructions_gets_chacha20_and_otherwise_the_clients_preference_wins() {
+    use quicether_proto::cipher::Cipher;
+    use rustls::CipherSuite::{TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256};
+    assert_eq!(negotiated_with(Cipher::ChaCha20Poly1305).await, TLS13_CHACHA20_POLY1305_SHA256);
+    let clients = match tls::cipher().0 {
+        Cipher::AesGcm => TLS13_AES_256_GCM_SHA384,
+        Cipher::ChaCha20Poly1305 => TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    assert_eq!(negotiated_with(Cipher::AesGcm).await, clients);
+}
+
+#[test]
+fn a_chacha20_provider_still_offers_what_quic_initial_packets_need() {
+    let provider = tls::provider_preferring(quicether_proto::cipher::Cipher::ChaCha20Poly1305);
+    let suites: Vec<_> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
+    assert_eq!(suites[0], rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
+    assert!(suites.contains(&rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+}

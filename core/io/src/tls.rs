@@ -8,10 +8,11 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use quicether_proto::certkey::{ed25519_key_of_cert, membership_extension_value, membership_of_cert, MEMBERSHIP_OID};
+use quicether_proto::cipher::{self, Cipher};
 use quicether_proto::membership::{
     admitted_certificate_holds, read_certificate, Certificate, RevocationSet, MAX_CERTIFICATE_LEN,
 };
@@ -34,8 +35,43 @@ pub const SERVER_NAME: &str = "quicether";
 const PKCS8_ED25519_PREFIX: [u8; 16] =
     [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
+/// The crypto provider of every TLS handshake (paths, lane), its cipher suites in this node's order of
+/// preference (`cipher`): a client offers them in that order, and a server without AES instructions insists on
+/// its own (`server_tls`), so a pair with a slow-AES end agrees on ChaCha20-Poly1305.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    provider_preferring(cipher().0)
+}
+
+pub fn provider_preferring(cipher: Cipher) -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if cipher == Cipher::ChaCha20Poly1305 {
+        // Stable: ChaCha20 first, the others (AES-128-GCM among them, which QUIC's Initial packets need) after.
+        provider.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
+    }
+    Arc::new(provider)
+}
+
+/// The cipher this node prefers, and why (`quicether_proto::cipher`): chosen once per process.
+pub fn cipher() -> (Cipher, String) {
+    static CHOICE: OnceLock<(Cipher, String)> = OnceLock::new();
+    CHOICE
+        .get_or_init(|| {
+            let forced = std::env::var("QUICETHER_CIPHER").ok();
+            cipher::choose(aes_instructions(), forced.as_deref()).unwrap_or_else(|e| {
+                (cipher::choose(aes_instructions(), None).expect("no override").0, format!("{e}; by the CPU"))
+            })
+        })
+        .clone()
+}
+
+/// Whether the CPU runs AES-GCM in hardware (AES and carry-less multiply instructions).
+fn aes_instructions() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull");
+    #[allow(unreachable_code)]
+    false
 }
 
 pub fn generate_seed() -> [u8; 32] {
@@ -332,6 +368,9 @@ pub fn server_tls(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(identity);
     tls.alpn_protocols = vec![alpn.to_vec()];
+    // A server that prefers ChaCha20 (no AES instructions) picks by its own order, not the client's.
+    tls.ignore_client_order = tls.crypto_provider().cipher_suites.first().map(|s| s.suite())
+        == Some(rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
     tls.send_tls13_tickets = 0;
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(tls)

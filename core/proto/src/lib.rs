@@ -41,6 +41,7 @@ pub mod bond;
 pub mod bond_send;
 pub mod bounded;
 pub mod certkey;
+pub mod cipher;
 pub mod classify;
 pub mod dht_server;
 pub mod frame;

@@ -624,6 +624,13 @@ fn event_dict(py: Python<'_>, e: Event) -> PyResult<Bound<'_, PyDict>> {
 }
 
 /// 32 random bytes from the OS: a new Ed25519 private key seed.
+/// The AEAD this process prefers for its paths and lane ("aes-gcm" or "chacha20-poly1305") and why.
+#[pyfunction]
+fn cipher() -> (&'static str, String) {
+    let (cipher, why) = tls::cipher();
+    (cipher.name(), why)
+}
+
 #[pyfunction]
 fn generate_seed<'py>(py: Python<'py>) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &tls::generate_seed())
@@ -658,6 +665,7 @@ fn core_version() -> &'static str {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Node>()?;
     m.add_function(wrap_pyfunction!(generate_seed, m)?)?;
+    m.add_function(wrap_pyfunction!(cipher, m)?)?;
     m.add_function(wrap_pyfunction!(public_key_of_seed, m)?)?;
     m.add_function(wrap_pyfunction!(core_version, m)?)?;
     m.add_function(wrap_pyfunction!(sign, m)?)?;
