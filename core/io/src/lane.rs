@@ -29,10 +29,9 @@ use crate::tls::{self, CurrentIdentity, KnownClientKeys, SharedTrust};
 
 /// The lane's ALPN: a lane TLS connection can never be taken for a QUIC path's, or the other way round.
 pub const ALPN: &[u8] = b"quicether-lane/1";
-/// Linux's IPPROTO_MPTCP, SOL_MPTCP and MPTCP_INFO (linux/mptcp.h; the libc crate has no constants for them).
+/// Linux's IPPROTO_MPTCP and TCP_IS_MPTCP (linux/in.h, linux/tcp.h; the libc crate has no constants for them).
 const IPPROTO_MPTCP: i32 = 262;
-const SOL_MPTCP: i32 = 284;
-const MPTCP_INFO: i32 = 1;
+const TCP_IS_MPTCP: i32 = 43;
 pub const COPY_BUFFER: usize = 64 * 1024;
 pub const TLS_BUFFER: usize = 64 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -78,22 +77,23 @@ fn mptcp_socket(addr: &SocketAddr) -> io::Result<TcpSocket> {
 }
 
 /// Whether an MPTCP connection fell back to plain TCP: the other end or a middlebox on the way did not let
-/// MP_CAPABLE through, so the connection has one path and no failover. The kernel's test for it: MPTCP_INFO
-/// with length 0 answers 0 on an MPTCP connection, and EOPNOTSUPP once it is plain TCP (the option then
-/// goes to the one TCP subflow, which has no SOL_MPTCP).
+/// MP_CAPABLE through, so the connection has one path and no failover. TCP_IS_MPTCP (Linux 5.16) answers 1 on
+/// an MPTCP connection and 0 once it is plain TCP (the option then goes to its one TCP subflow). A kernel
+/// that does not know the option is taken to mean no fallback: the lane is kept, as before this check.
 pub fn fell_back_to_tcp(stream: &TcpStream) -> bool {
-    let mut len: libc::socklen_t = 0;
-    // SAFETY: getsockopt with a zero length writes nothing through the (dangling, non-null) buffer pointer.
+    let mut value: libc::c_int = 1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live c_int with its size.
     let rc = unsafe {
         libc::getsockopt(
             stream.as_raw_fd(),
-            SOL_MPTCP,
-            MPTCP_INFO,
-            std::ptr::NonNull::<u8>::dangling().as_ptr().cast(),
+            libc::IPPROTO_TCP,
+            TCP_IS_MPTCP,
+            (&mut value as *mut libc::c_int).cast(),
             &mut len,
         )
     };
-    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP)
+    rc == 0 && value == 0
 }
 
 /// The gateway's lane listener: MPTCP on `addr` (plain TCP clients are accepted too, as MPTCP does).
