@@ -52,8 +52,8 @@ and per kind:
     tun_failed                 reading the TUN device failed: no packet leaves the node any more. Fatal: the
                                daemon must log it and exit non-zero (its supervisor restarts it)
     lane                       the TCP lane refused a connection or reached its connection cap (detail)
-    lane_fallback              key: a lane connection to that peer fell back to plain TCP (MPTCP stripped on the
-                               way); the connection is still carried
+    lane_fallback              key: 3 lane connections in a row to that peer fell back to plain TCP (MPTCP
+                               stripped on the way); they are still carried
 """
 
 from typing import Any

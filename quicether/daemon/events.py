@@ -127,7 +127,7 @@ class LaneNews(CoreEvent):
 
 @dataclass(frozen=True)
 class LaneFellBack(CoreEvent):
-    """A lane connection to peer `key` fell back to plain TCP: MPTCP is stripped on the way to it."""
+    """Lane connections to peer `key` keep falling back to plain TCP: MPTCP is stripped on the way to it."""
 
 
 @dataclass(frozen=True)

@@ -244,8 +244,12 @@ class Lane:
 
     def _tproxy_rules(self) -> list[str]:
         """The prerouting chain's rules, made anew: the LAN's TCP to each lane peer's allowed_ips goes to its
-        transparent listener, except to a peer whose lane fell back (its TCP goes through the QUIC bond)."""
-        rules = [f"flush chain ip {NFT_TABLE} prerouting"]
+        transparent listener, except to a peer whose lane fell back (its TCP goes through the QUIC bond).
+        First, the packets of connections the listeners already hold stay theirs (those of a peer just
+        bypassed too): they would otherwise be routed on into the tunnel, where nobody knows them."""
+        rules = [f"flush chain ip {NFT_TABLE} prerouting",
+                 f"add rule ip {NFT_TABLE} prerouting meta l4proto tcp socket transparent 1 meta mark set {LANE_MARK}"
+                 " accept"]
         for peer, listen in zip(self.dialing, self._listen_ports, strict=True):
             if peer.key not in self._bypassed:
                 prefixes = ", ".join(_v4_prefixes(peer.allowed_ips))
@@ -259,8 +263,8 @@ class Lane:
             task.add_done_callback(_log_failure)
 
     def fell_back(self, key: bytes, who: str, detail: str) -> None:
-        """A lane connection to peer `key` fell back to plain TCP (the core still carries it): MPTCP is
-        stripped on the way, so the lane would give one path and no failover. The peer's next TCP
+        """Lane connections to peer `key` keep falling back to plain TCP (the core still carries them):
+        MPTCP is stripped on the way, so the lane would give one path and no failover. The peer's next TCP
         connections go through the QUIC bond for FALLBACK_HOLD_S, then the lane is tried again."""
         if not self.started or key not in self._dialing_keys or key in self._bypassed:
             return

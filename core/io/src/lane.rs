@@ -176,14 +176,20 @@ where
     result.map(|_| ())
 }
 
-/// Called when a lane connection to the peer fell back to plain TCP (see `fell_back_to_tcp`).
+/// Called when lane connections to the peer keep falling back to plain TCP (see `fell_back_to_tcp`).
 pub type FallbackNotice = Box<dyn Fn() + Send + Sync>;
+/// How many lane connections in a row must fall back before the daemon is told: a middlebox that strips
+/// MPTCP strips it from every connection, while a lone fallback can come from the far end's load (a SYN
+/// answered with a cookie) and says nothing about the way.
+pub const FALLBACKS_IN_A_ROW: u32 = 3;
 
 /// The site side: dials one peer's lane for each LAN connection.
 pub struct LaneDialer {
     connector: TlsConnector,
     peer: SocketAddr,
     on_fallback: Option<FallbackNotice>,
+    /// Lane connections in a row that fell back (reset by one that did not, and when the daemon is told).
+    fallbacks_in_a_row: AtomicU64,
 }
 
 impl LaneDialer {
@@ -196,11 +202,16 @@ impl LaneDialer {
     ) -> Result<Self, String> {
         let mut config = tls::client_tls(identity, peer_key, members_of, ALPN)?;
         config.enable_early_data = false;
-        Ok(Self { connector: TlsConnector::from(Arc::new(config)), peer, on_fallback: None })
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            peer,
+            on_fallback: None,
+            fallbacks_in_a_row: AtomicU64::new(0),
+        })
     }
 
-    /// `notice` is called for each lane connection that fell back to plain TCP. That connection is still
-    /// carried (it works, on one path): the daemon sends the peer's next ones through the QUIC bond.
+    /// `notice` is called when `FALLBACKS_IN_A_ROW` lane connections in a row fell back to plain TCP. They
+    /// are still carried (they work, on one path): the daemon sends the peer's next ones through the QUIC bond.
     pub fn on_fallback(mut self, notice: FallbackNotice) -> Self {
         self.on_fallback = Some(notice);
         self
@@ -219,9 +230,15 @@ impl LaneDialer {
             // Known once the handshake is done: the SYN-ACK came back without MP_CAPABLE.
             if fell_back_to_tcp(&stream) {
                 counters.fallback.fetch_add(1, Ordering::Relaxed);
-                if let Some(notice) = &self.on_fallback {
-                    notice();
+                let in_a_row = self.fallbacks_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if in_a_row >= u64::from(FALLBACKS_IN_A_ROW) {
+                    self.fallbacks_in_a_row.store(0, Ordering::Relaxed);
+                    if let Some(notice) = &self.on_fallback {
+                        notice();
+                    }
                 }
+            } else {
+                self.fallbacks_in_a_row.store(0, Ordering::Relaxed);
             }
             stream.set_nodelay(true)?;
             let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid name");

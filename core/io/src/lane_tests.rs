@@ -128,14 +128,15 @@ async fn a_connection_to_a_plain_tcp_listener_is_seen_to_fall_back_and_one_to_mp
 }
 
 #[tokio::test]
-async fn a_dial_that_falls_back_is_counted_and_told() {
-    // A "gateway" whose lane port is plain TCP, as a middlebox stripping MP_CAPABLE makes it look: the dial
+async fn dials_that_fall_back_are_counted_and_told_after_three_in_a_row() {
+    // A "gateway" whose lane port is plain TCP, as a middlebox stripping MP_CAPABLE makes it look: each dial
     // falls back; the TLS handshake then fails here (no TLS server), as it is the fallback that is tested.
     let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = plain.local_addr().unwrap();
     tokio::spawn(async move {
-        let (mut conn, _) = plain.accept().await.unwrap();
-        let _ = conn.shutdown().await;
+        while let Ok((mut conn, _)) = plain.accept().await {
+            let _ = conn.shutdown().await;
+        }
     });
     let site = Identity::from_seed(&generate_seed(), None).unwrap();
     let told = Arc::new(Mutex::new(0));
@@ -143,12 +144,14 @@ async fn a_dial_that_falls_back_is_counted_and_told() {
     let dialer = LaneDialer::new(CurrentIdentity::new(&site).unwrap(), site.public_key, None, addr)
         .unwrap()
         .on_fallback(Box::new(move || *notice.lock().unwrap() += 1));
-    let (_host, accepted) = lan_pair().await;
     let counters = LaneCounters::default();
-    assert!(dialer.carry(accepted, "127.0.0.1:9".parse().unwrap(), &counters).await.is_err());
-    assert_eq!(counters.fallback.load(Ordering::Relaxed), 1);
-    assert_eq!(*told.lock().unwrap(), 1);
-    assert_eq!(counters.failed.load(Ordering::Relaxed), 1);
+    for dial in 1..=4 {
+        let (_host, accepted) = lan_pair().await;
+        assert!(dialer.carry(accepted, "127.0.0.1:9".parse().unwrap(), &counters).await.is_err());
+        assert_eq!(counters.fallback.load(Ordering::Relaxed), dial);
+        assert_eq!(*told.lock().unwrap(), u64::from(dial >= u64::from(FALLBACKS_IN_A_ROW)), "after dial {dial}");
+    }
+    assert_eq!(counters.failed.load(Ordering::Relaxed), 4);
 }
 
 /// Dials one lane connection from a LAN host on 127.0.0.1 to `destination` through `gw` and waits for the

@@ -92,8 +92,10 @@ impl Node {
         let sink = Arc::downgrade(&self.shared);
         let fell_back = Box::new(move || {
             if let Some(shared) = sink.upgrade() {
-                let detail =
-                    format!("a lane connection to {peer_lane} fell back to plain TCP (MPTCP stripped on the way)");
+                let detail = format!(
+                    "{} lane connections in a row to {peer_lane} fell back to plain TCP (MPTCP stripped on the way)",
+                    lane::FALLBACKS_IN_A_ROW
+                );
                 shared.emit(Event::LaneFallback { key, detail });
             }
         });
