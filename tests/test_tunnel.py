@@ -127,6 +127,23 @@ def test_restart_of_either_side_recovers_within_5s(pair: Pair) -> None:
         assert recovered < 5, f"{node.name} restart: tunnel back after {recovered:.1f}s"
 
 
+def test_a_killed_and_restarted_node_is_taken_back_at_once(pair: Pair) -> None:
+    """After a SIGKILL the other side still holds the dead connection. The restarted node's new one replaces
+    it; it used to be refused as a duplicate path until the dead one timed out (about 3 s)."""
+    for node in (pair.a, pair.b):
+        assert node.proc is not None
+        node.proc.kill()
+        node.proc.wait()
+        qe.start(node)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 8:
+            if ping(pair.a.ns, pair.b.overlay_ip, count=1, timeout_s=0.2).received:
+                break
+        recovered = time.monotonic() - t0
+        print(f"{node.name} killed and restarted: tunnel back after {recovered:.2f}s")
+        assert recovered < 2, f"{node.name} killed and restarted: tunnel back after {recovered:.1f}s"
+
+
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_stop_leaves_no_tun_route_or_socket(pair: Pair, how: signal.Signals) -> None:
     assert pair.a.proc is not None

@@ -218,11 +218,13 @@ pub enum NotAdded {
 }
 
 /// Which of two paths over the same pair of WANs to close, deciding the same way on both nodes: the one
-/// dialed by the node with the higher key (so the lower key's dial survives); if one node dialed both (two
-/// endpoints of the peer reached over the same WANs), the newer one. True: close `new`, else `old`.
+/// dialed by the node with the higher key (so the lower key's dial survives). If one node dialed both, the
+/// old one: a node dials only where it has no path, so its new dial says the old path is dead on its side,
+/// as when it restarted (SIGKILL, crash) while the other side still held its connection; keeping the old one
+/// would refuse every new dial until that dead connection timed out. True: close `new`, else `old`.
 pub fn duplicate_loser(our_key: &[u8; 32], peer_key: &[u8; 32], old_dialed: bool, new_dialed: bool) -> bool {
     if old_dialed == new_dialed {
-        return true;
+        return false;
     }
     let we_are_lower = our_key < peer_key;
     // The survivor is the path dialed by the lower key: ours (dialed) if we are lower.
@@ -532,8 +534,8 @@ mod tests {
             let high_keeps_lows_dial = if high_closes_new { old_is_lows_dial } else { !old_is_lows_dial };
             assert!(low_keeps_lows_dial && high_keeps_lows_dial, "{label}");
         }
-        // Two paths one node dialed (two endpoints reached over the same WANs): the newer one goes.
-        assert!(duplicate_loser(&low, &high, true, true));
-        assert!(duplicate_loser(&high, &low, false, false));
+        // Two paths one node dialed (it restarted, or lost the old one): the old one goes, on both sides.
+        assert!(!duplicate_loser(&low, &high, true, true));
+        assert!(!duplicate_loser(&high, &low, false, false));
     }
 }
