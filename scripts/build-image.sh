@@ -66,7 +66,16 @@ if [ "$arch" = rpi ]; then
 fi
 
 work=$(mktemp -d /tmp/quicether-image.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# mmdebstrap mounts /proc, /sys and /dev/* inside the root file system while it installs; if it is stopped
+# there, they stay mounted. Unmount them before removing the tree (an rm through /dev/shm deletes the host's
+# files), deepest first, and never cross into another file system.
+remove_work() {
+    awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r | while read -r mnt; do
+        umount -l "$mnt" || true
+    done
+    rm -rf --one-file-system "$work"
+}
+trap remove_work EXIT
 mkdir -p "$out"
 
 [ -x "$root_dir/.venv/bin/maturin" ] || fail "run scripts/setup first (it creates .venv with maturin)"
