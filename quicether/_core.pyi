@@ -146,9 +146,11 @@ class Node:
     def start_lane_site(self, key: bytes, listen: str, peer_lane: str, max_connections: int) -> None:
         """TCP lane, site end for peer `key`: connections TPROXY'd to `listen` are carried to `peer_lane`."""
     def set_lane_policy(self, rules: list[tuple[bool, list[str], list[str], int | None, int | None]],
-                        default_deny: bool, sites: list[str]) -> None:
+                        default_deny: bool, sites: list[str], tun: str, lan: str | None, outside: list[str]) -> None:
         """The ACLs the lane's gateway end judges each connection by: rules in order (allow, sources,
-        destinations, protocol, port; [] is any address), and acl_default "deny" for destinations in `sites`."""
+        destinations, protocol, port; [] is any address), and acl_default "deny" for destinations in `sites`;
+        the ports as the firewall has them (a router's `lan`), which decide where a connection keeps the LAN
+        host's address (out of a port the firewall does not masquerade the tunnel's traffic out of)."""
     def stop_lanes(self) -> None: ...
     def lane_stats(self) -> dict[str, int]:
         """{site_|gateway_}{connections, active, bytes_out, bytes_in, refused, failed, at_cap}."""

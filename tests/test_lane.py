@@ -129,6 +129,10 @@ def test_curl_download_goes_through_the_lane_over_every_wan_and_stop_leaves_noth
         # The status saw it too: a subflow per WAN, each with bytes received (the dashboard's shares).
         assert sorted(shares) == sorted(devices), shares
         assert all(f["subflows"] >= 1 and f["bytes_received"] > 0 for f in shares.values()), shares
+        # The dc host saw the LAN host connect, as through the QUIC bond (the gateway forwards the tunnel's
+        # traffic to it without NAT), not the gateway: the far end connected from the LAN host's address.
+        clients = {line.split()[0] for line in (tmp_path / "http.err").read_text().splitlines() if "GET /big" in line}
+        assert clients == {bond.lan_addr}, f"the dc host's HTTP log names {clients}"
         print(f"router bytes received per WAN: {received}")
     finally:
         server.terminate()
@@ -136,6 +140,7 @@ def test_curl_download_goes_through_the_lane_over_every_wan_and_stop_leaves_noth
     qe.stop(bond.site)
     qe.stop(bond.gateway)
     assert leftovers(bond.wl.router) == []
+    assert leftovers(bond.gateway.ns) == [], "the far end's transparent-socket rule and route are gone too"
 
 
 def test_the_fastest_wan_cut_mid_download_stalls_under_1s_and_is_used_again_within_5s(

@@ -13,7 +13,10 @@ TPROXY rather than `redirect`: the listener sees the original destination as its
 conntrack lookups, and no NAT state is involved. The far end's [[acl]] rules hold for the lane as for the
 bond: each lane connection names its LAN source and destination, and the far end's core judges them by the
 rules its firewall applies to traffic from the tunnel (`set_policy`) before it connects anywhere, after
-checking that the peer speaks for that source (its allowed_ips). Everything here is removed on stop and,
+checking that the peer speaks for that source (its allowed_ips). A far end connects from the LAN host's own
+address where the tunnel's packets would keep it (out of a port its firewall does not masquerade, such as its
+LAN): the host there sees who connects, and its replies come back to the transparent socket by the same
+fwmark and routing table. Everything here is removed on stop and,
 for a crashed run's leftovers, before start; the kernel's MPTCP limits, raised for a subflow per WAN, are put
 back then too.
 """
@@ -217,8 +220,6 @@ class Lane:
         host = self.config.listen.rpartition(":")[0] or "0.0.0.0"
         _raise_mptcp_limits(self.config.state_dir)
         self.node.start_lane_gateway(f"{host}:{port}", MAX_CONNECTIONS)
-        if not self.dialing:
-            return
         # From the LAN port only (a router); else from anything but the tunnel and the configured WANs.
         not_lan = ", ".join(f'"{d}"' for d in [self.config.tun, *(w.device for w in self.config.wans)])
         self._from_lan = (f'iifname "{self.config.lan.device}"' if self.config.lan is not None
@@ -228,19 +229,24 @@ class Lane:
             endpoint_host, _, endpoint_port = peer.endpoint.rpartition(":")
             self.node.start_lane_site(peer.key, f"0.0.0.0:{listen}",
                                       f"{endpoint_host.strip('[]')}:{int(endpoint_port) + 1}", MAX_CONNECTIONS)
+        # Both ends: the packets of the lane's transparent sockets are this host's (routing table LANE_TABLE).
+        # At the site, those of the LAN's connections the listeners took; at the far end, the replies to a
+        # connection that comes from the LAN host's address (lane.rs `connect_out`).
         _nft("; ".join([f"add table ip {NFT_TABLE}",
                         f"add chain ip {NFT_TABLE} prerouting {{ type filter hook prerouting priority mangle; }}",
                         *self._tproxy_rules()]))
         _ip("rule", "add", "fwmark", str(LANE_MARK), "lookup", str(LANE_TABLE), "pref", str(LANE_TABLE))
         _ip("route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", str(LANE_TABLE))
 
-    def set_policy(self, config: Config, acls: list[nft.Acl]) -> None:
-        """The ACLs (resolved to prefixes, as the firewall has them) the gateway end judges each lane
-        connection by; `acl_default = "deny"` refuses what no rule allows to another site: a peer's
-        allowed_ips or this node's LAN. In force at once (at start and at each reload)."""
+    def set_policy(self, config: Config, fw: nft.Firewall) -> None:
+        """What the far end judges and does with each lane connection, from the firewall just applied (at
+        start, at each reload, when WAN ports come or go): its ACLs (resolved to prefixes), with
+        `acl_default = "deny"` refusing what no rule allows to another site (a peer's allowed_ips or this
+        node's LAN); and its ports, which decide where a connection keeps the LAN host's address."""
         sites = [p for peer in config.peers for p in peer.allowed_ips] + ([config.lan.subnet] if config.lan else [])
-        rules = [(a.action == "allow", a.sources, a.destinations, a.protocol, a.port) for a in acls]
-        self.node.set_lane_policy(rules, config.acl_default == "deny", sites)
+        rules = [(a.action == "allow", a.sources, a.destinations, a.protocol, a.port) for a in fw.acls]
+        self.node.set_lane_policy(rules, fw.acl_default == "deny", sites, fw.tun, fw.lan if fw.router else None,
+                                  fw.outside)
 
     def _tproxy_rules(self) -> list[str]:
         """The prerouting chain's rules, made anew: the LAN's TCP to each lane peer's allowed_ips goes to its

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ class Router:
         self._exit_task: asyncio.Task[None] | None = None
         self._exit_dirty = asyncio.Event()
         self._exit_key = self._find_exit_key(config)
-        self.acls: list[nft.Acl] = []  # the ACL rules as the firewall has them (the TCP lane judges by them too)
+        # Told of each firewall applied, with the config it was made from (the TCP lane judges by its ACLs).
+        self.on_firewall: Callable[[Config, nft.Firewall], None] | None = None
         self._forwarding_before: str | None = None
         self._lan_address: tuple[str, str] | None = None   # (device, address) this daemon added
         self._dnsmasq: dnsmasq.Dnsmasq | None = None
@@ -107,7 +109,6 @@ class Router:
 
     def firewall(self) -> nft.Firewall:
         cfg = self.config
-        self.acls = resolve_acls(cfg)
         internet = cfg.gateway.internet if cfg.gateway else None
         return nft.Firewall(
             quic_port=int(cfg.listen.rpartition(":")[2]), tun=cfg.tun, outside=self._outside_ports(),
@@ -119,7 +120,7 @@ class Router:
             open_ports=[(o.protocol, o.port) for o in cfg.open_ports] + self._dht_port() + self._lane_port(),
             kill_switch=bool(cfg.lan and cfg.lan.kill_switch),
             direct=cfg.lan.direct if cfg.lan else [],
-            internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=self.acls,
+            internet=internet, forwards=cfg.gateway.forwards if cfg.gateway else [], acls=resolve_acls(cfg),
             acl_default=cfg.acl_default)
 
     async def start(self) -> None:
@@ -160,7 +161,10 @@ class Router:
 
     async def _apply_firewall(self) -> None:
         async with self._firewall_lock:
-            await asyncio.to_thread(nft.apply, self.firewall())
+            fw = self.firewall()
+            await asyncio.to_thread(nft.apply, fw)
+            if self.on_firewall is not None:
+                self.on_firewall(self.config, fw)
 
     async def restart_ui(self) -> None:
         """The web UI again, with the current config's address and port (or none if it is disabled)."""

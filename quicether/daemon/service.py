@@ -420,8 +420,6 @@ class Daemon:
             # The firewall's outside set is the WAN manager's, also where no port came or went.
             self.router.outside = self.wans.devices()
         await self.router.update(new, changes)
-        if self.lane is not None:
-            self.lane.set_policy(new, self.router.acls)
         if self.member_names is not None:
             # DNS turned on or off on the LAN: dnsmasq's names file follows at once.
             self.member_names.set_lan_dns(new.lan is not None and new.lan.dns)
@@ -505,8 +503,8 @@ class Daemon:
             self.router = Router(self.config, self.node)
             undo.push_async_callback(self.router.stop)
             undo.push_async_callback(self._cancel_ui_restart)
+            self.router.on_firewall = self.lane.set_policy
             await self.router.start()
-            self.lane.set_policy(self.config, self.router.acls)
             if self.config.wans or self.config.detect_wans:
                 lan = {self.config.lan.device} if self.config.lan else set()
                 self.wans = WanManager(self.node, self.config.wans, detect=self.config.detect_wans,

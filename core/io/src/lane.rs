@@ -25,6 +25,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::routes::route_device;
+use crate::sockets::set_int;
 use crate::tls::{self, CurrentIdentity, KnownClientKeys, SharedTrust};
 
 /// The lane's ALPN: a lane TLS connection can never be taken for a QUIC path's, or the other way round.
@@ -104,26 +106,20 @@ pub fn mptcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// The site's listener for TPROXY'd LAN connections: IP_TRANSPARENT, so it accepts connections addressed to
-/// any destination, whose local address is then the original destination.
-pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A TCP socket with IP_TRANSPARENT: it may accept connections to any address, or connect from one this
+/// host does not have.
+fn transparent_socket(addr: &SocketAddr) -> io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     let (level, name) =
         if addr.is_ipv4() { (libc::SOL_IP, libc::IP_TRANSPARENT) } else { (libc::SOL_IPV6, libc::IPV6_TRANSPARENT) };
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt with a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::other(format!("IP_TRANSPARENT: {}", io::Error::last_os_error())));
-    }
+    set_int(&socket, level, name, 1).map_err(|e| io::Error::other(format!("IP_TRANSPARENT: {e}")))?;
+    Ok(socket)
+}
+
+/// The site's listener for TPROXY'd LAN connections: IP_TRANSPARENT, so it accepts connections addressed to
+/// any destination, whose local address is then the original destination.
+pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = transparent_socket(&addr)?;
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
@@ -381,7 +377,7 @@ async fn take_lane_connection(
     }
     counters.connections.fetch_add(1, Ordering::Relaxed);
     let connect = async {
-        let mut out = TcpStream::connect(destination).await?;
+        let mut out = connect_out(&header, gate).await?;
         out.set_nodelay(true)?;
         // Bytes that came in the header's read belong to the connection.
         out.write_all(&head[used..filled]).await?;
@@ -403,6 +399,23 @@ async fn take_lane_connection(
     let _ = relay(tls, out, counters).await;
     counters.active.fetch_sub(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// The connection to the header's destination. Where the tunnel's packets would keep the LAN host's address
+/// (`Ports::keeps_source`: a port the firewall does not masquerade out of, such as this node's LAN), it comes
+/// from that address, so the host there sees who connects, as through the QUIC bond; its replies are this
+/// host's by the lane's `socket transparent` mark (quicether/daemon/lane.py). Elsewhere (the exit), it comes
+/// from this host's own address.
+async fn connect_out(header: &LaneHeader, gate: &LaneGate) -> io::Result<TcpStream> {
+    let destination = header.destination;
+    let keeps_source = header.source.is_ipv4() == destination.is_ipv4()
+        && route_device(destination.ip()).is_some_and(|device| gate.acl.read().unwrap().ports.keeps_source(&device));
+    if !keeps_source {
+        return TcpStream::connect(destination).await;
+    }
+    let socket = transparent_socket(&destination)?;
+    socket.bind(SocketAddr::new(header.source, 0))?;
+    socket.connect(destination).await
 }
 
 /// Which destinations a gateway's lane connects to: anywhere a packet from the site could have gone

@@ -34,6 +34,7 @@ pub mod portmap;
 pub mod punch;
 pub mod receive;
 pub mod relay;
+pub mod routes;
 pub mod send;
 pub mod sockets;
 pub mod stats;

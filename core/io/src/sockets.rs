@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 /// UDP socket buffers sized for a few hundred Mbit/s with bursts (set with the *FORCE variants as root).
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
-fn set_int(sock: &UdpSocket, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+pub(crate) fn set_int(sock: &impl AsRawFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: setsockopt with a pointer to an int that lives across the call.
     let rc = unsafe {
         libc::setsockopt(

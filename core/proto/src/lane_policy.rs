@@ -40,6 +40,34 @@ pub struct LanePolicy {
     pub default_deny: bool,
     /// The sites as this node routes them: every peer's allowed_ips and this node's LAN.
     pub sites: Vec<Prefix>,
+    /// This node's ports, which decide the address a connection comes from (`Ports::keeps_source`).
+    pub ports: Ports,
+}
+
+/// This node's ports as its firewall sees them (quicether/net/nft.py `Firewall`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ports {
+    pub tun: String,
+    /// A router's LAN port: a router takes every port but this one, loopback and the tunnel for outside.
+    pub lan: Option<String>,
+    /// The ports that face the internet: the WANs and a gateway's internet port.
+    pub outside: Vec<String>,
+}
+
+impl Ports {
+    /// Whether a lane connection that leaves by `device` comes from the LAN host's own address, as the
+    /// tunnel's packets forwarded out of that port do: the firewall masquerades the tunnel's traffic out of
+    /// the internet port, and out of another outside port it would have no way back but this node's own
+    /// address; to this node itself, or on into the tunnel (another hop), the connection is this node's.
+    pub fn keeps_source(&self, device: &str) -> bool {
+        if device == "lo" || device == self.tun {
+            return false;
+        }
+        match &self.lan {
+            Some(lan) => device == lan,
+            None => !self.outside.iter().any(|d| d == device),
+        }
+    }
 }
 
 impl LanePolicy {
@@ -81,6 +109,7 @@ mod tests {
             ],
             default_deny: false,
             sites: prefixes(&["10.0.80.0/24"]),
+            ..Default::default()
         };
         assert_eq!(judge(&policy, "192.168.1.7", "10.0.80.5:22"), Err("denied by ACL rule 1".into()));
         assert_eq!(judge(&policy, "192.168.1.7", "10.0.80.5:443"), Ok(()), "rule 2 before rule 3");
@@ -100,10 +129,26 @@ mod tests {
             rules: vec![rule(true, &["192.168.1.0/24"], &["10.0.80.10/32"], None, Some(443))],
             default_deny: true,
             sites: prefixes(&["10.0.80.0/24", "192.168.61.0/24"]),
+            ..Default::default()
         };
         assert_eq!(judge(&policy, "192.168.1.7", "10.0.80.10:443"), Ok(()));
         assert!(judge(&policy, "192.168.1.7", "10.0.80.10:22").unwrap_err().contains("acl_default"));
         assert!(judge(&policy, "192.168.1.7", "192.168.61.3:80").is_err(), "this node's LAN is a site too");
         assert_eq!(judge(&policy, "192.168.1.7", "203.0.113.9:443"), Ok(()), "the exit");
+    }
+
+    #[test]
+    fn a_connection_keeps_the_lan_hosts_address_only_where_the_tunnels_packets_would() {
+        let gateway = Ports { tun: "qe0".into(), lan: None, outside: vec!["eth0".into(), "wan1".into()] };
+        assert!(gateway.keeps_source("dc"), "a port the firewall does not masquerade out of");
+        for own in ["eth0", "wan1", "lo", "qe0"] {
+            assert!(!gateway.keeps_source(own), "{own}");
+        }
+        let router = Ports { tun: "qe0".into(), lan: Some("br-lan".into()), outside: vec!["wan0".into()] };
+        assert!(router.keeps_source("br-lan"));
+        // A router takes a port it does not know for outside, as its firewall does.
+        for own in ["wan0", "eth9", "lo", "qe0"] {
+            assert!(!router.keeps_source(own), "{own}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use quicether_io::tls;
 use quicether_proto::allowed_ips::Prefix;
 use quicether_proto::classify::Rule;
 use quicether_proto::join::JoinAnswer;
-use quicether_proto::lane_policy::{AclRule, LanePolicy};
+use quicether_proto::lane_policy::{AclRule, LanePolicy, Ports};
 use quicether_proto::scheduler::Mode;
 use quicether_proto::signing;
 
@@ -405,8 +405,18 @@ impl Node {
 
     /// The ACLs the lane's gateway end judges each connection by: `rules` in order (allow, sources,
     /// destinations, protocol number or None, port or None; an empty prefix list is any address),
-    /// `default_deny` (acl_default = "deny") for a destination in `sites` (the peers' allowed_ips, the LAN).
-    fn set_lane_policy(&self, rules: Vec<AclRuleArgs>, default_deny: bool, sites: Vec<String>) -> PyResult<()> {
+    /// `default_deny` (acl_default = "deny") for a destination in `sites` (the peers' allowed_ips, the LAN);
+    /// and the ports as the firewall has them (`tun`, a router's `lan`, `outside`), which decide where a
+    /// connection keeps the LAN host's address.
+    fn set_lane_policy(
+        &self,
+        rules: Vec<AclRuleArgs>,
+        default_deny: bool,
+        sites: Vec<String>,
+        tun: String,
+        lan: Option<String>,
+        outside: Vec<String>,
+    ) -> PyResult<()> {
         let prefixes = |list: &[String]| {
             list.iter().map(|p| p.parse::<Prefix>()).collect::<Result<Vec<_>, _>>().map_err(PyValueError::new_err)
         };
@@ -422,7 +432,7 @@ impl Node {
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
-        let policy = LanePolicy { rules, default_deny, sites: prefixes(&sites)? };
+        let policy = LanePolicy { rules, default_deny, sites: prefixes(&sites)?, ports: Ports { tun, lan, outside } };
         self.with(|n| n.set_lane_policy(policy))
     }
 
