@@ -227,25 +227,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f" ({relay.get('forwarded_bytes', 0)} bytes) forwarded for members, dropped {drops or 'none'};"
               f" through relays: {relay.get('dials', 0)} dials, {relay.get('sent_packets', 0)} sent,"
               f" {relay.get('received_packets', 0)} received ({relay.get('received_dropped', 0)} dropped)")
-    lane = node.get("lane") or {}
-    for end in ("site", "gateway"):
-        if f"{end}_connections" in lane:
-            c = {k.removeprefix(f"{end}_"): v for k, v in lane.items() if k.startswith(f"{end}_")}
-            print(f"  tcp lane ({end} end): {c['connections']} connections, {c['active']} active,"
-                  f" {c['bytes_out']} bytes out, {c['bytes_in']} in, {c['refused']} refused, {c['failed']} failed,"
-                  f" {c['at_cap']} closed at the cap" + (f", {c['fallback']} fell back to plain TCP"
-                                                          if c.get("fallback") else ""))
+    from quicether.metrics import health_line, lane_end_line, lane_ends, lane_subflow_shares
+
+    for end, counters in lane_ends(node).items():
+        print(f"  tcp lane ({end} end): {lane_end_line(counters)}")
     for name, until in sorted((node.get("lane_bypassed") or {}).items()):
         print(f"  tcp lane to {name}: MPTCP is stripped on the way, its TCP goes through the QUIC bond until"
               f" {time.strftime('%H:%M:%S', time.localtime(until))}")
-    if subflows := node.get("lane_subflows"):
-        total = sum(s["bytes_sent"] + s["bytes_received"] for s in subflows.values()) or 1
-        print("  tcp lane subflows: " + ", ".join(
-            f"{wan} {s['subflows']} ({100 * (s['bytes_sent'] + s['bytes_received']) / total:.0f} % of the bytes)"
-            for wan, s in sorted(subflows.items())))
+    if shares := lane_subflow_shares(node):
+        print("  tcp lane subflows: " + ", ".join(f"{wan} {count} ({100 * share:.0f} % of the bytes)"
+                                                  for wan, count, share in shares))
     if health := answer.get("health"):
-        from quicether.metrics import health_line
-
         print(f"  system: {health_line(health)}")
     _print_network(node)
     for p in answer["peers"]:

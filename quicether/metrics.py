@@ -106,6 +106,37 @@ def health_line(health: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def byte_size(n: int) -> str:
+    """A byte count as a person reads it: 2.5 MB, 1.2 GB."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def lane_ends(node: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """The TCP lane's counters per end it runs ("site", "gateway"), from the status's `node.lane`."""
+    counters = node.get("lane") or {}
+    return {end: {k.removeprefix(f"{end}_"): int(v) for k, v in counters.items() if k.startswith(f"{end}_")}
+            for end in ("site", "gateway") if f"{end}_connections" in counters}
+
+
+def lane_end_line(c: dict[str, int]) -> str:
+    """One lane end's counters in a line (the dashboard and `quicether status`)."""
+    return (f"{c['connections']} connection(s), {c['active']} active, {byte_size(c['bytes_out'])} out,"
+            f" {byte_size(c['bytes_in'])} in, {c['refused']} refused, {c['failed']} failed,"
+            f" {c['at_cap']} closed at the cap" + (f", {c['fallback']} fell back to plain TCP" if c.get("fallback")
+                                                    else ""))
+
+
+def lane_subflow_shares(node: dict[str, Any]) -> list[tuple[str, int, float]]:
+    """Per WAN (sorted): the lane's open subflows over it and their share of those subflows' bytes."""
+    flows = node.get("lane_subflows") or {}
+    total = sum(int(f["bytes_sent"]) + int(f["bytes_received"]) for f in flows.values()) or 1
+    return [(wan, int(f["subflows"]), (int(f["bytes_sent"]) + int(f["bytes_received"])) / total)
+            for wan, f in sorted(flows.items())]
+
+
 def _label_value(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 

@@ -120,7 +120,7 @@ def test_curl_download_goes_through_the_lane_over_every_wan_and_stop_leaves_noth
         gw_lane = bond.gateway.status()["node"]["lane"]
         assert gw_lane["gateway_connections"] == 1 and gw_lane["gateway_bytes_in"] >= FILE_MB << 20, gw_lane
         text = bond.site.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(bond.site.config_path)).stdout
-        assert "tcp lane (site end): 1 connections, 0 active" in text, text
+        assert "tcp lane (site end): 1 connection(s), 0 active" in text, text
         # Not through the datagram bond: its paths received next to nothing (probes) meanwhile.
         assert quic_rx_bytes(bond) - quic_before < 1 << 20, "the QUIC bond carried the download"
         assert subflow_sources == {w.router_addr for w in bond.wl.wans}, f"MPTCP subflows from {subflow_sources}"

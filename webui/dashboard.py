@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template
 
-from quicether.metrics import health_line
+from quicether.metrics import health_line, lane_end_line, lane_ends, lane_subflow_shares
 from quicether.metrics import render as render_metrics
 from webui.auth import LOCKED_OUT, admin_or_basic_auth
 from webui.daemon_link import DaemonDown, ask
@@ -96,32 +96,16 @@ def _network_summary(status: dict[str, Any]) -> dict[str, Any] | None:
             "valid_until": day(net["not_after"]), "revoked": net["revoked"], "members": members}
 
 
-def _bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
 def _lane_summary(status: dict[str, Any]) -> dict[str, Any] | None:
     """The TCP lane (None when off): each end's counters and, at the site end, each WAN's share of the
     bytes of the lane's open subflows, with the line the page shows."""
     node = status.get("node", {})
-    counters = node.get("lane") or {}
-    ends = {end: {k.removeprefix(f"{end}_"): int(v) for k, v in counters.items() if k.startswith(f"{end}_")}
-            for end in ("site", "gateway") if f"{end}_connections" in counters}
+    ends = lane_ends(node)
     if not ends:
         return None
-    flows = node.get("lane_subflows") or {}
-    total = sum(int(f["bytes_sent"]) + int(f["bytes_received"]) for f in flows.values()) or 1
-    subflows: list[dict[str, Any]] = [{"wan": printable(wan, MAX_NAME_CHARS), "subflows": int(f["subflows"]),
-                 "share": (int(f["bytes_sent"]) + int(f["bytes_received"])) / total}
-                for wan, f in sorted(flows.items())]
-    parts = [f"{end} end: {c['connections']} connection(s), {c['active']} active, {_bytes(c['bytes_out'])} out,"
-             f" {_bytes(c['bytes_in'])} in, {c['refused']} refused, {c['failed']} failed,"
-             f" {c['at_cap']} closed at the cap" + (f", {c['fallback']} fell back to plain TCP" if c.get("fallback")
-                                                     else "")
-             for end, c in ends.items()]
+    subflows: list[dict[str, Any]] = [{"wan": printable(wan, MAX_NAME_CHARS), "subflows": count, "share": share}
+                                      for wan, count, share in lane_subflow_shares(node)]
+    parts = [f"{end} end: {lane_end_line(c)}" for end, c in ends.items()]
     if subflows:
         parts.append("subflows " + ", ".join(f"{f['wan']} {f['subflows']} ({f['share'] * 100:.0f} %)"
                                              for f in subflows))

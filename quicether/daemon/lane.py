@@ -340,7 +340,7 @@ class Lane:
             log.info("tcp lane: subflows over %s (%s)%s", endpoint.device, endpoint.address,
                      " as backup" if endpoint.backup else "")
 
-    def subflows(self) -> dict[str, dict[str, int]]:
+    async def subflows(self) -> dict[str, dict[str, int]]:
         """Per WAN, at the site end: the lane's open subflows over it and the bytes they carried so far
         (sent, received), as the kernel reports each subflow's TCP socket: how MPTCP spreads the lane over
         the WANs. Closed connections' bytes are in the core's counters (`lane_stats`), not here."""
@@ -349,7 +349,7 @@ class Lane:
         by_address = {address: name for name, (address, _index) in self.wans.active.items()}
         ports = sorted({int(p.endpoint.rpartition(":")[2]) + 1 for p in self.dialing if p.endpoint})
         found: dict[str, dict[str, int]] = {}
-        for local, counters in tcp_sockets_to(ports):
+        for local, counters in await asyncio.to_thread(tcp_sockets_to, ports):
             wan = by_address.get(local)
             if wan is None:
                 continue

@@ -185,7 +185,9 @@ class Daemon:
         if self.member_names is not None and self.mesh is not None:
             self.member_names.update(self.mesh.names())
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
+        # `ss` lists the lane's subflow sockets: run off the event loop (many connections make it slow).
+        lane_subflows = await self.lane.subflows() if self.lane else {}
         node = self.node
         peers = []
         connected: set[bytes] = set()
@@ -234,7 +236,7 @@ class Daemon:
                 # The AEAD this node prefers (a peer without AES instructions gets ChaCha20) and why.
                 "cipher": dict(zip(("preferred", "why"), _core.cipher(), strict=True)),
                 # Per WAN at the site end: the lane's open subflows and their bytes (how MPTCP spreads it).
-                "lane_subflows": self.lane.subflows() if self.lane else {},
+                "lane_subflows": lane_subflows,
                 # Lane peers whose TCP goes through the QUIC bond (their lane fell back: MPTCP stripped on the
                 # way): name → unix time the lane is tried again.
                 "lane_bypassed": self.lane.bypassed() if self.lane else {},
