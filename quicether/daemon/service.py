@@ -219,6 +219,9 @@ class Daemon:
                 # whose offload header could not be split (dropped).
                 "tun_offloads": node.tun_offloads()[0] if node else None,
                 "tun_unsplittable": node.tun_offloads()[1] if node else 0,
+                # UDP system calls of the QUIC sockets and the datagrams they moved (GSO/GRO batching).
+                "udp_batching": dict(zip(("send_calls", "sent_datagrams", "recv_calls", "received_datagrams"),
+                                         node.udp_batching(), strict=True)) if node else {},
                 "address": self.config.address,
                 "no_route_drops": node.no_route_drops() if node else 0,
                 # Every handshake refused by key pinning (their log lines are rate-limited; this is not).

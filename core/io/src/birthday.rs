@@ -150,7 +150,7 @@ pub(crate) async fn listen(
     // Only a client: the winner's mapping lets in the one address it dials, so nothing else could reach a
     // server on it. The endpoint lives as long as the path's connection does.
     let Ok(endpoint) =
-        quinn::Endpoint::new(crate::node::endpoint_config(), None, std_socket, Arc::new(quinn::TokioRuntime))
+        crate::batching::endpoint(crate::node::endpoint_config(), None, std_socket, shared.batching.clone())
     else {
         return;
     };

@@ -17,6 +17,7 @@
 //! - `lane`: the TCP lane: LAN TCP terminated at the router, its bytes carried over MPTCP + TLS (issue 16).
 //! - `tun`: Linux TUN devices. (The lab's delay line lives in `core/labtools`, not linked into the appliance.)
 
+pub mod batching;
 pub mod birthday;
 pub mod congestion;
 pub mod connect;

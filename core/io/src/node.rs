@@ -275,6 +275,7 @@ impl Node {
             handshakes_retried: AtomicU64::new(0),
             handshakes_dropped: AtomicU64::new(0),
             next_path_id: AtomicU64::new(0),
+            batching: Default::default(),
             epoch: Instant::now(),
             datagram_len: tun_mtu + DATA_HEADER_LEN,
         });
@@ -306,11 +307,11 @@ impl Node {
         server_config.incoming_buffer_size(64 * 1024);
         server_config.incoming_buffer_size_total(8 * 1024 * 1024);
         let listener_raw = socket.try_clone().ok().map(Arc::new);
-        let listener = quinn::Endpoint::new(
+        let listener = crate::batching::endpoint(
             listener_endpoint_config(&cfg.seed, socket.local_addr()?),
             Some(server_config.clone()),
             socket,
-            Arc::new(quinn::TokioRuntime),
+            shared.batching.clone(),
         )?;
 
         runtime.spawn(accept_loop(shared.clone(), listener.clone(), DEFAULT_SOURCE.to_string(), None));
@@ -414,11 +415,11 @@ impl Node {
         let raw = socket.try_clone().ok().map(Arc::new);
         // The WAN's socket accepts too: a peer that learned this WAN's public address (a NAT mapping this
         // socket made) reaches us on it, and only on it.
-        let endpoint = quinn::Endpoint::new(
+        let endpoint = crate::batching::endpoint(
             endpoint_config(),
             Some(self.server_config.clone()),
             socket,
-            Arc::new(quinn::TokioRuntime),
+            self.shared.batching.clone(),
         )?;
         let accept = runtime.spawn(accept_loop(self.shared.clone(), endpoint.clone(), wan.name.clone(), None));
         self.shared.wan_addrs.write().unwrap().insert(wan.local, wan.name.clone());
@@ -754,6 +755,11 @@ impl Node {
     pub fn handshake_load(&self) -> (u64, u64) {
         let s = &self.shared;
         (s.handshakes_retried.load(Ordering::Relaxed), s.handshakes_dropped.load(Ordering::Relaxed))
+    }
+
+    /// (UDP send calls, datagrams sent, receive calls, datagrams received) over every QUIC socket.
+    pub fn udp_batching(&self) -> (u64, u64, u64, u64) {
+        self.shared.batching.snapshot()
     }
 
     pub fn no_route_drops(&self) -> u64 {

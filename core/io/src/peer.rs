@@ -338,6 +338,8 @@ pub struct Shared {
     pub handshakes_retried: AtomicU64,
     pub handshakes_dropped: AtomicU64,
     pub next_path_id: AtomicU64,
+    /// UDP system calls of every QUIC socket and the datagrams they moved (`batching.rs`).
+    pub batching: Arc<crate::batching::BatchCounters>,
     pub epoch: Instant,
     /// Largest DATAGRAM we send: a full-size inner packet with its bond header. A path must carry it.
     pub datagram_len: usize,

@@ -450,6 +450,12 @@ impl Node {
         self.with(|n| n.handshake_load())
     }
 
+    /// (UDP send calls, datagrams sent, receive calls, datagrams received) over every QUIC socket: how many
+    /// datagrams each system call moves (GSO/GRO batching).
+    fn udp_batching(&self) -> PyResult<(u64, u64, u64, u64)> {
+        self.with(|n| n.udp_batching())
+    }
+
     /// Outbound packets dropped because no peer owns their destination.
     fn no_route_drops(&self) -> PyResult<u64> {
         self.with(|n| n.no_route_drops())
