@@ -102,6 +102,8 @@ class MeshLab:
     dht: list[str] = field(default_factory=list)
     codes: dict[str, str] = field(default_factory=dict)  # by site name: the invite code it joined with
     started_at: float = 0.0   # time.monotonic() when the first daemon was started
+    # By node name: time.monotonic() when its daemon was started (they start one after another).
+    node_started_at: dict[str, float] = field(default_factory=dict)
 
     def address(self, node: qe.NodeSpec) -> str:
         """A member's overlay address, from the admin's ledger (as the daemon wrote it: joins add to it)."""
@@ -202,6 +204,9 @@ def build_mesh_lab(lab: Lab, sites: int, state: Path, *, dht_nodes: int = 16,
         for node in nodes:
             configure(node)
     started_at = time.monotonic()
+    node_started_at = {}
     for node in nodes if by_invite else (gateway, *nodes):
+        node_started_at[node.name] = time.monotonic()
         qe.start(node)
-    return MeshLab(hub=hub, gateway=gateway, sites=nodes, net=net, dht=dht, started_at=started_at, codes=codes)
+    return MeshLab(hub=hub, gateway=gateway, sites=nodes, net=net, dht=dht, started_at=started_at, codes=codes,
+                   node_started_at=node_started_at)
