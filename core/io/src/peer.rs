@@ -504,6 +504,13 @@ impl Shared {
             paths.retain(|p| p.id != path.id);
             (paths.len() < before, paths.len())
         };
+        if closed_by_peer_as_duplicate {
+            // The peer closed it as the loser of two paths that came up together (both ends dialed): what we
+            // sent on it lately may have reached a connection the peer no longer reads. Its twin and the
+            // other paths carry that again; the peer's bond drops what it already had.
+            let window = 2 * path.srtt_us.load(Ordering::Relaxed) + DUPLICATE_RESEND_MARGIN_US;
+            peer.resend_from_failed(path, window, self.now_us());
+        }
         let summary = format!("{}: {detail}", reason.name());
         peer.redial.notify_waiters();
         self.emit(Event::PathDown { key: peer.key, route: path.route.clone(), reason, detail });
@@ -517,6 +524,8 @@ impl Shared {
 pub const CLOSE_PEER_REMOVED: u32 = 4;
 /// Another path over the same pair of WANs stays instead of this one (see `duplicate_loser`).
 pub const CLOSE_DUPLICATE: u32 = 5;
+/// Beyond two round trips, how far back a path the peer closed as a duplicate has its packets sent again.
+const DUPLICATE_RESEND_MARGIN_US: u64 = 20_000;
 
 #[cfg(test)]
 mod tests {
