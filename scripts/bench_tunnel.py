@@ -63,13 +63,10 @@ def setup_wireguard(a: Namespace, b: Namespace, tmp: Path, tag: str) -> list[Pat
     return [WG_SOCKET_DIR / f"wg{tag[-6:]}{me}.sock" for me in ("a", "b")]
 
 
-def process_cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes (all their threads) so far."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / CLOCK_TICKS
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of this process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15 of stat)
 
 
 def machine_cpu_s() -> float:
@@ -126,14 +123,14 @@ def main() -> int:
         for r in range(args.rounds):
             for name, target in targets.items():
                 pids = ends[name]
-                cpu_before = [process_cpu_s([pid]) for pid in pids] if len(pids) == 2 else []
+                cpu_before = [process_cpu_s(pid) for pid in pids] if len(pids) == 2 else []
                 machine_before = machine_cpu_s()
                 one = iperf(a, target, seconds=args.seconds).mbit_s
                 four = iperf(a, target, seconds=args.seconds, streams=4).mbit_s
                 res = results[name]
                 res["machine_s"].append(machine_cpu_s() - machine_before)
                 for i, before in enumerate(cpu_before):
-                    res[f"end{i}_s"].append(process_cpu_s([pids[i]]) - before)
+                    res[f"end{i}_s"].append(process_cpu_s(pids[i]) - before)
                 res["gb"].append((one + four) * args.seconds / 8 / 1000)  # GB moved by the two TCP runs
                 udp = iperf(a, target, seconds=args.seconds, udp_mbit=args.udp_mbit).mbit_s
                 rtts = ping(a, target, count=40, interval=0.01).rtts_ms
