@@ -30,6 +30,48 @@ LANE_CONNECTION_BYTES = 4 * 64 * 1024
 RSS_SLACK = 8 * MIB
 
 
+def test_subflow_endpoints_follow_path_health_but_stay_when_every_path_is_down(tmp_path: Path) -> None:
+    """Which WANs keep lane subflows (unit test, no lab): those whose QUIC path is up; when every path is
+    down at once (a stalled machine, both links cut) the ones in place stay, as there is nowhere to move."""
+    from types import SimpleNamespace
+
+    from quicether.config import WanConfig, parse
+    from quicether.daemon.lane import Endpoint, Lane, _endpoint_id
+    from quicether.identity import encode_node_id
+
+    key = bytes(range(32))
+    config = parse(f"""
+[node]
+listen = "0.0.0.0:4433"
+state_dir = "{tmp_path}"
+[[peer]]
+name = "gw"
+key = "{encode_node_id(key)}"
+endpoint = "192.0.2.1:4433"
+allowed_ips = ["10.0.0.0/8"]
+tcp_lane = "auto"
+""", tmp_path / "config.toml")
+    lane = Lane(None, config)  # type: ignore[arg-type]  # _wanted uses neither the node nor the system
+    wans = {name: WanConfig(name, f"eth{i}", None, None, backup=False) for i, name in enumerate(("wan0", "wan1"))}
+    active = {"wan0": ("192.0.2.10", 0), "wan1": ("198.51.100.10", 1)}
+    lane.wans = SimpleNamespace(active=active, applied=wans)  # type: ignore[assignment]
+    both = {_endpoint_id(0): Endpoint("192.0.2.10", "eth0", False),
+            _endpoint_id(1): Endpoint("198.51.100.10", "eth1", False)}
+    assert lane._wanted() == {}, "no subflow endpoint before a path is up"
+    lane.path_changed(key, "wan0", up=True)
+    lane.path_changed(key, "wan1", up=True)
+    assert lane._wanted() == both
+    lane._applied = dict(both)
+    lane.path_changed(key, "wan1", up=False)
+    assert lane._wanted() == {_endpoint_id(0): both[_endpoint_id(0)]}, "a down WAN's subflows go"
+    lane.path_changed(key, "wan0", up=False)
+    assert lane._wanted() == both, "every path down: the endpoints in place stay"
+    lane._applied = {_endpoint_id(0): both[_endpoint_id(0)]}
+    assert lane._wanted() == lane._applied, "...and none is added"
+    lane.path_changed(key, "wan1", up=True)
+    assert lane._wanted() == {_endpoint_id(1): both[_endpoint_id(1)]}, "one back: only it"
+
+
 def serve_file(bond: BondLab, root: Path, size_mb: int = FILE_MB) -> tuple[subprocess.Popen[str], str]:
     """A file of random bytes served over HTTP by the dc host; returns the server and its sha256."""
     data = root / "big.bin"

@@ -187,7 +187,8 @@ class Lane:
     one while it is active (carrier, address) and the QUIC path over it to a lane peer is up; the moment
     its path goes down (the QUIC probes' verdict, well under 1 s) its endpoint is deleted, which makes the
     kernel close that WAN's subflows and send their data again on the others; when the path is back, the
-    endpoint is added again and the kernel opens a subflow over it on every lane connection."""
+    endpoint is added again and the kernel opens a subflow over it on every lane connection. When every
+    path is down at once, the endpoints in place stay: there is no other WAN to move to."""
 
     def __init__(self, node: _core.Node, config: Config) -> None:
         self.node = node
@@ -312,8 +313,13 @@ class Lane:
         wanted = {}
         for name, (address, index) in self.wans.active.items():
             applied = self.wans.applied.get(name)
-            if name in healthy and applied is not None:
-                wanted[_endpoint_id(index)] = Endpoint(address, applied.device, applied.backup)
+            if applied is None:
+                continue
+            endpoint_id, endpoint = _endpoint_id(index), Endpoint(address, applied.device, applied.backup)
+            # With no path up there is no better WAN to move the subflows to: removing every endpoint
+            # would leave the lane's connections with no subflow at all, so those in place stay.
+            if name in healthy or (not healthy and self._applied.get(endpoint_id) == endpoint):
+                wanted[endpoint_id] = endpoint
         return wanted
 
     async def sync(self) -> None:

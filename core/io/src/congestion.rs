@@ -47,11 +47,22 @@ pub struct LossTolerant {
     srtt: Duration,
     loss_rate: f64,
     rate: PathRate,
+    /// When a packet sent on the path was last acked: a sign of life even when probes are stuck behind a
+    /// saturated queue.
+    last_acked: Option<Instant>,
 }
 
 impl LossTolerant {
     fn new(inner: Box<dyn Controller>, now: Instant, tolerant: bool) -> Self {
-        LossTolerant { inner, tolerant, epoch: now, srtt: Duration::ZERO, loss_rate: 0.0, rate: PathRate::default() }
+        LossTolerant {
+            inner,
+            tolerant,
+            epoch: now,
+            srtt: Duration::ZERO,
+            loss_rate: 0.0,
+            rate: PathRate::default(),
+            last_acked: None,
+        }
     }
 
     fn us(&self, at: Instant) -> u64 {
@@ -69,6 +80,7 @@ impl LossTolerant {
 
     fn record_ack(&mut self, now: Instant, sent: Instant, bytes: u64, srtt: Duration) {
         self.srtt = srtt;
+        self.last_acked = Some(now);
         self.loss_rate *= 1.0 - LOSS_EWMA;
         let (now_us, sent_us) = (self.us(now), self.us(sent));
         self.rate.on_ack(now_us, sent_us, bytes, srtt.as_micros() as u64);
@@ -127,6 +139,7 @@ impl Controller for LossTolerant {
             srtt: self.srtt,
             loss_rate: self.loss_rate,
             rate: self.rate.clone(),
+            last_acked: self.last_acked,
         })
     }
 
@@ -170,11 +183,12 @@ impl ControllerFactory for LossTolerantConfig {
     }
 }
 
-/// What a path's acks have shown: its delivery rate (bits/s, 0 before a sample) and its minimum RTT, which
-/// expires when the path's base RTT grows for good (`quicether_proto::path_rate`).
+/// What a path's acks have shown: its delivery rate (bits/s, 0 before a sample), its minimum RTT, which
+/// expires when the path's base RTT grows for good (`quicether_proto::path_rate`), and when the last ack came.
 pub struct PathEstimates {
     pub delivery_rate_bps: u64,
     pub min_rtt_us: Option<u64>,
+    pub last_acked: Option<Instant>,
 }
 
 /// The estimates of `conn`'s congestion controller (a copy of it is taken, under the connection's lock:
@@ -184,6 +198,7 @@ pub fn path_estimates(conn: &quinn::Connection) -> Option<PathEstimates> {
     Some(PathEstimates {
         delivery_rate_bps: controller.rate.bytes_per_sec().saturating_mul(8),
         min_rtt_us: controller.rate.min_rtt_us(),
+        last_acked: controller.last_acked,
     })
 }
 

@@ -1,4 +1,5 @@
-//! The per-path timer: probes, the health verdict, and the scheduler inputs taken from quinn's stats.
+//! The per-path timer: probes, the health verdict (probe replies and QUIC acks are signs of life), and the
+//! scheduler inputs taken from quinn's stats.
 //! Runs every `PROBE_INTERVAL_US` for as long as the path's connection lives.
 
 use std::sync::atomic::Ordering;
@@ -22,8 +23,12 @@ pub async fn path_timer(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
     while path.conn.close_reason().is_none() {
         tick.tick().await;
         let now = shared.now_us();
+        let estimates = path_estimates(&path.conn);
         let (probe, change) = {
             let mut health = path.health.lock().unwrap();
+            if let Some(acked) = estimates.as_ref().and_then(|e| e.last_acked) {
+                health.note_acked(now.saturating_sub(acked.elapsed().as_micros() as u64));
+            }
             (health.poll_probe(now), health.poll_state(now))
         };
         if let Some(id) = probe {
@@ -51,7 +56,7 @@ pub async fn path_timer(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
         let rtt_us = stats.path.rtt.as_micros().max(1) as u64;
         path.srtt_us.store(rtt_us, Ordering::Relaxed);
         path.window_rate_bps.store(stats.path.cwnd * 8 * 1_000_000 / rtt_us, Ordering::Relaxed);
-        if let Some(estimates) = path_estimates(&path.conn) {
+        if let Some(estimates) = estimates {
             path.rate_bps.store(estimates.delivery_rate_bps, Ordering::Relaxed);
             if let Some(min_rtt_us) = estimates.min_rtt_us {
                 path.min_rtt_us.store(min_rtt_us, Ordering::Relaxed);

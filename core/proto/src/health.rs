@@ -4,6 +4,12 @@
 //! for `max(3 × RTT, MIN_DOWN_AFTER_US)` is down for scheduling at once. It comes back after
 //! `required_good` consecutive replies; a path that goes down again within `FLAP_WINDOW_US` of coming
 //! up needs twice as many next time (damping), up to `MAX_REQUIRED_GOOD`.
+//!
+//! Silence is only what the path and the peer are to blame for. A path saturated by traffic delays or
+//! drops its probes behind its own queue, yet QUIC acks for its packets keep arriving: an ack is as good
+//! a sign of life as a probe reply (`note_acked`), so a busy path stays up. And a node starved of CPU (its
+//! timer fires late) has not heard what arrived meanwhile: the time it was not polling does not count as
+//! the peer's silence.
 
 use std::collections::VecDeque;
 
@@ -19,6 +25,9 @@ pub const FLAP_WINDOW_US: u64 = 10_000_000;
 const PROBE_LOST_AFTER_US: u64 = 1_000_000;
 /// Loss estimate smoothing: weight of the newest probe outcome.
 const LOSS_EWMA: f64 = 1.0 / 32.0;
+/// A poll this much later than the one before means this node was not running (CPU starvation, a
+/// suspended process): the gap is not counted as silence.
+const STALL_US: u64 = 3 * PROBE_INTERVAL_US;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathState {
@@ -31,6 +40,7 @@ pub struct PathHealth {
     srtt_us: Option<u64>,
     last_reply_us: u64,
     last_probe_us: Option<u64>,
+    last_poll_us: Option<u64>,
     last_up_us: u64,
     next_id: u32,
     outstanding: VecDeque<(u32, u64)>,
@@ -47,6 +57,7 @@ impl PathHealth {
             srtt_us: Some(handshake_rtt_us),
             last_reply_us: now_us,
             last_probe_us: None,
+            last_poll_us: None,
             last_up_us: now_us,
             next_id: 0,
             outstanding: VecDeque::new(),
@@ -107,8 +118,22 @@ impl PathHealth {
         None
     }
 
+    /// QUIC acked, at `acked_us`, packets sent on this path: the peer got them and its answer came back.
+    /// Keeps an up path up (its probes may be stuck behind its own traffic); it does not bring a down path
+    /// back, which takes `required_good` probe replies.
+    pub fn note_acked(&mut self, acked_us: u64) {
+        if self.state == PathState::Up {
+            self.last_reply_us = self.last_reply_us.max(acked_us);
+        }
+    }
+
     /// Checks for silence; returns the new state if the path just went down.
     pub fn poll_state(&mut self, now_us: u64) -> Option<PathState> {
+        if let Some(last_poll) = self.last_poll_us.filter(|&t| now_us > t + STALL_US) {
+            // This node was stalled since its last poll: what arrived meanwhile is not yet read.
+            self.last_reply_us = self.last_reply_us.max(last_poll) + (now_us - last_poll);
+        }
+        self.last_poll_us = Some(now_us);
         if self.state == PathState::Up && now_us > self.last_reply_us + self.down_after_us() {
             self.state = PathState::Down;
             self.good_streak = 0;
@@ -194,6 +219,46 @@ mod tests {
             t = start + 3_001_000;
         }
         assert!(recoveries[0] < recoveries[1] && recoveries[1] < recoveries[2], "{recoveries:?}");
+    }
+
+    #[test]
+    fn acks_keep_a_busy_path_up_but_do_not_bring_a_down_one_back() {
+        let mut h = PathHealth::new(0, 10_000);
+        // Probes go unanswered for 2 s (stuck behind the path's queue), but acks arrive every 10 ms.
+        let mut t = 0;
+        while t <= 2_000_000 {
+            h.poll_probe(t);
+            if t % 10_000 == 0 {
+                h.note_acked(t);
+            }
+            assert_eq!(h.poll_state(t), None, "down at {t} µs");
+            t += 1_000;
+        }
+        // The acks stop too: down within the usual allowance.
+        let down = run(&mut h, 2_001_000, 3_000_000, 10_000, false);
+        assert_eq!(down.len(), 1);
+        assert!(down[0].0 - 2_000_000 <= 300_000, "{down:?}");
+        // Acks alone do not bring it back.
+        for t in (3_001_000..4_000_000).step_by(10_000) {
+            h.note_acked(t);
+            assert_eq!(h.poll_state(t), None);
+        }
+        assert_eq!(h.state(), PathState::Down);
+    }
+
+    #[test]
+    fn a_stalled_node_does_not_count_its_own_stall_as_silence() {
+        let mut h = PathHealth::new(0, 10_000);
+        run(&mut h, 0, 1_000_000, 10_000, true);
+        // Not polled for 2 s (the process got no CPU); the replies that came meanwhile are not read yet.
+        assert_eq!(h.poll_state(3_000_000), None, "a stall is not silence");
+        // They are read just after: still up.
+        assert!(run(&mut h, 3_001_000, 4_000_000, 10_000, true).is_empty());
+        // A path that really went silent during a stall is still found, the allowance after it.
+        assert_eq!(h.poll_state(6_000_000), None);
+        let down = run(&mut h, 6_001_000, 7_000_000, 10_000, false);
+        assert_eq!(down.len(), 1);
+        assert!(down[0].0 - 6_000_000 <= 300_000, "{down:?}");
     }
 
     #[test]
