@@ -347,6 +347,40 @@ def test_peer_added_updated_and_removed_at_run_time(lab: Lab) -> None:
     assert refused and all(base64.b64decode(e["key"]) == b.key for e in refused), refused
 
 
+# One thread adds and removes a peer (the core lets go of the GIL meanwhile) while another calls the node.
+_GIL_AND_LOCK = """
+import threading
+from quicether import _core
+node = _core.Node("0.0.0.0:4433", "qe0", 1500, _core.generate_seed(), [])
+done = threading.Event()
+def other():
+    while not done.is_set():
+        node.local_addr()
+thread = threading.Thread(target=other)
+thread.start()
+key = bytes(range(32))
+for _ in range(2000):
+    node.add_peer(key, ["192.0.2.1:4433"], ["10.99.0.9/32"], "aggregate", "redundant", [])
+    node.remove_peer(key)
+done.set()
+thread.join()
+node.close()
+print("done")
+"""
+
+
+def test_peers_changed_while_another_thread_calls_the_node_do_not_deadlock(lab: Lab) -> None:
+    """The daemon adds peers on its event loop while worker threads call the node (a member told of by
+    member news, added as the LAN finder starts): the binding must not hold the node's lock while it waits
+    for the GIL. It did, and a site hung at its start."""
+    ns, _ = qe.two_hosts(lab)
+    try:
+        done = ns.run(sys.executable, "-c", _GIL_AND_LOCK, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("deadlocked: 2000 peer changes beside a thread calling the node took over 60 s") from None
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
+
+
 def test_events_are_typed_and_a_lost_tun_device_is_a_fatal_event(lab: Lab) -> None:
     ns_a, _ns_b, a, b = _core_pair(lab)
     b.call("add_peer", a.key, ["10.1.0.1:4433"], ["10.99.0.1/32"], "aggregate", "redundant", [])

@@ -142,9 +142,7 @@ impl Node {
     /// Starts dialing all peers from a new WAN: (name, device, local address, backup).
     fn add_wan(&self, py: Python<'_>, wan: WanArg) -> PyResult<()> {
         let wan = wan_config(wan)?;
-        let guard = self.inner.lock().unwrap();
-        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
-        py.detach(|| node.add_wan(wan)).map_err(os_error)
+        py.detach(|| self.with(|node| node.add_wan(wan)))?.map_err(os_error)
     }
 
     /// Closes the WAN's paths at once and stops dialing from it; False if there was no such WAN.
@@ -170,9 +168,7 @@ impl Node {
         member_only: bool,
     ) -> PyResult<()> {
         let cfg = new_peer_config(key, endpoints, allowed_ips, mode, realtime_mode, classes, member_only)?;
-        let guard = self.inner.lock().unwrap();
-        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
-        py.detach(|| node.add_peer(cfg)).map_err(peer_error)
+        py.detach(|| self.with(|node| node.add_peer(cfg)))?.map_err(peer_error)
     }
 
     /// Changes a peer in place (its paths stay up); KeyError if there is no such peer.
@@ -189,17 +185,13 @@ impl Node {
         classes: Vec<RuleArg>,
     ) -> PyResult<()> {
         let cfg = new_peer_config(key, endpoints, allowed_ips, mode, realtime_mode, classes, false)?;
-        let guard = self.inner.lock().unwrap();
-        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
-        py.detach(|| node.update_peer(cfg)).map_err(peer_error)
+        py.detach(|| self.with(|node| node.update_peer(cfg)))?.map_err(peer_error)
     }
 
     /// Removes a peer: closes its paths, drops its routes, refuses its key from now on. False if unknown.
     fn remove_peer(&self, py: Python<'_>, key: &[u8]) -> PyResult<bool> {
         let key = key32("peer key", key)?;
-        let guard = self.inner.lock().unwrap();
-        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
-        Ok(py.detach(|| node.remove_peer(&key)))
+        py.detach(|| self.with(|node| node.remove_peer(&key)))
     }
 
     /// Makes the node a member of the network with key `network_key` (None: of none): a peer showing a
@@ -218,9 +210,7 @@ impl Node {
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let network_key = network_key.map(|k| key32("network key", &k)).transpose()?;
         let member_policy = policy(mode, realtime_mode, classes)?;
-        let guard = self.inner.lock().unwrap();
-        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
-        let removed = py.detach(|| node.set_network(network_key, &revocations, member_policy));
+        let removed = py.detach(|| self.with(|node| node.set_network(network_key, &revocations, member_policy)))?;
         Ok(removed.map_err(PyValueError::new_err)?.iter().map(|k| PyBytes::new(py, k)).collect())
     }
 
@@ -301,9 +291,7 @@ impl Node {
         let gateway: std::net::Ipv4Addr = gateway
             .parse()
             .map_err(|_| PyValueError::new_err(format!("WAN {wan}: gateway {gateway:?} is not IPv4")))?;
-        let guard = self.inner.lock().unwrap();
-        let node = guard.as_ref().ok_or_else(|| PyValueError::new_err("node is closed"))?;
-        py.detach(|| node.map_port(wan, gateway)).map_err(os_error)
+        py.detach(|| self.with(|node| node.map_port(wan, gateway)))?.map_err(os_error)
     }
 
     /// Per WAN with port mapping on: {wan, protocol, gateway, internal_port, external ("ip:port" or None),
@@ -484,6 +472,10 @@ impl Node {
 }
 
 impl Node {
+    /// `f` on the node, under its lock. A method that lets go of the GIL (`py.detach`) takes the lock inside
+    /// the detached closure, never around it: holding the lock while waiting to get the GIL back deadlocks
+    /// with a thread that holds the GIL and waits for the lock (the daemon's main thread adding a peer, a
+    /// worker thread asking for `local_addr`: seen as a daemon that never answered its API).
     fn with<T>(&self, f: impl FnOnce(&IoNode) -> T) -> PyResult<T> {
         match self.inner.lock().unwrap().as_ref() {
             Some(n) => Ok(f(n)),
