@@ -30,6 +30,14 @@ def _all_connected(mesh: MeshLab) -> bool:
     return all(mesh.connected(n) == len(mesh.sites) for n in mesh.sites)
 
 
+def _found_in_dht(node: qe.NodeSpec, other: qe.NodeSpec) -> bool:
+    """One side of the pair found the other's record in the DHT. The sites connect before that (told of
+    each other by the gateway's member news, they reach each other through it and punch), then each looks
+    every member up once: the endpoints to dial should those paths go."""
+    return (f"found member site-{other.name}" in qe.read_log(node)
+            or f"found member site-{node.name}" in qe.read_log(other))
+
+
 def test_sites_started_with_only_an_invite_code_find_each_other_through_a_private_dht(lab: Lab,
                                                                                      tmp_path: Path) -> None:
     """The issue's first lab test: one gateway (admin) and four sites, each started with only what `quicether
@@ -49,8 +57,7 @@ def test_sites_started_with_only_an_invite_code_find_each_other_through_a_privat
             if other is not node:
                 assert ping(node.ns, mesh.address(other), count=2).received == 2, (node.name, other.name)
                 # The sites were told only of the gateway: one side of each pair found the other in the DHT.
-                assert (f"found member site-{other.name}" in qe.read_log(node)
-                        or f"found member site-{node.name}" in qe.read_log(other)), (node.name, other.name)
+                wait_for(lambda n=node, o=other: _found_in_dht(n, o), timeout=30, step=0.5)
     assert "joined network home as site-s0" in qe.read_log(mesh.gateway)
     # Status lists every member: how it was found, its DHT record, its certificate; and the DHT's counters.
     for node in mesh.sites:
@@ -141,13 +148,13 @@ def test_sites_find_each_other_through_a_dht_served_by_the_multihomed_gateway_al
     took = wait_for(lambda: _all_connected(mesh), timeout=60, step=0.5)
     assert took < 30, f"every member connected to every other only after {took:.0f} s"
     for i, node in enumerate(mesh.sites):
+        wait_for(lambda n=node: bool(n.status()["node"]["dht"]["published"]), timeout=30, step=0.5)
         dht = node.status()["node"]["dht"]
         assert dht["published"] == [f"10.{i + 1}.0.1:4433"] and dht["publish_failed"] is None, (node.name, dht)
         for other in mesh.sites:
             if other is not node:
                 assert ping(node.ns, mesh.address(other), count=2).received == 2, (node.name, other.name)
-                assert (f"found member site-{other.name}" in qe.read_log(node)
-                        or f"found member site-{node.name}" in qe.read_log(other)), (node.name, other.name)
+                wait_for(lambda n=node, o=other: _found_in_dht(n, o), timeout=30, step=0.5)
     # Site s1 (on 10.2.0.0/24) knew the gateway only as 10.3.0.2, the address on s2's link.
     assert f"private bootstrap 10.3.0.2:{port}" in qe.read_log(mesh.sites[1])
     gateway_dht = mesh.gateway.status()["node"]["dht"]

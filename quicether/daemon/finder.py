@@ -3,8 +3,9 @@ DHT, the signatures and the sealing). This node publishes a record of where it c
 addresses with the listening port, and the public addresses its peers see it at; apart, its LAN port's
 addresses, where a member on this router's own LAN reaches it), again when that changes and every few
 minutes; it looks up every member it knows of (`Mesh.known`: admitted, or told by
-a peer) that it has no path to, and hands what it finds to the core to dial. A member that is also a
-[[peer]] is dialed as the config says, not from its record.
+a peer) once, and again while it has no direct path to it, and hands what it finds to the core to dial. A
+member told by a peer is reached through a relay before its record is found (`PeerTable.reach_member`). A
+member that is also a [[peer]] is dialed as the config says, not from its record.
 """
 
 from __future__ import annotations
@@ -265,9 +266,14 @@ class Finder:
                 local = await asyncio.to_thread(self._local_addresses)
                 await self._restart_if_moved(local)
                 await self._publish(now, local)
-                connected = {p["key"] for p in self.node.peers() if p["connected"]}
+                direct = {p["key"] for p in self.node.peers()
+                          if any(path["kind"] != "relayed" for path in p["paths"])}
                 configured = set(self.peers.peers)
-                wanted = [k for k in self.mesh.known if k not in connected and k not in configured]
+                # Members with no direct path (a relayed one moves to a direct one with the endpoints of
+                # the record), and each member once: a member reached first through a relay or a punch
+                # gets endpoints to dial should those paths go.
+                wanted = [k for k in self.mesh.known
+                          if k not in configured and (k not in direct or k not in self.searches)]
                 # Several at once (a lookup takes seconds), fewer than the core's limit of lookups in flight.
                 for i in range(0, len(wanted), PARALLEL_LOOKUPS):
                     now = time.monotonic()

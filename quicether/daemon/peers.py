@@ -49,7 +49,8 @@ class PeerTable:
         self.address = address
         self.peers: dict[bytes, PeerConfig] = {}
         self.members: dict[bytes, Member] = {}
-        # How each member came to be a peer: "certificate" (it dialed us), "dht", "cache" or "lan" (we dialed it).
+        # How each member came to be a peer: "certificate" (it dialed us), "dht", "cache" or "lan" (we dialed it
+        # there), "news" (a member told us of it: reached through a relay or a punch, its record not yet found).
         self.found: dict[bytes, str] = {}
         # Keys announced on the LAN whose certificate we do not know yet: dialed member-only, not routed.
         self.candidates: dict[bytes, list[str]] = {}
@@ -72,7 +73,8 @@ class PeerTable:
         is left as it is."""
         if key in self.peers:
             return  # a [[peer]] is dialed as configured
-        if key not in self.candidates and any(p["key"] == key and p["connected"] for p in self.node.peers()):
+        if (key not in self.candidates and self.found.get(key) != "news"
+                and any(p["key"] == key and p["connected"] for p in self.node.peers())):
             return  # a member that dialed us meanwhile needs no dial (a LAN candidate needs its routes)
         allowed = [f"{member.ipv4}/32", f"{member.ipv6}/128", *member.lan_prefixes]
         try:
@@ -83,6 +85,21 @@ class PeerTable:
         self.candidates.pop(key, None)
         self.members[key] = member
         self.found[key] = found
+        await self._sync_routes()
+
+    async def reach_member(self, key: bytes, member: Member, modes: tuple[str, str]) -> None:
+        """A member we were told of (member news) and have no peer for: added at once, with no endpoint and
+        routed, so the core reaches it through a relay and punches towards it, seconds before its DHT record
+        would be found. The record's endpoints come later (`dial_member`); `found` is "news" until then."""
+        if key in self.peers or key in self.members or key in self.candidates:
+            return
+        allowed = [f"{member.ipv4}/32", f"{member.ipv6}/128", *member.lan_prefixes]
+        try:
+            self.node.add_peer(key, [], allowed, modes[0], modes[1], [], member_only=True)
+        except ValueError:
+            return  # it dialed us meanwhile: the core admitted it (`admitted` routes it)
+        self.members[key] = member
+        self.found[key] = "news"
         await self._sync_routes()
 
     def dial_candidate(self, key: bytes, endpoints: list[str], modes: tuple[str, str]) -> None:

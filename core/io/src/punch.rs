@@ -311,7 +311,9 @@ pub async fn initiator(shared: Arc<Shared>) {
             for (_, remote) in direct_routes(target) {
                 add_candidate(&mut endpoints, remote);
             }
-            if endpoints.is_empty() && target.paths.read().unwrap().is_empty() {
+            // With no endpoint and no path, only a member the daemon asked us to reach (told of by member
+            // news): the request carries our candidates, which its side dials, and it punches towards us too.
+            if endpoints.is_empty() && target.paths.read().unwrap().is_empty() && !target.member_only {
                 continue;
             }
             // The relay with the lowest RTT: the offer reaches the target soonest.

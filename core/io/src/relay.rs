@@ -297,8 +297,8 @@ fn own_nat_symmetric(shared: &Shared) -> bool {
     })
 }
 
-/// Runs for the life of the node: every member we want a path to (it has endpoints) and have had no
-/// relayed path to for a while (`DialPlan`: none at all, or only direct ones, which it falls back from) is
+/// Runs for the life of the node: every member we want a path to (it has endpoints, or the daemon added it
+/// to be reached without: `member_only`) and have had no relayed path to for a while (`DialPlan`: none at all, or only direct ones, which it falls back from) is
 /// dialed through the relay with the lowest RTT that offered to relay for us.
 pub async fn initiator(shared: Arc<Shared>) {
     loop {
@@ -316,7 +316,14 @@ pub async fn initiator(shared: Arc<Shared>) {
         shared.relay.named.lock().unwrap().retain(|k, _| peers.iter().any(|p| p.key == *k));
         let symmetric = own_nat_symmetric(&shared);
         for target in peers {
-            let wanted = !target.endpoints.read().unwrap().is_empty() && (try_any || is_member(&shared, &target.key));
+            // A member the daemon asked us to reach with no endpoint (told of by member news, its record not
+            // yet found) has no direct dial coming: it is dialed through a relay at once.
+            let no_endpoints = target.endpoints.read().unwrap().is_empty();
+            let wanted = if try_any {
+                !no_endpoints
+            } else {
+                is_member(&shared, &target.key) && (!no_endpoints || target.member_only)
+            };
             if !wanted {
                 continue;
             }
@@ -329,7 +336,8 @@ pub async fn initiator(shared: Arc<Shared>) {
                 let relayed = |p: &Arc<Path>| matches!(p.route.kind, PathKind::Relayed { .. });
                 PathsToMember { direct: paths.iter().any(|p| !relayed(p)), relayed: paths.iter().any(relayed) }
             };
-            if shared.relay.plan.lock().unwrap().handle_tick(&target.key, paths, symmetric, shared.now_us()) {
+            let direct_unlikely = symmetric || no_endpoints;
+            if shared.relay.plan.lock().unwrap().handle_tick(&target.key, paths, direct_unlikely, shared.now_us()) {
                 shared.relay.count(|s| s.dials += 1);
                 tokio::spawn(dial(shared.clone(), via, target.key));
             }

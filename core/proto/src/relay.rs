@@ -48,10 +48,13 @@ pub const MAX_TRACKED: usize = 1024;
 /// fallback (every pair gets one, see `FALLBACK_AFTER_US`: keepalives through the relay, no data while a
 /// direct path is up).
 pub const DIAL_AFTER_US: u64 = 1_000_000;
-/// Our own NAT maps per destination (symmetric): a punch needs luck; dial the relay at once, in parallel.
-pub const DIAL_AFTER_SYMMETRIC_US: u64 = 0;
-/// A relayed dial that failed is tried again after this long.
+/// No direct path is coming soon (our own NAT maps per destination, so a punch needs luck; or we know no
+/// endpoint of the member yet): dial the relay at once, punching going on in parallel.
+pub const DIAL_AFTER_UNLIKELY_US: u64 = 0;
+/// A relayed dial that failed is tried again after this long, twice as long after each further failure
+/// up to `RETRY_MAX_US` (a member that is offline, told of by member news, is not dialed every 5 s forever).
 pub const RETRY_US: u64 = 5_000_000;
+pub const RETRY_MAX_US: u64 = 60_000_000;
 /// A member reached only by direct (or punched) paths gets a relayed one too, this long after: the
 /// fallback that takes the traffic when the direct paths die, within the health check's down time (a
 /// relayed dial only then would leave the flow without a path for the QUIC idle timeout, the dial plan's
@@ -235,18 +238,22 @@ pub struct PathsToMember {
 }
 
 /// A member's decision of when to dial a member through a relay: once it has wanted a path to it and had
-/// none for `DIAL_AFTER_US` (at once if its own NAT is symmetric), or had only direct ones for
-/// `FALLBACK_AFTER_US` (the fallback), then every `RETRY_US` while no relayed path is there.
+/// none for `DIAL_AFTER_US` (at once if no direct path is likely soon), or had only direct ones for
+/// `FALLBACK_AFTER_US` (the fallback), then after `RETRY_US`, doubling to `RETRY_MAX_US`, while no
+/// relayed path is there.
 #[derive(Debug, Default)]
 pub struct DialPlan {
-    /// Per member: since when it has had no relayed path (µs), and when we last dialed it through a relay.
-    wanted: HashMap<[u8; 32], (u64, Option<u64>)>,
+    /// Per member: since when it has had no relayed path (µs), when we last dialed it through a relay, and
+    /// the wait before the next dial.
+    wanted: HashMap<[u8; 32], (u64, Option<u64>, u64)>,
 }
 
 impl DialPlan {
     /// Called on every tick for each member we want a path to, with the paths we have to it. A relayed
     /// path is kept once there, direct paths or not: it is the fallback. True: dial it through a relay now.
-    pub fn handle_tick(&mut self, key: &[u8; 32], paths: PathsToMember, own_symmetric: bool, now_us: u64) -> bool {
+    /// `direct_unlikely`: no direct path is coming soon (our NAT maps per destination, or we know no
+    /// endpoint of the member), so the relay is dialed at once.
+    pub fn handle_tick(&mut self, key: &[u8; 32], paths: PathsToMember, direct_unlikely: bool, now_us: u64) -> bool {
         if paths.relayed {
             self.wanted.remove(key);
             return false;
@@ -254,17 +261,20 @@ impl DialPlan {
         if !self.wanted.contains_key(key) && self.wanted.len() >= MAX_TRACKED {
             return false;
         }
-        let (since, last) = self.wanted.entry(*key).or_insert((now_us, None));
-        let wait = match (paths.direct, own_symmetric) {
+        let (since, last, retry) = self.wanted.entry(*key).or_insert((now_us, None, RETRY_US));
+        let wait = match (paths.direct, direct_unlikely) {
             (true, _) => FALLBACK_AFTER_US,
-            (false, true) => DIAL_AFTER_SYMMETRIC_US,
+            (false, true) => DIAL_AFTER_UNLIKELY_US,
             (false, false) => DIAL_AFTER_US,
         };
         let due = match last {
             None => now_us >= *since + wait,
-            Some(at) => now_us >= *at + RETRY_US,
+            Some(at) => now_us >= *at + *retry,
         };
         if due {
+            if last.is_some() {
+                *retry = (*retry * 2).min(RETRY_MAX_US);
+            }
             *last = Some(now_us);
         }
         due
@@ -375,10 +385,18 @@ mod tests {
         assert!(plan.handle_tick(&A, NONE, false, DIAL_AFTER_US));
         assert!(!plan.handle_tick(&A, NONE, false, DIAL_AFTER_US + 1), "one dial, not one per tick");
         assert!(plan.handle_tick(&A, NONE, false, DIAL_AFTER_US + RETRY_US), "retried while none is up");
+        // Each further failure doubles the wait, up to the maximum.
+        let mut at = DIAL_AFTER_US + RETRY_US;
+        for wait in [2 * RETRY_US, 4 * RETRY_US, 8 * RETRY_US, RETRY_MAX_US, RETRY_MAX_US] {
+            assert!(!plan.handle_tick(&A, NONE, false, at + wait - 1));
+            assert!(plan.handle_tick(&A, NONE, false, at + wait), "after {wait} µs");
+            at += wait;
+        }
         // A relayed path came up: nothing more, and the wait starts over if it goes.
-        assert!(!plan.handle_tick(&A, RELAYED, false, 20_000_000));
-        assert!(!plan.handle_tick(&A, NONE, false, 21_000_000));
-        assert!(plan.handle_tick(&A, NONE, false, 21_000_000 + DIAL_AFTER_US));
+        assert!(!plan.handle_tick(&A, RELAYED, false, at + 1));
+        assert!(!plan.handle_tick(&A, NONE, false, at + 2));
+        assert!(plan.handle_tick(&A, NONE, false, at + 2 + DIAL_AFTER_US));
+        assert!(plan.handle_tick(&A, NONE, false, at + 2 + DIAL_AFTER_US + RETRY_US), "the backoff starts over");
     }
 
     #[test]
