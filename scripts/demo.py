@@ -10,9 +10,10 @@ Then the mesh (--mesh-sites, default 3): a gateway that is admin of a network an
 only an invite code of the gateway, on separate links, each behind a NAT of its own (--mesh-nat: by
 default two port-restricted ones, whose sites can only meet by a coordinated hole punch, then a
 full-cone one); a private mainline DHT of 16 plain nodes. Each site learns of the others from the gateway,
-finds their records in the DHT and connects to each directly (punched through the NATs where they need
-it); prints when each pair connected, how (the path's kind) and the RTT between sites. Everything is
-removed on exit, even on Ctrl-C.
+reaches each at once through the gateway as relay and punches through the NATs to a direct path (the
+relayed one stays as the fallback), then finds their records in the DHT; prints when each pair connected,
+how (the paths' kinds, how the member was found) and the RTT between sites. Everything is removed on exit,
+even on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ def _kinds_between(mesh: MeshLab, node: qe.NodeSpec, other: qe.NodeSpec) -> str:
     return ", ".join(kinds) or "no path"
 
 
+# How a member came to be a peer (`quicether status`'s "found"), in words.
+FOUND = {"news": "told of by the gateway", "dht": "found in the DHT", "certificate": "it dialed us",
+         "cache": "from the peer cache", "lan": "found on the LAN"}
+
+
 def mesh_demo(nats: list[NatType]) -> int:
     sites = len(nats)
     print(f"\nthe mesh: a gateway (the network's admin) and {sites} sites, each joined with only an invite code"
@@ -105,14 +111,15 @@ def mesh_demo(nats: list[NatType]) -> int:
         if min(seen.values()) < sites:
             print(f"mesh: FAILED: not every site connected within {MESH_TIMEOUT_S} s: {seen}", file=sys.stderr)
             return 1
-        print(f"\nevery site connected to every other in {time.monotonic() - t0:.1f} s; site to site, not through "
-              "the gateway:")
+        print(f"\nevery site connected to every other in {time.monotonic() - t0:.1f} s; site to site, on the"
+              " punched path where there is one (a relayed path through the gateway stays as the fallback):")
         for node in mesh.sites:
+            members = {m["name"]: m for m in node.status()["node"]["network"]["members"]}
             for other in mesh.sites:
                 if other is not node:
                     result = ping(node.ns, mesh.address(other), count=3)
-                    dht = f"found member site-{other.name}" in qe.read_log(node)
-                    found = "found in the DHT" if dht else "it dialed us"
+                    how = members.get(f"site-{other.name}", {}).get("found")
+                    found = FOUND.get(str(how), str(how))
                     print(f"  site-{node.name} -> site-{other.name} ({mesh.address(other)}): "
                           f"{result.received}/3 replies, {result.median_ms:.1f} ms, path "
                           f"{_kinds_between(mesh, node, other)}  ({found})", flush=True)
