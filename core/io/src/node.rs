@@ -781,6 +781,7 @@ impl Node {
                 }
             }
             runtime.shutdown_timeout(Duration::from_millis(500));
+            self.shut_down_lanes();
         }
     }
 }

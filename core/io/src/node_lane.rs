@@ -1,5 +1,10 @@
-//! A node's TCP lane ends (`lane.rs`), run on its runtime with its identity, pinning set and trust: the
-//! gateway end (one MPTCP listener) and site ends (one transparent listener per peer whose lane is on).
+//! A node's TCP lane ends (`lane.rs`), with its identity, pinning set and trust: the gateway end (one MPTCP
+//! listener) and site ends (one transparent listener per peer whose lane is on).
+//!
+//! They run on a runtime of their own, whose threads yield to the data plane's (nice +5): a burst of lane
+//! connections is a burst of TLS handshakes, CPU work that on the node's runtime queued the QUIC paths'
+//! readers and probe replies behind it (500 connections at once held them long enough for two WANs' paths
+//! to be declared silent on both ends).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -27,6 +32,10 @@ impl Drop for LaneEnd {
     }
 }
 
+/// Threads of the lanes' runtime, and how far below the data plane's they run.
+const LANE_THREADS: usize = 2;
+const LANE_NICE: libc::c_int = 5;
+
 #[derive(Default)]
 pub(super) struct Lanes {
     gateway: Option<LaneEnd>,
@@ -34,6 +43,28 @@ pub(super) struct Lanes {
     sites: HashMap<[u8; 32], LaneEnd>,
     /// The ACLs the gateway end judges each connection by (`set_lane_policy`).
     policy: Arc<RwLock<LanePolicy>>,
+    /// Made when the first lane end starts; last, so the ends go before it.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Lanes {
+    fn runtime(&mut self) -> io::Result<&tokio::runtime::Runtime> {
+        if self.runtime.is_none() {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(LANE_THREADS)
+                .thread_name("quicether-lane")
+                .on_thread_start(|| {
+                    // SAFETY: setpriority on this thread's own id; failing (no permission) only keeps nice 0.
+                    unsafe {
+                        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, LANE_NICE);
+                    }
+                })
+                .enable_all()
+                .build()?;
+            self.runtime = Some(runtime);
+        }
+        Ok(self.runtime.as_ref().expect("made above"))
+    }
 }
 
 impl Node {
@@ -49,7 +80,11 @@ impl Node {
     /// Gateway end: accepts lane connections on `listen` from pinned peers and members (not invite keys),
     /// at most `max_connections` at once. Replaces a running one.
     pub fn start_lane_gateway(&self, listen: SocketAddr, max_connections: usize) -> io::Result<()> {
-        let runtime = self.runtime()?;
+        self.runtime()?; // not stopped
+        let mut lanes = self.lanes.lock().unwrap();
+        lanes.gateway = None; // the old listener's port is free before the new one binds it
+        let policy = lanes.policy.clone();
+        let runtime = lanes.runtime()?;
         let _guard = runtime.enter();
         let refused_sink = Arc::downgrade(&self.shared);
         let verifier = Arc::new(KnownClientKeys::new(
@@ -63,8 +98,6 @@ impl Node {
             }),
         ));
         let acceptor = lane::acceptor(verifier, self.identity.clone()).map_err(|e| io_err("lane tls", e))?;
-        let mut lanes = self.lanes.lock().unwrap();
-        lanes.gateway = None; // the old listener's port is free before the new one binds it
         let listener = lane::mptcp_listener(listen).map_err(|e| io_err(&format!("lane listen {listen}"), e))?;
         let limits = Arc::new(LaneLimits::new(max_connections, self.lane_log()));
         let table = Arc::downgrade(&self.shared);
@@ -73,8 +106,9 @@ impl Node {
                 shared.table.read().unwrap().allowed_ips_of(key).iter().any(|prefix| prefix.contains(source))
             })
         });
-        let gate = Arc::new(LaneGate { destinations: lane::exit_destination, speaks_for, acl: lanes.policy.clone() });
+        let gate = Arc::new(LaneGate { destinations: lane::exit_destination, speaks_for, acl: policy });
         let task = runtime.spawn(lane::serve_gateway(listener, acceptor, limits.clone(), gate));
+        drop(_guard);
         lanes.gateway = Some(LaneEnd { limits, task });
         Ok(())
     }
@@ -87,7 +121,10 @@ impl Node {
         peer_lane: SocketAddr,
         max_connections: usize,
     ) -> io::Result<()> {
-        let runtime = self.runtime()?;
+        self.runtime()?; // not stopped
+        let mut lanes = self.lanes.lock().unwrap();
+        lanes.sites.remove(&key);
+        let runtime = lanes.runtime()?;
         let _guard = runtime.enter();
         let sink = Arc::downgrade(&self.shared);
         let fell_back = Box::new(move || {
@@ -102,11 +139,10 @@ impl Node {
         let dialer = LaneDialer::new(self.identity.clone(), key, None, peer_lane)
             .map_err(|e| io_err("lane tls", e))?
             .on_fallback(fell_back);
-        let mut lanes = self.lanes.lock().unwrap();
-        lanes.sites.remove(&key);
         let listener = lane::transparent_listener(listen).map_err(|e| io_err(&format!("lane listen {listen}"), e))?;
         let limits = Arc::new(LaneLimits::new(max_connections, self.lane_log()));
         let task = runtime.spawn(lane::serve_site(listener, Arc::new(dialer), limits.clone()));
+        drop(_guard);
         lanes.sites.insert(key, LaneEnd { limits, task });
         Ok(())
     }
@@ -122,6 +158,15 @@ impl Node {
         let mut lanes = self.lanes.lock().unwrap();
         lanes.gateway = None;
         lanes.sites.clear();
+    }
+
+    /// Stops the lane ends and their runtime, with the connections they carry (the node is stopping).
+    pub(super) fn shut_down_lanes(&self) {
+        self.stop_lanes();
+        let runtime = self.lanes.lock().unwrap().runtime.take();
+        if let Some(runtime) = runtime {
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+        }
     }
 
     /// The lane's counters, both ends summed: (role, name) → value, role "site" or "gateway".
