@@ -100,6 +100,10 @@ class Mesh:
         # A revoked member is neither looked up nor redialed from the cache, nor dialed from the LAN.
         self.revoked = set(self._revoked_keys())
         for key in self.revoked:
+            # One we dialed (told of it, found it in the DHT) is not among those the core admitted, which
+            # `set_network` cut off: it goes here (its routes with it, on the core's peer_removed event).
+            if key not in removed and key in self.peers.members and self.node.remove_peer(key):
+                log.warning("%s cut off: revoked", self.label(key))
             for table in (self.known, self.certificates, self.cache, self.record_seen):
                 table.pop(key, None)
 
