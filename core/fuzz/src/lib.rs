@@ -1,7 +1,7 @@
 //! Coverage-guided fuzz targets for every decoder of what the network sends the core: bond frames (each
 //! DATAGRAM, and the relay datagrams among them), the path hello and its answer, inner IP packets (addresses for allowed IPs, classification),
 //! peer-supplied text, certificates, revocations, DHT records, member news batches, join requests and
-//! answers, hole-punch messages, the TCP lane's connection header, the home router's PCP and NAT-PMP answers, and the peer's TLS certificate (walked for its key and membership before
+//! answers, hole-punch messages, runs of inner packets merged for the TUN (GRO), the TCP lane's connection header, the home router's PCP and NAT-PMP answers, and the peer's TLS certificate (walked for its key and membership before
 //! the handshake is authenticated). Built with cargo-afl on the stable toolchain; `scripts/fuzz` runs
 //! them (`scripts/fuzz --help`):
 //!
@@ -19,6 +19,7 @@ use quicether_proto::allowed_ips::packet_addrs;
 use quicether_proto::certkey::{ed25519_key_of_cert, membership_of_cert};
 use quicether_proto::classify::inspect;
 use quicether_proto::frame::{self, Frame};
+use quicether_proto::gro::{coalesce, Write};
 use quicether_proto::hello;
 use quicether_proto::join::{decode_answer, decode_request, encode_answer, JoinAnswer};
 use quicether_proto::lane::{LaneHeader, MAX_HEADER_LEN};
@@ -155,6 +156,37 @@ pub fn peer_text(data: &[u8]) {
     assert!(label.len() <= MAX_LABEL_LEN);
 }
 
+/// Inner packets a peer sent, as the bond releases them, merged for the TUN device (GRO): the input is a
+/// run of packets, each a two-byte length and its bytes. Every packet is written once, in order; a
+/// super-packet is as long as the packets it merges less their repeated headers, and never over 64 KB.
+pub fn gro(data: &[u8]) {
+    let mut packets = Vec::new();
+    let mut rest = data;
+    while let [hi, lo, tail @ ..] = rest {
+        let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
+        packets.push(&tail[..len]);
+        rest = &tail[len..];
+    }
+    let (mut out, mut writes) = (Vec::new(), Vec::new());
+    coalesce(&packets, &mut out, &mut writes);
+    let mut next = 0;
+    for write in writes {
+        match write {
+            Write::Packet(i) => {
+                assert_eq!(i, next);
+                next += 1;
+            }
+            Write::Super { hdr, range, segments } => {
+                assert!(segments >= 2 && range.len() <= 65_535);
+                let merged: usize = packets[next..next + segments].iter().map(|p| p.len()).sum();
+                assert_eq!(range.len(), merged - (segments - 1) * usize::from(hdr.hdr_len));
+                next += segments;
+            }
+        }
+    }
+    assert_eq!(next, packets.len());
+}
+
 /// The invite key the fuzzed join requests are read for.
 pub const INVITE_KEY: [u8; 32] = [0x24; 32];
 
@@ -171,8 +203,9 @@ mod tests {
     #[test]
     fn every_target_takes_its_seed() {
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 13] = [
+        let targets: [Target; 14] = [
             ("frame", super::frame),
+            ("gro", super::gro),
             ("hello", super::hello),
             ("packet", super::packet),
             ("peer_text", super::peer_text),
@@ -189,6 +222,16 @@ mod tests {
         for (name, target) in targets {
             target(&std::fs::read(format!("corpus/{name}/seed")).unwrap());
         }
+    }
+
+    /// The GRO seed is a run the merge takes: the fuzzer starts from a super-packet built.
+    #[test]
+    fn the_gro_seed_merges_into_one_super_packet() {
+        let seed = std::fs::read("corpus/gro/seed").unwrap();
+        let packets: Vec<&[u8]> = seed.chunks(142).map(|c| &c[2..]).collect();
+        let (mut out, mut writes) = (Vec::new(), Vec::new());
+        super::coalesce(&packets, &mut out, &mut writes);
+        assert!(matches!(writes[..], [super::Write::Super { segments: 3, .. }]), "{writes:?}");
     }
 
     /// The port mapping seed is an answer the mapper takes: the fuzzer starts past the nonce check.

@@ -44,3 +44,10 @@ pub fn tun_offloads() -> bool {
     static VALUE: OnceLock<bool> = OnceLock::new();
     *VALUE.get_or_init(|| env_u64("QUICETHER_TUN_OFFLOADS") != Some(0))
 }
+
+/// `QUICETHER_TUN_GRO=0`: every inner packet is its own TUN write, as before GRO (`quicether_proto::gro`),
+/// to measure what merging gains (scripts/bench-tunnel).
+pub fn tun_gro() -> bool {
+    static VALUE: OnceLock<bool> = OnceLock::new();
+    *VALUE.get_or_init(|| env_u64("QUICETHER_TUN_GRO") != Some(0))
+}

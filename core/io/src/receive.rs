@@ -1,47 +1,79 @@
-//! Inbound packet path, in order: QUIC DATAGRAM on a path (`path_reader`) → the peer's bond receiver
-//! (`quicether_proto::bond`: frame dispatch, reordering, NACK and probe decisions) → what it decides is
-//! done here: probe replies on the same path, NACKs on the fastest path, probe replies fed to path health,
-//! retransmissions by the sending half, released packets → source check → TUN write. `reorder_timer`
-//! sleeps until the receiver's next deadline (gaps that time out), and re-derives the timeouts from the
-//! paths' RTTs.
+//! Inbound packet path, in order: QUIC DATAGRAMs on a path (`path_reader`, all those already queued at
+//! once) → the peer's bond receiver (`quicether_proto::bond`: frame dispatch, reordering, NACK and probe
+//! decisions) → what it decides is done here: probe replies on the same path, NACKs on the fastest path,
+//! probe replies fed to path health, retransmissions by the sending half, released packets → source check
+//! → runs of one TCP flow's segments merged (`quicether_proto::gro`) → TUN write. `reorder_timer` sleeps
+//! until the receiver's next deadline (gaps that time out), and re-derives the timeouts from the paths'
+//! RTTs.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use quicether_proto::allowed_ips::packet_addrs;
 use quicether_proto::bond::Output;
+use quicether_proto::gro::{coalesce, Write};
 use quicether_proto::health::PathState;
 use quicether_proto::offload::VnetHdr;
 
 use crate::events::UpReason;
 use crate::peer::{Counters, Event, Path, Peer, Shared};
-use crate::peers::PeerTable;
 
 /// How often the reorder timeout is re-derived from the paths' RTTs (and the learned timeout decays).
 const REORDER_RETUNE: Duration = Duration::from_millis(100);
+/// Datagrams a path reader takes at once when more are already queued: one bond lock and one delivery for
+/// all of them, so the TUN gets runs of a flow's segments to merge.
+const READ_BATCH: usize = 32;
+
+/// The output of `future` if it is ready at its first poll (nothing is waited for).
+fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
 
 pub async fn path_reader(shared: Arc<Shared>, peer_arc: Arc<Peer>, path: Arc<Path>) {
     let peer = &*peer_arc;
     let mut ready = Vec::new();
     let mut outputs = Vec::new();
+    let mut batch = Vec::with_capacity(READ_BATCH);
     let reason = loop {
         let datagram = match path.conn.read_datagram().await {
             Ok(d) => d,
             Err(e) => break crate::connect::net_text(e),
         };
-        Counters::count(&path.counters.rx_packets, &path.counters.rx_bytes, datagram.len());
-        // Another member's QUIC packets through us as relay, or to us through a relay (`relay.rs`).
-        if quicether_proto::relay::is_relay(&datagram) {
-            crate::relay::received(&shared, &peer_arc, &path, datagram);
-            continue;
-        }
         // Taken before the lock: a probe reply's arrival time must not include waiting for it.
         let now = shared.now_us();
+        batch.push(datagram);
+        // An error here (the connection ended) comes again at the next read, which ends the loop.
+        while batch.len() < READ_BATCH {
+            match ready_now(path.conn.read_datagram()) {
+                Some(Ok(d)) => batch.push(d),
+                _ => break,
+            }
+        }
+        batch.retain(|datagram| {
+            Counters::count(&path.counters.rx_packets, &path.counters.rx_bytes, datagram.len());
+            // Another member's QUIC packets through us as relay, or to us through a relay (`relay.rs`).
+            let relayed = quicether_proto::relay::is_relay(datagram);
+            if relayed {
+                crate::relay::received(&shared, &peer_arc, &path, datagram.clone());
+            }
+            !relayed
+        });
+        if batch.is_empty() {
+            continue;
+        }
         let turn = {
             let mut bond = peer.bond.lock().unwrap();
-            bond.handle_datagram(path.id, datagram, now);
+            for datagram in batch.drain(..) {
+                bond.handle_datagram(path.id, datagram, now);
+            }
             if bond.timeout_moved_earlier() {
                 peer.reorder_wake.notify_one();
             }
@@ -161,27 +193,50 @@ fn delivery_turn<'a>(peer: &'a Peer, ready: &[Bytes]) -> Option<MutexGuard<'a, (
     (!ready.is_empty()).then(|| peer.delivery.lock().unwrap())
 }
 
-/// Delivers, in order, what the bond receiver released (called with its lock released, holding `turn`).
+/// Delivers, in order, what the bond receiver released (called with its lock released, holding `turn`):
+/// the packets whose source is the peer's to use, runs of one TCP flow's segments merged into one write
+/// where the TUN device takes super-packets.
 fn deliver_ready(shared: &Shared, peer: &Peer, ready: &mut Vec<Bytes>, turn: Option<MutexGuard<'_, ()>>) {
     if ready.is_empty() {
         return;
     }
-    let table = shared.table.read().unwrap();
-    for packet in ready.drain(..) {
-        deliver(shared, &table, peer, &packet);
-    }
-    drop(table);
-    drop(turn);
-}
-
-/// Writes one inner packet from `peer` to the TUN device if its source is the peer's to use.
-fn deliver(shared: &Shared, table: &PeerTable, peer: &Peer, packet: &[u8]) {
-    let allowed = packet_addrs(packet).is_some_and(|(src, _)| table.allows(&peer.key, src));
-    let written = allowed && shared.tun.write(&VnetHdr::default(), packet);
     let c = &peer.counters;
-    if written {
-        Counters::count(&c.rx_packets, &c.rx_bytes, packet.len());
-    } else {
-        c.rx_dropped.fetch_add(1, Ordering::Relaxed);
+    {
+        let table = shared.table.read().unwrap();
+        ready.retain(|packet| {
+            let allowed = packet_addrs(packet).is_some_and(|(src, _)| table.allows(&peer.key, src));
+            if !allowed {
+                c.rx_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            allowed
+        });
     }
+    let written = |packets: &[Bytes], ok: bool| {
+        for packet in packets {
+            if ok {
+                Counters::count(&c.rx_packets, &c.rx_bytes, packet.len());
+            } else {
+                c.rx_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    if ready.len() > 1 && shared.tun.takes_super_packets() && crate::debug::tun_gro() {
+        let (mut merged, mut writes) = (Vec::new(), Vec::new());
+        coalesce(ready, &mut merged, &mut writes);
+        let mut next = 0;
+        for write in writes {
+            let (hdr, packet, count) = match write {
+                Write::Packet(i) => (VnetHdr::default(), &ready[i][..], 1),
+                Write::Super { hdr, range, segments } => (hdr, &merged[range], segments),
+            };
+            written(&ready[next..next + count], shared.tun.write(&hdr, packet));
+            next += count;
+        }
+    } else {
+        for packet in ready.iter() {
+            written(std::slice::from_ref(packet), shared.tun.write(&VnetHdr::default(), packet));
+        }
+    }
+    ready.clear();
+    drop(turn);
 }

@@ -112,6 +112,12 @@ impl Tun {
         Ok(Tun { fd, offloads, unsplittable: AtomicU64::new(0) })
     }
 
+    /// Whether a write may be a TCP super-packet (`quicether_proto::gro`): the device has virtio-net
+    /// headers and TSO.
+    pub fn takes_super_packets(&self) -> bool {
+        self.offloads.vnet_hdr && self.offloads.tso
+    }
+
     /// Bytes in front of each packet read or written.
     pub fn header_len(&self) -> usize {
         if self.offloads.vnet_hdr {

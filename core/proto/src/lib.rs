@@ -33,6 +33,7 @@
 //! - `wire`: the bounded reader and writer of our binary encodings.
 //! - `bounded`: tables the network can grow, kept to a limit (the oldest entry goes).
 //! - `offload`: TUN offloads: the virtio-net header, splitting GSO super-packets, checksums.
+//! - `gro`: TUN writes: in-order segments of one TCP flow merged into one super-packet (offload's reverse).
 
 pub mod admission;
 pub mod allowed_ips;
@@ -45,6 +46,7 @@ pub mod cipher;
 pub mod classify;
 pub mod dht_server;
 pub mod frame;
+pub mod gro;
 pub mod health;
 pub mod hello;
 pub mod join;

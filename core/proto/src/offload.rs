@@ -108,7 +108,7 @@ pub fn checksum(data: &[u8]) -> u16 {
 }
 
 /// Sum of the TCP/UDP pseudo-header of `packet` (an IPv4 or IPv6 packet) for `l4_len` bytes of `proto`.
-fn pseudo_sum(packet: &[u8], proto: u8, l4_len: usize) -> u64 {
+pub(crate) fn pseudo_sum(packet: &[u8], proto: u8, l4_len: usize) -> u64 {
     let addrs = if packet[0] >> 4 == 4 { &packet[12..20] } else { &packet[8..40] };
     sum(addrs, u64::from(proto) + l4_len as u64)
 }
@@ -225,4 +225,4 @@ pub fn split(hdr: &VnetHdr, packet: &mut [u8], out: &mut Vec<u8>, lens: &mut Vec
 
 #[cfg(test)]
 #[path = "offload_tests.rs"]
-mod tests;
+pub(crate) mod tests;

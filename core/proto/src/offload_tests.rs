@@ -1,7 +1,7 @@
 use super::*;
 
 /// RFC 1071 the slow, obvious way: 16-bit words, end-around carry after every addition.
-fn reference_checksum(data: &[u8]) -> u16 {
+pub(crate) fn reference_checksum(data: &[u8]) -> u16 {
     let mut acc: u32 = 0;
     for i in (0..data.len()).step_by(2) {
         let word = u32::from(data[i]) << 8 | u32::from(*data.get(i + 1).unwrap_or(&0));
@@ -12,7 +12,7 @@ fn reference_checksum(data: &[u8]) -> u16 {
 }
 
 /// True if the TCP/UDP checksum of `seg` (an IP packet with its L4 header at `l4`) verifies.
-fn l4_checksum_ok(seg: &[u8], l4: usize, proto: u8) -> bool {
+pub(crate) fn l4_checksum_ok(seg: &[u8], l4: usize, proto: u8) -> bool {
     let mut pseudo = Vec::new();
     if seg[0] >> 4 == 4 {
         pseudo.extend_from_slice(&seg[12..20]);
@@ -25,13 +25,13 @@ fn l4_checksum_ok(seg: &[u8], l4: usize, proto: u8) -> bool {
     reference_checksum(&pseudo) == 0
 }
 
-fn payload(len: usize) -> Vec<u8> {
+pub(crate) fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
 /// An IPv4 + TCP super-packet as the kernel hands it over with TSO: total length of the whole, checksum
 /// field holding the (folded, not complemented) pseudo-header sum.
-fn tcp_v4_super(data: &[u8], flags: u8) -> Vec<u8> {
+pub(crate) fn tcp_v4_super(data: &[u8], flags: u8) -> Vec<u8> {
     let mut p = vec![0u8; 40];
     p[0] = 0x45;
     p[2..4].copy_from_slice(&((40 + data.len()) as u16).to_be_bytes());
@@ -54,7 +54,7 @@ fn tcp_v4_super(data: &[u8], flags: u8) -> Vec<u8> {
     p
 }
 
-fn tcp_v6_super(data: &[u8]) -> Vec<u8> {
+pub(crate) fn tcp_v6_super(data: &[u8]) -> Vec<u8> {
     let mut p = vec![0u8; 60];
     p[0] = 0x60;
     p[4..6].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
@@ -71,11 +71,11 @@ fn tcp_v6_super(data: &[u8]) -> Vec<u8> {
     p
 }
 
-fn gso_hdr(gso_type: u8, l4: u16, l4_hlen: u16, mss: u16, csum_offset: u16) -> VnetHdr {
+pub(crate) fn gso_hdr(gso_type: u8, l4: u16, l4_hlen: u16, mss: u16, csum_offset: u16) -> VnetHdr {
     VnetHdr { flags: F_NEEDS_CSUM, gso_type, hdr_len: l4 + l4_hlen, gso_size: mss, csum_start: l4, csum_offset }
 }
 
-fn segments<'a>(out: &'a [u8], lens: &[usize]) -> Vec<&'a [u8]> {
+pub(crate) fn segments<'a>(out: &'a [u8], lens: &[usize]) -> Vec<&'a [u8]> {
     let mut at = 0;
     lens.iter()
         .map(|&l| {

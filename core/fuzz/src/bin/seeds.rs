@@ -17,6 +17,22 @@ fn ipv4_udp() -> Vec<u8> {
     p
 }
 
+/// Three back-to-back segments of one TCP flow (IPv4, DF, ACK), each with a two-byte length: what the
+/// bond releases and GRO merges.
+fn tcp_run() -> Vec<u8> {
+    let mut run = Vec::new();
+    for i in 0..3u32 {
+        let mut p = vec![0x45, 0, 0, 140, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        p.extend_from_slice(&[0x13, 0x88, 0x9c, 0x40]);
+        p.extend_from_slice(&(1000 + 100 * i).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 7, 0x50, 0x10, 2, 0, 0, 0, 0, 0]);
+        p.extend_from_slice(&[b'x'; 100]);
+        run.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        run.extend_from_slice(&p);
+    }
+    run
+}
+
 /// An X.509 certificate as a node shows it in its TLS handshake: an Ed25519 key and the membership
 /// extension (OID 2.25.…) holding `membership`; the signature is not checked by the walk.
 fn tls_certificate(membership: &[u8]) -> Vec<u8> {
@@ -92,6 +108,7 @@ fn main() -> std::io::Result<()> {
         ("frame", [frame::encode_data_header(7, Some(5)).as_slice(), &ipv4_udp()].concat()),
         ("hello", hello::encode_hello("wan0", true)),
         ("packet", ipv4_udp()),
+        ("gro", tcp_run()),
         (
             "lane",
             LaneHeader { source: "192.168.1.20".parse().unwrap(), destination: "10.0.60.10:443".parse().unwrap() }
