@@ -102,7 +102,8 @@ class Mesh:
         for key in self.revoked:
             # One we dialed (told of it, found it in the DHT) is not among those the core admitted, which
             # `set_network` cut off: it goes here (its routes with it, on the core's peer_removed event).
-            if key not in removed and key in self.peers.members and self.node.remove_peer(key):
+            if (key not in removed and self.peers is not None and key in self.peers.members
+                    and self.node.remove_peer(key)):
                 log.warning("%s cut off: revoked", self.label(key))
             for table in (self.known, self.certificates, self.cache, self.record_seen):
                 table.pop(key, None)

@@ -121,7 +121,9 @@ class Daemon:
                 if self.lane is not None:
                     self.lane.path_changed(event.key, event.local_wan, up=True)
                 log.info("%s: %s path on WAN %s up (%s, remote %s)", who, path_kind, wan, reason, remote, extra=mark)
-                if self.mesh is not None and event.key is not None and remote and reason == "connected":
+                # A relayed path's remote is made up (the relay's virtual socket): nothing to dial after a restart.
+                if (self.mesh is not None and event.key is not None and remote and reason == "connected"
+                        and path_kind != "relayed"):
                     self.mesh.reached(event.key, remote)
             case core_events.PathDown(wan=wan, path_kind=path_kind, reason=reason, detail=detail):
                 if self.lane is not None:
