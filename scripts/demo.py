@@ -111,8 +111,19 @@ def mesh_demo(nats: list[NatType]) -> int:
         if min(seen.values()) < sites:
             print(f"mesh: FAILED: not every site connected within {MESH_TIMEOUT_S} s: {seen}", file=sys.stderr)
             return 1
-        print(f"\nevery site connected to every other in {time.monotonic() - t0:.1f} s; site to site, on the"
-              " punched path where there is one (a relayed path through the gateway stays as the fallback):")
+        print(f"  every site connected to every other in {time.monotonic() - t0:.1f} s (through the gateway as"
+              " relay first); waiting for the punched paths ...", flush=True)
+
+        def every_pair_direct() -> bool:
+            kinds = [_kinds_between(mesh, n, o) for n in mesh.sites for o in mesh.sites if o is not n]
+            return all("punched" in k or "direct" in k for k in kinds)
+
+        while time.monotonic() - t0 < MESH_TIMEOUT_S and not every_pair_direct():
+            time.sleep(0.25)
+        print(f"  every pair direct {time.monotonic() - t0:.1f} s after the start" if every_pair_direct() else
+              "  not every pair went direct: the gateway relays for those", flush=True)
+        print("\nsite to site, on the punched path where there is one (a relayed path through the gateway stays"
+              " as the fallback):")
         for node in mesh.sites:
             members = {m["name"]: m for m in node.status()["node"]["network"]["members"]}
             for other in mesh.sites:
