@@ -155,8 +155,9 @@ class Daemon:
                     # A LAN candidate proved itself (its handshake showed this certificate): route it.
                     self._spawn(self.peers.dial_member(key, member, self.peers.candidates[key], self.mesh.modes(),
                                                        "lan"), f"routing member {member.name}")
-                elif member is not None and self.peers is not None:
-                    # Reached through a relay and punched towards at once; the DHT adds its endpoints later.
+                elif member is not None and self.peers is not None and all(p.key != key for p in self.config.peers):
+                    # Reached through a relay and punched towards at once; the DHT adds its endpoints later. Not
+                    # a [[peer]]: news can come before the start has added those to the peer table.
                     self._spawn(self.peers.reach_member(key, member, self.mesh.modes()),
                                 f"reaching member {member.name}")
             case core_events.MembershipRenewed(certificate=certificate) if self.mesh:
