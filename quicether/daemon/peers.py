@@ -36,6 +36,11 @@ class Member:
     not_after: int = 0
 
     @property
+    def peer_allowed_ips(self) -> list[str]:
+        """What the core lets in from it as a peer we dial: its overlay IPv4 and IPv6, and its LAN prefixes."""
+        return [f"{self.ipv4}/32", f"{self.ipv6}/128", *self.lan_prefixes]
+
+    @property
     def allowed_ips(self) -> list[str]:
         # Routed here: its IPv4 and LAN prefixes. Its ULA needs no route of its own: the TUN carries this
         # node's, with the network's /48 (the core lets the member's in by its allowed IPs).
@@ -76,7 +81,7 @@ class PeerTable:
         if (key not in self.candidates and self.found.get(key) != "news"
                 and any(p["key"] == key and p["connected"] for p in self.node.peers())):
             return  # a member that dialed us meanwhile needs no dial (a LAN candidate needs its routes)
-        allowed = [f"{member.ipv4}/32", f"{member.ipv6}/128", *member.lan_prefixes]
+        allowed = member.peer_allowed_ips
         try:
             # Member-only: the handshake must show its (valid, unrevoked) certificate; its key is not pinned.
             self.node.add_peer(key, endpoints, allowed, modes[0], modes[1], [], member_only=True)
@@ -93,7 +98,7 @@ class PeerTable:
         would be found. The record's endpoints come later (`dial_member`); `found` is "news" until then."""
         if key in self.peers or key in self.members or key in self.candidates:
             return
-        allowed = [f"{member.ipv4}/32", f"{member.ipv6}/128", *member.lan_prefixes]
+        allowed = member.peer_allowed_ips
         try:
             self.node.add_peer(key, [], allowed, modes[0], modes[1], [], member_only=True)
         except ValueError:

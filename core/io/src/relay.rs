@@ -298,8 +298,9 @@ fn own_nat_symmetric(shared: &Shared) -> bool {
 }
 
 /// Runs for the life of the node: every member we want a path to (it has endpoints, or the daemon added it
-/// to be reached without: `member_only`) and have had no relayed path to for a while (`DialPlan`: none at all, or only direct ones, which it falls back from) is
-/// dialed through the relay with the lowest RTT that offered to relay for us.
+/// to be reached without: `member_only`) and have had no relayed path to for a while (`DialPlan`: none at
+/// all, or only direct ones, which it falls back from) is dialed through the relay with the lowest RTT that
+/// offered to relay for us.
 pub async fn initiator(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(INITIATOR_TICK).await;
