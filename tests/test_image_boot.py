@@ -36,6 +36,7 @@ KEY = os.environ.get("QE_IMAGE_KEY")
 # and several times that for arm64 (every instruction translated).
 BOOT_TIMEOUT_S = 300
 RPI_BOOT_TIMEOUT_S = 900
+API_TIMEOUT_S = 120
 GATEWAY_ID = "qe1aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypq"  # any valid node id
 UI = "http://192.168.50.1"
 PASSWORD = "boot test admin password"
@@ -92,8 +93,19 @@ def _check_first_boot(vm: ApplianceLab) -> str:
     """What every image does once booted (the LAN lease and the web UI checked already): SSH with the key
     runs `quicether status`, no unit failed, the WAN has its DHCP address, the root is read-only, passwords
     are refused. Returns the node id."""
+    # The web UI and the LAN's DHCP come up before the daemon's API, which starts last (after the WANs and the
+    # lane): under emulation that can be seconds later.
+    start = time.monotonic()
     status = _ssh(vm, "quicether status")
-    assert status.returncode == 0, status.stderr
+    while status.returncode != 0 and time.monotonic() - start < API_TIMEOUT_S:
+        time.sleep(3)
+        status = _ssh(vm, "quicether status")
+    journal = _ssh(vm, "journalctl -b -u quicether --no-pager -n 40 -o short-monotonic").stdout
+    assert status.returncode == 0, f"{status.stderr}\ndaemon's log:\n{journal}"
+    print(f"daemon's API answered {time.monotonic() - start:.0f}s after the web UI")
+    # Slow, not crashed: systemd restarts a daemon that exits, and the boot would look fine after.
+    restarts = _ssh(vm, "systemctl show -p NRestarts --value quicether").stdout.strip()
+    assert restarts == "0", f"the daemon was restarted {restarts} time(s); its log:\n{journal}"
     assert status.stdout.startswith("node qe1") and "lan eth0 192.168.50.1/24" in status.stdout
     # Every unit starts on the read-only root (state lives on /data or in memory).
     failed = _ssh(vm, "systemctl --failed --no-legend --plain")
