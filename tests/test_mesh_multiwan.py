@@ -97,20 +97,22 @@ def _bytes_out_by_wan(lab: Lab) -> dict[str, int]:
 def test_a_relayed_two_wan_site_keeps_its_flow_when_the_wan_carrying_it_is_cut(
         lab: Lab, tmp_path: Path) -> None:
     """Random symmetric NATs on every WAN of s0 and on s1: the pair is relayed through the gateway (never
-    punched). s0 reaches the gateway on both WANs; cutting the one that carries the relayed flow moves it
-    to the other WAN's path to the gateway, with no reset of the inner TCP flow and no stall of 1 s."""
+    punched). s0 reaches the gateway on both WANs and has a relayed path to s1 over each (named
+    relay-<gateway>.<wan>), which the bond uses like any two paths; cutting the WAN that carries more of
+    the flow leaves it all on the other, with no reset of the inner TCP flow and no stall of 1 s."""
     mesh = build_mesh_lab(lab, 2, tmp_path, nats=[NatType.SYMMETRIC, NatType.SYMMETRIC],
                           second_wans={0: NatType.SYMMETRIC})
     s0, s1 = mesh.sites
 
-    def relayed() -> bool:
+    def relayed_wans() -> set[str]:
         peer = next((p for p in s0.status()["peers"] if p["node_id"] == s1.node_id), None)
-        return peer is not None and any(p["up"] and p["kind"] == "relayed" for p in peer["paths"])
+        return {p["local_wan"].partition(".")[2] for p in (peer["paths"] if peer else [])
+                if p["up"] and p["kind"] == "relayed"}
 
     deadline = mesh.started_at + CONNECT_TIMEOUT_S
-    while not relayed() and time.monotonic() < deadline:
+    while relayed_wans() != WANS and time.monotonic() < deadline:
         time.sleep(0.25)
-    assert relayed(), "no relayed path between s0 and s1"
+    assert relayed_wans() == WANS, f"s0 is not relayed to s1 over each of its WANs: {relayed_wans()}"
     gateway = next(p for p in s0.status()["peers"] if p["node_id"] == mesh.gateway.node_id)
     assert {p["local_wan"] for p in gateway["paths"] if p["up"]} == WANS, "s0 reaches the gateway on one WAN"
 
@@ -135,6 +137,7 @@ def test_a_relayed_two_wan_site_keeps_its_flow_when_the_wan_carrying_it_is_cut(
     print(f"\nrelayed, {busy} cut (bytes out per WAN over 1 s before: {carried}); longest stall {stall:.2f} s;"
           f" bytes out per WAN after the cut: {after}")
     assert stall < MAX_STALL_S, f"stall of {stall:.2f} s"
+    assert relayed_wans() == WANS - {busy}, "the relayed path over the cut WAN is still up"
     other = next(iter(WANS - {busy}))
     assert after[other] > RELAYED_MBIT * 1e6 / 8 * 3, f"the other WAN did not take the flow: {after}"
     for site in mesh.sites:

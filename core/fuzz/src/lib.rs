@@ -78,11 +78,11 @@ pub fn member_news(data: &[u8]) {
 /// One DATAGRAM from a peer: whatever parses as a DATA frame carries exactly the bytes after its header.
 pub fn frame(data: &[u8]) {
     // A DATAGRAM is a RELAY datagram (another member's QUIC packet, `relay.rs`) or a bond frame.
-    if let Some((direction, key, packet)) = quicether_proto::relay::decode(data) {
+    if let Some((header, packet)) = quicether_proto::relay::decode(data) {
         assert!(quicether_proto::relay::is_relay(data) && frame::parse(data).is_none());
-        let mut again = quicether_proto::relay::encode_to(&key, packet);
-        if direction == quicether_proto::relay::Direction::From {
-            quicether_proto::relay::turn_around(&mut again, &key);
+        let mut again = quicether_proto::relay::encode_to(&header.key, header.handle, header.dialed, packet);
+        if header.direction == quicether_proto::relay::Direction::From {
+            quicether_proto::relay::turn_around(&mut again, &header.key, header.handle);
         }
         assert_eq!(again, data, "a relay datagram reads back to the same bytes");
         return;

@@ -5,13 +5,15 @@
 //! the datagram goes on to B as RELAY_FROM naming A. Nothing else is read: the packet is the QUIC
 //! ciphertext of A's and B's own connection.
 //!
-//! Member side: per relay, one quinn endpoint over a `VirtualSocket` whose datagrams travel as RELAY
-//! datagrams on our path to the relay. Each member reached through it gets a made-up address (quinn needs
-//! one per remote); the socket maps it back to the member's key. The connections on it are ordinary
-//! paths (handshake with key pinning and membership check, path hello, bond) of kind `Relayed { via }`,
-//! dialed by `initiator` when a member we want has had no path for a while, or only direct ones (then
-//! the relayed path is the fallback: it carries nothing while a direct one is up, and takes the traffic
-//! as soon as the direct ones are down for the health check).
+//! Member side: per relay and per WAN we reach it by, one quinn endpoint over a `VirtualSocket` whose
+//! datagrams travel as RELAY datagrams on that WAN's path to the relay, and only on that one: a relayed
+//! path per WAN, which goes down with its WAN like a direct one. Each remote of an endpoint (a member we
+//! dialed, or one member's path to the relay that dialed us) gets a made-up address (quinn needs one per
+//! remote); the socket maps it back to the member's key and path handle. The connections on it are
+//! ordinary paths (handshake with key pinning and membership check, path hello, bond) of kind
+//! `Relayed { via }`, dialed by `initiator` from each WAN when a member we want has had no path for a
+//! while, or only direct ones (then the relayed paths are the fallback: they carry nothing while a direct
+//! one is up, and take the traffic as soon as the direct ones are down for the health check).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -52,11 +54,14 @@ pub struct RelayKit {
     pub transport: Arc<quinn::TransportConfig>,
 }
 
-/// One relay as seen from a member: the endpoint over its virtual socket.
+/// One relay as seen from a member over one of its WANs: the endpoint over its virtual socket.
 struct RelayClient {
     endpoint: quinn::Endpoint,
     socket: Arc<VirtualSocket>,
 }
+
+/// A relay's or a member's key, and one of our WANs.
+type KeyAndWan = ([u8; 32], String);
 
 #[derive(Default)]
 pub struct RelayDesk {
@@ -68,9 +73,11 @@ pub struct RelayDesk {
     /// peer table only, at most `record::MAX_RELAYS` each.
     named: Mutex<HashMap<[u8; 32], Vec<[u8; 32]>>>,
     limiter: Mutex<Limiter>,
-    plan: Mutex<DialPlan>,
+    /// Per member and WAN of ours.
+    plan: Mutex<DialPlan<KeyAndWan>>,
     pub stats: Mutex<RelayStats>,
-    clients: Mutex<HashMap<[u8; 32], Arc<RelayClient>>>,
+    /// Per relay and WAN of ours.
+    clients: Mutex<HashMap<KeyAndWan, Arc<RelayClient>>>,
     pub kit: RwLock<Option<RelayKit>>,
 }
 
@@ -85,49 +92,88 @@ impl RelayDesk {
     }
 }
 
-/// The name of the relayed "WAN" through relay `via` (both ends of a relayed path use it, so two dials
-/// crossing through the same relay are recognised as duplicates by `Shared::add_path`).
-fn label(via: &[u8; 32]) -> String {
-    format!("relay-{}", via[..4].iter().map(|b| format!("{b:02x}")).collect::<String>())
+/// The name of the relayed "WAN" through relay `via` over our WAN `wan`: `relay-<first 4 bytes>.<wan>`, cut
+/// to a label's length. Both ends of a relayed path name theirs so, so two dials crossing through the
+/// same relay between the same two WANs are recognised as duplicates by `Shared::add_path`.
+fn label(via: &[u8; 32], wan: &str) -> String {
+    let mut label = format!("relay-{}.{wan}", via[..4].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    label.truncate(quicether_proto::peer_text::MAX_LABEL_LEN);
+    label
 }
 
-/// The path a relay's datagrams to member `key` take: its best one that is up and not itself relayed.
+/// The WAN part of a relayed path's label (what `label` made of `wan`, through whichever relay).
+fn wan_part(label: &str) -> &str {
+    label.split_once('.').map_or("", |(_, wan)| wan)
+}
+
+fn relayed(path: &Path) -> bool {
+    matches!(path.route.kind, PathKind::Relayed { .. })
+}
+
+/// Our best path to member `key` (lowest RTT) that is up and not itself relayed.
 fn path_to(shared: &Shared, key: &[u8; 32]) -> Option<Arc<Path>> {
     let peer = shared.peer(key)?;
     let paths = peer.paths.read().unwrap();
-    let usable =
-        paths.iter().filter(|p| p.up.load(Ordering::Relaxed) && !matches!(p.route.kind, PathKind::Relayed { .. }));
+    let usable = paths.iter().filter(|p| p.up.load(Ordering::Relaxed) && !relayed(p));
     usable.min_by_key(|p| p.srtt_us.load(Ordering::Relaxed)).cloned()
+}
+
+/// Our path to relay `via` over our WAN `wan`, if it is up.
+fn path_on(shared: &Shared, via: &[u8; 32], wan: &str) -> Option<Arc<Path>> {
+    let peer = shared.peer(via)?;
+    let paths = peer.paths.read().unwrap();
+    paths.iter().find(|p| p.up.load(Ordering::Relaxed) && !relayed(p) && p.route.local_wan == wan).cloned()
+}
+
+/// Relay side: member `key`'s path that `handle` names, up and not relayed; for `ANY_PATH` its oldest
+/// such path (not the fastest: that changes with every RTT sample, and a dial's Initial and its
+/// retransmissions must reach the same endpoint of the member).
+fn path_by_handle(shared: &Shared, key: &[u8; 32], handle: u32) -> Option<Arc<Path>> {
+    let peer = shared.peer(key)?;
+    let paths = peer.paths.read().unwrap();
+    let mut usable = paths.iter().filter(|p| p.up.load(Ordering::Relaxed) && !relayed(p));
+    if handle == wire::ANY_PATH {
+        usable.min_by_key(|p| p.id).cloned()
+    } else {
+        usable.find(|p| wire::handle_of(p.id) == handle).cloned()
+    }
 }
 
 /// A RELAY datagram that came on `path` of `peer`. Call from the path reader (the datagram is no bond frame).
 pub fn received(shared: &Arc<Shared>, peer: &Arc<Peer>, path: &Path, datagram: Bytes) {
     let desk = &shared.relay;
-    let Some((direction, key, packet)) = wire::decode(&datagram) else {
+    let Some((header, packet)) = wire::decode(&datagram) else {
         return desk.count(|s| s.dropped_malformed += 1);
     };
-    match direction {
+    let key = header.key;
+    match header.direction {
         // A relayed path is never a way to a relay: no chains (and no loops) of relays.
-        Direction::To if matches!(path.route.kind, PathKind::Relayed { .. }) => desk.count(|s| s.dropped_chained += 1),
-        Direction::To => forward(shared, peer, key, datagram.len(), &datagram),
+        Direction::To if relayed(path) => desk.count(|s| s.dropped_chained += 1),
+        Direction::To => forward(shared, peer, path, &header, &datagram),
         Direction::From => {
             // From a relay (a member that is not on a relayed path to us), about a member we may admit.
-            let from_relay = is_member(shared, &peer.key) && !matches!(path.route.kind, PathKind::Relayed { .. });
+            let from_relay = is_member(shared, &peer.key) && !relayed(path);
             if !from_relay || key == shared.local_key || !(is_member(shared, &key) || shared.peer(&key).is_some()) {
                 return desk.count(|s| s.received_dropped += 1);
             }
-            let Some(client) = client(shared, &peer.key) else {
+            // The relay sends by the path of ours that the sender named (or, for a dial, its choice): the
+            // endpoint of the WAN it came over is the one its connection runs on.
+            let Some(client) = client(shared, &peer.key, &path.route.local_wan) else {
                 return desk.count(|s| s.received_dropped += 1);
             };
             // The packet is the datagram's tail: handed on without a copy.
-            let delivered = client.socket.deliver(&key, datagram.slice(datagram.len() - packet.len()..));
+            let remote = if header.dialed { Remote::Dialer(header.handle) } else { Remote::Dialed };
+            let delivered =
+                client.socket.deliver(&key, remote, header.handle, datagram.slice(datagram.len() - packet.len()..));
             desk.count(|s| if delivered { s.received_packets += 1 } else { s.received_dropped += 1 });
         }
     }
 }
 
-/// Relay side: passes a member's RELAY_TO datagram on to the member it names.
-fn forward(shared: &Shared, source: &Peer, dest: [u8; 32], len: usize, datagram: &[u8]) {
+/// Relay side: passes a member's RELAY_TO datagram, which came on its path `from`, on to the member it
+/// names by the path it names.
+fn forward(shared: &Shared, source: &Peer, from: &Path, header: &wire::Header, datagram: &[u8]) {
+    let (dest, len) = (header.key, datagram.len());
     let desk = &shared.relay;
     if !desk.enabled.load(Ordering::Relaxed) {
         return desk.count(|s| s.dropped_disabled += 1);
@@ -137,7 +183,7 @@ fn forward(shared: &Shared, source: &Peer, dest: [u8; 32], len: usize, datagram:
     if !members {
         return desk.count(|s| s.dropped_not_member += 1);
     }
-    let Some(out) = path_to(shared, &dest) else {
+    let Some(out) = path_by_handle(shared, &dest, header.handle) else {
         return desk.count(|s| s.dropped_no_route += 1);
     };
     let verdict =
@@ -148,7 +194,7 @@ fn forward(shared: &Shared, source: &Peer, dest: [u8; 32], len: usize, datagram:
         Verdict::Forward => {}
     }
     let mut passed_on = BytesMut::from(datagram);
-    wire::turn_around(&mut passed_on, &source.key);
+    wire::turn_around(&mut passed_on, &source.key, wire::handle_of(from.id));
     if out.conn.send_datagram(passed_on.freeze()).is_ok() {
         desk.count(|s| {
             s.forwarded_packets += 1;
@@ -243,17 +289,18 @@ impl crate::node::Node {
     }
 }
 
-/// The endpoint through relay `via`, made on first use. Call within the runtime.
-fn client(shared: &Arc<Shared>, via: &[u8; 32]) -> Option<Arc<RelayClient>> {
+/// The endpoint through relay `via` over our WAN `wan`, made on first use. Call within the runtime.
+fn client(shared: &Arc<Shared>, via: &[u8; 32], wan: &str) -> Option<Arc<RelayClient>> {
     let mut clients = shared.relay.clients.lock().unwrap();
-    if let Some(c) = clients.get(via) {
+    let id = (*via, wan.to_string());
+    if let Some(c) = clients.get(&id) {
         return Some(c.clone());
     }
     if clients.len() >= MAX_RELAYS {
         return None;
     }
     let server_config = shared.relay.kit.read().unwrap().as_ref()?.server_config.clone();
-    let socket = Arc::new(VirtualSocket::new(Arc::downgrade(shared), *via));
+    let socket = Arc::new(VirtualSocket::new(Arc::downgrade(shared), *via, wan.to_string()));
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         crate::node::endpoint_config(),
         Some(server_config),
@@ -261,9 +308,10 @@ fn client(shared: &Arc<Shared>, via: &[u8; 32]) -> Option<Arc<RelayClient>> {
         Arc::new(quinn::TokioRuntime),
     )
     .ok()?;
-    tokio::spawn(accept_loop(shared.clone(), endpoint.clone(), label(via), Some(PathKind::Relayed { via: *via })));
+    let kind = Some(PathKind::Relayed { via: *via });
+    tokio::spawn(accept_loop(shared.clone(), endpoint.clone(), label(via, wan), kind));
     let c = Arc::new(RelayClient { endpoint, socket });
-    clients.insert(*via, c.clone());
+    clients.insert(id, c.clone());
     Some(c)
 }
 
@@ -297,10 +345,26 @@ fn own_nat_symmetric(shared: &Shared) -> bool {
     })
 }
 
+/// Our WANs that have a path up to relay `via` (each gets its own relayed paths through it).
+fn wans_to(shared: &Shared, via: &[u8; 32]) -> Vec<String> {
+    let Some(peer) = shared.peer(via) else { return Vec::new() };
+    let mut wans: Vec<String> = peer
+        .paths
+        .read()
+        .unwrap()
+        .iter()
+        .filter(|p| p.up.load(Ordering::Relaxed) && !relayed(p))
+        .map(|p| p.route.local_wan.clone())
+        .collect();
+    wans.sort();
+    wans.dedup();
+    wans
+}
+
 /// Runs for the life of the node: every member we want a path to (it has endpoints, or the daemon added it
-/// to be reached without: `member_only`) and have had no relayed path to for a while (`DialPlan`: none at
-/// all, or only direct ones, which it falls back from) is dialed through the relay with the lowest RTT that
-/// offered to relay for us.
+/// to be reached without: `member_only`) is dialed through the relay with the lowest RTT that offered to
+/// relay for us, from each of our WANs that reaches that relay and has had no relayed path to the member
+/// for a while (`DialPlan`: no path at all, or only direct ones, which it falls back from).
 pub async fn initiator(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(INITIATOR_TICK).await;
@@ -313,7 +377,13 @@ pub async fn initiator(shared: Arc<Shared>) {
         };
         let relays: Vec<([u8; 32], u64)> =
             offers.iter().filter_map(|k| path_to(&shared, k).map(|p| (*k, p.conn.rtt().as_micros() as u64))).collect();
-        shared.relay.plan.lock().unwrap().retain(|k| peers.iter().any(|p| p.key == *k));
+        let wans: HashMap<[u8; 32], Vec<String>> = relays.iter().map(|(k, _)| (*k, wans_to(&shared, k))).collect();
+        shared
+            .relay
+            .plan
+            .lock()
+            .unwrap()
+            .retain(|(k, wan)| peers.iter().any(|p| p.key == *k) && wans.values().any(|w| w.contains(wan)));
         shared.relay.named.lock().unwrap().retain(|k, _| peers.iter().any(|p| p.key == *k));
         let symmetric = own_nat_symmetric(&shared);
         for target in peers {
@@ -332,32 +402,39 @@ pub async fn initiator(shared: Arc<Shared>) {
             let Some(via) = wire::choose_relay(&target.key, &relays, &named) else {
                 continue;
             };
-            let paths = {
+            let (direct, relayed_wans) = {
                 let paths = target.paths.read().unwrap();
-                let relayed = |p: &Arc<Path>| matches!(p.route.kind, PathKind::Relayed { .. });
-                PathsToMember { direct: paths.iter().any(|p| !relayed(p)), relayed: paths.iter().any(relayed) }
+                let relayed_wans: Vec<String> =
+                    paths.iter().filter(|p| relayed(p)).map(|p| wan_part(&p.route.local_wan).to_string()).collect();
+                (paths.iter().any(|p| !relayed(p)), relayed_wans)
             };
             let direct_unlikely = symmetric || no_endpoints;
-            if shared.relay.plan.lock().unwrap().handle_tick(&target.key, paths, direct_unlikely, shared.now_us()) {
-                shared.relay.count(|s| s.dials += 1);
-                tokio::spawn(dial(shared.clone(), via, target.key));
+            for wan in wans.get(&via).into_iter().flatten() {
+                // Through any relay: one relayed path per WAN is the fallback, not one per relay.
+                let relayed = relayed_wans.iter().any(|w| w == wan_part(&label(&via, wan)));
+                let paths = PathsToMember { direct, relayed };
+                let id = (target.key, wan.clone());
+                if shared.relay.plan.lock().unwrap().handle_tick(&id, paths, direct_unlikely, shared.now_us()) {
+                    shared.relay.count(|s| s.dials += 1);
+                    tokio::spawn(dial(shared.clone(), via, wan.clone(), target.key));
+                }
             }
         }
     }
 }
 
-/// One dial of `key` through relay `via`: a normal handshake with the member's key pinned, then the path
-/// hello; the path it makes is of kind `Relayed { via }`. A failure is reported like a WAN's dial failure,
-/// the relay's label standing for the WAN.
-async fn dial(shared: Arc<Shared>, via: [u8; 32], key: [u8; 32]) {
-    if let Err(reason) = try_dial(&shared, via, key).await {
-        shared.emit(crate::peer::Event::DialFailed { key, wan: label(&via), reason });
+/// One dial of `key` through relay `via` over our WAN `wan`: a normal handshake with the member's key
+/// pinned, then the path hello; the path it makes is of kind `Relayed { via }`. A failure is reported like
+/// a WAN's dial failure, the relayed label standing for the WAN.
+async fn dial(shared: Arc<Shared>, via: [u8; 32], wan: String, key: [u8; 32]) {
+    if let Err(reason) = try_dial(&shared, via, &wan, key).await {
+        shared.emit(crate::peer::Event::DialFailed { key, wan: label(&via, &wan), reason });
     }
 }
 
-async fn try_dial(shared: &Arc<Shared>, via: [u8; 32], key: [u8; 32]) -> Result<(), String> {
-    let client = client(shared, &via).ok_or("no endpoint through the relay")?;
-    let addr = client.socket.addr_of(&key).ok_or("too many members through the relay")?;
+async fn try_dial(shared: &Arc<Shared>, via: [u8; 32], wan: &str, key: [u8; 32]) -> Result<(), String> {
+    let client = client(shared, &via, wan).ok_or("no endpoint through the relay")?;
+    let addr = client.socket.dial_addr(&key).ok_or("too many members through the relay")?;
     let config = {
         let kit = shared.punch.client.read().unwrap();
         let relay_kit = shared.relay.kit.read().unwrap();
@@ -371,7 +448,7 @@ async fn try_dial(shared: &Arc<Shared>, via: [u8; 32], key: [u8; 32]) -> Result<
     };
     let conn =
         client.endpoint.connect_with(config, addr, tls::SERVER_NAME).map_err(net_text)?.await.map_err(net_text)?;
-    let wan = label(&via);
+    let wan = label(&via, wan);
     let answer = match tokio::time::timeout(HELLO_TIMEOUT, send_hello(&conn, &wan, false)).await {
         Ok(answer) => answer?,
         Err(_) => return Err("no answer to the path hello".into()),
@@ -393,36 +470,74 @@ async fn try_dial(shared: &Arc<Shared>, via: [u8; 32], key: [u8; 32]) -> Result<
     Ok(())
 }
 
-/// Made-up addresses for the members reached through one relay, both ways; bounded.
+/// Who a made-up address stands for, besides the member: the connection we dialed to it (one per endpoint
+/// at a time), or one of its paths to the relay (by handle) that dialed us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Remote {
+    Dialed,
+    Dialer(u32),
+}
+
+/// Made-up addresses for the remotes of one relayed endpoint, both ways; bounded: when full, the one
+/// unused longest goes (a member's path to the relay that went and came back has a new handle).
 #[derive(Default)]
 struct AddressBook {
-    by_key: HashMap<[u8; 32], SocketAddr>,
-    by_addr: HashMap<SocketAddr, [u8; 32]>,
+    by_remote: HashMap<([u8; 32], Remote), SocketAddr>,
+    /// Member, remote and the use count when last used.
+    by_addr: HashMap<SocketAddr, ([u8; 32], Remote, u64)>,
+    /// Per member we dialed: the handle of its path that answered (where the relay is to send ours).
+    answered_by: HashMap<[u8; 32], u32>,
+    uses: u64,
+    made: u32,
 }
 
 impl AddressBook {
-    fn addr_of(&mut self, key: &[u8; 32]) -> Option<SocketAddr> {
-        if let Some(a) = self.by_key.get(key) {
-            return Some(*a);
+    fn addr_of(&mut self, key: &[u8; 32], remote: Remote) -> SocketAddr {
+        self.uses += 1;
+        if let Some(a) = self.by_remote.get(&(*key, remote)).copied() {
+            if let Some(entry) = self.by_addr.get_mut(&a) {
+                entry.2 = self.uses;
+            }
+            return a;
         }
-        let n = self.by_key.len();
-        if n >= quicether_proto::relay::MAX_TRACKED {
-            return None;
+        if self.by_addr.len() >= quicether_proto::relay::MAX_TRACKED {
+            let stalest = self.by_addr.iter().min_by_key(|(_, (_, _, used))| *used).map(|(a, e)| (*a, e.0, e.1));
+            if let Some((addr, old_key, old_remote)) = stalest {
+                self.by_addr.remove(&addr);
+                self.by_remote.remove(&(old_key, old_remote));
+                if old_remote == Remote::Dialed {
+                    self.answered_by.remove(&old_key);
+                }
+            }
         }
+        self.made = self.made.wrapping_add(1);
         let [a, b, c, d] = VIRTUAL_PREFIX;
-        let ip = Ipv6Addr::new(a, b, c, d, 0, 0, (n >> 16) as u16, n as u16 + 1);
+        let ip = Ipv6Addr::new(a, b, c, d, 0, 0, (self.made >> 16) as u16, self.made as u16);
         let addr = SocketAddr::new(ip.into(), 1);
-        self.by_key.insert(*key, addr);
-        self.by_addr.insert(addr, *key);
-        Some(addr)
+        self.by_remote.insert((*key, remote), addr);
+        self.by_addr.insert(addr, (*key, remote, self.uses));
+        addr
+    }
+
+    /// Where a packet to `addr` goes: the member, the handle of its path to send by, and whether we
+    /// dialed the connection.
+    fn route_of(&mut self, addr: &SocketAddr) -> Option<([u8; 32], u32, bool)> {
+        self.uses += 1;
+        let (key, remote, used) = self.by_addr.get_mut(addr)?;
+        *used = self.uses;
+        Some(match *remote {
+            Remote::Dialed => (*key, self.answered_by.get(key).copied().unwrap_or(wire::ANY_PATH), true),
+            Remote::Dialer(handle) => (*key, handle, false),
+        })
     }
 }
 
-/// A UDP socket for quinn whose datagrams go through a relay: sent as RELAY_TO on our path to it, received
-/// from the path reader as RELAY_FROM (`received`).
+/// A UDP socket for quinn whose datagrams go through a relay over one of our WANs: sent as RELAY_TO on our
+/// path to the relay over that WAN, received from the path reader as RELAY_FROM (`received`).
 pub struct VirtualSocket {
     shared: Weak<Shared>,
     via: [u8; 32],
+    wan: String,
     book: Mutex<AddressBook>,
     inbound_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     inbound: Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
@@ -430,23 +545,33 @@ pub struct VirtualSocket {
 
 impl fmt::Debug for VirtualSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VirtualSocket({})", label(&self.via))
+        write!(f, "VirtualSocket({})", label(&self.via, &self.wan))
     }
 }
 
 impl VirtualSocket {
-    fn new(shared: Weak<Shared>, via: [u8; 32]) -> Self {
+    fn new(shared: Weak<Shared>, via: [u8; 32], wan: String) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
-        Self { shared, via, book: Mutex::default(), inbound_tx, inbound: Mutex::new(inbound) }
+        Self { shared, via, wan, book: Mutex::default(), inbound_tx, inbound: Mutex::new(inbound) }
     }
 
-    fn addr_of(&self, key: &[u8; 32]) -> Option<SocketAddr> {
-        self.book.lock().unwrap().addr_of(key)
+    /// The address to dial member `key` at; a new dial learns anew which path of the member answers.
+    fn dial_addr(&self, key: &[u8; 32]) -> Option<SocketAddr> {
+        let mut book = self.book.lock().unwrap();
+        book.answered_by.remove(key);
+        Some(book.addr_of(key, Remote::Dialed))
     }
 
-    /// Hands quinn a packet from member `key`; false if dropped (queue full, or too many members).
-    fn deliver(&self, key: &[u8; 32], packet: Bytes) -> bool {
-        let Some(addr) = self.addr_of(key) else { return false };
+    /// Hands quinn a packet from member `key` (from its path `handle`, as `remote` of ours); false if
+    /// dropped (queue full).
+    fn deliver(&self, key: &[u8; 32], remote: Remote, handle: u32, packet: Bytes) -> bool {
+        let addr = {
+            let mut book = self.book.lock().unwrap();
+            if remote == Remote::Dialed {
+                book.answered_by.insert(*key, handle);
+            }
+            book.addr_of(key, remote)
+        };
         self.inbound_tx.try_send((addr, packet)).is_ok()
     }
 }
@@ -468,14 +593,15 @@ impl quinn::AsyncUdpSocket for VirtualSocket {
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         let Some(shared) = self.shared.upgrade() else { return Ok(()) };
-        let Some(key) = self.book.lock().unwrap().by_addr.get(&transmit.destination).copied() else {
+        let Some((key, handle, dialed)) = self.book.lock().unwrap().route_of(&transmit.destination) else {
             return Ok(());
         };
-        let Some(path) = path_to(&shared, &self.via) else { return Ok(()) };
+        // This WAN's path only: when it is down, so is every relayed path over it (the others go on).
+        let Some(path) = path_on(&shared, &self.via, &self.wan) else { return Ok(()) };
         let segment = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
         let mut sent = 0;
         for packet in transmit.contents.chunks(segment) {
-            if path.conn.send_datagram(Bytes::from(wire::encode_to(&key, packet))).is_ok() {
+            if path.conn.send_datagram(Bytes::from(wire::encode_to(&key, handle, dialed, packet))).is_ok() {
                 sent += 1;
             }
         }
@@ -524,29 +650,51 @@ impl quinn::AsyncUdpSocket for VirtualSocket {
 
 #[cfg(test)]
 mod tests {
-    use super::{label, AddressBook};
+    use super::{label, wan_part, AddressBook, Remote};
+    use quicether_proto::relay::ANY_PATH;
 
     #[test]
-    fn each_member_through_a_relay_has_one_made_up_address_both_ways_and_the_book_is_bounded() {
+    fn each_remote_through_a_relay_has_one_made_up_address_both_ways() {
         let mut book = AddressBook::default();
-        let a = book.addr_of(&[1; 32]).unwrap();
-        let b = book.addr_of(&[2; 32]).unwrap();
-        assert_ne!(a, b);
-        assert_eq!(book.addr_of(&[1; 32]), Some(a), "the same member keeps its address");
-        assert_eq!(book.by_addr[&b], [2; 32]);
-        for i in 2..quicether_proto::relay::MAX_TRACKED as u32 {
-            let mut key = [0u8; 32];
-            key[..4].copy_from_slice(&i.to_be_bytes());
-            key[31] = 9;
-            assert!(book.addr_of(&key).is_some());
-        }
-        assert_eq!(book.addr_of(&[3; 32]), None, "no more members than the limit");
-        assert_eq!(book.by_addr.len(), book.by_key.len());
+        let dialed = book.addr_of(&[1; 32], Remote::Dialed);
+        let dialer = book.addr_of(&[1; 32], Remote::Dialer(7));
+        let other = book.addr_of(&[2; 32], Remote::Dialer(7));
+        assert!(dialed != dialer && dialer != other && dialed != other);
+        assert_eq!(book.addr_of(&[1; 32], Remote::Dialer(7)), dialer, "the same remote keeps its address");
+        // A member we dialed: sent for the relay to choose until its answer names the path that took it.
+        assert_eq!(book.route_of(&dialed), Some(([1; 32], ANY_PATH, true)));
+        book.answered_by.insert([1; 32], 9);
+        assert_eq!(book.route_of(&dialed), Some(([1; 32], 9, true)));
+        // A member's path that dialed us: answered by its handle.
+        assert_eq!(book.route_of(&dialer), Some(([1; 32], 7, false)));
+        assert_eq!(book.route_of(&"[fd00::1]:1".parse().unwrap()), None);
     }
 
     #[test]
-    fn the_relayed_wan_label_names_the_relay() {
-        assert_eq!(label(&[0xab; 32]), "relay-abababab");
-        assert!(quicether_proto::peer_text::safe_label(label(&[0; 32]).as_bytes()) == label(&[0; 32]));
+    fn a_full_address_book_forgets_the_remote_unused_longest() {
+        let mut book = AddressBook::default();
+        let kept = book.addr_of(&[1; 32], Remote::Dialed);
+        let max = quicether_proto::relay::MAX_TRACKED as u32;
+        for handle in 1..max {
+            book.addr_of(&[2; 32], Remote::Dialer(handle));
+            book.route_of(&kept); // in use all along
+        }
+        assert_eq!(book.by_addr.len(), max as usize);
+        let newest = book.addr_of(&[3; 32], Remote::Dialer(1));
+        assert_eq!(book.by_addr.len(), max as usize, "bounded");
+        assert_eq!(book.route_of(&kept), Some(([1; 32], ANY_PATH, true)), "the remote in use stays");
+        assert!(!book.by_remote.contains_key(&([2; 32], Remote::Dialer(1))), "the stalest went");
+        assert_ne!(newest, kept);
+        assert_eq!(book.by_addr.len(), book.by_remote.len());
+    }
+
+    #[test]
+    fn the_relayed_wan_label_names_the_relay_and_our_wan() {
+        assert_eq!(label(&[0xab; 32], "wan0"), "relay-abababab.wan0");
+        assert_eq!(wan_part(&label(&[0xab; 32], "wan.0")), "wan.0");
+        let long = label(&[0; 32], "a-very-long-wan-name-indeed-yes");
+        assert_eq!(long.len(), quicether_proto::peer_text::MAX_LABEL_LEN);
+        assert!(quicether_proto::peer_text::is_safe_label(&long));
+        assert_eq!(wan_part(&long), wan_part(&label(&[1; 32], "a-very-long-wan-name-indeed-yes")));
     }
 }

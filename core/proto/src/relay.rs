@@ -8,22 +8,37 @@
 //!
 //! Wire format:
 //! ```text
-//! RELAY_TO        0x05 | key: [u8; 32] | QUIC packet (1..=MAX_RELAYED_PACKET bytes)
-//!                 DATAGRAM member → relay; key: the destination member.
-//! RELAY_FROM      0x06 | key: [u8; 32] | QUIC packet
-//!                 DATAGRAM relay → member; key: the source member. Two types, not one, so that a node
-//!                 that is both a relay and a member never mistakes one direction for the other.
+//! RELAY_TO        0x07 | key: [u8; 32] | handle: u32 | flags: u8 | QUIC packet (1..=MAX_RELAYED_PACKET bytes)
+//!                 DATAGRAM member → relay; key: the destination member; handle: the destination's path to
+//!                 the relay to pass it on by (0: the relay chooses, see below).
+//! RELAY_FROM      0x08 | key: [u8; 32] | handle: u32 | flags: u8 | QUIC packet
+//!                 DATAGRAM relay → member; key: the source member; handle: the source's path to the relay
+//!                 it came on. Two types, not one, so that a node that is both a relay and a member never
+//!                 mistakes one direction for the other.
+//! flags           bit 0 (DIALED): the sender dialed the QUIC connection the packet belongs to; the other
+//!                 bits are zero. Copied through by the relay.
 //! RELAY offer     "QER1"   on its own QUIC unidirectional stream of a path: the sender relays for the
 //!                          members of its network (sent by a relay when a member's path starts).
 //! RELAY withdraw  "QER0"   likewise: the sender no longer relays (relaying turned off at run time).
 //! ```
+//!
+//! Handles make a relayed path per WAN: a member runs one relayed endpoint per WAN it reaches the relay by,
+//! sending on that WAN's path only, and the relay sends each packet back by the very path the other end's
+//! packets came on. The dialer of a connection knows no handle of the member it dials: it sends 0, the
+//! relay takes the member's oldest path (stable, so an Initial and its retransmissions reach the same
+//! endpoint), and the dialer learns the handle from the answer. The acceptor answers each dialer's path by
+//! its handle. Types 0x05 and 0x06 were the format without handles (one relayed path per relay).
 
 use std::collections::HashMap;
 
 /// Frame types of RELAY datagrams; the bond's frames are 0x01-0x04 (`frame.rs`).
-pub const RELAY_TO: u8 = 0x05;
-pub const RELAY_FROM: u8 = 0x06;
-pub const RELAY_HEADER_LEN: usize = 1 + 32;
+pub const RELAY_TO: u8 = 0x07;
+pub const RELAY_FROM: u8 = 0x08;
+pub const RELAY_HEADER_LEN: usize = 1 + 32 + 4 + 1;
+/// The handle that lets the relay choose the destination's path.
+pub const ANY_PATH: u32 = 0;
+/// `flags` bit: the sender dialed the connection (else it accepted it).
+pub const DIALED: u8 = 0x01;
 /// Largest QUIC packet a relay carries: a full 1500-byte Ethernet path's UDP payload. The real bound is
 /// the DATAGRAM size of the path it goes on (quinn refuses what does not fit).
 pub const MAX_RELAYED_PACKET: usize = 1472;
@@ -71,11 +86,26 @@ pub enum Direction {
     From,
 }
 
-/// A RELAY_TO datagram carrying `packet` for member `dest`.
-pub fn encode_to(dest: &[u8; 32], packet: &[u8]) -> Vec<u8> {
+/// A RELAY datagram's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub direction: Direction,
+    /// To: the destination member; From: the source member.
+    pub key: [u8; 32],
+    /// To: the destination's path to pass it on by (`ANY_PATH`: the relay's choice); From: the source's
+    /// path it came on.
+    pub handle: u32,
+    /// The sender dialed the connection the packet belongs to.
+    pub dialed: bool,
+}
+
+/// A RELAY_TO datagram carrying `packet` for member `dest` by its path `handle`.
+pub fn encode_to(dest: &[u8; 32], handle: u32, dialed: bool, packet: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(RELAY_HEADER_LEN + packet.len());
     out.push(RELAY_TO);
     out.extend_from_slice(dest);
+    out.extend_from_slice(&handle.to_be_bytes());
+    out.push(if dialed { DIALED } else { 0 });
     out.extend_from_slice(packet);
     out
 }
@@ -85,9 +115,9 @@ pub fn is_relay(datagram: &[u8]) -> bool {
     matches!(datagram.first(), Some(&RELAY_TO | &RELAY_FROM))
 }
 
-/// The direction, key and packet of a RELAY datagram; None if it is none, or its packet is empty or too
-/// long.
-pub fn decode(datagram: &[u8]) -> Option<(Direction, [u8; 32], &[u8])> {
+/// The header and packet of a RELAY datagram; None if it is none, its flags are unknown, or its packet is
+/// empty or too long.
+pub fn decode(datagram: &[u8]) -> Option<(Header, &[u8])> {
     if !is_relay(datagram)
         || datagram.len() <= RELAY_HEADER_LEN
         || datagram.len() > RELAY_HEADER_LEN + MAX_RELAYED_PACKET
@@ -95,17 +125,29 @@ pub fn decode(datagram: &[u8]) -> Option<(Direction, [u8; 32], &[u8])> {
         return None;
     }
     let direction = if datagram[0] == RELAY_TO { Direction::To } else { Direction::From };
-    let key: [u8; 32] = datagram[1..RELAY_HEADER_LEN].try_into().ok()?;
-    Some((direction, key, &datagram[RELAY_HEADER_LEN..]))
+    let key: [u8; 32] = datagram[1..33].try_into().ok()?;
+    let handle = u32::from_be_bytes(datagram[33..37].try_into().ok()?);
+    let dialed = match datagram[37] {
+        0 => false,
+        DIALED => true,
+        _ => return None,
+    };
+    Some((Header { direction, key, handle, dialed }, &datagram[RELAY_HEADER_LEN..]))
 }
 
 /// Turns a RELAY_TO datagram into the RELAY_FROM one the relay passes on, in place: it names the source
-/// `source` instead of the destination; the packet is untouched.
-pub fn turn_around(datagram: &mut [u8], source: &[u8; 32]) {
+/// `source` and its path `source_handle` instead of the destination's; flags and packet are untouched.
+pub fn turn_around(datagram: &mut [u8], source: &[u8; 32], source_handle: u32) {
     if datagram.first() == Some(&RELAY_TO) && datagram.len() >= RELAY_HEADER_LEN {
         datagram[0] = RELAY_FROM;
-        datagram[1..RELAY_HEADER_LEN].copy_from_slice(source);
+        datagram[1..33].copy_from_slice(source);
+        datagram[33..37].copy_from_slice(&source_handle.to_be_bytes());
     }
+}
+
+/// The handle a relay gives a member's path: its path id, never `ANY_PATH`.
+pub fn handle_of(path_id: u64) -> u32 {
+    (path_id % u32::MAX as u64) as u32 + 1
 }
 
 /// What a relay does with one RELAY datagram, and why it drops one.
@@ -241,19 +283,27 @@ pub struct PathsToMember {
 /// none for `DIAL_AFTER_US` (at once if no direct path is likely soon), or had only direct ones for
 /// `FALLBACK_AFTER_US` (the fallback), then after `RETRY_US`, doubling to `RETRY_MAX_US`, while no
 /// relayed path is there.
-#[derive(Debug, Default)]
-pub struct DialPlan {
+///
+/// `K` names what is dialed: a member, or (a member's relayed path per WAN) a member and one of our WANs.
+#[derive(Debug)]
+pub struct DialPlan<K = [u8; 32]> {
     /// Per member: since when it has had no relayed path (µs), when we last dialed it through a relay, and
     /// the wait before the next dial.
-    wanted: HashMap<[u8; 32], (u64, Option<u64>, u64)>,
+    wanted: HashMap<K, (u64, Option<u64>, u64)>,
 }
 
-impl DialPlan {
+impl<K> Default for DialPlan<K> {
+    fn default() -> Self {
+        Self { wanted: HashMap::new() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> DialPlan<K> {
     /// Called on every tick for each member we want a path to, with the paths we have to it. A relayed
     /// path is kept once there, direct paths or not: it is the fallback. True: dial it through a relay now.
     /// `direct_unlikely`: no direct path is coming soon (our NAT maps per destination, or we know no
     /// endpoint of the member), so the relay is dialed at once.
-    pub fn handle_tick(&mut self, key: &[u8; 32], paths: PathsToMember, direct_unlikely: bool, now_us: u64) -> bool {
+    pub fn handle_tick(&mut self, key: &K, paths: PathsToMember, direct_unlikely: bool, now_us: u64) -> bool {
         if paths.relayed {
             self.wanted.remove(key);
             return false;
@@ -261,7 +311,7 @@ impl DialPlan {
         if !self.wanted.contains_key(key) && self.wanted.len() >= MAX_TRACKED {
             return false;
         }
-        let (since, last, retry) = self.wanted.entry(*key).or_insert((now_us, None, RETRY_US));
+        let (since, last, retry) = self.wanted.entry(key.clone()).or_insert((now_us, None, RETRY_US));
         let wait = match (paths.direct, direct_unlikely) {
             (true, _) => FALLBACK_AFTER_US,
             (false, true) => DIAL_AFTER_UNLIKELY_US,
@@ -280,8 +330,8 @@ impl DialPlan {
         due
     }
 
-    /// Forgets members no longer wanted (removed from the peer table).
-    pub fn retain(&mut self, keep: impl Fn(&[u8; 32]) -> bool) {
+    /// Forgets members no longer wanted (removed from the peer table, or a WAN gone).
+    pub fn retain(&mut self, keep: impl Fn(&K) -> bool) {
         self.wanted.retain(|k, _| keep(k));
     }
 }
@@ -315,20 +365,37 @@ mod tests {
 
     #[test]
     fn a_relay_datagram_reads_back_and_bad_ones_are_refused() {
-        let d = encode_to(&B, b"quic packet");
-        assert_eq!(decode(&d), Some((Direction::To, B, &b"quic packet"[..])));
+        let d = encode_to(&B, ANY_PATH, true, b"quic packet");
+        let to = Header { direction: Direction::To, key: B, handle: ANY_PATH, dialed: true };
+        assert_eq!(decode(&d), Some((to, &b"quic packet"[..])));
         let mut passed_on = d.clone();
-        turn_around(&mut passed_on, &A);
-        assert_eq!(decode(&passed_on), Some((Direction::From, A, &b"quic packet"[..])));
+        turn_around(&mut passed_on, &A, 7);
+        let from = Header { direction: Direction::From, key: A, handle: 7, dialed: true };
+        assert_eq!(decode(&passed_on), Some((from, &b"quic packet"[..])));
         let mut twice = passed_on.clone();
-        turn_around(&mut twice, &B);
+        turn_around(&mut twice, &B, 9);
         assert_eq!(twice, passed_on, "a RELAY_FROM datagram is never turned around again");
-        assert_eq!(decode(&encode_to(&B, b"")), None, "empty packet");
-        assert_eq!(decode(&d[..RELAY_HEADER_LEN - 1]), None, "truncated key");
-        assert_eq!(decode(&encode_to(&B, &[0; MAX_RELAYED_PACKET + 1])), None, "too long");
-        assert!(decode(&encode_to(&B, &[0; MAX_RELAYED_PACKET])).is_some());
+        let answer = encode_to(&A, 7, false, b"answer");
+        assert_eq!(decode(&answer).map(|(h, _)| (h.handle, h.dialed)), Some((7, false)));
+        assert_eq!(decode(&encode_to(&B, 1, false, b"")), None, "empty packet");
+        assert_eq!(decode(&d[..RELAY_HEADER_LEN - 1]), None, "truncated header");
+        assert_eq!(decode(&encode_to(&B, 1, false, &[0; MAX_RELAYED_PACKET + 1])), None, "too long");
+        assert!(decode(&encode_to(&B, 1, false, &[0; MAX_RELAYED_PACKET])).is_some());
+        let mut unknown_flags = d.clone();
+        unknown_flags[37] = 0x02;
+        assert_eq!(decode(&unknown_flags), None, "flags this version does not know");
         assert_eq!(decode(&[0x01; 40]), None, "a bond frame");
+        assert_eq!(decode(&[0x05; 60]), None, "the old format without handles");
         assert!(!is_relay(&[]));
+    }
+
+    #[test]
+    fn path_handles_are_never_the_any_path_handle() {
+        assert_eq!(handle_of(0), 1);
+        assert_ne!(handle_of(u32::MAX as u64 - 1), ANY_PATH);
+        assert_ne!(handle_of(u32::MAX as u64), ANY_PATH);
+        assert_ne!(handle_of(u64::MAX), ANY_PATH);
+        assert_ne!(handle_of(5), handle_of(6));
     }
 
     #[test]
