@@ -196,6 +196,7 @@ class Daemon:
         # `ss` lists the lane's subflow sockets: run off the event loop (many connections make it slow).
         lane_subflows = await self.lane.subflows() if self.lane else {}
         node = self.node
+        offloads, unsplittable = node.tun_offloads() if node else (None, 0)
         peers = []
         connected: set[bytes] = set()
         if node is not None:
@@ -224,8 +225,8 @@ class Daemon:
                 "mtu": node.inner_mtu() if node else None,
                 # TUN offloads in use ("tso+uso+csum", "none" where the kernel lacks them), and packets read
                 # whose offload header could not be split (dropped).
-                "tun_offloads": node.tun_offloads()[0] if node else None,
-                "tun_unsplittable": node.tun_offloads()[1] if node else 0,
+                "tun_offloads": offloads,
+                "tun_unsplittable": unsplittable,
                 # UDP system calls of the QUIC sockets and the datagrams they moved (GSO/GRO batching).
                 "udp_batching": dict(zip(("send_calls", "sent_datagrams", "recv_calls", "received_datagrams"),
                                          node.udp_batching(), strict=True)) if node else {},
