@@ -125,18 +125,22 @@ fn path_on(shared: &Shared, via: &[u8; 32], wan: &str) -> Option<Arc<Path>> {
     paths.iter().find(|p| p.up.load(Ordering::Relaxed) && !relayed(p) && p.route.local_wan == wan).cloned()
 }
 
-/// Relay side: member `key`'s path that `handle` names, up and not relayed; for `ANY_PATH` its oldest
-/// such path (not the fastest: that changes with every RTT sample, and a dial's Initial and its
-/// retransmissions must reach the same endpoint of the member).
-fn path_by_handle(shared: &Shared, key: &[u8; 32], handle: u32) -> Option<Arc<Path>> {
+/// Relay side: member `key`'s path that `handle` names, up and not relayed. For `ANY_PATH` (a dial from
+/// the source's path `source_handle`), one of its non-backup paths (backup ones if it has no other) chosen
+/// by that handle: dials from the source's different WANs spread over the member's WANs, and a dial's
+/// Initial and its retransmissions reach the same endpoint of the member (not the fastest path, which
+/// changes with every RTT sample).
+fn path_by_handle(shared: &Shared, key: &[u8; 32], handle: u32, source_handle: u32) -> Option<Arc<Path>> {
     let peer = shared.peer(key)?;
     let paths = peer.paths.read().unwrap();
-    let mut usable = paths.iter().filter(|p| p.up.load(Ordering::Relaxed) && !relayed(p));
-    if handle == wire::ANY_PATH {
-        usable.min_by_key(|p| p.id).cloned()
-    } else {
-        usable.find(|p| wire::handle_of(p.id) == handle).cloned()
+    let usable = || paths.iter().filter(|p| p.up.load(Ordering::Relaxed) && !relayed(p));
+    if handle != wire::ANY_PATH {
+        return usable().find(|p| wire::handle_of(p.id) == handle).cloned();
     }
+    let primaries: Vec<&Arc<Path>> = usable().filter(|p| !p.backup).collect();
+    let mut candidates = if primaries.is_empty() { usable().collect() } else { primaries };
+    candidates.sort_by_key(|p| p.id);
+    candidates.get(source_handle as usize % candidates.len().max(1)).map(|p| (*p).clone())
 }
 
 /// A RELAY datagram that came on `path` of `peer`. Call from the path reader (the datagram is no bond frame).
@@ -162,9 +166,8 @@ pub fn received(shared: &Arc<Shared>, peer: &Arc<Peer>, path: &Path, datagram: B
                 return desk.count(|s| s.received_dropped += 1);
             };
             // The packet is the datagram's tail: handed on without a copy.
-            let remote = if header.dialed { Remote::Dialer(header.handle) } else { Remote::Dialed };
-            let delivered =
-                client.socket.deliver(&key, remote, header.handle, datagram.slice(datagram.len() - packet.len()..));
+            let packet = datagram.slice(datagram.len() - packet.len()..);
+            let delivered = client.socket.deliver(&key, header.dialed, header.handle, packet);
             desk.count(|s| if delivered { s.received_packets += 1 } else { s.received_dropped += 1 });
         }
     }
@@ -183,7 +186,8 @@ fn forward(shared: &Shared, source: &Peer, from: &Path, header: &wire::Header, d
     if !members {
         return desk.count(|s| s.dropped_not_member += 1);
     }
-    let Some(out) = path_by_handle(shared, &dest, header.handle) else {
+    let from_handle = wire::handle_of(from.id);
+    let Some(out) = path_by_handle(shared, &dest, header.handle, from_handle) else {
         return desk.count(|s| s.dropped_no_route += 1);
     };
     let verdict =
@@ -194,7 +198,7 @@ fn forward(shared: &Shared, source: &Peer, from: &Path, header: &wire::Header, d
         Verdict::Forward => {}
     }
     let mut passed_on = BytesMut::from(datagram);
-    wire::turn_around(&mut passed_on, &source.key, wire::handle_of(from.id));
+    wire::turn_around(&mut passed_on, &source.key, from_handle);
     if out.conn.send_datagram(passed_on.freeze()).is_ok() {
         desk.count(|s| {
             s.forwarded_packets += 1;
@@ -404,8 +408,12 @@ pub async fn initiator(shared: Arc<Shared>) {
             };
             let (direct, relayed_wans) = {
                 let paths = target.paths.read().unwrap();
-                let relayed_wans: Vec<String> =
-                    paths.iter().filter(|p| relayed(p)).map(|p| wan_part(&p.route.local_wan).to_string()).collect();
+                // One that is down counts as none: a new dial replaces it (`Shared::add_path`, duplicates).
+                let relayed_wans: Vec<String> = paths
+                    .iter()
+                    .filter(|p| relayed(p) && p.up.load(Ordering::Relaxed))
+                    .map(|p| wan_part(&p.route.local_wan).to_string())
+                    .collect();
                 (paths.iter().any(|p| !relayed(p)), relayed_wans)
             };
             let direct_unlikely = symmetric || no_endpoints;
@@ -434,7 +442,9 @@ async fn dial(shared: Arc<Shared>, via: [u8; 32], wan: String, key: [u8; 32]) {
 
 async fn try_dial(shared: &Arc<Shared>, via: [u8; 32], wan: &str, key: [u8; 32]) -> Result<(), String> {
     let client = client(shared, &via, wan).ok_or("no endpoint through the relay")?;
-    let addr = client.socket.dial_addr(&key).ok_or("too many members through the relay")?;
+    let addr = client.socket.dial_addr(&key);
+    // A relayed path over a backup WAN is a backup path too.
+    let backup = path_on(shared, &via, wan).is_some_and(|p| p.backup);
     let config = {
         let kit = shared.punch.client.read().unwrap();
         let relay_kit = shared.relay.kit.read().unwrap();
@@ -449,7 +459,7 @@ async fn try_dial(shared: &Arc<Shared>, via: [u8; 32], wan: &str, key: [u8; 32])
     let conn =
         client.endpoint.connect_with(config, addr, tls::SERVER_NAME).map_err(net_text)?.await.map_err(net_text)?;
     let wan = label(&via, wan);
-    let answer = match tokio::time::timeout(HELLO_TIMEOUT, send_hello(&conn, &wan, false)).await {
+    let answer = match tokio::time::timeout(HELLO_TIMEOUT, send_hello(&conn, &wan, backup)).await {
         Ok(answer) => answer?,
         Err(_) => return Err("no answer to the path hello".into()),
     };
@@ -466,17 +476,20 @@ async fn try_dial(shared: &Arc<Shared>, via: [u8; 32], wan: &str, key: [u8; 32])
     };
     // Not our public address: the one it saw is made up (`VirtualSocket`), and NAT classification and
     // punch candidates must not take it.
-    start_path(shared, &peer, conn, route, false, None, None);
+    start_path(shared, &peer, conn, route, backup, None, None);
     Ok(())
 }
 
-/// Who a made-up address stands for, besides the member: the connection we dialed to it (one per endpoint
-/// at a time), or one of its paths to the relay (by handle) that dialed us.
+/// Who a made-up address stands for, besides the member: one dial of ours to it (by number), or one of
+/// its paths to the relay (by handle) that dialed us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Remote {
-    Dialed,
+    Dialed(u32),
     Dialer(u32),
 }
+
+/// Dials to one member kept (their addresses and the handle of the member's path that answered each).
+const DIALS_KEPT: usize = 4;
 
 /// Made-up addresses for the remotes of one relayed endpoint, both ways; bounded: when full, the one
 /// unused longest goes (a member's path to the relay that went and came back has a new handle).
@@ -485,10 +498,12 @@ struct AddressBook {
     by_remote: HashMap<([u8; 32], Remote), SocketAddr>,
     /// Member, remote and the use count when last used.
     by_addr: HashMap<SocketAddr, ([u8; 32], Remote, u64)>,
-    /// Per member we dialed: the handle of its path that answered (where the relay is to send ours).
-    answered_by: HashMap<[u8; 32], u32>,
+    /// Per member we dialed: our last `DIALS_KEPT` dials, oldest first, each with the handle of the
+    /// member's path that answered it (where the relay is to send ours; none yet: the relay chooses).
+    dials: HashMap<[u8; 32], Vec<(u32, Option<u32>)>>,
     uses: u64,
     made: u32,
+    dialed: u32,
 }
 
 impl AddressBook {
@@ -503,11 +518,7 @@ impl AddressBook {
         if self.by_addr.len() >= quicether_proto::relay::MAX_TRACKED {
             let stalest = self.by_addr.iter().min_by_key(|(_, (_, _, used))| *used).map(|(a, e)| (*a, e.0, e.1));
             if let Some((addr, old_key, old_remote)) = stalest {
-                self.by_addr.remove(&addr);
-                self.by_remote.remove(&(old_key, old_remote));
-                if old_remote == Remote::Dialed {
-                    self.answered_by.remove(&old_key);
-                }
+                self.forget(addr, old_key, old_remote);
             }
         }
         self.made = self.made.wrapping_add(1);
@@ -519,6 +530,45 @@ impl AddressBook {
         addr
     }
 
+    fn forget(&mut self, addr: SocketAddr, key: [u8; 32], remote: Remote) {
+        self.by_addr.remove(&addr);
+        self.by_remote.remove(&(key, remote));
+        if let (Remote::Dialed(n), Some(dials)) = (remote, self.dials.get_mut(&key)) {
+            dials.retain(|(dial, _)| *dial != n);
+        }
+    }
+
+    /// A new dial of member `key`: its own address, so that what comes for an older dial (a connection the
+    /// member still holds on another of its paths) never takes its place.
+    fn dial(&mut self, key: &[u8; 32]) -> SocketAddr {
+        self.dialed = self.dialed.wrapping_add(1);
+        let dials = self.dials.entry(*key).or_default();
+        dials.push((self.dialed, None));
+        if dials.len() > DIALS_KEPT {
+            let (oldest, _) = dials.remove(0);
+            if let Some(addr) = self.by_remote.get(&(*key, Remote::Dialed(oldest))).copied() {
+                self.forget(addr, *key, Remote::Dialed(oldest));
+            }
+        }
+        self.addr_of(key, Remote::Dialed(self.dialed))
+    }
+
+    /// The remote that a packet from member `key`'s path `handle`, for a connection we dialed, comes from.
+    /// A handshake packet (`long_header`) answers our newest dial, which learns the handle from it; any
+    /// other goes to the dial its handle answered, else to the newest (the member's path to the relay
+    /// came back with a new handle). None: we never dialed it.
+    fn answer_to(&mut self, key: &[u8; 32], handle: u32, long_header: bool) -> Option<Remote> {
+        let dials = self.dials.get_mut(key)?;
+        if !long_header {
+            if let Some((n, _)) = dials.iter().find(|(_, answered)| *answered == Some(handle)) {
+                return Some(Remote::Dialed(*n));
+            }
+        }
+        let newest = dials.last_mut()?;
+        newest.1 = Some(handle);
+        Some(Remote::Dialed(newest.0))
+    }
+
     /// Where a packet to `addr` goes: the member, the handle of its path to send by, and whether we
     /// dialed the connection.
     fn route_of(&mut self, addr: &SocketAddr) -> Option<([u8; 32], u32, bool)> {
@@ -526,7 +576,11 @@ impl AddressBook {
         let (key, remote, used) = self.by_addr.get_mut(addr)?;
         *used = self.uses;
         Some(match *remote {
-            Remote::Dialed => (*key, self.answered_by.get(key).copied().unwrap_or(wire::ANY_PATH), true),
+            Remote::Dialed(n) => {
+                let dials = self.dials.get(key).map(Vec::as_slice).unwrap_or_default();
+                let answered = dials.iter().find(|(dial, _)| *dial == n).and_then(|(_, handle)| *handle);
+                (*key, answered.unwrap_or(wire::ANY_PATH), true)
+            }
             Remote::Dialer(handle) => (*key, handle, false),
         })
     }
@@ -555,21 +609,23 @@ impl VirtualSocket {
         Self { shared, via, wan, book: Mutex::default(), inbound_tx, inbound: Mutex::new(inbound) }
     }
 
-    /// The address to dial member `key` at; a new dial learns anew which path of the member answers.
-    fn dial_addr(&self, key: &[u8; 32]) -> Option<SocketAddr> {
-        let mut book = self.book.lock().unwrap();
-        book.answered_by.remove(key);
-        Some(book.addr_of(key, Remote::Dialed))
+    /// The address to dial member `key` at (a new one for each dial).
+    fn dial_addr(&self, key: &[u8; 32]) -> SocketAddr {
+        self.book.lock().unwrap().dial(key)
     }
 
-    /// Hands quinn a packet from member `key` (from its path `handle`, as `remote` of ours); false if
-    /// dropped (queue full).
-    fn deliver(&self, key: &[u8; 32], remote: Remote, handle: u32, packet: Bytes) -> bool {
+    /// Hands quinn a packet from member `key`'s path `handle` (`dialed`: the member dialed the connection
+    /// it belongs to); false if dropped (queue full, or an answer to a dial we did not make).
+    fn deliver(&self, key: &[u8; 32], dialed: bool, handle: u32, packet: Bytes) -> bool {
         let addr = {
             let mut book = self.book.lock().unwrap();
-            if remote == Remote::Dialed {
-                book.answered_by.insert(*key, handle);
-            }
+            let remote = if dialed {
+                Remote::Dialer(handle)
+            } else {
+                let long_header = packet.first().is_some_and(|b| b & 0x80 != 0);
+                let Some(remote) = book.answer_to(key, handle, long_header) else { return false };
+                remote
+            };
             book.addr_of(key, remote)
         };
         self.inbound_tx.try_send((addr, packet)).is_ok()
@@ -650,30 +706,61 @@ impl quinn::AsyncUdpSocket for VirtualSocket {
 
 #[cfg(test)]
 mod tests {
-    use super::{label, wan_part, AddressBook, Remote};
+    use super::{label, wan_part, AddressBook, Remote, DIALS_KEPT};
     use quicether_proto::relay::ANY_PATH;
 
     #[test]
     fn each_remote_through_a_relay_has_one_made_up_address_both_ways() {
         let mut book = AddressBook::default();
-        let dialed = book.addr_of(&[1; 32], Remote::Dialed);
+        let dialed = book.dial(&[1; 32]);
         let dialer = book.addr_of(&[1; 32], Remote::Dialer(7));
         let other = book.addr_of(&[2; 32], Remote::Dialer(7));
         assert!(dialed != dialer && dialer != other && dialed != other);
         assert_eq!(book.addr_of(&[1; 32], Remote::Dialer(7)), dialer, "the same remote keeps its address");
         // A member we dialed: sent for the relay to choose until its answer names the path that took it.
         assert_eq!(book.route_of(&dialed), Some(([1; 32], ANY_PATH, true)));
-        book.answered_by.insert([1; 32], 9);
+        let answered = book.answer_to(&[1; 32], 9, true).unwrap();
+        assert_eq!(book.addr_of(&[1; 32], answered), dialed);
         assert_eq!(book.route_of(&dialed), Some(([1; 32], 9, true)));
         // A member's path that dialed us: answered by its handle.
         assert_eq!(book.route_of(&dialer), Some(([1; 32], 7, false)));
         assert_eq!(book.route_of(&"[fd00::1]:1".parse().unwrap()), None);
+        assert_eq!(book.answer_to(&[2; 32], 9, true), None, "an answer to a dial we never made");
+    }
+
+    #[test]
+    fn what_comes_for_an_older_dial_never_takes_the_newest_ones_place() {
+        let mut book = AddressBook::default();
+        let first = book.dial(&[1; 32]);
+        assert_eq!(book.answer_to(&[1; 32], 5, true), Some(Remote::Dialed(1)));
+        // Our path over the member's WAN 5 went down; we dial again and the member answers from WAN 6.
+        let second = book.dial(&[1; 32]);
+        assert_ne!(first, second);
+        assert_eq!(book.answer_to(&[1; 32], 6, true), Some(Remote::Dialed(2)), "a handshake: the newest dial");
+        // WAN 5 came back: the member's old connection on it still sends, to the first dial's address (which
+        // quinn no longer knows: it resets it); the second dial still sends to WAN 6.
+        assert_eq!(book.answer_to(&[1; 32], 5, false), Some(Remote::Dialed(1)));
+        assert_eq!(book.route_of(&second), Some(([1; 32], 6, true)));
+        // The member's path to the relay came back with a new handle: the newest dial follows it.
+        assert_eq!(book.answer_to(&[1; 32], 8, false), Some(Remote::Dialed(2)));
+        assert_eq!(book.route_of(&second), Some(([1; 32], 8, true)));
+        // A handshake answering the second dial from the same path as the first does not go to the first.
+        let third = book.dial(&[1; 32]);
+        assert_eq!(book.answer_to(&[1; 32], 5, true), Some(Remote::Dialed(3)));
+        assert_eq!(book.addr_of(&[1; 32], Remote::Dialed(3)), third);
+        // Only the last few dials are kept.
+        for _ in 0..DIALS_KEPT {
+            book.dial(&[1; 32]);
+        }
+        assert_eq!(book.dials[&[1; 32]].len(), DIALS_KEPT);
+        assert_eq!(book.route_of(&first), None, "the oldest dial's address is gone");
+        assert_eq!(book.by_addr.len(), book.by_remote.len());
     }
 
     #[test]
     fn a_full_address_book_forgets_the_remote_unused_longest() {
         let mut book = AddressBook::default();
-        let kept = book.addr_of(&[1; 32], Remote::Dialed);
+        let kept = book.dial(&[1; 32]);
         let max = quicether_proto::relay::MAX_TRACKED as u32;
         for handle in 1..max {
             book.addr_of(&[2; 32], Remote::Dialer(handle));
