@@ -92,13 +92,20 @@ impl RelayDesk {
     }
 }
 
-/// The name of the relayed "WAN" through relay `via` over our WAN `wan`: `relay-<first 4 bytes>.<wan>`, cut
-/// to a label's length. Both ends of a relayed path name theirs so, so two dials crossing through the
-/// same relay between the same two WANs are recognised as duplicates by `Shared::add_path`.
+/// The name of the relayed "WAN" through relay `via` over our WAN `wan`: `relay-<first 4 bytes>.<wan>`. Both
+/// ends of a relayed path name theirs so, so two dials crossing through the same relay between the same
+/// two WANs are recognised as duplicates by `Shared::add_path`. A WAN name too long for a label is cut and
+/// ends in a hash of the whole (two long names alike at the start stay two).
 fn label(via: &[u8; 32], wan: &str) -> String {
-    let mut label = format!("relay-{}.{wan}", via[..4].iter().map(|b| format!("{b:02x}")).collect::<String>());
-    label.truncate(quicether_proto::peer_text::MAX_LABEL_LEN);
-    label
+    let relay = format!("relay-{}", via[..4].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let room = quicether_proto::peer_text::MAX_LABEL_LEN - relay.len() - 1;
+    if wan.len() <= room {
+        return format!("{relay}.{wan}");
+    }
+    // FNV-1a: stable across versions and machines (both ends and every restart must agree).
+    let hash = wan.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    let kept: String = wan.chars().take(room - 9).collect();
+    format!("{relay}.{kept}_{hash:08x}")
 }
 
 /// The WAN part of a relayed path's label (what `label` made of `wan`, through whichever relay).
@@ -782,6 +789,9 @@ mod tests {
         let long = label(&[0; 32], "a-very-long-wan-name-indeed-yes");
         assert_eq!(long.len(), quicether_proto::peer_text::MAX_LABEL_LEN);
         assert!(quicether_proto::peer_text::is_safe_label(&long));
-        assert_eq!(wan_part(&long), wan_part(&label(&[1; 32], "a-very-long-wan-name-indeed-yes")));
+        assert_eq!(wan_part(&long), wan_part(&label(&[1; 32], "a-very-long-wan-name-indeed-yes")), "any relay");
+        let other = label(&[0; 32], "a-very-long-wan-name-indeed-no");
+        assert_ne!(long, other, "long names alike at the start stay apart");
+        assert_eq!(label(&[0; 32], "seventeen-chars-x"), "relay-00000000.seventeen-chars-x", "fits: kept whole");
     }
 }
