@@ -117,11 +117,16 @@ fn relayed(path: &Path) -> bool {
     matches!(path.route.kind, PathKind::Relayed { .. })
 }
 
+/// A path a relay's datagrams can take: up and not itself relayed (relays do not chain).
+fn carries_relay(path: &Path) -> bool {
+    path.up.load(Ordering::Relaxed) && !relayed(path)
+}
+
 /// Our best path to member `key` (lowest RTT) that is up and not itself relayed.
 fn path_to(shared: &Shared, key: &[u8; 32]) -> Option<Arc<Path>> {
     let peer = shared.peer(key)?;
     let paths = peer.paths.read().unwrap();
-    let usable = paths.iter().filter(|p| p.up.load(Ordering::Relaxed) && !relayed(p));
+    let usable = paths.iter().filter(|p| carries_relay(p));
     usable.min_by_key(|p| p.srtt_us.load(Ordering::Relaxed)).cloned()
 }
 
@@ -129,7 +134,7 @@ fn path_to(shared: &Shared, key: &[u8; 32]) -> Option<Arc<Path>> {
 fn path_on(shared: &Shared, via: &[u8; 32], wan: &str) -> Option<Arc<Path>> {
     let peer = shared.peer(via)?;
     let paths = peer.paths.read().unwrap();
-    paths.iter().find(|p| p.up.load(Ordering::Relaxed) && !relayed(p) && p.route.local_wan == wan).cloned()
+    paths.iter().find(|p| carries_relay(p) && p.route.local_wan == wan).cloned()
 }
 
 /// Relay side: member `key`'s path that `handle` names, up and not relayed. For `ANY_PATH` (a dial from
@@ -140,7 +145,7 @@ fn path_on(shared: &Shared, via: &[u8; 32], wan: &str) -> Option<Arc<Path>> {
 fn path_by_handle(shared: &Shared, key: &[u8; 32], handle: u32, source_handle: u32) -> Option<Arc<Path>> {
     let peer = shared.peer(key)?;
     let paths = peer.paths.read().unwrap();
-    let usable = || paths.iter().filter(|p| p.up.load(Ordering::Relaxed) && !relayed(p));
+    let usable = || paths.iter().filter(|p| carries_relay(p));
     if handle != wire::ANY_PATH {
         return usable().find(|p| wire::handle_of(p.id) == handle).cloned();
     }
@@ -359,14 +364,8 @@ fn own_nat_symmetric(shared: &Shared) -> bool {
 /// Our WANs that have a path up to relay `via` (each gets its own relayed paths through it).
 fn wans_to(shared: &Shared, via: &[u8; 32]) -> Vec<String> {
     let Some(peer) = shared.peer(via) else { return Vec::new() };
-    let mut wans: Vec<String> = peer
-        .paths
-        .read()
-        .unwrap()
-        .iter()
-        .filter(|p| p.up.load(Ordering::Relaxed) && !relayed(p))
-        .map(|p| p.route.local_wan.clone())
-        .collect();
+    let mut wans: Vec<String> =
+        peer.paths.read().unwrap().iter().filter(|p| carries_relay(p)).map(|p| p.route.local_wan.clone()).collect();
     wans.sort();
     wans.dedup();
     wans
@@ -389,6 +388,11 @@ pub async fn initiator(shared: Arc<Shared>) {
         let relays: Vec<([u8; 32], u64)> =
             offers.iter().filter_map(|k| path_to(&shared, k).map(|p| (*k, p.conn.rtt().as_micros() as u64))).collect();
         let wans: HashMap<[u8; 32], Vec<String>> = relays.iter().map(|(k, _)| (*k, wans_to(&shared, k))).collect();
+        // Per relay, each WAN with what its relayed paths' labels hold of it (`wan_part`).
+        let wan_parts: HashMap<[u8; 32], Vec<(&String, String)>> = wans
+            .iter()
+            .map(|(via, ws)| (*via, ws.iter().map(|w| (w, wan_part(&label(via, w)).to_string())).collect()))
+            .collect();
         shared
             .relay
             .plan
@@ -424,14 +428,14 @@ pub async fn initiator(shared: Arc<Shared>) {
                 (paths.iter().any(|p| !relayed(p)), relayed_wans)
             };
             let direct_unlikely = symmetric || no_endpoints;
-            for wan in wans.get(&via).into_iter().flatten() {
+            for (wan, part) in wan_parts.get(&via).into_iter().flatten() {
                 // Through any relay: one relayed path per WAN is the fallback, not one per relay.
-                let relayed = relayed_wans.iter().any(|w| w == wan_part(&label(&via, wan)));
+                let relayed = relayed_wans.contains(part);
                 let paths = PathsToMember { direct, relayed };
-                let id = (target.key, wan.clone());
+                let id = (target.key, (*wan).clone());
                 if shared.relay.plan.lock().unwrap().handle_tick(&id, paths, direct_unlikely, shared.now_us()) {
                     shared.relay.count(|s| s.dials += 1);
-                    tokio::spawn(dial(shared.clone(), via, wan.clone(), target.key));
+                    tokio::spawn(dial(shared.clone(), via, id.1, target.key));
                 }
             }
         }
