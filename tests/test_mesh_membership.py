@@ -243,8 +243,9 @@ def test_after_a_restart_members_reconnect_from_their_peer_cache_without_dht_or_
         for other in sites:
             if other is not node:
                 # Restarted together, two sites dial each other at once and one of the two paths is closed as
-                # a duplicate; a packet sent on it in that moment is lost (a clean-clone run lost one of two
-                # pings so). The pair has settled once one ping passes; then both of two must.
+                # a duplicate. What was sent on it is sent again on its twin, but a site whose only path was
+                # the one closed has none until the twin's handshake ends there, and drops what it sends
+                # meanwhile. The pair has settled once one ping passes; then both of two must.
                 wait_for(lambda n=node, o=other: ping(n.ns, mesh.address(o), count=1).received == 1, timeout=5)
                 assert ping(node.ns, mesh.address(other), count=2).received == 2
 

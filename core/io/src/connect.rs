@@ -226,31 +226,45 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
     let mut last_error = String::new();
     let mut pause = REDIAL_INTERVAL;
     loop {
-        let attempt = async {
-            let conn = endpoint
+        // A path from our WAN to this very address is up already (the peer's dial from there, or a punched
+        // one): a dial would only make its duplicate, and one replacing a working path mid-flow restarts its
+        // counters and sends its recent packets again. Dial once it is gone.
+        while target.peer.has_path_to(&target.wan, target.addr) {
+            tokio::select! {
+                () = tokio::time::sleep(REDIAL_INTERVAL) => {}
+                () = target.peer.redial.notified() => {}
+            }
+        }
+        let handshake = async {
+            endpoint
                 .connect_with(target.config.clone(), target.addr, tls::SERVER_NAME)
                 .map_err(net_text)?
                 .await
-                .map_err(net_text)?;
-            match tokio::time::timeout(HELLO_TIMEOUT, send_hello(&conn, &target.wan, target.backup)).await {
-                Ok(Ok(answer)) => Ok((conn, answer)),
-                // Both nodes dialed each other over the same WANs and the peer kept its own dial.
-                Ok(Err(_)) if closed_as_duplicate(&conn) => Err(DialError::LostAsDuplicate),
-                Ok(Err(e)) => Err(DialError::Failed(e)),
-                Err(_) => {
-                    Err(DialError::Failed("peer completed the handshake but did not answer the path hello".into()))
-                }
-            }
+                .map_err(net_text)
         };
         // A path of the peer going down restarts a handshake in progress: its retransmission timer may be
-        // seconds out while the WAN is back (see `Peer::redial`).
-        let outcome = tokio::select! {
-            outcome = attempt => Some(outcome),
-            () = target.peer.redial.notified() => None,
+        // seconds out while the WAN is back (see `Peer::redial`). Not the hello after it: the peer may have
+        // made its path already, and dropping the connection would close that.
+        let handshake = tokio::select! {
+            handshake = handshake => handshake,
+            () = target.peer.redial.notified() => {
+                pause = REDIAL_INTERVAL;
+                continue;
+            }
         };
-        let Some(outcome) = outcome else {
-            pause = REDIAL_INTERVAL;
-            continue;
+        let outcome = match handshake {
+            Ok(conn) => {
+                match tokio::time::timeout(HELLO_TIMEOUT, send_hello(&conn, &target.wan, target.backup)).await {
+                    Ok(Ok(answer)) => Ok((conn, answer)),
+                    // Both nodes dialed each other over the same WANs and the peer kept its own dial.
+                    Ok(Err(_)) if closed_as_duplicate(&conn) => Err(DialError::LostAsDuplicate),
+                    Ok(Err(e)) => Err(DialError::Failed(e)),
+                    Err(_) => {
+                        Err(DialError::Failed("peer completed the handshake but did not answer the path hello".into()))
+                    }
+                }
+            }
+            Err(e) => Err(DialError::Failed(e)),
         };
         match outcome {
             Ok((conn, answer)) => {

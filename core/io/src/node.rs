@@ -478,7 +478,7 @@ impl Node {
                 path.up.store(false, Ordering::Relaxed);
                 // The link went away just now: what it sent in the last RTT (plus margin) may be lost.
                 let window = path.srtt_us.load(Ordering::Relaxed) + 50_000;
-                peer.resend_from_failed(&path, window, now);
+                peer.resend_from_failed(path.id, window, now);
                 path.close(DownReason::WanRemoved, 3, b"WAN removed");
             }
         }

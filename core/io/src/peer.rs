@@ -208,6 +208,9 @@ pub struct Peer {
     pub redial: Notify,
     /// Punches towards this peer this node took part in, initiated or answered (`punch.rs`), for status.
     pub punch_attempts: AtomicU64,
+    /// What the peer's close of our last path as a duplicate left to send again once its twin is up here
+    /// (`Shared::remove_path`): the closed path's id and since when (µs) it sent what may be lost.
+    pub duplicate_resend: Mutex<Option<(u64, u64)>>,
 }
 
 /// Why `Shared::add_path` did not add a path (its connection is closed).
@@ -241,6 +244,18 @@ impl Peer {
             .any(|p| p.route.local_wan == local_wan && p.route.peer_wan.as_deref() == peer_wan)
     }
 
+    /// True if a path that is up runs from our WAN `local_wan` to the peer's address `remote` (one we dialed
+    /// there, or one the peer dialed from there, as a punched path is).
+    pub fn has_path_to(&self, local_wan: &str, remote: std::net::SocketAddr) -> bool {
+        let same =
+            |a: std::net::SocketAddr| a.ip().to_canonical() == remote.ip().to_canonical() && a.port() == remote.port();
+        self.paths
+            .read()
+            .unwrap()
+            .iter()
+            .any(|p| p.route.local_wan == local_wan && same(p.route.remote) && p.up.load(Ordering::Relaxed))
+    }
+
     /// True if a path runs over our WAN `local_wan`.
     pub fn has_path_on(&self, local_wan: &str) -> bool {
         self.paths.read().unwrap().iter().any(|p| p.route.local_wan == local_wan)
@@ -261,6 +276,7 @@ impl Peer {
             counters: Default::default(),
             redial: Notify::new(),
             punch_attempts: AtomicU64::new(0),
+            duplicate_resend: Mutex::new(None),
             member: None,
             member_only: cfg.member_only,
         }
@@ -470,11 +486,20 @@ impl Shared {
             paths.push(path.clone());
             (paths.len() == 1 && displaced.is_none(), displaced)
         };
+        let now = self.now_us();
         if let Some(old) = displaced {
-            // Its reader reports it down when the close takes effect; nothing it sent is lost, as both paths
-            // run over the same links and the peer still reads it until then.
+            // Its reader reports it down when the close takes effect. The peer may have closed it already (it
+            // came up there after its twin: both ends dialed), so what it sent lately may never have been
+            // read, and the close drops what quinn had not sent yet: the new path carries that again (the
+            // peer's bond drops what it already had).
             old.closed_as_duplicate.store(true, Ordering::Relaxed);
             old.close(DownReason::Duplicate, CLOSE_DUPLICATE, b"duplicate path");
+            peer.resend_from_failed(old.id, duplicate_resend_window(&old), now);
+        }
+        let pending = peer.duplicate_resend.lock().unwrap().take();
+        if let Some((closed, since)) = pending.filter(|&(_, since)| now.saturating_sub(since) < DUPLICATE_TWIN_WAIT_US)
+        {
+            peer.resend_from_failed(closed, now - since, now);
         }
         *peer.last_handshake.lock().unwrap() = Some(SystemTime::now());
         if first {
@@ -506,13 +531,21 @@ impl Shared {
         };
         if closed_by_peer_as_duplicate {
             // The peer closed it as the loser of two paths that came up together (both ends dialed): what we
-            // sent on it lately may have reached a connection the peer no longer reads. Its twin and the
-            // other paths carry that again; the peer's bond drops what it already had.
-            let window = 2 * path.srtt_us.load(Ordering::Relaxed) + DUPLICATE_RESEND_MARGIN_US;
-            peer.resend_from_failed(path, window, self.now_us());
+            // sent on it lately may have reached a connection the peer no longer reads. The other paths carry
+            // that again (the peer's bond drops what it already had); if it was our last, its twin, whose
+            // handshake is ending here, does once it is up (`add_path`).
+            let (window, now) = (duplicate_resend_window(path), self.now_us());
+            if remaining == 0 {
+                *peer.duplicate_resend.lock().unwrap() = Some((path.id, now.saturating_sub(window)));
+            } else {
+                peer.resend_from_failed(path.id, window, now);
+            }
         }
         let summary = format!("{}: {detail}", reason.name());
-        peer.redial.notify_waiters();
+        if reason != DownReason::Duplicate {
+            // A duplicate's twin carries on: waking the dialers would only make more duplicates.
+            peer.redial.notify_waiters();
+        }
         self.emit(Event::PathDown { key: peer.key, route: path.route.clone(), reason, detail });
         if found && remaining == 0 {
             self.emit(Event::PeerDisconnected { key: peer.key, reason: summary });
@@ -524,8 +557,15 @@ impl Shared {
 pub const CLOSE_PEER_REMOVED: u32 = 4;
 /// Another path over the same pair of WANs stays instead of this one (see `duplicate_loser`).
 pub const CLOSE_DUPLICATE: u32 = 5;
-/// Beyond two round trips, how far back a path the peer closed as a duplicate has its packets sent again.
+/// Beyond two round trips, how far back a path closed as a duplicate has its packets sent again.
 const DUPLICATE_RESEND_MARGIN_US: u64 = 20_000;
+/// How long what the peer's close of our last path as a duplicate left waits for the twin to come up.
+const DUPLICATE_TWIN_WAIT_US: u64 = 2_000_000;
+
+/// How far back what a path closed as a duplicate sent is sent again on its twin.
+fn duplicate_resend_window(path: &Path) -> u64 {
+    2 * path.srtt_us.load(Ordering::Relaxed) + DUPLICATE_RESEND_MARGIN_US
+}
 
 #[cfg(test)]
 mod tests {

@@ -171,11 +171,11 @@ impl Peer {
         resent
     }
 
-    /// Resends what `failed` sent in its last `window_us` on the other usable paths (earliest arrival first).
-    /// Call it when a path is found down or its WAN is removed, before closing it.
-    pub fn resend_from_failed(&self, failed: &Path, window_us: u64, now_us: u64) -> usize {
-        let resends = self.sender.lock().unwrap().handle_path_failed(failed.id, window_us, now_us);
-        self.resend_on_earliest(resends, Some(failed.id), now_us)
+    /// Resends what path `failed` (its id) sent in its last `window_us` on the other usable paths (earliest
+    /// arrival first). Call it when a path is found down or its WAN is removed, before closing it.
+    pub fn resend_from_failed(&self, failed: u64, window_us: u64, now_us: u64) -> usize {
+        let resends = self.sender.lock().unwrap().handle_path_failed(failed, window_us, now_us);
+        self.resend_on_earliest(resends, Some(failed), now_us)
     }
 
     /// Sends each resend on the usable path where it would arrive first (never on path `exclude`), and has

@@ -39,7 +39,7 @@ pub async fn path_timer(shared: Arc<Shared>, peer: Arc<Peer>, path: Arc<Path>) {
             path.up.store(false, Ordering::Relaxed);
             // Everything sent since shortly before the last reply may be lost with the path.
             let window = path.health.lock().unwrap().down_after_us() + path.srtt_us.load(Ordering::Relaxed);
-            let resent = peer.resend_from_failed(&path, window, now);
+            let resent = peer.resend_from_failed(path.id, window, now);
             peer.redial.notify_waiters();
             shared.emit(Event::PathDown {
                 key,
