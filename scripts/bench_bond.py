@@ -222,7 +222,11 @@ def main() -> int:
     parser.add_argument("--lane", action="store_true",
                         help="also measure the TCP lane (tcp_lane = \"auto\") in a lab of its own per topology,"
                              " interleaved with bare MPTCP over the lane's subflow endpoints, and its failover stall")
+    parser.add_argument("--lane-only", action="store_true",
+                        help="measure only the TCP lane and bare MPTCP beside it (implies --lane, --no-redundant)")
     args = parser.parse_args()
+    if args.lane_only:
+        args.lane, args.no_redundant = True, True
     rows = []
     mptcp_rows: list[tuple[str, float, float, float]] = []
     bare: list[str] = []
@@ -230,7 +234,7 @@ def main() -> int:
     for name in args.topology or list(TOPOLOGIES):
         links = TOPOLOGIES[name]
         link_sum = sum(s.rate_mbit or 0 for s in links)
-        for mode in args.modes.split(","):
+        for mode in [] if args.lane_only else args.modes.split(","):
             with Lab() as lab, tempfile.TemporaryDirectory() as state:
                 print(f"{name} / {mode}: building the lab and starting QuicEther", flush=True)
                 bond = build_bond_lab(lab, links, Path(state), mode=mode, congestion=args.congestion)
@@ -296,7 +300,8 @@ def main() -> int:
     if redundant:
         print(f"redundant mode, three links with 5 % loss each: {statistics.median(redundant):.3f}% UDP loss in the"
               f" tunnel (runs: {', '.join(f'{x:.3f}' for x in redundant)}; target < 0.1 %)")
-    print("ceilings, for scale:\n  " + "\n  ".join(bare))
+    if bare:
+        print("ceilings, for scale:\n  " + "\n  ".join(bare))
     return 0
 
 

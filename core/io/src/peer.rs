@@ -202,14 +202,16 @@ pub struct Peer {
     pub member: Option<Vec<u8>>,
     /// See `PeerConfig::member_only` (fixed when the peer is added).
     pub member_only: bool,
-    /// Signalled when one of the peer's paths goes down: its dialers that are waiting out a backoff (or
-    /// are in a handshake that may be waiting out a retransmission timer) dial again at once. A WAN that
-    /// came back during a long backoff is then used as soon as it is needed, not seconds later.
+    /// Signalled when one of the peer's paths goes down (but for a duplicate, whose twin carries on): its
+    /// dialers that are waiting out a backoff, or a path to their address, or are in a handshake that may be
+    /// waiting out a retransmission timer, dial again at once. A WAN that came back during a long backoff is
+    /// then used as soon as it is needed, not seconds later.
     pub redial: Notify,
     /// Punches towards this peer this node took part in, initiated or answered (`punch.rs`), for status.
     pub punch_attempts: AtomicU64,
-    /// What the peer's close of our last path as a duplicate left to send again once its twin is up here
-    /// (`Shared::remove_path`): the closed path's id and since when (µs) it sent what may be lost.
+    /// What the peer's close of our last usable path as a duplicate left to send again once its twin is up
+    /// here (`Shared::remove_path`): the closed path's id and since when (µs) it sent what may be lost. Set
+    /// and taken under the `paths` lock, so a twin added at that moment cannot miss it.
     pub duplicate_resend: Mutex<Option<(u64, u64)>>,
 }
 
@@ -461,7 +463,7 @@ impl Shared {
             rx_rate_bps: AtomicU64::new(0),
             conn,
         });
-        let (first, displaced) = {
+        let (first, displaced, pending) = {
             let mut paths = peer.paths.write().unwrap();
             if peer.removed.load(Ordering::Relaxed) {
                 drop(paths);
@@ -484,22 +486,22 @@ impl Shared {
                 displaced = Some(paths.remove(i));
             }
             paths.push(path.clone());
-            (paths.len() == 1 && displaced.is_none(), displaced)
+            let pending = peer.duplicate_resend.lock().unwrap().take();
+            (paths.len() == 1 && displaced.is_none(), displaced, pending)
         };
         let now = self.now_us();
         if let Some(old) = displaced {
             // Its reader reports it down when the close takes effect. The peer may have closed it already (it
             // came up there after its twin: both ends dialed), so what it sent lately may never have been
-            // read, and the close drops what quinn had not sent yet: the new path carries that again (the
-            // peer's bond drops what it already had).
+            // read, and the close drops what quinn had not sent yet: the usable paths, the new one among
+            // them, carry that again (the peer's bond drops what it already had).
             old.closed_as_duplicate.store(true, Ordering::Relaxed);
             old.close(DownReason::Duplicate, CLOSE_DUPLICATE, b"duplicate path");
             peer.resend_from_failed(old.id, duplicate_resend_window(&old), now);
         }
-        let pending = peer.duplicate_resend.lock().unwrap().take();
         if let Some((closed, since)) = pending.filter(|&(_, since)| now.saturating_sub(since) < DUPLICATE_TWIN_WAIT_US)
         {
-            peer.resend_from_failed(closed, now - since, now);
+            peer.resend_from_failed(closed, now.saturating_sub(since), now);
         }
         *peer.last_handshake.lock().unwrap() = Some(SystemTime::now());
         if first {
@@ -523,23 +525,24 @@ impl Shared {
         } else {
             DownReason::Closed
         });
-        let (found, remaining) = {
+        let (window, now) = (duplicate_resend_window(path), self.now_us());
+        let (found, remaining, resend_now) = {
             let mut paths = peer.paths.write().unwrap();
             let before = paths.len();
             paths.retain(|p| p.id != path.id);
-            (paths.len() < before, paths.len())
-        };
-        if closed_by_peer_as_duplicate {
+            let found = paths.len() < before;
             // The peer closed it as the loser of two paths that came up together (both ends dialed): what we
-            // sent on it lately may have reached a connection the peer no longer reads. The other paths carry
-            // that again (the peer's bond drops what it already had); if it was our last, its twin, whose
+            // sent on it lately may have reached a connection the peer no longer reads. The usable paths
+            // carry that again (the peer's bond drops what it already had); if none is left, its twin, whose
             // handshake is ending here, does once it is up (`add_path`).
-            let (window, now) = (duplicate_resend_window(path), self.now_us());
-            if remaining == 0 {
+            let usable = paths.iter().any(|p| p.up.load(Ordering::Relaxed));
+            if found && closed_by_peer_as_duplicate && !usable {
                 *peer.duplicate_resend.lock().unwrap() = Some((path.id, now.saturating_sub(window)));
-            } else {
-                peer.resend_from_failed(path.id, window, now);
             }
+            (found, paths.len(), found && closed_by_peer_as_duplicate && usable)
+        };
+        if resend_now {
+            peer.resend_from_failed(path.id, window, now);
         }
         let summary = format!("{}: {detail}", reason.name());
         if reason != DownReason::Duplicate {

@@ -3,7 +3,8 @@
 //! scheduler → bond sequence number + DATA frame (the peer's `BondSender`) → QUIC DATAGRAM on the chosen
 //! path(s) → remembered by the sender if quinn took it. A read error ends it with a fatal `TunFailed`
 //! event. Resends come last: the frames the peer reports lost (NACK, from `receive.rs`) and those a failed
-//! path sent lately (`timers.rs`, a removed WAN) go out on the path where each arrives first.
+//! path sent lately (`timers.rs`, a removed WAN, a path closed as a duplicate in `peer.rs`) go out on the
+//! path where each arrives first.
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -172,14 +173,16 @@ impl Peer {
     }
 
     /// Resends what path `failed` (its id) sent in its last `window_us` on the other usable paths (earliest
-    /// arrival first). Call it when a path is found down or its WAN is removed, before closing it.
+    /// arrival first). Call it when a path is found down or its WAN is removed (before closing it), or is
+    /// closed as a duplicate.
     pub fn resend_from_failed(&self, failed: u64, window_us: u64, now_us: u64) -> usize {
         let resends = self.sender.lock().unwrap().handle_path_failed(failed, window_us, now_us);
         self.resend_on_earliest(resends, Some(failed), now_us)
     }
 
     /// Sends each resend on the usable path where it would arrive first (never on path `exclude`), and has
-    /// the sender remember those quinn took. Skipped if every queue is full or no path is up. How many went.
+    /// the sender remember those quinn took. Skipped if every queue is full or no path is up (a frame of
+    /// failed path `exclude` is then remembered as its again). How many went.
     fn resend_on_earliest(&self, resends: Vec<Resend>, exclude: Option<u64>, now_us: u64) -> usize {
         if resends.is_empty() {
             return 0;
@@ -192,10 +195,19 @@ impl Peer {
             // Views again for each one: the queues grow with every resend.
             let views: Vec<_> =
                 paths.iter().map(|p| if Some(p.id) == exclude { PathView::default() } else { p.view() }).collect();
-            let Choice::One(i) = choose(Mode::Aggregate, &views, datagram.len()) else { continue };
-            if paths[i].send_data(&datagram) {
-                self.sender.lock().unwrap().handle_sent(paths[i].id, seq, datagram, now_us);
-                resent += 1;
+            let carrier = match choose(Mode::Aggregate, &views, datagram.len()) {
+                Choice::One(i) if paths[i].send_data(&datagram) => Some(paths[i].id),
+                _ => None,
+            };
+            match (carrier, exclude) {
+                (Some(id), _) => {
+                    self.sender.lock().unwrap().handle_sent(id, seq, datagram, now_us);
+                    resent += 1;
+                }
+                // Every queue is full (or no path is up): a failed path's frame stays remembered as its, for
+                // a NACK to find later. A NACK's frame is still remembered where it was.
+                (None, Some(failed)) => self.sender.lock().unwrap().handle_sent(failed, seq, datagram, now_us),
+                (None, None) => {}
             }
         }
         resent

@@ -193,6 +193,21 @@ mod tests {
     }
 
     #[test]
+    fn a_taken_frame_that_no_path_could_carry_is_found_again_once_put_back() {
+        // The driver takes a failed path's frames, finds every other queue full, and records the rest
+        // again as the failed path's: a NACK can still have them resent.
+        let mut m = ResendMemory::default();
+        m.record(100, 1, 1, 1, 'a');
+        m.record(200, 1, 2, 1, 'b');
+        let taken = m.take_sent_by(1, 0);
+        assert_eq!(m.find(2), None);
+        for (seq, item) in taken {
+            m.record(300, 1, seq, 1, item);
+        }
+        assert_eq!((m.find(1), m.find(2)), (Some((1, &'a')), Some((1, &'b'))));
+    }
+
+    #[test]
     fn a_flood_within_the_window_stays_at_the_byte_bound_and_counts_what_it_forgot() {
         // 1 s of 1 Gbit/s (1400-byte frames, one every 11.2 µs) into the default memory: far more than
         // its 24 MiB fit in the 600 ms window.
