@@ -386,16 +386,20 @@ def test_lan_clients_that_stop_reading_do_not_grow_the_daemons_memory(lab: Lab, 
     assert readline_within(client.stdout, 30).strip() == f"connected {stalled}"
     wait_for(lambda: bond.site.status()["node"]["lane"]["site_active"] == stalled, timeout=10)
     time.sleep(3)  # every buffer on the way fills
-    filled = {end: process_usage(pid).rss_bytes for end, pid in pids.items()}
-    time.sleep(5)
-    later = {end: process_usage(pid).rss_bytes for end, pid in pids.items()}
     bound = stalled * LANE_CONNECTION_BYTES + RSS_SLACK
+    # Growing means growing over each of two 5 s spans in a row: a busy machine can delay the last buffers'
+    # filling into the first (a clean-clone run saw +2.3 MiB in it once), a leak grows in both.
+    rss = [{end: process_usage(pid).rss_bytes for end, pid in pids.items()}]
+    for _ in range(2):
+        time.sleep(5)
+        rss.append({end: process_usage(pid).rss_bytes for end, pid in pids.items()})
     for end in pids:
-        grown, since = later[end] - baseline[end], later[end] - filled[end]
+        grown = rss[-1][end] - baseline[end]
+        spans = [rss[i + 1][end] - rss[i][end] for i in range(2)]
         print(f"{end}: RSS +{grown / MIB:.1f} MiB with {stalled} stalled connections (bound +{bound / MIB:.0f}),"
-              f" {since / MIB:+.1f} MiB over the last 5 s")
+              f" {', '.join(f'{x / MIB:+.1f}' for x in spans)} MiB over two 5 s spans after")
         assert grown < bound, f"{end} grew {grown / MIB:.1f} MiB"
-        assert since < 2 * MIB, f"{end} still growing: {since / MIB:+.1f} MiB in 5 s"
+        assert min(spans) < 2 * MIB, f"{end} still growing: {spans[0] / MIB:+.1f}, {spans[1] / MIB:+.1f} MiB in 5 s"
     client.kill()
     client.wait()
     wait_for(lambda: bond.site.status()["node"]["lane"]["site_active"] == 0, timeout=15)

@@ -99,13 +99,19 @@ def test_send_queues_resend_memory_and_reorder_buffer_stay_bounded_under_a_udp_f
     bond.wl.set_link(1, rate_mbit=None, loss_pct=5, delay_ms=60)
     iperf(bond.lan, bond.dc_addr, seconds=2, udp_mbit=100, udp_len=1300)
     before, gw_before = after, _peer_counters(bond.gateway)
-    with rss_watch(site, "site, lossy flood"), rss_watch(gateway, "gateway, lossy flood"):
-        lossy = iperf(bond.lan, bond.dc_addr, seconds=FLOOD_S, udp_mbit=FLOOD_MBIT, udp_len=1300)
-    after, gw_after = _peer_counters(bond.site), _peer_counters(bond.gateway)
-    evicted = after["resend_evicted"] - before["resend_evicted"]
-    overflowed = gw_after["reorder"]["overflowed"] - gw_before["reorder"]["overflowed"]
-    print(f"lossy flood: {lossy.mbit_s:.0f} Mbit/s delivered, resend memory evicted {evicted},"
-          f" reorder buffer overflowed {overflowed}")
+    # The memory's byte bound is reached only if the site hands quinn more than ~335 Mbit/s (24 MiB in
+    # 600 ms); a busy machine may not (a clean-clone run evicted nothing at 199 Mbit/s delivered): up to
+    # three floods, each watched.
+    for attempt in range(3):
+        with rss_watch(site, "site, lossy flood"), rss_watch(gateway, "gateway, lossy flood"):
+            lossy = iperf(bond.lan, bond.dc_addr, seconds=FLOOD_S, udp_mbit=FLOOD_MBIT, udp_len=1300)
+        after, gw_after = _peer_counters(bond.site), _peer_counters(bond.gateway)
+        evicted = after["resend_evicted"] - before["resend_evicted"]
+        overflowed = gw_after["reorder"]["overflowed"] - gw_before["reorder"]["overflowed"]
+        print(f"lossy flood {attempt + 1}: {lossy.mbit_s:.0f} Mbit/s delivered, resend memory evicted {evicted},"
+              f" reorder buffer overflowed {overflowed}")
+        if evicted > 1000 and overflowed > 100:
+            break
     assert evicted > 1000, (before, after)
     assert overflowed > 100, (gw_before, gw_after)
     # The bond carries traffic after it (on clean links: 5 % loss each way on both would fail a ping check
