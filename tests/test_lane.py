@@ -402,7 +402,16 @@ def test_lan_clients_that_stop_reading_do_not_grow_the_daemons_memory(lab: Lab, 
         assert min(spans) < 2 * MIB, f"{end} still growing: {spans[0] / MIB:+.1f}, {spans[1] / MIB:+.1f} MiB in 5 s"
     client.kill()
     client.wait()
-    wait_for(lambda: bond.site.status()["node"]["lane"]["site_active"] == 0, timeout=15)
+    # 64 connections each with full buffers both ways to tear down: a clean-clone run on a busy machine still
+    # had some after 15 s (how many is in the message if it comes back).
+    def active() -> int:
+        return int(bond.site.status()["node"]["lane"]["site_active"])
+
+    try:
+        wait_for(lambda: active() == 0, timeout=30)
+    except AssertionError:
+        left = active()
+        raise AssertionError(f"{left} of {stalled} lane connections still active 30 s after the client died") from None
 
 
 
