@@ -521,13 +521,14 @@ impl Shared {
             let found = paths.len() < before;
             // The peer closed it as the loser of two paths that came up together (both ends dialed): what we
             // sent on it lately may have reached a connection the peer no longer reads. The usable paths
-            // carry that again (the peer's bond drops what it already had); if none is left, its twin, whose
-            // handshake is ending here, does once it is up (`add_path`).
+            // carry that again (the peer's bond drops what it already had); if none is usable, its twin,
+            // whose handshake is ending here, does once it is up (`add_path`).
+            let lost_as_duplicate = found && closed_by_peer_as_duplicate;
             let usable = paths.iter().any(|p| p.up.load(Ordering::Relaxed));
-            if found && closed_by_peer_as_duplicate && !usable {
+            if lost_as_duplicate && !usable {
                 *peer.duplicate_resend.lock().unwrap() = Some((path.id, now.saturating_sub(window)));
             }
-            (found, paths.len(), found && closed_by_peer_as_duplicate && usable)
+            (found, paths.len(), lost_as_duplicate && usable)
         };
         if resend_now {
             peer.resend_from_failed(path.id, window, now);
