@@ -271,25 +271,25 @@ def _settled_paths(node: CoreNode, key: bytes, seconds: float = 3) -> list[dict[
     return paths
 
 
-def test_both_nodes_dialing_each_other_keep_one_path_the_lower_keys(lab: Lab) -> None:
+def test_both_nodes_dialing_each_other_keep_one_path_the_same_on_both(lab: Lab) -> None:
     _ns_a, _ns_b, a, b = _core_pair(lab)
-    # Each knows the other's endpoint, so both dial: two connections over the one link, of which both
-    # nodes keep the same one, dialed by the lower key.
+    # Each knows the other's endpoint, so both dial. If both dials meet, both nodes keep the one dialed by
+    # the lower key; a dial that would only reach an address a path already reaches is not made. Either
+    # way one connection runs over the one link, and both nodes see the same one.
     a.call("add_peer", b.key, ["10.1.0.2:4433"], ["10.99.0.2/32"], "aggregate", "redundant", [])
     b.call("add_peer", a.key, ["10.1.0.1:4433"], ["10.99.0.1/32"], "aggregate", "redundant", [])
-    low, high = (a, b) if a.key < b.key else (b, a)
-    low_paths, high_paths = _settled_paths(low, high.key), _settled_paths(high, low.key)
-    assert len(low_paths) == 1 and len(high_paths) == 1, (low_paths, high_paths)
-    assert low_paths[0]["origin"] == "dialed" and high_paths[0]["origin"] == "accepted"
-    assert low_paths[0]["kind"] == "direct" and low_paths[0]["via"] is None
+    a_paths, b_paths = _settled_paths(a, b.key), _settled_paths(b, a.key)
+    assert len(a_paths) == 1 and len(b_paths) == 1, (a_paths, b_paths)
+    assert {a_paths[0]["origin"], b_paths[0]["origin"]} == {"dialed", "accepted"}, (a_paths, b_paths)
+    assert a_paths[0]["kind"] == "direct" and a_paths[0]["via"] is None
     assert ping(_ns_a, b.address, count=3).received == 3
 
 
-def test_a_wan_socket_accepts_and_a_path_to_it_replaces_the_twin(lab: Lab) -> None:
+def test_a_wan_socket_accepts_and_an_address_already_reached_is_not_dialed(lab: Lab) -> None:
     ns_a, ns_b = qe.two_hosts(lab)
-    # `w` has one WAN and dials `l` from it; `l` then dials w's WAN socket (its address as l sees it, as a
-    # NAT's mapping would be learned). Both connections run over the same WANs; l has the lower key, so its
-    # dial, accepted on w's WAN socket, is the one both keep.
+    # `w` has one WAN and dials `l` from it; `l` learns w's WAN socket (its address as l sees it, as a NAT's
+    # mapping would be learned) and is told to dial it. A path already runs between those two sockets, so
+    # that dial would only make a duplicate replacing a working path: it is not made.
     seeds = sorted((_core.generate_seed() for _ in range(2)), key=_core.public_key_of_seed)
     low = CoreNode(ns_b, "qe0", "10.99.0.2/24", "--seed-hex", seeds[0].hex())
     w = CoreNode(ns_a, "qe0", "10.99.0.1/24", "--wans", "--seed-hex", seeds[1].hex())
@@ -302,9 +302,15 @@ def test_a_wan_socket_accepts_and_a_path_to_it_replaces_the_twin(lab: Lab) -> No
     wan_socket = _settled_paths(low, w.key, seconds=0.5)[0]["remote"]
     assert wan_socket.startswith("10.1.0.1:") and not wan_socket.endswith(":4433")
     low.call("update_peer", w.key, [wan_socket], ["10.99.0.1/32"], "aggregate", "redundant", [])
-    time.sleep(2)
-    kept = _settled_paths(w, low.key)
-    assert [(p["local_wan"], p["peer_wan"], p["origin"]) for p in kept] == [("w0", "default", "accepted")], kept
+    kept = _settled_paths(w, low.key, seconds=2)
+    assert [(p["local_wan"], p["origin"], p["remote"]) for p in kept] == [
+        (p["local_wan"], p["origin"], p["remote"]) for p in first], kept
+    # w forgets l and takes it back with no address to dial: only l's dial to w's WAN socket, which that
+    # socket accepts, connects them now.
+    assert w.call("remove_peer", low.key) is True
+    w.call("add_peer", low.key, [], ["10.99.0.2/32"], "aggregate", "redundant", [])
+    accepted = _settled_paths(w, low.key)
+    assert [(p["local_wan"], p["peer_wan"], p["origin"]) for p in accepted] == [("w0", "default", "accepted")], accepted
     assert [p["origin"] for p in _settled_paths(low, w.key)] == ["dialed"]
     assert ping(ns_a, low.address, count=3).received == 3
 

@@ -226,6 +226,15 @@ pub async fn dialer(shared: Arc<Shared>, endpoint: quinn::Endpoint, target: Dial
     let mut last_error = String::new();
     let mut pause = REDIAL_INTERVAL;
     loop {
+        // A path from our WAN to this very address is up already (the peer's dial from there, or a punched
+        // one): a dial would only make its duplicate, and one replacing a working path mid-flow restarts its
+        // counters and sends its recent packets again. Dial once it is gone.
+        while target.peer.has_path_to(&target.wan, target.addr) {
+            tokio::select! {
+                () = tokio::time::sleep(REDIAL_INTERVAL) => {}
+                () = target.peer.redial.notified() => {}
+            }
+        }
         let handshake = async {
             endpoint
                 .connect_with(target.config.clone(), target.addr, tls::SERVER_NAME)

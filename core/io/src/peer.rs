@@ -203,9 +203,9 @@ pub struct Peer {
     /// See `PeerConfig::member_only` (fixed when the peer is added).
     pub member_only: bool,
     /// Signalled when one of the peer's paths goes down (but for a duplicate, whose twin carries on): its
-    /// dialers that are waiting out a backoff (or are in a handshake that may be waiting out a retransmission
-    /// timer) dial again at once. A WAN that came back during a long backoff is then used as soon as it is
-    /// needed, not seconds later.
+    /// dialers that are waiting out a backoff, or a path to their address, or are in a handshake that may be
+    /// waiting out a retransmission timer, dial again at once. A WAN that came back during a long backoff is
+    /// then used as soon as it is needed, not seconds later.
     pub redial: Notify,
     /// Punches towards this peer this node took part in, initiated or answered (`punch.rs`), for status.
     pub punch_attempts: AtomicU64,
@@ -244,6 +244,18 @@ impl Peer {
             .unwrap()
             .iter()
             .any(|p| p.route.local_wan == local_wan && p.route.peer_wan.as_deref() == peer_wan)
+    }
+
+    /// True if a path that is up runs from our WAN `local_wan` to the peer's address `remote` (one we dialed
+    /// there, or one the peer dialed from there, as a punched path is).
+    pub fn has_path_to(&self, local_wan: &str, remote: std::net::SocketAddr) -> bool {
+        let same =
+            |a: std::net::SocketAddr| a.ip().to_canonical() == remote.ip().to_canonical() && a.port() == remote.port();
+        self.paths
+            .read()
+            .unwrap()
+            .iter()
+            .any(|p| p.route.local_wan == local_wan && same(p.route.remote) && p.up.load(Ordering::Relaxed))
     }
 
     /// True if a path runs over our WAN `local_wan`.
