@@ -155,7 +155,8 @@ class Node:
         host's address (out of a port the firewall does not masquerade the tunnel's traffic out of)."""
     def stop_lanes(self) -> None: ...
     def lane_stats(self) -> dict[str, int]:
-        """{site_|gateway_}{connections, active, bytes_out, bytes_in, refused, failed, at_cap}."""
+        """{site_|gateway_}{connections, active, bytes_out, bytes_in, refused, failed, at_cap, fallback,
+        missed_wakeups}."""
     def handshake_load(self) -> tuple[int, int]:
         """(incoming handshakes answered with a QUIC Retry under load, dropped beyond the limit in flight)."""
     def refused_handshakes(self) -> int:

@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::lane_nudge::NudgedStream;
 use crate::routes::route_device;
 use crate::sockets::set_int;
 use crate::tls::{self, CurrentIdentity, KnownClientKeys, SharedTrust};
@@ -56,6 +57,8 @@ pub struct LaneCounters {
     pub at_cap: AtomicU64,
     /// Site: lane connections that fell back to plain TCP (MPTCP stripped on the way, or a peer without it).
     pub fallback: AtomicU64,
+    /// Reads of lane sockets that found data the kernel had not woken the reader for (`lane_nudge.rs`).
+    pub missed_wakeups: Arc<AtomicU64>,
 }
 
 pub type LogSink = Arc<dyn Fn(String) + Send + Sync>;
@@ -238,6 +241,7 @@ impl LaneDialer {
             }
             stream.set_nodelay(true)?;
             let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid name");
+            let stream = NudgedStream::new(stream, counters.missed_wakeups.clone());
             let mut tls = self.connector.connect(name, stream).await?;
             tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
             tls.write_all(&header).await?;
@@ -340,6 +344,7 @@ async fn take_lane_connection(
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let opened = async {
+        let stream = NudgedStream::new(stream, counters.missed_wakeups.clone());
         let mut tls = acceptor.accept(stream).await.map_err(|e| format!("refused: {e}"))?;
         tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
         let mut head = [0u8; MAX_HEADER_LEN];

@@ -184,7 +184,7 @@ impl Node {
     }
 }
 
-fn fields(c: &LaneCounters) -> [(&'static str, u64); 8] {
+fn fields(c: &LaneCounters) -> [(&'static str, u64); 9] {
     let get = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
     [
         ("connections", get(&c.connections)),
@@ -195,5 +195,6 @@ fn fields(c: &LaneCounters) -> [(&'static str, u64); 8] {
         ("failed", get(&c.failed)),
         ("at_cap", get(&c.at_cap)),
         ("fallback", get(&c.fallback)),
+        ("missed_wakeups", get(&c.missed_wakeups)),
     ]
 }

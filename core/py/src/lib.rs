@@ -428,7 +428,8 @@ impl Node {
         self.with(|n| n.stop_lanes())
     }
 
-    /// The lane's counters: {site_|gateway_}{connections, active, bytes_out, bytes_in, refused, failed, at_cap}.
+    /// The lane's counters: {site_|gateway_}{connections, active, bytes_out, bytes_in, refused, failed, at_cap,
+    /// fallback, missed_wakeups}.
     fn lane_stats(&self) -> PyResult<std::collections::BTreeMap<String, u64>> {
         self.with(|n| n.lane_stats())
     }
