@@ -59,7 +59,7 @@ def _cmd_pubkey(args: argparse.Namespace) -> int:
     return 0
 
 
-# The TCP lane holds two sockets per connection (up to 1024 connections per end), besides the paths' sockets,
+# The TCP lane holds three descriptors per connection (up to 1024 connections per end), besides the paths' sockets,
 # the API's clients and the children's pipes: systemd's default soft limit of 1024 open files is too few.
 OPEN_FILES = 65536
 

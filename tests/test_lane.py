@@ -402,19 +402,22 @@ def test_lan_clients_that_stop_reading_do_not_grow_the_daemons_memory(lab: Lab, 
         assert min(spans) < 2 * MIB, f"{end} still growing: {spans[0] / MIB:+.1f}, {spans[1] / MIB:+.1f} MiB in 5 s"
     client.kill()
     client.wait()
-    # 64 connections each with full buffers both ways to tear down. A connection whose lane socket missed a
-    # wakeup (lane_nudge.rs) stayed open here for good before the timer's tries.
+    # Each connection ends when the site's end of it fails: at once for most (the client's kernel resets a
+    # socket with unread data), but one whose lane socket stopped delivering (kernel MPTCP; about 1 in 1000
+    # here under load) had every byte read by the client, which then only closed it: the client's kernel keeps
+    # that orphan for tcp_fin_timeout (60 s) answering the site's keepalive probes, and resets it only then.
     def active() -> int:
         return int(bond.site.status()["node"]["lane"]["site_active"])
 
+    died = time.monotonic()
     try:
-        wait_for(lambda: active() == 0, timeout=30)
-        print(f"site lane after the client died: {bond.site.status()['node']['lane']}")
+        wait_for(lambda: active() == 0, timeout=90)
+        print(f"site lane {time.monotonic() - died:.1f} s after the client died: {bond.site.status()['node']['lane']}")
     except AssertionError:
         left = active()
         tcp = bond.site.ns.run("ss", "-tnie", "state", "established", "state", "close-wait").stdout
         mptcp = bond.site.ns.run("ss", "-Mnie").stdout
-        raise AssertionError(f"{left} of {stalled} lane connections still active 30 s after the client died;"
+        raise AssertionError(f"{left} of {stalled} lane connections still active 90 s after the client died;"
                              f" the site's TCP sockets:\n{tcp}\nits MPTCP sockets:\n{mptcp}") from None
 
 
