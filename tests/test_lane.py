@@ -149,9 +149,13 @@ def test_curl_download_goes_through_the_lane_over_every_wan_and_stop_leaves_noth
         curl = start_download(bond, got)
         subflow_sources: set[str] = set()
         shares: dict[str, dict[str, int]] = {}  # the status's last view of the open subflows per WAN
+        bytes_while_open = 0  # the lane's received bytes in status while the download's connection was open
         while curl.poll() is None:
             subflow_sources |= lane_subflow_sources(bond.wl.router)
-            shares = bond.site.status()["node"]["lane_subflows"] or shares
+            node = bond.site.status()["node"]
+            shares = node["lane_subflows"] or shares
+            if node["lane"]["site_active"] == 1:
+                bytes_while_open = max(bytes_while_open, node["lane"]["site_bytes_in"])
             time.sleep(0.2)
         _, err = curl.communicate()
         assert curl.returncode == 0, err
@@ -159,6 +163,7 @@ def test_curl_download_goes_through_the_lane_over_every_wan_and_stop_leaves_noth
         received = [a - b for a, b in zip(wan_rx_bytes(bond.wl.router, devices), before, strict=True)]
         lane = bond.site.status()["node"]["lane"]
         assert lane["site_connections"] == 1 and lane["site_bytes_in"] >= FILE_MB << 20, lane
+        assert bytes_while_open > 0, "status counts a connection's bytes while it runs"
         gw_lane = bond.gateway.status()["node"]["lane"]
         assert gw_lane["gateway_connections"] == 1 and gw_lane["gateway_bytes_in"] >= FILE_MB << 20, gw_lane
         text = bond.site.ns.run(sys.executable, "-m", "quicether", "status", "-c", str(bond.site.config_path)).stdout
@@ -372,6 +377,27 @@ def test_500_connections_at_once_each_get_their_own_bytes_through_the_lane(lab: 
     print(f"{count} connections through the lane, {peak} at once")
 
 
+def test_a_destination_that_resets_mid_stream_resets_the_lan_hosts_connection(lab: Lab, tmp_path: Path) -> None:
+    """A reset stays a reset through the lane, as through the QUIC bond: the LAN host must not take a stream
+    cut short for a complete one. The bytes of a connection that ended in an error are counted."""
+    size = 4 * MIB
+    bond = build_bond_lab(lab, THREE_WANS, tmp_path, tcp_lane=True)
+    wait_for(lambda: len(endpoints(bond.wl.router)) == len(bond.wl.wans), timeout=5)
+    server = start_load_server(bond)
+    try:
+        got = bond.lan.run(sys.executable, "-m", "tests.lab.tcpload", "reset", "--to", f"{bond.dc_addr}:{LOAD_PORT}",
+                           "--size", str(size), timeout=60).stdout.strip()
+    finally:
+        server.terminate()
+        server.wait()
+    verdict, _, received = got.partition(" after ")
+    assert verdict == "reset", f"the LAN host saw: {got}"
+    lane = bond.site.status()["node"]["lane"]
+    assert lane["site_connections"] == 1, lane
+    assert lane["site_bytes_in"] >= int(received.split()[0]) > 0, (got, lane)
+    print(f"the LAN host's connection: {got}; the site's lane counters: {lane}")
+
+
 def test_lan_clients_that_stop_reading_do_not_grow_the_daemons_memory(lab: Lab, tmp_path: Path) -> None:
     stalled = 64
     bond = build_bond_lab(lab, THREE_WANS, tmp_path, tcp_lane=True)
@@ -447,6 +473,7 @@ def test_the_far_ends_acls_hold_for_lane_connections(lab: Lab, tmp_path: Path) -
         got.unlink()
         refused = _fetch(bond, got)
         assert refused.returncode != 0, "the ACL let the download through the lane"
+        assert "reset" in refused.stderr, f"the LAN host saw no reset: {refused.stderr}"
         lane = bond.gateway.status()["node"]["lane"]
         assert lane["gateway_connections"] == 1 and lane["gateway_refused"] == 1, lane
         assert f"to {bond.dc_addr}:{HTTP_PORT}: denied by ACL rule 1" in qe.read_log(bond.gateway)
@@ -457,6 +484,11 @@ def test_the_far_ends_acls_hold_for_lane_connections(lab: Lab, tmp_path: Path) -
         assert _fetch(bond, got).returncode == 0
         assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
         assert bond.gateway.status()["node"]["lane"]["gateway_connections"] == 2
+        # A port nobody listens on: the gateway's connect is refused, and the LAN host sees a reset.
+        closed = bond.lan.run("curl", "-sS", "--max-time", "20", f"http://{bond.dc_addr}:{HTTP_PORT + 2}/",
+                              check=False, timeout=30)
+        assert closed.returncode != 0 and "reset" in closed.stderr, closed.stderr
+        assert bond.gateway.status()["node"]["lane"]["gateway_failed"] == 1
     finally:
         server.terminate()
         server.wait()

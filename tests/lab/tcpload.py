@@ -5,11 +5,15 @@ them.
     python -m tests.lab.tcpload serve --port 9000
     python -m tests.lab.tcpload check --to 10.0.0.5:9000 --count 500 --size 65536 [--hold 3]
     python -m tests.lab.tcpload stall --to 10.0.0.5:9000 --count 50
+    python -m tests.lab.tcpload reset --to 10.0.0.5:9000 --size 1048576
 
 `check` opens all its connections at once, reads and checks each one's bytes, keeps them all open `--hold`
 seconds once every one has its bytes (so they are open together), then prints "ok <count>" or, per failed
 connection, what went wrong (and exits 1). `stall` opens its connections asking for endless data, prints
 "connected <count>" and never reads: the sender is held back only by flow control along the way.
+`reset` asks for --size bytes with `RESET_AFTER` set: the server sends them and then resets the connection
+(a server that fails mid-stream). It reads until the end and prints "reset after <n> bytes" or, where the
+connection ended cleanly instead, "end after <n> bytes".
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import socket
 import struct
 import sys
 
 CHUNK = 64 * 1024
+# Set in the length: send the bytes, then reset the connection instead of closing it.
+RESET_AFTER = 1 << 63
 
 
 def pattern(seed: int, size: int) -> bytes:
@@ -30,6 +37,14 @@ def pattern(seed: int, size: int) -> bytes:
 async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         seed, size = struct.unpack("!QQ", await reader.readexactly(16))
+        if size & RESET_AFTER:
+            writer.write(pattern(seed, size & ~RESET_AFTER))
+            await writer.drain()
+            await asyncio.sleep(0.5)  # the bytes leave the send buffer, which a reset would drop
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
         if size:
             writer.write(pattern(seed, size))
             await writer.drain()
@@ -97,6 +112,20 @@ async def stall(host: str, port: int, count: int) -> None:
     await asyncio.Event().wait()
 
 
+async def reset(host: str, port: int, size: int) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(struct.pack("!QQ", 0, size | RESET_AFTER))
+    await writer.drain()
+    got = 0
+    try:
+        while chunk := await reader.read(CHUNK):
+            got += len(chunk)
+    except ConnectionResetError:
+        print(f"reset after {got} bytes", flush=True)
+        return
+    print(f"end after {got} bytes", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +138,9 @@ def main() -> None:
         if name == "check":
             p.add_argument("--size", type=int, default=CHUNK)
             p.add_argument("--hold", type=float, default=0.0)
+    reset_p = sub.add_parser("reset", help="one connection to --to host:port that the server resets after --size bytes")
+    reset_p.add_argument("--to", required=True)
+    reset_p.add_argument("--size", type=int, default=CHUNK)
     args = parser.parse_args()
     if args.command == "serve":
         asyncio.run(serve(args.port))
@@ -116,6 +148,9 @@ def main() -> None:
     host, _, port = args.to.rpartition(":")
     if args.command == "check":
         sys.exit(asyncio.run(check(host, int(port), args.count, args.size, args.hold)))
+    if args.command == "reset":
+        asyncio.run(reset(host, int(port), args.size))
+        return
     asyncio.run(stall(host, int(port), args.count))
 
 

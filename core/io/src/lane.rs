@@ -13,15 +13,17 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use quicether_proto::certkey::ed25519_key_of_cert;
 use quicether_proto::lane::{LaneHeader, MAX_HEADER_LEN};
 use quicether_proto::lane_policy::LanePolicy;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -43,7 +45,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What status shows of a lane end; connections and refusals as they happen, bytes when a connection ends.
+/// What status shows of a lane end, counted as it happens.
 #[derive(Debug, Default)]
 pub struct LaneCounters {
     pub connections: AtomicU64,
@@ -179,24 +181,46 @@ fn keep_alive(stream: &TcpStream) -> io::Result<()> {
     set_int(stream, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES)
 }
 
-/// A second descriptor of `plain`'s socket (the connection's plain TCP end, which `relay` will own), for
-/// `relay_until_failed`: its readiness is tokio's own, apart from the relay's.
-fn failure_watch(plain: &TcpStream) -> io::Result<TcpStream> {
-    TcpStream::from_std(std::net::TcpStream::from(plain.as_fd().try_clone_to_owned()?))
+/// Carries a lane connection's bytes both ways between its plain TCP end (`plain`: the LAN host's on the
+/// site, the destination's on the far end) and its lane end (`lane`, TLS over the MPTCP socket
+/// `lane_socket`) until both directions are closed or one side fails. `counts` grow with the bytes read
+/// from `plain` and from `lane`, as they are read.
+///
+/// A failure resets both sockets rather than closing them: the hosts beyond then see the connection broken,
+/// as a reset through the QUIC bond would show it, and not a stream that ends early as if complete. A
+/// failure is an error on either side (a reset, the far end gone), or the plain end's socket failing while
+/// nothing reads or writes it (its keepalive finding the host gone after it half-closed the connection).
+async fn carry_both_ways<L>(
+    mut plain: TcpStream,
+    mut lane: L,
+    lane_socket: RawFd,
+    counts: [&AtomicU64; 2],
+) -> io::Result<()>
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+{
+    // A second descriptor of the plain end's socket, whose readiness is tokio's own, apart from the
+    // relay's: the relay would not see an error on a socket it no longer polls. A descriptor short
+    // (EMFILE) fails the connection.
+    let watch = plain.as_fd().try_clone_to_owned().and_then(|fd| TcpStream::from_std(fd.into()));
+    let result = match watch {
+        Ok(watch) => relay_until_failed(&watch, relay(&mut plain, &mut lane, counts)).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = reset_on_close(plain.as_raw_fd());
+        let _ = reset_on_close(lane_socket);
+    }
+    result
 }
 
-/// `relay`, ended when the socket `watch` is a descriptor of fails, even while neither direction reads or
-/// writes it: after its host half-closed it, only a stuck other direction would.
-async fn relay_until_failed(watch: TcpStream, relay: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+/// `relay`, ended when the socket `watch` is a descriptor of fails.
+async fn relay_until_failed(watch: &TcpStream, relay: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    // ERROR readiness is only ever reported with the error bit set.
     let failed = async {
-        loop {
-            match watch.ready(Interest::ERROR).await {
-                Ok(ready) if ready.is_error() => {
-                    return watch.take_error().ok().flatten().unwrap_or_else(|| io::Error::other("socket error"));
-                }
-                Ok(_) => continue,
-                Err(e) => return e,
-            }
+        match watch.ready(Interest::ERROR).await {
+            Ok(_) => watch.take_error().ok().flatten().unwrap_or_else(|| io::Error::other("socket error")),
+            Err(e) => e,
         }
     };
     tokio::select! {
@@ -205,18 +229,64 @@ async fn relay_until_failed(watch: TcpStream, relay: impl Future<Output = io::Re
     }
 }
 
-/// Copies both ways through bounded buffers, then adds the bytes to the counters.
-async fn relay<A, B>(mut near: A, mut far: B, counters: &LaneCounters) -> io::Result<()>
+/// SO_LINGER with a zero timeout: closing the socket sends a reset (MPTCP: a fast close) instead of a FIN.
+fn reset_on_close(socket: RawFd) -> io::Result<()> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt with a pointer to a linger struct that lives across the call; `socket` is open,
+    // owned by a stream the caller still holds.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Copies both ways through bounded buffers.
+async fn relay<A, B>(near: &mut A, far: &mut B, counts: [&AtomicU64; 2]) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = tokio::io::copy_bidirectional_with_sizes(&mut near, &mut far, COPY_BUFFER, COPY_BUFFER).await;
-    if let Ok((out, back)) = result {
-        counters.bytes_out.fetch_add(out, Ordering::Relaxed);
-        counters.bytes_in.fetch_add(back, Ordering::Relaxed);
+    let mut near = CountedReads { inner: near, count: counts[0] };
+    let mut far = CountedReads { inner: far, count: counts[1] };
+    tokio::io::copy_bidirectional_with_sizes(&mut near, &mut far, COPY_BUFFER, COPY_BUFFER).await.map(|_| ())
+}
+
+/// A stream whose reads add the bytes they return to `count`; writes pass through.
+struct CountedReads<'a, S> {
+    inner: S,
+    count: &'a AtomicU64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountedReads<'_, S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.count.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        polled
     }
-    result.map(|_| ())
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountedReads<'_, S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// Called when lane connections to the peer keep falling back to plain TCP (see `fell_back_to_tcp`).
@@ -291,19 +361,21 @@ impl LaneDialer {
             tls.write_all(&header).await?;
             Ok::<_, io::Error>(tls)
         };
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, dial).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
+        let dialed = match tokio::time::timeout(HANDSHAKE_TIMEOUT, dial).await {
+            Ok(dialed) => dialed,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "lane dial timed out")),
+        };
+        let tls = match dialed {
+            Ok(tls) => tls,
+            Err(e) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
+                // The LAN host sees its connection reset, as if the destination had refused it.
+                let _ = reset_on_close(lan.as_raw_fd());
                 return Err(e);
             }
-            Err(_) => {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "lane dial timed out"));
-            }
         };
-        let watch = failure_watch(&lan)?;
-        relay_until_failed(watch, relay(lan, tls, counters)).await
+        let lane_socket = tls.get_ref().0.as_raw_fd();
+        carry_both_ways(lan, tls, lane_socket, [&counters.bytes_out, &counters.bytes_in]).await
     }
 }
 
@@ -424,6 +496,8 @@ async fn take_lane_connection(
     let destination = header.destination;
     if let Err(why) = gate.judge(&key, &header) {
         counters.refused.fetch_add(1, Ordering::Relaxed);
+        // The site resets the LAN host's connection in turn, as for a destination that refused it.
+        let _ = reset_on_close(tls.get_ref().0.as_raw_fd());
         return Err(format!("refused: {why}"));
     }
     counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -435,23 +509,23 @@ async fn take_lane_connection(
         out.write_all(&head[used..filled]).await?;
         Ok::<_, io::Error>(out)
     };
-    let out = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => {
+    let connected = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(connected) => connected,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+    };
+    let out = match connected {
+        Ok(out) => out,
+        Err(e) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
+            // The site resets the LAN host's connection in turn: it sees the refusal as a reset.
+            let _ = reset_on_close(tls.get_ref().0.as_raw_fd());
             return Err(format!("connect to {destination}: {e}"));
-        }
-        Err(_) => {
-            counters.failed.fetch_add(1, Ordering::Relaxed);
-            return Err(format!("connect to {destination}: timed out"));
         }
     };
     counters.bytes_out.fetch_add((filled - used) as u64, Ordering::Relaxed);
     counters.active.fetch_add(1, Ordering::Relaxed);
-    // A descriptor short (EMFILE) closes the connection, as on the site's end.
-    if let Ok(watch) = failure_watch(&out) {
-        let _ = relay_until_failed(watch, relay(tls, out, counters)).await;
-    }
+    let lane_socket = tls.get_ref().0.as_raw_fd();
+    let _ = carry_both_ways(out, tls, lane_socket, [&counters.bytes_in, &counters.bytes_out]).await;
     counters.active.fetch_sub(1, Ordering::Relaxed);
     Ok(())
 }

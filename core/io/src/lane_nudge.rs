@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -88,6 +88,12 @@ impl NudgedStream {
 
 fn would_block(result: &io::Result<()>) -> bool {
     matches!(result, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+impl AsRawFd for NudgedStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
 }
 
 impl AsyncRead for NudgedStream {
