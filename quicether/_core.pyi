@@ -156,7 +156,7 @@ class Node:
     def stop_lanes(self) -> None: ...
     def lane_stats(self) -> dict[str, int]:
         """{site_|gateway_}{connections, active, bytes_out, bytes_in, refused, failed, at_cap, fallback,
-        missed_wakeups}."""
+        missed_wakeups, stuck_resets}."""
     def handshake_load(self) -> tuple[int, int]:
         """(incoming handshakes answered with a QUIC Retry under load, dropped beyond the limit in flight)."""
     def refused_handshakes(self) -> int:

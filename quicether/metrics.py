@@ -127,7 +127,8 @@ def lane_end_line(c: dict[str, int]) -> str:
             f" {byte_size(c['bytes_in'])} in, {c['refused']} refused, {c['failed']} failed,"
             f" {c['at_cap']} closed at the cap" + (f", {c['fallback']} fell back to plain TCP" if c.get("fallback")
                                                     else "")
-            + (f", {c['missed_wakeups']} missed wakeup(s) caught" if c.get("missed_wakeups") else ""))
+            + (f", {c['missed_wakeups']} missed wakeup(s) caught" if c.get("missed_wakeups") else "")
+            + (f", {c['stuck_resets']} reset as stuck" if c.get("stuck_resets") else ""))
 
 
 def lane_subflow_shares(node: dict[str, Any]) -> list[tuple[str, int, float]]:

@@ -367,7 +367,8 @@ def test_500_connections_at_once_each_get_their_own_bytes_through_the_lane(lab: 
         peak = max(peak, bond.site.status()["node"]["lane"]["site_active"])
         time.sleep(0.2)
     out, err = client.communicate()
-    assert client.returncode == 0 and f"ok {count}" in out, (out + err)[-3000:]
+    assert client.returncode == 0 and f"ok {count}" in out, ((out + err)[-3000:], bond.site.status()["node"]["lane"],
+                                                             bond.gateway.status()["node"]["lane"])
     assert peak == count, f"at most {peak} lane connections at once"
     lane = bond.site.status()["node"]["lane"]
     print(f"lane connections that fell back to plain TCP: {lane['site_fallback']}")

@@ -62,6 +62,8 @@ pub struct LaneCounters {
     pub fallback: AtomicU64,
     /// Reads of lane sockets that found data the kernel had not woken the reader for (`lane_nudge.rs`).
     pub missed_wakeups: Arc<AtomicU64>,
+    /// Connections reset because their lane socket held received bytes it did not deliver (`lane_nudge.rs`).
+    pub stuck_resets: Arc<AtomicU64>,
 }
 
 pub type LogSink = Arc<dyn Fn(String) + Send + Sync>;
@@ -355,7 +357,7 @@ impl LaneDialer {
             }
             stream.set_nodelay(true)?;
             let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid name");
-            let stream = NudgedStream::new(stream, counters.missed_wakeups.clone());
+            let stream = NudgedStream::new(stream, counters.missed_wakeups.clone(), counters.stuck_resets.clone());
             let mut tls = self.connector.connect(name, stream).await?;
             tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
             tls.write_all(&header).await?;
@@ -462,7 +464,7 @@ async fn take_lane_connection(
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let opened = async {
-        let stream = NudgedStream::new(stream, counters.missed_wakeups.clone());
+        let stream = NudgedStream::new(stream, counters.missed_wakeups.clone(), counters.stuck_resets.clone());
         let mut tls = acceptor.accept(stream).await.map_err(|e| format!("refused: {e}"))?;
         tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER));
         let mut head = [0u8; MAX_HEADER_LEN];

@@ -184,7 +184,7 @@ impl Node {
     }
 }
 
-fn fields(c: &LaneCounters) -> [(&'static str, u64); 9] {
+fn fields(c: &LaneCounters) -> [(&'static str, u64); 10] {
     let get = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
     [
         ("connections", get(&c.connections)),
@@ -196,5 +196,6 @@ fn fields(c: &LaneCounters) -> [(&'static str, u64); 9] {
         ("at_cap", get(&c.at_cap)),
         ("fallback", get(&c.fallback)),
         ("missed_wakeups", get(&c.missed_wakeups)),
+        ("stuck_resets", get(&c.stuck_resets)),
     ]
 }

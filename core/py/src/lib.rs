@@ -429,7 +429,7 @@ impl Node {
     }
 
     /// The lane's counters: {site_|gateway_}{connections, active, bytes_out, bytes_in, refused, failed, at_cap,
-    /// fallback, missed_wakeups}.
+    /// fallback, missed_wakeups, stuck_resets}.
     fn lane_stats(&self) -> PyResult<std::collections::BTreeMap<String, u64>> {
         self.with(|n| n.lane_stats())
     }
