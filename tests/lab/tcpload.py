@@ -11,19 +11,22 @@ them.
 seconds once every one has its bytes (so they are open together), then prints "ok <count>" or, per failed
 connection, what went wrong (and exits 1). `stall` opens its connections asking for endless data, prints
 "connected <count>" and never reads: the sender is held back only by flow control along the way.
-`reset` asks for --size bytes with `RESET_AFTER` set: the server sends them and then resets the connection
-(a server that fails mid-stream). It reads until the end and prints "reset after <n> bytes" or, where the
-connection ended cleanly instead, "end after <n> bytes".
+`reset` asks for --size bytes with `RESET_AFTER` set: the server sends them, waits until they are
+acknowledged, and then resets the connection (a server that fails mid-stream). It reads until the end and
+prints "reset after <n> bytes" or, where the connection ended cleanly instead, "end after <n> bytes"
+("wrong bytes, then ..." if what it got is not the start of what was sent).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import random
 import socket
 import struct
 import sys
+import termios
 
 CHUNK = 64 * 1024
 # Set in the length: send the bytes, then reset the connection instead of closing it.
@@ -40,8 +43,8 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
         if size & RESET_AFTER:
             writer.write(pattern(seed, size & ~RESET_AFTER))
             await writer.drain()
-            await asyncio.sleep(0.5)  # the bytes leave the send buffer, which a reset would drop
             sock = writer.get_extra_info("socket")
+            await _acknowledged(sock)  # a reset drops what the send buffer still holds
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return
@@ -57,6 +60,16 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
         pass
     finally:
         writer.close()
+
+
+async def _acknowledged(sock: socket.socket, timeout_s: float = 10.0) -> None:
+    """Until the kernel has sent everything `sock` was given and the peer acknowledged it."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        if unacked == 0:
+            return
+        await asyncio.sleep(0.01)
 
 
 async def serve(port: int) -> None:
@@ -116,14 +129,16 @@ async def reset(host: str, port: int, size: int) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(struct.pack("!QQ", 0, size | RESET_AFTER))
     await writer.drain()
-    got = 0
+    got = bytearray()
+    verdict = "end"
     try:
         while chunk := await reader.read(CHUNK):
-            got += len(chunk)
+            got += chunk
     except ConnectionResetError:
-        print(f"reset after {got} bytes", flush=True)
-        return
-    print(f"end after {got} bytes", flush=True)
+        verdict = "reset"
+    if got != pattern(0, size)[:len(got)]:
+        verdict = "wrong bytes, then " + verdict
+    print(f"{verdict} after {len(got)} bytes", flush=True)
 
 
 def main() -> None:

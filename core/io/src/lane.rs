@@ -25,12 +25,12 @@ use quicether_proto::lane::{LaneHeader, MAX_HEADER_LEN};
 use quicether_proto::lane_policy::LanePolicy;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::lane_nudge::NudgedStream;
+use crate::lane_nudge::{writes_pass_through, NudgedStream};
 use crate::routes::route_device;
-use crate::sockets::set_int;
+use crate::sockets::{set_int, set_option};
 use crate::tls::{self, CurrentIdentity, KnownClientKeys, SharedTrust};
 
 /// The lane's ALPN: a lane TLS connection can never be taken for a QUIC path's, or the other way round.
@@ -44,6 +44,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// A lane connection must be authenticated and name its destination within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failed connection's ends may take to hand over the bytes they hold before the reset.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What status shows of a lane end, counted as it happens.
 #[derive(Debug, Default)]
@@ -184,42 +186,53 @@ fn keep_alive(stream: &TcpStream) -> io::Result<()> {
 }
 
 /// Carries a lane connection's bytes both ways between its plain TCP end (`plain`: the LAN host's on the
-/// site, the destination's on the far end) and its lane end (`lane`, TLS over the MPTCP socket
-/// `lane_socket`) until both directions are closed or one side fails. `counts` grow with the bytes read
-/// from `plain` and from `lane`, as they are read.
+/// site, the destination's on the far end) and its lane end (`lane`, TLS over the MPTCP socket) until
+/// both directions are closed or one side fails. `counts` grow with the bytes read from `plain` and from
+/// `lane`, as they are read.
 ///
-/// A failure resets both sockets rather than closing them: the hosts beyond then see the connection broken,
-/// as a reset through the QUIC bond would show it, and not a stream that ends early as if complete. A
-/// failure is an error on either side (a reset, the far end gone), or the plain end's socket failing while
-/// nothing reads or writes it (its keepalive finding the host gone after it half-closed the connection).
-async fn carry_both_ways<L>(
-    mut plain: TcpStream,
-    mut lane: L,
-    lane_socket: RawFd,
-    counts: [&AtomicU64; 2],
-) -> io::Result<()>
+/// A failure ends the connection as a reset would end a direct one: what was sent before it arrives, then
+/// the host sees its connection broken, not a stream that ends as if complete. So the lane's held bytes
+/// go out, then its FIN without TLS's close_notify (the far end reads them, fails on the missing
+/// close_notify and does the same with its own host); the plain end's send queue drains (for at most
+/// `DRAIN_TIMEOUT`), then it is reset. A failure is an error on either side, or, once the plain end's
+/// host half-closed the connection and nothing reads that socket any more, the socket failing (its
+/// keepalive finding the host gone).
+async fn carry_both_ways<L>(mut plain: TcpStream, mut lane: L, counts: [&AtomicU64; 2]) -> io::Result<()>
 where
-    L: AsyncRead + AsyncWrite + Unpin,
+    L: AsyncRead + AsyncWrite + AsRawFd + Unpin,
 {
     // A second descriptor of the plain end's socket, whose readiness is tokio's own, apart from the
-    // relay's: the relay would not see an error on a socket it no longer polls. A descriptor short
-    // (EMFILE) fails the connection.
+    // relay's. A descriptor short (EMFILE) fails the connection.
     let watch = plain.as_fd().try_clone_to_owned().and_then(|fd| TcpStream::from_std(fd.into()));
+    let plain_ended = Notify::new();
     let result = match watch {
-        Ok(watch) => relay_until_failed(&watch, relay(&mut plain, &mut lane, counts)).await,
+        Ok(watch) => relay_until_failed(&watch, &plain_ended, relay(&mut plain, &mut lane, &plain_ended, counts)).await,
         Err(e) => Err(e),
     };
     if result.is_err() {
+        let handed_over = async {
+            let _ = lane.flush().await;
+            // SAFETY: shutdown(2) of the lane's socket, which `lane` owns and keeps open here.
+            unsafe { libc::shutdown(lane.as_raw_fd(), libc::SHUT_WR) };
+            drained(&plain).await;
+        };
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, handed_over).await;
         let _ = reset_on_close(plain.as_raw_fd());
-        let _ = reset_on_close(lane_socket);
     }
     result
 }
 
-/// `relay`, ended when the socket `watch` is a descriptor of fails.
-async fn relay_until_failed(watch: &TcpStream, relay: impl Future<Output = io::Result<()>>) -> io::Result<()> {
-    // ERROR readiness is only ever reported with the error bit set.
+/// `relay`, ended when the socket `watch` is a descriptor of fails after `plain_ended`: the relay would
+/// not see that, as it no longer reads a socket whose host half-closed it. Before, an error is the relay's
+/// to find, after the bytes that came before it.
+async fn relay_until_failed(
+    watch: &TcpStream,
+    plain_ended: &Notify,
+    relay: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
     let failed = async {
+        plain_ended.notified().await;
+        // ERROR readiness is only ever reported with the error bit set.
         match watch.ready(Interest::ERROR).await {
             Ok(_) => watch.take_error().ok().flatten().unwrap_or_else(|| io::Error::other("socket error")),
             Err(e) => e,
@@ -231,42 +244,60 @@ async fn relay_until_failed(watch: &TcpStream, relay: impl Future<Output = io::R
     }
 }
 
-/// SO_LINGER with a zero timeout: closing the socket sends a reset (MPTCP: a fast close) instead of a FIN.
-fn reset_on_close(socket: RawFd) -> io::Result<()> {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt with a pointer to a linger struct that lives across the call; `socket` is open,
-    // owned by a stream the caller still holds.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+/// Waits until `socket` has sent everything and had it acknowledged, or is closed (a reset empties it).
+async fn drained(socket: &TcpStream) {
+    loop {
+        let mut unacked: libc::c_int = 0;
+        // SAFETY: ioctl(SIOCOUTQ) writes one int, which lives across the call.
+        let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) };
+        if rc != 0 || unacked == 0 || matches!(socket.take_error(), Ok(Some(_))) || tcp_state(socket) == TCP_CLOSE {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// Copies both ways through bounded buffers.
-async fn relay<A, B>(near: &mut A, far: &mut B, counts: [&AtomicU64; 2]) -> io::Result<()>
+/// linux/tcp_states.h
+const TCP_CLOSE: u8 = 7;
+
+/// The TCP state of `socket` (`tcpi_state`, TCP_INFO's first byte); TCP_CLOSE where it cannot be read.
+fn tcp_state(socket: &TcpStream) -> u8 {
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which lives across the call.
+    let rc = unsafe {
+        libc::getsockopt(socket.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
+    };
+    if rc == 0 {
+        info[0]
+    } else {
+        TCP_CLOSE
+    }
+}
+
+/// SO_LINGER with a zero timeout: closing the socket sends a reset (MPTCP: a fast close) instead of a FIN.
+fn reset_on_close(socket: RawFd) -> io::Result<()> {
+    // `socket` is open: the stream that owns it is the caller's until after this call.
+    set_option(&socket, libc::SOL_SOCKET, libc::SO_LINGER, libc::linger { l_onoff: 1, l_linger: 0 })
+}
+
+/// Copies both ways through bounded buffers; `plain_ended` is told when `plain`'s host half-closed.
+async fn relay<A, B>(plain: &mut A, lane: &mut B, plain_ended: &Notify, counts: [&AtomicU64; 2]) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut near = CountedReads { inner: near, count: counts[0] };
-    let mut far = CountedReads { inner: far, count: counts[1] };
-    tokio::io::copy_bidirectional_with_sizes(&mut near, &mut far, COPY_BUFFER, COPY_BUFFER).await.map(|_| ())
+    let mut plain = CountedReads { inner: plain, count: counts[0], ended: Some(plain_ended) };
+    let mut lane = CountedReads { inner: lane, count: counts[1], ended: None };
+    tokio::io::copy_bidirectional_with_sizes(&mut plain, &mut lane, COPY_BUFFER, COPY_BUFFER).await.map(|_| ())
 }
 
-/// A stream whose reads add the bytes they return to `count`; writes pass through.
+/// A stream whose reads add the bytes they return to `count`, and tell `ended` of the end of the stream;
+/// writes pass through.
 struct CountedReads<'a, S> {
     inner: S,
     count: &'a AtomicU64,
+    ended: Option<&'a Notify>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for CountedReads<'_, S> {
@@ -274,22 +305,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for CountedReads<'_, S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.count.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        let read = buf.filled().len() - before;
+        this.count.fetch_add(read as u64, Ordering::Relaxed);
+        if let (Poll::Ready(Ok(())), 0, Some(ended)) = (&polled, read, this.ended) {
+            if buf.remaining() > 0 {
+                ended.notify_one();
+            }
+        }
         polled
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for CountedReads<'_, S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
+writes_pass_through!([S: AsyncWrite + Unpin] CountedReads<'_, S>);
 
 /// Called when lane connections to the peer keep falling back to plain TCP (see `fell_back_to_tcp`).
 pub type FallbackNotice = Box<dyn Fn() + Send + Sync>;
@@ -376,8 +403,7 @@ impl LaneDialer {
                 return Err(e);
             }
         };
-        let lane_socket = tls.get_ref().0.as_raw_fd();
-        carry_both_ways(lan, tls, lane_socket, [&counters.bytes_out, &counters.bytes_in]).await
+        carry_both_ways(lan, tls, [&counters.bytes_out, &counters.bytes_in]).await
     }
 }
 
@@ -526,8 +552,7 @@ async fn take_lane_connection(
     };
     counters.bytes_out.fetch_add((filled - used) as u64, Ordering::Relaxed);
     counters.active.fetch_add(1, Ordering::Relaxed);
-    let lane_socket = tls.get_ref().0.as_raw_fd();
-    let _ = carry_both_ways(out, tls, lane_socket, [&counters.bytes_in, &counters.bytes_out]).await;
+    let _ = carry_both_ways(out, tls, [&counters.bytes_in, &counters.bytes_out]).await;
     counters.active.fetch_sub(1, Ordering::Relaxed);
     Ok(())
 }

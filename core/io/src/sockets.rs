@@ -8,14 +8,24 @@ use std::os::fd::AsRawFd;
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
 pub(crate) fn set_int(sock: &impl AsRawFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: setsockopt with a pointer to an int that lives across the call.
+    set_option(sock, level, opt, value)
+}
+
+/// setsockopt(2) with a plain value the kernel reads as is (an int, a `linger`).
+pub(crate) fn set_option<T: Copy>(
+    sock: &impl AsRawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: T,
+) -> io::Result<()> {
+    // SAFETY: setsockopt with a pointer to a value that lives across the call, and its size.
     let rc = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
             level,
             opt,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (&value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {
