@@ -240,8 +240,10 @@ def test_a_read_only_state_dir_at_start_is_an_error_naming_it(lab: Lab, tmp_path
     assert f"quicether: error: cannot create the API socket {a.state_dir / 'api.sock'}: Read-only file system" \
         in text, text
     assert "Traceback" not in text, text
-    # What it had set up before it failed is gone (the TUN device, with it its routes).
-    assert a.tun not in a.ns.ip("-o", "link", "show").stdout
+    # What it had set up before it failed is gone (the TUN device, with it its routes). By name: the text
+    # also names the lab's namespaces ("link-netns qe0…"), which can start with the TUN's name.
+    links = {line.split(":")[1].strip().partition("@")[0] for line in a.ns.ip("-o", "link", "show").stdout.splitlines()}
+    assert a.tun not in links, links
 
 
 def _router(lab: Lab, tmp_path: Path, **lan: Any) -> tuple[qe.NodeSpec, Namespace]:
