@@ -155,13 +155,14 @@ impl Path {
         }
     }
 
-    /// Hands a DATA frame to quinn (a cheap clone of `datagram` stays with the caller, to record it);
-    /// counted in this path's tx counters if quinn took it.
-    pub fn send_data(&self, datagram: &Bytes) -> bool {
-        if self.conn.send_datagram(datagram.clone()).is_err() {
+    /// Hands a DATA frame to quinn (the caller keeps a clone of it, to record it); counted in this path's
+    /// tx counters if quinn took it.
+    pub fn send_data(&self, datagram: Bytes) -> bool {
+        let len = datagram.len();
+        if self.conn.send_datagram(datagram).is_err() {
             return false;
         }
-        Counters::count(&self.counters.tx_packets, &self.counters.tx_bytes, datagram.len());
+        Counters::count(&self.counters.tx_packets, &self.counters.tx_bytes, len);
         true
     }
 

@@ -7,18 +7,22 @@
 //! path where each arrives first.
 
 use std::io::{self, Read};
+use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use quicether_proto::allowed_ips::packet_addrs;
 use quicether_proto::bond_send::Resend;
 use quicether_proto::classify::mode_for;
 use quicether_proto::frame::DATA_HEADER_LEN;
 use quicether_proto::offload::{split, VnetHdr, F_NEEDS_CSUM, GSO_NONE};
-use quicether_proto::scheduler::{choose, Choice, Mode, PathView};
+use quicether_proto::scheduler::{choose, Batch, Choice, Mode, PathView};
 use tokio::io::Interest;
 
 use crate::peer::{Event, Path, Peer, Shared};
+use crate::peers::PeerTable;
 
 /// Bytes reserved per read: an inner packet, or with TSO a super-packet of at most 64 KB, after the
 /// virtio-net header.
@@ -30,8 +34,9 @@ const VIEWS_ON_STACK: usize = 8;
 pub async fn tun_reader(shared: Arc<Shared>) {
     let mut buf = vec![0u8; READ_BUFFER];
     let header_len = shared.tun.header_len();
-    // The segments of one super-packet, back to back, and their lengths (reused: no allocation per read).
+    // The packets of one read, back to back, and where each is (reused: no allocation per read).
     let (mut segments, mut lens) = (Vec::with_capacity(READ_BUFFER + 4096), Vec::new());
+    let mut spans = Vec::new();
     loop {
         // ERROR too: a deleted device reports only EPOLLERR, which would never wake a readable() wait.
         let n = match shared.tun.fd.ready(Interest::READABLE | Interest::ERROR).await {
@@ -45,40 +50,67 @@ pub async fn tun_reader(shared: Arc<Shared>) {
             },
             Err(e) => return tun_failed(&shared, e),
         };
+        spans.clear();
         if header_len == 0 {
-            route(&shared, &buf[..n]);
+            spans.push(0..n);
+            route(&shared, &buf, &spans);
             continue;
         }
         let Some(hdr) = VnetHdr::parse(&buf[..n]) else { continue };
-        let packet = &mut buf[header_len..n];
         if hdr.gso_type == GSO_NONE && hdr.flags & F_NEEDS_CSUM == 0 {
-            route(&shared, packet);
+            spans.push(header_len..n);
+            route(&shared, &buf, &spans);
             continue;
         }
         segments.clear();
         lens.clear();
-        if split(&hdr, packet, &mut segments, &mut lens).is_err() {
+        if split(&hdr, &mut buf[header_len..n], &mut segments, &mut lens).is_err() {
             shared.tun.unsplittable.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let mut at = 0;
         for &len in &lens {
-            route(&shared, &segments[at..at + len]);
+            spans.push(at..at + len);
             at += len;
         }
+        route(&shared, &segments, &spans);
     }
 }
 
-/// Sends one inner packet to the peer its destination belongs to (counted if none).
-fn route(shared: &Shared, packet: &[u8]) {
-    let Some((_, dst)) = packet_addrs(packet) else {
-        return;
-    };
+/// Sends the inner packets of one TUN read (`spans` of `bytes`, in order) to the peers their destinations
+/// belong to (counted if none). A super-packet's segments share a destination: they go as one batch.
+fn route(shared: &Shared, bytes: &[u8], spans: &[Range<usize>]) {
     let table = shared.table.read().unwrap();
+    let now_us = shared.now_us();
+    let mut run_start = 0;
+    let mut run_dst = None;
+    for (i, span) in spans.iter().enumerate() {
+        let dst = packet_addrs(&bytes[span.clone()]).map(|(_, dst)| dst);
+        if i > run_start && dst != run_dst {
+            send_run(shared, &table, run_dst, bytes, &spans[run_start..i], now_us);
+            run_start = i;
+        }
+        run_dst = dst;
+    }
+    if run_start < spans.len() {
+        send_run(shared, &table, run_dst, bytes, &spans[run_start..], now_us);
+    }
+}
+
+/// Packets to one destination `dst` (none: not IP, dropped uncounted) to the peer it belongs to.
+fn send_run(
+    shared: &Shared,
+    table: &PeerTable,
+    dst: Option<IpAddr>,
+    bytes: &[u8],
+    spans: &[Range<usize>],
+    now_us: u64,
+) {
+    let Some(dst) = dst else { return };
     match table.route(dst) {
-        Some(peer) => send_to_peer(peer, packet, shared.now_us()),
+        Some(peer) => send_to_peer(peer, bytes, spans, now_us),
         None => {
-            shared.no_route.fetch_add(1, Ordering::Relaxed);
+            shared.no_route.fetch_add(spans.len() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -87,48 +119,124 @@ fn tun_failed(shared: &Shared, e: io::Error) {
     shared.emit(Event::TunFailed { error: format!("reading the TUN device failed: {e}") });
 }
 
-fn send_to_peer(peer: &Peer, packet: &[u8], now_us: u64) {
+/// One packet's scheduling decision in a batch: the packet, and its paths (indices into the peer's
+/// paths) if it is to be sent.
+struct Planned {
+    span: Range<usize>,
+    targets: Targets,
+}
+
+enum Targets {
+    One(usize),
+    Each(Vec<usize>),
+    /// Dropped: the peer has no path.
+    NoPath,
+    /// Dropped: every usable path's queue is full.
+    QueueFull,
+}
+
+/// Sends inner packets (`spans` of `bytes`) to `peer`, each as one bond sequence number on the path(s) the
+/// scheduler chose for it. One look at the paths, one framing and one recording under the sender's lock
+/// serve the whole batch; each frame is handed to quinn on its own (quinn takes one datagram per call).
+fn send_to_peer(peer: &Peer, bytes: &[u8], spans: &[Range<usize>], now_us: u64) {
     let paths = peer.paths.read().unwrap();
-    let len = DATA_HEADER_LEN + packet.len();
+    let plan = plan(peer, &paths, bytes, spans);
+    // Every frame of the batch in one allocation.
+    let frames_len: usize = plan
+        .iter()
+        .map(|p| match &p.targets {
+            Targets::One(_) => DATA_HEADER_LEN + p.span.len(),
+            Targets::Each(list) => list.len() * (DATA_HEADER_LEN + p.span.len()),
+            Targets::NoPath | Targets::QueueFull => 0,
+        })
+        .sum();
+    let mut frames = BytesMut::with_capacity(frames_len);
+    // (packet index in `plan`, path index, sequence number, frame for quinn, frame), in sending order.
+    let mut framed = Vec::with_capacity(plan.len());
+    {
+        let mut sender = peer.sender.lock().unwrap();
+        for (k, planned) in plan.iter().enumerate() {
+            let targets = match &planned.targets {
+                Targets::One(i) => std::slice::from_ref(i),
+                Targets::Each(list) => &list[..],
+                // Dropped before taking a sequence number: the receiver sees no gap to wait for.
+                Targets::NoPath | Targets::QueueFull => continue,
+            };
+            let seq = sender.take_seq();
+            let packet = &bytes[planned.span.clone()];
+            for &i in targets {
+                let frame = sender.frame_data_into(paths[i].id, seq, packet, &mut frames);
+                // quinn's clone taken here, not when handing it over: the frames share one reference
+                // count, which quinn's driver thread decrements as it sends them; counting up while it
+                // counts down would move that cache line between the cores for every frame.
+                framed.push((k, i, seq, frame.clone(), frame));
+            }
+        }
+    }
+    // Whether quinn took at least one copy of each planned packet.
+    let mut taken = vec![false; plan.len()];
+    let mut sent = Vec::with_capacity(framed.len());
+    for (k, i, seq, for_quinn, datagram) in framed {
+        if paths[i].send_data(for_quinn) {
+            taken[k] = true;
+            sent.push((paths[i].id, seq, datagram));
+        }
+    }
+    if !sent.is_empty() {
+        let mut sender = peer.sender.lock().unwrap();
+        for (path, seq, datagram) in sent {
+            sender.handle_sent(path, seq, datagram, now_us);
+        }
+    }
+    for (planned, taken) in plan.iter().zip(taken) {
+        match planned.targets {
+            Targets::NoPath => drop_counted(peer, None),
+            Targets::QueueFull => drop_counted(peer, Some(&peer.counters.tx_queue_full)),
+            _ if taken => {
+                crate::peer::Counters::count(&peer.counters.tx_packets, &peer.counters.tx_bytes, planned.span.len());
+            }
+            _ => drop_counted(peer, Some(&peer.counters.tx_refused)),
+        }
+    }
+}
+
+/// The scheduler's decision for each packet of a batch, from one snapshot of `paths` (`scheduler::Batch`).
+fn plan(peer: &Peer, paths: &[Arc<Path>], bytes: &[u8], spans: &[Range<usize>]) -> Vec<Planned> {
+    let planned = |span: &Range<usize>, targets| Planned { span: span.clone(), targets };
+    if paths.is_empty() {
+        return spans.iter().map(|span| planned(span, Targets::NoPath)).collect();
+    }
     // Even with one path the scheduler decides: its queue limit turns a queue the outer congestion
     // control cannot drain into drops the inner TCP reacts to, instead of ever-growing latency.
-    let choice = if paths.is_empty() {
-        Choice::Drop
-    } else {
-        let mode = {
-            let policy = peer.policy.read().unwrap();
-            mode_for(packet, &policy.rules, policy.bulk_mode, policy.realtime_mode)
-        };
-        // On the stack for the usual few paths: this runs for every packet (a Vec here showed in profiles).
-        let mut on_stack = [PathView::default(); VIEWS_ON_STACK];
-        let heap: Vec<PathView>;
-        let views: &[PathView] = if paths.len() <= VIEWS_ON_STACK {
-            for (view, path) in on_stack.iter_mut().zip(paths.iter()) {
-                *view = path.view();
-            }
-            &on_stack[..paths.len()]
-        } else {
-            heap = paths.iter().map(|p| p.view()).collect();
-            &heap
-        };
-        match choose(mode, views, len) {
-            // No path is up: try them all rather than drop; whichever still works carries it.
-            Choice::Drop => Choice::Each((0..paths.len()).collect()),
-            c => c,
+    // On the stack for the usual few paths.
+    let mut on_stack = [PathView::default(); VIEWS_ON_STACK];
+    let mut heap: Vec<PathView>;
+    let views: &mut [PathView] = if paths.len() <= VIEWS_ON_STACK {
+        for (view, path) in on_stack.iter_mut().zip(paths.iter()) {
+            *view = path.view();
         }
-    };
-    let targets = match &choice {
-        Choice::One(i) => std::slice::from_ref(i),
-        Choice::Each(list) => &list[..],
-        // Dropped before taking a sequence number: the receiver sees no gap to wait for.
-        Choice::Drop => return drop_counted(peer, None),
-        Choice::Congested => return drop_counted(peer, Some(&peer.counters.tx_queue_full)),
-    };
-    if send_data(peer, &paths, targets, packet, now_us) {
-        crate::peer::Counters::count(&peer.counters.tx_packets, &peer.counters.tx_bytes, packet.len());
+        &mut on_stack[..paths.len()]
     } else {
-        drop_counted(peer, Some(&peer.counters.tx_refused));
-    }
+        heap = paths.iter().map(|p| p.view()).collect();
+        &mut heap
+    };
+    let mut batch = Batch::new(views);
+    let policy = peer.policy.read().unwrap();
+    spans
+        .iter()
+        .map(|span| {
+            let packet = &bytes[span.clone()];
+            let mode = mode_for(packet, &policy.rules, policy.bulk_mode, policy.realtime_mode);
+            let targets = match batch.choose(mode, DATA_HEADER_LEN + packet.len()) {
+                Choice::One(i) => Targets::One(i),
+                Choice::Each(list) => Targets::Each(list),
+                // No path is up: try them all rather than drop; whichever still works carries it.
+                Choice::Drop => Targets::Each((0..paths.len()).collect()),
+                Choice::Congested => Targets::QueueFull,
+            };
+            planned(span, targets)
+        })
+        .collect()
 }
 
 /// Counts an outbound packet dropped, and its cause (none: no path; `Peer::drops` tells it by elimination).
@@ -137,28 +245,6 @@ fn drop_counted(peer: &Peer, cause: Option<&AtomicU64>) {
     if let Some(counter) = cause {
         counter.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// Sends inner `packet` as one bond sequence number on `paths[i]` for each `i` in `targets` (several:
-/// redundant mode, every copy must go out: all are tried). True if quinn took at least one copy.
-fn send_data(peer: &Peer, paths: &[Arc<Path>], targets: &[usize], packet: &[u8], now_us: u64) -> bool {
-    let Some((&first_target, others)) = targets.split_first() else { return false };
-    let (seq, first, copies) = {
-        let mut sender = peer.sender.lock().unwrap();
-        let seq = sender.take_seq();
-        let first = sender.frame_data(paths[first_target].id, seq, packet);
-        // Empty in the usual single-path case: no allocation.
-        let copies: Vec<_> = others.iter().map(|&i| sender.frame_data(paths[i].id, seq, packet)).collect();
-        (seq, first, copies)
-    };
-    let mut sent = false;
-    for (&i, datagram) in targets.iter().zip(std::iter::once(first).chain(copies)) {
-        if paths[i].send_data(&datagram) {
-            peer.sender.lock().unwrap().handle_sent(paths[i].id, seq, datagram, now_us);
-            sent = true;
-        }
-    }
-    sent
 }
 
 impl Peer {
@@ -196,7 +282,7 @@ impl Peer {
             let views: Vec<_> =
                 paths.iter().map(|p| if Some(p.id) == exclude { PathView::default() } else { p.view() }).collect();
             let carrier = match choose(Mode::Aggregate, &views, datagram.len()) {
-                Choice::One(i) if paths[i].send_data(&datagram) => Some(paths[i].id),
+                Choice::One(i) if paths[i].send_data(datagram.clone()) => Some(paths[i].id),
                 _ => None,
             };
             match (carrier, exclude) {

@@ -86,6 +86,20 @@ impl BondSender {
     /// sequence number framed for this path, so the receiver tells a loss on this path at once; the
     /// frame counts as this path's previous one from now on, whether quinn takes it or not.
     pub fn frame_data(&mut self, path: u64, seq: u64, packet: &[u8]) -> Bytes {
+        let mut datagram = BytesMut::with_capacity(DATA_HEADER_LEN + packet.len());
+        self.write_frame(path, seq, packet, &mut datagram);
+        datagram.freeze()
+    }
+
+    /// As `frame_data`, written at the end of `frames` and split off it: the frames of a batch share
+    /// one allocation (reserve their bytes first), and the clones for quinn and the resend memory only
+    /// count references to it. The allocation is freed when its last frame is.
+    pub fn frame_data_into(&mut self, path: u64, seq: u64, packet: &[u8], frames: &mut BytesMut) -> Bytes {
+        self.write_frame(path, seq, packet, frames);
+        frames.split().freeze()
+    }
+
+    fn write_frame(&mut self, path: u64, seq: u64, packet: &[u8], out: &mut BytesMut) {
         let prev = match self.last_on_path.iter_mut().find(|(p, _)| *p == path) {
             Some((_, last)) => Some(std::mem::replace(last, seq)),
             None => {
@@ -93,10 +107,8 @@ impl BondSender {
                 None
             }
         };
-        let mut datagram = BytesMut::with_capacity(DATA_HEADER_LEN + packet.len());
-        datagram.put_slice(&encode_data_header(seq, prev));
-        datagram.put_slice(packet);
-        datagram.freeze()
+        out.put_slice(&encode_data_header(seq, prev));
+        out.put_slice(packet);
     }
 
     /// A probe for path health with id `id`, carrying the next sequence number.
@@ -196,6 +208,26 @@ mod tests {
         let fifth = s.take_seq();
         assert_eq!(data(&s.frame_data(PATH_A, fifth, b"p4")).1, None);
         assert_eq!(data(&s.frame_data(PATH_B, fifth, b"p4")).1, Some(fourth));
+    }
+
+    #[test]
+    fn frames_of_a_batch_share_one_buffer_and_read_as_single_ones() {
+        let (mut batched, mut single) = (BondSender::new(5), BondSender::new(5));
+        let packets: [&[u8]; 3] = [b"first", b"second", b"third"];
+        let mut frames = BytesMut::with_capacity(packets.iter().map(|p| DATA_HEADER_LEN + p.len()).sum());
+        let start = frames.as_ptr();
+        for (i, packet) in packets.iter().enumerate() {
+            let path = if i == 1 { PATH_B } else { PATH_A };
+            let (a, b) = (batched.take_seq(), single.take_seq());
+            let frame = batched.frame_data_into(path, a, packet, &mut frames);
+            assert_eq!(frame, single.frame_data(path, b, packet), "frame {i}");
+            if i == 0 {
+                assert_eq!(frame.as_ptr(), start, "written into the batch's buffer");
+            }
+            batched.handle_sent(path, a, frame, 0);
+        }
+        assert!(frames.is_empty());
+        assert_eq!(data(&batched.handle_nacks(&[batched.next_seq() - 1])[0].sent).2, b"third".to_vec());
     }
 
     #[test]

@@ -123,23 +123,57 @@ fn earliest_arrival(paths: &[PathView], candidates: &[usize], len: u64) -> Choic
         .map_or(Choice::Congested, Choice::One)
 }
 
+/// The path(s) for one packet of `len` bytes (see the module comment); `paths` is not changed.
 pub fn choose(mode: Mode, paths: &[PathView], len: usize) -> Choice {
-    let candidates = usable(paths);
+    choose_among(mode, paths, &usable(paths), len)
+}
+
+fn choose_among(mode: Mode, paths: &[PathView], candidates: &[usize], len: usize) -> Choice {
     if candidates.is_empty() {
         return Choice::Drop;
     }
     let len = len as u64;
     match mode {
-        Mode::Redundant => Choice::Each(candidates),
-        Mode::Aggregate => earliest_arrival(paths, &candidates, len),
+        Mode::Redundant => Choice::Each(candidates.to_vec()),
+        Mode::Aggregate => earliest_arrival(paths, candidates, len),
         Mode::LowestRtt => {
             let fastest = candidates.iter().copied().min_by_key(|&i| (paths[i].srtt_us, i)).expect("non-empty");
             if paths[fastest].queue_delay_us(len) <= SPILL_QUEUE_DELAY_US && !paths[fastest].full(len) {
                 Choice::One(fastest)
             } else {
-                earliest_arrival(paths, &candidates, len)
+                earliest_arrival(paths, candidates, len)
             }
         }
+    }
+}
+
+/// Choices for packets that arrive together (the segments of one TUN super-packet), from one snapshot of
+/// the paths: the usable ones are found once, and each choice adds its packet to the chosen queues, so
+/// the next packet of the batch sees them as the driver would after handing this one to quinn. Taking a
+/// snapshot per packet costs a lock of each path's connection per packet (shared with its driver task).
+pub struct Batch<'a> {
+    paths: &'a mut [PathView],
+    candidates: Vec<usize>,
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(paths: &'a mut [PathView]) -> Self {
+        let candidates = usable(paths);
+        Self { paths, candidates }
+    }
+
+    /// As `choose` for the next packet; the chosen paths' queues grow by `len`.
+    pub fn choose(&mut self, mode: Mode, len: usize) -> Choice {
+        let choice = choose_among(mode, self.paths, &self.candidates, len);
+        let targets = match &choice {
+            Choice::One(i) => std::slice::from_ref(i),
+            Choice::Each(list) => &list[..],
+            Choice::Drop | Choice::Congested => &[],
+        };
+        for &i in targets {
+            self.paths[i].queued_bytes += len as u64;
+        }
+        choice
     }
 }
 
@@ -216,6 +250,40 @@ mod tests {
         assert_eq!(light[1], 0);
         let heavy = simulate(Mode::LowestRtt, &mut paths, 20_000, 100); // 112 Mbit/s
         assert!(heavy[1] > heavy[0], "{heavy:?}");
+    }
+
+    #[test]
+    fn a_batch_chooses_as_choose_would_with_each_packet_queued() {
+        let start = [path(100, 10), path(50, 12), path(20, 60)];
+        let mut by_hand = start;
+        let mut expected = Vec::new();
+        for _ in 0..3000 {
+            let choice = choose(Mode::Aggregate, &by_hand, 1400);
+            if let Choice::One(i) = choice {
+                by_hand[i].queued_bytes += 1400;
+            }
+            expected.push(choice);
+        }
+        let mut views = start;
+        let mut batch = Batch::new(&mut views);
+        let got: Vec<_> = (0..3000).map(|_| batch.choose(Mode::Aggregate, 1400)).collect();
+        assert_eq!(got, expected);
+        // The queues fill to their limits: the end of such a batch is dropped as on a full link.
+        assert_eq!(got.last(), Some(&Choice::Congested));
+        assert!(got.iter().filter(|c| matches!(c, Choice::One(2))).count() > 0, "the slow path gets a share");
+        assert!(views.iter().all(|v| v.queued_bytes <= v.queue_limit), "{views:?}");
+    }
+
+    #[test]
+    fn a_batch_queues_a_redundant_copy_on_every_path_and_nothing_without_paths() {
+        let mut views = [path(10, 10), path(10, 20)];
+        let mut batch = Batch::new(&mut views);
+        assert_eq!(batch.choose(Mode::Redundant, 100), Choice::Each(vec![0, 1]));
+        assert_eq!(views[0].queued_bytes, 100);
+        assert_eq!(views[1].queued_bytes, 100);
+        let mut down = [PathView::default()];
+        assert_eq!(Batch::new(&mut down).choose(Mode::Aggregate, 100), Choice::Drop);
+        assert_eq!(down[0].queued_bytes, 0);
     }
 
     #[test]
