@@ -136,44 +136,54 @@ enum Targets {
     QueueFull,
 }
 
+impl Targets {
+    /// The paths to send on (none if dropped).
+    fn paths(&self) -> &[usize] {
+        match self {
+            Targets::One(i) => std::slice::from_ref(i),
+            Targets::Each(list) => list,
+            Targets::NoPath | Targets::QueueFull => &[],
+        }
+    }
+}
+
 /// Sends inner packets (`spans` of `bytes`) to `peer`, each as one bond sequence number on the path(s) the
 /// scheduler chose for it. One look at the paths, one framing and one recording under the sender's lock
 /// serve the whole batch; each frame is handed to quinn on its own (quinn takes one datagram per call).
 fn send_to_peer(peer: &Peer, bytes: &[u8], spans: &[Range<usize>], now_us: u64) {
     let paths = peer.paths.read().unwrap();
     let plan = plan(peer, &paths, bytes, spans);
-    // Every frame of the batch in one allocation.
-    let frames_len: usize = plan
-        .iter()
-        .map(|p| match &p.targets {
-            Targets::One(_) => DATA_HEADER_LEN + p.span.len(),
-            Targets::Each(list) => list.len() * (DATA_HEADER_LEN + p.span.len()),
-            Targets::NoPath | Targets::QueueFull => 0,
-        })
-        .sum();
-    let mut frames = BytesMut::with_capacity(frames_len);
+    // The batch's frames for each path in one allocation of its own: a frame waiting in a slow path's
+    // queue keeps only that path's frames of the batch in memory, not the whole batch.
+    let mut frame_bytes = vec![0; paths.len()];
+    for planned in &plan {
+        for &i in planned.targets.paths() {
+            frame_bytes[i] += DATA_HEADER_LEN + planned.span.len();
+        }
+    }
+    let mut frames: Vec<BytesMut> = frame_bytes.into_iter().map(BytesMut::with_capacity).collect();
     // (packet index in `plan`, path index, sequence number, frame for quinn, frame), in sending order.
     let mut framed = Vec::with_capacity(plan.len());
     {
         let mut sender = peer.sender.lock().unwrap();
         for (k, planned) in plan.iter().enumerate() {
-            let targets = match &planned.targets {
-                Targets::One(i) => std::slice::from_ref(i),
-                Targets::Each(list) => &list[..],
-                // Dropped before taking a sequence number: the receiver sees no gap to wait for.
-                Targets::NoPath | Targets::QueueFull => continue,
-            };
+            let targets = planned.targets.paths();
+            // Dropped before taking a sequence number: the receiver sees no gap to wait for.
+            if targets.is_empty() {
+                continue;
+            }
             let seq = sender.take_seq();
             let packet = &bytes[planned.span.clone()];
             for &i in targets {
-                let frame = sender.frame_data_into(paths[i].id, seq, packet, &mut frames);
-                // quinn's clone taken here, not when handing it over: the frames share one reference
+                let frame = sender.frame_data_into(paths[i].id, seq, packet, &mut frames[i]);
+                // quinn's clone taken here, not when handing it over: a path's frames share one reference
                 // count, which quinn's driver thread decrements as it sends them; counting up while it
                 // counts down would move that cache line between the cores for every frame.
                 framed.push((k, i, seq, frame.clone(), frame));
             }
         }
     }
+    let last_seq = framed.last().map(|&(_, _, seq, _, _)| seq);
     // Whether quinn took at least one copy of each planned packet.
     let mut taken = vec![false; plan.len()];
     let mut sent = Vec::with_capacity(framed.len());
@@ -183,11 +193,13 @@ fn send_to_peer(peer: &Peer, bytes: &[u8], spans: &[Range<usize>], now_us: u64) 
             sent.push((paths[i].id, seq, datagram));
         }
     }
-    if !sent.is_empty() {
+    if let Some(last_seq) = last_seq {
         let mut sender = peer.sender.lock().unwrap();
         for (path, seq, datagram) in sent {
             sender.handle_sent(path, seq, datagram, now_us);
         }
+        // Probes may now tell the peer that every path passed these numbers.
+        sender.handed_over(last_seq.wrapping_add(1));
     }
     for (planned, taken) in plan.iter().zip(taken) {
         match planned.targets {

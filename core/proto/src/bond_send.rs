@@ -35,7 +35,8 @@ pub struct Resend {
 impl Resend {
     /// The frame to send: the one sent before, its gap field cleared (the previous frame it names was on
     /// the first path and says nothing about the new one; the receiver would wait for a gap that is not
-    /// there). Copies only if the old frame is still shared (quinn's queue, the resend memory).
+    /// there). Copies only if the old frame is still shared (quinn's queue, the resend memory, the other
+    /// frames framed into the same buffer).
     pub fn into_datagram(self) -> Bytes {
         let mut frame = self.sent.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         clear_data_gap(&mut frame);
@@ -46,6 +47,10 @@ impl Resend {
 pub struct BondSender {
     /// Bond sequence number of the next inner packet.
     next_seq: u64,
+    /// Every number below this was handed to quinn (or refused by it) on each of its paths: what probes
+    /// carry. A driver that takes the numbers of a batch before handing its frames over must not have a
+    /// probe, queued on a path in between, claim the batch's frames on that path came before it.
+    handed_seq: u64,
     /// (path, sequence number of the last DATA frame framed for it); a few paths per peer: a scan beats
     /// a hash. A path is here from its first frame until `handle_path_closed`.
     last_on_path: Vec<(u64, u64)>,
@@ -61,8 +66,10 @@ impl BondSender {
 
     /// As `new`, with the resend memory reaching back `window_us` and holding at most `max_bytes`.
     pub fn with_resend_limits(random: u64, window_us: u64, max_bytes: usize) -> Self {
+        let first = random % (u64::MAX / 2) + RESYNC_DISTANCE;
         Self {
-            next_seq: random % (u64::MAX / 2) + RESYNC_DISTANCE,
+            next_seq: first,
+            handed_seq: first,
             last_on_path: Vec::new(),
             memory: ResendMemory::with_limits(window_us, max_bytes),
         }
@@ -91,9 +98,9 @@ impl BondSender {
         datagram.freeze()
     }
 
-    /// As `frame_data`, written at the end of `frames` and split off it: the frames of a batch share
-    /// one allocation (reserve their bytes first), and the clones for quinn and the resend memory only
-    /// count references to it. The allocation is freed when its last frame is.
+    /// As `frame_data`, written at the end of `frames` and split off it: frames written into one buffer
+    /// share its allocation (reserve their bytes first), and the clones for quinn and the resend memory
+    /// only count references to it. The allocation is freed when its last frame is.
     pub fn frame_data_into(&mut self, path: u64, seq: u64, packet: &[u8], frames: &mut BytesMut) -> Bytes {
         self.write_frame(path, seq, packet, frames);
         frames.split().freeze()
@@ -111,9 +118,15 @@ impl BondSender {
         out.put_slice(packet);
     }
 
-    /// A probe for path health with id `id`, carrying the next sequence number.
+    /// The frames of every number below `seq` were handed to quinn (those it refused are gone for good).
+    pub fn handed_over(&mut self, seq: u64) {
+        self.handed_seq = self.handed_seq.max(seq);
+    }
+
+    /// A probe for path health with id `id`, carrying the first sequence number not yet handed over: the
+    /// path has passed every earlier one.
     pub fn probe(&self, id: u32) -> Bytes {
-        Bytes::copy_from_slice(&encode_probe(id, self.next_seq))
+        Bytes::copy_from_slice(&encode_probe(id, self.handed_seq))
     }
 
     /// DATA frame `seq` (`datagram`, from `frame_data` or a `Resend`) was handed to quinn on path `path`
@@ -202,7 +215,13 @@ mod tests {
         assert_eq!(data(&s.frame_data(PATH_A, fourth, b"p3")).1, Some(third));
         assert_eq!(data(&s.frame_data(PATH_B, fourth, b"p3")).1, Some(second));
         assert_eq!(s.next_seq(), fourth + 1);
+        // A probe names only numbers whose frames were handed over: one queued before them on a path must
+        // not make the receiver count them as lost there.
+        assert_eq!(parse(&s.probe(9)), Some(Frame::Probe { id: 9, next_seq: first }));
+        s.handed_over(fourth + 1);
         assert_eq!(parse(&s.probe(9)), Some(Frame::Probe { id: 9, next_seq: fourth + 1 }));
+        s.handed_over(third);
+        assert_eq!(parse(&s.probe(9)), Some(Frame::Probe { id: 9, next_seq: fourth + 1 }), "never back");
         // A closed path is forgotten: a path with the same id (ids are not reused in io) starts afresh.
         s.handle_path_closed(PATH_A);
         let fifth = s.take_seq();
@@ -215,18 +234,18 @@ mod tests {
         let (mut batched, mut single) = (BondSender::new(5), BondSender::new(5));
         let packets: [&[u8]; 3] = [b"first", b"second", b"third"];
         let mut frames = BytesMut::with_capacity(packets.iter().map(|p| DATA_HEADER_LEN + p.len()).sum());
-        let start = frames.as_ptr();
+        let start = frames.as_ptr() as usize;
+        let mut offset = 0;
         for (i, packet) in packets.iter().enumerate() {
             let path = if i == 1 { PATH_B } else { PATH_A };
             let (a, b) = (batched.take_seq(), single.take_seq());
             let frame = batched.frame_data_into(path, a, packet, &mut frames);
             assert_eq!(frame, single.frame_data(path, b, packet), "frame {i}");
-            if i == 0 {
-                assert_eq!(frame.as_ptr(), start, "written into the batch's buffer");
-            }
+            assert_eq!(frame.as_ptr() as usize, start + offset, "frame {i} written into the batch's buffer");
+            offset += frame.len();
             batched.handle_sent(path, a, frame, 0);
         }
-        assert!(frames.is_empty());
+        assert_eq!(frames.capacity(), 0, "the reservation was used up exactly");
         assert_eq!(data(&batched.handle_nacks(&[batched.next_seq() - 1])[0].sent).2, b"third".to_vec());
     }
 
