@@ -87,6 +87,33 @@ def test_iperf3_tcp_and_udp_through_the_tunnel(pair: Pair) -> None:
     assert pair.a.status()["peers"][0]["tx_bytes"] > 2 * 50e6 / 8
 
 
+def test_a_jumbo_path_mtu_carries_bulk_traffic_in_gso_sends_the_kernel_takes(lab: Lab, tmp_path: Path) -> None:
+    # At path MTU 9000 a QUIC datagram is 8972 bytes: one GSO send carries at most 7 of them (64 KB). More
+    # in one send, as quinn would ask for, are refused by the kernel (EMSGSIZE) and lost.
+    ns_a, ns_b = qe.two_hosts(lab)
+    for ns in (ns_a, ns_b):
+        ns.ip("link", "set", "eth0", "mtu", "9000")
+    a = qe.make_node(ns_a, "a", "10.99.0.1/24", tmp_path)
+    b = qe.make_node(ns_b, "b", "10.99.0.2/24", tmp_path)
+    for node in (a, b):
+        node.node_extra["path_mtu"] = 9000
+    qe.pair(a, b, "10.1.0.2:4433")
+    qe.start(b)
+    qe.start(a)
+    qe.wait_connected(a)
+    assert a.status()["node"]["mtu"] > 8000
+    start_iperf_server(b.ns)
+    before = a.status()["node"]["udp_batching"]
+    tcp = iperf(a.ns, b.overlay_ip, seconds=3)
+    after = a.status()["node"]["udp_batching"]
+    calls = after["send_calls"] - before["send_calls"]
+    sent = after["sent_datagrams"] - before["sent_datagrams"]
+    assert calls > 0 and sent / calls > 1.5, f"{sent} datagrams in {calls} sends: GSO in use"
+    print(f"path MTU 9000: {tcp.mbit_s:.0f} Mbit/s, {sent} datagrams in {calls} sends")
+    assert tcp.mbit_s > 500, f"{tcp.mbit_s:.0f} Mbit/s ({sent} datagrams in {calls} sends)"
+    assert a.status()["peers"][0]["retransmitted"] < sent / 100
+
+
 def test_mtu_fits_exactly_and_one_byte_more_is_refused(pair: Pair) -> None:
     mtu = pair.a.status()["node"]["mtu"]
     assert 1400 <= mtu <= 1500 - 28

@@ -44,10 +44,27 @@ fn datagrams(len: usize, stride: usize) -> u64 {
     len.div_ceil(stride) as u64
 }
 
-/// A quinn socket that counts what passes through it and otherwise is the socket quinn's runtime made.
+/// The UDP payload quinn's endpoints accept unless told otherwise (`EndpointConfig::max_udp_payload_size`).
+const QUINN_DEFAULT_UDP_PAYLOAD: usize = 1472;
+/// The largest UDP payload QUIC allows (RFC 9000, max_udp_payload_size).
+const MAX_QUIC_UDP_PAYLOAD: u16 = 65527;
+
+/// The most bytes one UDP GSO send may carry: its datagrams travel as one UDP packet inside the kernel.
+const GSO_MAX_BYTES: usize = u16::MAX as usize;
+
+/// Datagrams of up to `max_datagram` bytes that fit in one GSO send (at least 1). quinn asks this many
+/// of full size at most (its own cap is 32, `core/vendor`); with a large path MTU that cap alone would
+/// make sends the kernel refuses (EMSGSIZE: 32 × 8972 bytes at path MTU 9000), and quinn-udp drops them.
+fn gso_segments_fitting(max_datagram: usize) -> usize {
+    (GSO_MAX_BYTES / max_datagram.max(1)).max(1)
+}
+
+/// A quinn socket that counts what passes through it, caps GSO batches at what one send can carry, and
+/// otherwise is the socket quinn's runtime made.
 struct CountedSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     counters: Arc<BatchCounters>,
+    max_segments: usize,
 }
 
 impl fmt::Debug for CountedSocket {
@@ -89,7 +106,7 @@ impl AsyncUdpSocket for CountedSocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments()
+        self.inner.max_transmit_segments().min(self.max_segments)
     }
 
     fn max_receive_segments(&self) -> usize {
@@ -102,16 +119,25 @@ impl AsyncUdpSocket for CountedSocket {
 }
 
 /// A QUIC endpoint on `socket` as `quinn::Endpoint::new` makes it, whose system calls are counted in
-/// `counters`.
+/// `counters`, for connections whose datagrams are at most `max_datagram` bytes.
 pub fn endpoint(
     config: quinn::EndpointConfig,
     server: Option<quinn::ServerConfig>,
     socket: std::net::UdpSocket,
     counters: Arc<BatchCounters>,
+    max_datagram: usize,
 ) -> io::Result<quinn::Endpoint> {
+    let mut config = config;
+    // Raised, never lowered: quinn's default (1472, a 1500-byte path) is what peers configured for other
+    // path MTUs expect of us; a node set up for a larger path MTU must say it takes such packets too.
+    if max_datagram > QUINN_DEFAULT_UDP_PAYLOAD {
+        let payload = u16::try_from(max_datagram).unwrap_or(u16::MAX).min(MAX_QUIC_UDP_PAYLOAD);
+        config.max_udp_payload_size(payload).map_err(io::Error::other)?;
+    }
     let runtime = Arc::new(quinn::TokioRuntime);
     let inner = runtime.wrap_udp_socket(socket)?;
-    quinn::Endpoint::new_with_abstract_socket(config, server, Arc::new(CountedSocket { inner, counters }), runtime)
+    let socket = CountedSocket { inner, counters, max_segments: gso_segments_fitting(max_datagram) };
+    quinn::Endpoint::new_with_abstract_socket(config, server, Arc::new(socket), runtime)
 }
 
 #[cfg(test)]
@@ -128,11 +154,20 @@ mod tests {
         assert_eq!(datagrams(500, 1200), 1, "stride above the length: one datagram");
     }
 
+    #[test]
+    fn a_gso_send_never_exceeds_what_the_kernel_takes() {
+        assert_eq!(gso_segments_fitting(1452), 45, "path MTU 1500: quinn's own cap of 32 binds");
+        assert_eq!(gso_segments_fitting(8972), 7, "path MTU 9000");
+        assert!(gso_segments_fitting(8972) * 8972 <= GSO_MAX_BYTES);
+        assert_eq!(gso_segments_fitting(u16::MAX as usize), 1);
+        assert_eq!(gso_segments_fitting(0), GSO_MAX_BYTES, "no size: no cap of its own");
+    }
+
     #[tokio::test]
     async fn an_endpoint_counts_its_calls_and_datagrams() {
         let counters = Arc::new(BatchCounters::default());
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let endpoint = endpoint(quinn::EndpointConfig::default(), None, socket, counters.clone()).unwrap();
+        let endpoint = endpoint(quinn::EndpointConfig::default(), None, socket, counters.clone(), 1452).unwrap();
         let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // A client Initial to a silent peer: sent, and sent again on the loss timer; nothing comes back.
         let me = Identity::from_seed(&generate_seed(), None).unwrap();

@@ -149,9 +149,13 @@ pub(crate) async fn listen(
     let Ok(std_socket) = won.into_std() else { return };
     // Only a client: the winner's mapping lets in the one address it dials, so nothing else could reach a
     // server on it. The endpoint lives as long as the path's connection does.
-    let Ok(endpoint) =
-        crate::batching::endpoint(crate::node::endpoint_config(), None, std_socket, shared.batching.clone())
-    else {
+    let Ok(endpoint) = crate::batching::endpoint(
+        crate::node::endpoint_config(),
+        None,
+        std_socket,
+        shared.batching.clone(),
+        shared.udp_payload,
+    ) else {
         return;
     };
     let dialer = PunchSocket { endpoint, raw: None, ..socket };

@@ -93,6 +93,11 @@ pub(crate) fn udp_payload(path_mtu: u16, v4: bool) -> usize {
 }
 
 /// Largest inner IP packet that fits one DATAGRAM frame with its bond header: the TUN MTU.
+/// The UDP payload of our QUIC packets at `path_mtu` (QUIC's minimum, 1200, below that).
+pub(crate) fn quic_payload(path_mtu: u16, v4: bool) -> usize {
+    udp_payload(path_mtu, v4).max(1200)
+}
+
 pub fn inner_mtu(path_mtu: u16, v4: bool) -> usize {
     udp_payload(path_mtu, v4).saturating_sub(QUIC_DATAGRAM_OVERHEAD + DATA_HEADER_LEN)
 }
@@ -188,7 +193,7 @@ pub(crate) fn transport_config(path_mtu: u16, v4: bool, congestion: Congestion) 
     t.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     t.datagram_receive_buffer_size(Some(DATAGRAM_RECV_BUFFER));
     // The TUN MTU is fixed from the path MTU, so QUIC packets are that size from the first one on.
-    let payload = udp_payload(path_mtu, v4).max(1200) as u16;
+    let payload = quic_payload(path_mtu, v4) as u16;
     t.initial_mtu(payload);
     t.min_mtu(payload);
     t.mtu_discovery_config(None);
@@ -278,6 +283,7 @@ impl Node {
             batching: Default::default(),
             epoch: Instant::now(),
             datagram_len: tun_mtu + DATA_HEADER_LEN,
+            udp_payload: quic_payload(cfg.path_mtu, cfg.listen.is_ipv4()),
         });
 
         let provider = tls::provider();
@@ -312,6 +318,7 @@ impl Node {
             Some(server_config.clone()),
             socket,
             shared.batching.clone(),
+            shared.udp_payload,
         )?;
 
         runtime.spawn(accept_loop(shared.clone(), listener.clone(), DEFAULT_SOURCE.to_string(), None));
@@ -420,6 +427,7 @@ impl Node {
             Some(self.server_config.clone()),
             socket,
             self.shared.batching.clone(),
+            self.shared.udp_payload,
         )?;
         let accept = runtime.spawn(accept_loop(self.shared.clone(), endpoint.clone(), wan.name.clone(), None));
         self.shared.wan_addrs.write().unwrap().insert(wan.local, wan.name.clone());

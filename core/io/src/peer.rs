@@ -362,6 +362,9 @@ pub struct Shared {
     pub epoch: Instant,
     /// Largest DATAGRAM we send: a full-size inner packet with its bond header. A path must carry it.
     pub datagram_len: usize,
+    /// Largest UDP payload our QUIC connections send (`node::transport_config`): sockets cap their GSO
+    /// batches by it (`batching.rs`).
+    pub udp_payload: usize,
 }
 
 impl Shared {

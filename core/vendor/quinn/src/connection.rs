@@ -1339,7 +1339,7 @@ const MAX_TRANSMIT_DATAGRAMS: usize = 20;
 /// memory allocations when calling `poll_transmit()`. Benchmarks have shown
 /// that numbers around 10 are a good compromise.
 ///
-/// QuicEther: 32 instead of 10 (the only change to this crate, see ../README.md). A tunnel sends bulk
+/// QuicEther: 32 instead of 10 (the only change to this crate, see core/vendor/README.md). A tunnel sends bulk
 /// traffic on few connections, so the larger send buffer costs little; 32 full-size datagrams stay under
 /// the 64 KB a UDP GSO send can carry.
 const MAX_TRANSMIT_SEGMENTS: usize = 32;
