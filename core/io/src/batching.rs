@@ -49,8 +49,9 @@ const QUINN_DEFAULT_UDP_PAYLOAD: usize = 1472;
 /// The largest UDP payload QUIC allows (RFC 9000, max_udp_payload_size).
 const MAX_QUIC_UDP_PAYLOAD: u16 = 65527;
 
-/// The most bytes one UDP GSO send may carry: its datagrams travel as one UDP packet inside the kernel.
-const GSO_MAX_BYTES: usize = u16::MAX as usize;
+/// The most payload bytes one UDP GSO send may carry: its datagrams travel as one UDP packet inside the
+/// kernel, whose IPv4 total length (65535) holds the IP and UDP headers too (IPv6 would allow 20 more).
+const GSO_MAX_BYTES: usize = u16::MAX as usize - 20 - 8;
 
 /// Datagrams of up to `max_datagram` bytes that fit in one GSO send (at least 1). quinn asks this many
 /// of full size at most (its own cap is 32, `core/vendor`); with a large path MTU that cap alone would
@@ -118,6 +119,19 @@ impl AsyncUdpSocket for CountedSocket {
     }
 }
 
+/// `config` for an endpoint whose connections send datagrams of up to `max_datagram` bytes: it tells its
+/// peers it takes that much (quinn's `max_udp_payload_size`, which also sizes its receive buffers).
+/// Raised, never lowered: quinn's default (1472, a 1500-byte path) is what peers set up for other path MTUs
+/// expect of us; a node set up for a larger path MTU must say it takes such packets, or its peers keep
+/// theirs under 1472 and the path is refused as too small for the tunnel.
+pub fn accepting(mut config: quinn::EndpointConfig, max_datagram: usize) -> io::Result<quinn::EndpointConfig> {
+    if max_datagram > QUINN_DEFAULT_UDP_PAYLOAD {
+        let payload = u16::try_from(max_datagram).unwrap_or(u16::MAX).min(MAX_QUIC_UDP_PAYLOAD);
+        config.max_udp_payload_size(payload).map_err(io::Error::other)?;
+    }
+    Ok(config)
+}
+
 /// A QUIC endpoint on `socket` as `quinn::Endpoint::new` makes it, whose system calls are counted in
 /// `counters`, for connections whose datagrams are at most `max_datagram` bytes.
 pub fn endpoint(
@@ -127,13 +141,7 @@ pub fn endpoint(
     counters: Arc<BatchCounters>,
     max_datagram: usize,
 ) -> io::Result<quinn::Endpoint> {
-    let mut config = config;
-    // Raised, never lowered: quinn's default (1472, a 1500-byte path) is what peers configured for other
-    // path MTUs expect of us; a node set up for a larger path MTU must say it takes such packets too.
-    if max_datagram > QUINN_DEFAULT_UDP_PAYLOAD {
-        let payload = u16::try_from(max_datagram).unwrap_or(u16::MAX).min(MAX_QUIC_UDP_PAYLOAD);
-        config.max_udp_payload_size(payload).map_err(io::Error::other)?;
-    }
+    let config = accepting(config, max_datagram)?;
     let runtime = Arc::new(quinn::TokioRuntime);
     let inner = runtime.wrap_udp_socket(socket)?;
     let socket = CountedSocket { inner, counters, max_segments: gso_segments_fitting(max_datagram) };
@@ -159,6 +167,8 @@ mod tests {
         assert_eq!(gso_segments_fitting(1452), 45, "path MTU 1500: quinn's own cap of 32 binds");
         assert_eq!(gso_segments_fitting(8972), 7, "path MTU 9000");
         assert!(gso_segments_fitting(8972) * 8972 <= GSO_MAX_BYTES);
+        // 30 x 2184 = 65520 bytes of payload, 65548 with the IP and UDP headers: over the limit.
+        assert_eq!(gso_segments_fitting(2184), 29);
         assert_eq!(gso_segments_fitting(u16::MAX as usize), 1);
         assert_eq!(gso_segments_fitting(0), GSO_MAX_BYTES, "no size: no cap of its own");
     }

@@ -318,7 +318,7 @@ fn client(shared: &Arc<Shared>, via: &[u8; 32], wan: &str) -> Option<Arc<RelayCl
     let server_config = shared.relay.kit.read().unwrap().as_ref()?.server_config.clone();
     let socket = Arc::new(VirtualSocket::new(Arc::downgrade(shared), *via, wan.to_string()));
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        crate::node::endpoint_config(),
+        crate::batching::accepting(crate::node::endpoint_config(), shared.udp_payload).ok()?,
         Some(server_config),
         socket.clone(),
         Arc::new(quinn::TokioRuntime),
