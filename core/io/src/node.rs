@@ -92,12 +92,12 @@ pub(crate) fn udp_payload(path_mtu: u16, v4: bool) -> usize {
     (path_mtu as usize).saturating_sub(if v4 { IPV4_UDP_OVERHEAD } else { IPV6_UDP_OVERHEAD })
 }
 
-/// Largest inner IP packet that fits one DATAGRAM frame with its bond header: the TUN MTU.
 /// The UDP payload of our QUIC packets at `path_mtu` (QUIC's minimum, 1200, below that).
 pub(crate) fn quic_payload(path_mtu: u16, v4: bool) -> usize {
     udp_payload(path_mtu, v4).max(1200)
 }
 
+/// Largest inner IP packet that fits one DATAGRAM frame with its bond header: the TUN MTU.
 pub fn inner_mtu(path_mtu: u16, v4: bool) -> usize {
     udp_payload(path_mtu, v4).saturating_sub(QUIC_DATAGRAM_OVERHEAD + DATA_HEADER_LEN)
 }

@@ -108,6 +108,17 @@ pub enum Choice {
     Congested,
 }
 
+impl Choice {
+    /// The paths to send on (none if the packet is dropped).
+    pub fn paths(&self) -> &[usize] {
+        match self {
+            Choice::One(i) => std::slice::from_ref(i),
+            Choice::Each(list) => list,
+            Choice::Drop | Choice::Congested => &[],
+        }
+    }
+}
+
 fn usable(paths: &[PathView]) -> Vec<usize> {
     let ranks: Vec<PathRank> = paths.iter().map(|p| p.rank).collect();
     path_rank::usable(&ranks)
@@ -165,12 +176,7 @@ impl<'a> Batch<'a> {
     /// As `choose` for the next packet; the chosen paths' queues grow by `len`.
     pub fn choose(&mut self, mode: Mode, len: usize) -> Choice {
         let choice = choose_among(mode, self.paths, &self.candidates, len);
-        let targets = match &choice {
-            Choice::One(i) => std::slice::from_ref(i),
-            Choice::Each(list) => &list[..],
-            Choice::Drop | Choice::Congested => &[],
-        };
-        for &i in targets {
+        for &i in choice.paths() {
             self.paths[i].queued_bytes += len as u64;
         }
         choice
