@@ -198,6 +198,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
           f" (retried {node.get('handshakes_retried', 0)}, dropped {node.get('handshakes_dropped', 0)})")
     if cipher := node.get("cipher"):
         print(f"  cipher {cipher['preferred']} preferred ({cipher['why']})")
+    if threads := node.get("io_threads"):
+        print(f"  io threads {threads['count']} ({threads['why']})")
     if (batching := node.get("udp_batching")) and batching["send_calls"] and batching["recv_calls"]:
         print(f"  UDP batching: {batching['sent_datagrams'] / batching['send_calls']:.1f} datagrams per send call,"
               f" {batching['received_datagrams'] / batching['recv_calls']:.1f} per receive call")

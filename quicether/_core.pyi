@@ -81,6 +81,7 @@ class Node:
         wans: list[WanArg] | None = None,
         congestion: str = "loss-tolerant",
         membership: bytes | None = None,
+        io_threads: int | None = None,
     ) -> None: ...
     def add_peer(self, key: bytes, endpoints: list[str], allowed_ips: list[str], mode: str, realtime_mode: str,
                  classes: list[ClassArg], member_only: bool = False) -> None:
@@ -112,6 +113,8 @@ class Node:
     def local_addr(self) -> str: ...
     def inner_mtu(self) -> int: ...
     def tun_offloads(self) -> tuple[str, int]: ...
+    def io_threads(self) -> tuple[int, str]:
+        """(threads carrying packets, why that many: node.io_threads or the machine's CPUs)."""
     def no_route_drops(self) -> int: ...
     def udp_batching(self) -> tuple[int, int, int, int]:
         """(UDP send calls, datagrams sent, receive calls, datagrams received) over every QUIC socket."""

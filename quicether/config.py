@@ -8,6 +8,7 @@
     path_mtu = 1500                # MTU of the underlying network; the TUN MTU is derived from it
     congestion = "loss-tolerant"   # per-path congestion control: loss-tolerant (CUBIC ignoring random loss),
                                    # cubic or bbr
+    io_threads = "auto"            # threads carrying packets, 1-8; auto: 1 on a machine with 1-2 CPUs, else 2
 
     [[wan]]                        # one per WAN port to bond; none: dial from the listen socket
     device = "eth1"
@@ -93,6 +94,7 @@ from quicether.router_config import ConfigError as ConfigError  # re-exported: e
 DEFAULT_STATE_DIR = Path("/var/lib/quicether")
 DEFAULT_LISTEN = "0.0.0.0:4433"
 MIN_PATH_MTU = 1280
+MAX_IO_THREADS = 8  # core/proto/src/io_threads.rs
 # Addresses a peer may be dialed at (from the config; discovery adds its own later).
 MAX_ENDPOINTS = 16
 # Upload caps the kernel's tbf takes: below 0.1 Mbit/s its rate rounds to 0 kbit (a division by zero in
@@ -183,6 +185,7 @@ class Config:
     state_dir: Path
     path_mtu: int
     congestion: str = "loss-tolerant"
+    io_threads: int | None = None  # None: "auto"
     peers: list[PeerConfig] = field(default_factory=list)
     wans: list[WanConfig] = field(default_factory=list)
     role: str = "site"
@@ -440,7 +443,8 @@ def parse(text: str, path: Path) -> Config:
     node = data.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: [node] must be a table")
-    check_keys(node, {"listen", "tun", "address", "state_dir", "path_mtu", "congestion", *ROUTER_NODE_KEYS},
+    check_keys(node, {"listen", "tun", "address", "state_dir", "path_mtu", "congestion", "io_threads",
+                      *ROUTER_NODE_KEYS},
                 f"{path}: node")
     congestion = node.get("congestion", "loss-tolerant")
     if congestion not in CONGESTION_CONTROLS:
@@ -463,6 +467,10 @@ def parse(text: str, path: Path) -> Config:
     path_mtu = node.get("path_mtu", 1500)
     if not isinstance(path_mtu, int) or not MIN_PATH_MTU <= path_mtu <= 9000:
         raise ConfigError(f"{path}: node.path_mtu: must be an integer from {MIN_PATH_MTU} to 9000")
+    io_threads = node.get("io_threads", "auto")
+    if io_threads != "auto" and (not isinstance(io_threads, int) or isinstance(io_threads, bool)
+                                 or not 1 <= io_threads <= MAX_IO_THREADS):
+        raise ConfigError(f"{path}: node.io_threads: must be \"auto\" or an integer from 1 to {MAX_IO_THREADS}")
     peers_raw = data.get("peer", [])
     if not isinstance(peers_raw, list):
         raise ConfigError(f"{path}: peer: use [[peer]] tables")
@@ -496,7 +504,8 @@ def parse(text: str, path: Path) -> Config:
                               "to carry internet traffic")
     return Config(path=path, listen=listen, tun=tun, address=str(address) if address else None,
                   state_dir=Path(node.get("state_dir", DEFAULT_STATE_DIR)), path_mtu=path_mtu,
-                  congestion=str(congestion), peers=peers, wans=wans, role=router.role,
+                  congestion=str(congestion), io_threads=None if io_threads == "auto" else io_threads,
+                  peers=peers, wans=wans, role=router.role,
                   detect_wans=router.detect_wans, lan=router.lan, gateway=router.gateway, acls=router.acls,
                   acl_default=router.acl_default, webui=router.webui, open_ports=router.open_ports,
                   network=network,

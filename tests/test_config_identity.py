@@ -33,6 +33,8 @@ def test_valid_config_parses() -> None:
     cfg = parse(_cfg(f'[[peer]]\nname = "gw"\nkey = "{KEY}"\nendpoint = "198.18.0.2:4433"\n'
                      'allowed_ips = ["10.99.0.2/32"]\n'), Path("t.toml"))
     assert cfg.listen == "127.0.0.1:4433" and cfg.tun == "qe0" and cfg.path_mtu == 1500
+    assert cfg.io_threads is None, "auto unless set"
+    assert parse('[node]\nio_threads = 3\n', Path("t.toml")).io_threads == 3
     assert cfg.peers[0].key == bytes(range(32)) and cfg.peers[0].allowed_ips == ["10.99.0.2/32"]
 
 
@@ -42,6 +44,9 @@ def test_valid_config_parses() -> None:
     ('[node]\nlisten = "nowhere"\n', "node.listen"),
     ('[node]\ntun = "a-name-far-too-long-for-linux"\n', "node.tun"),
     ('[node]\npath_mtu = 100\n', "node.path_mtu"),
+    ('[node]\nio_threads = 0\n', "node.io_threads: must be \"auto\" or an integer from 1 to 8"),
+    ('[node]\nio_threads = "two"\n', "node.io_threads"),
+    ('[node]\nio_threads = true\n', "node.io_threads"),
     ('[node]\naddress = "10.0.0.300/24"\n', "node.address"),
     ('[[peer]]\nname = "x"\n', "peer[0].key: missing"),
     ('[[peer]]\nkey = "qe1aaaa"\n', "peer[0].key"),

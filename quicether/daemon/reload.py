@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from quicether.config import Config, PeerConfig
 
 # Settings the running node is built from: a change to one means stopping and starting again.
-RESTART_FIELDS = ("listen", "tun", "address", "state_dir", "path_mtu", "congestion", "role", "discovery",
-                  "nat")
+RESTART_FIELDS = ("listen", "tun", "address", "state_dir", "path_mtu", "congestion", "io_threads", "role",
+                  "discovery", "nat")
 
 
 @dataclass(frozen=True)

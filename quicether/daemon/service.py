@@ -246,6 +246,8 @@ class Daemon:
                 "lane": node.lane_stats() if node else {},
                 # The AEAD this node prefers (a peer without AES instructions gets ChaCha20) and why.
                 "cipher": dict(zip(("preferred", "why"), _core.cipher(), strict=True)),
+                # The threads carrying packets (node.io_threads, or by the CPUs) and why that many.
+                "io_threads": dict(zip(("count", "why"), node.io_threads(), strict=True)) if node else {},
                 # Per WAN at the site end: the lane's open subflows and their bytes (how MPTCP spreads it).
                 "lane_subflows": lane_subflows,
                 # Lane peers whose TCP goes through the QUIC bond (their lane fell back: MPTCP stripped on the
@@ -474,7 +476,8 @@ class Daemon:
                                   f" {encode_node_id(network.node_key)}, not to this node ({self.identity.node_id})")
             self.node = _core.Node(self.config.listen, self.config.tun, self.config.path_mtu, self.identity.seed,
                                    [], write_fd, [] if self.config.wans or self.config.detect_wans else None,
-                                   self.config.congestion, network.certificate if network else None)
+                                   self.config.congestion, network.certificate if network else None,
+                                   self.config.io_threads)
             undo.callback(self._close_node)
             self.portmaps = PortMaps(self.node, self.config.nat.port_mapping)
             loop.add_reader(read_fd, self._on_events, read_fd)

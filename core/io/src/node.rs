@@ -76,6 +76,8 @@ pub struct NodeConfig {
     pub wans: Option<Vec<WanConfig>>,
     /// Congestion control of every path.
     pub congestion: Congestion,
+    /// Threads that carry packets (`quicether_proto::io_threads`); None: by the CPUs.
+    pub io_threads: Option<usize>,
 }
 
 /// Per-path congestion control. Measured in the lab (scripts/bench-bond --congestion): quinn's BBR gave the
@@ -177,6 +179,8 @@ pub struct Node {
     pub public_key: [u8; 32],
     pub local_addr: SocketAddr,
     pub inner_mtu: usize,
+    /// Why the runtime has as many worker threads as it has (`quicether_proto::io_threads`).
+    io_threads_why: String,
 }
 
 #[path = "node_lane.rs"]
@@ -248,8 +252,11 @@ impl Node {
         });
         let socket = bind_listen(cfg.listen)?;
         let local_addr = socket.local_addr()?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let io_threads = quicether_proto::io_threads::choose(cfg.io_threads, cpus)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(io_threads.0)
             .thread_name("quicether-io")
             .enable_all()
             .build()?;
@@ -343,6 +350,7 @@ impl Node {
             lanes: Mutex::default(),
             local_addr,
             inner_mtu: tun_mtu,
+            io_threads_why: io_threads.1,
             runtime: Some(runtime),
         };
         // Sources first, then peers: each added peer is dialed from every source there is.
@@ -768,6 +776,11 @@ impl Node {
     /// (UDP send calls, datagrams sent, receive calls, datagrams received) over every QUIC socket.
     pub fn udp_batching(&self) -> (u64, u64, u64, u64) {
         self.shared.batching.snapshot()
+    }
+
+    /// (the runtime's worker threads, which carry the packets, as it counts them; why that many). 0 once stopped.
+    pub fn io_threads(&self) -> (usize, String) {
+        (self.runtime.as_ref().map_or(0, |r| r.metrics().num_workers()), self.io_threads_why.clone())
     }
 
     pub fn no_route_drops(&self) -> u64 {

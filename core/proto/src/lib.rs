@@ -14,6 +14,7 @@
 //! - `resend`: what a peer's paths sent lately, by sequence (NACKs) and by path (failures).
 //! - `health`: probes, up/down with damping.
 //! - `hello`: the path hello a dialer sends on a new path, and the acceptor's answer.
+//! - `io_threads`: how many threads carry a node's packets.
 //! - `path_rank`: which path ranks first (route kind, WAN role): one comparator.
 //! - `peer_text`: peer-supplied strings made safe for events and logs.
 //! - `refusals`: refused-handshake counting, reported at a bounded rate with bounded memory.
@@ -49,6 +50,7 @@ pub mod frame;
 pub mod gro;
 pub mod health;
 pub mod hello;
+pub mod io_threads;
 pub mod join;
 pub mod lane;
 pub mod lane_policy;

@@ -99,7 +99,7 @@ struct Node {
 impl Node {
     #[new]
     #[pyo3(signature = (listen, tun_name, path_mtu, seed, peers, notify_fd=None, wans=None, congestion="loss-tolerant",
-                        membership=None))]
+                        membership=None, io_threads=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -112,6 +112,7 @@ impl Node {
         wans: Option<Vec<WanArg>>,
         congestion: &str,
         membership: Option<Vec<u8>>,
+        io_threads: Option<usize>,
     ) -> PyResult<Self> {
         let congestion = match congestion {
             "cubic" => Congestion::Cubic,
@@ -134,6 +135,7 @@ impl Node {
             membership,
             wans,
             congestion,
+            io_threads,
         };
         let node = py.detach(move || IoNode::start(config, peers, notify_fd)).map_err(os_error)?;
         Ok(Self { inner: Mutex::new(Some(node)) })
@@ -262,6 +264,11 @@ impl Node {
     /// Largest inner IP packet one DATAGRAM frame carries: the TUN MTU.
     fn inner_mtu(&self) -> PyResult<usize> {
         self.with(|n| n.inner_mtu)
+    }
+
+    /// (threads carrying packets, why that many).
+    fn io_threads(&self) -> PyResult<(usize, String)> {
+        self.with(|n| n.io_threads())
     }
 
     /// (TUN offloads in use, e.g. "tso+uso+csum" or "none"; packets read that could not be split).
