@@ -8,7 +8,7 @@
     path_mtu = 1500                # MTU of the underlying network; the TUN MTU is derived from it
     congestion = "loss-tolerant"   # per-path congestion control: loss-tolerant (CUBIC ignoring random loss),
                                    # cubic or bbr
-    io_threads = "auto"            # threads carrying packets, 1-8; auto: 1 on a machine with 1-2 CPUs, else 2
+    io_threads = "auto"            # threads carrying packets, 1-8; auto: 2 (README: when 1 is faster)
 
     [[wan]]                        # one per WAN port to bond; none: dial from the listen socket
     device = "eth1"

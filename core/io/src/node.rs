@@ -76,7 +76,7 @@ pub struct NodeConfig {
     pub wans: Option<Vec<WanConfig>>,
     /// Congestion control of every path.
     pub congestion: Congestion,
-    /// Threads that carry packets (`quicether_proto::io_threads`); None: by the CPUs.
+    /// Threads that carry packets (`quicether_proto::io_threads`); None: the default (two).
     pub io_threads: Option<usize>,
 }
 
@@ -252,8 +252,7 @@ impl Node {
         });
         let socket = bind_listen(cfg.listen)?;
         let local_addr = socket.local_addr()?;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let io_threads = quicether_proto::io_threads::choose(cfg.io_threads, cpus)
+        let io_threads = quicether_proto::io_threads::choose(cfg.io_threads)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(io_threads.0)
