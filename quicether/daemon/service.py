@@ -246,7 +246,7 @@ class Daemon:
                 "lane": node.lane_stats() if node else {},
                 # The AEAD this node prefers (a peer without AES instructions gets ChaCha20) and why.
                 "cipher": dict(zip(("preferred", "why"), _core.cipher(), strict=True)),
-                # The threads carrying packets (node.io_threads, or by the CPUs) and why that many.
+                # The threads carrying packets (node.io_threads, else the default) and why that many.
                 "io_threads": dict(zip(("count", "why"), node.io_threads(), strict=True)) if node else {},
                 # Per WAN at the site end: the lane's open subflows and their bytes (how MPTCP spreads it).
                 "lane_subflows": lane_subflows,
