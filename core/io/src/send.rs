@@ -3,9 +3,9 @@
 //! scheduler → bond sequence number + DATA frame (the peer's `BondSender`) → QUIC DATAGRAM on the chosen
 //! path(s) → remembered by the sender if quinn took it. The packets of one read (a super-packet's
 //! segments) pass each step together: one lookup, one look at the paths, one lock of the sender per step.
-//! A read error ends it with a fatal `TunFailed` event. Resends come last: the frames the peer reports lost (NACK, from `receive.rs`) and those a failed
-//! path sent lately (`timers.rs`, a removed WAN, a path closed as a duplicate in `peer.rs`) go out on the
-//! path where each arrives first.
+//! A read error ends it with a fatal `TunFailed` event. Resends come last: the frames the peer reports
+//! lost (NACK, from `receive.rs`) and those a failed path sent lately (`timers.rs`, a removed WAN, a path
+//! closed as a duplicate in `peer.rs`) go out on the path where each arrives first.
 
 use std::io::{self, Read};
 use std::net::IpAddr;
