@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::lane_copy;
 use crate::lane_nudge::{writes_pass_through, NudgedStream};
 use crate::routes::route_device;
 use crate::sockets::{set_int, set_option};
@@ -281,7 +282,8 @@ fn reset_on_close(socket: RawFd) -> io::Result<()> {
     set_option(&socket, libc::SOL_SOCKET, libc::SO_LINGER, libc::linger { l_onoff: 1, l_linger: 0 })
 }
 
-/// Copies both ways through bounded buffers; `plain_ended` is told when `plain`'s host half-closed.
+/// Copies both ways through bounded buffers (`lane_copy`); `plain_ended` is told when `plain`'s host
+/// half-closed.
 async fn relay<A, B>(plain: &mut A, lane: &mut B, plain_ended: &Notify, counts: [&AtomicU64; 2]) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -289,7 +291,7 @@ where
 {
     let mut plain = CountedReads { inner: plain, count: counts[0], ended: Some(plain_ended) };
     let mut lane = CountedReads { inner: lane, count: counts[1], ended: None };
-    tokio::io::copy_bidirectional_with_sizes(&mut plain, &mut lane, COPY_BUFFER, COPY_BUFFER).await.map(|_| ())
+    lane_copy::both_ways(&mut plain, &mut lane, COPY_BUFFER).await
 }
 
 /// A stream whose reads add the bytes they return to `count`, and tell `ended` of the end of the stream;

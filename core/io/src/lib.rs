@@ -15,6 +15,7 @@
 //! - `join`: joining a network with an invite (the admin's answer, the joining node's request).
 //! - `lan_discovery`: members on the same LAN through mDNS (candidates only, trusted after the handshake).
 //! - `lane`: the TCP lane: LAN TCP terminated at the router, its bytes carried over MPTCP + TLS (issue 16).
+//! - `lane_copy`: a lane connection's bytes copied both ways, the bytes before a failure handed on first.
 //! - `lane_nudge`: a lane socket whose reader also tries it on a timer, for wakeups the kernel does not send.
 //! - `tun`: Linux TUN devices. (The lab's delay line lives in `core/labtools`, not linked into the appliance.)
 
@@ -28,6 +29,7 @@ pub mod events;
 pub mod join;
 pub mod lan_discovery;
 pub mod lane;
+pub mod lane_copy;
 pub mod lane_nudge;
 pub mod member_news;
 pub mod node;
