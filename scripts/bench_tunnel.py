@@ -93,6 +93,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4, help="length of each iperf3 run (default 4)")
     parser.add_argument("--udp-mbit", type=float, default=2000,
                         help="iperf3 UDP send rate, 1200-byte datagrams (default 2000)")
+    parser.add_argument("--io-threads", type=int, choices=range(1, 9), metavar="N",
+                        help="node.io_threads of both QuicEther nodes, 1 to 8 (default: the daemon's default)")
     args = parser.parse_args()
     with Lab() as lab, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -102,10 +104,15 @@ def main() -> int:
         b.ip("addr", "add", "10.1.0.2/24", "dev", "eth0")
         print("starting QuicEther and wireguard-go on the same veth pair", flush=True)
         na, nb = qe.make_node(a, "a", "10.99.0.1/24", tmp), qe.make_node(b, "b", "10.99.0.2/24", tmp)
+        if args.io_threads is not None:
+            for node in (na, nb):
+                node.node_extra["io_threads"] = args.io_threads
         qe.pair(na, nb, "10.1.0.2:4433")
         qe.start(nb)
         qe.start(na)
         qe.wait_connected(na)
+        threads = na.status()["node"]["io_threads"]
+        print(f"QuicEther's threads carrying packets: {threads['count']} ({threads['why']})", flush=True)
         sockets = setup_wireguard(a, b, tmp, lab.tag)
         for sock in sockets:
             lab.on_close(lambda sock=sock: sock.unlink(missing_ok=True))
