@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Copies `a` → `b` and `b` → `a`, each through `buffer` bytes, until both directions ended (a read
 /// found the end of the stream and the other side's writer was shut down) or one failed. An error ends
-/// both at once, with the failing direction's bytes read before it handed on.
+/// both at once; a failed read only after every byte read before it was handed to the writer.
 pub async fn both_ways<A, B>(a: &mut A, b: &mut B, buffer: usize) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
