@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from quicether.config import MAX_IO_THREADS  # noqa: E402
 from tests.lab import Lab, Namespace  # noqa: E402
 from tests.lab import nodes as qe  # noqa: E402
 from tests.lab.measure import iperf, ping, start_iperf_server  # noqa: E402
@@ -93,8 +94,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4, help="length of each iperf3 run (default 4)")
     parser.add_argument("--udp-mbit", type=float, default=2000,
                         help="iperf3 UDP send rate, 1200-byte datagrams (default 2000)")
-    parser.add_argument("--io-threads", type=int, choices=range(1, 9), metavar="N",
-                        help="node.io_threads of both QuicEther nodes, 1 to 8 (default: the daemon's default)")
+    parser.add_argument("--io-threads", type=int, choices=range(1, MAX_IO_THREADS + 1), metavar="N",
+                        help=f"node.io_threads of both QuicEther nodes, 1 to {MAX_IO_THREADS} (default: the daemon's"
+                             " default)")
     args = parser.parse_args()
     with Lab() as lab, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

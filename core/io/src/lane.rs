@@ -588,4 +588,4 @@ pub fn exit_destination(addr: &SocketAddr) -> bool {
 
 #[cfg(test)]
 #[path = "lane_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -114,6 +114,7 @@ impl OneWay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lane::tests::pattern;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     /// A stream that reads `data` in `chunk`-byte pieces, then fails (a reset); writes go nowhere.
@@ -144,10 +145,6 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
-    }
-
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
     /// What the far end of `pipe` reads until it ends.

@@ -47,7 +47,7 @@ async fn lan_pair() -> (TcpStream, TcpStream) {
     (host, accepted)
 }
 
-fn pattern(len: usize) -> Vec<u8> {
+pub(crate) fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
